@@ -1,0 +1,108 @@
+"""Validation of arguments, shared by every public function.
+
+Everything here runs before any kernel, and raises a ``ValueError`` or
+``TypeError`` that names the argument and the shapes or values involved.
+Works on host arrays and on GPU arrays (through their shape and dtype only,
+never touching the data).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+BACKENDS = ("auto", "numpy", "cpu", "cuda")
+
+
+def is_gpu_array(x):
+    """True for anything exposing ``__cuda_array_interface__``."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def gpu_shape_dtype(x):
+    """``(shape, dtype)`` of a GPU array, from its interface (no data access)."""
+    cai = x.__cuda_array_interface__
+    return tuple(int(n) for n in cai["shape"]), np.dtype(cai["typestr"])
+
+
+def check_logits_dtype(dtype, name="x"):
+    """Logits must be float16, float32 or float64."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must hold float16, float32 or float64 logits, got dtype {dtype}"
+        )
+
+
+def normalize_axis(axis, ndim, name="axis"):
+    """Return ``axis`` in ``[0, ndim)``; negative values count from the end."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {axis!r}")
+    if ndim == 0:
+        raise ValueError("x must have at least one dimension (the class axis), got a 0-d array")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of {ndim} dimension(s)")
+    return int(axis) % ndim
+
+
+def check_classes(shape, axis):
+    """The class axis must hold at least one class."""
+    if shape[axis] == 0:
+        raise ValueError(f"x has no classes: its class axis {axis} has length 0 (shape {shape})")
+
+
+def check_temperature(temperature):
+    """Temperature must be a finite real number > 0; returns it as float."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number, got {temperature!r}")
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+    return t
+
+
+def check_backend_name(backend):
+    """``backend`` must be one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def check_out(out, shape, dtype, name="out", kind="float"):
+    """Check a preallocated host output; returns it.
+
+    ``kind="float"`` requires exactly ``dtype``; ``kind="label"`` accepts any
+    integer dtype whose range holds ``dtype`` (here: the largest label,
+    passed as an int).
+    """
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array for a host input, got {type(out).__name__}")
+    check_out_meta(tuple(out.shape), out.dtype, shape, dtype, name, kind)
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def check_out_meta(out_shape, out_dtype, shape, dtype, name="out", kind="float"):
+    """Shape and dtype rules of :func:`check_out`, for host and GPU outputs."""
+    if tuple(out_shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(out_shape)}, expected {tuple(shape)}")
+    if kind == "label":
+        largest = dtype
+        if out_dtype.kind not in "iu":
+            raise TypeError(f"{name} must have an integer dtype for labels, got {out_dtype}")
+        if np.iinfo(out_dtype).max < largest:
+            raise ValueError(
+                f"{name} dtype {out_dtype} cannot hold label {largest} (C - 1); use a wider integer type"
+            )
+    elif out_dtype != np.dtype(dtype):
+        raise TypeError(f"{name} has dtype {out_dtype}, expected {np.dtype(dtype)}")
+
+
+def check_no_partial_overlap(out, x, name="out"):
+    """``out`` may be ``x`` itself (in place) but must not partly overlap it."""
+    if out is x:
+        return
+    same = (out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+            and out.strides == x.strides and out.shape == x.shape and out.dtype == x.dtype)
+    if not same and np.may_share_memory(out, x):
+        raise ValueError(f"{name} overlaps x without being x itself; pass out=x for in place")

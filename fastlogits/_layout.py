@@ -1,0 +1,42 @@
+"""The canonical (outer, C, inner) view every kernel works on.
+
+H×W×C with axis=-1 is (H·W, C, 1): channels-last, a pixel's C scores
+contiguous. N×C×H×W with axis=1 is (N, C, H·W): channels-first, a class
+plane contiguous. Reduced outputs (labels, confidence, logsumexp, losses
+with reduction="none") are seen as (outer, inner).
+"""
+
+import numpy as np
+
+
+def split_shape(shape, axis):
+    """Return ``(outer, C, inner)`` for ``shape`` around the class ``axis``."""
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def reshape_view(a, shape):
+    """Reshape ``a`` to ``shape`` without copying, or return None.
+
+    ``np.reshape`` silently copies when the strides do not allow a view;
+    for an output that would lose the results, so callers must know.
+    """
+    v = a.view()
+    try:
+        v.shape = shape
+    except AttributeError:
+        return None
+    return v
+
+
+def canonical(a, axis):
+    """(outer, C, inner) view of ``a`` (copied only if strides forbid a view)."""
+    shape3 = split_shape(a.shape, axis)
+    v = reshape_view(a, shape3)
+    return v if v is not None else np.ascontiguousarray(a).reshape(shape3)
+
+
+def reduced_shape(shape, axis):
+    """``shape`` without the class axis."""
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:])

@@ -1,0 +1,34 @@
+"""Tunables, read at call time so tests can shrink them.
+
+Kernels receive these values as arguments (never as globals frozen at
+compile time), so changing them needs no recompilation.
+"""
+
+#: Fast-math flags for every CPU kernel. Deliberately without ``nnan`` and
+#: ``ninf``: -inf masks and NaN propagation are part of the contract.
+#: ``reassoc`` lets reductions vectorize; ``contract`` allows FMA.
+FASTMATH = set({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: Pixels per tile for the CPU kernels. A tile's C scores and its scratch
+#: (max, sum, label per pixel) must stay in L1/L2 while max, exp-sum and
+#: the write happen.
+CPU_TILE_PIXELS = 256
+
+#: Upper bound on C * P scores in one tile: for large C the tile has fewer
+#: pixels (never fewer than 16) so it still fits in L2.
+CPU_TILE_ELEMENTS = 32 * 1024
+
+#: Channels-last rows with at least this many classes are processed one
+#: row at a time, folded into vector lanes, instead of in strided tiles.
+CPU_ROW_MIN_CLASSES = 64
+
+
+#: Threads per block for the CUDA kernels (a multiple of 32).
+CUDA_THREADS_PER_BLOCK = 256
+
+#: Above this number of classes, rows are reduced by a whole CUDA block.
+CUDA_LARGE_C = 2048
+
+#: Elements of float16 input converted to float32 at a time on the CPU,
+#: bounding the extra memory of float16 inputs.
+CPU_HALF_CHUNK_ELEMENTS = 1 << 20

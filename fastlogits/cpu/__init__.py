@@ -1,0 +1,74 @@
+"""CPU backend: Numba ``@njit(parallel=True, cache=True)`` kernels.
+
+:func:`run_expnorm` and :func:`run_argmax` take the canonical views built by
+:mod:`fastlogits.api` (x as (outer, C, inner), reduced outputs as
+(outer, inner)) and pick the kernel regime: channels-first tiles
+(inner > 1), channels-last strided tiles (small C) or channels-last
+lane-folded rows (large C). Nothing here validates input.
+"""
+
+import numpy as np
+
+from fastlogits import config
+
+
+def _tile_pixels(C):
+    """Pixels per tile: ``CPU_TILE_PIXELS``, fewer for large C (>= 16)."""
+    return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C)))
+
+
+def _scratch(shape, dtype):
+    """A writable zero-stride array: a stand-in for an output a kernel
+    does not touch (no memory of the full shape is allocated)."""
+    return np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, (0,) * len(shape))
+
+
+def _contiguous_rows(a):
+    """``(rows, C)`` view of an (outer, C, 1) array, C-contiguous (copied only if needed)."""
+    return np.ascontiguousarray(a[:, :, 0])
+
+
+def run_expnorm(x3, out3, red2, inv_t, mode):
+    """softmax / log_softmax / logsumexp (``mode`` from :mod:`.softmax`).
+
+    ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None.
+    """
+    from fastlogits.cpu import softmax as k
+
+    outer, C, inner = x3.shape
+    if red2 is None:
+        red2 = _scratch((outer, inner), x3.dtype)
+    if inner == 1 and C >= config.CPU_ROW_MIN_CLASSES:
+        # The rows kernel folds rows into lanes: it needs C-contiguous rows.
+        if out3 is None:
+            out2 = work = np.empty((1, C), x3.dtype)
+        else:
+            out2 = out3[:, :, 0]
+            work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
+        k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode)
+        if work is not out2:
+            out2[...] = work
+        return
+    if out3 is None:
+        out3 = _scratch(x3.shape, x3.dtype)
+    if inner > 1:
+        k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C))
+    else:
+        k.expnorm_cl_tiles(x3[:, :, 0], out3[:, :, 0], red2[:, 0], inv_t, mode, _tile_pixels(C))
+
+
+def run_argmax(x3, labels2, conf2, inv_t):
+    """argmax (``conf2`` None) or classify into (outer, inner) outputs."""
+    from fastlogits.cpu import argmax as k
+
+    outer, C, inner = x3.shape
+    with_conf = conf2 is not None
+    if conf2 is None:
+        conf2 = _scratch((outer, inner), x3.dtype)
+    if inner > 1:
+        k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C))
+    elif C < config.CPU_ROW_MIN_CLASSES:
+        k.argmax_cl_tiles(x3[:, :, 0], labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+                          _tile_pixels(C))
+    else:
+        k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf)
