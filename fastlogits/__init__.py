@@ -2,8 +2,13 @@
 segmentation statistics at the speed of memory (Numba CPU and CUDA kernels,
 with a NumPy reference for every operation)."""
 
-from fastlogits import reference
-from fastlogits.api import argmax, backends, classify, log_softmax, logsumexp, softmax
+from fastlogits import _vector_width
+
+_vector_width.enable()  # before anything imports numba
+
+from fastlogits import reference  # noqa: E402
+from fastlogits.api import argmax, backends, classify, log_softmax, logsumexp, softmax  # noqa: E402
+from fastlogits.losses import confusion_matrix, cross_entropy, iou  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -13,6 +18,9 @@ __all__ = [
     "logsumexp",
     "argmax",
     "classify",
+    "cross_entropy",
+    "confusion_matrix",
+    "iou",
     "backends",
     "reference",
 ]

@@ -8,8 +8,10 @@ lane-folded rows (large C). Nothing here validates input.
 """
 
 import numpy as np
+from numba import get_num_threads
 
 from fastlogits import config
+from fastlogits._layout import reshape_view
 
 
 def _tile_pixels(C):
@@ -23,9 +25,17 @@ def _scratch(shape, dtype):
     return np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, (0,) * len(shape))
 
 
+def _rows(a):
+    """``(rows, C)`` view of an (outer, C, 1) array: a C-contiguous reshape
+    when the strides allow (Numba then knows the layout and vectorizes),
+    else a strided slice."""
+    v = reshape_view(a, a.shape[:2])
+    return v if v is not None else a[:, :, 0]
+
+
 def _contiguous_rows(a):
-    """``(rows, C)`` view of an (outer, C, 1) array, C-contiguous (copied only if needed)."""
-    return np.ascontiguousarray(a[:, :, 0])
+    """``(rows, C)`` of an (outer, C, 1) array, C-contiguous (copied only if needed)."""
+    return np.ascontiguousarray(_rows(a))
 
 
 def run_expnorm(x3, out3, red2, inv_t, mode):
@@ -43,18 +53,18 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         if out3 is None:
             out2 = work = np.empty((1, C), x3.dtype)
         else:
-            out2 = out3[:, :, 0]
+            out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
-        k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode)
+        k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode, get_num_threads())
         if work is not out2:
             out2[...] = work
         return
     if out3 is None:
         out3 = _scratch(x3.shape, x3.dtype)
     if inner > 1:
-        k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C))
+        k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), get_num_threads())
     else:
-        k.expnorm_cl_tiles(x3[:, :, 0], out3[:, :, 0], red2[:, 0], inv_t, mode, _tile_pixels(C))
+        k.expnorm_cl_tiles(_rows(x3), _rows(out3), red2[:, 0], inv_t, mode, _tile_pixels(C), get_num_threads())
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
@@ -66,9 +76,10 @@ def run_argmax(x3, labels2, conf2, inv_t):
     if conf2 is None:
         conf2 = _scratch((outer, inner), x3.dtype)
     if inner > 1:
-        k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C))
+        k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), get_num_threads())
     elif C < config.CPU_ROW_MIN_CLASSES:
-        k.argmax_cl_tiles(x3[:, :, 0], labels2[:, 0], conf2[:, 0], inv_t, with_conf,
-                          _tile_pixels(C))
+        k.argmax_cl_tiles(_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+                          _tile_pixels(C), get_num_threads())
     else:
-        k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf)
+        k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+                         get_num_threads())

@@ -14,60 +14,79 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.tiles import (LANES, is_finite, row_argmax, row_expsum, tile_argmax,
-                                  tile_expsum)
+from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transposed, row_argmax,
+                                  row_expsum, tile_argmax, tile_expsum, work_chunks)
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _tile(xt, labels, conf, inv_t, with_conf):
-    P = xt.shape[1]
-    m = np.empty(P, dtype=xt.dtype)
-    idx = np.empty(P, dtype=np.int64)
-    tile_argmax(xt, m, idx)
+def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part):
+    """Labels (and confidence) of one tile into ``labels[r0:r0 + P]``."""
+    tile_argmax(x, o, i0, P, m, idx)
     for p in range(P):
-        labels[p] = idx[p]
+        labels[r0 + p] = idx[p]
     if with_conf:
-        s = np.empty(P, dtype=np.float64)
-        tile_expsum(xt, m, inv_t, s)
+        tile_expsum(x, o, i0, P, m, inv_t, s, part)
         nan = conf.dtype.type(np.nan)
         for p in range(P):
-            conf[p] = 1.0 / s[p] if is_finite(m[p]) else nan
+            conf[r0 + p] = 1.0 / s[p] if is_finite(m[p]) else nan
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def argmax_cf(x, labels, conf, inv_t, with_conf, tile):
+def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)."""
     outer, C, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for job in prange(outer * ntiles):
-        o = job // ntiles
-        i0 = (job - o * ntiles) * tile
-        i1 = min(i0 + tile, inner)
-        _tile(x[o, :, i0:i1], labels[o, i0:i1], conf[o, i0:i1], inv_t, with_conf)
+    njobs = outer * ntiles
+    nchunks = work_chunks(njobs, nthreads)
+    for chunk in prange(nchunks):
+        m = np.empty(tile, dtype=x.dtype)
+        part = np.empty(tile, dtype=x.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, inner - i0)
+            _tile(x, o, i0, P, labels[o], conf[o], i0, inv_t, with_conf, m, idx, s, part)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile):
-    """Channels-last, small C: ``x`` (rows, C); ``labels``, ``conf`` (rows,)."""
-    rows = x.shape[0]
+def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads):
+    """Channels-last, small C: ``x`` (rows, C); ``labels``, ``conf`` (rows,).
+    A tile of rows is transposed into an L1 scratch (C, P) first."""
+    rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
-    for job in prange(ntiles):
-        r0 = job * tile
-        r1 = min(r0 + tile, rows)
-        _tile(x[r0:r1].T, labels[r0:r1], conf[r0:r1], inv_t, with_conf)
+    nchunks = work_chunks(ntiles, nthreads)
+    for chunk in prange(nchunks):
+        buf = np.empty((1, C, tile), dtype=x.dtype)
+        m = np.empty(tile, dtype=x.dtype)
+        part = np.empty(tile, dtype=x.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
+        for job in range(j0, j1):
+            r0 = job * tile
+            P = min(tile, rows - r0)
+            load_transposed(x, r0, P, buf)
+            _tile(buf, 0, 0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def argmax_cl_rows(x, labels, conf, inv_t, with_conf):
+def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads):
     """Channels-last, large C, C-contiguous ``x`` (rows, C)."""
     rows = x.shape[0]
-    for r in prange(rows):
+    nchunks = work_chunks(rows, nthreads)
+    for chunk in prange(nchunks):
         lane_m = np.empty(LANES, dtype=x.dtype)
+        lane_p = np.empty(LANES, dtype=x.dtype)
         lane_i = np.empty(LANES, dtype=np.int64)
-        row = x[r]
-        mx, i = row_argmax(row, lane_m, lane_i)
-        labels[r] = i
-        if with_conf:
-            lane_s = np.empty(LANES, dtype=np.float64)
-            s = row_expsum(row, mx, inv_t, lane_m, lane_s, lane_m, False)
-            conf[r] = 1.0 / s if is_finite(mx) else np.nan
+        lane_s = np.empty(LANES, dtype=np.float64)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        for r in range(r0, r1):
+            row = x[r]
+            mx, i = row_argmax(row, lane_m, lane_i)
+            labels[r] = i
+            if with_conf:
+                s = row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, lane_m, False)
+                conf[r] = 1.0 / s if is_finite(mx) else np.nan

@@ -19,8 +19,9 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.tiles import (LANES, is_finite, row_argmax, row_expsum, safe_log, tile_exp_store,
-                                  tile_expsum, tile_max)
+from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transposed, row_argmax,
+                                  row_expsum, safe_log, store_transposed, tile_exp_store, tile_expsum, tile_max,
+                                  work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -28,98 +29,133 @@ LOGSUMEXP = 2
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _finish_tile(xt, ot, red, m, s, inv_t, mode):
-    """Turn a tile's max ``m`` and exp-sum ``s`` into the op's output.
+def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
+    """One tile: max ``m``, exp-sum ``s`` and, for softmax/log_softmax, the
+    result in the L1 scratch ``ebuf[0, :, :P]``.
 
-    softmax: ``ot`` already holds the exponentials, scale by 1/s; pixels with
-    a non-finite max (NaN, +inf, all -inf) become NaN. log_softmax:
-    ``(x - m) * inv_t - log s``. logsumexp: ``m * inv_t + log s``, or m
-    itself (NaN, +inf or -inf, as the rules say) for those pixels.
+    The result goes to a scratch, never straight to ``out``: when ``out``
+    is ``x`` (in place) LLVM's runtime alias check would send every loop
+    reading x and writing out to its scalar fallback.
     """
-    C, P = xt.shape
-    nan = xt.dtype.type(np.nan)
-    g = np.empty(P, dtype=xt.dtype)
+    C = x.shape[1]
+    tile_max(x, o, i0, P, m)
+    if mode == SOFTMAX:
+        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0)
+    else:
+        tile_expsum(x, o, i0, P, m, inv_t, s, part)
+    nan = g.dtype.type(np.nan)
     if mode == SOFTMAX:
         for p in range(P):
             g[p] = 1.0 / s[p] if is_finite(m[p]) else nan
         for c in range(C):
             for p in range(P):
-                ot[c, p] = ot[c, p] * g[p]
+                ebuf[0, c, p] = ebuf[0, c, p] * g[p]
     elif mode == LOG_SOFTMAX:
         for p in range(P):
             g[p] = safe_log(s[p]) if is_finite(m[p]) else nan
         for c in range(C):
             for p in range(P):
-                ot[c, p] = (xt[c, p] - m[p]) * inv_t - g[p]
-    else:
-        for p in range(P):
-            red[p] = m[p] * inv_t + safe_log(s[p]) if is_finite(m[p]) else m[p]
+                ebuf[0, c, p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
 
 
 @njit(fastmath=FASTMATH, cache=True)
-def _tile(xt, ot, red, inv_t, mode):
-    P = xt.shape[1]
-    m = np.empty(P, dtype=xt.dtype)
-    s = np.empty(P, dtype=np.float64)
-    tile_max(xt, m)
-    if mode == SOFTMAX:
-        tile_exp_store(xt, m, inv_t, s, ot)
-    else:
-        tile_expsum(xt, m, inv_t, s)
-    _finish_tile(xt, ot, red, m, s, inv_t, mode)
+def _lse(P, m, s, inv_t, red, r0):
+    """logsumexp ``m * inv_t + log s``; m itself (NaN, +inf, -inf) where not finite."""
+    for p in range(P):
+        red[r0 + p] = m[p] * inv_t + safe_log(s[p]) if is_finite(m[p]) else m[p]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile):
-    """Channels-first: ``x``, ``out`` (outer, C, inner); ``red`` (outer, inner).
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
+    """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
+    (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
+    logsumexp; the unused one may be any array of that type (not touched).
 
-    ``out`` is written for softmax/log_softmax, ``red`` for logsumexp; the
-    unused one may be any array of the right shape (it is not touched).
+    One read of x: the tile's C x P scores stay in L1/L2 between the max
+    pass, the exp-sum pass and the write.
     """
     outer, C, inner = x.shape
     ntiles = (inner + tile - 1) // tile
-    for job in prange(outer * ntiles):
-        o = job // ntiles
-        i0 = (job - o * ntiles) * tile
-        i1 = min(i0 + tile, inner)
-        _tile(x[o, :, i0:i1], out[o, :, i0:i1], red[o, i0:i1], inv_t, mode)
+    njobs = outer * ntiles
+    nchunks = work_chunks(njobs, nthreads)
+    for chunk in prange(nchunks):
+        ebuf = np.empty((1, C, tile), dtype=x.dtype)
+        m = np.empty(tile, dtype=x.dtype)
+        g = np.empty(tile, dtype=x.dtype)
+        part = np.empty(tile, dtype=x.dtype)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, inner - i0)
+            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf)
+            if mode == LOGSUMEXP:
+                _lse(P, m, s, inv_t, red[o], i0)
+            else:
+                for c in range(C):
+                    for p in range(P):
+                        out[o, c, i0 + p] = ebuf[0, c, p]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def expnorm_cl_tiles(x, out, red, inv_t, mode, tile):
-    """Channels-last, small C: ``x``, ``out`` (rows, C); ``red`` (rows,)."""
-    rows = x.shape[0]
+def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
+    """Channels-last, small C: ``x``, ``out`` (rows, C); ``red`` (rows,).
+
+    A tile of rows is transposed into an L1 scratch (C, P) first, so every
+    loop after it is contiguous across pixels; the result goes back row by
+    row.
+    """
+    rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
-    for job in prange(ntiles):
-        r0 = job * tile
-        r1 = min(r0 + tile, rows)
-        _tile(x[r0:r1].T, out[r0:r1].T, red[r0:r1], inv_t, mode)
+    nchunks = work_chunks(ntiles, nthreads)
+    for chunk in prange(nchunks):
+        buf = np.empty((1, C, tile), dtype=x.dtype)
+        ebuf = np.empty((1, C, tile), dtype=x.dtype)
+        m = np.empty(tile, dtype=x.dtype)
+        g = np.empty(tile, dtype=x.dtype)
+        part = np.empty(tile, dtype=x.dtype)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
+        for job in range(j0, j1):
+            r0 = job * tile
+            P = min(tile, rows - r0)
+            load_transposed(x, r0, P, buf)
+            _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf)
+            if mode == LOGSUMEXP:
+                _lse(P, m, s, inv_t, red, r0)
+            else:
+                store_transposed(ebuf, P, out, r0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
     """Channels-last, large C, C-contiguous ``x`` and ``out`` (rows, C);
     ``red`` (rows,). For logsumexp ``out`` may be any (1, C) C-contiguous
     array; for softmax/log_softmax ``red`` is not touched."""
     rows, C = x.shape
     nan = x.dtype.type(np.nan)
-    for r in prange(rows):
+    nchunks = work_chunks(rows, nthreads)
+    for chunk in prange(nchunks):
         lane_m = np.empty(LANES, dtype=x.dtype)
+        lane_p = np.empty(LANES, dtype=x.dtype)
         lane_i = np.empty(LANES, dtype=np.int64)
         lane_s = np.empty(LANES, dtype=np.float64)
-        row = x[r]
-        # logsumexp passes a (1, C) stand-in for out: never written.
-        orow = out[r] if mode != LOGSUMEXP else out[0]
-        mx, _ = row_argmax(row, lane_m, lane_i)
-        s = row_expsum(row, mx, inv_t, lane_m, lane_s, orow, mode == SOFTMAX)
-        ok = is_finite(mx)
-        if mode == SOFTMAX:
-            g = x.dtype.type(1.0 / s) if ok else nan
-            for c in range(C):
-                orow[c] = orow[c] * g
-        elif mode == LOG_SOFTMAX:
-            g = x.dtype.type(safe_log(s)) if ok else nan
-            for c in range(C):
-                orow[c] = (row[c] - mx) * inv_t - g
-        else:
-            red[r] = mx * inv_t + safe_log(s) if ok else mx
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        for r in range(r0, r1):
+            row = x[r]
+            # logsumexp passes a (1, C) stand-in for out: never written.
+            orow = out[r] if mode != LOGSUMEXP else out[0]
+            mx, _ = row_argmax(row, lane_m, lane_i)
+            s = row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, orow, mode == SOFTMAX)
+            ok = is_finite(mx)
+            if mode == SOFTMAX:
+                g = x.dtype.type(1.0 / s) if ok else nan
+                for c in range(C):
+                    orow[c] = orow[c] * g
+            elif mode == LOG_SOFTMAX:
+                g = x.dtype.type(safe_log(s)) if ok else nan
+                for c in range(C):
+                    orow[c] = (row[c] - mx) * inv_t - g
+            else:
+                red[r] = mx * inv_t + safe_log(s) if ok else mx

@@ -1,0 +1,47 @@
+"""Let LLVM use 512-bit vectors on AVX-512 machines.
+
+LLVM tunes most AVX-512 CPUs with ``prefer-256-bit``: loops vectorize with
+ymm registers only. Our kernels are long, branch-free elementwise loops (an
+exp polynomial, compares and selects), where zmm registers measured 1.7x
+faster on this project's machine (bench/RESULTS.md). Numba reads its
+target features once, from ``NUMBA_CPU_FEATURES``, when it first compiles;
+so this must run before Numba is imported.
+
+It changes nothing when the CPU lacks AVX-512F, when the user already set
+``NUMBA_CPU_FEATURES``, when ``FASTLOGITS_WIDE_VECTORS=0``, or when Numba
+was imported before fastlogits (then Numba's defaults stay; ``fastlogits
+info`` reports which case applies). Numba's on-disk cache is keyed by the
+feature string, so no stale kernels are loaded either way.
+"""
+
+import os
+import sys
+
+#: Why wide vectors are or are not in use (shown by ``fastlogits info``).
+STATUS = "not checked"
+
+
+def enable():
+    """Set ``NUMBA_CPU_FEATURES`` to the host's features minus ``prefer-256-bit``."""
+    global STATUS
+    if os.environ.get("FASTLOGITS_WIDE_VECTORS", "1") == "0":
+        STATUS = "off (FASTLOGITS_WIDE_VECTORS=0)"
+        return
+    if "NUMBA_CPU_FEATURES" in os.environ:
+        STATUS = "left to NUMBA_CPU_FEATURES set by the user"
+        return
+    if "numba" in sys.modules:
+        STATUS = "off (numba was imported before fastlogits)"
+        return
+    try:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features()
+    except Exception as exc:  # pragma: no cover - llvmlite without host info
+        STATUS = f"off (host features unknown: {exc})"
+        return
+    if not features.get("avx512f", False):
+        STATUS = "off (no AVX-512F on this CPU)"
+        return
+    os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
+    STATUS = "on (512-bit vectors: AVX-512F, prefer-256-bit removed)"
