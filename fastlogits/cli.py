@@ -1,0 +1,512 @@
+"""The ``fastlogits`` command: ``info``, ``demo``, ``classify``, ``bench``.
+
+Run ``fastlogits COMMAND --help`` for the options of each. Every error a
+user can cause (a missing file, a wrong axis, a shape that does not fit, an
+unknown option, a bad size) prints one line on stderr and exits with status
+2, with nothing written half-way; Ctrl-C exits with 130. Set
+``FASTLOGITS_DEBUG=1`` to get Python tracebacks instead.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors on one line (and no usage block)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+class CommandError(Exception):
+    """An error to report on one line (exit status 2)."""
+
+
+# --------------------------------------------------------------------------
+# progress bars on stderr: tqdm when installed, else a small built-in one
+# --------------------------------------------------------------------------
+
+class _Bar:
+    """A minimal progress bar, drawn on stderr only when it is a terminal,
+    and only once the run has lasted ``delay`` seconds."""
+
+    def __init__(self, total, desc, unit, delay=0.5, stream=None):
+        self.total, self.desc, self.unit = max(1, total), desc, unit
+        self.n, self.delay, self.stream = 0, delay, stream or sys.stderr
+        self.t0 = self.last = time.monotonic()
+        self.drawn = False
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def set_description(self, desc):
+        self.desc = desc
+
+    def update(self, n=1):
+        self.n += n
+        now = time.monotonic()
+        if self.live and now - self.t0 >= self.delay and (now - self.last >= 0.1 or self.n >= self.total):
+            self.last = now
+            self._draw(now)
+
+    def _draw(self, now):
+        frac = min(1.0, self.n / self.total)
+        filled = int(30 * frac)
+        elapsed = now - self.t0
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        self.stream.write(f"\r{self.desc[:32]:<32} {100 * frac:5.1f}% |{'#' * filled}{'.' * (30 - filled)}| "
+                          f"{_human(self.n)}/{_human(self.total)} {self.unit} "
+                          f"{elapsed:5.1f}s, {eta:5.1f}s left ")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self):
+        if self.drawn:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+
+def _human(n):
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
+
+
+def _progress(desc, unit, enabled=True):
+    """A factory ``make(total)`` for a progress bar, or None when disabled."""
+    if not enabled:
+        return None
+
+    def make(total):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return _Bar(total, desc, unit)
+        try:
+            return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
+                        leave=False, delay=0.5)
+        except TypeError:  # an old tqdm without `delay`
+            return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
+                        leave=False)
+
+    return make
+
+
+# --------------------------------------------------------------------------
+# argument types
+# --------------------------------------------------------------------------
+
+def _ints(text, n, name):
+    parts = [p for p in text.replace("x", ",").replace("X", ",").split(",") if p.strip()]
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != n or any(v < 1 for v in vals):
+        shape = ",".join("HWC"[:n]) if n == 3 else "H,W"
+        raise argparse.ArgumentTypeError(f"{text!r} must be {n} positive integers, e.g. {shape}")
+    return vals
+
+
+def _size2(text):
+    return _ints(text, 2, "--size")
+
+
+def _shape3(text):
+    return _ints(text, 3, "--shape")
+
+
+def _memory(text):
+    from fastlogits.tiled import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return v
+
+
+def _list(values):
+    """``["cpu,numpy", "cuda"]`` -> ``["cpu", "numpy", "cuda"]`` (None stays None)."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+# --------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------
+
+def _version(dist, module=None):
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        pass
+    if module is not None:
+        try:
+            mod = __import__(module)
+            return getattr(mod, "__version__", "installed")
+        except ImportError:
+            pass
+    return "not installed"
+
+
+def _fastexp_status():
+    """How exp runs in the CPU kernels: compiles a tiny (uncached) loop over
+    :func:`fastlogits.cpu.fastexp.fexp` and looks for vector types in its IR."""
+    import re
+
+    try:
+        import numpy as np
+        from numba import njit
+
+        from fastlogits.config import FASTMATH
+        from fastlogits.cpu.fastexp import fexp
+    except ImportError as exc:
+        return f"not available ({exc}); kernels would call the scalar libm exp"
+
+    def loop(x, out):
+        for i in range(x.size):
+            out[i] = fexp(x[i])
+
+    probe = njit(fastmath=FASTMATH)(loop)
+    vectorized = []
+    for dt, name in ((np.float32, "float"), (np.float64, "double")):
+        a = np.zeros(16, dt)
+        probe(a, a.copy())
+        ir = probe.inspect_llvm(probe.signatures[-1])
+        vectorized.append(re.search(rf"<\d+ x {name}>", ir) is not None)
+    if all(vectorized):
+        return "vectorized polynomial exp (float32/float64)"
+    return "fastlogits.cpu.fastexp present, but the exp loop did not vectorize (scalar code)"
+
+
+def _cache_dirs():
+    """Numba's on-disk cache directories of the fastlogits kernels, with
+    the number and size of the cache files in each."""
+    import importlib
+    import pkgutil
+
+    import fastlogits
+
+    modules = ["fastlogits._bandwidth"]
+    for sub in ("cpu", "cuda"):
+        try:
+            pkg = importlib.import_module(f"fastlogits.{sub}")
+        except ImportError:
+            continue
+        modules += [f"fastlogits.{sub}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
+    dirs = []
+    for name in modules:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:  # e.g. a CUDA module without a driver
+            continue
+        for obj in vars(mod).values():
+            cache = getattr(obj, "_cache", None)
+            path = getattr(cache, "_cache_path", None)
+            if path and path not in dirs:
+                dirs.append(path)
+    if not dirs:  # Numba's rule: NUMBA_CACHE_DIR, else __pycache__ next to the source
+        base = os.environ.get("NUMBA_CACHE_DIR")
+        dirs = [base or os.path.join(os.path.dirname(fastlogits.__file__), "cpu", "__pycache__")]
+    out = []
+    for d in dirs:
+        files = [os.path.join(d, f) for f in os.listdir(d)] if os.path.isdir(d) else []
+        files = [f for f in files if f.endswith((".nbi", ".nbc"))]
+        size = sum(os.path.getsize(f) for f in files)
+        out.append((d, len(files), size))
+    return out
+
+
+def cmd_info(args):
+    import platform
+
+    import numba
+
+    import fastlogits
+    from fastlogits import _bandwidth, api
+    from fastlogits.benchmark import cpu_name, gpu_name
+    from fastlogits.tiled import format_size
+
+    import numpy as np
+
+    _bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "not started"
+    usable, reason = api._cuda_status()
+    gpu = "none"
+    if usable:
+        gpu = gpu_name() or "CUDA device"
+        try:
+            from fastlogits.cuda import runtime
+
+            name = getattr(runtime, "device_name", None)
+            if callable(name):
+                gpu = name()
+        except Exception:
+            pass
+    else:
+        gpu = f"none ({reason})"
+    rows = [
+        ("fastlogits", f"{fastlogits.__version__} ({os.path.dirname(fastlogits.__file__)})"),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("numpy", np.__version__),
+        ("numba", numba.__version__),
+        ("numba-cuda", _version("numba-cuda")),
+        ("torch", _version("torch", "torch")),
+        ("backends", ", ".join(fastlogits.backends())),
+        ("threads", f"{numba.get_num_threads()} Numba threads of {os.cpu_count()} cores, "
+                    f"threading layer {layer}"),
+        ("CPU", cpu_name()),
+        ("GPU", gpu),
+        ("fastexp", _fastexp_status()),
+    ]
+    for d, n, size in _cache_dirs():
+        rows.append(("kernel cache", f"{d} ({n} files, {format_size(size)})"))
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        rows.append(("", f"(NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']})"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# demo
+# --------------------------------------------------------------------------
+
+def cmd_demo(args):
+    from fastlogits import demo
+
+    res = demo.run(out_dir=args.out, size=args.size, backends=_list(args.backends),
+                   seed=args.seed, repeat=args.repeat)
+    if not res["agree"]:
+        print("fastlogits demo: error: the backends disagree (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------
+# classify
+# --------------------------------------------------------------------------
+
+def cmd_classify(args):
+    from fastlogits import tiled
+
+    res = tiled.classify_file(
+        args.input, args.axis, labels=args.labels, confidence=args.confidence,
+        temperature=args.temperature, backend=args.backend, key=args.key,
+        max_memory=args.max_memory, labels_dtype=args.labels_dtype, palette=args.palette,
+        confidence_style=args.confidence_map,
+        progress=_progress("classify", "px", enabled=not args.quiet))
+    if not args.quiet:
+        counts = res["class_counts"]
+        n = max(1, int(counts.sum()))
+        top = [c for c in counts.argsort()[::-1][:5] if counts[c]]
+        share = ", ".join(f"{c}: {100 * counts[c] / n:.1f}%" for c in top)
+        print(f"classified {res['pixels']:,} pixels x {res['classes']} classes ({res['dtype']}, "
+              f"shape {res['shape']}, class axis {res['axis']}) on {res['backend']} in "
+              f"{res['seconds']:.2f} s, {res['tiles']} tile(s); top classes {share}")
+        for path in res["outputs"]:
+            print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------
+
+def cmd_bench(args):
+    import json
+
+    import numpy as np
+
+    from fastlogits import benchmark
+
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CommandError("--plot needs matplotlib: pip install 'fastlogits[plot]'") from None
+    for path in (args.json, args.plot):
+        if path is not None:
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                raise CommandError(f"cannot write {path!r}: directory {d!r} does not exist")
+    report = benchmark.run(
+        shape=args.shape, layout=args.layout, ops=_list(args.ops), backends=_list(args.backends),
+        repeat=args.repeat, dtype=np.dtype(args.dtype), torch=not args.no_torch,
+        progress=_progress("bench", "step", enabled=not args.quiet))
+    print(benchmark.format_table(report))
+    if args.json is not None:
+        _write_replace(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        tmp = _temp(args.plot) + os.path.splitext(args.plot)[1]
+        try:
+            benchmark.plot(report, tmp)
+            os.replace(tmp, args.plot)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _temp(path):
+    d, base = os.path.split(os.path.abspath(path))
+    return os.path.join(d, f".{base}.fastlogits-{os.getpid()}.tmp")
+
+
+def _write_replace(path, write):
+    tmp = _temp(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------------------
+# the parser
+# --------------------------------------------------------------------------
+
+def build_parser():
+    """The ``fastlogits`` argument parser."""
+    p = _Parser(prog="fastlogits",
+                description="Logits to labels, confidences and probabilities at the speed of memory.")
+    p.add_argument("--version", action="version", version=f"fastlogits {_package_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("info", help="versions, backends, threads, GPU, fast-exp path, kernel cache",
+                       description="Show versions, backends, threads, the GPU, whether the "
+                                   "vectorized exp is active and where compiled kernels are cached.")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("demo", help="classify a synthetic Cityscapes-sized scene on every backend",
+                       description="Synthesize a street scene (1024x2048, 19 Cityscapes classes), "
+                                   "classify it on every available backend, check that they agree, "
+                                   "write labels.png and confidence.png and print a timing table.")
+    s.add_argument("--out", default="fastlogits-demo", metavar="DIR",
+                   help="output directory (default: ./fastlogits-demo)")
+    s.add_argument("--size", type=_size2, default=(1024, 2048), metavar="H,W",
+                   help="scene size (default: 1024,2048)")
+    s.add_argument("--backends", nargs="+", metavar="B",
+                   help="backends to run (default: all available), e.g. cpu,numpy")
+    s.add_argument("--repeat", type=int, default=5, metavar="N",
+                   help="timed runs per backend (default: 5; fewer for slow backends)")
+    s.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("classify", help="labels and confidence of a .npy/.npz logits file",
+                       description="Classify a logits file. A .npy input is memory-mapped and "
+                                   "processed in tiles, so memory stays within --max-memory "
+                                   "whatever its size. Outputs: .npy (memory-mapped) or .png "
+                                   "(palette labels, heat-map confidence), written under a "
+                                   "temporary name and renamed when complete.")
+    s.add_argument("input", metavar="INPUT", help="logits, .npy or .npz")
+    s.add_argument("--axis", type=int, required=True, metavar="A",
+                   help="the class axis (-1 for H,W,C; 1 for N,C,H,W; 0 for C,H,W)")
+    s.add_argument("--labels", metavar="OUT", help="labels output, .npy or .png")
+    s.add_argument("--confidence", metavar="OUT", help="top-1 probability output, .npy or .png")
+    s.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
+                   help="divide logits by T before the softmax (default 1)")
+    s.add_argument("--backend", default="auto", choices=("auto", "cpu", "numpy", "cuda"),
+                   help="default: auto (FASTLOGITS_BACKEND, else cpu)")
+    s.add_argument("--key", metavar="K", help="array name inside a .npz (default: its only array)")
+    s.add_argument("--max-memory", type=_memory, default=1 << 30, metavar="SIZE",
+                   help="approximate memory bound, e.g. 512M or 4G (default: 1G)")
+    s.add_argument("--labels-dtype", metavar="D",
+                   help=".npy labels dtype (default: the narrowest unsigned type holding C-1)")
+    s.add_argument("--palette", metavar="FILE",
+                   help="colours of .png labels: text 'R G B' rows or a .npy (K,3) "
+                        "(default: Cityscapes for 19 classes, ADE20K for 150, else generated)")
+    s.add_argument("--confidence-map", choices=("heat", "grey"), default="heat",
+                   help="colours of a .png confidence (default: heat)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("bench", help="time every op on every backend beside NumPy and PyTorch",
+                       description="Time every op on every available backend, the NumPy idiom "
+                                   "and PyTorch (when installed) in one run, with the memory "
+                                   "bandwidth measured in the same run.")
+    s.add_argument("--shape", type=_shape3, default=(1024, 2048, 19), metavar="H,W,C",
+                   help="logits shape (default: 1024,2048,19)")
+    s.add_argument("--layout", choices=("hwc", "chw"), default="hwc",
+                   help="hwc: (H,W,C), class axis -1; chw: (C,H,W), class axis 0")
+    s.add_argument("--ops", nargs="+", metavar="OP", help="ops to time (default: all)")
+    s.add_argument("--backends", nargs="+", metavar="B",
+                   help="fastlogits backends (default: all available but the numpy reference)")
+    s.add_argument("--repeat", type=int, default=5, metavar="N", help="timed runs (default: 5)")
+    s.add_argument("--dtype", choices=("float32", "float16", "float64"), default="float32")
+    s.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    s.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    s.add_argument("--plot", metavar="OUT.png", help="bar chart (needs matplotlib)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def _package_version():
+    from fastlogits import __version__
+
+    return __version__
+
+
+def _one_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, (ValueError, TypeError, CommandError)):
+        return " ".join(text.split())
+    return f"{type(exc).__name__}: {text.splitlines()[0]}"
+
+
+def main(argv=None):
+    """Entry point of the ``fastlogits`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if getattr(args, "repeat", 1) < 1:
+        parser.error("--repeat must be at least 1")
+    debug = os.environ.get("FASTLOGITS_DEBUG", "") not in ("", "0")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"fastlogits {args.command}: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # one line, never a traceback
+        if debug:
+            raise
+        print(f"fastlogits {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
