@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.fastexp import fexp
+from fastlogits.cpu.fastexp import fexp_shifted
 
 #: Classes summed in the input precision before the partial sum is added to
 #: a float64 total: float32 sums stay accurate for C in the hundreds of
@@ -119,7 +119,7 @@ def tile_expsum(x, o, i0, P, m, inv_t, s, part):
             part[p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             for p in range(P):
-                part[p] += fexp((x[o, c, i0 + p] - m[p]) * inv_t)
+                part[p] += fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
         for p in range(P):
             s[p] += part[p]
 
@@ -137,7 +137,7 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0):
             part[p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             for p in range(P):
-                e = fexp((x[o, c, i0 + p] - m[p]) * inv_t)
+                e = fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
                 et[eo, c, ei0 + p] = e
                 part[p] += e
         for p in range(P):
@@ -210,7 +210,7 @@ def row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, out_row, write):
         for l in range(LANES):
             total += lane_s[l]
     for c in range(body, row.shape[0]):
-        e = fexp((row[c] - mx) * inv_t)
+        e = fexp_shifted((row[c] - mx) * inv_t)
         if write:
             out_row[c] = e
         total += e

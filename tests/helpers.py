@@ -1,0 +1,57 @@
+"""Input makers and comparison rules shared by the test modules."""
+
+import numpy as np
+
+#: Absolute tolerance of each input dtype against the float64 reference,
+#: for probabilities and log-probabilities (DESIGN.md: 2e-6 for float32).
+ATOL = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-12}
+#: logsumexp and log_softmax grow with |x|: also a relative part.
+RTOL = {np.float16: 2e-3, np.float32: 1e-6, np.float64: 1e-12}
+
+
+def logits(rng, shape, dtype=np.float32, scale=3.0, offset=0.0):
+    """Fresh normal logits (std ``scale``, never zeros) of ``dtype``."""
+    return (rng.standard_normal(shape) * scale + offset).astype(dtype)
+
+
+def sprinkle_specials(rng, x, axis, frac=0.05):
+    """Put NaN, +inf and -inf in some pixels, all -inf in some others, and
+    exact ties in others (in place; returns x)."""
+    xm = np.moveaxis(x, axis, -1)
+    flat = xm.reshape(-1, xm.shape[-1]) if xm.flags.c_contiguous else None
+    if flat is None:
+        raise ValueError("sprinkle_specials needs a class-axis-last contiguous view")
+    n, C = flat.shape
+    k = max(1, int(n * frac))
+    for value in (np.nan, np.inf, -np.inf):
+        rows = rng.choice(n, k)
+        cols = rng.integers(0, C, k)
+        flat[rows, cols] = value
+    flat[rng.choice(n, k)] = -np.inf  # whole pixel -inf
+    tie_rows = rng.choice(n, k)
+    if C > 1:
+        flat[tie_rows, -1] = flat[tie_rows].max(axis=1)  # a tie with the max
+    return x
+
+
+def specials_array(rng, shape, axis, dtype):
+    """Logits of ``shape`` (class axis ``axis``) with special values."""
+    base = np.moveaxis(logits(rng, shape, dtype), axis, -1).copy()
+    sprinkle_specials(rng, base, -1)
+    return np.moveaxis(base, -1, axis)
+
+
+def assert_close(actual, expected, dtype):
+    """Same shape, dtype, NaN pattern and infinities; finite values close."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    a = actual.astype(np.float64)
+    e = expected.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg="NaN pattern differs")
+    inf = np.isinf(e) | np.isinf(a)
+    np.testing.assert_array_equal(a[inf], e[inf], err_msg="infinities differ")
+    fin = ~np.isnan(e) & ~inf
+    key = np.dtype(dtype).type
+    np.testing.assert_allclose(a[fin], e[fin], atol=ATOL[key], rtol=RTOL[key])

@@ -1,0 +1,251 @@
+"""The five per-pixel ops on every host backend against the reference."""
+
+import numpy as np
+import pytest
+
+import fastlogits as fl
+from fastlogits import config
+from fastlogits.registry import OPS
+from tests.helpers import assert_close, logits, specials_array
+
+BACKENDS = ["cpu", "numpy"]
+DTYPES = [np.float16, np.float32, np.float64]
+# (shape, axis): channels-last and channels-first, odd sizes that are not
+# multiples of any tile; C = 1, 2, 3, 19, 150 and 1000+.
+SHAPES = [
+    ((5, 7, 19), -1),
+    ((2, 19, 9, 11), 1),
+    ((33, 1), -1),
+    ((3, 1, 17), 1),
+    ((31, 2), -1),
+    ((4, 3, 13), 1),
+    ((6, 150), -1),
+    ((2, 150, 37), 1),
+    ((9, 1031), -1),
+    ((1, 1031, 21), 1),
+    ((300, 3), 0),
+]
+
+
+def run(op, x, axis, **kw):
+    if not op.tempered:
+        kw.pop("temperature", None)
+    return op.public(x, axis, **kw)
+
+
+def expected(op, x, axis, **kw):
+    if not op.tempered:
+        kw.pop("temperature", None)
+    return op.reference(x, axis, **kw)
+
+
+def check(op, got, want, dtype):
+    if op.output == "pair":
+        np.testing.assert_array_equal(got[0], want[0])
+        assert got[0].dtype == np.int64
+        assert_close(got[1], want[1], dtype)
+    elif op.exact:
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == want.dtype == np.int64
+    else:
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("name", list(OPS))
+def test_matches_reference(rng, name, shape, axis, dtype, backend):
+    op = OPS[name]
+    x = logits(rng, shape, dtype)
+    got = run(op, x, axis, temperature=1.0, backend=backend)
+    check(op, got, expected(op, x, axis), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", SHAPES)
+@pytest.mark.parametrize("name", list(OPS))
+def test_special_values(rng, name, shape, axis, dtype):
+    """NaN, +inf, -inf, all -inf pixels and ties: identical to the reference."""
+    op = OPS[name]
+    x = specials_array(rng, shape, axis, dtype)
+    got = run(op, x, axis, temperature=0.7, backend="cpu")
+    check(op, got, expected(op, x, axis, temperature=0.7), dtype)
+
+
+def test_special_value_table():
+    """The rules of DESIGN.md, one pixel each."""
+    x = np.array(
+        [
+            [1.0, np.nan, 2.0],        # NaN -> NaN everywhere, lse NaN, argmax first NaN
+            [1.0, np.inf, 2.0],        # +inf -> NaN probs, lse +inf
+            [-np.inf, -np.inf, -np.inf],  # all -inf -> NaN probs, lse -inf
+            [-np.inf, 0.0, -np.inf],   # some -inf: probability 0, log -inf
+            [np.nan, np.inf, np.nan],  # NaN wins over +inf; first NaN index
+            [3.0, 3.0, 1.0],           # tie: first max
+        ],
+        np.float32,
+    )
+    p = fl.softmax(x)
+    assert np.isnan(p[:3]).all() and np.isnan(p[4]).all()
+    np.testing.assert_array_equal(p[3], [0.0, 1.0, 0.0])
+    lp = fl.log_softmax(x)
+    np.testing.assert_array_equal(lp[3], [-np.inf, 0.0, -np.inf])
+    lse = fl.logsumexp(x)
+    assert np.isnan(lse[0]) and lse[1] == np.inf and lse[2] == -np.inf and lse[3] == 0.0
+    assert np.isnan(lse[4])
+    np.testing.assert_array_equal(fl.argmax(x), [1, 1, 0, 1, 0, 0])
+    labels, conf = fl.classify(x)
+    np.testing.assert_array_equal(labels, [1, 1, 0, 1, 0, 0])
+    assert np.isnan(conf[[0, 1, 2, 4]]).all() and conf[3] == 1.0
+    np.testing.assert_allclose(conf[5], 1 / (2 + np.exp(-2.0)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_small_tiles_cover_tails_and_many_tiles(rng, name, monkeypatch):
+    """Tunables are read at call time: tiny tiles make every path run many
+    tiles with ragged tails, for both layouts and the large-C row path."""
+    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 64)
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 8)
+    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 100)
+    op = OPS[name]
+    for shape, axis in [((101, 5), -1), ((3, 5, 53), 1), ((57, 21), -1), ((77, 9), -1)]:
+        for dtype in (np.float32, np.float16):
+            x = specials_array(rng, shape, axis, dtype)
+            got = run(op, x, axis, temperature=1.3)
+            check(op, got, expected(op, x, axis, temperature=1.3), dtype)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_non_contiguous_views(rng, name):
+    op = OPS[name]
+    base = logits(rng, (6, 40, 38), np.float32)
+    views = [
+        (base[:, ::2, 1::3], 1),      # strided channels-first
+        (base[::-1, :, ::2], -1),     # reversed, strided classes
+        (base.transpose(2, 0, 1), 0),  # transposed
+        (np.asfortranarray(base), 2),
+        (base[:, 3, :], 0),
+    ]
+    for x, axis in views:
+        check(op, run(op, x, axis, temperature=2.0), expected(op, x, axis, temperature=2.0),
+              np.float32)
+
+
+@pytest.mark.parametrize("name", [name for name, op in OPS.items() if op.tempered])
+def test_temperature(rng, name):
+    op = OPS[name]
+    x = logits(rng, (50, 19))
+    for t in (0.05, 0.5, 3.0, 100.0):
+        check(op, run(op, x, -1, temperature=t), expected(op, x, -1, temperature=t), np.float32)
+
+
+def test_large_offsets_and_large_c(rng):
+    """Max-subtraction keeps +1e4 offsets exact; sums over 200k classes stay
+    accurate in float32 (blocked float64 accumulation)."""
+    x = logits(rng, (4, 19), offset=1e4)
+    assert_close(fl.softmax(x), fl.reference.softmax(x), np.float32)
+    big = logits(rng, (2, 200_003), scale=1.0)
+    assert_close(fl.softmax(big), fl.reference.softmax(big), np.float32)
+    assert_close(fl.logsumexp(big), fl.reference.logsumexp(big), np.float32)
+    big_cf = logits(rng, (1, 100_003, 3), scale=1.0)
+    assert_close(fl.logsumexp(big_cf, 1), fl.reference.logsumexp(big_cf, 1), np.float32)
+    labels, conf = fl.classify(big)
+    want_labels, want_conf = fl.reference.classify(big)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert_close(conf, want_conf, np.float32)
+
+
+# --------------------------------------------------------------------------
+# out=
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("axis", [-1, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_in_place(rng, name, axis, dtype):
+    op = OPS[name]
+    x = logits(rng, (3, 19, 21) if axis == 1 else (7, 9, 19), dtype)
+    want = op.reference(x, axis)
+    y = x.copy()
+    res = op.public(y, axis, out=y)
+    assert res is y
+    assert_close(y, want, dtype)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp"])
+def test_out_preallocated_and_non_contiguous(rng, name):
+    op = OPS[name]
+    x = logits(rng, (8, 19))
+    want = op.reference(x, -1)
+    out = np.empty(want.shape, want.dtype)
+    assert op.public(x, out=out) is out
+    assert_close(out, want, np.float32)
+    # An out whose strides forbid a reshape: written through a temporary.
+    holder = np.zeros((want.shape + (2,)) if want.ndim else (2,), want.dtype)
+    strided = holder[..., 0]
+    op.public(x, out=strided)
+    assert_close(strided, want, np.float32)
+
+
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int16, np.int32, np.uint32, np.int64])
+def test_narrow_label_out(rng, label_dtype):
+    x = logits(rng, (9, 17, 19))
+    labels = np.empty((9, 17), label_dtype)
+    assert fl.argmax(x, out=labels) is labels
+    np.testing.assert_array_equal(labels, np.argmax(x, -1))
+    conf = np.empty((9, 17), np.float32)
+    lab2 = np.empty((9, 17), label_dtype)
+    got = fl.classify(x, out=(lab2, conf))
+    assert got[0] is lab2 and got[1] is conf
+    np.testing.assert_array_equal(lab2, np.argmax(x, -1))
+    assert_close(conf, fl.reference.classify(x)[1], np.float32)
+
+
+def test_numpy_backend_honours_out(rng):
+    x = logits(rng, (5, 4))
+    out = np.empty_like(x)
+    assert fl.softmax(x, out=out, backend="numpy") is out
+    assert_close(out, fl.reference.softmax(x), np.float32)
+
+
+# --------------------------------------------------------------------------
+# Empty inputs, backends
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(OPS))
+def test_empty_inputs(name, backend):
+    op = OPS[name]
+    for shape, axis in [((0, 19), -1), ((2, 19, 0), 1), ((0, 3, 4), 1)]:
+        x = np.zeros(shape, np.float32)
+        got = run(op, x, axis, backend=backend)
+        want = expected(op, x, axis)
+        if op.output == "pair":
+            assert got[0].shape == want[0].shape and got[1].shape == want[1].shape
+            assert got[1].dtype == np.float32
+        else:
+            assert got.shape == want.shape and got.dtype == want.dtype
+
+
+def test_backends_listing():
+    names = fl.backends()
+    assert names[:2] == ["numpy", "cpu"]
+
+
+def test_env_backend_override(rng, monkeypatch):
+    x = logits(rng, (4, 5))
+    monkeypatch.setenv("FASTLOGITS_BACKEND", "numpy")
+    assert_close(fl.softmax(x), fl.reference.softmax(x), np.float32)
+    monkeypatch.setenv("FASTLOGITS_BACKEND", "gpu9000")
+    with pytest.raises(ValueError, match="FASTLOGITS_BACKEND"):
+        fl.softmax(x)
+
+
+def test_scalar_dtype_outputs():
+    x = np.array([0.5, 0.34, 2.41], np.float32)  # the seed example of DESIGN.md
+    np.testing.assert_allclose(fl.softmax(x), [0.116, 0.099, 0.785], atol=1e-3)
+    assert fl.argmax(x).shape == () and int(fl.argmax(x)) == 2
+    labels, conf = fl.classify(x)
+    assert int(labels) == 2 and abs(float(conf) - 0.785) < 1e-3

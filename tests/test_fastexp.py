@@ -1,0 +1,57 @@
+"""The vectorizable exp against np.exp over the whole float range."""
+
+import numpy as np
+import pytest
+
+from fastlogits.cpu.fastexp import exp_array, exp_shifted_array
+
+
+def _ulps(got, want, dtype):
+    fi = np.finfo(dtype)
+    normal = np.isfinite(want) & (np.abs(want) >= fi.tiny)
+    g = got[normal].astype(np.float64)
+    w = want[normal].astype(np.float64)
+    return np.abs(g - w) / np.spacing(want[normal]).astype(np.float64)
+
+
+def _inputs(rng, dtype):
+    lo, hi = (-110.0, 90.0) if dtype == np.float32 else (-750.0, 712.0)
+    return np.concatenate([
+        rng.uniform(lo, hi, 200_000), rng.uniform(-1, 1, 100_000),
+        np.linspace(lo, hi, 100_001),
+        [np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, 88.73, -87.33, -103.9, -104.0,
+         709.78, 709.79, -745.1, -745.2, -746.0, 1e-30, -1e-30],
+    ]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 3), (np.float64, 2)])
+def test_exp_whole_range(rng, dtype, max_ulp):
+    x = _inputs(rng, dtype)
+    got = np.empty_like(x)
+    exp_array(x, got)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64)).astype(dtype)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    assert _ulps(got, want, dtype).max() <= max_ulp
+    # Subnormal results (gradual underflow) within one or two subnormal steps.
+    fi = np.finfo(dtype)
+    sub = np.isfinite(want) & (want < fi.tiny)
+    assert (np.abs(got[sub].astype(np.float64) - want[sub]) <= 2 * fi.smallest_subnormal).all()
+    assert (got[x == -np.inf] == 0).all() and (got[np.isnan(x)] != got[np.isnan(x)]).all()
+
+
+@pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 3), (np.float64, 2)])
+def test_exp_shifted(rng, dtype, max_ulp):
+    """The kernels' exp for t = (x - max) / T <= 0: subnormals flush to 0."""
+    lo = -110.0 if dtype == np.float32 else -750.0
+    t = np.concatenate([rng.uniform(lo, 0, 300_000), np.linspace(lo, 0, 100_001),
+                        [-np.inf, 0.0, -0.0]]).astype(dtype)
+    got = np.empty_like(t)
+    exp_shifted_array(t, got)
+    want = np.exp(t.astype(np.float64)).astype(dtype)
+    fi = np.finfo(dtype)
+    normal = want >= fi.tiny
+    assert _ulps(got[normal], want[normal], dtype).max() <= max_ulp
+    assert (got[~normal] == 0).all()
+    assert got[t == -np.inf][0] == 0 and got[t == 0][0] == 1
