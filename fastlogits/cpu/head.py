@@ -1,0 +1,494 @@
+"""The fused linear head on the CPU: z = W f + b per pixel, never stored.
+
+Per tile of P pixels the matvec goes into a (1, C, P) scratch ``z`` (C
+logits of P pixels, pixels contiguous, in L1/L2), and the same tile
+helpers as the core ops (:mod:`fastlogits.cpu.tiles`: max, exp-sum,
+argmax) run on it. The (..., C) logits tensor never exists; the extra
+memory is one scratch tile per thread.
+
+Two matmul micro-kernels, both register-blocked 4 x 4 so each value loaded
+feeds four FMAs, and both indexing C-contiguous flat arrays with explicit
+offsets (sliced 'A'-layout views do not vectorize in Numba):
+
+- :func:`gemm_rows` (outer-product form): ``out[m, :] += A[m, k] B[k, :]``,
+  the inner loop elementwise along a contiguous row. Channels-first
+  features ``f (outer, N, inner)``: a feature row of the tile is
+  contiguous, so ``z[c, p] += W[c, n] f[n, p]`` vectorizes across pixels,
+  with no transpose. It also turns the logits gradient g (C, P) into the
+  feature gradient W^T g for both layouts.
+- :func:`gemm_dot` (dot form): channels-last features ``f (rows, N)``:
+  each pixel's N features are contiguous, as are W's rows, so
+  ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product vectorized along n
+  (a sum reduction: vectorizes under ``reassoc``), 4 classes x 4 pixels at
+  once. This avoids transposing the feature tile first: a transpose costs a
+  scalar store per feature value, more than the C/16 vector FMAs each
+  feature value takes in the product.
+
+Accuracy: sums run in the compute precision (float32 for float16/float32
+features, float64 for float64), so ``|z - z_exact| <= (N + 2) u
+(|b_c| + sum_n |W_cn f_n|)`` with u = 2**-24 (float32), 2**-53 (float64),
+the standard bound for a length-N dot product (+1 for the bias, +1 for
+rounding float64 weights to float32); the typical error is about
+``sqrt(N) u`` times that sum.
+
+Drivers (called from :mod:`fastlogits.head` with validated arrays):
+:func:`head_expnorm` (logits, softmax, log_softmax, logsumexp),
+:func:`head_argmax` (argmax, classify), :func:`head_xent` (cross-entropy
+and its gradient w.r.t. the features), :func:`head_confusion`. Each takes
+flat C-contiguous features ``f`` with dims ``(outer, N, inner)``;
+``inner == 1`` is the channels-last regime (pixels are the rows), else
+tiles never cross an ``outer`` plane.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from fastlogits.config import FASTMATH
+from fastlogits.cpu.argmax import _tile as _argmax_tile
+from fastlogits.cpu.confusion import _count, _merge
+from fastlogits.cpu.losses import _grad_coef, _tile_losses
+from fastlogits.cpu.losses import _scratch as _loss_scratch
+from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse
+from fastlogits.cpu.softmax import _tile as _expnorm_tile
+from fastlogits.cpu.tiles import chunk_bounds, tile_argmax, work_chunks
+
+#: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
+LOGITS = 3
+
+#: ``init`` of :func:`gemm_rows`.
+INIT_ADD = 0
+INIT_BIAS = 1
+INIT_ZERO = 2
+
+#: Features per panel of the channels-first product: the panel's K_PANEL
+#: feature rows of the tile stay in L1 while every class block uses them
+#: (with the (C, P) logits tile beside them), so each feature value comes
+#: from memory once and from L1 after that.
+K_PANEL = 16
+
+
+# --------------------------------------------------------------------------
+# matmul micro-kernels
+# --------------------------------------------------------------------------
+
+@njit(fastmath=FASTMATH, cache=True)
+def gemm_rows(A, a0, sam, sak, M, K, B, b0, sbk, out, o0, som, J, init, bias):
+    """``out[o0 + m*som + j] (+)= sum_k A[a0 + m*sam + k*sak] * B[b0 + k*sbk + j]``
+    for m < M, j < J. ``init``: ``INIT_ADD`` adds to out, ``INIT_BIAS``
+    starts from ``bias[m]``, ``INIT_ZERO`` from 0.
+
+    A, B, out: flat C-contiguous arrays. Blocks of 4 rows m x 4 terms k:
+    16 scalars of A stay in registers while the loop over j (contiguous in
+    B and out) runs 4 loads of B, 4 load-adds-stores of out and 16 FMAs per
+    vector. The 4 rows of out being updated stay in L1.
+    """
+    zero = out.dtype.type(0.0)
+    M4 = M - M % 4
+    K4 = K - K % 4
+    for m0 in range(0, M4, 4):
+        oo0 = max(o0 + m0 * som, 0)
+        oo1 = max(oo0 + som, 0)
+        oo2 = max(oo1 + som, 0)
+        oo3 = max(oo2 + som, 0)
+        ao0 = a0 + m0 * sam
+        ao1 = ao0 + sam
+        ao2 = ao1 + sam
+        ao3 = ao2 + sam
+        if init != INIT_ADD:
+            c0 = bias[m0] if init == INIT_BIAS else zero
+            c1 = bias[m0 + 1] if init == INIT_BIAS else zero
+            c2 = bias[m0 + 2] if init == INIT_BIAS else zero
+            c3 = bias[m0 + 3] if init == INIT_BIAS else zero
+            for j in range(J):
+                out[oo0 + j] = c0
+                out[oo1 + j] = c1
+                out[oo2 + j] = c2
+                out[oo3 + j] = c3
+        for k0 in range(0, K4, 4):
+            ka = k0 * sak
+            w00 = A[ao0 + ka]
+            w01 = A[ao0 + ka + sak]
+            w02 = A[ao0 + ka + 2 * sak]
+            w03 = A[ao0 + ka + 3 * sak]
+            w10 = A[ao1 + ka]
+            w11 = A[ao1 + ka + sak]
+            w12 = A[ao1 + ka + 2 * sak]
+            w13 = A[ao1 + ka + 3 * sak]
+            w20 = A[ao2 + ka]
+            w21 = A[ao2 + ka + sak]
+            w22 = A[ao2 + ka + 2 * sak]
+            w23 = A[ao2 + ka + 3 * sak]
+            w30 = A[ao3 + ka]
+            w31 = A[ao3 + ka + sak]
+            w32 = A[ao3 + ka + 2 * sak]
+            w33 = A[ao3 + ka + 3 * sak]
+            bo0 = max(b0 + k0 * sbk, 0)
+            bo1 = max(bo0 + sbk, 0)
+            bo2 = max(bo1 + sbk, 0)
+            bo3 = max(bo2 + sbk, 0)
+            for j in range(J):
+                x0 = B[bo0 + j]
+                x1 = B[bo1 + j]
+                x2 = B[bo2 + j]
+                x3 = B[bo3 + j]
+                out[oo0 + j] += w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+                out[oo1 + j] += w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+                out[oo2 + j] += w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+                out[oo3 + j] += w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+        for k in range(K4, K):
+            ka = k * sak
+            w0 = A[ao0 + ka]
+            w1 = A[ao1 + ka]
+            w2 = A[ao2 + ka]
+            w3 = A[ao3 + ka]
+            bo = max(b0 + k * sbk, 0)
+            for j in range(J):
+                x = B[bo + j]
+                out[oo0 + j] += w0 * x
+                out[oo1 + j] += w1 * x
+                out[oo2 + j] += w2 * x
+                out[oo3 + j] += w3 * x
+    for m in range(M4, M):
+        oo = max(o0 + m * som, 0)
+        ao = a0 + m * sam
+        if init != INIT_ADD:
+            c = bias[m] if init == INIT_BIAS else zero
+            for j in range(J):
+                out[oo + j] = c
+        for k0 in range(0, K4, 4):
+            ka = k0 * sak
+            w0 = A[ao + ka]
+            w1 = A[ao + ka + sak]
+            w2 = A[ao + ka + 2 * sak]
+            w3 = A[ao + ka + 3 * sak]
+            bo0 = max(b0 + k0 * sbk, 0)
+            bo1 = max(bo0 + sbk, 0)
+            bo2 = max(bo1 + sbk, 0)
+            bo3 = max(bo2 + sbk, 0)
+            for j in range(J):
+                out[oo + j] += w0 * B[bo0 + j] + w1 * B[bo1 + j] + w2 * B[bo2 + j] + w3 * B[bo3 + j]
+        for k in range(K4, K):
+            w = A[ao + k * sak]
+            bo = max(b0 + k * sbk, 0)
+            for j in range(J):
+                out[oo + j] += w * B[bo + j]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def gemm_dot(W, b, C, N, f, f0, P, z, zs):
+    """``z[c*zs + p] = b[c] + sum_n W[c*N + n] * f[f0 + p*N + n]`` for c < C, p < P.
+
+    Channels-last logits of P pixels: dot products along the contiguous
+    feature axis, 4 classes x 4 pixels per pass (16 running sums, 8 vector
+    loads per 16 FMAs; the pixels' 4 feature rows and W stay in L1).
+    """
+    zero = z.dtype.type(0.0)
+    C4 = C - C % 4
+    P4 = P - P % 4
+    for p0 in range(0, P4, 4):
+        fo0 = max(f0 + p0 * N, 0)
+        fo1 = max(fo0 + N, 0)
+        fo2 = max(fo1 + N, 0)
+        fo3 = max(fo2 + N, 0)
+        for c0 in range(0, C4, 4):
+            wo0 = max(c0 * N, 0)
+            wo1 = max(wo0 + N, 0)
+            wo2 = max(wo1 + N, 0)
+            wo3 = max(wo2 + N, 0)
+            s00 = zero
+            s01 = zero
+            s02 = zero
+            s03 = zero
+            s10 = zero
+            s11 = zero
+            s12 = zero
+            s13 = zero
+            s20 = zero
+            s21 = zero
+            s22 = zero
+            s23 = zero
+            s30 = zero
+            s31 = zero
+            s32 = zero
+            s33 = zero
+            for n in range(N):
+                x0 = f[fo0 + n]
+                x1 = f[fo1 + n]
+                x2 = f[fo2 + n]
+                x3 = f[fo3 + n]
+                w0 = W[wo0 + n]
+                w1 = W[wo1 + n]
+                w2 = W[wo2 + n]
+                w3 = W[wo3 + n]
+                s00 += w0 * x0
+                s01 += w0 * x1
+                s02 += w0 * x2
+                s03 += w0 * x3
+                s10 += w1 * x0
+                s11 += w1 * x1
+                s12 += w1 * x2
+                s13 += w1 * x3
+                s20 += w2 * x0
+                s21 += w2 * x1
+                s22 += w2 * x2
+                s23 += w2 * x3
+                s30 += w3 * x0
+                s31 += w3 * x1
+                s32 += w3 * x2
+                s33 += w3 * x3
+            zo0 = c0 * zs + p0
+            zo1 = zo0 + zs
+            zo2 = zo1 + zs
+            zo3 = zo2 + zs
+            z[zo0] = s00 + b[c0]
+            z[zo0 + 1] = s01 + b[c0]
+            z[zo0 + 2] = s02 + b[c0]
+            z[zo0 + 3] = s03 + b[c0]
+            z[zo1] = s10 + b[c0 + 1]
+            z[zo1 + 1] = s11 + b[c0 + 1]
+            z[zo1 + 2] = s12 + b[c0 + 1]
+            z[zo1 + 3] = s13 + b[c0 + 1]
+            z[zo2] = s20 + b[c0 + 2]
+            z[zo2 + 1] = s21 + b[c0 + 2]
+            z[zo2 + 2] = s22 + b[c0 + 2]
+            z[zo2 + 3] = s23 + b[c0 + 2]
+            z[zo3] = s30 + b[c0 + 3]
+            z[zo3 + 1] = s31 + b[c0 + 3]
+            z[zo3 + 2] = s32 + b[c0 + 3]
+            z[zo3 + 3] = s33 + b[c0 + 3]
+        for c in range(C4, C):
+            wo = max(c * N, 0)
+            s0 = zero
+            s1 = zero
+            s2 = zero
+            s3 = zero
+            for n in range(N):
+                w = W[wo + n]
+                s0 += w * f[fo0 + n]
+                s1 += w * f[fo1 + n]
+                s2 += w * f[fo2 + n]
+                s3 += w * f[fo3 + n]
+            zo = c * zs + p0
+            z[zo] = s0 + b[c]
+            z[zo + 1] = s1 + b[c]
+            z[zo + 2] = s2 + b[c]
+            z[zo + 3] = s3 + b[c]
+    for p in range(P4, P):
+        fo = max(f0 + p * N, 0)
+        for c in range(C):
+            wo = max(c * N, 0)
+            s = zero
+            for n in range(N):
+                s += W[wo + n] * f[fo + n]
+            z[c * zs + p] = s + b[c]
+
+
+# --------------------------------------------------------------------------
+# one tile of logits, and writing class-shaped tiles back
+# --------------------------------------------------------------------------
+
+@njit(fastmath=FASTMATH, cache=True)
+def tile_logits(f, W, b, N, inner, o, i0, P, z, zs):
+    """Logits of the tile's P pixels into ``z[c*zs + p]``.
+
+    ``inner == 1``: channels-last, the pixels are rows ``i0 .. i0+P`` of
+    ``f`` (rows, N). Else channels-first, pixels ``i0 .. i0+P`` of plane
+    ``o`` of ``f`` (outer, N, inner).
+    """
+    C = b.shape[0]
+    if inner == 1:
+        gemm_dot(W, b, C, N, f, i0 * N, P, z, zs)
+        return
+    f0 = o * N * inner + i0
+    if N == 0:
+        gemm_rows(W, 0, N, 1, C, 0, f, f0, inner, z, 0, zs, P, INIT_BIAS, b)
+    for k0 in range(0, N, K_PANEL):
+        kn = min(K_PANEL, N - k0)
+        gemm_rows(W, k0, N, 1, C, kn, f, f0 + k0 * inner, inner, z, 0, zs, P,
+                  INIT_BIAS if k0 == 0 else INIT_ADD, b)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def feature_grad(W, C, N, inner, o, i0, P, g, gs, grad):
+    """``grad[pixel, n] = sum_c W[c, n] g[c*gs + p]``: the gradient w.r.t.
+    the features from the logits' gradient tile ``g``, written where the
+    tile's features are (layouts as :func:`tile_logits`). Each output row
+    stays in L1 while all C classes add to it, and is written once."""
+    if inner == 1:
+        # A pixel's feature row is contiguous: rows of W scaled by g.
+        gemm_rows(g, 0, 1, gs, P, C, W, 0, N, grad, i0 * N, N, N, INIT_ZERO, W)
+    else:
+        # A feature row of the tile is contiguous: rows of g scaled by W^T.
+        gemm_rows(W, 0, 1, N, N, C, g, 0, gs, grad, o * N * inner + i0, inner, P, INIT_ZERO, W)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def store_tile(out, src, C, inner, o, i0, P, zs):
+    """Copy a (C, P) tile ``src[c*zs + p]`` into ``out`` (flat, laid out like
+    the features with N replaced by C). Channels-first rows are contiguous
+    across pixels; channels-last rows across classes."""
+    if inner == 1:
+        for p in range(P):
+            oo = max((i0 + p) * C, 0)
+            for c in range(C):
+                out[oo + c] = src[c * zs + p]
+        return
+    for c in range(C):
+        oo = max((o * C + c) * inner + i0, 0)
+        so = max(c * zs, 0)
+        for p in range(P):
+            out[oo + p] = src[so + p]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _tiling(outer, inner, tile, nthreads):
+    """``(npix, ntiles, njobs, nchunks)``: channels-first tiles never cross
+    a plane of ``inner`` pixels; channels-last pixels are the ``outer`` rows."""
+    npix = inner if inner > 1 else outer
+    planes = outer if inner > 1 else 1
+    ntiles = (npix + tile - 1) // tile
+    njobs = planes * ntiles
+    return npix, ntiles, njobs, work_chunks(njobs, nthreads)
+
+
+# --------------------------------------------------------------------------
+# drivers
+# --------------------------------------------------------------------------
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads):
+    """logits / softmax / log_softmax (into ``out``, class-shaped) or
+    logsumexp (into ``red``, (outer, inner)) of the head; all flat
+    C-contiguous. The unused output may be any 1-D array of that type.
+
+    Per tile: the logits into an L1/L2 scratch (C, P), softmax's own tile
+    epilogue on it (max, exp-sum, result into a second scratch), then one
+    write of the result.
+    """
+    C = b.shape[0]
+    npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    for chunk in prange(nchunks):
+        z = np.empty(C * tile, dtype=b.dtype)
+        z3 = z.reshape((1, C, tile))
+        e = np.empty(C * tile, dtype=b.dtype)
+        e3 = e.reshape((1, C, tile))
+        m = np.empty(tile, dtype=b.dtype)
+        g = np.empty(tile, dtype=b.dtype)
+        part = np.empty(tile, dtype=b.dtype)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, npix - i0)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            if mode == LOGITS:
+                store_tile(out, z, C, inner, o, i0, P, tile)
+                continue
+            _expnorm_tile(z3, 0, 0, P, inv_t, mode, m, g, s, part, e3)
+            if mode == LOGSUMEXP:
+                _lse(P, m, s, inv_t, red, o * npix + i0)
+            else:
+                store_tile(out, e, C, inner, o, i0, P, tile)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads):
+    """Labels (and with ``with_conf`` the top-1 probability) of the head into
+    flat (outer, inner) ``labels`` / ``conf``; argmax's own tile epilogue
+    runs on the logits scratch."""
+    C = b.shape[0]
+    npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    for chunk in prange(nchunks):
+        z = np.empty(C * tile, dtype=b.dtype)
+        z3 = z.reshape((1, C, tile))
+        m = np.empty(tile, dtype=b.dtype)
+        part = np.empty(tile, dtype=b.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        s = np.empty(tile, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, npix - i0)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            _argmax_tile(z3, 0, 0, P, labels, conf, o * npix + i0, inv_t, with_conf, m, idx, s,
+                         part)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
+              want_loss, tile, nthreads):
+    """Cross-entropy of the head against flat targets ``t`` (outer, inner):
+    per-pixel ``loss`` (with ``want_loss``), the gradient w.r.t. the
+    features into ``grad`` (flat, like f, with ``want_grad``). Returns
+    ``[loss_sum, weight_sum, bad_count]``.
+
+    Per tile: logits into the scratch, the loss epilogue of
+    :mod:`fastlogits.cpu.losses` on it (the exponentials replace the
+    logits), the logits' gradient formed in place, then W^T times it
+    straight into ``grad``.
+    """
+    C = b.shape[0]
+    wall = np.sum(w64)
+    bc = _grad_coef(w, eps, gscale)
+    npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        z = np.empty(C * tile, dtype=b.dtype)
+        z3 = z.reshape((1, C, tile))
+        e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
+        e3 = e.reshape((1, C, tile))
+        m, part, a, s, sm, xt, d, tt = _loss_scratch(tile, w)
+        acc = np.zeros(3)
+        zero = b.dtype.type(0.0)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, npix - i0)
+            q0 = o * npix + i0
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
+            if want_grad:
+                # d loss / d z of the tile, in place over the exponentials.
+                for c in range(C):
+                    eo = c * tile
+                    bcc = bc[c]
+                    for p in range(P):
+                        v = e[eo + p] * a[p] - bcc
+                        e[eo + p] = v if tt[p] >= 0 else zero
+                for p in range(P):
+                    if tt[p] >= 0:
+                        e[tt[p] * tile + p] -= d[p]
+                feature_grad(W, C, N, inner, o, i0, P, e, tile, grad)
+        sums[chunk] = acc
+    return sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile):
+    """Add the confusion counts of the head's argmax against flat targets
+    ``t`` into ``counts`` (C, C) int64, through private per-chunk
+    histograms (``nchunks`` of them); returns the number of bad targets."""
+    C = b.shape[0]
+    npix, ntiles, njobs, _ = _tiling(outer, inner, tile, 1)
+    nchunks = max(1, min(nchunks, njobs))
+    hists = np.zeros((nchunks, C, C), np.int64)
+    bad = np.zeros(nchunks, np.int64)
+    for chunk in prange(nchunks):
+        z = np.empty(C * tile, dtype=b.dtype)
+        z3 = z.reshape((1, C, tile))
+        m = np.empty(tile, dtype=b.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, npix - i0)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            tile_argmax(z3, 0, 0, P, m, idx)
+            bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
+    _merge(hists, counts)
+    return bad.sum()
