@@ -11,7 +11,8 @@ the first maximum.
 
 import numpy as np
 
-__all__ = ["softmax", "log_softmax", "logsumexp", "argmax", "classify"]
+__all__ = ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
+           "cross_entropy", "confusion_matrix", "iou"]
 
 
 def _result_dtype(x):
@@ -70,3 +71,98 @@ def classify(x, axis=-1, *, temperature=1.0):
     conf = np.where(bad, np.nan, np.exp(-log_s))
     conf_dtype = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
     return argmax(x, axis), np.squeeze(conf, axis=axis).astype(conf_dtype)
+
+
+# --------------------------------------------------------------------------
+# Losses and segmentation metrics. Inputs are assumed valid here (targets of
+# x's shape without the class axis, in [0, C) or equal to ignore_index);
+# ``fastlogits.cross_entropy(..., backend="numpy")`` checks them first.
+# --------------------------------------------------------------------------
+
+def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
+                  label_smoothing=0.0, reduction="mean", return_grad=False):
+    """Cross-entropy of logits ``x`` against class indices ``target``, as
+    ``torch.nn.functional.cross_entropy`` computes it, in float64.
+
+    Per pixel with log-probabilities ``logp``, class weights ``w`` (ones by
+    default), smoothing ``eps`` and target ``t`` (0 where ``t`` is
+    ``ignore_index``)::
+
+        loss = (1 - eps) * w[t] * -logp[t] + eps / C * sum_c w[c] * -logp[c]
+
+    (only the first term when ``eps == 0``). "sum" adds the pixel losses,
+    "mean" divides that sum by ``sum(w[t])`` over the non-ignored pixels
+    (NaN when every pixel is ignored), "none" returns them (float32, or
+    float64 for float64 x). ``return_grad`` also returns d loss / d x (of
+    the summed pixel losses for "none"), x's shape and dtype, 0 at ignored
+    pixels.
+    """
+    x = np.asarray(x)
+    with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf pixels give NaN
+        logp = np.moveaxis(log_softmax(x.astype(np.float64), axis), axis, -1)  # (..., C)
+    C = logp.shape[-1]
+    t = np.asarray(target).astype(np.int64)
+    w = np.ones(C) if class_weight is None else np.asarray(class_weight, dtype=np.float64)
+    eps = float(label_smoothing)
+
+    keep = t != ignore_index
+    t_safe = np.where(keep, t, 0)
+    w_t = np.where(keep, w[t_safe], 0.0)
+    logp_t = np.take_along_axis(logp, t_safe[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):  # 0 * -inf is NaN, as in PyTorch
+        loss = w[t_safe] * -logp_t
+        if eps > 0:
+            loss = (1 - eps) * loss + eps / C * np.sum(w * -logp, axis=-1)
+    loss = np.where(keep, loss, 0.0)
+    total_weight = np.sum(w_t)
+
+    if reduction == "none":
+        result = loss.astype(np.float64 if x.dtype == np.float64 else np.float32)
+        scale = 1.0
+    elif reduction == "sum":
+        result = np.float64(np.sum(loss))
+        scale = 1.0
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = np.float64(np.sum(loss)) / total_weight
+            scale = np.float64(1.0) / total_weight
+    if not return_grad:
+        return result
+
+    # d loss / d x_c = p_c * ((1 - eps) w[t] + eps / C * sum(w))
+    #                  - (1 - eps) w[t] [c == t] - eps / C * w[c]
+    p = np.exp(logp)
+    onehot = np.arange(C) == t_safe[..., None]
+    with np.errstate(invalid="ignore"):
+        grad = (p * ((1 - eps) * w_t + eps / C * np.sum(w))[..., None]
+                - (1 - eps) * w_t[..., None] * onehot - eps / C * w)
+        grad = np.where(keep[..., None], grad * scale, 0.0)
+    return result, np.moveaxis(grad, -1, axis).astype(x.dtype)
+
+
+def confusion_matrix(x, target, axis=-1, *, ignore_index=-100):
+    """(C, C) int64 counts of pixels: rows the target, columns ``argmax(x)``.
+
+    Pixels whose target is ``ignore_index`` are not counted.
+    """
+    x = np.asarray(x)
+    C = x.shape[axis]
+    pred = argmax(x, axis).ravel()
+    t = np.asarray(target).astype(np.int64).ravel()
+    keep = t != ignore_index
+    counts = np.bincount(t[keep] * C + pred[keep], minlength=C * C)
+    return counts.reshape(C, C).astype(np.int64)
+
+
+def iou(confusion):
+    """Per-class intersection over union of a confusion matrix, float64.
+
+    ``iou[c] = cm[c, c] / (sum(cm[c, :]) + sum(cm[:, c]) - cm[c, c])``; NaN
+    for a class absent from both targets and predictions. The mean IoU is
+    ``np.nanmean(iou(cm))``.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    inter = np.diag(cm)
+    union = cm.sum(axis=1) + cm.sum(axis=0) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)

@@ -1,0 +1,149 @@
+"""Confusion matrix on the CPU: fused argmax + private histograms.
+
+Each chunk of tiles (a few per thread, ``prange``) owns a private (C, C)
+int64 histogram: a tile's argmax (:func:`tile_argmax`, the tile in L1/L2)
+is counted straight into it, so there are no atomics, no labels array and
+no ``target * C + pred`` temporary; the histograms are merged at the end.
+The number of chunks is bounded so the histograms stay within
+``config.CPU_CONFUSION_HIST_BYTES``.
+
+Targets are read as they are (uint8 or int64) and checked on the way: a
+value outside [0, C) that is not ``ignore_index`` is counted, not binned;
+the caller raises the error (and adds nothing to ``out=``).
+
+Drivers: :func:`confusion_cf` (channels-first tiles), :func:`confusion_cl_tiles`
+(channels-last, small C, a tile of rows transposed into an L1 scratch),
+:func:`confusion_cl_rows` (channels-last, large C, lane-folded rows).
+Each adds into ``counts`` and returns the number of bad targets.
+"""
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from fastlogits import config
+from fastlogits.config import FASTMATH
+from fastlogits.cpu import _tile_pixels
+from fastlogits.cpu.tiles import LANES, chunk_bounds, load_transposed, row_argmax, tile_argmax
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _count(t, r0, P, idx, ignore, hist):
+    """Bin the tile's targets ``t[r0:r0 + P]`` against its labels ``idx``;
+    returns the number of bad targets."""
+    C = hist.shape[0]
+    nbad = 0
+    for p in range(P):
+        ti = np.int64(t[r0 + p])
+        if ti != ignore:
+            if 0 <= ti < C:
+                hist[ti, idx[p]] += 1
+            else:
+                nbad += 1
+    return nbad
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _merge(hists, counts):
+    """``counts += sum(hists)`` over the chunks' histograms."""
+    for k in range(hists.shape[0]):
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                counts[i, j] += hists[k, i, j]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def confusion_cf(x, t, ignore, counts, nchunks, tile):
+    """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner)."""
+    outer, C, inner = x.shape
+    ntiles = (inner + tile - 1) // tile
+    njobs = outer * ntiles
+    nchunks = max(1, min(nchunks, njobs))
+    hists = np.zeros((nchunks, C, C), np.int64)
+    bad = np.zeros(nchunks, np.int64)
+    for chunk in prange(nchunks):
+        m = np.empty(tile, dtype=x.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, inner - i0)
+            tile_argmax(x, o, i0, P, m, idx)
+            bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
+    _merge(hists, counts)
+    return bad.sum()
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
+    """Channels-last, small C: ``x`` (rows, C), ``t`` (rows,)."""
+    rows, C = x.shape
+    ntiles = (rows + tile - 1) // tile
+    nchunks = max(1, min(nchunks, ntiles))
+    hists = np.zeros((nchunks, C, C), np.int64)
+    bad = np.zeros(nchunks, np.int64)
+    for chunk in prange(nchunks):
+        buf = np.empty((1, C, tile), dtype=x.dtype)
+        m = np.empty(tile, dtype=x.dtype)
+        idx = np.empty(tile, dtype=np.int64)
+        j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
+        for job in range(j0, j1):
+            r0 = job * tile
+            P = min(tile, rows - r0)
+            load_transposed(x, r0, P, buf)
+            tile_argmax(buf, 0, 0, P, m, idx)
+            bad[chunk] += _count(t, r0, P, idx, ignore, hists[chunk])
+    _merge(hists, counts)
+    return bad.sum()
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def confusion_cl_rows(x, t, ignore, counts, nchunks):
+    """Channels-last, large C, C-contiguous ``x`` (rows, C), ``t`` (rows,)."""
+    rows, C = x.shape
+    nchunks = max(1, min(nchunks, rows))
+    hists = np.zeros((nchunks, C, C), np.int64)
+    bad = np.zeros(nchunks, np.int64)
+    for chunk in prange(nchunks):
+        lane_m = np.empty(LANES, dtype=x.dtype)
+        lane_i = np.empty(LANES, dtype=np.int64)
+        hist = hists[chunk]
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        for r in range(r0, r1):
+            ti = np.int64(t[r])
+            if ti == ignore:
+                continue  # an ignored pixel's logits are not even read
+            if ti < 0 or ti >= C:
+                bad[chunk] += 1
+                continue
+            _, label = row_argmax(x[r], lane_m, lane_i)
+            hist[ti, label] += 1
+    _merge(hists, counts)
+    return bad.sum()
+
+
+#: Used while config.py has no CPU_CONFUSION_HIST_BYTES (the lead adds it).
+_DEFAULT_HIST_BYTES = 64 * 1024 * 1024
+
+
+def _chunks(C):
+    """Chunks (private histograms): a few per thread, within the memory bound."""
+    budget = getattr(config, "CPU_CONFUSION_HIST_BYTES", _DEFAULT_HIST_BYTES)
+    return max(1, min(4 * get_num_threads(), budget // (C * C * 8)))
+
+
+def run_confusion(x3, t2, ignore_index, counts):
+    """Add the confusion counts of the canonical views x3 (outer, C, inner)
+    and t2 (outer, inner) into ``counts`` (C, C) int64; returns the number
+    of bad targets (nothing is binned for them)."""
+    outer, C, inner = x3.shape
+    x3 = np.ascontiguousarray(x3)
+    t2 = np.ascontiguousarray(t2)
+    nchunks = _chunks(C)
+    if inner > 1:
+        return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
+    x2 = x3.reshape(outer, C)
+    t1 = t2.reshape(outer)
+    if C < config.CPU_ROW_MIN_CLASSES:
+        return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks, _tile_pixels(C)))
+    return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks))

@@ -1,0 +1,344 @@
+"""Cross-entropy (and its gradient) on the CPU: one read of x per tile.
+
+For a tile of P pixels the kernel takes, while the tile's C x P scores sit
+in L1/L2: the per-pixel max (:func:`tile_max`), the target's logit (one
+gather per pixel), the weighted smoothing sum ``sum_c w[c] * (m - x_c)``
+(only with label smoothing), the exp-sum (the exponentials stored into the
+gradient tile when it is wanted, :func:`tile_exp_store`), then per pixel
+the loss, and finally the gradient, rescaled in cache::
+
+    -logp[c]  = log s + (m - x_c)                       (s = sum exp(x - m))
+    loss      = (1 - eps) w[t] (-logp[t]) + eps / C * (W log s + sum_c w[c] (m - x_c))
+    grad[c]   = g * (e_c * A / s - eps / C * w[c]) - g * (1 - eps) w[t] [c == t]
+    A         = (1 - eps) w[t] + eps / C * W            (W = sum_c w[c])
+
+with ``g`` the gradient scale (1, or 1 / sum of target weights for a
+"mean" gradient). Per-pixel quantities are float64; the class loops run in
+x's precision (float32 or float64). Losses are summed in float64 per chunk
+of tiles, and the chunk sums are returned, so a mean over millions of
+pixels stays accurate.
+
+Targets are read as they are (uint8 or int64) and checked on the way: a
+value outside [0, C) that is not ``ignore_index`` is counted (and treated
+as ignored); the caller raises the error with the first such value.
+
+Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
+:func:`ce_cf` (channels-first tiles), :func:`ce_cl_tiles` (channels-last,
+small C: a tile of rows transposed into an L1 scratch) and
+:func:`ce_cl_rows` (channels-last, large C: one lane-folded row at a time).
+Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
+"""
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from fastlogits import config
+from fastlogits.config import FASTMATH
+from fastlogits.cpu import _tile_pixels
+from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
+                                  row_argmax, row_expsum, safe_log, tile_exp_store, tile_expsum,
+                                  tile_max, work_chunks)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _targets(x, o, i0, P, t, r0, ignore, tt, xt):
+    """Read the tile's P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or
+    -1 for an ignored or bad pixel; ``xt[p]`` its logit (float64). Returns
+    the number of bad targets (outside [0, C), not ``ignore``)."""
+    C = x.shape[1]
+    nbad = 0
+    for p in range(P):
+        ti = np.int64(t[r0 + p])
+        if ti != ignore and (ti < 0 or ti >= C):
+            nbad += 1
+            ti = -1
+        if ti == ignore:
+            ti = -1
+        tt[p] = ti
+        xt[p] = np.float64(x[o, ti, i0 + p]) if ti >= 0 else 0.0
+    return nbad
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _smoothing_sum(x, o, i0, P, m, w, part, sm):
+    """``sm[p] = sum_c w[c] * (m[p] - x[o, c, i0 + p])``: each term >= 0 for
+    positive weights, so no cancellation; float64 over SUM_BLOCK classes."""
+    C = x.shape[1]
+    for p in range(P):
+        sm[p] = 0.0
+    for c0 in range(0, C, SUM_BLOCK):
+        for p in range(P):
+            part[p] = 0.0
+        for c in range(c0, min(c0 + SUM_BLOCK, C)):
+            wc = w[c]
+            for p in range(P):
+                part[p] += wc * (m[p] - x[o, c, i0 + p])
+        for p in range(P):
+            sm[p] += part[p]
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _pixel(mx, s, sm, xt, ti, w64, wall, eps, C, gscale):
+    """One pixel's ``(loss, target weight, A / s, d)`` (see the module
+    docstring; ``d = g (1 - eps) w[t]``). ``ti`` >= 0 (not ignored)."""
+    wt = w64[ti]
+    if is_finite(mx):
+        lse = safe_log(s)
+        loss = wt * (lse + (np.float64(mx) - xt))
+        if eps > 0.0:
+            loss = (1.0 - eps) * loss + eps / C * (wall * lse + sm)
+        a = gscale * ((1.0 - eps) * wt + eps / C * wall) / s
+    else:  # a NaN, a +inf, or all -inf: NaN loss and gradient
+        loss = np.nan
+        a = np.nan
+    return loss, wt, a, gscale * (1.0 - eps) * wt
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc):
+    """Everything of one tile but the gradient write: fills ``a``, ``d``,
+    ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
+    with ``want_grad``),
+    writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``."""
+    C = x.shape[1]
+    one = x.dtype.type(1.0)
+    tile_max(x, o, i0, P, m)
+    acc[2] += _targets(x, o, i0, P, t, r0, ignore, tt, xt)
+    if eps > 0.0:
+        _smoothing_sum(x, o, i0, P, m, w, part, sm)
+    if want_grad:
+        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0)
+    else:
+        tile_expsum(x, o, i0, P, m, one, s, part)
+    for p in range(P):
+        ti = tt[p]
+        lp = 0.0
+        if ti >= 0:
+            lp, wt, ap, dp = _pixel(m[p], s[p], sm[p], xt[p], ti, w64, wall, eps, C, gscale)
+            acc[0] += lp
+            acc[1] += wt
+            a[p] = ap
+            d[p] = dp
+        if want_loss:
+            loss[r0 + p] = lp
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _scratch(tile, w):
+    """Per-chunk scratch: m, part, a (x's dtype, as ``w``), s, sm, xt, d
+    (float64), tt (int64)."""
+    return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
+            np.empty(tile, np.float64), np.zeros(tile, np.float64), np.empty(tile, np.float64),
+            np.empty(tile, np.float64), np.empty(tile, np.int64))
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _grad_coef(w, eps, gscale):
+    """``g * eps / C * w[c]`` in x's dtype (``w``'s; 0 without smoothing)."""
+    C = w.shape[0]
+    b = np.empty_like(w)
+    for c in range(C):
+        b[c] = gscale * eps / C * w[c]
+    return b
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads):
+    """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
+    (outer, inner). ``grad``/``loss`` are untouched (may be any array of
+    that type) without ``want_grad``/``want_loss``.
+
+    One read of x: the exponentials go into the gradient tile and are
+    rescaled there while still in cache.
+    """
+    outer, C, inner = x.shape
+    wall = np.sum(w64)
+    b = _grad_coef(w, eps, gscale)
+    ntiles = (inner + tile - 1) // tile
+    njobs = outer * ntiles
+    nchunks = work_chunks(njobs, nthreads)
+    sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        acc = np.zeros(3)
+        zero = x.dtype.type(0.0)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o = job // ntiles
+            i0 = (job - o * ntiles) * tile
+            P = min(tile, inner - i0)
+            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o, i0,
+                         want_grad, loss[o if want_loss else 0], want_loss,
+                         m, s, part, sm, tt, xt, a, d, acc)
+            if want_grad:
+                for c in range(C):
+                    bc = b[c]
+                    for p in range(P):
+                        v = grad[o, c, i0 + p] * a[p] - bc
+                        grad[o, c, i0 + p] = v if tt[p] >= 0 else zero
+                for p in range(P):
+                    if tt[p] >= 0:
+                        grad[o, tt[p], i0 + p] -= d[p]
+        sums[chunk] = acc
+    return sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile,
+                nthreads):
+    """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
+
+    A tile of rows is transposed into an L1 scratch (C, P); the
+    exponentials go to a second scratch, and the gradient back row by row.
+    """
+    rows, C = x.shape
+    wall = np.sum(w64)
+    b = _grad_coef(w, eps, gscale)
+    ntiles = (rows + tile - 1) // tile
+    nchunks = work_chunks(ntiles, nthreads)
+    sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        buf = np.empty((1, C, tile), dtype=x.dtype)
+        ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
+        m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        acc = np.zeros(3)
+        zero = x.dtype.type(0.0)
+        j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
+        for job in range(j0, j1):
+            r0 = job * tile
+            P = min(tile, rows - r0)
+            load_transposed(x, r0, P, buf)
+            _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
+            if want_grad:
+                for p in range(P):
+                    if tt[p] >= 0:
+                        ap = a[p]
+                        for c in range(C):
+                            grad[r0 + p, c] = ebuf[0, c, p] * ap - b[c]
+                        grad[r0 + p, tt[p]] -= d[p]
+                    else:
+                        for c in range(C):
+                            grad[r0 + p, c] = zero
+        sums[chunk] = acc
+    return sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads):
+    """Channels-last, large C, C-contiguous ``x``, ``grad`` (rows, C); ``t``,
+    ``loss`` (rows,). Without ``want_grad``, ``grad`` may be any (1, k) array."""
+    rows, C = x.shape
+    wall = np.sum(w64)
+    b = _grad_coef(w, eps, gscale)
+    one = x.dtype.type(1.0)
+    zero = x.dtype.type(0.0)
+    nchunks = work_chunks(rows, nthreads)
+    sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        lane_m = np.empty(LANES, dtype=x.dtype)
+        lane_p = np.empty(LANES, dtype=x.dtype)
+        lane_i = np.empty(LANES, dtype=np.int64)
+        lane_s = np.empty(LANES, dtype=np.float64)
+        acc = np.zeros(3)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        for r in range(r0, r1):
+            row = x[r]
+            grow = grad[r if want_grad else 0]
+            ti = np.int64(t[r])
+            if ti != ignore and (ti < 0 or ti >= C):
+                acc[2] += 1
+                ti = -1
+            if ti == ignore:
+                ti = -1
+            if ti < 0:
+                if want_loss:
+                    loss[r] = 0.0
+                if want_grad:
+                    for c in range(C):
+                        grow[c] = zero
+                continue
+            mx, _ = row_argmax(row, lane_m, lane_i)
+            sm = 0.0
+            if eps > 0.0:
+                for c in range(C):
+                    sm += w[c] * (mx - row[c])
+            xt = np.float64(row[ti])
+            s = row_expsum(row, mx, one, lane_m, lane_s, lane_p, grow, want_grad)
+            lp, wt, ap, dp = _pixel(mx, s, sm, xt, ti, w64, wall, eps, C, gscale)
+            acc[0] += lp
+            acc[1] += wt
+            if want_loss:
+                loss[r] = lp
+            if want_grad:
+                apx = x.dtype.type(ap)
+                for c in range(C):
+                    grow[c] = grow[c] * apx - b[c]
+                grow[ti] -= dp
+        sums[chunk] = acc
+    return sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def target_weight_sum(t, w64, ignore, nthreads):
+    """``(sum of w64[t] over non-ignored targets, number of bad targets)``
+    of the flat targets ``t``: the denominator of a "mean" gradient, needed
+    before the pass that writes it (reads the targets only)."""
+    n = t.shape[0]
+    C = w64.shape[0]
+    nchunks = work_chunks(n, nthreads)
+    sums = np.zeros((nchunks, 2))
+    for chunk in prange(nchunks):
+        total = 0.0
+        nbad = 0.0
+        j0, j1 = chunk_bounds(chunk, nchunks, n)
+        for j in range(j0, j1):
+            ti = np.int64(t[j])
+            if ti != ignore:
+                if 0 <= ti < C:
+                    total += w64[ti]
+                else:
+                    nbad += 1
+        sums[chunk, 0] = total
+        sums[chunk, 1] = nbad
+    out = sums.sum(axis=0)
+    return out[0], int(out[1])
+
+
+def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
+    """Fused cross-entropy of the canonical views (x3 (outer, C, inner), t2
+    and loss2 (outer, inner), grad3 like x3; grad3/loss2 None when not
+    wanted). Returns ``[loss_sum, weight_sum, bad_count]`` (float64).
+
+    Non-contiguous views are copied (x) or written through a temporary
+    (loss), so each kernel is compiled for C-contiguous arrays only.
+    """
+    outer, C, inner = x3.shape
+    dtype = x3.dtype
+    x3 = np.ascontiguousarray(x3)
+    t2 = np.ascontiguousarray(t2)
+    w = w64.astype(dtype)
+    want_grad = grad3 is not None
+    want_loss = loss2 is not None
+    lwork = loss2
+    if want_loss and not loss2.flags.c_contiguous:
+        lwork = np.empty(loss2.shape, loss2.dtype)
+    if inner > 1:
+        g = grad3 if want_grad else np.empty((1, 1, 1), dtype)
+        lw = lwork if want_loss else np.empty((1, 1), dtype)
+        res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
+                      _tile_pixels(C), get_num_threads())
+    else:
+        x2 = x3.reshape(outer, C)
+        g = grad3.reshape(outer, C) if want_grad else np.empty((1, 1), dtype)
+        lw = lwork.reshape(outer) if want_loss else np.empty(1, dtype)
+        args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
+                want_loss)
+        if C < config.CPU_ROW_MIN_CLASSES:
+            res = ce_cl_tiles(*args, _tile_pixels(C), get_num_threads())
+        else:
+            res = ce_cl_rows(*args, get_num_threads())
+    if lwork is not loss2:
+        loss2[...] = lwork
+    return res

@@ -1,0 +1,407 @@
+"""Losses and segmentation metrics: cross_entropy, confusion_matrix, iou.
+
+Validation, then dispatch (as :mod:`fastlogits.api` does for the other ops):
+
+- ``"numpy"``: :mod:`fastlogits.reference`, after the target values are
+  checked with NumPy;
+- ``"cpu"``: the fused kernels of :mod:`fastlogits.cpu.losses` and
+  :mod:`fastlogits.cpu.confusion`, which also check the target values on
+  the way (a bad value is counted; the error is raised before anything is
+  returned or added to ``out=``);
+- ``"cuda"``: :mod:`fastlogits.cuda.losses`.
+
+Everything about the arguments (dtypes, shapes, options) is checked before
+any kernel runs.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from fastlogits import _checks as chk
+from fastlogits import reference
+from fastlogits.api import _check_host_out, _Logits, _run_cpu, resolve_backend
+
+REDUCTIONS = ("mean", "sum", "none")
+
+#: Target dtypes the CPU kernels read as they are; any other integer dtype
+#: is converted to int64 first (one extra pass over the targets).
+_NATIVE_TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
+
+
+# --------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------
+
+def _check_ignore_index(ignore_index):
+    if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    return int(ignore_index)
+
+
+def _check_target(target, lg):
+    """Target dtype (integer) and shape (x's shape without the class axis).
+
+    Returns the host array (or the GPU object untouched).
+    """
+    if chk.is_gpu_array(target):
+        shape, dtype = chk.gpu_shape_dtype(target)
+    else:
+        target = np.asarray(target)
+        shape, dtype = target.shape, target.dtype
+    if dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {dtype}")
+    if tuple(shape) != tuple(lg.reduced_shape):
+        raise ValueError(
+            f"target has shape {tuple(shape)}, expected {tuple(lg.reduced_shape)}: "
+            f"x's shape {tuple(lg.shape)} without its class axis {lg.axis}"
+        )
+    return target
+
+
+def _check_class_weight(class_weight, C):
+    """None, or C real weights (returned as float64 for a host array)."""
+    if class_weight is None:
+        return None
+    if chk.is_gpu_array(class_weight):
+        shape, dtype = chk.gpu_shape_dtype(class_weight)
+        w = class_weight
+    else:
+        w = np.asarray(class_weight)
+        shape, dtype = w.shape, w.dtype
+    if dtype.kind not in "fiu":
+        raise TypeError(f"class_weight must hold real numbers, got dtype {dtype}")
+    if tuple(shape) != (C,):
+        raise ValueError(f"class_weight has shape {tuple(shape)}, expected ({C},): one weight per class")
+    return w if chk.is_gpu_array(w) else w.astype(np.float64)
+
+
+def _check_label_smoothing(label_smoothing):
+    if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return eps
+
+
+def _check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+    return reduction
+
+
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def target_value_error(value, position, C, ignore_index):
+    """The ``ValueError`` for a target value outside [0, C) that is not
+    ``ignore_index`` (shared by every backend)."""
+    return ValueError(
+        f"target holds {value} at position {tuple(position)}, outside [0, {C}) "
+        f"and not ignore_index={ignore_index}"
+    )
+
+
+def check_target_values(t, C, ignore_index):
+    """Raise :func:`target_value_error` for the first (C order) bad value of
+    the host array ``t``; return None if every value is fine."""
+    t = np.asarray(t)
+    if t.size == 0:
+        return
+    # Compare without casting: a uint64 target may hold values beyond int64.
+    if t.dtype.kind == "u":
+        bad = t >= C
+        if 0 <= ignore_index:
+            bad &= t != ignore_index
+    else:
+        bad = ((t < 0) | (t >= C)) & (t != ignore_index)
+    if bad.any():
+        flat = int(np.argmax(bad.ravel()))
+        pos = tuple(int(i) for i in np.unravel_index(flat, t.shape))
+        raise target_value_error(t[pos].item(), pos, C, ignore_index)
+
+
+def _host_target(t, C, ignore_index):
+    """The host target as a C-contiguous array of a dtype the CPU kernels
+    read directly (uint8 or int64; other integer dtypes are converted)."""
+    if t.dtype in _NATIVE_TARGET_DTYPES:
+        return np.ascontiguousarray(t)
+    if t.dtype == np.uint64:  # values above int64's range would wrap when cast
+        check_target_values(t, C, ignore_index)
+    return t.astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# cross_entropy
+# --------------------------------------------------------------------------
+
+def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
+                  label_smoothing=0.0, reduction="mean", return_grad=False,
+                  backend="auto"):
+    """Cross-entropy of logits against class indices, fused in one read of x.
+
+    The semantics of ``torch.nn.functional.cross_entropy`` for every
+    combination of options. Per pixel, with ``logp = log_softmax(x)``,
+    weights ``w`` (ones when ``class_weight`` is None) and ``eps =
+    label_smoothing``::
+
+        loss = (1 - eps) * w[t] * -logp[t] + eps / C * sum_c w[c] * -logp[c]
+
+    Parameters
+    ----------
+    x : array_like or GPU array
+        Logits, float16, float32 or float64, class axis at ``axis``.
+    target : array_like of int or GPU array
+        Class indices of any integer dtype, x's shape without the class
+        axis; each in [0, C) or equal to ``ignore_index``.
+    axis : int, default -1
+        The class axis (-1: channels-last H×W×C; 1: N×C×H×W).
+    class_weight : array_like, optional
+        C real weights, one per class.
+    ignore_index : int, default -100
+        Pixels with this target add nothing to the loss, to the "mean"
+        denominator or to the gradient (their loss and gradient are 0).
+    label_smoothing : float, default 0.0
+        In [0, 1]: the target distribution is ``(1 - eps) * onehot + eps / C``.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the summed losses by ``sum(w[t])`` over the
+        non-ignored pixels (NaN when all are ignored, as in PyTorch); "sum"
+        adds them; "none" returns one loss per pixel.
+    return_grad : bool, default False
+        Also return d loss / d x (for "none": of the summed pixel losses),
+        computed in the same pass.
+    backend : {"auto", "cpu", "numpy", "cuda"}, default "auto"
+
+    Returns
+    -------
+    loss : numpy.float64 or ndarray
+        A NumPy float64 scalar for "mean" and "sum" (float32 losses are
+        accumulated in float64). For "none": x's shape without the class
+        axis, float32 (float64 for float64 x), 0 at ignored pixels.
+    grad : ndarray
+        Only with ``return_grad``: x's shape and dtype, ``(softmax(x) *
+        ((1 - eps) w[t] + eps / C * sum(w)) - (1 - eps) w[t] onehot(t) -
+        eps / C * w) / denominator``; 0 at ignored pixels.
+
+    Raises
+    ------
+    TypeError
+        Non-float logits, non-integer target or class_weight of a wrong kind.
+    ValueError
+        A target or class_weight of the wrong shape, a target value outside
+        [0, C) that is not ``ignore_index`` (naming the first such value
+        and its index), label_smoothing outside [0, 1], an unknown reduction.
+
+    Notes
+    -----
+    A non-ignored pixel whose logits hold a NaN or +inf, or are all -inf,
+    has a NaN loss (so a NaN mean) and a NaN gradient, as in PyTorch; a
+    -inf logit among finite ones is a probability of 0 (an infinite loss if
+    it is the target's).
+
+    Examples
+    --------
+    >>> import numpy as np, fastlogits as fl
+    >>> x = np.array([[0.5, 0.34, 2.41], [2.0, 0.0, -1.0]], np.float32)
+    >>> round(float(fl.cross_entropy(x, np.array([2, 0]))), 4)
+    0.2061
+    """
+    lg = _Logits(x, axis)
+    target = _check_target(target, lg)
+    weight = _check_class_weight(class_weight, lg.C)
+    ignore_index = _check_ignore_index(ignore_index)
+    eps = _check_label_smoothing(label_smoothing)
+    reduction = _check_reduction(reduction)
+    return_grad = _check_flag(return_grad, "return_grad")
+    be = resolve_backend(backend, x)
+    kw = dict(class_weight=weight, ignore_index=ignore_index, label_smoothing=eps,
+              reduction=reduction, return_grad=return_grad)
+    if be == "cuda":
+        from fastlogits.cuda import losses as cuda_losses
+
+        return cuda_losses.cross_entropy(x, target, lg, **kw)
+    if chk.is_gpu_array(target) or chk.is_gpu_array(weight):
+        raise ValueError(f"target and class_weight must be host arrays for backend={be!r}")
+    if be == "numpy":
+        check_target_values(target, lg.C, ignore_index)
+        return reference.cross_entropy(lg.array, target, lg.axis, **kw)
+    return _cross_entropy_cpu(lg, _host_target(target, lg.C, ignore_index), **kw)
+
+
+def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, reduction,
+                       return_grad):
+    from numba import get_num_threads
+
+    from fastlogits.cpu import losses as k
+
+    C = lg.C
+    w64 = np.ones(C) if class_weight is None else class_weight
+    loss = np.zeros(lg.reduced_shape, lg.compute_dtype) if reduction == "none" else None
+    grad = np.empty(lg.shape, lg.dtype) if return_grad else None
+    if lg.empty:
+        if grad is not None:
+            grad[...] = 0
+        total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
+        result = loss if reduction == "none" else total
+        return (result, grad) if return_grad else result
+
+    # A "mean" gradient is scaled by 1 / sum(w[t]), which must be known
+    # before the pass that writes it: one read of the targets first.
+    gscale = 1.0
+    if return_grad and reduction == "mean":
+        total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index,
+                                                  get_num_threads())
+        if nbad:
+            check_target_values(t, C, ignore_index)
+        gscale = math.inf if total_weight == 0 else 1.0 / total_weight
+
+    sums = []
+
+    def kernel(x3, full, red):
+        sums.append(k.run_cross_entropy(
+            x3, red[0], full[0] if return_grad else None, red[1] if loss is not None else None,
+            w64, ignore_index, label_smoothing, gscale))
+
+    _run_cpu(lg, [grad] if return_grad else [], [t] + ([loss] if loss is not None else []),
+             kernel)
+    loss_sum, weight_sum, nbad = np.sum(np.array(sums), axis=0)
+    if nbad:
+        check_target_values(t, C, ignore_index)
+    if reduction == "none":
+        result = loss
+    elif reduction == "sum":
+        result = np.float64(loss_sum)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = np.float64(loss_sum) / np.float64(weight_sum)
+    return (result, grad) if return_grad else result
+
+
+# --------------------------------------------------------------------------
+# confusion_matrix, iou
+# --------------------------------------------------------------------------
+
+def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend="auto"):
+    """Confusion matrix of ``argmax(x)`` against ``target``, in one read of x.
+
+    Parameters
+    ----------
+    x : array_like or GPU array
+        Logits, float16, float32 or float64, class axis at ``axis``.
+    target : array_like of int or GPU array
+        Class indices of any integer dtype, x's shape without the class
+        axis; each in [0, C) or equal to ``ignore_index``.
+    axis : int, default -1
+        The class axis.
+    ignore_index : int, default -100
+        Pixels with this target are not counted.
+    out : ndarray, optional
+        A (C, C) int64 matrix the counts are ADDED to, so a dataset's
+        matrix builds up image by image. Left untouched if an error is raised.
+    backend : {"auto", "cpu", "numpy", "cuda"}, default "auto"
+
+    Returns
+    -------
+    ndarray
+        (C, C) int64 (``out`` if given): entry [i, j] counts the pixels of
+        target i predicted as j (the prediction is :func:`fastlogits.argmax`:
+        the first NaN, else the first maximum).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`cross_entropy` for x and target; an ``out`` of the wrong
+        shape or dtype, or read-only.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlogits as fl
+    >>> cm = np.zeros((19, 19), np.int64)
+    >>> for logits, labels in dataset:                      # doctest: +SKIP
+    ...     fl.confusion_matrix(logits, labels, ignore_index=255, out=cm)
+    >>> miou = np.nanmean(fl.iou(cm))                        # doctest: +SKIP
+    """
+    lg = _Logits(x, axis)
+    target = _check_target(target, lg)
+    ignore_index = _check_ignore_index(ignore_index)
+    be = resolve_backend(backend, x)
+    if be == "cuda":
+        from fastlogits.cuda import losses as cuda_losses
+
+        return cuda_losses.confusion_matrix(x, target, lg, ignore_index=ignore_index, out=out)
+    if chk.is_gpu_array(target):
+        raise ValueError(f"target must be a host array for backend={be!r}")
+    C = lg.C
+    out = _check_host_out(lg, out, (C, C), np.int64, "out")
+    if be == "numpy":
+        check_target_values(target, C, ignore_index)
+        counts = reference.confusion_matrix(lg.array, target, lg.axis, ignore_index=ignore_index)
+    else:
+        counts = _confusion_matrix_cpu(lg, _host_target(target, C, ignore_index), ignore_index)
+    if out is None:
+        return counts
+    out += counts
+    return out
+
+
+def _confusion_matrix_cpu(lg, t, ignore_index):
+    from fastlogits.cpu import confusion as k
+
+    C = lg.C
+    counts = np.zeros((C, C), np.int64)
+    if lg.empty:
+        return counts
+    bad = []
+
+    def kernel(x3, full, red):
+        bad.append(k.run_confusion(x3, red[0], ignore_index, counts))
+
+    _run_cpu(lg, [], [t], kernel)
+    if sum(bad):
+        check_target_values(t, C, ignore_index)
+    return counts
+
+
+def iou(confusion):
+    """Per-class intersection over union of a confusion matrix.
+
+    Parameters
+    ----------
+    confusion : array_like
+        (C, C) counts, rows = target, columns = prediction, as
+        :func:`confusion_matrix` returns (a GPU array is copied to the host).
+
+    Returns
+    -------
+    ndarray
+        (C,) float64: ``cm[c, c] / (cm[c, :].sum() + cm[:, c].sum() - cm[c, c])``,
+        NaN for a class absent from both targets and predictions. The mean
+        IoU (mIoU) over the classes present is ``np.nanmean(fl.iou(cm))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlogits as fl
+    >>> cm = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    >>> fl.iou(cm)
+    array([0.75      , 0.66666667,        nan])
+    >>> float(np.nanmean(fl.iou(cm)))
+    0.7083333333333333
+    """
+    if chk.is_gpu_array(confusion):
+        from numba import cuda
+
+        confusion = cuda.as_cuda_array(confusion).copy_to_host()
+    cm = np.asarray(confusion)
+    if cm.dtype.kind not in "iuf":
+        raise TypeError(f"confusion must hold real counts, got dtype {cm.dtype}")
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {cm.shape}")
+    return reference.iou(cm)
+
+
+__all__ = ["cross_entropy", "confusion_matrix", "iou"]

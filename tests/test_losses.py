@@ -1,0 +1,438 @@
+"""cross_entropy: CPU backend against fastlogits.reference (and PyTorch when
+installed), every option combination, special values, bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastlogits as fl
+from fastlogits import config, reference
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # torch is optional
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+IGNORE = -100
+# (shape, axis): channels-last and channels-first; H, W not tile multiples.
+LAYOUTS = {
+    "hwc": lambda C: ((13, 29, C), -1),
+    "nchw": lambda C: ((2, C, 7, 37), 1),
+}
+OPTIONS = [  # (class_weight?, label_smoothing)
+    (False, 0.0), (True, 0.0), (False, 0.1), (True, 0.25),
+]
+REDUCTIONS = ("mean", "sum", "none")
+# Every option with every reduction is covered by test_matches_torch; the
+# many-shape tests below run this subset (each call launches a kernel).
+COMBOS = [(False, 0.0, "mean"), (False, 0.0, "sum"), (False, 0.0, "none"),
+          (True, 0.25, "mean"), (True, 0.25, "sum"), (True, 0.25, "none"),
+          (True, 0.0, "mean"), (False, 0.1, "none")]
+
+
+def make_logits(rng, shape, dtype=np.float32, std=3.0):
+    return (rng.standard_normal(shape) * std).astype(dtype)
+
+
+def make_target(rng, shape, C, ignore=IGNORE, frac=0.1, dtype=np.int64):
+    t = rng.integers(0, C, size=shape)
+    t[rng.random(shape) < frac] = ignore
+    return t.astype(dtype)
+
+
+def reduced(shape, axis):
+    axis = axis % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+def tolerances(dtype):
+    """(rtol of reduced losses, atol of per-pixel losses relative to their
+    size, atol of gradients)."""
+    return {np.float16: (2e-6, 4e-6, 1e-3), np.float32: (2e-6, 4e-6, 2e-6),
+            np.float64: (1e-12, 1e-12, 1e-12)}[np.dtype(dtype).type]
+
+
+def assert_loss_close(got, want, dtype, reduction):
+    rtol, atol, _ = tolerances(dtype)
+    if reduction == "none":
+        want_dtype = np.float64 if dtype == np.float64 else np.float32
+        assert isinstance(got, np.ndarray) and got.dtype == want_dtype
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=atol, atol=atol, equal_nan=True)
+    else:
+        assert type(got) is np.float64
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=0, equal_nan=True)
+
+
+def assert_grad_close(got, want, x):
+    assert got.dtype == x.dtype and got.shape == x.shape
+    atol = tolerances(x.dtype)[2]
+    rtol = atol if x.dtype == np.float16 else 0.0  # one float16 ulp of values above 1
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+                               atol=atol, equal_nan=True)
+
+
+def check_all_options(x, t, axis, rng, backend="cpu", ignore_index=IGNORE):
+    C = x.shape[axis]
+    weight = rng.uniform(0.2, 3.0, C)
+    for weighted, eps, reduction in COMBOS:
+        kw = dict(class_weight=weight if weighted else None, label_smoothing=eps,
+                  reduction=reduction, ignore_index=ignore_index)
+        loss, grad = fl.cross_entropy(x, t, axis, return_grad=True, backend=backend, **kw)
+        want_loss, want_grad = reference.cross_entropy(x, t, axis, return_grad=True, **kw)
+        assert_loss_close(loss, want_loss, x.dtype, reduction)
+        assert_grad_close(grad, want_grad, x)
+        if reduction != "sum":  # without the gradient: the same loss, alone
+            alone = fl.cross_entropy(x, t, axis, backend=backend, **kw)
+            assert_loss_close(alone, want_loss, x.dtype, reduction)
+
+
+# --------------------------------------------------------------------------
+# against the reference
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("C", [1, 2, 3, 19, 150])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_matches_reference(rng, layout, C, dtype):
+    shape, axis = LAYOUTS[layout](C)
+    x = make_logits(rng, shape, dtype)
+    t = make_target(rng, reduced(shape, axis), C)
+    check_all_options(x, t, axis, rng)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_many_classes(rng, axis):
+    C = 1037  # lane-folded rows channels-last; few pixels per tile channels-first
+    shape = (9, C) if axis == -1 else (2, C, 11)
+    x = make_logits(rng, shape)
+    t = make_target(rng, reduced(shape, axis), C)
+    check_all_options(x, t, axis, rng)
+
+
+def test_small_tiles_and_row_path(rng, monkeypatch):
+    """Tiny tiles (several per row of work, ragged tails) and the large-C
+    row kernel forced at C = 19."""
+    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    for shape, axis in [((7, 45, 19), -1), ((3, 19, 45), 1)]:
+        x = make_logits(rng, shape)
+        check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 2)
+    x = make_logits(rng, (31, 19))
+    check_all_options(x, make_target(rng, (31,), 19), -1, rng)
+
+
+def test_float16_chunks(rng, monkeypatch):
+    """float16 goes through float32 chunks; sums add up across chunks and
+    per-pixel outputs land in the right place (also when a chunk splits the
+    inner axis)."""
+    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 60)
+    for shape, axis in [((5, 33, 19), -1), ((2, 19, 100), 1)]:
+        x = make_logits(rng, shape, np.float16)
+        check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)
+
+
+def test_numpy_backend_is_reference(rng):
+    x = make_logits(rng, (6, 5, 4))
+    t = make_target(rng, (6, 5), 4)
+    loss, grad = fl.cross_entropy(x, t, return_grad=True, label_smoothing=0.2, backend="numpy")
+    want_loss, want_grad = reference.cross_entropy(x, t, return_grad=True, label_smoothing=0.2)
+    assert loss == want_loss and np.array_equal(grad, want_grad)
+
+
+def test_non_contiguous_views(rng):
+    base = make_logits(rng, (12, 40, 19))
+    x = base[::2, ::3]  # strided pixels, channels-last
+    t = make_target(rng, (12, 40, 3), 19)[::2, ::3, 1]
+    check_all_options(x, t, -1, rng)
+    xt = np.moveaxis(base, -1, 0)[:, :, ::2]  # classes first, strided
+    check_all_options(xt, make_target(rng, (12, 20), 19), 0, rng)
+
+
+def test_large_map_mean_accuracy(rng):
+    """The float32 mean over a Cityscapes-sized map matches the float64
+    reference to 1e-6 relative (float64 accumulation)."""
+    H, W, C = 1024, 2048, 19
+    x = rng.standard_normal((H, W, C), dtype=np.float32) * np.float32(3)
+    t = make_target(rng, (H, W), C)
+    got = fl.cross_entropy(x, t, backend="cpu")
+    total, count = 0.0, 0
+    for i in range(0, H, 128):  # the reference in blocks, bounded memory
+        total += reference.cross_entropy(x[i:i + 128], t[i:i + 128], reduction="sum")
+        count += int(np.sum(t[i:i + 128] != IGNORE))
+    assert got == pytest.approx(total / count, rel=1e-6)
+
+
+def test_one_pixel_and_scalar_target(rng):
+    x = np.array([0.5, 0.34, 2.41], np.float32)
+    loss = fl.cross_entropy(x, 2)
+    assert loss == pytest.approx(-np.log(0.785), abs=1e-3)
+    check_all_options(x, np.array(1), 0, rng)
+
+
+def test_docstring_example():
+    x = np.array([[0.5, 0.34, 2.41], [2.0, 0.0, -1.0]], np.float32)
+    assert round(float(fl.cross_entropy(x, np.array([2, 0]))), 4) == 0.2061
+
+
+# --------------------------------------------------------------------------
+# targets: ignore_index, dtypes
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_all_ignored(rng, axis):
+    shape = (4, 19, 6) if axis == 1 else (4, 6, 19)
+    x = make_logits(rng, shape)
+    t = np.full((4, 6), IGNORE)
+    for weighted, eps in OPTIONS:
+        kw = dict(class_weight=np.ones(19) if weighted else None, label_smoothing=eps)
+        for be in ("cpu", "numpy"):
+            loss, grad = fl.cross_entropy(x, t, axis, return_grad=True, backend=be, **kw)
+            assert np.isnan(loss)  # PyTorch: 0 / 0
+            assert not grad.any()
+            assert fl.cross_entropy(x, t, axis, reduction="sum", backend=be, **kw) == 0.0
+            none = fl.cross_entropy(x, t, axis, reduction="none", backend=be, **kw)
+            assert none.shape == (4, 6) and not none.any()
+
+
+def test_ignored_pixels_contribute_nothing(rng):
+    """Ignored pixels may hold anything, NaN logits included."""
+    x = make_logits(rng, (50, 19))
+    t = make_target(rng, (50,), 19, frac=0.3)
+    x[t == IGNORE, 3] = np.nan
+    for reduction in REDUCTIONS:
+        loss, grad = fl.cross_entropy(x, t, reduction=reduction, return_grad=True,
+                                      label_smoothing=0.1)
+        assert not np.isnan(loss).any()
+        assert not grad[t == IGNORE].any()
+        keep = t != IGNORE
+        sub = fl.cross_entropy(x[keep], t[keep], reduction=reduction, label_smoothing=0.1)
+        np.testing.assert_allclose(loss[keep] if reduction == "none" else loss, sub, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ignore_index", [0, 255, -1])
+def test_ignore_index_values(rng, ignore_index):
+    x = make_logits(rng, (3, 19, 21))
+    t = make_target(rng, (3, 21), 19, ignore=ignore_index, frac=0.2)
+    check_all_options(x, t, 1, rng, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "uint16", "int32", "uint32",
+                                   "int64", "uint64"])
+def test_target_dtypes(rng, dtype):
+    x = make_logits(rng, (5, 7, 19))
+    t = make_target(rng, (5, 7), 19, ignore=100)
+    want = fl.cross_entropy(x, t, ignore_index=100, reduction="none")
+    got = fl.cross_entropy(x, t.astype(dtype), ignore_index=100, reduction="none")
+    # uint8 runs its own compiled kernel: the same up to float32 rounding.
+    np.testing.assert_allclose(got, want, rtol=4e-7)
+
+
+# --------------------------------------------------------------------------
+# special values
+# --------------------------------------------------------------------------
+
+def special_logits(C):
+    """Rows: NaN, +inf, all -inf, one -inf among finite (target elsewhere
+    and on it), ties, a large offset; targets for each."""
+    rows = np.tile(np.linspace(-2.0, 3.0, C), (8, 1))
+    rows[0, 1] = np.nan
+    rows[1, 0] = np.inf
+    rows[2] = -np.inf
+    rows[3, 2] = -np.inf
+    rows[4, 2] = -np.inf
+    rows[5] = 1.0
+    rows[6] += 1e4
+    rows[7, :] = -np.inf
+    rows[7, 1] = 0.0
+    target = np.array([0, 1, 0, 0, 2, C - 1, 1, 1])
+    return rows, target
+
+
+@pytest.mark.parametrize("C", [3, 19, 150])
+@pytest.mark.parametrize("axis", [-1, 0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_special_values(rng, C, axis, dtype):
+    rows, target = special_logits(C)
+    x = rows.astype(dtype)
+    if axis == 0:
+        x = np.ascontiguousarray(x.T)  # (C, 8): channels-first, inner = 8
+    weight = rng.uniform(0.5, 2.0, C)
+    weight[2] = 0.0  # 0 * -inf is NaN, as in PyTorch
+    for w, eps, reduction in itertools.product([None, weight], [0.0, 0.3], REDUCTIONS):
+        kw = dict(class_weight=w, label_smoothing=eps, reduction=reduction)
+        loss, grad = fl.cross_entropy(x, target, axis, return_grad=True, **kw)
+        want_loss, want_grad = reference.cross_entropy(x, target, axis, return_grad=True, **kw)
+        assert_loss_close(loss, want_loss, x.dtype, reduction)
+        assert_grad_close(grad, want_grad, x)
+    per_pixel, grad = fl.cross_entropy(x, target, axis, reduction="none", return_grad=True)
+    assert np.isnan(per_pixel[:3]).all() and np.isfinite(per_pixel[5:]).all()
+    assert per_pixel[3] < np.inf and per_pixel[4] == np.inf
+    g = grad if axis == -1 else grad.T
+    assert np.isnan(g[:3]).all() and np.isfinite(g[3:]).all()
+    assert np.isnan(fl.cross_entropy(x, target, axis))
+
+
+@needs_torch
+@pytest.mark.parametrize("C", [3, 150])
+def test_special_values_torch(C):
+    rows, target = special_logits(C)
+    weight = np.linspace(0.5, 2.0, C)
+    weight[2] = 0.0
+    for w, eps in itertools.product([None, weight], [0.0, 0.3]):
+        kw = dict(class_weight=w, label_smoothing=eps, reduction="none")
+        loss, grad = fl.cross_entropy(rows, target, return_grad=True, **kw)
+        want_loss, want_grad = torch_cross_entropy(rows, target, 1, **kw)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(grad, want_grad, atol=1e-12, equal_nan=True)
+
+
+# --------------------------------------------------------------------------
+# against PyTorch
+# --------------------------------------------------------------------------
+
+def torch_cross_entropy(x, target, axis, *, class_weight=None, ignore_index=IGNORE,
+                        label_smoothing=0.0, reduction="mean"):
+    """PyTorch's loss and d loss / d x (of the summed losses for "none"), float64."""
+    xt = torch.tensor(np.moveaxis(np.asarray(x, np.float64), axis, 1) if x.ndim > 1
+                      else np.asarray(x, np.float64), requires_grad=True)
+    w = None if class_weight is None else torch.tensor(class_weight, dtype=torch.float64)
+    loss = F.cross_entropy(xt, torch.tensor(target, dtype=torch.int64), weight=w,
+                           ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=label_smoothing)
+    (grad,) = torch.autograd.grad(loss.sum(), xt)
+    grad = grad.numpy()
+    return loss.detach().numpy(), (np.moveaxis(grad, 1, axis) if x.ndim > 1 else grad)
+
+
+@needs_torch
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_torch(rng, layout, dtype):
+    C = 19
+    shape, axis = LAYOUTS[layout](C)
+    x = make_logits(rng, shape, dtype)
+    t = make_target(rng, reduced(shape, axis), C)
+    weight = rng.uniform(0.2, 3.0, C)
+    for (weighted, eps), reduction in itertools.product(OPTIONS, REDUCTIONS):
+        kw = dict(class_weight=weight if weighted else None, label_smoothing=eps,
+                  reduction=reduction)
+        loss, grad = fl.cross_entropy(x, t, axis, return_grad=True, **kw)
+        want_loss, want_grad = torch_cross_entropy(x, t, axis, **kw)
+        assert_loss_close(loss, want_loss, dtype, reduction)
+        assert_grad_close(grad, want_grad, x)
+
+
+@needs_torch
+def test_all_ignored_matches_torch(rng):
+    x = make_logits(rng, (5, 4))
+    t = np.full(5, IGNORE)
+    for eps in (0.0, 0.2):
+        want, want_grad = torch_cross_entropy(x, t, -1, label_smoothing=eps)
+        loss, grad = fl.cross_entropy(x, t, return_grad=True, label_smoothing=eps)
+        assert np.isnan(want) and np.isnan(loss)
+        np.testing.assert_array_equal(grad, want_grad)
+
+
+# --------------------------------------------------------------------------
+# empty input
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_empty(backend):
+    x = np.zeros((0, 5, 19), np.float32)
+    t = np.zeros((0, 5), np.int64)
+    loss, grad = fl.cross_entropy(x, t, return_grad=True, backend=backend)
+    assert np.isnan(loss) and grad.shape == x.shape and grad.dtype == x.dtype
+    assert fl.cross_entropy(x, t, reduction="sum", backend=backend) == 0.0
+    none = fl.cross_entropy(x, t, reduction="none", backend=backend)
+    assert none.shape == (0, 5) and none.dtype == np.float32
+
+
+# --------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("shape,axis,bad_at", [
+    ((4, 6, 19), -1, (2, 3)),
+    ((2, 19, 4, 5), 1, (1, 3, 0)),
+    ((7, 150), -1, (5,)),
+])
+@pytest.mark.parametrize("bad", [19, -1, 1000])
+def test_bad_target_value(rng, backend, shape, axis, bad_at, bad):
+    C = shape[axis]
+    bad = C if bad == 19 else bad
+    x = make_logits(rng, shape)
+    t = make_target(rng, reduced(shape, axis), C)
+    t[bad_at] = bad
+    later = tuple(n - 1 for n in t.shape)
+    t[later] = C + 5  # a second bad value, later in C order: not the one named
+    for kw in (dict(), dict(return_grad=True), dict(reduction="none", return_grad=True)):
+        with pytest.raises(ValueError, match=rf"target holds {bad} at position "
+                                             rf"\({', '.join(map(str, bad_at))},?\)"):
+            fl.cross_entropy(x, t, axis, backend=backend, **kw)
+
+
+def test_bad_target_value_uint(rng):
+    x = make_logits(rng, (4, 19))
+    t = np.array([1, 2, 19, 3], np.uint8)
+    with pytest.raises(ValueError, match=r"target holds 19 at position \(2,\)"):
+        fl.cross_entropy(x, t)
+    t = np.array([1, 2, 2**63 + 5, 3], np.uint64)
+    with pytest.raises(ValueError, match=rf"target holds {2**63 + 5} at position \(2,\)"):
+        fl.cross_entropy(x, t)
+
+
+def test_bad_input_messages(rng):
+    x = make_logits(rng, (4, 6, 19))
+    t = make_target(rng, (4, 6), 19)
+    with pytest.raises(TypeError, match="target must hold integer class indices.*float32"):
+        fl.cross_entropy(x, t.astype(np.float32))
+    with pytest.raises(TypeError, match="target must hold integer"):
+        fl.cross_entropy(x, t > 0)
+    with pytest.raises(ValueError, match=r"target has shape \(6, 4\), expected \(4, 6\).*"
+                                         r"\(4, 6, 19\)"):
+        fl.cross_entropy(x, t.T)
+    with pytest.raises(ValueError, match=r"target has shape \(4, 6\), expected \(4, 19\)"):
+        fl.cross_entropy(x, t, axis=1)
+    with pytest.raises(ValueError, match=r"class_weight has shape \(18,\), expected \(19,\)"):
+        fl.cross_entropy(x, t, class_weight=np.ones(18))
+    with pytest.raises(ValueError, match=r"class_weight has shape \(1, 19\)"):
+        fl.cross_entropy(x, t, class_weight=np.ones((1, 19)))
+    with pytest.raises(TypeError, match="class_weight must hold real numbers"):
+        fl.cross_entropy(x, t, class_weight=np.ones(19, complex))
+    for eps in (-0.1, 1.5, np.nan):
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            fl.cross_entropy(x, t, label_smoothing=eps)
+    with pytest.raises(TypeError, match="label_smoothing"):
+        fl.cross_entropy(x, t, label_smoothing="0.1")
+    with pytest.raises(ValueError, match="unknown reduction 'avg'"):
+        fl.cross_entropy(x, t, reduction="avg")
+    with pytest.raises(TypeError, match="return_grad"):
+        fl.cross_entropy(x, t, return_grad="yes")
+    with pytest.raises(TypeError, match="ignore_index"):
+        fl.cross_entropy(x, t, ignore_index=1.5)
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        fl.cross_entropy(x.astype(np.int32), t)
+    with pytest.raises(ValueError, match="axis=3"):
+        fl.cross_entropy(x, t, axis=3)
+    with pytest.raises(ValueError, match="unknown backend"):
+        fl.cross_entropy(x, t, backend="gpu")
+    if "cuda" not in fl.backends():
+        with pytest.raises(ValueError, match="backend='cuda' is not available"):
+            fl.cross_entropy(x, t, backend="cuda")
+
+
+def test_label_smoothing_one(rng):
+    """eps = 1: only the smoothing term (PyTorch allows it)."""
+    x = make_logits(rng, (20, 5))
+    t = make_target(rng, (20,), 5)
+    check = reference.cross_entropy(x, t, label_smoothing=1.0, return_grad=True)
+    got = fl.cross_entropy(x, t, label_smoothing=1.0, return_grad=True)
+    assert got[0] == pytest.approx(check[0], rel=1e-6)
+    np.testing.assert_allclose(got[1], check[1], atol=2e-6)
