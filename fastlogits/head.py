@@ -26,8 +26,9 @@ import math
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config, reference
-from fastlogits.api import _check_host_out, _half_chunks, _labels_out, _work_view, resolve_backend
+from fastlogits import _layout, reference
+from fastlogits.api import (_check_host_out, _half_chunks, _labels_out, _work_view,
+                            resolve_backend)
 
 __all__ = ["LinearHead"]
 
@@ -57,9 +58,11 @@ class _Features:
             self.array = np.asarray(f)
             self.shape, self.dtype = self.array.shape, self.array.dtype
         if self.dtype not in chk.FLOAT_DTYPES:
-            raise TypeError(f"f must hold float16, float32 or float64 features, got dtype {self.dtype}")
+            raise TypeError(
+                f"f must hold float16, float32 or float64 features, got dtype {self.dtype}")
         if len(self.shape) == 0:
-            raise ValueError("f must have at least one dimension (the feature axis), got a 0-d array")
+            raise ValueError(
+                "f must have at least one dimension (the feature axis), got a 0-d array")
         self.axis = chk.normalize_axis(axis, len(self.shape))
         self.N = self.shape[self.axis]
         self.C = head.num_classes
@@ -98,9 +101,11 @@ class LinearHead:
     float32 features in float32 (the weights are rounded to that dtype).
     The CPU accumulates each logit in that precision, so for every class c
     ``|z_c - z_c(exact)| <= (N + 2) u (|b_c| + sum_n |W_cn f_n|)`` with
-    u = 2**-24 for float32 (2**-53 for float64); the typical error is
-    about ``sqrt(N)`` times u times that sum. Labels therefore equal the
-    float64 reference's wherever its top-2 margin exceeds twice the bound.
+    u = 2**-24 for float32 (2**-53 for float64), to first order in u;
+    the typical error is about ``sqrt(N)`` times u times that sum. Labels
+    therefore equal the float64 reference's wherever its top-2 margin
+    exceeds twice the bound (in practice, with logits of order 10 and N in
+    the hundreds, wherever it exceeds 1e-3).
 
     Examples
     --------
@@ -120,9 +125,11 @@ class LinearHead:
             weight = np.asarray(weight)
         wshape, wdtype = _shape_dtype(weight)
         if wdtype not in chk.FLOAT_DTYPES:
-            raise TypeError(f"weight must hold float16, float32 or float64 values, got dtype {wdtype}")
+            raise TypeError(
+                f"weight must hold float16, float32 or float64 values, got dtype {wdtype}")
         if len(wshape) != 2:
-            raise ValueError(f"weight has shape {tuple(wshape)}, expected 2-D (C, N): classes x features")
+            raise ValueError(
+                f"weight has shape {tuple(wshape)}, expected 2-D (C, N): classes x features")
         if wshape[0] == 0:
             raise ValueError(f"weight has shape {tuple(wshape)}: no classes (C = 0)")
         if bias is not None:
@@ -130,7 +137,8 @@ class LinearHead:
                 bias = np.asarray(bias)
             bshape, bdtype = _shape_dtype(bias)
             if bdtype not in chk.FLOAT_DTYPES:
-                raise TypeError(f"bias must hold float16, float32 or float64 values, got dtype {bdtype}")
+                raise TypeError(
+                    f"bias must hold float16, float32 or float64 values, got dtype {bdtype}")
             if tuple(bshape) != (wshape[0],):
                 raise ValueError(
                     f"bias has shape {tuple(bshape)}, expected ({wshape[0]},) "
@@ -197,8 +205,10 @@ class LinearHead:
         return fv, be
 
     def _cuda(self, name, f, fv, **options):
-        from fastlogits.cuda import head as cuda_head
-
+        try:
+            from fastlogits.cuda import head as cuda_head
+        except ImportError as exc:
+            raise ValueError(f"backend='cuda' is not available for LinearHead: {exc}") from exc
         return getattr(cuda_head, name)(self, f, fv, **options)
 
     def _reference_logits(self, fv):
