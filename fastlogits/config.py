@@ -29,6 +29,26 @@ CUDA_THREADS_PER_BLOCK = 256
 #: Above this number of classes, rows are reduced by a whole CUDA block.
 CUDA_LARGE_C = 2048
 
+#: Channels-last inputs with at most this many classes go through a
+#: shared-memory tile (a thread per pixel); larger C below CUDA_LARGE_C
+#: gets a warp per row.
+CUDA_TILE_MAX_C = 32
+
+#: Shared memory per block for that tile (bytes); fewer threads per block
+#: when a tile of CUDA_THREADS_PER_BLOCK pixels would not fit.
+CUDA_TILE_SHARED_BYTES = 32 * 1024
+
+#: Cap on the grid size; the kernels grid-stride over the rest.
+CUDA_MAX_BLOCKS = 16384
+
+#: Channels-first inputs with C > CUDA_LARGE_C and fewer pixels than this
+#: are reduced a block per pixel instead of a thread per pixel.
+CUDA_CF_MIN_PIXELS = 16384
+
+#: Group reductions with warp shuffles (False: the shared-memory tree that
+#: the CUDA simulator always uses).
+CUDA_WARP_SHUFFLE = True
+
 #: Elements of float16 input converted to float32 at a time on the CPU,
 #: bounding the extra memory of float16 inputs.
 CPU_HALF_CHUNK_ELEMENTS = 1 << 20

@@ -1,0 +1,19 @@
+"""CUDA backend: Numba ``@cuda.jit`` kernels, launch configuration and
+device-array interop.
+
+Modules (nothing here compiles or touches the GPU at import):
+
+- :mod:`.runtime`: availability (:func:`.runtime.status`), the caller's
+  library and stream, device views of any ``__cuda_array_interface__``
+  object, output allocation in the caller's library;
+- :mod:`.errflag`: the error flag kernels set for data-dependent checks,
+  turned into ``ValueError`` on the host;
+- :mod:`.device`: device functions shared by every kernel family (the
+  online max / exp-sum / first-index update, its combine, group reductions
+  with warp shuffles or a shared-memory tree);
+- :mod:`.softmax` and :mod:`.argmax`: the kernels, one per regime
+  (channels-first, channels-last small C, rows), paired with
+  :mod:`fastlogits.cpu.softmax` and :mod:`fastlogits.cpu.argmax`;
+- :mod:`.ops`: the host side called by :mod:`fastlogits.api` (``out=``
+  validation, regime choice, launch, results in the caller's library).
+"""

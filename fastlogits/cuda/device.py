@@ -1,0 +1,188 @@
+"""Device functions shared by every CUDA kernel family.
+
+A pixel's (or a row's) state while its scores stream by is
+``(m, s, comp, idx)``: the running max ``m`` (NaN once a NaN is seen),
+the exp-sum ``s = sum exp((v - m) * inv_t)`` relative to that max (Kahan
+compensated by ``comp``, so a float32 sum over hundreds of thousands of
+classes stays accurate without any float64 arithmetic), and the index
+``idx`` of the first maximum (or of the first NaN). One read of the scores
+gives max, sum and label together ("online softmax"); a new max rescales
+the sum once instead of needing a second pass.
+
+Typed constants: kernels are generic over float16/32/64, and a Python
+float literal would turn float32 arithmetic into float64. Every constant is
+built from ``cdt.dtype.type`` where ``cdt`` is a 1-element array of the
+compute dtype (float32 for float16/float32 input, float64 for float64)
+passed to every kernel; the PTX test fails on any ``.f64`` instruction in
+a float16/float32 kernel.
+
+Group reductions (several threads own one pixel's classes) combine states
+with :func:`combine`, either with warp shuffles (real GPUs) or through a
+shared-memory tree (the CUDA simulator has no shuffles; tests on a real GPU
+run both).
+"""
+
+import math
+
+from numba import cuda
+
+#: Largest block the kernels accept; static shared scratch is this long.
+MAX_THREADS = 1024
+
+#: Lanes of a warp (every CUDA GPU so far).
+WARP = 32
+
+_FULL_MASK = 0xFFFFFFFF
+
+
+@cuda.jit(device=True)
+def is_finite(v):
+    """True for a finite float: ``v - v`` is 0 for finite v, NaN for NaN/inf
+    (no literal, so no float64 promotion)."""
+    d = v - v
+    return d == d
+
+
+@cuda.jit(device=True)
+def kahan_add(s, comp, e):
+    """Compensated ``s + e``; returns the new ``(s, comp)``."""
+    y = e - comp
+    t = s + y
+    return t, (t - s) - y
+
+
+@cuda.jit(device=True)
+def fold(m, s, comp, idx, v, c, inv_t, one, with_sum):
+    """Fold score ``v`` of class ``c`` into the state ``(m, s, comp, idx)``.
+
+    Rules (DESIGN.md): the first NaN wins the index and keeps ``m`` NaN;
+    else the first maximum wins (strict ``>``, so ties keep the earlier
+    class). ``s`` counts scores equal to ``m`` as exp(0) = 1 without
+    computing ``(v - m)``, which keeps an all -inf prefix finite (-inf - -inf
+    would be NaN): when a finite score arrives the count is rescaled by
+    exp(-inf) = 0. Whatever ``s`` holds once ``m`` is NaN or +inf is
+    garbage the callers mask. ``with_sum=False`` (plain argmax) skips exp.
+    """
+    if v > m:
+        if with_sum:
+            scale = math.exp((m - v) * inv_t)
+            s, comp = kahan_add(s * scale, comp * scale, one)
+        m = v
+        idx = c
+    elif v == m:
+        if with_sum:
+            s, comp = kahan_add(s, comp, one)
+    elif v != v:
+        if m == m:
+            m = v
+            idx = c
+    elif with_sum:
+        s, comp = kahan_add(s, comp, math.exp((v - m) * inv_t))
+    return m, s, comp, idx
+
+
+@cuda.jit(device=True)
+def combine(m1, s1, i1, m2, s2, i2, inv_t):
+    """Merge two partial states over disjoint classes; returns ``(m, s, idx)``.
+
+    NaN beats numbers and the smaller index wins among NaNs or equal
+    maxima. A partial whose max equals the result's max adds its sum
+    unscaled (covers ties and equal infinities without computing
+    inf - inf); an identity partial (m = -inf, s = 0) adds nothing.
+    """
+    if m1 != m1 or m2 != m2:
+        if m2 != m2 and (m1 == m1 or i2 < i1):
+            return m2, s2, i2
+        return m1, s1, i1
+    if m2 > m1 or (m2 == m1 and i2 < i1):
+        m, idx = m2, i2
+    else:
+        m, idx = m1, i1
+    a = s1 if m1 == m else s1 * math.exp((m1 - m) * inv_t)
+    b = s2 if m2 == m else s2 * math.exp((m2 - m) * inv_t)
+    return m, a + b, idx
+
+
+@cuda.jit(device=True)
+def _warp_reduce(m, s, idx, inv_t):
+    """Combine the states of a full warp with shuffles; lane 0 holds the
+    result (other lanes hold partial garbage)."""
+    off = WARP // 2
+    while off > 0:
+        m2 = cuda.shfl_down_sync(_FULL_MASK, m, off)
+        s2 = cuda.shfl_down_sync(_FULL_MASK, s, off)
+        i2 = cuda.shfl_down_sync(_FULL_MASK, idx, off)
+        m, s, idx = combine(m, s, idx, m2, s2, i2, inv_t)
+        off //= 2
+    return m, s, idx
+
+
+@cuda.jit(device=True)
+def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big):
+    """Combine the states of each group of ``G`` consecutive threads (``G``
+    a power of two dividing the block, >= 32 with ``shuffle``) and return the
+    group's result to all of its threads.
+
+    Every thread of the block must call this (it holds ``syncthreads``).
+    ``sm_*`` are shared arrays of at least ``blockDim.x`` entries.
+    ``shuffle=False`` runs the shared-memory tree (the simulator's path);
+    ``shuffle=True`` reduces warps with ``shfl_down_sync``, then the group's
+    warp results through shared memory.
+    """
+    tid = cuda.threadIdx.x
+    lane = tid % G
+    base = tid - lane
+    if shuffle:
+        m, s, idx = _warp_reduce(m, s, idx, inv_t)
+        if G > WARP:
+            # Warp results to shared slots, then the group's first warp
+            # reduces them (identity for lanes past the group's warps).
+            warp = tid // WARP
+            if tid % WARP == 0:
+                sm_m[warp] = m
+                sm_s[warp] = s
+                sm_i[warp] = idx
+            cuda.syncthreads()
+            if lane < WARP:
+                nw = G // WARP
+                if lane < nw:
+                    w = base // WARP + lane
+                    m, s, idx = sm_m[w], sm_s[w], sm_i[w]
+                else:
+                    m, s, idx = ninf, zero, big
+                m, s, idx = _warp_reduce(m, s, idx, inv_t)
+            cuda.syncthreads()
+        # Broadcast lane 0 of the group through shared slot `base`.
+        if lane == 0:
+            sm_m[base] = m
+            sm_s[base] = s
+            sm_i[base] = idx
+        cuda.syncthreads()
+    else:
+        sm_m[tid] = m
+        sm_s[tid] = s
+        sm_i[tid] = idx
+        cuda.syncthreads()
+        stride = G // 2
+        while stride > 0:
+            # Threads below the stride merge their partner's slot; partners
+            # are idle this step, so no slot is read while written.
+            if lane < stride:
+                m, s, idx = combine(m, s, idx, sm_m[tid + stride], sm_s[tid + stride],
+                                    sm_i[tid + stride], inv_t)
+                sm_m[tid] = m
+                sm_s[tid] = s
+                sm_i[tid] = idx
+            cuda.syncthreads()
+            stride //= 2
+    m, s, idx = sm_m[base], sm_s[base], sm_i[base]
+    # Everyone has read the result before the slots are reused.
+    cuda.syncthreads()
+    return m, s, idx
+
+
+@cuda.jit(device=True)
+def grid_blocks_stride(per_block):
+    """``(first, step)`` of a grid-stride loop whose blocks take
+    ``per_block`` consecutive work items each."""
+    return cuda.blockIdx.x * per_block, cuda.gridDim.x * per_block

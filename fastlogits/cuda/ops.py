@@ -1,0 +1,368 @@
+"""Host side of the CUDA backend, called by :mod:`fastlogits.api`.
+
+Each op receives the original ``x`` and its validated ``_Logits``; here
+``out=`` is validated (GPU outputs through their ``__cuda_array_interface__``
+metadata, before any kernel runs), the canonical (outer, C, inner) device
+view of x is built, the regime and launch configuration are read from
+:mod:`fastlogits.config` (at call time, so tests can shrink them), the
+kernel is queued on the caller's stream, and the results come back in the
+caller's library: a PyTorch tensor in, PyTorch tensors out; CuPy in, CuPy
+out; Numba device arrays (or any other GPU array) in, Numba device arrays
+out; NumPy in (``backend="cuda"``), NumPy out (copied back).
+
+Regimes (see :func:`plan`): ``"cf"`` channels-first, a thread per pixel;
+``"tile"`` channels-last with C <= ``CUDA_TILE_MAX_C``, a thread per pixel
+over a shared-memory tile; ``"rows"`` a warp per row (C <= ``CUDA_LARGE_C``)
+or a block per row (larger C), also for channels-first inputs with large C
+and few pixels.
+"""
+
+import numpy as np
+
+from fastlogits import _checks as chk
+from fastlogits import _layout, config
+from fastlogits.cuda import runtime
+
+SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
+
+WARP = 32
+
+
+# --------------------------------------------------------------------------
+# Launch plan
+# --------------------------------------------------------------------------
+
+class Plan:
+    """Kernel regime and launch configuration for one canonical shape."""
+
+    def __init__(self, regime, blocks, threads, group=0, pitch=0, shared_bytes=0, shuffle=False):
+        self.regime = regime
+        self.blocks = blocks
+        self.threads = threads
+        self.group = group
+        self.pitch = pitch
+        self.shared_bytes = shared_bytes
+        self.shuffle = shuffle
+
+    def __repr__(self):
+        return (f"Plan({self.regime!r}, blocks={self.blocks}, threads={self.threads}, "
+                f"group={self.group}, pitch={self.pitch}, shared_bytes={self.shared_bytes}, "
+                f"shuffle={self.shuffle})")
+
+
+def _threads_per_block():
+    t = int(config.CUDA_THREADS_PER_BLOCK)
+    if t < WARP or t > 1024 or t % WARP:
+        raise ValueError(
+            f"config.CUDA_THREADS_PER_BLOCK={t} must be a multiple of {WARP} in [{WARP}, 1024]")
+    return t
+
+
+def _blocks(work, per_block):
+    return int(max(1, min(-(-work // per_block), int(config.CUDA_MAX_BLOCKS))))
+
+
+def plan(shape3, itemsize):
+    """Choose the regime and launch configuration for an (outer, C, inner)
+    input of ``itemsize``-byte scores, from the current :mod:`fastlogits.config`."""
+    outer, C, inner = shape3
+    T = _threads_per_block()
+    npix = outer * inner
+    shuffle = bool(config.CUDA_WARP_SHUFFLE) and not runtime.simulator()
+    if inner > 1 and not (C > config.CUDA_LARGE_C and npix < config.CUDA_CF_MIN_PIXELS):
+        return Plan("cf", _blocks(npix, T), T)
+    if inner == 1 and C <= config.CUDA_TILE_MAX_C:
+        pitch = C | 1  # odd pitch: a warp's row starts fall in distinct banks
+        per_row = pitch * itemsize
+        tile_threads = min(T, int(config.CUDA_TILE_SHARED_BYTES) // per_row // WARP * WARP)
+        if tile_threads >= WARP:
+            return Plan("tile", _blocks(npix, tile_threads), tile_threads, pitch=pitch,
+                        shared_bytes=tile_threads * per_row)
+    # Large C: the block's largest power-of-two share (the whole block for
+    # the usual 128, 256, 512, 1024 threads); the tree needs a power of two.
+    G = (T & -T) if C > config.CUDA_LARGE_C else WARP
+    return Plan("rows", _blocks(npix, T // G), T, group=G, shuffle=shuffle)
+
+
+# --------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------
+
+class _Output:
+    """One output: what the caller gets back and the device array kernels write.
+
+    ``out`` is the caller's array (GPU, or NumPy for a host input) or None
+    (allocate in the caller's library). :meth:`view` gives a no-copy
+    device view of another shape, or a temporary that :meth:`finish`
+    copies back (on the stream).
+    """
+
+    def __init__(self, caller, out, shape, dtype):
+        self.caller = caller
+        self.host_out = None  # the caller's NumPy out, filled after the copy back
+        self.temps = []
+        # Results computed here for a host input go back to the host; a GPU
+        # out given with a host input stays where it is.
+        self.to_host = not caller.gpu and not chk.is_gpu_array(out)
+        if out is None:
+            self.obj, self.dev = caller.empty(shape, dtype)
+        elif chk.is_gpu_array(out):
+            self.obj, self.dev = out, runtime.as_device(out)
+        else:
+            self.host_out = out
+            self.obj, self.dev = caller.empty(shape, dtype)
+
+    def view(self, shape):
+        v = runtime.reshape(self.dev, shape)
+        if v is None:
+            _, v = self.caller.empty(shape, self.dev.dtype)
+            self.temps.append(v)
+        return v
+
+    def finish(self):
+        for tmp in self.temps:
+            runtime.copy_into(self.dev, runtime.reshape(tmp, self.dev.shape), self.caller.stream)
+
+
+def _finish(caller, outputs):
+    """The objects to hand back, in the caller's library; host results are
+    copied back (into the caller's NumPy ``out`` where given)."""
+    for o in outputs:
+        o.finish()
+    pending = [(o, o.dev.copy_to_host(stream=caller.stream)) for o in outputs if o.to_host]
+    if pending:
+        caller.stream.synchronize()
+    host = {id(o): h for o, h in pending}
+    results = []
+    for o in outputs:
+        if not o.to_host:
+            results.append(o.obj)
+        elif o.host_out is not None:
+            o.host_out[...] = host[id(o)]
+            results.append(o.host_out)
+        else:
+            results.append(host[id(o)])
+    return results
+
+
+def _check_out(caller, lg, out, shape, dtype, name, kind="float", in_place_ok=False):
+    """Validate a user ``out=`` for the CUDA backend (None passes); returns it."""
+    if out is None:
+        return None
+    if not chk.is_gpu_array(out):
+        if caller.gpu:
+            raise TypeError(
+                f"{name} must be a GPU array (with __cuda_array_interface__) for a GPU input x, "
+                f"got {type(out).__name__}")
+        chk.check_out(out, shape, dtype, name, kind)
+        if out is not lg.array and out is not caller.x:
+            chk.check_no_partial_overlap(out, lg.array, name)
+        return out
+    cai = runtime.interface(out)
+    oshape, odtype = tuple(int(n) for n in cai["shape"]), np.dtype(cai["typestr"])
+    chk.check_out_meta(oshape, odtype, shape, dtype, name, kind)
+    if cai["data"][1]:
+        raise ValueError(f"{name} is read-only")
+    if caller.gpu and oshape and all(oshape):
+        xcai = runtime.interface(caller.x)
+        same = (cai["data"][0] == xcai["data"][0] and oshape == tuple(xcai["shape"])
+                and np.dtype(cai["typestr"]) == np.dtype(xcai["typestr"])
+                and _strides(cai) == _strides(xcai))
+        if same and not in_place_ok:
+            raise ValueError(f"{name} is x itself; this op cannot write its result in place")
+        if not same:
+            lo, hi = runtime.byte_range(cai)
+            xlo, xhi = runtime.byte_range(xcai)
+            if lo < xhi and xlo < hi:
+                raise ValueError(
+                    f"{name} overlaps x without being x itself; pass out=x for in place")
+    return out
+
+
+def _strides(cai):
+    st = cai.get("strides")
+    if st is None:
+        return runtime._layout_strides(tuple(cai["shape"]), np.dtype(cai["typestr"]).itemsize)
+    return tuple(st)
+
+
+def _check_pairwise(outs, names):
+    """The outputs of one call must not overlap each other."""
+    cais = [(runtime.interface(o), n) for o, n in zip(outs, names)
+            if o is not None and chk.is_gpu_array(o)]
+    for a in range(len(cais)):
+        for b in range(a + 1, len(cais)):
+            lo, hi = runtime.byte_range(cais[a][0])
+            lo2, hi2 = runtime.byte_range(cais[b][0])
+            if lo < hi2 and lo2 < hi:
+                raise ValueError(f"{cais[a][1]} and {cais[b][1]} overlap")
+
+
+# --------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------
+
+def _input3(caller, lg):
+    """The canonical (outer, C, inner) device view of x (a copy only if its
+    strides forbid a view, or for a host input)."""
+    shape3 = _layout.split_shape(lg.shape, lg.axis)
+    if not caller.gpu:
+        return caller.to_device(_layout.canonical(lg.array, lg.axis))
+    dev = runtime.as_device(caller.x)
+    v = runtime.reshape(dev, shape3)
+    if v is None:
+        _, tmp = caller.contiguous(dev)
+        v = runtime.reshape(tmp, shape3)
+    return v
+
+
+def _cdt(lg):
+    return runtime.stand_in(lg.compute_dtype, 1)
+
+
+def _inv_t(lg, temperature):
+    return lg.compute_dtype.type(1.0 / chk.check_temperature(temperature))
+
+
+def _launch(kernel, p, caller, *args):
+    kernel[p.blocks, p.threads, caller.stream, p.shared_bytes](*args)
+
+
+# --------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp
+# --------------------------------------------------------------------------
+
+def _expnorm(mode, x, lg, temperature, out):
+    inv_t = _inv_t(lg, temperature)
+    caller = runtime.Caller(x)
+    reduces = mode == LOGSUMEXP
+    shape = lg.reduced_shape if reduces else lg.shape
+    out = _check_out(caller, lg, out, shape, lg.dtype, "out", in_place_ok=not reduces)
+    with caller.activate():
+        res = _Output(caller, out, shape, lg.dtype)
+        if not lg.empty:
+            from fastlogits.cuda import softmax as k
+
+            outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
+            x3 = _input3(caller, lg)
+            if reduces:
+                out3 = runtime.stand_in(lg.dtype, 3)
+                red2 = res.view((outer, inner))
+            else:
+                out3 = res.view(shape3)
+                red2 = runtime.stand_in(lg.dtype, 2)
+            p = plan(shape3, lg.dtype.itemsize)
+            cdt = _cdt(lg)
+            if p.regime == "cf":
+                _launch(k.expnorm_cf, p, caller, x3, out3, red2, cdt, inv_t, mode)
+            elif p.regime == "tile":
+                _launch(k.expnorm_cl_tile, p, caller, x3, out3, red2, cdt, inv_t, mode, p.pitch)
+            else:
+                _launch(k.expnorm_rows, p, caller, x3, out3, red2, cdt, inv_t, mode, p.group,
+                        p.shuffle)
+        return _finish(caller, [res])[0]
+
+
+def softmax(x, lg, temperature=1.0, out=None):
+    """CUDA softmax; see :func:`fastlogits.softmax` (``lg`` validated by the API)."""
+    return _expnorm(SOFTMAX, x, lg, temperature, out)
+
+
+def log_softmax(x, lg, temperature=1.0, out=None):
+    """CUDA log_softmax; see :func:`fastlogits.log_softmax`."""
+    return _expnorm(LOG_SOFTMAX, x, lg, temperature, out)
+
+
+def logsumexp(x, lg, temperature=1.0, out=None):
+    """CUDA logsumexp; see :func:`fastlogits.logsumexp`."""
+    return _expnorm(LOGSUMEXP, x, lg, temperature, out)
+
+
+# --------------------------------------------------------------------------
+# argmax, classify
+# --------------------------------------------------------------------------
+
+def _labels_conf(x, lg, temperature, labels, conf, with_conf):
+    inv_t = _inv_t(lg, temperature)
+    caller = runtime.Caller(x)
+    labels = _check_out(caller, lg, labels, lg.reduced_shape, lg.C - 1,
+                        "out[0] (labels)" if with_conf else "out", kind="label")
+    if with_conf:
+        conf = _check_out(caller, lg, conf, lg.reduced_shape, lg.compute_dtype,
+                          "out[1] (confidence)")
+        _check_pairwise([labels, conf], ["out[0] (labels)", "out[1] (confidence)"])
+    with caller.activate():
+        outputs = [_Output(caller, labels, lg.reduced_shape, np.int64)]
+        if with_conf:
+            outputs.append(_Output(caller, conf, lg.reduced_shape, lg.compute_dtype))
+        if not lg.empty:
+            from fastlogits.cuda import argmax as k
+
+            outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
+            x3 = _input3(caller, lg)
+            lab2 = outputs[0].view((outer, inner))
+            conf2 = outputs[1].view((outer, inner)) if with_conf else runtime.stand_in(
+                lg.compute_dtype, 2)
+            p = plan(shape3, lg.dtype.itemsize)
+            cdt = _cdt(lg)
+            if p.regime == "cf":
+                _launch(k.argmax_cf, p, caller, x3, lab2, conf2, cdt, inv_t, with_conf)
+            elif p.regime == "tile":
+                _launch(k.argmax_cl_tile, p, caller, x3, lab2, conf2, cdt, inv_t, with_conf,
+                        p.pitch)
+            else:
+                _launch(k.argmax_rows, p, caller, x3, lab2, conf2, cdt, inv_t, with_conf,
+                        p.group, p.shuffle)
+        return _finish(caller, outputs)
+
+
+def argmax(x, lg, out=None):
+    """CUDA argmax; see :func:`fastlogits.argmax`."""
+    return _labels_conf(x, lg, 1.0, out, None, False)[0]
+
+
+def classify(x, lg, temperature=1.0, out=None):
+    """CUDA classify; see :func:`fastlogits.classify`. Returns ``(labels, confidence)``."""
+    labels, conf = out if out is not None else (None, None)
+    return tuple(_labels_conf(x, lg, temperature, labels, conf, True))
+
+
+# --------------------------------------------------------------------------
+# Signatures (for the PTX test: compile every kernel without a GPU)
+# --------------------------------------------------------------------------
+
+def kernel_signatures():
+    """``[(name, kernel, argtypes, single_precision)]`` for every kernel as
+    the ops launch it: x float16/32/64, C-contiguous views and strided
+    ('A') views, several label dtypes. ``single_precision`` marks kernels
+    that must not contain float64 instructions (float16/float32 input)."""
+    from numba import types
+
+    from fastlogits.cuda import argmax as ka
+    from fastlogits.cuda import errflag
+    from fastlogits.cuda import softmax as ks
+
+    i64, b1 = types.int64, types.boolean
+    sigs = []
+    variants = [(types.float16, "C", types.int64), (types.float32, "C", types.int64),
+                (types.float64, "C", types.int64), (types.float32, "A", types.uint8)]
+    for xt, layout, lt in variants:
+        ct = types.float64 if xt == types.float64 else types.float32
+
+        def arr(dt, nd, lay=layout):
+            return types.Array(dt, nd, lay)
+
+        tag = f"{xt}-{layout}"
+        expnorm = (arr(xt, 3), arr(xt, 3), arr(xt, 2), arr(ct, 1, "C"), ct, i64)
+        labels = (arr(xt, 3), arr(lt, 2), arr(ct, 2), arr(ct, 1, "C"), ct, b1)
+        single = ct == types.float32
+        sigs += [
+            (f"expnorm_cf[{tag}]", ks.expnorm_cf, expnorm, single),
+            (f"expnorm_cl_tile[{tag}]", ks.expnorm_cl_tile, expnorm + (i64,), single),
+            (f"expnorm_rows[{tag}]", ks.expnorm_rows, expnorm + (i64, b1), single),
+            (f"argmax_cf[{tag}-{lt}]", ka.argmax_cf, labels, single),
+            (f"argmax_cl_tile[{tag}-{lt}]", ka.argmax_cl_tile, labels + (i64,), single),
+            (f"argmax_rows[{tag}-{lt}]", ka.argmax_rows, labels + (i64, b1), single),
+        ]
+    sigs.append(("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True))
+    return sigs
