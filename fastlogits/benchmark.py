@@ -284,11 +284,10 @@ def gpu_name():
     if "cuda" not in fastlogits.backends():
         return None
     try:
-        from numba import cuda
+        from fastlogits.cuda import runtime
 
-        name = cuda.get_current_device().name
-        return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # the simulator, a driver problem
+        return runtime.describe().get("name") or "CUDA device (name unknown)"
+    except Exception:  # a driver problem
         return "CUDA device (name unknown)"
 
 

@@ -238,37 +238,46 @@ def _cache_dirs():
     return out
 
 
+def _gpu_line(api):
+    """The GPU, from :func:`fastlogits.cuda.runtime.describe` when it exists."""
+    usable, reason = api._cuda_status()
+    if not usable:
+        return f"none ({reason})"
+    try:
+        from fastlogits.cuda import runtime
+
+        d = runtime.describe()
+    except Exception:  # an older or partial CUDA module: fall back on Numba
+        from fastlogits.benchmark import gpu_name
+
+        return gpu_name() or reason
+    parts = []
+    if d.get("compute_capability"):
+        parts.append("compute capability %d.%d" % tuple(d["compute_capability"]))
+    if d.get("multiprocessors"):
+        parts.append(f"{d['multiprocessors']} SMs")
+    if d.get("memory_bytes"):
+        parts.append(f"{d['memory_bytes'] / 2**30:.0f} GiB")
+    name = d.get("name") or reason
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
 def cmd_info(args):
     import platform
 
     import numba
+    import numpy as np
 
     import fastlogits
     from fastlogits import _bandwidth, api
-    from fastlogits.benchmark import cpu_name, gpu_name
+    from fastlogits.benchmark import cpu_name
     from fastlogits.tiled import format_size
-
-    import numpy as np
 
     _bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
     try:
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started"
-    usable, reason = api._cuda_status()
-    gpu = "none"
-    if usable:
-        gpu = gpu_name() or "CUDA device"
-        try:
-            from fastlogits.cuda import runtime
-
-            name = getattr(runtime, "device_name", None)
-            if callable(name):
-                gpu = name()
-        except Exception:
-            pass
-    else:
-        gpu = f"none ({reason})"
     rows = [
         ("fastlogits", f"{fastlogits.__version__} ({os.path.dirname(fastlogits.__file__)})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
@@ -280,7 +289,7 @@ def cmd_info(args):
         ("threads", f"{numba.get_num_threads()} Numba threads of {os.cpu_count()} cores, "
                     f"threading layer {layer}"),
         ("CPU", cpu_name()),
-        ("GPU", gpu),
+        ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),
     ]
     for d, n, size in _cache_dirs():
@@ -499,7 +508,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"fastlogits {args.command}: interrupted; no output was written", file=sys.stderr)
+        done = "; no output was written" if args.command == "classify" else ""
+        print(f"fastlogits {args.command}: interrupted{done}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # one line, never a traceback
         if debug:

@@ -120,14 +120,17 @@ def load(path):
                 try:
                     data.append([float(v) for v in line])
                 except ValueError:
-                    raise ValueError(f"palette {path}: line {lineno} is not numbers: {' '.join(line)!r}")
+                    raise ValueError(f"palette {path}: line {lineno} is not numbers: "
+                                     f"{' '.join(line)!r}") from None
                 if len(line) != 3:
-                    raise ValueError(f"palette {path}: line {lineno} has {len(line)} numbers, expected 3 (R G B)")
+                    raise ValueError(f"palette {path}: line {lineno} has {len(line)} numbers, "
+                                     "expected 3 (R G B)")
         rows = np.array(data, dtype=np.float64).reshape(-1, 3)
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] != 3 or rows.shape[0] == 0:
         raise ValueError(f"palette {path}: expected (K, 3) colours, got shape {rows.shape}")
-    if rows.dtype.kind not in "iuf" or np.any(rows < 0) or np.any(rows > 255) or np.any(rows != np.round(rows)):
+    if (rows.dtype.kind not in "iuf" or np.any(rows < 0) or np.any(rows > 255)
+            or np.any(rows != np.round(rows))):
         raise ValueError(f"palette {path}: colours must be integers in 0..255")
     return rows.astype(np.uint8)
 

@@ -211,13 +211,10 @@ def _costs(x, axis, be, with_confidence, label_dtype, conf_dtype, out_pixel_byte
     elif be == "cuda":
         per_pixel += C * score + 16
     per_pixel += label_dtype.itemsize + (conf_dtype.itemsize if with_confidence else 0)
-    per_pixel += out_pixel_bytes
-    fixed = 0
     if be == "cpu" and x.dtype == np.float16:
-        from fastlogits import config
-
-        fixed += 8 * config.CPU_HALF_CHUNK_ELEMENTS
-    return fixed, per_pixel
+        per_pixel += C * 4 + 8  # float32 copies of (at most) the tile, made by the API in chunks
+    per_pixel += out_pixel_bytes
+    return 0, per_pixel
 
 
 def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max_memory=1 << 30,
@@ -367,7 +364,7 @@ class _NpyOutput(_Output):
         self.release = _page_release(self.mm)
 
     def __call__(self, idx, labels, conf):
-        view = self.mm[idx]
+        view = self.mm[idx + (Ellipsis,)]  # a view even for a 0-d map
         view[...] = labels if self.which == "labels" else conf
         self.release(view)
 
@@ -418,7 +415,7 @@ class _PngOutput(_Output):
         if self.which == "labels":
             self.index[idx] = labels
         else:
-            palettes.confidence_levels(conf, out=self.index[idx])
+            palettes.confidence_levels(conf, out=self.index[idx + (Ellipsis,)])
 
     def finish(self):
         img = self.index.reshape(self.image_shape)
