@@ -23,6 +23,10 @@ CPU_TILE_ELEMENTS = 32 * 1024
 CPU_ROW_MIN_CLASSES = 64
 
 
+#: CPU kernels on fewer scores than this run on the calling thread only
+#: (waking the thread pool costs more than the work).
+CPU_SERIAL_BELOW = 1 << 16
+
 #: Threads per block for the CUDA kernels (a multiple of 32).
 CUDA_THREADS_PER_BLOCK = 256
 

@@ -7,8 +7,10 @@
 lane-folded rows (large C). Nothing here validates input.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
-from numba import get_num_threads
+from numba import get_num_threads, set_num_threads
 
 from fastlogits import config
 from fastlogits._layout import reshape_view
@@ -17,6 +19,27 @@ from fastlogits._layout import reshape_view
 def _tile_pixels(C):
     """Pixels per tile: ``CPU_TILE_PIXELS``, fewer for large C (>= 16)."""
     return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C)))
+
+
+@contextmanager
+def launch_threads(work):
+    """Threads for a kernel launch over ``work`` elements; yields the count
+    to pass to the kernel as ``nthreads``.
+
+    Below ``config.CPU_SERIAL_BELOW`` elements the launch uses the calling
+    thread only: waking the pool costs more than the work, and on a busy
+    machine a descheduled worker makes a tiny call wait a whole time slice.
+    (``set_num_threads`` is thread-local in Numba and restored on exit.)
+    """
+    n = get_num_threads()
+    if work >= config.CPU_SERIAL_BELOW or n == 1:
+        yield n
+        return
+    set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        set_num_threads(n)
 
 
 def _scratch(shape, dtype):
@@ -55,16 +78,19 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         else:
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
-        k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode, get_num_threads())
+        with launch_threads(x3.size) as nthreads:
+            k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode, nthreads)
         if work is not out2:
             out2[...] = work
         return
     if out3 is None:
         out3 = _scratch(x3.shape, x3.dtype)
-    if inner > 1:
-        k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), get_num_threads())
-    else:
-        k.expnorm_cl_tiles(_rows(x3), _rows(out3), red2[:, 0], inv_t, mode, _tile_pixels(C), get_num_threads())
+    with launch_threads(x3.size) as nthreads:
+        if inner > 1:
+            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads)
+        else:
+            k.expnorm_cl_tiles(_rows(x3), _rows(out3), red2[:, 0], inv_t, mode, _tile_pixels(C),
+                               nthreads)
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
@@ -75,11 +101,12 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with_conf = conf2 is not None
     if conf2 is None:
         conf2 = _scratch((outer, inner), x3.dtype)
-    if inner > 1:
-        k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), get_num_threads())
-    elif C < config.CPU_ROW_MIN_CLASSES:
-        k.argmax_cl_tiles(_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
-                          _tile_pixels(C), get_num_threads())
-    else:
-        k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
-                         get_num_threads())
+    with launch_threads(x3.size) as nthreads:
+        if inner > 1:
+            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
+        elif C < config.CPU_ROW_MIN_CLASSES:
+            k.argmax_cl_tiles(_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+                              _tile_pixels(C), nthreads)
+        else:
+            k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+                             nthreads)
