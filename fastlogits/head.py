@@ -216,9 +216,10 @@ class LinearHead:
         ``F.linear`` in float64)."""
         W = np.asarray(self._weight, dtype=np.float64)
         f = np.moveaxis(np.asarray(fv.array, dtype=np.float64), fv.axis, -1)
-        z = f @ W.T
-        if self._bias is not None:
-            z = z + np.asarray(self._bias, dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf features: NaN/inf logits
+            z = f @ W.T
+            if self._bias is not None:
+                z = z + np.asarray(self._bias, dtype=np.float64)
         return np.moveaxis(z, -1, fv.axis)
 
     def _run_cpu(self, fv, kernel, cls=(), red=(), feat=(), red_in=()):
@@ -310,18 +311,18 @@ class LinearHead:
 
         from numba import get_num_threads
 
-        from fastlogits.cpu import _tile_pixels
         from fastlogits.cpu import head as k
 
         mode = {"logits": k.LOGITS, "softmax": k.SOFTMAX, "log_softmax": k.LOG_SOFTMAX,
                 "logsumexp": k.LOGSUMEXP}[op]
         inv_t = fv.compute_dtype.type(1.0 / temperature)
-        tile = _tile_pixels(fv.C)
+        dot = k.cl_dot_form(fv.C, fv.N)
+        tile = k.tile_pixels(fv.C, fv.N, dot)
         dummy = np.empty(1, fv.compute_dtype)
 
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
             k.head_expnorm(f1, outer, fv.N, inner, W, b, cls[0] if cls else dummy,
-                           red[0] if red else dummy, inv_t, mode, tile, get_num_threads())
+                           red[0] if red else dummy, inv_t, mode, tile, get_num_threads(), dot)
 
         if reduces:
             self._run_cpu(fv, kernel, red=[out])
@@ -429,16 +430,16 @@ class LinearHead:
         if not fv.empty:
             from numba import get_num_threads
 
-            from fastlogits.cpu import _tile_pixels
             from fastlogits.cpu import head as k
 
             inv_t = fv.compute_dtype.type(1.0 / temperature)
-            tile = _tile_pixels(fv.C)
+            dot = k.cl_dot_form(fv.C, fv.N)
+            tile = k.tile_pixels(fv.C, fv.N, dot)
             dummy = np.empty(1, fv.compute_dtype)
 
             def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
                 k.head_argmax(f1, outer, fv.N, inner, W, b, red[0], red[1] if with_conf else dummy,
-                              inv_t, with_conf, tile, get_num_threads())
+                              inv_t, with_conf, tile, get_num_threads(), dot)
 
             self._run_cpu(fv, kernel, red=[labels, conf] if with_conf else [labels])
         return (labels, conf) if with_conf else labels
@@ -577,7 +578,6 @@ class LinearHead:
         from numba import get_num_threads
 
         from fastlogits import losses
-        from fastlogits.cpu import _tile_pixels
         from fastlogits.cpu import head as k
         from fastlogits.cpu import losses as kl
 
@@ -604,7 +604,8 @@ class LinearHead:
                 losses.check_target_values(t, C, ignore_index)
             gscale = math.inf if total_weight == 0 else 1.0 / total_weight
 
-        tile = _tile_pixels(C)
+        dot = k.cl_dot_form(C, fv.N)
+        tile = k.tile_pixels(C, fv.N, dot)
         dummy = np.empty(1, cd)
         sums = []
 
@@ -613,7 +614,7 @@ class LinearHead:
                 f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
                 gscale, feat[0] if return_grad else dummy, return_grad,
                 red[0] if loss is not None else dummy, loss is not None, tile,
-                get_num_threads()))
+                get_num_threads(), dot))
 
         self._run_cpu(fv, kernel, red=[loss] if loss is not None else [],
                       feat=[grad] if return_grad else [], red_in=[t])
@@ -681,7 +682,6 @@ class LinearHead:
 
     def _confusion_cpu(self, fv, t, ignore_index):
         from fastlogits import losses
-        from fastlogits.cpu import _tile_pixels
         from fastlogits.cpu import confusion as kc
         from fastlogits.cpu import head as k
 
@@ -689,13 +689,14 @@ class LinearHead:
         counts = np.zeros((C, C), np.int64)
         if fv.empty:
             return counts
-        tile = _tile_pixels(C)
+        dot = k.cl_dot_form(C, fv.N)
+        tile = k.tile_pixels(C, fv.N, dot)
         nchunks = kc._chunks(C)
         bad = []
 
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
             bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0], ignore_index,
-                                            counts, nchunks, tile)))
+                                            counts, nchunks, tile, dot)))
 
         self._run_cpu(fv, kernel, red_in=[t])
         if sum(bad):

@@ -49,9 +49,10 @@ def make_features(rng, layout, N, dtype, pixels=(7, 9), batch=2):
 def ref_logits(head, f, axis):
     """float64 logits with the class axis at ``axis`` (F.linear in float64)."""
     W = np.asarray(head.weight, np.float64)
-    z = np.moveaxis(np.asarray(f, np.float64), axis, -1) @ W.T
-    if head.bias is not None:
-        z = z + np.asarray(head.bias, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf features: NaN/inf logits
+        z = np.moveaxis(np.asarray(f, np.float64), axis, -1) @ W.T
+        if head.bias is not None:
+            z = z + np.asarray(head.bias, np.float64)
     return np.moveaxis(z, -1, axis)
 
 
@@ -453,15 +454,20 @@ def test_confusion_matrix(rng, layout, C):
     t = make_target(rng, np.delete(np.array(f.shape), axis % f.ndim), C, ignore=255)
     cm = head.confusion_matrix(f, t, axis=axis, ignore_index=255)
     z = ref_logits(head, f, axis)
+    # The counts are exactly those of the head's own labels, which equal
+    # the float64 reference's wherever its top-2 margin exceeds 1e-3.
+    labels = head.argmax(f, axis=axis)
     sure = top2_margin(z, axis) > 1e-3
-    assert sure.all()  # random data: no near-ties at this size, so exact
-    np.testing.assert_array_equal(cm, ref.confusion_matrix(z, t, axis, ignore_index=255))
+    np.testing.assert_array_equal(labels[sure], ref.argmax(z, axis)[sure])
+    keep = t != 255
+    expect = np.bincount(t[keep] * C + labels[keep], minlength=C * C).reshape(C, C)
+    np.testing.assert_array_equal(cm, expect)
     assert cm.dtype == np.int64 and cm.sum() == (t != 255).sum()
     acc = np.ones((C, C), np.int64)
     assert head.confusion_matrix(f, t.astype(np.uint8), axis=axis, ignore_index=255, out=acc) is acc
     np.testing.assert_array_equal(acc, cm + 1)
-    np.testing.assert_array_equal(head.confusion_matrix(f, t, axis=axis, ignore_index=255,
-                                                        backend="numpy"), cm)
+    cm_np = head.confusion_matrix(f, t, axis=axis, ignore_index=255, backend="numpy")
+    np.testing.assert_array_equal(cm_np, ref.confusion_matrix(z, t, axis, ignore_index=255))
 
 
 def test_target_errors(rng):
@@ -544,3 +550,24 @@ def test_cuda_without_gpu(rng):
     head = make_head(rng, 3, 4, np.float32)
     with pytest.raises(ValueError, match="cuda"):
         head.classify(np.ones((2, 4), np.float32), backend="cuda")
+
+
+@pytest.mark.parametrize("ratio", [0, 10**9], ids=["dot", "transpose"])
+@pytest.mark.parametrize("C,N", [(19, 32), (4, 130), (150, 6)])
+def test_channels_last_regimes(rng, monkeypatch, ratio, C, N):
+    """Both channels-last product forms (dot products, transposed tile),
+    with small tiles so tails are covered, including the gradient."""
+    monkeypatch.setattr(config, "CPU_HEAD_DOT_MIN_RATIO", ratio, raising=False)
+    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 64)
+    head = make_head(rng, C, N, np.float32)
+    f, axis = make_features(rng, "cl", N, np.float32, (5, 11))
+    z = ref_logits(head, f, axis)
+    assert np.all(np.abs(head.logits(f, axis=axis) - z) <= logit_bound(head, f, axis))
+    sure = top2_margin(z, axis) > 1e-3
+    np.testing.assert_array_equal(head.argmax(f, axis=axis)[sure], ref.argmax(z, axis)[sure])
+    t = make_target(rng, f.shape[:-1], C)
+    loss, grad = head.cross_entropy(f, t, return_grad=True)
+    lref, gref = ref_head_xent(head, f, t, -1, return_grad=True)
+    np.testing.assert_allclose(loss, lref, rtol=1e-4)
+    np.testing.assert_allclose(grad, gref, atol=1e-4 * np.abs(gref).max())

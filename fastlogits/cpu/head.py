@@ -2,42 +2,52 @@
 
 Per tile of P pixels the matvec goes into a (1, C, P) scratch ``z`` (C
 logits of P pixels, pixels contiguous, in L1/L2), and the same tile
-helpers as the core ops (:mod:`fastlogits.cpu.tiles`: max, exp-sum,
-argmax) run on it. The (..., C) logits tensor never exists; the extra
-memory is one scratch tile per thread.
+epilogues as the core ops run on it (softmax's, argmax's, the losses' and
+the confusion matrix's tile functions). The (..., C) logits tensor never
+exists; the extra memory is a few scratch tiles per thread.
 
 Two matmul micro-kernels, both register-blocked 4 x 4 so each value loaded
-feeds four FMAs, and both indexing C-contiguous flat arrays with explicit
-offsets (sliced 'A'-layout views do not vectorize in Numba):
+feeds four FMAs, both indexing C-contiguous flat arrays with explicit
+offsets (sliced 'A'-layout views do not vectorize in Numba), and both
+clamping every row offset with ``max(offset, 0)``: Numba wraps negative
+indices, and only an index LLVM can prove non-negative lets it drop that
+select and vectorize the loop (``x[i0 + p]`` with an unknown-sign ``i0``
+stays scalar).
 
 - :func:`gemm_rows` (outer-product form): ``out[m, :] += A[m, k] B[k, :]``,
-  the inner loop elementwise along a contiguous row. Channels-first
+  the inner loop elementwise along contiguous rows. Channels-first
   features ``f (outer, N, inner)``: a feature row of the tile is
-  contiguous, so ``z[c, p] += W[c, n] f[n, p]`` vectorizes across pixels,
-  with no transpose. It also turns the logits gradient g (C, P) into the
-  feature gradient W^T g for both layouts.
+  contiguous, so ``z[c, p] += W[c, n] f[n, p]`` vectorizes across pixels
+  with no copy, in panels of K_PANEL features that stay in L1 while every
+  class block uses them. It also turns the logits' gradient g (C, P) into
+  the features' gradient W^T g, for both layouts.
 - :func:`gemm_dot` (dot form): channels-last features ``f (rows, N)``:
-  each pixel's N features are contiguous, as are W's rows, so
+  a pixel's N features are contiguous, as are W's rows, so
   ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product vectorized along n
-  (a sum reduction: vectorizes under ``reassoc``), 4 classes x 4 pixels at
-  once. This avoids transposing the feature tile first: a transpose costs a
-  scalar store per feature value, more than the C/16 vector FMAs each
-  feature value takes in the product.
+  (a sum: vectorizes under ``reassoc``), 4 classes x 4 pixels at once (16
+  vector accumulators, 8 loads per 16 FMAs), then 16 horizontal sums.
+- Channels-last with N small next to C (:func:`cl_dot_form`): the tile's
+  rows are transposed into an (N, P) scratch (:func:`load_transposed`) and
+  the outer-product form runs on it.
 
 Accuracy: sums run in the compute precision (float32 for float16/float32
 features, float64 for float64), so ``|z - z_exact| <= (N + 2) u
-(|b_c| + sum_n |W_cn f_n|)`` with u = 2**-24 (float32), 2**-53 (float64),
-the standard bound for a length-N dot product (+1 for the bias, +1 for
-rounding float64 weights to float32); the typical error is about
-``sqrt(N) u`` times that sum.
+(|b_c| + sum_n |W_cn f_n|)`` to first order, with u = 2**-24 (float32) or
+2**-53 (float64): the standard bound of a length-N dot product in any
+summation order (+1 for the bias, +1 for rounding float64 weights to
+float32); the typical error is about ``sqrt(N) u`` times that sum.
 
-Drivers (called from :mod:`fastlogits.head` with validated arrays):
-:func:`head_expnorm` (logits, softmax, log_softmax, logsumexp),
-:func:`head_argmax` (argmax, classify), :func:`head_xent` (cross-entropy
-and its gradient w.r.t. the features), :func:`head_confusion`. Each takes
-flat C-contiguous features ``f`` with dims ``(outer, N, inner)``;
-``inner == 1`` is the channels-last regime (pixels are the rows), else
-tiles never cross an ``outer`` plane.
+The product is sized for segmentation heads, whose W fits in L1/L2 (C·N·4
+bytes up to a few hundred KiB, e.g. 150 x 512): every tile reads all of W.
+Much larger heads (a vocabulary of 32k classes) stay correct but re-read W
+from L3 or memory for every tile.
+
+Drivers (called from :mod:`fastlogits.head` with validated, flat,
+C-contiguous arrays; features with dims ``(outer, N, inner)``, ``inner ==
+1`` being channels-last): :func:`head_expnorm` (logits, softmax,
+log_softmax, logsumexp), :func:`head_argmax` (argmax, classify),
+:func:`head_xent` (cross-entropy and its gradient w.r.t. the features),
+:func:`head_confusion`.
 """
 
 import numpy as np
@@ -50,7 +60,7 @@ from fastlogits.cpu.losses import _grad_coef, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
-from fastlogits.cpu.tiles import chunk_bounds, tile_argmax, work_chunks
+from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
 
 #: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
 LOGITS = 3
@@ -288,24 +298,37 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
 # --------------------------------------------------------------------------
 
 @njit(fastmath=FASTMATH, cache=True)
-def tile_logits(f, W, b, N, inner, o, i0, P, z, zs):
-    """Logits of the tile's P pixels into ``z[c*zs + p]``.
-
-    ``inner == 1``: channels-last, the pixels are rows ``i0 .. i0+P`` of
-    ``f`` (rows, N). Else channels-first, pixels ``i0 .. i0+P`` of plane
-    ``o`` of ``f`` (outer, N, inner).
-    """
-    C = b.shape[0]
-    if inner == 1:
-        gemm_dot(W, b, C, N, f, i0 * N, P, z, zs)
-        return
-    f0 = o * N * inner + i0
+def _gemm_panels(W, b, C, N, B, b0, sbk, P, z, zs):
+    """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
+    K_PANEL feature rows (each panel stays in L1 while every class uses it)."""
     if N == 0:
-        gemm_rows(W, 0, N, 1, C, 0, f, f0, inner, z, 0, zs, P, INIT_BIAS, b)
+        gemm_rows(W, 0, N, 1, C, 0, B, b0, sbk, z, 0, zs, P, INIT_BIAS, b)
     for k0 in range(0, N, K_PANEL):
         kn = min(K_PANEL, N - k0)
-        gemm_rows(W, k0, N, 1, C, kn, f, f0 + k0 * inner, inner, z, 0, zs, P,
+        gemm_rows(W, k0, N, 1, C, kn, B, b0 + k0 * sbk, sbk, z, 0, zs, P,
                   INIT_BIAS if k0 == 0 else INIT_ADD, b)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def tile_logits(f, W, b, N, inner, o, i0, P, z, zs, cl_dot, ft):
+    """Logits of the tile's P pixels into ``z[c*zs + p]``.
+
+    ``inner > 1``: channels-first, pixels ``i0 .. i0+P`` of plane ``o`` of
+    ``f`` (outer, N, inner), read in place (outer-product form).
+    ``inner == 1``: channels-last, the pixels are rows ``i0 .. i0+P`` of
+    ``f`` (rows, N): with ``cl_dot`` as dot products (:func:`gemm_dot`),
+    else transposed into the (N, zs) scratch ``ft`` first and then in the
+    outer-product form (better when N is small next to C: see
+    :func:`fastlogits.cpu.head.cl_dot_form`).
+    """
+    C = b.shape[0]
+    if inner > 1:
+        _gemm_panels(W, b, C, N, f, o * N * inner + i0, inner, P, z, zs)
+    elif cl_dot or N == 0:
+        gemm_dot(W, b, C, N, f, i0 * N, P, z, zs)
+    else:
+        load_transposed(f.reshape((f.shape[0] // N, N)), i0, P, ft.reshape((1, N, zs)))
+        _gemm_panels(W, b, C, N, ft, 0, zs, P, z, zs)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -341,6 +364,14 @@ def store_tile(out, src, C, inner, o, i0, P, zs):
 
 
 @njit(fastmath=FASTMATH, cache=True)
+def _transpose_scratch(N, inner, tile, cl_dot, dtype):
+    """The (N, tile) scratch of the transposed channels-last regime (a
+    one-element stand-in otherwise)."""
+    n = N * tile if (inner == 1 and not cl_dot and N > 0) else 1
+    return np.empty(n, dtype=dtype)
+
+
+@njit(fastmath=FASTMATH, cache=True)
 def _tiling(outer, inner, tile, nthreads):
     """``(npix, ntiles, njobs, nchunks)``: channels-first tiles never cross
     a plane of ``inner`` pixels; channels-last pixels are the ``outer`` rows."""
@@ -356,7 +387,7 @@ def _tiling(outer, inner, tile, nthreads):
 # --------------------------------------------------------------------------
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads):
+def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads, cl_dot):
     """logits / softmax / log_softmax (into ``out``, class-shaped) or
     logsumexp (into ``red``, (outer, inner)) of the head; all flat
     C-contiguous. The unused output may be any 1-D array of that type.
@@ -370,6 +401,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
+        ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         e = np.empty(C * tile, dtype=b.dtype)
         e3 = e.reshape((1, C, tile))
         m = np.empty(tile, dtype=b.dtype)
@@ -381,7 +413,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
             if mode == LOGITS:
                 store_tile(out, z, C, inner, o, i0, P, tile)
                 continue
@@ -393,7 +425,8 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads):
+def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads,
+                cl_dot):
     """Labels (and with ``with_conf`` the top-1 probability) of the head into
     flat (outer, inner) ``labels`` / ``conf``; argmax's own tile epilogue
     runs on the logits scratch."""
@@ -402,6 +435,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
+        ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
         part = np.empty(tile, dtype=b.dtype)
         idx = np.empty(tile, dtype=np.int64)
@@ -411,14 +445,14 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _argmax_tile(z3, 0, 0, P, labels, conf, o * npix + i0, inv_t, with_conf, m, idx, s,
                          part)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
-              want_loss, tile, nthreads):
+              want_loss, tile, nthreads, cl_dot):
     """Cross-entropy of the head against flat targets ``t`` (outer, inner):
     per-pixel ``loss`` (with ``want_loss``), the gradient w.r.t. the
     features into ``grad`` (flat, like f, with ``want_grad``). Returns
@@ -437,6 +471,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
+        ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
         e3 = e.reshape((1, C, tile))
         m, part, a, s, sm, xt, d, tt = _loss_scratch(tile, w)
@@ -448,7 +483,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
             q0 = o * npix + i0
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
             if want_grad:
@@ -468,7 +503,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile):
+def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, cl_dot):
     """Add the confusion counts of the head's argmax against flat targets
     ``t`` into ``counts`` (C, C) int64, through private per-chunk
     histograms (``nchunks`` of them); returns the number of bad targets."""
@@ -480,6 +515,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile):
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
+        ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
         idx = np.empty(tile, dtype=np.int64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -487,8 +523,43 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile):
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile)
+            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
             tile_argmax(z3, 0, 0, P, m, idx)
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
+
+
+#: Used while config.py has no CPU_HEAD_DOT_MIN_RATIO (the lead adds it).
+_DEFAULT_DOT_MIN_RATIO = 8
+
+
+def cl_dot_form(C, N):
+    """Whether channels-last logits use the dot form (:func:`gemm_dot`)
+    rather than transpose-then-outer-product.
+
+    Per feature value the dot form pays ``C / 16`` vector FMAs plus the
+    horizontal sums of its C·P dot products (about ``8 C / N`` shuffles and
+    adds, on the FMA ports); the transposed form pays the same FMAs plus
+    one scalar store into the scratch (on the store ports). So the dot form
+    wins when N is large next to C: ``N >= config.CPU_HEAD_DOT_MIN_RATIO *
+    C`` (default 8; 0 forces the dot form, a huge value the transpose).
+    """
+    from fastlogits import config
+
+    ratio = getattr(config, "CPU_HEAD_DOT_MIN_RATIO", _DEFAULT_DOT_MIN_RATIO)
+    return N >= ratio * C
+
+
+def tile_pixels(C, N, cl_dot):
+    """Pixels per tile: the core ops' choice for C classes
+    (:func:`fastlogits.cpu._tile_pixels`), and for the transposed
+    channels-last regime also at most ``CPU_TILE_ELEMENTS // N`` (>= 16),
+    so its (N, P) feature scratch stays in L2 too."""
+    from fastlogits import config
+    from fastlogits.cpu import _tile_pixels
+
+    tile = _tile_pixels(C)
+    if not cl_dot and N > 0:
+        tile = min(tile, max(16, config.CPU_TILE_ELEMENTS // N))
+    return int(tile)
