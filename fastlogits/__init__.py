@@ -9,6 +9,7 @@ _vector_width.enable()  # before anything imports numba
 from fastlogits import reference  # noqa: E402
 from fastlogits.api import argmax, backends, classify, log_softmax, logsumexp, softmax  # noqa: E402
 from fastlogits.losses import confusion_matrix, cross_entropy, iou  # noqa: E402
+from fastlogits.head import LinearHead  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "cross_entropy",
     "confusion_matrix",
     "iou",
+    "LinearHead",
     "backends",
     "reference",
 ]
