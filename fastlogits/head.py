@@ -147,7 +147,6 @@ class LinearHead:
         self._weight = weight
         self._bias = bias
         self.weight_shape = tuple(int(n) for n in wshape)
-        self._host = {}  # compute dtype -> (W flat C-contiguous, b)
 
     # ------------------------------------------------------------------
     # properties
@@ -179,21 +178,21 @@ class LinearHead:
 
     def _host_params(self, dtype):
         """``(W, b)`` in ``dtype`` on the host: W (C*N,) flat C-contiguous,
-        b (C,) (zeros without bias); converted once per dtype."""
-        dtype = np.dtype(dtype)
-        if dtype not in self._host:
-            if chk.is_gpu_array(self._weight) or chk.is_gpu_array(self._bias):
-                raise ValueError(
-                    "this LinearHead holds GPU weights: use backend='cuda' (or 'auto' with GPU "
-                    "features), or build the head from host arrays"
-                )
-            W = np.ascontiguousarray(self._weight, dtype=dtype).reshape(-1)
-            if self._bias is None:
-                b = np.zeros(self.num_classes, dtype)
-            else:
-                b = np.ascontiguousarray(self._bias, dtype=dtype)
-            self._host[dtype] = (W, b)
-        return self._host[dtype]
+        b (C,) (zeros without bias). Views of the given arrays when their
+        dtype and layout already fit (so in-place updates of the weights
+        are seen), else converted for this call (C·N values: cheap next to
+        the features)."""
+        if chk.is_gpu_array(self._weight) or chk.is_gpu_array(self._bias):
+            raise ValueError(
+                "this LinearHead holds GPU weights: use backend='cuda' (or 'auto' with GPU "
+                "features), or build the head from host arrays"
+            )
+        W = np.ascontiguousarray(self._weight, dtype=dtype).reshape(-1)
+        if self._bias is None:
+            b = np.zeros(self.num_classes, dtype)
+        else:
+            b = np.ascontiguousarray(self._bias, dtype=dtype)
+        return W, b
 
     # ------------------------------------------------------------------
     # shared machinery

@@ -571,3 +571,14 @@ def test_channels_last_regimes(rng, monkeypatch, ratio, C, N):
     lref, gref = ref_head_xent(head, f, t, -1, return_grad=True)
     np.testing.assert_allclose(loss, lref, rtol=1e-4)
     np.testing.assert_allclose(grad, gref, atol=1e-4 * np.abs(gref).max())
+
+
+def test_weights_updated_in_place(rng):
+    """The head keeps the caller's arrays: in-place updates are seen."""
+    W = np.ones((3, 4), np.float32)
+    head = fl.LinearHead(W)
+    f = rng.normal(size=(5, 4)) * 3
+    for dtype in (np.float32, np.float64):
+        W[...] = rng.normal(size=W.shape)
+        np.testing.assert_allclose(head.logits(f.astype(dtype)), f @ W.T.astype(np.float64),
+                                   rtol=1e-5, atol=1e-5)
