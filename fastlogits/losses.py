@@ -73,12 +73,15 @@ def _check_class_weight(class_weight, C):
     if dtype.kind not in "fiu":
         raise TypeError(f"class_weight must hold real numbers, got dtype {dtype}")
     if tuple(shape) != (C,):
-        raise ValueError(f"class_weight has shape {tuple(shape)}, expected ({C},): one weight per class")
+        raise ValueError(
+            f"class_weight has shape {tuple(shape)}, expected ({C},): one weight per class"
+        )
     return w if chk.is_gpu_array(w) else w.astype(np.float64)
 
 
 def _check_label_smoothing(label_smoothing):
-    if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(label_smoothing, numbers.Real):
+    eps = label_smoothing
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
@@ -88,7 +91,9 @@ def _check_label_smoothing(label_smoothing):
 
 def _check_reduction(reduction):
     if reduction not in REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}")
+        raise ValueError(
+            f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+        )
     return reduction
 
 

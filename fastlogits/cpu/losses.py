@@ -36,8 +36,8 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels
 from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
-                                  row_argmax, row_expsum, safe_log, tile_exp_store, tile_expsum,
-                                  tile_max, work_chunks)
+                                  row_argmax, row_expsum, safe_log, store_transposed,
+                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -143,6 +143,21 @@ def _grad_coef(w, eps, gscale):
     return b
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _rescale_tile(g, o, i0, P, a, b, keep):
+    """``g[o, c, i0 + p] = g * a[p] - b[c]`` (exponentials to gradient, in
+    cache), 0 where ``keep[p]`` is 0. A mask in x's precision keeps the loop
+    at full vector width (an int64 compare would halve it); the select, not
+    a multiply, zeroes ignored pixels whose logits may be NaN."""
+    C = g.shape[1]
+    zero = g.dtype.type(0.0)
+    for c in range(C):
+        bc = b[c]
+        for p in range(P):
+            v = g[o, c, i0 + p] * a[p] - bc
+            g[o, c, i0 + p] = v if keep[p] != zero else zero
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
@@ -161,6 +176,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        keep = np.empty(tile, dtype=x.dtype)
         acc = np.zeros(3)
         zero = x.dtype.type(0.0)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -172,11 +188,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
                          want_grad, loss[o if want_loss else 0], want_loss,
                          m, s, part, sm, tt, xt, a, d, acc)
             if want_grad:
-                for c in range(C):
-                    bc = b[c]
-                    for p in range(P):
-                        v = grad[o, c, i0 + p] * a[p] - bc
-                        grad[o, c, i0 + p] = v if tt[p] >= 0 else zero
+                for p in range(P):
+                    keep[p] = 1.0 if tt[p] >= 0 else 0.0
+                _rescale_tile(grad, o, i0, P, a, b, keep)
                 for p in range(P):
                     if tt[p] >= 0:
                         grad[o, tt[p], i0 + p] -= d[p]
@@ -190,7 +204,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
 
     A tile of rows is transposed into an L1 scratch (C, P); the
-    exponentials go to a second scratch, and the gradient back row by row.
+    exponentials go to a second scratch, become the gradient there and go
+    back row by row (:func:`store_transposed`).
     """
     rows, C = x.shape
     wall = np.sum(w64)
@@ -202,8 +217,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
         buf = np.empty((1, C, tile), dtype=x.dtype)
         ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
         m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        keep = np.empty(tile, dtype=x.dtype)
         acc = np.zeros(3)
-        zero = x.dtype.type(0.0)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -213,14 +228,12 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
             if want_grad:
                 for p in range(P):
+                    keep[p] = 1.0 if tt[p] >= 0 else 0.0
+                _rescale_tile(ebuf, 0, 0, P, a, b, keep)
+                for p in range(P):
                     if tt[p] >= 0:
-                        ap = a[p]
-                        for c in range(C):
-                            grad[r0 + p, c] = ebuf[0, c, p] * ap - b[c]
-                        grad[r0 + p, tt[p]] -= d[p]
-                    else:
-                        for c in range(C):
-                            grad[r0 + p, c] = zero
+                        ebuf[0, tt[p], p] -= d[p]
+                store_transposed(ebuf, P, grad, r0)
         sums[chunk] = acc
     return sums.sum(axis=0)
 
