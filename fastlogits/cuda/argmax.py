@@ -16,7 +16,14 @@ tile, otherwise a group of threads per row.
 import numpy as np
 from numba import cuda, int64
 
-from fastlogits.cuda.device import MAX_THREADS, fold, group_reduce, is_finite
+from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
+                                    tile_copy)
+
+
+@cuda.jit(device=True)
+def _confidence(m, s, one, nan):
+    """``1 / s``, NaN for a pixel with a non-finite max."""
+    return one / s if is_finite(m) else nan
 
 
 @cuda.jit(cache=True)
@@ -30,15 +37,11 @@ def argmax_cf(x, labels, conf, cdt, inv_t, with_conf):
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
         i = p - o * inner
-        m = ct(x[o, 0, i])
-        s = one
-        comp = zero
-        idx = 0
-        for c in range(1, C):
-            m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, with_conf)
+        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), one, zero, 0, inv_t,
+                                       one, with_conf, cdt)
         labels[o, i] = idx
         if with_conf:
-            conf[o, i] = one / (s - comp) if is_finite(m) else nan
+            conf[o, i] = _confidence(m, s - comp, one, nan)
 
 
 @cuda.jit(cache=True)
@@ -54,19 +57,9 @@ def argmax_cl_tile(x, labels, conf, cdt, inv_t, with_conf, pitch):
     rows, C = x.shape[0], x.shape[1]
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
-    dr = T // C
-    dc = T - dr * C
     for r0 in range(cuda.blockIdx.x * T, rows, cuda.gridDim.x * T):
         n = min(T, rows - r0)
-        r = tid // C
-        c = tid - r * C
-        while r < n:
-            tile[r * pitch + c] = x[r0 + r, c, 0]
-            r += dr
-            c += dc
-            if c >= C:
-                c -= C
-                r += 1
+        tile_copy(x, tile, r0, n, C, pitch, True)
         cuda.syncthreads()
         if tid < n:
             base = tid * pitch
@@ -79,7 +72,7 @@ def argmax_cl_tile(x, labels, conf, cdt, inv_t, with_conf, pitch):
                                        with_conf)
             labels[r0 + tid, 0] = idx
             if with_conf:
-                conf[r0 + tid, 0] = one / (s - comp) if is_finite(m) else nan
+                conf[r0 + tid, 0] = _confidence(m, s - comp, one, nan)
         cuda.syncthreads()
 
 
@@ -111,14 +104,11 @@ def argmax_rows(x, labels, conf, cdt, inv_t, with_conf, G, shuffle):
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m = ct(x[o, lane, i])
-            s = one
-            idx = int64(lane)
-            for c in range(lane + G, C, G):
-                m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, with_conf)
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
+                                           int64(lane), inv_t, one, with_conf, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
                                  zero, big)
         if p < npix and lane == 0:
             labels[o, i] = idx
             if with_conf:
-                conf[o, i] = one / s if is_finite(m) else nan
+                conf[o, i] = _confidence(m, s, one, nan)

@@ -182,7 +182,82 @@ def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big
 
 
 @cuda.jit(device=True)
-def grid_blocks_stride(per_block):
-    """``(first, step)`` of a grid-stride loop whose blocks take
-    ``per_block`` consecutive work items each."""
-    return cuda.blockIdx.x * per_block, cuda.gridDim.x * per_block
+def fold_strided(x, o, i, c, C, step, m, s, comp, idx, inv_t, one, with_sum, cdt):
+    """Fold classes ``c, c + step, ...`` (< C) of pixel (o, i) of the 3-D
+    view ``x`` into the state. Four independent loads are issued before
+    their folds, so each thread keeps four requests in flight (one would
+    leave the memory system idle between a load and its use)."""
+    ct = cdt.dtype.type
+    while c + 3 * step < C:
+        v0 = ct(x[o, c, i])
+        v1 = ct(x[o, c + step, i])
+        v2 = ct(x[o, c + 2 * step, i])
+        v3 = ct(x[o, c + 3 * step, i])
+        m, s, comp, idx = fold(m, s, comp, idx, v0, c, inv_t, one, with_sum)
+        m, s, comp, idx = fold(m, s, comp, idx, v1, c + step, inv_t, one, with_sum)
+        m, s, comp, idx = fold(m, s, comp, idx, v2, c + 2 * step, inv_t, one, with_sum)
+        m, s, comp, idx = fold(m, s, comp, idx, v3, c + 3 * step, inv_t, one, with_sum)
+        c += 4 * step
+    while c < C:
+        m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, with_sum)
+        c += step
+    return m, s, comp, idx
+
+
+@cuda.jit(device=True)
+def _next_cell(r, c, dr, dc, C):
+    """Advance (row, class) of a tile by ``blockDim.x`` scores."""
+    r += dr
+    c += dc
+    if c >= C:
+        c -= C
+        r += 1
+    return r, c
+
+
+@cuda.jit(device=True)
+def tile_copy(x, tile, r0, n, C, pitch, to_tile):
+    """Copy rows ``r0 .. r0 + n`` of the (rows, C, 1) view ``x`` into the
+    shared ``tile`` (row pitch ``pitch``), or back (``to_tile=False``).
+
+    The block walks the tile's ``n * C`` scores in memory order, thread t
+    taking scores t, t + T, ... (T = blockDim.x): consecutive threads touch
+    consecutive addresses (coalesced). The (row, class) of a score advances
+    without division; four copies per step keep four loads in flight.
+    """
+    T = cuda.blockDim.x
+    tid = cuda.threadIdx.x
+    dr = T // C
+    dc = T - dr * C
+    r = tid // C
+    c = tid - r * C
+    k = tid
+    total = n * C
+    while k + 3 * T < total:
+        ra, ca = r, c
+        rb, cb = _next_cell(ra, ca, dr, dc, C)
+        rc, cc = _next_cell(rb, cb, dr, dc, C)
+        rd, cd = _next_cell(rc, cc, dr, dc, C)
+        if to_tile:
+            va = x[r0 + ra, ca, 0]
+            vb = x[r0 + rb, cb, 0]
+            vc = x[r0 + rc, cc, 0]
+            vd = x[r0 + rd, cd, 0]
+            tile[ra * pitch + ca] = va
+            tile[rb * pitch + cb] = vb
+            tile[rc * pitch + cc] = vc
+            tile[rd * pitch + cd] = vd
+        else:
+            x[r0 + ra, ca, 0] = tile[ra * pitch + ca]
+            x[r0 + rb, cb, 0] = tile[rb * pitch + cb]
+            x[r0 + rc, cc, 0] = tile[rc * pitch + cc]
+            x[r0 + rd, cd, 0] = tile[rd * pitch + cd]
+        r, c = _next_cell(rd, cd, dr, dc, C)
+        k += 4 * T
+    while k < total:
+        if to_tile:
+            tile[r * pitch + c] = x[r0 + r, c, 0]
+        else:
+            x[r0 + r, c, 0] = tile[r * pitch + c]
+        r, c = _next_cell(r, c, dr, dc, C)
+        k += T

@@ -107,7 +107,8 @@ class _Output:
         if out is None:
             self.obj, self.dev = caller.empty(shape, dtype)
         elif chk.is_gpu_array(out):
-            self.obj, self.dev = out, runtime.as_device(out)
+            empty = not all(runtime.interface(out)["shape"])
+            self.obj, self.dev = out, None if empty else runtime.as_device(out)
         else:
             self.host_out = out
             self.obj, self.dev = caller.empty(shape, dtype)
@@ -182,7 +183,7 @@ def _check_out(caller, lg, out, shape, dtype, name, kind="float", in_place_ok=Fa
 def _strides(cai):
     st = cai.get("strides")
     if st is None:
-        return runtime._layout_strides(tuple(cai["shape"]), np.dtype(cai["typestr"]).itemsize)
+        return runtime.contiguous_strides(tuple(cai["shape"]), np.dtype(cai["typestr"]).itemsize)
     return tuple(st)
 
 

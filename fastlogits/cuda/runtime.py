@@ -16,7 +16,6 @@ address and views are NumPy views wrapped as simulator arrays.
 """
 
 import contextlib
-import sys
 
 import numpy as np
 
@@ -26,8 +25,10 @@ from fastlogits import _layout
 
 def simulator():
     """True when Numba runs CUDA kernels in its simulator."""
-    from numba.cuda.core import config
-
+    try:
+        from numba.cuda.core import config  # numba-cuda >= 0.2x
+    except ImportError:
+        from numba.core import config
     return bool(config.ENABLE_CUDASIM)
 
 
@@ -47,7 +48,8 @@ def status():
         if not cuda.is_available():
             return False, _unavailable_reason(cuda)
         dev = cuda.get_current_device()
-        return True, f"{_name(dev)} (compute capability {dev.compute_capability[0]}.{dev.compute_capability[1]})"
+        major, minor = dev.compute_capability
+        return True, f"{_name(dev)} (compute capability {major}.{minor})"
     except Exception as exc:  # noqa: BLE001
         return False, " ".join(f"the CUDA driver failed: {exc}".split())
 
@@ -192,7 +194,7 @@ def byte_range(cai):
         return ptr, ptr
     strides = cai.get("strides")
     if strides is None:
-        strides = _layout_strides(shape, itemsize)
+        strides = contiguous_strides(shape, itemsize)
     lo = hi = ptr
     for n, st in zip(shape, strides):
         if st > 0:
@@ -202,7 +204,7 @@ def byte_range(cai):
     return lo, hi + itemsize
 
 
-def _layout_strides(shape, itemsize):
+def contiguous_strides(shape, itemsize):
     strides = []
     acc = itemsize
     for n in reversed(shape):
@@ -284,7 +286,8 @@ class Caller:
         return self.lib != "host"
 
     def empty(self, shape, dtype):
-        """``(obj, dev)``: a new array in the caller's library and its device view."""
+        """``(obj, dev)``: a new array in the caller's library and its device
+        view (None for an empty PyTorch or CuPy array: nothing to view)."""
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
         if self.lib == "torch" and not simulator():
@@ -292,12 +295,12 @@ class Caller:
 
             t = torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[dtype.name]),
                             device=self.x.device)
-            return t, as_device(t)
+            return t, as_device(t) if t.numel() else None
         if self.lib == "cupy" and not simulator():
             import cupy
 
             a = cupy.empty(shape, dtype)
-            return a, as_device(a)
+            return a, as_device(a) if a.size else None
         from numba import cuda
 
         d = cuda.device_array(shape, dtype, stream=self.stream)
@@ -321,10 +324,6 @@ def _external(cuda, ptr):
     if not ptr:
         return cuda.legacy_default_stream()
     return cuda.external_stream(ptr)
-
-
-def torch_loaded():
-    return "torch" in sys.modules
 
 
 # --------------------------------------------------------------------------

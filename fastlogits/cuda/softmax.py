@@ -32,7 +32,8 @@ import math
 import numpy as np
 from numba import cuda, int64
 
-from fastlogits.cuda.device import MAX_THREADS, fold, group_reduce, is_finite
+from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
+                                    tile_copy)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -40,22 +41,48 @@ LOGSUMEXP = 2
 
 
 @cuda.jit(device=True)
-def _write_pixel(x, out, red, o, i, C, m, s, inv_t, mode, cdt, one, nan):
-    """Outputs of pixel (o, i) of a 3-D view from its max ``m`` and exp-sum
-    ``s``; pixels with a non-finite max are NaN (softmax, log_softmax) or
-    keep ``m`` as their logsumexp (NaN, +inf or -inf)."""
+def _value(v, m, g, inv_t, mode):
+    """softmax (``g`` = 1/s) or log_softmax (``g`` = log s) of one score."""
+    if mode == SOFTMAX:
+        return math.exp((v - m) * inv_t) * g
+    return (v - m) * inv_t - g
+
+
+@cuda.jit(device=True)
+def _write_strided(x, out, o, i, c, C, step, m, g, inv_t, mode, cdt):
+    """Outputs of classes ``c, c + step, ...`` of pixel (o, i); four loads
+    in flight per thread, each written back by the thread that read it (so
+    ``out`` may be ``x``)."""
     ct = cdt.dtype.type
-    ok = is_finite(m)
-    if mode == LOGSUMEXP:
-        red[o, i] = m * inv_t + math.log(s) if ok else m
-    elif mode == SOFTMAX:
-        g = one / s if ok else nan
-        for c in range(C):
-            out[o, c, i] = math.exp((ct(x[o, c, i]) - m) * inv_t) * g
-    else:
-        g = math.log(s) if ok else nan
-        for c in range(C):
-            out[o, c, i] = (ct(x[o, c, i]) - m) * inv_t - g
+    while c + 3 * step < C:
+        v0 = ct(x[o, c, i])
+        v1 = ct(x[o, c + step, i])
+        v2 = ct(x[o, c + 2 * step, i])
+        v3 = ct(x[o, c + 3 * step, i])
+        out[o, c, i] = _value(v0, m, g, inv_t, mode)
+        out[o, c + step, i] = _value(v1, m, g, inv_t, mode)
+        out[o, c + 2 * step, i] = _value(v2, m, g, inv_t, mode)
+        out[o, c + 3 * step, i] = _value(v3, m, g, inv_t, mode)
+        c += 4 * step
+    while c < C:
+        out[o, c, i] = _value(ct(x[o, c, i]), m, g, inv_t, mode)
+        c += step
+
+
+@cuda.jit(device=True)
+def _scale(m, s, mode, one, nan):
+    """The per-pixel constant of the write: 1/s (softmax) or log s
+    (log_softmax); NaN for a pixel with a non-finite max, which makes all
+    of its outputs NaN."""
+    if not is_finite(m):
+        return nan
+    return one / s if mode == SOFTMAX else math.log(s)
+
+
+@cuda.jit(device=True)
+def _logsumexp(m, s, inv_t):
+    """``m / T + log s``, or m itself (NaN, +inf, -inf) for a non-finite max."""
+    return m * inv_t + math.log(s) if is_finite(m) else m
 
 
 @cuda.jit(cache=True)
@@ -69,13 +96,14 @@ def expnorm_cf(x, out, red, cdt, inv_t, mode):
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
         i = p - o * inner
-        m = ct(x[o, 0, i])
-        s = one
-        comp = zero
-        idx = 0
-        for c in range(1, C):
-            m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, True)
-        _write_pixel(x, out, red, o, i, C, m, s - comp, inv_t, mode, cdt, one, nan)
+        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), one, zero, 0, inv_t,
+                                       one, True, cdt)
+        s = s - comp
+        if mode == LOGSUMEXP:
+            red[o, i] = _logsumexp(m, s, inv_t)
+        else:
+            _write_strided(x, out, o, i, 0, C, 1, m, _scale(m, s, mode, one, nan), inv_t, mode,
+                           cdt)
 
 
 @cuda.jit(cache=True)
@@ -93,20 +121,9 @@ def expnorm_cl_tile(x, out, red, cdt, inv_t, mode, pitch):
     rows, C = x.shape[0], x.shape[1]
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
-    # Division-free walk of the tile's (row, class) pairs k = tid + j*T.
-    dr = T // C
-    dc = T - dr * C
     for r0 in range(cuda.blockIdx.x * T, rows, cuda.gridDim.x * T):
         n = min(T, rows - r0)
-        r = tid // C
-        c = tid - r * C
-        while r < n:
-            tile[r * pitch + c] = x[r0 + r, c, 0]
-            r += dr
-            c += dc
-            if c >= C:
-                c -= C
-                r += 1
+        tile_copy(x, tile, r0, n, C, pitch, True)
         cuda.syncthreads()
         if tid < n:
             base = tid * pitch
@@ -117,28 +134,15 @@ def expnorm_cl_tile(x, out, red, cdt, inv_t, mode, pitch):
             for c in range(1, C):
                 m, s, comp, idx = fold(m, s, comp, idx, ct(tile[base + c]), c, inv_t, one, True)
             s = s - comp
-            ok = is_finite(m)
             if mode == LOGSUMEXP:
-                red[r0 + tid, 0] = m * inv_t + math.log(s) if ok else m
-            elif mode == SOFTMAX:
-                g = one / s if ok else nan
-                for c in range(C):
-                    tile[base + c] = math.exp((ct(tile[base + c]) - m) * inv_t) * g
+                red[r0 + tid, 0] = _logsumexp(m, s, inv_t)
             else:
-                g = math.log(s) if ok else nan
+                g = _scale(m, s, mode, one, nan)
                 for c in range(C):
-                    tile[base + c] = (ct(tile[base + c]) - m) * inv_t - g
+                    tile[base + c] = _value(ct(tile[base + c]), m, g, inv_t, mode)
         cuda.syncthreads()
         if mode != LOGSUMEXP:
-            r = tid // C
-            c = tid - r * C
-            while r < n:
-                out[r0 + r, c, 0] = tile[r * pitch + c]
-                r += dr
-                c += dc
-                if c >= C:
-                    c -= C
-                    r += 1
+            tile_copy(out, tile, r0, n, C, pitch, False)
         # The next tile overwrites shared memory only after every store.
         cuda.syncthreads()
 
@@ -175,24 +179,14 @@ def expnorm_rows(x, out, red, cdt, inv_t, mode, G, shuffle):
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m = ct(x[o, lane, i])
-            s = one
-            idx = int64(lane)
-            for c in range(lane + G, C, G):
-                m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, True)
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
+                                           int64(lane), inv_t, one, True, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
                                  zero, big)
         if p < npix:
-            ok = is_finite(m)
             if mode == LOGSUMEXP:
                 if lane == 0:
-                    red[o, i] = m * inv_t + math.log(s) if ok else m
-            elif mode == SOFTMAX:
-                gs = one / s if ok else nan
-                for c in range(lane, C, G):
-                    out[o, c, i] = math.exp((ct(x[o, c, i]) - m) * inv_t) * gs
+                    red[o, i] = _logsumexp(m, s, inv_t)
             else:
-                gs = math.log(s) if ok else nan
-                for c in range(lane, C, G):
-                    out[o, c, i] = (ct(x[o, c, i]) - m) * inv_t - gs
-
+                _write_strided(x, out, o, i, lane, C, G, m, _scale(m, s, mode, one, nan), inv_t,
+                               mode, cdt)
