@@ -37,6 +37,9 @@ _NATIVE_TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
 def _check_ignore_index(ignore_index):
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    info = np.iinfo(np.int64)
+    if not info.min <= ignore_index <= info.max:
+        raise ValueError(f"ignore_index={ignore_index} does not fit in int64")
     return int(ignore_index)
 
 

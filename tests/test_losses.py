@@ -417,6 +417,8 @@ def test_bad_input_messages(rng):
         fl.cross_entropy(x, t, return_grad="yes")
     with pytest.raises(TypeError, match="ignore_index"):
         fl.cross_entropy(x, t, ignore_index=1.5)
+    with pytest.raises(ValueError, match="ignore_index=.* does not fit in int64"):
+        fl.cross_entropy(x, t, ignore_index=2**64)
     with pytest.raises(TypeError, match="float16, float32 or float64"):
         fl.cross_entropy(x.astype(np.int32), t)
     with pytest.raises(ValueError, match="axis=3"):
