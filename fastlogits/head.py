@@ -77,6 +77,12 @@ class _Features:
         self.compute_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
         self.empty = int(np.prod(self.reduced_shape, dtype=np.int64)) == 0
 
+    def work(self, pixels):
+        """The work of ``pixels`` pixels in units of the core ops' elements
+        (for ``launch_threads``): N·C multiply-adds, 16 to a vector, plus
+        the epilogue's C scores."""
+        return pixels * (self.N * self.C // 16 + self.C)
+
 
 class LinearHead:
     """A linear classifier head ``z = W f + b``, fused with the logits ops.
@@ -308,9 +314,8 @@ class LinearHead:
         if fv.empty:
             return out
 
-        from numba import get_num_threads
-
         from fastlogits.cpu import head as k
+        from fastlogits.cpu import launch_threads
 
         mode = {"logits": k.LOGITS, "softmax": k.SOFTMAX, "log_softmax": k.LOG_SOFTMAX,
                 "logsumexp": k.LOGSUMEXP}[op]
@@ -320,8 +325,9 @@ class LinearHead:
         dummy = np.empty(1, fv.compute_dtype)
 
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-            k.head_expnorm(f1, outer, fv.N, inner, W, b, cls[0] if cls else dummy,
-                           red[0] if red else dummy, inv_t, mode, tile, get_num_threads(), dot)
+            with launch_threads(fv.work(outer * inner)) as nthreads:
+                k.head_expnorm(f1, outer, fv.N, inner, W, b, cls[0] if cls else dummy,
+                               red[0] if red else dummy, inv_t, mode, tile, nthreads, dot)
 
         if reduces:
             self._run_cpu(fv, kernel, red=[out])
@@ -427,9 +433,8 @@ class LinearHead:
         if with_conf and conf is None:
             conf = np.empty(fv.reduced_shape, fv.compute_dtype)
         if not fv.empty:
-            from numba import get_num_threads
-
             from fastlogits.cpu import head as k
+            from fastlogits.cpu import launch_threads
 
             inv_t = fv.compute_dtype.type(1.0 / temperature)
             dot = k.cl_dot_form(fv.C, fv.N)
@@ -437,8 +442,10 @@ class LinearHead:
             dummy = np.empty(1, fv.compute_dtype)
 
             def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-                k.head_argmax(f1, outer, fv.N, inner, W, b, red[0], red[1] if with_conf else dummy,
-                              inv_t, with_conf, tile, get_num_threads(), dot)
+                with launch_threads(fv.work(outer * inner)) as nthreads:
+                    k.head_argmax(f1, outer, fv.N, inner, W, b, red[0],
+                                  red[1] if with_conf else dummy, inv_t, with_conf, tile,
+                                  nthreads, dot)
 
             self._run_cpu(fv, kernel, red=[labels, conf] if with_conf else [labels])
         return (labels, conf) if with_conf else labels
@@ -574,10 +581,9 @@ class LinearHead:
 
     def _cross_entropy_cpu(self, fv, t, *, class_weight, ignore_index, label_smoothing,
                            reduction, return_grad):
-        from numba import get_num_threads
-
         from fastlogits import losses
         from fastlogits.cpu import head as k
+        from fastlogits.cpu import launch_threads
         from fastlogits.cpu import losses as kl
 
         C = fv.C
@@ -597,8 +603,9 @@ class LinearHead:
         # before the pass that writes it: one read of the targets first.
         gscale = 1.0
         if return_grad and reduction == "mean":
-            total_weight, nbad = kl.target_weight_sum(t.reshape(-1), w64, ignore_index,
-                                                      get_num_threads())
+            with launch_threads(t.size) as nthreads:
+                total_weight, nbad = kl.target_weight_sum(t.reshape(-1), w64, ignore_index,
+                                                          nthreads)
             if nbad:
                 losses.check_target_values(t, C, ignore_index)
             gscale = math.inf if total_weight == 0 else 1.0 / total_weight
@@ -609,11 +616,11 @@ class LinearHead:
         sums = []
 
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-            sums.append(k.head_xent(
-                f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
-                gscale, feat[0] if return_grad else dummy, return_grad,
-                red[0] if loss is not None else dummy, loss is not None, tile,
-                get_num_threads(), dot))
+            with launch_threads(fv.work(outer * inner)) as nthreads:
+                sums.append(k.head_xent(
+                    f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
+                    gscale, feat[0] if return_grad else dummy, return_grad,
+                    red[0] if loss is not None else dummy, loss is not None, tile, nthreads, dot))
 
         self._run_cpu(fv, kernel, red=[loss] if loss is not None else [],
                       feat=[grad] if return_grad else [], red_in=[t])
@@ -683,6 +690,7 @@ class LinearHead:
         from fastlogits import losses
         from fastlogits.cpu import confusion as kc
         from fastlogits.cpu import head as k
+        from fastlogits.cpu import launch_threads
 
         C = fv.C
         counts = np.zeros((C, C), np.int64)
@@ -690,12 +698,13 @@ class LinearHead:
             return counts
         dot = k.cl_dot_form(C, fv.N)
         tile = k.tile_pixels(C, fv.N, dot)
-        nchunks = kc._chunks(C)
         bad = []
 
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-            bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0], ignore_index,
-                                            counts, nchunks, tile, dot)))
+            with launch_threads(fv.work(outer * inner)) as nthreads:
+                bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0],
+                                                ignore_index, counts, kc._chunks(C, nthreads),
+                                                tile, dot)))
 
         self._run_cpu(fv, kernel, red_in=[t])
         if sum(bad):
