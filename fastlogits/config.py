@@ -27,6 +27,10 @@ CPU_ROW_MIN_CLASSES = 64
 #: (waking the thread pool costs more than the work).
 CPU_SERIAL_BELOW = 1 << 16
 
+#: Upper bound on the bytes of the private (C, C) int64 histograms that the
+#: CPU confusion matrix keeps (one per chunk of work, merged at the end).
+CPU_CONFUSION_HIST_BYTES = 64 * 1024 * 1024
+
 #: Threads per block for the CUDA kernels (a multiple of 32).
 CUDA_THREADS_PER_BLOCK = 256
 

@@ -243,8 +243,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
 
 def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, reduction,
                        return_grad):
-    from numba import get_num_threads
-
+    from fastlogits.cpu import launch_threads
     from fastlogits.cpu import losses as k
 
     C = lg.C
@@ -262,8 +261,8 @@ def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, re
     # before the pass that writes it: one read of the targets first.
     gscale = 1.0
     if return_grad and reduction == "mean":
-        total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index,
-                                                  get_num_threads())
+        with launch_threads(t.size) as nthreads:
+            total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
         if nbad:
             check_target_values(t, C, ignore_index)
         gscale = math.inf if total_weight == 0 else 1.0 / total_weight

@@ -18,11 +18,11 @@ Each adds into ``counts`` and returns the number of bad targets.
 """
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _tile_pixels
+from fastlogits.cpu import _tile_pixels, launch_threads
 from fastlogits.cpu.tiles import LANES, chunk_bounds, load_transposed, row_argmax, tile_argmax
 
 
@@ -122,14 +122,9 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks):
     return bad.sum()
 
 
-#: Used while config.py has no CPU_CONFUSION_HIST_BYTES (the lead adds it).
-_DEFAULT_HIST_BYTES = 64 * 1024 * 1024
-
-
-def _chunks(C):
+def _chunks(C, nthreads):
     """Chunks (private histograms): a few per thread, within the memory bound."""
-    budget = getattr(config, "CPU_CONFUSION_HIST_BYTES", _DEFAULT_HIST_BYTES)
-    return max(1, min(4 * get_num_threads(), budget // (C * C * 8)))
+    return max(1, min(4 * nthreads, config.CPU_CONFUSION_HIST_BYTES // (C * C * 8)))
 
 
 def run_confusion(x3, t2, ignore_index, counts):
@@ -139,11 +134,13 @@ def run_confusion(x3, t2, ignore_index, counts):
     outer, C, inner = x3.shape
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
-    nchunks = _chunks(C)
-    if inner > 1:
-        return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
-    x2 = x3.reshape(outer, C)
-    t1 = t2.reshape(outer)
-    if C < config.CPU_ROW_MIN_CLASSES:
-        return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks, _tile_pixels(C)))
-    return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks))
+    with launch_threads(x3.size) as nthreads:
+        nchunks = _chunks(C, nthreads)
+        if inner > 1:
+            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
+        x2 = x3.reshape(outer, C)
+        t1 = t2.reshape(outer)
+        if C < config.CPU_ROW_MIN_CLASSES:
+            return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
+                                          _tile_pixels(C)))
+        return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks))

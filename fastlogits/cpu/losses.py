@@ -30,11 +30,11 @@ Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 """
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _tile_pixels
+from fastlogits.cpu import _tile_pixels, launch_threads
 from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
                                   row_argmax, row_expsum, safe_log, store_transposed,
                                   tile_exp_store, tile_expsum, tile_max, work_chunks)
@@ -337,21 +337,22 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     lwork = loss2
     if want_loss and not loss2.flags.c_contiguous:
         lwork = np.empty(loss2.shape, loss2.dtype)
-    if inner > 1:
-        g = grad3 if want_grad else np.empty((1, 1, 1), dtype)
-        lw = lwork if want_loss else np.empty((1, 1), dtype)
-        res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                      _tile_pixels(C), get_num_threads())
-    else:
-        x2 = x3.reshape(outer, C)
-        g = grad3.reshape(outer, C) if want_grad else np.empty((1, 1), dtype)
-        lw = lwork.reshape(outer) if want_loss else np.empty(1, dtype)
-        args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
-                want_loss)
-        if C < config.CPU_ROW_MIN_CLASSES:
-            res = ce_cl_tiles(*args, _tile_pixels(C), get_num_threads())
+    with launch_threads(x3.size) as nthreads:
+        if inner > 1:
+            g = grad3 if want_grad else np.empty((1, 1, 1), dtype)
+            lw = lwork if want_loss else np.empty((1, 1), dtype)
+            res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
+                        _tile_pixels(C), nthreads)
         else:
-            res = ce_cl_rows(*args, get_num_threads())
+            x2 = x3.reshape(outer, C)
+            g = grad3.reshape(outer, C) if want_grad else np.empty((1, 1), dtype)
+            lw = lwork.reshape(outer) if want_loss else np.empty(1, dtype)
+            args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
+                    want_loss)
+            if C < config.CPU_ROW_MIN_CLASSES:
+                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads)
+            else:
+                res = ce_cl_rows(*args, nthreads)
     if lwork is not loss2:
         loss2[...] = lwork
     return res
