@@ -27,7 +27,7 @@ def _stats(x, axis, temperature):
     ``bad``; their softmax is NaN.
     """
     z = np.asarray(x, dtype=np.float64) / float(temperature)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(all="ignore"):
         has_nan = np.isnan(z).any(axis=axis, keepdims=True)
         m = np.max(np.where(np.isnan(z), -np.inf, z), axis=axis, keepdims=True)
         m = np.where(has_nan, np.nan, m)
@@ -40,14 +40,16 @@ def _stats(x, axis, temperature):
 def softmax(x, axis=-1, *, temperature=1.0):
     """Softmax of ``x / temperature`` along ``axis`` (float64 accumulation)."""
     shifted, _, log_s, bad = _stats(x, axis, temperature)
-    p = np.where(bad, np.nan, np.exp(shifted - log_s))
+    with np.errstate(all="ignore"):
+        p = np.where(bad, np.nan, np.exp(shifted - log_s))
     return p.astype(_result_dtype(x))
 
 
 def log_softmax(x, axis=-1, *, temperature=1.0):
     """Log-softmax of ``x / temperature`` along ``axis``."""
     shifted, _, log_s, bad = _stats(x, axis, temperature)
-    return np.where(bad, np.nan, shifted - log_s).astype(_result_dtype(x))
+    with np.errstate(all="ignore"):
+        return np.where(bad, np.nan, shifted - log_s).astype(_result_dtype(x))
 
 
 def logsumexp(x, axis=-1, *, temperature=1.0):
