@@ -45,6 +45,11 @@ LAYOUTS = ("hwc", "chw")
 OPS = ("logits", "softmax", "logsumexp", "argmax", "classify", "cross_entropy",
        "confusion_matrix")
 IMPLS = ("fastlogits[cpu]", "numpy", "torch")
+#: The two channels-last product forms forced (fastlogits.cpu.head.cl_dot_form
+#: picks one by N/C through config.CPU_HEAD_DOT_MIN_RATIO): timed side by
+#: side for the labels ops so the ratio can be tuned from one run.
+REGIMES = {"fastlogits[cpu,dot]": 0, "fastlogits[cpu,transposed]": 10**9}
+REGIME_OPS = ("argmax", "classify", "cross_entropy")
 #: Scratch allowance for the fused methods' peak-memory check (thread
 #: stacks, per-thread tiles, the interpreter's own small allocations).
 SLACK_BYTES = 8 << 20
@@ -84,14 +89,29 @@ def implementation(op, case, impl):
     None when that implementation is not installed."""
     from fastlogits import benchmark as bm
 
-    if impl == "fastlogits[cpu]":
+    if impl.startswith("fastlogits[cpu"):
         import fastlogits as fl
+        from fastlogits import config
 
         head = fl.LinearHead(case.W, case.b)
         fn = getattr(head, op)
-        if op in ("cross_entropy", "confusion_matrix"):
-            return lambda: fn(case.f, case.target, case.axis, backend="cpu")
-        return lambda: fn(case.f, case.axis, backend="cpu")
+        args = (case.f, case.target) if op in ("cross_entropy", "confusion_matrix") else (case.f,)
+        if impl == "fastlogits[cpu]":
+            return lambda: fn(*args, case.axis, backend="cpu")
+        ratio = REGIMES[impl]
+
+        def forced():
+            old = getattr(config, "CPU_HEAD_DOT_MIN_RATIO", None)
+            config.CPU_HEAD_DOT_MIN_RATIO = ratio
+            try:
+                return fn(*args, case.axis, backend="cpu")
+            finally:
+                if old is None:
+                    del config.CPU_HEAD_DOT_MIN_RATIO
+                else:
+                    config.CPU_HEAD_DOT_MIN_RATIO = old
+
+        return forced
 
     if impl == "numpy":
         W, b, f = case.W, case.b, case.f
@@ -250,6 +270,16 @@ def test_head(benchmark, layout, op, impl):
     assert result is not None
 
 
+@pytest.mark.parametrize("impl", list(REGIMES))
+@pytest.mark.parametrize("op", REGIME_OPS)
+def test_head_channels_last_regime(benchmark, op, impl):
+    case = _case("hwc")
+    benchmark.group = _group(op, "hwc")
+    benchmark.extra_info.update(impl=impl, floor_bytes=floor_bytes(op, case),
+                                flops=2 * case.pixels * case.N * case.C)
+    assert benchmark(implementation(op, case, impl)) is not None
+
+
 def test_fused_peak_memory_is_the_outputs():
     """The fused methods allocate their outputs and nothing the size of the
     logits (a smoke test at small sizes; meaningful at full size)."""
@@ -303,6 +333,16 @@ def report(path):
         print(f"| {op} | {shape} | {layout} | {t * 1e3:.1f} | {info['flops'] / t / 1e9:.0f} "
               f"| {info['floor_bytes'] / t / 1e9:.1f} | {mb('fastlogits[cpu]')} | {nms} | {nx} "
               f"| {mb('numpy')} | {tms} | {tx} | {mb('torch')} |")
+    print("\nChannels-last product forms (default: dot when N >= CPU_HEAD_DOT_MIN_RATIO * C):\n")
+    print("| op | features -> C | default ms | " + " | ".join(f"{r} ms" for r in REGIMES) + " |")
+    print("|---|---|---|" + "---|" * len(REGIMES))
+    for group, impls in rows.items():
+        op, shape, layout, _ = group.split("|")
+        if layout != "hwc" or not any(r in impls for r in REGIMES):
+            continue
+        cells = [f"{impls[i][0] * 1e3:.1f}" if i in impls else "-"
+                 for i in ("fastlogits[cpu]",) + tuple(REGIMES)]
+        print(f"| {op} | {shape} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
