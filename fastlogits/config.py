@@ -31,6 +31,11 @@ CPU_SERIAL_BELOW = 1 << 16
 #: CPU confusion matrix keeps (one per chunk of work, merged at the end).
 CPU_CONFUSION_HIST_BYTES = 64 * 1024 * 1024
 
+#: LinearHead, channels-last features: with N >= this ratio times C the
+#: logits are dot products along the features (4 classes x 4 pixels at a
+#: time); below it a tile of features is transposed first.
+CPU_HEAD_DOT_MIN_RATIO = 8
+
 #: Threads per block for the CUDA kernels (a multiple of 32).
 CUDA_THREADS_PER_BLOCK = 256
 

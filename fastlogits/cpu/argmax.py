@@ -21,6 +21,7 @@ from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transpose
 @njit(fastmath=FASTMATH, cache=True)
 def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part):
     """Labels (and confidence) of one tile into ``labels[r0:r0 + P]``."""
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     tile_argmax(x, o, i0, P, m, idx)
     for p in range(P):
         labels[r0 + p] = idx[p]

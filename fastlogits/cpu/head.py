@@ -530,10 +530,6 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
     return bad.sum()
 
 
-#: Used while config.py has no CPU_HEAD_DOT_MIN_RATIO (the lead adds it).
-_DEFAULT_DOT_MIN_RATIO = 8
-
-
 def cl_dot_form(C, N):
     """Whether channels-last logits use the dot form (:func:`gemm_dot`)
     rather than transpose-then-outer-product.
@@ -547,8 +543,7 @@ def cl_dot_form(C, N):
     """
     from fastlogits import config
 
-    ratio = getattr(config, "CPU_HEAD_DOT_MIN_RATIO", _DEFAULT_DOT_MIN_RATIO)
-    return N >= ratio * C
+    return N >= config.CPU_HEAD_DOT_MIN_RATIO * C
 
 
 def tile_pixels(C, N, cl_dot):

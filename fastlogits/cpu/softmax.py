@@ -61,6 +61,7 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
 @njit(fastmath=FASTMATH, cache=True)
 def _lse(P, m, s, inv_t, red, r0):
     """logsumexp ``m * inv_t + log s``; m itself (NaN, +inf, -inf) where not finite."""
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
         red[r0 + p] = m[p] * inv_t + safe_log(s[p]) if is_finite(m[p]) else m[p]
 
@@ -93,6 +94,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
+                i0 = max(i0, 0)  # no wraparound select (see tiles.py)
                 for c in range(C):
                     for p in range(P):
                         out[o, c, i0 + p] = ebuf[0, c, p]

@@ -35,6 +35,11 @@ SUM_BLOCK = 128
 #: Lanes a large-C row is folded into (one AVX-512 vector of float32).
 LANES = 16
 
+#: Every offset a kernel adds to a loop index goes through ``max(i0, 0)``
+#: first: Numba wraps negative indices around (``i + n if i < 0``), and
+#: unless LLVM can prove ``i0 + p >= 0`` that select turns contiguous
+#: loads into gathers.
+
 
 @njit(fastmath=FASTMATH, cache=True)
 def work_chunks(njobs, nthreads):
@@ -58,6 +63,7 @@ def load_transposed(x2, r0, P, buf):
     Classes outside: strided (gathered) reads of rows already in L1,
     contiguous vector writes; measured 3x faster than the row-major order.
     """
+    r0 = max(r0, 0)
     C = x2.shape[1]
     for c in range(C):
         for p in range(P):
@@ -67,6 +73,7 @@ def load_transposed(x2, r0, P, buf):
 @njit(fastmath=FASTMATH, cache=True)
 def store_transposed(buf, P, out2, r0):
     """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``."""
+    r0 = max(r0, 0)
     C = out2.shape[1]
     for p in range(P):
         for c in range(C):
@@ -76,6 +83,7 @@ def store_transposed(buf, P, out2, r0):
 @njit(fastmath=FASTMATH, cache=True)
 def tile_max(x, o, i0, P, m):
     """Per-pixel max of the tile into ``m``; a NaN anywhere gives NaN."""
+    i0 = max(i0, 0)
     C = x.shape[1]
     for p in range(P):
         m[p] = x[o, 0, i0 + p]
@@ -91,6 +99,7 @@ def tile_max(x, o, i0, P, m):
 def tile_argmax(x, o, i0, P, m, idx):
     """Per-pixel max into ``m`` and the index of its first occurrence into
     ``idx``; the first NaN wins over any number (NumPy's rule)."""
+    i0 = max(i0, 0)
     C = x.shape[1]
     for p in range(P):
         m[p] = x[o, 0, i0 + p]
@@ -111,6 +120,7 @@ def tile_expsum(x, o, i0, P, m, inv_t, s, part):
 
     Pixels with a non-finite max get garbage here; callers mask them.
     """
+    i0 = max(i0, 0)
     C = x.shape[1]
     for p in range(P):
         s[p] = 0.0
@@ -129,6 +139,8 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0):
     """:func:`tile_expsum` that also stores the exponentials (the softmax
     numerators) into ``et[eo, :, ei0:ei0 + P]``. ``et`` should not be ``x``:
     aliasing makes LLVM run the scalar fallback of the loop."""
+    i0 = max(i0, 0)
+    ei0 = max(ei0, 0)
     C = x.shape[1]
     for p in range(P):
         s[p] = 0.0
