@@ -261,3 +261,70 @@ def tile_copy(x, tile, r0, n, C, pitch, to_tile):
             x[r0 + r, c, 0] = tile[r * pitch + c]
         r, c = _next_cell(r, c, dr, dc, C)
         k += T
+
+
+@cuda.jit(device=True)
+def group_sum(v, G, shuffle, sm, zero):
+    """Sum ``v`` over each group of ``G`` consecutive threads (as
+    :func:`group_reduce`: every thread of the block calls it, every thread
+    of a group gets its group's sum). ``sm`` is a shared array of at least
+    ``blockDim.x`` entries of v's type; ``zero`` is v's type's 0."""
+    tid = cuda.threadIdx.x
+    lane = tid % G
+    base = tid - lane
+    if shuffle:
+        off = WARP // 2
+        while off > 0:
+            v += cuda.shfl_down_sync(_FULL_MASK, v, off)
+            off //= 2
+        if G > WARP:
+            if tid % WARP == 0:
+                sm[tid // WARP] = v
+            cuda.syncthreads()
+            if lane < WARP:
+                nw = G // WARP
+                v = sm[base // WARP + lane] if lane < nw else zero
+                off = WARP // 2
+                while off > 0:
+                    v += cuda.shfl_down_sync(_FULL_MASK, v, off)
+                    off //= 2
+            cuda.syncthreads()
+        if lane == 0:
+            sm[base] = v
+        cuda.syncthreads()
+    else:
+        sm[tid] = v
+        cuda.syncthreads()
+        stride = G // 2
+        while stride > 0:
+            if lane < stride:
+                v += sm[tid + stride]
+                sm[tid] = v
+            cuda.syncthreads()
+            stride //= 2
+    v = sm[base]
+    cuda.syncthreads()
+    return v
+
+
+@cuda.jit(device=True)
+def block_total(v, sm):
+    """Sum of ``v`` over the whole block, returned to thread 0 (other
+    threads get partial sums). Any block size; ``sm`` holds ``blockDim.x``
+    entries. A pairwise tree: the rounding error grows with log2 of the
+    block size, not with its length."""
+    tid = cuda.threadIdx.x
+    T = cuda.blockDim.x
+    sm[tid] = v
+    cuda.syncthreads()
+    stride = 1
+    while stride < T:
+        stride *= 2
+    stride //= 2
+    while stride > 0:
+        if tid < stride and tid + stride < T:
+            v += sm[tid + stride]
+            sm[tid] = v
+        cuda.syncthreads()
+        stride //= 2
+    return v

@@ -341,6 +341,7 @@ def kernel_signatures():
 
     from fastlogits.cuda import argmax as ka
     from fastlogits.cuda import errflag
+    from fastlogits.cuda import losses as kl
     from fastlogits.cuda import softmax as ks
 
     i64, b1 = types.int64, types.boolean
@@ -365,5 +366,26 @@ def kernel_signatures():
             (f"argmax_cl_tile[{tag}-{lt}]", ka.argmax_cl_tile, labels + (i64,), single),
             (f"argmax_rows[{tag}-{lt}]", ka.argmax_rows, labels + (i64, b1), single),
         ]
-    sigs.append(("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True))
+        tt = types.uint8 if layout == "A" else types.int64
+        ce = (arr(xt, 3), arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(xt, 3),
+              arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"), i64, ct, ct, ct, ct, b1, b1)
+        sigs += [
+            (f"cross_entropy_pixels[{tag}-{tt}]", kl.cross_entropy_pixels, ce, single),
+            (f"cross_entropy_rows[{tag}-{tt}]", kl.cross_entropy_rows, ce + (i64, b1), single),
+        ]
+        if xt != types.float16:
+            sigs += [
+                (f"target_weights[{ct}-{tt}]", kl.target_weights,
+                 (arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"),
+                  i64, i64), single),
+            ]
+    i2 = types.Array(i64, 2, "C")
+    sigs += [
+        ("confusion_count", kl.confusion_count,
+         (types.Array(types.int32, 2, "C"), types.Array(types.uint8, 2, "A"), i2,
+          types.Array(i64, 1, "C"), i64, b1), True),
+        ("add_into", kl.add_into, (i2, i2), True),
+        ("fill_zero", kl.fill_zero, (i2,), True),
+        ("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True),
+    ]
     return sigs
