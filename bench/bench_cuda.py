@@ -25,12 +25,17 @@ Modes:
 
 Throughput counts the floor (read x once, write the outputs once):
 softmax/log_softmax 2·|x|, logsumexp |x| + |x|/C, argmax |x| + 8 bytes per
-pixel (int64 labels), classify |x| + 12 bytes per pixel. ``%copy`` is
-that GB/s over the device-to-device copy's (bytes read + written), the
-goal being >= 85 % for argmax, classify and softmax. PyTorch's classify
-is ``x.max(dim)`` plus ``exp(max - logsumexp)`` (two reads of x, no
-softmax materialized). Each case also records the largest difference from
-PyTorch's result (a sanity check, not a test).
+pixel (int64 labels), classify |x| + 12 bytes per pixel, cross_entropy
+(mean) and confusion_matrix |x| + 8 bytes per pixel (the int64 target,
+10 % ignore_index); confusion_matrix is skipped for C > 1024. These two
+return host results (a float64 loss; a checked target), so each call waits
+for its stream, unlike PyTorch's F.cross_entropy. ``%copy`` is that GB/s
+over the device-to-device copy's (bytes read + written), the goal being
+>= 85 % for argmax, classify and softmax. PyTorch's classify is
+``x.max(dim)`` plus ``exp(max - logsumexp)`` (two reads of x, no softmax
+materialized); its confusion matrix is argmax + mask + bincount. Each case
+also records the largest difference from PyTorch's result (a sanity
+check, not a test).
 """
 
 import argparse
@@ -57,7 +62,12 @@ FULL_CASES = [("cityscapes-nchw", (8, 19, 1024, 2048), 1),
 SMALL_CASES = [("cityscapes-nchw", (2, 19, 48, 64), 1),
                ("cityscapes-nhwc", (2, 48, 64, 19), -1),
                ("vocab-128k", (16, 4099), -1)]
-OPS = ("softmax", "log_softmax", "logsumexp", "argmax", "classify")
+OPS = ("softmax", "log_softmax", "logsumexp", "argmax", "classify", "cross_entropy",
+       "confusion_matrix")
+#: ignore_index of the targets (about 10 % of the pixels) of the losses.
+IGNORE = -100
+#: confusion_matrix is skipped above this many classes (a C x C matrix).
+CONFUSION_MAX_C = 1024
 
 
 # --------------------------------------------------------------------------
@@ -217,37 +227,69 @@ def floor_bytes(op, shape, axis, itemsize):
     n = int(np.prod(shape))
     pixels = n // shape[axis]
     writes = {"softmax": n * itemsize, "log_softmax": n * itemsize,
-              "logsumexp": pixels * itemsize, "argmax": pixels * 8, "classify": pixels * 12}[op]
+              "logsumexp": pixels * itemsize, "argmax": pixels * 8, "classify": pixels * 12,
+              "cross_entropy": pixels * 8, "confusion_matrix": pixels * 8}[op]  # target reads
     return n * itemsize + writes
 
 
-def _fl_device_call(op, xd, axis, torch):
+def _outputs(op, shape, axis, empty, dtype=np.float32):
+    """Preallocated outputs of ``op`` made by ``empty(shape, dtype)``."""
+    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+    if op in ("softmax", "log_softmax"):
+        return empty(shape, dtype)
+    if op == "logsumexp":
+        return empty(red, dtype)
+    if op == "argmax":
+        return empty(red, np.int64)
+    if op == "classify":
+        return (empty(red, np.int64), empty(red, dtype))
+    if op == "confusion_matrix":
+        C = shape[axis]
+        return empty((C, C), np.int64)
+    return None
+
+
+def _fl_call(op, x, t, axis, out, **kw):
+    """fastlogits ``op`` on x (and target t), into ``out`` where the op takes one."""
+    fn = getattr(fl, op)
+    if op == "cross_entropy":
+        return lambda: fn(x, t, axis, ignore_index=IGNORE, **kw)
+    if op == "confusion_matrix":
+        return lambda: fn(x, t, axis, ignore_index=IGNORE, out=out, **kw)
+    if out is None:
+        return lambda: fn(x, axis, **kw)
+    return lambda: fn(x, axis, out=out, **kw)
+
+
+def _fl_device_call(op, xd, td, axis, torch):
     """fastlogits on a device-resident x with preallocated outputs."""
-    shape = tuple(xd.shape)
-    red = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
     if torch is not None:
-        def empty(s, dt):
-            return torch.empty(s, dtype=getattr(torch, np.dtype(dt).name), device=xd.device)
+        def zeros(s, dt):
+            return torch.zeros(s, dtype=getattr(torch, np.dtype(dt).name), device=xd.device)
     else:
         from numba import cuda
 
-        def empty(s, dt):
-            return cuda.device_array(s, dt)
-    dt = np.float32
-    if op in ("softmax", "log_softmax"):
-        out = empty(shape, dt)
-    elif op == "logsumexp":
-        out = empty(red, dt)
-    elif op == "argmax":
-        out = empty(red, np.int64)
-    else:
-        out = (empty(red, np.int64), empty(red, dt))
-    fn = getattr(fl, op)
-    return lambda: fn(xd, axis, out=out)
+        def zeros(s, dt):
+            return cuda.to_device(np.zeros(s, dt))
+    return _fl_call(op, xd, td, axis, _outputs(op, tuple(xd.shape), axis, zeros))
 
 
-def _torch_call(op, xt, axis):
+def _torch_call(op, xt, tt, axis):
+    """PyTorch's way to compute ``op`` (target ``tt`` for the losses)."""
     torch = sys.modules["torch"]
+    if op == "cross_entropy":
+        F = torch.nn.functional
+        if xt.ndim > 2 and axis % xt.ndim != 1:  # F.cross_entropy wants classes at dim 1
+            return lambda: F.cross_entropy(xt.movedim(axis, 1), tt, ignore_index=IGNORE)
+        return lambda: F.cross_entropy(xt, tt, ignore_index=IGNORE)
+    if op == "confusion_matrix":
+        C = xt.shape[axis]
+
+        def confusion():  # the torchmetrics / MMSegmentation idiom
+            pred = xt.argmax(axis)
+            keep = tt != IGNORE
+            return torch.bincount(tt[keep] * C + pred[keep], minlength=C * C).reshape(C, C)
+        return confusion
     if op == "softmax":
         return lambda: torch.softmax(xt, axis)
     if op == "log_softmax":
@@ -265,6 +307,10 @@ def _torch_call(op, xt, axis):
 
 def _difference(op, got, want, torch):
     """Largest |fastlogits - torch| (labels: fraction that differ)."""
+    if op == "cross_entropy":
+        return abs(float(got) - want.item())
+    if op == "confusion_matrix":  # fastlogits added into a zeroed out=
+        return (got - want).abs().max().item()
     if op == "classify":
         lab = (got[0] != want[0]).float().mean().item()
         return max(lab, (got[1] - want[1]).abs().max().item())
@@ -280,16 +326,21 @@ def bench_case(name, shape, axis, ops, repeat, cpu=True, e2e=True, dtype=np.floa
     timer = GpuTimer(torch, batch=10 if FULL else 2)
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape, dtype=np.float32) * 4).astype(dtype)
+    C = shape[axis]
+    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+    t = rng.integers(0, C, size=red)
+    t[rng.random(red) < 0.1] = IGNORE
     if torch is not None:
-        xd = torch.from_numpy(x).cuda()
+        xd, td = torch.from_numpy(x).cuda(), torch.from_numpy(t).cuda()
     else:
         from numba import cuda
 
-        xd = cuda.to_device(x)
+        xd, td = cuda.to_device(x), cuda.to_device(t)
     rows = []
-    C = shape[axis]
     slow_repeat = 3 if FULL else 1  # wall-clock modes: seconds per call at full size
     for op in ops:
+        if op == "confusion_matrix" and C > CONFUSION_MAX_C:
+            continue
         nbytes = floor_bytes(op, shape, axis, x.itemsize)
         base = {"case": name, "shape": list(shape), "axis": axis, "C": C, "op": op,
                 "dtype": np.dtype(dtype).name, "floor_bytes": nbytes}
@@ -297,62 +348,55 @@ def bench_case(name, shape, axis, ops, repeat, cpu=True, e2e=True, dtype=np.floa
         def add(impl, mode, ms, **extra):
             rows.append(dict(base, impl=impl, mode=mode, ms=ms,
                              gbps=nbytes / (ms / 1e3) / 1e9, **extra))
-            log(f"  {name:16s} {op:12s} {impl:18s} {mode:6s} {ms:10.3f} ms")
+            log(f"  {name:16s} {op:16s} {impl:18s} {mode:6s} {ms:10.3f} ms")
 
         # fastlogits[cuda], kernel only (first call: compile or cache load).
-        call = _fl_device_call(op, xd, axis, torch)
+        call = _fl_device_call(op, xd, td, axis, torch)
         t0 = time.perf_counter()
-        call()
+        got = call()
         _sync(torch)
         first = time.perf_counter() - t0
         diff = None
         if torch is not None:
-            got = call()
-            want = _torch_call(op, xd, axis)()
+            want = _torch_call(op, xd, td, axis)()
             diff = _difference(op, got, want, torch)
-            del got, want
+            del want
+        del got
         add("fastlogits[cuda]", "kernel", timer(call, repeat), first_call_s=first,
             max_diff_vs_torch=diff)
         del call
         if torch is not None:
-            tcall = _torch_call(op, xd, axis)
+            tcall = _torch_call(op, xd, td, axis)
             tcall()
             _sync(torch)
             add("torch[cuda]", "kernel", timer(tcall, repeat))
             del tcall
         if e2e:
-            fn = getattr(fl, op)
-            fn(x, axis, backend="cuda")
-            add("fastlogits[cuda]", "e2e", wall_ms(lambda: fn(x, axis, backend="cuda"),
-                                                 slow_repeat))
+            fcall = _fl_call(op, x, t, axis, _outputs(op, shape, axis, np.zeros, dtype),
+                             backend="cuda")
+            fcall()
+            add("fastlogits[cuda]", "e2e", wall_ms(fcall, slow_repeat))
+            del fcall
             if torch is not None:
                 def torch_e2e():
-                    xt = torch.from_numpy(x).cuda()
-                    res = _torch_call(op, xt, axis)()
+                    res = _torch_call(op, torch.from_numpy(x).cuda(),
+                                      torch.from_numpy(t).cuda(), axis)()
                     if isinstance(res, tuple):
                         return tuple(r.cpu().numpy() for r in res)
                     return res.cpu().numpy()
                 torch_e2e()
                 add("torch[cuda]", "e2e", wall_ms(torch_e2e, slow_repeat))
         if cpu:
-            fn = getattr(fl, op)
-            red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
-            if op in ("softmax", "log_softmax"):
-                out = np.empty(shape, dtype)
-            elif op == "logsumexp":
-                out = np.empty(red, dtype)
-            elif op == "argmax":
-                out = np.empty(red, np.int64)
-            else:
-                out = (np.empty(red, np.int64), np.empty(red, np.float32))
-            fn(x, axis, backend="cpu", out=out)
-            add("fastlogits[cpu]", "cpu", wall_ms(lambda: fn(x, axis, backend="cpu", out=out),
-                                                slow_repeat))
-            del out
+            ccall = _fl_call(op, x, t, axis, _outputs(op, shape, axis, np.zeros, dtype),
+                             backend="cpu")
+            ccall()
+            add("fastlogits[cpu]", "cpu", wall_ms(ccall, slow_repeat))
+            del ccall
     h2d, d2h = transfer_gbps(x, torch)
-    del xd
+    del xd, td
     _sync(torch)
     return rows, {"h2d_pageable_gbps": h2d, "d2h_pageable_gbps": d2h}
+
 
 
 def run(cases=None, ops=OPS, repeat=None, cpu=True, e2e=True, json_path=None, log=print,

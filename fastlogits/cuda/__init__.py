@@ -15,5 +15,7 @@ Modules (nothing here compiles or touches the GPU at import):
   (channels-first, channels-last small C, rows), paired with
   :mod:`fastlogits.cpu.softmax` and :mod:`fastlogits.cpu.argmax`;
 - :mod:`.ops`: the host side called by :mod:`fastlogits.api` (``out=``
-  validation, regime choice, launch, results in the caller's library).
+  validation, regime choice, launch, results in the caller's library);
+- :mod:`.losses`: cross_entropy and confusion_matrix (kernels and host
+  side), called by :mod:`fastlogits.losses`.
 """
