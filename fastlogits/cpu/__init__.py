@@ -56,6 +56,13 @@ def _rows(a):
     return v if v is not None else a[:, :, 0]
 
 
+def _flat(a):
+    """``(outer,)`` view of an (outer, 1) reduced output: contiguous when
+    the strides allow (a strided slice keeps the store loop scalar)."""
+    v = reshape_view(a, a.shape[:1])
+    return v if v is not None else a[:, 0]
+
+
 def _contiguous_rows(a):
     """``(rows, C)`` of an (outer, C, 1) array, C-contiguous (copied only if needed)."""
     return np.ascontiguousarray(_rows(a))
@@ -79,7 +86,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
         with launch_threads(x3.size) as nthreads:
-            k.expnorm_cl_rows(_contiguous_rows(x3), work, red2[:, 0], inv_t, mode, nthreads)
+            k.expnorm_cl_rows(_contiguous_rows(x3), work, _flat(red2), inv_t, mode, nthreads)
         if work is not out2:
             out2[...] = work
         return
@@ -89,7 +96,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         if inner > 1:
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads)
         else:
-            k.expnorm_cl_tiles(_rows(x3), _rows(out3), red2[:, 0], inv_t, mode, _tile_pixels(C),
+            k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads)
 
 
@@ -105,8 +112,8 @@ def run_argmax(x3, labels2, conf2, inv_t):
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
         elif C < config.CPU_ROW_MIN_CLASSES:
-            k.argmax_cl_tiles(_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+            k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
                               _tile_pixels(C), nthreads)
         else:
-            k.argmax_cl_rows(_contiguous_rows(x3), labels2[:, 0], conf2[:, 0], inv_t, with_conf,
+            k.argmax_cl_rows(_contiguous_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
                              nthreads)
