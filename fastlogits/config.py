@@ -19,8 +19,11 @@ CPU_TILE_PIXELS = 256
 CPU_TILE_ELEMENTS = 32 * 1024
 
 #: Channels-last rows with at least this many classes are processed one
-#: row at a time, folded into vector lanes, instead of in strided tiles.
-CPU_ROW_MIN_CLASSES = 64
+#: row at a time, folded into vector lanes, instead of in transposed tiles.
+#: Measured on the 2-core AVX-512 machine (bench/RESULTS.md): the tiles win
+#: up to C ~ 20k (argmax 3x faster at C = 150 and 1000); the rows win for
+#: vocabulary-sized C, where a tile of 16 rows no longer fits in L2.
+CPU_ROW_MIN_CLASSES = 16384
 
 
 #: CPU kernels on fewer scores than this run on the calling thread only
