@@ -15,14 +15,30 @@ FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
 
 
+def _interface(x):
+    """``__cuda_array_interface__`` of ``x``, or None.
+
+    A PyTorch CUDA tensor that requires grad raises ``RuntimeError`` (not
+    ``AttributeError``) on access; its detached view exports the same memory.
+    """
+    try:
+        return x.__cuda_array_interface__
+    except AttributeError:
+        return None
+    except RuntimeError:
+        if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+            return x.detach().__cuda_array_interface__
+        raise
+
+
 def is_gpu_array(x):
     """True for anything exposing ``__cuda_array_interface__``."""
-    return hasattr(x, "__cuda_array_interface__")
+    return _interface(x) is not None
 
 
 def gpu_shape_dtype(x):
     """``(shape, dtype)`` of a GPU array, from its interface (no data access)."""
-    cai = x.__cuda_array_interface__
+    cai = _interface(x)
     return tuple(int(n) for n in cai["shape"]), np.dtype(cai["typestr"])
 
 
