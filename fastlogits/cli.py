@@ -170,6 +170,13 @@ def _version(dist, module=None):
     return "not installed"
 
 
+def _vector_width_status():
+    """Whether LLVM may use 512-bit vectors (see fastlogits._vector_width)."""
+    from fastlogits import _vector_width
+
+    return _vector_width.STATUS
+
+
 def _fastexp_status():
     """How exp runs in the CPU kernels: compiles a tiny (uncached) loop over
     :func:`fastlogits.cpu.fastexp.fexp` and looks for vector types in its IR."""
@@ -291,6 +298,7 @@ def cmd_info(args):
         ("CPU", cpu_name()),
         ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),
+        ("vectors", _vector_width_status()),
     ]
     for d, n, size in _cache_dirs():
         rows.append(("kernel cache", f"{d} ({n} files, {format_size(size)})"))

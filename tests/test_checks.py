@@ -34,3 +34,10 @@ def test_requires_grad_tensor_is_a_gpu_array():
 def test_host_arrays_are_not_gpu_arrays():
     assert not chk.is_gpu_array(np.zeros(3))
     assert not chk.is_gpu_array([1.0, 2.0])
+
+
+def test_vector_width_decision_is_recorded():
+    """Importing fastlogits decides on 512-bit vectors and says why."""
+    from fastlogits import _vector_width
+
+    assert _vector_width.STATUS.startswith(("on", "off", "left to"))
