@@ -111,13 +111,8 @@ _MIN_64 = -745.2  # below: rounds to 0 even as a subnormal
 
 
 @njit(fastmath=EXP_FASTMATH, cache=True)
-def exp64(x):
-    """``exp`` of a float64, vectorizable, max error about 1 ulp."""
-    xc = min(max(x, _MIN_64), _MAX_64)
-    k = np.floor(xc * _LOG2E_64 + 0.5)
-    r = xc - k * _LN2_HI_64
-    r = r - k * _LN2_LO_64
-    # exp(r) on |r| <= 0.347: Taylor to degree 13 (truncation < 1e-17 rel).
+def _exp_reduced64(r):
+    """exp(r) on |r| <= ln(2)/2: Taylor to degree 13 (truncation < 1e-17 rel)."""
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -132,6 +127,17 @@ def exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
+    return p
+
+
+@njit(fastmath=EXP_FASTMATH, cache=True)
+def exp64(x):
+    """``exp`` of a float64, vectorizable, max error about 1 ulp."""
+    xc = min(max(x, _MIN_64), _MAX_64)
+    k = np.floor(xc * _LOG2E_64 + 0.5)
+    r = xc - k * _LN2_HI_64
+    r = r - k * _LN2_LO_64
+    p = _exp_reduced64(r)
     ki = np.int64(k)
     k1 = ki >> np.int64(1)
     k2 = ki - k1
@@ -182,20 +188,7 @@ def exp_shifted64(t):
     k = np.floor(tc * _LOG2E_64 + 0.5)
     r = tc - k * _LN2_HI_64
     r = r - k * _LN2_LO_64
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = _exp_reduced64(r)
     y = p * _int64_as_float64((np.int64(k) + 1023) << 52)
     return 0.0 if t < _SHIFT_MIN_64 else y
 
