@@ -21,7 +21,6 @@ most ``config.CPU_HALF_CHUNK_ELEMENTS`` values, so their extra memory
 stays bounded.
 """
 
-import math
 
 import numpy as np
 
@@ -584,7 +583,6 @@ class LinearHead:
         from fastlogits import losses
         from fastlogits.cpu import head as k
         from fastlogits.cpu import launch_threads
-        from fastlogits.cpu import losses as kl
 
         C = fv.C
         cd = fv.compute_dtype
@@ -593,22 +591,8 @@ class LinearHead:
         loss = np.zeros(fv.reduced_shape, cd) if reduction == "none" else None
         grad = np.empty(fv.shape, fv.dtype) if return_grad else None
         if fv.empty:
-            if grad is not None:
-                grad[...] = 0
-            total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
-            result = loss if reduction == "none" else total
-            return (result, grad) if return_grad else result
-
-        # A "mean" gradient is scaled by 1 / sum(w[t]), which must be known
-        # before the pass that writes it: one read of the targets first.
-        gscale = 1.0
-        if return_grad and reduction == "mean":
-            with launch_threads(t.size) as nthreads:
-                total_weight, nbad = kl.target_weight_sum(t.reshape(-1), w64, ignore_index,
-                                                          nthreads)
-            if nbad:
-                losses.check_target_values(t, C, ignore_index)
-            gscale = math.inf if total_weight == 0 else 1.0 / total_weight
+            return losses.empty_result(reduction, loss, grad, return_grad)
+        gscale = losses.grad_scale(t, w64, C, ignore_index, reduction, return_grad)
 
         dot = k.cl_dot_form(C, fv.N)
         tile = k.tile_pixels(C, fv.N, dot)

@@ -241,9 +241,36 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     return _cross_entropy_cpu(lg, _host_target(target, lg.C, ignore_index), **kw)
 
 
+def empty_result(reduction, loss, grad, return_grad):
+    """cross_entropy's result on an input with no pixels (PyTorch's: a
+    "mean" over nothing is NaN, a "sum" 0)."""
+    if grad is not None:
+        grad[...] = 0
+    total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
+    result = loss if reduction == "none" else total
+    return (result, grad) if return_grad else result
+
+
+def grad_scale(t, w64, C, ignore_index, reduction, return_grad):
+    """The factor of the gradient: 1, or 1 / sum(w[t]) for a "mean" gradient.
+
+    That sum must be known before the pass that writes the gradient, so it
+    costs one read of the targets first (which also checks their values).
+    """
+    if not (return_grad and reduction == "mean"):
+        return 1.0
+    from fastlogits.cpu import launch_threads
+    from fastlogits.cpu import losses as k
+
+    with launch_threads(t.size) as nthreads:
+        total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
+    if nbad:
+        check_target_values(t, C, ignore_index)
+    return math.inf if total_weight == 0 else 1.0 / total_weight
+
+
 def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, reduction,
                        return_grad):
-    from fastlogits.cpu import launch_threads
     from fastlogits.cpu import losses as k
 
     C = lg.C
@@ -251,21 +278,8 @@ def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, re
     loss = np.zeros(lg.reduced_shape, lg.compute_dtype) if reduction == "none" else None
     grad = np.empty(lg.shape, lg.dtype) if return_grad else None
     if lg.empty:
-        if grad is not None:
-            grad[...] = 0
-        total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
-        result = loss if reduction == "none" else total
-        return (result, grad) if return_grad else result
-
-    # A "mean" gradient is scaled by 1 / sum(w[t]), which must be known
-    # before the pass that writes it: one read of the targets first.
-    gscale = 1.0
-    if return_grad and reduction == "mean":
-        with launch_threads(t.size) as nthreads:
-            total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
-        if nbad:
-            check_target_values(t, C, ignore_index)
-        gscale = math.inf if total_weight == 0 else 1.0 / total_weight
+        return empty_result(reduction, loss, grad, return_grad)
+    gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad)
 
     sums = []
 

@@ -58,7 +58,7 @@ from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
-from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse
+from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
 

@@ -178,7 +178,6 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
         m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
         keep = np.empty(tile, dtype=x.dtype)
         acc = np.zeros(3)
-        zero = x.dtype.type(0.0)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles

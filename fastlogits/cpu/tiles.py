@@ -21,7 +21,6 @@ vectors that stay in L1 for the whole tile.
 
 import math
 
-import numpy as np
 from numba import njit
 
 from fastlogits.config import FASTMATH
