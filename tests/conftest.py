@@ -21,6 +21,15 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         collect_ignore.append("cuda")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Start the CUDA simulator subprocess right after collection, so it runs
+    beside the rest of the suite instead of after it."""
+    if any(item.name == "test_cuda_backend_under_simulator" for item in items):
+        from tests import test_cuda_simulator
+
+        test_cuda_simulator.start()
+
+
 def pytest_report_header(config):
     return f"fastlogits random seed: FASTLOGITS_SEED={SEED}"
 
