@@ -24,15 +24,17 @@ IGNORE = -100
 #: name -> (features shape, axis, C, shared bytes, expected plan traits)
 CASES = {
     # channels-first, W resident (staged once per block)
-    "cf-resident": ((2, 6, 7, 11), 1, 19, None, dict(resident=True, tiled=False)),
+    "cf-resident": ((2, 6, 5, 7), 1, 19, None, dict(resident=True, tiled=False)),
     # channels-first, W in chunks of 16 classes
     "cf-class-chunks": ((2, 6, 5, 7), 1, 19, 512, dict(resident=False, tiled=False, NC=6)),
     # channels-last, rows read per thread, W in chunks of 8 classes x 3 features
-    "cl-feature-chunks": ((9, 11, 6), -1, 19, 128, dict(resident=False, tiled=False, NC=3)),
+    "cl-feature-chunks": ((5, 13, 6), -1, 19, 128, dict(resident=False, tiled=False, NC=3)),
     # channels-last through a shared feature tile, W resident
     "cl-tile": ((9, 17, 6), -1, 19, None, dict(resident=True, tiled=True)),
-    # channels-last tile beside chunks of W (C = 150 does not fit)
-    "cl-tile-chunks": ((3, 29, 6), -1, 150, 2048, dict(resident=False, tiled=True, KC=8)),
+    # channels-last tile beside chunks of W (C = 70 does not fit; C * C
+    # bins too many for the shared histogram)
+    "cl-tile-chunks": ((2, 19, 6), -1, 70, 1152,
+                       dict(resident=False, tiled=True, KC=8, threads=32)),
 }
 
 TOL = {  # dtype -> atol for logits / log values (rtol the same), probabilities
@@ -54,6 +56,7 @@ def features(rng, shape, dtype):
 
 @pytest.fixture
 def budget(monkeypatch):
+    """Set ``CUDA_HEAD_SHARED_BYTES`` (None: the default)."""
     def set_budget(nbytes):
         if nbytes is not None:
             monkeypatch.setattr(config, "CUDA_HEAD_SHARED_BYTES", nbytes, raising=False)
@@ -77,20 +80,24 @@ def assert_labels(got, want, z, axis, margin=1e-3):
     np.testing.assert_array_equal(got[clear], want[clear])
 
 
-def check_ops(head, f, axis, fin, temperature=1.7):
+def check_ops(head, f, axis, fin, temperature=1.7, every=True):
     """Every method of the head on ``fin`` (f or a GPU copy) with backend
-    "cuda" against the numpy backend on f."""
+    "cuda" against the numpy backend on f. ``every=False``: logits, softmax
+    and classify only (one of each kernel pass: write, fold + write, fold;
+    log_softmax, logsumexp and argmax differ from them only in the mode)."""
     dtype = f.dtype.type
     atol_l, atol_p = TOL[dtype]
     z = head.logits(f, axis, backend="numpy")
     assert_close(head.logits(fin, axis, backend="cuda"), z, atol_l, "logits")
-    for op, atol in (("softmax", atol_p), ("log_softmax", atol_l), ("logsumexp", atol_l)):
+    expnorm = ("softmax", atol_p), ("log_softmax", atol_l), ("logsumexp", atol_l)
+    for op, atol in expnorm if every else expnorm[:1]:
         want = getattr(head, op)(f, axis, temperature=temperature, backend="numpy")
         got = getattr(head, op)(fin, axis, temperature=temperature, backend="cuda")
         assert_close(got, want, atol, op)
     z64 = head._reference_logits(head._prepare(f, axis, "numpy")[0])
-    want_lab = head.argmax(f, axis, backend="numpy")
-    assert_labels(head.argmax(fin, axis, backend="cuda"), want_lab, z64, axis)
+    if every:
+        want_lab = head.argmax(f, axis, backend="numpy")
+        assert_labels(head.argmax(fin, axis, backend="cuda"), want_lab, z64, axis)
     lab, conf = head.classify(fin, axis, temperature=temperature, backend="cuda")
     want_lab, want_conf = head.classify(f, axis, temperature=temperature, backend="numpy")
     assert_labels(lab, want_lab, z64, axis)
@@ -137,18 +144,17 @@ def test_ops_gpu_float32(rng, case, budget):
     budget(nbytes)
     head = make_head(rng, C, shape[axis])
     f = features(rng, shape, np.float32)
-    check_ops(head, f, axis, to_gpu(f))
+    check_ops(head, f, axis, to_gpu(f), every="chunks" not in case)
 
 
 @pytest.mark.parametrize("case,dtype", [("cf-class-chunks", np.float64),
-                                        ("cl-tile", np.float16),
-                                        ("cl-feature-chunks", np.float64)])
+                                        ("cl-tile", np.float16)])
 def test_ops_host_dtypes(rng, case, dtype, budget):
     shape, axis, C, nbytes, _ = CASES[case]
     budget(nbytes)
     head = make_head(rng, C, shape[axis], dtype)
     f = features(rng, shape, dtype)
-    check_ops(head, f, axis, f)
+    check_ops(head, f, axis, f, every=False)
 
 
 @pytest.mark.parametrize("C,N", [(1, 4), (3, 1), (2, 0)])
@@ -156,9 +162,9 @@ def test_tiny_heads(rng, C, N):
     """C = 1 (every label 0, confidence 1), N = 1, N = 0 (logits = bias)."""
     head = make_head(rng, C, N)
     f = features(rng, (5, 7, N), np.float32)
-    check_ops(head, f, -1, f)
+    check_ops(head, f, -1, f, every=False)
     fcf = features(rng, (2, N, 3, 5), np.float32)
-    check_ops(head, fcf, 1, to_gpu(fcf))
+    check_ops(head, fcf, 1, to_gpu(fcf), every=False)
 
 
 def test_no_bias_gpu_weights_and_cast(rng):
@@ -238,8 +244,10 @@ def targets(rng, shape, axis, C, frac=0.15):
 COMBOS = [(False, 0.0, "mean"), (True, 0.25, "sum"), (True, 0.0, "none")]
 
 
-@pytest.mark.parametrize("case", ["cf-resident", "cl-feature-chunks", "cl-tile-chunks"])
-def test_cross_entropy(rng, case, budget):
+@pytest.mark.parametrize("case,combos", [("cf-resident", COMBOS),
+                                         ("cl-feature-chunks", [(True, 0.25, "mean")]),
+                                         ("cl-tile-chunks", [(False, 0.0, "none")])])
+def test_cross_entropy(rng, case, combos, budget):
     shape, axis, C, nbytes, _ = CASES[case]
     budget(nbytes)
     head = make_head(rng, C, shape[axis])
@@ -247,7 +255,7 @@ def test_cross_entropy(rng, case, budget):
     t = targets(rng, shape, axis, C)
     fd, td = to_gpu(f), to_gpu(t.astype(np.int32))
     w = rng.uniform(0.3, 2.0, C)
-    for weighted, eps, reduction in COMBOS:
+    for weighted, eps, reduction in combos:
         kw = dict(class_weight=w if weighted else None, label_smoothing=eps,
                   reduction=reduction, ignore_index=IGNORE)
         loss, grad = head.cross_entropy(fd, td, axis, return_grad=True, **kw)
@@ -290,7 +298,7 @@ def test_cross_entropy_all_ignored(rng):
 
 @pytest.mark.parametrize("case", ["cf-class-chunks", "cl-tile", "cl-tile-chunks"])
 def test_confusion_matrix(rng, case, budget):
-    """C = 19 counts in the shared histogram, C = 150 with global atomics."""
+    """C = 19 counts in the shared histogram, C = 70 with global atomics."""
     shape, axis, C, nbytes, _ = CASES[case]
     budget(nbytes)
     head = make_head(rng, C, shape[axis])
