@@ -69,3 +69,16 @@ def test_compiles_for_sm90(compiler, name, kernel, argtypes, single):
     if single:
         f64 = [ln.strip() for ln in ptx.splitlines() if ".f64" in ln]
         assert not f64, f"{name}: float64 instructions in a single-precision kernel: {f64[:5]}"
+
+
+def _head_signatures():
+    from fastlogits.cuda.head import kernel_signatures
+
+    return kernel_signatures()
+
+
+@pytest.mark.parametrize("name,kernel,argtypes,single", _head_signatures(),
+                         ids=[s[0] for s in _head_signatures()])
+def test_head_compiles_for_sm90(compiler, name, kernel, argtypes, single):
+    """The fused LinearHead kernels (fastlogits.cuda.head), same checks."""
+    test_compiles_for_sm90(compiler, name, kernel, argtypes, single)
