@@ -659,6 +659,9 @@ def _device_param(caller, a, shape, cd):
     dst = cuda.device_array(shape, cd, stream=caller.stream)
     pad = (1,) * (3 - len(shape))
     src3 = runtime.reshape(dev, pad + tuple(shape))
+    if src3 is None:  # strides that forbid a view: a contiguous copy first
+        _, tmp = caller.contiguous(dev)
+        src3 = runtime.reshape(tmp, pad + tuple(shape))
     cast3[ops._blocks(int(np.prod(shape)), 256), 256, caller.stream](
         src3, runtime.reshape(dst, pad + tuple(shape)))
     return dst

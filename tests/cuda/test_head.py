@@ -177,6 +177,8 @@ def test_no_bias_gpu_weights_and_cast(rng):
     for bias in (None, b):
         host = fl.LinearHead(W, bias)
         dev = fl.LinearHead(to_gpu(W), None if bias is None else to_gpu(b.astype(np.float32)))
+        if bias is not None:  # a transposed (Fortran-order) GPU weight: cast from a view
+            dev = fl.LinearHead(to_gpu(np.ascontiguousarray(W.T)).T, to_gpu(b.astype(np.float32)))
         got = dev.softmax(fd, 1)
         assert kind_of(got) == "numba"
         assert_close(got, host.softmax(f, 1, backend="numpy"), 1e-5)
