@@ -9,9 +9,11 @@ Under the simulator the conftest's SMALL launch configuration (64 threads,
 ``CUDA_HEAD_SHARED_BYTES`` is shrunk per case to force the chunked regimes.
 """
 
+import sys
+
 import numpy as np
 import pytest
-from conftest import kind_of, to_gpu, to_host
+from conftest import SIM, kind_of, to_gpu, to_host
 
 import fastlogits as fl
 from fastlogits import _layout, config
@@ -30,12 +32,15 @@ CASES = {
     # channels-last, rows read per thread, W in chunks of 8 classes x 3 features
     "cl-feature-chunks": ((5, 13, 6), -1, 19, 128, dict(resident=False, tiled=False, NC=3)),
     # channels-last through a shared feature tile, W resident
-    "cl-tile": ((9, 17, 6), -1, 19, None, dict(resident=True, tiled=True)),
+    "cl-tile": ((5, 15, 6), -1, 19, None, dict(resident=True, tiled=True)),
     # channels-last tile beside chunks of W (C = 70 does not fit; C * C
     # bins too many for the shared histogram)
     "cl-tile-chunks": ((2, 19, 6), -1, 70, 1152,
                        dict(resident=False, tiled=True, KC=8, threads=32)),
 }
+
+#: Cases launched as one block (grid-stride over 2+ tiles, the last partial).
+ONE_BLOCK = {"cf-resident", "cl-tile"}
 
 TOL = {  # dtype -> atol for logits / log values (rtol the same), probabilities
     np.float16: (4e-3, 2e-3),
@@ -54,10 +59,27 @@ def features(rng, shape, dtype):
     return (rng.normal(size=shape) * 3).astype(dtype)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fast_barriers():
+    """Under the simulator every thread of a block is a Python thread, and a
+    barrier wakes them one GIL hand-off at a time; with the default 5 ms
+    switch interval a barrier of 64 threads can cost a third of a second
+    (the chunked and tiled regimes hold several per tile). A short interval
+    makes this file several times faster there; restored afterwards."""
+    saved = sys.getswitchinterval()
+    if SIM:
+        sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(saved)
+
+
 @pytest.fixture
 def budget(monkeypatch):
-    """Set ``CUDA_HEAD_SHARED_BYTES`` (None: the default)."""
-    def set_budget(nbytes):
+    """Set ``CUDA_HEAD_SHARED_BYTES`` (None: the default); the cases in
+    :data:`ONE_BLOCK` run on a single block, so it strides over the tiles."""
+    def set_budget(nbytes, case=None):
+        if case in ONE_BLOCK:
+            monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 1)
         if nbytes is not None:
             monkeypatch.setattr(config, "CUDA_HEAD_SHARED_BYTES", nbytes, raising=False)
     return set_budget
@@ -111,7 +133,7 @@ def check_ops(head, f, axis, fin, temperature=1.7, every=True):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_plan_regimes(case, budget):
     shape, axis, C, nbytes, traits = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     shape3 = _layout.split_shape(shape, axis % len(shape))
     p = kh.plan(shape3, C, 4)
     for k, v in traits.items():
@@ -141,7 +163,7 @@ def test_seed_example():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ops_gpu_float32(rng, case, budget):
     shape, axis, C, nbytes, _ = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     head = make_head(rng, C, shape[axis])
     f = features(rng, shape, np.float32)
     check_ops(head, f, axis, to_gpu(f), every="chunks" not in case)
@@ -151,7 +173,7 @@ def test_ops_gpu_float32(rng, case, budget):
                                         ("cl-tile", np.float16)])
 def test_ops_host_dtypes(rng, case, dtype, budget):
     shape, axis, C, nbytes, _ = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     head = make_head(rng, C, shape[axis], dtype)
     f = features(rng, shape, dtype)
     check_ops(head, f, axis, f, every=False)
@@ -251,7 +273,7 @@ COMBOS = [(False, 0.0, "mean"), (True, 0.25, "sum"), (True, 0.0, "none")]
                                          ("cl-tile-chunks", [(False, 0.0, "none")])])
 def test_cross_entropy(rng, case, combos, budget):
     shape, axis, C, nbytes, _ = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     head = make_head(rng, C, shape[axis])
     f = features(rng, shape, np.float32)
     t = targets(rng, shape, axis, C)
@@ -302,7 +324,7 @@ def test_cross_entropy_all_ignored(rng):
 def test_confusion_matrix(rng, case, budget):
     """C = 19 counts in the shared histogram, C = 70 with global atomics."""
     shape, axis, C, nbytes, _ = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     head = make_head(rng, C, shape[axis])
     f = features(rng, shape, np.float32)
     t = targets(rng, shape, axis, C)
@@ -323,7 +345,7 @@ def test_confusion_matrix(rng, case, budget):
 @pytest.mark.parametrize("case", ["cf-resident", "cl-tile-chunks"])
 def test_bad_target(rng, case, budget):
     shape, axis, C, nbytes, _ = CASES[case]
-    budget(nbytes)
+    budget(nbytes, case)
     head = make_head(rng, C, shape[axis])
     f = features(rng, shape, np.float32)
     t = targets(rng, shape, axis, C)
