@@ -68,3 +68,7 @@ CUDA_WARP_SHUFFLE = True
 #: Elements of float16 input converted to float32 at a time on the CPU,
 #: bounding the extra memory of float16 inputs.
 CPU_HALF_CHUNK_ELEMENTS = 1 << 20
+
+#: Shared memory the CUDA LinearHead kernels may use for W and b (bytes);
+#: larger heads are staged in chunks of classes (and of features).
+CUDA_HEAD_SHARED_BYTES = 32 * 1024

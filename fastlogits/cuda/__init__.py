@@ -17,5 +17,7 @@ Modules (nothing here compiles or touches the GPU at import):
 - :mod:`.ops`: the host side called by :mod:`fastlogits.api` (``out=``
   validation, regime choice, launch, results in the caller's library);
 - :mod:`.losses`: cross_entropy and confusion_matrix (kernels and host
-  side), called by :mod:`fastlogits.losses`.
+  side), called by :mod:`fastlogits.losses`;
+- :mod:`.head`: the fused LinearHead (W and b staged in shared memory, the
+  epilogues above fused after the matvec), called by :mod:`fastlogits.head`.
 """

@@ -60,13 +60,6 @@ LOGITS = 3
 #: Classes per register block (the 8 accumulators of :func:`_dot8`).
 CB = 8
 
-#: Default dynamic shared memory per block for W, b and the channels-last
-#: feature tile, when ``config.CUDA_HEAD_SHARED_BYTES`` is not set. With
-#: the static scratch of the loss (8 KiB) or confusion (16 KiB) kernels
-#: this stays within the 48 KiB every GPU grants without an opt-in.
-SHARED_BYTES = 32 * 1024
-
-
 # --------------------------------------------------------------------------
 # Device functions
 # --------------------------------------------------------------------------
@@ -598,9 +591,12 @@ class HeadPlan:
 
 
 def shared_budget():
-    """Bytes of dynamic shared memory per block for the head kernels
-    (``config.CUDA_HEAD_SHARED_BYTES``, default :data:`SHARED_BYTES`)."""
-    return int(getattr(config, "CUDA_HEAD_SHARED_BYTES", SHARED_BYTES))
+    """Bytes of dynamic shared memory per block for W, b and the
+    channels-last feature tile (``config.CUDA_HEAD_SHARED_BYTES``). With the
+    static scratch of the loss (8 KiB) or confusion (16 KiB) kernels the
+    default, 32 KiB, stays within the 48 KiB every GPU grants without an
+    opt-in."""
+    return int(config.CUDA_HEAD_SHARED_BYTES)
 
 
 def plan(shape3, C, itemsize):
