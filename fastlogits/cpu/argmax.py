@@ -18,7 +18,7 @@ from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transpose
                                   row_expsum, tile_argmax, tile_expsum, work_chunks)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part):
     """Labels (and confidence) of one tile into ``labels[r0:r0 + P]``."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
@@ -32,7 +32,7 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part):
             conf[r0 + p] = 1.0 / s[p] if is_finite(m[p]) else nan
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)."""
     outer, C, inner = x.shape
@@ -52,7 +52,7 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
             _tile(x, o, i0, P, labels[o], conf[o], i0, inv_t, with_conf, m, idx, s, part)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads):
     """Channels-last, small C: ``x`` (rows, C); ``labels``, ``conf`` (rows,).
     A tile of rows is transposed into an L1 scratch (C, P) first."""
@@ -73,7 +73,7 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads):
             _tile(buf, 0, 0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads):
     """Channels-last, large C, C-contiguous ``x`` (rows, C)."""
     rows = x.shape[0]

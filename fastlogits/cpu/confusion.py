@@ -26,7 +26,7 @@ from fastlogits.cpu import _tile_pixels, launch_threads
 from fastlogits.cpu.tiles import LANES, chunk_bounds, load_transposed, row_argmax, tile_argmax
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _count(t, r0, P, idx, ignore, hist):
     """Bin the tile's targets ``t[r0:r0 + P]`` against its labels ``idx``;
     returns the number of bad targets."""
@@ -42,7 +42,7 @@ def _count(t, r0, P, idx, ignore, hist):
     return nbad
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _merge(hists, counts):
     """``counts += sum(hists)`` over the chunks' histograms."""
     for k in range(hists.shape[0]):
@@ -51,7 +51,7 @@ def _merge(hists, counts):
                 counts[i, j] += hists[k, i, j]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def confusion_cf(x, t, ignore, counts, nchunks, tile):
     """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner)."""
     outer, C, inner = x.shape
@@ -74,7 +74,7 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile):
     return bad.sum()
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
     """Channels-last, small C: ``x`` (rows, C), ``t`` (rows,)."""
     rows, C = x.shape
@@ -97,7 +97,7 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
     return bad.sum()
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def confusion_cl_rows(x, t, ignore, counts, nchunks):
     """Channels-last, large C, C-contiguous ``x`` (rows, C), ``t`` (rows,)."""
     rows, C = x.shape

@@ -68,6 +68,18 @@ def _int64_as_float64(typingctx, bits):
     return types.float64(bits), codegen
 
 
+@intrinsic
+def _float64_as_int64(typingctx, x):
+    """Reinterpret the bits of a float64 as an int64 (an LLVM bitcast)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
 _F32 = np.float32
 _LOG2E_32 = _F32(1.4426950408889634)
 _LN2_HI_32 = _F32(0.693145751953125)  # 12 significant bits: k * hi is exact
@@ -76,7 +88,7 @@ _MAX_32 = _F32(88.72283905206835)  # log(FLT_MAX)
 _MIN_32 = _F32(-103.97207708)  # below: rounds to 0 even as a subnormal
 
 
-@njit(fastmath=EXP_FASTMATH, cache=True)
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
 def exp32(x):
     """``exp`` of a float32, vectorizable, max error about 1 ulp."""
     xc = min(max(x, _MIN_32), _MAX_32)
@@ -110,7 +122,7 @@ _MAX_64 = 709.782712893384  # log(DBL_MAX)
 _MIN_64 = -745.2  # below: rounds to 0 even as a subnormal
 
 
-@njit(fastmath=EXP_FASTMATH, cache=True)
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
 def _exp_reduced64(r):
     """exp(r) on |r| <= ln(2)/2: Taylor to degree 13 (truncation < 1e-17 rel)."""
     p = 1.0 / 6227020800.0
@@ -130,7 +142,7 @@ def _exp_reduced64(r):
     return p
 
 
-@njit(fastmath=EXP_FASTMATH, cache=True)
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
 def exp64(x):
     """``exp`` of a float64, vectorizable, max error about 1 ulp."""
     xc = min(max(x, _MIN_64), _MAX_64)
@@ -153,7 +165,7 @@ _SHIFT_MIN_32 = _F32(-87.33654)  # log(FLT_MIN): below, the result is subnormal
 _SHIFT_MIN_64 = -708.3964185322641  # log(DBL_MIN)
 
 
-@njit(fastmath=EXP_FASTMATH, cache=True)
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
 def exp_shifted32(t):
     """``exp(t)`` for the shifted scores ``t = (x - max) / T <= 0`` (float32).
 
@@ -178,7 +190,7 @@ def exp_shifted32(t):
     return np.float32(0.0) if t < _SHIFT_MIN_32 else y
 
 
-@njit(fastmath=EXP_FASTMATH, cache=True)
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
 def exp_shifted64(t):
     """``exp(t)`` for shifted scores ``t <= 0`` (float64), as
     :func:`exp_shifted32`: one exponent factor, subnormal results flushed
@@ -207,7 +219,7 @@ def _fexp_shifted_overload(t):
     return None
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def exp_shifted_array(x, out):
     """Apply :func:`fexp_shifted` to a 1-D array (tests and benchmarks)."""
     for i in range(x.size):
@@ -228,7 +240,7 @@ def _fexp_overload(x):
     return None
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def exp_array(x, out):
     """Apply :func:`fexp` to a 1-D array (tests and benchmarks)."""
     for i in range(x.size):

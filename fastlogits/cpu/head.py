@@ -81,7 +81,7 @@ K_PANEL = 16
 # matmul micro-kernels
 # --------------------------------------------------------------------------
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def gemm_rows(A, a0, sam, sak, M, K, B, b0, sbk, out, o0, som, J, init, bias):
     """``out[o0 + m*som + j] (+)= sum_k A[a0 + m*sam + k*sak] * B[b0 + k*sbk + j]``
     for m < M, j < J. ``init``: ``INIT_ADD`` adds to out, ``INIT_BIAS``
@@ -184,7 +184,7 @@ def gemm_rows(A, a0, sam, sak, M, K, B, b0, sbk, out, o0, som, J, init, bias):
                 out[oo + j] += w * B[bo + j]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def gemm_dot(W, b, C, N, f, f0, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c*N + n] * f[f0 + p*N + n]`` for c < C, p < P.
 
@@ -297,7 +297,7 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
 # one tile of logits, and writing class-shaped tiles back
 # --------------------------------------------------------------------------
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _gemm_panels(W, b, C, N, B, b0, sbk, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
     K_PANEL feature rows (each panel stays in L1 while every class uses it)."""
@@ -309,7 +309,7 @@ def _gemm_panels(W, b, C, N, B, b0, sbk, P, z, zs):
                   INIT_BIAS if k0 == 0 else INIT_ADD, b)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_logits(f, W, b, N, inner, o, i0, P, z, zs, cl_dot, ft):
     """Logits of the tile's P pixels into ``z[c*zs + p]``.
 
@@ -331,7 +331,7 @@ def tile_logits(f, W, b, N, inner, o, i0, P, z, zs, cl_dot, ft):
         _gemm_panels(W, b, C, N, ft, 0, zs, P, z, zs)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def feature_grad(W, C, N, inner, o, i0, P, g, gs, grad):
     """``grad[pixel, n] = sum_c W[c, n] g[c*gs + p]``: the gradient w.r.t.
     the features from the logits' gradient tile ``g``, written where the
@@ -345,7 +345,7 @@ def feature_grad(W, C, N, inner, o, i0, P, g, gs, grad):
         gemm_rows(W, 0, 1, N, N, C, g, 0, gs, grad, o * N * inner + i0, inner, P, INIT_ZERO, W)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_tile(out, src, C, inner, o, i0, P, zs):
     """Copy a (C, P) tile ``src[c*zs + p]`` into ``out`` (flat, laid out like
     the features with N replaced by C). Channels-first rows are contiguous
@@ -363,7 +363,7 @@ def store_tile(out, src, C, inner, o, i0, P, zs):
             out[oo + p] = src[so + p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _transpose_scratch(N, inner, tile, cl_dot, dtype):
     """The (N, tile) scratch of the transposed channels-last regime (a
     one-element stand-in otherwise)."""
@@ -371,7 +371,7 @@ def _transpose_scratch(N, inner, tile, cl_dot, dtype):
     return np.empty(n, dtype=dtype)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tiling(outer, inner, tile, nthreads):
     """``(npix, ntiles, njobs, nchunks)``: channels-first tiles never cross
     a plane of ``inner`` pixels; channels-last pixels are the ``outer`` rows."""
@@ -386,7 +386,7 @@ def _tiling(outer, inner, tile, nthreads):
 # drivers
 # --------------------------------------------------------------------------
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads, cl_dot):
     """logits / softmax / log_softmax (into ``out``, class-shaped) or
     logsumexp (into ``red``, (outer, inner)) of the head; all flat
@@ -424,7 +424,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
                 store_tile(out, e, C, inner, o, i0, P, tile)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads,
                 cl_dot):
     """Labels (and with ``with_conf`` the top-1 probability) of the head into
@@ -450,7 +450,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
                          part)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
               want_loss, tile, nthreads, cl_dot):
     """Cross-entropy of the head against flat targets ``t`` (outer, inner):
@@ -474,7 +474,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
         e3 = e.reshape((1, C, tile))
-        m, part, a, s, sm, xt, d, tt = _loss_scratch(tile, w)
+        m, part, a, s, sm, xt, wt, lp, d, tt = _loss_scratch(tile, w)
         acc = np.zeros(3)
         zero = b.dtype.type(0.0)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -485,7 +485,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             q0 = o * npix + i0
             tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.
                 for c in range(C):
@@ -502,7 +502,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     return sums.sum(axis=0)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, cl_dot):
     """Add the confusion counts of the head's argmax against flat targets
     ``t`` into ``counts`` (C, C) int64, through private per-chunk

@@ -35,34 +35,46 @@ from numba import njit, prange
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels, launch_threads
+from fastlogits.cpu.fastlog import log64
 from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
-                                  row_argmax, row_expsum, safe_log, store_transposed,
+                                  row_argmax, row_expsum, store_transposed,
                                   tile_exp_store, tile_expsum, tile_max, work_chunks)
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def _targets(x, o, i0, P, t, r0, ignore, tt, xt):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt):
     """Read the tile's P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or
-    -1 for an ignored or bad pixel; ``xt[p]`` its logit (float64). Returns
-    the number of bad targets (outside [0, C), not ``ignore``)."""
+    -1 for an ignored or bad pixel; ``xt[p]`` its logit and ``wt[p]`` its
+    weight (float64; 0 where ``tt[p]`` is -1). Returns the number of bad
+    targets (outside [0, C), not ``ignore``).
+
+    The two lookups are gathers, which LLVM does not emit for this CPU
+    (gathers are slow under the Gather Data Sampling mitigation), so this
+    loop is scalar; it keeps them out of the vectorized per-pixel loop
+    (:func:`_pixel_losses`). Loads are clamped into [0, C).
+    """
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    r0 = max(r0, 0)
     C = x.shape[1]
     nbad = 0
     for p in range(P):
         ti = np.int64(t[r0 + p])
-        if ti != ignore and (ti < 0 or ti >= C):
-            nbad += 1
-            ti = -1
-        if ti == ignore:
-            ti = -1
-        tt[p] = ti
-        xt[p] = np.float64(x[o, ti, i0 + p]) if ti >= 0 else 0.0
+        inside = (ti >= 0) & (ti < C)
+        kept = ti != ignore
+        nbad += np.int64(kept & ~inside)
+        ok = kept & inside
+        tc = min(max(ti, 0), C - 1)
+        tt[p] = ti if ok else -1
+        xt[p] = np.float64(x[o, tc, i0 + p]) if ok else 0.0
+        wt[p] = w64[tc] if ok else 0.0
     return nbad
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _smoothing_sum(x, o, i0, P, m, w, part, sm):
     """``sm[p] = sum_c w[c] * (m[p] - x[o, c, i0 + p])``: each term >= 0 for
     positive weights, so no cancellation; float64 over SUM_BLOCK classes."""
+    i0 = max(i0, 0)
     C = x.shape[1]
     for p in range(P):
         sm[p] = 0.0
@@ -77,26 +89,47 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
             sm[p] += part[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
-def _pixel(mx, s, sm, xt, ti, w64, wall, eps, C, gscale):
-    """One pixel's ``(loss, target weight, A / s, d)`` (see the module
-    docstring; ``d = g (1 - eps) w[t]``). ``ti`` >= 0 (not ignored)."""
-    wt = w64[ti]
-    if is_finite(mx):
-        lse = safe_log(s)
-        loss = wt * (lse + (np.float64(mx) - xt))
-        if eps > 0.0:
-            loss = (1.0 - eps) * loss + eps / C * (wall * lse + sm)
-        a = gscale * ((1.0 - eps) * wt + eps / C * wall) / s
-    else:  # a NaN, a +inf, or all -inf: NaN loss and gradient
-        loss = np.nan
-        a = np.nan
-    return loss, wt, a, gscale * (1.0 - eps) * wt
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d):
+    """Per pixel of the tile (see the module docstring): the loss into
+    ``lp`` (0 where ignored, NaN where the max is not finite: a NaN, a
+    +inf, or all -inf), ``a = A / s`` and ``d = g (1 - eps) w[t]``.
+    Returns ``(sum of the losses, sum of the target weights)``.
+
+    Branch-free (selects, and :func:`log64` instead of libm's scalar
+    ``log``) so the loop runs at vector width.
+    """
+    lsum = 0.0
+    wsum = 0.0
+    keep = 1.0 - eps
+    epsc = eps / C
+    smooth = eps > 0.0
+    for p in range(P):
+        # Every value is computed unconditionally and then selected: a
+        # conditional load or division would stay a branch.
+        ok = tt[p] >= 0
+        wp = wt[p]
+        mx = np.float64(m[p])
+        sp = s[p]
+        lse = log64(sp)
+        loss = wp * (lse + (mx - xt[p]))
+        smoothed = keep * loss + epsc * (wall * lse + sm[p])
+        loss = smoothed if smooth else loss
+        fin = is_finite(mx)
+        loss = loss if fin else np.nan
+        loss = loss if ok else 0.0
+        lp[p] = loss
+        lsum += loss
+        wsum += wp
+        ap = gscale * (keep * wp + epsc * wall) / sp
+        a[p] = ap if fin else np.nan
+        d[p] = gscale * keep * wp
+    return lsum, wsum
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
-                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc):
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
     with ``want_grad``),
@@ -104,36 +137,33 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
     C = x.shape[1]
     one = x.dtype.type(1.0)
     tile_max(x, o, i0, P, m)
-    acc[2] += _targets(x, o, i0, P, t, r0, ignore, tt, xt)
+    acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
     if want_grad:
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0)
     else:
         tile_expsum(x, o, i0, P, m, one, s, part)
-    for p in range(P):
-        ti = tt[p]
-        lp = 0.0
-        if ti >= 0:
-            lp, wt, ap, dp = _pixel(m[p], s[p], sm[p], xt[p], ti, w64, wall, eps, C, gscale)
-            acc[0] += lp
-            acc[1] += wt
-            a[p] = ap
-            d[p] = dp
-        if want_loss:
-            loss[r0 + p] = lp
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d)
+    acc[0] += lsum
+    acc[1] += wsum
+    if want_loss:
+        r0 = max(r0, 0)
+        for p in range(P):
+            loss[r0 + p] = lp[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _scratch(tile, w):
-    """Per-chunk scratch: m, part, a (x's dtype, as ``w``), s, sm, xt, d
-    (float64), tt (int64)."""
+    """Per-chunk scratch: m, part, a (x's dtype, as ``w``), s, sm, xt, wt,
+    lp, d (float64), tt (int64)."""
     return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, np.float64), np.zeros(tile, np.float64), np.empty(tile, np.float64),
-            np.empty(tile, np.float64), np.empty(tile, np.int64))
+            np.empty(tile, np.float64), np.empty(tile, np.float64), np.empty(tile, np.float64),
+            np.empty(tile, np.int64))
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _grad_coef(w, eps, gscale):
     """``g * eps / C * w[c]`` in x's dtype (``w``'s; 0 without smoothing)."""
     C = w.shape[0]
@@ -143,7 +173,7 @@ def _grad_coef(w, eps, gscale):
     return b
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _rescale_tile(g, o, i0, P, a, b, keep):
     """``g[o, c, i0 + p] = g * a[p] - b[c]`` (exponentials to gradient, in
     cache), 0 where ``keep[p]`` is 0. A mask in x's precision keeps the loop
@@ -158,7 +188,7 @@ def _rescale_tile(g, o, i0, P, a, b, keep):
             g[o, c, i0 + p] = v if keep[p] != zero else zero
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     (outer, inner). ``grad``/``loss`` are untouched (may be any array of
@@ -175,7 +205,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     nchunks = work_chunks(njobs, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
-        m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        m, part, a, s, sm, xt, wt, lp, d, tt = _scratch(tile, w)
         keep = np.empty(tile, dtype=x.dtype)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -185,7 +215,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             P = min(tile, inner - i0)
             _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o, i0,
                          want_grad, loss[o if want_loss else 0], want_loss,
-                         m, s, part, sm, tt, xt, a, d, acc)
+                         m, s, part, sm, tt, xt, wt, lp, a, d, acc)
             if want_grad:
                 for p in range(P):
                     keep[p] = 1.0 if tt[p] >= 0 else 0.0
@@ -197,7 +227,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     return sums.sum(axis=0)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile,
                 nthreads):
     """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
@@ -215,7 +245,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     for chunk in prange(nchunks):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
-        m, part, a, s, sm, xt, d, tt = _scratch(tile, w)
+        m, part, a, s, sm, xt, wt, lp, d, tt = _scratch(tile, w)
         keep = np.empty(tile, dtype=x.dtype)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
@@ -224,7 +254,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
             _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc)
             if want_grad:
                 for p in range(P):
                     keep[p] = 1.0 if tt[p] >= 0 else 0.0
@@ -237,7 +267,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     return sums.sum(axis=0)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads):
     """Channels-last, large C, C-contiguous ``x``, ``grad`` (rows, C); ``t``,
     ``loss`` (rows,). Without ``want_grad``, ``grad`` may be any (1, k) array."""
@@ -253,6 +283,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         lane_p = np.empty(LANES, dtype=x.dtype)
         lane_i = np.empty(LANES, dtype=np.int64)
         lane_s = np.empty(LANES, dtype=np.float64)
+        # One-pixel scratch for the per-pixel step shared with the tiles.
+        m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1 = _scratch(1, w)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
@@ -276,23 +308,28 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             if eps > 0.0:
                 for c in range(C):
                     sm += w[c] * (mx - row[c])
-            xt = np.float64(row[ti])
-            s = row_expsum(row, mx, one, lane_m, lane_s, lane_p, grow, want_grad)
-            lp, wt, ap, dp = _pixel(mx, s, sm, xt, ti, w64, wall, eps, C, gscale)
-            acc[0] += lp
-            acc[1] += wt
+            m1[0] = mx
+            s1[0] = row_expsum(row, mx, one, lane_m, lane_s, lane_p, grow, want_grad)
+            sm1[0] = sm
+            xt1[0] = np.float64(row[ti])
+            wt1[0] = w64[ti]
+            tt1[0] = ti
+            lsum, wsum = _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1,
+                                       a1, d1)
+            acc[0] += lsum
+            acc[1] += wsum
             if want_loss:
-                loss[r] = lp
+                loss[r] = lp1[0]
             if want_grad:
-                apx = x.dtype.type(ap)
+                apx = a1[0]
                 for c in range(C):
                     grow[c] = grow[c] * apx - b[c]
-                grow[ti] -= dp
+                grow[ti] -= d1[0]
         sums[chunk] = acc
     return sums.sum(axis=0)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def target_weight_sum(t, w64, ignore, nthreads):
     """``(sum of w64[t] over non-ignored targets, number of bad targets)``
     of the flat targets ``t``: the denominator of a "mean" gradient, needed

@@ -19,16 +19,17 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
+from fastlogits.cpu.fastlog import log64
 from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transposed, row_argmax,
-                                  row_expsum, safe_log, store_transposed, tile_exp_store, tile_expsum, tile_max,
-                                  work_chunks)
+                                  row_expsum, store_transposed, tile_exp_store, tile_expsum,
+                                  tile_max, work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
 LOGSUMEXP = 2
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
     """One tile: max ``m``, exp-sum ``s`` and, for softmax/log_softmax, the
     result in the L1 scratch ``ebuf[0, :, :P]``.
@@ -52,21 +53,21 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
                 ebuf[0, c, p] = ebuf[0, c, p] * g[p]
     elif mode == LOG_SOFTMAX:
         for p in range(P):
-            g[p] = safe_log(s[p]) if is_finite(m[p]) else nan
+            g[p] = log64(s[p]) if is_finite(m[p]) else nan
         for c in range(C):
             for p in range(P):
                 ebuf[0, c, p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _lse(P, m, s, inv_t, red, r0):
     """logsumexp ``m * inv_t + log s``; m itself (NaN, +inf, -inf) where not finite."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
-        red[r0 + p] = m[p] * inv_t + safe_log(s[p]) if is_finite(m[p]) else m[p]
+        red[r0 + p] = m[p] * inv_t + log64(s[p]) if is_finite(m[p]) else m[p]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
@@ -100,7 +101,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
                         out[o, c, i0 + p] = ebuf[0, c, p]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
     """Channels-last, small C: ``x``, ``out`` (rows, C); ``red`` (rows,).
 
@@ -130,7 +131,7 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
                 store_transposed(ebuf, P, out, r0)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
     """Channels-last, large C, C-contiguous ``x`` and ``out`` (rows, C);
     ``red`` (rows,). For logsumexp ``out`` may be any (1, C) C-contiguous
@@ -156,8 +157,8 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
                 for c in range(C):
                     orow[c] = orow[c] * g
             elif mode == LOG_SOFTMAX:
-                g = x.dtype.type(safe_log(s)) if ok else nan
+                g = x.dtype.type(log64(s)) if ok else nan
                 for c in range(C):
                     orow[c] = (row[c] - mx) * inv_t - g
             else:
-                red[r] = mx * inv_t + safe_log(s) if ok else mx
+                red[r] = mx * inv_t + log64(s) if ok else mx

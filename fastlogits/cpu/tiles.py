@@ -19,8 +19,6 @@ vectors that stay in L1 for the whole tile.
   end (:func:`row_argmax`, :func:`row_expsum`).
 """
 
-import math
-
 from numba import njit
 
 from fastlogits.config import FASTMATH
@@ -40,7 +38,7 @@ LANES = 16
 #: loads into gathers.
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def work_chunks(njobs, nthreads):
     """Number of chunks to split ``njobs`` tiles into for ``prange``: a few
     per thread (for balance), each allocating its scratch once.
@@ -49,13 +47,13 @@ def work_chunks(njobs, nthreads):
     return max(1, min(njobs, 4 * nthreads))
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def chunk_bounds(chunk, nchunks, njobs):
     """``[j0, j1)``: the jobs of ``chunk`` out of ``nchunks``."""
     return chunk * njobs // nchunks, (chunk + 1) * njobs // nchunks
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def load_transposed(x2, r0, P, buf):
     """Copy rows ``x2[r0:r0 + P]`` (P, C) into ``buf[0, :, :P]`` (C, P).
 
@@ -69,7 +67,7 @@ def load_transposed(x2, r0, P, buf):
             buf[0, c, p] = x2[r0 + p, c]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_transposed(buf, P, out2, r0):
     """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``."""
     r0 = max(r0, 0)
@@ -79,7 +77,7 @@ def store_transposed(buf, P, out2, r0):
             out2[r0 + p, c] = buf[0, c, p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_max(x, o, i0, P, m):
     """Per-pixel max of the tile into ``m``; a NaN anywhere gives NaN."""
     i0 = max(i0, 0)
@@ -94,7 +92,7 @@ def tile_max(x, o, i0, P, m):
             m[p] = v if (v > mp) | (v != v) else mp
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_argmax(x, o, i0, P, m, idx):
     """Per-pixel max into ``m`` and the index of its first occurrence into
     ``idx``; the first NaN wins over any number (NumPy's rule)."""
@@ -112,7 +110,7 @@ def tile_argmax(x, o, i0, P, m, idx):
             idx[p] = c if take else idx[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_expsum(x, o, i0, P, m, inv_t, s, part):
     """``s[p] = sum_c exp((x[o, c, i0 + p] - m[p]) * inv_t)``, float64 over
     blocks of SUM_BLOCK classes (``part``: P scratch in x's precision).
@@ -133,7 +131,7 @@ def tile_expsum(x, o, i0, P, m, inv_t, s, part):
             s[p] += part[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0):
     """:func:`tile_expsum` that also stores the exponentials (the softmax
     numerators) into ``et[eo, :, ei0:ei0 + P]``. ``et`` should not be ``x``:
@@ -155,13 +153,13 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0):
             s[p] += part[p]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def is_finite(v):
     """True for a finite float (a NaN or an inf gives v - v = NaN)."""
     return v - v == 0.0
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def row_fold(row):
     """``row`` (C,) as a (1, C // LANES, LANES) view, and where the tail starts."""
     C = row.shape[0]
@@ -169,7 +167,7 @@ def row_fold(row):
     return row[:body].reshape((1, C // LANES, LANES)), body
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def row_argmax(row, lane_m, lane_i):
     """Max and first index of the contiguous ``row``, lane-folded.
 
@@ -204,7 +202,7 @@ def row_argmax(row, lane_m, lane_i):
     return best, best_i
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, out_row, write):
     """``sum exp((row - mx) * inv_t)`` of a contiguous row, lane-folded;
     with ``write`` the exponentials go to ``out_row`` (may be ``row``;
@@ -226,9 +224,3 @@ def row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, out_row, write):
             out_row[c] = e
         total += e
     return total
-
-
-@njit(fastmath=FASTMATH, cache=True)
-def safe_log(s):
-    """``log`` of a positive float64 sum (scalar libm; called once a pixel)."""
-    return math.log(s)
