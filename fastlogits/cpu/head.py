@@ -58,6 +58,7 @@ from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
+from fastlogits.cpu.prefetch import prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
@@ -75,6 +76,10 @@ INIT_ZERO = 2
 #: (with the (C, P) logits tile beside them), so each feature value comes
 #: from memory once and from L1 after that.
 K_PANEL = 16
+
+#: Channels-last product: the features of the pixels this far ahead are
+#: prefetched while the current block of 4 is computed.
+PREFETCH_PIXELS = 8
 
 
 # --------------------------------------------------------------------------
@@ -190,21 +195,27 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
 
     Channels-last logits of P pixels: dot products along the contiguous
     feature axis, 4 classes x 4 pixels per pass (16 running sums, 8 vector
-    loads per 16 FMAs; the pixels' 4 feature rows and W stay in L1).
+    loads per 16 FMAs; the pixels' 4 feature rows and W stay in L1). The
+    last class block is full too: its missing classes repeat class C - 1
+    and are not stored (cheaper than 1-class passes over the 4 rows).
     """
     zero = z.dtype.type(0.0)
-    C4 = C - C % 4
     P4 = P - P % 4
+    line = 64 // f.itemsize
+    last = max(C - 1, 0)
     for p0 in range(0, P4, 4):
+        # The features of the block PREFETCH_PIXELS pixels ahead (see prefetch.py).
+        for q in range(f0 + (p0 + PREFETCH_PIXELS) * N, f0 + (p0 + PREFETCH_PIXELS + 4) * N, line):
+            prefetch(f, q)
         fo0 = max(f0 + p0 * N, 0)
         fo1 = max(fo0 + N, 0)
         fo2 = max(fo1 + N, 0)
         fo3 = max(fo2 + N, 0)
-        for c0 in range(0, C4, 4):
+        for c0 in range(0, C, 4):
             wo0 = max(c0 * N, 0)
-            wo1 = max(wo0 + N, 0)
-            wo2 = max(wo1 + N, 0)
-            wo3 = max(wo2 + N, 0)
+            wo1 = max(min(c0 + 1, last) * N, 0)
+            wo2 = max(min(c0 + 2, last) * N, 0)
+            wo3 = max(min(c0 + 3, last) * N, 0)
             s00 = zero
             s01 = zero
             s02 = zero
@@ -246,43 +257,33 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
                 s31 += w3 * x1
                 s32 += w3 * x2
                 s33 += w3 * x3
-            zo0 = c0 * zs + p0
-            zo1 = zo0 + zs
-            zo2 = zo1 + zs
-            zo3 = zo2 + zs
-            z[zo0] = s00 + b[c0]
-            z[zo0 + 1] = s01 + b[c0]
-            z[zo0 + 2] = s02 + b[c0]
-            z[zo0 + 3] = s03 + b[c0]
-            z[zo1] = s10 + b[c0 + 1]
-            z[zo1 + 1] = s11 + b[c0 + 1]
-            z[zo1 + 2] = s12 + b[c0 + 1]
-            z[zo1 + 3] = s13 + b[c0 + 1]
-            z[zo2] = s20 + b[c0 + 2]
-            z[zo2 + 1] = s21 + b[c0 + 2]
-            z[zo2 + 2] = s22 + b[c0 + 2]
-            z[zo2 + 3] = s23 + b[c0 + 2]
-            z[zo3] = s30 + b[c0 + 3]
-            z[zo3 + 1] = s31 + b[c0 + 3]
-            z[zo3 + 2] = s32 + b[c0 + 3]
-            z[zo3 + 3] = s33 + b[c0 + 3]
-        for c in range(C4, C):
-            wo = max(c * N, 0)
-            s0 = zero
-            s1 = zero
-            s2 = zero
-            s3 = zero
-            for n in range(N):
-                w = W[wo + n]
-                s0 += w * f[fo0 + n]
-                s1 += w * f[fo1 + n]
-                s2 += w * f[fo2 + n]
-                s3 += w * f[fo3 + n]
-            zo = c * zs + p0
-            z[zo] = s0 + b[c]
-            z[zo + 1] = s1 + b[c]
-            z[zo + 2] = s2 + b[c]
-            z[zo + 3] = s3 + b[c]
+            zo = c0 * zs + p0
+            bc = b[c0]
+            z[zo] = s00 + bc
+            z[zo + 1] = s01 + bc
+            z[zo + 2] = s02 + bc
+            z[zo + 3] = s03 + bc
+            if c0 + 1 < C:
+                zo += zs
+                bc = b[c0 + 1]
+                z[zo] = s10 + bc
+                z[zo + 1] = s11 + bc
+                z[zo + 2] = s12 + bc
+                z[zo + 3] = s13 + bc
+            if c0 + 2 < C:
+                zo += zs
+                bc = b[c0 + 2]
+                z[zo] = s20 + bc
+                z[zo + 1] = s21 + bc
+                z[zo + 2] = s22 + bc
+                z[zo + 3] = s23 + bc
+            if c0 + 3 < C:
+                zo += zs
+                bc = b[c0 + 3]
+                z[zo] = s30 + bc
+                z[zo + 1] = s31 + bc
+                z[zo + 2] = s32 + bc
+                z[zo + 3] = s33 + bc
     for p in range(P4, P):
         fo = max(f0 + p * N, 0)
         for c in range(C):
