@@ -42,7 +42,7 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
     for chunk in prange(nchunks):
         m = np.empty(tile, dtype=x.dtype)
         part = np.empty(tile, dtype=x.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -63,7 +63,7 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         m = np.empty(tile, dtype=x.dtype)
         part = np.empty(tile, dtype=x.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):

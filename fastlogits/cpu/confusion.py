@@ -62,7 +62,7 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile):
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
         m = np.empty(tile, dtype=x.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -85,7 +85,7 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
     for chunk in prange(nchunks):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         m = np.empty(tile, dtype=x.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile

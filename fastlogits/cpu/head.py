@@ -439,7 +439,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
         part = np.empty(tile, dtype=b.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -518,7 +518,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
-        idx = np.empty(tile, dtype=np.int64)
+        idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
