@@ -5,7 +5,7 @@ with each implementation's peak extra memory.
 
     FASTLOGITS_BENCH_FULL=1 python -m pytest bench/bench_head.py \
         --benchmark-enable --benchmark-json=bench/head.json
-    python bench/bench_head.py bench/head.json      # the ratio table
+    python -m bench.bench_head bench/head.json      # the ratio table
 
 Full size: features 512×1024×256 float32 (537 MB) -> 19 classes, channels-
 last (H, W, N) and channels-first (N, H, W). Without FASTLOGITS_BENCH_FULL
