@@ -5,6 +5,11 @@
 (outer, inner)) and pick the kernel regime: channels-first tiles
 (inner > 1), channels-last strided tiles (small C) or channels-last
 lane-folded rows (large C). Nothing here validates input.
+
+Every kernel is compiled with ``fastmath=config.FASTMATH`` (no ``nnan`` /
+``ninf``) and ``error_model="numpy"``: a float division by zero gives
+inf/NaN as in NumPy instead of raising, and without that check's branch
+the per-pixel loops (``1 / s``, the vector log) vectorize.
 """
 
 from contextlib import contextmanager
