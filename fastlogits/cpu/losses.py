@@ -48,10 +48,10 @@ def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt):
     weight (float64; 0 where ``tt[p]`` is -1). Returns the number of bad
     targets (outside [0, C), not ``ignore``).
 
-    The two lookups are gathers, which LLVM does not emit for this CPU
-    (gathers are slow under the Gather Data Sampling mitigation), so this
-    loop is scalar; it keeps them out of the vectorized per-pixel loop
-    (:func:`_pixel_losses`). Loads are clamped into [0, C).
+    The two lookups are indexed loads; inside the per-pixel loss loop the
+    weight lookup kept LLVM from vectorizing that loop at all, so they are
+    done here (a scalar loop) and :func:`_pixel_losses` only reads
+    contiguous scratch. Loads are clamped into [0, C).
     """
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     r0 = max(r0, 0)

@@ -22,9 +22,11 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 
-def _prefetch_codegen(locality):
-    """An intrinsic's codegen: ``llvm.prefetch`` of ``arr.flat[index]`` for
-    reading, with the given locality (3: into L1, 2: into L2)."""
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Prefetch ``arr.flat[index]`` for reading into every cache level (L1 on)."""
+    if not (isinstance(arr, types.Array) and isinstance(index, types.Integer)):
+        return None
 
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -33,24 +35,12 @@ def _prefetch_codegen(locality):
             idx = builder.sext(idx, ir.IntType(64))
         ptr = builder.gep(ary.data, [idx])
         i8p = ir.IntType(8).as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(32), ir.IntType(32),
-                                               ir.IntType(32)])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # rw = 0 (read), locality, cache = 1 (data)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(ir.IntType(32), 0),
-                          ir.Constant(ir.IntType(32), locality), ir.Constant(ir.IntType(32), 1)])
+        # rw = 0 (read), locality = 3 (keep in every level), cache = 1 (data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
-    return codegen
-
-
-def _typed(arr, index):
-    return isinstance(arr, types.Array) and isinstance(index, types.Integer)
-
-
-@intrinsic
-def prefetch(typingctx, arr, index):
-    """Prefetch ``arr.flat[index]`` for reading into every cache level (L1 on)."""
-    if not _typed(arr, index):
-        return None
-    return types.none(arr, index), _prefetch_codegen(3)
+    return types.none(arr, index), codegen

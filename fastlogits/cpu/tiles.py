@@ -60,8 +60,8 @@ def load_transposed(x2, r0, P, buf):
 
     Classes outside: the class-c scores of 16 pixels in one vector
     gather (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16
-    scalar loads), contiguous vector writes. ``x2`` and ``buf`` must be
-    C-contiguous.
+    scalar loads), contiguous vector writes. ``buf`` must be C-contiguous;
+    a strided ``x2`` (a non-contiguous view) takes the scalar loop.
     """
     r0 = max(r0, 0)
     C = x2.shape[1]
