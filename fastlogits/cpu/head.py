@@ -203,10 +203,15 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
     P4 = P - P % 4
     line = 64 // f.itemsize
     last = max(C - 1, 0)
+    # The 4 feature rows of the block PREFETCH_PIXELS pixels ahead are
+    # prefetched a share at a time, before each class block: issued in one
+    # burst they fill the line-fill buffers and stall the loads of the
+    # running block (see prefetch.py).
+    nblocks = (C + 3) // 4
+    pf_step = line * max((4 * N + line * nblocks - 1) // (line * nblocks), 1)
     for p0 in range(0, P4, 4):
-        # The features of the block PREFETCH_PIXELS pixels ahead (see prefetch.py).
-        for q in range(f0 + (p0 + PREFETCH_PIXELS) * N, f0 + (p0 + PREFETCH_PIXELS + 4) * N, line):
-            prefetch(f, q)
+        pf = f0 + (p0 + PREFETCH_PIXELS) * N
+        pf_end = pf + 4 * N
         fo0 = max(f0 + p0 * N, 0)
         fo1 = max(fo0 + N, 0)
         fo2 = max(fo1 + N, 0)
@@ -216,6 +221,9 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
             wo1 = max(min(c0 + 1, last) * N, 0)
             wo2 = max(min(c0 + 2, last) * N, 0)
             wo3 = max(min(c0 + 3, last) * N, 0)
+            for q in range(pf, min(pf + pf_step, pf_end), line):
+                prefetch(f, q)
+            pf += pf_step
             s00 = zero
             s01 = zero
             s02 = zero
