@@ -6,21 +6,24 @@ epilogues as the core ops run on it (softmax's, argmax's, the losses' and
 the confusion matrix's tile functions). The (..., C) logits tensor never
 exists; the extra memory is a few scratch tiles per thread.
 
-Two matmul micro-kernels, both register-blocked 4 x 4 so each value loaded
-feeds four FMAs, both indexing C-contiguous flat arrays with explicit
-offsets (sliced 'A'-layout views do not vectorize in Numba), and both
-clamping every row offset with ``max(offset, 0)``: Numba wraps negative
+The matmul micro-kernels are register-blocked so each value loaded feeds
+several FMAs; the Numba ones index C-contiguous flat arrays with explicit
+offsets (sliced 'A'-layout views do not vectorize in Numba) and clamp
+every row offset with ``max(offset, 0)``: Numba wraps negative
 indices, and only an index LLVM can prove non-negative lets it drop that
 select and vectorize the loop (``x[i0 + p]`` with an unknown-sign ``i0``
 stays scalar).
 
-- :func:`gemm_rows` (outer-product form): ``out[m, :] += A[m, k] B[k, :]``,
-  the inner loop elementwise along contiguous rows. Channels-first
-  features ``f (outer, N, inner)``: a feature row of the tile is
-  contiguous, so ``z[c, p] += W[c, n] f[n, p]`` vectorizes across pixels
-  with no copy, in panels of K_PANEL features that stay in L1 while every
-  class block uses them. It also turns the logits' gradient g (C, P) into
-  the features' gradient W^T g, for both layouts.
+- Outer-product form, channels-first features ``f (outer, N, inner)``: a
+  feature row of the tile is contiguous, so ``z[c, p] += W[c, n] f[n, p]``
+  runs across pixels with no copy, in panels of K_PANEL features that
+  stay in L1 while every class block uses them (:func:`_gemm_panels`).
+  Blocks of 10 classes x 32 pixels go through the LLVM-IR micro-kernel
+  :func:`fastlogits.cpu.outer.outer_block` (20 vector sums held in
+  registers over the panel); the pixels left over, through
+  :func:`gemm_rows`: ``out[m, :] += A[m, k] B[k, :]``, the inner loop
+  elementwise along contiguous rows (which also turns the logits'
+  gradient g (C, P) into the features' gradient W^T g, for both layouts).
 - :func:`gemm_dot` (dot form): channels-last features ``f (rows, N)``:
   a pixel's N features are contiguous, as are W's rows, so
   ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product vectorized along n
@@ -58,6 +61,7 @@ from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
+from fastlogits.cpu.outer import OUTER_CLASSES, OUTER_PIXELS, outer_block
 from fastlogits.cpu.prefetch import prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
@@ -307,19 +311,46 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
 # --------------------------------------------------------------------------
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _gemm_panels(W, b, C, N, B, b0, sbk, P, z, zs):
-    """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
-    K_PANEL feature rows (each panel stays in L1 while every class uses it)."""
-    if N == 0:
-        gemm_rows(W, 0, N, 1, C, 0, B, b0, sbk, z, 0, zs, P, INIT_BIAS, b)
-    for k0 in range(0, N, K_PANEL):
-        kn = min(K_PANEL, N - k0)
-        gemm_rows(W, k0, N, 1, C, kn, B, b0 + k0 * sbk, sbk, z, 0, zs, P,
-                  INIT_BIAS if k0 == 0 else INIT_ADD, b)
+def transposed_weights(W, b, C, N):
+    """W transposed for :func:`fastlogits.cpu.outer.outer_block`: flat
+    (N + 1, Cp), ``Wt[n*Cp + c] = W[c*N + n]``, row N the bias, Cp = C
+    rounded up to whole class blocks (the extra columns 0)."""
+    Cp = (C + OUTER_CLASSES - 1) // OUTER_CLASSES * OUTER_CLASSES
+    Wt = np.zeros((N + 1) * Cp, dtype=W.dtype)
+    for c in range(C):
+        for n in range(N):
+            Wt[n * Cp + c] = W[c * N + n]
+        Wt[N * Cp + c] = b[c]
+    return Wt
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_logits(f, W, b, N, inner, o, i0, P, z, zs, cl_dot, ft):
+def _gemm_panels(W, b, Wt, C, N, B, b0, sbk, P, z, zs):
+    """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
+    K_PANEL feature rows (each panel stays in L1 while every class uses
+    it): blocks of OUTER_CLASSES x OUTER_PIXELS by the register-blocked
+    :func:`fastlogits.cpu.outer.outer_block` (``Wt`` from
+    :func:`transposed_weights`), the last P % OUTER_PIXELS pixels by
+    :func:`gemm_rows`."""
+    if N == 0:
+        gemm_rows(W, 0, N, 1, C, 0, B, b0, sbk, z, 0, zs, P, INIT_BIAS, b)
+    Cp = Wt.shape[0] // (N + 1)
+    PB = P - P % OUTER_PIXELS
+    for k0 in range(0, N, K_PANEL):
+        kn = min(K_PANEL, N - k0)
+        first = 1 if k0 == 0 else 0
+        bk = b0 + k0 * sbk
+        for p0 in range(0, PB, OUTER_PIXELS):
+            for c0 in range(0, C, OUTER_CLASSES):
+                outer_block(Wt, k0 * Cp + c0, Cp, N * Cp + c0, B, bk + p0, sbk, kn,
+                            z, c0 * zs + p0, zs, min(OUTER_CLASSES, C - c0), first)
+        if PB < P:
+            gemm_rows(W, k0, N, 1, C, kn, B, bk + PB, sbk, z, PB, zs, P - PB,
+                      INIT_BIAS if first else INIT_ADD, b)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, zs, cl_dot, ft):
     """Logits of the tile's P pixels into ``z[c*zs + p]``.
 
     ``inner > 1``: channels-first, pixels ``i0 .. i0+P`` of plane ``o`` of
@@ -332,12 +363,12 @@ def tile_logits(f, W, b, N, inner, o, i0, P, z, zs, cl_dot, ft):
     """
     C = b.shape[0]
     if inner > 1:
-        _gemm_panels(W, b, C, N, f, o * N * inner + i0, inner, P, z, zs)
+        _gemm_panels(W, b, Wt, C, N, f, o * N * inner + i0, inner, P, z, zs)
     elif cl_dot or N == 0:
         gemm_dot(W, b, C, N, f, i0 * N, P, z, zs)
     else:
         load_transposed(f.reshape((f.shape[0] // N, N)), i0, P, ft.reshape((1, N, zs)))
-        _gemm_panels(W, b, C, N, ft, 0, zs, P, z, zs)
+        _gemm_panels(W, b, Wt, C, N, ft, 0, zs, P, z, zs)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -407,6 +438,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
     """
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    Wt = transposed_weights(W, b, C, N)
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -422,7 +454,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             if mode == LOGITS:
                 store_tile(out, z, C, inner, o, i0, P, tile)
                 continue
@@ -441,6 +473,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
     runs on the logits scratch."""
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    Wt = transposed_weights(W, b, C, N)
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -454,7 +487,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _argmax_tile(z3, 0, 0, P, labels, conf, o * npix + i0, inv_t, with_conf, m, idx, s,
                          part)
 
@@ -476,6 +509,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     wall = np.sum(w64)
     bc = _grad_coef(w, eps, gscale)
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
+    Wt = transposed_weights(W, b, C, N)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
@@ -492,7 +526,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
             q0 = o * npix + i0
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc)
             if want_grad:
@@ -518,6 +552,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
     histograms (``nchunks`` of them); returns the number of bad targets."""
     C = b.shape[0]
     npix, ntiles, njobs, _ = _tiling(outer, inner, tile, 1)
+    Wt = transposed_weights(W, b, C, N)
     nchunks = max(1, min(nchunks, njobs))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
@@ -532,7 +567,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             tile_argmax(z3, 0, 0, P, m, idx)
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
@@ -546,9 +581,9 @@ def cl_dot_form(C, N):
     Per feature value the dot form pays ``C / 16`` vector FMAs plus the
     horizontal sums of its C·P dot products (about ``8 C / N`` shuffles and
     adds, on the FMA ports); the transposed form pays the same FMAs plus
-    one scalar store into the scratch (on the store ports). So the dot form
+    the transpose into the scratch (vector gathers). So the dot form
     wins when N is large next to C: ``N >= config.CPU_HEAD_DOT_MIN_RATIO *
-    C`` (default 8; 0 forces the dot form, a huge value the transpose).
+    C`` (default 3, measured; 0 forces the dot form, a huge value the transpose).
     """
     from fastlogits import config
 
