@@ -19,16 +19,16 @@ stays scalar).
   runs across pixels with no copy, in panels of K_PANEL features that
   stay in L1 while every class block uses them (:func:`_gemm_panels`).
   Blocks of 10 classes x 32 pixels go through the LLVM-IR micro-kernel
-  :func:`fastlogits.cpu.outer.outer_block` (20 vector sums held in
+  :func:`fastlogits.cpu.microkernels.outer_block` (20 vector sums held in
   registers over the panel); the pixels left over, through
   :func:`gemm_rows`: ``out[m, :] += A[m, k] B[k, :]``, the inner loop
   elementwise along contiguous rows (which also turns the logits'
   gradient g (C, P) into the features' gradient W^T g, for both layouts).
 - :func:`gemm_dot` (dot form): channels-last features ``f (rows, N)``:
   a pixel's N features are contiguous, as are W's rows, so
-  ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product vectorized along n
-  (a sum: vectorizes under ``reassoc``), 4 classes x 4 pixels at once (16
-  vector accumulators, 8 loads per 16 FMAs), then 16 horizontal sums.
+  ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product along n, 4
+  classes x 4 pixels at once (:func:`fastlogits.cpu.microkernels.dot_block`:
+  16 vector sums, 8 loads per 16 FMAs, then one transpose-add tree).
 - Channels-last with N small next to C (:func:`cl_dot_form`): the tile's
   rows are transposed into an (N, P) scratch (:func:`load_transposed`) and
   the outer-product form runs on it.
@@ -61,7 +61,8 @@ from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
-from fastlogits.cpu.outer import OUTER_CLASSES, OUTER_PIXELS, outer_block
+from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
+                                         dot_block, outer_block)
 from fastlogits.cpu.prefetch import prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
@@ -198,104 +199,28 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c*N + n] * f[f0 + p*N + n]`` for c < C, p < P.
 
     Channels-last logits of P pixels: dot products along the contiguous
-    feature axis, 4 classes x 4 pixels per pass (16 running sums, 8 vector
-    loads per 16 FMAs; the pixels' 4 feature rows and W stay in L1). The
-    last class block is full too: its missing classes repeat class C - 1
-    and are not stored (cheaper than 1-class passes over the 4 rows).
+    feature axis, 4 classes x 4 pixels per :func:`dot_block` (16 vector
+    sums, 8 vector loads per 16 FMAs, one transpose-add tree at the end;
+    the pixels' 4 feature rows and W stay in L1). The last class block is
+    full too: its missing classes repeat class C - 1 and are not stored.
     """
     zero = z.dtype.type(0.0)
-    P4 = P - P % 4
+    P4 = P - P % DOT_PIXELS
     line = 64 // f.itemsize
-    last = max(C - 1, 0)
-    # The 4 feature rows of the block PREFETCH_PIXELS pixels ahead are
+    # The feature rows of the block PREFETCH_PIXELS pixels ahead are
     # prefetched a share at a time, before each class block: issued in one
     # burst they fill the line-fill buffers and stall the loads of the
     # running block (see prefetch.py).
-    nblocks = (C + 3) // 4
-    pf_step = line * max((4 * N + line * nblocks - 1) // (line * nblocks), 1)
-    for p0 in range(0, P4, 4):
+    nblocks = (C + DOT_CLASSES - 1) // DOT_CLASSES
+    pf_step = line * max((DOT_PIXELS * N + line * nblocks - 1) // (line * nblocks), 1)
+    for p0 in range(0, P4, DOT_PIXELS):
         pf = f0 + (p0 + PREFETCH_PIXELS) * N
-        pf_end = pf + 4 * N
-        fo0 = max(f0 + p0 * N, 0)
-        fo1 = max(fo0 + N, 0)
-        fo2 = max(fo1 + N, 0)
-        fo3 = max(fo2 + N, 0)
-        for c0 in range(0, C, 4):
-            wo0 = max(c0 * N, 0)
-            wo1 = max(min(c0 + 1, last) * N, 0)
-            wo2 = max(min(c0 + 2, last) * N, 0)
-            wo3 = max(min(c0 + 3, last) * N, 0)
+        pf_end = pf + DOT_PIXELS * N
+        for c0 in range(0, C, DOT_CLASSES):
             for q in range(pf, min(pf + pf_step, pf_end), line):
                 prefetch(f, q)
             pf += pf_step
-            s00 = zero
-            s01 = zero
-            s02 = zero
-            s03 = zero
-            s10 = zero
-            s11 = zero
-            s12 = zero
-            s13 = zero
-            s20 = zero
-            s21 = zero
-            s22 = zero
-            s23 = zero
-            s30 = zero
-            s31 = zero
-            s32 = zero
-            s33 = zero
-            for n in range(N):
-                x0 = f[fo0 + n]
-                x1 = f[fo1 + n]
-                x2 = f[fo2 + n]
-                x3 = f[fo3 + n]
-                w0 = W[wo0 + n]
-                w1 = W[wo1 + n]
-                w2 = W[wo2 + n]
-                w3 = W[wo3 + n]
-                s00 += w0 * x0
-                s01 += w0 * x1
-                s02 += w0 * x2
-                s03 += w0 * x3
-                s10 += w1 * x0
-                s11 += w1 * x1
-                s12 += w1 * x2
-                s13 += w1 * x3
-                s20 += w2 * x0
-                s21 += w2 * x1
-                s22 += w2 * x2
-                s23 += w2 * x3
-                s30 += w3 * x0
-                s31 += w3 * x1
-                s32 += w3 * x2
-                s33 += w3 * x3
-            zo = c0 * zs + p0
-            bc = b[c0]
-            z[zo] = s00 + bc
-            z[zo + 1] = s01 + bc
-            z[zo + 2] = s02 + bc
-            z[zo + 3] = s03 + bc
-            if c0 + 1 < C:
-                zo += zs
-                bc = b[c0 + 1]
-                z[zo] = s10 + bc
-                z[zo + 1] = s11 + bc
-                z[zo + 2] = s12 + bc
-                z[zo + 3] = s13 + bc
-            if c0 + 2 < C:
-                zo += zs
-                bc = b[c0 + 2]
-                z[zo] = s20 + bc
-                z[zo + 1] = s21 + bc
-                z[zo + 2] = s22 + bc
-                z[zo + 3] = s23 + bc
-            if c0 + 3 < C:
-                zo += zs
-                bc = b[c0 + 3]
-                z[zo] = s30 + bc
-                z[zo + 1] = s31 + bc
-                z[zo + 2] = s32 + bc
-                z[zo + 3] = s33 + bc
+            dot_block(W, c0, min(DOT_CLASSES, C - c0), f, f0 + p0 * N, N, b, z, c0 * zs + p0, zs)
     for p in range(P4, P):
         fo = max(f0 + p * N, 0)
         for c in range(C):
@@ -312,7 +237,7 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def transposed_weights(W, b, C, N):
-    """W transposed for :func:`fastlogits.cpu.outer.outer_block`: flat
+    """W transposed for :func:`fastlogits.cpu.microkernels.outer_block`: flat
     (N + 1, Cp), ``Wt[n*Cp + c] = W[c*N + n]``, row N the bias, Cp = C
     rounded up to whole class blocks (the extra columns 0)."""
     Cp = (C + OUTER_CLASSES - 1) // OUTER_CLASSES * OUTER_CLASSES
@@ -329,7 +254,7 @@ def _gemm_panels(W, b, Wt, C, N, B, b0, sbk, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
     K_PANEL feature rows (each panel stays in L1 while every class uses
     it): blocks of OUTER_CLASSES x OUTER_PIXELS by the register-blocked
-    :func:`fastlogits.cpu.outer.outer_block` (``Wt`` from
+    :func:`fastlogits.cpu.microkernels.outer_block` (``Wt`` from
     :func:`transposed_weights`), the last P % OUTER_PIXELS pixels by
     :func:`gemm_rows`."""
     if N == 0:
