@@ -28,6 +28,10 @@ OUTER_CLASSES = 10
 #: Pixels per block: two vectors of 16.
 OUTER_PIXELS = 32
 
+#: Classes and pixels of one :func:`dot_block`.
+DOT_CLASSES = 4
+DOT_PIXELS = 4
+
 _LANES = 16
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
@@ -53,6 +57,39 @@ def _vptr(builder, data, index, vec):
     return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
 
 
+def _vector_loop(builder, init, stop, step, body, name):
+    """``accs = body(k, accs)`` for k = 0, step, 2 step, ... < stop (i64),
+    from the vector values ``init``; returns the final values (``init``
+    when stop <= 0). The sums live in phi nodes, i.e. in registers."""
+    entry = builder.block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", stop, _const(0)), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(_I64)
+    k.add_incoming(_const(0), entry)
+    accs = []
+    for v in init:
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, entry)
+        accs.append(phi)
+    new = body(k, accs)
+    k1 = builder.add(k, _const(step))
+    end = builder.block
+    k.add_incoming(k1, end)
+    for phi, v in zip(accs, new):
+        phi.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", k1, stop), loop, done)
+    builder.position_at_end(done)
+    final = []
+    for a, v in zip(init, new):
+        phi = builder.phi(a.type)
+        phi.add_incoming(a, entry)
+        phi.add_incoming(v, end)
+        final.append(phi)
+    return final
+
+
 def _fmuladd(builder, vec):
     name = f"llvm.fmuladd.v{vec.count}{'f32' if vec.element == ir.FloatType() else 'f64'}"
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
@@ -74,7 +111,6 @@ def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_b
         return None
 
     def codegen(context, builder, sig, args):
-        i64 = _I64
         a_wt, a_b, a_z = (context.make_array(sig.args[i])(context, builder, args[i])
                           for i in (0, 4, 8))
         w0_, wst_, b0_, bo_, sbk_, K_, zo_, zs_, nc_, initb_ = (
@@ -94,69 +130,39 @@ def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_b
         def vstore(value, data, index):
             builder.store(value, _vptr(builder, data, index, vec), align=size)
 
-        iconst = _const
         # Initial sums: the bias, or z (rows past nc read row nc - 1: in
         # bounds, never stored).
-        use_bias = builder.icmp_signed("!=", initb_, iconst(0))
-        last = builder.sub(nc_, iconst(1))
+        use_bias = builder.icmp_signed("!=", initb_, _const(0))
+        last = builder.sub(nc_, _const(1))
         init = []
         for c in range(OUTER_CLASSES):
-            row = builder.select(builder.icmp_signed("<", iconst(c), nc_), iconst(c), last)
-            bias = splat(builder.load(builder.gep(a_wt.data, [builder.add(b0_, iconst(c))])))
+            row = builder.select(builder.icmp_signed("<", _const(c), nc_), _const(c), last)
+            bias = splat(builder.load(builder.gep(a_wt.data, [builder.add(b0_, _const(c))])))
             zrow = builder.add(zo_, builder.mul(row, zs_))
             for v in range(nvec):
-                old = vload(a_z.data, builder.add(zrow, iconst(v * _LANES)))
+                old = vload(a_z.data, builder.add(zrow, _const(v * _LANES)))
                 init.append(builder.select(use_bias, bias, old))
 
-        entry = builder.block
-        loop = builder.append_basic_block("outer.loop")
-        done = builder.append_basic_block("outer.done")
-        builder.cbranch(builder.icmp_signed(">", K_, iconst(0)), loop, done)
-
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        k.add_incoming(iconst(0), entry)
-        accs = []
-        for a in init:
-            phi = builder.phi(vec)
-            phi.add_incoming(a, entry)
-            accs.append(phi)
-        brow = builder.add(bo_, builder.mul(k, sbk_))
-        xs = [vload(a_b.data, builder.add(brow, iconst(v * _LANES))) for v in range(nvec)]
-        wrow = builder.add(w0_, builder.mul(k, wst_))
-        new = []
-        for c in range(OUTER_CLASSES):
-            w = splat(builder.load(builder.gep(a_wt.data, [builder.add(wrow, iconst(c))])))
-            for v in range(nvec):
-                new.append(builder.call(fma, [w, xs[v], accs[c * nvec + v]]))
-        k1 = builder.add(k, iconst(1))
-        body_end = builder.block
-        k.add_incoming(k1, body_end)
-        for phi, val in zip(accs, new):
-            phi.add_incoming(val, body_end)
-        builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
-
-        builder.position_at_end(done)
-        # (all the phis lead the block; the stores follow)
-        final = []
-        for a, b in zip(init, new):
-            phi = builder.phi(vec)
-            phi.add_incoming(a, entry)
-            phi.add_incoming(b, body_end)
-            final.append(phi)
-        for c in range(OUTER_CLASSES):
-            with builder.if_then(builder.icmp_signed("<", iconst(c), nc_)):
-                zrow = builder.add(zo_, builder.mul(iconst(c), zs_))
+        def step(k, accs):
+            brow = builder.add(bo_, builder.mul(k, sbk_))
+            xs = [vload(a_b.data, builder.add(brow, _const(v * _LANES))) for v in range(nvec)]
+            wrow = builder.add(w0_, builder.mul(k, wst_))
+            new = []
+            for c in range(OUTER_CLASSES):
+                w = splat(builder.load(builder.gep(a_wt.data, [builder.add(wrow, _const(c))])))
                 for v in range(nvec):
-                    vstore(final[c * nvec + v], a_z.data, builder.add(zrow, iconst(v * _LANES)))
+                    new.append(builder.call(fma, [w, xs[v], accs[c * nvec + v]]))
+            return new
+
+        final = _vector_loop(builder, init, K_, 1, step, "outer")
+        for c in range(OUTER_CLASSES):
+            with builder.if_then(builder.icmp_signed("<", _const(c), nc_)):
+                zrow = builder.add(zo_, builder.mul(_const(c), zs_))
+                for v in range(nvec):
+                    vstore(final[c * nvec + v], a_z.data, builder.add(zrow, _const(v * _LANES)))
         return context.get_dummy_value()
 
     return types.none(Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_bias), codegen
-
-
-#: Classes and pixels of one :func:`dot_block`.
-DOT_CLASSES = 4
-DOT_PIXELS = 4
 
 
 def _tree_sum(builder, vecs):
@@ -213,37 +219,16 @@ def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
         nfull = builder.sub(N_, builder.srem(N_, _const(L)))
 
         zero = ir.Constant(vec, [0.0] * L)
-        entry = builder.block
-        loop = builder.append_basic_block("dot.loop")
-        done = builder.append_basic_block("dot.done")
-        builder.cbranch(builder.icmp_signed(">", nfull, _const(0)), loop, done)
 
-        builder.position_at_end(loop)
-        n = builder.phi(_I64)
-        n.add_incoming(_const(0), entry)
-        accs = [builder.phi(vec) for _ in range(DOT_CLASSES * DOT_PIXELS)]
-        for a in accs:
-            a.add_incoming(zero, entry)
-        xs = [builder.load(_vptr(builder, af.data, builder.add(r, n), vec), align=size)
-              for r in frow]
-        ws = [builder.load(_vptr(builder, aw.data, builder.add(r, n), vec), align=size)
-              for r in wrow]
-        new = [builder.call(fma, [ws[i], xs[p], accs[i * DOT_PIXELS + p]])
-               for i in range(DOT_CLASSES) for p in range(DOT_PIXELS)]
-        n1 = builder.add(n, _const(L))
-        body_end = builder.block
-        n.add_incoming(n1, body_end)
-        for a, v in zip(accs, new):
-            a.add_incoming(v, body_end)
-        builder.cbranch(builder.icmp_signed("<", n1, nfull), loop, done)
+        def step(n, accs):
+            xs = [builder.load(_vptr(builder, af.data, builder.add(r, n), vec), align=size)
+                  for r in frow]
+            ws = [builder.load(_vptr(builder, aw.data, builder.add(r, n), vec), align=size)
+                  for r in wrow]
+            return [builder.call(fma, [ws[i], xs[p], accs[i * DOT_PIXELS + p]])
+                    for i in range(DOT_CLASSES) for p in range(DOT_PIXELS)]
 
-        builder.position_at_end(done)
-        sums = []
-        for a, v in zip([zero] * len(new), new):
-            phi = builder.phi(vec)
-            phi.add_incoming(a, entry)
-            phi.add_incoming(v, body_end)
-            sums.append(phi)
+        sums = _vector_loop(builder, [zero] * (DOT_CLASSES * DOT_PIXELS), nfull, L, step, "dot")
 
         # The last N % L features: masked loads (a false lane reads nothing).
         rem = builder.trunc(builder.sub(N_, nfull), _I32)
