@@ -59,7 +59,7 @@ from numba import njit, prange
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
-from fastlogits.cpu.losses import _grad_coef, _tile_losses
+from fastlogits.cpu.losses import _grad_coef, _tile_grad, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
                                          dot_block, outer_block)
@@ -442,9 +442,8 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
         e3 = e.reshape((1, C, tile))
-        m, part, a, s, sm, xt, wt, lp, d, tt = _loss_scratch(tile, w)
+        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _loss_scratch(tile, w)
         acc = np.zeros(3)
-        zero = b.dtype.type(0.0)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -453,18 +452,10 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             q0 = o * npix + i0
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.
-                for c in range(C):
-                    eo = c * tile
-                    bcc = bc[c]
-                    for p in range(P):
-                        v = e[eo + p] * a[p] - bcc
-                        e[eo + p] = v if tt[p] >= 0 else zero
-                for p in range(P):
-                    if tt[p] >= 0:
-                        e[tt[p] * tile + p] -= d[p]
+                _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)
                 feature_grad(W, C, N, inner, o, i0, P, e, tile, grad)
         sums[chunk] = acc
     return sums.sum(axis=0)

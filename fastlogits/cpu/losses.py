@@ -42,11 +42,12 @@ from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, loa
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt):
+def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep):
     """Read the tile's P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or
     -1 for an ignored or bad pixel; ``xt[p]`` its logit and ``wt[p]`` its
-    weight (float64; 0 where ``tt[p]`` is -1). Returns the number of bad
-    targets (outside [0, C), not ``ignore``).
+    weight (float64; 0 where ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's
+    dtype (the gradient's mask, see :func:`_tile_grad`). Returns the number
+    of bad targets (outside [0, C), not ``ignore``).
 
     The two lookups are indexed loads; inside the per-pixel loss loop the
     weight lookup kept LLVM from vectorizing that loop at all, so they are
@@ -56,6 +57,8 @@ def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt):
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     r0 = max(r0, 0)
     C = x.shape[1]
+    one = keep.dtype.type(1.0)
+    zero = keep.dtype.type(0.0)
     nbad = 0
     for p in range(P):
         ti = np.int64(t[r0 + p])
@@ -67,6 +70,7 @@ def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt):
         tt[p] = ti if ok else -1
         xt[p] = np.float64(x[o, tc, i0 + p]) if ok else 0.0
         wt[p] = w64[tc] if ok else 0.0
+        keep[p] = one if ok else zero
     return nbad
 
 
@@ -129,7 +133,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
-                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc):
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
     with ``want_grad``),
@@ -137,7 +141,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
     C = x.shape[1]
     one = x.dtype.type(1.0)
     tile_max(x, o, i0, P, m)
-    acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt)
+    acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
     if want_grad:
@@ -156,11 +160,11 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _scratch(tile, w):
     """Per-chunk scratch: m, part, a (x's dtype, as ``w``), s, sm, xt, wt,
-    lp, d (float64), tt (int64)."""
+    lp, d (float64), tt (int64), keep (x's dtype)."""
     return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, np.float64), np.zeros(tile, np.float64), np.empty(tile, np.float64),
             np.empty(tile, np.float64), np.empty(tile, np.float64), np.empty(tile, np.float64),
-            np.empty(tile, np.int64))
+            np.empty(tile, np.int64), np.empty(tile, w.dtype))
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -174,11 +178,12 @@ def _grad_coef(w, eps, gscale):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _rescale_tile(g, o, i0, P, a, b, keep):
-    """``g[o, c, i0 + p] = g * a[p] - b[c]`` (exponentials to gradient, in
-    cache), 0 where ``keep[p]`` is 0. A mask in x's precision keeps the loop
-    at full vector width (an int64 compare would halve it); the select, not
-    a multiply, zeroes ignored pixels whose logits may be NaN."""
+def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
+    """The tile's exponentials ``g[o, :, i0:i0 + P]`` into d loss / d x, in
+    cache: ``g * a[p] - b[c]``, minus ``d[p]`` at the target class, 0 where
+    ``keep[p]`` is 0. A mask in x's precision keeps the loop at full vector
+    width (an int64 compare would halve it); the select, not a multiply,
+    zeroes ignored pixels whose logits may be NaN."""
     C = g.shape[1]
     zero = g.dtype.type(0.0)
     for c in range(C):
@@ -186,6 +191,9 @@ def _rescale_tile(g, o, i0, P, a, b, keep):
         for p in range(P):
             v = g[o, c, i0 + p] * a[p] - bc
             g[o, c, i0 + p] = v if keep[p] != zero else zero
+    for p in range(P):
+        if tt[p] >= 0:
+            g[o, tt[p], i0 + p] -= d[p]
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -205,8 +213,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     nchunks = work_chunks(njobs, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
-        m, part, a, s, sm, xt, wt, lp, d, tt = _scratch(tile, w)
-        keep = np.empty(tile, dtype=x.dtype)
+        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _scratch(tile, w)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -215,14 +222,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             P = min(tile, inner - i0)
             _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o, i0,
                          want_grad, loss[o if want_loss else 0], want_loss,
-                         m, s, part, sm, tt, xt, wt, lp, a, d, acc)
+                         m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
             if want_grad:
-                for p in range(P):
-                    keep[p] = 1.0 if tt[p] >= 0 else 0.0
-                _rescale_tile(grad, o, i0, P, a, b, keep)
-                for p in range(P):
-                    if tt[p] >= 0:
-                        grad[o, tt[p], i0 + p] -= d[p]
+                _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
         sums[chunk] = acc
     return sums.sum(axis=0)
 
@@ -245,8 +247,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     for chunk in prange(nchunks):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
-        m, part, a, s, sm, xt, wt, lp, d, tt = _scratch(tile, w)
-        keep = np.empty(tile, dtype=x.dtype)
+        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _scratch(tile, w)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
@@ -254,14 +255,9 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
             _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, lp, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
             if want_grad:
-                for p in range(P):
-                    keep[p] = 1.0 if tt[p] >= 0 else 0.0
-                _rescale_tile(ebuf, 0, 0, P, a, b, keep)
-                for p in range(P):
-                    if tt[p] >= 0:
-                        ebuf[0, tt[p], p] -= d[p]
+                _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
         sums[chunk] = acc
     return sums.sum(axis=0)
@@ -284,7 +280,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         lane_i = np.empty(LANES, dtype=np.int64)
         lane_s = np.empty(LANES, dtype=np.float64)
         # One-pixel scratch for the per-pixel step shared with the tiles.
-        m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1 = _scratch(1, w)
+        m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
