@@ -18,12 +18,25 @@ CPU_TILE_PIXELS = 256
 #: pixels (never fewer than 16) so it still fits in L2.
 CPU_TILE_ELEMENTS = 32 * 1024
 
-#: Channels-last rows with at least this many classes are processed one
-#: row at a time, folded into vector lanes, instead of in transposed tiles.
-#: Measured on the 2-core AVX-512 machine (bench/RESULTS.md): the tiles win
-#: up to C ~ 20k (argmax 3x faster at C = 150 and 1000); the rows win for
-#: vocabulary-sized C, where a tile of 16 rows no longer fits in L2.
-CPU_ROW_MIN_CLASSES = 16384
+#: Channels-last inputs with contiguous rows and at least this many classes
+#: go through the row kernels (:mod:`fastlogits.cpu.rowvec`: each pixel's
+#: scores read as vectors and reduced across lanes); fewer classes, or rows
+#: that are not contiguous, through tiles of rows transposed into (C, P)
+#: scratch. This one is for the ops with exponentials (classify, softmax,
+#: log_softmax, logsumexp, cross_entropy): for few classes the tiles win,
+#: their exponentials fill every lane and their per-pixel epilogue (log,
+#: division) is vectorized. Measured crossover (bench/RESULTS.md, log 21):
+#: C between 32 and 96.
+CPU_ROW_MIN_CLASSES = 64
+
+#: The same for argmax and confusion_matrix (max and index only): the row
+#: kernels win from C = 12 on (measured, log 21).
+CPU_ROW_ARGMAX_MIN_CLASSES = 12
+
+#: Channels-last views with non-contiguous rows and at least this many
+#: classes are copied to contiguous rows for the row kernels: a tile of 16
+#: such rows no longer fits in L2.
+CPU_ROW_COPY_MIN_CLASSES = 16384
 
 
 #: CPU kernels on fewer scores than this run on the calling thread only

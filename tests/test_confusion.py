@@ -85,6 +85,21 @@ def test_small_tiles_row_path_and_one_histogram(rng, monkeypatch):
         check(make_logits(rng, shape), make_target(rng, reduced(shape, axis), 19), axis)
 
 
+@pytest.mark.parametrize("path", ["rows", "tiles"])
+def test_channels_last_paths(rng, path, monkeypatch):
+    """Contiguous channels-last rows through each regime forced, for C
+    around the vector widths, with NaN, +-inf and ties in the logits."""
+    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", 1 if path == "rows" else 10**9)
+    for C in (1, 2, 7, 16, 17, 19, 33, 129):
+        x = make_logits(rng, (57, C))
+        x[3, C // 2] = np.nan
+        x[4, 0] = np.inf
+        x[5] = -np.inf
+        x[6] = 1.0
+        x[7, -1] = x[7].max()
+        check(x, make_target(rng, (57,), C), -1)
+
+
 def test_float16_chunks(rng, monkeypatch):
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 40)
     for shape, axis in [((5, 33, 19), -1), ((3, 19, 100), 1)]:

@@ -249,3 +249,31 @@ def test_scalar_dtype_outputs():
     assert fl.argmax(x).shape == () and int(fl.argmax(x)) == 2
     labels, conf = fl.classify(x)
     assert int(labels) == 2 and abs(float(conf) - 0.785) < 1e-3
+
+
+CHANNELS_LAST_PATHS = {
+    # (CPU_ROW_MIN_CLASSES, CPU_ROW_ARGMAX_MIN_CLASSES)
+    "rows": (1, 1),
+    "tiles": (10**9, 10**9),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CHANNELS_LAST_PATHS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(OPS))
+def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
+    """Contiguous channels-last rows through each regime forced (the row
+    kernels' vectors and masked tails; the transposed tiles) for C around
+    the vector widths, with special values and ties."""
+    rows_min, argmax_min = CHANNELS_LAST_PATHS[path]
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", rows_min)
+    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", argmax_min)
+    op = OPS[name]
+    for C in (1, 2, 7, 8, 9, 15, 16, 17, 19, 31, 33, 127, 129, 150, 1037):
+        x = specials_array(rng, (23, C), -1, dtype)
+        want = expected(op, x, -1, temperature=0.7)
+        check(op, run(op, x, -1, temperature=0.7), want, dtype)
+        if op.output == "full":  # in place: out is x
+            inplace = x.copy()
+            op.public(inplace, -1, temperature=0.7, out=inplace)
+            check(op, inplace, want, dtype)

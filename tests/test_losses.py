@@ -126,6 +126,25 @@ def test_small_tiles_and_row_path(rng, monkeypatch):
     check_all_options(x, make_target(rng, (31,), 19), -1, rng)
 
 
+@pytest.mark.parametrize("path", ["rows", "tiles"])
+def test_channels_last_paths(rng, path, monkeypatch):
+    """Contiguous channels-last rows through each regime forced, for C
+    around the vector widths, with the special-value rows."""
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1 if path == "rows" else 10**9)
+    for C in (1, 2, 7, 16, 17, 19, 33, 129):
+        x = make_logits(rng, (29, C))
+        check_all_options(x, make_target(rng, (29,), C), -1, rng)
+        if C >= 3:
+            rows, target = special_logits(C)
+            for dtype in (np.float32, np.float64):
+                xs = rows.astype(dtype)
+                loss, grad = fl.cross_entropy(xs, target, -1, reduction="none", return_grad=True)
+                want_loss, want_grad = reference.cross_entropy(xs, target, -1, reduction="none",
+                                                               return_grad=True)
+                assert_loss_close(loss, want_loss, xs.dtype, "none")
+                assert_grad_close(grad, want_grad, xs)
+
+
 def test_float16_chunks(rng, monkeypatch):
     """float16 goes through float32 chunks; sums add up across chunks and
     per-pixel outputs land in the right place (also when a chunk splits the

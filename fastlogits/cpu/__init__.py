@@ -3,8 +3,9 @@
 :func:`run_expnorm` and :func:`run_argmax` take the canonical views built by
 :mod:`fastlogits.api` (x as (outer, C, inner), reduced outputs as
 (outer, inner)) and pick the kernel regime: channels-first tiles
-(inner > 1), channels-last strided tiles (small C) or channels-last
-lane-folded rows (large C). Nothing here validates input.
+(inner > 1), channels-last row kernels (contiguous rows, see
+:func:`_row_view`) or channels-last tiles transposed into scratch (few
+classes, or rows that are not contiguous). Nothing here validates input.
 
 Every kernel is compiled with ``fastmath=config.FASTMATH`` (no ``nnan`` /
 ``ninf``) and ``error_model="numpy"``: a float division by zero gives
@@ -68,9 +69,21 @@ def _flat(a):
     return v if v is not None else a[:, 0]
 
 
-def _contiguous_rows(a):
-    """``(rows, C)`` of an (outer, C, 1) array, C-contiguous (copied only if needed)."""
-    return np.ascontiguousarray(_rows(a))
+def _row_view(x3, min_classes, out3=None):
+    """The C-contiguous ``(rows, C)`` view of a channels-last ``x3`` (outer,
+    C, 1) for the row kernels, or None where the transposed tiles run:
+    channels-first, fewer than ``min_classes`` classes, or rows that are
+    not contiguous (in x3 or in ``out3``) unless C is so large that a copy
+    is worth it."""
+    outer, C, inner = x3.shape
+    if inner != 1 or C < min_classes:
+        return None
+    x2 = _rows(x3)
+    if C >= config.CPU_ROW_COPY_MIN_CLASSES:
+        return np.ascontiguousarray(x2)
+    if x2.flags.c_contiguous and (out3 is None or _rows(out3).flags.c_contiguous):
+        return x2
+    return None
 
 
 def run_expnorm(x3, out3, red2, inv_t, mode):
@@ -83,15 +96,16 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     outer, C, inner = x3.shape
     if red2 is None:
         red2 = _scratch((outer, inner), x3.dtype)
-    if inner == 1 and C >= config.CPU_ROW_MIN_CLASSES:
-        # The rows kernel folds rows into lanes: it needs C-contiguous rows.
+    x2 = _row_view(x3, config.CPU_ROW_MIN_CLASSES, out3)
+    if x2 is not None:
+        # The row kernels need C-contiguous rows (out too: a copy for huge C).
         if out3 is None:
             out2 = work = np.empty((1, C), x3.dtype)
         else:
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
         with launch_threads(x3.size) as nthreads:
-            k.expnorm_cl_rows(_contiguous_rows(x3), work, _flat(red2), inv_t, mode, nthreads)
+            k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads)
         if work is not out2:
             out2[...] = work
         return
@@ -113,12 +127,13 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with_conf = conf2 is not None
     if conf2 is None:
         conf2 = _scratch((outer, inner), x3.dtype)
+    x2 = _row_view(x3, config.CPU_ROW_MIN_CLASSES if with_conf
+                   else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
-        elif C < config.CPU_ROW_MIN_CLASSES:
+        elif x2 is not None:
+            k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads)
+        else:
             k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
                               _tile_pixels(C), nthreads)
-        else:
-            k.argmax_cl_rows(_contiguous_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
-                             nthreads)

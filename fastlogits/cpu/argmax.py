@@ -14,8 +14,9 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transposed, row_argmax,
-                                  row_expsum, tile_argmax, tile_expsum, work_chunks)
+from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, tile_argmax, tile_expsum,
+                                  work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -75,19 +76,15 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads):
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads):
-    """Channels-last, large C, C-contiguous ``x`` (rows, C)."""
+    """Channels-last, C-contiguous ``x`` (rows, C): a row at a time, as
+    vectors (:mod:`fastlogits.cpu.rowvec`)."""
     rows = x.shape[0]
     nchunks = work_chunks(rows, nthreads)
     for chunk in prange(nchunks):
-        lane_m = np.empty(LANES, dtype=x.dtype)
-        lane_p = np.empty(LANES, dtype=x.dtype)
-        lane_i = np.empty(LANES, dtype=np.int64)
-        lane_s = np.empty(LANES, dtype=np.float64)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
-            row = x[r]
-            mx, i = row_argmax(row, lane_m, lane_i)
+            mx, i = vrow_argmax(x, r)
             labels[r] = i
             if with_conf:
-                s = row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, lane_m, False)
+                s = vrow_expsum(x, r, mx, inv_t, x, r, False)
                 conf[r] = 1.0 / s if is_finite(mx) else np.nan

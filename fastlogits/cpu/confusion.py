@@ -23,7 +23,8 @@ from numba import njit, prange
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels, launch_threads
-from fastlogits.cpu.tiles import LANES, chunk_bounds, load_transposed, row_argmax, tile_argmax
+from fastlogits.cpu.rowvec import vrow_argmax
+from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -99,14 +100,13 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def confusion_cl_rows(x, t, ignore, counts, nchunks):
-    """Channels-last, large C, C-contiguous ``x`` (rows, C), ``t`` (rows,)."""
+    """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): a row at a
+    time as vectors (:mod:`fastlogits.cpu.rowvec`)."""
     rows, C = x.shape
     nchunks = max(1, min(nchunks, rows))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
-        lane_m = np.empty(LANES, dtype=x.dtype)
-        lane_i = np.empty(LANES, dtype=np.int64)
         hist = hists[chunk]
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
@@ -116,7 +116,7 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks):
             if ti < 0 or ti >= C:
                 bad[chunk] += 1
                 continue
-            _, label = row_argmax(x[r], lane_m, lane_i)
+            _, label = vrow_argmax(x, r)
             hist[ti, label] += 1
     _merge(hists, counts)
     return bad.sum()
@@ -140,7 +140,7 @@ def run_confusion(x3, t2, ignore_index, counts):
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
-        if C < config.CPU_ROW_MIN_CLASSES:
+        if C < config.CPU_ROW_ARGMAX_MIN_CLASSES:
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
                                           _tile_pixels(C)))
         return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks))

@@ -30,6 +30,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
+from fastlogits.cpu.irutil import fmuladd, intrinsic_fn, type_suffix, vector_of
 
 # No ``reassoc`` here (but everything else of FASTMATH): reassociation could
 # evaluate ``p * s1 * s2`` as ``p * (s1 * s2)``, which overflows at the top
@@ -122,24 +123,32 @@ _MAX_64 = 709.782712893384  # log(DBL_MAX)
 _MIN_64 = -745.2  # below: rounds to 0 even as a subnormal
 
 
-@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
-def _exp_reduced64(r):
-    """exp(r) on |r| <= ln(2)/2: Taylor to degree 13 (truncation < 1e-17 rel)."""
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+#: exp(r) on |r| <= ln(2)/2 for float64: Taylor to degree 13 (truncation
+#: < 1e-17 rel), highest degree first.
+_TAYLOR64 = (1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+             1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0,
+             1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0)
+
+
+def _horner_ir(builder, r, coeffs):
+    """IR of the polynomial ``coeffs`` (highest degree first) at ``r``, by
+    Horner's rule with ``llvm.fmuladd`` (scalar or vector ``r``)."""
+    p = vector_of(r.type, coeffs[0])
+    for c in coeffs[1:]:
+        p = fmuladd(builder, p, r, vector_of(r.type, c))
     return p
+
+
+@intrinsic
+def _exp_reduced64(typingctx, r):
+    """exp(r) on |r| <= ln(2)/2 (float64): :data:`_TAYLOR64`."""
+    if r != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _horner_ir(builder, args[0], _TAYLOR64)
+
+    return types.float64(r), codegen
 
 
 @njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
@@ -165,44 +174,68 @@ _SHIFT_MIN_32 = _F32(-87.33654)  # log(FLT_MIN): below, the result is subnormal
 _SHIFT_MIN_64 = -708.3964185322641  # log(DBL_MIN)
 
 
-@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
-def exp_shifted32(t):
-    """``exp(t)`` for the shifted scores ``t = (x - max) / T <= 0`` (float32).
+#: Degree-5 polynomial of exp_shifted for float32, fitted for relative
+#: error on |r| <= ln(2)/2 (max 1.7e-7, under 3 ulp), highest degree first.
+_SHIFTED32 = (0.008290314642081987, 0.04189793026080911, 0.16667636201991326,
+              0.49999149523356035, 0.9999997071857687, 1.0)
 
-    Cheaper than :func:`exp32` where the kernels call it: no overflow
-    branch (t <= 0), one exponent factor, and a degree-5 polynomial fitted
-    for relative error (max 1.7e-7, under 3 ulp). Results that would be
-    subnormal (t < log(FLT_MIN) = -87.34, probabilities below 1.2e-38) are
-    flushed to 0, exactly 0 for t = -inf. Garbage for t > 0 or NaN: the
-    kernels mask the pixels (non-finite max) where that can happen.
+
+def exp_shifted_ir(builder, t):
+    """IR of ``exp(t)`` for shifted scores ``t = (x - max) / T <= 0``: a
+    float32 or float64 value, scalar or vector (the vector row kernels of
+    :mod:`.rowvec` call it directly; Numba code calls :func:`fexp_shifted`).
+
+    Cheaper than :func:`exp32` / :func:`exp64`: no overflow branch (t <= 0)
+    and one exponent factor. float32 uses :data:`_SHIFTED32`, float64
+    :data:`_TAYLOR64`. Results that would be subnormal (t below log of the
+    smallest normal: -87.34 in float32, -708.4 in float64) are flushed to 0,
+    exactly 0 for t = -inf. Garbage for t > 0 or NaN: the kernels mask the
+    pixels (non-finite max) where that can happen.
+
+    The instructions carry no fast-math flags, whatever the calling
+    kernel's, so the range reduction cannot be reassociated away.
     """
-    tc = max(t, _SHIFT_MIN_32)
-    k = np.floor(tc * _LOG2E_32 + _F32(0.5))
-    r = tc - k * _LN2_HI_32
-    r = r - k * _LN2_LO_32
-    p = _F32(0.008290314642081987)
-    p = p * r + _F32(0.04189793026080911)
-    p = p * r + _F32(0.16667636201991326)
-    p = p * r + _F32(0.49999149523356035)
-    p = p * r + _F32(0.9999997071857687)
-    p = p * r + _F32(1.0)
-    y = p * _int32_as_float32((np.int32(k) + 127) << 23)
-    return np.float32(0.0) if t < _SHIFT_MIN_32 else y
+    ty = t.type
+    f32 = (ty.element if isinstance(ty, ir.VectorType) else ty) == ir.FloatType()
+    if f32:
+        lo, log2e, hi, lo_part, coeffs = (_SHIFT_MIN_32, _LOG2E_32, _LN2_HI_32, _LN2_LO_32,
+                                          _SHIFTED32)
+        ity, bias, mant = ir.IntType(32), 127, 23
+    else:
+        lo, log2e, hi, lo_part, coeffs = (_SHIFT_MIN_64, _LOG2E_64, _LN2_HI_64, _LN2_LO_64,
+                                          _TAYLOR64)
+        ity, bias, mant = ir.IntType(64), 1023, 52
+    if isinstance(ty, ir.VectorType):
+        ity = ir.VectorType(ity, ty.count)
+
+    def c(v):  # float32 constants rounded as the Numba versions did (_F32)
+        return vector_of(ty, float(_F32(v)) if f32 else float(v))
+
+    def ci(v):
+        return vector_of(ity, v)
+
+    tc = builder.select(builder.fcmp_ordered(">", t, c(lo)), t, c(lo))
+    floor = intrinsic_fn(builder, f"llvm.floor.{type_suffix(ty)}", ty, [ty])
+    k = builder.call(floor, [fmuladd(builder, tc, c(log2e), c(0.5))])
+    r = fmuladd(builder, k, c(-hi), tc)  # k * hi is exact: hi has few bits
+    r = fmuladd(builder, k, c(-lo_part), r)
+    p = _horner_ir(builder, r, [float(_F32(v)) if f32 else v for v in coeffs])
+    scale = builder.bitcast(builder.shl(builder.add(builder.fptosi(k, ity), ci(bias)), ci(mant)),
+                            ty)
+    y = builder.fmul(p, scale)
+    return builder.select(builder.fcmp_ordered("<", t, c(lo)), c(0.0), y)
 
 
-@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
-def exp_shifted64(t):
-    """``exp(t)`` for shifted scores ``t <= 0`` (float64), as
-    :func:`exp_shifted32`: one exponent factor, subnormal results flushed
-    to 0 (t < log(DBL_MIN) = -708.4), the degree-13 polynomial of
-    :func:`exp64`."""
-    tc = max(t, _SHIFT_MIN_64)
-    k = np.floor(tc * _LOG2E_64 + 0.5)
-    r = tc - k * _LN2_HI_64
-    r = r - k * _LN2_LO_64
-    p = _exp_reduced64(r)
-    y = p * _int64_as_float64((np.int64(k) + 1023) << 52)
-    return 0.0 if t < _SHIFT_MIN_64 else y
+@intrinsic
+def _exp_shifted(typingctx, t):
+    """:func:`exp_shifted_ir` for a scalar float32 or float64."""
+    if t not in (types.float32, types.float64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return exp_shifted_ir(builder, args[0])
+
+    return t(t), codegen
 
 
 def fexp_shifted(t):
@@ -212,10 +245,8 @@ def fexp_shifted(t):
 
 @overload(fexp_shifted, inline="always", fastmath=FASTMATH)
 def _fexp_shifted_overload(t):
-    if t == types.float32:
-        return lambda t: exp_shifted32(t)
-    if t == types.float64:
-        return lambda t: exp_shifted64(t)
+    if t in (types.float32, types.float64):
+        return lambda t: _exp_shifted(t)
     return None
 
 

@@ -36,9 +36,10 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
-from fastlogits.cpu.tiles import (LANES, SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
-                                  row_argmax, row_expsum, store_transposed,
-                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
+from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
+                                  store_transposed, tile_exp_store, tile_expsum, tile_max,
+                                  work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -265,7 +266,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads):
-    """Channels-last, large C, C-contiguous ``x``, ``grad`` (rows, C); ``t``,
+    """Channels-last, C-contiguous ``x``, ``grad`` (rows, C), a row at a time
+    as vectors (:mod:`fastlogits.cpu.rowvec`); ``t``,
     ``loss`` (rows,). Without ``want_grad``, ``grad`` may be any (1, k) array."""
     rows, C = x.shape
     wall = np.sum(w64)
@@ -275,17 +277,12 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     nchunks = work_chunks(rows, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
-        lane_m = np.empty(LANES, dtype=x.dtype)
-        lane_p = np.empty(LANES, dtype=x.dtype)
-        lane_i = np.empty(LANES, dtype=np.int64)
-        lane_s = np.empty(LANES, dtype=np.float64)
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
-            row = x[r]
-            grow = grad[r if want_grad else 0]
+            gr = r if want_grad else 0
             ti = np.int64(t[r])
             if ti != ignore and (ti < 0 or ti >= C):
                 acc[2] += 1
@@ -297,17 +294,17 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                     loss[r] = 0.0
                 if want_grad:
                     for c in range(C):
-                        grow[c] = zero
+                        grad[gr, c] = zero
                 continue
-            mx, _ = row_argmax(row, lane_m, lane_i)
+            mx, _ = vrow_argmax(x, r)
             sm = 0.0
             if eps > 0.0:
                 for c in range(C):
-                    sm += w[c] * (mx - row[c])
+                    sm += w[c] * (mx - x[r, c])
             m1[0] = mx
-            s1[0] = row_expsum(row, mx, one, lane_m, lane_s, lane_p, grow, want_grad)
+            s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
             sm1[0] = sm
-            xt1[0] = np.float64(row[ti])
+            xt1[0] = np.float64(x[r, ti])
             wt1[0] = w64[ti]
             tt1[0] = ti
             lsum, wsum = _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1,
@@ -319,8 +316,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             if want_grad:
                 apx = a1[0]
                 for c in range(C):
-                    grow[c] = grow[c] * apx - b[c]
-                grow[ti] -= d1[0]
+                    grad[gr, c] = grad[gr, c] * apx - b[c]
+                grad[gr, ti] -= d1[0]
         sums[chunk] = acc
     return sums.sum(axis=0)
 

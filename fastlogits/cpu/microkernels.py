@@ -23,8 +23,10 @@ AVX2 only), but tuned and measured only on AVX-512.
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fastlogits.cpu.irutil import (I32, const, fmuladd_fn, i64, lane_mask, masked_load,
+                                   splat as splat_vec, vector_loop, vptr)
 
 #: Classes per block: 10 x 2 vector accumulators leave registers for the
 #: loads; 19 classes (Cityscapes) take 2 blocks, 150 (ADE20K) 15.
@@ -38,67 +40,6 @@ DOT_CLASSES = 4
 DOT_PIXELS = 4
 
 _LANES = 16
-
-_I32, _I64 = ir.IntType(32), ir.IntType(64)
-
-
-def _i64(builder, v):
-    return builder.sext(v, _I64) if v.type.width < 64 else v
-
-
-def _const(v):
-    return ir.Constant(_I64, v)
-
-
-def _splat(builder, vec, v):
-    """A vector of type ``vec`` with every lane ``v``."""
-    undef = ir.Constant(vec, ir.Undefined)
-    one = builder.insert_element(undef, v, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vec.count),
-                                                          [0] * vec.count))
-
-
-def _vptr(builder, data, index, vec):
-    return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
-
-
-def _vector_loop(builder, init, stop, step, body, name):
-    """``accs = body(k, accs)`` for k = 0, step, 2 step, ... < stop (i64),
-    from the vector values ``init``; returns the final values (``init``
-    when stop <= 0). The sums live in phi nodes, i.e. in registers."""
-    entry = builder.block
-    loop = builder.append_basic_block(f"{name}.loop")
-    done = builder.append_basic_block(f"{name}.done")
-    builder.cbranch(builder.icmp_signed(">", stop, _const(0)), loop, done)
-    builder.position_at_end(loop)
-    k = builder.phi(_I64)
-    k.add_incoming(_const(0), entry)
-    accs = []
-    for v in init:
-        phi = builder.phi(v.type)
-        phi.add_incoming(v, entry)
-        accs.append(phi)
-    new = body(k, accs)
-    k1 = builder.add(k, _const(step))
-    end = builder.block
-    k.add_incoming(k1, end)
-    for phi, v in zip(accs, new):
-        phi.add_incoming(v, end)
-    builder.cbranch(builder.icmp_signed("<", k1, stop), loop, done)
-    builder.position_at_end(done)
-    final = []
-    for a, v in zip(init, new):
-        phi = builder.phi(a.type)
-        phi.add_incoming(a, entry)
-        phi.add_incoming(v, end)
-        final.append(phi)
-    return final
-
-
-def _fmuladd(builder, vec):
-    name = f"llvm.fmuladd.v{vec.count}{'f32' if vec.element == ir.FloatType() else 'f64'}"
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), name)
-
 
 @intrinsic
 def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_bias):
@@ -119,52 +60,52 @@ def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_b
         a_wt, a_b, a_z = (context.make_array(sig.args[i])(context, builder, args[i])
                           for i in (0, 4, 8))
         w0_, wst_, b0_, bo_, sbk_, K_, zo_, zs_, nc_, initb_ = (
-            _i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
+            i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
         elem = context.get_data_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(elem)
         vec = ir.VectorType(elem, _LANES)
         nvec = OUTER_PIXELS // _LANES
-        fma = _fmuladd(builder, vec)
+        fma = fmuladd_fn(builder, vec)
 
         def splat(v):
-            return _splat(builder, vec, v)
+            return splat_vec(builder, vec, v)
 
         def vload(data, index):
-            return builder.load(_vptr(builder, data, index, vec), align=size)
+            return builder.load(vptr(builder, data, index, vec), align=size)
 
         def vstore(value, data, index):
-            builder.store(value, _vptr(builder, data, index, vec), align=size)
+            builder.store(value, vptr(builder, data, index, vec), align=size)
 
         # Initial sums: the bias, or z (rows past nc read row nc - 1: in
         # bounds, never stored).
-        use_bias = builder.icmp_signed("!=", initb_, _const(0))
-        last = builder.sub(nc_, _const(1))
+        use_bias = builder.icmp_signed("!=", initb_, const(0))
+        last = builder.sub(nc_, const(1))
         init = []
         for c in range(OUTER_CLASSES):
-            row = builder.select(builder.icmp_signed("<", _const(c), nc_), _const(c), last)
-            bias = splat(builder.load(builder.gep(a_wt.data, [builder.add(b0_, _const(c))])))
+            row = builder.select(builder.icmp_signed("<", const(c), nc_), const(c), last)
+            bias = splat(builder.load(builder.gep(a_wt.data, [builder.add(b0_, const(c))])))
             zrow = builder.add(zo_, builder.mul(row, zs_))
             for v in range(nvec):
-                old = vload(a_z.data, builder.add(zrow, _const(v * _LANES)))
+                old = vload(a_z.data, builder.add(zrow, const(v * _LANES)))
                 init.append(builder.select(use_bias, bias, old))
 
         def step(k, accs):
             brow = builder.add(bo_, builder.mul(k, sbk_))
-            xs = [vload(a_b.data, builder.add(brow, _const(v * _LANES))) for v in range(nvec)]
+            xs = [vload(a_b.data, builder.add(brow, const(v * _LANES))) for v in range(nvec)]
             wrow = builder.add(w0_, builder.mul(k, wst_))
             new = []
             for c in range(OUTER_CLASSES):
-                w = splat(builder.load(builder.gep(a_wt.data, [builder.add(wrow, _const(c))])))
+                w = splat(builder.load(builder.gep(a_wt.data, [builder.add(wrow, const(c))])))
                 for v in range(nvec):
                     new.append(builder.call(fma, [w, xs[v], accs[c * nvec + v]]))
             return new
 
-        final = _vector_loop(builder, init, K_, 1, step, "outer")
+        final = vector_loop(builder, init, K_, 1, step, "outer")
         for c in range(OUTER_CLASSES):
-            with builder.if_then(builder.icmp_signed("<", _const(c), nc_)):
-                zrow = builder.add(zo_, builder.mul(_const(c), zs_))
+            with builder.if_then(builder.icmp_signed("<", const(c), nc_)):
+                zrow = builder.add(zo_, builder.mul(const(c), zs_))
                 for v in range(nvec):
-                    vstore(final[c * nvec + v], a_z.data, builder.add(zrow, _const(v * _LANES)))
+                    vstore(final[c * nvec + v], a_z.data, builder.add(zrow, const(v * _LANES)))
         return context.get_dummy_value()
 
     return types.none(Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_bias), codegen
@@ -184,8 +125,8 @@ def _tree_sum(builder, vecs):
             for g in range(0, L, group):
                 lo += [off + g + i for i in range(half)]
                 hi += [off + g + half + i for i in range(half)]
-        mask_lo = ir.Constant(ir.VectorType(_I32, L), lo)
-        mask_hi = ir.Constant(ir.VectorType(_I32, L), hi)
+        mask_lo = ir.Constant(ir.VectorType(I32, L), lo)
+        mask_hi = ir.Constant(ir.VectorType(I32, L), hi)
         vecs = [builder.fadd(builder.shuffle_vector(a, b, mask_lo),
                              builder.shuffle_vector(a, b, mask_hi))
                 for a, b in zip(vecs[0::2], vecs[1::2])]
@@ -209,43 +150,37 @@ def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
     def codegen(context, builder, sig, args):
         aw, af, ab, az = (context.make_array(sig.args[i])(context, builder, args[i])
                           for i in (0, 3, 6, 7))
-        c0_, nc_, f0_, N_, zo_, zs_ = (_i64(builder, args[i]) for i in (1, 2, 4, 5, 8, 9))
+        c0_, nc_, f0_, N_, zo_, zs_ = (i64(builder, args[i]) for i in (1, 2, 4, 5, 8, 9))
         elem = context.get_data_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(elem)
         L = 64 // size  # one 512-bit vector
         vec = ir.VectorType(elem, L)
-        fma = _fmuladd(builder, vec)
-        last = builder.sub(nc_, _const(1))
-        cls = [builder.add(c0_, builder.select(builder.icmp_signed("<", _const(i), nc_),
-                                               _const(i), last))
+        fma = fmuladd_fn(builder, vec)
+        last = builder.sub(nc_, const(1))
+        cls = [builder.add(c0_, builder.select(builder.icmp_signed("<", const(i), nc_),
+                                               const(i), last))
                for i in range(DOT_CLASSES)]
         wrow = [builder.mul(c, N_) for c in cls]
-        frow = [builder.add(f0_, builder.mul(_const(p), N_)) for p in range(DOT_PIXELS)]
-        nfull = builder.sub(N_, builder.srem(N_, _const(L)))
+        frow = [builder.add(f0_, builder.mul(const(p), N_)) for p in range(DOT_PIXELS)]
+        nfull = builder.sub(N_, builder.srem(N_, const(L)))
 
         zero = ir.Constant(vec, [0.0] * L)
 
         def step(n, accs):
-            xs = [builder.load(_vptr(builder, af.data, builder.add(r, n), vec), align=size)
+            xs = [builder.load(vptr(builder, af.data, builder.add(r, n), vec), align=size)
                   for r in frow]
-            ws = [builder.load(_vptr(builder, aw.data, builder.add(r, n), vec), align=size)
+            ws = [builder.load(vptr(builder, aw.data, builder.add(r, n), vec), align=size)
                   for r in wrow]
             return [builder.call(fma, [ws[i], xs[p], accs[i * DOT_PIXELS + p]])
                     for i in range(DOT_CLASSES) for p in range(DOT_PIXELS)]
 
-        sums = _vector_loop(builder, [zero] * (DOT_CLASSES * DOT_PIXELS), nfull, L, step, "dot")
+        sums = vector_loop(builder, [zero] * (DOT_CLASSES * DOT_PIXELS), nfull, L, step, "dot")
 
         # The last N % L features: masked loads (a false lane reads nothing).
-        rem = builder.trunc(builder.sub(N_, nfull), _I32)
-        iota = ir.Constant(ir.VectorType(_I32, L), list(range(L)))
-        mask = builder.icmp_signed("<", iota, _splat(builder, ir.VectorType(_I32, L), rem))
-        mload = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [ir.PointerType(), _I32, mask.type, vec]),
-            f"llvm.masked.load.v{L}{'f32' if size == 4 else 'f64'}.p0")
+        mask = lane_mask(builder, L, builder.sub(N_, nfull))
 
         def tail(row):
-            ptr = builder.gep(row[0], [builder.add(row[1], nfull)])
-            return builder.call(mload, [ptr, ir.Constant(_I32, size), mask, zero])
+            return masked_load(builder, row[0], builder.add(row[1], nfull), mask, zero)
 
         xs = [tail((af.data, r)) for r in frow]
         ws = [tail((aw.data, r)) for r in wrow]
@@ -255,13 +190,13 @@ def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
         totals = _tree_sum(builder, sums)
         for i in range(DOT_CLASSES):
             bias = builder.load(builder.gep(ab.data, [cls[i]]))
-            with builder.if_then(builder.icmp_signed("<", _const(i), nc_)):
-                zrow = builder.add(zo_, builder.mul(_const(i), zs_))
+            with builder.if_then(builder.icmp_signed("<", const(i), nc_)):
+                zrow = builder.add(zo_, builder.mul(const(i), zs_))
                 for p in range(DOT_PIXELS):
                     k = i * DOT_PIXELS + p
-                    t = builder.extract_element(totals[k // L], ir.Constant(_I32, k % L))
+                    t = builder.extract_element(totals[k // L], ir.Constant(I32, k % L))
                     builder.store(builder.fadd(t, bias),
-                                  builder.gep(az.data, [builder.add(zrow, _const(p))]))
+                                  builder.gep(az.data, [builder.add(zrow, const(p))]))
         return context.get_dummy_value()
 
     return types.none(W, c0, ncls, f, f0, N, b, z, zo, zs), codegen

@@ -20,9 +20,9 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import log64
-from fastlogits.cpu.tiles import (LANES, chunk_bounds, is_finite, load_transposed, row_argmax,
-                                  row_expsum, store_transposed, tile_exp_store, tile_expsum,
-                                  tile_max, work_chunks)
+from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, store_transposed,
+                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -133,32 +133,28 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
-    """Channels-last, large C, C-contiguous ``x`` and ``out`` (rows, C);
+    """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
+    time as vectors (:mod:`fastlogits.cpu.rowvec`);
     ``red`` (rows,). For logsumexp ``out`` may be any (1, C) C-contiguous
     array; for softmax/log_softmax ``red`` is not touched."""
     rows, C = x.shape
     nan = x.dtype.type(np.nan)
     nchunks = work_chunks(rows, nthreads)
     for chunk in prange(nchunks):
-        lane_m = np.empty(LANES, dtype=x.dtype)
-        lane_p = np.empty(LANES, dtype=x.dtype)
-        lane_i = np.empty(LANES, dtype=np.int64)
-        lane_s = np.empty(LANES, dtype=np.float64)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
-            row = x[r]
             # logsumexp passes a (1, C) stand-in for out: never written.
-            orow = out[r] if mode != LOGSUMEXP else out[0]
-            mx, _ = row_argmax(row, lane_m, lane_i)
-            s = row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, orow, mode == SOFTMAX)
+            ro = r if mode != LOGSUMEXP else 0
+            mx, _ = vrow_argmax(x, r)
+            s = vrow_expsum(x, r, mx, inv_t, out, ro, mode == SOFTMAX)
             ok = is_finite(mx)
             if mode == SOFTMAX:
                 g = x.dtype.type(1.0 / s) if ok else nan
                 for c in range(C):
-                    orow[c] = orow[c] * g
+                    out[ro, c] = out[ro, c] * g
             elif mode == LOG_SOFTMAX:
                 g = x.dtype.type(log64(s)) if ok else nan
                 for c in range(C):
-                    orow[c] = (row[c] - mx) * inv_t - g
+                    out[ro, c] = (x[r, c] - mx) * inv_t - g
             else:
                 red[r] = mx * inv_t + log64(s) if ok else mx

@@ -11,12 +11,10 @@ elementwise across pixels (no reduction inside it) and vectorizes without
 vectors that stay in L1 for the whole tile.
 
 - channels-first: the tile is read in place, a class row is contiguous;
-- channels-last, small C: :func:`load_transposed` copies P rows into a
-  (1, C, P) scratch first (the P * C scores are contiguous in memory, and
-  sit in L1 afterwards);
-- channels-last, large C: one row at a time, folded to (1, C // LANES,
-  LANES) so LANES partial results run side by side and are combined at the
-  end (:func:`row_argmax`, :func:`row_expsum`).
+- channels-last views whose rows are not contiguous: :func:`load_transposed`
+  copies P rows into a (1, C, P) scratch first (the scores sit in L1
+  afterwards). Contiguous channels-last rows go through the horizontal
+  vector kernels of :mod:`fastlogits.cpu.rowvec` instead.
 """
 
 from numba import njit
@@ -29,9 +27,6 @@ from fastlogits.cpu.gather import GATHER, gather16
 #: a float64 total: float32 sums stay accurate for C in the hundreds of
 #: thousands while the inner loop runs at float32 width.
 SUM_BLOCK = 128
-
-#: Lanes a large-C row is folded into (one AVX-512 vector of float32).
-LANES = 16
 
 #: Every offset a kernel adds to a loop index goes through ``max(i0, 0)``
 #: first: Numba wraps negative indices around (``i + n if i < 0``), and
@@ -170,70 +165,3 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0):
 def is_finite(v):
     """True for a finite float (a NaN or an inf gives v - v = NaN)."""
     return v - v == 0.0
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def row_fold(row):
-    """``row`` (C,) as a (1, C // LANES, LANES) view, and where the tail starts."""
-    C = row.shape[0]
-    body = (C // LANES) * LANES
-    return row[:body].reshape((1, C // LANES, LANES)), body
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def row_argmax(row, lane_m, lane_i):
-    """Max and first index of the contiguous ``row``, lane-folded.
-
-    Returns ``(max, index)`` with the tile rules (first NaN, else first max).
-    """
-    folded, body = row_fold(row)
-    best = row[0]
-    best_i = 0
-    if body > 0:
-        tile_argmax(folded, 0, 0, LANES, lane_m, lane_i)
-        # Combine lanes: lane l's candidate is class lane_i[l] * LANES + l;
-        # among equal candidates the smallest class wins.
-        best = lane_m[0]
-        best_i = lane_i[0] * LANES
-        for l in range(1, LANES):
-            v = lane_m[l]
-            c = lane_i[l] * LANES + l
-            if best != best:
-                take = (v != v) & (c < best_i)
-            elif v != v:
-                take = True
-            else:
-                take = (v > best) | ((v == best) & (c < best_i))
-            if take:
-                best = v
-                best_i = c
-    for c in range(max(body, 1), row.shape[0]):
-        v = row[c]
-        if (v > best) | ((v != v) & (best == best)):
-            best = v
-            best_i = c
-    return best, best_i
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def row_expsum(row, mx, inv_t, lane_m, lane_s, lane_p, out_row, write):
-    """``sum exp((row - mx) * inv_t)`` of a contiguous row, lane-folded;
-    with ``write`` the exponentials go to ``out_row`` (may be ``row``;
-    without ``write`` it is not touched and may be any 1-D array)."""
-    folded, body = row_fold(row)
-    total = 0.0
-    if body > 0:
-        lane_m[:] = mx
-        if write:
-            out_folded, _ = row_fold(out_row)
-            tile_exp_store(folded, 0, 0, LANES, lane_m, inv_t, lane_s, lane_p, out_folded, 0, 0)
-        else:
-            tile_expsum(folded, 0, 0, LANES, lane_m, inv_t, lane_s, lane_p)
-        for l in range(LANES):
-            total += lane_s[l]
-    for c in range(body, row.shape[0]):
-        e = fexp_shifted((row[c] - mx) * inv_t)
-        if write:
-            out_row[c] = e
-        total += e
-    return total

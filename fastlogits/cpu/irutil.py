@@ -1,0 +1,138 @@
+"""Small LLVM IR builders shared by the intrinsics that write vector code
+directly (:mod:`.microkernels`, :mod:`.rowvec`, :mod:`.fastexp`).
+
+Numba has no vector types, so a kernel that must keep sums in vector
+registers, reduce across lanes or load a masked tail is written as an
+``@intrinsic`` whose codegen builds the IR with these helpers. Indices are
+i64 and flat (element offsets from an array's data pointer); nothing is
+bounds-checked.
+"""
+
+from llvmlite import ir
+from numba.core import cgutils
+
+I1, I32, I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+
+
+def i64(builder, v):
+    """An integer IR value widened (sign-extended) to i64."""
+    return builder.sext(v, I64) if v.type.width < 64 else v
+
+
+def const(v):
+    """An i64 constant."""
+    return ir.Constant(I64, v)
+
+
+def splat(builder, vec, v):
+    """A vector of type ``vec`` with every lane ``v``."""
+    undef = ir.Constant(vec, ir.Undefined)
+    one = builder.insert_element(undef, v, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, vec.count),
+                                                          [0] * vec.count))
+
+
+def vector_of(ty, value):
+    """A constant of the scalar or vector float type ``ty``, every lane ``value``."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [value] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def vptr(builder, data, index, vec):
+    """Pointer to the ``vec``-typed vector starting at ``data[index]``."""
+    return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+
+def type_suffix(ty):
+    """LLVM's overloaded-intrinsic suffix of a float type: f32, v16f32, ..."""
+    if isinstance(ty, ir.VectorType):
+        return f"v{ty.count}{type_suffix(ty.element)}"
+    return "f32" if ty == ir.FloatType() else "f64"
+
+
+def intrinsic_fn(builder, name, ret, args):
+    """Declare (once) and return the LLVM intrinsic ``name``."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def fmuladd(builder, a, b, c):
+    """``a * b + c`` as ``llvm.fmuladd`` (an FMA where the target has one)."""
+    fn = intrinsic_fn(builder, f"llvm.fmuladd.{type_suffix(a.type)}", a.type, [a.type] * 3)
+    return builder.call(fn, [a, b, c])
+
+
+def fmuladd_fn(builder, vec):
+    """The ``llvm.fmuladd`` function of type ``vec`` (for many calls)."""
+    return intrinsic_fn(builder, f"llvm.fmuladd.{type_suffix(vec)}", vec, [vec] * 3)
+
+
+def lane_mask(builder, lanes, count):
+    """``<lanes x i1>``: lane l is set where l < count (an i64 value)."""
+    ivec = ir.VectorType(I32, lanes)
+    iota = ir.Constant(ivec, list(range(lanes)))
+    return builder.icmp_signed("<", iota, splat(builder, ivec, builder.trunc(count, I32)))
+
+
+def _elem_size(ty):
+    if isinstance(ty, ir.IntType):
+        return ty.width // 8
+    return 4 if ty == ir.FloatType() else 8
+
+
+def masked_load(builder, data, index, mask, passthru):
+    """Load the lanes of ``mask`` from ``data[index:]``; the others are
+    ``passthru`` (a false lane reads no memory)."""
+    vec = passthru.type
+    size = _elem_size(vec.element)
+    fn = intrinsic_fn(builder, f"llvm.masked.load.{type_suffix(vec)}.p0", vec,
+                      [ir.PointerType(), I32, mask.type, vec])
+    return builder.call(fn, [builder.gep(data, [index]), ir.Constant(I32, size), mask, passthru])
+
+
+def masked_store(builder, value, data, index, mask):
+    """Store the lanes of ``mask`` of ``value`` to ``data[index:]``."""
+    vec = value.type
+    size = _elem_size(vec.element)
+    fn = intrinsic_fn(builder, f"llvm.masked.store.{type_suffix(vec)}.p0", ir.VoidType(),
+                      [vec, ir.PointerType(), I32, mask.type])
+    builder.call(fn, [value, builder.gep(data, [index]), ir.Constant(I32, size), mask])
+
+
+def loop(builder, start, stop, step, init, body, name):
+    """``values = body(k, values)`` for k = start, start + step, ... < stop
+    (i64 values; ``step`` a Python int), from the IR values ``init``;
+    returns the final values (``init`` when the range is empty). The
+    carried values live in phi nodes, i.e. in registers."""
+    entry = builder.block
+    head = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed("<", start, stop), head, done)
+    builder.position_at_end(head)
+    k = builder.phi(I64)
+    k.add_incoming(start, entry)
+    carried = []
+    for v in init:
+        phi = builder.phi(v.type)
+        phi.add_incoming(v, entry)
+        carried.append(phi)
+    new = body(k, carried)
+    k1 = builder.add(k, const(step))
+    end = builder.block
+    k.add_incoming(k1, end)
+    for phi, v in zip(carried, new):
+        phi.add_incoming(v, end)
+    builder.cbranch(builder.icmp_signed("<", k1, stop), head, done)
+    builder.position_at_end(done)
+    final = []
+    for a, v in zip(init, new):
+        phi = builder.phi(a.type)
+        phi.add_incoming(a, entry)
+        phi.add_incoming(v, end)
+        final.append(phi)
+    return final
+
+
+def vector_loop(builder, init, stop, step, body, name):
+    """:func:`loop` from k = 0."""
+    return loop(builder, const(0), stop, step, init, body, name)

@@ -1,0 +1,252 @@
+"""Vector kernels over one contiguous channels-last row (one pixel's C scores).
+
+A channels-last pixel's scores are contiguous, so its max, argmax and
+exp-sum are horizontal: the row is read as vectors of L lanes (16 float32,
+8 float64; a masked load for the last C % L), reduced lane-wise, then
+across the lanes by a shuffle tree. This replaced transposing tiles of rows
+into (C, P) scratch for every C the tests cover (the vector gather of that
+transpose costs about one cycle per score; see bench/RESULTS.md, log 21).
+
+Numba has no vector types, so these are intrinsics whose IR is written
+here (helpers in :mod:`.irutil`); the exponential is
+:func:`fastlogits.cpu.fastexp.exp_shifted_ir`, the same IR the tile
+kernels get through ``fexp_shifted``.
+
+- :func:`vrow_argmax`: ``(max, index)`` with the library's rules (the first
+  NaN wins and makes the max NaN; else the first maximum).
+- :func:`vrow_expsum`: ``sum_c exp((row[c] - m) * inv_t)`` in float64,
+  optionally storing the exponentials (softmax numerators, gradients).
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from fastlogits.cpu.fastexp import exp_shifted_ir
+from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
+                                   masked_load, masked_store, splat, vector_of, vptr)
+
+#: Classes summed in float32 before the partial sum joins a float64 total
+#: (as :data:`fastlogits.cpu.tiles.SUM_BLOCK`).
+SUM_BLOCK = 128
+
+
+def _is_rows(a):
+    """A C-contiguous 2-D float array: rows of C scores."""
+    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+            and isinstance(a.dtype, types.Float))
+
+
+def _row_data(context, builder, aty, aval, r):
+    """Pointer to row ``r`` of a C-contiguous (rows, C) array, and C."""
+    arr = context.make_array(aty)(context, builder, aval)
+    C = builder.extract_value(arr.shape, 1)
+    return builder.gep(arr.data, [builder.mul(i64(builder, r), C)]), C
+
+
+class _Row:
+    """The IR view of row ``r`` of x: its data pointer, C, vector type, the
+    full chunks ``[0, nfull)`` and the mask of the tail ``[nfull, C)``.
+    (Rows are addressed as (array, index), not as 1-D views: a view made
+    per row inside a ``prange`` loop kept its reference counting, which
+    doubled the cost of a 19-class row.)"""
+
+    def __init__(self, context, builder, aty, aval, r):
+        self.builder = builder
+        self.data, self.C = _row_data(context, builder, aty, aval, r)
+        elem = context.get_data_type(aty.dtype)
+        self.size = context.get_abi_sizeof(elem)
+        self.L = 64 // self.size  # one 512-bit vector
+        self.elem = elem
+        self.vec = ir.VectorType(elem, self.L)
+        self.nfull = builder.sub(self.C, builder.srem(self.C, const(self.L)))
+        self.tmask = lane_mask(builder, self.L, builder.sub(self.C, self.nfull))
+
+    def load(self, k):
+        return self.builder.load(vptr(self.builder, self.data, k, self.vec), align=self.size)
+
+    def load_tail(self, passthru):
+        return masked_load(self.builder, self.data, self.nfull, self.tmask,
+                           vector_of(self.vec, passthru))
+
+
+def _butterfly(builder, v, combine):
+    """Every lane of the result holds ``combine`` over all lanes of ``v``."""
+    L = v.type.count
+    step = L // 2
+    while step >= 1:
+        perm = ir.Constant(ir.VectorType(I32, L), [i ^ step for i in range(L)])
+        v = combine(v, builder.shuffle_vector(v, v, perm))
+        step //= 2
+    return v
+
+
+def _hsum(builder, v):
+    """Sum of the lanes of ``v`` (a scalar)."""
+    total = _butterfly(builder, v, builder.fadd)
+    return builder.extract_element(total, ir.Constant(I32, 0))
+
+
+def _if_else(builder, cond, then, otherwise):
+    """``then()`` or ``otherwise()`` (each builds IR and returns a value)
+    by a branch on ``cond``; returns the phi of the two values."""
+    with builder.if_else(cond) as (on_true, on_false):
+        with on_true:
+            a = then()
+            a_block = builder.block
+        with on_false:
+            b = otherwise()
+            b_block = builder.block
+    result = builder.phi(a.type)
+    result.add_incoming(a, a_block)
+    result.add_incoming(b, b_block)
+    return result
+
+
+@intrinsic
+def vrow_argmax(typingctx, x, r):
+    """``(max, index)`` of row ``r`` of a C-contiguous (rows, C) float
+    array (C >= 1): the first NaN if there is one (max NaN), else the
+    first maximum."""
+    if not (_is_rows(x) and isinstance(r, types.Integer)):
+        return None
+    sig = types.Tuple((x.dtype, types.int64))(x, r)
+
+    def codegen(context, builder, signature, args):
+        rw = _Row(context, builder, signature.args[0], args[0], args[1])
+        L, vec = rw.L, rw.vec
+        bvec = ir.VectorType(I1, L)
+        ninf = vector_of(vec, float("-inf"))
+
+        def greater(a, b):  # NaN in a keeps b: the max never becomes NaN
+            return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+        # Pass 1: lane-wise max (NaNs skipped) and which lanes saw a NaN.
+        def scan(k, acc):
+            v = rw.load(k)
+            return [greater(v, acc[0]), builder.or_(acc[1], builder.fcmp_unordered("uno", v, v))]
+
+        mx, nan = loop(builder, const(0), rw.nfull, L, [ninf, ir.Constant(bvec, [0] * L)], scan,
+                       "max")
+        v = rw.load_tail(float("-inf"))
+        mx = greater(v, mx)
+        nan = builder.or_(nan, builder.fcmp_unordered("uno", v, v))
+        m = _butterfly(builder, mx, greater)
+        anynan = builder.icmp_unsigned("!=", builder.bitcast(nan, ir.IntType(L)),
+                                       ir.Constant(ir.IntType(L), 0))
+
+        # Pass 2 (the row is in L1 now): the first lane equal to the max, or
+        # the first NaN; the loop leaves at the first chunk with a hit.
+        def hits(v):
+            h = builder.select(anynan, builder.fcmp_unordered("uno", v, v),
+                               builder.fcmp_ordered("==", v, m))
+            return builder.bitcast(h, ir.IntType(L))
+
+        zero = ir.Constant(ir.IntType(L), 0)
+        start = builder.block
+        body = builder.append_basic_block("first.loop")
+        nxt = builder.append_basic_block("first.next")
+        tail = builder.append_basic_block("first.tail")
+        done = builder.append_basic_block("first.done")
+        builder.cbranch(builder.icmp_signed(">", rw.nfull, const(0)), body, tail)
+        builder.position_at_end(body)
+        k = builder.phi(I64)
+        k.add_incoming(const(0), start)
+        bits = hits(rw.load(k))
+        builder.cbranch(builder.icmp_unsigned("!=", bits, zero), done, nxt)
+        builder.position_at_end(nxt)
+        k1 = builder.add(k, const(L))
+        k.add_incoming(k1, nxt)
+        builder.cbranch(builder.icmp_signed("<", k1, rw.nfull), body, tail)
+        builder.position_at_end(tail)
+        tbits = builder.and_(hits(rw.load_tail(float("-inf"))),
+                             builder.bitcast(rw.tmask, ir.IntType(L)))
+        builder.branch(done)
+        builder.position_at_end(done)
+        found = builder.phi(ir.IntType(L))
+        found.add_incoming(bits, body)
+        found.add_incoming(tbits, tail)
+        at = builder.phi(I64)
+        at.add_incoming(k, body)
+        at.add_incoming(rw.nfull, tail)
+        cttz = intrinsic_fn(builder, f"llvm.cttz.i{L}", ir.IntType(L), [ir.IntType(L), I1])
+        lane = builder.zext(builder.call(cttz, [found, ir.Constant(I1, 0)]), I64)
+        index = builder.add(at, lane)
+        best = builder.select(anynan, ir.Constant(rw.elem, float("nan")),
+                              builder.extract_element(m, ir.Constant(I32, 0)))
+        return context.make_tuple(builder, signature.return_type, [best, index])
+
+    return sig, codegen
+
+
+@intrinsic
+def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
+    """``sum_c exp((x[r, c] - m) * inv_t)`` (float64) of row ``r`` of a
+    C-contiguous (rows, C) float array; with ``write`` true the
+    exponentials also go to row ``ro`` of ``out`` (C-contiguous, x's dtype
+    and C, may be x itself); without it ``out`` is not touched.
+
+    float32 rows sum in float32 vectors over blocks of :data:`SUM_BLOCK`
+    classes, then in float64. Garbage where ``m`` is not finite (callers
+    mask those pixels, as for the tiles).
+    """
+    if not (_is_rows(x) and _is_rows(out) and out.dtype == x.dtype
+            and all(isinstance(a, types.Integer) for a in (r, ro))
+            and isinstance(m, types.Float) and isinstance(inv_t, types.Float)
+            and isinstance(write, (types.Boolean, types.Integer))):
+        return None
+    sig = types.float64(x, r, m, inv_t, out, ro, write)
+
+    def codegen(context, builder, signature, args):
+        rw = _Row(context, builder, signature.args[0], args[0], args[1])
+        L, vec, elem = rw.L, rw.vec, rw.elem
+        odata, _ = _row_data(context, builder, signature.args[4], args[4], args[5])
+        dtype = signature.args[0].dtype
+        mv = splat(builder, vec, context.cast(builder, args[2], signature.args[2], dtype))
+        tv = splat(builder, vec, context.cast(builder, args[3], signature.args[3], dtype))
+        zero = vector_of(vec, 0.0)
+        dbl = ir.DoubleType()
+        f32 = elem == ir.FloatType()
+        block = SUM_BLOCK if f32 else 1 << 62  # float64 rows: one block
+
+        def exps(v):
+            return exp_shifted_ir(builder, builder.fmul(builder.fsub(v, mv), tv))
+
+        def run(store):
+            """The sum, storing the exponentials when ``store``."""
+            e = builder.select(rw.tmask, exps(rw.load_tail(0.0)), zero)
+            if store:
+                masked_store(builder, e, odata, rw.nfull, rw.tmask)
+
+            def chunk(k, acc):
+                ek = exps(rw.load(k))
+                if store:
+                    builder.store(ek, vptr(builder, odata, k, vec), align=rw.size)
+                return [builder.fadd(acc[0], ek)]
+
+            # Blocks of SUM_BLOCK classes: a float32 vector sum each, its
+            # total added in float64. The tail's exponentials seed the first.
+            def blk(b, carried):
+                total, seed = carried
+                end = builder.add(b, const(block))
+                end = builder.select(builder.icmp_signed("<", end, rw.nfull), end, rw.nfull)
+                acc, = loop(builder, b, end, L, [seed], chunk, "sum")
+                part = builder.fpext(_hsum(builder, acc), dbl) if f32 else _hsum(builder, acc)
+                return [builder.fadd(total, part), zero]
+
+            def tail_only():  # C < L: no full chunk
+                rest = _hsum(builder, e)
+                return builder.fpext(rest, dbl) if f32 else rest
+
+            def chunks():
+                total, _ = loop(builder, const(0), rw.nfull, block, [ir.Constant(dbl, 0.0), e],
+                                blk, "blocks")
+                return total
+
+            return _if_else(builder, builder.icmp_signed("<=", rw.nfull, const(0)), tail_only,
+                            chunks)
+
+        write_ = builder.icmp_unsigned("!=", args[6], ir.Constant(args[6].type, 0))
+        return _if_else(builder, write_, lambda: run(True), lambda: run(False))
+
+    return sig, codegen
