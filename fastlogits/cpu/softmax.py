@@ -30,6 +30,19 @@ LOGSUMEXP = 2
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _epilogue(P, m, s, mode, g):
+    """Per pixel: ``g = 1 / s`` (softmax) or ``log s`` (log_softmax); NaN
+    where the max is not finite (NaN, +inf or a pixel of -inf only)."""
+    nan = g.dtype.type(np.nan)
+    if mode == SOFTMAX:
+        for p in range(P):
+            g[p] = 1.0 / s[p] if is_finite(m[p]) else nan
+    else:
+        for p in range(P):
+            g[p] = log64(s[p]) if is_finite(m[p]) else nan
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
     """One tile: max ``m``, exp-sum ``s`` and, for softmax/log_softmax, the
     result in the L1 scratch ``ebuf[0, :, :P]``.
@@ -44,16 +57,14 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
         tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0)
     else:
         tile_expsum(x, o, i0, P, m, inv_t, s, part)
-    nan = g.dtype.type(np.nan)
+    if mode == LOGSUMEXP:
+        return
+    _epilogue(P, m, s, mode, g)
     if mode == SOFTMAX:
-        for p in range(P):
-            g[p] = 1.0 / s[p] if is_finite(m[p]) else nan
         for c in range(C):
             for p in range(P):
                 ebuf[0, c, p] = ebuf[0, c, p] * g[p]
     elif mode == LOG_SOFTMAX:
-        for p in range(P):
-            g[p] = log64(s[p]) if is_finite(m[p]) else nan
         for c in range(C):
             for p in range(P):
                 ebuf[0, c, p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
@@ -131,30 +142,51 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
                 store_transposed(ebuf, P, out, r0)
 
 
+#: Rows per block of :func:`expnorm_cl_rows`: the per-row log or division
+#: runs vectorized over a block instead of once per row (a scalar log per
+#: row doubled logsumexp at C = 8).
+ROW_BLOCK = 64
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
-    time as vectors (:mod:`fastlogits.cpu.rowvec`);
-    ``red`` (rows,). For logsumexp ``out`` may be any (1, C) C-contiguous
-    array; for softmax/log_softmax ``red`` is not touched."""
+    time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
+    logsumexp ``out`` may be any (1, C) C-contiguous array; for
+    softmax/log_softmax ``red`` is not touched.
+
+    Rows go in blocks of :data:`ROW_BLOCK`: max and exp-sum row by row,
+    then the epilogue (``1 / s``, ``log s``) over the block's rows at once.
+    """
     rows, C = x.shape
-    nan = x.dtype.type(np.nan)
-    nchunks = work_chunks(rows, nthreads)
+    nblocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    nchunks = work_chunks(nblocks, nthreads)
     for chunk in prange(nchunks):
-        r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        for r in range(r0, r1):
-            # logsumexp passes a (1, C) stand-in for out: never written.
-            ro = r if mode != LOGSUMEXP else 0
-            mx, _ = vrow_argmax(x, r)
-            s = vrow_expsum(x, r, mx, inv_t, out, ro, mode == SOFTMAX)
-            ok = is_finite(mx)
-            if mode == SOFTMAX:
-                g = x.dtype.type(1.0 / s) if ok else nan
-                for c in range(C):
-                    out[ro, c] = out[ro, c] * g
-            elif mode == LOG_SOFTMAX:
-                g = x.dtype.type(log64(s)) if ok else nan
-                for c in range(C):
-                    out[ro, c] = (x[r, c] - mx) * inv_t - g
-            else:
-                red[r] = mx * inv_t + log64(s) if ok else mx
+        m = np.empty(ROW_BLOCK, dtype=x.dtype)
+        g = np.empty(ROW_BLOCK, dtype=x.dtype)
+        s = np.empty(ROW_BLOCK, dtype=np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
+        for job in range(j0, j1):
+            r0 = job * ROW_BLOCK
+            P = min(ROW_BLOCK, rows - r0)
+            for p in range(P):
+                r = r0 + p
+                # logsumexp passes a (1, C) stand-in for out: never written.
+                mx, _ = vrow_argmax(x, r)
+                m[p] = mx
+                s[p] = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0,
+                                   mode == SOFTMAX)
+            if mode == LOGSUMEXP:
+                _lse(P, m, s, inv_t, red, r0)
+                continue
+            _epilogue(P, m, s, mode, g)
+            for p in range(P):
+                r = r0 + p
+                gp = g[p]
+                if mode == SOFTMAX:
+                    for c in range(C):
+                        out[r, c] = out[r, c] * gp
+                else:
+                    mp = m[p]
+                    for c in range(C):
+                        out[r, c] = (x[r, c] - mp) * inv_t - gp
