@@ -12,12 +12,15 @@ is exact), ``exp(r)`` by a minimax-like Taylor polynomial on
 ``k`` is split in two halves so results in the subnormal range and up to
 the overflow threshold stay right without a branch.
 
-Rounding uses ``np.floor`` (an LLVM intrinsic that vectorizes), not the
+Rounding uses ``floor`` (an LLVM intrinsic that vectorizes), not the
 "add and subtract 1.5 * 2**23" trick: under the ``reassoc`` fast-math flag
 LLVM may fold ``(t + M) - M`` to ``t`` and silently break the reduction.
-The functions themselves are compiled without ``reassoc`` (see
-``EXP_FASTMATH``), and their accuracy is tested inside a kernel compiled
-with the full flag set.
+The full-range :func:`exp32` / :func:`exp64` are compiled without
+``reassoc`` (see ``EXP_FASTMATH``); the kernels' exp of shifted scores,
+:func:`fexp_shifted`, is IR written by :func:`exp_shifted_ir` (one
+generator for scalars in Numba loops and for the vectors of
+:mod:`.rowvec`) whose instructions carry no fast-math flags at all. Their
+accuracy is tested inside a kernel compiled with the full flag set.
 
 Special values: ``exp(nan) = nan``, ``exp(+inf) = inf``, ``exp(-inf) = 0``,
 overflow gives ``inf``, underflow gives ``0``; all through selects, so the
