@@ -11,10 +11,12 @@ elementwise across pixels (no reduction inside it) and vectorizes without
 vectors that stay in L1 for the whole tile.
 
 - channels-first: the tile is read in place, a class row is contiguous;
-- channels-last views whose rows are not contiguous: :func:`load_transposed`
-  copies P rows into a (1, C, P) scratch first (the scores sit in L1
-  afterwards). Contiguous channels-last rows go through the horizontal
-  vector kernels of :mod:`fastlogits.cpu.rowvec` instead.
+- channels-last with few classes, or rows that are not contiguous:
+  :func:`load_transposed` copies P rows into a (1, C, P) scratch first
+  (the scores sit in L1 afterwards). Contiguous channels-last rows with
+  enough classes (``config.CPU_ROW_MIN_CLASSES``,
+  ``config.CPU_ROW_ARGMAX_MIN_CLASSES``) go through the horizontal vector
+  kernels of :mod:`fastlogits.cpu.rowvec` instead.
 """
 
 from numba import njit
