@@ -6,8 +6,9 @@ while the tile is still in cache. ``with_conf`` turns the exp-sum off for a
 plain argmax; the branch sits outside the inner loops.
 
 Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
-first), :func:`argmax_cl_tiles` (channels-last, small C),
-:func:`argmax_cl_rows` (channels-last, large C, C-contiguous rows).
+first), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
+contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows, the
+vector row kernels of :mod:`fastlogits.cpu.rowvec`).
 """
 
 import numpy as np

@@ -12,8 +12,9 @@ value outside [0, C) that is not ``ignore_index`` is counted, not binned;
 the caller raises the error (and adds nothing to ``out=``).
 
 Drivers: :func:`confusion_cf` (channels-first tiles), :func:`confusion_cl_tiles`
-(channels-last, small C, a tile of rows transposed into an L1 scratch),
-:func:`confusion_cl_rows` (channels-last, large C, lane-folded rows).
+(channels-last, few classes, a tile of rows transposed into an L1 scratch),
+:func:`confusion_cl_rows` (channels-last, contiguous rows with
+``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more, vector row kernels).
 Each adds into ``counts`` and returns the number of bad targets.
 """
 

@@ -24,8 +24,9 @@ as ignored); the caller raises the error with the first such value.
 
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
 :func:`ce_cf` (channels-first tiles), :func:`ce_cl_tiles` (channels-last,
-small C: a tile of rows transposed into an L1 scratch) and
-:func:`ce_cl_rows` (channels-last, large C: one lane-folded row at a time).
+few classes: a tile of rows transposed into an L1 scratch) and
+:func:`ce_cl_rows` (channels-last from ``config.CPU_ROW_MIN_CLASSES``
+classes: one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 """
 

@@ -3,9 +3,11 @@
 A channels-last pixel's scores are contiguous, so its max, argmax and
 exp-sum are horizontal: the row is read as vectors of L lanes (16 float32,
 8 float64; a masked load for the last C % L), reduced lane-wise, then
-across the lanes by a shuffle tree. This replaced transposing tiles of rows
-into (C, P) scratch for every C the tests cover (the vector gather of that
-transpose costs about one cycle per score; see bench/RESULTS.md, log 21).
+across the lanes by a shuffle tree, with no transpose into (C, P) scratch
+(whose vector gather costs about one cycle per score). For few classes the
+transposed tiles still win (idle lanes, one dependency chain per row):
+``config.CPU_ROW_MIN_CLASSES`` and ``CPU_ROW_ARGMAX_MIN_CLASSES`` pick the
+regime (bench/RESULTS.md, log 21).
 
 Numba has no vector types, so these are intrinsics whose IR is written
 here (helpers in :mod:`.irutil`); the exponential is
@@ -25,10 +27,7 @@ from numba.extending import intrinsic
 from fastlogits.cpu.fastexp import exp_shifted_ir
 from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
                                    masked_load, masked_store, splat, vector_of, vptr)
-
-#: Classes summed in float32 before the partial sum joins a float64 total
-#: (as :data:`fastlogits.cpu.tiles.SUM_BLOCK`).
-SUM_BLOCK = 128
+from fastlogits.cpu.tiles import SUM_BLOCK
 
 
 def _is_rows(a):
@@ -186,8 +185,9 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
     exponentials also go to row ``ro`` of ``out`` (C-contiguous, x's dtype
     and C, may be x itself); without it ``out`` is not touched.
 
-    float32 rows sum in float32 vectors over blocks of :data:`SUM_BLOCK`
-    classes, then in float64. Garbage where ``m`` is not finite (callers
+    float32 rows sum in float32 vectors over blocks of
+    :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes (as the tiles), then in
+    float64. Garbage where ``m`` is not finite (callers
     mask those pixels, as for the tiles).
     """
     if not (_is_rows(x) and _is_rows(out) and out.dtype == x.dtype

@@ -9,10 +9,11 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
   pixels (contiguous class rows);
-- :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, small C, tiles of
-  rows seen transposed;
-- :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, large C, C-contiguous,
-  one lane-folded row at a time.
+- :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
+  rows that are not contiguous, tiles of rows seen transposed;
+- :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
+  ``config.CPU_ROW_MIN_CLASSES`` classes, blocks of rows read by the vector
+  row kernels of :mod:`fastlogits.cpu.rowvec`.
 """
 
 import numpy as np
