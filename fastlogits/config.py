@@ -38,6 +38,13 @@ CPU_ROW_ARGMAX_MIN_CLASSES = 12
 #: such rows no longer fits in L2.
 CPU_ROW_COPY_MIN_CLASSES = 16384
 
+#: Channels-last software prefetch: the row kernels prefetch the row this
+#: many bytes ahead of the one they work on, the transposed tiles the next
+#: tile (spread over the current tile's passes); 0 turns both off. The
+#: hardware prefetcher alone left memory and arithmetic mostly serial
+#: (bench/RESULTS.md, log 22).
+CPU_PREFETCH_BYTES = 4096
+
 
 #: CPU kernels on fewer scores than this run on the calling thread only
 #: (waking the thread pool costs more than the work).

@@ -105,7 +105,8 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
         with launch_threads(x3.size) as nthreads:
-            k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads)
+            k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads,
+                              config.CPU_PREFETCH_BYTES)
         if work is not out2:
             out2[...] = work
         return
@@ -116,7 +117,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads)
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
-                               nthreads)
+                               nthreads, config.CPU_PREFETCH_BYTES)
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
@@ -133,7 +134,8 @@ def run_argmax(x3, labels2, conf2, inv_t):
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
         elif x2 is not None:
-            k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads)
+            k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
+                             config.CPU_PREFETCH_BYTES)
         else:
             k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
-                              _tile_pixels(C), nthreads)
+                              _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)

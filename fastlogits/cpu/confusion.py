@@ -24,8 +24,9 @@ from numba import njit, prange
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels, launch_threads
+from fastlogits.cpu.prefetch import no_region, prefetch_row, rows_ahead
 from fastlogits.cpu.rowvec import vrow_argmax
-from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax
+from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, tile_argmax
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -70,14 +71,14 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile):
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
-            tile_argmax(x, o, i0, P, m, idx)
+            tile_argmax(x, o, i0, P, m, idx, no_region(x))
             bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
+def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
     """Channels-last, small C: ``x`` (rows, C), ``t`` (rows,)."""
     rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
@@ -93,17 +94,20 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile):
             r0 = job * tile
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
-            tile_argmax(buf, 0, 0, P, m, idx)
+            pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), C, ahead_bytes)
+            tile_argmax(buf, 0, 0, P, m, idx, pf)
             bad[chunk] += _count(t, r0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cl_rows(x, t, ignore, counts, nchunks):
+def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes):
     """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): a row at a
-    time as vectors (:mod:`fastlogits.cpu.rowvec`)."""
+    time as vectors (:mod:`fastlogits.cpu.rowvec`), prefetching
+    ``ahead_bytes`` ahead."""
     rows, C = x.shape
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = max(1, min(nchunks, rows))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
@@ -111,6 +115,7 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks):
         hist = hists[chunk]
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
+            prefetch_row(x, r, ahead)
             ti = np.int64(t[r])
             if ti == ignore:
                 continue  # an ignored pixel's logits are not even read
@@ -143,5 +148,6 @@ def run_confusion(x3, t2, ignore_index, counts):
         t1 = t2.reshape(outer)
         if C < config.CPU_ROW_ARGMAX_MIN_CLASSES:
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
-                                          _tile_pixels(C)))
-        return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks))
+                                          _tile_pixels(C), config.CPU_PREFETCH_BYTES))
+        return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
+                                     config.CPU_PREFETCH_BYTES))

@@ -63,7 +63,7 @@ from fastlogits.cpu.losses import _grad_coef, _tile_grad, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
                                          dot_block, outer_block)
-from fastlogits.cpu.prefetch import prefetch
+from fastlogits.cpu.prefetch import no_region, prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
@@ -383,7 +383,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
             if mode == LOGITS:
                 store_tile(out, z, C, inner, o, i0, P, tile)
                 continue
-            _expnorm_tile(z3, 0, 0, P, inv_t, mode, m, g, s, part, e3)
+            _expnorm_tile(z3, 0, 0, P, inv_t, mode, m, g, s, part, e3, no_region(z3))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red, o * npix + i0)
             else:
@@ -414,7 +414,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
             P = min(tile, npix - i0)
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
             _argmax_tile(z3, 0, 0, P, labels, conf, o * npix + i0, inv_t, with_conf, m, idx, s,
-                         part)
+                         part, no_region(z3))
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -451,8 +451,10 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             P = min(tile, npix - i0)
             q0 = o * npix + i0
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            pf = no_region(z3)  # z is scratch in cache
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc,
+                         pf)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.
                 _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)
@@ -484,7 +486,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
-            tile_argmax(z3, 0, 0, P, m, idx)
+            tile_argmax(z3, 0, 0, P, m, idx, no_region(z3))
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()

@@ -37,10 +37,11 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
+from fastlogits.cpu.prefetch import no_region, prefetch_row, region_from, rows_ahead
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
-                                  store_transposed, tile_exp_store, tile_expsum, tile_max,
-                                  work_chunks)
+                                  next_tile_cl, store_transposed, tile_exp_store,
+                                  tile_expsum, tile_max, work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -135,21 +136,22 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
-                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc):
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
     with ``want_grad``),
-    writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``."""
+    writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``.
+    Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
     C = x.shape[1]
     one = x.dtype.type(1.0)
-    tile_max(x, o, i0, P, m)
+    tile_max(x, o, i0, P, m, pf)
     acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
     if want_grad:
-        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0)
+        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
-        tile_expsum(x, o, i0, P, m, one, s, part)
+        tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
     lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d)
     acc[0] += lsum
     acc[1] += wsum
@@ -222,9 +224,11 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
+            pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
+            lo = loss[o if want_loss else 0]
             _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o, i0,
-                         want_grad, loss[o if want_loss else 0], want_loss,
-                         m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
+                         want_grad, lo, want_loss,
+                         m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
             if want_grad:
                 _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
         sums[chunk] = acc
@@ -233,7 +237,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile,
-                nthreads):
+                nthreads, ahead_bytes):
     """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
 
     A tile of rows is transposed into an L1 scratch (C, P); the
@@ -256,8 +260,10 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             r0 = job * tile
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
+            pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
             _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc,
+                         pf)
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
@@ -266,11 +272,14 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads):
+def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
+               ahead_bytes):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C), a row at a time
-    as vectors (:mod:`fastlogits.cpu.rowvec`); ``t``,
-    ``loss`` (rows,). Without ``want_grad``, ``grad`` may be any (1, k) array."""
+    as vectors (:mod:`fastlogits.cpu.rowvec`), prefetching ``ahead_bytes``
+    ahead; ``t``, ``loss`` (rows,). Without ``want_grad``, ``grad`` may be
+    any (1, k) array."""
     rows, C = x.shape
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
     one = x.dtype.type(1.0)
@@ -283,6 +292,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         for r in range(r0, r1):
+            prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
             ti = np.int64(t[r])
             if ti != ignore and (ti < 0 or ti >= C):
@@ -380,9 +390,9 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
             if C < config.CPU_ROW_MIN_CLASSES:
-                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads)
+                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
-                res = ce_cl_rows(*args, nthreads)
+                res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES)
     if lwork is not loss2:
         loss2[...] = lwork
     return res

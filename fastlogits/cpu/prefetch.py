@@ -15,15 +15,32 @@ in one burst filled the line-fill buffers and stalled the running loads
 ``llvm.prefetch`` never faults, so an index past the end of the array is
 harmless (the address is formed without ``inbounds``).
 
-Measured, and not used, for the channels-first product: prefetching the
-next tile's 256 feature rows (one 1 KiB segment per row, each in its own
-page) made it slower (108 -> 127 ms for the 512x1024x256 -> 19 argmax).
+The channels-last kernels of the core ops, losses and confusion matrix
+are in the same position (bench/RESULTS.md, log 22): without help, a
+thread's memory stream and its arithmetic ran one after the other. The
+row kernels prefetch a fixed distance ahead (:func:`prefetch_row`), the
+transposed tiles the next tile, a share per class of each pass
+(:func:`prefetch_share`); ``config.CPU_PREFETCH_BYTES = 0`` turns both
+off.
+
+Measured, and not used: prefetching the channels-first head's next tile
+(256 feature rows, one 1 KiB segment per row, each in its own page: 108
+-> 127 ms for the 512x1024x256 -> 19 argmax), and the channels-first
+tiles of the core ops (C segments of a tile, each in its own page:
+argmax 15 -> 21 ms, classify 34 -> 42 ms at 19x1024x2048).
 """
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fastlogits.config import FASTMATH
+from fastlogits.cpu.irutil import loop
+
+
+#: Bytes of a cache line: a prefetch every this many bytes covers a range.
+LINE_BYTES = 64
 
 
 @intrinsic
@@ -37,14 +54,138 @@ def prefetch(typingctx, arr, index):
         idx = args[1]
         if idx.type.width < 64:
             idx = builder.sext(idx, ir.IntType(64))
-        ptr = builder.gep(ary.data, [idx])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # rw = 0 (read), locality = 3 (keep in every level), cache = 1 (data)
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
+        _prefetch_call(builder, builder.gep(ary.data, [idx]))
         return context.get_dummy_value()
 
     return types.none(arr, index), codegen
+
+
+def _prefetch_call(builder, ptr):
+    """``llvm.prefetch`` of the line holding ``ptr``."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    # rw = 0 (read), locality = 3 (keep in every level), cache = 1 (data)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                      ir.Constant(i32, 1)])
+
+
+@intrinsic
+def prefetch_span(typingctx, arr, a, b):
+    """Prefetch the cache lines whose first byte lies in ``arr.flat[a:b]``
+    (a C-contiguous array): consecutive spans then request every line
+    once, and a span's partial first line is left to the span before it
+    (a row kernel's previous row, a channels-first tile's previous tile),
+    which has already brought it in."""
+    if not (isinstance(arr, types.Array) and isinstance(a, types.Integer)
+            and isinstance(b, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        size = ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(arr.dtype)))
+        lo, hi = (builder.sext(v, i64) if v.type.width < 64 else v for v in args[1:])
+        base = builder.ptrtoint(ary.data, i64)
+        start = builder.add(base, builder.mul(lo, size))
+        stop = builder.add(base, builder.mul(hi, size))
+        first = builder.and_(builder.add(start, ir.Constant(i64, LINE_BYTES - 1)),
+                             ir.Constant(i64, -LINE_BYTES))
+
+        def body(addr, carried):
+            _prefetch_call(builder, builder.inttoptr(addr, ir.IntType(8).as_pointer()))
+            return []
+
+        loop(builder, first, stop, LINE_BYTES, [], body, "prefetch")
+        return context.get_dummy_value()
+
+    return types.none(arr, a, b), codegen
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def rows_ahead(C, itemsize, ahead_bytes):
+    """How many rows of C scores ahead of the current one the row kernels
+    prefetch: ``ahead_bytes`` (``config.CPU_PREFETCH_BYTES``; 0 turns it
+    off) worth, at least one row."""
+    if ahead_bytes <= 0:
+        return 0
+    return max(1, ahead_bytes // max(1, C * itemsize))
+
+
+@intrinsic
+def line_elements(typingctx, arr):
+    """Elements of ``arr``'s dtype per cache line, as a compile-time
+    constant (Numba reads ``arr.itemsize`` at run time)."""
+    if not isinstance(arr, types.Array):
+        return None
+    n = max(1, LINE_BYTES // (arr.dtype.bitwidth // 8))
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(ir.IntType(64), n)
+
+    return types.int64(arr), codegen
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def prefetch_row(x2, r, ahead):
+    """Prefetch row ``r + ahead`` of the C-contiguous (rows, C) ``x2``, if
+    there is one (``ahead`` from :func:`rows_ahead`; 0 does nothing).
+
+    ``max(1, row bytes // 64)`` prefetches a line apart from the row's
+    start: the same count for every row (a loop whose trip count varied
+    from row to row, one prefetch per line exactly, mispredicted and
+    measured slower), and a line they miss is the next row's first.
+    """
+    rows, C = x2.shape
+    q = r + ahead
+    if ahead > 0 and q < rows:
+        step = line_elements(x2)
+        start = q * C
+        for k in range(max(1, C // step)):
+            prefetch(x2, start + k * step)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def tile_region(arr, start, length, nshares):
+    """A region to prefetch in ``nshares`` shares while a tile is worked on
+    (see :func:`prefetch_share`): ``arr.flat[start:start + length]`` of a
+    C-contiguous ``arr``."""
+    return (arr, start, length, 0, nshares)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def no_region(arr):
+    """An empty :func:`tile_region`: the calls of :func:`prefetch_share` on
+    it do nothing (strided input, a chunk's last tile, cached scratch)."""
+    return (arr, 0, 0, 0, 1)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def region_from(pf, k0):
+    """``pf`` whose shares are numbered from ``k0`` (the second pass over a
+    tile continues where the first stopped)."""
+    return (pf[0], pf[1], pf[2], k0, pf[4])
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def share_bounds(total, j, nshares):
+    """``[a, b)``: share ``j`` of ``nshares`` of ``range(total)`` (empty
+    for j outside [0, nshares) or an empty range)."""
+    if total <= 0 or j < 0 or j >= nshares:
+        return 0, 0
+    return j * total // nshares, (j + 1) * total // nshares
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def prefetch_share(pf, k):
+    """Prefetch share ``pf[3] + k`` of the ``pf[4]`` shares of a region.
+
+    A tile kernel calls this once per class of each pass over its tile, so
+    the next tile's lines are requested evenly over the current tile's
+    work: a burst of them at once fills the line-fill buffers and stalls
+    the running loads.
+    """
+    arr, start, length, k0, nk = pf
+    a, b = share_bounds(length, k0 + k, nk)
+    prefetch_span(arr, start + a, start + b)

@@ -21,9 +21,11 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import log64
+from fastlogits.cpu.prefetch import no_region, prefetch_row, region_from, rows_ahead
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, store_transposed,
-                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
+from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
+                                  store_transposed, tile_exp_store, tile_expsum, tile_max,
+                                  work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -44,20 +46,21 @@ def _epilogue(P, m, s, mode, g):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf):
+def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, pf):
     """One tile: max ``m``, exp-sum ``s`` and, for softmax/log_softmax, the
-    result in the L1 scratch ``ebuf[0, :, :P]``.
+    result in the L1 scratch ``ebuf[0, :, :P]``; prefetches the region
+    ``pf`` in 2 C shares (max and exp-sum passes).
 
     The result goes to a scratch, never straight to ``out``: when ``out``
     is ``x`` (in place) LLVM's runtime alias check would send every loop
     reading x and writing out to its scalar fallback.
     """
     C = x.shape[1]
-    tile_max(x, o, i0, P, m)
+    tile_max(x, o, i0, P, m, pf)
     if mode == SOFTMAX:
-        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0)
+        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0, region_from(pf, C))
     else:
-        tile_expsum(x, o, i0, P, m, inv_t, s, part)
+        tile_expsum(x, o, i0, P, m, inv_t, s, part, region_from(pf, C))
     if mode == LOGSUMEXP:
         return
     _epilogue(P, m, s, mode, g)
@@ -103,7 +106,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
-            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf)
+            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, no_region(x))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
@@ -114,7 +117,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
+def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
     """Channels-last, small C: ``x``, ``out`` (rows, C); ``red`` (rows,).
 
     A tile of rows is transposed into an L1 scratch (C, P) first, so every
@@ -136,7 +139,8 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads):
             r0 = job * tile
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
-            _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf)
+            _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf,
+                  next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red, r0)
             else:
@@ -150,16 +154,18 @@ ROW_BLOCK = 64
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
     softmax/log_softmax ``red`` is not touched.
 
-    Rows go in blocks of :data:`ROW_BLOCK`: max and exp-sum row by row,
-    then the epilogue (``1 / s``, ``log s``) over the block's rows at once.
+    Rows go in blocks of :data:`ROW_BLOCK`: max and exp-sum row by row
+    (prefetching ``ahead_bytes`` ahead), then the epilogue (``1 / s``,
+    ``log s``) over the block's rows at once.
     """
     rows, C = x.shape
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nblocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
     nchunks = work_chunks(nblocks, nthreads)
     for chunk in prange(nchunks):
@@ -172,6 +178,7 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads):
             P = min(ROW_BLOCK, rows - r0)
             for p in range(P):
                 r = r0 + p
+                prefetch_row(x, r, ahead)
                 # logsumexp passes a (1, C) stand-in for out: never written.
                 mx, _ = vrow_argmax(x, r)
                 m[p] = mx

@@ -15,8 +15,17 @@ simulator differs from a GPU in ways the tests account for:
 - it computes float32 arithmetic partly in float64 (Python scalars), so
   float32 rounding is only really tested on a GPU; the PTX test
   (tests/test_cuda_ptx.py) checks that float32 kernels hold no float64
-  instructions.
+  instructions;
+- its ``cuda.shared.array`` (numba-cuda 0.30) looks up a block's array
+  and creates it when missing without a lock, so two of a block's threads
+  (Python threads) can each create their own "shared" array and the
+  block's counts split between them (seen once: a confusion matrix two
+  counts short); :func:`_patch_simulator_shared` makes the lookup atomic
+  (test-only).
 """
+
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -44,8 +53,38 @@ def _patch_simulator_arrays():
     FakeCUDAArray.__cuda_array_interface__ = property(cai)
 
 
+def _patch_simulator_shared():
+    """Replace FakeCUDAShared.array with the same lookup under a lock: a
+    block's static shared arrays are keyed by the calling line, as there."""
+    from numba.core import types
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+    from numba.np import numpy_support
+
+    if getattr(FakeCUDAShared, "_fastlogits_locked", False):
+        return
+    lock = threading.Lock()
+    unlocked = FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic memory, or the error
+            return unlocked(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    FakeCUDAShared.array = array
+    FakeCUDAShared._fastlogits_locked = True
+
+
 if SIM:
     _patch_simulator_arrays()
+    _patch_simulator_shared()
 
 
 #: Small launch configuration: several blocks, partial tiles and

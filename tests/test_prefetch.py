@@ -1,0 +1,67 @@
+"""Software prefetch (fastlogits.cpu.prefetch): the share arithmetic, and
+the channels-last kernels giving the same results with it on and off."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+import fastlogits as fl
+from fastlogits import config, reference
+from fastlogits.cpu.prefetch import prefetch_row, prefetch_span, rows_ahead, share_bounds
+
+from .helpers import specials_array
+
+
+@pytest.mark.parametrize("total,nshares", [(0, 3), (1, 38), (7, 3), (4864, 38), (100, 1)])
+def test_shares_partition_the_region(total, nshares):
+    spans = [share_bounds(total, j, nshares) for j in range(nshares)]
+    covered = [i for a, b in spans for i in range(a, b)]
+    assert covered == list(range(total))  # every element once, in order
+    assert share_bounds(total, nshares, nshares) == (0, 0)
+    assert share_bounds(total, -1, nshares) == (0, 0)
+
+
+def test_rows_ahead():
+    assert rows_ahead(19, 4, 4096) == 4096 // 76
+    assert rows_ahead(5000, 8, 4096) == 1  # at least the next row
+    assert rows_ahead(19, 4, 0) == 0  # off
+
+
+def test_prefetch_past_the_end_is_harmless():
+    # llvm.prefetch never faults: rows past the last one, and spans past
+    # the end, are asked for without a crash (or skipped).
+    x = np.ones((5, 19), np.float32)
+    for r in range(5):
+        prefetch_row(x, r, 3)
+        prefetch_row(x, r, 10**6)
+    spans(x, 90, 10**4)
+    spans(x, 50, 10)  # empty
+
+
+@njit
+def spans(x, a, b):
+    prefetch_span(x, a, b)  # an intrinsic: callable from Numba code only
+
+
+@pytest.mark.parametrize("C,row_min", [(19, 10**9), (150, 1)])  # tiles, rows
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row_min, dtype):
+    """Several tiles per chunk (so next-tile regions and chunk ends are
+    exercised) and rows far enough apart for the row prefetch to run."""
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", row_min)
+    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", row_min)
+    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
+    x = specials_array(rng, (3001, C), -1, dtype)
+    t = rng.integers(0, C, 3001)
+    t[::7] = 255
+    runs = {}
+    for ahead in (0, config.CPU_PREFETCH_BYTES):
+        monkeypatch.setattr(config, "CPU_PREFETCH_BYTES", ahead)
+        labels, conf = fl.classify(x)
+        loss, grad = fl.cross_entropy(x, t, ignore_index=255, return_grad=True)
+        runs[ahead] = (fl.argmax(x), labels, conf, fl.softmax(x), fl.logsumexp(x), loss, grad,
+                       fl.confusion_matrix(x, t, ignore_index=255))
+    for off, on in zip(*runs.values()):
+        np.testing.assert_array_equal(off, on)
+    np.testing.assert_array_equal(runs[0][0], reference.argmax(x))
+    np.testing.assert_array_equal(runs[0][7], reference.confusion_matrix(x, t, ignore_index=255))
