@@ -54,19 +54,27 @@ def test_op(benchmark, op, shape, layout, impl):
     assert result is not None
 
 
+@pytest.mark.parametrize("threads", _bandwidth.thread_counts())
 @pytest.mark.parametrize("kind", ["read", "copy"])
-def test_bandwidth(benchmark, kind):
-    """The ceilings, measured by all threads in the same run."""
+def test_bandwidth(benchmark, kind, threads):
+    """The ceilings, measured in the same run with one thread and with all
+    (bench/report.py takes the better of the two, as ``fastlogits bench``)."""
     import numba
 
     n = (256 << 20) // 4 if FULL else 1 << 16
     x = np.ones(n, np.float32)
-    nblocks = numba.get_num_threads() * 8
+    nblocks = threads * 8
+    impl = kind if threads == 1 else f"{kind}[{threads} threads]"
     benchmark.group = "bandwidth"
-    if kind == "read":
-        benchmark.extra_info.update(floor_bytes=x.nbytes, impl="read")
-        benchmark(_bandwidth.read_kernel, x, nblocks)
-    else:
-        out = np.empty_like(x)
-        benchmark.extra_info.update(floor_bytes=2 * x.nbytes, impl="copy")
-        benchmark(_bandwidth.copy_kernel, x, out, nblocks)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        if kind == "read":
+            benchmark.extra_info.update(floor_bytes=x.nbytes, impl=impl)
+            benchmark(_bandwidth.read_kernel, x, nblocks)
+        else:
+            out = np.empty_like(x)
+            benchmark.extra_info.update(floor_bytes=2 * x.nbytes, impl=impl)
+            benchmark(_bandwidth.copy_kernel, x, out, nblocks)
+    finally:
+        numba.set_num_threads(saved)

@@ -255,13 +255,19 @@ def time_call(fn, repeat=5, max_seconds=None):
 
 
 def measure_bandwidth(nbytes=256 << 20, repeat=5, gpu=False):
-    """``{"read": GB/s, "copy": GB/s, "device_copy": GB/s or None}``."""
+    """``{"read": GB/s, "copy": GB/s, "device_copy": GB/s or None,
+    "read_by_threads": {threads: GB/s}, "copy_by_threads": {...}}``: each
+    CPU ceiling is the best of one thread and all threads
+    (:mod:`fastlogits._bandwidth`)."""
     from fastlogits import _bandwidth
 
+    read_by, copy_by = {}, {}
     return {
-        "read": _bandwidth.read_gbps(nbytes, repeat),
-        "copy": _bandwidth.copy_gbps(nbytes, repeat),
+        "read": _bandwidth.read_gbps(nbytes, repeat, by_threads=read_by),
+        "copy": _bandwidth.copy_gbps(nbytes, repeat, by_threads=copy_by),
         "device_copy": _bandwidth.device_copy_gbps(nbytes, repeat) if gpu else None,
+        "read_by_threads": {str(k): v for k, v in read_by.items()},
+        "copy_by_threads": {str(k): v for k, v in copy_by.items()},
     }
 
 
@@ -415,6 +421,15 @@ def _fmt(v, spec, suffix=""):
     return "" if v is None else format(v, spec) + suffix
 
 
+def _by_threads(bw, kind):
+    """`` (1 thread 15.2, 2 threads 8.5)`` from a bandwidth dict, or ``""``."""
+    by = bw.get(f"{kind}_by_threads") or {}
+    if len(by) < 2:
+        return ""
+    parts = [f"{k} thread{'s' if k != '1' else ''} {v:.1f}" for k, v in by.items()]
+    return " (" + ", ".join(parts) + ")"
+
+
 def format_table(report):
     """The human-readable report: a header, then one line per op and
     implementation (median ms, GB/s, % of the bandwidth, speed-ups)."""
@@ -426,8 +441,9 @@ def format_table(report):
         + (f", GPU {m['gpu']}" if m.get("gpu") else ""),
         f"versions: fastlogits {m['fastlogits']}, numpy {m['numpy']}, numba {m['numba']}"
         + (f", torch {m['torch']}" if m.get("torch") else ", torch not installed"),
-        f"memory bandwidth (measured in this run): read {bw['read']:.1f} GB/s, "
-        f"copy {bw['copy']:.1f} GB/s (read + write)"
+        f"memory bandwidth (measured in this run, best of 1 and all threads): read "
+        f"{bw['read']:.1f} GB/s{_by_threads(bw, 'read')}, "
+        f"copy {bw['copy']:.1f} GB/s{_by_threads(bw, 'copy')} (read + write)"
         + (f", GPU device copy {bw['device_copy']:.0f} GB/s" if bw.get("device_copy") else ""),
         "GB/s counts one read of x (and target) plus the outputs; % of the read bandwidth, "
         "or of the copy bandwidth for softmax/log_softmax",

@@ -26,7 +26,7 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
     """Labels (and confidence) of one tile into ``labels[r0:r0 + P]``,
     prefetching the region ``pf`` in ``_shares(C, with_conf)`` shares."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
-    tile_argmax(x, o, i0, P, m, idx, pf)
+    tile_argmax(x, o, i0, P, m, part, idx, pf)
     for p in range(P):
         labels[r0 + p] = idx[p]
     if with_conf:

@@ -65,13 +65,14 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile):
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
         m = np.empty(tile, dtype=x.dtype)
+        m2 = np.empty(tile, dtype=x.dtype)
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
-            tile_argmax(x, o, i0, P, m, idx, no_region(x))
+            tile_argmax(x, o, i0, P, m, m2, idx, no_region(x))
             bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
@@ -88,6 +89,7 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
     for chunk in prange(nchunks):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         m = np.empty(tile, dtype=x.dtype)
+        m2 = np.empty(tile, dtype=x.dtype)
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
@@ -95,7 +97,7 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), C, ahead_bytes)
-            tile_argmax(buf, 0, 0, P, m, idx, pf)
+            tile_argmax(buf, 0, 0, P, m, m2, idx, pf)
             bad[chunk] += _count(t, r0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()

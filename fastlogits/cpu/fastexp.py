@@ -188,15 +188,23 @@ def exp_shifted_ir(builder, t):
     float32 or float64 value, scalar or vector (the vector row kernels of
     :mod:`.rowvec` call it directly; Numba code calls :func:`fexp_shifted`).
 
-    Cheaper than :func:`exp32` / :func:`exp64`: no overflow branch (t <= 0)
-    and one exponent factor. float32 uses :data:`_SHIFTED32`, float64
+    Cheaper than :func:`exp32` / :func:`exp64`: no overflow branch (t <= 0),
+    one exponent factor, and k = round(t / ln 2) by the "magic number" add:
+    ``y = t log2(e) + M`` with ``M = 1.5 * 2**mant + bias`` leaves ``k +
+    bias`` in the low bits of y, so ``y - M`` is k as a float and ``y``'s
+    bits shifted left by the mantissa width are 2**k: three operations where
+    floor, a conversion, an add and a shift were five, with one constant
+    fewer (it matters on AVX2, whose 16 vector registers cannot hold all
+    the constants of the loop). float32 uses :data:`_SHIFTED32`, float64
     :data:`_TAYLOR64`. Results that would be subnormal (t below log of the
     smallest normal: -87.34 in float32, -708.4 in float64) are flushed to 0,
-    exactly 0 for t = -inf. Garbage for t > 0 or NaN: the kernels mask the
-    pixels (non-finite max) where that can happen.
+    exactly 0 for t = -inf; the intermediate values of such t are garbage
+    and only the final select discards them. Garbage for t > 0 or NaN: the
+    kernels mask the pixels (non-finite max) where that can happen.
 
     The instructions carry no fast-math flags, whatever the calling
-    kernel's, so the range reduction cannot be reassociated away.
+    kernel's, so the range reduction (``(y - M)`` after ``+ M``) cannot be
+    reassociated away.
     """
     ty = t.type
     f32 = (ty.element if isinstance(ty, ir.VectorType) else ty) == ir.FloatType()
@@ -214,19 +222,17 @@ def exp_shifted_ir(builder, t):
     def c(v):  # float32 constants rounded as the Numba versions did (_F32)
         return vector_of(ty, float(_F32(v)) if f32 else float(v))
 
-    def ci(v):
-        return vector_of(ity, v)
-
-    tc = builder.select(builder.fcmp_ordered(">", t, c(lo)), t, c(lo))
-    floor = intrinsic_fn(builder, f"llvm.floor.{type_suffix(ty)}", ty, [ty])
-    k = builder.call(floor, [fmuladd(builder, tc, c(log2e), c(0.5))])
-    r = fmuladd(builder, k, c(-hi), tc)  # k * hi is exact: hi has few bits
+    # 1.5 * 2**mant + bias: exact in the format; |t log2(e)| < 2**(mant - 1).
+    magic = c(1.5 * 2.0 ** mant + bias)
+    y = fmuladd(builder, t, c(log2e), magic)
+    k = builder.fsub(y, magic)
+    r = fmuladd(builder, k, c(-hi), t)  # k * hi is exact: hi has few bits
     r = fmuladd(builder, k, c(-lo_part), r)
     p = _horner_ir(builder, r, [float(_F32(v)) if f32 else v for v in coeffs])
-    scale = builder.bitcast(builder.shl(builder.add(builder.fptosi(k, ity), ci(bias)), ci(mant)),
-                            ty)
-    y = builder.fmul(p, scale)
-    return builder.select(builder.fcmp_ordered("<", t, c(lo)), c(0.0), y)
+    # The low bits of y hold k + bias (in [1, 2 bias] for t >= lo): shifted
+    # into the exponent field they are 2**k; the higher bits fall off.
+    scale = builder.bitcast(builder.shl(builder.bitcast(y, ity), vector_of(ity, mant)), ty)
+    return builder.select(builder.fcmp_ordered("<", t, c(lo)), c(0.0), builder.fmul(p, scale))
 
 
 @intrinsic

@@ -479,6 +479,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
+        m2 = np.empty(tile, dtype=b.dtype)
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -486,7 +487,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
-            tile_argmax(z3, 0, 0, P, m, idx, no_region(z3))
+            tile_argmax(z3, 0, 0, P, m, m2, idx, no_region(z3))
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()

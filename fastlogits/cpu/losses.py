@@ -144,7 +144,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
     Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
     C = x.shape[1]
     one = x.dtype.type(1.0)
-    tile_max(x, o, i0, P, m, pf)
+    tile_max(x, o, i0, P, m, part, pf)
     acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)

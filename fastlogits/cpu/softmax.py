@@ -56,7 +56,7 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, pf):
     reading x and writing out to its scalar fallback.
     """
     C = x.shape[1]
-    tile_max(x, o, i0, P, m, pf)
+    tile_max(x, o, i0, P, m, part, pf)
     if mode == SOFTMAX:
         tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0, region_from(pf, C))
     else:

@@ -101,47 +101,64 @@ def store_transposed(buf, P, out2, r0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_max(x, o, i0, P, m, pf):
+def tile_max(x, o, i0, P, m, m2, pf):
     """Per-pixel max of the tile into ``m``; a NaN anywhere gives NaN.
-    One share of the prefetch region ``pf`` per class (see
-    :func:`fastlogits.cpu.prefetch.prefetch_share`)."""
+    ``m2`` is scratch of at least P elements of m's dtype (see below). One
+    share of the prefetch region ``pf`` per class (see
+    :func:`fastlogits.cpu.prefetch.prefetch_share`).
+
+    The running max alternates between ``m`` and ``m2`` class by class, so
+    each pass reads one array and writes the other. Updated in place
+    (``m[p] = v if ... else m[p]``), LLVM turns the store into a masked
+    store of the lanes that changed: cheap with AVX-512, but microcoded on
+    AVX2 CPUs such as AMD Zen 3, where it made this pass 10x slower
+    (bench/RESULTS.md, log 23). The start buffer is chosen so that the
+    last pass writes ``m``.
+    """
     i0 = max(i0, 0)
     C = x.shape[1]
+    a, b = (m, m2) if C % 2 == 1 else (m2, m)
     prefetch_share(pf, 0)
     for p in range(P):
-        m[p] = x[o, 0, i0 + p]
+        a[p] = x[o, 0, i0 + p]
     for c in range(1, C):
         prefetch_share(pf, c)
         for p in range(P):
             v = x[o, c, i0 + p]
-            mp = m[p]
+            mp = a[p]
             # Once m is NaN it stays NaN (v > NaN is False; a NaN v keeps NaN).
-            m[p] = v if (v > mp) | (v != v) else mp
+            b[p] = v if (v > mp) | (v != v) else mp
+        a, b = b, a
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_argmax(x, o, i0, P, m, idx, pf):
+def tile_argmax(x, o, i0, P, m, m2, idx, pf):
     """Per-pixel max into ``m`` and the index of its first occurrence into
-    ``idx``; the first NaN wins over any number (NumPy's rule). One share
-    of the prefetch region ``pf`` per class.
+    ``idx``; the first NaN wins over any number (NumPy's rule). ``m2`` is
+    scratch, as for :func:`tile_max` (the running max alternates between
+    ``m`` and ``m2``: no masked stores). One share of the prefetch region
+    ``pf`` per class.
 
     Give ``idx`` as int32: the index select then runs at the lane count of
     float32 scores (int64 halves it; measured 1.6x faster on a tile in L1).
     """
     i0 = max(i0, 0)
     C = x.shape[1]
+    a, b = (m, m2) if C % 2 == 1 else (m2, m)
     prefetch_share(pf, 0)
     for p in range(P):
-        m[p] = x[o, 0, i0 + p]
+        a[p] = x[o, 0, i0 + p]
         idx[p] = 0
     for c in range(1, C):
         prefetch_share(pf, c)
         for p in range(P):
             v = x[o, c, i0 + p]
-            mp = m[p]
+            mp = a[p]
+            ip = idx[p]
             take = (v > mp) | ((v != v) & (mp == mp))
-            m[p] = v if take else mp
-            idx[p] = c if take else idx[p]
+            b[p] = v if take else mp
+            idx[p] = c if take else ip
+        a, b = b, a
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
