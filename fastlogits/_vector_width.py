@@ -45,3 +45,23 @@ def enable():
         return
     os.environ["NUMBA_CPU_FEATURES"] = features.flatten() + ",-prefer-256-bit"
     STATUS = "on (512-bit vectors: AVX-512F, prefer-256-bit removed)"
+
+
+def target_has_avx512():
+    """Whether the CPU Numba compiles for has AVX-512F: the features in
+    ``NUMBA_CPU_FEATURES`` when set (as Numba reads them), else the host's.
+
+    The register-blocked micro-kernels (:mod:`fastlogits.cpu.microkernels`)
+    size their blocks by this: AVX-512 has 32 vector registers of 64
+    bytes, AVX2 16 of 32 bytes, and a block whose sums do not fit in the
+    registers spills them to memory on every step.
+    """
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None:
+        try:
+            import llvmlite.binding as ll
+
+            return bool(ll.get_host_cpu_features().get("avx512f", False))
+        except Exception:  # pragma: no cover - llvmlite without host info
+            return False
+    return "+avx512f" in features.split(",")

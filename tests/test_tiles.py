@@ -1,8 +1,11 @@
 """The channels-last transposes (vector gathers in, scatters out) against
-NumPy's."""
+NumPy's, and the code the tiles' running max compiles to."""
+
+import re
 
 import numpy as np
 import pytest
+from numba import njit
 
 from fastlogits.cpu.tiles import load_transposed, store_transposed
 
@@ -44,3 +47,36 @@ def test_store_transposed(rng, dtype, contiguous, C, P, r0):
     written = np.zeros(base.shape, bool)
     written[r0:r0 + P, ::(1 if contiguous else 2)] = True
     assert np.isnan(base[~written]).all()
+
+
+# A masked store: AVX/AVX2 ``vmaskmovps %ymm, %ymm, (mem)`` or an AVX-512
+# store under a mask register ``vmovups %zmm, (mem) {%k1}``.
+_MASKED_STORE = re.compile(r"vp?maskmov\w*\s+%[xy]mm\d+,\s*%[xy]mm\d+,\s*[^\s%]*\("
+                           r"|vmov\w*\s+%[xyz]mm\d+,\s*[^\s%]*\([^)]*\)\s*\{%k")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["tile_max", "tile_argmax"])
+def test_running_max_has_no_masked_store(rng, dtype, name):
+    """The tiles' running max is written to the other of two buffers each
+    class: updated in place, LLVM made its store a masked store, which is
+    microcoded on AVX2 CPUs (10x slower on Zen 3, bench/RESULTS.md log 23).
+    Compiled afresh (the cached kernels keep no assembly), as the kernels
+    compile it."""
+    from fastlogits import config
+    from fastlogits.cpu import tiles
+    from fastlogits.cpu.prefetch import no_region
+
+    fn = njit(fastmath=config.FASTMATH, error_model="numpy")(getattr(tiles, name).py_func)
+    C, P = 19, 256
+    x = rng.standard_normal((1, C, P)).astype(dtype)
+    m, m2 = np.empty(P, dtype), np.empty(P, dtype)
+    if name == "tile_max":
+        fn(x, 0, 0, P, m, m2, no_region(x))
+    else:
+        idx = np.empty(P, np.int32)
+        fn(x, 0, 0, P, m, m2, idx, no_region(x))
+        np.testing.assert_array_equal(idx, np.argmax(x[0], axis=0))
+    np.testing.assert_array_equal(m, x[0].max(axis=0))
+    asm = fn.inspect_asm(fn.signatures[0])
+    assert not _MASKED_STORE.findall(asm)

@@ -18,17 +18,19 @@ stays scalar).
   feature row of the tile is contiguous, so ``z[c, p] += W[c, n] f[n, p]``
   runs across pixels with no copy, in panels of K_PANEL features that
   stay in L1 while every class block uses them (:func:`_gemm_panels`).
-  Blocks of 10 classes x 32 pixels go through the LLVM-IR micro-kernel
-  :func:`fastlogits.cpu.microkernels.outer_block` (20 vector sums held in
-  registers over the panel); the pixels left over, through
+  Blocks of OUTER_CLASSES x OUTER_PIXELS (10 x 32 with AVX-512, 6 x 16
+  with AVX2) go through the LLVM-IR micro-kernel
+  :func:`fastlogits.cpu.microkernels.outer_block` (20 or 12 vector sums
+  held in registers over the panel); the pixels left over, through
   :func:`gemm_rows`: ``out[m, :] += A[m, k] B[k, :]``, the inner loop
   elementwise along contiguous rows (which also turns the logits'
   gradient g (C, P) into the features' gradient W^T g, for both layouts).
 - :func:`gemm_dot` (dot form): channels-last features ``f (rows, N)``:
   a pixel's N features are contiguous, as are W's rows, so
-  ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product along n, 4
-  classes x 4 pixels at once (:func:`fastlogits.cpu.microkernels.dot_block`:
-  16 vector sums, 8 loads per 16 FMAs, then one transpose-add tree).
+  ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product along n,
+  DOT_CLASSES x DOT_PIXELS at once (4 x 4 with AVX-512, 4 x 2 with AVX2;
+  :func:`fastlogits.cpu.microkernels.dot_block`: 16 vector sums and 8
+  loads per 16 FMAs, or 8 and 6 per 8, then one transpose-add tree).
 - Channels-last with N small next to C (:func:`cl_dot_form`): the tile's
   rows are transposed into an (N, P) scratch (:func:`load_transposed`) and
   the outer-product form runs on it.
@@ -199,10 +201,10 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c*N + n] * f[f0 + p*N + n]`` for c < C, p < P.
 
     Channels-last logits of P pixels: dot products along the contiguous
-    feature axis, 4 classes x 4 pixels per :func:`dot_block` (16 vector
-    sums, 8 vector loads per 16 FMAs, one transpose-add tree at the end;
-    the pixels' 4 feature rows and W stay in L1). The last class block is
-    full too: its missing classes repeat class C - 1 and are not stored.
+    feature axis, DOT_CLASSES x DOT_PIXELS per :func:`dot_block` (one
+    vector sum each, one transpose-add tree at the end; the pixels'
+    feature rows and W stay in L1). The last class block is full too: its
+    missing classes repeat class C - 1 and are not stored.
     """
     zero = z.dtype.type(0.0)
     P4 = P - P % DOT_PIXELS

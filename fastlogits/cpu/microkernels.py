@@ -11,35 +11,48 @@ write the vector code directly.
   and written once per call. (From scalar code the z tile was loaded,
   updated and stored every 4 k: ~40 GFLOP/s per core on cached data.)
 - :func:`dot_block` (dot form): ``z[c, p] = b[c] + sum_n W[c, n] f[p, n]``
-  for 4 classes x 4 pixels, 16 vector sums along n, then ONE transpose-add
-  tree that leaves the 16 totals in one vector (~45 shuffles and adds,
-  where 16 separate horizontal sums take ~110).
+  for DOT_CLASSES x DOT_PIXELS (4 x 4 with AVX-512), one vector sum each
+  along n, then ONE transpose-add tree that leaves the totals in one
+  vector (~45 shuffles and adds for 16 sums, where 16 separate horizontal
+  sums take ~110).
 
-The vectors are 512-bit (16 float32, 8 float64), sized for AVX-512; on a
-CPU without it LLVM splits them into narrower registers: still correct
-(this module's and the LinearHead tests pass when Numba targets Haswell,
-AVX2 only), but tuned and measured only on AVX-512.
+The blocks are sized for the vector registers of the target
+(:func:`fastlogits._vector_width.target_has_avx512`): with AVX-512, 32
+registers of 16 float32, 10 classes x 32 pixels (outer) and 4 x 4 (dot);
+with AVX2, 16 registers of 8 float32, 6 classes x 16 pixels (12 sums) and
+4 classes x 2 pixels (8 sums). The AVX-512 blocks on an AVX2 CPU (LLVM
+splits each 512-bit vector in two) kept 40 and 32 sums live in 16
+registers and spilled them on every step: the channels-last head ran
+only 1.1x PyTorch on an AMD EPYC (Zen 3) VM (bench/RESULTS.md, log 23).
+Numba's cache is keyed by the CPU's features, so a kernel compiled for
+one size is never loaded on the other.
 """
 
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.irutil import (I32, const, fmuladd_fn, i64, lane_mask, masked_load,
                                    splat as splat_vec, vector_loop, vptr)
 
-#: Classes per block: 10 x 2 vector accumulators leave registers for the
-#: loads; 19 classes (Cityscapes) take 2 blocks, 150 (ADE20K) 15.
-OUTER_CLASSES = 10
+_WIDE = target_has_avx512()
 
-#: Pixels per block: two vectors of 16.
-OUTER_PIXELS = 32
+#: float32 lanes of one vector register (64 or 32 bytes); float64 has half.
+_LANES = 16 if _WIDE else 8
 
-#: Classes and pixels of one :func:`dot_block`.
+#: Classes per block: OUTER_CLASSES x 2 vector accumulators leave
+#: registers for the loads (AVX-512: 20 of 32; AVX2: 12 of 16); 19
+#: classes (Cityscapes) take 2 or 4 blocks.
+OUTER_CLASSES = 10 if _WIDE else 6
+
+#: Pixels per block: two float32 vectors.
+OUTER_PIXELS = 2 * _LANES
+
+#: Classes and pixels of one :func:`dot_block`: 16 vector sums with
+#: AVX-512, 8 with AVX2 (plus the loads of W and f rows: 8 or 6).
 DOT_CLASSES = 4
-DOT_PIXELS = 4
-
-_LANES = 16
+DOT_PIXELS = 4 if _WIDE else 2
 
 @intrinsic
 def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_bias):
@@ -153,7 +166,7 @@ def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
         c0_, nc_, f0_, N_, zo_, zs_ = (i64(builder, args[i]) for i in (1, 2, 4, 5, 8, 9))
         elem = context.get_data_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(elem)
-        L = 64 // size  # one 512-bit vector
+        L = _LANES * 4 // size  # one vector register
         vec = ir.VectorType(elem, L)
         fma = fmuladd_fn(builder, vec)
         last = builder.sub(nc_, const(1))
