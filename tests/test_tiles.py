@@ -10,7 +10,9 @@ from numba import njit
 from fastlogits.cpu.tiles import load_transposed, store_transposed
 
 
-CASES = [(19, 256, 0), (19, 37, 100), (3, 16, 5), (150, 33, 7), (1, 17, 0)]
+# C around the 8-class blocks of transpose8 (8, 9, 16, 19, 150) and below them.
+CASES = [(19, 256, 0), (19, 37, 100), (3, 16, 5), (150, 33, 7), (1, 17, 0), (8, 24, 3),
+         (9, 19, 2), (16, 40, 1)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

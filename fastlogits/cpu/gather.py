@@ -11,6 +11,14 @@ Numba has no vector types, so the intrinsic does the whole step: gather 16
 elements of ``src`` and store them contiguously into ``dst`` (C-contiguous
 arrays of one float dtype, indexed flat; nothing is bounds-checked).
 
+Without AVX-512 (AVX2 CPUs such as AMD Zen 3) LLVM scalarizes that
+gather, and the AVX2 gather instruction measured slower still; there the
+transpose goes by :func:`transpose8` instead: 8 rows of 8 classes loaded
+as vectors and transposed in registers by shuffles (3.7 against 10.7 ns
+per 19-class pixel on an L2-resident tile; bench/RESULTS.md, log 24), in
+both directions (``store_transposed`` too). :data:`SHUFFLE_TRANSPOSE`
+picks the method from the target's features.
+
 Tried and not kept: the way back (softmax's ``store_transposed``) as
 gathers through a table of offsets measured no faster (1.47 G, against
 1.42 G elements/s with scalar loads, per core on an L2-resident tile).
@@ -20,6 +28,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from fastlogits._vector_width import target_has_avx512
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
@@ -68,3 +78,94 @@ def gather16(typingctx, src, start, stride, dst, dstart):
         return context.get_dummy_value()
 
     return types.none(src, start, stride, dst, dstart), codegen
+
+
+#: Pixels and classes of one :func:`transpose8` block.
+BLOCK8 = 8
+
+#: Whether the channels-last transpose goes by :func:`transpose8` blocks
+#: rather than :func:`gather16`: on a target without AVX-512 LLVM turns the
+#: gather into 16 scalar loads and inserts (it does for AMD Zen 3), and the
+#: AVX2 gather instruction measured slower still (bench/RESULTS.md, log 24).
+SHUFFLE_TRANSPOSE = not target_has_avx512()
+
+
+def _transpose_ir(builder, rows):
+    """The 8 x 8 transpose of ``rows`` (8 vectors of 8 lanes) by three
+    levels of two-input shuffles (LLVM lowers them to unpack, shufps and
+    vperm2f128 on AVX2): row j of the result holds lane j of every input."""
+    def shuf(a, b, mask):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = []
+    for k in range(0, 8, 2):
+        t += [shuf(rows[k], rows[k + 1], lo), shuf(rows[k], rows[k + 1], hi)]
+    # t[0] = a0 b0 a1 b1 | a4 b4 a5 b5, t[1] = a2 b2 a3 b3 | a6 b6 a7 b7, ...
+    lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    u = []
+    for k in (0, 4):
+        for m in (0, 1):
+            u += [shuf(t[k + m], t[k + m + 2], lo2), shuf(t[k + m], t[k + m + 2], hi2)]
+    # u[0] = a0 b0 c0 d0 | a4 b4 c4 d4, u[1] = a1..d1 | a5..d5, u[2]: 2|6, u[3]: 3|7
+    lo3, hi3 = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    out = [None] * 8
+    for j in range(4):
+        out[j] = shuf(u[j], u[j + 4], lo3)
+        out[j + 4] = shuf(u[j], u[j + 4], hi3)
+    return out
+
+
+@intrinsic
+def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
+    """``dst.flat[dstart + j*dstride + i] = src.flat[start + i*stride + j]``
+    for i < 8 (pixels: rows of src) and j < ``nclasses`` (<= 8): one 8 x 8
+    block of the channels-last transpose, 8 row loads (masked when
+    nclasses < 8: nothing past a row's end is read), a shuffle transpose
+    in registers and ``nclasses`` contiguous stores. C-contiguous arrays
+    of one float dtype, indexed flat; nothing is bounds-checked."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)
+            and all(isinstance(t, types.Integer)
+                    for t in (start, stride, nclasses, dstart, dstride))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from fastlogits.cpu.irutil import const, i64, lane_mask, masked_load, vector_of, vptr
+
+        asrc = context.make_array(sig.args[0])(context, builder, args[0])
+        adst = context.make_array(sig.args[4])(context, builder, args[4])
+        start_, stride_, ncls, dstart_, dstride_ = (i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
+        elem = context.get_data_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, BLOCK8)
+        offsets = [builder.add(start_, builder.mul(stride_, const(i))) for i in range(BLOCK8)]
+        full = builder.icmp_signed("==", ncls, const(BLOCK8))
+        with builder.if_else(full) as (whole, part):
+            with whole:
+                a = [builder.load(vptr(builder, asrc.data, o, vec), align=size) for o in offsets]
+                a_block = builder.block
+            with part:
+                mask = lane_mask(builder, BLOCK8, ncls)
+                zero = vector_of(vec, 0.0)
+                b = [masked_load(builder, asrc.data, o, mask, zero) for o in offsets]
+                b_block = builder.block
+        rows = []
+        for va, vb in zip(a, b):
+            phi = builder.phi(vec)
+            phi.add_incoming(va, a_block)
+            phi.add_incoming(vb, b_block)
+            rows.append(phi)
+        cols = _transpose_ir(builder, rows)
+        for j, col in enumerate(cols):
+            def store(col=col, j=j):
+                at = builder.add(dstart_, builder.mul(dstride_, const(j)))
+                builder.store(col, vptr(builder, adst.data, at, vec), align=size)
+            if j == 0:
+                store()
+            else:
+                with builder.if_then(builder.icmp_signed("<", const(j), ncls)):
+                    store()
+        return context.get_dummy_value()
+
+    return types.none(src, start, stride, nclasses, dst, dstart, dstride), codegen

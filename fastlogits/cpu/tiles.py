@@ -23,7 +23,7 @@ from numba import njit
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import fexp_shifted
-from fastlogits.cpu.gather import GATHER, gather16
+from fastlogits.cpu.gather import BLOCK8, GATHER, SHUFFLE_TRANSPOSE, gather16, transpose8
 from fastlogits.cpu.prefetch import no_region, prefetch_share, tile_region
 
 #: Classes summed in the input precision before the partial sum is added to
@@ -74,12 +74,25 @@ def load_transposed(x2, r0, P, buf):
 
     Classes outside: the class-c scores of 16 pixels in one vector
     gather (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16
-    scalar loads), contiguous vector writes. ``buf`` must be C-contiguous;
-    a strided ``x2`` (a non-contiguous view) takes the scalar loop.
+    scalar loads), contiguous vector writes. On targets without AVX-512
+    (``gather.SHUFFLE_TRANSPOSE``) and from 8 classes on, 8 x 8 blocks
+    transposed in registers instead (:func:`fastlogits.cpu.gather.transpose8`).
+    ``buf`` must be C-contiguous; a strided ``x2`` (a non-contiguous view)
+    takes the scalar loop.
     """
     r0 = max(r0, 0)
     C = x2.shape[1]
     T = buf.shape[2]
+    if SHUFFLE_TRANSPOSE and C >= BLOCK8 and x2.flags.c_contiguous:
+        # 8 x 8 blocks transposed in registers (no fast gather on the target).
+        P8 = P - P % BLOCK8
+        for p0 in range(0, P8, BLOCK8):
+            for c0 in range(0, C, BLOCK8):
+                transpose8(x2, (r0 + p0) * C + c0, C, min(BLOCK8, C - c0), buf, c0 * T + p0, T)
+        for c in range(C):
+            for p in range(P8, P):
+                buf[0, c, p] = x2[r0 + p, c]
+        return
     P16 = P - P % GATHER
     if not x2.flags.c_contiguous:  # a strided view: gather16 indexes flat memory
         P16 = 0
@@ -92,10 +105,28 @@ def load_transposed(x2, r0, P, buf):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_transposed(buf, P, out2, r0):
-    """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``."""
+    """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``.
+
+    Where :func:`load_transposed` goes by :func:`transpose8` blocks, so do
+    the full 8-class blocks here (8 x 8 at a time, a whole 8-class segment
+    of a row per store); the last C % 8 classes and the last P % 8 pixels
+    are stored one by one (a partial row segment would need a masked
+    store, microcoded on the CPUs that take this path)."""
     r0 = max(r0, 0)
     C = out2.shape[1]
-    for p in range(P):
+    T = buf.shape[2]
+    c8 = 0
+    P8 = 0
+    if SHUFFLE_TRANSPOSE and C >= BLOCK8 and out2.flags.c_contiguous:
+        c8 = C - C % BLOCK8
+        P8 = P - P % BLOCK8
+        for p0 in range(0, P8, BLOCK8):
+            for c0 in range(0, c8, BLOCK8):
+                transpose8(buf, c0 * T + p0, T, BLOCK8, out2, (r0 + p0) * C + c0, C)
+        for p in range(P8):
+            for c in range(c8, C):
+                out2[r0 + p, c] = buf[0, c, p]
+    for p in range(P8, P):
         for c in range(C):
             out2[r0 + p, c] = buf[0, c, p]
 
