@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from fastlogits.cpu.gather import transpose8
 from fastlogits.cpu.tiles import load_transposed, store_transposed
 
 
@@ -82,3 +83,26 @@ def test_running_max_has_no_masked_store(rng, dtype, name):
     np.testing.assert_array_equal(m, x[0].max(axis=0))
     asm = fn.inspect_asm(fn.signatures[0])
     assert not _MASKED_STORE.findall(asm)
+
+
+@njit(cache=True)
+def _transpose8(src, start, stride, ncls, dst, dstart, dstride):
+    transpose8(src, start, stride, ncls, dst, dstart, dstride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ncls", [1, 3, 7, 8])
+def test_transpose8_block(rng, dtype, ncls):
+    """One 8 x 8 block on its own, whatever path load_transposed takes on
+    this machine: rows of src (stride 11) to rows of dst (stride 13),
+    ``ncls`` of the 8 classes; nothing else of dst is written."""
+    src = rng.standard_normal(3 + 8 * 11).astype(dtype)
+    dst = np.full(5 + 8 * 13, np.nan, dtype)
+    _transpose8(src, 3, 11, ncls, dst, 5, 13)
+    block = src[3:3 + 8 * 11].reshape(8, 11)[:, :ncls]  # (pixels, classes)
+    got = dst[5:5 + 8 * 13].reshape(8, 13)[:ncls, :8]  # (classes, pixels)
+    np.testing.assert_array_equal(got, block.T)
+    written = np.zeros(dst.shape, bool)
+    for j in range(ncls):
+        written[5 + j * 13:5 + j * 13 + 8] = True
+    assert np.isnan(dst[~written]).all()

@@ -30,6 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
+from fastlogits.cpu.irutil import const, i64, lane_mask, masked_load, vector_of, vptr
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
@@ -131,8 +132,6 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
         return None
 
     def codegen(context, builder, sig, args):
-        from fastlogits.cpu.irutil import const, i64, lane_mask, masked_load, vector_of, vptr
-
         asrc = context.make_array(sig.args[0])(context, builder, args[0])
         adst = context.make_array(sig.args[4])(context, builder, args[4])
         start_, stride_, ncls, dstart_, dstride_ = (i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
