@@ -114,7 +114,9 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         out3 = _scratch(x3.shape, x3.dtype)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads)
+            # Straight into out unless it may overlap x (in place) or is strided.
+            direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
+            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct)
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads, config.CPU_PREFETCH_BYTES)

@@ -385,7 +385,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
             if mode == LOGITS:
                 store_tile(out, z, C, inner, o, i0, P, tile)
                 continue
-            _expnorm_tile(z3, 0, 0, P, inv_t, mode, m, g, s, part, e3, no_region(z3))
+            _expnorm_tile(z3, 0, 0, P, inv_t, mode, m, g, s, part, e3, 0, 0, no_region(z3))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red, o * npix + i0)
             else:

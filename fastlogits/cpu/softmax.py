@@ -46,19 +46,20 @@ def _epilogue(P, m, s, mode, g):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, pf):
+def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, eo, ei0, pf):
     """One tile: max ``m``, exp-sum ``s`` and, for softmax/log_softmax, the
-    result in the L1 scratch ``ebuf[0, :, :P]``; prefetches the region
-    ``pf`` in 2 C shares (max and exp-sum passes).
+    result in ``ebuf[eo, :, ei0:ei0 + P]``; prefetches the region ``pf``
+    in 2 C shares (max and exp-sum passes).
 
-    The result goes to a scratch, never straight to ``out``: when ``out``
-    is ``x`` (in place) LLVM's runtime alias check would send every loop
-    reading x and writing out to its scalar fallback.
+    ``ebuf`` is an L1 scratch, or the output itself where it cannot
+    overlap x: when ``out`` is ``x`` (in place) LLVM's runtime alias check
+    would send every loop reading x and writing out to its scalar fallback.
     """
     C = x.shape[1]
+    ei0 = max(ei0, 0)  # no wraparound select (see tiles.py)
     tile_max(x, o, i0, P, m, part, pf)
     if mode == SOFTMAX:
-        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, 0, 0, region_from(pf, C))
+        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, inv_t, s, part, region_from(pf, C))
     if mode == LOGSUMEXP:
@@ -67,11 +68,12 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, pf):
     if mode == SOFTMAX:
         for c in range(C):
             for p in range(P):
-                ebuf[0, c, p] = ebuf[0, c, p] * g[p]
+                ebuf[eo, c, ei0 + p] = ebuf[eo, c, ei0 + p] * g[p]
     elif mode == LOG_SOFTMAX:
+        i0 = max(i0, 0)
         for c in range(C):
             for p in range(P):
-                ebuf[0, c, p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
+                ebuf[eo, c, ei0 + p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -83,10 +85,12 @@ def _lse(P, m, s, inv_t, red, r0):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
+    With ``direct`` (out C-contiguous and not overlapping x) the results
+    are written straight into ``out``; otherwise through an L1 scratch.
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write.
@@ -106,7 +110,10 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads):
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
-            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, no_region(x))
+            if mode != LOGSUMEXP and direct:
+                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(x))
+                continue
+            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(x))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
@@ -139,7 +146,7 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
             r0 = job * tile
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
-            _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf,
+            _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0,
                   next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red, r0)
