@@ -75,19 +75,23 @@ def thread_counts():
     return sorted({1, get_num_threads()})
 
 
-def _best_over_threads(fn, repeat):
-    """``{threads: median seconds of fn(nblocks)}`` for each of
-    :func:`thread_counts` (``set_num_threads`` is restored afterwards)."""
+def _best_over_threads(fn, bytes_per_pass, repeat, by_threads):
+    """GB/s of ``fn(nblocks)`` (``bytes_per_pass`` per call): the best over
+    :func:`thread_counts`, each the median of ``repeat`` passes; the figure
+    of each count goes into the dict ``by_threads`` when given
+    (``set_num_threads`` is restored afterwards)."""
     n = get_num_threads()
-    seconds = {}
+    gbps = {}
     try:
         for k in thread_counts():
             set_num_threads(k)
             nblocks = k * _BLOCKS_PER_THREAD
-            seconds[k] = _median_seconds(lambda: fn(nblocks), repeat)
+            gbps[k] = bytes_per_pass / _median_seconds(lambda: fn(nblocks), repeat) / 1e9
     finally:
         set_num_threads(n)
-    return seconds
+    if by_threads is not None:
+        by_threads.update(gbps)
+    return max(gbps.values())
 
 
 def _buffers(nbytes, copy):
@@ -103,11 +107,7 @@ def read_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
     over a float32 array of ``nbytes``. ``by_threads``, a dict, receives
     the figure of each thread count."""
     x, _ = _buffers(nbytes, copy=False)
-    gbps = {k: x.nbytes / t / 1e9
-            for k, t in _best_over_threads(lambda nb: read_kernel(x, nb), repeat).items()}
-    if by_threads is not None:
-        by_threads.update(gbps)
-    return max(gbps.values())
+    return _best_over_threads(lambda nb: read_kernel(x, nb), x.nbytes, repeat, by_threads)
 
 
 def copy_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
@@ -115,11 +115,8 @@ def copy_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
     (2 * ``nbytes`` per pass), as softmax's floor is counted; the best over
     one thread and all threads, like :func:`read_gbps`."""
     x, out = _buffers(nbytes, copy=True)
-    gbps = {k: 2 * x.nbytes / t / 1e9
-            for k, t in _best_over_threads(lambda nb: copy_kernel(x, out, nb), repeat).items()}
-    if by_threads is not None:
-        by_threads.update(gbps)
-    return max(gbps.values())
+    return _best_over_threads(lambda nb: copy_kernel(x, out, nb), 2 * x.nbytes, repeat,
+                              by_threads)
 
 
 def device_copy_gbps(nbytes=256 << 20, repeat=5):
