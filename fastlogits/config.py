@@ -4,6 +4,8 @@ Kernels receive these values as arguments (never as globals frozen at
 compile time), so changing them needs no recompilation.
 """
 
+from fastlogits._vector_width import target_has_avx512
+
 #: Fast-math flags for every CPU kernel. Deliberately without ``nnan`` and
 #: ``ninf``: -inf masks and NaN propagation are part of the contract.
 #: ``reassoc`` lets reductions vectorize; ``contract`` allows FMA.
@@ -32,6 +34,16 @@ CPU_ROW_MIN_CLASSES = 64
 #: The same for argmax and confusion_matrix (max and index only): the row
 #: kernels win from C = 12 on (measured, log 21).
 CPU_ROW_ARGMAX_MIN_CLASSES = 12
+
+#: Contiguous channels-last rows of 8 to this many classes go through
+#: blocks of 8 rows transposed in registers (``cpu.rowblock``) for argmax,
+#: classify, confusion_matrix and cross_entropy without a gradient,
+#: whatever the two thresholds above say. Measured on AMD Zen 3
+#: (bench/RESULTS.md, log 26; crossover near 96 classes). Off (0) on
+#: AVX-512 targets, where the gather-transposed tiles were tuned and the
+#: blocks have not been measured. Capped at ``cpu.tiles.SUM_BLOCK``: a
+#: block's exp-sum runs in x's precision.
+CPU_ROW_BLOCK_MAX_CLASSES = 0 if target_has_avx512() else 96
 
 #: Channels-last views with non-contiguous rows and at least this many
 #: classes are copied to contiguous rows for the row kernels: a tile of 16

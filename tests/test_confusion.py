@@ -85,12 +85,14 @@ def test_small_tiles_row_path_and_one_histogram(rng, monkeypatch):
         check(make_logits(rng, shape), make_target(rng, reduced(shape, axis), 19), axis)
 
 
-@pytest.mark.parametrize("path", ["rows", "tiles"])
+@pytest.mark.parametrize("path", ["rows", "tiles", "blocks"])
 def test_channels_last_paths(rng, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced, for C
-    around the vector widths, with NaN, +-inf and ties in the logits."""
+    around the vector widths, with NaN, +-inf and ties in the logits (57
+    rows: blocks of 8 and a remainder for the row kernels)."""
     monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", 1 if path == "rows" else 10**9)
-    for C in (1, 2, 7, 16, 17, 19, 33, 129):
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", 10**9 if path == "blocks" else 0)
+    for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129):
         x = make_logits(rng, (57, C))
         x[3, C // 2] = np.nan
         x[4, 0] = np.inf

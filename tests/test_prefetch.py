@@ -43,13 +43,16 @@ def spans(x, a, b):
     prefetch_span(x, a, b)  # an intrinsic: callable from Numba code only
 
 
-@pytest.mark.parametrize("C,row_min", [(19, 10**9), (150, 1)])  # tiles, rows
+@pytest.mark.parametrize("C,row_min,block_max",
+                         [(19, 10**9, 0), (150, 1, 0), (19, 10**9, 10**9)])  # tiles, rows, blocks
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row_min, dtype):
+def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row_min, block_max,
+                                                        dtype):
     """Several tiles per chunk (so next-tile regions and chunk ends are
     exercised) and rows far enough apart for the row prefetch to run."""
     monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", row_min)
     monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", row_min)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
     monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
     x = specials_array(rng, (3001, C), -1, dtype)
     t = rng.integers(0, C, 3001)
@@ -60,7 +63,8 @@ def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row
         labels, conf = fl.classify(x)
         loss, grad = fl.cross_entropy(x, t, ignore_index=255, return_grad=True)
         runs[ahead] = (fl.argmax(x), labels, conf, fl.softmax(x), fl.logsumexp(x), loss, grad,
-                       fl.confusion_matrix(x, t, ignore_index=255))
+                       fl.confusion_matrix(x, t, ignore_index=255),
+                       fl.cross_entropy(x, t, ignore_index=255, reduction="none"))
     for off, on in zip(*runs.values()):
         np.testing.assert_array_equal(off, on)
     np.testing.assert_array_equal(runs[0][0], reference.argmax(x))

@@ -86,6 +86,15 @@ def _row_view(x3, min_classes, out3=None):
     return None
 
 
+def _row_blocks(C):
+    """Whether contiguous channels-last rows of C classes go by the 8-row
+    register blocks of :mod:`.rowblock` (``config.CPU_ROW_BLOCK_MAX_CLASSES``,
+    never above ``tiles.SUM_BLOCK``: a block's exp-sum is not split)."""
+    from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
+
+    return 8 <= C <= min(config.CPU_ROW_BLOCK_MAX_CLASSES, SUM_BLOCK)
+
+
 def run_expnorm(x3, out3, red2, inv_t, mode):
     """softmax / log_softmax / logsumexp (``mode`` from :mod:`.softmax`).
 
@@ -130,14 +139,15 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with_conf = conf2 is not None
     if conf2 is None:
         conf2 = _scratch((outer, inner), x3.dtype)
-    x2 = _row_view(x3, config.CPU_ROW_MIN_CLASSES if with_conf
+    blocks = _row_blocks(C)
+    x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES if with_conf
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
-                             config.CPU_PREFETCH_BYTES)
+                             config.CPU_PREFETCH_BYTES, blocks)
         else:
             k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
                               _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)

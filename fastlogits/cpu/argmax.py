@@ -7,16 +7,19 @@ plain argmax; the branch sits outside the inner loops.
 
 Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
 first), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
-contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows, the
-vector row kernels of :mod:`fastlogits.cpu.rowvec`).
+contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
+register-transposed blocks of 8 rows of :mod:`fastlogits.cpu.rowblock` or
+the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
+from fastlogits.cpu.gather import BLOCK8
+from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.rowblock import rows8_argmax, rows8_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.prefetch import no_region, prefetch_row, region_from, rows_ahead
 from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
                                   tile_argmax, tile_expsum, work_chunks)
 
@@ -87,19 +90,35 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes):
-    """Channels-last, C-contiguous ``x`` (rows, C): a row at a time, as
-    vectors (:mod:`fastlogits.cpu.rowvec`), prefetching ``ahead_bytes``
+def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blocks):
+    """Channels-last, C-contiguous ``x`` (rows, C): with ``blocks``, 8 rows
+    at a time transposed in registers (:mod:`fastlogits.cpu.rowblock`,
+    C >= 8), else (and for a chunk's last rows % 8) a row at a time as
+    vectors (:mod:`fastlogits.cpu.rowvec`); prefetching ``ahead_bytes``
     ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
+    nan = conf.dtype.type(np.nan)
     for chunk in prange(nchunks):
+        m = np.empty(BLOCK8, dtype=x.dtype)
+        idx = np.empty(BLOCK8, dtype=np.int32)
+        s = np.empty(BLOCK8, dtype=np.float64)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        for r in range(r0, r1):
+        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks else r0
+        for g in range(r0, g1, BLOCK8):
+            prefetch_rows(x, g, BLOCK8, ahead)
+            rows8_argmax(x, g, m, idx, 0)
+            for p in range(BLOCK8):
+                labels[g + p] = idx[p]
+            if with_conf:
+                rows8_expsum(x, g, m, 0, inv_t, s)
+                for p in range(BLOCK8):
+                    conf[g + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+        for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             mx, i = vrow_argmax(x, r)
             labels[r] = i
             if with_conf:
-                s = vrow_expsum(x, r, mx, inv_t, x, r, False)
-                conf[r] = 1.0 / s if is_finite(mx) else np.nan
+                sr = vrow_expsum(x, r, mx, inv_t, x, r, False)
+                conf[r] = 1.0 / sr if is_finite(mx) else nan

@@ -14,7 +14,9 @@ the caller raises the error (and adds nothing to ``out=``).
 Drivers: :func:`confusion_cf` (channels-first tiles), :func:`confusion_cl_tiles`
 (channels-last, few classes, a tile of rows transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
-``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more, vector row kernels).
+``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more: vector row kernels,
+or register-transposed blocks of 8 rows up to
+``config.CPU_ROW_BLOCK_MAX_CLASSES`` classes).
 Each adds into ``counts`` and returns the number of bad targets.
 """
 
@@ -23,8 +25,10 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _tile_pixels, launch_threads
-from fastlogits.cpu.prefetch import no_region, prefetch_row, rows_ahead
+from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
+from fastlogits.cpu.gather import BLOCK8
+from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, rows_ahead
+from fastlogits.cpu.rowblock import rows8_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, tile_argmax
 
@@ -104,10 +108,12 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes):
-    """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): a row at a
-    time as vectors (:mod:`fastlogits.cpu.rowvec`), prefetching
-    ``ahead_bytes`` ahead."""
+def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
+    """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): with
+    ``blocks``, 8 rows at a time transposed in registers
+    (:mod:`fastlogits.cpu.rowblock`, C >= 8), else (and for a chunk's last
+    rows % 8) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`);
+    prefetching ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = max(1, min(nchunks, rows))
@@ -115,8 +121,15 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes):
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
         hist = hists[chunk]
+        m = np.empty(BLOCK8, dtype=x.dtype)
+        idx = np.empty(BLOCK8, dtype=np.int32)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        for r in range(r0, r1):
+        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks else r0
+        for g in range(r0, g1, BLOCK8):
+            prefetch_rows(x, g, BLOCK8, ahead)
+            rows8_argmax(x, g, m, idx, 0)
+            bad[chunk] += _count(t, g, BLOCK8, idx, ignore, hist)
+        for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             ti = np.int64(t[r])
             if ti == ignore:
@@ -148,8 +161,9 @@ def run_confusion(x3, t2, ignore_index, counts):
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
-        if C < config.CPU_ROW_ARGMAX_MIN_CLASSES:
+        blocks = _row_blocks(C)
+        if C < config.CPU_ROW_ARGMAX_MIN_CLASSES and not blocks:
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
                                           _tile_pixels(C), config.CPU_PREFETCH_BYTES))
         return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
-                                     config.CPU_PREFETCH_BYTES))
+                                     config.CPU_PREFETCH_BYTES, blocks))

@@ -35,9 +35,11 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _tile_pixels, launch_threads
+from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
-from fastlogits.cpu.prefetch import no_region, prefetch_row, region_from, rows_ahead
+from fastlogits.cpu.gather import BLOCK8
+from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.rowblock import rows8_argmax, rows8_expsum, rows8_wsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store,
@@ -45,21 +47,20 @@ from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_trans
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep):
-    """Read the tile's P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or
-    -1 for an ignored or bad pixel; ``xt[p]`` its logit and ``wt[p]`` its
-    weight (float64; 0 where ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's
-    dtype (the gradient's mask, see :func:`_tile_grad`). Returns the number
-    of bad targets (outside [0, C), not ``ignore``).
+def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
+    """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or -1 for an
+    ignored or bad pixel; ``wt[p]`` its weight (float64; 0 where ``tt[p]``
+    is -1); ``keep[p]`` 1 or 0 in x's dtype (the gradient's mask, see
+    :func:`_tile_grad`). Returns the number of bad targets (outside
+    [0, C), not ``ignore``). The target logits follow
+    (:func:`_target_logits_tile`, :func:`_target_logits_rows`).
 
-    The two lookups are indexed loads; inside the per-pixel loss loop the
+    The lookups are indexed loads; inside the per-pixel loss loop the
     weight lookup kept LLVM from vectorizing that loop at all, so they are
     done here (a scalar loop) and :func:`_pixel_losses` only reads
     contiguous scratch. Loads are clamped into [0, C).
     """
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-    r0 = max(r0, 0)
-    C = x.shape[1]
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     one = keep.dtype.type(1.0)
     zero = keep.dtype.type(0.0)
     nbad = 0
@@ -69,12 +70,27 @@ def _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep):
         kept = ti != ignore
         nbad += np.int64(kept & ~inside)
         ok = kept & inside
-        tc = min(max(ti, 0), C - 1)
         tt[p] = ti if ok else -1
-        xt[p] = np.float64(x[o, tc, i0 + p]) if ok else 0.0
-        wt[p] = w64[tc] if ok else 0.0
+        wt[p] = w64[min(max(ti, 0), C - 1)] if ok else 0.0
         keep[p] = one if ok else zero
     return nbad
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _target_logits_tile(x, o, i0, P, tt, xt):
+    """``xt[p]``: the target's logit of tile pixel p (float64; 0 where
+    ``tt[p]`` is -1)."""
+    i0 = max(i0, 0)
+    for p in range(P):
+        xt[p] = np.float64(x[o, max(tt[p], 0), i0 + p]) if tt[p] >= 0 else 0.0
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _target_logits_rows(x2, r0, P, tt, xt):
+    """:func:`_target_logits_tile` for rows ``r0 .. r0 + P - 1`` of x2 (rows, C)."""
+    r0 = max(r0, 0)
+    for p in range(P):
+        xt[p] = np.float64(x2[r0 + p, max(tt[p], 0)]) if tt[p] >= 0 else 0.0
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -145,7 +161,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
     C = x.shape[1]
     one = x.dtype.type(1.0)
     tile_max(x, o, i0, P, m, part, pf)
-    acc[2] += _targets(x, o, i0, P, t, r0, ignore, w64, tt, xt, wt, keep)
+    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
+    _target_logits_tile(x, o, i0, P, tt, xt)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
     if want_grad:
@@ -271,13 +288,45 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     return sums.sum(axis=0)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, ahead, idx,
+                  sc, acc):
+    """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
+    8, by 8-row blocks transposed in registers (:mod:`fastlogits.cpu.rowblock`);
+    ``sc``: a :func:`_scratch` of at least P pixels. No gradient. (A call
+    per many blocks: the scratch arrays' reference counting, paid per
+    call, cost more than the arithmetic of one block.)"""
+    m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
+    C = x.shape[1]
+    r0 = max(r0, 0)
+    for q in range(0, P, BLOCK8):
+        prefetch_rows(x, r0 + q, BLOCK8, ahead)
+        rows8_argmax(x, r0 + q, m, idx, q)
+    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
+    _target_logits_rows(x, r0, P, tt, xt)
+    one = x.dtype.type(1.0)
+    for q in range(0, P, BLOCK8):
+        if eps > 0.0:
+            rows8_wsum(x, r0 + q, m, q, w, sm)
+        rows8_expsum(x, r0 + q, m, q, one, s)
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d)
+    acc[0] += lsum
+    acc[1] += wsum
+    if want_loss:
+        for p in range(P):
+            loss[r0 + p] = lp[p]
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
-               ahead_bytes):
-    """Channels-last, C-contiguous ``x``, ``grad`` (rows, C), a row at a time
-    as vectors (:mod:`fastlogits.cpu.rowvec`), prefetching ``ahead_bytes``
-    ahead; ``t``, ``loss`` (rows,). Without ``want_grad``, ``grad`` may be
-    any (1, k) array."""
+               ahead_bytes, blocks, tile):
+    """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
+    (rows,). With ``blocks`` and no gradient, ``tile`` rows at a time by
+    8-row blocks transposed in registers (:func:`_block_losses`, C >= 8);
+    else (and for a chunk's
+    last rows % 8) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`).
+    Prefetches ``ahead_bytes`` ahead. Without ``want_grad``, ``grad`` may
+    be any (1, k) array."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     wall = np.sum(w64)
@@ -289,9 +338,15 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     for chunk in prange(nchunks):
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
+        sc = _scratch(tile, w)
+        idx = np.empty(tile, np.int32)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        for r in range(r0, r1):
+        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks and not want_grad else r0
+        for b0 in range(r0, g1, tile):
+            _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
+                          want_loss, ahead, idx, sc, acc)
+        for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
             ti = np.int64(t[r])
@@ -389,10 +444,12 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             lw = lwork.reshape(outer) if want_loss else np.empty(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
-            if C < config.CPU_ROW_MIN_CLASSES:
+            blocks = _row_blocks(C) and not want_grad
+            if C < config.CPU_ROW_MIN_CLASSES and not blocks:
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
-                res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES)
+                tile = _tile_pixels(C) // BLOCK8 * BLOCK8 if blocks else BLOCK8
+                res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES, blocks, tile)
     if lwork is not loss2:
         loss2[...] = lwork
     return res

@@ -147,6 +147,17 @@ def prefetch_row(x2, r, ahead):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def prefetch_rows(x2, r, n, ahead):
+    """Prefetch rows ``[r + ahead, r + ahead + n)`` of the C-contiguous
+    (rows, C) ``x2`` (``ahead`` from :func:`rows_ahead`; 0 does nothing):
+    one span, so calls for consecutive groups of rows request every line
+    once (a group of 8 short rows is not a whole number of lines)."""
+    if ahead > 0:
+        C = x2.shape[1]
+        prefetch_span(x2, (r + ahead) * C, (r + ahead + n) * C)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_region(arr, start, length, nshares):
     """A region to prefetch in ``nshares`` shares while a tile is worked on
     (see :func:`prefetch_share`): ``arr.flat[start:start + length]`` of a
