@@ -18,7 +18,7 @@ from numba import njit, prange
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
-from fastlogits.cpu.rowblock import rows8_argmax, rows8_expsum
+from fastlogits.cpu.rowblock import blocks_end, rows8_argmax, rows8_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
                                   tile_argmax, tile_expsum, work_chunks)
@@ -105,7 +105,7 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
         idx = np.empty(BLOCK8, dtype=np.int32)
         s = np.empty(BLOCK8, dtype=np.float64)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks else r0
+        g1 = blocks_end(r0, r1, blocks)
         for g in range(r0, g1, BLOCK8):
             prefetch_rows(x, g, BLOCK8, ahead)
             rows8_argmax(x, g, m, idx, 0)

@@ -28,7 +28,7 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
 from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, rows_ahead
-from fastlogits.cpu.rowblock import rows8_argmax
+from fastlogits.cpu.rowblock import blocks_end, rows8_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, tile_argmax
 
@@ -124,7 +124,7 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
         m = np.empty(BLOCK8, dtype=x.dtype)
         idx = np.empty(BLOCK8, dtype=np.int32)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks else r0
+        g1 = blocks_end(r0, r1, blocks)
         for g in range(r0, g1, BLOCK8):
             prefetch_rows(x, g, BLOCK8, ahead)
             rows8_argmax(x, g, m, idx, 0)

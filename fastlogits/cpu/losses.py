@@ -39,7 +39,7 @@ from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
 from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
-from fastlogits.cpu.rowblock import rows8_argmax, rows8_expsum, rows8_wsum
+from fastlogits.cpu.rowblock import blocks_end, rows8_argmax, rows8_expsum, rows8_wsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store,
@@ -323,10 +323,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks`` and no gradient, ``tile`` rows at a time by
     8-row blocks transposed in registers (:func:`_block_losses`, C >= 8);
-    else (and for a chunk's
-    last rows % 8) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`).
-    Prefetches ``ahead_bytes`` ahead. Without ``want_grad``, ``grad`` may
-    be any (1, k) array."""
+    else (and for a chunk's last rows % 8) a row at a time as vectors
+    (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
+    Without ``want_grad``, ``grad`` may be any (1, k) array."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     wall = np.sum(w64)
@@ -342,7 +341,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         idx = np.empty(tile, np.int32)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        g1 = r0 + (r1 - r0) // BLOCK8 * BLOCK8 if blocks and not want_grad else r0
+        g1 = blocks_end(r0, r1, blocks and not want_grad)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
                           want_loss, ahead, idx, sc, acc)

@@ -21,7 +21,7 @@ is bounds-checked.
 """
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from fastlogits.cpu.fastexp import exp_shifted_ir
@@ -29,6 +29,14 @@ from fastlogits.cpu.gather import BLOCK8, _transpose_ir
 from fastlogits.cpu.irutil import I32, const, i64, loop, splat, vector_of, vptr
 
 _NINF = float("-inf")
+
+
+@njit(cache=True)
+def blocks_end(r0, r1, on):
+    """Where the whole blocks of 8 rows of ``[r0, r1)`` end (``r0`` when
+    ``on`` is false): the drivers take ``[r0, end)`` by blocks, the rest
+    a row at a time."""
+    return r0 + (r1 - r0) // BLOCK8 * BLOCK8 if on else r0
 
 
 def _is_rows(a):

@@ -1,0 +1,70 @@
+"""A/B of one ``fastlogits.config`` tunable through the public API.
+
+Times each op with the tunable at its "off" and "on" values, interleaved
+round by round in one process (so both see the same machine state), on
+channels-last float32 logits of about ``--elements`` scores, and prints
+the medians. Log 26 of bench/RESULTS.md (the 8-row register blocks) was
+measured this way::
+
+    python bench/ab_config.py CPU_ROW_BLOCK_MAX_CLASSES 0 1073741824 \\
+        --ops argmax classify confusion_matrix cross_entropy --classes 8 19 64 96 150
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import fastlogits as fl
+from fastlogits import config
+
+OPS = {
+    "argmax": lambda x, t: fl.argmax(x, axis=-1),
+    "classify": lambda x, t: fl.classify(x, axis=-1),
+    "confusion_matrix": lambda x, t: fl.confusion_matrix(x, t, axis=-1),
+    "cross_entropy": lambda x, t: fl.cross_entropy(x, t, axis=-1),
+}
+
+
+def _once(f):
+    """One timed call after an untimed one (compilation, page faults)."""
+    f()
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("name", help="a fastlogits.config attribute")
+    ap.add_argument("off", type=int)
+    ap.add_argument("on", type=int)
+    ap.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS))
+    ap.add_argument("--classes", nargs="+", type=int, default=[19])
+    ap.add_argument("--elements", type=int, default=40 * 1024 * 1024)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    if not hasattr(config, args.name):
+        ap.error(f"fastlogits.config has no {args.name}")
+    original = getattr(config, args.name)
+    rng = np.random.default_rng(1)
+    try:
+        for C in args.classes:
+            n = args.elements // C
+            x = rng.standard_normal((n, C), dtype=np.float32)
+            t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
+            for op in args.ops:
+                times = {args.off: [], args.on: []}
+                for _ in range(args.rounds):
+                    for value in (args.off, args.on):
+                        setattr(config, args.name, value)
+                        times[value].append(_once(lambda: OPS[op](x, t)))
+                off, on = (1e3 * np.median(times[v]) for v in (args.off, args.on))
+                print(f"C={C:5d} {op:16s} off {off:7.1f} ms  on {on:7.1f} ms  off/on {off / on:.2f}",
+                      flush=True)
+    finally:
+        setattr(config, args.name, original)
+
+
+if __name__ == "__main__":
+    main()
