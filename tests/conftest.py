@@ -7,11 +7,20 @@ as tests/test_cuda_simulator.py arranges).
 
 import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
 
 SEED = int(os.environ.get("FASTLOGITS_SEED", random.SystemRandom().randrange(2**32)))
+# Processes started after this one (pytest-xdist's workers, the simulator
+# run) draw the same seed, so the one printed in the header replays them all.
+os.environ["FASTLOGITS_SEED"] = str(SEED)
+# Where the simulator run of tests/test_cuda_simulator.py is handed over:
+# one directory per session, made by its first process (xdist's controller;
+# its workers inherit it).
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["FASTLOGITS_SIM_DIR"] = tempfile.mkdtemp(prefix="fastlogits-sim-")
 
 collect_ignore = []
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
@@ -23,7 +32,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 def pytest_collection_modifyitems(session, config, items):
     """Start the CUDA simulator subprocess right after collection, so it runs
-    beside the rest of the suite instead of after it."""
+    beside the rest of the suite instead of after it (under pytest-xdist,
+    from whichever worker collects first; see tests/test_cuda_simulator.py)."""
     if any(item.name == "test_cuda_backend_under_simulator" for item in items):
         from tests import test_cuda_simulator
 

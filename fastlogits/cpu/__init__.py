@@ -48,10 +48,17 @@ def launch_threads(work):
         set_num_threads(n)
 
 
-def _scratch(shape, dtype):
-    """A writable zero-stride array: a stand-in for an output a kernel
-    does not touch (no memory of the full shape is allocated)."""
-    return np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, (0,) * len(shape))
+def _stand_in(ndim, dtype):
+    """A one-element C-contiguous array of ``ndim`` dimensions: the stand-in
+    for an output a kernel does not touch (the kernels guard every access
+    to it by ``mode`` / ``with_conf``).
+
+    C-contiguous, so Numba types it like the real outputs (``np.empty``)
+    and softmax and logsumexp, or argmax and classify, share one compiled
+    specialization each; a zero-stride stand-in of the full shape was typed
+    ``'A'`` and doubled the kernels compiled (and the first-call time).
+    """
+    return np.empty((1,) * ndim, dtype)
 
 
 def _rows(a):
@@ -104,7 +111,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
 
     outer, C, inner = x3.shape
     if red2 is None:
-        red2 = _scratch((outer, inner), x3.dtype)
+        red2 = _stand_in(2, x3.dtype)
     x2 = _row_view(x3, config.CPU_ROW_MIN_CLASSES, out3)
     if x2 is not None:
         # The row kernels need C-contiguous rows (out too: a copy for huge C).
@@ -120,7 +127,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             out2[...] = work
         return
     if out3 is None:
-        out3 = _scratch(x3.shape, x3.dtype)
+        out3 = _stand_in(3, x3.dtype)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             # Straight into out unless it may overlap x (in place) or is strided.
@@ -138,7 +145,7 @@ def run_argmax(x3, labels2, conf2, inv_t):
     outer, C, inner = x3.shape
     with_conf = conf2 is not None
     if conf2 is None:
-        conf2 = _scratch((outer, inner), x3.dtype)
+        conf2 = _stand_in(2, x3.dtype)
     blocks = _row_blocks(C)
     x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES if with_conf
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)

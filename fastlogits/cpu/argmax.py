@@ -47,7 +47,8 @@ def _shares(C, with_conf):
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
-    """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)."""
+    """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
+    (without ``with_conf``, ``conf`` may be any array of that type: not touched)."""
     outer, C, inner = x.shape
     ntiles = (inner + tile - 1) // tile
     njobs = outer * ntiles
@@ -63,7 +64,9 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
             i0 = (job - o * ntiles) * tile
             P = min(tile, inner - i0)
             pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
-            _tile(x, o, i0, P, labels[o], conf[o], i0, inv_t, with_conf, m, idx, s, part, pf)
+            # conf may be a one-row stand-in (argmax): row o only with_conf.
+            _tile(x, o, i0, P, labels[o], conf[o if with_conf else 0], i0, inv_t, with_conf, m,
+                  idx, s, part, pf)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
