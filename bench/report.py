@@ -31,9 +31,13 @@ def main(path):
         return max(rates) if rates else None
 
     read_gbps, copy_gbps = ceiling_gbps("read"), ceiling_gbps("copy")
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"read {read_gbps:.1f} GB/s, copy {copy_gbps:.1f} GB/s (read+write; best of one "
-          "thread and all threads), same run\n")
+    cpu = data["machine_info"].get("cpu", {}).get("brand_raw", "?")
+    if read_gbps and copy_gbps:
+        print(f"machine: {cpu}, read {read_gbps:.1f} GB/s, copy {copy_gbps:.1f} GB/s "
+              "(read+write; best of one thread and all threads), same run\n")
+    else:  # e.g. bench_losses.py run without bench_core.py's test_bandwidth
+        print(f"machine: {cpu}; no bandwidth measured in this run (add "
+              "bench/bench_core.py -k bandwidth): no % of ceiling\n")
     print("| op | shape | layout | fastlogits ms | GB/s | % of ceiling | NumPy ms | x NumPy "
           "| PyTorch ms | x PyTorch |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -43,7 +47,8 @@ def main(path):
         if ours is None:
             continue
         gbps = floors[(group, "fastlogits[cpu]")] / ours / 1e9
-        ceiling = copy_gbps if op in ("softmax", "log_softmax") else read_gbps
+        # Ops that write an x-sized result are held to the copy ceiling.
+        ceiling = copy_gbps if op in ("softmax", "log_softmax", "cross_entropy_grad") else read_gbps
         np_ms, th_ms = impls.get("numpy"), impls.get("torch")
         cells = [op, shape, layout, f"{ours * 1e3:.1f}", f"{gbps:.1f}",
                  f"{100 * gbps / ceiling:.0f} %" if ceiling else "-",
