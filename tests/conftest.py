@@ -7,6 +7,7 @@ as tests/test_cuda_simulator.py arranges).
 
 import os
 import random
+import shutil
 import tempfile
 
 import numpy as np
@@ -38,6 +39,12 @@ def pytest_collection_modifyitems(session, config, items):
         from tests import test_cuda_simulator
 
         test_cuda_simulator.start()
+
+
+def pytest_unconfigure(config):
+    """The session's process that made the simulator directory removes it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        shutil.rmtree(os.environ["FASTLOGITS_SIM_DIR"], ignore_errors=True)
 
 
 def pytest_report_header(config):

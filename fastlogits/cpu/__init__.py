@@ -51,7 +51,7 @@ def launch_threads(work):
 def _stand_in(ndim, dtype):
     """A one-element C-contiguous array of ``ndim`` dimensions: the stand-in
     for an output a kernel does not touch (the kernels guard every access
-    to it by ``mode`` / ``with_conf``).
+    to it by ``mode`` / ``with_conf`` / ``want_grad`` / ``want_loss``).
 
     C-contiguous, so Numba types it like the real outputs (``np.empty``)
     and softmax and logsumexp, or argmax and classify, share one compiled

@@ -35,7 +35,7 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
+from fastlogits.cpu import _row_blocks, _stand_in, _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
 from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
@@ -433,14 +433,14 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
         lwork = np.empty(loss2.shape, loss2.dtype)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            g = grad3 if want_grad else np.empty((1, 1, 1), dtype)
-            lw = lwork if want_loss else np.empty((1, 1), dtype)
+            g = grad3 if want_grad else _stand_in(3, dtype)
+            lw = lwork if want_loss else _stand_in(2, dtype)
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
                         _tile_pixels(C), nthreads)
         else:
             x2 = x3.reshape(outer, C)
-            g = grad3.reshape(outer, C) if want_grad else np.empty((1, 1), dtype)
-            lw = lwork.reshape(outer) if want_loss else np.empty(1, dtype)
+            g = grad3.reshape(outer, C) if want_grad else _stand_in(2, dtype)
+            lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
             blocks = _row_blocks(C) and not want_grad
