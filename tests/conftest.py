@@ -35,6 +35,8 @@ def pytest_collection_modifyitems(session, config, items):
     """Start the CUDA simulator subprocess right after collection, so it runs
     beside the rest of the suite instead of after it (under pytest-xdist,
     from whichever worker collects first; see tests/test_cuda_simulator.py)."""
+    if config.option.collectonly:
+        return
     if any(item.name == "test_cuda_backend_under_simulator" for item in items):
         from tests import test_cuda_simulator
 
