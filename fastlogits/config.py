@@ -37,13 +37,17 @@ CPU_ROW_ARGMAX_MIN_CLASSES = 12
 
 #: Contiguous channels-last rows of 8 to this many classes go through
 #: blocks of 8 rows transposed in registers (``cpu.rowblock``) for argmax,
-#: classify, confusion_matrix and cross_entropy without a gradient,
-#: whatever the two thresholds above say. Measured on AMD Zen 3
-#: (bench/RESULTS.md, log 26; crossover near 96 classes). Off (0) on
-#: AVX-512 targets, where the gather-transposed tiles were tuned and the
-#: blocks have not been measured. Capped at ``cpu.tiles.SUM_BLOCK``: a
-#: block's exp-sum runs in x's precision.
-CPU_ROW_BLOCK_MAX_CLASSES = 0 if target_has_avx512() else 96
+#: classify and confusion_matrix, whatever the two thresholds above say.
+#: Measured crossovers (bench/RESULTS.md, logs 26 and 28): near 96 classes
+#: on AMD Zen 3 (AVX2), between 48 and 64 on Intel Ice Lake (AVX-512,
+#: whose 16-lane row kernels win sooner). Capped at ``cpu.tiles.SUM_BLOCK``:
+#: a block's exp-sum runs in x's precision.
+CPU_ROW_BLOCK_MAX_CLASSES = 48 if target_has_avx512() else 96
+
+#: The same for cross_entropy without a gradient (with one, the blocks have
+#: no way back): its row kernels are slower than classify's, and the
+#: blocks still won at 96 classes on both CPUs (log 28).
+CPU_ROW_BLOCK_XENT_MAX_CLASSES = 96
 
 #: Channels-last views with non-contiguous rows and at least this many
 #: classes are copied to contiguous rows for the row kernels: a tile of 16

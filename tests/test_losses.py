@@ -136,7 +136,7 @@ def test_channels_last_paths(rng, path, monkeypatch):
     around the vector widths, with the special-value rows (blocks: the
     losses without a gradient; 29 rows, so a remainder for the rows)."""
     monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1 if path == "rows" else 10**9)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", 10**9 if path == "blocks" else 0)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 10**9 if path == "blocks" else 0)
     for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129):
         x = make_logits(rng, (29, C))
         check_all_options(x, make_target(rng, (29,), C), -1, rng)

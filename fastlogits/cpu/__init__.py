@@ -93,13 +93,15 @@ def _row_view(x3, min_classes, out3=None):
     return None
 
 
-def _row_blocks(C):
+def _row_blocks(C, max_classes):
     """Whether contiguous channels-last rows of C classes go by the 8-row
-    register blocks of :mod:`.rowblock` (``config.CPU_ROW_BLOCK_MAX_CLASSES``,
-    never above ``tiles.SUM_BLOCK``: a block's exp-sum is not split)."""
+    register blocks of :mod:`.rowblock`: from 8 classes to ``max_classes``
+    (``config.CPU_ROW_BLOCK_MAX_CLASSES``, or ``..._XENT_...`` for the
+    loss), never above ``tiles.SUM_BLOCK`` (a block's exp-sum is not
+    split)."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
 
-    return 8 <= C <= min(config.CPU_ROW_BLOCK_MAX_CLASSES, SUM_BLOCK)
+    return 8 <= C <= min(max_classes, SUM_BLOCK)
 
 
 def run_expnorm(x3, out3, red2, inv_t, mode):
@@ -146,7 +148,7 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with_conf = conf2 is not None
     if conf2 is None:
         conf2 = _stand_in(2, x3.dtype)
-    blocks = _row_blocks(C)
+    blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)
     x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES if with_conf
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:

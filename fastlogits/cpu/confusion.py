@@ -161,7 +161,7 @@ def run_confusion(x3, t2, ignore_index, counts):
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
-        blocks = _row_blocks(C)
+        blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)
         if C < config.CPU_ROW_ARGMAX_MIN_CLASSES and not blocks:
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
                                           _tile_pixels(C), config.CPU_PREFETCH_BYTES))

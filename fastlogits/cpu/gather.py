@@ -1,23 +1,24 @@
-"""A vector gather for the channels-last transpose.
+"""Vector transposes for the channels-last tiles.
 
 Channels-last tiles are transposed into (C, P) scratch before the
 vectorized tile loops (:func:`fastlogits.cpu.tiles.load_transposed`). The
-class-c scores of 16 consecutive pixels sit C elements apart; with C known
-only at run time LLVM turns that read into 16 scalar loads and inserts
+class-c scores of consecutive pixels sit C elements apart; with C known
+only at run time LLVM turns that read into scalar loads and inserts
 (measured ~2 G elements/s per core, the largest cost of the channels-last
-argmax). One AVX-512 gather reads the 16 in a single instruction.
+argmax).
 
-Numba has no vector types, so the intrinsic does the whole step: gather 16
-elements of ``src`` and store them contiguously into ``dst`` (C-contiguous
-arrays of one float dtype, indexed flat; nothing is bounds-checked).
+Numba has no vector types, so each intrinsic does a whole step on
+C-contiguous arrays of one float dtype, indexed flat (nothing is
+bounds-checked):
 
-Without AVX-512 (AVX2 CPUs such as AMD Zen 3) LLVM scalarizes that
-gather, and the AVX2 gather instruction measured slower still; there the
-transpose goes by :func:`transpose8` instead: 8 rows of 8 classes loaded
-as vectors and transposed in registers by shuffles (3.7 against 10.7 ns
-per 19-class pixel on an L2-resident tile; bench/RESULTS.md, log 24), in
-both directions (``store_transposed`` too). :data:`SHUFFLE_TRANSPOSE`
-picks the method from the target's features.
+- :func:`transpose8` (from 8 classes on, both directions: ``store_transposed``
+  too): 8 rows of 8 classes loaded as vectors and transposed in registers
+  by shuffles. On AMD Zen 3 (AVX2) 3.7 against 10.7 ns per 19-class pixel
+  on an L2-resident tile (bench/RESULTS.md, log 24); on Intel Ice Lake
+  (AVX-512) it beat the 16-lane gather too: the C = 19 channels-last
+  classify tiles 65.7 -> 34.6-45.4 ms, softmax 68-79 -> 46-54 ms (log 28).
+- :func:`gather16` (fewer than 8 classes, where every 8 x 8 block would be
+  partial): one vector gather of 16 elements, stored contiguously.
 
 Tried and not kept: the way back (softmax's ``store_transposed``) as
 gathers through a table of offsets measured no faster (1.47 G, against
@@ -29,7 +30,6 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.irutil import const, i64, lane_mask, masked_load, vector_of, vptr
 
 #: Elements per gather (one AVX-512 vector of float32).
@@ -83,12 +83,6 @@ def gather16(typingctx, src, start, stride, dst, dstart):
 
 #: Pixels and classes of one :func:`transpose8` block.
 BLOCK8 = 8
-
-#: Whether the channels-last transpose goes by :func:`transpose8` blocks
-#: rather than :func:`gather16`: on a target without AVX-512 LLVM turns the
-#: gather into 16 scalar loads and inserts (it does for AMD Zen 3), and the
-#: AVX2 gather instruction measured slower still (bench/RESULTS.md, log 24).
-SHUFFLE_TRANSPOSE = not target_has_avx512()
 
 
 def _transpose_ir(builder, rows):

@@ -443,7 +443,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
-            blocks = _row_blocks(C) and not want_grad
+            blocks = _row_blocks(C, config.CPU_ROW_BLOCK_XENT_MAX_CLASSES) and not want_grad
             if C < config.CPU_ROW_MIN_CLASSES and not blocks:
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:

@@ -23,7 +23,7 @@ from numba import njit
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import fexp_shifted
-from fastlogits.cpu.gather import BLOCK8, GATHER, SHUFFLE_TRANSPOSE, gather16, transpose8
+from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
 from fastlogits.cpu.prefetch import no_region, prefetch_share, tile_region
 
 #: Classes summed in the input precision before the partial sum is added to
@@ -72,19 +72,18 @@ def next_tile_cl(x2, r0, tile, r_end, nshares, ahead_bytes):
 def load_transposed(x2, r0, P, buf):
     """Copy rows ``x2[r0:r0 + P]`` (P, C) into ``buf[0, :, :P]`` (C, P).
 
-    Classes outside: the class-c scores of 16 pixels in one vector
-    gather (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16
-    scalar loads), contiguous vector writes. On targets without AVX-512
-    (``gather.SHUFFLE_TRANSPOSE``) and from 8 classes on, 8 x 8 blocks
-    transposed in registers instead (:func:`fastlogits.cpu.gather.transpose8`).
+    From 8 classes on, 8 x 8 blocks transposed in registers
+    (:func:`fastlogits.cpu.gather.transpose8`); below that, classes
+    outside, the class-c scores of 16 pixels in one vector gather
+    (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16 scalar
+    loads) and contiguous vector writes.
     ``buf`` must be C-contiguous; a strided ``x2`` (a non-contiguous view)
     takes the scalar loop.
     """
     r0 = max(r0, 0)
     C = x2.shape[1]
     T = buf.shape[2]
-    if SHUFFLE_TRANSPOSE and C >= BLOCK8 and x2.flags.c_contiguous:
-        # 8 x 8 blocks transposed in registers (no fast gather on the target).
+    if C >= BLOCK8 and x2.flags.c_contiguous:
         P8 = P - P % BLOCK8
         for p0 in range(0, P8, BLOCK8):
             for c0 in range(0, C, BLOCK8):
@@ -111,13 +110,13 @@ def store_transposed(buf, P, out2, r0):
     the full 8-class blocks here (8 x 8 at a time, a whole 8-class segment
     of a row per store); the last C % 8 classes and the last P % 8 pixels
     are stored one by one (a partial row segment would need a masked
-    store, microcoded on the CPUs that take this path)."""
+    store, microcoded on AMD Zen 3)."""
     r0 = max(r0, 0)
     C = out2.shape[1]
     T = buf.shape[2]
     c8 = 0
     P8 = 0
-    if SHUFFLE_TRANSPOSE and C >= BLOCK8 and out2.flags.c_contiguous:
+    if C >= BLOCK8 and out2.flags.c_contiguous:
         c8 = C - C % BLOCK8
         P8 = P - P % BLOCK8
         for p0 in range(0, P8, BLOCK8):
