@@ -63,6 +63,33 @@ def test_rows8_argmax_matches_numpy(rng, C, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
+def test_rows8_argmax_merges_chains_like_numpy(rng, C, dtype):
+    """Many blocks of small integers (ties everywhere) with NaN and +-inf
+    scattered: the independent (max, index) chains (class j % 2 of a class
+    block in chain j % 2, ``rowblock.ARGMAX_CHAINS``) must merge to
+    NumPy's first maximum, first NaN."""
+    rows = 8 * 40
+    x = rng.integers(-2, 3, (rows, C)).astype(dtype)
+    u = rng.random((rows, C))
+    x[u < 0.02] = np.nan
+    x[(u >= 0.02) & (u < 0.08)] = -np.inf
+    x[u > 0.97] = np.inf
+    x[:8] = -np.inf                     # a block of all -inf rows: index 0
+    x[8:16, 1::2] = 3.0                 # the max only in odd classes (chain 1)...
+    x[8:16, 2::4] = 3.0                 # ...tied from class 2 on (chain 0)
+    x[16:24, 1::2] = np.nan             # a NaN in the odd chain only, first at 1
+    x[16:24, 0] = 5.0
+    m = np.empty(rows, dtype)
+    idx = np.empty(rows, np.int32)
+    for r in range(0, rows, 8):
+        _argmax(x, r, m, idx, r)
+    want_m, want_i = _ref_argmax(x)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_array_equal(m, want_m)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", CLASSES)
 def test_rows8_sums_match_float64(rng, C, dtype):
     x = rng.standard_normal((11, C)).astype(dtype) * 4
     x[5, 1] = -np.inf                          # exp(-inf) = 0, w * inf skipped below

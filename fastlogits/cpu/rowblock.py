@@ -105,6 +105,30 @@ class _Rows8:
         return result
 
 
+#: Independent running (max, index) pairs per block in :func:`rows8_argmax`
+#: (column j of a class block goes to pair j % ARGMAX_CHAINS, merged at the
+#: end): each class's compare and select waits on the one before, and with
+#: one chain a block's max took long enough that the exp-sum after it could
+#: not overlap with the next block. Two chains, 40 M float32 scores, two
+#: threads (bench/RESULTS.md, log 29): argmax 10.6 -> 8.6-9.3 ms at C = 19,
+#: 11.6 -> 9.3 at C = 8; four chains measured no better than two.
+ARGMAX_CHAINS = 2
+
+
+def _merge_argmax(builder, a, b):
+    """The (max, first index) of two chains' ``(m, idx)`` vector pairs: the
+    larger max, the smaller index on a tie; a NaN wins over any number,
+    and between two NaNs the smaller index (the first NaN, NumPy's rule)."""
+    (ma, ia), (mb, ib) = a, b
+    lt = builder.icmp_signed("<", ib, ia)
+    a_nan = builder.fcmp_unordered("uno", ma, ma)
+    b_nan = builder.fcmp_unordered("uno", mb, mb)
+    take = builder.or_(builder.fcmp_ordered(">", mb, ma),
+                       builder.and_(builder.fcmp_ordered("==", mb, ma), lt))
+    take = builder.or_(take, builder.and_(b_nan, builder.or_(builder.not_(a_nan), lt)))
+    return builder.select(take, mb, ma), builder.select(take, ib, ia)
+
+
 @intrinsic
 def rows8_argmax(typingctx, x, r, m, idx, p):
     """Max of rows ``r .. r + 7`` of the C-contiguous (rows, C) float array
@@ -120,19 +144,26 @@ def rows8_argmax(typingctx, x, r, m, idx, p):
         ivec = ir.VectorType(I32, BLOCK8)
 
         def step(carried, c0, cols):
-            mx, ix = carried
+            carried = list(carried)
             c0 = builder.trunc(c0, I32)
             for j, v in cols:
+                k = 2 * (j % ARGMAX_CHAINS)
+                mx, ix = carried[k], carried[k + 1]
                 # v > mx, or v the first NaN: "unordered or greater" while
                 # mx is still a number (a NaN mx never changes again).
                 take = builder.and_(builder.fcmp_unordered(">", v, mx),
                                     builder.fcmp_ordered("ord", mx, mx))
-                mx = builder.select(take, v, mx)
+                carried[k] = builder.select(take, v, mx)
                 cls = splat(builder, ivec, builder.add(c0, ir.Constant(I32, j)))
-                ix = builder.select(take, cls, ix)
-            return [mx, ix]
+                carried[k + 1] = builder.select(take, cls, ix)
+            return carried
 
-        mx, ix = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * BLOCK8)], step)
+        res = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * BLOCK8)] * ARGMAX_CHAINS, step)
+        chains = [(res[k], res[k + 1]) for k in range(0, len(res), 2)]
+        while len(chains) > 1:
+            chains = [_merge_argmax(builder, *chains[i:i + 2]) if i + 1 < len(chains)
+                      else chains[i] for i in range(0, len(chains), 2)]
+        mx, ix = chains[0]
         pm = context.make_array(sig.args[2])(context, builder, args[2])
         pi = context.make_array(sig.args[3])(context, builder, args[3])
         at = i64(builder, args[4])
