@@ -11,6 +11,14 @@ Log 29 of bench/RESULTS.md (two argmax chains) was measured this way::
     git worktree add /tmp/old b030e61
     python bench/ab_versions.py /tmp/old . --classes 19 48 8 --pairs 3
 
+LinearHead methods are ops too, ``head.<method>.<layout>`` (layout ``hwc``:
+features (pixels, N), axis -1; ``chw``: (N, pixels), axis 0), on
+``--elements`` float32 features of ``--features`` each into each of
+``--classes`` classes (log 30)::
+
+    python bench/ab_versions.py /tmp/old . --ops head.argmax.hwc head.argmax.chw \
+        --elements 134217728
+
 A child process checks that it imported fastlogits from its tree (an
 editable install elsewhere would otherwise win silently) and fails if not.
 """
@@ -24,7 +32,25 @@ import sys
 import numpy as np
 
 
-def _child(tree, ops, classes, elements, rounds):
+HEAD_METHODS = ("argmax", "classify")
+
+
+def _head_op(op, C, N, elements, rng):
+    """``(call, features)`` of the ``head.<method>.<layout>`` op."""
+    import fastlogits as fl
+
+    _, method, layout = op.split(".")
+    W = (rng.standard_normal((C, N), dtype=np.float32) / np.sqrt(N)).astype(np.float32)
+    head = fl.LinearHead(W, rng.standard_normal(C, dtype=np.float32))
+    npix = elements // N
+    if layout == "hwc":
+        f, axis = rng.standard_normal((npix, N), dtype=np.float32), -1
+    else:
+        f, axis = rng.standard_normal((N, npix), dtype=np.float32), 0
+    return (lambda: getattr(head, method)(f, axis=axis)), f
+
+
+def _child(tree, ops, classes, elements, rounds, features):
     """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
     import fastlogits
 
@@ -36,12 +62,18 @@ def _child(tree, ops, classes, elements, rounds):
     rng = np.random.default_rng(1)
     result = {}
     for C in classes:
-        n = elements // C
-        x = rng.standard_normal((n, C), dtype=np.float32)
-        t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
+        core = [op for op in ops if op in OPS]
+        if core:
+            n = elements // C
+            x = rng.standard_normal((n, C), dtype=np.float32)
+            t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
         for op in ops:
-            result[f"{op}@{C}"] = float(np.median([_once(lambda: OPS[op](x, t))
-                                                   for _ in range(rounds)]))
+            if op in OPS:
+                call = lambda: OPS[op](x, t)  # noqa: E731
+            else:
+                call, f = _head_op(op, C, features, elements, rng)
+            result[f"{op}@{C}"] = float(np.median([_once(call) for _ in range(rounds)]))
+            call = f = None
     print(json.dumps(result))
 
 
@@ -52,32 +84,36 @@ def main(argv=None):
     ap.add_argument("--ops", nargs="+", default=["argmax", "classify", "confusion_matrix",
                                                  "cross_entropy"])
     ap.add_argument("--classes", nargs="+", type=int, default=[19])
-    ap.add_argument("--elements", type=int, default=40 * 1024 * 1024)
+    ap.add_argument("--elements", type=int, default=40 * 1024 * 1024,
+                    help="logits (or head features) per op")
+    ap.add_argument("--features", type=int, default=256, help="N of the head.* ops")
     ap.add_argument("--rounds", type=int, default=7, help="timed calls per process")
     ap.add_argument("--pairs", type=int, default=3, help="old/new process pairs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.new, args.ops, args.classes, args.elements, args.rounds)
+        _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features)
         return
     from ab_config import OPS
 
-    unknown = sorted(set(args.ops) - set(OPS))
+    heads = {f"head.{m}.{lay}" for m in HEAD_METHODS for lay in ("hwc", "chw")}
+    unknown = sorted(set(args.ops) - set(OPS) - heads)
     if unknown:
-        ap.error(f"unknown ops {unknown}; choose from {sorted(OPS)}")
+        ap.error(f"unknown ops {unknown}; choose from {sorted(OPS) + sorted(heads)}")
     runs = {args.old: [], args.new: []}
     for _ in range(args.pairs):
         for tree in (args.old, args.new):
             env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
             cmd = [sys.executable, os.path.abspath(__file__), tree, tree, "--child",
                    "--ops", *args.ops, "--classes", *map(str, args.classes),
-                   "--elements", str(args.elements), "--rounds", str(args.rounds)]
+                   "--elements", str(args.elements), "--rounds", str(args.rounds),
+                   "--features", str(args.features)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in runs[args.old][0]:
         old, new = (1e3 * np.median([r[key] for r in runs[tree]]) for tree in (args.old, args.new))
         op, C = key.split("@")
-        print(f"C={int(C):5d} {op:16s} old {old:7.1f} ms  new {new:7.1f} ms  old/new {old / new:.2f}",
+        print(f"C={int(C):5d} {op:18s} old {old:7.1f} ms  new {new:7.1f} ms  old/new {old / new:.2f}",
               flush=True)
 
 

@@ -582,3 +582,33 @@ def test_weights_updated_in_place(rng):
         W[...] = rng.normal(size=W.shape)
         np.testing.assert_allclose(head.logits(f.astype(dtype)), f @ W.T.astype(np.float64),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1, 3, 7])
+@pytest.mark.parametrize("N", [16, 48, 64])
+def test_channels_last_dot_form_at_every_line_offset(rng, monkeypatch, dtype, offset, N):
+    """The dot form's aligned kernel (every feature row at the same offset
+    in a 64-byte line, W copied to match: cpu.head.dot_weights) and its
+    unaligned one (float32 N = 48: rows at three offsets), on features
+    placed ``offset`` elements past a line, with the gradient."""
+    monkeypatch.setattr(config, "CPU_HEAD_DOT_MIN_RATIO", 0, raising=False)
+    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    C = 5
+    head = make_head(rng, C, N, dtype)
+    size = np.dtype(dtype).itemsize
+    n = 37 * N
+    raw = np.empty(n + 64, dtype)
+    s = (-raw.ctypes.data % 64) // size + offset
+    f = raw[s:s + n].reshape(37, N)
+    f[...] = rng.normal(size=f.shape) * 3
+    assert f.ctypes.data % 64 == offset * size
+    z = ref_logits(head, f, -1)
+    assert np.all(np.abs(head.logits(f) - z) <= logit_bound(head, f, -1))
+    sure = top2_margin(z, -1) > 1e-3
+    np.testing.assert_array_equal(head.argmax(f)[sure], ref.argmax(z, -1)[sure])
+    t = make_target(rng, f.shape[:-1], C)
+    loss, grad = head.cross_entropy(f, t, return_grad=True)
+    lref, gref = ref_head_xent(head, f, t, -1, return_grad=True)
+    np.testing.assert_allclose(loss, lref, rtol=1e-4 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(grad, gref, atol=1e-4 * np.abs(gref).max())

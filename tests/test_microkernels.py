@@ -1,12 +1,13 @@
-"""The outer-product micro-kernel (fastlogits.cpu.microkernels) on its own:
-partial class blocks, both initializations, K = 0, float32 and float64."""
+"""The LinearHead micro-kernels (fastlogits.cpu.microkernels) on their own:
+partial class blocks, both initializations, K = 0 / N = 0, float32 and
+float64, and the dot block's aligned form at every offset in a line."""
 
 import numpy as np
 import pytest
 from numba import njit
 
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         dot_block, outer_block)
+                                         address_of, dot_block, dot_block_aligned, outer_block)
 
 
 @njit(cache=True)
@@ -45,31 +46,77 @@ def test_outer_block_matches_float64_product(rng, dtype, K, nc, init_bias):
 
 
 @njit(cache=True)
-def _dot(W, c0, ncls, f, f0, N, b, z, zo, zs):
-    dot_block(W, c0, ncls, f, f0, N, b, z, zo, zs)
+def _dot(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs):
+    if n0 >= 0:
+        dot_block_aligned(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs)
+    else:
+        dot_block(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N", [1, 5, 8, 16, 17, 259])
-@pytest.mark.parametrize("ncls", [1, 3, DOT_CLASSES])
-def test_dot_block_matches_float64_product(rng, dtype, N, ncls):
-    C, c0, f0, zo, zs = 7, 2, 3, 2, DOT_PIXELS + 7
-    W = rng.standard_normal(C * N).astype(dtype)
+def _at_line_offset(rng, n, dtype, lanes):
+    """A random array of n elements whose element 0 sits ``lanes`` elements
+    past a 64-byte boundary."""
+    size = np.dtype(dtype).itemsize
+    raw = np.empty(n + 2 * 64 // size, dtype)
+    s = (-raw.ctypes.data % 64) // size + lanes
+    a = raw[s:s + n]
+    a[:] = rng.standard_normal(n)
+    assert a.ctypes.data % 64 == lanes * size
+    return a
+
+
+def _check_dot(rng, dtype, N, ncls, n0):
+    """One block at class c0 = 2 of 7, pixels from f0 = 3 rows in, against
+    float64; with ``n0 >= 0`` W and f are placed so that element n0 of
+    every row starts a 64-byte line (the aligned kernel)."""
+    C, c0, zo, zs = 7, 2, 2, DOT_PIXELS + 7
+    lanes = 64 // np.dtype(dtype).itemsize
+    f0 = 3 * N if n0 >= 0 else 3
+    w0 = 5 if n0 < 0 else 0
+    off = (lanes - n0) % lanes if n0 >= 0 else 0
+    W = _at_line_offset(rng, w0 + C * N, dtype, off)
+    f = _at_line_offset(rng, f0 + DOT_PIXELS * N + 2, dtype, off)
     b = rng.standard_normal(C).astype(dtype)
-    f = rng.standard_normal(f0 + DOT_PIXELS * N + 2).astype(dtype)
     z = rng.standard_normal(DOT_CLASSES * zs + zo + 3).astype(dtype)
     z0 = z.copy()
-    _dot(W, c0, ncls, f, f0, N, b, z, zo, zs)
+    _dot(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs)
 
     want = z0.astype(np.float64)
-    W64, f64 = W.astype(np.float64).reshape(C, N), f.astype(np.float64)
+    W64, f64 = W[w0:].astype(np.float64).reshape(C, N), f.astype(np.float64)
     for i in range(ncls):
         for p in range(DOT_PIXELS):
             want[zo + i * zs + p] = b[c0 + i] + W64[c0 + i] @ f64[f0 + p * N:f0 + (p + 1) * N]
-    scale = np.abs(W64).max() * np.abs(f64).max() * N + np.abs(b).max()
+    scale = (np.abs(W64).max() * np.abs(f64).max() * N if N else 0.0) + np.abs(b).max()
     # Entries past ncls and between the rows are left exactly as they were.
     np.testing.assert_allclose(z, want, rtol=0, atol=4 * (N + 2) * np.finfo(dtype).eps * scale)
     untouched = np.ones(z.shape, bool)
     for i in range(ncls):
         untouched[zo + i * zs:zo + i * zs + DOT_PIXELS] = False
     np.testing.assert_array_equal(z[untouched], z0[untouched])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [0, 1, 5, 8, 16, 17, 259])
+@pytest.mark.parametrize("ncls", [1, 3, DOT_CLASSES])
+def test_dot_block_matches_float64_product(rng, dtype, N, ncls):
+    _check_dot(rng, dtype, N, ncls, -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("n0", [0, 1, 3, 7])
+@pytest.mark.parametrize("ncls", [1, 3, DOT_CLASSES])
+def test_dot_block_aligned_matches_float64_product(rng, dtype, rows, n0, ncls):
+    """N = rows whole vectors, the rows' aligned element anywhere in a line."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    _check_dot(rng, dtype, rows * lanes, ncls, n0 % lanes)
+
+
+def test_address_of_is_the_data_pointer():
+    a = np.arange(10.0)
+    assert _address(a, 3) == a.ctypes.data + 3 * a.itemsize
+
+
+@njit(cache=True)
+def _address(a, i):
+    return address_of(a, i)

@@ -31,6 +31,9 @@ stays scalar).
   DOT_CLASSES x DOT_PIXELS at once (4 x 4 with AVX-512, 4 x 2 with AVX2;
   :func:`fastlogits.cpu.microkernels.dot_block`: 16 vector sums and 8
   loads per 16 FMAs, or 8 and 6 per 8, then one transpose-add tree).
+  When N is a multiple of one vector, W is copied to the feature rows'
+  offset in a 64-byte line (:func:`dot_weights`) so every load of the
+  main loop is aligned (``dot_block_aligned``).
 - Channels-last with N small next to C (:func:`cl_dot_form`): the tile's
   rows are transposed into an (N, P) scratch (:func:`load_transposed`) and
   the outer-product form runs on it.
@@ -64,7 +67,7 @@ from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_grad, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         dot_block, outer_block)
+                                         address_of, dot_block, dot_block_aligned, outer_block)
 from fastlogits.cpu.prefetch import no_region, prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
@@ -87,6 +90,11 @@ K_PANEL = 16
 #: Channels-last product: the features of the pixels this far ahead are
 #: prefetched while the current block of 4 is computed.
 PREFETCH_PIXELS = 8
+
+#: Channels-last dot form: W is copied to match the features' alignment
+#: (:func:`dot_weights`) up to this many weights (4 MiB of float32); a
+#: larger head is read from L3 or memory anyway.
+DOT_ALIGN_MAX_WEIGHTS = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -197,14 +205,16 @@ def gemm_rows(A, a0, sam, sak, M, K, B, b0, sbk, out, o0, som, J, init, bias):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def gemm_dot(W, b, C, N, f, f0, P, z, zs):
+def gemm_dot(W, b, C, N, f, f0, P, z, zs, Wd, wd0, n0):
     """``z[c*zs + p] = b[c] + sum_n W[c*N + n] * f[f0 + p*N + n]`` for c < C, p < P.
 
     Channels-last logits of P pixels: dot products along the contiguous
-    feature axis, DOT_CLASSES x DOT_PIXELS per :func:`dot_block` (one
-    vector sum each, one transpose-add tree at the end; the pixels'
-    feature rows and W stay in L1). The last class block is full too: its
-    missing classes repeat class C - 1 and are not stored.
+    feature axis, DOT_CLASSES x DOT_PIXELS per micro-kernel (one vector
+    sum each, one transpose-add tree at the end; the pixels' feature rows
+    and W stay in L1). The last class block is full too: its missing
+    classes repeat class C - 1 and are not stored. With ``n0 >= 0`` the
+    aligned micro-kernel runs on the copy ``Wd[wd0:]`` of W from
+    :func:`dot_weights`.
     """
     zero = z.dtype.type(0.0)
     P4 = P - P % DOT_PIXELS
@@ -222,7 +232,11 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
             for q in range(pf, min(pf + pf_step, pf_end), line):
                 prefetch(f, q)
             pf += pf_step
-            dot_block(W, c0, min(DOT_CLASSES, C - c0), f, f0 + p0 * N, N, b, z, c0 * zs + p0, zs)
+            nc = min(DOT_CLASSES, C - c0)
+            if n0 >= 0:
+                dot_block_aligned(Wd, wd0, c0, nc, f, f0 + p0 * N, N, n0, b, z, c0 * zs + p0, zs)
+            else:
+                dot_block(W, 0, c0, nc, f, f0 + p0 * N, N, 0, b, z, c0 * zs + p0, zs)
     for p in range(P4, P):
         fo = max(f0 + p * N, 0)
         for c in range(C):
@@ -231,6 +245,29 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs):
             for n in range(N):
                 s += W[wo + n] * f[fo + n]
             z[c * zs + p] = s + b[c]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def dot_weights(W, C, N, f, use):
+    """``(Wd, wd0, n0)`` for :func:`gemm_dot` on the flat channels-last
+    features ``f``: when every feature row starts at the same offset in a
+    64-byte line (N a multiple of the lanes L of one 64-byte vector) and
+    ``use``, a copy of W placed at that same offset, ``Wd[wd0:wd0 + C*N]``,
+    and ``n0``, a row's first element on a line boundary; otherwise a dummy
+    and ``n0 = -1`` (the unaligned micro-kernel on W itself). NumPy places
+    large arrays 16 bytes past a page boundary, so without the copy every
+    64-byte load of f and W spans two lines.
+    """
+    size = f.itemsize
+    L = 64 // size
+    fa = address_of(f, 0)
+    if not (use and N >= L and N % L == 0 and fa % size == 0
+            and C * N <= DOT_ALIGN_MAX_WEIGHTS):
+        return np.empty(1, dtype=W.dtype), 0, -1
+    Wd = np.empty(C * N + L, dtype=W.dtype)
+    wd0 = ((fa - address_of(Wd, 0)) % 64) // size
+    Wd[wd0:wd0 + C * N] = W
+    return Wd, wd0, ((-fa) % 64) // size
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +314,7 @@ def _gemm_panels(W, b, Wt, C, N, B, b0, sbk, P, z, zs):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, zs, cl_dot, ft):
+def tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, zs, cl_dot, ft, Wd, wd0, n0):
     """Logits of the tile's P pixels into ``z[c*zs + p]``.
 
     ``inner > 1``: channels-first, pixels ``i0 .. i0+P`` of plane ``o`` of
@@ -286,13 +323,14 @@ def tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, zs, cl_dot, ft):
     ``f`` (rows, N): with ``cl_dot`` as dot products (:func:`gemm_dot`),
     else transposed into the (N, zs) scratch ``ft`` first and then in the
     outer-product form (better when N is small next to C: see
-    :func:`fastlogits.cpu.head.cl_dot_form`).
+    :func:`fastlogits.cpu.head.cl_dot_form`). ``Wd, wd0, n0``: from
+    :func:`dot_weights`.
     """
     C = b.shape[0]
     if inner > 1:
         _gemm_panels(W, b, Wt, C, N, f, o * N * inner + i0, inner, P, z, zs)
     elif cl_dot or N == 0:
-        gemm_dot(W, b, C, N, f, i0 * N, P, z, zs)
+        gemm_dot(W, b, C, N, f, i0 * N, P, z, zs, Wd, wd0, n0)
     else:
         load_transposed(f.reshape((f.shape[0] // N, N)), i0, P, ft.reshape((1, N, zs)))
         _gemm_panels(W, b, Wt, C, N, ft, 0, zs, P, z, zs)
@@ -366,6 +404,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt = transposed_weights(W, b, C, N)
+    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -381,7 +420,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             if mode == LOGITS:
                 store_tile(out, z, C, inner, o, i0, P, tile)
                 continue
@@ -401,6 +440,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt = transposed_weights(W, b, C, N)
+    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -414,7 +454,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             _argmax_tile(z3, 0, 0, P, labels, conf, o * npix + i0, inv_t, with_conf, m, idx, s,
                          part, no_region(z3))
 
@@ -437,6 +477,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     bc = _grad_coef(w, eps, gscale)
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt = transposed_weights(W, b, C, N)
+    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
@@ -452,7 +493,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
             q0 = o * npix + i0
-            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             pf = no_region(z3)  # z is scratch in cache
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc,
@@ -473,6 +514,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
     C = b.shape[0]
     npix, ntiles, njobs, _ = _tiling(outer, inner, tile, 1)
     Wt = transposed_weights(W, b, C, N)
+    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
     nchunks = max(1, min(nchunks, njobs))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
@@ -488,7 +530,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             o = job // ntiles
             i0 = (job - o * ntiles) * tile
             P = min(tile, npix - i0)
-            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft)
+            tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             tile_argmax(z3, 0, 0, P, m, m2, idx, no_region(z3))
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)

@@ -13,8 +13,11 @@ write the vector code directly.
 - :func:`dot_block` (dot form): ``z[c, p] = b[c] + sum_n W[c, n] f[p, n]``
   for DOT_CLASSES x DOT_PIXELS (4 x 4 with AVX-512), one vector sum each
   along n, then ONE transpose-add tree that leaves the totals in one
-  vector (~45 shuffles and adds for 16 sums, where 16 separate horizontal
-  sums take ~110).
+  vector (15 shuffles, 15 blends and 15 adds for 16 sums, where 16
+  separate horizontal sums take ~110), stored a class row at a time.
+  :func:`dot_block_aligned` is the same block on rows whose loads can all
+  be 64-byte aligned (one cache line each, where an unaligned one spans
+  two): the loop, at 8 loads per 16 FMAs, is bound by its loads.
 
 The blocks are sized for the vector registers of the target
 (:func:`fastlogits._vector_width.target_has_avx512`): with AVX-512, 32
@@ -33,8 +36,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
-from fastlogits.cpu.irutil import (I32, const, fmuladd_fn, i64, lane_mask, masked_load,
-                                   splat as splat_vec, vector_loop, vptr)
+from fastlogits.cpu.irutil import (I32, I64, const, fmuladd_fn, i64, lane_mask, loop,
+                                   masked_load, splat as splat_vec, vector_loop, vptr)
 
 _WIDE = target_has_avx512()
 
@@ -125,45 +128,64 @@ def outer_block(typingctx, Wt, w0, wst, b0, B, bo, sbk, K, z, zo, zs, nc, init_b
 
 
 def _tree_sum(builder, vecs):
-    """Reduce 16 vectors of L lanes to 16 totals: vector k // L, lane
-    k % L holds the sum of the lanes of ``vecs[k]``. Each level adds the
-    two halves of every lane group of a pair of vectors (2 shuffles and 1
-    add per pair), halving the groups and the number of vectors."""
+    """Reduce vectors of L lanes to one total each, a few per vector:
+    returns ``(totals, where)``, ``where[k] = (vector, lane)`` of the sum of
+    the lanes of ``vecs[k]``.
+
+    Each level halves the lane groups of a pair of vectors a, b (a group:
+    the lanes that still hold one running sum). Per group, ``lo`` keeps
+    a's first half and b's second half (a blend: any vector port) and
+    ``hi`` brings in the other two halves (one two-source shuffle: the
+    shuffle port, which AVX-512 shares with an FMA unit), and ``lo + hi``
+    holds a's sum in the first half and b's in the second: 1 shuffle,
+    1 blend and 1 add per pair, where two shuffles per add kept the
+    shuffle port twice as busy.
+    """
     L = vecs[0].type.count
+    labels = [[k] * L for k in range(len(vecs))]
     group = L
     while group > 1 and len(vecs) > 1:
+        if len(vecs) % 2:  # an odd one out is paired with zeros
+            vecs = vecs + [ir.Constant(vecs[0].type, [0.0] * L)]
+            labels = labels + [[None] * L]
         half = group // 2
-        lo, hi = [], []
-        for off in (0, L):  # lanes of the first vector, then of the second
-            for g in range(0, L, group):
-                lo += [off + g + i for i in range(half)]
-                hi += [off + g + half + i for i in range(half)]
+        first = [j % group < half for j in range(L)]
+        lo = [j if first[j] else L + j for j in range(L)]
+        hi = [j + half if first[j] else L + j - half for j in range(L)]
         mask_lo = ir.Constant(ir.VectorType(I32, L), lo)
         mask_hi = ir.Constant(ir.VectorType(I32, L), hi)
         vecs = [builder.fadd(builder.shuffle_vector(a, b, mask_lo),
                              builder.shuffle_vector(a, b, mask_hi))
                 for a, b in zip(vecs[0::2], vecs[1::2])]
+        labels = [[la[j] if first[j] else lb[j] for j in range(L)]
+                  for la, lb in zip(labels[0::2], labels[1::2])]
         group = half
-    return vecs
+    where = {}
+    for v, lab in enumerate(labels):
+        for lane in range(0, L, group):
+            if lab[lane] is not None:
+                where[lab[lane]] = (v, lane)
+    return vecs, where
 
 
-@intrinsic
-def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
-    """``z[zo + i*zs + p] = b[c0 + i] + sum_{n<N} W[(c0 + i)*N + n] * f[f0 + p*N + n]``
-    for i < ncls (<= DOT_CLASSES), p < DOT_PIXELS (flat indices, nothing
-    bounds-checked; class rows past ncls repeat row c0 + ncls - 1 and are
-    not stored). The last N % L features go through masked loads.
-    """
-    if not (all(isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
-                for a in (W, f, b, z))
-            and W.dtype == f.dtype == b.dtype == z.dtype
-            and all(isinstance(i, types.Integer) for i in (c0, ncls, f0, N, zo, zs))):
-        return None
+def _dot_block_intrinsic(aligned):
+    """The dot-form micro-kernel, with unaligned loads and a masked tail, or
+    (``aligned``) with loads aligned to 64 bytes: see :func:`dot_block` and
+    :func:`dot_block_aligned`."""
+
+    def typer(typingctx, W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs):
+        if not (all(isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
+                    for a in (W, f, b, z))
+                and W.dtype == f.dtype == b.dtype == z.dtype
+                and all(isinstance(i, types.Integer) for i in (w0, c0, ncls, f0, N, n0, zo, zs))):
+            return None
+        return types.none(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs), codegen
 
     def codegen(context, builder, sig, args):
         aw, af, ab, az = (context.make_array(sig.args[i])(context, builder, args[i])
-                          for i in (0, 3, 6, 7))
-        c0_, nc_, f0_, N_, zo_, zs_ = (i64(builder, args[i]) for i in (1, 2, 4, 5, 8, 9))
+                          for i in (0, 4, 8, 9))
+        w0_, c0_, nc_, f0_, N_, n0_, zo_, zs_ = (i64(builder, args[i])
+                                                 for i in (1, 2, 3, 5, 6, 7, 10, 11))
         elem = context.get_data_type(sig.args[0].dtype)
         size = context.get_abi_sizeof(elem)
         L = _LANES * 4 // size  # one vector register
@@ -173,43 +195,93 @@ def dot_block(typingctx, W, c0, ncls, f, f0, N, b, z, zo, zs):
         cls = [builder.add(c0_, builder.select(builder.icmp_signed("<", const(i), nc_),
                                                const(i), last))
                for i in range(DOT_CLASSES)]
-        wrow = [builder.mul(c, N_) for c in cls]
-        frow = [builder.add(f0_, builder.mul(const(p), N_)) for p in range(DOT_PIXELS)]
-        nfull = builder.sub(N_, builder.srem(N_, const(L)))
-
+        rows = ([(af.data, builder.add(f0_, builder.mul(const(p), N_))) for p in range(DOT_PIXELS)]
+                + [(aw.data, builder.add(w0_, builder.mul(c, N_))) for c in cls])
         zero = ir.Constant(vec, [0.0] * L)
 
-        def step(n, accs):
-            xs = [builder.load(vptr(builder, af.data, builder.add(r, n), vec), align=size)
-                  for r in frow]
-            ws = [builder.load(vptr(builder, aw.data, builder.add(r, n), vec), align=size)
-                  for r in wrow]
+        def fmas(vs, accs):
+            xs, ws = vs[:DOT_PIXELS], vs[DOT_PIXELS:]
             return [builder.call(fma, [ws[i], xs[p], accs[i * DOT_PIXELS + p]])
                     for i in range(DOT_CLASSES) for p in range(DOT_PIXELS)]
 
-        sums = vector_loop(builder, [zero] * (DOT_CLASSES * DOT_PIXELS), nfull, L, step, "dot")
+        def step(n, accs):
+            return fmas([builder.load(vptr(builder, d, builder.add(r, n), vec), align=size)
+                         for d, r in rows], accs)
 
-        # The last N % L features: masked loads (a false lane reads nothing).
-        mask = lane_mask(builder, L, builder.sub(N_, nfull))
+        init = [zero] * (DOT_CLASSES * DOT_PIXELS)
+        if aligned:
+            # Row element n0 starts a 64-byte line; N % L == 0, so the
+            # aligned vectors from n0 cover every element of the row
+            # but the last L - n0 and the first n0, which together fill
+            # the one vector ending the row's last line (lanes < L - n0)
+            # and the one before its first (lanes >= L - n0): both lines'
+            # other lanes are masked off, never read.
+            sums = loop(builder, n0_, builder.add(n0_, builder.sub(N_, const(L))), L, init,
+                        step, "dota")
+            tail_lanes = lane_mask(builder, L, builder.sub(const(L), n0_))
+            head_lanes = builder.not_(tail_lanes)
+            end = builder.add(n0_, builder.sub(N_, const(L)))
+            start = builder.sub(n0_, const(L))
+            vs = [masked_load(builder, d, builder.add(r, end), tail_lanes,
+                              masked_load(builder, d, builder.add(r, start), head_lanes, zero))
+                  for d, r in rows]
+        else:
+            # Whole vectors up to the last, which is loaded under a mask of
+            # its 1..L elements (none when N == 0).
+            nfull = builder.mul(builder.sdiv(builder.sub(N_, const(1)), const(L)), const(L))
+            sums = vector_loop(builder, init, nfull, L, step, "dot")
+            lanes = lane_mask(builder, L, builder.sub(N_, nfull))
+            vs = [masked_load(builder, d, builder.add(r, nfull), lanes, zero) for d, r in rows]
+        sums = fmas(vs, sums)
 
-        def tail(row):
-            return masked_load(builder, row[0], builder.add(row[1], nfull), mask, zero)
-
-        xs = [tail((af.data, r)) for r in frow]
-        ws = [tail((aw.data, r)) for r in wrow]
-        sums = [builder.call(fma, [ws[i], xs[p], sums[i * DOT_PIXELS + p]])
-                for i in range(DOT_CLASSES) for p in range(DOT_PIXELS)]
-
-        totals = _tree_sum(builder, sums)
+        totals, where = _tree_sum(builder, sums)
         for i in range(DOT_CLASSES):
-            bias = builder.load(builder.gep(ab.data, [cls[i]]))
+            # Class row i: its DOT_PIXELS totals gathered into one short
+            # vector (from at most two totals vectors), plus the bias.
+            src = sorted({where[i * DOT_PIXELS + p][0] for p in range(DOT_PIXELS)})
+            assert len(src) <= 2
+            a = totals[src[0]]
+            bvec = totals[src[-1]]
+            idx = [where[i * DOT_PIXELS + p][1] + (L if where[i * DOT_PIXELS + p][0] != src[0] else 0)
+                   for p in range(DOT_PIXELS)]
+            row = builder.shuffle_vector(a, bvec, ir.Constant(ir.VectorType(I32, DOT_PIXELS), idx))
+            bias = splat_vec(builder, row.type, builder.load(builder.gep(ab.data, [cls[i]])))
             with builder.if_then(builder.icmp_signed("<", const(i), nc_)):
                 zrow = builder.add(zo_, builder.mul(const(i), zs_))
-                for p in range(DOT_PIXELS):
-                    k = i * DOT_PIXELS + p
-                    t = builder.extract_element(totals[k // L], ir.Constant(I32, k % L))
-                    builder.store(builder.fadd(t, bias),
-                                  builder.gep(az.data, [builder.add(zrow, const(p))]))
+                builder.store(builder.fadd(row, bias), vptr(builder, az.data, zrow, row.type),
+                              align=size)
         return context.get_dummy_value()
 
-    return types.none(W, c0, ncls, f, f0, N, b, z, zo, zs), codegen
+    typer.__name__ = typer.__qualname__ = "dot_block_aligned" if aligned else "dot_block"
+    return intrinsic(typer)
+
+
+#: ``dot_block(W, w0, c0, ncls, f, f0, N, n0, b, z, zo, zs)``:
+#: ``z[zo + i*zs + p] = b[c0 + i] + sum_{n<N} W[w0 + (c0 + i)*N + n] * f[f0 + p*N + n]``
+#: for i < ncls (<= DOT_CLASSES), p < DOT_PIXELS (flat indices, nothing
+#: bounds-checked; class rows past ncls repeat row c0 + ncls - 1 and are
+#: not stored; ``n0`` is unused). One vector sum per (class, pixel) along
+#: n, the last 1..L features through masked loads, then one transpose-add
+#: tree (:func:`_tree_sum`) and one short vector store per class row.
+dot_block = _dot_block_intrinsic(False)
+
+#: ``dot_block_aligned(...)``: :func:`dot_block` for rows whose element
+#: ``n0`` (0 <= n0 < L, L the lanes of one 64-byte vector) is 64-byte
+#: aligned, in W and in f alike, with N a multiple of L (>= L): every load
+#: is one cache line (an unaligned 64-byte load spans two and costs two
+#: of the L1's loads; see :func:`fastlogits.cpu.head.dot_weights`).
+dot_block_aligned = _dot_block_intrinsic(True)
+
+
+@intrinsic
+def address_of(typingctx, arr, index):
+    """The address of ``arr.flat[index]`` (a C-contiguous array), as an int64."""
+    if not (isinstance(arr, types.Array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = builder.gep(a.data, [i64(builder, args[1])])
+        return builder.ptrtoint(ptr, I64)
+
+    return types.int64(arr, index), codegen
