@@ -369,6 +369,15 @@ def store_tile(out, src, C, inner, o, i0, P, zs):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def head_weights(W, b, C, N, f, inner, cl_dot):
+    """The weights in the forms the drivers' :func:`tile_logits` takes:
+    ``(Wt, Wd, wd0, n0)``, Wt from :func:`transposed_weights`, the rest from
+    :func:`dot_weights` (used by the channels-last dot form only)."""
+    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and cl_dot)
+    return transposed_weights(W, b, C, N), Wd, wd0, n0
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _transpose_scratch(N, inner, tile, cl_dot, dtype):
     """The (N, tile) scratch of the transposed channels-last regime (a
     one-element stand-in otherwise)."""
@@ -403,8 +412,7 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
     """
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
-    Wt = transposed_weights(W, b, C, N)
-    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
+    Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -439,8 +447,7 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
     runs on the logits scratch."""
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
-    Wt = transposed_weights(W, b, C, N)
-    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
+    Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
@@ -476,8 +483,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     wall = np.sum(w64)
     bc = _grad_coef(w, eps, gscale)
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
-    Wt = transposed_weights(W, b, C, N)
-    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
+    Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         z = np.empty(C * tile, dtype=b.dtype)
@@ -513,8 +519,7 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
     histograms (``nchunks`` of them); returns the number of bad targets."""
     C = b.shape[0]
     npix, ntiles, njobs, _ = _tiling(outer, inner, tile, 1)
-    Wt = transposed_weights(W, b, C, N)
-    Wd, wd0, n0 = dot_weights(W, C, N, f, inner == 1 and (cl_dot or N == 0))
+    Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     nchunks = max(1, min(nchunks, njobs))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
