@@ -21,6 +21,8 @@ def _interface(x):
     A PyTorch CUDA tensor that requires grad raises ``RuntimeError`` (not
     ``AttributeError``) on access; its detached view exports the same memory.
     """
+    if type(x) is np.ndarray:  # the common case, without raising an exception
+        return None
     try:
         return x.__cuda_array_interface__
     except AttributeError:

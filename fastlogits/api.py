@@ -98,7 +98,7 @@ class _Logits:
         self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
         # float16 is computed (and its confidence returned) in float32.
         self.compute_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
-        self.empty = int(np.prod(self.reduced_shape, dtype=np.int64)) == 0
+        self.empty = _layout.size_of(self.reduced_shape) == 0
 
 
 def _check_host_out(lg, out, shape, dtype, name, kind="float"):

@@ -4,8 +4,6 @@ Kernels receive these values as arguments (never as globals frozen at
 compile time), so changing them needs no recompilation.
 """
 
-from fastlogits._vector_width import target_has_avx512
-
 #: Fast-math flags for every CPU kernel. Deliberately without ``nnan`` and
 #: ``ninf``: -inf masks and NaN propagation are part of the contract.
 #: ``reassoc`` lets reductions vectorize; ``contract`` allows FMA.
@@ -36,13 +34,15 @@ CPU_ROW_MIN_CLASSES = 64
 CPU_ROW_ARGMAX_MIN_CLASSES = 12
 
 #: Contiguous channels-last rows of 8 to this many classes go through
-#: blocks of 8 rows transposed in registers (``cpu.rowblock``) for argmax,
+#: blocks of rows transposed in registers (``cpu.rowblock``) for argmax,
 #: classify and confusion_matrix, whatever the two thresholds above say.
-#: Measured crossovers (bench/RESULTS.md, logs 26 and 28): near 96 classes
-#: on AMD Zen 3 (AVX2), between 48 and 64 on Intel Ice Lake (AVX-512,
-#: whose 16-lane row kernels win sooner). Capped at ``cpu.tiles.SUM_BLOCK``:
-#: a block's exp-sum runs in x's precision.
-CPU_ROW_BLOCK_MAX_CLASSES = 48 if target_has_avx512() else 96
+#: Measured crossovers (bench/RESULTS.md, logs 26, 28 and 31): near 96
+#: classes on AMD Zen 3 (AVX2); on Intel Ice Lake (AVX-512) between 48 and
+#: 64 with 8-row blocks, near 96 since the blocks are 16 rows there (log
+#: 31: classify 1.15x faster by blocks at 64 classes, all three ops
+#: within 5 % at 96). Capped at ``cpu.tiles.SUM_BLOCK``: a block's
+#: exp-sum runs in x's precision.
+CPU_ROW_BLOCK_MAX_CLASSES = 96
 
 #: The same for cross_entropy without a gradient (with one, the blocks have
 #: no way back): its row kernels are slower than classify's, and the

@@ -74,7 +74,7 @@ class _Features:
         self.class_shape = self.shape[:self.axis] + (self.C,) + self.shape[self.axis + 1:]
         # float16 is computed (and its confidence returned) in float32.
         self.compute_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
-        self.empty = int(np.prod(self.reduced_shape, dtype=np.int64)) == 0
+        self.empty = _layout.size_of(self.reduced_shape) == 0
 
     def work(self, pixels):
         """The work of ``pixels`` pixels in units of the core ops' elements

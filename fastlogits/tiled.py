@@ -161,9 +161,9 @@ def plan_tiles(shape, strides, axis, max_pixels):
     order = sorted(nonclass, key=lambda d: -abs(strides[d]))
     sizes = [shape[d] for d in order]
     j = 0
-    while int(np.prod(sizes[j + 1:], dtype=np.int64)) > max_pixels:
+    while _layout.size_of(sizes[j + 1:]) > max_pixels:
         j += 1
-    below = int(np.prod(sizes[j + 1:], dtype=np.int64))
+    below = _layout.size_of(sizes[j + 1:])
     step = max(1, max_pixels // below)
     for outer in np.ndindex(*sizes[:j]):
         idx = list(full)
@@ -296,7 +296,7 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
             tile = gather_buf[:src.size].reshape(src.shape)
             np.copyto(tile, src)
         rshape = _layout.reduced_shape(tile.shape, axis)
-        n = int(np.prod(rshape, dtype=np.int64))
+        n = _layout.size_of(rshape)
         labels = labels_buf[:n].reshape(rshape)
         conf = conf_buf[:n].reshape(rshape) if with_confidence else None
         if backend == "cuda":  # host tile -> device -> host; results copied into the buffers
@@ -407,7 +407,7 @@ class _PngOutput(_Output):
 
     @staticmethod
     def map_bytes(rshape, which, C):
-        n = int(np.prod(rshape, dtype=np.int64))
+        n = _layout.size_of(rshape)
         itemsize = 1 if which != "labels" or C <= 256 else narrowest_label_dtype(C).itemsize
         return n * itemsize
 
@@ -564,7 +564,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
                 outputs.append(_NpyOutput(path, rshape, dt, which))
             else:
                 outputs.append(_PngOutput(path, rshape, which, C=C, palette=pal, style=confidence_style))
-        total = int(np.prod(rshape, dtype=np.int64))
+        total = _layout.size_of(rshape)
         bar = progress(total) if progress is not None else None
         stats = classify_array(x, ax, outputs, temperature=temperature, backend=be,
                                progress=bar, **budget)

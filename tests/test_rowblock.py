@@ -1,43 +1,72 @@
-"""The 8-row register blocks (fastlogits.cpu.rowblock) on their own: every
-remainder C % 8, both dtypes, NaN / +-inf / ties / all -inf rows, blocks
-that start anywhere in x and in the outputs, nothing else written."""
+"""The register blocks of rows (fastlogits.cpu.rowblock) on their own:
+every block layout (8 rows; 16 rows as two 8-row parts; 16 rows as two
+halves of each 64-byte register), every remainder C % 8, both dtypes,
+NaN / +-inf / ties / all -inf rows in each half, blocks that start
+anywhere in x and in the outputs, nothing else written."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.rowblock import rows8_argmax, rows8_expsum, rows8_wsum
+from fastlogits.cpu import rowblock
+from fastlogits.cpu.rowblock import block_intrinsics
 
 CLASSES = [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 24, 33, 64, 95, 96, 128]
 
-
-@njit(cache=True)
-def _argmax(x, r, m, idx, p):
-    rows8_argmax(x, r, m, idx, p)
-
-
-@njit(cache=True)
-def _expsum(x, r, m, p, inv_t, s):
-    rows8_expsum(x, r, m, p, inv_t, s)
+#: (rows, wide): every layout, built here whatever the machine's own
+#: (``rowblock.ROWS``); 16 rows without wide vectors is two 8-row parts.
+LAYOUTS = [(8, False), (16, False), (16, True)]
 
 
-@njit(cache=True)
-def _wsum(x, r, m, p, w, s):
-    rows8_wsum(x, r, m, p, w, s)
+def _wrappers(rows, wide):
+    argmax, argmax_expsum, wsum = block_intrinsics(rows, wide)
+
+    @njit
+    def _argmax(x, r, m, idx, p):
+        argmax(x, r, m, idx, p)
+
+    @njit
+    def _argmax_expsum(x, r, m, idx, p, inv_t, cols, s):
+        argmax_expsum(x, r, m, idx, p, inv_t, cols, s)
+
+    @njit
+    def _wsum(x, r, m, p, w, s):
+        wsum(x, r, m, p, w, s)
+
+    return rows, _argmax, _argmax_expsum, _wsum
 
 
-def _rows(rng, C, dtype):
-    """11 rows: 0..2 before the block, the block of 8 at row 3 with NaN,
-    +-inf, ties and an all -inf row, so the block starts mid-array."""
-    x = rng.standard_normal((11, C)).astype(dtype) * 3
-    x[3, C // 2] = np.nan              # NaN beats everything, wherever it is
-    x[3, 0] = np.inf
-    x[4, [1, C - 1]] = np.inf          # tie of +inf: the first wins
-    x[5] = -np.inf                     # all -inf: index 0, max -inf
-    x[6, [C - 2, C - 1]] = x[6].max() + 1  # a tie in the overlapping tail block
-    x[7, C - 1] = 50.0                 # the max in the very last class
-    x[8, :] = 2.0                      # every class tied
-    x[9, [0, C - 1]] = np.nan          # first NaN at 0
+_KERNELS = {layout: None for layout in LAYOUTS}
+
+
+@pytest.fixture(params=LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
+def kernels(request):
+    """``(rows, argmax, argmax_expsum, wsum)`` of one layout, compiled once."""
+    if _KERNELS[request.param] is None:
+        _KERNELS[request.param] = _wrappers(*request.param)
+    return _KERNELS[request.param]
+
+
+def test_package_layout_matches_the_target():
+    from fastlogits._vector_width import target_has_avx512
+
+    assert rowblock.ROWS == (16 if target_has_avx512() else 8)
+
+
+def _rows(rng, C, dtype, R):
+    """R + 3 rows: 0..2 before the block, the block of R at row 3, each of
+    its 8-row parts with NaN, +-inf, ties and an all -inf row."""
+    x = rng.standard_normal((R + 3, C)).astype(dtype) * 3
+    for h in range(3, R + 3, 8):
+        x[h, C // 2] = np.nan              # NaN beats everything, wherever it is
+        x[h, 0] = np.inf
+        x[h + 1, [1, C - 1]] = np.inf      # tie of +inf: the first wins
+        x[h + 2] = -np.inf                 # all -inf: index 0, max -inf
+        x[h + 3, [C - 2, C - 1]] = x[h + 3].max() + 1  # a tie in the overlapping tail block
+        x[h + 4, C - 1] = 50.0             # the max in the very last class
+        x[h + 5, :] = 2.0                  # every class tied
+        x[h + 6, [0, C - 1]] = np.nan      # first NaN at 0
+    x[-1, 3] = 77.0                        # the block's last row
     return x
 
 
@@ -49,40 +78,42 @@ def _ref_argmax(x):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
-def test_rows8_argmax_matches_numpy(rng, C, dtype):
-    x = _rows(rng, C, dtype)
-    m = np.full(13, 7.0, dtype)
-    idx = np.full(13, -5, np.int32)
-    _argmax(x, 3, m, idx, 2)
-    want_m, want_i = _ref_argmax(x[3:11])
-    np.testing.assert_array_equal(idx[2:10], want_i)
-    np.testing.assert_array_equal(m[2:10], want_m)  # NaN == NaN here
-    assert (m[:2] == 7).all() and (m[10:] == 7).all()
-    assert (idx[:2] == -5).all() and (idx[10:] == -5).all()
+def test_block_argmax_matches_numpy(rng, kernels, C, dtype):
+    R, argmax, _, _ = kernels
+    x = _rows(rng, C, dtype, R)
+    m = np.full(R + 5, 7.0, dtype)
+    idx = np.full(R + 5, -5, np.int32)
+    argmax(x, 3, m, idx, 2)
+    want_m, want_i = _ref_argmax(x[3:R + 3])
+    np.testing.assert_array_equal(idx[2:R + 2], want_i)
+    np.testing.assert_array_equal(m[2:R + 2], want_m)  # NaN == NaN here
+    assert (m[:2] == 7).all() and (m[R + 2:] == 7).all()
+    assert (idx[:2] == -5).all() and (idx[R + 2:] == -5).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
-def test_rows8_argmax_merges_chains_like_numpy(rng, C, dtype):
+def test_block_argmax_merges_chains_like_numpy(rng, kernels, C, dtype):
     """Many blocks of small integers (ties everywhere) with NaN and +-inf
     scattered: the independent (max, index) chains (class j % 2 of a class
     block in chain j % 2, ``rowblock.ARGMAX_CHAINS``) must merge to
     NumPy's first maximum, first NaN."""
-    rows = 8 * 40
+    R, argmax, _, _ = kernels
+    rows = 16 * 20
     x = rng.integers(-2, 3, (rows, C)).astype(dtype)
     u = rng.random((rows, C))
     x[u < 0.02] = np.nan
     x[(u >= 0.02) & (u < 0.08)] = -np.inf
     x[u > 0.97] = np.inf
-    x[:8] = -np.inf                     # a block of all -inf rows: index 0
+    x[:8] = -np.inf                     # a part of all -inf rows: index 0
     x[8:16, 1::2] = 3.0                 # the max only in odd classes (chain 1)...
     x[8:16, 2::4] = 3.0                 # ...tied from class 2 on (chain 0)
     x[16:24, 1::2] = np.nan             # a NaN in the odd chain only, first at 1
     x[16:24, 0] = 5.0
     m = np.empty(rows, dtype)
     idx = np.empty(rows, np.int32)
-    for r in range(0, rows, 8):
-        _argmax(x, r, m, idx, r)
+    for r in range(0, rows, R):
+        argmax(x, r, m, idx, r)
     want_m, want_i = _ref_argmax(x)
     np.testing.assert_array_equal(idx, want_i)
     np.testing.assert_array_equal(m, want_m)
@@ -90,43 +121,73 @@ def test_rows8_argmax_merges_chains_like_numpy(rng, C, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
-def test_rows8_sums_match_float64(rng, C, dtype):
-    x = rng.standard_normal((11, C)).astype(dtype) * 4
+def test_block_argmax_expsum_matches_numpy(rng, kernels, C, dtype):
+    """The fused argmax + exp-sum: the same labels and max as the argmax
+    (specials in every part), and the exp-sum of the finite rows."""
+    R, argmax, argmax_expsum, _ = kernels
+    x = _rows(rng, C, dtype, R)
+    m = np.full(R + 5, 7.0, dtype)
+    idx = np.full(R + 5, -5, np.int32)
+    s = np.full(R + 5, -1.0)
+    cols = np.full(C * R, 3.0, dtype)
+    inv_t = dtype(1 / 0.7)
+    argmax_expsum(x, 3, m, idx, 2, inv_t, cols, s)
+    xb = x[3:R + 3]
+    want_m, want_i = _ref_argmax(xb)
+    np.testing.assert_array_equal(idx[2:R + 2], want_i)
+    np.testing.assert_array_equal(m[2:R + 2], want_m)
+    fin = np.isfinite(want_m)
+    want_s = np.exp((xb[fin].astype(np.float64) - want_m[fin, None]) * np.float64(inv_t)).sum(1)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(s[2:R + 2][fin], want_s, rtol=rtol)
+    for a, v in ((m, 7), (idx, -5), (s, -1)):
+        assert (a[:2] == v).all() and (a[R + 2:] == v).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", CLASSES)
+def test_block_sums_match_float64(rng, kernels, C, dtype):
+    R, argmax, argmax_expsum, wsum = kernels
+    x = rng.standard_normal((R + 3, C)).astype(dtype) * 4
     x[5, 1] = -np.inf                          # exp(-inf) = 0, w * inf skipped below
     x[6] = np.linspace(-200, 0, C).astype(dtype)  # terms that underflow
-    m = np.full(13, 99.0, dtype)
-    idx = np.zeros(13, np.int32)
-    _argmax(x, 2, m, idx, 4)
+    x[R + 1] = np.linspace(-150, 10, C).astype(dtype)  # ... in the last part too
+    m = np.full(R + 5, 99.0, dtype)
+    idx = np.zeros(R + 5, np.int32)
     inv_t = dtype(1 / 0.7)
-    s = np.full(13, -1.0)
-    _expsum(x, 2, m, 4, inv_t, s)
-    xb = x[2:10].astype(np.float64)
-    mb = m[4:12].astype(np.float64)[:, None]
+    s = np.full(R + 5, -1.0)
+    argmax_expsum(x, 2, m, idx, 4, inv_t, np.empty(C * R, dtype), s)
+    xb = x[2:R + 2].astype(np.float64)
+    mb = m[4:R + 4].astype(np.float64)[:, None]
     want = np.exp((xb - mb) * np.float64(inv_t)).sum(axis=1)
     rtol = 1e-5 if dtype == np.float32 else 1e-13
-    np.testing.assert_allclose(s[4:12], want, rtol=rtol)
-    assert (s[:4] == -1).all() and (s[12:] == -1).all()
+    np.testing.assert_allclose(s[4:R + 4], want, rtol=rtol)
+    assert (s[:4] == -1).all() and (s[R + 4:] == -1).all()
 
     w = rng.uniform(0.1, 2, C).astype(dtype)
     x[5, 1] = 0.0  # the smoothing sum of a -inf logit is inf; keep it finite here
-    _argmax(x, 2, m, idx, 4)
+    argmax(x, 2, m, idx, 4)
     s[:] = -1.0
-    _wsum(x, 2, m, 4, w, s)
-    xb = x[2:10].astype(np.float64)
-    mb = m[4:12].astype(np.float64)[:, None]
+    wsum(x, 2, m, 4, w, s)
+    xb = x[2:R + 2].astype(np.float64)
+    mb = m[4:R + 4].astype(np.float64)[:, None]
     want = (w.astype(np.float64) * (mb - xb)).sum(axis=1)
     atol = 1e-5 * np.abs(want).max() if dtype == np.float32 else 1e-12 * np.abs(want).max()
-    np.testing.assert_allclose(s[4:12], want, rtol=0, atol=atol)
-    assert (s[:4] == -1).all() and (s[12:] == -1).all()
+    np.testing.assert_allclose(s[4:R + 4], want, rtol=0, atol=atol)
+    assert (s[:4] == -1).all() and (s[R + 4:] == -1).all()
 
 
-def test_rows8_rejects_what_it_cannot_read():
+def test_block_rejects_what_it_cannot_read(kernels):
     """Typing fails (no silent fallback) for non-contiguous, integer or
     mismatched arrays."""
-    x = np.ones((8, 16), np.float32)
+    R, argmax, argmax_expsum, _ = kernels
+    x = np.ones((R, 16), np.float32)
+    m, idx, s = np.empty(R, np.float32), np.empty(R, np.int32), np.empty(R)
     with pytest.raises(Exception):
-        _argmax(x[:, ::2], 0, np.empty(8, np.float32), np.empty(8, np.int32), 0)
+        argmax(x[:, ::2], 0, m, idx, 0)
     with pytest.raises(Exception):
-        _argmax(np.ones((8, 16), np.int32), 0, np.empty(8, np.int32), np.empty(8, np.int32), 0)
-    with pytest.raises(Exception):
-        _expsum(x, 0, np.empty(8, np.float64), 0, np.float32(1), np.empty(8))
+        argmax(np.ones((R, 16), np.int32), 0, np.empty(R, np.int32), idx, 0)
+    with pytest.raises(Exception):  # m of another dtype than x
+        argmax_expsum(x, 0, np.empty(R), idx, 0, np.float32(1), np.empty(16 * R, np.float32), s)
+    with pytest.raises(Exception):  # a column scratch of another dtype than x
+        argmax_expsum(x, 0, m, idx, 0, np.float32(1), np.empty(16 * R), s)

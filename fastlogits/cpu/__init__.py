@@ -13,7 +13,7 @@ inf/NaN as in NumPy instead of raising, and without that check's branch
 the per-pixel loops (``1 / s``, the vector log) vectorize.
 """
 
-from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 from numba import get_num_threads, set_num_threads
@@ -27,25 +27,35 @@ def _tile_pixels(C):
     return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C)))
 
 
-@contextmanager
-def launch_threads(work):
-    """Threads for a kernel launch over ``work`` elements; yields the count
-    to pass to the kernel as ``nthreads``.
+class launch_threads:
+    """Threads for a kernel launch over ``work`` elements: ``with
+    launch_threads(work) as nthreads`` gives the count to pass to the
+    kernel as ``nthreads``.
 
     Below ``config.CPU_SERIAL_BELOW`` elements the launch uses the calling
     thread only: waking the pool costs more than the work, and on a busy
     machine a descheduled worker makes a tiny call wait a whole time slice.
-    (``set_num_threads`` is thread-local in Numba and restored on exit.)
+    (``set_num_threads`` is thread-local in Numba and restored on exit.) A
+    class, not a generator-based context manager: it runs on every call,
+    where microseconds count for small inputs.
     """
-    n = get_num_threads()
-    if work >= config.CPU_SERIAL_BELOW or n == 1:
-        yield n
-        return
-    set_num_threads(1)
-    try:
-        yield 1
-    finally:
-        set_num_threads(n)
+
+    __slots__ = ("_n", "_serial")
+
+    def __init__(self, work):
+        self._n = get_num_threads()
+        self._serial = work < config.CPU_SERIAL_BELOW and self._n > 1
+
+    def __enter__(self):
+        if self._serial:
+            set_num_threads(1)
+            return 1
+        return self._n
+
+    def __exit__(self, *exc):
+        if self._serial:
+            set_num_threads(self._n)
+        return False
 
 
 def _stand_in(ndim, dtype):
@@ -93,9 +103,10 @@ def _row_view(x3, min_classes, out3=None):
     return None
 
 
+@lru_cache(maxsize=256)
 def _row_blocks(C, max_classes):
-    """Whether contiguous channels-last rows of C classes go by the 8-row
-    register blocks of :mod:`.rowblock`: from 8 classes to ``max_classes``
+    """Whether contiguous channels-last rows of C classes go by the
+    register blocks of rows of :mod:`.rowblock`: from 8 classes to ``max_classes``
     (``config.CPU_ROW_BLOCK_MAX_CLASSES``, or ``..._XENT_...`` for the
     loss), never above ``tiles.SUM_BLOCK`` (a block's exp-sum is not
     split)."""

@@ -8,7 +8,7 @@ plain argmax; the branch sits outside the inner loops.
 Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
 first), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
 contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
-register-transposed blocks of 8 rows of :mod:`fastlogits.cpu.rowblock` or
+register-transposed blocks of rows of :mod:`fastlogits.cpu.rowblock` or
 the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
 """
 
@@ -16,9 +16,8 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
-from fastlogits.cpu.rowblock import blocks_end, rows8_argmax, rows8_expsum
+from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
                                   tile_argmax, tile_expsum, work_chunks)
@@ -94,30 +93,33 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blocks):
-    """Channels-last, C-contiguous ``x`` (rows, C): with ``blocks``, 8 rows
-    at a time transposed in registers (:mod:`fastlogits.cpu.rowblock`,
-    C >= 8), else (and for a chunk's last rows % 8) a row at a time as
-    vectors (:mod:`fastlogits.cpu.rowvec`); prefetching ``ahead_bytes``
-    ahead."""
+    """Channels-last, C-contiguous ``x`` (rows, C): with ``blocks``,
+    ``rowblock.ROWS`` rows at a time transposed in registers
+    (:mod:`fastlogits.cpu.rowblock`, C >= 8; classify's exp-sum reads the
+    columns its argmax kept), else (and for a chunk's last rows % ROWS) a
+    row at a time as vectors (:mod:`fastlogits.cpu.rowvec`); prefetching
+    ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
     nan = conf.dtype.type(np.nan)
     for chunk in prange(nchunks):
-        m = np.empty(BLOCK8, dtype=x.dtype)
-        idx = np.empty(BLOCK8, dtype=np.int32)
-        s = np.empty(BLOCK8, dtype=np.float64)
+        m = np.empty(ROWS, dtype=x.dtype)
+        idx = np.empty(ROWS, dtype=np.int32)
+        s = np.empty(ROWS, dtype=np.float64)
+        cols = np.empty(C * ROWS if with_conf and blocks else 1, dtype=x.dtype)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
-        for g in range(r0, g1, BLOCK8):
-            prefetch_rows(x, g, BLOCK8, ahead)
-            rows8_argmax(x, g, m, idx, 0)
-            for p in range(BLOCK8):
-                labels[g + p] = idx[p]
+        for g in range(r0, g1, ROWS):
+            prefetch_rows(x, g, ROWS, ahead)
             if with_conf:
-                rows8_expsum(x, g, m, 0, inv_t, s)
-                for p in range(BLOCK8):
+                rows_argmax_expsum(x, g, m, idx, 0, inv_t, cols, s)
+                for p in range(ROWS):
                     conf[g + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+            else:
+                rows_argmax(x, g, m, idx, 0)
+            for p in range(ROWS):
+                labels[g + p] = idx[p]
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             mx, i = vrow_argmax(x, r)

@@ -15,7 +15,7 @@ Drivers: :func:`confusion_cf` (channels-first tiles), :func:`confusion_cl_tiles`
 (channels-last, few classes, a tile of rows transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
 ``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more: vector row kernels,
-or register-transposed blocks of 8 rows up to
+or register-transposed blocks of ``rowblock.ROWS`` rows up to
 ``config.CPU_ROW_BLOCK_MAX_CLASSES`` classes).
 Each adds into ``counts`` and returns the number of bad targets.
 """
@@ -26,9 +26,8 @@ from numba import njit, prange
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
-from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, rows_ahead
-from fastlogits.cpu.rowblock import blocks_end, rows8_argmax
+from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
 from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, tile_argmax
 
@@ -110,9 +109,9 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): with
-    ``blocks``, 8 rows at a time transposed in registers
+    ``blocks``, ``rowblock.ROWS`` rows at a time transposed in registers
     (:mod:`fastlogits.cpu.rowblock`, C >= 8), else (and for a chunk's last
-    rows % 8) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`);
+    rows % ROWS) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`);
     prefetching ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
@@ -121,14 +120,14 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
         hist = hists[chunk]
-        m = np.empty(BLOCK8, dtype=x.dtype)
-        idx = np.empty(BLOCK8, dtype=np.int32)
+        m = np.empty(ROWS, dtype=x.dtype)
+        idx = np.empty(ROWS, dtype=np.int32)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
-        for g in range(r0, g1, BLOCK8):
-            prefetch_rows(x, g, BLOCK8, ahead)
-            rows8_argmax(x, g, m, idx, 0)
-            bad[chunk] += _count(t, g, BLOCK8, idx, ignore, hist)
+        for g in range(r0, g1, ROWS):
+            prefetch_rows(x, g, ROWS, ahead)
+            rows_argmax(x, g, m, idx, 0)
+            bad[chunk] += _count(t, g, ROWS, idx, ignore, hist)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             ti = np.int64(t[r])

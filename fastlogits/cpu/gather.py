@@ -85,12 +85,27 @@ def gather16(typingctx, src, start, stride, dst, dstart):
 BLOCK8 = 8
 
 
+def _halves_mask(mask, halves):
+    """An 8-lane two-input shuffle ``mask`` applied to each 8-lane part of
+    vectors of ``8 * halves`` lanes (part h of the result from part h of
+    each input)."""
+    n = 8 * halves
+    return [(i if i < 8 else n + i - 8) + 8 * h for h in range(halves) for i in mask]
+
+
 def _transpose_ir(builder, rows):
     """The 8 x 8 transpose of ``rows`` (8 vectors of 8 lanes) by three
     levels of two-input shuffles (LLVM lowers them to unpack, shufps and
-    vperm2f128 on AVX2): row j of the result holds lane j of every input."""
+    vperm2f128 on AVX2): row j of the result holds lane j of every input.
+
+    Vectors of 16 lanes are two 8 x 8 blocks, one per half, transposed at
+    once by the same shuffles on 64-byte registers (:mod:`.rowblock`)."""
+    halves = rows[0].type.count // 8
+
     def shuf(a, b, mask):
-        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+        mask = _halves_mask(mask, halves)
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), len(mask)),
+                                                        mask))
 
     lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
     t = []

@@ -37,9 +37,8 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _row_blocks, _stand_in, _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import log64
-from fastlogits.cpu.gather import BLOCK8
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
-from fastlogits.cpu.rowblock import blocks_end, rows8_argmax, rows8_expsum, rows8_wsum
+from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax_expsum, rows_wsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store,
@@ -113,11 +112,13 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d):
+def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad):
     """Per pixel of the tile (see the module docstring): the loss into
     ``lp`` (0 where ignored, NaN where the max is not finite: a NaN, a
-    +inf, or all -inf), ``a = A / s`` and ``d = g (1 - eps) w[t]``.
-    Returns ``(sum of the losses, sum of the target weights)``.
+    +inf, or all -inf) and, with ``want_grad``, ``a = A / s`` and ``d = g
+    (1 - eps) w[t]`` (a loop of their own: without a gradient its
+    division is not paid). Returns ``(sum of the losses, sum of the
+    target weights)``.
 
     Branch-free (selects, and :func:`log64` instead of libm's scalar
     ``log``) so the loop runs at vector width.
@@ -144,9 +145,12 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d):
         lp[p] = loss
         lsum += loss
         wsum += wp
-        ap = gscale * (keep * wp + epsc * wall) / sp
-        a[p] = ap if fin else np.nan
-        d[p] = gscale * keep * wp
+    if want_grad:
+        for p in range(P):
+            wp = wt[p]
+            ap = gscale * (keep * wp + epsc * wall) / s[p]
+            a[p] = ap if is_finite(m[p]) else np.nan
+            d[p] = gscale * keep * wp
     return lsum, wsum
 
 
@@ -169,7 +173,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d)
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
+                               want_grad)
     acc[0] += lsum
     acc[1] += wsum
     if want_loss:
@@ -290,26 +295,26 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, ahead, idx,
-                  sc, acc):
+                  cols, sc, acc):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
-    8, by 8-row blocks transposed in registers (:mod:`fastlogits.cpu.rowblock`);
+    ``rowblock.ROWS``, by blocks of rows transposed in registers
+    (:mod:`fastlogits.cpu.rowblock`; ``cols`` its C * ROWS column scratch);
     ``sc``: a :func:`_scratch` of at least P pixels. No gradient. (A call
     per many blocks: the scratch arrays' reference counting, paid per
     call, cost more than the arithmetic of one block.)"""
     m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
-    for q in range(0, P, BLOCK8):
-        prefetch_rows(x, r0 + q, BLOCK8, ahead)
-        rows8_argmax(x, r0 + q, m, idx, q)
+    one = x.dtype.type(1.0)
+    for q in range(0, P, ROWS):
+        prefetch_rows(x, r0 + q, ROWS, ahead)
+        rows_argmax_expsum(x, r0 + q, m, idx, q, one, cols, s)
     acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
     _target_logits_rows(x, r0, P, tt, xt)
-    one = x.dtype.type(1.0)
-    for q in range(0, P, BLOCK8):
-        if eps > 0.0:
-            rows8_wsum(x, r0 + q, m, q, w, sm)
-        rows8_expsum(x, r0 + q, m, q, one, s)
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d)
+    if eps > 0.0:
+        for q in range(0, P, ROWS):
+            rows_wsum(x, r0 + q, m, q, w, sm)
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, False)
     acc[0] += lsum
     acc[1] += wsum
     if want_loss:
@@ -322,8 +327,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                ahead_bytes, blocks, tile):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks`` and no gradient, ``tile`` rows at a time by
-    8-row blocks transposed in registers (:func:`_block_losses`, C >= 8);
-    else (and for a chunk's last rows % 8) a row at a time as vectors
+    blocks of ``rowblock.ROWS`` rows transposed in registers
+    (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
+    ROWS) a row at a time as vectors
     (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
     Without ``want_grad``, ``grad`` may be any (1, k) array."""
     rows, C = x.shape
@@ -339,12 +345,13 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
         idx = np.empty(tile, np.int32)
+        cols = np.empty(C * ROWS if blocks else 1, x.dtype)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks and not want_grad)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, ahead, idx, sc, acc)
+                          want_loss, ahead, idx, cols, sc, acc)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
@@ -373,7 +380,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             wt1[0] = w64[ti]
             tt1[0] = ti
             lsum, wsum = _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1,
-                                       a1, d1)
+                                       a1, d1, want_grad)
             acc[0] += lsum
             acc[1] += wsum
             if want_loss:
@@ -447,7 +454,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             if C < config.CPU_ROW_MIN_CLASSES and not blocks:
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
-                tile = _tile_pixels(C) // BLOCK8 * BLOCK8 if blocks else BLOCK8
+                tile = _tile_pixels(C) // ROWS * ROWS if blocks else ROWS
                 res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES, blocks, tile)
     if lwork is not loss2:
         loss2[...] = lwork

@@ -1,22 +1,31 @@
-"""Eight channels-last pixels at a time, transposed in registers.
+"""Blocks of channels-last pixels, transposed in registers.
 
 A channels-last pixel's C scores are one row of a C-contiguous (rows, C)
 array. For the per-pixel reductions of argmax, classify, cross-entropy and
-the confusion matrix, these intrinsics take 8 consecutive rows, load them
-8 classes at a time as vectors, transpose each 8 x 8 block in registers
-(:func:`fastlogits.cpu.gather._transpose_ir`) and reduce the 8 columns
-across the class blocks, the 8 pixels' running max, index and exp-sum
-living in vector registers. Nothing goes through a scratch tile, and there
-is no horizontal reduction per row (what the row kernels of
+the confusion matrix, these intrinsics take :data:`ROWS` consecutive rows,
+load them 8 classes at a time as vectors, transpose each 8 x 8 block in
+registers (:func:`fastlogits.cpu.gather._transpose_ir`) and reduce the
+columns across the class blocks, the pixels' running max, index and
+exp-sum living in vector registers. Nothing goes through a scratch tile,
+and there is no horizontal reduction per row (what the row kernels of
 :mod:`.rowvec` pay for every pixel: at 19 classes most of their time).
+
+Width: a column of 8 float32 pixels fills only half a 64-byte AVX-512
+register. With 64-byte vectors a block is 16 rows, and for float32 each
+register holds row i in its low half and row i + 8 in its high half: the
+same shuffles (which act on each half alike) then transpose both 8 x 8
+blocks at once, and every compare, select and exp works on 16 pixels.
+float64 columns of 8 already fill the register; their 16-row block is two
+8-row halves one after the other. With 32-byte vectors (AVX2) a block is
+8 rows.
 
 Class blocks: the full blocks ``[0, C - C % 8)``, then, when C % 8 != 0,
 one last block that overlaps the one before, ``[C - 8, C)``, so every load
 is a whole vector inside its row (no masked loads), of which only the
 columns not seen yet are used.
 
-C >= 8, and rows ``r .. r + 7`` must exist: callers take fewer classes and
-the last ``rows % 8`` pixels another way. x must be C-contiguous; nothing
+C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes and
+the last ``rows % ROWS`` pixels another way. x must be C-contiguous; nothing
 is bounds-checked.
 """
 
@@ -24,19 +33,24 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.fastexp import exp_shifted_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
 from fastlogits.cpu.irutil import I32, const, i64, loop, splat, vector_of, vptr
 
 _NINF = float("-inf")
 
+#: Rows of one block (the drivers step by it): 16 with 64-byte vectors
+#: (AVX-512), else 8. Measured on Intel Ice Lake (bench/RESULTS.md, log 31).
+ROWS = 16 if target_has_avx512() else 8
+
 
 @njit(cache=True)
 def blocks_end(r0, r1, on):
-    """Where the whole blocks of 8 rows of ``[r0, r1)`` end (``r0`` when
-    ``on`` is false): the drivers take ``[r0, end)`` by blocks, the rest
-    a row at a time."""
-    return r0 + (r1 - r0) // BLOCK8 * BLOCK8 if on else r0
+    """Where the whole blocks of :data:`ROWS` rows of ``[r0, r1)`` end
+    (``r0`` when ``on`` is false): the drivers take ``[r0, end)`` by
+    blocks, the rest a row at a time."""
+    return r0 + (r1 - r0) // ROWS * ROWS if on else r0
 
 
 def _is_rows(a):
@@ -49,28 +63,48 @@ def _is_vec(a, dtype=None):
             and (dtype is None or a.dtype == dtype))
 
 
-class _Rows8:
-    """IR view of rows ``r .. r + 7`` of x: :meth:`columns` of a class block."""
+def _halves(rows, wide, elem_size):
+    """8-row parts per register (``halves``) and registers one after the
+    other (``parts``) of a block of ``rows`` rows: two halves per register
+    for float32 with ``wide`` (64-byte) vectors."""
+    halves = 2 if wide and elem_size == 4 and rows % 16 == 0 else 1
+    return halves, rows // (BLOCK8 * halves)
 
-    def __init__(self, context, builder, aty, aval, r):
+
+class _RowBlock:
+    """IR view of rows ``r .. r + 8 * halves - 1`` of x: :meth:`columns` of
+    a class block, each a vector of ``8 * halves`` pixels (rows r + i and
+    r + 8 + i in lanes i and 8 + i)."""
+
+    def __init__(self, context, builder, aty, aval, r, halves):
         self.builder = builder
         arr = context.make_array(aty)(context, builder, aval)
         self.data = arr.data
         self.C = builder.extract_value(arr.shape, 1)
         self.elem = context.get_data_type(aty.dtype)
         self.size = context.get_abi_sizeof(self.elem)
-        self.vec = ir.VectorType(self.elem, BLOCK8)
+        self.lanes = BLOCK8 * halves
+        self.part = ir.VectorType(self.elem, BLOCK8)
+        self.vec = ir.VectorType(self.elem, self.lanes)
         base = builder.mul(i64(builder, r), self.C)
-        self.starts = [builder.add(base, builder.mul(self.C, const(i))) for i in range(BLOCK8)]
+        self.starts = [[builder.add(base, builder.mul(self.C, const(h * BLOCK8 + i)))
+                        for h in range(halves)] for i in range(BLOCK8)]
         self.C8 = builder.sub(self.C, builder.srem(self.C, const(BLOCK8)))
         self.ninf = vector_of(self.vec, _NINF)
 
-    def columns(self, c0):
-        """The 8 columns (class c0 + j of the 8 pixels) of the block at c0."""
+    def _row(self, starts, c0):
+        """Classes ``c0 .. c0 + 7`` of the rows at ``starts``, one per half."""
         b = self.builder
-        rows = [b.load(vptr(b, self.data, b.add(s, c0), self.vec), align=self.size)
-                for s in self.starts]
-        return _transpose_ir(b, rows)
+        parts = [b.load(vptr(b, self.data, b.add(s, c0), self.part), align=self.size)
+                 for s in starts]
+        if len(parts) == 1:
+            return parts[0]
+        return b.shuffle_vector(parts[0], parts[1],
+                                ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes))))
+
+    def columns(self, c0):
+        """The 8 columns (class c0 + j of every pixel) of the block at c0."""
+        return _transpose_ir(self.builder, [self._row(s, c0) for s in self.starts])
 
     def reduce(self, init, step):
         """Fold ``step(carried, c0, cols)`` over every class block, ``cols``
@@ -105,7 +139,25 @@ class _Rows8:
         return result
 
 
-#: Independent running (max, index) pairs per block in :func:`rows8_argmax`
+def _by_parts(rows, wide, part_codegen):
+    """A block intrinsic's codegen from ``part_codegen(context, builder,
+    sig, args, halves, offset)``, which does the ``8 * halves`` rows
+    ``r + offset ..`` into outputs ``p + offset ..``: called once per part
+    of the block (:func:`_halves`), args[1] being r and args[p_arg] p."""
+    def codegen(context, builder, sig, args):
+        size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+        halves, parts = _halves(rows, wide, size)
+        for k in range(parts):
+            part_codegen(context, builder, sig, args, halves, k * BLOCK8 * halves)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _plus(builder, v, offset):
+    return builder.add(i64(builder, v), const(offset))
+
+
+#: Independent running (max, index) pairs per block in :func:`rows_argmax`
 #: (column j of a class block goes to pair j % ARGMAX_CHAINS, merged at the
 #: end): each class's compare and select waits on the one before, and with
 #: one chain a block's max took long enough that the exp-sum after it could
@@ -129,120 +181,167 @@ def _merge_argmax(builder, a, b):
     return builder.select(take, mb, ma), builder.select(take, ib, ia)
 
 
-@intrinsic
-def rows8_argmax(typingctx, x, r, m, idx, p):
-    """Max of rows ``r .. r + 7`` of the C-contiguous (rows, C) float array
-    ``x`` into ``m[p:p + 8]`` (x's dtype) and the index of its first
-    occurrence into ``idx[p:p + 8]`` (int32); the first NaN wins over any
-    number (NumPy's rule, as :func:`fastlogits.cpu.tiles.tile_argmax`)."""
-    if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-            and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        rw = _Rows8(context, builder, sig.args[0], args[0], args[1])
-        ivec = ir.VectorType(I32, BLOCK8)
-
-        def step(carried, c0, cols):
-            carried = list(carried)
-            c0 = builder.trunc(c0, I32)
-            for j, v in cols:
-                k = 2 * (j % ARGMAX_CHAINS)
-                mx, ix = carried[k], carried[k + 1]
-                # v > mx, or v the first NaN: "unordered or greater" while
-                # mx is still a number (a NaN mx never changes again).
-                take = builder.and_(builder.fcmp_unordered(">", v, mx),
-                                    builder.fcmp_ordered("ord", mx, mx))
-                carried[k] = builder.select(take, v, mx)
-                cls = splat(builder, ivec, builder.add(c0, ir.Constant(I32, j)))
-                carried[k + 1] = builder.select(take, cls, ix)
-            return carried
-
-        res = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * BLOCK8)] * ARGMAX_CHAINS, step)
-        chains = [(res[k], res[k + 1]) for k in range(0, len(res), 2)]
-        while len(chains) > 1:
-            chains = [_merge_argmax(builder, *chains[i:i + 2]) if i + 1 < len(chains)
-                      else chains[i] for i in range(0, len(chains), 2)]
-        mx, ix = chains[0]
-        pm = context.make_array(sig.args[2])(context, builder, args[2])
-        pi = context.make_array(sig.args[3])(context, builder, args[3])
-        at = i64(builder, args[4])
-        builder.store(mx, vptr(builder, pm.data, at, rw.vec), align=rw.size)
-        builder.store(ix, vptr(builder, pi.data, at, ivec), align=4)
-        return context.get_dummy_value()
-
-    return types.none(x, r, m, idx, p), codegen
-
-
-def _sum_codegen(context, builder, sig, args, term):
-    """Shared body of the sums: ``args`` are (x, r, m, p, ..., s) with
-    ``s`` last; ``s[p:p + 8]`` (float64) gets the sum over the classes of
-    ``term(column, m_vector, class_index)``, in x's precision (two
-    interleaved accumulators, so the adds do not wait on each other)."""
-    rw = _Rows8(context, builder, sig.args[0], args[0], args[1])
-    pm = context.make_array(sig.args[2])(context, builder, args[2])
-    at = i64(builder, args[3])
-    mv = builder.load(vptr(builder, pm.data, at, rw.vec), align=rw.size)
+def _argmax_part(context, builder, sig, args, halves, offset, keep=None):
+    """Argmax of ``8 * halves`` rows into m and idx (``args`` (x, r, m, idx,
+    p, ...)); returns ``(row block, max vector, output index)``.
+    ``keep(c, column)``, if given, is called with each class's column (so
+    a caller can store it)."""
+    rw = _RowBlock(context, builder, sig.args[0], args[0], _plus(builder, args[1], offset),
+                   halves)
+    ivec = ir.VectorType(I32, rw.lanes)
 
     def step(carried, c0, cols):
-        acc = list(carried)
+        carried = list(carried)
+        c0_32 = builder.trunc(c0, I32)
         for j, v in cols:
-            acc[j % 2] = builder.fadd(acc[j % 2], term(v, mv, builder.add(c0, const(j))))
-        return acc
+            if keep is not None:
+                keep(builder.add(c0, const(j)), v)
+            k = 2 * (j % ARGMAX_CHAINS)
+            mx, ix = carried[k], carried[k + 1]
+            # v > mx, or v the first NaN: "unordered or greater" while
+            # mx is still a number (a NaN mx never changes again).
+            take = builder.and_(builder.fcmp_unordered(">", v, mx),
+                                builder.fcmp_ordered("ord", mx, mx))
+            carried[k] = builder.select(take, v, mx)
+            cls = splat(builder, ivec, builder.add(c0_32, ir.Constant(I32, j)))
+            carried[k + 1] = builder.select(take, cls, ix)
+        return carried
 
-    zero = vector_of(rw.vec, 0.0)
-    a0, a1 = rw.reduce([zero, zero], step)
-    total = builder.fadd(a0, a1)
-    dvec = ir.VectorType(ir.DoubleType(), BLOCK8)
+    res = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * rw.lanes)] * ARGMAX_CHAINS, step)
+    chains = [(res[k], res[k + 1]) for k in range(0, len(res), 2)]
+    while len(chains) > 1:
+        chains = [_merge_argmax(builder, *chains[i:i + 2]) if i + 1 < len(chains)
+                  else chains[i] for i in range(0, len(chains), 2)]
+    mx, ix = chains[0]
+    pm = context.make_array(sig.args[2])(context, builder, args[2])
+    pi = context.make_array(sig.args[3])(context, builder, args[3])
+    at = _plus(builder, args[4], offset)
+    builder.store(mx, vptr(builder, pm.data, at, rw.vec), align=rw.size)
+    builder.store(ix, vptr(builder, pi.data, at, ivec), align=4)
+    return rw, mx, at
+
+
+def _store_sum(context, builder, sig, args, rw, at, total):
+    """``total`` (x's precision) into the float64 ``s`` (args[-1]) at ``at``."""
+    dvec = ir.VectorType(ir.DoubleType(), rw.lanes)
     if rw.elem != ir.DoubleType():
         total = builder.fpext(total, dvec)
     ps = context.make_array(sig.args[-1])(context, builder, args[-1])
     builder.store(total, vptr(builder, ps.data, at, dvec), align=8)
-    return context.get_dummy_value()
 
 
-@intrinsic
-def rows8_expsum(typingctx, x, r, m, p, inv_t, s):
-    """``s[p + i] = sum_c exp((x[r + i, c] - m[p + i]) * inv_t)`` for i < 8
-    (``s`` float64, the sum in x's precision: for C up to
-    :data:`fastlogits.cpu.tiles.SUM_BLOCK`). Garbage where ``m`` is not
-    finite (callers mask those pixels, as for the tiles)."""
-    if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(s, types.float64)
-            and isinstance(r, types.Integer) and isinstance(p, types.Integer)
-            and isinstance(inv_t, types.Float)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vec = ir.VectorType(context.get_data_type(sig.args[0].dtype), BLOCK8)
-        tv = splat(builder, vec, context.cast(builder, args[4], sig.args[4], sig.args[0].dtype))
-
-        def term(v, mv, c):
-            return exp_shifted_ir(builder, builder.fmul(builder.fsub(v, mv), tv))
-
-        return _sum_codegen(context, builder, sig, args, term)
-
-    return types.none(x, r, m, p, inv_t, s), codegen
+def _exp_term(builder, v, mv, tv):
+    return exp_shifted_ir(builder, builder.fmul(builder.fsub(v, mv), tv))
 
 
-@intrinsic
-def rows8_wsum(typingctx, x, r, m, p, w, s):
-    """``s[p + i] = sum_c w[c] * (m[p + i] - x[r + i, c])`` for i < 8 (the
-    label-smoothing sum of :mod:`fastlogits.cpu.losses`; ``w`` (C,) in x's
-    dtype, ``s`` float64, the sum in x's precision as for
-    :func:`rows8_expsum`)."""
-    if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
-            and _is_vec(s, types.float64)
-            and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
-        return None
+def _argmax_expsum_part(context, builder, sig, args, halves, offset):
+    """:func:`_argmax_part`, keeping each class's column in ``cols`` (args
+    (x, r, m, idx, p, inv_t, cols, s)), then the exp-sum of those columns:
+    one load each, where a second pass over x loads and transposes again."""
+    cols = context.make_array(sig.args[6])(context, builder, args[6]).data
+    lanes = BLOCK8 * halves
 
-    def codegen(context, builder, sig, args):
-        vec = ir.VectorType(context.get_data_type(sig.args[0].dtype), BLOCK8)
-        wdata = context.make_array(sig.args[4])(context, builder, args[4]).data
+    def at_col(c):  # each part's columns, one after the other, from cols[0]
+        return builder.mul(c, const(lanes))
 
-        def term(v, mv, c):
-            wc = splat(builder, vec, builder.load(builder.gep(wdata, [c])))
-            return builder.fmul(wc, builder.fsub(mv, v))
+    def keep(c, v):
+        builder.store(v, vptr(builder, cols, at_col(c), v.type), align=context.get_abi_sizeof(
+            v.type.element))
 
-        return _sum_codegen(context, builder, sig, args, term)
+    rw, mx, at = _argmax_part(context, builder, sig, args, halves, offset, keep)
+    tv = splat(builder, rw.vec, context.cast(builder, args[5], sig.args[5], sig.args[0].dtype))
 
-    return types.none(x, r, m, p, w, s), codegen
+    def column(c):
+        return builder.load(vptr(builder, cols, at_col(c), rw.vec), align=rw.size)
+
+    # Two interleaved accumulators, so the adds do not wait on each other.
+    zero = vector_of(rw.vec, 0.0)
+    C2 = builder.sub(rw.C, builder.srem(rw.C, const(2)))
+    a0, a1 = loop(builder, const(0), C2, 2, [zero, zero],
+                  lambda c, acc: [builder.fadd(acc[i], _exp_term(builder, column(
+                      builder.add(c, const(i))), mx, tv)) for i in range(2)], "expsum")
+    entry = builder.block
+    with builder.if_then(builder.icmp_signed("<", C2, rw.C)):  # odd C: the last class
+        tail = builder.fadd(a0, _exp_term(builder, column(C2), mx, tv))
+        tail_block = builder.block
+    phi = builder.phi(rw.vec)
+    phi.add_incoming(tail, tail_block)
+    phi.add_incoming(a0, entry)
+    _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
+
+
+def _wsum_part(context, builder, sig, args, halves, offset):
+    """``s[p:p + 8 * halves]`` (float64, args[-1]) gets ``sum_c w[c] * (m -
+    x[r + i, c])`` (args (x, r, m, p, w, s)), in x's precision (two
+    interleaved accumulators, so the adds do not wait on each other)."""
+    rw = _RowBlock(context, builder, sig.args[0], args[0], _plus(builder, args[1], offset),
+                   halves)
+    pm = context.make_array(sig.args[2])(context, builder, args[2])
+    at = _plus(builder, args[3], offset)
+    mv = builder.load(vptr(builder, pm.data, at, rw.vec), align=rw.size)
+    wdata = context.make_array(sig.args[4])(context, builder, args[4]).data
+
+    def step(carried, c0, cols):
+        acc = list(carried)
+        for j, v in cols:
+            wc = splat(builder, rw.vec, builder.load(builder.gep(wdata, [builder.add(c0, const(j))])))
+            acc[j % 2] = builder.fadd(acc[j % 2], builder.fmul(wc, builder.fsub(mv, v)))
+        return acc
+
+    zero = vector_of(rw.vec, 0.0)
+    a0, a1 = rw.reduce([zero, zero], step)
+    _store_sum(context, builder, sig, args, rw, at, builder.fadd(a0, a1))
+
+
+def block_intrinsics(rows, wide):
+    """``(rows_argmax, rows_argmax_expsum, rows_wsum)`` for blocks of
+    ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte) vectors or not: the
+    package uses ``block_intrinsics(ROWS, target_has_avx512())``; tests
+    build every layout, whatever the machine."""
+
+    @intrinsic
+    def rows_argmax(typingctx, x, r, m, idx, p):
+        """Max of rows ``r .. r + ROWS - 1`` of the C-contiguous (rows, C)
+        float array ``x`` into ``m[p:p + ROWS]`` (x's dtype) and the index
+        of its first occurrence into ``idx[p:p + ROWS]`` (int32); the first
+        NaN wins over any number (NumPy's rule, as
+        :func:`fastlogits.cpu.tiles.tile_argmax`)."""
+        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+                and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
+            return None
+        return types.none(x, r, m, idx, p), _by_parts(rows, wide, _argmax_part)
+
+    @intrinsic
+    def rows_wsum(typingctx, x, r, m, p, w, s):
+        """``s[p + i] = sum_c w[c] * (m[p + i] - x[r + i, c])`` for i < ROWS
+        (the label-smoothing sum of :mod:`fastlogits.cpu.losses`; ``w``
+        (C,) in x's dtype, ``s`` float64, the sum in x's precision)."""
+        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
+                and _is_vec(s, types.float64)
+                and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
+            return None
+        return types.none(x, r, m, p, w, s), _by_parts(rows, wide, _wsum_part)
+
+    @intrinsic
+    def rows_argmax_expsum(typingctx, x, r, m, idx, p, inv_t, cols, s):
+        """:func:`rows_argmax`, and ``s[p + i] = sum_c exp((x[r + i, c] -
+        m[p + i]) * inv_t)`` for i < ROWS (``s`` float64, the sum in x's
+        precision: for C up to :data:`fastlogits.cpu.tiles.SUM_BLOCK`;
+        garbage where the max is not finite: callers mask those pixels, as
+        for the tiles). One pass over the rows: each class's transposed
+        column is stored in ``cols`` (at least C * ROWS elements of x's dtype,
+        an L1 scratch) as the max is found, and the exp-sum reads them back
+        (bench/RESULTS.md, log 31)."""
+        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+                and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
+                and isinstance(r, types.Integer) and isinstance(p, types.Integer)
+                and isinstance(inv_t, types.Float)):
+            return None
+
+        return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(rows, wide,
+                                                                      _argmax_expsum_part)
+
+    return rows_argmax, rows_argmax_expsum, rows_wsum
+
+
+rows_argmax, rows_argmax_expsum, rows_wsum = block_intrinsics(ROWS, target_has_avx512())
