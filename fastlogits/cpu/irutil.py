@@ -39,6 +39,13 @@ def vector_of(ty, value):
     return ir.Constant(ty, value)
 
 
+def element_ptr(context, builder, aty, aval, index):
+    """Pointer to ``arr.flat[index]`` of the array value ``aval`` (Numba
+    type ``aty``; ``index`` any integer IR value)."""
+    data = context.make_array(aty)(context, builder, aval).data
+    return builder.gep(data, [i64(builder, index)])
+
+
 def vptr(builder, data, index, vec):
     """Pointer to the ``vec``-typed vector starting at ``data[index]``."""
     return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())

@@ -36,7 +36,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
-from fastlogits.cpu.irutil import (I32, I64, const, fmuladd_fn, i64, lane_mask, loop,
+from fastlogits.cpu.irutil import (I32, I64, const, element_ptr, fmuladd_fn, i64, lane_mask, loop,
                                    masked_load, splat as splat_vec, vector_loop, vptr)
 
 _WIDE = target_has_avx512()
@@ -280,8 +280,6 @@ def address_of(typingctx, arr, index):
         return None
 
     def codegen(context, builder, sig, args):
-        a = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = builder.gep(a.data, [i64(builder, args[1])])
-        return builder.ptrtoint(ptr, I64)
+        return builder.ptrtoint(element_ptr(context, builder, sig.args[0], args[0], args[1]), I64)
 
     return types.int64(arr, index), codegen

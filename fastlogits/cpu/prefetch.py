@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import loop
+from fastlogits.cpu.irutil import element_ptr, loop
 
 
 #: Bytes of a cache line: a prefetch every this many bytes covers a range.
@@ -50,11 +50,7 @@ def prefetch(typingctx, arr, index):
         return None
 
     def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        idx = args[1]
-        if idx.type.width < 64:
-            idx = builder.sext(idx, ir.IntType(64))
-        _prefetch_call(builder, builder.gep(ary.data, [idx]))
+        _prefetch_call(builder, element_ptr(context, builder, signature.args[0], args[0], args[1]))
         return context.get_dummy_value()
 
     return types.none(arr, index), codegen

@@ -99,8 +99,8 @@ class _RowBlock:
                  for s in starts]
         if len(parts) == 1:
             return parts[0]
-        return b.shuffle_vector(parts[0], parts[1],
-                                ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes))))
+        both = ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes)))
+        return b.shuffle_vector(parts[0], parts[1], both)
 
     def columns(self, c0):
         """The 8 columns (class c0 + j of every pixel) of the block at c0."""
@@ -284,7 +284,8 @@ def _wsum_part(context, builder, sig, args, halves, offset):
     def step(carried, c0, cols):
         acc = list(carried)
         for j, v in cols:
-            wc = splat(builder, rw.vec, builder.load(builder.gep(wdata, [builder.add(c0, const(j))])))
+            wj = builder.load(builder.gep(wdata, [builder.add(c0, const(j))]))
+            wc = splat(builder, rw.vec, wj)
             acc[j % 2] = builder.fadd(acc[j % 2], builder.fmul(wc, builder.fsub(mv, v)))
         return acc
 
