@@ -23,6 +23,9 @@ OPS = {
     "classify": lambda x, t: fl.classify(x, axis=-1),
     "confusion_matrix": lambda x, t: fl.confusion_matrix(x, t, axis=-1),
     "cross_entropy": lambda x, t: fl.cross_entropy(x, t, axis=-1),
+    "softmax": lambda x, t: fl.softmax(x, axis=-1),
+    "log_softmax": lambda x, t: fl.log_softmax(x, axis=-1),
+    "logsumexp": lambda x, t: fl.logsumexp(x, axis=-1),
 }
 
 

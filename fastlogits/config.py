@@ -44,6 +44,14 @@ CPU_ROW_ARGMAX_MIN_CLASSES = 12
 #: exp-sum runs in x's precision.
 CPU_ROW_BLOCK_MAX_CLASSES = 96
 
+#: The same for softmax, log_softmax and logsumexp (cpu.softmax's
+#: ``expnorm_cl_blocks``), which took transposed tiles below
+#: ``CPU_ROW_MIN_CLASSES`` and the row kernels from there: with 16-row
+#: blocks on Ice Lake (bench/RESULTS.md, log 32) the blocks ran 1.1-1.3x
+#: faster than the tiles at 11, 19 and 48 classes, and the row kernels
+#: won at 96.
+CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES = 63
+
 #: The same for cross_entropy without a gradient (with one, the blocks have
 #: no way back): its row kernels are slower than classify's, and the
 #: blocks still won at 96 classes on both CPUs (log 28).

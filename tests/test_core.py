@@ -252,10 +252,11 @@ def test_scalar_dtype_outputs():
 
 
 CHANNELS_LAST_PATHS = {
-    # (CPU_ROW_MIN_CLASSES, CPU_ROW_ARGMAX_MIN_CLASSES, CPU_ROW_BLOCK_MAX_CLASSES)
-    "rows": (1, 1, 0),
-    "tiles": (10**9, 10**9, 0),
-    "blocks": (10**9, 10**9, 10**9),  # argmax / classify; softmax goes by tiles
+    # (CPU_ROW_MIN_CLASSES, CPU_ROW_ARGMAX_MIN_CLASSES, CPU_ROW_BLOCK_MAX_CLASSES,
+    #  CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)
+    "rows": (1, 1, 0, 0),
+    "tiles": (10**9, 10**9, 0, 0),
+    "blocks": (10**9, 10**9, 10**9, 10**9),  # every op, 8 <= C <= SUM_BLOCK
 }
 
 
@@ -265,12 +266,13 @@ CHANNELS_LAST_PATHS = {
 def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced (the row
     kernels' vectors and masked tails; the transposed tiles) for C around
-    the vector widths, with special values and ties. 23 rows: blocks of
-    8 rows and 7 left over for the row kernels."""
-    rows_min, argmax_min, block_max = CHANNELS_LAST_PATHS[path]
+    the vector widths, with special values and ties. 23 rows: whole
+    blocks of ``rowblock.ROWS`` rows and the rest for the row kernels."""
+    rows_min, argmax_min, block_max, expnorm_block_max = CHANNELS_LAST_PATHS[path]
     monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", rows_min)
     monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", argmax_min)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", expnorm_block_max)
     op = OPS[name]
     for C in (1, 2, 7, 8, 9, 15, 16, 17, 19, 31, 33, 64, 127, 128, 129, 150, 1037):
         x = specials_array(rng, (23, C), -1, dtype)

@@ -54,6 +54,7 @@ def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row
     monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", row_min)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", block_max)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", block_max)
     monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
     x = specials_array(rng, (3001, C), -1, dtype)
     t = rng.integers(0, C, 3001)

@@ -19,7 +19,9 @@ LAYOUTS = [(8, False), (16, False), (16, True)]
 
 
 def _wrappers(rows, wide):
-    argmax, argmax_expsum, wsum = block_intrinsics(rows, wide)
+    k = block_intrinsics(rows, wide)
+    argmax, argmax_expsum, wsum = k.argmax, k.argmax_expsum, k.wsum
+    expstore, store_softmax, store_log = k.argmax_expstore, k.store_softmax, k.store_log_softmax
 
     @njit
     def _argmax(x, r, m, idx, p):
@@ -33,7 +35,27 @@ def _wrappers(rows, wide):
     def _wsum(x, r, m, p, w, s):
         wsum(x, r, m, p, w, s)
 
-    return rows, _argmax, _argmax_expsum, _wsum
+    @njit
+    def _softmax_block(x, r, inv_t, out, log):
+        """softmax (or log_softmax) of rows r .. r + rows - 1 into out."""
+        R, C = rows, x.shape[1]
+        m = np.empty(R, x.dtype)
+        g = np.empty(R, x.dtype)
+        idx = np.empty(R, np.int32)
+        s = np.empty(R)
+        cols = np.empty(C * R, x.dtype)
+        if log:
+            argmax_expsum(x, r, m, idx, 0, inv_t, cols, s)
+            for i in range(R):
+                g[i] = np.log(s[i])
+            store_log(cols, m, inv_t, g, 0, out, r)
+        else:
+            expstore(x, r, m, idx, 0, inv_t, cols, s)
+            for i in range(R):
+                g[i] = 1.0 / s[i]
+            store_softmax(cols, m, inv_t, g, 0, out, r)
+
+    return rows, _argmax, _argmax_expsum, _wsum, _softmax_block
 
 
 _KERNELS = {layout: None for layout in LAYOUTS}
@@ -41,7 +63,8 @@ _KERNELS = {layout: None for layout in LAYOUTS}
 
 @pytest.fixture(params=LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
 def kernels(request):
-    """``(rows, argmax, argmax_expsum, wsum)`` of one layout, compiled once."""
+    """``(rows, argmax, argmax_expsum, wsum, softmax_block)`` of one layout,
+    compiled once."""
     if _KERNELS[request.param] is None:
         _KERNELS[request.param] = _wrappers(*request.param)
     return _KERNELS[request.param]
@@ -79,7 +102,7 @@ def _ref_argmax(x):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
 def test_block_argmax_matches_numpy(rng, kernels, C, dtype):
-    R, argmax, _, _ = kernels
+    R, argmax, _, _, _ = kernels
     x = _rows(rng, C, dtype, R)
     m = np.full(R + 5, 7.0, dtype)
     idx = np.full(R + 5, -5, np.int32)
@@ -98,7 +121,7 @@ def test_block_argmax_merges_chains_like_numpy(rng, kernels, C, dtype):
     scattered: the independent (max, index) chains (class j % 2 of a class
     block in chain j % 2, ``rowblock.ARGMAX_CHAINS``) must merge to
     NumPy's first maximum, first NaN."""
-    R, argmax, _, _ = kernels
+    R, argmax, _, _, _ = kernels
     rows = 16 * 20
     x = rng.integers(-2, 3, (rows, C)).astype(dtype)
     u = rng.random((rows, C))
@@ -124,7 +147,7 @@ def test_block_argmax_merges_chains_like_numpy(rng, kernels, C, dtype):
 def test_block_argmax_expsum_matches_numpy(rng, kernels, C, dtype):
     """The fused argmax + exp-sum: the same labels and max as the argmax
     (specials in every part), and the exp-sum of the finite rows."""
-    R, argmax, argmax_expsum, _ = kernels
+    R, argmax, argmax_expsum, _, _ = kernels
     x = _rows(rng, C, dtype, R)
     m = np.full(R + 5, 7.0, dtype)
     idx = np.full(R + 5, -5, np.int32)
@@ -147,7 +170,7 @@ def test_block_argmax_expsum_matches_numpy(rng, kernels, C, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", CLASSES)
 def test_block_sums_match_float64(rng, kernels, C, dtype):
-    R, argmax, argmax_expsum, wsum = kernels
+    R, argmax, argmax_expsum, wsum, _ = kernels
     x = rng.standard_normal((R + 3, C)).astype(dtype) * 4
     x[5, 1] = -np.inf                          # exp(-inf) = 0, w * inf skipped below
     x[6] = np.linspace(-200, 0, C).astype(dtype)  # terms that underflow
@@ -177,10 +200,38 @@ def test_block_sums_match_float64(rng, kernels, C, dtype):
     assert (s[:4] == -1).all() and (s[R + 4:] == -1).all()
 
 
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", CLASSES)
+def test_block_softmax_stores_rows_back(rng, kernels, C, dtype, log):
+    """The kept columns (exponentials, or scores for log_softmax) scaled
+    and transposed back: every class of every row of the block, in place
+    over x too, nothing outside the block written."""
+    R, *_, softmax_block = kernels
+    x = rng.standard_normal((R + 5, C)).astype(dtype) * 3
+    x[4, [0, C - 1]] = x[4].max() + 2      # ties of the max, the last class included
+    x[R + 1] = np.linspace(-120, 5, C).astype(dtype)  # terms that underflow
+    inv_t = dtype(1 / 0.7)
+    xb = x[2:R + 2].astype(np.float64) * np.float64(inv_t)
+    z = xb - xb.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    want = z - lse if log else np.exp(z - lse)
+    rtol = 2e-6 if dtype == np.float32 else 1e-13
+    out = np.full_like(x, 9.0)
+    softmax_block(x, 2, inv_t, out, log)
+    np.testing.assert_allclose(out[2:R + 2], want, rtol=rtol, atol=rtol)
+    assert (out[:2] == 9).all() and (out[R + 2:] == 9).all()
+    y = x.copy()
+    softmax_block(y, 2, inv_t, y, log)     # in place
+    np.testing.assert_allclose(y[2:R + 2], want, rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(y[:2], x[:2])
+    np.testing.assert_array_equal(y[R + 2:], x[R + 2:])
+
+
 def test_block_rejects_what_it_cannot_read(kernels):
     """Typing fails (no silent fallback) for non-contiguous, integer or
     mismatched arrays."""
-    R, argmax, argmax_expsum, _ = kernels
+    R, argmax, argmax_expsum, _, _ = kernels
     x = np.ones((R, 16), np.float32)
     m, idx, s = np.empty(R, np.float32), np.empty(R, np.int32), np.empty(R)
     with pytest.raises(Exception):

@@ -125,7 +125,8 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     outer, C, inner = x3.shape
     if red2 is None:
         red2 = _stand_in(2, x3.dtype)
-    x2 = _row_view(x3, config.CPU_ROW_MIN_CLASSES, out3)
+    blocks = _row_blocks(C, config.CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)
+    x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES, out3)
     if x2 is not None:
         # The row kernels need C-contiguous rows (out too: a copy for huge C).
         if out3 is None:
@@ -133,9 +134,9 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         else:
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
+        kernel = k.expnorm_cl_blocks if blocks else k.expnorm_cl_rows
         with launch_threads(x3.size) as nthreads:
-            k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads,
-                              config.CPU_PREFETCH_BYTES)
+            kernel(x2, work, _flat(red2), inv_t, mode, nthreads, config.CPU_PREFETCH_BYTES)
         if work is not out2:
             out2[...] = work
         return

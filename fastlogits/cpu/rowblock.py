@@ -19,6 +19,11 @@ float64 columns of 8 already fill the register; their 16-row block is two
 8-row halves one after the other. With 32-byte vectors (AVX2) a block is
 8 rows.
 
+The way back, for softmax and log_softmax: the pass that finds the max
+keeps each transposed column in an L1 scratch (its exponential, for
+softmax), and :func:`block_intrinsics`' stores scale the columns,
+transpose them back by the same shuffles and store whole rows.
+
 Class blocks: the full blocks ``[0, C - C % 8)``, then, when C % 8 != 0,
 one last block that overlaps the one before, ``[C - 8, C)``, so every load
 is a whole vector inside its row (no masked loads), of which only the
@@ -28,6 +33,8 @@ C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes an
 the last ``rows % ROWS`` pixels another way. x must be C-contiguous; nothing
 is bounds-checked.
 """
+
+from types import SimpleNamespace
 
 from llvmlite import ir
 from numba import njit, types
@@ -234,40 +241,102 @@ def _exp_term(builder, v, mv, tv):
     return exp_shifted_ir(builder, builder.fmul(builder.fsub(v, mv), tv))
 
 
-def _argmax_expsum_part(context, builder, sig, args, halves, offset):
+def _column_at(builder, c, C, lanes, offset):
+    """Index in the column scratch of class ``c``'s column of the part at
+    ``offset``: each part's C columns of ``lanes`` pixels one after the
+    other, the parts one after the other (C * ROWS elements in all)."""
+    return builder.add(builder.mul(c, const(lanes)), builder.mul(C, const(offset)))
+
+
+def _argmax_expsum_part(context, builder, sig, args, halves, offset, store=False):
     """:func:`_argmax_part`, keeping each class's column in ``cols`` (args
     (x, r, m, idx, p, inv_t, cols, s)), then the exp-sum of those columns:
-    one load each, where a second pass over x loads and transposes again."""
+    one load each, where a second pass over x loads and transposes again.
+    With ``store``, each exponential replaces its score in ``cols``."""
     cols = context.make_array(sig.args[6])(context, builder, args[6]).data
     lanes = BLOCK8 * halves
+    C = builder.extract_value(context.make_array(sig.args[0])(context, builder, args[0]).shape, 1)
 
-    def at_col(c):  # each part's columns, one after the other, from cols[0]
-        return builder.mul(c, const(lanes))
+    def ptr(c, vec):
+        return vptr(builder, cols, _column_at(builder, c, C, lanes, offset), vec)
 
     def keep(c, v):
-        builder.store(v, vptr(builder, cols, at_col(c), v.type), align=context.get_abi_sizeof(
-            v.type.element))
+        builder.store(v, ptr(c, v.type), align=context.get_abi_sizeof(v.type.element))
 
     rw, mx, at = _argmax_part(context, builder, sig, args, halves, offset, keep)
     tv = splat(builder, rw.vec, context.cast(builder, args[5], sig.args[5], sig.args[0].dtype))
 
-    def column(c):
-        return builder.load(vptr(builder, cols, at_col(c), rw.vec), align=rw.size)
+    def term(c):
+        e = _exp_term(builder, builder.load(ptr(c, rw.vec), align=rw.size), mx, tv)
+        if store:
+            builder.store(e, ptr(c, rw.vec), align=rw.size)
+        return e
 
     # Two interleaved accumulators, so the adds do not wait on each other.
     zero = vector_of(rw.vec, 0.0)
     C2 = builder.sub(rw.C, builder.srem(rw.C, const(2)))
     a0, a1 = loop(builder, const(0), C2, 2, [zero, zero],
-                  lambda c, acc: [builder.fadd(acc[i], _exp_term(builder, column(
-                      builder.add(c, const(i))), mx, tv)) for i in range(2)], "expsum")
+                  lambda c, acc: [builder.fadd(acc[i], term(builder.add(c, const(i))))
+                                  for i in range(2)], "expsum")
     entry = builder.block
     with builder.if_then(builder.icmp_signed("<", C2, rw.C)):  # odd C: the last class
-        tail = builder.fadd(a0, _exp_term(builder, column(C2), mx, tv))
+        tail = builder.fadd(a0, term(C2))
         tail_block = builder.block
     phi = builder.phi(rw.vec)
     phi.add_incoming(tail, tail_block)
     phi.add_incoming(a0, entry)
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
+
+
+def _rows_store_part(context, builder, sig, args, halves, offset, log):
+    """Rows ``r + offset ..`` of ``out`` (args (cols, m, inv_t, g, p, out,
+    r)) from the part's columns in ``cols``: ``column * g`` (``log``
+    false: the stored exponentials times 1 / s), or ``(column - m) *
+    inv_t - g`` (``log``: scores, g = log s); transposed back by the same
+    shuffles and stored 8 classes at a time, the last class block
+    overlapping the one before (it rewrites the same values)."""
+    b = builder
+    oty = sig.args[5]
+    oarr = context.make_array(oty)(context, b, args[5])
+    C = b.extract_value(oarr.shape, 1)
+    elem = context.get_data_type(oty.dtype)
+    size = context.get_abi_sizeof(elem)
+    lanes = BLOCK8 * halves
+    vec, part = ir.VectorType(elem, lanes), ir.VectorType(elem, BLOCK8)
+    cols = context.make_array(sig.args[0])(context, b, args[0]).data
+    at = _plus(b, args[4], offset)
+    gv = b.load(vptr(b, context.make_array(sig.args[3])(context, b, args[3]).data, at, vec),
+                align=size)
+    if log:
+        mv = b.load(vptr(b, context.make_array(sig.args[1])(context, b, args[1]).data, at, vec),
+                    align=size)
+        tv = splat(b, vec, context.cast(b, args[2], sig.args[2], oty.dtype))
+    base = b.mul(_plus(b, args[6], offset), C)
+    starts = [[b.add(base, b.mul(C, const(h * BLOCK8 + i))) for h in range(halves)]
+              for i in range(BLOCK8)]
+
+    def value(c):
+        v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
+        return b.fsub(b.fmul(b.fsub(v, mv), tv), gv) if log else b.fmul(v, gv)
+
+    def store_block(c0):
+        rows = _transpose_ir(b, [value(b.add(c0, const(j))) for j in range(BLOCK8)])
+        for i, row in enumerate(rows):
+            for h in range(halves):
+                half = row if halves == 1 else b.shuffle_vector(
+                    row, row, ir.Constant(ir.VectorType(I32, BLOCK8),
+                                          list(range(h * BLOCK8, (h + 1) * BLOCK8))))
+                b.store(half, vptr(b, oarr.data, b.add(starts[i][h], c0), part), align=size)
+
+    C8 = b.sub(C, b.srem(C, const(BLOCK8)))
+
+    def full(c0, carried):
+        store_block(c0)
+        return carried
+
+    loop(b, const(0), C8, BLOCK8, [], full, "stores")
+    with b.if_then(b.icmp_signed("<", C8, C)):
+        store_block(b.sub(C, const(BLOCK8)))
 
 
 def _wsum_part(context, builder, sig, args, halves, offset):
@@ -294,11 +363,20 @@ def _wsum_part(context, builder, sig, args, halves, offset):
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(a0, a1))
 
 
+def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
+    return (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+            and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
+            and isinstance(r, types.Integer) and isinstance(p, types.Integer)
+            and isinstance(inv_t, types.Float))
+
+
 def block_intrinsics(rows, wide):
-    """``(rows_argmax, rows_argmax_expsum, rows_wsum)`` for blocks of
-    ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte) vectors or not: the
-    package uses ``block_intrinsics(ROWS, target_has_avx512())``; tests
-    build every layout, whatever the machine."""
+    """The block intrinsics (a namespace: ``argmax``, ``argmax_expsum``,
+    ``wsum``, ``argmax_expstore``, ``store_softmax``, ``store_log_softmax``)
+    for blocks of ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte)
+    vectors or not: the module's ``rows_*`` names are
+    ``block_intrinsics(ROWS, target_has_avx512())``; tests build every
+    layout, whatever the machine."""
 
     @intrinsic
     def rows_argmax(typingctx, x, r, m, idx, p):
@@ -333,16 +411,50 @@ def block_intrinsics(rows, wide):
         column is stored in ``cols`` (at least C * ROWS elements of x's dtype,
         an L1 scratch) as the max is found, and the exp-sum reads them back
         (bench/RESULTS.md, log 31)."""
-        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-                and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
-                and isinstance(r, types.Integer) and isinstance(p, types.Integer)
-                and isinstance(inv_t, types.Float)):
+        if not _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
             return None
 
         return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(rows, wide,
                                                                       _argmax_expsum_part)
 
-    return rows_argmax, rows_argmax_expsum, rows_wsum
+    @intrinsic
+    def rows_argmax_expstore(typingctx, x, r, m, idx, p, inv_t, cols, s):
+        """:func:`rows_argmax_expsum` leaving in ``cols`` the exponentials
+        (for :func:`rows_store`) instead of the scores."""
+        if not _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
+            return None
+        return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(
+            rows, wide, lambda *a: _argmax_expsum_part(*a, store=True))
+
+    def _store_intrinsic(log):
+        @intrinsic
+        def store(typingctx, cols, m, inv_t, g, p, out, r):
+            if not (_is_rows(out) and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+                    and isinstance(inv_t, types.Float)
+                    and isinstance(p, types.Integer) and isinstance(r, types.Integer)):
+                return None
+            return types.none(cols, m, inv_t, g, p, out, r), _by_parts(
+                rows, wide, lambda *a: _rows_store_part(*a, log=log))
+        return store
+
+    #: ``out[r + i, c] = cols_c[i] * g[p + i]`` for i < ROWS (the columns
+    #: :func:`rows_argmax_expstore` left: softmax, g = 1 / s). out (rows,
+    #: C) C-contiguous in the dtype of cols, m and g; m and inv_t unused.
+    rows_store_softmax = _store_intrinsic(False)
+    #: ``out[r + i, c] = (cols_c[i] - m[p + i]) * inv_t - g[p + i]`` (the
+    #: score columns :func:`rows_argmax_expsum` left: log_softmax, g = log s).
+    rows_store_log_softmax = _store_intrinsic(True)
+
+    return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
+                           wsum=rows_wsum, argmax_expstore=rows_argmax_expstore,
+                           store_softmax=rows_store_softmax,
+                           store_log_softmax=rows_store_log_softmax)
 
 
-rows_argmax, rows_argmax_expsum, rows_wsum = block_intrinsics(ROWS, target_has_avx512())
+_TARGET = block_intrinsics(ROWS, target_has_avx512())
+rows_argmax = _TARGET.argmax
+rows_argmax_expsum = _TARGET.argmax_expsum
+rows_wsum = _TARGET.wsum
+rows_argmax_expstore = _TARGET.argmax_expstore
+rows_store_softmax = _TARGET.store_softmax
+rows_store_log_softmax = _TARGET.store_log_softmax

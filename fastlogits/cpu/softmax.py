@@ -13,7 +13,10 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
   ``config.CPU_ROW_MIN_CLASSES`` classes, blocks of rows read by the vector
-  row kernels of :mod:`fastlogits.cpu.rowvec`.
+  row kernels of :mod:`fastlogits.cpu.rowvec`;
+- :func:`expnorm_cl_blocks`: channels-last ``(rows, C)``, C-contiguous, 8
+  to ``config.CPU_ROW_BLOCK_MAX_CLASSES`` classes, blocks of rows
+  transposed in registers (:mod:`fastlogits.cpu.rowblock`).
 """
 
 import numpy as np
@@ -21,7 +24,9 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import log64
-from fastlogits.cpu.prefetch import no_region, prefetch_row, region_from, rows_ahead
+from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
+                                     rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
                                   store_transposed, tile_exp_store, tile_expsum, tile_max,
@@ -205,3 +210,58 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes):
                     mp = m[p]
                     for c in range(C):
                         out[r, c] = (x[r, c] - mp) * inv_t - gp
+
+
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
+    """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
+    ``tiles.SUM_BLOCK``; ``red`` (rows,). ``rowblock.ROWS`` rows at a time:
+    one pass transposes them in registers, finds the max and keeps the
+    columns (for softmax, their exponentials) in an L1 scratch; the result
+    is transposed back from it into ``out`` (which may be ``x``: a block's
+    rows are all read before any is written). A chunk's last rows % ROWS
+    go a row at a time (:mod:`fastlogits.cpu.rowvec`). For logsumexp
+    ``out`` may be any (1, C) C-contiguous array; for softmax/log_softmax
+    ``red`` is not touched."""
+    rows, C = x.shape
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
+    nchunks = work_chunks(rows, nthreads)
+    for chunk in prange(nchunks):
+        m = np.empty(ROWS, dtype=x.dtype)
+        g = np.empty(ROWS, dtype=x.dtype)
+        idx = np.empty(ROWS, dtype=np.int32)
+        s = np.empty(ROWS, dtype=np.float64)
+        cols = np.empty(C * ROWS, dtype=x.dtype)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        b1 = blocks_end(r0, r1, True)
+        for b0 in range(r0, b1, ROWS):
+            prefetch_rows(x, b0, ROWS, ahead)
+            if mode == SOFTMAX:
+                rows_argmax_expstore(x, b0, m, idx, 0, inv_t, cols, s)
+            else:
+                rows_argmax_expsum(x, b0, m, idx, 0, inv_t, cols, s)
+            if mode == LOGSUMEXP:
+                _lse(ROWS, m, s, inv_t, red, b0)
+                continue
+            _epilogue(ROWS, m, s, mode, g)
+            if mode == SOFTMAX:
+                rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
+            else:
+                rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
+        for r in range(b1, r1):
+            prefetch_row(x, r, ahead)
+            mx, _ = vrow_argmax(x, r)
+            sr = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0, mode == SOFTMAX)
+            m[0] = mx
+            s[0] = sr
+            if mode == LOGSUMEXP:
+                _lse(1, m, s, inv_t, red, r)
+                continue
+            _epilogue(1, m, s, mode, g)
+            gp = g[0]
+            if mode == SOFTMAX:
+                for c in range(C):
+                    out[r, c] = out[r, c] * gp
+            else:
+                for c in range(C):
+                    out[r, c] = (x[r, c] - mx) * inv_t - gp
