@@ -18,14 +18,15 @@ import numpy as np
 import fastlogits as fl
 from fastlogits import config
 
+#: ``op(x, t, axis)``: x the logits, t the targets (for the losses).
 OPS = {
-    "argmax": lambda x, t: fl.argmax(x, axis=-1),
-    "classify": lambda x, t: fl.classify(x, axis=-1),
-    "confusion_matrix": lambda x, t: fl.confusion_matrix(x, t, axis=-1),
-    "cross_entropy": lambda x, t: fl.cross_entropy(x, t, axis=-1),
-    "softmax": lambda x, t: fl.softmax(x, axis=-1),
-    "log_softmax": lambda x, t: fl.log_softmax(x, axis=-1),
-    "logsumexp": lambda x, t: fl.logsumexp(x, axis=-1),
+    "argmax": lambda x, t, axis=-1: fl.argmax(x, axis=axis),
+    "classify": lambda x, t, axis=-1: fl.classify(x, axis=axis),
+    "confusion_matrix": lambda x, t, axis=-1: fl.confusion_matrix(x, t, axis=axis),
+    "cross_entropy": lambda x, t, axis=-1: fl.cross_entropy(x, t, axis=axis),
+    "softmax": lambda x, t, axis=-1: fl.softmax(x, axis=axis),
+    "log_softmax": lambda x, t, axis=-1: fl.log_softmax(x, axis=axis),
+    "logsumexp": lambda x, t, axis=-1: fl.logsumexp(x, axis=axis),
 }
 
 

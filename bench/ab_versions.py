@@ -4,12 +4,15 @@ Where :mod:`ab_config` compares two values of a tunable in one process,
 this compares two versions of the code (a kernel change): each round runs
 one fresh process per tree, alternating, with ``PYTHONPATH`` pointing at
 the tree (each tree keeps its own Numba cache), and times the ops of
-:data:`ab_config.OPS` on channels-last float32 logits; the report gives,
+:data:`ab_config.OPS` on float32 logits, channels-last (pixels, C) or with
+``--layout chw`` channels-first (C, pixels); the report gives,
 per op and class count, the median over rounds of each process's median.
 Log 29 of bench/RESULTS.md (two argmax chains) was measured this way::
 
     git worktree add /tmp/old b030e61
     python bench/ab_versions.py /tmp/old . --classes 19 48 8 --pairs 3
+
+and log 33 (the exp-sum two classes at a time) with ``--layout chw``.
 
 LinearHead methods are ops too, ``head.<method>.<layout>`` (layout ``hwc``:
 features (pixels, N), axis -1; ``chw``: (N, pixels), axis 0), on
@@ -50,7 +53,7 @@ def _head_op(op, C, N, elements, rng):
     return (lambda: getattr(head, method)(f, axis=axis)), f
 
 
-def _child(tree, ops, classes, elements, rounds, features):
+def _child(tree, ops, classes, elements, rounds, features, layout):
     """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
     import fastlogits
 
@@ -65,11 +68,12 @@ def _child(tree, ops, classes, elements, rounds, features):
         core = [op for op in ops if op in OPS]
         if core:
             n = elements // C
-            x = rng.standard_normal((n, C), dtype=np.float32)
+            shape, axis = ((n, C), -1) if layout == "hwc" else ((C, n), 0)
+            x = rng.standard_normal(shape, dtype=np.float32)
             t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
         for op in ops:
             if op in OPS:
-                call = lambda: OPS[op](x, t)  # noqa: E731
+                call = lambda: OPS[op](x, t, axis)  # noqa: E731
             else:
                 call, f = _head_op(op, C, features, elements, rng)
             result[f"{op}@{C}"] = float(np.median([_once(call) for _ in range(rounds)]))
@@ -89,10 +93,13 @@ def main(argv=None):
     ap.add_argument("--features", type=int, default=256, help="N of the head.* ops")
     ap.add_argument("--rounds", type=int, default=7, help="timed calls per process")
     ap.add_argument("--pairs", type=int, default=3, help="old/new process pairs")
+    ap.add_argument("--layout", choices=("hwc", "chw"), default="hwc",
+                    help="core ops: logits (pixels, C), axis -1, or (C, pixels), axis 0")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features)
+        _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features,
+               args.layout)
         return
     from ab_config import OPS
 
@@ -107,7 +114,7 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), tree, tree, "--child",
                    "--ops", *args.ops, "--classes", *map(str, args.classes),
                    "--elements", str(args.elements), "--rounds", str(args.rounds),
-                   "--features", str(args.features)]
+                   "--features", str(args.features), "--layout", args.layout]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in runs[args.old][0]:
