@@ -165,6 +165,37 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
 ROW_BLOCK = 64
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead):
+    """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
+    rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
+    row as vectors (prefetching ``ahead``), then the epilogue over the P
+    rows at once and their rows of ``out``. ``m``, ``g``, ``s``: scratch of
+    at least P elements."""
+    C = x.shape[1]
+    for p in range(P):
+        r = r0 + p
+        prefetch_row(x, r, ahead)
+        # logsumexp passes a (1, C) stand-in for out: never written.
+        mx, _ = vrow_argmax(x, r)
+        m[p] = mx
+        s[p] = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0, mode == SOFTMAX)
+    if mode == LOGSUMEXP:
+        _lse(P, m, s, inv_t, red, r0)
+        return
+    _epilogue(P, m, s, mode, g)
+    for p in range(P):
+        r = r0 + p
+        gp = g[p]
+        if mode == SOFTMAX:
+            for c in range(C):
+                out[r, c] = out[r, c] * gp
+        else:
+            mp = m[p]
+            for c in range(C):
+                out[r, c] = (x[r, c] - mp) * inv_t - gp
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
@@ -187,29 +218,7 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes):
         j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
         for job in range(j0, j1):
             r0 = job * ROW_BLOCK
-            P = min(ROW_BLOCK, rows - r0)
-            for p in range(P):
-                r = r0 + p
-                prefetch_row(x, r, ahead)
-                # logsumexp passes a (1, C) stand-in for out: never written.
-                mx, _ = vrow_argmax(x, r)
-                m[p] = mx
-                s[p] = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0,
-                                   mode == SOFTMAX)
-            if mode == LOGSUMEXP:
-                _lse(P, m, s, inv_t, red, r0)
-                continue
-            _epilogue(P, m, s, mode, g)
-            for p in range(P):
-                r = r0 + p
-                gp = g[p]
-                if mode == SOFTMAX:
-                    for c in range(C):
-                        out[r, c] = out[r, c] * gp
-                else:
-                    mp = m[p]
-                    for c in range(C):
-                        out[r, c] = (x[r, c] - mp) * inv_t - gp
+            _vector_rows(x, out, red, r0, min(ROW_BLOCK, rows - r0), inv_t, mode, m, g, s, ahead)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -248,20 +257,4 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
                 rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
             else:
                 rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        for r in range(b1, r1):
-            prefetch_row(x, r, ahead)
-            mx, _ = vrow_argmax(x, r)
-            sr = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0, mode == SOFTMAX)
-            m[0] = mx
-            s[0] = sr
-            if mode == LOGSUMEXP:
-                _lse(1, m, s, inv_t, red, r)
-                continue
-            _epilogue(1, m, s, mode, g)
-            gp = g[0]
-            if mode == SOFTMAX:
-                for c in range(C):
-                    out[r, c] = out[r, c] * gp
-            else:
-                for c in range(C):
-                    out[r, c] = (x[r, c] - mx) * inv_t - gp
+        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead)
