@@ -36,6 +36,7 @@ from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, ti
 def _count(t, r0, P, idx, ignore, hist):
     """Bin the tile's targets ``t[r0:r0 + P]`` against its labels ``idx``;
     returns the number of bad targets."""
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     C = hist.shape[0]
     nbad = 0
     for p in range(P):

@@ -1,4 +1,4 @@
-"""A vectorizable ``log`` for float64: the per-pixel log of the exp-sum.
+"""Vectorizable ``log`` for float64 and float32: the per-pixel log of the exp-sum.
 
 logsumexp, log_softmax and the cross-entropy take one log per pixel.
 ``math.log`` is a scalar libm call (Numba ships no vector math library), and
@@ -6,7 +6,7 @@ measured ~7 ns per call here: at 2 M pixels that is more than the whole
 exp-sum of a 19-class map. This one is plain arithmetic plus bit casts, so
 the per-pixel loops that call it vectorize.
 
-Method (as fdlibm's ``log``): ``x = 2**k * m`` with ``m`` in
+:func:`log64` (float64), method as fdlibm's ``log``: ``x = 2**k * m`` with ``m`` in
 ``[sqrt(1/2), sqrt(2))``, ``f = m - 1`` (exact), ``s = f / (2 + f)`` and
 ``log(1 + f) = f - f**2/2 + s * (f**2/2 + R(s**2))`` where ``R`` is the
 atanh series ``2 z/3 + 2 z**2/5 + ...`` to degree 10 in ``z = s**2 <=
@@ -17,16 +17,23 @@ Special values through selects (the loop stays branch-free): ``log(0) =
 -inf``, ``log(inf) = inf``, NaN for NaN and negative input; subnormal input
 is scaled by ``2**54`` first.
 
-Compiled without ``reassoc`` (``EXP_FASTMATH``): the fdlibm formula relies on
+:func:`log32` (float32, :func:`log32_ir`) has no division and runs twice
+the lanes; :func:`flog` picks one by the argument's type, and the kernels
+take the log in x's precision.
+
+Both are compiled without ``reassoc`` (``EXP_FASTMATH``): the fdlibm formula relies on
 its evaluation order. ``error_model="numpy"``: the default Python model
 checks the division for zero and that branch keeps the loop scalar.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import EXP_FASTMATH, _float64_as_int64, _int64_as_float64
+from fastlogits.cpu.irutil import fmuladd, vector_of
 
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: k * hi is exact
 _LN2_LO = 1.90821492927058770002e-10
@@ -70,8 +77,107 @@ def log64(x):
     return y if x >= 0.0 else np.nan
 
 
+_F32 = np.float32
+
+#: ``log(1 + f) = f - f**2 / 2 + f**3 P(f)`` on ``f`` in ``[sqrt(1/2) - 1,
+#: sqrt(2) - 1]``: P of degree 7, highest degree first, fitted here by
+#: Lawson-weighted least squares on Chebyshev nodes for the relative error
+#: of log(1 + f) (max 7e-9, an eighth of a float32 ulp).
+_LOG1P32 = (-0.07859611510898515, 0.12881647494799084, -0.1312875480057776,
+            0.14181191937843096, -0.16624554043651163, 0.200022862749543,
+            -0.2500081040514606, 0.3333331672581692)
+_SQRT_HALF_BITS32 = 0x3F3504F3  # float32 sqrt(1/2), rounded down
+_LN2_HI32 = 0.693145751953125  # 12 significant bits: k * hi is exact
+_LN2_LO32 = 1.428606765330187e-06
+_TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def log32_ir(builder, x):
+    """IR of ``log(x)`` for a float32 ``x``, scalar or vector: 16 lanes per
+    AVX-512 register and no division, where :func:`log64` runs 8 lanes and
+    one ``vdivpd``. Max error 1 ulp (tests/test_fastlog.py).
+
+    Method: ``x = 2**k * m`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` taken
+    from the bits in one step: subtracting the bits of sqrt(1/2) makes the
+    exponent field (shifted arithmetically) ``k`` and puts the mantissa of
+    ``m``, less sqrt(1/2)'s, in the low bits, to which sqrt(1/2)'s bits are
+    added back. Then ``f = m - 1`` (exact) and :data:`_LOG1P32`, with ``k
+    ln 2`` in two parts added last as fdlibm does. Subnormals are scaled by
+    2**23 first; ``log(0) = -inf``, ``log(inf) = inf``, NaN for NaN and
+    negative input, all through selects.
+
+    Numba puts the calling function's fast-math flags on these
+    instructions too, and ``reassoc`` reorders the last sums (measured: 2.2
+    ulp), so it is called through :func:`log32`, compiled without it.
+    """
+    ty = x.type
+    ity = ir.IntType(32)
+    if isinstance(ty, ir.VectorType):
+        ity = ir.VectorType(ity, ty.count)
+
+    def c(v):
+        return vector_of(ty, float(_F32(v)))
+
+    def ci(v):
+        return vector_of(ity, v) if isinstance(ity, ir.VectorType) else ir.Constant(ity, v)
+
+    sub = builder.fcmp_ordered("<", x, c(_TINY32))
+    xs = builder.select(sub, builder.fmul(x, c(2.0 ** 23)), x)
+    ix = builder.sub(builder.bitcast(xs, ity), ci(_SQRT_HALF_BITS32))
+    k = builder.sub(builder.ashr(ix, ci(23)), builder.select(sub, ci(23), ci(0)))
+    m = builder.bitcast(builder.add(builder.and_(ix, ci(0x7FFFFF)), ci(_SQRT_HALF_BITS32)), ty)
+    f = builder.fsub(m, c(1.0))
+    z = builder.fmul(f, f)
+    p = c(_LOG1P32[0])
+    for coef in _LOG1P32[1:]:
+        p = fmuladd(builder, p, f, c(coef))
+    dk = builder.sitofp(k, ty)
+    hfsq = builder.fmul(z, c(0.5))
+    # k ln2_hi - ((hfsq - (f**3 P + k ln2_lo)) - f): the small terms first.
+    t = fmuladd(builder, builder.fmul(f, z), p, builder.fmul(dk, c(_LN2_LO32)))
+    y = builder.fsub(builder.fsub(hfsq, t), f)
+    y = builder.fsub(builder.fmul(dk, c(_LN2_HI32)), y)
+    y = builder.select(builder.fcmp_ordered("==", x, c(np.inf)), c(np.inf), y)
+    y = builder.select(builder.fcmp_ordered("==", x, c(0.0)), c(-np.inf), y)
+    # "uge": true for x >= 0 and for NaN (unordered), whose bits give garbage.
+    return builder.select(builder.fcmp_unordered(">=", x, c(0.0)),
+                          builder.select(builder.fcmp_unordered("!=", x, x), x, y), c(np.nan))
+
+
+@intrinsic
+def _log32(typingctx, x):
+    """:func:`log32_ir` for a scalar float32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return log32_ir(builder, args[0])
+
+    return types.float32(x), codegen
+
+
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
+def log32(x):
+    """``log`` of a float32, vectorizable, max error 1 ulp (:func:`log32_ir`)."""
+    return _log32(x)
+
+
+def flog(x):
+    """``log`` in the precision of ``x``: :func:`log32` or :func:`log64`."""
+    raise NotImplementedError("flog is only callable from Numba code")
+
+
+@overload(flog, inline="always", fastmath=FASTMATH)
+def _flog_overload(x):
+    if x == types.float32:
+        return lambda x: log32(x)
+    if x == types.float64:
+        return lambda x: log64(x)
+    return None
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def log_array(x, out):
-    """Apply :func:`log64` to a 1-D array (tests and benchmarks)."""
+    """Apply :func:`flog` to a 1-D array (tests and benchmarks)."""
     for i in range(x.size):
-        out[i] = log64(x[i])
+        out[i] = flog(x[i])

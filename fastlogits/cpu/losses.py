@@ -13,8 +13,9 @@ the loss, and finally the gradient, rescaled in cache::
     A         = (1 - eps) w[t] + eps / C * W            (W = sum_c w[c])
 
 with ``g`` the gradient scale (1, or 1 / sum of target weights for a
-"mean" gradient). Per-pixel quantities are float64; the class loops run in
-x's precision (float32 or float64). Losses are summed in float64 per chunk
+"mean" gradient). Per-pixel quantities are float64 (but ``log s``, taken
+in x's precision); the class loops run in x's precision (float32 or
+float64). Losses are summed in float64 per chunk
 of tiles, and the chunk sums are returned, so a mean over millions of
 pixels stays accurate.
 
@@ -36,7 +37,7 @@ from numba import njit, prange
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _row_blocks, _stand_in, _tile_pixels, launch_threads
-from fastlogits.cpu.fastlog import log64
+from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax_expsum, rows_wsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -56,21 +57,39 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
 
     The lookups are indexed loads; inside the per-pixel loss loop the
     weight lookup kept LLVM from vectorizing that loop at all, so they are
-    done here (a scalar loop) and :func:`_pixel_losses` only reads
-    contiguous scratch. Loads are clamped into [0, C).
+    done here and :func:`_pixel_losses` only reads contiguous scratch.
+    Loads are clamped into [0, C) and made whether the pixel is kept or
+    not: a load under ``if`` stays a branch, mispredicted at scattered
+    ignored pixels. With unit weights (no ``class_weight``) there is no
+    lookup at all, and that loop vectorizes (bench/RESULTS.md, log 34).
     """
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     one = keep.dtype.type(1.0)
     zero = keep.dtype.type(0.0)
+    unit = True
+    for c in range(C):
+        unit &= w64[c] == 1.0
     nbad = 0
+    if unit:
+        for p in range(P):
+            ti = np.int64(t[r0 + p])
+            inside = (ti >= 0) & (ti < C)
+            kept = ti != ignore
+            nbad += np.int64(kept & ~inside)
+            ok = kept & inside
+            tt[p] = ti if ok else -1
+            wt[p] = 1.0 if ok else 0.0
+            keep[p] = one if ok else zero
+        return nbad
     for p in range(P):
         ti = np.int64(t[r0 + p])
         inside = (ti >= 0) & (ti < C)
         kept = ti != ignore
         nbad += np.int64(kept & ~inside)
         ok = kept & inside
+        wp = w64[min(max(ti, 0), C - 1)]
         tt[p] = ti if ok else -1
-        wt[p] = w64[min(max(ti, 0), C - 1)] if ok else 0.0
+        wt[p] = wp if ok else 0.0
         keep[p] = one if ok else zero
     return nbad
 
@@ -78,7 +97,9 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _target_logits_tile(x, o, i0, P, tt, xt):
     """``xt[p]``: the target's logit of tile pixel p (float64; 0 where
-    ``tt[p]`` is -1)."""
+    ``tt[p]`` is -1). A branch around the load: measured faster here than
+    loading every pixel (1.9 against 2.5 cycles per pixel, bench/RESULTS.md,
+    log 34)."""
     i0 = max(i0, 0)
     for p in range(P):
         xt[p] = np.float64(x[o, max(tt[p], 0), i0 + p]) if tt[p] >= 0 else 0.0
@@ -120,8 +141,11 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_
     division is not paid). Returns ``(sum of the losses, sum of the
     target weights)``.
 
-    Branch-free (selects, and :func:`log64` instead of libm's scalar
-    ``log``) so the loop runs at vector width.
+    Branch-free (selects, and :func:`flog` instead of libm's scalar
+    ``log``) so the loop runs at vector width. The log is taken in x's
+    precision: float32's runs twice the lanes of float64's and has no
+    division (bench/RESULTS.md, log 34); its error, 1 ulp of log s plus the
+    rounding of s to float32, is that of the float32 exp-sum itself.
     """
     lsum = 0.0
     wsum = 0.0
@@ -135,7 +159,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_
         wp = wt[p]
         mx = np.float64(m[p])
         sp = s[p]
-        lse = log64(sp)
+        lse = np.float64(flog(m.dtype.type(sp)))
         loss = wp * (lse + (mx - xt[p]))
         smoothed = keep * loss + epsc * (wall * lse + sm[p])
         loss = smoothed if smooth else loss
@@ -210,6 +234,7 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
     ``keep[p]`` is 0. A mask in x's precision keeps the loop at full vector
     width (an int64 compare would halve it); the select, not a multiply,
     zeroes ignored pixels whose logits may be NaN."""
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py): 2.1x slower without (log 34)
     C = g.shape[1]
     zero = g.dtype.type(0.0)
     for c in range(C):

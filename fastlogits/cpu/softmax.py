@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.fastlog import log64
+from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
@@ -39,15 +39,16 @@ LOGSUMEXP = 2
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _epilogue(P, m, s, mode, g):
-    """Per pixel: ``g = 1 / s`` (softmax) or ``log s`` (log_softmax); NaN
-    where the max is not finite (NaN, +inf or a pixel of -inf only)."""
+    """Per pixel: ``g = 1 / s`` (softmax) or ``log s`` (log_softmax, in x's
+    precision: :func:`flog`); NaN where the max is not finite (NaN, +inf
+    or a pixel of -inf only)."""
     nan = g.dtype.type(np.nan)
     if mode == SOFTMAX:
         for p in range(P):
             g[p] = 1.0 / s[p] if is_finite(m[p]) else nan
     else:
         for p in range(P):
-            g[p] = log64(s[p]) if is_finite(m[p]) else nan
+            g[p] = flog(g.dtype.type(s[p])) if is_finite(m[p]) else nan
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -83,10 +84,11 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, eo, ei0, pf):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _lse(P, m, s, inv_t, red, r0):
-    """logsumexp ``m * inv_t + log s``; m itself (NaN, +inf, -inf) where not finite."""
+    """logsumexp ``m * inv_t + log s`` (the log in x's precision: :func:`flog`);
+    m itself (NaN, +inf, -inf) where not finite."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
-        red[r0 + p] = m[p] * inv_t + log64(s[p]) if is_finite(m[p]) else m[p]
+        red[r0 + p] = m[p] * inv_t + flog(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
