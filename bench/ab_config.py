@@ -24,6 +24,8 @@ OPS = {
     "classify": lambda x, t, axis=-1: fl.classify(x, axis=axis),
     "confusion_matrix": lambda x, t, axis=-1: fl.confusion_matrix(x, t, axis=axis),
     "cross_entropy": lambda x, t, axis=-1: fl.cross_entropy(x, t, axis=axis),
+    "cross_entropy_grad": lambda x, t, axis=-1: fl.cross_entropy(x, t, axis=axis,
+                                                                 return_grad=True),
     "softmax": lambda x, t, axis=-1: fl.softmax(x, axis=axis),
     "log_softmax": lambda x, t, axis=-1: fl.log_softmax(x, axis=axis),
     "logsumexp": lambda x, t, axis=-1: fl.logsumexp(x, axis=axis),

@@ -133,15 +133,17 @@ def test_small_tiles_and_row_path(rng, monkeypatch):
 @pytest.mark.parametrize("path", ["rows", "tiles", "blocks"])
 def test_channels_last_paths(rng, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced, for C
-    around the vector widths, with the special-value rows (blocks: the
-    losses without a gradient; 29 rows, so a remainder for the rows)."""
+    around the vector widths, with the special-value rows (61 rows: for
+    the blocks, three blocks of 16 rows in one call, whose exponentials
+    wait side by side for the gradient, and a remainder of rows)."""
     monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1 if path == "rows" else 10**9)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 10**9 if path == "blocks" else 0)
     for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129):
-        x = make_logits(rng, (29, C))
-        check_all_options(x, make_target(rng, (29,), C), -1, rng)
+        x = make_logits(rng, (61, C))
+        check_all_options(x, make_target(rng, (61,), C), -1, rng)
         if C >= 3:
             rows, target = special_logits(C)
+            rows, target = np.tile(rows, (5, 1)), np.tile(target, 5)  # into the blocks too
             for dtype in (np.float32, np.float64):
                 xs = rows.astype(dtype)
                 loss, grad = fl.cross_entropy(xs, target, -1, reduction="none", return_grad=True)
@@ -149,7 +151,7 @@ def test_channels_last_paths(rng, path, monkeypatch):
                                                                return_grad=True)
                 assert_loss_close(loss, want_loss, xs.dtype, "none")
                 assert_grad_close(grad, want_grad, xs)
-                # Without the gradient (the blocks' case), smoothed and weighted too.
+                # Smoothed and weighted too.
                 kw = dict(reduction="none", label_smoothing=0.1, class_weight=np.linspace(0.5, 2, C))
                 assert_loss_close(fl.cross_entropy(xs, target, -1, **kw),
                                   reference.cross_entropy(xs, target, -1, **kw), xs.dtype, "none")

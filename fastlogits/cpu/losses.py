@@ -26,8 +26,11 @@ as ignored); the caller raises the error with the first such value.
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
 :func:`ce_cf` (channels-first tiles), :func:`ce_cl_tiles` (channels-last,
 few classes: a tile of rows transposed into an L1 scratch) and
-:func:`ce_cl_rows` (channels-last from ``config.CPU_ROW_MIN_CLASSES``
-classes: one row at a time through the vector row kernels).
+:func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
+``config.CPU_ROW_BLOCK_XENT_MAX_CLASSES`` classes blocks of rows
+transposed in registers, the gradient included; from
+``config.CPU_ROW_MIN_CLASSES`` classes on, and for a chunk's last rows,
+one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 """
 
@@ -39,7 +42,8 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu import _row_blocks, _stand_in, _tile_pixels, launch_threads
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
-from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax_expsum, rows_wsum
+from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
+                                     rows_store_grad, rows_wsum)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store,
@@ -319,39 +323,59 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, ahead, idx,
-                  cols, sc, acc):
+def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
+                  want_grad, ahead, idx, cols, sc, acc):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
-    (:mod:`fastlogits.cpu.rowblock`; ``cols`` its C * ROWS column scratch);
-    ``sc``: a :func:`_scratch` of at least P pixels. No gradient. (A call
-    per many blocks: the scratch arrays' reference counting, paid per
-    call, cost more than the arithmetic of one block.)"""
+    (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
+    elements, or C * P with ``want_grad``, when every block's exponentials
+    wait there for the per-pixel step); ``sc``: a :func:`_scratch` of at
+    least P pixels. With ``want_grad`` the rows of ``grad`` are written
+    from the kept exponentials (``rows_store_grad``, ``b`` from
+    :func:`_grad_coef`), then zeroed at ignored pixels and corrected at
+    the targets. (A call per many blocks: the scratch arrays' reference
+    counting, paid per call, cost more than the arithmetic of one block.)"""
     m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
     one = x.dtype.type(1.0)
     for q in range(0, P, ROWS):
         prefetch_rows(x, r0 + q, ROWS, ahead)
-        rows_argmax_expsum(x, r0 + q, m, idx, q, one, cols, s)
+        if want_grad:
+            rows_argmax_expstore(x, r0 + q, m, idx, q, one, cols[q * C:(q + ROWS) * C], s)
+        else:
+            rows_argmax_expsum(x, r0 + q, m, idx, q, one, cols, s)
     acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
     _target_logits_rows(x, r0, P, tt, xt)
     if eps > 0.0:
         for q in range(0, P, ROWS):
             rows_wsum(x, r0 + q, m, q, w, sm)
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, False)
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
+                               want_grad)
     acc[0] += lsum
     acc[1] += wsum
     if want_loss:
         for p in range(P):
             loss[r0 + p] = lp[p]
+    if want_grad:
+        zero = grad.dtype.type(0.0)
+        for q in range(0, P, ROWS):
+            rows_store_grad(cols[q * C:(q + ROWS) * C], b, one, a, q, grad, r0 + q)
+        for p in range(P):
+            # The select of _tile_grad, a row at a time: an ignored pixel's
+            # logits may be NaN, which no multiply by 0 removes.
+            if tt[p] < 0:
+                for c in range(C):
+                    grad[r0 + p, c] = zero
+            else:
+                grad[r0 + p, tt[p]] -= d[p]
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
                ahead_bytes, blocks, tile):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
-    (rows,). With ``blocks`` and no gradient, ``tile`` rows at a time by
+    (rows,). With ``blocks``, ``tile`` rows at a time by
     blocks of ``rowblock.ROWS`` rows transposed in registers
     (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
     ROWS) a row at a time as vectors
@@ -370,13 +394,13 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
         idx = np.empty(tile, np.int32)
-        cols = np.empty(C * ROWS if blocks else 1, x.dtype)
+        cols = np.empty(C * (tile if want_grad else ROWS) if blocks else 1, x.dtype)
         acc = np.zeros(3)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        g1 = blocks_end(r0, r1, blocks and not want_grad)
+        g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, ahead, idx, cols, sc, acc)
+                          want_loss, grad, b, want_grad, ahead, idx, cols, sc, acc)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
@@ -475,7 +499,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
-            blocks = _row_blocks(C, config.CPU_ROW_BLOCK_XENT_MAX_CLASSES) and not want_grad
+            blocks = _row_blocks(C, config.CPU_ROW_BLOCK_XENT_MAX_CLASSES)
             if C < config.CPU_ROW_MIN_CLASSES and not blocks:
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:

@@ -288,13 +288,19 @@ def _argmax_expsum_part(context, builder, sig, args, halves, offset, store=False
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
 
 
-def _rows_store_part(context, builder, sig, args, halves, offset, log):
+#: What :func:`_rows_store_part` stores.
+_STORE_SOFTMAX, _STORE_LOG_SOFTMAX, _STORE_GRAD = 0, 1, 2
+
+
+def _rows_store_part(context, builder, sig, args, halves, offset, what):
     """Rows ``r + offset ..`` of ``out`` (args (cols, m, inv_t, g, p, out,
-    r)) from the part's columns in ``cols``: ``column * g`` (``log``
-    false: the stored exponentials times 1 / s), or ``(column - m) *
-    inv_t - g`` (``log``: scores, g = log s); transposed back by the same
-    shuffles and stored 8 classes at a time, the last class block
-    overlapping the one before (it rewrites the same values)."""
+    r)) from the part's columns in ``cols``: ``column * g`` (softmax: the
+    stored exponentials times 1 / s), ``(column - m) * inv_t - g``
+    (log_softmax: scores, g = log s) or ``column * g - m[c]`` (the
+    cross-entropy gradient: exponentials times A / s, less the smoothing
+    term of class c, ``m`` then being C per-class values); transposed back
+    by the same shuffles and stored 8 classes at a time, the last class
+    block overlapping the one before (it rewrites the same values)."""
     b = builder
     oty = sig.args[5]
     oarr = context.make_array(oty)(context, b, args[5])
@@ -307,9 +313,9 @@ def _rows_store_part(context, builder, sig, args, halves, offset, log):
     at = _plus(b, args[4], offset)
     gv = b.load(vptr(b, context.make_array(sig.args[3])(context, b, args[3]).data, at, vec),
                 align=size)
-    if log:
-        mv = b.load(vptr(b, context.make_array(sig.args[1])(context, b, args[1]).data, at, vec),
-                    align=size)
+    mdata = context.make_array(sig.args[1])(context, b, args[1]).data
+    if what == _STORE_LOG_SOFTMAX:
+        mv = b.load(vptr(b, mdata, at, vec), align=size)
         tv = splat(b, vec, context.cast(b, args[2], sig.args[2], oty.dtype))
     base = b.mul(_plus(b, args[6], offset), C)
     starts = [[b.add(base, b.mul(C, const(h * BLOCK8 + i))) for h in range(halves)]
@@ -317,7 +323,11 @@ def _rows_store_part(context, builder, sig, args, halves, offset, log):
 
     def value(c):
         v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
-        return b.fsub(b.fmul(b.fsub(v, mv), tv), gv) if log else b.fmul(v, gv)
+        if what == _STORE_LOG_SOFTMAX:
+            return b.fsub(b.fmul(b.fsub(v, mv), tv), gv)
+        if what == _STORE_GRAD:
+            return b.fsub(b.fmul(v, gv), splat(b, vec, b.load(b.gep(mdata, [c]))))
+        return b.fmul(v, gv)
 
     def store_block(c0):
         rows = _transpose_ir(b, [value(b.add(c0, const(j))) for j in range(BLOCK8)])
@@ -372,7 +382,8 @@ def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
 
 def block_intrinsics(rows, wide):
     """The block intrinsics (a namespace: ``argmax``, ``argmax_expsum``,
-    ``wsum``, ``argmax_expstore``, ``store_softmax``, ``store_log_softmax``)
+    ``wsum``, ``argmax_expstore``, ``store_softmax``, ``store_log_softmax``,
+    ``store_grad``)
     for blocks of ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte)
     vectors or not: the module's ``rows_*`` names are
     ``block_intrinsics(ROWS, target_has_avx512())``; tests build every
@@ -426,7 +437,7 @@ def block_intrinsics(rows, wide):
         return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(
             rows, wide, lambda *a: _argmax_expsum_part(*a, store=True))
 
-    def _store_intrinsic(log):
+    def _store_intrinsic(what):
         @intrinsic
         def store(typingctx, cols, m, inv_t, g, p, out, r):
             if not (_is_rows(out) and all(_is_vec(a, out.dtype) for a in (cols, m, g))
@@ -434,21 +445,27 @@ def block_intrinsics(rows, wide):
                     and isinstance(p, types.Integer) and isinstance(r, types.Integer)):
                 return None
             return types.none(cols, m, inv_t, g, p, out, r), _by_parts(
-                rows, wide, lambda *a: _rows_store_part(*a, log=log))
+                rows, wide, lambda *a: _rows_store_part(*a, what=what))
         return store
 
     #: ``out[r + i, c] = cols_c[i] * g[p + i]`` for i < ROWS (the columns
     #: :func:`rows_argmax_expstore` left: softmax, g = 1 / s). out (rows,
     #: C) C-contiguous in the dtype of cols, m and g; m and inv_t unused.
-    rows_store_softmax = _store_intrinsic(False)
+    rows_store_softmax = _store_intrinsic(_STORE_SOFTMAX)
     #: ``out[r + i, c] = (cols_c[i] - m[p + i]) * inv_t - g[p + i]`` (the
     #: score columns :func:`rows_argmax_expsum` left: log_softmax, g = log s).
-    rows_store_log_softmax = _store_intrinsic(True)
+    rows_store_log_softmax = _store_intrinsic(_STORE_LOG_SOFTMAX)
+    #: ``out[r + i, c] = cols_c[i] * g[p + i] - m[c]`` (the exponentials
+    #: :func:`rows_argmax_expstore` left: the cross-entropy gradient before
+    #: its target and ignored-pixel fix-ups, g = A / s, m the (C,)
+    #: smoothing terms; inv_t unused).
+    rows_store_grad = _store_intrinsic(_STORE_GRAD)
 
     return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
                            wsum=rows_wsum, argmax_expstore=rows_argmax_expstore,
                            store_softmax=rows_store_softmax,
-                           store_log_softmax=rows_store_log_softmax)
+                           store_log_softmax=rows_store_log_softmax,
+                           store_grad=rows_store_grad)
 
 
 _TARGET = block_intrinsics(ROWS, target_has_avx512())
@@ -458,3 +475,4 @@ rows_wsum = _TARGET.wsum
 rows_argmax_expstore = _TARGET.argmax_expstore
 rows_store_softmax = _TARGET.store_softmax
 rows_store_log_softmax = _TARGET.store_log_softmax
+rows_store_grad = _TARGET.store_grad
