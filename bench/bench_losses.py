@@ -14,6 +14,9 @@ test). Ops:
 - ``cross_entropy``: reduction="mean" (floor: read x and the target);
 - ``cross_entropy_grad``: the mean and its gradient (floor: read x and the
   target, write an x-sized gradient: compare with the copy bandwidth);
+- ``cross_entropy_grad_out``: the same into a preallocated ``grad_out``
+  (fastlogits only: NumPy and PyTorch have no such path, their figures
+  are the allocating ones of ``cross_entropy_grad``);
 - ``confusion_matrix``: (C, C) counts (floor: read x and the target).
 
 Implementations: ``fastlogits[cpu]``; ``numpy``, what a NumPy user writes
@@ -37,7 +40,7 @@ except ImportError:  # torch is optional
 IGNORE = -100
 SHAPE = (1024, 2048, 19) if FULL else (37, 61, 19)  # (H, W, C)
 LAYOUTS = ("hwc", "chw")
-OPS = ("cross_entropy", "cross_entropy_grad", "confusion_matrix")
+OPS = ("cross_entropy", "cross_entropy_grad", "cross_entropy_grad_out", "confusion_matrix")
 IMPLS = ("fastlogits[cpu]", "numpy", "torch")
 
 _inputs = {}
@@ -61,7 +64,7 @@ def floor_bytes(op, x, t):
     C = SHAPE[2]
     if op == "cross_entropy":
         return x.nbytes + t.nbytes + 8
-    if op == "cross_entropy_grad":
+    if op in ("cross_entropy_grad", "cross_entropy_grad_out"):
         return 2 * x.nbytes + t.nbytes + 8
     return x.nbytes + t.nbytes + C * C * 8
 
@@ -77,6 +80,9 @@ def _fastlogits(op, x, axis, t):
         return lambda: fl.cross_entropy(x, t, axis, backend="cpu")
     if op == "cross_entropy_grad":
         return lambda: fl.cross_entropy(x, t, axis, return_grad=True, backend="cpu")
+    if op == "cross_entropy_grad_out":
+        g = np.empty_like(x)
+        return lambda: fl.cross_entropy(x, t, axis, return_grad=True, grad_out=g, backend="cpu")
     return lambda: fl.confusion_matrix(x, t, axis, backend="cpu")
 
 
@@ -147,6 +153,8 @@ def _params():
     for layout in LAYOUTS:
         for op in OPS:
             for impl in IMPLS:
+                if op == "cross_entropy_grad_out" and impl != "fastlogits[cpu]":
+                    continue  # no preallocated-gradient path outside fastlogits
                 yield pytest.param(op, layout, impl,
                                    id=f"{op}-{'x'.join(map(str, SHAPE))}-{layout}-{impl}")
 

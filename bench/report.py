@@ -48,7 +48,8 @@ def main(path):
             continue
         gbps = floors[(group, "fastlogits[cpu]")] / ours / 1e9
         # Ops that write an x-sized result are held to the copy ceiling.
-        ceiling = copy_gbps if op in ("softmax", "log_softmax", "cross_entropy_grad") else read_gbps
+        ceiling = copy_gbps if op in ("softmax", "log_softmax", "cross_entropy_grad",
+                                      "cross_entropy_grad_out") else read_gbps
         np_ms, th_ms = impls.get("numpy"), impls.get("torch")
         cells = [op, shape, layout, f"{ours * 1e3:.1f}", f"{gbps:.1f}",
                  f"{100 * gbps / ceiling:.0f} %" if ceiling else "-",

@@ -150,7 +150,7 @@ def _host_target(t, C, ignore_index):
 
 def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
                   label_smoothing=0.0, reduction="mean", return_grad=False,
-                  backend="auto"):
+                  grad_out=None, backend="auto"):
     """Cross-entropy of logits against class indices, fused in one read of x.
 
     The semantics of ``torch.nn.functional.cross_entropy`` for every
@@ -183,6 +183,11 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     return_grad : bool, default False
         Also return d loss / d x (for "none": of the summed pixel losses),
         computed in the same pass.
+    grad_out : ndarray or GPU array, optional
+        With ``return_grad``: x's shape and dtype, the gradient is written
+        there (no allocation; x itself for in place) and returned. Targets
+        are checked before it is written, so a bad target leaves it
+        untouched.
     backend : {"auto", "cpu", "numpy", "cuda"}, default "auto"
 
     Returns
@@ -203,7 +208,9 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     ValueError
         A target or class_weight of the wrong shape, a target value outside
         [0, C) that is not ``ignore_index`` (naming the first such value
-        and its index), label_smoothing outside [0, 1], an unknown reduction.
+        and its index), label_smoothing outside [0, 1], an unknown
+        reduction; ``grad_out`` without ``return_grad``, of the wrong shape,
+        read-only, or overlapping x without being x.
 
     Notes
     -----
@@ -226,19 +233,29 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     eps = _check_label_smoothing(label_smoothing)
     reduction = _check_reduction(reduction)
     return_grad = _check_flag(return_grad, "return_grad")
+    if grad_out is not None and not return_grad:
+        raise ValueError("grad_out is given but return_grad is False")
     be = resolve_backend(backend, x)
     kw = dict(class_weight=weight, ignore_index=ignore_index, label_smoothing=eps,
               reduction=reduction, return_grad=return_grad)
     if be == "cuda":
         from fastlogits.cuda import losses as cuda_losses
 
-        return cuda_losses.cross_entropy(x, target, lg, **kw)
+        return cuda_losses.cross_entropy(x, target, lg, grad_out=grad_out, **kw)
     if chk.is_gpu_array(target) or chk.is_gpu_array(weight):
         raise ValueError(f"target and class_weight must be host arrays for backend={be!r}")
+    if grad_out is not None:
+        chk.check_out(grad_out, lg.shape, lg.dtype, "grad_out")
+        chk.check_no_partial_overlap(grad_out, lg.array, "grad_out")
     if be == "numpy":
         check_target_values(target, lg.C, ignore_index)
-        return reference.cross_entropy(lg.array, target, lg.axis, **kw)
-    return _cross_entropy_cpu(lg, _host_target(target, lg.C, ignore_index), **kw)
+        res = reference.cross_entropy(lg.array, target, lg.axis, **kw)
+        if grad_out is None:
+            return res
+        grad_out[...] = res[1]
+        return res[0], grad_out
+    return _cross_entropy_cpu(lg, _host_target(target, lg.C, ignore_index), grad_out=grad_out,
+                              **kw)
 
 
 def empty_result(reduction, loss, grad, return_grad):
@@ -251,13 +268,15 @@ def empty_result(reduction, loss, grad, return_grad):
     return (result, grad) if return_grad else result
 
 
-def grad_scale(t, w64, C, ignore_index, reduction, return_grad):
+def grad_scale(t, w64, C, ignore_index, reduction, return_grad, check=False):
     """The factor of the gradient: 1, or 1 / sum(w[t]) for a "mean" gradient.
 
     That sum must be known before the pass that writes the gradient, so it
-    costs one read of the targets first (which also checks their values).
+    costs one read of the targets first, which also checks their values;
+    with ``check`` that read is made for any reduction (a caller's
+    ``grad_out`` must not be written when a target is bad).
     """
-    if not (return_grad and reduction == "mean"):
+    if not (return_grad and (reduction == "mean" or check)):
         return 1.0
     from fastlogits.cpu import launch_threads
     from fastlogits.cpu import losses as k
@@ -266,20 +285,24 @@ def grad_scale(t, w64, C, ignore_index, reduction, return_grad):
         total_weight, nbad = k.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
     if nbad:
         check_target_values(t, C, ignore_index)
+    if reduction != "mean":
+        return 1.0
     return math.inf if total_weight == 0 else 1.0 / total_weight
 
 
 def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, reduction,
-                       return_grad):
+                       return_grad, grad_out=None):
     from fastlogits.cpu import losses as k
 
     C = lg.C
     w64 = np.ones(C) if class_weight is None else class_weight
     loss = np.zeros(lg.reduced_shape, lg.compute_dtype) if reduction == "none" else None
-    grad = np.empty(lg.shape, lg.dtype) if return_grad else None
+    grad = grad_out if grad_out is not None else (
+        np.empty(lg.shape, lg.dtype) if return_grad else None)
     if lg.empty:
         return empty_result(reduction, loss, grad, return_grad)
-    gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad)
+    gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad,
+                        check=grad_out is not None)
 
     sums = []
 

@@ -469,3 +469,98 @@ def test_label_smoothing_one(rng):
     got = fl.cross_entropy(x, t, label_smoothing=1.0, return_grad=True)
     assert got[0] == pytest.approx(check[0], rel=1e-6)
     np.testing.assert_allclose(got[1], check[1], atol=2e-6)
+
+
+# --------------------------------------------------------------------------
+# grad_out: the gradient into preallocated memory, x itself included
+# --------------------------------------------------------------------------
+
+#: (shape, axis) reaching each CPU driver: channels-first tiles, the
+#: channels-last blocks (with a row remainder), the transposed tiles (few
+#: classes), the row kernels (many classes).
+GRAD_OUT_CASES = [((3, 19, 37), 1), ((53, 19), -1), ((41, 5), -1), ((23, 150), -1)]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("shape,axis", GRAD_OUT_CASES)
+def test_grad_out(rng, backend, shape, axis):
+    x = make_logits(rng, shape)
+    t = make_target(rng, reduced(shape, axis), shape[axis])
+    for reduction in REDUCTIONS:
+        for eps in (0.0, 0.2):
+            kw = dict(reduction=reduction, label_smoothing=eps, backend=backend)
+            want_loss, want_grad = reference.cross_entropy(x, t, axis, return_grad=True,
+                                                           reduction=reduction,
+                                                           label_smoothing=eps)
+            g = np.full_like(x, 7.0)
+            loss, grad = fl.cross_entropy(x, t, axis, return_grad=True, grad_out=g, **kw)
+            assert grad is g
+            assert_loss_close(loss, want_loss, x.dtype, reduction)
+            assert_grad_close(g, want_grad, x)
+            # In place: x's memory becomes the gradient.
+            xi = x.copy()
+            loss, grad = fl.cross_entropy(xi, t, axis, return_grad=True, grad_out=xi, **kw)
+            assert grad is xi
+            assert_loss_close(loss, want_loss, x.dtype, reduction)
+            assert_grad_close(xi, want_grad, x)
+
+
+def test_grad_out_in_place_special_rows_and_half(rng):
+    """In place over the special-value rows (through the blocks: five
+    copies), NaN logits at ignored pixels, and float16 through its float32
+    chunks; a strided grad_out goes through a temporary."""
+    rows, target = special_logits(19)
+    rows, target = np.tile(rows, (5, 1)), np.tile(target, 5)
+    target[::7] = IGNORE
+    rows[target == IGNORE, 3] = np.nan
+    for dtype in (np.float32, np.float64, np.float16):
+        x = rows.astype(dtype)
+        want_loss, want_grad = reference.cross_entropy(x, target, reduction="none",
+                                                       return_grad=True)
+        xi = x.copy()
+        loss, grad = fl.cross_entropy(xi, target, reduction="none", return_grad=True,
+                                      grad_out=xi)
+        assert_loss_close(loss, want_loss, x.dtype, "none")
+        assert_grad_close(xi, want_grad, x)
+        assert not xi[target == IGNORE].any()
+    x = make_logits(rng, (2, 19, 30))
+    t = make_target(rng, (2, 30), 19)
+    big = np.zeros((2, 19, 60), np.float32)
+    strided = big[:, :, ::2]
+    fl.cross_entropy(x, t, 1, return_grad=True, grad_out=strided)
+    assert_grad_close(strided, reference.cross_entropy(x, t, 1, return_grad=True)[1], x)
+    assert not big[:, :, 1::2].any()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_grad_out_bad(rng, backend):
+    x = make_logits(rng, (6, 19))
+    t = make_target(rng, (6,), 19)
+    kw = dict(return_grad=True, backend=backend)
+    with pytest.raises(ValueError, match="grad_out is given but return_grad is False"):
+        fl.cross_entropy(x, t, grad_out=np.empty_like(x), backend=backend)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(19, 6\), expected \(6, 19\)"):
+        fl.cross_entropy(x, t, grad_out=np.empty((19, 6), np.float32), **kw)
+    with pytest.raises(TypeError, match="grad_out has dtype float64, expected float32"):
+        fl.cross_entropy(x, t, grad_out=np.empty((6, 19)), **kw)
+    with pytest.raises(TypeError, match="grad_out must be a NumPy array"):
+        fl.cross_entropy(x, t, grad_out=[[0.0] * 19] * 6, **kw)
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="grad_out is read-only"):
+        fl.cross_entropy(x, t, grad_out=ro, **kw)
+    wide = np.zeros((7, 19), np.float32)
+    wide[:6] = x
+    with pytest.raises(ValueError, match="grad_out overlaps x without being x"):
+        fl.cross_entropy(wide[:6], t, grad_out=wide[1:], **kw)
+    # A bad target is found before the gradient is written, for every reduction.
+    t[2] = 19
+    for reduction in REDUCTIONS:
+        g = np.full_like(x, 7.0)
+        with pytest.raises(ValueError, match=r"target holds 19 at position \(2,\)"):
+            fl.cross_entropy(x, t, reduction=reduction, grad_out=g, **kw)
+        assert (g == 7.0).all()
+        xi = x.copy()
+        with pytest.raises(ValueError, match=r"target holds 19"):
+            fl.cross_entropy(xi, t, reduction=reduction, grad_out=xi, **kw)
+        assert (xi == x).all()

@@ -23,6 +23,10 @@ Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted (and treated
 as ignored); the caller raises the error with the first such value.
 
+The gradient may be x itself (``cross_entropy(..., grad_out=x)``): every
+driver reads all of a tile's (a block's, a row's) logits it needs before
+it writes that tile's gradient, and nothing else of x afterwards.
+
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
 :func:`ce_cf` (channels-first tiles), :func:`ce_cl_tiles` (channels-last,
 few classes: a tile of rows transposed into an L1 scratch) and
@@ -252,13 +256,18 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads):
+def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
+          direct):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     (outer, inner). ``grad``/``loss`` are untouched (may be any array of
     that type) without ``want_grad``/``want_loss``.
 
     One read of x: the exponentials go into the gradient tile and are
-    rescaled there while still in cache.
+    rescaled there while still in cache. Without ``direct`` (``grad`` is
+    x: in place) they go into an L1 scratch tile copied to ``grad`` at the
+    end: loops that read x and write its own memory fail LLVM's runtime
+    alias check and run scalar (in place took 125 ms against 45 at
+    1024 x 2048 x 19; bench/RESULTS.md, log 36).
     """
     outer, C, inner = x.shape
     wall = np.sum(w64)
@@ -269,6 +278,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         m, part, a, s, sm, xt, wt, lp, d, tt, keep = _scratch(tile, w)
+        ebuf = np.empty((1, C, tile if want_grad and not direct else 1), x.dtype)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -277,11 +287,21 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             P = min(tile, inner - i0)
             pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
             lo = loss[o if want_loss else 0]
-            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o, i0,
+            if direct or not want_grad:
+                _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o,
+                             i0, want_grad, lo, want_loss,
+                             m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
+                if want_grad:
+                    _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+                continue
+            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
                          want_grad, lo, want_loss,
                          m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
-            if want_grad:
-                _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+            _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
+            i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+            for c in range(C):
+                for p in range(P):
+                    grad[o, c, i0 + p] = ebuf[0, c, p]
         sums[chunk] = acc
     return sums.sum(axis=0)
 
@@ -423,9 +443,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                 for c in range(C):
                     sm += w[c] * (mx - x[r, c])
             m1[0] = mx
+            xt1[0] = np.float64(x[r, ti])  # before the exponentials: grad may be x
             s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
             sm1[0] = sm
-            xt1[0] = np.float64(x[r, ti])
             wt1[0] = w64[ti]
             tt1[0] = ti
             lsum, wsum = _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1,
@@ -475,7 +495,8 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     wanted). Returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 
     Non-contiguous views are copied (x) or written through a temporary
-    (loss), so each kernel is compiled for C-contiguous arrays only.
+    (loss, grad), so each kernel is compiled for C-contiguous arrays only.
+    ``grad3`` may be ``x3`` (in place).
     """
     outer, C, inner = x3.shape
     dtype = x3.dtype
@@ -487,15 +508,19 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     lwork = loss2
     if want_loss and not loss2.flags.c_contiguous:
         lwork = np.empty(loss2.shape, loss2.dtype)
+    gwork = grad3
+    if want_grad and not grad3.flags.c_contiguous:
+        gwork = np.empty(grad3.shape, grad3.dtype)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            g = grad3 if want_grad else _stand_in(3, dtype)
+            g = gwork if want_grad else _stand_in(3, dtype)
             lw = lwork if want_loss else _stand_in(2, dtype)
+            direct = not (want_grad and np.may_share_memory(x3, g))
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        _tile_pixels(C), nthreads)
+                        _tile_pixels(C), nthreads, direct)
         else:
             x2 = x3.reshape(outer, C)
-            g = grad3.reshape(outer, C) if want_grad else _stand_in(2, dtype)
+            g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)
             lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
@@ -507,4 +532,6 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES, blocks, tile)
     if lwork is not loss2:
         loss2[...] = lwork
+    if gwork is not grad3:
+        grad3[...] = gwork
     return res

@@ -176,6 +176,9 @@ def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, eps
         s = zero
         comp = zero
         idx = big
+        # The target's logit before the group's reductions: with grad = x
+        # (in place) another lane may overwrite it once they are done.
+        xt = ct(x[o, tv, i]) if valid else zero
         if valid and lane < C:
             m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
                                            int64(lane), one, one, True, cdt)
@@ -196,7 +199,7 @@ def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, eps
                     raise_flag(flag, BAD_TARGET, p)
             else:
                 wt = w[tv]
-                lp = _pixel_loss(m, s, ct(x[o, tv, i]), wt, zw, eps, epsc, wsum, one, zero, nan)
+                lp = _pixel_loss(m, s, xt, wt, zw, eps, epsc, wsum, one, zero, nan)
                 if lane == 0:
                     if with_loss:
                         loss[o, i] = lp
@@ -352,14 +355,18 @@ def _weights(caller, class_weight, lg):
 
 
 def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing, reduction,
-                  return_grad):
-    """CUDA cross_entropy; see :func:`fastlogits.cross_entropy` (arguments validated)."""
+                  return_grad, grad_out=None):
+    """CUDA cross_entropy; see :func:`fastlogits.cross_entropy` (arguments
+    validated, but for ``grad_out``, checked here: a GPU array, or a NumPy
+    one for a host x; x itself for in place)."""
     caller = runtime.Caller(x)
     ct = lg.compute_dtype.type
+    given = ops._check_out(caller, lg, grad_out, lg.shape, lg.dtype, "grad_out",
+                           in_place_ok=True)
     with caller.activate():
         loss_out = (ops._Output(caller, None, lg.reduced_shape, lg.compute_dtype)
                     if reduction == "none" else None)
-        grad_out = ops._Output(caller, None, lg.shape, lg.dtype) if return_grad else None
+        grad_out = ops._Output(caller, given, lg.shape, lg.dtype) if return_grad else None
         outputs = [o for o in (loss_out, grad_out) if o is not None]
         if lg.empty:
             total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
@@ -375,14 +382,16 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
         p = _plan(lg)
         eps = float(label_smoothing)
         gscale = 1.0
-        if return_grad and reduction == "mean":
-            # The gradient is scaled by 1 / sum(w[t]): known before it is written.
+        if return_grad and (reduction == "mean" or given is not None):
+            # The gradient is scaled by 1 / sum(w[t]): known before it is
+            # written; a caller's grad_out is not written if a target is bad.
             partial = cuda.device_array((1, p.blocks), lg.compute_dtype, stream=caller.stream)
             target_weights[p.blocks, p.threads, caller.stream](t2, w, partial, flag.array, cdt,
                                                               ignore_index, C)
             _check_flag(flag, target, lg, ignore_index)
             total_weight = _host_sum(partial, caller)[0]
-            gscale = math.inf if total_weight == 0 else 1.0 / total_weight
+            if reduction == "mean":
+                gscale = math.inf if total_weight == 0 else 1.0 / total_weight
         loss2 = (runtime.stand_in(lg.compute_dtype, 2) if loss_out is None
                  else loss_out.view((outer, inner)))
         grad3 = runtime.stand_in(lg.dtype, 3) if grad_out is None else grad_out.view(shape3)

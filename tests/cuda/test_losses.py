@@ -191,3 +191,48 @@ def test_confusion_out_errors(rng):
         fl.confusion_matrix(to_gpu(x), to_gpu(t), out=to_gpu(np.zeros((19, 19), np.int32)))
     with pytest.raises(ValueError, match=r"out has shape \(19, 18\)"):
         fl.confusion_matrix(to_gpu(x), to_gpu(t), out=to_gpu(np.zeros((19, 18), np.int64)))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_grad_out(rng, case):
+    """grad_out on the GPU (x itself for in place) and, for a host x, a
+    NumPy grad_out; a bad target leaves it untouched."""
+    shape, axis = CASES[case]
+    x, t = make(rng, shape, axis)
+    for reduction, eps in (("mean", 0.0), ("none", 0.2)):
+        kw = dict(reduction=reduction, label_smoothing=eps, return_grad=True, backend="cuda")
+        want_loss, want_grad = reference.cross_entropy(x, t, axis, return_grad=True,
+                                                       reduction=reduction, label_smoothing=eps)
+        g = to_gpu(np.full_like(x, 7.0))
+        loss, grad = fl.cross_entropy(to_gpu(x), to_gpu(t), axis, grad_out=g, **kw)
+        assert grad is g
+        assert_loss(loss, want_loss, np.float32, reduction)
+        assert_grad(g, want_grad, np.float32)
+        xd = to_gpu(x)
+        loss, grad = fl.cross_entropy(xd, to_gpu(t), axis, grad_out=xd, **kw)
+        assert grad is xd
+        assert_loss(loss, want_loss, np.float32, reduction)
+        assert_grad(xd, want_grad, np.float32)
+        gh = np.full_like(x, 7.0)
+        loss, grad = fl.cross_entropy(x, t, axis, grad_out=gh, **kw)
+        assert grad is gh
+        assert_grad(gh, want_grad, np.float32)
+    bad = t.copy()
+    bad[(0,) * bad.ndim] = shape[axis]
+    for reduction in ("mean", "sum", "none"):
+        g = to_gpu(np.full_like(x, 7.0))
+        with pytest.raises(ValueError, match="target holds"):
+            fl.cross_entropy(to_gpu(x), to_gpu(bad), axis, return_grad=True, grad_out=g,
+                             reduction=reduction)
+        assert (to_host(g) == 7.0).all()
+
+
+def test_grad_out_errors(rng):
+    x, t = make(rng, (6, 19), -1)
+    xd, td = to_gpu(x), to_gpu(t)
+    with pytest.raises(TypeError, match="grad_out must be a GPU array"):
+        fl.cross_entropy(xd, td, return_grad=True, grad_out=np.empty_like(x))
+    with pytest.raises(ValueError, match=r"grad_out has shape \(19, 6\)"):
+        fl.cross_entropy(xd, td, return_grad=True, grad_out=to_gpu(np.empty((19, 6), np.float32)))
+    with pytest.raises(ValueError, match="grad_out is given but return_grad is False"):
+        fl.cross_entropy(xd, td, grad_out=to_gpu(np.empty_like(x)))
