@@ -244,9 +244,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
         return cuda_losses.cross_entropy(x, target, lg, grad_out=grad_out, **kw)
     if chk.is_gpu_array(target) or chk.is_gpu_array(weight):
         raise ValueError(f"target and class_weight must be host arrays for backend={be!r}")
-    if grad_out is not None:
-        chk.check_out(grad_out, lg.shape, lg.dtype, "grad_out")
-        chk.check_no_partial_overlap(grad_out, lg.array, "grad_out")
+    grad_out = _check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
     if be == "numpy":
         check_target_values(target, lg.C, ignore_index)
         res = reference.cross_entropy(lg.array, target, lg.axis, **kw)

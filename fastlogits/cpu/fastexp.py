@@ -266,18 +266,29 @@ def exp_shifted_array(x, out):
         out[i] = fexp_shifted(x[i])
 
 
-def fexp(x):
-    """``exp`` in the precision of ``x``: :func:`exp32` or :func:`exp64`."""
-    raise NotImplementedError("fexp is only callable from Numba code")
+def by_precision(name, f32, f64):
+    """A Numba-callable ``name(x)`` that runs ``f32(x)`` for a float32 and
+    ``f64(x)`` for a float64 ``x`` (an inlined overload; not callable from
+    Python)."""
+    def stub(x):
+        raise NotImplementedError(f"{name} is only callable from Numba code")
+
+    stub.__name__ = stub.__qualname__ = name
+    stub.__doc__ = f"``{name}`` in the precision of ``x``: :func:`{f32.__name__}` or " \
+                   f":func:`{f64.__name__}`."
+
+    @overload(stub, inline="always", fastmath=FASTMATH)
+    def _overload(x):
+        if x == types.float32:
+            return lambda x: f32(x)
+        if x == types.float64:
+            return lambda x: f64(x)
+        return None
+
+    return stub
 
 
-@overload(fexp, inline="always", fastmath=FASTMATH)
-def _fexp_overload(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    if x == types.float64:
-        return lambda x: exp64(x)
-    return None
+fexp = by_precision("fexp", exp32, exp64)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -29,10 +29,11 @@ checks the division for zero and that branch keeps the loop scalar.
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.fastexp import EXP_FASTMATH, _float64_as_int64, _int64_as_float64
+from fastlogits.cpu.fastexp import (EXP_FASTMATH, _float64_as_int64, _int64_as_float64,
+                                    by_precision)
 from fastlogits.cpu.irutil import fmuladd, vector_of
 
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: k * hi is exact
@@ -162,18 +163,7 @@ def log32(x):
     return _log32(x)
 
 
-def flog(x):
-    """``log`` in the precision of ``x``: :func:`log32` or :func:`log64`."""
-    raise NotImplementedError("flog is only callable from Numba code")
-
-
-@overload(flog, inline="always", fastmath=FASTMATH)
-def _flog_overload(x):
-    if x == types.float32:
-        return lambda x: log32(x)
-    if x == types.float64:
-        return lambda x: log64(x)
-    return None
+flog = by_precision("flog", log32, log64)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

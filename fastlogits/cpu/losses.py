@@ -69,7 +69,8 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
     Loads are clamped into [0, C) and made whether the pixel is kept or
     not: a load under ``if`` stays a branch, mispredicted at scattered
     ignored pixels. With unit weights (no ``class_weight``) there is no
-    lookup at all, and that loop vectorizes (bench/RESULTS.md, log 34).
+    lookup at all (LLVM unswitches the loop on ``unit``) and that version
+    vectorizes (bench/RESULTS.md, log 34).
     """
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     one = keep.dtype.type(1.0)
@@ -78,24 +79,14 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
     for c in range(C):
         unit &= w64[c] == 1.0
     nbad = 0
-    if unit:
-        for p in range(P):
-            ti = np.int64(t[r0 + p])
-            inside = (ti >= 0) & (ti < C)
-            kept = ti != ignore
-            nbad += np.int64(kept & ~inside)
-            ok = kept & inside
-            tt[p] = ti if ok else -1
-            wt[p] = 1.0 if ok else 0.0
-            keep[p] = one if ok else zero
-        return nbad
     for p in range(P):
         ti = np.int64(t[r0 + p])
         inside = (ti >= 0) & (ti < C)
         kept = ti != ignore
         nbad += np.int64(kept & ~inside)
         ok = kept & inside
-        wp = w64[min(max(ti, 0), C - 1)]
+        # unit is loop-invariant: LLVM unswitches the loop on it.
+        wp = 1.0 if unit else w64[min(max(ti, 0), C - 1)]
         tt[p] = ti if ok else -1
         wt[p] = wp if ok else 0.0
         keep[p] = one if ok else zero
@@ -287,21 +278,21 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             P = min(tile, inner - i0)
             pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
             lo = loss[o if want_loss else 0]
-            if direct or not want_grad:
-                _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, grad, o,
-                             i0, want_grad, lo, want_loss,
-                             m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
-                if want_grad:
-                    _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
-                continue
-            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
+            # The gradient tile: grad's own, or the scratch (then copied).
+            into = direct or not want_grad
+            et = grad if into else ebuf
+            eo = o if into else 0
+            ei0 = i0 if into else 0
+            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
                          want_grad, lo, want_loss,
                          m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
-            _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
-            i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-            for c in range(C):
-                for p in range(P):
-                    grad[o, c, i0 + p] = ebuf[0, c, p]
+            if want_grad:
+                _tile_grad(et, eo, ei0, P, a, b, keep, tt, d)
+            if not into:
+                i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+                for c in range(C):
+                    for p in range(P):
+                        grad[o, c, i0 + p] = ebuf[0, c, p]
         sums[chunk] = acc
     return sums.sum(axis=0)
 
