@@ -2,12 +2,15 @@
 
 Times each op with the tunable at its "off" and "on" values, interleaved
 round by round in one process (so both see the same machine state), on
-channels-last float32 logits of about ``--elements`` scores, and prints
-the medians. Log 26 of bench/RESULTS.md (the 8-row register blocks) was
+float32 logits of about ``--elements`` scores, channels-last (pixels, C)
+or with ``--layout chw`` channels-first (C, pixels), and prints the
+medians. Log 26 of bench/RESULTS.md (the 8-row register blocks) was
 measured this way::
 
     python bench/ab_config.py CPU_ROW_BLOCK_MAX_CLASSES 0 1073741824 \\
         --ops argmax classify confusion_matrix cross_entropy --classes 8 19 64 96 150
+
+and log 37 (the channels-first register blocks) with ``--layout chw``.
 """
 
 import argparse
@@ -49,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--classes", nargs="+", type=int, default=[19])
     ap.add_argument("--elements", type=int, default=40 * 1024 * 1024)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--layout", choices=("hwc", "chw"), default="hwc",
+                    help="logits (pixels, C), axis -1, or (C, pixels), axis 0")
     args = ap.parse_args(argv)
     if not hasattr(config, args.name):
         ap.error(f"fastlogits.config has no {args.name}")
@@ -57,14 +62,15 @@ def main(argv=None):
     try:
         for C in args.classes:
             n = args.elements // C
-            x = rng.standard_normal((n, C), dtype=np.float32)
+            shape, axis = ((n, C), -1) if args.layout == "hwc" else ((C, n), 0)
+            x = rng.standard_normal(shape, dtype=np.float32)
             t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
             for op in args.ops:
                 times = {args.off: [], args.on: []}
                 for _ in range(args.rounds):
                     for value in (args.off, args.on):
                         setattr(config, args.name, value)
-                        times[value].append(_once(lambda: OPS[op](x, t)))
+                        times[value].append(_once(lambda: OPS[op](x, t, axis)))
                 off, on = (1e3 * np.median(times[v]) for v in (args.off, args.on))
                 print(f"C={C:5d} {op:16s} off {off:7.1f} ms  on {on:7.1f} ms  off/on {off / on:.2f}",
                       flush=True)

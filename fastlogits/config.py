@@ -57,6 +57,13 @@ CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES = 63
 #: blocks still won at 96 classes on both CPUs (log 28).
 CPU_ROW_BLOCK_XENT_MAX_CLASSES = 96
 
+#: Channels-first maps of up to this many classes go through blocks of
+#: pixels reduced in registers (``cpu.planeblock``), every op; more
+#: classes through the tile loops. (The ops that sum exponentials are
+#: capped at ``cpu.tiles.SUM_BLOCK`` whatever this says: a block's
+#: exp-sum runs in x's precision.) Measured: bench/RESULTS.md, log 37.
+CPU_PLANE_BLOCK_MAX_CLASSES = 40
+
 #: Channels-last views with non-contiguous rows and at least this many
 #: classes are copied to contiguous rows for the row kernels: a tile of 16
 #: such rows no longer fits in L2.
@@ -69,6 +76,14 @@ CPU_ROW_COPY_MIN_CLASSES = 16384
 #: (bench/RESULTS.md, log 22).
 CPU_PREFETCH_BYTES = 4096
 
+
+#: Outputs the size of x (softmax, log_softmax, the cross-entropy
+#: gradient) of at least this many bytes are written by non-temporal
+#: stores (``cpu.stream``): no read of each output line before it is
+#: written, nothing evicted from the caches; smaller outputs, which the
+#: caller may read next from cache, by ordinary stores. 0 streams every
+#: output, a huge value none (bench/RESULTS.md, log 38).
+CPU_STREAM_MIN_BYTES = 16 << 20
 
 #: CPU kernels on fewer scores than this run on the calling thread only
 #: (waking the thread pool costs more than the work).

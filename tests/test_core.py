@@ -282,3 +282,61 @@ def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
             inplace = x.copy()
             op.public(inplace, -1, temperature=0.7, out=inplace)
             check(op, inplace, want, dtype)
+
+
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(OPS))
+def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
+    """C-contiguous channels-first maps through the register blocks of
+    pixels (``cpu.planeblock``) or the tile loops, forced, with special
+    values and ties in block pixels and in each image's last pixels (37
+    per image: whole blocks of ``planeblock.LANES`` and a rest for the
+    tiles), two images; in place for the ops with an x-shaped output."""
+    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
+    op = OPS[name]
+    for C in (1, 2, 3, 8, 19, 24, 127, 128, 129, 150):
+        x = np.ascontiguousarray(specials_array(rng, (2, C, 37), 1, dtype))
+        want = expected(op, x, 1, temperature=0.7)
+        check(op, run(op, x, 1, temperature=0.7), want, dtype)
+        if op.output == "full":  # in place: out is x
+            inplace = x.copy()
+            op.public(inplace, 1, temperature=0.7, out=inplace)
+            check(op, inplace, want, dtype)
+
+
+def _at_line_offset(shape, dtype, offset):
+    """An empty C-contiguous array whose data start ``offset`` bytes past a
+    64-byte line."""
+    n = int(np.prod(shape))
+    buf = np.empty(n * np.dtype(dtype).itemsize + 128, np.uint8)
+    first = -buf.ctypes.data % 64 + offset
+    return buf[first:first + n * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
+    """softmax and log_softmax written by non-temporal stores (every output
+    streamed here): straight from the blocks where out's lines line up with
+    x's (planes of whole lines, out on x's line offset, in place), through
+    the scratch tile elsewhere (planes of 37 pixels, out on another
+    offset); special values in block pixels and in the rest."""
+    from fastlogits.cpu import _plane_write
+    from fastlogits.cpu.softmax import WRITE_EBUF_STREAM, WRITE_STREAM
+
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
+    op = OPS[name]
+    for C in (1, 3, 19, 40):
+        for inner, out_offset, mode in ((48, 16, WRITE_STREAM), (48, 32, WRITE_EBUF_STREAM),
+                                        (37, 16, WRITE_EBUF_STREAM)):
+            x = _at_line_offset((2, C, inner), dtype, 16)
+            x[...] = specials_array(rng, (2, C, inner), 1, dtype)
+            out = _at_line_offset((2, C, inner), dtype, out_offset)
+            assert _plane_write(x, out, True) == mode
+            want = expected(op, x, 1, temperature=0.7)
+            check(op, op.public(x, 1, temperature=0.7, out=out), want, dtype)
+            inplace = x.copy() if inner == 37 else x
+            check(op, op.public(inplace, 1, temperature=0.7, out=inplace), want, dtype)

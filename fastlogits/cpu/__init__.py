@@ -115,6 +115,41 @@ def _row_blocks(C, max_classes):
     return 8 <= C <= min(max_classes, SUM_BLOCK)
 
 
+def _plane_blocks(C, with_sums):
+    """Whether channels-first pixels of C classes go by the register blocks
+    of :mod:`.planeblock`: up to ``config.CPU_PLANE_BLOCK_MAX_CLASSES``
+    classes, and for an op that sums exponentials never above
+    ``tiles.SUM_BLOCK`` (a block's exp-sum is not split)."""
+    from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
+
+    top = config.CPU_PLANE_BLOCK_MAX_CLASSES
+    return C <= (min(top, SUM_BLOCK) if with_sums else top)
+
+
+def _streams(out):
+    """Whether the x-sized output ``out`` is written by non-temporal stores
+    (:mod:`.stream`): C-contiguous and at least ``config.CPU_STREAM_MIN_BYTES``."""
+    return out.flags.c_contiguous and out.nbytes >= config.CPU_STREAM_MIN_BYTES
+
+
+def _plane_write(x3, out3, stream):
+    """How the channels-first register blocks write an x-sized output
+    (``softmax.WRITE_*``): straight into ``out3`` by non-temporal stores
+    when streaming and every block of it starts a 64-byte line where x's
+    does (x's blocks start lines, see ``tiles.cf_tile``: a plane of a
+    whole number of lines, and out on the same line offset as x), else
+    through the L1 scratch tile, streamed or not."""
+    from fastlogits.cpu.prefetch import LINE_BYTES as line
+    from fastlogits.cpu.softmax import WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
+
+    if not stream:
+        return WRITE_EBUF
+    if (x3.shape[2] * x3.itemsize % line == 0
+            and x3.ctypes.data % line == out3.ctypes.data % line):
+        return WRITE_STREAM
+    return WRITE_EBUF_STREAM
+
+
 def run_expnorm(x3, out3, red2, inv_t, mode):
     """softmax / log_softmax / logsumexp (``mode`` from :mod:`.softmax`).
 
@@ -146,7 +181,11 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         if inner > 1:
             # Straight into out unless it may overlap x (in place) or is strided.
             direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
-            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct)
+            blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
+                      and out3.flags.c_contiguous)
+            stream = _streams(out3)
+            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct, blocks,
+                         stream, _plane_write(x3, out3, stream))
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads, config.CPU_PREFETCH_BYTES)
@@ -165,7 +204,8 @@ def run_argmax(x3, labels2, conf2, inv_t):
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads)
+            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads,
+                        _plane_blocks(C, with_conf) and x3.flags.c_contiguous)
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
                              config.CPU_PREFETCH_BYTES, blocks)

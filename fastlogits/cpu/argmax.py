@@ -6,7 +6,8 @@ while the tile is still in cache. ``with_conf`` turns the exp-sum off for a
 plain argmax; the branch sits outside the inner loops.
 
 Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
-first), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
+first: blocks of pixels reduced in registers, :mod:`fastlogits.cpu.planeblock`,
+and tiles for the rest), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
 contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
 register-transposed blocks of rows of :mod:`fastlogits.cpu.rowblock` or
 the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
@@ -16,11 +17,12 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
+from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
-                                  tile_argmax, tile_expsum, work_chunks)
+from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
+                                  next_tile_cl, tile_argmax, tile_expsum, work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -39,33 +41,71 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols):
+    """Labels (and confidence) of pixels ``i0 .. i0 + P - 1`` of image o
+    into ``labels[i0:i0 + P]``, P a multiple of ``planeblock.LANES``: block
+    by block, each block's max, index (and exp-sum, from the scores it
+    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.planeblock`)."""
+    C, inner = x.shape[1], x.shape[2]
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    start = o * C * inner + i0
+    for q in range(0, P, LANES):
+        if with_conf:
+            planes_argmax_expsum(x, start + q, m, idx, q, inv_t, cols, s)
+        else:
+            planes_argmax(x, start + q, m, idx, q)
+    for p in range(P):
+        labels[i0 + p] = idx[p]
+    if with_conf:
+        nan = conf.dtype.type(np.nan)
+        for p in range(P):
+            conf[i0 + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+
+
+#: :func:`_plane_tile_c` for C-contiguous x; nothing for strided x (whose
+#: ``blocks`` is false).
+_plane_tile = on_c_planes(_plane_tile_c)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _shares(C, with_conf):
     """Prefetch shares of a tile: one per class of each pass over it."""
     return 2 * C if with_conf else C
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads):
+def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
-    (without ``with_conf``, ``conf`` may be any array of that type: not touched)."""
+    (without ``with_conf``, ``conf`` may be any array of that type: not
+    touched). Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With
+    ``blocks`` (C-contiguous x; C <= ``tiles.SUM_BLOCK`` for classify),
+    each tile's whole blocks of ``planeblock.LANES`` pixels go by the
+    register blocks and the rest by the tile loops; without, every pixel
+    by the tile loops."""
     outer, C, inner = x.shape
-    ntiles = (inner + tile - 1) // tile
-    njobs = outer * ntiles
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
     for chunk in prange(nchunks):
         m = np.empty(tile, dtype=x.dtype)
         part = np.empty(tile, dtype=x.dtype)
         idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
+        cols = np.empty(C * LANES if blocks and with_conf else 1, dtype=x.dtype)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
-            o = job // ntiles
-            i0 = (job - o * ntiles) * tile
-            P = min(tile, inner - i0)
-            pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            if P == 0:
+                continue
+            PB = P - P % LANES if blocks else 0
             # conf may be a one-row stand-in (argmax): row o only with_conf.
-            _tile(x, o, i0, P, labels[o], conf[o if with_conf else 0], i0, inv_t, with_conf, m,
-                  idx, s, part, pf)
+            co = conf[o if with_conf else 0]
+            if PB > 0:
+                _plane_tile(x, o, i0, PB, labels[o], co, inv_t, with_conf, m, idx, s, cols)
+            if PB < P:
+                pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
+                _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,
+                      part, pf)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -11,7 +11,8 @@ Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted, not binned;
 the caller raises the error (and adds nothing to ``out=``).
 
-Drivers: :func:`confusion_cf` (channels-first tiles), :func:`confusion_cl_tiles`
+Drivers: :func:`confusion_cf` (channels-first: register blocks of
+pixels, :mod:`fastlogits.cpu.planeblock`, and tiles for the rest), :func:`confusion_cl_tiles`
 (channels-last, few classes, a tile of rows transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
 ``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more: vector row kernels,
@@ -25,11 +26,13 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _row_blocks, _tile_pixels, launch_threads
+from fastlogits.cpu import _plane_blocks, _row_blocks, _tile_pixels, launch_threads
+from fastlogits.cpu.planeblock import LANES, planes_argmax
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, rows_ahead
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
-from fastlogits.cpu.tiles import chunk_bounds, load_transposed, next_tile_cl, tile_argmax
+from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
+                                  tile_argmax)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -59,11 +62,14 @@ def _merge(hists, counts):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cf(x, t, ignore, counts, nchunks, tile):
-    """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner)."""
+def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks):
+    """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner). With
+    ``blocks``, each tile's whole blocks of ``planeblock.LANES`` pixels go
+    by the register blocks (:mod:`fastlogits.cpu.planeblock`), the rest by
+    the tile loop."""
     outer, C, inner = x.shape
-    ntiles = (inner + tile - 1) // tile
-    njobs = outer * ntiles
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
     nchunks = max(1, min(nchunks, njobs))
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
@@ -73,10 +79,15 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile):
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
-            o = job // ntiles
-            i0 = (job - o * ntiles) * tile
-            P = min(tile, inner - i0)
-            tile_argmax(x, o, i0, P, m, m2, idx, no_region(x))
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            if P == 0:
+                continue
+            PB = P - P % LANES if blocks else 0
+            start = o * C * inner + i0
+            for q in range(0, PB, LANES):
+                planes_argmax(x, start + q, m, idx, q)
+            if PB < P:
+                tile_argmax(x, o, i0 + PB, P - PB, m[PB:], m2, idx[PB:], no_region(x))
             bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
@@ -158,7 +169,8 @@ def run_confusion(x3, t2, ignore_index, counts):
     with launch_threads(x3.size) as nthreads:
         nchunks = _chunks(C, nthreads)
         if inner > 1:
-            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C)))
+            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C),
+                                    _plane_blocks(C, False)))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
         blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)

@@ -49,9 +49,9 @@ from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, regi
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_grad, rows_wsum)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.tiles import (SUM_BLOCK, chunk_bounds, is_finite, load_transposed,
-                                  next_tile_cl, store_transposed, tile_exp_store,
-                                  tile_expsum, tile_max, work_chunks)
+from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
+                                  load_transposed, next_tile_cl, store_transposed,
+                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -263,8 +263,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     outer, C, inner = x.shape
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
-    ntiles = (inner + tile - 1) // tile
-    njobs = outer * ntiles
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
@@ -273,9 +273,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
-            o = job // ntiles
-            i0 = (job - o * ntiles) * tile
-            P = min(tile, inner - i0)
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            if P == 0:
+                continue
             pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
             lo = loss[o if want_loss else 0]
             # The gradient tile: grad's own, or the scratch (then copied).

@@ -98,6 +98,7 @@ class _RowBlock:
                         for h in range(halves)] for i in range(BLOCK8)]
         self.C8 = builder.sub(self.C, builder.srem(self.C, const(BLOCK8)))
         self.ninf = vector_of(self.vec, _NINF)
+        self.chains = ARGMAX_CHAINS
 
     def _row(self, starts, c0):
         """Classes ``c0 .. c0 + 7`` of the rows at ``starts``, one per half."""
@@ -148,14 +149,19 @@ class _RowBlock:
 
 def _by_parts(rows, wide, part_codegen):
     """A block intrinsic's codegen from ``part_codegen(context, builder,
-    sig, args, halves, offset)``, which does the ``8 * halves`` rows
-    ``r + offset ..`` into outputs ``p + offset ..``: called once per part
-    of the block (:func:`_halves`), args[1] being r and args[p_arg] p."""
+    sig, args, blk, offset)``, which does the pixels of the block ``blk``
+    into outputs ``p + offset ..``: called once per part of the block
+    (:func:`_halves`) with the :class:`_RowBlock` of rows ``r + offset
+    ..``, args[0] being x and args[1] r. (The same part codegens run on
+    the channels-first blocks of :mod:`.planeblock`.)"""
     def codegen(context, builder, sig, args):
         size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
         halves, parts = _halves(rows, wide, size)
         for k in range(parts):
-            part_codegen(context, builder, sig, args, halves, k * BLOCK8 * halves)
+            offset = k * BLOCK8 * halves
+            blk = _RowBlock(context, builder, sig.args[0], args[0],
+                            _plus(builder, args[1], offset), halves)
+            part_codegen(context, builder, sig, args, blk, offset)
         return context.get_dummy_value()
     return codegen
 
@@ -188,13 +194,11 @@ def _merge_argmax(builder, a, b):
     return builder.select(take, mb, ma), builder.select(take, ib, ia)
 
 
-def _argmax_part(context, builder, sig, args, halves, offset, keep=None):
-    """Argmax of ``8 * halves`` rows into m and idx (``args`` (x, r, m, idx,
-    p, ...)); returns ``(row block, max vector, output index)``.
+def _argmax_part(context, builder, sig, args, rw, offset, keep=None):
+    """Argmax of the block ``rw``'s pixels into m and idx (``args`` (x, r,
+    m, idx, p, ...)); returns ``(max vector, output index)``.
     ``keep(c, column)``, if given, is called with each class's column (so
     a caller can store it)."""
-    rw = _RowBlock(context, builder, sig.args[0], args[0], _plus(builder, args[1], offset),
-                   halves)
     ivec = ir.VectorType(I32, rw.lanes)
 
     def step(carried, c0, cols):
@@ -203,7 +207,7 @@ def _argmax_part(context, builder, sig, args, halves, offset, keep=None):
         for j, v in cols:
             if keep is not None:
                 keep(builder.add(c0, const(j)), v)
-            k = 2 * (j % ARGMAX_CHAINS)
+            k = 2 * (j % rw.chains)
             mx, ix = carried[k], carried[k + 1]
             # v > mx, or v the first NaN: "unordered or greater" while
             # mx is still a number (a NaN mx never changes again).
@@ -214,7 +218,7 @@ def _argmax_part(context, builder, sig, args, halves, offset, keep=None):
             carried[k + 1] = builder.select(take, cls, ix)
         return carried
 
-    res = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * rw.lanes)] * ARGMAX_CHAINS, step)
+    res = rw.reduce([rw.ninf, ir.Constant(ivec, [0] * rw.lanes)] * rw.chains, step)
     chains = [(res[k], res[k + 1]) for k in range(0, len(res), 2)]
     while len(chains) > 1:
         chains = [_merge_argmax(builder, *chains[i:i + 2]) if i + 1 < len(chains)
@@ -225,7 +229,7 @@ def _argmax_part(context, builder, sig, args, halves, offset, keep=None):
     at = _plus(builder, args[4], offset)
     builder.store(mx, vptr(builder, pm.data, at, rw.vec), align=rw.size)
     builder.store(ix, vptr(builder, pi.data, at, ivec), align=4)
-    return rw, mx, at
+    return mx, at
 
 
 def _store_sum(context, builder, sig, args, rw, at, total):
@@ -248,22 +252,20 @@ def _column_at(builder, c, C, lanes, offset):
     return builder.add(builder.mul(c, const(lanes)), builder.mul(C, const(offset)))
 
 
-def _argmax_expsum_part(context, builder, sig, args, halves, offset, store=False):
+def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False):
     """:func:`_argmax_part`, keeping each class's column in ``cols`` (args
     (x, r, m, idx, p, inv_t, cols, s)), then the exp-sum of those columns:
-    one load each, where a second pass over x loads and transposes again.
+    one load each, where a second pass over x loads (and transposes) again.
     With ``store``, each exponential replaces its score in ``cols``."""
     cols = context.make_array(sig.args[6])(context, builder, args[6]).data
-    lanes = BLOCK8 * halves
-    C = builder.extract_value(context.make_array(sig.args[0])(context, builder, args[0]).shape, 1)
 
     def ptr(c, vec):
-        return vptr(builder, cols, _column_at(builder, c, C, lanes, offset), vec)
+        return vptr(builder, cols, _column_at(builder, c, rw.C, rw.lanes, offset), vec)
 
     def keep(c, v):
         builder.store(v, ptr(c, v.type), align=context.get_abi_sizeof(v.type.element))
 
-    rw, mx, at = _argmax_part(context, builder, sig, args, halves, offset, keep)
+    mx, at = _argmax_part(context, builder, sig, args, rw, offset, keep)
     tv = splat(builder, rw.vec, context.cast(builder, args[5], sig.args[5], sig.args[0].dtype))
 
     def term(c):
@@ -288,46 +290,63 @@ def _argmax_expsum_part(context, builder, sig, args, halves, offset, store=False
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
 
 
-#: What :func:`_rows_store_part` stores.
-_STORE_SOFTMAX, _STORE_LOG_SOFTMAX, _STORE_GRAD = 0, 1, 2
+#: What :func:`store_values` computes.
+STORE_SOFTMAX, STORE_LOG_SOFTMAX, STORE_GRAD = 0, 1, 2
+
+
+def store_values(context, builder, sig, args, lanes, offset, what):
+    """``value(c)``: the vector of class c's results of the ``lanes``
+    pixels of a block whose columns are in ``cols`` (args (cols, m, inv_t,
+    g, p, out, ...), the part at ``offset``): ``column * g`` (softmax: the
+    stored exponentials times 1 / s), ``(column - m) * inv_t - g``
+    (log_softmax: scores, g = log s) or ``column * g - m[c]`` (the
+    cross-entropy gradient: exponentials times A / s, less the smoothing
+    term of class c, ``m`` then being C per-class values). Shared by the
+    row blocks' way back (:func:`_rows_store_part`) and the channels-first
+    blocks' (:mod:`.planeblock`)."""
+    b = builder
+    oty = sig.args[5]
+    C = b.extract_value(context.make_array(oty)(context, b, args[5]).shape, 1)
+    elem = context.get_data_type(oty.dtype)
+    size = context.get_abi_sizeof(elem)
+    vec = ir.VectorType(elem, lanes)
+    cols = context.make_array(sig.args[0])(context, b, args[0]).data
+    at = _plus(b, args[4], offset)
+    gv = b.load(vptr(b, context.make_array(sig.args[3])(context, b, args[3]).data, at, vec),
+                align=size)
+    mdata = context.make_array(sig.args[1])(context, b, args[1]).data
+    if what == STORE_LOG_SOFTMAX:
+        mv = b.load(vptr(b, mdata, at, vec), align=size)
+        tv = splat(b, vec, context.cast(b, args[2], sig.args[2], oty.dtype))
+
+    def value(c):
+        v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
+        if what == STORE_LOG_SOFTMAX:
+            return b.fsub(b.fmul(b.fsub(v, mv), tv), gv)
+        if what == STORE_GRAD:
+            return b.fsub(b.fmul(v, gv), splat(b, vec, b.load(b.gep(mdata, [c]))))
+        return b.fmul(v, gv)
+
+    return value
 
 
 def _rows_store_part(context, builder, sig, args, halves, offset, what):
     """Rows ``r + offset ..`` of ``out`` (args (cols, m, inv_t, g, p, out,
-    r)) from the part's columns in ``cols``: ``column * g`` (softmax: the
-    stored exponentials times 1 / s), ``(column - m) * inv_t - g``
-    (log_softmax: scores, g = log s) or ``column * g - m[c]`` (the
-    cross-entropy gradient: exponentials times A / s, less the smoothing
-    term of class c, ``m`` then being C per-class values); transposed back
-    by the same shuffles and stored 8 classes at a time, the last class
-    block overlapping the one before (it rewrites the same values)."""
+    r)) from the part's columns in ``cols`` (:func:`store_values`),
+    transposed back by the same shuffles and stored 8 classes at a time,
+    the last class block overlapping the one before (it rewrites the same
+    values)."""
     b = builder
     oty = sig.args[5]
     oarr = context.make_array(oty)(context, b, args[5])
     C = b.extract_value(oarr.shape, 1)
     elem = context.get_data_type(oty.dtype)
     size = context.get_abi_sizeof(elem)
-    lanes = BLOCK8 * halves
-    vec, part = ir.VectorType(elem, lanes), ir.VectorType(elem, BLOCK8)
-    cols = context.make_array(sig.args[0])(context, b, args[0]).data
-    at = _plus(b, args[4], offset)
-    gv = b.load(vptr(b, context.make_array(sig.args[3])(context, b, args[3]).data, at, vec),
-                align=size)
-    mdata = context.make_array(sig.args[1])(context, b, args[1]).data
-    if what == _STORE_LOG_SOFTMAX:
-        mv = b.load(vptr(b, mdata, at, vec), align=size)
-        tv = splat(b, vec, context.cast(b, args[2], sig.args[2], oty.dtype))
+    part = ir.VectorType(elem, BLOCK8)
+    value = store_values(context, b, sig, args, BLOCK8 * halves, offset, what)
     base = b.mul(_plus(b, args[6], offset), C)
     starts = [[b.add(base, b.mul(C, const(h * BLOCK8 + i))) for h in range(halves)]
               for i in range(BLOCK8)]
-
-    def value(c):
-        v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
-        if what == _STORE_LOG_SOFTMAX:
-            return b.fsub(b.fmul(b.fsub(v, mv), tv), gv)
-        if what == _STORE_GRAD:
-            return b.fsub(b.fmul(v, gv), splat(b, vec, b.load(b.gep(mdata, [c]))))
-        return b.fmul(v, gv)
 
     def store_block(c0):
         rows = _transpose_ir(b, [value(b.add(c0, const(j))) for j in range(BLOCK8)])
@@ -349,12 +368,11 @@ def _rows_store_part(context, builder, sig, args, halves, offset, what):
         store_block(b.sub(C, const(BLOCK8)))
 
 
-def _wsum_part(context, builder, sig, args, halves, offset):
-    """``s[p:p + 8 * halves]`` (float64, args[-1]) gets ``sum_c w[c] * (m -
-    x[r + i, c])`` (args (x, r, m, p, w, s)), in x's precision (two
-    interleaved accumulators, so the adds do not wait on each other)."""
-    rw = _RowBlock(context, builder, sig.args[0], args[0], _plus(builder, args[1], offset),
-                   halves)
+def _wsum_part(context, builder, sig, args, rw, offset):
+    """``s[p:p + lanes]`` (float64, args[-1]) gets ``sum_c w[c] * (m -
+    x_c)`` over the block ``rw``'s pixels (args (x, r, m, p, w, s)), in
+    x's precision (two interleaved accumulators, so the adds do not wait
+    on each other)."""
     pm = context.make_array(sig.args[2])(context, builder, args[2])
     at = _plus(builder, args[3], offset)
     mv = builder.load(vptr(builder, pm.data, at, rw.vec), align=rw.size)
@@ -444,22 +462,30 @@ def block_intrinsics(rows, wide):
                     and isinstance(inv_t, types.Float)
                     and isinstance(p, types.Integer) and isinstance(r, types.Integer)):
                 return None
-            return types.none(cols, m, inv_t, g, p, out, r), _by_parts(
-                rows, wide, lambda *a: _rows_store_part(*a, what=what))
+            return types.none(cols, m, inv_t, g, p, out, r), _store_codegen(what)
         return store
+
+    def _store_codegen(what):
+        def codegen(context, builder, sig, args):
+            size = context.get_abi_sizeof(context.get_data_type(sig.args[5].dtype))
+            halves, parts = _halves(rows, wide, size)
+            for k in range(parts):
+                _rows_store_part(context, builder, sig, args, halves, k * BLOCK8 * halves, what)
+            return context.get_dummy_value()
+        return codegen
 
     #: ``out[r + i, c] = cols_c[i] * g[p + i]`` for i < ROWS (the columns
     #: :func:`rows_argmax_expstore` left: softmax, g = 1 / s). out (rows,
     #: C) C-contiguous in the dtype of cols, m and g; m and inv_t unused.
-    rows_store_softmax = _store_intrinsic(_STORE_SOFTMAX)
+    rows_store_softmax = _store_intrinsic(STORE_SOFTMAX)
     #: ``out[r + i, c] = (cols_c[i] - m[p + i]) * inv_t - g[p + i]`` (the
     #: score columns :func:`rows_argmax_expsum` left: log_softmax, g = log s).
-    rows_store_log_softmax = _store_intrinsic(_STORE_LOG_SOFTMAX)
+    rows_store_log_softmax = _store_intrinsic(STORE_LOG_SOFTMAX)
     #: ``out[r + i, c] = cols_c[i] * g[p + i] - m[c]`` (the exponentials
     #: :func:`rows_argmax_expstore` left: the cross-entropy gradient before
     #: its target and ignored-pixel fix-ups, g = A / s, m the (C,)
     #: smoothing terms; inv_t unused).
-    rows_store_grad = _store_intrinsic(_STORE_GRAD)
+    rows_store_grad = _store_intrinsic(STORE_GRAD)
 
     return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
                            wsum=rows_wsum, argmax_expstore=rows_argmax_expstore,

@@ -8,7 +8,9 @@ the inner loops, so the three share one compiled driver per layout.
 Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
-  pixels (contiguous class rows);
+  pixels (contiguous class rows), their whole blocks of pixels reduced in
+  registers (:mod:`fastlogits.cpu.planeblock`) for up to
+  ``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes;
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
@@ -24,17 +26,29 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import flog
+from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstore,
+                                       planes_argmax_expsum, planes_store_log_softmax,
+                                       planes_store_softmax, planes_stream_log_softmax,
+                                       planes_stream_softmax)
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.tiles import (chunk_bounds, is_finite, load_transposed, next_tile_cl,
-                                  store_transposed, tile_exp_store, tile_expsum, tile_max,
-                                  work_chunks)
+from fastlogits.cpu.stream import stream_copy, stream_fence
+from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
+                                  next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
+                                  tile_max, work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
 LOGSUMEXP = 2
+
+#: How the channels-first register blocks write softmax and log_softmax:
+#: into an L1 scratch tile, then its class rows into out by ordinary
+#: stores (``WRITE_EBUF``) or non-temporal ones (``WRITE_EBUF_STREAM``), or
+#: straight into out by non-temporal stores, a line per class and block
+#: (``WRITE_STREAM``: out's blocks must start lines, as x's do).
+WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM = 0, 1, 2
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -91,20 +105,100 @@ def _lse(P, m, s, inv_t, red, r0):
         red[r0 + p] = m[p] * inv_t + flog(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _stream_rows_c(ebuf, out, o, i0, P):
+    """:func:`_rows_to_out` by non-temporal stores (C-contiguous out)."""
+    C, inner, T = out.shape[1], out.shape[2], ebuf.shape[2]
+    for c in range(C):
+        stream_copy(ebuf, c * T, out, (o * C + c) * inner + i0, P)
+
+
+#: :func:`_stream_rows_c` where out is C-contiguous; nothing otherwise (then
+#: ``stream`` is false).
+_stream_rows = on_c_planes(_stream_rows_c)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _rows_to_out(ebuf, out, o, i0, P, stream):
+    """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a tile's class rows from
+    the L1 scratch into the output, by non-temporal stores with
+    ``stream`` (:mod:`fastlogits.cpu.stream`)."""
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    if stream:
+        _stream_rows(ebuf, out, o, i0, P)
+        return
+    for c in range(out.shape[1]):
+        for p in range(P):
+            out[o, c, i0 + p] = ebuf[0, c, p]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, write):
+    """Pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
+    ``planeblock.LANES``: one pass over x finds each block's max and
+    exp-sum in registers, keeping its scores (softmax: their
+    exponentials) in ``cols`` (C * P); then the epilogue over the P
+    pixels at once, and the results from ``cols`` into ``out`` (which may
+    be x: the tile's scores are all read before any is written) as
+    ``write`` says (see :data:`WRITE_EBUF`); or the logsumexp into
+    ``red[o]``. For logsumexp ``out`` is a stand-in, for
+    softmax/log_softmax ``red``: neither is touched."""
+    C, inner = x.shape[1], x.shape[2]
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    start = o * C * inner + i0
+    for q in range(0, P, LANES):
+        if mode == SOFTMAX:
+            planes_argmax_expstore(x, start + q, m, idx, q, inv_t, cols[q * C:(q + LANES) * C], s)
+        else:
+            planes_argmax_expsum(x, start + q, m, idx, q, inv_t, cols[q * C:(q + LANES) * C], s)
+    if mode == LOGSUMEXP:
+        _lse(P, m, s, inv_t, red[o], i0)
+        return
+    _epilogue(P, m, s, mode, g)
+    for q in range(0, P, LANES):
+        qcols = cols[q * C:(q + LANES) * C]
+        if write == WRITE_STREAM:
+            if mode == SOFTMAX:
+                planes_stream_softmax(qcols, m, inv_t, g, q, out, start + q)
+            else:
+                planes_stream_log_softmax(qcols, m, inv_t, g, q, out, start + q)
+        elif mode == SOFTMAX:
+            planes_store_softmax(qcols, m, inv_t, g, q, ebuf, q)
+        else:
+            planes_store_log_softmax(qcols, m, inv_t, g, q, ebuf, q)
+    if write != WRITE_STREAM:
+        _rows_to_out(ebuf, out, o, i0, P, write == WRITE_EBUF_STREAM)
+
+
+#: :func:`_plane_tile_c` where x and out are C-contiguous; nothing otherwise
+#: (``blocks`` is false then).
+_plane_tile = on_c_planes(_plane_tile_c)
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct):
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream, write):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
-    With ``direct`` (out C-contiguous and not overlapping x) the results
-    are written straight into ``out``; otherwise through an L1 scratch.
+    Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
+    and out C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
+    blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
+    written as ``write`` says (``WRITE_*``), the rest by the tile loops.
+    There, with ``direct`` (out C-contiguous and not overlapping x) the
+    results are written straight into ``out``; otherwise through an L1
+    scratch. With ``stream`` (a C-contiguous ``out`` larger than the
+    caches) the tile loops' results go through the scratch and into
+    ``out`` by non-temporal stores (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
-    pass, the exp-sum pass and the write.
+    pass, the exp-sum pass and the write. (Not quite, for planes whose
+    size is a multiple of 4 KiB: their C segments of a tile share L1 and
+    L2 sets, and the passes after the first find many of them gone. The
+    blocks make one pass.)
     """
     outer, C, inner = x.shape
-    ntiles = (inner + tile - 1) // tile
-    njobs = outer * ntiles
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
     for chunk in prange(nchunks):
         ebuf = np.empty((1, C, tile), dtype=x.dtype)
@@ -112,22 +206,31 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct):
         g = np.empty(tile, dtype=x.dtype)
         part = np.empty(tile, dtype=x.dtype)
         s = np.empty(tile, dtype=np.float64)
+        idx = np.empty(tile if blocks else 1, dtype=np.int32)
+        cols = np.empty(C * tile if blocks else 1, dtype=x.dtype)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
-            o = job // ntiles
-            i0 = (job - o * ntiles) * tile
-            P = min(tile, inner - i0)
-            if mode != LOGSUMEXP and direct:
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            if P == 0:
+                continue
+            PB = P - P % LANES if blocks else 0
+            if PB > 0:
+                _plane_tile(x, out, red, o, i0, PB, inv_t, mode, m, g, idx, s, cols, ebuf,
+                            write)
+                i0 += PB
+                P -= PB
+                if P == 0:
+                    continue
+            if mode != LOGSUMEXP and direct and not stream:
                 _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(x))
                 continue
             _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(x))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
-                i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-                for c in range(C):
-                    for p in range(P):
-                        out[o, c, i0 + p] = ebuf[0, c, p]
+                _rows_to_out(ebuf, out, o, i0, P, stream)
+        if stream:
+            stream_fence()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -24,7 +24,7 @@ from numba import njit
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import fexp_shifted
 from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
-from fastlogits.cpu.prefetch import no_region, prefetch_share, tile_region
+from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
 
 #: Classes summed in the input precision before the partial sum is added to
 #: a float64 total: float32 sums stay accurate for C in the hundreds of
@@ -50,6 +50,39 @@ def work_chunks(njobs, nthreads):
 def chunk_bounds(chunk, nchunks, njobs):
     """``[j0, j1)``: the jobs of ``chunk`` out of ``nchunks``."""
     return chunk * njobs // nchunks, (chunk + 1) * njobs // nchunks
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def cf_tiles(x, tile):
+    """Jobs per image of a channels-first driver over ``x`` (outer, C,
+    inner) in tiles of ``tile`` pixels (see :func:`cf_tile`)."""
+    return (x.shape[2] + tile - 1) // tile + 1
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def cf_tile(x, job, per_image, tile):
+    """``(o, i0, P)``: image and pixels ``[i0, i0 + P)`` of channels-first
+    job ``job`` (``per_image`` from :func:`cf_tiles`; P may be 0).
+
+    An image's job 0 takes its first h pixels, those before the first one
+    whose class-0 score starts a 64-byte line; its tiles start there, h +
+    k * tile. NumPy puts large arrays 16 bytes past a page, and a vector
+    load that spans two lines costs both: the register blocks of
+    :mod:`.planeblock` took 1.7x longer on such loads (each line of a
+    block is the next block's too, and the C planes' lines, a multiple of
+    4 KiB apart, evict each other from L1 in between; bench/RESULTS.md,
+    log 37). Every class plane starts its lines at the same pixel when a
+    plane is a whole number of lines (inner * itemsize % 64 == 0)."""
+    inner = x.shape[2]
+    o = job // per_image
+    k = job - o * per_image
+    size = x.itemsize
+    addr = x.ctypes.data + o * x.shape[1] * inner * size
+    h = min(inner, (-addr) % LINE_BYTES // size)
+    if k == 0:
+        return o, 0, h
+    i0 = min(inner, h + (k - 1) * tile)
+    return o, i0, min(inner, h + k * tile) - i0
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

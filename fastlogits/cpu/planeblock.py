@@ -1,0 +1,260 @@
+"""Blocks of channels-first pixels, their state in registers.
+
+A channels-first tile's class-c scores are one contiguous segment of
+class c's plane, so the tile loops of :mod:`.tiles` vectorize as they
+are; but they keep each pixel's running max, index and exp-sum in L1
+scratch arrays, loaded and stored again for every class (three loads and
+two stores per vector of scores for the argmax). On AMD Zen 4 that
+arithmetic ran at 8 cycles per 16 scores, and the channels-first argmax
+at 19 classes at 37 % of the read bandwidth against 84 % channels-last
+(bench/RESULTS.md, log 37).
+
+These intrinsics take :data:`LANES` consecutive pixels of every class
+plane of a C-contiguous (outer, C, inner) x, one vector load per class,
+and reduce the classes with the pixels' running max, index and exp-sum in
+vector registers: the same part codegens as the channels-last row blocks
+of :mod:`.rowblock` (argmax with two chains, the fused exp-sum over the
+columns kept in an L1 scratch, the smoothing sum), on columns that need
+no transpose. The way back for softmax, log_softmax and the cross-entropy
+gradient stores each class's vector of results straight into its plane.
+
+The column scratch matters more here than for rows: the C segments of a
+block sit a plane apart, and planes whose size is a multiple of 4 KiB
+(1024 x 2048 pixels, 512 x 512, ...) put every one of them in the same L1
+and L2 set: a second pass over x would find most of them evicted.
+
+A block is addressed by the flat index ``start = (o * C) * inner + i``
+of its first score (pixel i of image o, class 0); pixels ``i .. i +
+LANES - 1`` must exist. x (and ``out``) must be C-contiguous; nothing is
+bounds-checked.
+"""
+
+from types import SimpleNamespace
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from fastlogits.config import FASTMATH
+
+from fastlogits.cpu.irutil import const, i64, loop, vector_of, vptr
+from fastlogits.cpu.rowblock import (ROWS, STORE_GRAD, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
+                                     _argmax_expsum_part, _argmax_part, _is_vec, _wsum_part,
+                                     store_values)
+from fastlogits.cpu.stream import LINE, mark_nontemporal
+
+#: Pixels of one block: as many as the row blocks' rows (16 on AVX-512,
+#: else 8), so a block's float32 scores of one class fill one vector
+#: register (float64 takes two).
+LANES = ROWS
+
+_NINF = float("-inf")
+
+#: Independent running (max, index) pairs of a block's argmax (class c0 + j
+#: of a step in pair j): each class's compare and select waits on the
+#: one before in its pair (bench/RESULTS.md, log 37).
+CHAINS = 2
+
+
+def _is_planes(a):
+    return (isinstance(a, types.Array) and a.ndim == 3 and a.layout == "C"
+            and isinstance(a.dtype, types.Float))
+
+
+def on_c_planes(fn):
+    """A Numba-callable ``f(x, ...)`` that runs the njit function ``fn(x,
+    ...)`` when x and every other 3-D array argument are C-contiguous
+    float arrays, and does nothing otherwise: the plane intrinsics only
+    type on C-contiguous arrays, and a driver compiled for a strided view
+    (which it sends to the tile loops at run time) must still type. Not
+    callable from Python."""
+    def stub(*args):
+        raise NotImplementedError(f"{fn.__name__} is only callable from Numba code")
+
+    stub.__name__ = stub.__qualname__ = fn.__name__
+
+    @overload(stub, fastmath=FASTMATH)
+    def _overload(*args):
+        if _is_planes(args[0]) and all(_is_planes(a) for a in args
+                                       if isinstance(a, types.Array) and a.ndim == 3):
+            return lambda *args: fn(*args)
+        return lambda *args: None
+
+    return stub
+
+
+class _PlaneBlock:
+    """IR view of ``lanes`` pixels of every class plane of x (outer, C,
+    inner) from the flat index ``start``: :meth:`column` c is
+    ``x.flat[start + c * inner:][:lanes]``, one vector load. The same
+    interface as :class:`fastlogits.cpu.rowblock._RowBlock`, so the part
+    codegens of :mod:`.rowblock` run on it."""
+
+    def __init__(self, context, builder, aty, aval, start, lanes):
+        self.builder = builder
+        arr = context.make_array(aty)(context, builder, aval)
+        self.data = arr.data
+        self.C = builder.extract_value(arr.shape, 1)
+        self.inner = builder.extract_value(arr.shape, 2)
+        self.elem = context.get_data_type(aty.dtype)
+        self.size = context.get_abi_sizeof(self.elem)
+        self.lanes = lanes
+        self.vec = ir.VectorType(self.elem, lanes)
+        self.start = i64(builder, start)
+        self.ninf = vector_of(self.vec, _NINF)
+        self.chains = CHAINS
+
+    def column(self, c):
+        """The scores of class ``c`` (an i64 value) of the block's pixels."""
+        b = self.builder
+        at = b.add(self.start, b.mul(c, self.inner))
+        return b.load(vptr(b, self.data, at, self.vec), align=self.size)
+
+    def reduce(self, init, step):
+        """Fold ``step(carried, c0, cols)`` over the classes, ``cols`` a
+        list of ``(j, column)`` of classes ``c0 + j``: :data:`CHAINS`
+        classes per step (the argmax's chains; the sums' two accumulators
+        take j % 2), then the last C % CHAINS classes one per step."""
+        b = self.builder
+        n = CHAINS
+        Cn = b.sub(self.C, b.srem(self.C, const(n)))
+        acc = loop(b, const(0), Cn, n, init,
+                   lambda c0, carried: step(carried, c0, [(j, self.column(b.add(c0, const(j))))
+                                                          for j in range(n)]),
+                   "classes")
+        return loop(b, Cn, self.C, 1, acc,
+                    lambda c, carried: step(carried, c, [(0, self.column(c))]), "rest")
+
+
+def _reading(lanes, part_codegen):
+    """A block intrinsic's codegen: ``part_codegen`` (a part codegen of
+    :mod:`.rowblock`) on the :class:`_PlaneBlock` at ``start`` (args[1])."""
+    def codegen(context, builder, sig, args):
+        blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes)
+        part_codegen(context, builder, sig, args, blk, 0)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _storing(lanes, what, nontemporal):
+    """The codegen of a store intrinsic (args (cols, m, inv_t, g, p, out,
+    start)): each class's results (:func:`fastlogits.cpu.rowblock.store_values`)
+    stored straight into its plane of ``out``; with ``nontemporal`` by
+    non-temporal stores (:mod:`.stream`), which need every class's
+    address to start a 64-byte line."""
+    def codegen(context, builder, sig, args):
+        b = builder
+        oarr = context.make_array(sig.args[5])(context, b, args[5])
+        C = b.extract_value(oarr.shape, 1)
+        inner = b.extract_value(oarr.shape, 2)
+        elem = context.get_data_type(sig.args[5].dtype)
+        size = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, lanes)
+        value = store_values(context, b, sig, args, lanes, 0, what)
+        start = i64(b, args[6])
+
+        def store(c, carried):
+            st = b.store(value(c), vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
+                         align=LINE if nontemporal else size)
+            if nontemporal:
+                mark_nontemporal(b, st)
+            return carried
+
+        loop(b, const(0), C, 1, [], store, "stores")
+        return context.get_dummy_value()
+    return codegen
+
+
+def plane_intrinsics(lanes):
+    """The channels-first block intrinsics for blocks of ``lanes`` pixels
+    (a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`':
+    ``argmax``, ``argmax_expsum``, ``wsum``, ``argmax_expstore``,
+    ``store_softmax``, ``store_log_softmax``, ``store_grad``), each taking
+    x (outer, C, inner) and the block's ``start`` where the row blocks take
+    x (rows, C) and a row: the module's ``planes_*`` names are
+    ``plane_intrinsics(LANES)``; tests build other widths too."""
+
+    @intrinsic
+    def planes_argmax(typingctx, x, start, m, idx, p):
+        """Max over the classes of the block's pixels into ``m[p:p +
+        lanes]`` (x's dtype) and the index of its first occurrence into
+        ``idx[p:p + lanes]`` (int32); the first NaN wins over any number
+        (NumPy's rule)."""
+        if not (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+                and isinstance(start, types.Integer) and isinstance(p, types.Integer)):
+            return None
+        return types.none(x, start, m, idx, p), _reading(lanes, _argmax_part)
+
+    def _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
+        return (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+                and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
+                and isinstance(start, types.Integer) and isinstance(p, types.Integer)
+                and isinstance(inv_t, types.Float))
+
+    @intrinsic
+    def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):
+        """:func:`planes_argmax`, and ``s[p + i] = sum_c exp((x_c - m[p +
+        i]) * inv_t)`` (float64, the sum in x's precision: C up to
+        :data:`fastlogits.cpu.tiles.SUM_BLOCK`; garbage where the max is
+        not finite); each class's scores are kept in ``cols`` (C * lanes
+        elements of x's dtype, an L1 scratch) on the way, and the exp-sum
+        reads them back."""
+        if not _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
+            return None
+        return types.none(x, start, m, idx, p, inv_t, cols, s), _reading(
+            lanes, _argmax_expsum_part)
+
+    @intrinsic
+    def planes_argmax_expstore(typingctx, x, start, m, idx, p, inv_t, cols, s):
+        """:func:`planes_argmax_expsum` leaving the exponentials in
+        ``cols`` instead of the scores."""
+        if not _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
+            return None
+        return types.none(x, start, m, idx, p, inv_t, cols, s), _reading(
+            lanes, lambda *a: _argmax_expsum_part(*a, store=True))
+
+    @intrinsic
+    def planes_wsum(typingctx, x, start, m, p, w, s):
+        """``s[p + i] = sum_c w[c] * (m[p + i] - x_c)`` for the block's
+        pixels (``w`` (C,) in x's dtype, ``s`` float64, the sum in x's
+        precision)."""
+        if not (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
+                and _is_vec(s, types.float64)
+                and isinstance(start, types.Integer) and isinstance(p, types.Integer)):
+            return None
+        return types.none(x, start, m, p, w, s), _reading(lanes, _wsum_part)
+
+    def _store_intrinsic(what, nontemporal=False):
+        @intrinsic
+        def store(typingctx, cols, m, inv_t, g, p, out, start):
+            if not (_is_planes(out) and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+                    and isinstance(inv_t, types.Float)
+                    and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
+                return None
+            return (types.none(cols, m, inv_t, g, p, out, start),
+                    _storing(lanes, what, nontemporal))
+        return store
+
+    return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,
+                           wsum=planes_wsum, argmax_expstore=planes_argmax_expstore,
+                           store_softmax=_store_intrinsic(STORE_SOFTMAX),
+                           store_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX),
+                           store_grad=_store_intrinsic(STORE_GRAD),
+                           stream_softmax=_store_intrinsic(STORE_SOFTMAX, True),
+                           stream_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX, True),
+                           stream_grad=_store_intrinsic(STORE_GRAD, True))
+
+
+_TARGET = plane_intrinsics(LANES)
+planes_argmax = _TARGET.argmax
+planes_argmax_expsum = _TARGET.argmax_expsum
+planes_wsum = _TARGET.wsum
+planes_argmax_expstore = _TARGET.argmax_expstore
+planes_store_softmax = _TARGET.store_softmax
+planes_store_log_softmax = _TARGET.store_log_softmax
+planes_store_grad = _TARGET.store_grad
+#: The stores by non-temporal stores: every class's ``out`` address of the
+#: block must start a 64-byte line.
+planes_stream_softmax = _TARGET.stream_softmax
+planes_stream_log_softmax = _TARGET.stream_log_softmax
+planes_stream_grad = _TARGET.stream_grad

@@ -1,0 +1,124 @@
+"""The channels-first register blocks (fastlogits.cpu.planeblock) on their
+own: the tests of tests/test_rowblock.py, run on the same rows laid out as
+class planes (a block's pixels are rows of those tests), at every block
+width, with the block in the second image of the batch so ``start``'s
+image offset is exercised."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastlogits.cpu import planeblock
+from fastlogits.cpu.planeblock import plane_intrinsics
+from tests.test_rowblock import (  # noqa: F401  (collected here with this module's fixture)
+    test_block_argmax_expsum_matches_numpy, test_block_argmax_matches_numpy,
+    test_block_argmax_merges_chains_like_numpy, test_block_softmax_stores_rows_back,
+    test_block_sums_match_float64)
+
+WIDTHS = [8, 16]
+
+
+def _planes(x2):
+    """(2, C, n) C-contiguous: image 1 holds rows ``x2`` (n, C) as class
+    planes, image 0 garbage."""
+    n, C = x2.shape
+    x3 = np.full((2, C, n), 1234.0, x2.dtype)
+    x3[1] = x2.T
+    return x3
+
+
+def _start(x2, r):
+    """The flat index of row r's block in :func:`_planes` (image 1)."""
+    return x2.shape[1] * x2.shape[0] + r
+
+
+def _wrappers(lanes):
+    k = plane_intrinsics(lanes)
+    argmax, argmax_expsum, wsum = k.argmax, k.argmax_expsum, k.wsum
+    expstore, store_softmax, store_log = k.argmax_expstore, k.store_softmax, k.store_log_softmax
+
+    @njit
+    def _argmax(x3, start, m, idx, p):
+        argmax(x3, start, m, idx, p)
+
+    @njit
+    def _argmax_expsum(x3, start, m, idx, p, inv_t, cols, s):
+        argmax_expsum(x3, start, m, idx, p, inv_t, cols, s)
+
+    @njit
+    def _wsum(x3, start, m, p, w, s):
+        wsum(x3, start, m, p, w, s)
+
+    @njit
+    def _softmax_block(x3, start, inv_t, out3, log):
+        R, C = lanes, x3.shape[1]
+        m = np.empty(R, x3.dtype)
+        g = np.empty(R, x3.dtype)
+        idx = np.empty(R, np.int32)
+        s = np.empty(R)
+        cols = np.empty(C * R, x3.dtype)
+        if log:
+            argmax_expsum(x3, start, m, idx, 0, inv_t, cols, s)
+            for i in range(R):
+                g[i] = np.log(s[i])
+            store_log(cols, m, inv_t, g, 0, out3, start)
+        else:
+            expstore(x3, start, m, idx, 0, inv_t, cols, s)
+            for i in range(R):
+                g[i] = 1.0 / s[i]
+            store_softmax(cols, m, inv_t, g, 0, out3, start)
+
+    # The row tests' interface: rows x (n, C), a block at row r.
+    def argmax_rows(x, r, m, idx, p):
+        _argmax(_planes(x), _start(x, r), m, idx, p)
+
+    def argmax_expsum_rows(x, r, m, idx, p, inv_t, cols, s):
+        _argmax_expsum(_planes(x), _start(x, r), m, idx, p, inv_t, cols, s)
+
+    def wsum_rows(x, r, m, p, w, s):
+        _wsum(_planes(x), _start(x, r), m, p, w, s)
+
+    def softmax_rows(x, r, inv_t, out, log):
+        x3 = _planes(x)
+        out3 = x3 if out is x else _planes(out)   # in place stays in place
+        _softmax_block(x3, _start(x, r), inv_t, out3, log)
+        np.testing.assert_array_equal(out3[0], 1234.0)  # the other image untouched
+        out[...] = out3[1].T
+
+    return lanes, argmax_rows, argmax_expsum_rows, wsum_rows, softmax_rows, _argmax
+
+
+_KERNELS = {}
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda v: f"{v}lanes")
+def kernels(request):
+    """The row tests' ``(rows, argmax, argmax_expsum, wsum, softmax_block)``
+    for plane blocks of one width, compiled once."""
+    if request.param not in _KERNELS:
+        _KERNELS[request.param] = _wrappers(request.param)
+    return _KERNELS[request.param][:5]
+
+
+def test_package_width_matches_the_row_blocks():
+    from fastlogits.cpu import rowblock
+
+    assert planeblock.LANES == rowblock.ROWS
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_plane_blocks_reject_what_they_cannot_read(lanes):
+    """Typing fails (no silent fallback) for non-contiguous, 2-D or
+    integer x."""
+    if lanes not in _KERNELS:
+        _KERNELS[lanes] = _wrappers(lanes)
+    argmax = _KERNELS[lanes][5]
+    m, idx = np.empty(lanes, np.float32), np.empty(lanes, np.int32)
+    x = np.ones((1, 4, 2 * lanes), np.float32)
+    argmax(x, 0, m, idx, 0)
+    with pytest.raises(Exception):
+        argmax(x[:, :, ::2], 0, m, idx, 0)
+    with pytest.raises(Exception):
+        argmax(x[0], 0, m, idx, 0)
+    with pytest.raises(Exception):
+        argmax(np.ones((1, 4, lanes), np.int32), 0, np.empty(lanes, np.int32), idx, 0)
