@@ -55,3 +55,13 @@ def assert_close(actual, expected, dtype):
     fin = ~np.isnan(e) & ~inf
     key = np.dtype(dtype).type
     np.testing.assert_allclose(a[fin], e[fin], atol=ATOL[key], rtol=RTOL[key])
+
+
+def at_line_offset(shape, dtype, offset):
+    """An empty C-contiguous array whose data start ``offset`` bytes past a
+    64-byte cache line (the channels-first kernels write differently where
+    an output's lines line up with x's)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + 128, np.uint8)
+    first = -buf.ctypes.data % 64 + offset
+    return buf[first:first + n].view(dtype).reshape(shape)

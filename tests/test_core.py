@@ -6,7 +6,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import config
 from fastlogits.registry import OPS
-from tests.helpers import assert_close, logits, specials_array
+from tests.helpers import assert_close, at_line_offset, logits, specials_array
 
 BACKENDS = ["cpu", "numpy"]
 DTYPES = [np.float16, np.float32, np.float64]
@@ -305,15 +305,6 @@ def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
             check(op, inplace, want, dtype)
 
 
-def _at_line_offset(shape, dtype, offset):
-    """An empty C-contiguous array whose data start ``offset`` bytes past a
-    64-byte line."""
-    n = int(np.prod(shape))
-    buf = np.empty(n * np.dtype(dtype).itemsize + 128, np.uint8)
-    first = -buf.ctypes.data % 64 + offset
-    return buf[first:first + n * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
-
-
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
@@ -332,9 +323,9 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
     for C in (1, 3, 19, 40):
         for inner, out_offset, mode in ((48, 16, WRITE_STREAM), (48, 32, WRITE_EBUF_STREAM),
                                         (37, 16, WRITE_EBUF_STREAM)):
-            x = _at_line_offset((2, C, inner), dtype, 16)
+            x = at_line_offset((2, C, inner), dtype, 16)
             x[...] = specials_array(rng, (2, C, inner), 1, dtype)
-            out = _at_line_offset((2, C, inner), dtype, out_offset)
+            out = at_line_offset((2, C, inner), dtype, out_offset)
             assert _plane_write(x, out, True) == mode
             want = expected(op, x, 1, temperature=0.7)
             check(op, op.public(x, 1, temperature=0.7, out=out), want, dtype)

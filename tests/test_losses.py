@@ -8,6 +8,7 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import config, reference
+from tests.helpers import at_line_offset
 
 try:
     import torch
@@ -564,3 +565,50 @@ def test_grad_out_bad(rng, backend):
         with pytest.raises(ValueError, match=r"target holds 19"):
             fl.cross_entropy(xi, t, reduction=reduction, grad_out=xi, **kw)
         assert (xi == x).all()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "cached"])
+@pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
+def test_channels_first_paths(rng, blocks, stream, monkeypatch):
+    """Channels-first maps through the register blocks of pixels
+    (``cpu.planeblock``) or the tile loops, the gradient by ordinary or
+    non-temporal stores (every gradient streamed here): straight from the
+    blocks into a grad_out whose lines line up with x's (planes of whole
+    lines, the same line offset, in place), through the scratch tile
+    otherwise (planes of 37 pixels, another offset); every option, and the
+    special-value pixels (NaN logits at ignored pixels too) in the blocks
+    and in the rest."""
+    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0 if stream else 10**18)
+    for C in (1, 3, 8, 19, 40):
+        for inner, grad_offset in ((48, 16), (48, 32), (37, 16)):
+            x = at_line_offset((2, C, inner), np.float32, 16)
+            x[...] = make_logits(rng, x.shape)
+            t = make_target(rng, (2, inner), C)
+            check_all_options(x, t, 1, rng)
+            g = at_line_offset(x.shape, x.dtype, grad_offset)
+            for reduction in REDUCTIONS:
+                kw = dict(reduction=reduction, label_smoothing=0.1)
+                want_loss, want_grad = reference.cross_entropy(x, t, 1, return_grad=True, **kw)
+                loss, grad = fl.cross_entropy(x, t, 1, return_grad=True, grad_out=g, **kw)
+                assert_loss_close(loss, want_loss, x.dtype, reduction)
+                assert_grad_close(g, want_grad, x)
+            xi = x.copy() if inner == 37 else x
+            loss, grad = fl.cross_entropy(xi, t, 1, return_grad=True, grad_out=xi, **kw)
+            assert_loss_close(loss, want_loss, x.dtype, reduction)
+            assert_grad_close(xi, want_grad, x)
+        if C >= 3:
+            rows, target = special_logits(C)
+            target[::4] = IGNORE
+            rows[target == IGNORE, C // 2] = np.nan
+            n = len(target)
+            for dtype in (np.float32, np.float64):
+                xs = at_line_offset((1, C, 8 * n), dtype, 16)
+                xs[0] = np.tile(rows.T.astype(dtype), (1, 8))  # specials in blocks and rest
+                ts = np.tile(target, 8)[None]
+                want_loss, want_grad = reference.cross_entropy(xs, ts, 1, reduction="none",
+                                                               return_grad=True)
+                loss, grad = fl.cross_entropy(xs, ts, 1, reduction="none", return_grad=True,
+                                              grad_out=xs)
+                assert_loss_close(loss, want_loss, xs.dtype, "none")
+                assert_grad_close(xs, want_grad, want_grad.astype(dtype))

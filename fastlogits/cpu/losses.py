@@ -43,15 +43,22 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _row_blocks, _stand_in, _tile_pixels, launch_threads
+from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _streams,
+                            _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
+from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstore,
+                                       planes_argmax_expsum, planes_store_grad,
+                                       planes_stream_grad, planes_wsum)
 from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_grad, rows_wsum)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.softmax import WRITE_EBUF_STREAM, WRITE_STREAM
+from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
-                                  tile_exp_store, tile_expsum, tile_max, work_chunks)
+                                  tile_exp_store, tile_expsum, tile_max, tile_to_out,
+                                  work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -246,16 +253,77 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
             g[o, tt[p], i0 + p] -= d[p]
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
+                    want_grad, write, idx, cols, ebuf, sc, acc):
+    """Losses of pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
+    ``planeblock.LANES``, by the register blocks of
+    :mod:`fastlogits.cpu.planeblock`: one pass over x finds each block's
+    max and exp-sum, keeping its scores (with ``want_grad``, their
+    exponentials) in ``cols`` (C * P); then the targets, their logits
+    (read from x before any gradient is written: grad may be x), the
+    smoothing sums, the per-pixel step (``sc``: a :func:`_scratch` of at
+    least P pixels), and with ``want_grad`` the final gradient from the
+    kept exponentials (``b`` from :func:`_grad_coef`; ignored pixels and
+    targets included), written as ``write`` says
+    (``softmax.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
+    straight into ``grad`` by non-temporal stores)."""
+    m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
+    C, inner = x.shape[1], x.shape[2]
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    start = o * C * inner + i0
+    one = x.dtype.type(1.0)
+    for q in range(0, P, LANES):
+        qcols = cols[q * C:(q + LANES) * C]
+        if want_grad:
+            planes_argmax_expstore(x, start + q, m, idx, q, one, qcols, s)
+        else:
+            planes_argmax_expsum(x, start + q, m, idx, q, one, qcols, s)
+    acc[2] += _targets(P, t, i0, ignore, C, w64, tt, wt, keep)
+    _target_logits_tile(x, o, i0, P, tt, xt)
+    if eps > 0.0:
+        for q in range(0, P, LANES):
+            planes_wsum(x, start + q, m, q, w, sm)
+    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
+                               want_grad)
+    acc[0] += lsum
+    acc[1] += wsum
+    if want_loss:
+        for p in range(P):
+            loss[i0 + p] = lp[p]
+    if want_grad:
+        for q in range(0, P, LANES):
+            qcols = cols[q * C:(q + LANES) * C]
+            if write == WRITE_STREAM:
+                planes_stream_grad(qcols, b, a, d, tt, q, grad, start + q)
+            else:
+                planes_store_grad(qcols, b, a, d, tt, q, ebuf, q)
+        if write != WRITE_STREAM:
+            tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
+
+
+#: :func:`_plane_losses_c` where x and grad are C-contiguous; nothing
+#: otherwise (``blocks`` is false then).
+_plane_losses = on_c_planes(_plane_losses_c)
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
-          direct):
+          direct, blocks, stream, write):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     (outer, inner). ``grad``/``loss`` are untouched (may be any array of
     that type) without ``want_grad``/``want_loss``.
 
+    Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
+    and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
+    blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
+    the gradient written as ``write`` says (``softmax.WRITE_*``); the
+    rest by the tile loops.
+
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
-    x: in place) they go into an L1 scratch tile copied to ``grad`` at the
+    x: in place), or with ``stream`` (grad written by non-temporal
+    stores), they go into an L1 scratch tile copied to ``grad`` at the
     end: loops that read x and write its own memory fail LLVM's runtime
     alias check and run scalar (in place took 125 ms against 45 at
     1024 x 2048 x 19; bench/RESULTS.md, log 36).
@@ -268,18 +336,30 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     nchunks = work_chunks(njobs, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
-        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _scratch(tile, w)
-        ebuf = np.empty((1, C, tile if want_grad and not direct else 1), x.dtype)
+        sc = _scratch(tile, w)
+        m, part, a, s, sm, xt, wt, lp, d, tt, keep = sc
+        ebuf = np.empty((1, C, tile if want_grad and (blocks or stream or not direct) else 1),
+                        x.dtype)
+        idx = np.empty(tile if blocks else 1, np.int32)
+        cols = np.empty(C * tile if blocks else 1, x.dtype)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
             if P == 0:
                 continue
-            pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
             lo = loss[o if want_loss else 0]
+            PB = P - P % LANES if blocks else 0
+            if PB > 0:
+                _plane_losses(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
+                              want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc)
+                i0 += PB
+                P -= PB
+                if P == 0:
+                    continue
+            pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
             # The gradient tile: grad's own, or the scratch (then copied).
-            into = direct or not want_grad
+            into = (direct and not stream) or not want_grad
             et = grad if into else ebuf
             eo = o if into else 0
             ei0 = i0 if into else 0
@@ -289,10 +369,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             if want_grad:
                 _tile_grad(et, eo, ei0, P, a, b, keep, tt, d)
             if not into:
-                i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-                for c in range(C):
-                    for p in range(P):
-                        grad[o, c, i0 + p] = ebuf[0, c, p]
+                tile_to_out(ebuf, grad, o, i0, P, stream)
+        if stream:
+            stream_fence()
         sums[chunk] = acc
     return sums.sum(axis=0)
 
@@ -507,8 +586,10 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             g = gwork if want_grad else _stand_in(3, dtype)
             lw = lwork if want_loss else _stand_in(2, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
+            stream = want_grad and _streams(g)
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        _tile_pixels(C), nthreads, direct)
+                        _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), stream,
+                        _plane_write(x3, g, stream))
         else:
             x2 = x3.reshape(outer, C)
             g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)

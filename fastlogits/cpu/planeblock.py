@@ -37,8 +37,8 @@ from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
 
-from fastlogits.cpu.irutil import const, i64, loop, vector_of, vptr
-from fastlogits.cpu.rowblock import (ROWS, STORE_GRAD, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
+from fastlogits.cpu.irutil import const, i64, loop, splat, vector_of, vptr
+from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_vec, _wsum_part,
                                      store_values)
 from fastlogits.cpu.stream import LINE, mark_nontemporal
@@ -165,6 +165,57 @@ def _storing(lanes, what, nontemporal):
     return codegen
 
 
+def _storing_grad(lanes, nontemporal):
+    """The codegen of the gradient store (args (cols, b, a, d, tt, p, out,
+    start)): class c's gradient of the block's pixels is ``cols_c * a -
+    b[c]``, less ``d`` at the pixels whose target ``tt`` is c, 0 where
+    ``tt`` < 0 (ignored; a select, so NaN logits there give 0 too); ``a``
+    in out's dtype, ``d`` float64, ``tt`` int64, each from index p. One
+    pass over the kept exponentials, so the gradient is final when stored
+    (by non-temporal stores, with ``nontemporal``, it could not be
+    corrected afterwards without reading it back from memory)."""
+    def codegen(context, builder, sig, args):
+        b = builder
+        oty = sig.args[6]
+        oarr = context.make_array(oty)(context, b, args[6])
+        C = b.extract_value(oarr.shape, 1)
+        inner = b.extract_value(oarr.shape, 2)
+        elem = context.get_data_type(oty.dtype)
+        size = context.get_abi_sizeof(elem)
+        vec = ir.VectorType(elem, lanes)
+        dvec = ir.VectorType(ir.DoubleType(), lanes)
+        tvec = ir.VectorType(ir.IntType(64), lanes)
+
+        def data(k):
+            return context.make_array(sig.args[k])(context, b, args[k]).data
+
+        cols, coef = data(0), data(1)
+        at = i64(b, args[5])
+        av = b.load(vptr(b, data(2), at, vec), align=size)
+        dv = b.load(vptr(b, data(3), at, dvec), align=8)
+        if elem != ir.DoubleType():
+            dv = b.fptrunc(dv, vec)
+        tv = b.load(vptr(b, data(4), at, tvec), align=8)
+        kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
+        zero = vector_of(vec, 0.0)
+        start = i64(b, args[7])
+
+        def store(c, carried):
+            v = b.load(vptr(b, cols, b.mul(c, const(lanes)), vec), align=size)
+            r = b.fsub(b.fmul(v, av), splat(b, vec, b.load(b.gep(coef, [c]))))
+            r = b.select(b.icmp_signed("==", tv, splat(b, tvec, c)), b.fsub(r, dv), r)
+            st = b.store(b.select(kept, r, zero),
+                         vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
+                         align=LINE if nontemporal else size)
+            if nontemporal:
+                mark_nontemporal(b, st)
+            return carried
+
+        loop(b, const(0), C, 1, [], store, "stores")
+        return context.get_dummy_value()
+    return codegen
+
+
 def plane_intrinsics(lanes):
     """The channels-first block intrinsics for blocks of ``lanes`` pixels
     (a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`':
@@ -235,14 +286,27 @@ def plane_intrinsics(lanes):
                     _storing(lanes, what, nontemporal))
         return store
 
+    def _grad_intrinsic(nontemporal):
+        @intrinsic
+        def store(typingctx, cols, coef, a, d, tt, p, out, start):
+            """The cross-entropy gradient of the block's pixels into ``out``
+            (see ``_storing_grad``)."""
+            if not (_is_planes(out) and all(_is_vec(v, out.dtype) for v in (cols, coef, a))
+                    and _is_vec(d, types.float64) and _is_vec(tt, types.int64)
+                    and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
+                return None
+            return (types.none(cols, coef, a, d, tt, p, out, start),
+                    _storing_grad(lanes, nontemporal))
+        return store
+
     return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,
                            wsum=planes_wsum, argmax_expstore=planes_argmax_expstore,
                            store_softmax=_store_intrinsic(STORE_SOFTMAX),
                            store_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX),
-                           store_grad=_store_intrinsic(STORE_GRAD),
+                           store_grad=_grad_intrinsic(False),
                            stream_softmax=_store_intrinsic(STORE_SOFTMAX, True),
                            stream_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX, True),
-                           stream_grad=_store_intrinsic(STORE_GRAD, True))
+                           stream_grad=_grad_intrinsic(True))
 
 
 _TARGET = plane_intrinsics(LANES)

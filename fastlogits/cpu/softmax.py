@@ -34,10 +34,10 @@ from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, regi
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.stream import stream_copy, stream_fence
+from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
-                                  tile_max, work_chunks)
+                                  tile_max, tile_to_out, work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -106,33 +106,6 @@ def _lse(P, m, s, inv_t, red, r0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _stream_rows_c(ebuf, out, o, i0, P):
-    """:func:`_rows_to_out` by non-temporal stores (C-contiguous out)."""
-    C, inner, T = out.shape[1], out.shape[2], ebuf.shape[2]
-    for c in range(C):
-        stream_copy(ebuf, c * T, out, (o * C + c) * inner + i0, P)
-
-
-#: :func:`_stream_rows_c` where out is C-contiguous; nothing otherwise (then
-#: ``stream`` is false).
-_stream_rows = on_c_planes(_stream_rows_c)
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _rows_to_out(ebuf, out, o, i0, P, stream):
-    """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a tile's class rows from
-    the L1 scratch into the output, by non-temporal stores with
-    ``stream`` (:mod:`fastlogits.cpu.stream`)."""
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-    if stream:
-        _stream_rows(ebuf, out, o, i0, P)
-        return
-    for c in range(out.shape[1]):
-        for p in range(P):
-            out[o, c, i0 + p] = ebuf[0, c, p]
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, write):
     """Pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
     ``planeblock.LANES``: one pass over x finds each block's max and
@@ -167,7 +140,7 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, 
         else:
             planes_store_log_softmax(qcols, m, inv_t, g, q, ebuf, q)
     if write != WRITE_STREAM:
-        _rows_to_out(ebuf, out, o, i0, P, write == WRITE_EBUF_STREAM)
+        tile_to_out(ebuf, out, o, i0, P, write == WRITE_EBUF_STREAM)
 
 
 #: :func:`_plane_tile_c` where x and out are C-contiguous; nothing otherwise
@@ -228,7 +201,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
-                _rows_to_out(ebuf, out, o, i0, P, stream)
+                tile_to_out(ebuf, out, o, i0, P, stream)
         if stream:
             stream_fence()
 

@@ -24,7 +24,9 @@ from numba import njit
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import fexp_shifted
 from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
+from fastlogits.cpu.planeblock import on_c_planes
 from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
+from fastlogits.cpu.stream import stream_copy
 
 #: Classes summed in the input precision before the partial sum is added to
 #: a float64 total: float32 sums stay accurate for C in the hundreds of
@@ -161,6 +163,34 @@ def store_transposed(buf, P, out2, r0):
     for p in range(P8, P):
         for c in range(C):
             out2[r0 + p, c] = buf[0, c, p]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _stream_rows_c(ebuf, out, o, i0, P):
+    """:func:`tile_to_out` by non-temporal stores (C-contiguous out)."""
+    C, inner, T = out.shape[1], out.shape[2], ebuf.shape[2]
+    for c in range(C):
+        stream_copy(ebuf, c * T, out, (o * C + c) * inner + i0, P)
+
+
+#: :func:`_stream_rows_c` where out is C-contiguous; nothing otherwise (the
+#: callers stream only into C-contiguous outputs).
+_stream_rows = on_c_planes(_stream_rows_c)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def tile_to_out(ebuf, out, o, i0, P, stream):
+    """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a channels-first tile's
+    class rows from an L1 scratch (1, C, T) into the x-sized output (outer,
+    C, inner), by non-temporal stores with ``stream``
+    (:mod:`fastlogits.cpu.stream`: out must then be C-contiguous)."""
+    i0 = max(i0, 0)
+    if stream:
+        _stream_rows(ebuf, out, o, i0, P)
+        return
+    for c in range(out.shape[1]):
+        for p in range(P):
+            out[o, c, i0 + p] = ebuf[0, c, p]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
