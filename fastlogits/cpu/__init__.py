@@ -126,10 +126,17 @@ def _plane_blocks(C, with_sums):
     return C <= (min(top, SUM_BLOCK) if with_sums else top)
 
 
-def _streams(out):
-    """Whether the x-sized output ``out`` is written by non-temporal stores
-    (:mod:`.stream`): C-contiguous and at least ``config.CPU_STREAM_MIN_BYTES``."""
-    return out.flags.c_contiguous and out.nbytes >= config.CPU_STREAM_MIN_BYTES
+def _streams(x, out):
+    """Whether the channels-first kernels write the x-sized output ``out``
+    by non-temporal stores (:mod:`.stream`): C-contiguous, at least
+    ``config.CPU_STREAM_MIN_BYTES``, and not over x. In place, the lines
+    are in cache (just read): a non-temporal store must evict each first,
+    and softmax in place took 2x longer so. (Channels-last outputs are
+    not streamed: into fresh pages, which the kernel zeroes through the
+    cache as it maps them, softmax took 1.15x longer so; bench/RESULTS.md,
+    log 38.)"""
+    return (out.flags.c_contiguous and out.nbytes >= config.CPU_STREAM_MIN_BYTES
+            and not np.may_share_memory(x, out))
 
 
 def _plane_write(x3, out3, stream):
@@ -183,7 +190,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
             blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
                       and out3.flags.c_contiguous)
-            stream = _streams(out3)
+            stream = _streams(x3, out3)
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct, blocks,
                          stream, _plane_write(x3, out3, stream))
         else:

@@ -586,7 +586,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             g = gwork if want_grad else _stand_in(3, dtype)
             lw = lwork if want_loss else _stand_in(2, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
-            stream = want_grad and _streams(g)
+            stream = want_grad and _streams(x3, g)
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
                         _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), stream,
                         _plane_write(x3, g, stream))
