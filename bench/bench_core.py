@@ -55,10 +55,12 @@ def test_op(benchmark, op, shape, layout, impl):
 
 
 @pytest.mark.parametrize("threads", _bandwidth.thread_counts())
-@pytest.mark.parametrize("kind", ["read", "copy"])
+@pytest.mark.parametrize("kind", ["read", "copy", "copy-nt"])
 def test_bandwidth(benchmark, kind, threads):
     """The ceilings, measured in the same run with one thread and with all
-    (bench/report.py takes the better of the two, as ``fastlogits bench``)."""
+    (bench/report.py takes the better of the two, as ``fastlogits bench``;
+    for the copy, the better of ordinary and non-temporal stores,
+    "copy-nt")."""
     import numba
 
     n = (256 << 20) // 4 if FULL else 1 << 16
@@ -75,6 +77,6 @@ def test_bandwidth(benchmark, kind, threads):
         else:
             out = np.empty_like(x)
             benchmark.extra_info.update(floor_bytes=2 * x.nbytes, impl=impl)
-            benchmark(_bandwidth.copy_kernel, x, out, nblocks)
+            benchmark(_bandwidth.copy_kernel, x, out, nblocks, kind == "copy-nt")
     finally:
         numba.set_num_threads(saved)

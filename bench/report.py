@@ -30,11 +30,13 @@ def main(path):
                  if impl.split("[")[0] == kind]
         return max(rates) if rates else None
 
-    read_gbps, copy_gbps = ceiling_gbps("read"), ceiling_gbps("copy")
+    read_gbps = ceiling_gbps("read")
+    copy_gbps = max(filter(None, (ceiling_gbps("copy"), ceiling_gbps("copy-nt"))), default=None)
     cpu = data["machine_info"].get("cpu", {}).get("brand_raw", "?")
     if read_gbps and copy_gbps:
         print(f"machine: {cpu}, read {read_gbps:.1f} GB/s, copy {copy_gbps:.1f} GB/s "
-              "(read+write; best of one thread and all threads), same run\n")
+              "(read+write, ordinary or non-temporal stores; best of one thread and all "
+              "threads), same run\n")
     else:  # e.g. bench_losses.py run without bench_core.py's test_bandwidth
         print(f"machine: {cpu}; no bandwidth measured in this run (add "
               "bench/bench_core.py -k bandwidth): no % of ceiling\n")
