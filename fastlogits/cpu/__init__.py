@@ -23,8 +23,10 @@ from fastlogits._layout import reshape_view
 
 
 def _tile_pixels(C):
-    """Pixels per tile: ``CPU_TILE_PIXELS``, fewer for large C (>= 16)."""
-    return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C)))
+    """Pixels per tile: ``CPU_TILE_PIXELS``, fewer for large C; a multiple
+    of 16 (at least 16), so the channels-first tiles that start on a
+    64-byte line (``tiles.cf_tile``) all do."""
+    return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C) // 16 * 16))
 
 
 class launch_threads:

@@ -74,7 +74,9 @@ def cf_tile(x, job, per_image, tile):
     block is the next block's too, and the C planes' lines, a multiple of
     4 KiB apart, evict each other from L1 in between; bench/RESULTS.md,
     log 37). Every class plane starts its lines at the same pixel when a
-    plane is a whole number of lines (inner * itemsize % 64 == 0)."""
+    plane is a whole number of lines (inner * itemsize % 64 == 0). ``tile``
+    must be a multiple of 16 (``cpu._tile_pixels``): a line of float32.
+    (The non-temporal stores of the blocks rely on it.)"""
     inner = x.shape[2]
     o = job // per_image
     k = job - o * per_image
