@@ -61,8 +61,10 @@ CPU_ROW_BLOCK_XENT_MAX_CLASSES = 96
 #: pixels reduced in registers (``cpu.planeblock``), every op; more
 #: classes through the tile loops. (The ops that sum exponentials are
 #: capped at ``cpu.tiles.SUM_BLOCK`` whatever this says: a block's
-#: exp-sum runs in x's precision.) Measured: bench/RESULTS.md, log 37.
-CPU_PLANE_BLOCK_MAX_CLASSES = 40
+#: exp-sum runs in x's precision.) Measured on AMD Zen 4 (bench/RESULTS.md,
+#: log 37): the blocks 1.03-1.36x faster than the tiles at 64 classes,
+#: 0.86-0.94x at 96 (a block reads a line from each of C planes).
+CPU_PLANE_BLOCK_MAX_CLASSES = 64
 
 #: Channels-last views with non-contiguous rows and at least this many
 #: classes are copied to contiguous rows for the row kernels: a tile of 16
@@ -75,6 +77,11 @@ CPU_ROW_COPY_MIN_CLASSES = 16384
 #: hardware prefetcher alone left memory and arithmetic mostly serial
 #: (bench/RESULTS.md, log 22).
 CPU_PREFETCH_BYTES = 4096
+
+#: The channels-first register blocks (``cpu.planeblock``) prefetch each
+#: class plane this many bytes ahead of the block they work on; 0 turns
+#: it off (bench/RESULTS.md, log 37).
+CPU_PREFETCH_PLANE_BYTES = 256
 
 
 #: Outputs the size of x (softmax, log_softmax, the cross-entropy

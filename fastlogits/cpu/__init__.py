@@ -194,7 +194,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
                       and out3.flags.c_contiguous)
             stream = _streams(x3, out3)
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct, blocks,
-                         stream, _plane_write(x3, out3, stream))
+                         stream, _plane_write(x3, out3, stream), config.CPU_PREFETCH_PLANE_BYTES)
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads, config.CPU_PREFETCH_BYTES)
@@ -214,7 +214,8 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads,
-                        _plane_blocks(C, with_conf) and x3.flags.c_contiguous)
+                        _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
+                        config.CPU_PREFETCH_PLANE_BYTES)
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
                              config.CPU_PREFETCH_BYTES, blocks)

@@ -18,7 +18,8 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
-from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
+                                     prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
@@ -41,15 +42,17 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols):
+def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols, ahead):
     """Labels (and confidence) of pixels ``i0 .. i0 + P - 1`` of image o
     into ``labels[i0:i0 + P]``, P a multiple of ``planeblock.LANES``: block
     by block, each block's max, index (and exp-sum, from the scores it
-    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.planeblock`)."""
+    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.planeblock`),
+    prefetching ``ahead`` pixels ahead (:func:`prefetch_planes`)."""
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
     for q in range(0, P, LANES):
+        prefetch_planes(x, start + q, LANES, ahead)
         if with_conf:
             planes_argmax_expsum(x, start + q, m, idx, q, inv_t, cols, s)
         else:
@@ -74,15 +77,17 @@ def _shares(C, with_conf):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks):
+def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
     (without ``with_conf``, ``conf`` may be any array of that type: not
     touched). Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With
     ``blocks`` (C-contiguous x; C <= ``tiles.SUM_BLOCK`` for classify),
     each tile's whole blocks of ``planeblock.LANES`` pixels go by the
     register blocks and the rest by the tile loops; without, every pixel
-    by the tile loops."""
+    by the tile loops. The blocks prefetch ``ahead_bytes`` ahead in each
+    class plane."""
     outer, C, inner = x.shape
+    ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
@@ -101,7 +106,8 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks):
             # conf may be a one-row stand-in (argmax): row o only with_conf.
             co = conf[o if with_conf else 0]
             if PB > 0:
-                _plane_tile(x, o, i0, PB, labels[o], co, inv_t, with_conf, m, idx, s, cols)
+                _plane_tile(x, o, i0, PB, labels[o], co, inv_t, with_conf, m, idx, s, cols,
+                            ahead)
             if PB < P:
                 pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
                 _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,

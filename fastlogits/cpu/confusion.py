@@ -28,7 +28,8 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _plane_blocks, _row_blocks, _tile_pixels, launch_threads
 from fastlogits.cpu.planeblock import LANES, planes_argmax
-from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, rows_ahead
+from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
+                                     prefetch_rows, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
@@ -62,12 +63,14 @@ def _merge(hists, counts):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks):
+def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
     """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner). With
     ``blocks``, each tile's whole blocks of ``planeblock.LANES`` pixels go
     by the register blocks (:mod:`fastlogits.cpu.planeblock`), the rest by
-    the tile loop."""
+    the tile loop; the blocks prefetch ``ahead_bytes`` ahead in each class
+    plane."""
     outer, C, inner = x.shape
+    ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = max(1, min(nchunks, njobs))
@@ -85,6 +88,7 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks):
             PB = P - P % LANES if blocks else 0
             start = o * C * inner + i0
             for q in range(0, PB, LANES):
+                prefetch_planes(x, start + q, LANES, ahead)
                 planes_argmax(x, start + q, m, idx, q)
             if PB < P:
                 tile_argmax(x, o, i0 + PB, P - PB, m[PB:], m2, idx[PB:], no_region(x))
@@ -170,7 +174,7 @@ def run_confusion(x3, t2, ignore_index, counts):
         nchunks = _chunks(C, nthreads)
         if inner > 1:
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C),
-                                    _plane_blocks(C, False)))
+                                    _plane_blocks(C, False), config.CPU_PREFETCH_PLANE_BYTES))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
         blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)

@@ -49,7 +49,8 @@ from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstore,
                                        planes_argmax_expsum, planes_store_grad,
                                        planes_stream_grad, planes_wsum)
-from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
+                                     prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_grad, rows_wsum)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -255,7 +256,7 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                    want_grad, write, idx, cols, ebuf, sc, acc):
+                    want_grad, write, idx, cols, ebuf, sc, acc, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
     ``planeblock.LANES``, by the register blocks of
     :mod:`fastlogits.cpu.planeblock`: one pass over x finds each block's
@@ -267,13 +268,15 @@ def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, wan
     kept exponentials (``b`` from :func:`_grad_coef`; ignored pixels and
     targets included), written as ``write`` says
     (``softmax.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
-    straight into ``grad`` by non-temporal stores)."""
+    straight into ``grad`` by non-temporal stores). Prefetches ``ahead``
+    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
     m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
     one = x.dtype.type(1.0)
     for q in range(0, P, LANES):
+        prefetch_planes(x, start + q, LANES, ahead)
         qcols = cols[q * C:(q + LANES) * C]
         if want_grad:
             planes_argmax_expstore(x, start + q, m, idx, q, one, qcols, s)
@@ -309,7 +312,7 @@ _plane_losses = on_c_planes(_plane_losses_c)
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
-          direct, blocks, stream, write):
+          direct, blocks, stream, write, ahead_bytes):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     (outer, inner). ``grad``/``loss`` are untouched (may be any array of
     that type) without ``want_grad``/``want_loss``.
@@ -317,8 +320,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
     and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
-    the gradient written as ``write`` says (``softmax.WRITE_*``); the
-    rest by the tile loops.
+    the gradient written as ``write`` says (``softmax.WRITE_*``), and
+    prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
+    tile loops.
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
@@ -331,6 +335,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     outer, C, inner = x.shape
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
+    ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
@@ -352,7 +357,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             PB = P - P % LANES if blocks else 0
             if PB > 0:
                 _plane_losses(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
-                              want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc)
+                              want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc,
+                              ahead)
                 i0 += PB
                 P -= PB
                 if P == 0:
@@ -589,7 +595,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             stream = want_grad and _streams(x3, g)
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
                         _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), stream,
-                        _plane_write(x3, g, stream))
+                        _plane_write(x3, g, stream), config.CPU_PREFETCH_PLANE_BYTES)
         else:
             x2 = x3.reshape(outer, C)
             g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)

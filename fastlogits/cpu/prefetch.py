@@ -56,28 +56,38 @@ def prefetch(typingctx, arr, index):
     return types.none(arr, index), codegen
 
 
-def _prefetch_call(builder, ptr):
+#: ``llvm.prefetch`` localities: into every cache level (``prefetcht0``),
+#: or into L2 and below (``prefetcht1``), leaving L1 alone.
+EVERY_LEVEL, L2_DOWN = 3, 2
+
+
+def _prefetch_call(builder, ptr, locality=EVERY_LEVEL):
     """``llvm.prefetch`` of the line holding ``ptr``."""
     i8p = ir.IntType(8).as_pointer()
     i32 = ir.IntType(32)
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-    # rw = 0 (read), locality = 3 (keep in every level), cache = 1 (data)
-    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+    # rw = 0 (read), locality, cache = 1 (data)
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, locality),
                       ir.Constant(i32, 1)])
 
 
-@intrinsic
-def prefetch_span(typingctx, arr, a, b):
-    """Prefetch the cache lines whose first byte lies in ``arr.flat[a:b]``
-    (a C-contiguous array): consecutive spans then request every line
-    once, and a span's partial first line is left to the span before it
-    (a row kernel's previous row, a channels-first tile's previous tile),
-    which has already brought it in."""
-    if not (isinstance(arr, types.Array) and isinstance(a, types.Integer)
-            and isinstance(b, types.Integer)):
-        return None
+def _span_intrinsic(locality):
+    @intrinsic
+    def prefetch_span(typingctx, arr, a, b):
+        """Prefetch the cache lines whose first byte lies in ``arr.flat[a:b]``
+        (a C-contiguous array): consecutive spans then request every line
+        once, and a span's partial first line is left to the span before it
+        (a row kernel's previous row, a channels-first tile's previous tile),
+        which has already brought it in."""
+        if not (isinstance(arr, types.Array) and isinstance(a, types.Integer)
+                and isinstance(b, types.Integer)):
+            return None
+        return types.none(arr, a, b), _span_codegen(arr, locality)
+    return prefetch_span
 
+
+def _span_codegen(arr, locality):
     def codegen(context, builder, signature, args):
         i64 = ir.IntType(64)
         ary = context.make_array(signature.args[0])(context, builder, args[0])
@@ -90,13 +100,19 @@ def prefetch_span(typingctx, arr, a, b):
                              ir.Constant(i64, -LINE_BYTES))
 
         def body(addr, carried):
-            _prefetch_call(builder, builder.inttoptr(addr, ir.IntType(8).as_pointer()))
+            _prefetch_call(builder, builder.inttoptr(addr, ir.IntType(8).as_pointer()), locality)
             return []
 
         loop(builder, first, stop, LINE_BYTES, [], body, "prefetch")
         return context.get_dummy_value()
 
-    return types.none(arr, a, b), codegen
+    return codegen
+
+
+#: ``prefetch_span(arr, a, b)``: the lines into every cache level.
+prefetch_span = _span_intrinsic(EVERY_LEVEL)
+#: The same into L2 and below (see :func:`prefetch_planes`).
+prefetch_span_l2 = _span_intrinsic(L2_DOWN)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -151,6 +167,45 @@ def prefetch_rows(x2, r, n, ahead):
     if ahead > 0:
         C = x2.shape[1]
         prefetch_span(x2, (r + ahead) * C, (r + ahead + n) * C)
+
+
+#: The channels-first blocks of fewer classes are not prefetched: the
+#: hardware prefetcher follows that many streams (8 classes: 0.97-0.98x
+#: with the prefetch, 19 and 40: 1.1-1.5x; bench/RESULTS.md, log 37).
+PLANES_PREFETCH_MIN_CLASSES = 16
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def planes_ahead(x, ahead_bytes):
+    """How many pixels ahead of the current block the channels-first
+    register blocks prefetch: ``ahead_bytes``
+    (``config.CPU_PREFETCH_PLANE_BYTES``; 0 turns it off) worth of a class
+    plane of x; none below :data:`PLANES_PREFETCH_MIN_CLASSES` classes."""
+    if x.shape[1] < PLANES_PREFETCH_MIN_CLASSES:
+        return 0
+    return max(0, ahead_bytes) // x.itemsize
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def prefetch_planes(x, start, n, ahead):
+    """Prefetch, in every class plane of the C-contiguous (outer, C, inner)
+    x, the ``n`` scores ``ahead`` pixels past the block at flat index
+    ``start`` (see :mod:`fastlogits.cpu.planeblock`); ``ahead`` 0 does
+    nothing.
+
+    The hardware prefetcher follows a few streams, not the C of a
+    channels-first block (each a plane apart): with each block's lines
+    requested a few blocks ahead, the 19-class classify took 1.1-1.3x
+    less time on AMD Zen 4 (bench/RESULTS.md, log 37). Into L2, not L1:
+    in planes a multiple of 4 KiB apart (1024 x 2048 pixels, ...) the C
+    lines of a block share one L1 set, and prefetched into L1 they evicted
+    the lines being read (then the same prefetch made the 19-class argmax
+    1.2x slower)."""
+    if ahead > 0:
+        C, inner = x.shape[1], x.shape[2]
+        for c in range(C):
+            a = start + c * inner + ahead
+            prefetch_span_l2(x, a, a + n)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

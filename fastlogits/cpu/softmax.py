@@ -30,7 +30,8 @@ from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstor
                                        planes_argmax_expsum, planes_store_log_softmax,
                                        planes_store_softmax, planes_stream_log_softmax,
                                        planes_stream_softmax)
-from fastlogits.cpu.prefetch import no_region, prefetch_row, prefetch_rows, region_from, rows_ahead
+from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
+                                     prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -106,7 +107,7 @@ def _lse(P, m, s, inv_t, red, r0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, write):
+def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, write, ahead):
     """Pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
     ``planeblock.LANES``: one pass over x finds each block's max and
     exp-sum in registers, keeping its scores (softmax: their
@@ -115,11 +116,13 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, 
     be x: the tile's scores are all read before any is written) as
     ``write`` says (see :data:`WRITE_EBUF`); or the logsumexp into
     ``red[o]``. For logsumexp ``out`` is a stand-in, for
-    softmax/log_softmax ``red``: neither is touched."""
+    softmax/log_softmax ``red``: neither is touched. Prefetches ``ahead``
+    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
     for q in range(0, P, LANES):
+        prefetch_planes(x, start + q, LANES, ahead)
         if mode == SOFTMAX:
             planes_argmax_expstore(x, start + q, m, idx, q, inv_t, cols[q * C:(q + LANES) * C], s)
         else:
@@ -149,14 +152,16 @@ _plane_tile = on_c_planes(_plane_tile_c)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream, write):
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream, write,
+               ahead_bytes):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
     Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
     and out C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
-    written as ``write`` says (``WRITE_*``), the rest by the tile loops.
+    written as ``write`` says (``WRITE_*``) and prefetching
+    ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
     There, with ``direct`` (out C-contiguous and not overlapping x) the
     results are written straight into ``out``; otherwise through an L1
     scratch. With ``stream`` (a C-contiguous ``out`` larger than the
@@ -170,6 +175,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
     blocks make one pass.)
     """
     outer, C, inner = x.shape
+    ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
@@ -189,7 +195,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
             PB = P - P % LANES if blocks else 0
             if PB > 0:
                 _plane_tile(x, out, red, o, i0, PB, inv_t, mode, m, g, idx, s, cols, ebuf,
-                            write)
+                            write, ahead)
                 i0 += PB
                 P -= PB
                 if P == 0:
