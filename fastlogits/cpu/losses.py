@@ -356,7 +356,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             lo = loss[o if want_loss else 0]
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
+                _plane_losses_c(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
                               want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc,
                               ahead)
                 i0 += PB
