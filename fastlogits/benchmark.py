@@ -443,8 +443,8 @@ def format_table(report):
         + (f", torch {m['torch']}" if m.get("torch") else ", torch not installed"),
         f"memory bandwidth (measured in this run, best of 1 and all threads): read "
         f"{bw['read']:.1f} GB/s{_by_threads(bw, 'read')}, "
-        f"copy {bw['copy']:.1f} GB/s{_by_threads(bw, 'copy')} (read + write, the better of ordinary "
-        "and non-temporal stores)"
+        f"copy {bw['copy']:.1f} GB/s{_by_threads(bw, 'copy')} (read + write, the better of "
+        "ordinary and non-temporal stores)"
         + (f", GPU device copy {bw['device_copy']:.0f} GB/s" if bw.get("device_copy") else ""),
         "GB/s counts one read of x (and target) plus the outputs; % of the read bandwidth, "
         "or of the copy bandwidth for softmax/log_softmax",

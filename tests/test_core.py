@@ -315,7 +315,7 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
     the scratch tile elsewhere (planes of 37 pixels, out on another
     offset); special values in block pixels and in the rest."""
     from fastlogits.cpu import _plane_write
-    from fastlogits.cpu.softmax import WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
 
     monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)

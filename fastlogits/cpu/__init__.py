@@ -143,13 +143,13 @@ def _streams(x, out):
 
 def _plane_write(x3, out3, stream):
     """How the channels-first register blocks write an x-sized output
-    (``softmax.WRITE_*``): straight into ``out3`` by non-temporal stores
+    (``planeblock.WRITE_*``): straight into ``out3`` by non-temporal stores
     when streaming and every block of it starts a 64-byte line where x's
     does (x's blocks start lines, see ``tiles.cf_tile``: a plane of a
     whole number of lines, and out on the same line offset as x), else
     through the L1 scratch tile, streamed or not."""
     from fastlogits.cpu.prefetch import LINE_BYTES as line
-    from fastlogits.cpu.softmax import WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.planeblock import WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 
     if not stream:
         return WRITE_EBUF

@@ -7,8 +7,8 @@ plain argmax; the branch sits outside the inner loops.
 
 Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
 first: blocks of pixels reduced in registers, :mod:`fastlogits.cpu.planeblock`,
-and tiles for the rest), :func:`argmax_cl_tiles` (channels-last, few classes or rows that are not
-contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
+and tiles for the rest), :func:`argmax_cl_tiles` (channels-last, few classes
+or rows that are not contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
 register-transposed blocks of rows of :mod:`fastlogits.cpu.rowblock` or
 the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
 """

@@ -11,9 +11,10 @@ Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted, not binned;
 the caller raises the error (and adds nothing to ``out=``).
 
-Drivers: :func:`confusion_cf` (channels-first: register blocks of
-pixels, :mod:`fastlogits.cpu.planeblock`, and tiles for the rest), :func:`confusion_cl_tiles`
-(channels-last, few classes, a tile of rows transposed into an L1 scratch),
+Drivers: :func:`confusion_cf` (channels-first: register blocks of pixels,
+:mod:`fastlogits.cpu.planeblock`, and tiles for the rest),
+:func:`confusion_cl_tiles` (channels-last, few classes, a tile of rows
+transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
 ``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more: vector row kernels,
 or register-transposed blocks of ``rowblock.ROWS`` rows up to

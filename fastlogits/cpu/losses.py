@@ -28,8 +28,12 @@ driver reads all of a tile's (a block's, a row's) logits it needs before
 it writes that tile's gradient, and nothing else of x afterwards.
 
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
-:func:`ce_cf` (channels-first tiles), :func:`ce_cl_tiles` (channels-last,
-few classes: a tile of rows transposed into an L1 scratch) and
+:func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
+in registers, :mod:`fastlogits.cpu.planeblock`, for up to
+``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes; a large gradient written
+by non-temporal stores, :mod:`fastlogits.cpu.stream`), :func:`ce_cl_tiles`
+(channels-last, few classes: a tile of rows transposed into an L1
+scratch) and
 :func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
 ``config.CPU_ROW_BLOCK_XENT_MAX_CLASSES`` classes blocks of rows
 transposed in registers, the gradient included; from
@@ -46,15 +50,14 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _streams,
                             _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
-from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstore,
-                                       planes_argmax_expsum, planes_store_grad,
-                                       planes_stream_grad, planes_wsum)
+from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                       planes_argmax_expstore, planes_argmax_expsum,
+                                       planes_store_grad, planes_stream_grad, planes_wsum)
 from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
                                      prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_grad, rows_wsum)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.softmax import WRITE_EBUF_STREAM, WRITE_STREAM
 from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
@@ -255,8 +258,8 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                    want_grad, write, idx, cols, ebuf, sc, acc, ahead):
+def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
+                  want_grad, write, idx, cols, ebuf, sc, acc, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
     ``planeblock.LANES``, by the register blocks of
     :mod:`fastlogits.cpu.planeblock`: one pass over x finds each block's
@@ -267,7 +270,7 @@ def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, wan
     least P pixels), and with ``want_grad`` the final gradient from the
     kept exponentials (``b`` from :func:`_grad_coef`; ignored pixels and
     targets included), written as ``write`` says
-    (``softmax.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
+    (``planeblock.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
     straight into ``grad`` by non-temporal stores). Prefetches ``ahead``
     pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
     m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
@@ -305,11 +308,6 @@ def _plane_losses_c(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, wan
             tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
 
-#: :func:`_plane_losses_c` where x and grad are C-contiguous; nothing
-#: otherwise (``blocks`` is false then).
-_plane_losses = on_c_planes(_plane_losses_c)
-
-
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
           direct, blocks, stream, write, ahead_bytes):
@@ -320,7 +318,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
     and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
-    the gradient written as ``write`` says (``softmax.WRITE_*``), and
+    the gradient written as ``write`` says (``planeblock.WRITE_*``), and
     prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
     tile loops.
 
@@ -356,7 +354,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             lo = loss[o if want_loss else 0]
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses_c(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
+                _plane_losses(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
                               want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc,
                               ahead)
                 i0 += PB

@@ -13,15 +13,21 @@ These intrinsics take :data:`LANES` consecutive pixels of every class
 plane of a C-contiguous (outer, C, inner) x, one vector load per class,
 and reduce the classes with the pixels' running max, index and exp-sum in
 vector registers: the same part codegens as the channels-last row blocks
-of :mod:`.rowblock` (argmax with two chains, the fused exp-sum over the
-columns kept in an L1 scratch, the smoothing sum), on columns that need
-no transpose. The way back for softmax, log_softmax and the cross-entropy
-gradient stores each class's vector of results straight into its plane.
+of :mod:`.rowblock` (argmax in :data:`CHAINS` chains, the fused exp-sum
+over the columns kept in an L1 scratch, the smoothing sum), on columns
+that need no transpose. The way back for softmax, log_softmax and the
+cross-entropy gradient stores each class's vector of results into its
+plane of an L1 scratch tile, or straight into the output's by
+non-temporal stores (:data:`WRITE_EBUF`); the gradient leaves its store
+final (targets and ignored pixels included).
 
 The column scratch matters more here than for rows: the C segments of a
 block sit a plane apart, and planes whose size is a multiple of 4 KiB
 (1024 x 2048 pixels, 512 x 512, ...) put every one of them in the same L1
-and L2 set: a second pass over x would find most of them evicted.
+set (and, a multiple of 128 KiB, L2 set): a second pass over x would find
+most of them evicted. The drivers start blocks on 64-byte lines
+(:func:`fastlogits.cpu.tiles.cf_tile`) and prefetch the planes a few
+blocks ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
 
 A block is addressed by the flat index ``start = (o * C) * inner + i``
 of its first score (pixel i of image o, class 0); pixels ``i .. i +
@@ -36,7 +42,6 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-
 from fastlogits.cpu.irutil import const, i64, loop, splat, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_vec, _wsum_part,
@@ -50,9 +55,22 @@ LANES = ROWS
 
 _NINF = float("-inf")
 
+#: How the channels-first blocks write an x-sized output (softmax,
+#: log_softmax, the cross-entropy gradient): into an L1 scratch tile,
+#: then its class rows into out by ordinary stores (``WRITE_EBUF``) or
+#: non-temporal ones (``WRITE_EBUF_STREAM``, :mod:`.stream`); or straight
+#: from the blocks by non-temporal stores, a whole line per class and
+#: block (``WRITE_STREAM``: out's blocks must start lines, as x's do).
+#: Straight by ordinary stores, one line in each of C planes per block,
+#: ran 0.9x as fast as the tile loops' runs of lines (bench/RESULTS.md,
+#: log 38).
+WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM = 0, 1, 2
+
 #: Independent running (max, index) pairs of a block's argmax (class c0 + j
-#: of a step in pair j): each class's compare and select waits on the
-#: one before in its pair (bench/RESULTS.md, log 37).
+#: of a step in pair j, merged at the end), as the row blocks' two. One,
+#: two and four chains ran alike on AMD Zen 4 (in cache, 0.25-0.28 ns per
+#: score; bench/RESULTS.md, log 37): two, so the sums' two accumulators
+#: take the same steps.
 CHAINS = 2
 
 
@@ -136,31 +154,38 @@ def _reading(lanes, part_codegen):
     return codegen
 
 
+def _store_planes(context, builder, oty, oval, start, lanes, nontemporal, value):
+    """Store ``value(c)`` (a vector of ``lanes`` results) for every class c
+    at the block ``start`` of ``out`` (Numba type ``oty``, value ``oval``):
+    into class c's plane, by non-temporal stores (:mod:`.stream`) with
+    ``nontemporal``, which need every class's address to start a 64-byte
+    line."""
+    b = builder
+    oarr = context.make_array(oty)(context, b, oval)
+    C = b.extract_value(oarr.shape, 1)
+    inner = b.extract_value(oarr.shape, 2)
+    elem = context.get_data_type(oty.dtype)
+    size = context.get_abi_sizeof(elem)
+    vec = ir.VectorType(elem, lanes)
+    start = i64(b, start)
+
+    def store(c, carried):
+        st = b.store(value(c), vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
+                     align=LINE if nontemporal else size)
+        if nontemporal:
+            mark_nontemporal(b, st)
+        return carried
+
+    loop(b, const(0), C, 1, [], store, "stores")
+
+
 def _storing(lanes, what, nontemporal):
     """The codegen of a store intrinsic (args (cols, m, inv_t, g, p, out,
     start)): each class's results (:func:`fastlogits.cpu.rowblock.store_values`)
-    stored straight into its plane of ``out``; with ``nontemporal`` by
-    non-temporal stores (:mod:`.stream`), which need every class's
-    address to start a 64-byte line."""
+    into its plane of ``out`` (:func:`_store_planes`)."""
     def codegen(context, builder, sig, args):
-        b = builder
-        oarr = context.make_array(sig.args[5])(context, b, args[5])
-        C = b.extract_value(oarr.shape, 1)
-        inner = b.extract_value(oarr.shape, 2)
-        elem = context.get_data_type(sig.args[5].dtype)
-        size = context.get_abi_sizeof(elem)
-        vec = ir.VectorType(elem, lanes)
-        value = store_values(context, b, sig, args, lanes, 0, what)
-        start = i64(b, args[6])
-
-        def store(c, carried):
-            st = b.store(value(c), vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
-                         align=LINE if nontemporal else size)
-            if nontemporal:
-                mark_nontemporal(b, st)
-            return carried
-
-        loop(b, const(0), C, 1, [], store, "stores")
+        value = store_values(context, builder, sig, args, lanes, 0, what)
+        _store_planes(context, builder, sig.args[5], args[5], args[6], lanes, nontemporal, value)
         return context.get_dummy_value()
     return codegen
 
@@ -176,11 +201,7 @@ def _storing_grad(lanes, nontemporal):
     corrected afterwards without reading it back from memory)."""
     def codegen(context, builder, sig, args):
         b = builder
-        oty = sig.args[6]
-        oarr = context.make_array(oty)(context, b, args[6])
-        C = b.extract_value(oarr.shape, 1)
-        inner = b.extract_value(oarr.shape, 2)
-        elem = context.get_data_type(oty.dtype)
+        elem = context.get_data_type(sig.args[6].dtype)
         size = context.get_abi_sizeof(elem)
         vec = ir.VectorType(elem, lanes)
         dvec = ir.VectorType(ir.DoubleType(), lanes)
@@ -198,31 +219,30 @@ def _storing_grad(lanes, nontemporal):
         tv = b.load(vptr(b, data(4), at, tvec), align=8)
         kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
         zero = vector_of(vec, 0.0)
-        start = i64(b, args[7])
 
-        def store(c, carried):
+        def value(c):
             v = b.load(vptr(b, cols, b.mul(c, const(lanes)), vec), align=size)
             r = b.fsub(b.fmul(v, av), splat(b, vec, b.load(b.gep(coef, [c]))))
             r = b.select(b.icmp_signed("==", tv, splat(b, tvec, c)), b.fsub(r, dv), r)
-            st = b.store(b.select(kept, r, zero),
-                         vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
-                         align=LINE if nontemporal else size)
-            if nontemporal:
-                mark_nontemporal(b, st)
-            return carried
+            return b.select(kept, r, zero)
 
-        loop(b, const(0), C, 1, [], store, "stores")
+        _store_planes(context, b, sig.args[6], args[6], args[7], lanes, nontemporal, value)
         return context.get_dummy_value()
     return codegen
 
 
 def plane_intrinsics(lanes):
-    """The channels-first block intrinsics for blocks of ``lanes`` pixels
-    (a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`':
-    ``argmax``, ``argmax_expsum``, ``wsum``, ``argmax_expstore``,
-    ``store_softmax``, ``store_log_softmax``, ``store_grad``), each taking
-    x (outer, C, inner) and the block's ``start`` where the row blocks take
-    x (rows, C) and a row: the module's ``planes_*`` names are
+    """The channels-first block intrinsics for blocks of ``lanes`` pixels:
+    a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`'
+    (``argmax``, ``argmax_expsum``, ``wsum``, ``argmax_expstore``,
+    ``store_softmax``, ``store_log_softmax``), each taking x or out
+    (outer, C, inner) and the block's ``start`` where the row blocks take
+    (rows, C) and a row; ``store_grad(cols, coef, a, d, tt, p, out,
+    start)``, the final gradient (see ``_storing_grad``), where the row
+    blocks' leaves the targets and ignored pixels to their caller; and
+    ``stream_softmax``, ``stream_log_softmax``, ``stream_grad``: the
+    stores by non-temporal stores (every class's out address of the block
+    must start a 64-byte line). The module's ``planes_*`` names are
     ``plane_intrinsics(LANES)``; tests build other widths too."""
 
     @intrinsic
@@ -317,8 +337,6 @@ planes_argmax_expstore = _TARGET.argmax_expstore
 planes_store_softmax = _TARGET.store_softmax
 planes_store_log_softmax = _TARGET.store_log_softmax
 planes_store_grad = _TARGET.store_grad
-#: The stores by non-temporal stores: every class's ``out`` address of the
-#: block must start a 64-byte line.
 planes_stream_softmax = _TARGET.stream_softmax
 planes_stream_log_softmax = _TARGET.stream_log_softmax
 planes_stream_grad = _TARGET.stream_grad

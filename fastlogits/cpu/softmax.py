@@ -10,7 +10,8 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
   pixels (contiguous class rows), their whole blocks of pixels reduced in
   registers (:mod:`fastlogits.cpu.planeblock`) for up to
-  ``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes;
+  ``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes; a large output (not
+  over x) written by non-temporal stores (:mod:`fastlogits.cpu.stream`);
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
@@ -26,10 +27,10 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import flog
-from fastlogits.cpu.planeblock import (LANES, on_c_planes, planes_argmax_expstore,
-                                       planes_argmax_expsum, planes_store_log_softmax,
-                                       planes_store_softmax, planes_stream_log_softmax,
-                                       planes_stream_softmax)
+from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF_STREAM, WRITE_STREAM, on_c_planes,
+                                       planes_argmax_expstore, planes_argmax_expsum,
+                                       planes_store_log_softmax, planes_store_softmax,
+                                       planes_stream_log_softmax, planes_stream_softmax)
 from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
                                      prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
@@ -43,13 +44,6 @@ from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, lo
 SOFTMAX = 0
 LOG_SOFTMAX = 1
 LOGSUMEXP = 2
-
-#: How the channels-first register blocks write softmax and log_softmax:
-#: into an L1 scratch tile, then its class rows into out by ordinary
-#: stores (``WRITE_EBUF``) or non-temporal ones (``WRITE_EBUF_STREAM``), or
-#: straight into out by non-temporal stores, a line per class and block
-#: (``WRITE_STREAM``: out's blocks must start lines, as x's do).
-WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM = 0, 1, 2
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -114,7 +108,7 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, 
     exponentials) in ``cols`` (C * P); then the epilogue over the P
     pixels at once, and the results from ``cols`` into ``out`` (which may
     be x: the tile's scores are all read before any is written) as
-    ``write`` says (see :data:`WRITE_EBUF`); or the logsumexp into
+    ``write`` says (``planeblock.WRITE_*``); or the logsumexp into
     ``red[o]``. For logsumexp ``out`` is a stand-in, for
     softmax/log_softmax ``red``: neither is touched. Prefetches ``ahead``
     pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
@@ -160,7 +154,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
     Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
     and out C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
-    written as ``write`` says (``WRITE_*``) and prefetching
+    written as ``write`` says (``planeblock.WRITE_*``) and prefetching
     ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
     There, with ``direct`` (out C-contiguous and not overlapping x) the
     results are written straight into ``out``; otherwise through an L1
@@ -169,10 +163,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
     ``out`` by non-temporal stores (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
-    pass, the exp-sum pass and the write. (Not quite, for planes whose
-    size is a multiple of 4 KiB: their C segments of a tile share L1 and
-    L2 sets, and the passes after the first find many of them gone. The
-    blocks make one pass.)
+    pass, the exp-sum pass and the write.
     """
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
