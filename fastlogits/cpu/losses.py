@@ -143,13 +143,14 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad):
+def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc,
+                  loss, r0, want_loss):
     """Per pixel of the tile (see the module docstring): the loss into
     ``lp`` (0 where ignored, NaN where the max is not finite: a NaN, a
-    +inf, or all -inf) and, with ``want_grad``, ``a = A / s`` and ``d = g
-    (1 - eps) w[t]`` (a loop of their own: without a gradient its
-    division is not paid). Returns ``(sum of the losses, sum of the
-    target weights)``.
+    +inf, or all -inf) and, with ``want_loss``, into ``loss[r0:r0 + P]``;
+    with ``want_grad``, ``a = A / s`` and ``d = g (1 - eps) w[t]`` (a loop
+    of their own: without a gradient its division is not paid). Adds the
+    sum of the losses to ``acc[0]``, of the target weights to ``acc[1]``.
 
     Branch-free (selects, and :func:`flog` instead of libm's scalar
     ``log``) so the loop runs at vector width. The log is taken in x's
@@ -170,14 +171,14 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_
         mx = np.float64(m[p])
         sp = s[p]
         lse = np.float64(flog(m.dtype.type(sp)))
-        loss = wp * (lse + (mx - xt[p]))
-        smoothed = keep * loss + epsc * (wall * lse + sm[p])
-        loss = smoothed if smooth else loss
+        lv = wp * (lse + (mx - xt[p]))
+        smoothed = keep * lv + epsc * (wall * lse + sm[p])
+        lv = smoothed if smooth else lv
         fin = is_finite(mx)
-        loss = loss if fin else np.nan
-        loss = loss if ok else 0.0
-        lp[p] = loss
-        lsum += loss
+        lv = lv if fin else np.nan
+        lv = lv if ok else 0.0
+        lp[p] = lv
+        lsum += lv
         wsum += wp
     if want_grad:
         for p in range(P):
@@ -185,7 +186,12 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_
             ap = gscale * (keep * wp + epsc * wall) / s[p]
             a[p] = ap if is_finite(m[p]) else np.nan
             d[p] = gscale * keep * wp
-    return lsum, wsum
+    acc[0] += lsum
+    acc[1] += wsum
+    if want_loss:
+        r0 = max(r0, 0)  # no wraparound select (see tiles.py)
+        for p in range(P):
+            loss[r0 + p] = lp[p]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -207,14 +213,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
-                               want_grad)
-    acc[0] += lsum
-    acc[1] += wsum
-    if want_loss:
-        r0 = max(r0, 0)
-        for p in range(P):
-            loss[r0 + p] = lp[p]
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
+                  r0, want_loss)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -290,13 +290,8 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     if eps > 0.0:
         for q in range(0, P, LANES):
             planes_wsum(x, start + q, m, q, w, sm)
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
-                               want_grad)
-    acc[0] += lsum
-    acc[1] += wsum
-    if want_loss:
-        for p in range(P):
-            loss[i0 + p] = lp[p]
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
+                  i0, want_loss)
     if want_grad:
         for q in range(0, P, LANES):
             qcols = cols[q * C:(q + LANES) * C]
@@ -444,13 +439,8 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     if eps > 0.0:
         for q in range(0, P, ROWS):
             rows_wsum(x, r0 + q, m, q, w, sm)
-    lsum, wsum = _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d,
-                               want_grad)
-    acc[0] += lsum
-    acc[1] += wsum
-    if want_loss:
-        for p in range(P):
-            loss[r0 + p] = lp[p]
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
+                  r0, want_loss)
     if want_grad:
         zero = grad.dtype.type(0.0)
         for q in range(0, P, ROWS):
@@ -522,12 +512,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             sm1[0] = sm
             wt1[0] = w64[ti]
             tt1[0] = ti
-            lsum, wsum = _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1,
-                                       a1, d1, want_grad)
-            acc[0] += lsum
-            acc[1] += wsum
-            if want_loss:
-                loss[r] = lp1[0]
+            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1, a1, d1,
+                          want_grad, acc, loss, r, want_loss)
             if want_grad:
                 apx = a1[0]
                 for c in range(C):
