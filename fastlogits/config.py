@@ -58,13 +58,18 @@ CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES = 63
 CPU_ROW_BLOCK_XENT_MAX_CLASSES = 96
 
 #: Channels-first maps of up to this many classes go through blocks of
-#: pixels reduced in registers (``cpu.planeblock``), every op; more
-#: classes through the tile loops. (The ops that sum exponentials are
-#: capped at ``cpu.tiles.SUM_BLOCK`` whatever this says: a block's
-#: exp-sum runs in x's precision.) Measured on AMD Zen 4 (bench/RESULTS.md,
-#: log 37): the blocks 1.03-1.36x faster than the tiles at 64 classes,
-#: 0.86-0.94x at 96 (a block reads a line from each of C planes).
+#: pixels reduced in registers (``cpu.planeblock``) for the ops with
+#: exponentials (classify, softmax, log_softmax, logsumexp,
+#: cross_entropy); more classes through the tile loops. (Capped at
+#: ``cpu.tiles.SUM_BLOCK`` whatever this says: a block's exp-sum runs in
+#: x's precision.) Measured on AMD Zen 4 against the prefetching tiles
+#: (bench/RESULTS.md, log 37): classify and cross_entropy 1.08-1.26x
+#: faster by the blocks at 64 and 80 classes, softmax 0.92-0.99x.
 CPU_PLANE_BLOCK_MAX_CLASSES = 64
+
+#: The same for argmax and confusion_matrix: the blocks 1.2-1.8x faster
+#: than the tiles at 19 and 48 classes, 0.84-0.87x at 64 and 80.
+CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES = 48
 
 #: Channels-last views with non-contiguous rows and at least this many
 #: classes are copied to contiguous rows for the row kernels: a tile of 16

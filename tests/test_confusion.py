@@ -102,6 +102,25 @@ def test_channels_last_paths(rng, path, monkeypatch):
         check(x, make_target(rng, (57,), C), -1)
 
 
+@pytest.mark.parametrize("path", ["tiles", "blocks"])
+def test_channels_first_paths(rng, path, monkeypatch):
+    """Channels-first maps through the register blocks of pixels or the
+    (prefetching, from 16 classes) tile loops, forced, with NaN, +-inf,
+    all -inf pixels and ties, in the blocks and in each image's rest (37
+    pixels an image, two images); the prefetch distance at every class
+    count up to C (its rows past the last class are skipped)."""
+    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES",
+                        10**9 if path == "blocks" else 0)
+    for C in (1, 2, 3, 8, 9, 15, 16, 17, 19, 24, 33, 96):
+        x = make_logits(rng, (2, C, 37))
+        x[0, C // 2, 3] = np.nan
+        x[1, 0, 20] = np.inf
+        x[0, :, 35] = -np.inf
+        x[1, :, 36] = 1.0
+        x[1, -1, 5] = x[1, :, 5].max()
+        check(x, make_target(rng, (2, 37), C), 1)
+
+
 def test_float16_chunks(rng, monkeypatch):
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 40)
     for shape, axis in [((5, 33, 19), -1), ((3, 19, 100), 1)]:

@@ -294,6 +294,7 @@ def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
     per image: whole blocks of ``planeblock.LANES`` and a rest for the
     tiles), two images; in place for the ops with an x-shaped output."""
     monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
+    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES", 10**9 if blocks else 0)
     op = OPS[name]
     for C in (1, 2, 3, 8, 19, 24, 127, 128, 129, 150):
         x = np.ascontiguousarray(specials_array(rng, (2, C, 37), 1, dtype))

@@ -7,7 +7,9 @@ from numba import njit
 
 import fastlogits as fl
 from fastlogits import config, reference
-from fastlogits.cpu.prefetch import prefetch_row, prefetch_span, rows_ahead, share_bounds
+from fastlogits.cpu.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLASSES_AHEAD,
+                                     plane_rows_region, planes_ahead, prefetch_planes,
+                                     prefetch_row, prefetch_span, rows_ahead, share_bounds)
 
 from .helpers import specials_array
 
@@ -41,6 +43,29 @@ def test_prefetch_past_the_end_is_harmless():
 @njit
 def spans(x, a, b):
     prefetch_span(x, a, b)  # an intrinsic: callable from Numba code only
+
+
+@njit
+def _planes(x, start, ahead):
+    prefetch_planes(x, start, 16, ahead)
+
+
+def test_channels_first_prefetch_regions():
+    """The blocks' distance in pixels, and the tiles' rows: classes
+    TILE_CLASSES_AHEAD .. C - 1 of the tile (one share each, at the
+    tile's first classes), none for few classes, strided x or 0."""
+    x = np.ones((2, 40, 100), np.float32)
+    assert planes_ahead(x, 256) == 64 and planes_ahead(x, 0) == 0
+    assert planes_ahead(x[:, :PLANES_PREFETCH_MIN_CLASSES - 1], 256) == 0
+    arr, start, length, k0, nk, stride = plane_rows_region(x, 1, 30, 48, 64)
+    assert arr is x and (start, length, k0, stride) == ((40 + TILE_CLASSES_AHEAD) * 100 + 30,
+                                                         48, 0, 100)
+    assert nk == 40 - TILE_CLASSES_AHEAD
+    for region in (plane_rows_region(x, 1, 30, 48, 0), plane_rows_region(x[:, :, ::2], 0, 0, 8, 64),
+                   plane_rows_region(x[:, :8], 0, 0, 8, 64)):
+        assert region[4] == 1 and region[2] == 0  # empty
+    _planes(x, 190, 64)  # past the end of the planes: harmless
+    _planes(x, 0, 0)
 
 
 @pytest.mark.parametrize("C,row_min,block_max",

@@ -120,12 +120,15 @@ def _row_blocks(C, max_classes):
 def _plane_blocks(C, with_sums):
     """Whether channels-first pixels of C classes go by the register blocks
     of :mod:`.planeblock`: up to ``config.CPU_PLANE_BLOCK_MAX_CLASSES``
-    classes, and for an op that sums exponentials never above
-    ``tiles.SUM_BLOCK`` (a block's exp-sum is not split)."""
+    classes for an op that sums exponentials (never above
+    ``tiles.SUM_BLOCK``: a block's exp-sum is not split), up to
+    ``config.CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES`` for argmax and the
+    confusion matrix."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
 
-    top = config.CPU_PLANE_BLOCK_MAX_CLASSES
-    return C <= (min(top, SUM_BLOCK) if with_sums else top)
+    if with_sums:
+        return C <= min(config.CPU_PLANE_BLOCK_MAX_CLASSES, SUM_BLOCK)
+    return C <= config.CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES
 
 
 def _streams(x, out):

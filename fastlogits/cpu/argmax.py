@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
-from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
+from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes, prefetch_row,
                                      prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -109,7 +109,7 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
                 _plane_tile(x, o, i0, PB, labels[o], co, inv_t, with_conf, m, idx, s, cols,
                             ahead)
             if PB < P:
-                pf = no_region(x)  # channels-first: prefetching measured slower (log 22)
+                pf = plane_rows_region(x, o, i0 + PB, P - PB, ahead)
                 _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,
                       part, pf)
 

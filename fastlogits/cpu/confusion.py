@@ -29,8 +29,8 @@ from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import _plane_blocks, _row_blocks, _tile_pixels, launch_threads
 from fastlogits.cpu.planeblock import LANES, planes_argmax
-from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
-                                     prefetch_rows, rows_ahead)
+from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
+                                     prefetch_row, prefetch_rows, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
@@ -92,7 +92,8 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
                 prefetch_planes(x, start + q, LANES, ahead)
                 planes_argmax(x, start + q, m, idx, q)
             if PB < P:
-                tile_argmax(x, o, i0 + PB, P - PB, m[PB:], m2, idx[PB:], no_region(x))
+                tile_argmax(x, o, i0 + PB, P - PB, m[PB:], m2, idx[PB:],
+                            plane_rows_region(x, o, i0 + PB, P - PB, ahead))
             bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()

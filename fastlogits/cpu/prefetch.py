@@ -213,21 +213,48 @@ def tile_region(arr, start, length, nshares):
     """A region to prefetch in ``nshares`` shares while a tile is worked on
     (see :func:`prefetch_share`): ``arr.flat[start:start + length]`` of a
     C-contiguous ``arr``."""
-    return (arr, start, length, 0, nshares)
+    return (arr, start, length, 0, nshares, 0)
+
+
+#: Classes ahead of the current one that a channels-first tile prefetches
+#: (:func:`plane_rows_region`): 4 and 8 measured about alike, 2 less good
+#: (the argmax tile loops at 150 and 19 classes, bench/RESULTS.md, log 37).
+TILE_CLASSES_AHEAD = 8
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def plane_rows_region(x, o, i0, P, ahead):
+    """The prefetch region of the channels-first tile ``x[o, :, i0:i0 +
+    P]`` (x (outer, C, inner)): share c, taken at class c of the tile's
+    first pass, is the tile's row of class c + :data:`TILE_CLASSES_AHEAD`,
+    prefetched into L2 (as :func:`prefetch_planes`, for the same reasons);
+    the first classes of a tile are not prefetched, nor anything in later
+    passes (prefetching them again there measured no faster: the ops with
+    a second pass, 150 classes, 0.96-1.02x). Empty for a strided x, ``ahead`` 0 (the blocks' distance,
+    :func:`planes_ahead`: 0 turns both off) or fewer than
+    :data:`PLANES_PREFETCH_MIN_CLASSES` classes.
+
+    (The next tile's rows, prefetched instead, measured slower (log 22):
+    all C of them at the same offsets of their planes.)"""
+    C, inner = x.shape[1], x.shape[2]
+    if ahead <= 0 or C < PLANES_PREFETCH_MIN_CLASSES or not x.flags.c_contiguous:
+        return no_region(x)
+    k = TILE_CLASSES_AHEAD
+    return (x, (o * C + k) * inner + max(i0, 0), P, 0, C - k, inner)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def no_region(arr):
     """An empty :func:`tile_region`: the calls of :func:`prefetch_share` on
     it do nothing (strided input, a chunk's last tile, cached scratch)."""
-    return (arr, 0, 0, 0, 1)
+    return (arr, 0, 0, 0, 1, 0)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def region_from(pf, k0):
     """``pf`` whose shares are numbered from ``k0`` (the second pass over a
     tile continues where the first stopped)."""
-    return (pf[0], pf[1], pf[2], k0, pf[4])
+    return (pf[0], pf[1], pf[2], k0, pf[4], pf[5])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -246,8 +273,16 @@ def prefetch_share(pf, k):
     A tile kernel calls this once per class of each pass over its tile, so
     the next tile's lines are requested evenly over the current tile's
     work: a burst of them at once fills the line-fill buffers and stalls
-    the running loads.
+    the running loads. A region of rows (``pf[5]``, their stride, not 0:
+    :func:`plane_rows_region`) has one row of ``pf[2]`` elements per
+    share, prefetched into L2.
     """
-    arr, start, length, k0, nk = pf
-    a, b = share_bounds(length, k0 + k, nk)
+    arr, start, length, k0, nk, stride = pf
+    j = k0 + k
+    if stride > 0:
+        if 0 <= j < nk:
+            a = start + j * stride
+            prefetch_span_l2(arr, a, a + length)
+        return
+    a, b = share_bounds(length, j, nk)
     prefetch_span(arr, start + a, start + b)

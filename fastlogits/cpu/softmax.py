@@ -31,8 +31,8 @@ from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF_STREAM, WRITE_STREAM, o
                                        planes_argmax_expstore, planes_argmax_expsum,
                                        planes_store_log_softmax, planes_store_softmax,
                                        planes_stream_log_softmax, planes_stream_softmax)
-from fastlogits.cpu.prefetch import (no_region, planes_ahead, prefetch_planes, prefetch_row,
-                                     prefetch_rows, region_from, rows_ahead)
+from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
+                                     prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -192,9 +192,11 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
                 if P == 0:
                     continue
             if mode != LOGSUMEXP and direct and not stream:
-                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(x))
+                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0,
+                      plane_rows_region(x, o, i0, P, ahead))
                 continue
-            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(x))
+            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0,
+                  plane_rows_region(x, o, i0, P, ahead))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
