@@ -119,12 +119,13 @@ def read_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
     return _best_over_threads(lambda nb: read_kernel(x, nb), x.nbytes, repeat, by_threads)
 
 
-def copy_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
+def copy_gbps(nbytes=256 << 20, repeat=5, by_threads=None, by_store=None):
     """Copy bandwidth in GB/s counting bytes read plus bytes written
     (2 * ``nbytes`` per pass), as softmax's floor is counted; the best over
     one thread and all threads, like :func:`read_gbps`, and over ordinary
-    and non-temporal stores (``by_threads`` gets the better of the two
-    for each thread count)."""
+    and non-temporal stores. ``by_threads`` gets the better of the two for
+    each thread count, ``by_store`` the best of each kind ("ordinary",
+    "non-temporal")."""
     x, out = _buffers(nbytes, copy=True)
     best = {}
     for stream in (False, True):
@@ -132,6 +133,8 @@ def copy_gbps(nbytes=256 << 20, repeat=5, by_threads=None):
         _best_over_threads(lambda nb: copy_kernel(x, out, nb, stream), 2 * x.nbytes, repeat, got)
         for k, v in got.items():
             best[k] = max(best.get(k, 0.0), v)
+        if by_store is not None:
+            by_store["non-temporal" if stream else "ordinary"] = max(got.values())
     if by_threads is not None:
         by_threads.update(best)
     return max(best.values())

@@ -255,16 +255,18 @@ def time_call(fn, repeat=5, max_seconds=None):
 
 
 def measure_bandwidth(nbytes=256 << 20, repeat=5, gpu=False):
-    """``{"read": GB/s, "copy": GB/s, "device_copy": GB/s or None,
-    "read_by_threads": {threads: GB/s}, "copy_by_threads": {...}}``: each
-    CPU ceiling is the best of one thread and all threads
-    (:mod:`fastlogits._bandwidth`)."""
+    """``{"read": GB/s, "copy": GB/s, "copy_by_store": {"ordinary": GB/s,
+    "non-temporal": GB/s}, "device_copy": GB/s or None, "read_by_threads":
+    {threads: GB/s}, "copy_by_threads": {...}}``: each CPU ceiling is the
+    best of one thread and all threads, the copy's also of both kinds of
+    store (:mod:`fastlogits._bandwidth`)."""
     from fastlogits import _bandwidth
 
-    read_by, copy_by = {}, {}
+    read_by, copy_by, copy_store = {}, {}, {}
     return {
         "read": _bandwidth.read_gbps(nbytes, repeat, by_threads=read_by),
-        "copy": _bandwidth.copy_gbps(nbytes, repeat, by_threads=copy_by),
+        "copy": _bandwidth.copy_gbps(nbytes, repeat, by_threads=copy_by, by_store=copy_store),
+        "copy_by_store": copy_store,
         "device_copy": _bandwidth.device_copy_gbps(nbytes, repeat) if gpu else None,
         "read_by_threads": {str(k): v for k, v in read_by.items()},
         "copy_by_threads": {str(k): v for k, v in copy_by.items()},
@@ -430,6 +432,12 @@ def _by_threads(bw, kind):
     return " (" + ", ".join(parts) + ")"
 
 
+def _by_store(bw):
+    """The copy bandwidth with ordinary stores, where the report has it."""
+    stores = bw.get("copy_by_store") or {}
+    return f"; ordinary stores {stores['ordinary']:.1f}" if "ordinary" in stores else ""
+
+
 def format_table(report):
     """The human-readable report: a header, then one line per op and
     implementation (median ms, GB/s, % of the bandwidth, speed-ups)."""
@@ -444,7 +452,7 @@ def format_table(report):
         f"memory bandwidth (measured in this run, best of 1 and all threads): read "
         f"{bw['read']:.1f} GB/s{_by_threads(bw, 'read')}, "
         f"copy {bw['copy']:.1f} GB/s{_by_threads(bw, 'copy')} (read + write, the better of "
-        "ordinary and non-temporal stores)"
+        "ordinary and non-temporal stores" + _by_store(bw) + ")"
         + (f", GPU device copy {bw['device_copy']:.0f} GB/s" if bw.get("device_copy") else ""),
         "GB/s counts one read of x (and target) plus the outputs; % of the read bandwidth, "
         "or of the copy bandwidth for softmax/log_softmax",
