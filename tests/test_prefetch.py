@@ -58,8 +58,8 @@ def test_channels_first_prefetch_regions():
     assert planes_ahead(x, 256) == 64 and planes_ahead(x, 0) == 0
     assert planes_ahead(x[:, :PLANES_PREFETCH_MIN_CLASSES - 1], 256) == 0
     arr, start, length, k0, nk, stride = plane_rows_region(x, 1, 30, 48, 64)
-    assert arr is x and (start, length, k0, stride) == ((40 + TILE_CLASSES_AHEAD) * 100 + 30,
-                                                         48, 0, 100)
+    first = (40 + TILE_CLASSES_AHEAD) * 100 + 30  # image 1, the class ahead, pixel 30
+    assert arr is x and (start, length, k0, stride) == (first, 48, 0, 100)
     assert nk == 40 - TILE_CLASSES_AHEAD
     for region in (plane_rows_region(x, 1, 30, 48, 0), plane_rows_region(x[:, :, ::2], 0, 0, 8, 64),
                    plane_rows_region(x[:, :8], 0, 0, 8, 64)):

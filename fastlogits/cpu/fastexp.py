@@ -33,7 +33,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import fmuladd, intrinsic_fn, type_suffix, vector_of
+from fastlogits.cpu.irutil import fmuladd, vector_of
 
 # No ``reassoc`` here (but everything else of FASTMATH): reassociation could
 # evaluate ``p * s1 * s2`` as ``p * (s1 * s2)``, which overflows at the top

@@ -23,11 +23,18 @@ transposed tiles the next tile, a share per class of each pass
 (:func:`prefetch_share`); ``config.CPU_PREFETCH_BYTES = 0`` turns both
 off.
 
+The channels-first kernels read a line from each of C class planes per
+block (or a row from each per tile), more streams than the hardware
+prefetcher follows: their blocks prefetch each plane a few blocks ahead
+(:func:`prefetch_planes`), their tiles the row a few classes ahead
+(:func:`plane_rows_region`), into L2 (bench/RESULTS.md, log 37;
+``config.CPU_PREFETCH_PLANE_BYTES = 0`` turns both off).
+
 Measured, and not used: prefetching the channels-first head's next tile
 (256 feature rows, one 1 KiB segment per row, each in its own page: 108
--> 127 ms for the 512x1024x256 -> 19 argmax), and the channels-first
-tiles of the core ops (C segments of a tile, each in its own page:
-argmax 15 -> 21 ms, classify 34 -> 42 ms at 19x1024x2048).
+-> 127 ms for the 512x1024x256 -> 19 argmax), and the next channels-first
+tile of the core ops (C segments, each in its own page: argmax 15 -> 21
+ms, classify 34 -> 42 ms at 19x1024x2048; log 22).
 """
 
 from llvmlite import ir
@@ -230,9 +237,9 @@ def plane_rows_region(x, o, i0, P, ahead):
     prefetched into L2 (as :func:`prefetch_planes`, for the same reasons);
     the first classes of a tile are not prefetched, nor anything in later
     passes (prefetching them again there measured no faster: the ops with
-    a second pass, 150 classes, 0.96-1.02x). Empty for a strided x, ``ahead`` 0 (the blocks' distance,
-    :func:`planes_ahead`: 0 turns both off) or fewer than
-    :data:`PLANES_PREFETCH_MIN_CLASSES` classes.
+    a second pass, 150 classes, 0.96-1.02x). Empty for a strided x,
+    ``ahead`` 0 (the blocks' distance, :func:`planes_ahead`: 0 turns both
+    off) or fewer than :data:`PLANES_PREFETCH_MIN_CLASSES` classes.
 
     (The next tile's rows, prefetched instead, measured slower (log 22):
     all C of them at the same offsets of their planes.)"""

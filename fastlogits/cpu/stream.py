@@ -17,13 +17,12 @@ not in cache when the caller reads it next.
 (in L1) to the output: ordinary stores up to the output's first 64-byte
 line boundary and after its last, non-temporal 64-byte stores in between
 (they must be aligned). Non-temporal stores are weakly ordered: a
-kernel calls :func:`stream_fence` after its last ones (a thread's last
-tile), so they are visible before the threads join, like every other
-store.
+kernel calls :func:`stream_fence` after its last ones (at the end of each
+chunk of work), so they are visible before the threads join, like every
+other store.
 """
 
 import platform
-
 
 from llvmlite import ir
 from numba import types
@@ -35,7 +34,8 @@ from fastlogits.cpu.prefetch import LINE_BYTES as LINE
 
 def mark_nontemporal(builder, store):
     """Mark an IR store non-temporal (``!nontemporal !{i32 1}``)."""
-    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+    one = ir.Constant(ir.IntType(32), 1)
+    store.set_metadata("nontemporal", builder.module.add_metadata([one]))
 
 
 def _copy_elements(builder, src, s0, dst, d0, lo, hi):
