@@ -231,8 +231,8 @@ def _exp2_shifted_ir(builder, t):
     """:func:`exp_shifted_ir` for float32 vectors of whole 64-byte
     registers on AVX-512 targets: ``exp(t) = 2**y``, ``y = t log2(e)``,
     ``k = rint(y)``, ``2**(y - k)`` by :data:`_EXP2_32` and the product
-    with 2**k by ``vscalef``. Five vector operations fewer per 16 scores
-    than the Cody-Waite form (no second reduction step, no exponent-bit
+    with 2**k by ``vscalef``: ten vector operations per 16 scores, not 13
+    as in the Cody-Waite form (no second reduction step, no exponent-bit
     construction, no flush select): classify and logsumexp 1.1-1.15x
     faster in cache (bench/RESULTS.md, log 40).
 
