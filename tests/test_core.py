@@ -327,7 +327,7 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
             x = at_line_offset((2, C, inner), dtype, 16)
             x[...] = specials_array(rng, (2, C, inner), 1, dtype)
             out = at_line_offset((2, C, inner), dtype, out_offset)
-            assert _plane_write(x, out, True) == mode
+            assert _plane_write(x, out) == mode
             want = expected(op, x, 1, temperature=0.7)
             check(op, op.public(x, 1, temperature=0.7, out=out), want, dtype)
             inplace = x.copy() if inner == 37 else x

@@ -144,17 +144,18 @@ def _streams(x, out):
             and not np.may_share_memory(x, out))
 
 
-def _plane_write(x3, out3, stream):
-    """How the channels-first register blocks write an x-sized output
-    (``planeblock.WRITE_*``): straight into ``out3`` by non-temporal stores
-    when streaming and every block of it starts a 64-byte line where x's
-    does (x's blocks start lines, see ``tiles.cf_tile``: a plane of a
-    whole number of lines, and out on the same line offset as x), else
-    through the L1 scratch tile, streamed or not."""
+def _plane_write(x3, out3):
+    """How the channels-first kernels write the x-sized output ``out3``
+    (``planeblock.WRITE_*``; ``WRITE_EBUF``: not streamed, see
+    :func:`_streams`): when streamed, straight from the register blocks
+    by non-temporal stores where every block of out starts a 64-byte line
+    as x's does (x's blocks start lines, see ``tiles.cf_tile``: a plane
+    of a whole number of lines, and out on the same line offset as x),
+    else through the L1 scratch tile."""
     from fastlogits.cpu.prefetch import LINE_BYTES as line
     from fastlogits.cpu.planeblock import WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 
-    if not stream:
+    if not _streams(x3, out3):
         return WRITE_EBUF
     if (x3.shape[2] * x3.itemsize % line == 0
             and x3.ctypes.data % line == out3.ctypes.data % line):
@@ -195,9 +196,8 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
             blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
                       and out3.flags.c_contiguous)
-            stream = _streams(x3, out3)
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct, blocks,
-                         stream, _plane_write(x3, out3, stream), config.CPU_PREFETCH_PLANE_BYTES)
+                         _plane_write(x3, out3), config.CPU_PREFETCH_PLANE_BYTES)
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads, config.CPU_PREFETCH_BYTES)

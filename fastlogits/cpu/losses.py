@@ -47,10 +47,10 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _streams,
-                            _tile_pixels, launch_threads)
+from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _tile_pixels,
+                            launch_threads)
 from fastlogits.cpu.fastlog import flog
-from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF_STREAM, WRITE_STREAM,
+from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        planes_argmax_expstore, planes_argmax_expsum,
                                        planes_store_grad, planes_stream_grad, planes_wsum)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
@@ -305,7 +305,7 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
-          direct, blocks, stream, write, ahead_bytes):
+          direct, blocks, write, ahead_bytes):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     (outer, inner). ``grad``/``loss`` are untouched (may be any array of
     that type) without ``want_grad``/``want_loss``.
@@ -319,7 +319,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
-    x: in place), or with ``stream`` (grad written by non-temporal
+    x: in place), or when the gradient is streamed (``write`` not
+    ``WRITE_EBUF``: written by non-temporal
     stores), they go into an L1 scratch tile copied to ``grad`` at the
     end: loops that read x and write its own memory fail LLVM's runtime
     alias check and run scalar (in place took 125 ms against 45 at
@@ -328,6 +329,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     outer, C, inner = x.shape
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
+    stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
@@ -576,10 +578,10 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             g = gwork if want_grad else _stand_in(3, dtype)
             lw = lwork if want_loss else _stand_in(2, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
-            stream = want_grad and _streams(x3, g)
+            write = _plane_write(x3, g) if want_grad else WRITE_EBUF
             res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), stream,
-                        _plane_write(x3, g, stream), config.CPU_PREFETCH_PLANE_BYTES)
+                        _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), write,
+                        config.CPU_PREFETCH_PLANE_BYTES)
         else:
             x2 = x3.reshape(outer, C)
             g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)

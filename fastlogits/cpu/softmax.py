@@ -27,8 +27,8 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import flog
-from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF_STREAM, WRITE_STREAM, on_c_planes,
-                                       planes_argmax_expstore, planes_argmax_expsum,
+from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                       on_c_planes, planes_argmax_expstore, planes_argmax_expsum,
                                        planes_store_log_softmax, planes_store_softmax,
                                        planes_stream_log_softmax, planes_stream_softmax)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
@@ -146,8 +146,7 @@ _plane_tile = on_c_planes(_plane_tile_c)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream, write,
-               ahead_bytes):
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
@@ -158,14 +157,16 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, stream,
     ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
     There, with ``direct`` (out C-contiguous and not overlapping x) the
     results are written straight into ``out``; otherwise through an L1
-    scratch. With ``stream`` (a C-contiguous ``out`` larger than the
-    caches) the tile loops' results go through the scratch and into
-    ``out`` by non-temporal stores (:mod:`fastlogits.cpu.stream`).
+    scratch. When ``out`` is streamed (``write`` not ``WRITE_EBUF``: a
+    C-contiguous output larger than the caches) the tile loops' results
+    go through the scratch and into ``out`` by non-temporal stores
+    (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write.
     """
     outer, C, inner = x.shape
+    stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
