@@ -27,8 +27,10 @@ Throughput counts the floor (read x once, write the outputs once):
 softmax/log_softmax 2·|x|, logsumexp |x| + |x|/C, argmax |x| + 8 bytes per
 pixel (int64 labels), classify |x| + 12 bytes per pixel, cross_entropy
 (mean) and confusion_matrix |x| + 8 bytes per pixel (the int64 target,
-10 % ignore_index); confusion_matrix is skipped for C > 1024. These two
-return host results (a float64 loss; a checked target), so each call waits
+10 % ignore_index), cross_entropy_grad (``return_grad=True`` into a
+preallocated ``grad_out``; PyTorch through autograd) 2·|x| + 8 bytes per
+pixel; confusion_matrix is skipped for C > 1024. The losses and
+confusion_matrix return host results (a float64 loss; a checked target), so each call waits
 for its stream, unlike PyTorch's F.cross_entropy. ``%copy`` is that GB/s
 over the device-to-device copy's (bytes read + written), the goal being
 >= 85 % for argmax, classify and softmax. PyTorch's classify is
@@ -63,7 +65,7 @@ SMALL_CASES = [("cityscapes-nchw", (2, 19, 48, 64), 1),
                ("cityscapes-nhwc", (2, 48, 64, 19), -1),
                ("vocab-128k", (16, 4099), -1)]
 OPS = ("softmax", "log_softmax", "logsumexp", "argmax", "classify", "cross_entropy",
-       "confusion_matrix")
+       "cross_entropy_grad", "confusion_matrix")
 #: ignore_index of the targets (about 10 % of the pixels) of the losses.
 IGNORE = -100
 #: confusion_matrix is skipped above this many classes (a C x C matrix).
@@ -228,14 +230,15 @@ def floor_bytes(op, shape, axis, itemsize):
     pixels = n // shape[axis]
     writes = {"softmax": n * itemsize, "log_softmax": n * itemsize,
               "logsumexp": pixels * itemsize, "argmax": pixels * 8, "classify": pixels * 12,
-              "cross_entropy": pixels * 8, "confusion_matrix": pixels * 8}[op]  # target reads
+              "cross_entropy": pixels * 8, "confusion_matrix": pixels * 8,  # target reads
+              "cross_entropy_grad": n * itemsize + pixels * 8}[op]
     return n * itemsize + writes
 
 
 def _outputs(op, shape, axis, empty, dtype=np.float32):
     """Preallocated outputs of ``op`` made by ``empty(shape, dtype)``."""
     red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
-    if op in ("softmax", "log_softmax"):
+    if op in ("softmax", "log_softmax", "cross_entropy_grad"):
         return empty(shape, dtype)
     if op == "logsumexp":
         return empty(red, dtype)
@@ -251,6 +254,9 @@ def _outputs(op, shape, axis, empty, dtype=np.float32):
 
 def _fl_call(op, x, t, axis, out, **kw):
     """fastlogits ``op`` on x (and target t), into ``out`` where the op takes one."""
+    if op == "cross_entropy_grad":
+        return lambda: fl.cross_entropy(x, t, axis, ignore_index=IGNORE, return_grad=True,
+                                        grad_out=out, **kw)
     fn = getattr(fl, op)
     if op == "cross_entropy":
         return lambda: fn(x, t, axis, ignore_index=IGNORE, **kw)
@@ -277,11 +283,20 @@ def _fl_device_call(op, xd, td, axis, torch):
 def _torch_call(op, xt, tt, axis):
     """PyTorch's way to compute ``op`` (target ``tt`` for the losses)."""
     torch = sys.modules["torch"]
-    if op == "cross_entropy":
+    if op in ("cross_entropy", "cross_entropy_grad"):
         F = torch.nn.functional
-        if xt.ndim > 2 and axis % xt.ndim != 1:  # F.cross_entropy wants classes at dim 1
-            return lambda: F.cross_entropy(xt.movedim(axis, 1), tt, ignore_index=IGNORE)
-        return lambda: F.cross_entropy(xt, tt, ignore_index=IGNORE)
+
+        def loss(z):  # F.cross_entropy wants the classes at dim 1
+            z1 = z.movedim(axis, 1) if z.ndim > 2 and axis % z.ndim != 1 else z
+            return F.cross_entropy(z1, tt, ignore_index=IGNORE)
+        if op == "cross_entropy":
+            return lambda: loss(xt)
+
+        def loss_grad():  # autograd: the gradient allocated by PyTorch
+            z = xt.detach().requires_grad_(True)
+            value = loss(z)
+            return value.detach(), torch.autograd.grad(value, z)[0]
+        return loss_grad
     if op == "confusion_matrix":
         C = xt.shape[axis]
 
@@ -309,6 +324,8 @@ def _difference(op, got, want, torch):
     """Largest |fastlogits - torch| (labels: fraction that differ)."""
     if op == "cross_entropy":
         return abs(float(got) - want.item())
+    if op == "cross_entropy_grad":
+        return max(abs(float(got[0]) - want[0].item()), (got[1] - want[1]).abs().max().item())
     if op == "confusion_matrix":  # fastlogits added into a zeroed out=
         return (got - want).abs().max().item()
     if op == "classify":

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every real-GPU check of fastlogits in one call of the device tool:
+#   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=...)
+# Stages, each capped so one failure leaves time for the rest: the
+# environment, the CUDA tests (tests/cuda, the PTX check, the benchmark's
+# smoke test), the full benchmark kernel-only, end-to-end for two ops, the
+# launch-setting sweep with LinearHead. Logs and JSON go to $OUT (or ./gpu_out).
+# .whl may hold a numba-cuda wheel for Python 3.12, installed only when the
+# machine's numba-cuda is older than pyproject's floor.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PY:-python3}
+T_TESTS=${T_TESTS:-150} T_BENCH=${T_BENCH:-150} T_E2E=${T_E2E:-60} T_SWEEP=${T_SWEEP:-100}
+stage() { echo; echo "=== $1 ($(date +%T))"; }
+
+stage environment
+nvidia-smi -L; nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv
+$PY - <<'PY'
+from importlib import metadata
+for n in ("numba", "numba-cuda", "llvmlite", "numpy", "torch", "cuda-bindings", "cuda-core",
+          "pytest", "pytest-xdist", "pytest-benchmark", "hypothesis"):
+    try:
+        print(n, metadata.version(n))
+    except metadata.PackageNotFoundError:
+        print(n, "MISSING")
+PY
+if ! $PY -c "from importlib.metadata import version as v; import sys; sys.exit(tuple(map(int, v('numba-cuda').split('.')[:2])) < (0, 30))" \
+   && ls .whl/numba_cuda-*.whl >/dev/null 2>&1; then
+  echo "numba-cuda older than 0.30: installing the carried wheel"
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/numba_cuda-*.whl \
+    && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+timeout 60 $PY -m fastlogits info 2>&1 | tee "$OUT/info.txt"
+
+stage "tests (cap ${T_TESTS} s)"
+timeout "$T_TESTS" $PY -m pytest tests/cuda tests/test_cuda_ptx.py bench/bench_cuda.py -q -n 12 \
+  --dist load -p no:randomly -rfEs --durations=15 > "$OUT/tests.log" 2>&1
+echo "tests rc=$?"; tail -45 "$OUT/tests.log"
+
+stage "benchmark, kernel only (cap ${T_BENCH} s)"
+FASTLOGITS_BENCH_FULL=1 timeout "$T_BENCH" $PY bench/bench_cuda.py --no-cpu --no-e2e \
+  --json "$OUT/cuda.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$?"; grep -v "^  " "$OUT/bench.log" | tail -60
+
+stage "benchmark, end-to-end argmax and softmax (cap ${T_E2E} s)"
+FASTLOGITS_BENCH_FULL=1 timeout "$T_E2E" $PY bench/bench_cuda.py --no-cpu --ops argmax softmax \
+  --repeat 10 --json "$OUT/cuda_e2e.json" > "$OUT/e2e.log" 2>&1
+echo "e2e rc=$?"; grep "e2e" "$OUT/e2e.log" | tail -20
+
+stage "launch-setting sweep and LinearHead (cap ${T_SWEEP} s)"
+timeout "$T_SWEEP" $PY bench/cuda_sweep.py --head --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
+echo "sweep rc=$?"; grep -E "head|MISMATCH|copy|Error|error" "$OUT/sweep.log" | tail -20
+stage done
