@@ -175,6 +175,29 @@ def _sync(torch):
 # Bandwidth ceilings
 # --------------------------------------------------------------------------
 
+def warm_up(torch, seconds=2.0):
+    """Keep the GPU busy for a while before timing: an idle H200 runs its
+    SMs at 345 MHz, and the first timings of a run came out slow."""
+    n = 1 << 28 if seconds >= 1 else 1 << 20  # 1 GiB buffers for a real warm-up
+    if torch is not None:
+        a = torch.empty(n, dtype=torch.float32, device="cuda")
+        b = torch.empty_like(a)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(20):
+                b.copy_(a)
+            torch.cuda.synchronize()
+        return
+    from numba import cuda
+
+    a = cuda.device_array(n, np.float32)
+    b = cuda.device_array(n, np.float32)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        b.copy_to_device(a)
+        cuda.synchronize()
+
+
 def copy_gbps(nbytes, timer, torch, repeat):
     """Device-to-device copy bandwidth, GB/s counting bytes read + written."""
     n = max(1 << 20, int(nbytes) // 4)
@@ -427,6 +450,7 @@ def run(cases=None, ops=OPS, repeat=None, cpu=True, e2e=True, json_path=None, lo
     torch = _torch_cuda()
     info = machine()
     log(f"GPU: {info['gpu'].get('name')}; torch: {info['torch']}; numba-cuda: {info['numba-cuda']}")
+    warm_up(torch, 2.0 if FULL else 0.1)
     largest = max(int(np.prod(s)) * 4 for _, s, _ in cases)
     copy = copy_gbps(largest, GpuTimer(torch), torch, repeat)
     log(f"device-to-device copy: {copy:.0f} GB/s (read + write)")

@@ -43,10 +43,15 @@ SETTINGS = [
     ("threads1024", {"CUDA_THREADS_PER_BLOCK": 1024}, None),
     ("blocks2048", {"CUDA_MAX_BLOCKS": 2048}, None),
     ("blocks65536", {"CUDA_MAX_BLOCKS": 65536}, None),
-    ("tile16k", {"CUDA_TILE_SHARED_BYTES": 16 * 1024}, ("cityscapes-nhwc",)),
-    ("tile_off_warp_rows", {"CUDA_TILE_MAX_C": 0}, ("cityscapes-nhwc",)),
+    ("tile_cl", {"CUDA_CL_PIXEL_MAX_C": 0}, ("cityscapes-nhwc",)),
+    ("tile16k", {"CUDA_CL_PIXEL_MAX_C": 0, "CUDA_TILE_SHARED_BYTES": 16 * 1024},
+     ("cityscapes-nhwc",)),
+    ("tile_off_warp_rows", {"CUDA_CL_PIXEL_MAX_C": 0, "CUDA_TILE_MAX_C": 0},
+     ("cityscapes-nhwc",)),
     ("warp_per_row", {"CUDA_LARGE_C": 1 << 30}, ("vocab-128k",)),
     ("no_shuffle", {"CUDA_WARP_SHUFFLE": False}, ("vocab-128k",)),
+    # The first setting again: how far the timings drift within one run.
+    ("default_again", {}, None),
 ]
 OPS = ("argmax", "classify", "softmax", "logsumexp", "cross_entropy", "cross_entropy_grad",
        "confusion_matrix")
@@ -62,12 +67,19 @@ def _device(a, torch):
 
 def _inputs(torch, shape, axis, seed):
     """Scores (float32, 4 x standard normal) and int64 targets (10 % ignored)
-    on the GPU: PyTorch tensors when PyTorch has CUDA, else Numba arrays."""
+    on the GPU: PyTorch tensors drawn there when PyTorch has CUDA (the same
+    for a seed in every process), else Numba arrays drawn on the host."""
+    C = shape[axis]
+    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+    if torch is not None:
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(shape, generator=g, device="cuda") * 4
+        t = torch.randint(0, C, red, generator=g, device="cuda")
+        t[torch.rand(red, generator=g, device="cuda") < 0.1] = bc.IGNORE
+        return x, t
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape, dtype=np.float32)
     x *= 4
-    C = shape[axis]
-    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
     t = rng.integers(0, C, size=red)
     t[rng.random(red) < 0.1] = bc.IGNORE
     return _device(x, torch), _device(t, torch)
@@ -94,8 +106,9 @@ def _same(a, b):
     return True
 
 
-def sweep(cases, ops, repeat, log=print):
+def sweep(cases, ops, repeat, settings=None, log=print):
     torch = bc._torch_cuda()
+    bc.warm_up(torch)
     timer = bc.GpuTimer(torch, batch=10)
     largest = max(int(np.prod(s)) * 4 for _, s, _ in cases)
     copy = bc.copy_gbps(largest, bc.GpuTimer(torch), torch, repeat)
@@ -107,7 +120,7 @@ def sweep(cases, ops, repeat, log=print):
         C = shape[axis]
         want = {}
         for sname, overrides, only in SETTINGS:
-            if only is not None and name not in only:
+            if (only is not None and name not in only) or (settings and sname not in settings):
                 continue
             for k, v in overrides.items():
                 setattr(config, k, v)
@@ -137,6 +150,72 @@ def sweep(cases, ops, repeat, log=print):
         if torch is not None:
             torch.cuda.empty_cache()
     return copy, rows
+
+
+def profile(cases, ops, calls=5, log=print):
+    """GPU time per call of each kernel and copy an op queues (PyTorch's
+    profiler, CUPTI), beside the call's wall-clock time: where the time of
+    an op that waits for its results (the losses) goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch = bc._torch_cuda()
+    rows = []
+    for ci, (name, shape, axis) in enumerate(cases):
+        x, t = _inputs(torch, shape, axis, ci)
+        for op in ops:
+            if op == "confusion_matrix" and shape[axis] > bc.CONFUSION_MAX_C:
+                continue
+            call = bc._fl_device_call(op, x, t, axis, torch)
+            call()
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                torch.cuda.synchronize()
+                wall = (time.perf_counter() - t0) / calls * 1e3
+            gpu = {}
+            for e in prof.key_averages():
+                us = getattr(e, "self_device_time_total", None)
+                if us is None:
+                    us = getattr(e, "self_cuda_time_total", 0)
+                if us:
+                    gpu[e.key[:60]] = us / calls / 1e3
+            total = sum(gpu.values())
+            rows.append({"case": name, "op": op, "wall_ms": wall, "gpu_ms": total, "items": gpu})
+            top = ", ".join(f"{k} {v:.3f}" for k, v in sorted(gpu.items(), key=lambda kv: -kv[1])[:4])
+            log(f"  profile {name:16s} {op:18s} wall {wall:7.3f} ms  gpu {total:7.3f} ms  [{top}]")
+            del call
+        del x, t
+        torch.cuda.empty_cache()
+    return rows
+
+
+def host_profile(cases, ops, calls=20, log=print):
+    """cProfile of ``calls`` calls of each op on the first case: where the
+    host's time per call goes (validation, allocation, launches, waits)."""
+    import cProfile
+    import io
+    import pstats
+
+    torch = bc._torch_cuda()
+    name, shape, axis = cases[0]
+    x, t = _inputs(torch, shape, axis, 0)
+    for op in ops:
+        call = bc._fl_device_call(op, x, t, axis, torch)
+        call()
+        bc._sync(torch)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            call()
+        bc._sync(torch)
+        prof.disable()
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+        log(f"host profile {name} {op} ({calls} calls):")
+        log("\n".join(ln for ln in out.getvalue().splitlines()[4:] if ln.strip()))
 
 
 def head(repeat, small, log=print):
@@ -194,6 +273,11 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="+")
     ap.add_argument("--head", action="store_true", help="also time LinearHead")
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--settings", nargs="+", help="setting names (default: all)")
+    ap.add_argument("--host-profile", nargs="*", metavar="OP",
+                    help="cProfile the host side of these ops on the first case")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the ops (GPU time per kernel vs wall time)")
     args = ap.parse_args(argv)
     if not bc.gpu_available():
         print("cuda_sweep: needs a real GPU", file=sys.stderr)
@@ -204,7 +288,11 @@ def main(argv=None):
     t0 = time.time()
     result = {"machine": bc.machine()}
     if not args.no_sweep:
-        result["copy_gbps"], result["rows"] = sweep(cases, args.ops, args.repeat)
+        result["copy_gbps"], result["rows"] = sweep(cases, args.ops, args.repeat, args.settings)
+    if args.profile and bc._torch_cuda() is not None:
+        result["profile"] = profile(cases, args.ops)
+    if args.host_profile:
+        host_profile(cases, args.host_profile)
     if args.head and bc._torch_cuda() is not None:
         result["head"] = head(args.repeat, args.small)
     result["seconds"] = time.time() - t0

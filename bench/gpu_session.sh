@@ -5,6 +5,10 @@
 # environment, the CUDA tests (tests/cuda, the PTX check, the benchmark's
 # smoke test), the full benchmark kernel-only, end-to-end for two ops, the
 # launch-setting sweep with LinearHead. Logs and JSON go to $OUT (or ./gpu_out).
+# With AB_OLD="<dir> ..." (copies of other trees: fastlogits/ and bench/),
+# the end-to-end stage is replaced by alternating sweeps of the default
+# setting in each of them and in this tree (bench/cuda_sweep.py --settings
+# default --ops $AB_OPS), two rounds: an A/B within one call.
 # .whl may hold a numba-cuda wheel for Python 3.12, installed only when the
 # machine's numba-cuda is older than pyproject's floor.
 set -u
@@ -13,6 +17,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=${PY:-python3}
 T_TESTS=${T_TESTS:-150} T_BENCH=${T_BENCH:-150} T_E2E=${T_E2E:-60} T_SWEEP=${T_SWEEP:-100}
+T_AB=${T_AB:-40} AB_OLD=${AB_OLD:-} AB_OPS=${AB_OPS:-argmax classify softmax cross_entropy confusion_matrix} BENCH_ARGS=${BENCH_ARGS:-} SWEEP_ARGS=${SWEEP_ARGS:---head}
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 
 stage environment
@@ -32,6 +37,12 @@ if ! $PY -c "from importlib.metadata import version as v; import sys; sys.exit(t
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/numba_cuda-*.whl \
     && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
+# numba-cuda 0.30.4 registers np.row_stack at import; NumPy 2.5 removed it.
+if ! $PY -c "import numpy; numpy.row_stack" 2>/dev/null; then
+  echo "NumPy without row_stack: aliasing it to vstack (sitecustomize) for numba-cuda"
+  mkdir -p /tmp/shim && echo "import numpy; numpy.row_stack = numpy.vstack" > /tmp/shim/sitecustomize.py
+  export PYTHONPATH=/tmp/shim:$PYTHONPATH
+fi
 timeout 60 $PY -m fastlogits info 2>&1 | tee "$OUT/info.txt"
 
 stage "tests (cap ${T_TESTS} s)"
@@ -39,17 +50,33 @@ timeout "$T_TESTS" $PY -m pytest tests/cuda tests/test_cuda_ptx.py bench/bench_c
   --dist load -p no:randomly -rfEs --durations=15 > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"; tail -45 "$OUT/tests.log"
 
+if [ -n "$AB_OLD" ]; then
+  stage "A/B: $AB_OLD vs this tree, default setting, alternating (cap ${T_AB} s each)"
+  for round in 1 2; do
+    for tree in $AB_OLD .; do
+      tag=$([ "$tree" = . ] && echo new || basename "$tree")
+      (cd "$tree" && PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} timeout "$T_AB" $PY bench/cuda_sweep.py \
+        --settings default --ops $AB_OPS) 2>&1 | grep -E "default|copy|rror|Traceback|needs" \
+        | sed "s/^/$tag$round /" | tee -a "$OUT/ab.log"
+    done
+  done
+fi
+
+if [ "$T_BENCH" != 0 ]; then  # T_BENCH=0 skips the benchmark
 stage "benchmark, kernel only (cap ${T_BENCH} s)"
-FASTLOGITS_BENCH_FULL=1 timeout "$T_BENCH" $PY bench/bench_cuda.py --no-cpu --no-e2e \
+FASTLOGITS_BENCH_FULL=1 timeout "$T_BENCH" $PY bench/bench_cuda.py --no-cpu --no-e2e $BENCH_ARGS \
   --json "$OUT/cuda.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$?"; grep -v "^  " "$OUT/bench.log" | tail -60
+fi
 
+if [ -z "$AB_OLD" ]; then
 stage "benchmark, end-to-end argmax and softmax (cap ${T_E2E} s)"
 FASTLOGITS_BENCH_FULL=1 timeout "$T_E2E" $PY bench/bench_cuda.py --no-cpu --ops argmax softmax \
   --repeat 10 --json "$OUT/cuda_e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?"; grep "e2e" "$OUT/e2e.log" | tail -20
+fi
 
 stage "launch-setting sweep and LinearHead (cap ${T_SWEEP} s)"
-timeout "$T_SWEEP" $PY bench/cuda_sweep.py --head --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
-echo "sweep rc=$?"; grep -E "head|MISMATCH|copy|Error|error" "$OUT/sweep.log" | tail -20
+timeout "$T_SWEEP" $PY bench/cuda_sweep.py $SWEEP_ARGS --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
+echo "sweep rc=$?"; grep -E "head|profile|MISMATCH|copy|Error|error" "$OUT/sweep.log" | tail -40
 stage done

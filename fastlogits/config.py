@@ -113,15 +113,26 @@ CPU_CONFUSION_HIST_BYTES = 64 * 1024 * 1024
 #: for C = 150.
 CPU_HEAD_DOT_MIN_RATIO = 3
 
-#: Threads per block for the CUDA kernels (a multiple of 32).
+#: Threads per block for the CUDA kernels (a multiple of 32). Above 256 the
+#: kernels with the most registers (LinearHead's cross_entropy: 168 per
+#: thread; cross_entropy with large C: 123) no longer fit a block, and
+#: their launch raises ValueError.
 CUDA_THREADS_PER_BLOCK = 256
 
 #: Above this number of classes, rows are reduced by a whole CUDA block.
 CUDA_LARGE_C = 2048
 
-#: Channels-last inputs with at most this many classes go through a
-#: shared-memory tile (a thread per pixel); larger C below CUDA_LARGE_C
-#: gets a warp per row.
+#: Channels-last inputs with at most this many classes are read a thread
+#: per pixel straight from memory (each thread its C contiguous scores, the
+#: channels-first kernels with one pixel per row) by the ops that reduce
+#: the class axis; softmax and log_softmax keep the shared tile (see
+#: ``cuda.ops.plan``). Measured on an H200 (bench/RESULTS.md, 8 x 1024 x
+#: 2048 x 19 float32): argmax 0.48 against 1.27 ms through the tile.
+CUDA_CL_PIXEL_MAX_C = 32
+
+#: Channels-last inputs with more classes than CUDA_CL_PIXEL_MAX_C and at
+#: most this many go through a shared-memory tile (a thread per pixel);
+#: larger C below CUDA_LARGE_C gets a warp per row.
 CUDA_TILE_MAX_C = 32
 
 #: Shared memory per block for that tile (bytes); fewer threads per block

@@ -675,7 +675,7 @@ def _params(head, caller, cd):
 
 
 def _launch(kernel, p, caller, *args):
-    kernel[p.blocks, p.threads, caller.stream, p.shared_bytes](*args, *p.args)
+    runtime.launch(kernel, p.blocks, p.threads, caller.stream, p.shared_bytes, *args, *p.args)
 
 
 # --------------------------------------------------------------------------

@@ -399,9 +399,9 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
         args = (x3, t2, w, loss2, grad3, partial, flag.array, cdt, ignore_index, ct(eps),
                 ct(eps / C), ct(w64.sum()), ct(gscale), loss_out is not None, return_grad)
         if p.regime == "rows":
-            cross_entropy_rows[p.blocks, p.threads, caller.stream](*args, p.group, p.shuffle)
+            ops._launch(cross_entropy_rows, p, caller, *args, p.group, p.shuffle)
         else:
-            cross_entropy_pixels[p.blocks, p.threads, caller.stream](*args)
+            ops._launch(cross_entropy_pixels, p, caller, *args)
         _check_flag(flag, target, lg, ignore_index)
         loss_sum, weight_sum = _host_sum(partial, caller)
         res = ops._finish(caller, outputs)

@@ -10,9 +10,11 @@ caller's library: a PyTorch tensor in, PyTorch tensors out; CuPy in, CuPy
 out; Numba device arrays (or any other GPU array) in, Numba device arrays
 out; NumPy in (``backend="cuda"``), NumPy out (copied back).
 
-Regimes (see :func:`plan`): ``"cf"`` channels-first, a thread per pixel;
-``"tile"`` channels-last with C <= ``CUDA_TILE_MAX_C``, a thread per pixel
-over a shared-memory tile; ``"rows"`` a warp per row (C <= ``CUDA_LARGE_C``)
+Regimes (see :func:`plan`): ``"cf"`` channels-first, a thread per pixel,
+also channels-last with C <= ``CUDA_CL_PIXEL_MAX_C`` for the ops that
+reduce the class axis (each thread reading its pixel's contiguous scores);
+``"tile"`` channels-last with C <= ``CUDA_TILE_MAX_C`` otherwise, a thread
+per pixel over a shared-memory tile; ``"rows"`` a warp per row (C <= ``CUDA_LARGE_C``)
 or a block per row (larger C), also for channels-first inputs with large C
 and few pixels.
 """
@@ -62,15 +64,23 @@ def _blocks(work, per_block):
     return int(max(1, min(-(-work // per_block), int(config.CUDA_MAX_BLOCKS))))
 
 
-def plan(shape3, itemsize):
+def plan(shape3, itemsize, writes_scores=False):
     """Choose the regime and launch configuration for an (outer, C, inner)
-    input of ``itemsize``-byte scores, from the current :mod:`fastlogits.config`."""
+    input of ``itemsize``-byte scores, from the current :mod:`fastlogits.config`.
+
+    ``writes_scores``: the op writes an output of x's shape (softmax,
+    log_softmax). Channels-last, such an op keeps the shared tile, which
+    stores coalesced: a thread per pixel writing its own C scores ran 1.56x
+    slower (H200, bench/RESULTS.md), while for the reductions it is 2-2.6x
+    faster than the tile."""
     outer, C, inner = shape3
     T = _threads_per_block()
     npix = outer * inner
     shuffle = bool(config.CUDA_WARP_SHUFFLE) and not runtime.simulator()
     if inner > 1 and not (C > config.CUDA_LARGE_C and npix < config.CUDA_CF_MIN_PIXELS):
         return Plan("cf", _blocks(npix, T), T)
+    if inner == 1 and C <= config.CUDA_CL_PIXEL_MAX_C and not writes_scores:
+        return Plan("cf", _blocks(npix, T), T)  # a thread per pixel, its scores contiguous
     if inner == 1 and C <= config.CUDA_TILE_MAX_C:
         pitch = C | 1  # odd pitch: a warp's row starts fall in distinct banks
         per_row = pitch * itemsize
@@ -226,7 +236,7 @@ def _inv_t(lg, temperature):
 
 
 def _launch(kernel, p, caller, *args):
-    kernel[p.blocks, p.threads, caller.stream, p.shared_bytes](*args)
+    runtime.launch(kernel, p.blocks, p.threads, caller.stream, p.shared_bytes, *args)
 
 
 # --------------------------------------------------------------------------
@@ -252,7 +262,7 @@ def _expnorm(mode, x, lg, temperature, out):
             else:
                 out3 = res.view(shape3)
                 red2 = runtime.stand_in(lg.dtype, 2)
-            p = plan(shape3, lg.dtype.itemsize)
+            p = plan(shape3, lg.dtype.itemsize, writes_scores=not reduces)
             cdt = _cdt(lg)
             if p.regime == "cf":
                 _launch(k.expnorm_cf, p, caller, x3, out3, red2, cdt, inv_t, mode)

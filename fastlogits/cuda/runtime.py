@@ -327,6 +327,28 @@ def _external(cuda, ptr):
 
 
 # --------------------------------------------------------------------------
+# Launches
+# --------------------------------------------------------------------------
+
+def launch(kernel, blocks, threads, stream, shared_bytes, *args):
+    """``kernel[blocks, threads, stream, shared_bytes](*args)``, with a block
+    too large for the kernel's registers reported as the ``ValueError`` of
+    a bad ``config.CUDA_THREADS_PER_BLOCK`` instead of the driver's
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (the kernels use 32 to 190 registers
+    per thread; a block may hold 65536 registers)."""
+    try:
+        kernel[blocks, threads, stream, shared_bytes](*args)
+    except Exception as exc:
+        if "OUT_OF_RESOURCES" not in str(exc):
+            raise
+        name = getattr(getattr(kernel, "py_func", None), "__name__", "kernel")
+        raise ValueError(
+            f"a block of {threads} threads needs more registers than the GPU has per block "
+            f"for {name}; lower config.CUDA_THREADS_PER_BLOCK (256, the default, fits every "
+            f"kernel)") from exc
+
+
+# --------------------------------------------------------------------------
 # Device constants
 # --------------------------------------------------------------------------
 

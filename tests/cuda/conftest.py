@@ -94,6 +94,8 @@ SMALL = {
     "CUDA_MAX_BLOCKS": 2,
     "CUDA_LARGE_C": 64,
     "CUDA_TILE_MAX_C": 24,
+    # The tile cases test the tile; "cl-pixel" cases raise this (test_ops).
+    "CUDA_CL_PIXEL_MAX_C": 0,
     "CUDA_CF_MIN_PIXELS": 8,
 }
 

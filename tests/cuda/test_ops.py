@@ -28,12 +28,25 @@ CASES = {
     "tile": ((5, 29, 19), -1),        # 145 rows in 64-row tiles over 2 blocks
     "tile-C1": ((37, 1), -1),
     "tile-C3": ((3, 41, 3), -1),
+    "cl-pixel": ((5, 29, 19), -1),    # channels-last a thread per pixel (CASE_CONFIG)
+    "cl-pixel-C2": ((37, 2), -1),
     "cf": ((2, 5, 7, 11), 1),         # 154 pixels, thread per pixel, grid-stride
     "cf-C2": ((3, 2, 45), 1),
     "rows-warp": ((3, 7, 40), -1),    # 24 < C <= 64: a warp (32 lanes) per row
     "rows-block": ((5, 150), -1),     # C > 64: the 64-thread block per row
     "rows-cf": ((2, 100, 3), 1),      # channels-first, large C, few pixels
 }
+
+#: Settings a case needs on top of the SMALL config.
+CASE_CONFIG = {"cl-pixel": {"CUDA_CL_PIXEL_MAX_C": 24}, "cl-pixel-C2": {"CUDA_CL_PIXEL_MAX_C": 24}}
+
+
+@pytest.fixture(autouse=True)
+def case_config(request, monkeypatch, small_launch):
+    case = getattr(request.node, "callspec", None) and request.node.callspec.params.get("case")
+    for k, v in CASE_CONFIG.get(case, {}).items():
+        monkeypatch.setattr(config, k, v)
+
 
 TOL = {  # dtype -> (atol for probabilities, atol and rtol for log values)
     np.float16: (1e-3, 1e-3, 2e-3),
@@ -86,7 +99,7 @@ def test_matches_reference(rng, case, dtype):
     check_all_ops(x, axis, to_gpu(x), temperature=0.7 if dtype == np.float32 else 1.0)
 
 
-@pytest.mark.parametrize("case", ["tile", "cf", "rows-warp", "rows-block"])
+@pytest.mark.parametrize("case", ["tile", "cf", "cl-pixel", "rows-warp", "rows-block"])
 def test_host_input(rng, case):
     """NumPy in with backend="cuda": copied over, NumPy out."""
     shape, axis = CASES[case]
@@ -317,6 +330,11 @@ def test_input_errors(rng):
 
 def test_plan_regimes():
     assert ops.plan((145, 19, 1), 4).regime == "tile"
+    config.CUDA_CL_PIXEL_MAX_C = 19  # restored by small_launch's monkeypatch
+    assert ops.plan((145, 19, 1), 4).regime == "cf"
+    assert ops.plan((145, 20, 1), 4).regime == "tile"
+    assert ops.plan((145, 19, 1), 4, writes_scores=True).regime == "tile"
+    config.CUDA_CL_PIXEL_MAX_C = 0
     assert ops.plan((2, 5, 77), 4).regime == "cf"
     p = ops.plan((21, 40, 1), 4)
     assert (p.regime, p.group, p.threads) == ("rows", 32, 64)
@@ -417,3 +435,38 @@ def test_torch_half_out(rng):
     assert fl.softmax(xt, out=out) is out
     assert out.dtype == torch.float16
     assert_matches("softmax", out, reference.softmax(x), np.float16)
+
+
+class _FailingKernel:
+    """A stand-in kernel whose launch fails as the driver reports it."""
+
+    def __init__(self, message):
+        self.message = message
+
+    def py_func(self):
+        pass
+
+    def __getitem__(self, launch_config):
+        def launch(*args):
+            raise RuntimeError(self.message)
+        return launch
+
+
+def test_launch_out_of_registers_is_a_config_error():
+    k = _FailingKernel("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: too many resources requested")
+    with pytest.raises(ValueError, match=r"1024 threads .*CUDA_THREADS_PER_BLOCK"):
+        runtime.launch(k, 4, 1024, 0, 0)
+    with pytest.raises(RuntimeError, match="something else"):  # other failures pass through
+        runtime.launch(_FailingKernel("something else"), 4, 256, 0, 0)
+
+
+@real_gpu
+def test_too_many_threads_for_the_registers(monkeypatch, rng):
+    """cross_entropy over large C uses about 123 registers per thread: a
+    1024-thread block cannot hold it (measured on an H200)."""
+    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 1024)
+    monkeypatch.setattr(config, "CUDA_LARGE_C", 64)
+    x = to_gpu(rng.standard_normal((4, 300)).astype(np.float32))
+    t = to_gpu(rng.integers(0, 300, size=4))
+    with pytest.raises(ValueError, match="CUDA_THREADS_PER_BLOCK"):
+        fl.cross_entropy(x, t, backend="cuda")
