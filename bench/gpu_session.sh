@@ -9,6 +9,9 @@
 # the end-to-end stage is replaced by alternating sweeps of the default
 # setting in each of them and in this tree (bench/cuda_sweep.py --settings
 # default --ops $AB_OPS), two rounds: an A/B within one call.
+# Caps are seconds (T_TESTS, T_BENCH, T_E2E, T_SWEEP, T_AB); 0 skips the
+# stage. gpu_out/ is the output folder off the device tool (add it to
+# .git/info/exclude). Used for every figure of bench/RESULTS.md "CUDA".
 # .whl may hold a numba-cuda wheel for Python 3.12, installed only when the
 # machine's numba-cuda is older than pyproject's floor.
 set -u
@@ -45,10 +48,12 @@ if ! $PY -c "import numpy; numpy.row_stack" 2>/dev/null; then
 fi
 timeout 60 $PY -m fastlogits info 2>&1 | tee "$OUT/info.txt"
 
+if [ "$T_TESTS" != 0 ]; then
 stage "tests (cap ${T_TESTS} s)"
 timeout "$T_TESTS" $PY -m pytest tests/cuda tests/test_cuda_ptx.py bench/bench_cuda.py -q -n 12 \
   --dist load -p no:randomly -rfEs --durations=15 > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"; tail -45 "$OUT/tests.log"
+fi
 
 if [ -n "$AB_OLD" ]; then
   stage "A/B: $AB_OLD vs this tree, default setting, alternating (cap ${T_AB} s each)"
@@ -69,14 +74,16 @@ FASTLOGITS_BENCH_FULL=1 timeout "$T_BENCH" $PY bench/bench_cuda.py --no-cpu --no
 echo "bench rc=$?"; grep -v "^  " "$OUT/bench.log" | tail -60
 fi
 
-if [ -z "$AB_OLD" ]; then
+if [ -z "$AB_OLD" ] && [ "$T_E2E" != 0 ]; then  # T_E2E=0 skips it (timeout 0 would not)
 stage "benchmark, end-to-end argmax and softmax (cap ${T_E2E} s)"
 FASTLOGITS_BENCH_FULL=1 timeout "$T_E2E" $PY bench/bench_cuda.py --no-cpu --ops argmax softmax \
   --repeat 10 --json "$OUT/cuda_e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?"; grep "e2e" "$OUT/e2e.log" | tail -20
 fi
 
+if [ "$T_SWEEP" != 0 ]; then
 stage "launch-setting sweep and LinearHead (cap ${T_SWEEP} s)"
 timeout "$T_SWEEP" $PY bench/cuda_sweep.py $SWEEP_ARGS --json "$OUT/sweep.json" > "$OUT/sweep.log" 2>&1
 echo "sweep rc=$?"; grep -E "head|profile|MISMATCH|copy|Error|error" "$OUT/sweep.log" | tail -40
+fi
 stage done

@@ -16,6 +16,8 @@ address and views are NumPy views wrapped as simulator arrays.
 """
 
 import contextlib
+import functools
+import importlib
 
 import numpy as np
 
@@ -48,10 +50,35 @@ def status():
         if not cuda.is_available():
             return False, _unavailable_reason(cuda)
         dev = cuda.get_current_device()
+        problem = toolchain_problem()
+        if problem:
+            return False, problem
         major, minor = dev.compute_capability
         return True, f"{_name(dev)} (compute capability {major}.{minor})"
     except Exception as exc:  # noqa: BLE001
         return False, " ".join(f"the CUDA driver failed: {exc}".split())
+
+
+#: The module of numba-cuda that the first kernel compilation loads and
+#: that breaks on an incompatible NumPy (numba-cuda 0.30.4 registers
+#: ``np.row_stack``, which NumPy 2.5 removed; seen on an H200 machine).
+_NUMPY_SUPPORT = "numba.cuda.np.arrayobj"
+
+
+@functools.lru_cache(maxsize=None)
+def toolchain_problem(module=_NUMPY_SUPPORT):
+    """Why the installed numba-cuda cannot compile kernels with this NumPy,
+    or None. Loads ``module`` as the first compilation would; a numba-cuda
+    without that module is given the benefit of the doubt."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure here breaks every kernel
+        return (f"numba-cuda cannot load its NumPy support with NumPy {np.__version__} "
+                f"({type(exc).__name__}: {exc}); install a NumPy it supports (numba's own "
+                f"pins do) or a newer numba-cuda")
+    return None
 
 
 def _unavailable_reason(cuda):
