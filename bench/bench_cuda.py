@@ -359,23 +359,33 @@ def _difference(op, got, want, torch):
     return (got - want).abs().max().item()
 
 
+def host_inputs(shape, axis, seed=0, dtype=np.float32):
+    """Scores (4 x standard normal) and int64 targets (10 % ignore_index)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape, dtype=np.float32) * 4).astype(dtype)
+    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
+    t = rng.integers(0, shape[axis], size=red)
+    t[rng.random(red) < 0.1] = IGNORE
+    return x, t
+
+
+def to_gpu(a, torch):
+    """A host array on the GPU: a PyTorch tensor with PyTorch, else Numba's."""
+    if torch is not None:
+        return torch.from_numpy(a).cuda()
+    from numba import cuda
+
+    return cuda.to_device(a)
+
+
 def bench_case(name, shape, axis, ops, repeat, cpu=True, e2e=True, dtype=np.float32,
                log=print):
     """Time every op of one case on every implementation; returns result rows."""
     torch = _torch_cuda()
     timer = GpuTimer(torch, batch=10 if FULL else 2)
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal(shape, dtype=np.float32) * 4).astype(dtype)
+    x, t = host_inputs(shape, axis, dtype=dtype)
     C = shape[axis]
-    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
-    t = rng.integers(0, C, size=red)
-    t[rng.random(red) < 0.1] = IGNORE
-    if torch is not None:
-        xd, td = torch.from_numpy(x).cuda(), torch.from_numpy(t).cuda()
-    else:
-        from numba import cuda
-
-        xd, td = cuda.to_device(x), cuda.to_device(t)
+    xd, td = to_gpu(x, torch), to_gpu(t, torch)
     rows = []
     slow_repeat = 3 if FULL else 1  # wall-clock modes: seconds per call at full size
     for op in ops:

@@ -57,32 +57,20 @@ OPS = ("argmax", "classify", "softmax", "logsumexp", "cross_entropy", "cross_ent
        "confusion_matrix")
 
 
-def _device(a, torch):
-    if torch is not None:
-        return torch.from_numpy(a).cuda()
-    from numba import cuda
-
-    return cuda.to_device(a)
-
-
 def _inputs(torch, shape, axis, seed):
     """Scores (float32, 4 x standard normal) and int64 targets (10 % ignored)
     on the GPU: PyTorch tensors drawn there when PyTorch has CUDA (the same
     for a seed in every process), else Numba arrays drawn on the host."""
-    C = shape[axis]
-    red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
     if torch is not None:
+        C = shape[axis]
+        red = tuple(n for i, n in enumerate(shape) if i != axis % len(shape))
         g = torch.Generator(device="cuda").manual_seed(seed)
         x = torch.randn(shape, generator=g, device="cuda") * 4
         t = torch.randint(0, C, red, generator=g, device="cuda")
         t[torch.rand(red, generator=g, device="cuda") < 0.1] = bc.IGNORE
         return x, t
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    x *= 4
-    t = rng.integers(0, C, size=red)
-    t[rng.random(red) < 0.1] = bc.IGNORE
-    return _device(x, torch), _device(t, torch)
+    x, t = bc.host_inputs(shape, axis, seed)
+    return bc.to_gpu(x, None), bc.to_gpu(t, None)
 
 
 def _host(res):

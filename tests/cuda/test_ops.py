@@ -38,7 +38,7 @@ CASES = {
 }
 
 #: Settings a case needs on top of the SMALL config.
-CASE_CONFIG = {"cl-pixel": {"CUDA_CL_PIXEL_MAX_C": 24}, "cl-pixel-C2": {"CUDA_CL_PIXEL_MAX_C": 24}}
+CASE_CONFIG = {case: {"CUDA_CL_PIXEL_MAX_C": 24} for case in ("cl-pixel", "cl-pixel-C2")}
 
 
 @pytest.fixture(autouse=True)
@@ -328,13 +328,13 @@ def test_input_errors(rng):
 # Plan and runtime (no kernels)
 # --------------------------------------------------------------------------
 
-def test_plan_regimes():
+def test_plan_regimes(monkeypatch):
     assert ops.plan((145, 19, 1), 4).regime == "tile"
-    config.CUDA_CL_PIXEL_MAX_C = 19  # restored by small_launch's monkeypatch
+    monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 19)
     assert ops.plan((145, 19, 1), 4).regime == "cf"
     assert ops.plan((145, 20, 1), 4).regime == "tile"
     assert ops.plan((145, 19, 1), 4, writes_scores=True).regime == "tile"
-    config.CUDA_CL_PIXEL_MAX_C = 0
+    monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 0)
     assert ops.plan((2, 5, 77), 4).regime == "cf"
     p = ops.plan((21, 40, 1), 4)
     assert (p.regime, p.group, p.threads) == ("rows", 32, 64)
