@@ -152,6 +152,14 @@ def test_channels_last_paths(rng, path, monkeypatch):
                                                                return_grad=True)
                 assert_loss_close(loss, want_loss, xs.dtype, "none")
                 assert_grad_close(grad, want_grad, xs)
+                # The loss alone, ignored pixels among them (float32: the
+                # fused blocks, cpu.rowblock.rows_xent), every reduction.
+                ts = target.copy()
+                ts[::3] = IGNORE
+                for reduction in REDUCTIONS:
+                    assert_loss_close(fl.cross_entropy(xs, ts, -1, reduction=reduction),
+                                      reference.cross_entropy(xs, ts, -1, reduction=reduction),
+                                      xs.dtype, reduction)
                 # Smoothed and weighted too.
                 kw = dict(reduction="none", label_smoothing=0.1, class_weight=np.linspace(0.5, 2, C))
                 assert_loss_close(fl.cross_entropy(xs, target, -1, **kw),
@@ -608,6 +616,11 @@ def test_channels_first_paths(rng, blocks, stream, monkeypatch):
                 ts = np.tile(target, 8)[None]
                 want_loss, want_grad = reference.cross_entropy(xs, ts, 1, reduction="none",
                                                                return_grad=True)
+                # The loss alone: float32 by the fused blocks (cpu.planeblock.planes_xent).
+                for reduction in REDUCTIONS:
+                    want = reference.cross_entropy(xs, ts, 1, reduction=reduction)
+                    got = fl.cross_entropy(xs, ts, 1, reduction=reduction)
+                    assert_loss_close(got, want, xs.dtype, reduction)
                 loss, grad = fl.cross_entropy(xs, ts, 1, reduction="none", return_grad=True,
                                               grad_out=xs)
                 assert_loss_close(loss, want_loss, xs.dtype, "none")

@@ -491,7 +491,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
         e3 = e.reshape((1, C, tile))
-        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _loss_scratch(tile, w)
+        m, part, a, s, sm, xt, wt, d, tt, keep = _loss_scratch(tile, w)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -502,8 +502,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             pf = no_region(z3)  # z is scratch in cache
             _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc,
-                         pf)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.
                 _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)

@@ -63,6 +63,20 @@ def intrinsic_fn(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
+_FLOAT_OPS = frozenset(("fadd", "fsub", "fmul", "fdiv", "frem", "fcmp"))
+
+
+def flag_block_from(builder, first, flags):
+    """Give the float operations of the current block from instruction
+    ``first`` on that carry no fast-math flags the ``flags``: Numba's
+    fast-math pass adds the kernel's own flags only to instructions without
+    any, so straight-line IR marked this way keeps e.g. ``EXP_FASTMATH``
+    (no ``reassoc``) inside a ``FASTMATH`` kernel."""
+    for ins in builder.block.instructions[first:]:
+        if ins.opname in _FLOAT_OPS and not ins.flags:
+            ins.flags.extend(sorted(flags))
+
+
 def fmuladd(builder, a, b, c):
     """``a * b + c`` as ``llvm.fmuladd`` (an FMA where the target has one)."""
     fn = intrinsic_fn(builder, f"llvm.fmuladd.{type_suffix(a.type)}", a.type, [a.type] * 3)

@@ -13,11 +13,10 @@ the loss, and finally the gradient, rescaled in cache::
     A         = (1 - eps) w[t] + eps / C * W            (W = sum_c w[c])
 
 with ``g`` the gradient scale (1, or 1 / sum of target weights for a
-"mean" gradient). Per-pixel quantities are float64 (but ``log s``, taken
-in x's precision); the class loops run in x's precision (float32 or
-float64). Losses are summed in float64 per chunk
-of tiles, and the chunk sums are returned, so a mean over millions of
-pixels stays accurate.
+"mean" gradient). The class loops and the per-pixel quantities are in
+x's precision (float32 or float64); losses and weights are summed in
+float64 per chunk of tiles, and the chunk sums are returned, so a mean
+over millions of pixels stays accurate.
 
 Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted (and treated
@@ -43,7 +42,8 @@ Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
@@ -52,11 +52,12 @@ from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in,
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        planes_argmax_expstore, planes_argmax_expsum,
-                                       planes_store_grad, planes_stream_grad, planes_wsum)
+                                       planes_store_grad, planes_stream_grad, planes_wsum,
+                                       planes_xent)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
-                                     rows_store_grad, rows_wsum)
+                                     rows_store_grad, rows_wsum, rows_xent)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
@@ -67,9 +68,9 @@ from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
-    """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class, or -1 for an
-    ignored or bad pixel; ``wt[p]`` its weight (float64; 0 where ``tt[p]``
-    is -1); ``keep[p]`` 1 or 0 in x's dtype (the gradient's mask, see
+    """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class (int32), or -1
+    for an ignored or bad pixel; ``wt[p]`` its weight (x's dtype; 0 where
+    ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's dtype (the gradient's mask, see
     :func:`_tile_grad`). Returns the number of bad targets (outside
     [0, C), not ``ignore``). The target logits follow
     (:func:`_target_logits_tile`, :func:`_target_logits_rows`).
@@ -99,34 +100,36 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
         # unit is loop-invariant: LLVM unswitches the loop on it.
         wp = 1.0 if unit else w64[min(max(ti, 0), C - 1)]
         tt[p] = ti if ok else -1
-        wt[p] = wp if ok else 0.0
+        wt[p] = keep.dtype.type(wp) if ok else zero
         keep[p] = one if ok else zero
     return nbad
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _target_logits_tile(x, o, i0, P, tt, xt):
-    """``xt[p]``: the target's logit of tile pixel p (float64; 0 where
-    ``tt[p]`` is -1). A branch around the load: measured faster here than
-    loading every pixel (1.9 against 2.5 cycles per pixel, bench/RESULTS.md,
-    log 34)."""
+    """``xt[p]``: the target's logit of tile pixel p (0 where ``tt[p]`` is
+    -1). A branch around the load: measured faster here than loading every
+    pixel (1.9 against 2.5 cycles per pixel, bench/RESULTS.md, log 34)."""
     i0 = max(i0, 0)
+    zero = xt.dtype.type(0.0)
     for p in range(P):
-        xt[p] = np.float64(x[o, max(tt[p], 0), i0 + p]) if tt[p] >= 0 else 0.0
+        xt[p] = x[o, max(tt[p], 0), i0 + p] if tt[p] >= 0 else zero
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _target_logits_rows(x2, r0, P, tt, xt):
     """:func:`_target_logits_tile` for rows ``r0 .. r0 + P - 1`` of x2 (rows, C)."""
     r0 = max(r0, 0)
+    zero = xt.dtype.type(0.0)
     for p in range(P):
-        xt[p] = np.float64(x2[r0 + p, max(tt[p], 0)]) if tt[p] >= 0 else 0.0
+        xt[p] = x2[r0 + p, max(tt[p], 0)] if tt[p] >= 0 else zero
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _smoothing_sum(x, o, i0, P, m, w, part, sm):
     """``sm[p] = sum_c w[c] * (m[p] - x[o, c, i0 + p])``: each term >= 0 for
-    positive weights, so no cancellation; float64 over SUM_BLOCK classes."""
+    positive weights, so no cancellation; in x's precision, SUM_BLOCK
+    classes at a time."""
     i0 = max(i0, 0)
     C = x.shape[1]
     for p in range(P):
@@ -143,60 +146,61 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc,
-                  loss, r0, want_loss):
-    """Per pixel of the tile (see the module docstring): the loss into
-    ``lp`` (0 where ignored, NaN where the max is not finite: a NaN, a
-    +inf, or all -inf) and, with ``want_loss``, into ``loss[r0:r0 + P]``;
-    with ``want_grad``, ``a = A / s`` and ``d = g (1 - eps) w[t]`` (a loop
-    of their own: without a gradient its division is not paid). Adds the
-    sum of the losses to ``acc[0]``, of the target weights to ``acc[1]``.
+def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
+                  want_loss):
+    """Per pixel of the tile (see the module docstring): the loss (0 where
+    ignored, NaN where the max is not finite: a NaN, a +inf, or all -inf),
+    into ``loss[r0:r0 + P]`` with ``want_loss``; with ``want_grad``, ``a =
+    A / s`` and ``d = g (1 - eps) w[t]`` (a loop of their own: without a
+    gradient its division is not paid). Adds the sum of the losses to
+    ``acc[0]``, of the target weights to ``acc[1]``, in float64.
 
     Branch-free (selects, and :func:`flog` instead of libm's scalar
-    ``log``) so the loop runs at vector width. The log is taken in x's
-    precision: float32's runs twice the lanes of float64's and has no
-    division (bench/RESULTS.md, log 34); its error, 1 ulp of log s plus the
-    rounding of s to float32, is that of the float32 exp-sum itself.
+    ``log``) so the loop runs at vector width. Every per-pixel quantity is
+    in x's precision, the scratch too: float32's loop runs twice the lanes
+    of float64's and reads half the bytes (bench/RESULTS.md, logs 34 and
+    44). Its terms are all >= 0 (log s >= 0, m - x_t >= 0), so a float32
+    loss is within a few ulp, as the float32 exp-sum it starts from.
     """
+    f = m.dtype.type
+    keep = f(1.0 - eps)
+    epsc = f(eps / C)
+    wallx = f(wall)
+    nan = f(np.nan)
+    zero = f(0.0)
+    smooth = eps > 0.0
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     lsum = 0.0
     wsum = 0.0
-    keep = 1.0 - eps
-    epsc = eps / C
-    smooth = eps > 0.0
     for p in range(P):
         # Every value is computed unconditionally and then selected: a
         # conditional load or division would stay a branch.
-        ok = tt[p] >= 0
         wp = wt[p]
-        mx = np.float64(m[p])
-        sp = s[p]
-        lse = np.float64(flog(m.dtype.type(sp)))
+        mx = m[p]
+        lse = flog(s[p])
         lv = wp * (lse + (mx - xt[p]))
-        smoothed = keep * lv + epsc * (wall * lse + sm[p])
+        smoothed = keep * lv + epsc * (wallx * lse + sm[p])
         lv = smoothed if smooth else lv
-        fin = is_finite(mx)
-        lv = lv if fin else np.nan
-        lv = lv if ok else 0.0
-        lp[p] = lv
-        lsum += lv
-        wsum += wp
+        lv = lv if is_finite(mx) else nan
+        lv = lv if tt[p] >= 0 else zero
+        if want_loss:  # loop-invariant: LLVM unswitches the loop on it
+            loss[r0 + p] = lv
+        lsum += np.float64(lv)
+        wsum += np.float64(wp)
     if want_grad:
+        g = f(gscale)
         for p in range(P):
             wp = wt[p]
-            ap = gscale * (keep * wp + epsc * wall) / s[p]
-            a[p] = ap if is_finite(m[p]) else np.nan
-            d[p] = gscale * keep * wp
+            ap = g * (keep * wp + epsc * wallx) / s[p]
+            a[p] = ap if is_finite(m[p]) else nan
+            d[p] = g * keep * wp
     acc[0] += lsum
     acc[1] += wsum
-    if want_loss:
-        r0 = max(r0, 0)  # no wraparound select (see tiles.py)
-        for p in range(P):
-            loss[r0 + p] = lp[p]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
-                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf):
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
     with ``want_grad``),
@@ -213,18 +217,19 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
-                  r0, want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
+                  want_loss)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _scratch(tile, w):
-    """Per-chunk scratch: m, part, a (x's dtype, as ``w``), s, sm, xt, wt,
-    lp, d (float64), tt (int64), keep (x's dtype)."""
+    """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
+    even without smoothing), xt, wt, d, keep in x's dtype (``w``'s), tt
+    int32 (bench/RESULTS.md, log 44)."""
     return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
-            np.empty(tile, np.float64), np.zeros(tile, np.float64), np.empty(tile, np.float64),
-            np.empty(tile, np.float64), np.empty(tile, np.float64), np.empty(tile, np.float64),
-            np.empty(tile, np.int64), np.empty(tile, w.dtype))
+            np.empty(tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
+            np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
+            np.empty(tile, w.dtype))
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -257,14 +262,48 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
             g[o, tt[p], i0 + p] -= d[p]
 
 
+def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+    """Numba-callable: the losses of P pixels (a multiple of the block
+    size) of float32 x in one fused pass, returning True: channels-first
+    planes (outer, C, inner) from the flat index ``first`` by
+    :func:`planes_xent`, or rows (rows, C) from row ``first`` by
+    :func:`rows_xent`; ``tt``, ``wt`` from :func:`_targets` (tile pixel
+    p), ``loss`` and the targets' flat index ``r0 + p``, the sums added to
+    ``sums`` (2 * LANES float64). For float64 x it does nothing and
+    returns False: its log has no vector IR form."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_fused_losses, fastmath=FASTMATH)
+def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+    if x.dtype != types.float32:
+        return lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead: False
+    if x.ndim == 3:
+        def planes(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+            for q in range(0, P, LANES):
+                prefetch_planes(x, first + q, LANES, ahead)
+                planes_xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
+            return True
+        return planes
+
+    def rows(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+        for q in range(0, P, ROWS):
+            prefetch_rows(x, first + q, ROWS, ahead)
+            rows_xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
+        return True
+    return rows
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, write, idx, cols, ebuf, sc, acc, ahead):
-    """Losses of pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
+                  want_grad, write, idx, cols, ebuf, sc, acc, sums, ahead):
+    """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
+    flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
     :mod:`fastlogits.cpu.planeblock`: one pass over x finds each block's
-    max and exp-sum, keeping its scores (with ``want_grad``, their
-    exponentials) in ``cols`` (C * P); then the targets, their logits
+    max and exp-sum, keeping its scores in ``cols`` (C * LANES: one
+    block's, reused, so they stay in L1) or, with ``want_grad``, the
+    exponentials of all P pixels (C * P); then the targets, their logits
     (read from x before any gradient is written: grad may be x), the
     smoothing sums, the per-pixel step (``sc``: a :func:`_scratch` of at
     least P pixels), and with ``want_grad`` the final gradient from the
@@ -272,26 +311,34 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     targets included), written as ``write`` says
     (``planeblock.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
     straight into ``grad`` by non-temporal stores). Prefetches ``ahead``
-    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
-    m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
+    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
+
+    float32 losses without smoothing or gradient take one fused pass
+    instead (:func:`_fused_losses`), adding their sums to ``sums``
+    (float64, 2 * LANES: the caller adds them to ``acc``): no scratch
+    between the blocks and the per-pixel step (bench/RESULTS.md, log 44)."""
+    m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
+    r0 = o * inner + i0
     one = x.dtype.type(1.0)
+    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
+    if not want_grad and eps == 0.0 and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0,
+                                                      want_loss, sums, ahead):
+        return
     for q in range(0, P, LANES):
         prefetch_planes(x, start + q, LANES, ahead)
-        qcols = cols[q * C:(q + LANES) * C]
         if want_grad:
-            planes_argmax_expstore(x, start + q, m, idx, q, one, qcols, s)
+            planes_argmax_expstore(x, start + q, m, idx, q, one, cols[q * C:(q + LANES) * C], s)
         else:
-            planes_argmax_expsum(x, start + q, m, idx, q, one, qcols, s)
-    acc[2] += _targets(P, t, i0, ignore, C, w64, tt, wt, keep)
+            planes_argmax_expsum(x, start + q, m, idx, q, one, cols, s)
     _target_logits_tile(x, o, i0, P, tt, xt)
     if eps > 0.0:
         for q in range(0, P, LANES):
             planes_wsum(x, start + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
-                  i0, want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
+                  want_loss)
     if want_grad:
         for q in range(0, P, LANES):
             qcols = cols[q * C:(q + LANES) * C]
@@ -307,8 +354,8 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
           direct, blocks, write, ahead_bytes):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
-    (outer, inner). ``grad``/``loss`` are untouched (may be any array of
-    that type) without ``want_grad``/``want_loss``.
+    flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
+    array of that type) without ``want_grad``/``want_loss``.
 
     Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
     and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
@@ -334,26 +381,26 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
-    sums = np.zeros((nchunks, 3))
+    chunk_sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         sc = _scratch(tile, w)
-        m, part, a, s, sm, xt, wt, lp, d, tt, keep = sc
+        m, part, a, s, sm, xt, wt, d, tt, keep = sc
         ebuf = np.empty((1, C, tile if want_grad and (blocks or stream or not direct) else 1),
                         x.dtype)
         idx = np.empty(tile if blocks else 1, np.int32)
-        cols = np.empty(C * tile if blocks else 1, x.dtype)
+        cols = np.empty(C * (tile if want_grad else LANES) if blocks else 1, x.dtype)
         acc = np.zeros(3)
+        sums = np.zeros(2 * LANES)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
             if P == 0:
                 continue
-            lo = loss[o if want_loss else 0]
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses(x, o, i0, PB, t[o], w, w64, wall, ignore, eps, gscale, lo,
+                _plane_losses(x, o, i0, PB, t, w, w64, wall, ignore, eps, gscale, loss,
                               want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc,
-                              ahead)
+                              sums, ahead)
                 i0 += PB
                 P -= PB
                 if P == 0:
@@ -364,17 +411,19 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             et = grad if into else ebuf
             eo = o if into else 0
             ei0 = i0 if into else 0
-            _tile_losses(x, o, i0, P, t[o], i0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
-                         want_grad, lo, want_loss,
-                         m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc, pf)
+            _tile_losses(x, o, i0, P, t, o * inner + i0, w, w64, wall, ignore, eps, gscale, et,
+                         eo, ei0, want_grad, loss, want_loss,
+                         m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 _tile_grad(et, eo, ei0, P, a, b, keep, tt, d)
             if not into:
                 tile_to_out(ebuf, grad, o, i0, P, stream)
         if stream:
             stream_fence()
-        sums[chunk] = acc
-    return sums.sum(axis=0)
+        acc[0] += sums[:LANES].sum()
+        acc[1] += sums[LANES:].sum()
+        chunk_sums[chunk] = acc
+    return chunk_sums.sum(axis=0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -395,7 +444,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     for chunk in prange(nchunks):
         buf = np.empty((1, C, tile), dtype=x.dtype)
         ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
-        m, part, a, s, sm, xt, wt, lp, d, tt, keep = _scratch(tile, w)
+        m, part, a, s, sm, xt, wt, d, tt, keep = _scratch(tile, w)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
@@ -404,8 +453,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             load_transposed(x, r0, P, buf)
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
             _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
-                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, lp, a, d, acc,
-                         pf)
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
@@ -415,7 +463,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, ahead, idx, cols, sc, acc):
+                  want_grad, ahead, idx, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -425,24 +473,29 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     from the kept exponentials (``rows_store_grad``, ``b`` from
     :func:`_grad_coef`), then zeroed at ignored pixels and corrected at
     the targets. (A call per many blocks: the scratch arrays' reference
-    counting, paid per call, cost more than the arithmetic of one block.)"""
-    m, _, a, s, sm, xt, wt, lp, d, tt, keep = sc
+    counting, paid per call, cost more than the arithmetic of one block.)
+    float32 losses without smoothing or gradient take one fused pass
+    instead (:func:`_fused_losses`), adding their sums to ``sums``."""
+    m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
     one = x.dtype.type(1.0)
+    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
+    if not want_grad and eps == 0.0 and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0,
+                                                      want_loss, sums, ahead):
+        return
     for q in range(0, P, ROWS):
         prefetch_rows(x, r0 + q, ROWS, ahead)
         if want_grad:
             rows_argmax_expstore(x, r0 + q, m, idx, q, one, cols[q * C:(q + ROWS) * C], s)
         else:
             rows_argmax_expsum(x, r0 + q, m, idx, q, one, cols, s)
-    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
     _target_logits_rows(x, r0, P, tt, xt)
     if eps > 0.0:
         for q in range(0, P, ROWS):
             rows_wsum(x, r0 + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, lp, a, d, want_grad, acc, loss,
-                  r0, want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
+                  want_loss)
     if want_grad:
         zero = grad.dtype.type(0.0)
         for q in range(0, P, ROWS):
@@ -474,19 +527,20 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
     nchunks = work_chunks(rows, nthreads)
-    sums = np.zeros((nchunks, 3))
+    chunk_sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
         # One-pixel scratch for the per-pixel step shared with the tiles.
-        m1, _, a1, s1, sm1, xt1, wt1, lp1, d1, tt1, _ = _scratch(1, w)
+        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
         idx = np.empty(tile, np.int32)
         cols = np.empty(C * (tile if want_grad else ROWS) if blocks else 1, x.dtype)
         acc = np.zeros(3)
+        sums = np.zeros(2 * ROWS)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, grad, b, want_grad, ahead, idx, cols, sc, acc)
+                          want_loss, grad, b, want_grad, ahead, idx, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
@@ -509,20 +563,22 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                 for c in range(C):
                     sm += w[c] * (mx - x[r, c])
             m1[0] = mx
-            xt1[0] = np.float64(x[r, ti])  # before the exponentials: grad may be x
+            xt1[0] = x[r, ti]  # before the exponentials: grad may be x
             s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
             sm1[0] = sm
-            wt1[0] = w64[ti]
+            wt1[0] = w[ti]
             tt1[0] = ti
-            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, lp1, a1, d1,
-                          want_grad, acc, loss, r, want_loss)
+            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, a1, d1, want_grad,
+                          acc, loss, r, want_loss)
             if want_grad:
                 apx = a1[0]
                 for c in range(C):
                     grad[gr, c] = grad[gr, c] * apx - b[c]
                 grad[gr, ti] -= d1[0]
-        sums[chunk] = acc
-    return sums.sum(axis=0)
+        acc[0] += sums[:ROWS].sum()
+        acc[1] += sums[ROWS:].sum()
+        chunk_sums[chunk] = acc
+    return chunk_sums.sum(axis=0)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -576,10 +632,13 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             g = gwork if want_grad else _stand_in(3, dtype)
-            lw = lwork if want_loss else _stand_in(2, dtype)
+            # Targets and losses flat (outer * inner): a view per tile of an
+            # array all threads share costs two atomic reference-count
+            # updates on its one line (bench/RESULTS.md, log 44).
+            lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
             write = _plane_write(x3, g) if want_grad else WRITE_EBUF
-            res = ce_cf(x3, t2, w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
+            res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
                         _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), write,
                         config.CPU_PREFETCH_PLANE_BYTES)
         else:

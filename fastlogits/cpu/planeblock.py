@@ -44,7 +44,9 @@ from numba.extending import intrinsic, overload
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.irutil import const, i64, loop, splat, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
-                                     _argmax_expsum_part, _argmax_part, _is_vec, _wsum_part,
+                                     _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
+                                     _xent_part, xent_args_ok,
+                                     _wsum_part,
                                      store_values)
 from fastlogits.cpu.stream import LINE, mark_nontemporal
 
@@ -195,7 +197,7 @@ def _storing_grad(lanes, nontemporal):
     start)): class c's gradient of the block's pixels is ``cols_c * a -
     b[c]``, less ``d`` at the pixels whose target ``tt`` is c, 0 where
     ``tt`` < 0 (ignored; a select, so NaN logits there give 0 too); ``a``
-    in out's dtype, ``d`` float64, ``tt`` int64, each from index p. One
+    and ``d`` in out's dtype, ``tt`` int32, each from index p. One
     pass over the kept exponentials, so the gradient is final when stored
     (by non-temporal stores, with ``nontemporal``, it could not be
     corrected afterwards without reading it back from memory)."""
@@ -204,8 +206,7 @@ def _storing_grad(lanes, nontemporal):
         elem = context.get_data_type(sig.args[6].dtype)
         size = context.get_abi_sizeof(elem)
         vec = ir.VectorType(elem, lanes)
-        dvec = ir.VectorType(ir.DoubleType(), lanes)
-        tvec = ir.VectorType(ir.IntType(64), lanes)
+        tvec = ir.VectorType(ir.IntType(32), lanes)
 
         def data(k):
             return context.make_array(sig.args[k])(context, b, args[k]).data
@@ -213,17 +214,16 @@ def _storing_grad(lanes, nontemporal):
         cols, coef = data(0), data(1)
         at = i64(b, args[5])
         av = b.load(vptr(b, data(2), at, vec), align=size)
-        dv = b.load(vptr(b, data(3), at, dvec), align=8)
-        if elem != ir.DoubleType():
-            dv = b.fptrunc(dv, vec)
-        tv = b.load(vptr(b, data(4), at, tvec), align=8)
+        dv = b.load(vptr(b, data(3), at, vec), align=size)
+        tv = b.load(vptr(b, data(4), at, tvec), align=4)
         kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
         zero = vector_of(vec, 0.0)
 
         def value(c):
             v = b.load(vptr(b, cols, b.mul(c, const(lanes)), vec), align=size)
             r = b.fsub(b.fmul(v, av), splat(b, vec, b.load(b.gep(coef, [c]))))
-            r = b.select(b.icmp_signed("==", tv, splat(b, tvec, c)), b.fsub(r, dv), r)
+            c32 = b.trunc(c, ir.IntType(32))
+            r = b.select(b.icmp_signed("==", tv, splat(b, tvec, c32)), b.fsub(r, dv), r)
             return b.select(kept, r, zero)
 
         _store_planes(context, b, sig.args[6], args[6], args[7], lanes, nontemporal, value)
@@ -258,14 +258,14 @@ def plane_intrinsics(lanes):
 
     def _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
         return (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-                and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
+                and _is_vec(cols, x.dtype) and _is_sums(s, x)
                 and isinstance(start, types.Integer) and isinstance(p, types.Integer)
                 and isinstance(inv_t, types.Float))
 
     @intrinsic
     def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):
         """:func:`planes_argmax`, and ``s[p + i] = sum_c exp((x_c - m[p +
-        i]) * inv_t)`` (float64, the sum in x's precision: C up to
+        i]) * inv_t)`` (float64 or x's dtype, the sum in x's precision: C up to
         :data:`fastlogits.cpu.tiles.SUM_BLOCK`; garbage where the max is
         not finite); each class's scores are kept in ``cols`` (C * lanes
         elements of x's dtype, an L1 scratch) on the way, and the exp-sum
@@ -287,10 +287,10 @@ def plane_intrinsics(lanes):
     @intrinsic
     def planes_wsum(typingctx, x, start, m, p, w, s):
         """``s[p + i] = sum_c w[c] * (m[p + i] - x_c)`` for the block's
-        pixels (``w`` (C,) in x's dtype, ``s`` float64, the sum in x's
+        pixels (``w`` (C,) in x's dtype, ``s`` float64 or x's dtype, the sum in x's
         precision)."""
         if not (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
-                and _is_vec(s, types.float64)
+                and _is_sums(s, x)
                 and isinstance(start, types.Integer) and isinstance(p, types.Integer)):
             return None
         return types.none(x, start, m, p, w, s), _reading(lanes, _wsum_part)
@@ -311,15 +311,26 @@ def plane_intrinsics(lanes):
         def store(typingctx, cols, coef, a, d, tt, p, out, start):
             """The cross-entropy gradient of the block's pixels into ``out``
             (see ``_storing_grad``)."""
-            if not (_is_planes(out) and all(_is_vec(v, out.dtype) for v in (cols, coef, a))
-                    and _is_vec(d, types.float64) and _is_vec(tt, types.int64)
+            if not (_is_planes(out) and all(_is_vec(v, out.dtype) for v in (cols, coef, a, d))
+                    and _is_vec(tt, types.int32)
                     and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
                 return None
             return (types.none(cols, coef, a, d, tt, p, out, start),
                     _storing_grad(lanes, nontemporal))
         return store
 
+    @intrinsic
+    def planes_xent(typingctx, x, start, m, p, cols, tt, wt, loss, at, want_loss, sums):
+        """The cross-entropy losses of the block's pixels in one pass
+        (:func:`fastlogits.cpu.rowblock._xent_part`): float32 x only."""
+        if not (_is_planes(x) and xent_args_ok(x, start, m, p, cols, tt, wt, loss, at,
+                                               want_loss, sums)):
+            return None
+        return (types.none(x, start, m, p, cols, tt, wt, loss, at, want_loss, sums),
+                _reading(lanes, _xent_part))
+
     return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,
+                           xent=planes_xent,
                            wsum=planes_wsum, argmax_expstore=planes_argmax_expstore,
                            store_softmax=_store_intrinsic(STORE_SOFTMAX),
                            store_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX),
@@ -340,3 +351,4 @@ planes_store_grad = _TARGET.store_grad
 planes_stream_softmax = _TARGET.stream_softmax
 planes_stream_log_softmax = _TARGET.stream_log_softmax
 planes_stream_grad = _TARGET.stream_grad
+planes_xent = _TARGET.xent

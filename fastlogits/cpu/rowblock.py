@@ -41,9 +41,11 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
-from fastlogits.cpu.fastexp import exp_shifted_ir
+from fastlogits.cpu.fastexp import EXP_FASTMATH, exp_shifted_ir
+from fastlogits.cpu.fastlog import log32_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
-from fastlogits.cpu.irutil import I32, const, i64, loop, splat, vector_of, vptr
+from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, splat,
+                                   type_suffix, vector_of, vptr)
 
 _NINF = float("-inf")
 
@@ -68,6 +70,12 @@ def _is_rows(a):
 def _is_vec(a, dtype=None):
     return (isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
             and (dtype is None or a.dtype == dtype))
+
+
+def _is_sums(s, x):
+    """Whether ``s`` may take per-pixel sums of x's scores: float64, or
+    x's own dtype (the loss's narrow scratch, bench/RESULTS.md, log 44)."""
+    return _is_vec(s, types.float64) or _is_vec(s, x.dtype)
 
 
 def _halves(rows, wide, elem_size):
@@ -232,13 +240,48 @@ def _argmax_part(context, builder, sig, args, rw, offset, keep=None):
     return mx, at
 
 
+def _max_part(context, builder, sig, args, rw, offset, keep=None):
+    """The max of the block ``rw``'s pixels into m (``args`` (x, r, m, p,
+    ...)), NaN where any score is NaN; returns ``(max vector, output
+    index)``. :func:`_argmax_part` without the index, for the ops that do
+    not need it: each class costs a ``vmaxps`` and a NaN compare where the
+    argmax's costs two compares and two selects (bench/RESULTS.md, log
+    44). ``keep`` as for :func:`_argmax_part`."""
+    mask = ir.VectorType(ir.IntType(1), rw.lanes)
+
+    def step(carried, c0, cols):
+        carried = list(carried)
+        for j, v in cols:
+            if keep is not None:
+                keep(builder.add(c0, const(j)), v)
+            k = j % rw.chains
+            mx = carried[k]
+            # x86's max: the first operand where it is greater, else the
+            # second (a NaN column replaces mx; the NaN mask remembers it).
+            carried[k] = builder.select(builder.fcmp_ordered(">", mx, v), mx, v)
+            carried[-1] = builder.or_(carried[-1], builder.fcmp_unordered("uno", v, v))
+        return carried
+
+    res = rw.reduce([rw.ninf] * rw.chains + [ir.Constant(mask, [0] * rw.lanes)], step)
+    mx = res[0]
+    for other in res[1:-1]:
+        mx = builder.select(builder.fcmp_ordered(">", mx, other), mx, other)
+    mx = builder.select(res[-1], vector_of(rw.vec, float("nan")), mx)
+    pm = context.make_array(sig.args[2])(context, builder, args[2])
+    at = _plus(builder, args[3], offset)
+    builder.store(mx, vptr(builder, pm.data, at, rw.vec), align=rw.size)
+    return mx, at
+
+
 def _store_sum(context, builder, sig, args, rw, at, total):
-    """``total`` (x's precision) into the float64 ``s`` (args[-1]) at ``at``."""
-    dvec = ir.VectorType(ir.DoubleType(), rw.lanes)
-    if rw.elem != ir.DoubleType():
-        total = builder.fpext(total, dvec)
+    """``total`` (x's precision) into ``s`` (args[-1]: float64 or x's
+    dtype) at ``at``."""
+    elem = context.get_data_type(sig.args[-1].dtype)
+    svec = ir.VectorType(elem, rw.lanes)
+    if rw.elem != elem:
+        total = builder.fpext(total, svec)
     ps = context.make_array(sig.args[-1])(context, builder, args[-1])
-    builder.store(total, vptr(builder, ps.data, at, dvec), align=8)
+    builder.store(total, vptr(builder, ps.data, at, svec), align=context.get_abi_sizeof(elem))
 
 
 def _exp_term(builder, v, mv, tv):
@@ -288,6 +331,85 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False):
     phi.add_incoming(tail, tail_block)
     phi.add_incoming(a0, entry)
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
+
+
+def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
+    """The argument types of a fused loss intrinsic (:func:`_xent_part`),
+    x's kind (rows or planes) checked by the caller."""
+    return (x.dtype == types.float32 and _is_vec(m, x.dtype) and _is_vec(cols, x.dtype)
+            and _is_vec(tt, types.int32) and _is_vec(wt, x.dtype) and _is_vec(loss, x.dtype)
+            and _is_vec(sums, types.float64) and isinstance(want_loss, types.Boolean)
+            and all(isinstance(v, types.Integer) for v in (r, p, at)))
+
+
+def _xent_part(context, builder, sig, args, rw, offset):
+    """The cross-entropy losses of the block ``rw``'s pixels in one pass
+    (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums); float32,
+    whose blocks are one part: ``offset`` 0): the max (:func:`_max_part`,
+    into m), each class's column kept in ``cols`` (C * lanes), then over
+    those columns the exp-sum and the target's logit (the column whose
+    class is ``tt``, picked by a select: an AVX-512 gather from the
+    columns instead was slower on AMD Zen 4, bench/RESULTS.md, log 44),
+    ``log s`` (:func:`log32_ir` with the flags of ``EXP_FASTMATH``:
+    ``reassoc`` moves its error from 1 to 2.2 ulp), and per pixel ``wt *
+    (log s + m - x_t)``: NaN where the max is not finite, 0 where ``tt`` <
+    0 (ignored). Stored into ``loss[at:at + lanes]`` when ``want_loss``;
+    the losses and the weights ``wt`` added, in float64, to
+    ``sums[:lanes]`` and ``sums[lanes:2 * lanes]``."""
+    b = builder
+    vec, size, lanes = rw.vec, rw.size, rw.lanes
+    tvec = ir.VectorType(I32, lanes)
+    dvec = ir.VectorType(ir.DoubleType(), lanes)
+
+    def data(k):
+        return context.make_array(sig.args[k])(context, b, args[k]).data
+
+    cols = data(4)
+
+    def col(c):
+        return vptr(b, cols, _column_at(b, c, rw.C, lanes, offset), vec)
+
+    mx, at = _max_part(context, b, sig, args, rw, offset,
+                       lambda c, v: b.store(v, col(c), align=size))
+    tv = b.load(vptr(b, data(5), at, tvec), align=4)
+    wv = b.load(vptr(b, data(6), at, vec), align=size)
+
+    def step(c, xt):
+        """Class c's exponential, and the target logits so far."""
+        v = b.load(col(c), align=size)
+        hit = b.icmp_signed("==", tv, splat(b, tvec, b.trunc(c, I32)))
+        return exp_shifted_ir(b, b.fsub(v, mx)), b.select(hit, v, xt)
+
+    def pair(c, carried):
+        a0, a1, xt = carried
+        e0, xt = step(c, xt)
+        e1, xt = step(b.add(c, const(1)), xt)
+        return [b.fadd(a0, e0), b.fadd(a1, e1), xt]
+
+    def single(c, carried):
+        e, xt = step(c, carried[1])
+        return [b.fadd(carried[0], e), xt]
+
+    # Two accumulators (classes 2k and 2k + 1), so the adds do not wait on
+    # each other; the last class of an odd C goes to the first.
+    zero = vector_of(vec, 0.0)
+    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
+    a0, a1, xt = loop(b, const(0), C2, 2, [zero, zero, zero], pair, "xent")
+    a0, xt = loop(b, C2, rw.C, 1, [a0, xt], single, "xent_rest")
+    first = len(b.block.instructions)
+    lse = log32_ir(b, b.fadd(a0, a1))
+    flag_block_from(b, first, EXP_FASTMATH)
+    fabs = intrinsic_fn(b, f"llvm.fabs.{type_suffix(vec)}", vec, [vec])
+    finite = b.fcmp_ordered("!=", b.call(fabs, [mx]), vector_of(vec, float("inf")))
+    lv = b.fmul(wv, b.fadd(lse, b.fsub(mx, xt)))
+    lv = b.select(finite, lv, vector_of(vec, float("nan")))
+    lv = b.select(b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes)), lv, zero)
+    with b.if_then(b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))):
+        b.store(lv, vptr(b, data(7), _plus(b, args[8], offset), vec), align=size)
+    sums = data(10)
+    for k, v in enumerate((lv, wv)):
+        ptr = vptr(b, sums, const(k * lanes + offset), dvec)
+        b.store(b.fadd(b.load(ptr, align=8), b.fpext(v, dvec)), ptr, align=8)
 
 
 #: What :func:`store_values` computes.
@@ -369,7 +491,7 @@ def _rows_store_part(context, builder, sig, args, halves, offset, what):
 
 
 def _wsum_part(context, builder, sig, args, rw, offset):
-    """``s[p:p + lanes]`` (float64, args[-1]) gets ``sum_c w[c] * (m -
+    """``s[p:p + lanes]`` (args[-1], float64 or x's dtype) gets ``sum_c w[c] * (m -
     x_c)`` over the block ``rw``'s pixels (args (x, r, m, p, w, s)), in
     x's precision (two interleaved accumulators, so the adds do not wait
     on each other)."""
@@ -393,7 +515,7 @@ def _wsum_part(context, builder, sig, args, rw, offset):
 
 def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
     return (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-            and _is_vec(cols, x.dtype) and _is_vec(s, types.float64)
+            and _is_vec(cols, x.dtype) and _is_sums(s, x)
             and isinstance(r, types.Integer) and isinstance(p, types.Integer)
             and isinstance(inv_t, types.Float))
 
@@ -423,9 +545,10 @@ def block_intrinsics(rows, wide):
     def rows_wsum(typingctx, x, r, m, p, w, s):
         """``s[p + i] = sum_c w[c] * (m[p + i] - x[r + i, c])`` for i < ROWS
         (the label-smoothing sum of :mod:`fastlogits.cpu.losses`; ``w``
-        (C,) in x's dtype, ``s`` float64, the sum in x's precision)."""
+        (C,) in x's dtype, ``s`` float64 or x's dtype, the sum in x's
+        precision)."""
         if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
-                and _is_vec(s, types.float64)
+                and _is_sums(s, x)
                 and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
             return None
         return types.none(x, r, m, p, w, s), _by_parts(rows, wide, _wsum_part)
@@ -433,7 +556,7 @@ def block_intrinsics(rows, wide):
     @intrinsic
     def rows_argmax_expsum(typingctx, x, r, m, idx, p, inv_t, cols, s):
         """:func:`rows_argmax`, and ``s[p + i] = sum_c exp((x[r + i, c] -
-        m[p + i]) * inv_t)`` for i < ROWS (``s`` float64, the sum in x's
+        m[p + i]) * inv_t)`` for i < ROWS (``s`` float64 or x's dtype, the sum in x's
         precision: for C up to :data:`fastlogits.cpu.tiles.SUM_BLOCK`;
         garbage where the max is not finite: callers mask those pixels, as
         for the tiles). One pass over the rows: each class's transposed
@@ -487,7 +610,19 @@ def block_intrinsics(rows, wide):
     #: smoothing terms; inv_t unused).
     rows_store_grad = _store_intrinsic(STORE_GRAD)
 
+    @intrinsic
+    def rows_xent(typingctx, x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
+        """The cross-entropy losses of rows ``r .. r + ROWS - 1`` in one
+        pass (:func:`_xent_part`; ``cols`` at least C * ROWS elements):
+        float32 x only."""
+        if not (_is_rows(x) and xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss,
+                                             sums)):
+            return None
+        return (types.none(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums),
+                _by_parts(rows, wide, _xent_part))
+
     return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
+                           xent=rows_xent,
                            wsum=rows_wsum, argmax_expstore=rows_argmax_expstore,
                            store_softmax=rows_store_softmax,
                            store_log_softmax=rows_store_log_softmax,
@@ -502,3 +637,4 @@ rows_argmax_expstore = _TARGET.argmax_expstore
 rows_store_softmax = _TARGET.store_softmax
 rows_store_log_softmax = _TARGET.store_log_softmax
 rows_store_grad = _TARGET.store_grad
+rows_xent = _TARGET.xent
