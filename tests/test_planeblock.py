@@ -122,3 +122,26 @@ def test_plane_blocks_reject_what_they_cannot_read(lanes):
         argmax(x[0], 0, m, idx, 0)
     with pytest.raises(Exception):
         argmax(np.ones((1, 4, lanes), np.int32), 0, np.empty(lanes, np.int32), idx, 0)
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_plane_xent_matches_reference(rng, lanes):
+    """The fused cross-entropy of a block of planes (``planes_xent``), the
+    special values included, as the row blocks' (the same part codegen)."""
+    from tests.test_rowblock import check_xent, xent_case
+
+    xent = plane_intrinsics(lanes).xent
+
+    @njit
+    def run3(x3, start, tt, wt, want_loss, n, at):
+        loss = np.zeros(n, x3.dtype)
+        sums = np.zeros(2 * lanes)
+        xent(x3, start, np.empty(lanes, x3.dtype), 0, np.empty(x3.shape[1] * lanes, x3.dtype),
+             tt, wt, loss, at, want_loss, sums)
+        return loss, sums
+
+    def run(x, r, tt, wt, want_loss):
+        return run3(_planes(x), _start(x, r), tt, wt, want_loss, x.shape[0], r)
+
+    for C in (4, 8, 19, 33):  # fewer than 8 too: planes need no 8-class blocks
+        check_xent(run, *xent_case(rng, C, lanes), lanes)

@@ -242,3 +242,55 @@ def test_block_rejects_what_it_cannot_read(kernels):
         argmax_expsum(x, 0, np.empty(R), idx, 0, np.float32(1), np.empty(16 * R, np.float32), s)
     with pytest.raises(Exception):  # a column scratch of another dtype than x
         argmax_expsum(x, 0, m, idx, 0, np.float32(1), np.empty(16 * R), s)
+
+
+def xent_case(rng, C, R):
+    """Block rows (R + 3 of :func:`_rows`, float32, the block at row 3),
+    targets (every fifth ignored), their int32 classes and float32
+    weights as the fused loss takes them, and the class weights."""
+    x = _rows(rng, C, np.float32, R)
+    t = rng.integers(0, C, R)
+    t[::5] = -100
+    w = rng.uniform(0.5, 2.0, C).astype(np.float32)
+    tt = np.where(t < 0, -1, t).astype(np.int32)
+    wt = np.where(t < 0, 0.0, w[np.maximum(t, 0)]).astype(np.float32)
+    return x, t, tt, wt, w
+
+
+def check_xent(run, x, t, tt, wt, w, R):
+    """``run(x, r, tt, wt, want_loss) -> (loss, sums)`` of the fused loss
+    of rows 3 .. 3 + R - 1 against the reference: the losses stored (only
+    there), their float64 lane sums, the weights' sums; nothing stored
+    without ``want_loss``."""
+    from fastlogits import reference
+
+    want = reference.cross_entropy(x[3:3 + R], t, -1, class_weight=w.astype(np.float64),
+                                   ignore_index=-100, reduction="none")
+    loss, sums = run(x, 3, tt, wt, True)
+    np.testing.assert_allclose(loss[3:3 + R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert (loss[:3] == 0).all() and (loss[3 + R:] == 0).all()
+    np.testing.assert_allclose(sums[:R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
+    loss, sums = run(x, 3, tt, wt, False)
+    assert (loss == 0).all()
+    np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
+def test_block_xent_matches_reference(rng, layout):
+    """The fused cross-entropy of a block (``rows_xent``) in every layout,
+    the special-value rows of :func:`_rows` included (NaN where the max is
+    not finite, 0 at ignored rows)."""
+    R, wide = layout
+    xent = block_intrinsics(R, wide).xent
+
+    @njit
+    def run(x, r, tt, wt, want_loss):
+        loss = np.zeros(x.shape[0], x.dtype)
+        sums = np.zeros(2 * R)
+        xent(x, r, np.empty(R, x.dtype), 0, np.empty(x.shape[1] * R, x.dtype), tt, wt, loss, r,
+             want_loss, sums)
+        return loss, sums
+
+    for C in (8, 19, 33):
+        check_xent(run, *xent_case(rng, C, R), R)

@@ -39,6 +39,11 @@ transposed in registers, the gradient included; from
 ``config.CPU_ROW_MIN_CLASSES`` classes on, and for a chunk's last rows,
 one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
+
+In the register blocks of both layouts, float32 losses without label
+smoothing or gradient skip the per-pixel scratch: one fused intrinsic per
+block (:func:`_fused_losses`: max, exp-sum, target logit, log and loss in
+vector registers; bench/RESULTS.md, log 44).
 """
 
 import numpy as np
@@ -278,20 +283,15 @@ def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead
 def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
     if x.dtype != types.float32:
         return lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead: False
-    if x.ndim == 3:
-        def planes(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
-            for q in range(0, P, LANES):
-                prefetch_planes(x, first + q, LANES, ahead)
-                planes_xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
-            return True
-        return planes
+    # Planes or rows: their blocks are both LANES (= ROWS) pixels.
+    prefetch, xent = (prefetch_planes, planes_xent) if x.ndim == 3 else (prefetch_rows, rows_xent)
 
-    def rows(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
-        for q in range(0, P, ROWS):
-            prefetch_rows(x, first + q, ROWS, ahead)
-            rows_xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
+    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+        for q in range(0, P, LANES):
+            prefetch(x, first + q, LANES, ahead)
+            xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
         return True
-    return rows
+    return impl
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -344,8 +344,8 @@ def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
 
 def _xent_part(context, builder, sig, args, rw, offset):
     """The cross-entropy losses of the block ``rw``'s pixels in one pass
-    (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums); float32,
-    whose blocks are one part: ``offset`` 0): the max (:func:`_max_part`,
+    (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums); float32):
+    the max (:func:`_max_part`,
     into m), each class's column kept in ``cols`` (C * lanes), then over
     those columns the exp-sum and the target's logit (the column whose
     class is ``tt``, picked by a select: an AVX-512 gather from the
@@ -354,8 +354,8 @@ def _xent_part(context, builder, sig, args, rw, offset):
     ``reassoc`` moves its error from 1 to 2.2 ulp), and per pixel ``wt *
     (log s + m - x_t)``: NaN where the max is not finite, 0 where ``tt`` <
     0 (ignored). Stored into ``loss[at:at + lanes]`` when ``want_loss``;
-    the losses and the weights ``wt`` added, in float64, to
-    ``sums[:lanes]`` and ``sums[lanes:2 * lanes]``."""
+    the losses and the weights ``wt`` added, in float64, to the two halves
+    of ``sums`` (2 x the block's pixels), at ``offset``."""
     b = builder
     vec, size, lanes = rw.vec, rw.size, rw.lanes
     tvec = ir.VectorType(I32, lanes)
@@ -406,9 +406,10 @@ def _xent_part(context, builder, sig, args, rw, offset):
     lv = b.select(b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes)), lv, zero)
     with b.if_then(b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))):
         b.store(lv, vptr(b, data(7), _plus(b, args[8], offset), vec), align=size)
-    sums = data(10)
+    sarr = context.make_array(sig.args[10])(context, b, args[10])
+    half = b.sdiv(b.extract_value(sarr.shape, 0), const(2))  # the block's pixels
     for k, v in enumerate((lv, wv)):
-        ptr = vptr(b, sums, const(k * lanes + offset), dvec)
+        ptr = vptr(b, sarr.data, b.add(b.mul(half, const(k)), const(offset)), dvec)
         b.store(b.fadd(b.load(ptr, align=8), b.fpext(v, dvec)), ptr, align=8)
 
 
