@@ -35,7 +35,8 @@ def _start(x2, r):
 def _wrappers(lanes):
     k = plane_intrinsics(lanes)
     argmax, argmax_expsum, wsum = k.argmax, k.argmax_expsum, k.wsum
-    expstore, store_softmax, store_log = k.argmax_expstore, k.store_softmax, k.store_log_softmax
+    max_expsum, max_expstore = k.max_expsum, k.max_expstore
+    store_softmax, store_log = k.store_softmax, k.store_log_softmax
 
     @njit
     def _argmax(x3, start, m, idx, p):
@@ -54,16 +55,15 @@ def _wrappers(lanes):
         R, C = lanes, x3.shape[1]
         m = np.empty(R, x3.dtype)
         g = np.empty(R, x3.dtype)
-        idx = np.empty(R, np.int32)
         s = np.empty(R)
         cols = np.empty(C * R, x3.dtype)
-        if log:
-            argmax_expsum(x3, start, m, idx, 0, inv_t, cols, s)
+        if log:  # the max-only intrinsics of softmax, log_softmax and the losses
+            max_expsum(x3, start, m, 0, inv_t, cols, s)
             for i in range(R):
                 g[i] = np.log(s[i])
             store_log(cols, m, inv_t, g, 0, out3, start)
         else:
-            expstore(x3, start, m, idx, 0, inv_t, cols, s)
+            max_expstore(x3, start, m, 0, inv_t, cols, s)
             for i in range(R):
                 g[i] = 1.0 / s[i]
             store_softmax(cols, m, inv_t, g, 0, out3, start)
@@ -145,3 +145,17 @@ def test_plane_xent_matches_reference(rng, lanes):
 
     for C in (4, 8, 19, 33):  # fewer than 8 too: planes need no 8-class blocks
         check_xent(run, *xent_case(rng, C, lanes), lanes)
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_plane_max_expsum_matches_numpy(rng, lanes):
+    """``max_expsum`` of the plane blocks, as the row blocks'."""
+    from tests.test_rowblock import check_max_expsum
+
+    max_expsum = plane_intrinsics(lanes).max_expsum
+
+    @njit
+    def run3(x3, start, m, p, inv_t, cols, s):
+        max_expsum(x3, start, m, p, inv_t, cols, s)
+
+    check_max_expsum(lambda x, r, *rest: run3(_planes(x), _start(x, r), *rest), lanes, rng)

@@ -21,7 +21,8 @@ LAYOUTS = [(8, False), (16, False), (16, True)]
 def _wrappers(rows, wide):
     k = block_intrinsics(rows, wide)
     argmax, argmax_expsum, wsum = k.argmax, k.argmax_expsum, k.wsum
-    expstore, store_softmax, store_log = k.argmax_expstore, k.store_softmax, k.store_log_softmax
+    max_expsum, max_expstore = k.max_expsum, k.max_expstore
+    store_softmax, store_log = k.store_softmax, k.store_log_softmax
 
     @njit
     def _argmax(x, r, m, idx, p):
@@ -41,16 +42,15 @@ def _wrappers(rows, wide):
         R, C = rows, x.shape[1]
         m = np.empty(R, x.dtype)
         g = np.empty(R, x.dtype)
-        idx = np.empty(R, np.int32)
         s = np.empty(R)
         cols = np.empty(C * R, x.dtype)
-        if log:
-            argmax_expsum(x, r, m, idx, 0, inv_t, cols, s)
+        if log:  # the max-only intrinsics of softmax, log_softmax and the losses
+            max_expsum(x, r, m, 0, inv_t, cols, s)
             for i in range(R):
                 g[i] = np.log(s[i])
             store_log(cols, m, inv_t, g, 0, out, r)
         else:
-            expstore(x, r, m, idx, 0, inv_t, cols, s)
+            max_expstore(x, r, m, 0, inv_t, cols, s)
             for i in range(R):
                 g[i] = 1.0 / s[i]
             store_softmax(cols, m, inv_t, g, 0, out, r)
@@ -294,3 +294,42 @@ def test_block_xent_matches_reference(rng, layout):
 
     for C in (8, 19, 33):
         check_xent(run, *xent_case(rng, C, R), R)
+
+
+def check_max_expsum(run, R, rng):
+    """``run(x, r, m, p, inv_t, cols, s)`` of a max-only intrinsic on the
+    special rows of :func:`_rows`: the max with NaN wherever a score is
+    NaN (NumPy's np.max), the exp-sum of the finite rows, nothing written
+    outside the block."""
+    inv_t_of = {np.float32: np.float32(1 / 0.7), np.float64: 1 / 0.7}
+    for dtype in (np.float32, np.float64):
+        for C in (8, 19, 33):
+            x = _rows(rng, C, dtype, R)
+            m = np.full(R + 5, 7.0, dtype)
+            s = np.full(R + 5, -1.0)
+            inv_t = inv_t_of[dtype]
+            run(x, 3, m, 2, inv_t, np.full(C * R, 3.0, dtype), s)
+            xb = x[3:R + 3]
+            want_m = np.max(xb, axis=1)
+            np.testing.assert_array_equal(m[2:R + 2], want_m)
+            fin = np.isfinite(want_m)
+            want_s = np.exp((xb[fin].astype(np.float64) - want_m[fin, None])
+                            * np.float64(inv_t)).sum(1)
+            rtol = 1e-5 if dtype == np.float32 else 1e-13
+            np.testing.assert_allclose(s[2:R + 2][fin], want_s, rtol=rtol)
+            for a, v in ((m, 7), (s, -1)):
+                assert (a[:2] == v).all() and (a[R + 2:] == v).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
+def test_block_max_expsum_matches_numpy(rng, layout):
+    """``max_expsum`` (softmax, log_softmax, logsumexp and the losses: no
+    index) in every layout."""
+    R, wide = layout
+    max_expsum = block_intrinsics(R, wide).max_expsum
+
+    @njit
+    def run(x, r, m, p, inv_t, cols, s):
+        max_expsum(x, r, m, p, inv_t, cols, s)
+
+    check_max_expsum(run, R, rng)

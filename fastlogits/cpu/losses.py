@@ -56,12 +56,12 @@ from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in,
                             launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                       planes_argmax_expstore, planes_argmax_expsum,
+                                       planes_max_expstore, planes_max_expsum,
                                        planes_store_grad, planes_stream_grad, planes_wsum,
                                        planes_xent)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
-from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
+from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_grad, rows_wsum, rows_xent)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.stream import stream_fence
@@ -296,7 +296,7 @@ def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, write, idx, cols, ebuf, sc, acc, sums, ahead):
+                  want_grad, write, cols, ebuf, sc, acc, sums, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
@@ -330,9 +330,9 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     for q in range(0, P, LANES):
         prefetch_planes(x, start + q, LANES, ahead)
         if want_grad:
-            planes_argmax_expstore(x, start + q, m, idx, q, one, cols[q * C:(q + LANES) * C], s)
+            planes_max_expstore(x, start + q, m, q, one, cols[q * C:(q + LANES) * C], s)
         else:
-            planes_argmax_expsum(x, start + q, m, idx, q, one, cols, s)
+            planes_max_expsum(x, start + q, m, q, one, cols, s)
     _target_logits_tile(x, o, i0, P, tt, xt)
     if eps > 0.0:
         for q in range(0, P, LANES):
@@ -387,7 +387,6 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
         ebuf = np.empty((1, C, tile if want_grad and (blocks or stream or not direct) else 1),
                         x.dtype)
-        idx = np.empty(tile if blocks else 1, np.int32)
         cols = np.empty(C * (tile if want_grad else LANES) if blocks else 1, x.dtype)
         acc = np.zeros(3)
         sums = np.zeros(2 * LANES)
@@ -399,7 +398,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             PB = P - P % LANES if blocks else 0
             if PB > 0:
                 _plane_losses(x, o, i0, PB, t, w, w64, wall, ignore, eps, gscale, loss,
-                              want_loss, grad, b, want_grad, write, idx, cols, ebuf, sc, acc,
+                              want_loss, grad, b, want_grad, write, cols, ebuf, sc, acc,
                               sums, ahead)
                 i0 += PB
                 P -= PB
@@ -463,7 +462,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, ahead, idx, cols, sc, acc, sums):
+                  want_grad, ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -487,9 +486,9 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     for q in range(0, P, ROWS):
         prefetch_rows(x, r0 + q, ROWS, ahead)
         if want_grad:
-            rows_argmax_expstore(x, r0 + q, m, idx, q, one, cols[q * C:(q + ROWS) * C], s)
+            rows_max_expstore(x, r0 + q, m, q, one, cols[q * C:(q + ROWS) * C], s)
         else:
-            rows_argmax_expsum(x, r0 + q, m, idx, q, one, cols, s)
+            rows_max_expsum(x, r0 + q, m, q, one, cols, s)
     _target_logits_rows(x, r0, P, tt, xt)
     if eps > 0.0:
         for q in range(0, P, ROWS):
@@ -532,7 +531,6 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
-        idx = np.empty(tile, np.int32)
         cols = np.empty(C * (tile if want_grad else ROWS) if blocks else 1, x.dtype)
         acc = np.zeros(3)
         sums = np.zeros(2 * ROWS)
@@ -540,7 +538,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, grad, b, want_grad, ahead, idx, cols, sc, acc, sums)
+                          want_loss, grad, b, want_grad, ahead, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0

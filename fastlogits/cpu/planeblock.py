@@ -45,7 +45,7 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu.irutil import const, i64, loop, splat, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
-                                     _xent_part, xent_args_ok,
+                                     _xent_part, max_expsum_args_ok, xent_args_ok,
                                      _wsum_part,
                                      store_values)
 from fastlogits.cpu.stream import LINE, mark_nontemporal
@@ -234,8 +234,9 @@ def _storing_grad(lanes, nontemporal):
 def plane_intrinsics(lanes):
     """The channels-first block intrinsics for blocks of ``lanes`` pixels:
     a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`'
-    (``argmax``, ``argmax_expsum``, ``wsum``, ``argmax_expstore``,
-    ``store_softmax``, ``store_log_softmax``), each taking x or out
+    (``argmax``, ``argmax_expsum``, ``wsum``, ``max_expsum``,
+    ``max_expstore``, ``xent``, ``store_softmax``, ``store_log_softmax``),
+    each taking x or out
     (outer, C, inner) and the block's ``start`` where the row blocks take
     (rows, C) and a row; ``store_grad(cols, coef, a, d, tt, p, out,
     start)``, the final gradient (see ``_storing_grad``), where the row
@@ -275,14 +276,20 @@ def plane_intrinsics(lanes):
         return types.none(x, start, m, idx, p, inv_t, cols, s), _reading(
             lanes, _argmax_expsum_part)
 
-    @intrinsic
-    def planes_argmax_expstore(typingctx, x, start, m, idx, p, inv_t, cols, s):
-        """:func:`planes_argmax_expsum` leaving the exponentials in
-        ``cols`` instead of the scores."""
-        if not _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
-            return None
-        return types.none(x, start, m, idx, p, inv_t, cols, s), _reading(
-            lanes, lambda *a: _argmax_expsum_part(*a, store=True))
+    def _max_intrinsic(store):
+        @intrinsic
+        def max_expsum(typingctx, x, start, m, p, inv_t, cols, s):
+            """:func:`planes_argmax_expsum` without the index: the max
+            only; with ``store`` (``planes_max_expstore``) the
+            exponentials, not the scores, are left in ``cols``."""
+            if not (_is_planes(x) and max_expsum_args_ok(x, start, m, p, inv_t, cols, s)):
+                return None
+            return types.none(x, start, m, p, inv_t, cols, s), _reading(
+                lanes, lambda *a: _argmax_expsum_part(*a, store=store, index=False))
+        return max_expsum
+
+    planes_max_expsum = _max_intrinsic(False)
+    planes_max_expstore = _max_intrinsic(True)
 
     @intrinsic
     def planes_wsum(typingctx, x, start, m, p, w, s):
@@ -330,8 +337,9 @@ def plane_intrinsics(lanes):
                 _reading(lanes, _xent_part))
 
     return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,
-                           xent=planes_xent,
-                           wsum=planes_wsum, argmax_expstore=planes_argmax_expstore,
+                           xent=planes_xent, max_expsum=planes_max_expsum,
+                           max_expstore=planes_max_expstore,
+                           wsum=planes_wsum,
                            store_softmax=_store_intrinsic(STORE_SOFTMAX),
                            store_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX),
                            store_grad=_grad_intrinsic(False),
@@ -344,7 +352,6 @@ _TARGET = plane_intrinsics(LANES)
 planes_argmax = _TARGET.argmax
 planes_argmax_expsum = _TARGET.argmax_expsum
 planes_wsum = _TARGET.wsum
-planes_argmax_expstore = _TARGET.argmax_expstore
 planes_store_softmax = _TARGET.store_softmax
 planes_store_log_softmax = _TARGET.store_log_softmax
 planes_store_grad = _TARGET.store_grad
@@ -352,3 +359,5 @@ planes_stream_softmax = _TARGET.stream_softmax
 planes_stream_log_softmax = _TARGET.stream_log_softmax
 planes_stream_grad = _TARGET.stream_grad
 planes_xent = _TARGET.xent
+planes_max_expsum = _TARGET.max_expsum
+planes_max_expstore = _TARGET.max_expstore

@@ -295,12 +295,16 @@ def _column_at(builder, c, C, lanes, offset):
     return builder.add(builder.mul(c, const(lanes)), builder.mul(C, const(offset)))
 
 
-def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False):
+def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, index=True):
     """:func:`_argmax_part`, keeping each class's column in ``cols`` (args
     (x, r, m, idx, p, inv_t, cols, s)), then the exp-sum of those columns:
     one load each, where a second pass over x loads (and transposes) again.
-    With ``store``, each exponential replaces its score in ``cols``."""
-    cols = context.make_array(sig.args[6])(context, builder, args[6]).data
+    With ``store``, each exponential replaces its score in ``cols``.
+    Without ``index``, :func:`_max_part` instead (args (x, r, m, p, inv_t,
+    cols, s)): for the ops that need the max only, 1.1-1.2x faster in
+    cache (bench/RESULTS.md, log 45)."""
+    k = 0 if index else -1  # where the arguments after idx are
+    cols = context.make_array(sig.args[6 + k])(context, builder, args[6 + k]).data
 
     def ptr(c, vec):
         return vptr(builder, cols, _column_at(builder, c, rw.C, rw.lanes, offset), vec)
@@ -308,8 +312,10 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False):
     def keep(c, v):
         builder.store(v, ptr(c, v.type), align=context.get_abi_sizeof(v.type.element))
 
-    mx, at = _argmax_part(context, builder, sig, args, rw, offset, keep)
-    tv = splat(builder, rw.vec, context.cast(builder, args[5], sig.args[5], sig.args[0].dtype))
+    reduce_part = _argmax_part if index else _max_part
+    mx, at = reduce_part(context, builder, sig, args, rw, offset, keep)
+    tv = splat(builder, rw.vec, context.cast(builder, args[5 + k], sig.args[5 + k],
+                                             sig.args[0].dtype))
 
     def term(c):
         e = _exp_term(builder, builder.load(ptr(c, rw.vec), align=rw.size), mx, tv)
@@ -514,17 +520,23 @@ def _wsum_part(context, builder, sig, args, rw, offset):
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(a0, a1))
 
 
-def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
-    return (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-            and _is_vec(cols, x.dtype) and _is_sums(s, x)
+def max_expsum_args_ok(x, r, m, p, inv_t, cols, s):
+    """The argument types of a max-and-exp-sum intrinsic, x's kind (rows or
+    planes) checked by the caller."""
+    return (_is_vec(m, x.dtype) and _is_vec(cols, x.dtype) and _is_sums(s, x)
             and isinstance(r, types.Integer) and isinstance(p, types.Integer)
             and isinstance(inv_t, types.Float))
 
 
+def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
+    return _is_rows(x) and _is_vec(idx, types.int32) and max_expsum_args_ok(x, r, m, p, inv_t,
+                                                                             cols, s)
+
+
 def block_intrinsics(rows, wide):
     """The block intrinsics (a namespace: ``argmax``, ``argmax_expsum``,
-    ``wsum``, ``argmax_expstore``, ``store_softmax``, ``store_log_softmax``,
-    ``store_grad``)
+    ``wsum``, ``max_expsum``, ``max_expstore``, ``xent``, ``store_softmax``,
+    ``store_log_softmax``, ``store_grad``)
     for blocks of ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte)
     vectors or not: the module's ``rows_*`` names are
     ``block_intrinsics(ROWS, target_has_avx512())``; tests build every
@@ -570,14 +582,20 @@ def block_intrinsics(rows, wide):
         return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(rows, wide,
                                                                       _argmax_expsum_part)
 
-    @intrinsic
-    def rows_argmax_expstore(typingctx, x, r, m, idx, p, inv_t, cols, s):
-        """:func:`rows_argmax_expsum` leaving in ``cols`` the exponentials
-        (for :func:`rows_store`) instead of the scores."""
-        if not _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
-            return None
-        return types.none(x, r, m, idx, p, inv_t, cols, s), _by_parts(
-            rows, wide, lambda *a: _argmax_expsum_part(*a, store=True))
+    def _max_intrinsic(store):
+        @intrinsic
+        def max_expsum(typingctx, x, r, m, p, inv_t, cols, s):
+            """:func:`rows_argmax_expsum` without the index: the max only;
+            with ``store`` (``rows_max_expstore``) the exponentials, not
+            the scores, are left in ``cols`` (for the stores below)."""
+            if not (_is_rows(x) and max_expsum_args_ok(x, r, m, p, inv_t, cols, s)):
+                return None
+            return types.none(x, r, m, p, inv_t, cols, s), _by_parts(
+                rows, wide, lambda *a: _argmax_expsum_part(*a, store=store, index=False))
+        return max_expsum
+
+    rows_max_expsum = _max_intrinsic(False)
+    rows_max_expstore = _max_intrinsic(True)
 
     def _store_intrinsic(what):
         @intrinsic
@@ -599,14 +617,14 @@ def block_intrinsics(rows, wide):
         return codegen
 
     #: ``out[r + i, c] = cols_c[i] * g[p + i]`` for i < ROWS (the columns
-    #: :func:`rows_argmax_expstore` left: softmax, g = 1 / s). out (rows,
+    #: :func:`rows_max_expstore` left: softmax, g = 1 / s). out (rows,
     #: C) C-contiguous in the dtype of cols, m and g; m and inv_t unused.
     rows_store_softmax = _store_intrinsic(STORE_SOFTMAX)
     #: ``out[r + i, c] = (cols_c[i] - m[p + i]) * inv_t - g[p + i]`` (the
     #: score columns :func:`rows_argmax_expsum` left: log_softmax, g = log s).
     rows_store_log_softmax = _store_intrinsic(STORE_LOG_SOFTMAX)
     #: ``out[r + i, c] = cols_c[i] * g[p + i] - m[c]`` (the exponentials
-    #: :func:`rows_argmax_expstore` left: the cross-entropy gradient before
+    #: :func:`rows_max_expstore` left: the cross-entropy gradient before
     #: its target and ignored-pixel fix-ups, g = A / s, m the (C,)
     #: smoothing terms; inv_t unused).
     rows_store_grad = _store_intrinsic(STORE_GRAD)
@@ -623,8 +641,9 @@ def block_intrinsics(rows, wide):
                 _by_parts(rows, wide, _xent_part))
 
     return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
-                           xent=rows_xent,
-                           wsum=rows_wsum, argmax_expstore=rows_argmax_expstore,
+                           xent=rows_xent, max_expsum=rows_max_expsum,
+                           max_expstore=rows_max_expstore,
+                           wsum=rows_wsum,
                            store_softmax=rows_store_softmax,
                            store_log_softmax=rows_store_log_softmax,
                            store_grad=rows_store_grad)
@@ -634,8 +653,9 @@ _TARGET = block_intrinsics(ROWS, target_has_avx512())
 rows_argmax = _TARGET.argmax
 rows_argmax_expsum = _TARGET.argmax_expsum
 rows_wsum = _TARGET.wsum
-rows_argmax_expstore = _TARGET.argmax_expstore
 rows_store_softmax = _TARGET.store_softmax
 rows_store_log_softmax = _TARGET.store_log_softmax
 rows_store_grad = _TARGET.store_grad
 rows_xent = _TARGET.xent
+rows_max_expsum = _TARGET.max_expsum
+rows_max_expstore = _TARGET.max_expstore

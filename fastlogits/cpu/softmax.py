@@ -28,12 +28,12 @@ from numba import njit, prange
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                       on_c_planes, planes_argmax_expstore, planes_argmax_expsum,
+                                       on_c_planes, planes_max_expstore, planes_max_expsum,
                                        planes_store_log_softmax, planes_store_softmax,
                                        planes_stream_log_softmax, planes_stream_softmax)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
-from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_argmax_expstore, rows_argmax_expsum,
+from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.stream import stream_fence
@@ -101,7 +101,7 @@ def _lse(P, m, s, inv_t, red, r0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, write, ahead):
+def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, s, cols, ebuf, write, ahead):
     """Pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
     ``planeblock.LANES``: one pass over x finds each block's max and
     exp-sum in registers, keeping its scores (softmax: their
@@ -118,9 +118,9 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, idx, s, cols, ebuf, 
     for q in range(0, P, LANES):
         prefetch_planes(x, start + q, LANES, ahead)
         if mode == SOFTMAX:
-            planes_argmax_expstore(x, start + q, m, idx, q, inv_t, cols[q * C:(q + LANES) * C], s)
+            planes_max_expstore(x, start + q, m, q, inv_t, cols[q * C:(q + LANES) * C], s)
         else:
-            planes_argmax_expsum(x, start + q, m, idx, q, inv_t, cols[q * C:(q + LANES) * C], s)
+            planes_max_expsum(x, start + q, m, q, inv_t, cols[q * C:(q + LANES) * C], s)
     if mode == LOGSUMEXP:
         _lse(P, m, s, inv_t, red[o], i0)
         return
@@ -177,7 +177,6 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
         g = np.empty(tile, dtype=x.dtype)
         part = np.empty(tile, dtype=x.dtype)
         s = np.empty(tile, dtype=np.float64)
-        idx = np.empty(tile if blocks else 1, dtype=np.int32)
         cols = np.empty(C * tile if blocks else 1, dtype=x.dtype)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -186,7 +185,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
                 continue
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_tile(x, out, red, o, i0, PB, inv_t, mode, m, g, idx, s, cols, ebuf,
+                _plane_tile(x, out, red, o, i0, PB, inv_t, mode, m, g, s, cols, ebuf,
                             write, ahead)
                 i0 += PB
                 P -= PB
@@ -316,7 +315,6 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     for chunk in prange(nchunks):
         m = np.empty(ROWS, dtype=x.dtype)
         g = np.empty(ROWS, dtype=x.dtype)
-        idx = np.empty(ROWS, dtype=np.int32)
         s = np.empty(ROWS, dtype=np.float64)
         cols = np.empty(C * ROWS, dtype=x.dtype)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
@@ -324,9 +322,9 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
         for b0 in range(r0, b1, ROWS):
             prefetch_rows(x, b0, ROWS, ahead)
             if mode == SOFTMAX:
-                rows_argmax_expstore(x, b0, m, idx, 0, inv_t, cols, s)
+                rows_max_expstore(x, b0, m, 0, inv_t, cols, s)
             else:
-                rows_argmax_expsum(x, b0, m, idx, 0, inv_t, cols, s)
+                rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
             if mode == LOGSUMEXP:
                 _lse(ROWS, m, s, inv_t, red, b0)
                 continue
