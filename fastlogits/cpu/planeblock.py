@@ -258,10 +258,8 @@ def plane_intrinsics(lanes):
         return types.none(x, start, m, idx, p), _reading(lanes, _argmax_part)
 
     def _expsum_ok(x, start, m, idx, p, inv_t, cols, s):
-        return (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
-                and _is_vec(cols, x.dtype) and _is_sums(s, x)
-                and isinstance(start, types.Integer) and isinstance(p, types.Integer)
-                and isinstance(inv_t, types.Float))
+        return (_is_planes(x) and _is_vec(idx, types.int32)
+                and max_expsum_args_ok(x, start, m, p, inv_t, cols, s))
 
     @intrinsic
     def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):

@@ -1,0 +1,107 @@
+"""The channels-first register blocks in cache, one thread: ns per pixel of
+each block intrinsic of :mod:`fastlogits.cpu.planeblock` the ops use, timed
+in one process, alternating, so their ratios hold on a noisy machine
+(bench/RESULTS.md, logs 44-45)::
+
+    python bench/bench_blocks.py --classes 19 --pixels 2048 --rounds 21
+
+``argmax_expsum`` is classify's block, ``max_expsum`` softmax's,
+log_softmax's and logsumexp's, ``xent`` the fused float32 loss's,
+``targets`` the loss's target read (:func:`fastlogits.cpu.losses._targets`)
+per pixel. Each figure is the minimum over rounds of a compiled loop over
+one (1, C, pixels) float32 block of planes, small enough for L1/L2.
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+from numba import njit
+
+from fastlogits.config import FASTMATH
+from fastlogits.cpu.losses import _targets
+from fastlogits.cpu.planeblock import LANES, planes_argmax_expsum, planes_max_expsum, planes_xent
+
+IGNORE = 255
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _argmax_expsum(n, x, m, idx, cols, s):
+    for _ in range(n):
+        for q in range(0, x.shape[2], LANES):
+            planes_argmax_expsum(x, q, m, idx, q, np.float32(1.0), cols, s)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _max_expsum(n, x, m, cols, s):
+    for _ in range(n):
+        for q in range(0, x.shape[2], LANES):
+            planes_max_expsum(x, q, m, q, np.float32(1.0), cols, s)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _xent(n, x, m, cols, tt, wt, loss, sums):
+    for _ in range(n):
+        for q in range(0, x.shape[2], LANES):
+            planes_xent(x, q, m, q, cols, tt, wt, loss, q, False, sums)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _read_targets(n, t, w64, tt, wt, keep):
+    bad = 0
+    for _ in range(n):
+        bad += _targets(t.shape[0], t, 0, IGNORE, w64.shape[0], w64, tt, wt, keep)
+    return bad
+
+
+def measure(classes=19, pixels=2048, rounds=21, calls=400):
+    """``{block: ns per pixel}``, the minimum over ``rounds`` alternating
+    rounds of ``calls`` passes over the block each."""
+    pixels = pixels // LANES * LANES
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, classes, pixels), dtype=np.float32)
+    t = rng.integers(0, classes, pixels).astype(np.uint8)
+    t[::10] = IGNORE
+    m = np.empty(pixels, np.float32)
+    idx = np.empty(pixels, np.int32)
+    s = np.empty(pixels)
+    cols = np.empty(classes * LANES, np.float32)
+    tt = np.empty(pixels, np.int32)
+    wt = np.empty(pixels, np.float32)
+    keep = np.empty(pixels, np.float32)
+    w64 = np.ones(classes)
+    _read_targets(1, t, w64, tt, wt, keep)  # the loss block reads these
+    loss = np.empty(1, np.float32)
+    sums = np.zeros(2 * LANES)
+    blocks = {
+        "argmax_expsum": lambda n: _argmax_expsum(n, x, m, idx, cols, s),
+        "max_expsum": lambda n: _max_expsum(n, x, m, cols, s),
+        "xent": lambda n: _xent(n, x, m, cols, tt, wt, loss, sums),
+        "targets": lambda n: _read_targets(n, t, w64, tt, wt, keep),
+    }
+    for run in blocks.values():
+        run(1)  # compile
+    best = dict.fromkeys(blocks, np.inf)
+    for _ in range(rounds):
+        for name, run in blocks.items():
+            t0 = time.perf_counter()
+            run(calls)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: 1e9 * sec / calls / pixels for name, sec in best.items()}
+
+
+def test_blocks_smoke():
+    """Runs the measurement once on a tiny block; figures go to RESULTS.md."""
+    result = measure(classes=5, pixels=64, rounds=1, calls=2)
+    assert all(v > 0 for v in result.values())
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--classes", type=int, default=19)
+    ap.add_argument("--pixels", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=21)
+    args = ap.parse_args()
+    print(json.dumps({k: round(v, 3) for k, v in
+                      measure(args.classes, args.pixels, args.rounds).items()}))
