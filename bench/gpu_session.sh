@@ -9,8 +9,14 @@
 # the end-to-end stage is replaced by alternating sweeps of the default
 # setting in each of them and in this tree (bench/cuda_sweep.py --settings
 # default --ops $AB_OPS), two rounds: an A/B within one call.
-# Caps are seconds (T_TESTS, T_BENCH, T_E2E, T_SWEEP, T_AB); 0 skips the
-# stage. gpu_out/ is the output folder off the device tool (add it to
+# With PROFILE_OPS="op ...", those ops are also profiled (cuda_sweep.py
+# --profile --host-profile): GPU time per kernel beside the wall time per
+# call, and the host's cProfile.
+# T_OVERHEAD (a cap, default 0: skipped) times each tree's host time per
+# call on a tiny input (bench/cuda_overhead.py, which AB_OLD trees need a
+# copy of), with cProfile of this tree's cross_entropy and classify.
+# Caps are seconds (T_TESTS, T_BENCH, T_E2E, T_SWEEP, T_AB, T_PROFILE,
+# T_OVERHEAD); 0 skips the stage. gpu_out/ is the output folder off the device tool (add it to
 # .git/info/exclude). Used for every figure of bench/RESULTS.md "CUDA".
 # .whl may hold a numba-cuda wheel for Python 3.12, installed only when the
 # machine's numba-cuda is older than pyproject's floor.
@@ -20,7 +26,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 PY=${PY:-python3}
 T_TESTS=${T_TESTS:-150} T_BENCH=${T_BENCH:-150} T_E2E=${T_E2E:-60} T_SWEEP=${T_SWEEP:-100}
-T_AB=${T_AB:-40} AB_OLD=${AB_OLD:-} AB_OPS=${AB_OPS:-argmax classify softmax cross_entropy confusion_matrix} BENCH_ARGS=${BENCH_ARGS:-} SWEEP_ARGS=${SWEEP_ARGS:---head}
+T_AB=${T_AB:-40} AB_OLD=${AB_OLD:-} T_PROFILE=${T_PROFILE:-60} PROFILE_OPS=${PROFILE_OPS:-} T_OVERHEAD=${T_OVERHEAD:-0} AB_OPS=${AB_OPS:-argmax classify softmax cross_entropy confusion_matrix} BENCH_ARGS=${BENCH_ARGS:-} SWEEP_ARGS=${SWEEP_ARGS:---head}
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 
 stage environment
@@ -55,7 +61,7 @@ timeout "$T_TESTS" $PY -m pytest tests/cuda tests/test_cuda_ptx.py bench/bench_c
 echo "tests rc=$?"; tail -45 "$OUT/tests.log"
 fi
 
-if [ -n "$AB_OLD" ]; then
+if [ -n "$AB_OLD" ] && [ "$T_AB" != 0 ]; then
   stage "A/B: $AB_OLD vs this tree, default setting, alternating (cap ${T_AB} s each)"
   for round in 1 2; do
     for tree in $AB_OLD .; do
@@ -65,6 +71,17 @@ if [ -n "$AB_OLD" ]; then
         | sed "s/^/$tag$round /" | tee -a "$OUT/ab.log"
     done
   done
+fi
+
+if [ "$T_OVERHEAD" != 0 ]; then
+stage "host time per call, tiny input (bench/cuda_overhead.py), in $AB_OLD . (cap ${T_OVERHEAD} s each)"
+for tree in $AB_OLD .; do
+  tag=$([ "$tree" = . ] && echo new || basename "$tree")
+  extra=$([ "$tree" = . ] && echo "--profile cross_entropy classify --json $OUT/overhead.json")
+  (cd "$tree" && PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} timeout "$T_OVERHEAD" $PY \
+    bench/cuda_overhead.py $extra) > "$OUT/overhead_$tag.log" 2>&1
+  echo "$tag rc=$?"; grep -E "^  [a-z_]+ +fastlogits|rror" "$OUT/overhead_$tag.log" | sed "s/^/$tag /"
+done
 fi
 
 if [ "$T_BENCH" != 0 ]; then  # T_BENCH=0 skips the benchmark
@@ -79,6 +96,13 @@ stage "benchmark, end-to-end argmax and softmax (cap ${T_E2E} s)"
 FASTLOGITS_BENCH_FULL=1 timeout "$T_E2E" $PY bench/bench_cuda.py --no-cpu --ops argmax softmax \
   --repeat 10 --json "$OUT/cuda_e2e.json" > "$OUT/e2e.log" 2>&1
 echo "e2e rc=$?"; grep "e2e" "$OUT/e2e.log" | tail -20
+fi
+
+if [ -n "$PROFILE_OPS" ]; then
+stage "profile: GPU time per kernel (CUPTI), host time per call (cProfile) (cap ${T_PROFILE} s)"
+timeout "$T_PROFILE" $PY bench/cuda_sweep.py --no-sweep --profile --ops $PROFILE_OPS \
+  --host-profile $PROFILE_OPS --json "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+echo "profile rc=$?"; grep -v "^ *[0-9]* *0.000" "$OUT/profile.log" | head -90
 fi
 
 if [ "$T_SWEEP" != 0 ]; then

@@ -8,9 +8,13 @@ Modules (nothing here compiles or touches the GPU at import):
   object, output allocation in the caller's library;
 - :mod:`.errflag`: the error flag kernels set for data-dependent checks,
   turned into ``ValueError`` on the host;
+- :mod:`.scratch`: the per-thread, per-stream device buffers and pinned
+  host mirrors that the ops returning host values reuse (flag, partial
+  sums, totals), so each of their calls waits once and allocates nothing;
 - :mod:`.device`: device functions shared by every kernel family (the
-  online max / exp-sum / first-index update, its combine, group reductions
-  with warp shuffles or a shared-memory tree);
+  online max / exp-sum / first-index update, its combine, the exp-sum
+  second pass of the thread-per-pixel kernels, group reductions with warp
+  shuffles or a shared-memory tree);
 - :mod:`.softmax` and :mod:`.argmax`: the kernels, one per regime
   (channels-first, channels-last small C, rows), paired with
   :mod:`fastlogits.cpu.softmax` and :mod:`fastlogits.cpu.argmax`;

@@ -17,7 +17,7 @@ import numpy as np
 from numba import cuda, int64
 
 from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
-                                    tile_copy)
+                                    pixel_two_pass, tile_copy)
 
 
 @cuda.jit(device=True)
@@ -28,7 +28,8 @@ def _confidence(m, s, one, nan):
 
 @cuda.jit(cache=True)
 def argmax_cf(x, labels, conf, cdt, inv_t, with_conf):
-    """Channels-first: a thread per pixel, class planes read coalesced."""
+    """Channels-first: a thread per pixel, class planes read coalesced;
+    classify in two passes (:func:`.device.pixel_two_pass`)."""
     ct = cdt.dtype.type
     one = ct(1)
     zero = ct(0)
@@ -37,11 +38,10 @@ def argmax_cf(x, labels, conf, cdt, inv_t, with_conf):
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
         i = p - o * inner
-        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), one, zero, 0, inv_t,
-                                       one, with_conf, cdt)
+        m, s, idx = pixel_two_pass(x, o, i, C, inv_t, with_conf, one, zero, cdt)
         labels[o, i] = idx
         if with_conf:
-            conf[o, i] = _confidence(m, s - comp, one, nan)
+            conf[o, i] = _confidence(m, s, one, nan)
 
 
 @cuda.jit(cache=True)

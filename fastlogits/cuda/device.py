@@ -205,6 +205,51 @@ def fold_strided(x, o, i, c, C, step, m, s, comp, idx, inv_t, one, with_sum, cdt
 
 
 @cuda.jit(device=True)
+def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, cdt):
+    """Add ``exp((v - m) * inv_t)`` of classes ``c, c + step, ...`` (< C)
+    of pixel (o, i) to the Kahan-compensated ``(s, comp)``, for the pixel's
+    finite max ``m`` (from :func:`fold_strided` without sums, which
+    neither exponentiates nor rescales):
+    every term is at most 1, so no rescaling; the scores are re-read from
+    L1/L2, where the first pass just brought them."""
+    ct = cdt.dtype.type
+    while c + 3 * step < C:
+        v0 = ct(x[o, c, i])
+        v1 = ct(x[o, c + step, i])
+        v2 = ct(x[o, c + 2 * step, i])
+        v3 = ct(x[o, c + 3 * step, i])
+        s, comp = kahan_add(s, comp, math.exp((v0 - m) * inv_t))
+        s, comp = kahan_add(s, comp, math.exp((v1 - m) * inv_t))
+        s, comp = kahan_add(s, comp, math.exp((v2 - m) * inv_t))
+        s, comp = kahan_add(s, comp, math.exp((v3 - m) * inv_t))
+        c += 4 * step
+    while c < C:
+        s, comp = kahan_add(s, comp, math.exp((ct(x[o, c, i]) - m) * inv_t))
+        c += step
+    return s, comp
+
+
+@cuda.jit(device=True)
+def pixel_two_pass(x, o, i, C, inv_t, with_sum, one, zero, cdt):
+    """``(m, s, idx)`` of pixel (o, i) of the (outer, C, inner) view
+    ``x``, for a thread that owns the pixel: the max and its first index
+    (:func:`fold_strided` without sums: no exponential, no rescaling),
+    then, with ``with_sum``, ``s = sum exp((x - m) * inv_t)``
+    (:func:`expsum_strided`, the scores re-read from L1/L2). ``s`` is 1
+    where m is not finite, which the callers turn into NaN. Two passes
+    because a one-pass fold rescales its sum whenever a thread meets a new
+    max, and the threads of a warp meet theirs at different classes: the
+    warp would run both branches (bench/RESULTS.md, CUDA log 46)."""
+    m, _, _, idx = fold_strided(x, o, i, 1, C, 1, cdt.dtype.type(x[o, 0, i]), one, zero, 0,
+                                inv_t, one, False, cdt)
+    s = one
+    if with_sum and is_finite(m):
+        s, comp = expsum_strided(x, o, i, 0, C, 1, m, zero, zero, inv_t, cdt)
+        s = s - comp
+    return m, s, idx
+
+
+@cuda.jit(device=True)
 def _next_cell(r, c, dr, dc, C):
     """Advance (row, class) of a tile by ``blockDim.x`` scores."""
     r += dr

@@ -22,9 +22,11 @@ and inside the kernel::
 :func:`raise_flag` packs ``(index, code)`` into one int64 and keeps the
 minimum with one atomic, so the report is deterministic however the
 threads interleave: the first offending item (smallest index) and its own
-code. :meth:`ErrorFlag.check` copies two integers back
+code. :meth:`ErrorFlag.check` copies one integer back (into pinned memory)
 and synchronizes the flag's stream (that stream only, never the device):
 a data-dependent error cannot be reported without waiting for the data.
+Ops that also bring sums back queue both copies and wait once
+(:meth:`ErrorFlag.fetch`, then ``read(fetched=True)``).
 """
 
 import numpy as np
@@ -43,6 +45,19 @@ def raise_flag(flag, code, index):
     cuda.atomic.min(flag, 0, index * CODES + code)
 
 
+@cuda.jit(device=True)
+def block_sees_flag(flag, sm):
+    """True when ``flag`` was raised before this block read it, the same
+    answer for every thread of the block (thread 0 reads it into the shared
+    1-element int64 ``sm``): a kernel that must not write once an earlier
+    kernel found bad data returns early, uniformly, before any
+    ``syncthreads``. Every thread of the block must call it."""
+    if cuda.threadIdx.x == 0:
+        sm[0] = flag[0]
+    cuda.syncthreads()
+    return sm[0] != CLEAR
+
+
 @cuda.jit(cache=True)
 def _reset(flag):
     # Cleared by a 1-thread kernel on the caller's stream: no host copy, no sync.
@@ -53,24 +68,48 @@ def _reset(flag):
 class ErrorFlag:
     """A 1-element device int64 array that kernels set on bad data.
 
+    The array and its pinned host mirror are the calling thread's scratch
+    for the stream (:mod:`.scratch`), reused by every call: nothing is
+    allocated, and the reset kernel is queued only when the flag may be
+    set (new, raised, or handed out and never read back: a call that
+    stopped between its launch and its check). A flag read back clear
+    stays clear, since kernels only ever raise it.
+
     Parameters
     ----------
     stream : numba stream
-        The stream the checking kernels run on; the flag is zeroed there.
+        The stream the checking kernels run on; the flag is reset there.
     """
 
     def __init__(self, stream):
-        self.stream = stream
-        self.array = cuda.device_array(1, np.int64, stream=stream)
-        _reset[1, 1, stream](self.array)
+        from fastlogits.cuda import runtime, scratch
 
-    def read(self):
+        ws = scratch.get(stream)
+        self.stream = stream
+        self.array = ws.flag
+        self._host = ws.flag_host
+        self._ws = ws
+        if ws.flag_maybe_set:
+            runtime.launch(_reset, 1, 1, stream, 0, self.array)
+        # Until read back clear: the kernels about to get it may raise it.
+        ws.flag_maybe_set = True
+
+    def fetch(self):
+        """Queue the flag's copy to pinned host memory (no wait); then
+        synchronize the stream and call ``read(fetched=True)``."""
+        self.array.copy_to_host(self._host, stream=self.stream)
+
+    def read(self, fetched=False):
         """``(code, index)`` of the first flagged item, ``(0, None)`` if none,
-        once the queued kernels finished (synchronizes the flag's stream)."""
-        host = self.array.copy_to_host(stream=self.stream)
-        self.stream.synchronize()
-        value = int(host[0])
+        once the queued kernels finished. Unless ``fetched`` (the caller
+        queued :meth:`fetch` and waited), copies the flag back and
+        synchronizes the flag's stream."""
+        if not fetched:
+            self.fetch()
+            self.stream.synchronize()
+        value = int(self._host[0])
         if value == CLEAR:
+            self._ws.flag_maybe_set = False
             return 0, None
         return value % CODES, value // CODES
 

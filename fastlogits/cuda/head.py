@@ -51,7 +51,8 @@ from fastlogits.cuda import ops, runtime
 from fastlogits.cuda.argmax import _confidence
 from fastlogits.cuda.device import MAX_THREADS, WARP, block_total, fold, is_finite, tile_copy
 from fastlogits.cuda.errflag import ErrorFlag, raise_flag
-from fastlogits.cuda.losses import BAD_TARGET, SHARED_BINS, _pixel_loss
+from fastlogits.cuda.losses import (BAD_TARGET, SHARED_BINS, _pixel_loss, clear_hist, flush_hist,
+                                    shared_histogram)
 from fastlogits.cuda.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _logsumexp, _scale, _value
 
 #: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
@@ -515,9 +516,7 @@ def head_confusion(f, W, b, t, counts, flag, cdt, ignore, use_shared, KC, NC, re
     woff = T * pitch if tiled else 0
     fbase = tid * pitch
     if use_shared:
-        for k in range(tid, C * C, T):
-            hist[k] = 0
-        cuda.syncthreads()
+        clear_hist(hist, C, tid, T)
     _stage_resident(W, b, sh, woff, KC, NC, resident, zero)
     for t0 in range(cuda.blockIdx.x * T, npix, cuda.gridDim.x * T):
         p = t0 + tid
@@ -537,12 +536,7 @@ def head_confusion(f, W, b, t, counts, flag, cdt, ignore, use_shared, KC, NC, re
             else:
                 cuda.atomic.add(counts, (tv, idx), 1)
     if use_shared:
-        cuda.syncthreads()
-        for k in range(tid, C * C, T):
-            n = hist[k]
-            if n != 0:
-                r = k // C
-                cuda.atomic.add(counts, (r, k - r * C), int64(n))
+        flush_hist(hist, counts, C, tid, T)
 
 
 @cuda.jit(cache=True)
@@ -808,7 +802,7 @@ def cross_entropy(head, f, fv, *, target, class_weight, ignore_index, label_smoo
         C = fv.C
         f3 = ops._input3(caller, fv)
         t2 = kl._target2(caller, target, fv)
-        w, w64 = kl._weights(caller, class_weight, fv)
+        w, wsum = kl._weights(caller, class_weight, fv)
         cdt = ops._cdt(fv)
         flag = ErrorFlag(caller.stream)
         gscale = 1.0
@@ -835,7 +829,7 @@ def cross_entropy(head, f, fv, *, target, class_weight, ignore_index, label_smoo
         partial = cuda.device_array((2, p.blocks), cd, stream=caller.stream)
         eps = float(label_smoothing)
         _launch(head_xent, p, caller, f3, W, b, t2, w, loss2, grad3, partial, flag.array, cdt,
-                ignore_index, ct(eps), ct(eps / C), ct(w64.sum()), ct(gscale),
+                ignore_index, ct(eps), ct(eps / C), ct(wsum), ct(gscale),
                 loss_out is not None, return_grad)
         if return_grad and fv.dtype != cd and grad3.size:
             cast3[ops._blocks(grad3.size, 256), 256, caller.stream](grad3,
@@ -864,15 +858,14 @@ def confusion_matrix(head, f, fv, *, target, ignore_index, out=None):
     caller = runtime.Caller(f)
     out = ops._check_out(caller, fv, out, (C, C), np.int64, "out")
     with caller.activate():
-        counts_obj, counts = caller.empty((C, C), np.int64)
-        kl.fill_zero[ops._blocks(C * C, 256), 256, caller.stream](counts)
+        counts_obj, counts = caller.empty((C, C), np.int64, zero=True)
         if not fv.empty:
             f3 = ops._input3(caller, fv)
             t2 = kl._target2(caller, target, fv)
             W, b = _params(head, caller, fv.compute_dtype)
             flag = ErrorFlag(caller.stream)
             _launch(head_confusion, _plan(fv), caller, f3, W, b, t2, counts, flag.array,
-                    ops._cdt(fv), ignore_index, C * C <= SHARED_BINS)
+                    ops._cdt(fv), ignore_index, shared_histogram(C))
             kl._check_flag(flag, target, fv, ignore_index)
         if out is None and caller.gpu:
             return counts_obj

@@ -1,15 +1,24 @@
 """cross_entropy and confusion_matrix on the GPU (called by
 :mod:`fastlogits.losses`, whose validation has already run).
 
-cross_entropy is fused: one pass folds each pixel's max and exp-sum
-(:func:`fastlogits.cuda.device.fold`), reads the target's logit, and
+cross_entropy is fused: a thread per pixel reads its scores once for the
+max, once more (from L1/L2) for the exp-sum, then the target's logit and
 (with ``label_smoothing``) the weighted logit sum; the gradient, when
-asked for, is written by a second sweep over the pixel's scores while they
-are still in L1/L2. Pixel losses and target weights are summed per thread
-per block (a pairwise tree), then over blocks on the host in float64.
-confusion_matrix runs the argmax kernels of :mod:`.argmax` into a
-temporary int32 label map, then counts (target, label) pairs, in a
-per-block shared-memory histogram when C * C bins fit.
+asked for, is written by a further sweep over the pixel's scores while
+they are still cached. The evaluation loss (no smoothing, no gradient)
+has its own kernel with fewer registers. A group of threads per row folds
+max and exp-sum in one pass (:func:`fastlogits.cuda.device.fold`). Pixel
+losses and target weights are summed per thread and per block (a pairwise
+tree), then over blocks in float64 by :func:`sum_rows`, on the device.
+
+confusion_matrix, a thread per pixel, is one kernel: each pixel's argmax
+goes straight into a per-block shared-memory histogram (when C * C bins
+fit), with no label map, and ignored pixels' scores are never read. The
+other regimes run the argmax kernels of :mod:`.argmax` into a temporary
+int32 label map, then count (target, label) pairs.
+
+Each call waits once: the error flag and the totals come back through
+pinned scratch that the stream reuses (:mod:`.scratch`).
 
 Target values outside [0, C) that are not ``ignore_index`` set the error
 flag (:mod:`.errflag`; the pixel is skipped, nothing is read out of
@@ -25,14 +34,14 @@ C, whose scores a thread reads from L1-resident lines) or, as
 import math
 
 import numpy as np
-from numba import cuda, int32, int64
+from numba import cuda, float64, int32, int64
 
 from fastlogits import _checks as chk
 from fastlogits import _layout
-from fastlogits.cuda import ops, runtime
+from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.device import (MAX_THREADS, block_total, fold_strided, group_reduce,
-                                    group_sum, is_finite)
-from fastlogits.cuda.errflag import ErrorFlag, raise_flag
+                                    group_sum, is_finite, pixel_two_pass)
+from fastlogits.cuda.errflag import ErrorFlag, block_sees_flag, raise_flag
 
 #: Error code of a target value outside [0, C) that is not ignore_index.
 BAD_TARGET = 1
@@ -95,12 +104,29 @@ def _zero_grad(grad, o, i, c, C, step):
         c += step
 
 
+@cuda.jit(device=True)
+def _store_partials(acc_l, acc_w, sm, partial):
+    """The block's totals of its threads' losses and weights into
+    ``partial[0, block]`` and ``partial[1, block]`` (every thread calls it;
+    ``sm`` is shared scratch of ``blockDim.x`` entries)."""
+    tot_l = block_total(acc_l, sm)
+    tot_w = block_total(acc_w, sm)
+    if cuda.threadIdx.x == 0:
+        partial[0, cuda.blockIdx.x] = tot_l
+        partial[1, cuda.blockIdx.x] = tot_w
+
+
 @cuda.jit(cache=True)
 def cross_entropy_pixels(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, epsc, wsum,
-                         gscale, with_loss, with_grad):
+                         gs, with_loss, with_grad):
     """A thread per pixel of ``x`` (outer, C, inner): loss (and gradient)
     of each; per-block sums of losses and target weights into
-    ``partial[0, block]``, ``partial[1, block]``."""
+    ``partial[0, block]``, ``partial[1, block]``. The gradient's scale is
+    ``gs[0]`` (computed on the device); with ``with_grad``, a flag raised
+    before the launch (the targets' pre-pass) leaves every output untouched."""
+    if with_grad and block_sees_flag(flag, cuda.shared.array(1, int64)):
+        return
+    gscale = gs[0]
     ct = cdt.dtype.type
     one = ct(1)
     zero = ct(0)
@@ -121,9 +147,7 @@ def cross_entropy_pixels(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, e
         elif tv < 0 or tv >= C:
             raise_flag(flag, BAD_TARGET, p)
         else:
-            m, s, comp, _ = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), one, zero, 0, one,
-                                         one, True, cdt)
-            s = s - comp
+            m, s, _ = pixel_two_pass(x, o, i, C, one, True, one, zero, cdt)
             zw = _weighted_sum(x, o, i, 0, C, 1, w, m, zero, cdt) if eps > zero else zero
             wt = w[tv]
             lp = _pixel_loss(m, s, ct(x[o, tv, i]), wt, zw, eps, epsc, wsum, one, zero, nan)
@@ -134,19 +158,51 @@ def cross_entropy_pixels(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, e
                             one, nan, cdt)
             acc_l += lp
             acc_w += wt
-    tot_l = block_total(acc_l, sm)
-    tot_w = block_total(acc_w, sm)
-    if cuda.threadIdx.x == 0:
-        partial[0, cuda.blockIdx.x] = tot_l
-        partial[1, cuda.blockIdx.x] = tot_w
+    _store_partials(acc_l, acc_w, sm, partial)
 
 
 @cuda.jit(cache=True)
-def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, epsc, wsum, gscale,
+def cross_entropy_loss_pixels(x, t, w, loss, partial, flag, cdt, ignore, with_loss):
+    """:func:`cross_entropy_pixels` without label smoothing or gradient
+    (the evaluation loss): 47 registers per thread instead of 56 (sm_90),
+    so an SM holds five blocks of 256 threads instead of four."""
+    ct = cdt.dtype.type
+    one = ct(1)
+    zero = ct(0)
+    nan = ct(np.nan)
+    sm = cuda.shared.array(MAX_THREADS, dtype=cdt.dtype)
+    outer, C, inner = x.shape
+    acc_l = zero
+    acc_w = zero
+    for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
+        o = p // inner
+        i = p - o * inner
+        tv = int64(t[o, i])
+        if tv == ignore:
+            if with_loss:
+                loss[o, i] = zero
+        elif tv < 0 or tv >= C:
+            raise_flag(flag, BAD_TARGET, p)
+        else:
+            m, s, _ = pixel_two_pass(x, o, i, C, one, True, one, zero, cdt)
+            wt = w[tv]
+            lp = _pixel_loss(m, s, ct(x[o, tv, i]), wt, zero, zero, zero, zero, one, zero, nan)
+            if with_loss:
+                loss[o, i] = lp
+            acc_l += lp
+            acc_w += wt
+    _store_partials(acc_l, acc_w, sm, partial)
+
+
+@cuda.jit(cache=True)
+def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, epsc, wsum, gs,
                        with_loss, with_grad, G, shuffle):
     """A group of ``G`` threads per pixel (row), lanes striding the classes
-    (see :func:`.softmax.expnorm_rows`); partial sums as
-    :func:`cross_entropy_pixels`."""
+    (see :func:`.softmax.expnorm_rows`); partial sums, ``gs`` and the flag
+    as :func:`cross_entropy_pixels`."""
+    if with_grad and block_sees_flag(flag, cuda.shared.array(1, int64)):
+        return
+    gscale = gs[0]
     ct = cdt.dtype.type
     one = ct(1)
     zero = ct(0)
@@ -208,11 +264,7 @@ def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, eps
                 if with_grad:
                     _write_grad(x, grad, w, o, i, lane, C, G, tv, m, s, wt, eps, epsc, wsum,
                                 gscale, one, nan, cdt)
-    tot_l = block_total(acc_l, sm_s)
-    tot_w = block_total(acc_w, sm_s)
-    if tid == 0:
-        partial[0, cuda.blockIdx.x] = tot_l
-        partial[1, cuda.blockIdx.x] = tot_w
+    _store_partials(acc_l, acc_w, sm_s, partial)
 
 
 @cuda.jit(cache=True)
@@ -238,6 +290,90 @@ def target_weights(t, w, partial, flag, cdt, ignore, C):
 
 
 @cuda.jit(cache=True)
+def sum_rows(partial, sums, scale, want_scale):
+    """``sums[r] = sum(partial[r, :])`` in float64, by one block (a fixed
+    order: the same inputs give the same bits); with ``want_scale``,
+    ``scale[0] = 1 / sums[0]`` in scale's dtype (inf for a zero total): the
+    gradient's "mean" factor, read by the loss kernels on the device."""
+    sm = cuda.shared.array(MAX_THREADS, dtype=float64)
+    rows, n = partial.shape
+    for r in range(rows):
+        acc = float64(0)
+        for k in range(cuda.threadIdx.x, n, cuda.blockDim.x):
+            acc += float64(partial[r, k])
+        tot = block_total(acc, sm)
+        if cuda.threadIdx.x == 0:
+            sums[r] = tot
+        cuda.syncthreads()
+    if want_scale and cuda.threadIdx.x == 0:
+        st = scale.dtype.type
+        total = sums[0]
+        scale[0] = st(math.inf) if total == 0 else st(float64(1) / total)
+
+
+def shared_histogram(C):
+    """Whether the (C, C) confusion counts go through a per-block shared
+    histogram (the kernels' ``use_shared``): C * C <= SHARED_BINS. Tests
+    patch this, never SHARED_BINS, which sizes the kernels' shared array
+    when they compile (a patched size would stay in the compiled kernel
+    and in Numba's on-disk cache)."""
+    return C * C <= SHARED_BINS
+
+
+@cuda.jit(device=True)
+def clear_hist(hist, C, tid, T):
+    """Zero a block's shared (C * C) histogram (every thread calls it)."""
+    for k in range(tid, C * C, T):
+        hist[k] = 0
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def flush_hist(hist, counts, C, tid, T):
+    """Add a block's shared histogram to ``counts``: one atomic per nonzero
+    bin (every thread calls it)."""
+    cuda.syncthreads()
+    for k in range(tid, C * C, T):
+        n = hist[k]
+        if n != 0:
+            r = k // C
+            cuda.atomic.add(counts, (r, k - r * C), int64(n))
+
+
+@cuda.jit(cache=True)
+def confusion_pixels(x, t, counts, flag, cdt, ignore, use_shared):
+    """argmax and count fused, a thread per pixel of ``x`` (outer, C,
+    inner): the label map is never written, and an ignored pixel's scores
+    are never read. Pairs go to a per-block int32 histogram in shared
+    memory when ``use_shared`` (C * C <= SHARED_BINS), else straight to
+    ``counts`` (C, C) int64; bad targets set the flag."""
+    hist = cuda.shared.array(SHARED_BINS, dtype=int32)
+    ct = cdt.dtype.type
+    one = ct(1)
+    zero = ct(0)
+    outer, C, inner = x.shape
+    tid = cuda.threadIdx.x
+    T = cuda.blockDim.x
+    if use_shared:
+        clear_hist(hist, C, tid, T)
+    for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
+        o = p // inner
+        i = p - o * inner
+        tv = int64(t[o, i])
+        if tv != ignore:
+            if tv < 0 or tv >= C:
+                raise_flag(flag, BAD_TARGET, p)
+            else:
+                _, _, label = pixel_two_pass(x, o, i, C, one, False, one, zero, cdt)
+                if use_shared:
+                    cuda.atomic.add(hist, tv * C + label, 1)
+                else:
+                    cuda.atomic.add(counts, (tv, label), 1)
+    if use_shared:
+        flush_hist(hist, counts, C, tid, T)
+
+
+@cuda.jit(cache=True)
 def confusion_count(labels, t, counts, flag, ignore, use_shared):
     """Add each pixel's (target, label) pair to ``counts`` (C, C) int64;
     with ``use_shared`` through a per-block int32 histogram in shared
@@ -248,9 +384,7 @@ def confusion_count(labels, t, counts, flag, ignore, use_shared):
     tid = cuda.threadIdx.x
     T = cuda.blockDim.x
     if use_shared:
-        for k in range(tid, C * C, T):
-            hist[k] = 0
-        cuda.syncthreads()
+        clear_hist(hist, C, tid, T)
     outer, inner = labels.shape
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
@@ -264,12 +398,7 @@ def confusion_count(labels, t, counts, flag, ignore, use_shared):
             else:
                 cuda.atomic.add(counts, (tv, int64(labels[o, i])), 1)
     if use_shared:
-        cuda.syncthreads()
-        for k in range(tid, C * C, T):
-            n = hist[k]
-            if n != 0:
-                r = k // C
-                cuda.atomic.add(counts, (r, k - r * C), int64(n))
+        flush_hist(hist, counts, C, tid, T)
 
 
 @cuda.jit(cache=True)
@@ -280,15 +409,6 @@ def add_into(dst, src):
         r = k // cols
         c = k - r * cols
         dst[r, c] += src[r, c]
-
-
-@cuda.jit(cache=True)
-def fill_zero(a):
-    """``a[...] = 0`` for a 2-D array (grid-stride)."""
-    rows, cols = a.shape
-    for k in range(cuda.grid(1), rows * cols, cuda.gridsize(1)):
-        r = k // cols
-        a[r, k - r * cols] = 0
 
 
 # --------------------------------------------------------------------------
@@ -309,11 +429,12 @@ def _target2(caller, target, lg):
     return v
 
 
-def _check_flag(flag, target, lg, ignore_index):
-    """Raise the CPU backend's ValueError for the first bad target value."""
+def _check_flag(flag, target, lg, ignore_index, fetched=False):
+    """Raise the CPU backend's ValueError for the first bad target value
+    (``fetched``: the flag's copy was queued and the stream waited for)."""
     from fastlogits.losses import target_value_error
 
-    code, index = flag.read()
+    code, index = flag.read(fetched)
     if code == 0:
         return
     pos = np.unravel_index(index, lg.reduced_shape)
@@ -335,23 +456,37 @@ def _plan(lg):
     return p
 
 
+def _queue_sums(partial, caller, scale=None):
+    """Queue the float64 totals of ``partial``'s rows into the stream's
+    scratch ``sums`` (and ``1 / sums[0]`` into ``scale``, a 1-element device
+    array, when given); nothing waits."""
+    ws = scratch.get(caller.stream)
+    want = scale is not None
+    runtime.launch(sum_rows, 1, 256, caller.stream, 0, partial, ws.sums,
+                   scale if want else ws.sums, want)
+    return ws
+
+
 def _host_sum(partial, caller):
-    """Float64 sums of the per-block partials (copies them back: syncs the stream)."""
-    host = partial.copy_to_host(stream=caller.stream)
+    """Float64 totals of the per-block partials' rows (summed on the
+    device, copied back into pinned memory: syncs the stream)."""
+    ws = _queue_sums(partial, caller)
+    ws.fetch_sums()
     caller.stream.synchronize()
-    return host.astype(np.float64).sum(axis=1)
+    return ws.sums_host[:partial.shape[0]].copy()
 
 
 def _weights(caller, class_weight, lg):
-    """``(device weights in the compute dtype, host float64 weights)``."""
+    """``(device weights in the compute dtype, their float64 sum)``; no
+    class weights: a cached device vector of ones, no copy."""
     C = lg.C
     if class_weight is None:
-        w64 = np.ones(C)
-    elif chk.is_gpu_array(class_weight):
+        return runtime.ones(lg.compute_dtype, C), float(C)
+    if chk.is_gpu_array(class_weight):
         w64 = np.asarray(runtime.as_device(class_weight).copy_to_host(), np.float64)
     else:
         w64 = np.asarray(class_weight, np.float64)
-    return caller.to_device(w64.astype(lg.compute_dtype)), w64
+    return caller.to_device(w64.astype(lg.compute_dtype)), float(w64.sum())
 
 
 def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing, reduction,
@@ -376,34 +511,44 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
         outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
         x3 = ops._input3(caller, lg)
         t2 = _target2(caller, target, lg)
-        w, w64 = _weights(caller, class_weight, lg)
+        w, wsum = _weights(caller, class_weight, lg)
         cdt = ops._cdt(lg)
         flag = ErrorFlag(caller.stream)
         p = _plan(lg)
         eps = float(label_smoothing)
-        gscale = 1.0
+        gs = runtime.ones(lg.compute_dtype, 1)
         if return_grad and (reduction == "mean" or given is not None):
-            # The gradient is scaled by 1 / sum(w[t]): known before it is
-            # written; a caller's grad_out is not written if a target is bad.
-            partial = cuda.device_array((1, p.blocks), lg.compute_dtype, stream=caller.stream)
-            target_weights[p.blocks, p.threads, caller.stream](t2, w, partial, flag.array, cdt,
-                                                              ignore_index, C)
-            _check_flag(flag, target, lg, ignore_index)
-            total_weight = _host_sum(partial, caller)[0]
+            # The targets first: the "mean" gradient's scale 1 / sum(w[t])
+            # is computed on the device before the gradient is written, and
+            # a bad target leaves the caller's grad_out untouched (the loss
+            # kernel sees the flag and writes nothing). No wait here.
+            partial = scratch.get(caller.stream).partial(lg.compute_dtype, 1, p.blocks)
+            runtime.launch(target_weights, p.blocks, p.threads, caller.stream, 0, t2, w,
+                           partial, flag.array, cdt, ignore_index, C)
             if reduction == "mean":
-                gscale = math.inf if total_weight == 0 else 1.0 / total_weight
+                gs = scratch.get(caller.stream).scale(lg.compute_dtype)
+                _queue_sums(partial, caller, gs)
         loss2 = (runtime.stand_in(lg.compute_dtype, 2) if loss_out is None
                  else loss_out.view((outer, inner)))
-        grad3 = runtime.stand_in(lg.dtype, 3) if grad_out is None else grad_out.view(shape3)
-        partial = cuda.device_array((2, p.blocks), lg.compute_dtype, stream=caller.stream)
-        args = (x3, t2, w, loss2, grad3, partial, flag.array, cdt, ignore_index, ct(eps),
-                ct(eps / C), ct(w64.sum()), ct(gscale), loss_out is not None, return_grad)
-        if p.regime == "rows":
-            ops._launch(cross_entropy_rows, p, caller, *args, p.group, p.shuffle)
+        partial = scratch.get(caller.stream).partial(lg.compute_dtype, 2, p.blocks)
+        if p.regime != "rows" and eps == 0 and not return_grad:
+            ops._launch(cross_entropy_loss_pixels, p, caller, x3, t2, w, loss2, partial,
+                        flag.array, cdt, ignore_index, loss_out is not None)
         else:
-            ops._launch(cross_entropy_pixels, p, caller, *args)
-        _check_flag(flag, target, lg, ignore_index)
-        loss_sum, weight_sum = _host_sum(partial, caller)
+            grad3 = runtime.stand_in(lg.dtype, 3) if grad_out is None else grad_out.view(shape3)
+            args = (x3, t2, w, loss2, grad3, partial, flag.array, cdt, ignore_index, ct(eps),
+                    ct(eps / C), ct(wsum), gs, loss_out is not None, return_grad)
+            if p.regime == "rows":
+                ops._launch(cross_entropy_rows, p, caller, *args, p.group, p.shuffle)
+            else:
+                ops._launch(cross_entropy_pixels, p, caller, *args)
+        # One wait for the flag and the two totals.
+        ws = _queue_sums(partial, caller)
+        flag.fetch()
+        ws.fetch_sums()
+        caller.stream.synchronize()
+        _check_flag(flag, target, lg, ignore_index, fetched=True)
+        loss_sum, weight_sum = (float(v) for v in ws.sums_host)
         res = ops._finish(caller, outputs)
     if reduction == "none":
         result = res.pop(0)
@@ -415,47 +560,57 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
     return (result, res[0]) if return_grad else result
 
 
+def _confusion_via_labels(caller, p, lg, x3, t2, counts, flag, ignore_index, shared):
+    """confusion_matrix's count for the shared-tile and row regimes: their
+    argmax kernel writes a temporary int32 label map, then
+    :func:`confusion_count` reads it."""
+    from fastlogits.cuda import argmax as ka
+
+    outer, _, inner = x3.shape
+    _, labels = caller.empty((outer, inner), np.int32)
+    one = lg.compute_dtype.type(1)
+    stand = runtime.stand_in(lg.compute_dtype, 2)
+    cdt = ops._cdt(lg)
+    if p.regime == "tile":
+        ops._launch(ka.argmax_cl_tile, p, caller, x3, labels, stand, cdt, one, False, p.pitch)
+    else:
+        ops._launch(ka.argmax_rows, p, caller, x3, labels, stand, cdt, one, False, p.group,
+                    p.shuffle)
+    T = ops._threads_per_block()
+    runtime.launch(confusion_count, ops._blocks(outer * inner, T), T, caller.stream, 0, labels,
+                   t2, counts, flag.array, ignore_index, shared)
+
+
 def confusion_matrix(x, target, lg, *, ignore_index, out=None):
     """CUDA confusion_matrix; see :func:`fastlogits.confusion_matrix`.
 
     ``out`` (C, C) int64, a GPU array (or NumPy for a host input), is added
     to only once the targets were found valid.
     """
-    from fastlogits.cuda import argmax as ka
-
     C = lg.C
     caller = runtime.Caller(x)
     out = ops._check_out(caller, lg, out, (C, C), np.int64, "out")
     with caller.activate():
-        counts_obj, counts = caller.empty((C, C), np.int64)
-        if C * C:
-            fill_zero[ops._blocks(C * C, 256), 256, caller.stream](counts)
+        counts_obj, counts = caller.empty((C, C), np.int64, zero=True)
         if not lg.empty:
             outer, _, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
             x3 = ops._input3(caller, lg)
             t2 = _target2(caller, target, lg)
-            _, labels = caller.empty((outer, inner), np.int32)
             p = ops.plan(shape3, lg.dtype.itemsize)
             cdt = ops._cdt(lg)
-            one = lg.compute_dtype.type(1)
-            stand = runtime.stand_in(lg.compute_dtype, 2)
-            if p.regime == "cf":
-                ops._launch(ka.argmax_cf, p, caller, x3, labels, stand, cdt, one, False)
-            elif p.regime == "tile":
-                ops._launch(ka.argmax_cl_tile, p, caller, x3, labels, stand, cdt, one, False,
-                            p.pitch)
-            else:
-                ops._launch(ka.argmax_rows, p, caller, x3, labels, stand, cdt, one, False,
-                            p.group, p.shuffle)
             flag = ErrorFlag(caller.stream)
-            T = ops._threads_per_block()
-            confusion_count[ops._blocks(outer * inner, T), T, caller.stream](
-                labels, t2, counts, flag.array, ignore_index, C * C <= SHARED_BINS)
+            shared = shared_histogram(C)
+            if p.regime == "cf":
+                ops._launch(confusion_pixels, p, caller, x3, t2, counts, flag.array, cdt,
+                            ignore_index, shared)
+            else:
+                _confusion_via_labels(caller, p, lg, x3, t2, counts, flag, ignore_index, shared)
             _check_flag(flag, target, lg, ignore_index)
         if out is None and caller.gpu:
             return counts_obj
         if chk.is_gpu_array(out):
-            add_into[ops._blocks(C * C, 256), 256, caller.stream](runtime.as_device(out), counts)
+            runtime.launch(add_into, ops._blocks(C * C, 256), 256, caller.stream, 0,
+                           runtime.as_device(out), counts)
             return out
         host = counts.copy_to_host(stream=caller.stream)
         caller.stream.synchronize()

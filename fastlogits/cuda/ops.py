@@ -378,16 +378,27 @@ def kernel_signatures():
         ]
         tt = types.uint8 if layout == "A" else types.int64
         ce = (arr(xt, 3), arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(xt, 3),
-              arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"), i64, ct, ct, ct, ct, b1, b1)
+              arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"), i64, ct, ct, ct,
+              arr(ct, 1, "C"), b1, b1)
+        ce_loss = (arr(xt, 3), arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(ct, 2, "C"),
+                   arr(i64, 1, "C"), arr(ct, 1, "C"), i64, b1)
         sigs += [
             (f"cross_entropy_pixels[{tag}-{tt}]", kl.cross_entropy_pixels, ce, single),
+            (f"cross_entropy_loss_pixels[{tag}-{tt}]", kl.cross_entropy_loss_pixels, ce_loss,
+             single),
             (f"cross_entropy_rows[{tag}-{tt}]", kl.cross_entropy_rows, ce + (i64, b1), single),
+            (f"confusion_pixels[{tag}-{tt}]", kl.confusion_pixels,
+             (arr(xt, 3), arr(tt, 2), types.Array(i64, 2, "C"), arr(i64, 1, "C"),
+              arr(ct, 1, "C"), i64, b1), single),
         ]
         if xt != types.float16:
             sigs += [
                 (f"target_weights[{ct}-{tt}]", kl.target_weights,
                  (arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"),
                   i64, i64), single),
+                # Totals in float64 by design (not a single-precision kernel).
+                (f"sum_rows[{ct}]", kl.sum_rows,
+                 (arr(ct, 2, "C"), arr(types.float64, 1, "C"), arr(ct, 1, "C"), b1), False),
             ]
     i2 = types.Array(i64, 2, "C")
     sigs += [
@@ -395,7 +406,6 @@ def kernel_signatures():
          (types.Array(types.int32, 2, "C"), types.Array(types.uint8, 2, "A"), i2,
           types.Array(i64, 1, "C"), i64, b1), True),
         ("add_into", kl.add_into, (i2, i2), True),
-        ("fill_zero", kl.fill_zero, (i2,), True),
         ("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True),
     ]
     return sigs

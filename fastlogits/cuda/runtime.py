@@ -295,13 +295,18 @@ class Caller:
 
     @contextlib.contextmanager
     def activate(self):
-        """Make the input's device current for Numba (multi-GPU)."""
-        if self.device_index is None or simulator():
+        """Make the input's device current for Numba (multi-GPU), and keep
+        its context attached for the whole op (:func:`_attached_context`)."""
+        if simulator():
             yield
             return
         from numba import cuda
 
-        with cuda.gpus[self.device_index]:
+        if self.device_index is None:
+            with _attached_context():
+                yield
+            return
+        with cuda.gpus[self.device_index], _attached_context():
             if self.lib == "cupy":
                 with self.x.device:
                     yield
@@ -312,25 +317,34 @@ class Caller:
     def gpu(self):
         return self.lib != "host"
 
-    def empty(self, shape, dtype):
+    def empty(self, shape, dtype, zero=False):
         """``(obj, dev)``: a new array in the caller's library and its device
-        view (None for an empty PyTorch or CuPy array: nothing to view)."""
+        view (None for an empty PyTorch or CuPy array: nothing to view);
+        with ``zero``, zero-filled on the stream (the library's own memset,
+        or the driver's for Numba arrays)."""
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
         if self.lib == "torch" and not simulator():
             import torch
 
-            t = torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[dtype.name]),
-                            device=self.x.device)
+            make = torch.zeros if zero else torch.empty
+            t = make(shape, dtype=getattr(torch, _TORCH_DTYPES[dtype.name]), device=self.x.device)
             return t, as_device(t) if t.numel() else None
         if self.lib == "cupy" and not simulator():
             import cupy
 
-            a = cupy.empty(shape, dtype)
+            a = (cupy.zeros if zero else cupy.empty)(shape, dtype)
             return a, as_device(a) if a.size else None
         from numba import cuda
 
         d = cuda.device_array(shape, dtype, stream=self.stream)
+        if zero and d.size:
+            if simulator():
+                np.asarray(d)[...] = 0
+            else:
+                from numba.cuda.cudadrv import driver
+
+                driver.device_memset(d, 0, d.nbytes, stream=self.stream)
         return d, d
 
     def to_device(self, host):
@@ -346,11 +360,38 @@ class Caller:
         return obj, tmp
 
 
+def _attached_context():
+    """Numba's ``ensure_context``: the current CUDA context looked up once
+    and attached to the thread while an op runs. Without it every Numba
+    call that needs the context (each allocation, copy, launch and
+    ``current_context()``) asks the driver again: 16 such lookups per
+    cross_entropy call on an H200 machine (bench/RESULTS.md, log 46).
+    A Numba without it gets a no-op."""
+    from numba.cuda.cudadrv import devices
+
+    ensure = getattr(getattr(devices, "_runtime", None), "ensure_context", None)
+    return ensure() if ensure is not None else contextlib.nullcontext()
+
+
+_EXTERNAL = {}
+
+#: Numba wrappers of other libraries' streams kept (the oldest goes first).
+_EXTERNAL_MAX = 64
+
+
 def _external(cuda, ptr):
-    """A Numba stream for a raw ``cudaStream_t`` (0: the legacy default stream)."""
+    """A Numba stream for a raw ``cudaStream_t`` (0: the legacy default
+    stream). The wrapper holds only the handle, so one is made per stream
+    and context and reused: PyTorch callers name their stream every call."""
     if not ptr:
         return cuda.legacy_default_stream()
-    return cuda.external_stream(ptr)
+    key = (id(cuda.current_context()), int(ptr))
+    stream = _EXTERNAL.get(key)
+    if stream is None:
+        if len(_EXTERNAL) >= _EXTERNAL_MAX:
+            _EXTERNAL.pop(next(iter(_EXTERNAL)), None)
+        stream = _EXTERNAL[key] = cuda.external_stream(ptr)
+    return stream
 
 
 # --------------------------------------------------------------------------
@@ -362,9 +403,22 @@ def launch(kernel, blocks, threads, stream, shared_bytes, *args):
     too large for the kernel's registers reported as the ``ValueError`` of
     a bad ``config.CUDA_THREADS_PER_BLOCK`` instead of the driver's
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (the kernels use 32 to 190 registers
-    per thread; a block may hold 65536 registers)."""
+    per thread; a block may hold 65536 registers).
+
+    On a GPU the dispatcher's ``call`` is invoked with the normalized 1-D
+    dimensions, which is what ``kernel[...]`` does after building a launch
+    configuration; that object also builds Numba's low-occupancy warning
+    for every grid under 128 blocks, which the ops launch on purpose (one
+    block totals the losses' partial sums; small inputs), at a measured
+    cost of more than the H200's kernel time per small launch (RESULTS,
+    CUDA log 46) and a warning the caller cannot act on.
+    """
+    call = None if simulator() else getattr(kernel, "call", None)
     try:
-        kernel[blocks, threads, stream, shared_bytes](*args)
+        if call is None:
+            kernel[blocks, threads, stream, shared_bytes](*args)
+        else:
+            call(args, (int(blocks), 1, 1), (int(threads), 1, 1), stream, int(shared_bytes))
     except Exception as exc:
         if "OUT_OF_RESOURCES" not in str(exc):
             raise
@@ -394,3 +448,25 @@ def stand_in(dtype, ndim):
         arr = cuda.device_array((1,) * ndim, dtype)
         _STAND_INS[key] = arr
     return arr
+
+
+_ONES = {}
+
+#: Cached ones vectors kept per context (class counts seen); the oldest goes first.
+_ONES_MAX = 32
+
+
+def ones(dtype, n):
+    """A cached device array of ``n`` ones of ``dtype`` (never written by a
+    kernel): the class weights of a loss called without ``class_weight``,
+    and the unit gradient scale, without a host-to-device copy per call."""
+    from numba import cuda
+
+    key = (None if simulator() else id(cuda.current_context()), np.dtype(dtype).str, int(n))
+    arr = _ONES.get(key)
+    if arr is None:
+        if len(_ONES) >= _ONES_MAX:
+            _ONES.pop(next(iter(_ONES)), None)
+        arr = _ONES[key] = cuda.to_device(np.ones(int(n), dtype))
+    return arr
+

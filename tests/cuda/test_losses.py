@@ -76,9 +76,9 @@ def check(x, t, axis, xin, tin, rng, combos=COMBOS):
         want_loss, want_grad = reference.cross_entropy(x, t, axis, return_grad=True, **kw)
         assert_loss(loss, want_loss, x.dtype.type, reduction)
         assert_grad(grad, want_grad, x.dtype.type)
-        if eps:  # without the gradient: the same loss, alone
-            alone = fl.cross_entropy(xin, tin, axis, backend="cuda", **kw)
-            assert_loss(alone, want_loss, x.dtype.type, reduction)
+        # Without the gradient (unsmoothed: the loss-only kernel): the same loss.
+        alone = fl.cross_entropy(xin, tin, axis, backend="cuda", **kw)
+        assert_loss(alone, want_loss, x.dtype.type, reduction)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -123,6 +123,7 @@ def test_special_values(rng, C):
         want_loss, want_grad = reference.cross_entropy(x, t, return_grad=True, **kw)
         assert_loss(loss, want_loss, np.float32, reduction)
         assert_grad(grad, want_grad, np.float32)
+        assert_loss(fl.cross_entropy(xd, td, **kw), want_loss, np.float32, reduction)
 
 
 def test_all_ignored_and_empty(rng):
@@ -183,6 +184,32 @@ def test_confusion_matrix(rng, case):
         np.testing.assert_array_equal(host_out, want)
         np.testing.assert_array_equal(fl.confusion_matrix(x, t, axis, ignore_index=IGNORE,
                                                           backend="cuda"), want)
+
+
+@pytest.mark.parametrize("patch", ["cl_thread_per_pixel", "global_atomics"])
+def test_fused_count_paths(rng, monkeypatch, patch):
+    """The fused argmax + count kernel (a thread per pixel) channels-last
+    (CUDA_CL_PIXEL_MAX_C raised back to its default), and with global
+    atomics instead of the shared histogram; the loss-only kernel
+    channels-last too."""
+    from fastlogits import config
+
+    if patch == "cl_thread_per_pixel":
+        monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 32)
+        shape, axis = CASES["pixels-cl"]
+    else:
+        monkeypatch.setattr(losses, "shared_histogram", lambda C: False)
+        shape, axis = CASES["pixels-cf"]
+    x, t = make(rng, shape, axis)
+    x[(1,) * x.ndim] = np.nan
+    x[(0,) * x.ndim] = np.inf
+    want = reference.confusion_matrix(x, t, axis, ignore_index=IGNORE)
+    got = fl.confusion_matrix(to_gpu(x), to_gpu(t), axis, ignore_index=IGNORE)
+    np.testing.assert_array_equal(to_host(got), want)
+    for reduction in ("mean", "none"):
+        want_loss = reference.cross_entropy(x, t, axis, reduction=reduction)
+        got_loss = fl.cross_entropy(to_gpu(x), to_gpu(t), axis, reduction=reduction)
+        assert_loss(got_loss, want_loss, np.float32, reduction)
 
 
 def test_confusion_out_errors(rng):

@@ -470,3 +470,46 @@ def test_too_many_threads_for_the_registers(monkeypatch, rng):
     t = to_gpu(rng.integers(0, 300, size=4))
     with pytest.raises(ValueError, match="CUDA_THREADS_PER_BLOCK"):
         fl.cross_entropy(x, t, backend="cuda")
+
+
+class _RecordingKernel:
+    """A stand-in dispatcher that records how it was launched."""
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, args, griddim, blockdim, stream, sharedmem):
+        self.calls.append(("call", args, griddim, blockdim, stream, sharedmem))
+
+    def __getitem__(self, launch_config):
+        return lambda *args: self.calls.append(("getitem", args, launch_config))
+
+
+def test_launch_calls_the_dispatcher_directly(monkeypatch):
+    """On a GPU, runtime.launch invokes the dispatcher's ``call`` with 1-D
+    dimensions as Python ints (no launch configuration object, so no
+    low-occupancy warning); the simulator's kernels are indexed."""
+    k = _RecordingKernel()
+    monkeypatch.setattr(runtime, "simulator", lambda: False)
+    runtime.launch(k, np.int64(3), 64, "stream", 128, "a", 1)
+    assert k.calls == [("call", ("a", 1), (3, 1, 1), (64, 1, 1), "stream", 128)]
+    assert all(type(v) is int for v in k.calls[0][2] + k.calls[0][3])
+    monkeypatch.setattr(runtime, "simulator", lambda: True)
+    runtime.launch(k, 3, 64, "stream", 128, "a")
+    assert k.calls[-1] == ("getitem", ("a",), (3, 64, "stream", 128))
+
+
+@real_gpu
+def test_no_low_occupancy_warnings(rng):
+    """The ops size their grids themselves (one block totals the losses'
+    partial sums): Numba's low-occupancy warning would only be noise."""
+    import warnings
+
+    x = to_gpu(rng.standard_normal((3, 5)).astype(np.float32))
+    t = to_gpu(rng.integers(0, 5, size=3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fl.cross_entropy(x, t, backend="cuda")
+        fl.confusion_matrix(x, t, backend="cuda")
+        fl.classify(x, backend="cuda")
+    assert not [w for w in seen if "occupancy" in str(w.message)]
