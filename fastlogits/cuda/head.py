@@ -47,7 +47,7 @@ import numpy as np
 from numba import cuda, int32, int64
 
 from fastlogits import _layout, config
-from fastlogits.cuda import ops, runtime
+from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.argmax import _confidence
 from fastlogits.cuda.device import MAX_THREADS, WARP, block_total, fold, is_finite, tile_copy
 from fastlogits.cuda.errflag import ErrorFlag, raise_flag
@@ -805,14 +805,15 @@ def cross_entropy(head, f, fv, *, target, class_weight, ignore_index, label_smoo
         w, wsum = kl._weights(caller, class_weight, fv)
         cdt = ops._cdt(fv)
         flag = ErrorFlag(caller.stream)
+        ws = scratch.get(caller.stream)
         gscale = 1.0
         if return_grad and reduction == "mean":
             # The gradient is scaled by 1 / sum(w[t]): known before it is written.
             T = ops._threads_per_block()
             blocks = ops._blocks(outer * inner, T)
-            partial = cuda.device_array((1, blocks), cd, stream=caller.stream)
-            kl.target_weights[blocks, T, caller.stream](t2, w, partial, flag.array, cdt,
-                                                        ignore_index, C)
+            partial = ws.partial(cd, 1, blocks)
+            runtime.launch(kl.target_weights, blocks, T, caller.stream, 0, t2, w, partial,
+                           flag.array, cdt, ignore_index, C)
             kl._check_flag(flag, target, fv, ignore_index)
             total_weight = kl._host_sum(partial, caller)[0]
             gscale = math.inf if total_weight == 0 else 1.0 / total_weight
@@ -826,7 +827,7 @@ def cross_entropy(head, f, fv, *, target, class_weight, ignore_index, label_smoo
         else:
             # float16 features: the gradient adds up in float32, stored once.
             _, grad3 = caller.empty(shape3, cd)
-        partial = cuda.device_array((2, p.blocks), cd, stream=caller.stream)
+        partial = ws.partial(cd, 2, p.blocks)
         eps = float(label_smoothing)
         _launch(head_xent, p, caller, f3, W, b, t2, w, loss2, grad3, partial, flag.array, cdt,
                 ignore_index, ct(eps), ct(eps / C), ct(wsum), ct(gscale),
@@ -834,8 +835,7 @@ def cross_entropy(head, f, fv, *, target, class_weight, ignore_index, label_smoo
         if return_grad and fv.dtype != cd and grad3.size:
             cast3[ops._blocks(grad3.size, 256), 256, caller.stream](grad3,
                                                                   grad_out.view(shape3))
-        kl._check_flag(flag, target, fv, ignore_index)
-        loss_sum, weight_sum = kl._host_sum(partial, caller)
+        loss_sum, weight_sum = kl._wait_totals(ws, partial, flag, target, fv, ignore_index)
         res = ops._finish(caller, outputs)
     if reduction == "none":
         result = res.pop(0)

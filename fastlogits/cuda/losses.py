@@ -456,24 +456,35 @@ def _plan(lg):
     return p
 
 
-def _queue_sums(partial, caller, scale=None):
-    """Queue the float64 totals of ``partial``'s rows into the stream's
-    scratch ``sums`` (and ``1 / sums[0]`` into ``scale``, a 1-element device
-    array, when given); nothing waits."""
-    ws = scratch.get(caller.stream)
+def _queue_sums(ws, partial, scale=None):
+    """Queue the float64 totals of ``partial``'s rows into the scratch
+    ``ws.sums`` (and ``1 / sums[0]`` into ``scale``, a 1-element device
+    array of partial's dtype, when given) on ``ws.stream``; nothing waits."""
     want = scale is not None
-    runtime.launch(sum_rows, 1, 256, caller.stream, 0, partial, ws.sums,
-                   scale if want else ws.sums, want)
-    return ws
+    runtime.launch(sum_rows, 1, 256, ws.stream, 0, partial, ws.sums,
+                   scale if want else runtime.stand_in(partial.dtype, 1), want)
 
 
 def _host_sum(partial, caller):
     """Float64 totals of the per-block partials' rows (summed on the
     device, copied back into pinned memory: syncs the stream)."""
-    ws = _queue_sums(partial, caller)
+    ws = scratch.get(caller.stream)
+    _queue_sums(ws, partial)
     ws.fetch_sums()
     caller.stream.synchronize()
     return ws.sums_host[:partial.shape[0]].copy()
+
+
+def _wait_totals(ws, partial, flag, target, lg, ignore_index):
+    """``(loss_sum, weight_sum)``: the totals of a loss kernel's two partial
+    rows, after one wait for them and the flag; raises the bad-target
+    ``ValueError`` first."""
+    _queue_sums(ws, partial)
+    flag.fetch()
+    ws.fetch_sums()
+    ws.stream.synchronize()
+    _check_flag(flag, target, lg, ignore_index, fetched=True)
+    return float(ws.sums_host[0]), float(ws.sums_host[1])
 
 
 def _weights(caller, class_weight, lg):
@@ -514,6 +525,7 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
         w, wsum = _weights(caller, class_weight, lg)
         cdt = ops._cdt(lg)
         flag = ErrorFlag(caller.stream)
+        ws = scratch.get(caller.stream)
         p = _plan(lg)
         eps = float(label_smoothing)
         gs = runtime.ones(lg.compute_dtype, 1)
@@ -522,15 +534,15 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
             # is computed on the device before the gradient is written, and
             # a bad target leaves the caller's grad_out untouched (the loss
             # kernel sees the flag and writes nothing). No wait here.
-            partial = scratch.get(caller.stream).partial(lg.compute_dtype, 1, p.blocks)
+            partial = ws.partial(lg.compute_dtype, 1, p.blocks)
             runtime.launch(target_weights, p.blocks, p.threads, caller.stream, 0, t2, w,
                            partial, flag.array, cdt, ignore_index, C)
             if reduction == "mean":
-                gs = scratch.get(caller.stream).scale(lg.compute_dtype)
-                _queue_sums(partial, caller, gs)
+                gs = ws.scale(lg.compute_dtype)
+                _queue_sums(ws, partial, gs)
         loss2 = (runtime.stand_in(lg.compute_dtype, 2) if loss_out is None
                  else loss_out.view((outer, inner)))
-        partial = scratch.get(caller.stream).partial(lg.compute_dtype, 2, p.blocks)
+        partial = ws.partial(lg.compute_dtype, 2, p.blocks)
         if p.regime != "rows" and eps == 0 and not return_grad:
             ops._launch(cross_entropy_loss_pixels, p, caller, x3, t2, w, loss2, partial,
                         flag.array, cdt, ignore_index, loss_out is not None)
@@ -542,13 +554,7 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
                 ops._launch(cross_entropy_rows, p, caller, *args, p.group, p.shuffle)
             else:
                 ops._launch(cross_entropy_pixels, p, caller, *args)
-        # One wait for the flag and the two totals.
-        ws = _queue_sums(partial, caller)
-        flag.fetch()
-        ws.fetch_sums()
-        caller.stream.synchronize()
-        _check_flag(flag, target, lg, ignore_index, fetched=True)
-        loss_sum, weight_sum = (float(v) for v in ws.sums_host)
+        loss_sum, weight_sum = _wait_totals(ws, partial, flag, target, lg, ignore_index)
         res = ops._finish(caller, outputs)
     if reduction == "none":
         result = res.pop(0)

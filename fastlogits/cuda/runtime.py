@@ -302,11 +302,9 @@ class Caller:
             return
         from numba import cuda
 
-        if self.device_index is None:
-            with _attached_context():
-                yield
-            return
-        with cuda.gpus[self.device_index], _attached_context():
+        device = (contextlib.nullcontext() if self.device_index is None
+                  else cuda.gpus[self.device_index])
+        with device, _attached_context():
             if self.lib == "cupy":
                 with self.x.device:
                     yield
@@ -375,9 +373,6 @@ def _attached_context():
 
 _EXTERNAL = {}
 
-#: Numba wrappers of other libraries' streams kept (the oldest goes first).
-_EXTERNAL_MAX = 64
-
 
 def _external(cuda, ptr):
     """A Numba stream for a raw ``cudaStream_t`` (0: the legacy default
@@ -385,13 +380,7 @@ def _external(cuda, ptr):
     and context and reused: PyTorch callers name their stream every call."""
     if not ptr:
         return cuda.legacy_default_stream()
-    key = (id(cuda.current_context()), int(ptr))
-    stream = _EXTERNAL.get(key)
-    if stream is None:
-        if len(_EXTERNAL) >= _EXTERNAL_MAX:
-            _EXTERNAL.pop(next(iter(_EXTERNAL)), None)
-        stream = _EXTERNAL[key] = cuda.external_stream(ptr)
-    return stream
+    return per_context(_EXTERNAL, (int(ptr),), lambda: cuda.external_stream(ptr))
 
 
 # --------------------------------------------------------------------------
@@ -433,6 +422,22 @@ def launch(kernel, blocks, threads, stream, shared_bytes, *args):
 # Device constants
 # --------------------------------------------------------------------------
 
+def per_context(cache, key, make, limit=64):
+    """``make()``, kept in ``cache`` under the current CUDA context and
+    ``key`` (a tuple); once ``limit`` entries are held the oldest goes. For
+    the device constants below and the wrappers of other libraries'
+    streams: made once, not per call."""
+    from numba import cuda
+
+    full = (None if simulator() else id(cuda.current_context()),) + key
+    value = cache.get(full)
+    if value is None:
+        if len(cache) >= limit:
+            cache.pop(next(iter(cache)), None)
+        value = cache[full] = make()
+    return value
+
+
 _STAND_INS = {}
 
 
@@ -442,18 +447,11 @@ def stand_in(dtype, ndim):
     take in place of the ones an op does not produce."""
     from numba import cuda
 
-    key = (None if simulator() else id(cuda.current_context()), np.dtype(dtype).str, ndim)
-    arr = _STAND_INS.get(key)
-    if arr is None:
-        arr = cuda.device_array((1,) * ndim, dtype)
-        _STAND_INS[key] = arr
-    return arr
+    return per_context(_STAND_INS, (np.dtype(dtype).str, ndim),
+                       lambda: cuda.device_array((1,) * ndim, dtype))
 
 
 _ONES = {}
-
-#: Cached ones vectors kept per context (class counts seen); the oldest goes first.
-_ONES_MAX = 32
 
 
 def ones(dtype, n):
@@ -462,11 +460,5 @@ def ones(dtype, n):
     and the unit gradient scale, without a host-to-device copy per call."""
     from numba import cuda
 
-    key = (None if simulator() else id(cuda.current_context()), np.dtype(dtype).str, int(n))
-    arr = _ONES.get(key)
-    if arr is None:
-        if len(_ONES) >= _ONES_MAX:
-            _ONES.pop(next(iter(_ONES)), None)
-        arr = _ONES[key] = cuda.to_device(np.ones(int(n), dtype))
-    return arr
-
+    return per_context(_ONES, (np.dtype(dtype).str, int(n)),
+                       lambda: cuda.to_device(np.ones(int(n), dtype)))

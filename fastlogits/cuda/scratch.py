@@ -79,7 +79,7 @@ class Scratch:
         if buf is None or buf.size < 2 * blocks:
             buf = cuda.device_array(max(2 * blocks, 2 * 1024), dtype)
             self._partials[dtype.str] = buf
-            self._views = {k: v for k, v in self._views.items() if k[0] != dtype.str}
+            self._views.clear()  # views of the old buffer
         if len(self._views) >= 64:  # many input sizes: keep the cache small
             self._views.clear()
         view = self._views[key] = runtime.reshape(buf[:rows * blocks], (rows, blocks))
