@@ -21,18 +21,52 @@ import numpy as np
 import fastlogits as fl
 from fastlogits import config
 
+_BUFFERS = {}
+
+
+def _buffer_like(x):
+    """One preallocated array like x per shape and dtype (``grad_out``)."""
+    key = (x.shape, x.dtype.str)
+    if key not in _BUFFERS:
+        _BUFFERS[key] = np.empty_like(x)
+    return _BUFFERS[key]
+
+
 #: ``op(x, t, axis)``: x the logits, t the targets (for the losses).
 OPS = {
     "argmax": lambda x, t, axis=-1: fl.argmax(x, axis=axis),
     "classify": lambda x, t, axis=-1: fl.classify(x, axis=axis),
-    "confusion_matrix": lambda x, t, axis=-1: fl.confusion_matrix(x, t, axis=axis),
-    "cross_entropy": lambda x, t, axis=-1: fl.cross_entropy(x, t, axis=axis),
-    "cross_entropy_grad": lambda x, t, axis=-1: fl.cross_entropy(x, t, axis=axis,
-                                                                 return_grad=True),
+    "confusion_matrix": lambda x, t, axis=-1: fl.confusion_matrix(
+        x, t, axis=axis, ignore_index=_ignore_index(t)),
+    "cross_entropy": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t)),
+    "cross_entropy_grad": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True),
+    "cross_entropy_grad_out": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True,
+        grad_out=_buffer_like(x)),
     "softmax": lambda x, t, axis=-1: fl.softmax(x, axis=axis),
     "log_softmax": lambda x, t, axis=-1: fl.log_softmax(x, axis=axis),
     "logsumexp": lambda x, t, axis=-1: fl.logsumexp(x, axis=axis),
 }
+
+
+def _ignore_index(t):
+    """The ignore index of :func:`make_inputs`' targets: 255 for uint8."""
+    return 255 if t.dtype == np.uint8 else -100
+
+
+def make_inputs(rng, C, elements, layout, ignored=0.0):
+    """``(x, t, axis)``: float32 logits of about ``elements`` scores,
+    (pixels, C) with axis -1 (``layout`` "hwc") or (C, pixels) with axis 0
+    ("chw"), and random targets (uint8 below 255 classes, else int64), a
+    fraction ``ignored`` of them the ignore index (:func:`_ignore_index`)."""
+    n = elements // C
+    shape, axis = ((n, C), -1) if layout == "hwc" else ((C, n), 0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    t = rng.integers(0, C, n).astype(np.uint8 if C < 255 else np.int64)
+    t[rng.random(n) < ignored] = _ignore_index(t)
+    return x, t, axis
 
 
 def _once(f):
@@ -54,6 +88,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--layout", choices=("hwc", "chw"), default="hwc",
                     help="logits (pixels, C), axis -1, or (C, pixels), axis 0")
+    ap.add_argument("--ignored", type=float, default=0.0,
+                    help="fraction of the targets set to the ignore index")
     args = ap.parse_args(argv)
     if not hasattr(config, args.name):
         ap.error(f"fastlogits.config has no {args.name}")
@@ -61,10 +97,7 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     try:
         for C in args.classes:
-            n = args.elements // C
-            shape, axis = ((n, C), -1) if args.layout == "hwc" else ((C, n), 0)
-            x = rng.standard_normal(shape, dtype=np.float32)
-            t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
+            x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored)
             for op in args.ops:
                 times = {args.off: [], args.on: []}
                 for _ in range(args.rounds):

@@ -53,31 +53,28 @@ def _head_op(op, C, N, elements, rng):
     return (lambda: getattr(head, method)(f, axis=axis)), f
 
 
-def _child(tree, ops, classes, elements, rounds, features, layout):
+def _child(tree, ops, classes, elements, rounds, features, layout, ignored):
     """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
     import fastlogits
 
     where = os.path.realpath(fastlogits.__file__)
     if not where.startswith(os.path.realpath(tree) + os.sep):
         raise SystemExit(f"fastlogits was imported from {where}, not from {tree}")
-    from ab_config import OPS, _once  # this script's directory is sys.path[0]
+    from ab_config import OPS, _once, make_inputs  # this script's directory is sys.path[0]
 
     rng = np.random.default_rng(1)
     result = {}
     for C in classes:
         core = [op for op in ops if op in OPS]
         if core:
-            n = elements // C
-            shape, axis = ((n, C), -1) if layout == "hwc" else ((C, n), 0)
-            x = rng.standard_normal(shape, dtype=np.float32)
-            t = rng.integers(0, C, n).astype(np.uint8 if C < 256 else np.int64)
+            x, t, axis = make_inputs(rng, C, elements, layout, ignored)
         for op in ops:
             if op in OPS:
                 call = lambda: OPS[op](x, t, axis)  # noqa: E731
             else:
-                call, f = _head_op(op, C, features, elements, rng)
+                call, _ = _head_op(op, C, features, elements, rng)
             result[f"{op}@{C}"] = float(np.median([_once(call) for _ in range(rounds)]))
-            call = f = None
+            call = None
     print(json.dumps(result))
 
 
@@ -95,11 +92,13 @@ def main(argv=None):
     ap.add_argument("--pairs", type=int, default=3, help="old/new process pairs")
     ap.add_argument("--layout", choices=("hwc", "chw"), default="hwc",
                     help="core ops: logits (pixels, C), axis -1, or (C, pixels), axis 0")
+    ap.add_argument("--ignored", type=float, default=0.0,
+                    help="fraction of the targets set to the ignore index (the losses)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features,
-               args.layout)
+               args.layout, args.ignored)
         return
     from ab_config import OPS
 
@@ -114,7 +113,8 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), tree, tree, "--child",
                    "--ops", *args.ops, "--classes", *map(str, args.classes),
                    "--elements", str(args.elements), "--rounds", str(args.rounds),
-                   "--features", str(args.features), "--layout", args.layout]
+                   "--features", str(args.features), "--layout", args.layout,
+                   "--ignored", str(args.ignored)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in runs[args.old][0]:

@@ -159,3 +159,40 @@ def test_plane_max_expsum_matches_numpy(rng, lanes):
         max_expsum(x3, start, m, p, inv_t, cols, s)
 
     check_max_expsum(lambda x, r, *rest: run3(_planes(x), _start(x, r), *rest), lanes, rng)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["stored", "streamed"])
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_plane_xent_grad_matches_reference(rng, lanes, stream):
+    """The fused cross-entropy gradient of a block of planes
+    (``xent_grad``, ``stream_xent_grad``), as the row blocks'; the output
+    planes' blocks start 64-byte lines (non-temporal stores need it)."""
+    from tests.test_rowblock import check_xent_grad
+
+    k = plane_intrinsics(lanes)
+    xent_grad = k.stream_xent_grad if stream else k.xent_grad
+
+    @njit
+    def run3(x3, start, tt, wt, coef, bc, w, out3, out_start, m, s, xt, sm):
+        cols = np.empty(x3.shape[1] * lanes, x3.dtype)
+        xent_grad(x3, start, m, 2, cols, tt, wt, coef, bc, w, s, xt, sm, out3, out_start)
+
+    def run(x, r, tt, wt, coef, bc, w, out, out_at, *scratch):
+        x3 = _planes(x)
+        if out is x:  # in place
+            run3(x3, _start(x, r), tt, wt, coef, bc, w, x3, _start(x, r), *scratch)
+            x[...] = x3[1].T
+            return
+        # out's rows as planes of 64 pixels (whole lines), the block at a
+        # line start: pixel 16 of image 1 takes row out_at.
+        n, C = out.shape
+        o3 = np.zeros(2 * C * 64 + 64, out.dtype)
+        shift = (-o3.ctypes.data % 64) // out.itemsize
+        o3 = o3[shift:shift + 2 * C * 64].reshape(2, C, 64)
+        o3[1, :, 16 - out_at:16 - out_at + n] = out.T
+        run3(x3, _start(x, r), tt, wt, coef, bc, w, o3, C * 64 + 16, *scratch)
+        out[...] = o3[1, :, 16 - out_at:16 - out_at + n].T
+
+    # Not in place when streamed: x's blocks do not start lines here
+    # (tests/test_losses.py streams in place through the driver).
+    check_xent_grad(run, lanes, rng, in_place=not stream)

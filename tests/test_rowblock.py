@@ -333,3 +333,75 @@ def test_block_max_expsum_matches_numpy(rng, layout):
         max_expsum(x, r, m, p, inv_t, cols, s)
 
     check_max_expsum(run, R, rng)
+
+
+def check_xent_grad(run, R, rng, in_place=True):
+    """``run(x, r, tt, wt, coef, bc, w, out, out_at, m, s, xt, sm)`` of a
+    fused gradient intrinsic (rows ``r ..`` of x, the block's scratch from
+    index 2, ``out`` rows from ``out_at``) on the special rows of
+    :func:`_rows`, with and without label smoothing (``w`` None without):
+    the gradient against the reference's ("sum", g = 1.5 applied through
+    ``coef`` and ``bc``), NaN where the max is not finite, 0 at ignored
+    rows whatever their logits; m, xt exact, s and sm close where the max
+    is finite; nothing written outside the block; with ``in_place``, out
+    x itself."""
+    from fastlogits import reference
+
+    g = 1.5
+    for dtype in (np.float32, np.float64):
+        for C in (8, 9, 19, 33):
+            x = _rows(rng, C, dtype, R)
+            t = rng.integers(0, C, R)
+            t[::5] = -100
+            t[6] = -100  # an ignored row of NaN logits (row 3 + 6 of _rows)
+            w64 = rng.uniform(0.5, 2.0, C)
+            # tt, wt as the scratch holds them: the block's pixels from index 2.
+            tt = np.pad(np.where(t < 0, -1, t), 2, constant_values=3).astype(np.int32)
+            wt = np.pad(np.where(t < 0, 0.0, w64[np.maximum(t, 0)]), 2).astype(dtype)
+            xb = x[3:3 + R]
+            for eps in (0.0, 0.2):
+                coef = np.array([g * (1 - eps), g * eps * w64.sum() / C], dtype)
+                bc = (g * eps / C * w64).astype(dtype)
+                wsm = w64.astype(dtype) if eps > 0 else None
+                out = np.full((R + 6, C), 5.0, dtype)
+                scratch = [np.full(R + 4, 7.0, dtype) for _ in range(4)]
+                run(x, 3, tt, wt, coef, bc, wsm, out, 2, *scratch)
+                m, s, xt, sm = (a[2:2 + R] for a in scratch)
+                _, want = reference.cross_entropy(xb, t, -1, class_weight=w64,
+                                                  label_smoothing=eps, reduction="sum",
+                                                  return_grad=True)
+                rtol = 1e-5 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(out[2:2 + R], g * want, rtol=rtol, atol=rtol,
+                                           equal_nan=True)
+                np.testing.assert_array_equal(out[2:2 + R][t < 0], 0)
+                assert (out[:2] == 5).all() and (out[R + 2:] == 5).all()
+                np.testing.assert_array_equal(m, np.max(xb, axis=1))
+                np.testing.assert_array_equal(xt, np.where(t < 0, 0, xb[np.arange(R),
+                                                                        np.maximum(t, 0)]))
+                fin = np.isfinite(m)
+                xf = xb[fin].astype(np.float64)
+                np.testing.assert_allclose(s[fin], np.exp(xf - m[fin, None]).sum(1), rtol=rtol)
+                want_sm = ((m[fin, None] - xf) * w64).sum(1) if eps > 0 else 7.0
+                np.testing.assert_allclose(sm[fin], want_sm, rtol=rtol)
+                for a in scratch:
+                    assert (a[:2] == 7).all() and (a[R + 2:] == 7).all()
+                if in_place:
+                    y = x.copy()
+                    run(y, 3, tt, wt, coef, bc, wsm, y, 3, *(a.copy() for a in scratch))
+                    np.testing.assert_array_equal(y[3:3 + R], out[2:2 + R])
+                    np.testing.assert_array_equal(y[:3], x[:3])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
+def test_block_xent_grad_matches_reference(rng, layout):
+    """The fused cross-entropy gradient of a block (``rows_xent_grad``) in
+    every layout, both dtypes, with and without label smoothing."""
+    R, wide = layout
+    xent_grad = block_intrinsics(R, wide).xent_grad
+
+    @njit
+    def run(x, r, tt, wt, coef, bc, w, out, out_at, m, s, xt, sm):
+        cols = np.empty(x.shape[1] * R, x.dtype)
+        xent_grad(x, r, m, 2, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at)
+
+    check_xent_grad(run, R, rng)

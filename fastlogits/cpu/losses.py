@@ -43,7 +43,13 @@ Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 In the register blocks of both layouts, float32 losses without label
 smoothing or gradient skip the per-pixel scratch: one fused intrinsic per
 block (:func:`_fused_losses`: max, exp-sum, target logit, log and loss in
-vector registers; bench/RESULTS.md, log 44).
+vector registers; bench/RESULTS.md, log 44). With a gradient, each block
+of 16 pixels (8 with AVX2) is done by one fused intrinsic too
+(:func:`_grad_blocks`): max, exponentials, their sum, the target logit
+and the smoothing sum from the block's columns in L1, then the final
+gradient (targets and ignored pixels included) stored from registers;
+only the per-pixel loss step follows, on the tile's scratch
+(bench/RESULTS.md, log 47).
 """
 
 import numpy as np
@@ -56,13 +62,12 @@ from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in,
                             launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                       planes_max_expstore, planes_max_expsum,
-                                       planes_store_grad, planes_stream_grad, planes_wsum,
-                                       planes_xent)
+                                       planes_max_expsum, planes_stream_xent_grad, planes_wsum,
+                                       planes_xent, planes_xent_grad)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
-from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
-                                     rows_store_grad, rows_wsum, rows_xent)
+from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
+                                     rows_xent_grad)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
@@ -248,6 +253,17 @@ def _grad_coef(w, eps, gscale):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _grad_scales(w, wall, eps, gscale):
+    """``(g (1 - eps), g eps W / C)`` in x's dtype (``w``'s): the register
+    blocks' gradient scales ``A = (coef[0] w[t] + coef[1]) / s`` and ``D =
+    coef[0] w[t]`` (:func:`fastlogits.cpu.rowblock._xent_grad_part`)."""
+    coef = np.empty(2, w.dtype)
+    coef[0] = gscale * (1.0 - eps)
+    coef[1] = gscale * eps * wall / w.shape[0]
+    return coef
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
     """The tile's exponentials ``g[o, :, i0:i0 + P]`` into d loss / d x, in
     cache: ``g * a[p] - b[c]``, minus ``d[p]`` at the target class, 0 where
@@ -294,24 +310,67 @@ def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, 
     return impl
 
 
+def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                 ahead):
+    """Numba-callable: the final gradient of P pixels (a multiple of the
+    block size) of x, by the fused gradient blocks (``*_xent_grad``,
+    :func:`fastlogits.cpu.rowblock._xent_grad_part`), into ``out`` from
+    ``out_first`` (the first pixel's flat index of planes (outer, C, inner),
+    by non-temporal stores with ``nontemporal``; the first row of rows),
+    leaving each pixel's m, s, xt (and sm with ``smooth``) in the
+    :func:`_scratch` ``sc`` for :func:`_pixel_losses`. x as for
+    :func:`_fused_losses`; ``tt``, ``wt`` of ``sc`` from :func:`_targets`;
+    ``cols`` C * LANES elements; ``coef`` from :func:`_grad_scales`, ``bc``
+    from :func:`_grad_coef`."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_grad_blocks, fastmath=FASTMATH)
+def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                      ahead):
+    if x.ndim == 3:
+        prefetch, plain, streamed = prefetch_planes, planes_xent_grad, planes_stream_xent_grad
+    else:
+        prefetch, plain, streamed = prefetch_rows, rows_xent_grad, rows_xent_grad
+
+    def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead):
+        m, _, _, s, sm, xt, wt, _, tt, _ = sc
+        for q in range(0, P, LANES):
+            prefetch(x, first + q, LANES, ahead)
+            # Four instances, so neither flag is tested inside a block.
+            if nontemporal:
+                if smooth:
+                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                             out_first + q)
+                else:
+                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                             out_first + q)
+            elif smooth:
+                plain(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                      out_first + q)
+            else:
+                plain(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                      out_first + q)
+    return impl
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, write, cols, ebuf, sc, acc, sums, ahead):
+                  coef, want_grad, write, cols, ebuf, sc, acc, sums, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
-    :mod:`fastlogits.cpu.planeblock`: one pass over x finds each block's
-    max and exp-sum, keeping its scores in ``cols`` (C * LANES: one
-    block's, reused, so they stay in L1) or, with ``want_grad``, the
-    exponentials of all P pixels (C * P); then the targets, their logits
-    (read from x before any gradient is written: grad may be x), the
-    smoothing sums, the per-pixel step (``sc``: a :func:`_scratch` of at
-    least P pixels), and with ``want_grad`` the final gradient from the
-    kept exponentials (``b`` from :func:`_grad_coef`; ignored pixels and
-    targets included), written as ``write`` says
-    (``planeblock.WRITE_*``: into ``ebuf`` (1, C, >= P) then ``grad``, or
-    straight into ``grad`` by non-temporal stores). Prefetches ``ahead``
-    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
+    :mod:`fastlogits.cpu.planeblock` (``cols``: C * LANES elements, one
+    block's columns, reused so they stay in L1; ``sc``: a :func:`_scratch`
+    of at least P pixels): the targets first, then one pass over x. With
+    ``want_grad`` the fused gradient blocks (:func:`_grad_blocks`, ``b``
+    from :func:`_grad_coef`, ``coef`` from :func:`_grad_scales`) write
+    each block's final gradient as ``write`` says (``planeblock.WRITE_*``:
+    into ``ebuf`` (1, C, >= P), then ``grad``; or straight into ``grad`` by
+    non-temporal stores); otherwise the max and exp-sum blocks, the
+    target logits and the smoothing sums. Then the per-pixel step
+    (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead
+    (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
 
     float32 losses without smoothing or gradient take one fused pass
     instead (:func:`_fused_losses`), adding their sums to ``sums``
@@ -327,27 +386,22 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     if not want_grad and eps == 0.0 and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0,
                                                       want_loss, sums, ahead):
         return
-    for q in range(0, P, LANES):
-        prefetch_planes(x, start + q, LANES, ahead)
-        if want_grad:
-            planes_max_expstore(x, start + q, m, q, one, cols[q * C:(q + LANES) * C], s)
-        else:
-            planes_max_expsum(x, start + q, m, q, one, cols, s)
-    _target_logits_tile(x, o, i0, P, tt, xt)
-    if eps > 0.0:
-        for q in range(0, P, LANES):
-            planes_wsum(x, start + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
-                  want_loss)
     if want_grad:
+        stream = write == WRITE_STREAM
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad if stream else ebuf,
+                     start if stream else 0, stream, ahead)
+    else:
         for q in range(0, P, LANES):
-            qcols = cols[q * C:(q + LANES) * C]
-            if write == WRITE_STREAM:
-                planes_stream_grad(qcols, b, a, d, tt, q, grad, start + q)
-            else:
-                planes_store_grad(qcols, b, a, d, tt, q, ebuf, q)
-        if write != WRITE_STREAM:
-            tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
+            prefetch_planes(x, start + q, LANES, ahead)
+            planes_max_expsum(x, start + q, m, q, one, cols, s)
+        _target_logits_tile(x, o, i0, P, tt, xt)
+        if eps > 0.0:
+            for q in range(0, P, LANES):
+                planes_wsum(x, start + q, m, q, w, sm)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, False, acc, loss, r0,
+                  want_loss)
+    if want_grad and write != WRITE_STREAM:
+        tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -376,6 +430,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     outer, C, inner = x.shape
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
+    coef = _grad_scales(w, wall, eps, gscale)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -387,7 +442,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
         ebuf = np.empty((1, C, tile if want_grad and (blocks or stream or not direct) else 1),
                         x.dtype)
-        cols = np.empty(C * (tile if want_grad else LANES) if blocks else 1, x.dtype)
+        cols = np.empty(C * LANES if blocks else 1, x.dtype)
         acc = np.zeros(3)
         sums = np.zeros(2 * LANES)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -398,7 +453,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             PB = P - P % LANES if blocks else 0
             if PB > 0:
                 _plane_losses(x, o, i0, PB, t, w, w64, wall, ignore, eps, gscale, loss,
-                              want_loss, grad, b, want_grad, write, cols, ebuf, sc, acc,
+                              want_loss, grad, b, coef, want_grad, write, cols, ebuf, sc, acc,
                               sums, ahead)
                 i0 += PB
                 P -= PB
@@ -462,19 +517,20 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  want_grad, ahead, cols, sc, acc, sums):
+                  coef, want_grad, ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
-    elements, or C * P with ``want_grad``, when every block's exponentials
-    wait there for the per-pixel step); ``sc``: a :func:`_scratch` of at
-    least P pixels. With ``want_grad`` the rows of ``grad`` are written
-    from the kept exponentials (``rows_store_grad``, ``b`` from
-    :func:`_grad_coef`), then zeroed at ignored pixels and corrected at
-    the targets. (A call per many blocks: the scratch arrays' reference
-    counting, paid per call, cost more than the arithmetic of one block.)
-    float32 losses without smoothing or gradient take one fused pass
-    instead (:func:`_fused_losses`), adding their sums to ``sums``."""
+    elements; ``sc``: a :func:`_scratch` of at least P pixels): the
+    targets first, then with ``want_grad`` the fused gradient blocks
+    (:func:`_grad_blocks`, ``b`` from :func:`_grad_coef`, ``coef`` from
+    :func:`_grad_scales`) writing the final rows of ``grad``, otherwise the
+    max and exp-sum blocks, the target logits and the smoothing sums; then
+    the per-pixel step. (A call per many blocks: the scratch arrays'
+    reference counting, paid per call, cost more than the arithmetic of
+    one block.) float32 losses without smoothing or gradient take one
+    fused pass instead (:func:`_fused_losses`), adding their sums to
+    ``sums``."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
@@ -483,30 +539,18 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     if not want_grad and eps == 0.0 and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0,
                                                       want_loss, sums, ahead):
         return
-    for q in range(0, P, ROWS):
-        prefetch_rows(x, r0 + q, ROWS, ahead)
-        if want_grad:
-            rows_max_expstore(x, r0 + q, m, q, one, cols[q * C:(q + ROWS) * C], s)
-        else:
-            rows_max_expsum(x, r0 + q, m, q, one, cols, s)
-    _target_logits_rows(x, r0, P, tt, xt)
-    if eps > 0.0:
-        for q in range(0, P, ROWS):
-            rows_wsum(x, r0 + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
-                  want_loss)
     if want_grad:
-        zero = grad.dtype.type(0.0)
+        _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead)
+    else:
         for q in range(0, P, ROWS):
-            rows_store_grad(cols[q * C:(q + ROWS) * C], b, one, a, q, grad, r0 + q)
-        for p in range(P):
-            # The select of _tile_grad, a row at a time: an ignored pixel's
-            # logits may be NaN, which no multiply by 0 removes.
-            if tt[p] < 0:
-                for c in range(C):
-                    grad[r0 + p, c] = zero
-            else:
-                grad[r0 + p, tt[p]] -= d[p]
+            prefetch_rows(x, r0 + q, ROWS, ahead)
+            rows_max_expsum(x, r0 + q, m, q, one, cols, s)
+        _target_logits_rows(x, r0, P, tt, xt)
+        if eps > 0.0:
+            for q in range(0, P, ROWS):
+                rows_wsum(x, r0 + q, m, q, w, sm)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, False, acc, loss, r0,
+                  want_loss)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -523,6 +567,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
+    coef = _grad_scales(w, wall, eps, gscale)
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
     nchunks = work_chunks(rows, nthreads)
@@ -531,14 +576,14 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
-        cols = np.empty(C * (tile if want_grad else ROWS) if blocks else 1, x.dtype)
+        cols = np.empty(C * ROWS if blocks else 1, x.dtype)
         acc = np.zeros(3)
         sums = np.zeros(2 * ROWS)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
             _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, grad, b, want_grad, ahead, cols, sc, acc, sums)
+                          want_loss, grad, b, coef, want_grad, ahead, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0

@@ -18,8 +18,9 @@ over the columns kept in an L1 scratch, the smoothing sum), on columns
 that need no transpose. The way back for softmax, log_softmax and the
 cross-entropy gradient stores each class's vector of results into its
 plane of an L1 scratch tile, or straight into the output's by
-non-temporal stores (:data:`WRITE_EBUF`); the gradient leaves its store
-final (targets and ignored pixels included).
+non-temporal stores (:data:`WRITE_EBUF`); the gradient is computed and
+stored final (targets and ignored pixels included) by the block that
+read its scores (``xent_grad``).
 
 The column scratch matters more here than for rows: the C segments of a
 block sit a plane apart, and planes whose size is a multiple of 4 KiB
@@ -42,12 +43,12 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import const, i64, loop, splat, vector_of, vptr
+from fastlogits.cpu.irutil import const, i64, loop, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
-                                     _xent_part, max_expsum_args_ok, xent_args_ok,
-                                     _wsum_part,
-                                     store_values)
+                                     _wsum_part, _xent_grad_part, _xent_part,
+                                     max_expsum_args_ok, store_values, xent_args_ok,
+                                     xent_grad_args_ok)
 from fastlogits.cpu.stream import LINE, mark_nontemporal
 
 #: Pixels of one block: as many as the row blocks' rows (16 on AVX-512,
@@ -192,56 +193,14 @@ def _storing(lanes, what, nontemporal):
     return codegen
 
 
-def _storing_grad(lanes, nontemporal):
-    """The codegen of the gradient store (args (cols, b, a, d, tt, p, out,
-    start)): class c's gradient of the block's pixels is ``cols_c * a -
-    b[c]``, less ``d`` at the pixels whose target ``tt`` is c, 0 where
-    ``tt`` < 0 (ignored; a select, so NaN logits there give 0 too); ``a``
-    and ``d`` in out's dtype, ``tt`` int32, each from index p. One
-    pass over the kept exponentials, so the gradient is final when stored
-    (by non-temporal stores, with ``nontemporal``, it could not be
-    corrected afterwards without reading it back from memory)."""
-    def codegen(context, builder, sig, args):
-        b = builder
-        elem = context.get_data_type(sig.args[6].dtype)
-        size = context.get_abi_sizeof(elem)
-        vec = ir.VectorType(elem, lanes)
-        tvec = ir.VectorType(ir.IntType(32), lanes)
-
-        def data(k):
-            return context.make_array(sig.args[k])(context, b, args[k]).data
-
-        cols, coef = data(0), data(1)
-        at = i64(b, args[5])
-        av = b.load(vptr(b, data(2), at, vec), align=size)
-        dv = b.load(vptr(b, data(3), at, vec), align=size)
-        tv = b.load(vptr(b, data(4), at, tvec), align=4)
-        kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
-        zero = vector_of(vec, 0.0)
-
-        def value(c):
-            v = b.load(vptr(b, cols, b.mul(c, const(lanes)), vec), align=size)
-            r = b.fsub(b.fmul(v, av), splat(b, vec, b.load(b.gep(coef, [c]))))
-            c32 = b.trunc(c, ir.IntType(32))
-            r = b.select(b.icmp_signed("==", tv, splat(b, tvec, c32)), b.fsub(r, dv), r)
-            return b.select(kept, r, zero)
-
-        _store_planes(context, b, sig.args[6], args[6], args[7], lanes, nontemporal, value)
-        return context.get_dummy_value()
-    return codegen
-
-
 def plane_intrinsics(lanes):
     """The channels-first block intrinsics for blocks of ``lanes`` pixels:
     a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`'
     (``argmax``, ``argmax_expsum``, ``wsum``, ``max_expsum``,
-    ``max_expstore``, ``xent``, ``store_softmax``, ``store_log_softmax``),
-    each taking x or out
-    (outer, C, inner) and the block's ``start`` where the row blocks take
-    (rows, C) and a row; ``store_grad(cols, coef, a, d, tt, p, out,
-    start)``, the final gradient (see ``_storing_grad``), where the row
-    blocks' leaves the targets and ignored pixels to their caller; and
-    ``stream_softmax``, ``stream_log_softmax``, ``stream_grad``: the
+    ``max_expstore``, ``xent``, ``xent_grad``, ``store_softmax``,
+    ``store_log_softmax``), each taking x or out (outer, C, inner) and the
+    block's ``start`` where the row blocks take (rows, C) and a row; and
+    ``stream_softmax``, ``stream_log_softmax``, ``stream_xent_grad``: the
     stores by non-temporal stores (every class's out address of the block
     must start a 64-byte line). The module's ``planes_*`` names are
     ``plane_intrinsics(LANES)``; tests build other widths too."""
@@ -313,16 +272,28 @@ def plane_intrinsics(lanes):
 
     def _grad_intrinsic(nontemporal):
         @intrinsic
-        def store(typingctx, cols, coef, a, d, tt, p, out, start):
-            """The cross-entropy gradient of the block's pixels into ``out``
-            (see ``_storing_grad``)."""
-            if not (_is_planes(out) and all(_is_vec(v, out.dtype) for v in (cols, coef, a, d))
-                    and _is_vec(tt, types.int32)
-                    and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
+        def xent_grad(typingctx, x, start, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                      out_start):
+            """The cross-entropy gradient of the block's pixels into the
+            block ``out_start`` of out (by non-temporal stores with
+            ``nontemporal``), final, and their m, s, xt (and sm, with ``w``
+            not None) for the loss step, in one pass
+            (:func:`fastlogits.cpu.rowblock._xent_grad_part`)."""
+            if not (_is_planes(x) and _is_planes(out)
+                    and xent_grad_args_ok(x, start, m, p, cols, tt, wt, coef, bc, w, s, xt, sm,
+                                          out, out_start)):
                 return None
-            return (types.none(cols, coef, a, d, tt, p, out, start),
-                    _storing_grad(lanes, nontemporal))
-        return store
+
+            def codegen(context, builder, sig, args):
+                blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes)
+                value = _xent_grad_part(context, builder, sig, args, blk, 0)
+                _store_planes(context, builder, sig.args[13], args[13], args[14], lanes,
+                              nontemporal, value)
+                return context.get_dummy_value()
+
+            return (types.none(x, start, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                               out_start), codegen)
+        return xent_grad
 
     @intrinsic
     def planes_xent(typingctx, x, start, m, p, cols, tt, wt, loss, at, want_loss, sums):
@@ -340,10 +311,10 @@ def plane_intrinsics(lanes):
                            wsum=planes_wsum,
                            store_softmax=_store_intrinsic(STORE_SOFTMAX),
                            store_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX),
-                           store_grad=_grad_intrinsic(False),
+                           xent_grad=_grad_intrinsic(False),
                            stream_softmax=_store_intrinsic(STORE_SOFTMAX, True),
                            stream_log_softmax=_store_intrinsic(STORE_LOG_SOFTMAX, True),
-                           stream_grad=_grad_intrinsic(True))
+                           stream_xent_grad=_grad_intrinsic(True))
 
 
 _TARGET = plane_intrinsics(LANES)
@@ -352,10 +323,10 @@ planes_argmax_expsum = _TARGET.argmax_expsum
 planes_wsum = _TARGET.wsum
 planes_store_softmax = _TARGET.store_softmax
 planes_store_log_softmax = _TARGET.store_log_softmax
-planes_store_grad = _TARGET.store_grad
+planes_xent_grad = _TARGET.xent_grad
 planes_stream_softmax = _TARGET.stream_softmax
 planes_stream_log_softmax = _TARGET.stream_log_softmax
-planes_stream_grad = _TARGET.stream_grad
+planes_stream_xent_grad = _TARGET.stream_xent_grad
 planes_xent = _TARGET.xent
 planes_max_expsum = _TARGET.max_expsum
 planes_max_expstore = _TARGET.max_expstore

@@ -339,6 +339,12 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
     _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
 
 
+def _finite(builder, v):
+    """Lanes of the float vector ``v`` that are finite (neither NaN nor +-inf)."""
+    fabs = intrinsic_fn(builder, f"llvm.fabs.{type_suffix(v.type)}", v.type, [v.type])
+    return builder.fcmp_ordered("!=", builder.call(fabs, [v]), vector_of(v.type, float("inf")))
+
+
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
     """The argument types of a fused loss intrinsic (:func:`_xent_part`),
     x's kind (rows or planes) checked by the caller."""
@@ -405,8 +411,7 @@ def _xent_part(context, builder, sig, args, rw, offset):
     first = len(b.block.instructions)
     lse = log32_ir(b, b.fadd(a0, a1))
     flag_block_from(b, first, EXP_FASTMATH)
-    fabs = intrinsic_fn(b, f"llvm.fabs.{type_suffix(vec)}", vec, [vec])
-    finite = b.fcmp_ordered("!=", b.call(fabs, [mx]), vector_of(vec, float("inf")))
+    finite = _finite(b, mx)
     lv = b.fmul(wv, b.fadd(lse, b.fsub(mx, xt)))
     lv = b.select(finite, lv, vector_of(vec, float("nan")))
     lv = b.select(b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes)), lv, zero)
@@ -419,20 +424,121 @@ def _xent_part(context, builder, sig, args, rw, offset):
         b.store(b.fadd(b.load(ptr, align=8), b.fpext(v, dvec)), ptr, align=8)
 
 
+def xent_grad_args_ok(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at):
+    """The argument types of a fused gradient intrinsic
+    (:func:`_xent_grad_part`), x's and out's kinds (rows or planes) checked
+    by the caller."""
+    vecs = (m, cols, wt, coef, bc, s, xt, sm)
+    return (out.dtype == x.dtype and all(_is_vec(v, x.dtype) for v in vecs)
+            and _is_vec(tt, types.int32)
+            and (isinstance(w, types.NoneType) or _is_vec(w, x.dtype))
+            and all(isinstance(v, types.Integer) for v in (r, p, out_at)))
+
+
+def grad_value(builder, e, av, bc, dv, tv, kept, c):
+    """Class c's cross-entropy gradient of a block's pixels from their
+    exponentials ``e``: ``e * av - bc``, less ``dv`` where the target
+    ``tv`` is c, 0 where ``kept`` is false (an ignored pixel: a select, so
+    NaN logits there give 0 too). Final when stored: by non-temporal
+    stores it could not be corrected afterwards without reading it back."""
+    b = builder
+    r = b.fsub(b.fmul(e, av), splat(b, e.type, bc))
+    hit = b.icmp_signed("==", tv, splat(b, tv.type, b.trunc(c, I32)))
+    r = b.select(hit, b.fsub(r, dv), r)
+    return b.select(kept, r, vector_of(e.type, 0.0))
+
+
+def _xent_grad_part(context, builder, sig, args, rw, offset):
+    """The cross-entropy gradient of the block ``rw``'s pixels in one pass,
+    returning ``value(c)``, class c's final gradient vector (for the
+    caller's stores: transposed back for rows, straight for planes).
+
+    args (x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at),
+    all vectors in x's dtype but ``tt`` (int32): the max
+    (:func:`_max_part`, into m) with each class's column kept in ``cols``
+    (C * lanes, so it stays in L1); then over those columns the
+    exponentials (replacing the scores in ``cols``), their sum, the
+    target's logit (the column whose class is ``tt``, a select) and, when
+    ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``; each
+    into s, xt, sm at the block's pixels, for the loss step that follows
+    (:func:`fastlogits.cpu.losses._pixel_losses`). The gradient's scales,
+    ``A = (coef[0] wt + coef[1]) / s`` (NaN where the max is not finite)
+    and ``D = coef[0] wt``, with ``coef = (g (1 - eps), g eps W / C)``
+    and ``bc[c] = g eps w[c] / C``, give :func:`grad_value`. No score of x
+    is read after this returns, so out may be x."""
+    b = builder
+    vec, size, lanes = rw.vec, rw.size, rw.lanes
+    tvec = ir.VectorType(I32, lanes)
+
+    def data(k):
+        return context.make_array(sig.args[k])(context, b, args[k]).data
+
+    cols = data(4)
+
+    def col(c):
+        return vptr(b, cols, _column_at(b, c, rw.C, lanes, offset), vec)
+
+    mx, at = _max_part(context, b, sig, args, rw, offset,
+                       lambda c, v: b.store(v, col(c), align=size))
+    tv = b.load(vptr(b, data(5), at, tvec), align=4)
+    wv = b.load(vptr(b, data(6), at, vec), align=size)
+    smooth = not isinstance(sig.args[9], types.NoneType)
+    wdata = data(9) if smooth else None
+
+    def step(c, carried, k):
+        """Class c into the accumulator k of ``carried`` (sums, xt[, sm])."""
+        carried = list(carried)
+        v = b.load(col(c), align=size)
+        e = exp_shifted_ir(b, b.fsub(v, mx))
+        b.store(e, col(c), align=size)
+        carried[k] = b.fadd(carried[k], e)
+        hit = b.icmp_signed("==", tv, splat(b, tvec, b.trunc(c, I32)))
+        carried[2] = b.select(hit, v, carried[2])
+        if smooth:
+            wc = splat(b, vec, b.load(b.gep(wdata, [c])))
+            carried[3] = b.fadd(carried[3], b.fmul(wc, b.fsub(mx, v)))
+        return carried
+
+    # Two exp-sum accumulators (classes 2k and 2k + 1), so the adds do not
+    # wait on each other; the last class of an odd C goes to the first.
+    zero = vector_of(vec, 0.0)
+    init = [zero] * (4 if smooth else 3)
+    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
+    carried = loop(b, const(0), C2, 2,
+                   init, lambda c, acc: step(b.add(c, const(1)), step(c, acc, 0), 1),
+                   "xgrad")
+    carried = loop(b, C2, rw.C, 1, carried, lambda c, acc: step(c, acc, 0), "xgrad_rest")
+    sv = b.fadd(carried[0], carried[1])
+    for k, v in ((10, sv), (11, carried[2])) + (((12, carried[3]),) if smooth else ()):
+        b.store(v, vptr(b, data(k), at, vec), align=size)
+    coef = data(7)
+    k0 = splat(b, vec, b.load(b.gep(coef, [const(0)])))
+    k1 = splat(b, vec, b.load(b.gep(coef, [const(1)])))
+    finite = _finite(b, mx)
+    dv = b.fmul(k0, wv)
+    av = b.select(finite, b.fdiv(b.fadd(dv, k1), sv), vector_of(vec, float("nan")))
+    kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
+    bcs = data(8)
+
+    def value(c):
+        e = b.load(col(c), align=size)
+        return grad_value(b, e, av, b.load(b.gep(bcs, [c])), dv, tv, kept, c)
+
+    return value
+
+
 #: What :func:`store_values` computes.
-STORE_SOFTMAX, STORE_LOG_SOFTMAX, STORE_GRAD = 0, 1, 2
+STORE_SOFTMAX, STORE_LOG_SOFTMAX = 0, 1
 
 
 def store_values(context, builder, sig, args, lanes, offset, what):
     """``value(c)``: the vector of class c's results of the ``lanes``
     pixels of a block whose columns are in ``cols`` (args (cols, m, inv_t,
     g, p, out, ...), the part at ``offset``): ``column * g`` (softmax: the
-    stored exponentials times 1 / s), ``(column - m) * inv_t - g``
-    (log_softmax: scores, g = log s) or ``column * g - m[c]`` (the
-    cross-entropy gradient: exponentials times A / s, less the smoothing
-    term of class c, ``m`` then being C per-class values). Shared by the
-    row blocks' way back (:func:`_rows_store_part`) and the channels-first
-    blocks' (:mod:`.planeblock`)."""
+    stored exponentials times 1 / s) or ``(column - m) * inv_t - g``
+    (log_softmax: scores, g = log s). Shared by the row blocks' way back
+    (:func:`_rows_store_part`) and the channels-first blocks'
+    (:mod:`.planeblock`)."""
     b = builder
     oty = sig.args[5]
     C = b.extract_value(context.make_array(oty)(context, b, args[5]).shape, 1)
@@ -452,38 +558,34 @@ def store_values(context, builder, sig, args, lanes, offset, what):
         v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
         if what == STORE_LOG_SOFTMAX:
             return b.fsub(b.fmul(b.fsub(v, mv), tv), gv)
-        if what == STORE_GRAD:
-            return b.fsub(b.fmul(v, gv), splat(b, vec, b.load(b.gep(mdata, [c]))))
         return b.fmul(v, gv)
 
     return value
 
 
-def _rows_store_part(context, builder, sig, args, halves, offset, what):
-    """Rows ``r + offset ..`` of ``out`` (args (cols, m, inv_t, g, p, out,
-    r)) from the part's columns in ``cols`` (:func:`store_values`),
-    transposed back by the same shuffles and stored 8 classes at a time,
-    the last class block overlapping the one before (it rewrites the same
-    values)."""
+def _store_rows(context, builder, oty, oval, row, halves, value):
+    """Rows ``row ..`` (an i64 value) of ``out`` (Numba type ``oty``, value
+    ``oval``; ``8 * halves`` rows) from ``value(c)``, class c's vector of
+    their results (row i + 8 h in lane i + 8 h), transposed back by the
+    shuffles of the loads and stored 8 classes at a time, the last class
+    block overlapping the one before (it rewrites the same values)."""
     b = builder
-    oty = sig.args[5]
-    oarr = context.make_array(oty)(context, b, args[5])
+    oarr = context.make_array(oty)(context, b, oval)
     C = b.extract_value(oarr.shape, 1)
     elem = context.get_data_type(oty.dtype)
     size = context.get_abi_sizeof(elem)
     part = ir.VectorType(elem, BLOCK8)
-    value = store_values(context, b, sig, args, BLOCK8 * halves, offset, what)
-    base = b.mul(_plus(b, args[6], offset), C)
+    base = b.mul(row, C)
     starts = [[b.add(base, b.mul(C, const(h * BLOCK8 + i))) for h in range(halves)]
               for i in range(BLOCK8)]
 
     def store_block(c0):
         rows = _transpose_ir(b, [value(b.add(c0, const(j))) for j in range(BLOCK8)])
-        for i, row in enumerate(rows):
+        for i, r in enumerate(rows):
             for h in range(halves):
-                half = row if halves == 1 else b.shuffle_vector(
-                    row, row, ir.Constant(ir.VectorType(I32, BLOCK8),
-                                          list(range(h * BLOCK8, (h + 1) * BLOCK8))))
+                half = r if halves == 1 else b.shuffle_vector(
+                    r, r, ir.Constant(ir.VectorType(I32, BLOCK8),
+                                      list(range(h * BLOCK8, (h + 1) * BLOCK8))))
                 b.store(half, vptr(b, oarr.data, b.add(starts[i][h], c0), part), align=size)
 
     C8 = b.sub(C, b.srem(C, const(BLOCK8)))
@@ -495,6 +597,15 @@ def _rows_store_part(context, builder, sig, args, halves, offset, what):
     loop(b, const(0), C8, BLOCK8, [], full, "stores")
     with b.if_then(b.icmp_signed("<", C8, C)):
         store_block(b.sub(C, const(BLOCK8)))
+
+
+def _rows_store_part(context, builder, sig, args, halves, offset, what):
+    """Rows ``r + offset ..`` of ``out`` (args (cols, m, inv_t, g, p, out,
+    r)) from the part's columns in ``cols`` (:func:`store_values`,
+    :func:`_store_rows`)."""
+    value = store_values(context, builder, sig, args, BLOCK8 * halves, offset, what)
+    _store_rows(context, builder, sig.args[5], args[5], _plus(builder, args[6], offset),
+                halves, value)
 
 
 def _wsum_part(context, builder, sig, args, rw, offset):
@@ -536,7 +647,7 @@ def _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
 def block_intrinsics(rows, wide):
     """The block intrinsics (a namespace: ``argmax``, ``argmax_expsum``,
     ``wsum``, ``max_expsum``, ``max_expstore``, ``xent``, ``store_softmax``,
-    ``store_log_softmax``, ``store_grad``)
+    ``store_log_softmax``, ``xent_grad``)
     for blocks of ``rows`` rows (8 or 16) laid out for ``wide`` (64-byte)
     vectors or not: the module's ``rows_*`` names are
     ``block_intrinsics(ROWS, target_has_avx512())``; tests build every
@@ -623,11 +734,33 @@ def block_intrinsics(rows, wide):
     #: ``out[r + i, c] = (cols_c[i] - m[p + i]) * inv_t - g[p + i]`` (the
     #: score columns :func:`rows_argmax_expsum` left: log_softmax, g = log s).
     rows_store_log_softmax = _store_intrinsic(STORE_LOG_SOFTMAX)
-    #: ``out[r + i, c] = cols_c[i] * g[p + i] - m[c]`` (the exponentials
-    #: :func:`rows_max_expstore` left: the cross-entropy gradient before
-    #: its target and ignored-pixel fix-ups, g = A / s, m the (C,)
-    #: smoothing terms; inv_t unused).
-    rows_store_grad = _store_intrinsic(STORE_GRAD)
+
+    @intrinsic
+    def rows_xent_grad(typingctx, x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                       out_at):
+        """The cross-entropy gradient of rows ``r .. r + ROWS - 1`` of x
+        into rows ``out_at ..`` of out (rows, C), final, and the block's m,
+        s, xt (and sm, with ``w`` not None) for the loss step, in one pass
+        (:func:`_xent_grad_part`; ``cols`` at least C * ROWS elements)."""
+        if not (_is_rows(x) and _is_rows(out)
+                and xent_grad_args_ok(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                                      out_at)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+            halves, parts = _halves(rows, wide, size)
+            for k in range(parts):
+                offset = k * BLOCK8 * halves
+                blk = _RowBlock(context, builder, sig.args[0], args[0],
+                                _plus(builder, args[1], offset), halves)
+                value = _xent_grad_part(context, builder, sig, args, blk, offset)
+                _store_rows(context, builder, sig.args[13], args[13],
+                            _plus(builder, args[14], offset), halves, value)
+            return context.get_dummy_value()
+
+        return (types.none(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at),
+                codegen)
 
     @intrinsic
     def rows_xent(typingctx, x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
@@ -646,7 +779,7 @@ def block_intrinsics(rows, wide):
                            wsum=rows_wsum,
                            store_softmax=rows_store_softmax,
                            store_log_softmax=rows_store_log_softmax,
-                           store_grad=rows_store_grad)
+                           xent_grad=rows_xent_grad)
 
 
 _TARGET = block_intrinsics(ROWS, target_has_avx512())
@@ -655,7 +788,7 @@ rows_argmax_expsum = _TARGET.argmax_expsum
 rows_wsum = _TARGET.wsum
 rows_store_softmax = _TARGET.store_softmax
 rows_store_log_softmax = _TARGET.store_log_softmax
-rows_store_grad = _TARGET.store_grad
+rows_xent_grad = _TARGET.xent_grad
 rows_xent = _TARGET.xent
 rows_max_expsum = _TARGET.max_expsum
 rows_max_expstore = _TARGET.max_expstore
