@@ -442,10 +442,12 @@ def grad_value(builder, e, av, bc, dv, tv, kept, c):
     NaN logits there give 0 too). Final when stored: by non-temporal
     stores it could not be corrected afterwards without reading it back."""
     b = builder
-    r = b.fsub(b.fmul(e, av), splat(b, e.type, bc))
+    # The zeroing select first: x86 folds it into the multiply-subtract
+    # (AVX-512 zero-masking, one operation fewer per class); an ignored
+    # pixel's target (-1) never equals c, so the target select keeps its 0.
+    r = b.select(kept, b.fsub(b.fmul(e, av), splat(b, e.type, bc)), vector_of(e.type, 0.0))
     hit = b.icmp_signed("==", tv, splat(b, tv.type, b.trunc(c, I32)))
-    r = b.select(hit, b.fsub(r, dv), r)
-    return b.select(kept, r, vector_of(e.type, 0.0))
+    return b.select(hit, b.fsub(r, dv), r)
 
 
 def _xent_grad_part(context, builder, sig, args, rw, offset):
