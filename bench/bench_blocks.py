@@ -8,7 +8,9 @@ in one process, alternating, so their ratios hold on a noisy machine
 ``argmax_expsum`` is classify's block, ``max_expsum`` softmax's,
 log_softmax's and logsumexp's, ``xent`` the fused float32 loss's,
 ``targets`` the loss's target read (:func:`fastlogits.cpu.losses._targets`)
-per pixel. Each figure is the minimum over rounds of a compiled loop over
+per pixel; ``softmax`` softmax's blocks with their stores
+(``max_expstore``, then ``store_softmax`` into an output of x's shape) and
+``xent_grad`` the fused gradient's (log 47) into the same output. Each figure is the minimum over rounds of a compiled loop over
 one (1, C, pixels) float32 block of planes, small enough for L1/L2.
 """
 
@@ -21,7 +23,9 @@ from numba import njit
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.losses import _targets
-from fastlogits.cpu.planeblock import LANES, planes_argmax_expsum, planes_max_expsum, planes_xent
+from fastlogits.cpu.planeblock import (LANES, planes_argmax_expsum, planes_max_expstore,
+                                       planes_max_expsum, planes_store_softmax, planes_xent,
+                                       planes_xent_grad)
 
 IGNORE = 255
 
@@ -45,6 +49,23 @@ def _xent(n, x, m, cols, tt, wt, loss, sums):
     for _ in range(n):
         for q in range(0, x.shape[2], LANES):
             planes_xent(x, q, m, q, cols, tt, wt, loss, q, False, sums)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _softmax(n, x, m, cols, s, g, out):
+    for _ in range(n):
+        for q in range(0, x.shape[2], LANES):
+            planes_max_expstore(x, q, m, q, np.float32(1.0), cols, s)
+            for i in range(LANES):
+                g[q + i] = 1.0 / s[q + i]
+            planes_store_softmax(cols, m, np.float32(1.0), g, q, out, q)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _xent_grad(n, x, m, cols, tt, wt, coef, bc, s, xt, sm, out):
+    for _ in range(n):
+        for q in range(0, x.shape[2], LANES):
+            planes_xent_grad(x, q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out, q)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")
@@ -74,11 +95,17 @@ def measure(classes=19, pixels=2048, rounds=21, calls=400):
     _read_targets(1, t, w64, tt, wt, keep)  # the loss block reads these
     loss = np.empty(1, np.float32)
     sums = np.zeros(2 * LANES)
+    s32, xt, sm, g = (np.zeros(pixels, np.float32) for _ in range(4))
+    out = np.empty_like(x)
+    coef = np.array([1.0, 0.0], np.float32)
+    bc = np.zeros(classes, np.float32)
     blocks = {
         "argmax_expsum": lambda n: _argmax_expsum(n, x, m, idx, cols, s),
         "max_expsum": lambda n: _max_expsum(n, x, m, cols, s),
         "xent": lambda n: _xent(n, x, m, cols, tt, wt, loss, sums),
         "targets": lambda n: _read_targets(n, t, w64, tt, wt, keep),
+        "softmax": lambda n: _softmax(n, x, m, cols, s32, g, out),
+        "xent_grad": lambda n: _xent_grad(n, x, m, cols, tt, wt, coef, bc, s32, xt, sm, out),
     }
     for run in blocks.values():
         run(1)  # compile
