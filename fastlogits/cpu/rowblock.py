@@ -345,6 +345,31 @@ def _finite(builder, v):
     return builder.fcmp_ordered("!=", builder.call(fabs, [v]), vector_of(v.type, float("inf")))
 
 
+def _kept_columns(context, builder, sig, args, rw, offset):
+    """The start of the fused loss and gradient parts (args (x, r, m, p,
+    cols, tt, wt, ...)): the max of the block ``rw``'s pixels (into m),
+    each class's column kept in ``cols`` on the way. Returns ``(data, col,
+    mx, at, tv, wv)``: ``data(k)`` the data pointer of array argument k,
+    ``col(c)`` the pointer to class c's column in ``cols``, the max
+    vector, the index of the block's first pixel in m, tt and wt, and its
+    targets (int32) and their weights."""
+    b = builder
+
+    def data(k):
+        return context.make_array(sig.args[k])(context, b, args[k]).data
+
+    cols = data(4)
+
+    def col(c):
+        return vptr(b, cols, _column_at(b, c, rw.C, rw.lanes, offset), rw.vec)
+
+    mx, at = _max_part(context, b, sig, args, rw, offset,
+                       lambda c, v: b.store(v, col(c), align=rw.size))
+    tv = b.load(vptr(b, data(5), at, ir.VectorType(I32, rw.lanes)), align=4)
+    wv = b.load(vptr(b, data(6), at, rw.vec), align=rw.size)
+    return data, col, mx, at, tv, wv
+
+
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
     """The argument types of a fused loss intrinsic (:func:`_xent_part`),
     x's kind (rows or planes) checked by the caller."""
@@ -372,19 +397,7 @@ def _xent_part(context, builder, sig, args, rw, offset):
     vec, size, lanes = rw.vec, rw.size, rw.lanes
     tvec = ir.VectorType(I32, lanes)
     dvec = ir.VectorType(ir.DoubleType(), lanes)
-
-    def data(k):
-        return context.make_array(sig.args[k])(context, b, args[k]).data
-
-    cols = data(4)
-
-    def col(c):
-        return vptr(b, cols, _column_at(b, c, rw.C, lanes, offset), vec)
-
-    mx, at = _max_part(context, b, sig, args, rw, offset,
-                       lambda c, v: b.store(v, col(c), align=size))
-    tv = b.load(vptr(b, data(5), at, tvec), align=4)
-    wv = b.load(vptr(b, data(6), at, vec), align=size)
+    data, col, mx, at, tv, wv = _kept_columns(context, b, sig, args, rw, offset)
 
     def step(c, xt):
         """Class c's exponential, and the target logits so far."""
@@ -471,19 +484,7 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     b = builder
     vec, size, lanes = rw.vec, rw.size, rw.lanes
     tvec = ir.VectorType(I32, lanes)
-
-    def data(k):
-        return context.make_array(sig.args[k])(context, b, args[k]).data
-
-    cols = data(4)
-
-    def col(c):
-        return vptr(b, cols, _column_at(b, c, rw.C, lanes, offset), vec)
-
-    mx, at = _max_part(context, b, sig, args, rw, offset,
-                       lambda c, v: b.store(v, col(c), align=size))
-    tv = b.load(vptr(b, data(5), at, tvec), align=4)
-    wv = b.load(vptr(b, data(6), at, vec), align=size)
+    data, col, mx, at, tv, wv = _kept_columns(context, b, sig, args, rw, offset)
     smooth = not isinstance(sig.args[9], types.NoneType)
     wdata = data(9) if smooth else None
 
@@ -749,20 +750,13 @@ def block_intrinsics(rows, wide):
                                       out_at)):
             return None
 
-        def codegen(context, builder, sig, args):
-            size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
-            halves, parts = _halves(rows, wide, size)
-            for k in range(parts):
-                offset = k * BLOCK8 * halves
-                blk = _RowBlock(context, builder, sig.args[0], args[0],
-                                _plus(builder, args[1], offset), halves)
-                value = _xent_grad_part(context, builder, sig, args, blk, offset)
-                _store_rows(context, builder, sig.args[13], args[13],
-                            _plus(builder, args[14], offset), halves, value)
-            return context.get_dummy_value()
+        def part(context, builder, sig, args, rw, offset):
+            value = _xent_grad_part(context, builder, sig, args, rw, offset)
+            _store_rows(context, builder, sig.args[13], args[13],
+                        _plus(builder, args[14], offset), rw.lanes // BLOCK8, value)
 
         return (types.none(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at),
-                codegen)
+                _by_parts(rows, wide, part))
 
     @intrinsic
     def rows_xent(typingctx, x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
