@@ -370,6 +370,31 @@ def _kept_columns(context, builder, sig, args, rw, offset):
     return data, col, mx, at, tv, wv
 
 
+def _gather_target_logits(builder, rw, offset, cols, tt, at, dest):
+    """``dest[at + p]`` = the kept score of pixel p's target class ``tt[at
+    + p]`` (0 where it is < 0) for each pixel p of the block ``rw``, from
+    the column scratch ``cols`` (pointers to x's element type, i32 and x's
+    element type). Scalar loads, selects and stores of the scores' bits:
+    integer work, where a select per class in the vector loop costs two
+    vector operations on the FP pipes, which the block's arithmetic keeps
+    busy: in cache the gradient block ran 1.05x faster so (the fused loss
+    of :func:`_xent_part`, whose target logit stays in a register, not;
+    bench/RESULTS.md, log 47)."""
+    b = builder
+    ity = ir.IntType(8 * rw.size)
+    cols_i = b.bitcast(cols, ity.as_pointer())
+    dest_i = b.bitcast(dest, ity.as_pointer())
+    zero32 = ir.Constant(I32, 0)
+    for p in range(rw.lanes):
+        t = b.load(b.gep(tt, [b.add(at, const(p))]), align=4)
+        ok = b.icmp_signed(">=", t, zero32)
+        tc = b.sext(b.select(ok, t, zero32), ir.IntType(64))
+        v = b.load(b.gep(cols_i, [b.add(_column_at(b, tc, rw.C, rw.lanes, offset), const(p))]),
+                   align=rw.size)
+        b.store(b.select(ok, v, ir.Constant(ity, 0)), b.gep(dest_i, [b.add(at, const(p))]),
+                align=rw.size)
+
+
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
     """The argument types of a fused loss intrinsic (:func:`_xent_part`),
     x's kind (rows or planes) checked by the caller."""
@@ -471,11 +496,11 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     args (x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at),
     all vectors in x's dtype but ``tt`` (int32): the max
     (:func:`_max_part`, into m) with each class's column kept in ``cols``
-    (C * lanes, so it stays in L1); then over those columns the
-    exponentials (replacing the scores in ``cols``), their sum, the
-    target's logit (the column whose class is ``tt``, a select) and, when
-    ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``; each
-    into s, xt, sm at the block's pixels, for the loss step that follows
+    (C * lanes, so it stays in L1); the target's logit from its column
+    (:func:`_gather_target_logits`, into xt); then over the columns the
+    exponentials (replacing the scores in ``cols``), their sum and, when
+    ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``, into s
+    and sm at the block's pixels, for the loss step that follows
     (:func:`fastlogits.cpu.losses._pixel_losses`). The gradient's scales,
     ``A = (coef[0] wt + coef[1]) / s`` (NaN where the max is not finite)
     and ``D = coef[0] wt``, with ``coef = (g (1 - eps), g eps W / C)``
@@ -488,31 +513,31 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     smooth = not isinstance(sig.args[9], types.NoneType)
     wdata = data(9) if smooth else None
 
+    _gather_target_logits(b, rw, offset, data(4), data(5), at, data(11))
+
     def step(c, carried, k):
-        """Class c into the accumulator k of ``carried`` (sums, xt[, sm])."""
+        """Class c into the accumulator k of ``carried`` (sums[, sm])."""
         carried = list(carried)
         v = b.load(col(c), align=size)
         e = exp_shifted_ir(b, b.fsub(v, mx))
         b.store(e, col(c), align=size)
         carried[k] = b.fadd(carried[k], e)
-        hit = b.icmp_signed("==", tv, splat(b, tvec, b.trunc(c, I32)))
-        carried[2] = b.select(hit, v, carried[2])
         if smooth:
             wc = splat(b, vec, b.load(b.gep(wdata, [c])))
-            carried[3] = b.fadd(carried[3], b.fmul(wc, b.fsub(mx, v)))
+            carried[2] = b.fadd(carried[2], b.fmul(wc, b.fsub(mx, v)))
         return carried
 
     # Two exp-sum accumulators (classes 2k and 2k + 1), so the adds do not
     # wait on each other; the last class of an odd C goes to the first.
     zero = vector_of(vec, 0.0)
-    init = [zero] * (4 if smooth else 3)
+    init = [zero] * (3 if smooth else 2)
     C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
     carried = loop(b, const(0), C2, 2,
                    init, lambda c, acc: step(b.add(c, const(1)), step(c, acc, 0), 1),
                    "xgrad")
     carried = loop(b, C2, rw.C, 1, carried, lambda c, acc: step(c, acc, 0), "xgrad_rest")
     sv = b.fadd(carried[0], carried[1])
-    for k, v in ((10, sv), (11, carried[2])) + (((12, carried[3]),) if smooth else ()):
+    for k, v in ((10, sv),) + (((12, carried[2]),) if smooth else ()):
         b.store(v, vptr(b, data(k), at, vec), align=size)
     coef = data(7)
     k0 = splat(b, vec, b.load(b.gep(coef, [const(0)])))
