@@ -2,7 +2,8 @@
 
 Where :mod:`ab_config` compares two values of a tunable in one process,
 this compares two versions of the code (a kernel change): each round runs
-one fresh process per tree, alternating, with ``PYTHONPATH`` pointing at
+one fresh process per tree, alternating (old first in every other pair,
+new first in the others), with ``PYTHONPATH`` pointing at
 the tree (each tree keeps its own Numba cache), and times the ops of
 :data:`ab_config.OPS` on float32 logits, channels-last (pixels, C) or with
 ``--layout chw`` channels-first (C, pixels); the report gives,
@@ -107,8 +108,10 @@ def main(argv=None):
     if unknown:
         ap.error(f"unknown ops {unknown}; choose from {sorted(OPS) + sorted(heads)}")
     runs = {args.old: [], args.new: []}
-    for _ in range(args.pairs):
-        for tree in (args.old, args.new):
+    for pair in range(args.pairs):
+        # Old first in even pairs, new first in odd ones: whichever runs
+        # second in a pair met a warmer (or busier) machine.
+        for tree in (args.old, args.new) if pair % 2 == 0 else (args.new, args.old):
             env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
             cmd = [sys.executable, os.path.abspath(__file__), tree, tree, "--child",
                    "--ops", *args.ops, "--classes", *map(str, args.classes),
