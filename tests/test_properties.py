@@ -40,3 +40,34 @@ def test_log_softmax_is_x_minus_logsumexp_and_conf_is_max_prob(x, axis):
     np.testing.assert_allclose(ls, x - np.expand_dims(lse, axis), atol=2e-3, rtol=1e-5)
     _, conf = fl.classify(x, axis)
     np.testing.assert_allclose(conf, fl.softmax(x, axis).max(axis=axis), atol=2e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float32, shapes, elements=finite32), st.sampled_from([-1, 0]), st.data())
+def test_cross_entropy_gradient_rows_sum_to_zero(x, axis, data):
+    """For any logits, targets (some ignored), class weights and label
+    smoothing: each pixel's gradient sums to 0 over the classes (the
+    softmax and the target distribution both have the target's total
+    weight), ignored pixels have loss and gradient 0, losses are >= 0, and
+    the "mean" is the "sum" over the kept pixels' target weights."""
+    C = x.shape[axis]
+    npix = x.shape[1 if axis == 0 else 0]
+    t = data.draw(arrays(np.int64, npix, elements=st.integers(-1, C - 1)))
+    t[t < 0] = -100
+    w = data.draw(st.none() | arrays(np.float64, C, elements=st.floats(0.1, 5.0)))
+    eps = data.draw(st.sampled_from([0.0, 0.1, 1.0]))
+    kw = dict(class_weight=w, label_smoothing=eps)
+    loss, grad = fl.cross_entropy(x, t, axis, reduction="none", return_grad=True, **kw)
+    wmax = 1.0 if w is None else w.max()
+    np.testing.assert_allclose(grad.sum(axis=axis), 0.0, atol=1e-5 * wmax * max(1.0, C / 8))
+    ignored = t == -100
+    assert (loss[ignored] == 0).all()
+    assert (np.take(grad, np.flatnonzero(ignored), axis=1 - (axis % 2)) == 0).all()
+    assert (loss >= 0).all()
+    total = fl.cross_entropy(x, t, axis, reduction="sum", **kw)
+    weights = (np.ones(C) if w is None else w)[t[~ignored]].sum()
+    mean = fl.cross_entropy(x, t, axis, reduction="mean", **kw)
+    if weights > 0:
+        np.testing.assert_allclose(mean, total / weights, rtol=1e-6)
+    else:
+        assert np.isnan(mean)
