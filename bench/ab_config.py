@@ -24,12 +24,21 @@ from fastlogits import config
 _BUFFERS = {}
 
 
-def _buffer_like(x):
-    """One preallocated array like x per shape and dtype (``grad_out``)."""
-    key = (x.shape, x.dtype.str)
+def _buffer_like(x, tag="out"):
+    """One preallocated array like x per shape, dtype and ``tag`` (``out=``,
+    ``grad_out``), made as a copy of x."""
+    key = (x.shape, x.dtype.str, tag)
     if key not in _BUFFERS:
-        _BUFFERS[key] = np.empty_like(x)
+        _BUFFERS[key] = x.copy()
     return _BUFFERS[key]
+
+
+def _in_place_grad(x, t, axis):
+    """The gradient in place over a copy of x (made once: later calls run
+    on the previous call's gradient, finite values all the same)."""
+    y = _buffer_like(x, "in place")
+    return fl.cross_entropy(y, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True,
+                            grad_out=y)
 
 
 #: ``op(x, t, axis)``: x the logits, t the targets (for the losses).
@@ -45,7 +54,9 @@ OPS = {
     "cross_entropy_grad_out": lambda x, t, axis=-1: fl.cross_entropy(
         x, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True,
         grad_out=_buffer_like(x)),
+    "cross_entropy_grad_inplace": _in_place_grad,
     "softmax": lambda x, t, axis=-1: fl.softmax(x, axis=axis),
+    "softmax_out": lambda x, t, axis=-1: fl.softmax(x, axis=axis, out=_buffer_like(x)),
     "log_softmax": lambda x, t, axis=-1: fl.log_softmax(x, axis=axis),
     "logsumexp": lambda x, t, axis=-1: fl.logsumexp(x, axis=axis),
 }

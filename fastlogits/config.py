@@ -18,6 +18,17 @@ CPU_TILE_PIXELS = 256
 #: pixels (never fewer than 16) so it still fits in L2.
 CPU_TILE_ELEMENTS = 32 * 1024
 
+#: Pixels per tile of the cross-entropy's register-block paths (both
+#: layouts; still capped by ``CPU_TILE_ELEMENTS``), except a channels-first
+#: gradient written through the L1 scratch tile (in place, or not
+#: streamed straight). The per-tile work (the targets' read, the per-pixel
+#: loss step, a call with a dozen scratch arrays) is paid less often in
+#: longer tiles, and the blocks keep only one block's columns in L1: 1024
+#: against 256 measured 1.09-1.25x for the loss and 1.13-1.15x for its
+#: gradient into ``grad_out`` at 19 classes, both layouts
+#: (bench/RESULTS.md, log 48).
+CPU_LOSS_TILE_PIXELS = 1024
+
 #: Channels-last inputs with contiguous rows and at least this many classes
 #: go through the row kernels (:mod:`fastlogits.cpu.rowvec`: each pixel's
 #: scores read as vectors and reduced across lanes); fewer classes, or rows

@@ -123,6 +123,7 @@ def test_small_tiles_and_row_path(rng, monkeypatch):
     """Tiny tiles (several per row of work, ragged tails) and the large-C
     row kernel forced at C = 19."""
     monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    monkeypatch.setattr(config, "CPU_LOSS_TILE_PIXELS", 16)  # the register-block paths
     for shape, axis in [((7, 45, 19), -1), ((3, 19, 45), 1)]:
         x = make_logits(rng, shape)
         check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)

@@ -22,11 +22,12 @@ from fastlogits import config
 from fastlogits._layout import reshape_view
 
 
-def _tile_pixels(C):
-    """Pixels per tile: ``CPU_TILE_PIXELS``, fewer for large C; a multiple
-    of 16 (at least 16), so the channels-first tiles that start on a
-    64-byte line (``tiles.cf_tile``) all do."""
-    return int(max(16, min(config.CPU_TILE_PIXELS, config.CPU_TILE_ELEMENTS // C) // 16 * 16))
+def _tile_pixels(C, pixels=None):
+    """Pixels per tile: ``pixels`` (default ``CPU_TILE_PIXELS``), fewer
+    for large C; a multiple of 16 (at least 16), so the channels-first
+    tiles that start on a 64-byte line (``tiles.cf_tile``) all do."""
+    pixels = config.CPU_TILE_PIXELS if pixels is None else pixels
+    return int(max(16, min(pixels, config.CPU_TILE_ELEMENTS // C) // 16 * 16))
 
 
 class launch_threads:

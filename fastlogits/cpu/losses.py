@@ -681,9 +681,15 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
             write = _plane_write(x3, g) if want_grad else WRITE_EBUF
+            blocks = _plane_blocks(C, True)
+            # Longer tiles for the blocks, unless the gradient goes through
+            # the scratch tile (ebuf: in place, or not streamed straight),
+            # which must stay in L1: in place took 1.1x longer in 1024-pixel
+            # tiles (bench/RESULTS.md, log 48).
+            long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
+            tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS if long_tiles else None)
             res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        _tile_pixels(C), nthreads, direct, _plane_blocks(C, True), write,
-                        config.CPU_PREFETCH_PLANE_BYTES)
+                        tile, nthreads, direct, blocks, write, config.CPU_PREFETCH_PLANE_BYTES)
         else:
             x2 = x3.reshape(outer, C)
             g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)
@@ -694,7 +700,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             if C < config.CPU_ROW_MIN_CLASSES and not blocks:
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
-                tile = _tile_pixels(C) // ROWS * ROWS if blocks else ROWS
+                tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
                 res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES, blocks, tile)
     if lwork is not loss2:
         loss2[...] = lwork
