@@ -47,21 +47,27 @@ def enable():
     STATUS = "on (512-bit vectors: AVX-512F, prefer-256-bit removed)"
 
 
+def target_has(feature):
+    """Whether the CPU Numba compiles for has the LLVM target ``feature``
+    ("avx512f", "f16c", ...): the features in ``NUMBA_CPU_FEATURES`` when
+    set (as Numba reads them), else the host's."""
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features is None:
+        try:
+            import llvmlite.binding as ll
+
+            return bool(ll.get_host_cpu_features().get(feature, False))
+        except Exception:  # pragma: no cover - llvmlite without host info
+            return False
+    return f"+{feature}" in features.split(",")
+
+
 def target_has_avx512():
-    """Whether the CPU Numba compiles for has AVX-512F: the features in
-    ``NUMBA_CPU_FEATURES`` when set (as Numba reads them), else the host's.
+    """Whether the CPU Numba compiles for has AVX-512F (:func:`target_has`).
 
     The register-blocked micro-kernels (:mod:`fastlogits.cpu.microkernels`)
     size their blocks by this: AVX-512 has 32 vector registers of 64
     bytes, AVX2 16 of 32 bytes, and a block whose sums do not fit in the
     registers spills them to memory on every step.
     """
-    features = os.environ.get("NUMBA_CPU_FEATURES")
-    if features is None:
-        try:
-            import llvmlite.binding as ll
-
-            return bool(ll.get_host_cpu_features().get("avx512f", False))
-        except Exception:  # pragma: no cover - llvmlite without host info
-            return False
-    return "+avx512f" in features.split(",")
+    return target_has("avx512f")

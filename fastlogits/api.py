@@ -136,16 +136,18 @@ def _run_cpu(lg, full, reduced, kernel):
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
     else:
+        from fastlogits.cpu.half import load, store
+
         for o0, o1, i0, i1 in _half_chunks(outer, C, inner):
-            xs = x3[o0:o1, :, i0:i1].astype(np.float32)
+            xs = load(x3, o0, o1, i0, i1)
             fs = [a[o0:o1, :, i0:i1] for a in f3]
             rs = [a[o0:o1, i0:i1] for a in r2]
             fw = [np.empty(a.shape, np.float32) if a.dtype == np.float16 else a for a in fs]
             rw = [np.empty(a.shape, np.float32) if a.dtype == np.float16 else a for a in rs]
             kernel(xs, fw, rw)
-            for dst, src in zip(fs + rs, fw + rw):
-                if dst is not src:
-                    dst[...] = src
+            for whole, view, src in zip(f3 + r2, fs + rs, fw + rw):
+                if view is not src:
+                    store(whole, o0, o1, i0, i1, src)  # NumPy's cast: slow for subnormals
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)

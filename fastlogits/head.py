@@ -260,25 +260,25 @@ class LinearHead:
 
         # Chunked: outputs through canonical work views (a full temporary
         # only when an output's strides forbid a view, as in api._run_cpu).
+        from fastlogits.cpu.half import load, store
+
         cviews = [_work_view(a, (outer, C, inner)) for a in cls]
         rviews = [_work_view(a, (outer, inner)) for a in red]
         fviews = [_work_view(a, (outer, N, inner)) for a in feat]
         rin2 = [np.reshape(a, (outer, inner)) for a in red_in]
         for o0, o1, i0, i1 in _half_chunks(outer, max(N, C, 1), inner):
             no, ni = o1 - o0, i1 - i0
-            fs = np.ascontiguousarray(f3[o0:o1, :, i0:i1], dtype=cd)
+            fs = (load(f3, o0, o1, i0, i1) if f3.dtype == np.float16 and cd == np.float32
+                  else np.ascontiguousarray(f3[o0:o1, :, i0:i1], dtype=cd))
             cw = [np.empty((no, C, ni), cd) for _ in cls]
             rw = [np.empty((no, ni), v.dtype if v.dtype.kind in "iu" else cd) for v, _ in rviews]
             fw = [np.empty((no, N, ni), cd) for _ in feat]
             ri = [np.ascontiguousarray(a[o0:o1, i0:i1]).reshape(-1) for a in rin2]
             kernel(fs.reshape(-1), no, ni, W, b, [a.reshape(-1) for a in cw],
                    [a.reshape(-1) for a in rw], [a.reshape(-1) for a in fw], ri)
-            for (v, _), w in zip(cviews, cw):
-                v[o0:o1, :, i0:i1] = w
-            for (v, _), w in zip(rviews, rw):
-                v[o0:o1, i0:i1] = w
-            for (v, _), w in zip(fviews, fw):
-                v[o0:o1, :, i0:i1] = w
+            # store: NumPy's cast is slow for float16 subnormals (cpu.half).
+            for (v, _), w in zip(cviews + rviews + fviews, cw + rw + fw):
+                store(v, o0, o1, i0, i1, w)
         for (view, tmp), arr in zip(cviews + rviews + fviews, list(cls) + list(red) + list(feat)):
             if tmp is not None:
                 arr[...] = tmp.reshape(arr.shape)

@@ -1,0 +1,152 @@
+"""float16 data to float32 and back at vector speed.
+
+float16 inputs are computed in float32 chunks (:func:`load`), and their
+float16 outputs written back from float32 chunks (:func:`store`).
+NumPy's float16 -> float32 cast runs on one thread at about 2 ns per
+element, more than the kernels' own time on a chunk. Its float32 ->
+float16 cast takes a slow path for every result below float16's
+smallest normal number (6.1e-5): about 70 ns per element on the
+development machine against 3.5 for larger ones, and softmax
+probabilities of confident float16 logits, or a "mean" loss gradient
+over a large map, are mostly such results (softmax of float16 logits of
+std 3 took 10-25x as long as of float32 ones; bench/RESULTS.md, log 49).
+LLVM's ``fptrunc`` to half is an F16C ``vcvtps2ph`` per vector of
+results: IEEE round-to-nearest-even, subnormals, infinities and NaN
+included, the same bits as NumPy's cast (NaN payloads aside); ``fpext``
+the other way a ``vcvtph2ps`` (exact). Without F16C LLVM would call
+runtime routines that a Numba process may not have, so both functions
+then leave the work to NumPy.
+
+The loops vectorize only over arrays Numba knows to be contiguous: a
+chunk that is one contiguous block goes as a flat run (channels-last
+chunks), else row by row through the C-contiguous array it is a chunk of
+(channels-first chunks: a span of pixels of every class plane); a chunk
+of a strided array takes a scalar loop (0.6 ns per element in cache
+against 0.1-0.2).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from fastlogits._vector_width import target_has
+
+#: Whether the CPU Numba compiles for converts between float32 and
+#: float16 in hardware (F16C).
+HARDWARE = target_has("f16c")
+
+#: Elements per step of the flat kernels' parallel loop.
+RUN = 1 << 14
+
+
+@intrinsic
+def _half_bits(typingctx, v):
+    """The float16 bits (as uint16) of the float32 ``v``, rounded to the
+    nearest, ties to even."""
+    if v != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(v), codegen
+
+
+@intrinsic
+def _from_half_bits(typingctx, h):
+    """The float32 value of the float16 bits ``h`` (uint16): exact."""
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(h), codegen
+
+
+def _convert(to_half):
+    """The three kernels of one direction: ``flat(dst, src)`` (1-D
+    C-contiguous), ``chunk(big, o0, i0, small, into_big)`` (rows of the
+    C-contiguous (outer, C, inner) ``big`` from (o0, :, i0) and the
+    C-contiguous chunk ``small``), ``rows(dst, src)`` (3-D, any strides)."""
+    convert = _half_bits if to_half else _from_half_bits
+
+    @njit(parallel=True, cache=True)
+    def flat(dst, src):
+        n = src.shape[0]
+        for k in prange((n + RUN - 1) // RUN):
+            lo = k * RUN
+            d = dst[lo:min(n, lo + RUN)]
+            s = src[lo:lo + d.shape[0]]
+            for i in range(d.shape[0]):
+                d[i] = convert(s[i])
+
+    @njit(parallel=True, cache=True)
+    def chunk(big, o0, i0, small):
+        no, C, ni = small.shape
+        for k in prange(no * C):
+            o = k // C
+            c = k - o * C
+            b = big[o0 + o, c, i0:i0 + ni]
+            s = small[o, c]
+            if to_half:
+                for i in range(ni):
+                    b[i] = convert(s[i])
+            else:
+                for i in range(ni):
+                    s[i] = convert(b[i])
+
+    @njit(parallel=True, cache=True)
+    def rows(dst, src):
+        outer, C, inner = src.shape
+        for k in prange(outer * C):
+            o = k // C
+            c = k - o * C
+            for i in range(inner):
+                dst[o, c, i] = convert(src[o, c, i])
+
+    return flat, chunk, rows
+
+
+_flat_to_half, _chunk_to_half, _rows_to_half = _convert(True)
+_flat_from_half, _chunk_from_half, _rows_from_half = _convert(False)
+
+
+def _as3(a):
+    """A 2-D (outer, inner) array as (outer, 1, inner), 3-D as it is."""
+    return a.reshape(a.shape[0], 1, a.shape[1]) if a.ndim == 2 else a
+
+
+def load(x, o0, o1, i0, i1):
+    """A new C-contiguous float32 copy of the chunk ``x[o0:o1, :, i0:i1]``
+    of the float16 array ``x`` (outer, C, inner), any strides."""
+    part = x[o0:o1, :, i0:i1]
+    if not (HARDWARE and x.dtype == np.float16):
+        return np.ascontiguousarray(part, dtype=np.float32)
+    out = np.empty(part.shape, np.float32)
+    if part.flags.c_contiguous:
+        _flat_from_half(out.reshape(-1), part.view(np.uint16).reshape(-1))
+    elif x.flags.c_contiguous:
+        _chunk_from_half(x.view(np.uint16), o0, i0, out)
+    else:
+        _rows_from_half(out, part.view(np.uint16))
+    return out
+
+
+def store(out, o0, o1, i0, i1, src):
+    """``out[o0:o1, ..., i0:i1] = src`` for a float16 ``out``, (outer,
+    inner) or (outer, C, inner), any strides, and a float32 ``src`` of the
+    chunk's shape (others: NumPy's assignment)."""
+    part = out[o0:o1, ..., i0:i1]
+    if not (HARDWARE and out.dtype == np.float16 and src.dtype == np.float32
+            and part.shape == src.shape):
+        part[...] = src
+        return
+    src3 = np.ascontiguousarray(_as3(src))
+    if part.flags.c_contiguous:
+        _flat_to_half(part.view(np.uint16).reshape(-1), src3.reshape(-1))
+    elif out.flags.c_contiguous:
+        _chunk_to_half(_as3(out).view(np.uint16), o0, i0, src3)
+    else:
+        _rows_to_half(_as3(part).view(np.uint16), src3)
