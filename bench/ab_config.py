@@ -67,14 +67,17 @@ def _ignore_index(t):
     return 255 if t.dtype == np.uint8 else -100
 
 
-def make_inputs(rng, C, elements, layout, ignored=0.0):
-    """``(x, t, axis)``: float32 logits of about ``elements`` scores,
-    (pixels, C) with axis -1 (``layout`` "hwc") or (C, pixels) with axis 0
-    ("chw"), and random targets (uint8 below 255 classes, else int64), a
-    fraction ``ignored`` of them the ignore index (:func:`_ignore_index`)."""
+def make_inputs(rng, C, elements, layout, ignored=0.0, dtype="float32", scale=1.0):
+    """``(x, t, axis)``: logits of about ``elements`` scores (normal, std
+    ``scale``, of ``dtype``), (pixels, C) with axis -1 (``layout`` "hwc")
+    or (C, pixels) with axis 0 ("chw"), and random targets (uint8 below
+    255 classes, else int64), a fraction ``ignored`` of them the ignore
+    index (:func:`_ignore_index`)."""
     n = elements // C
     shape, axis = ((n, C), -1) if layout == "hwc" else ((C, n), 0)
     x = rng.standard_normal(shape, dtype=np.float32)
+    if scale != 1.0 or dtype != "float32":
+        x = (x * np.float32(scale)).astype(dtype)
     t = rng.integers(0, C, n).astype(np.uint8 if C < 255 else np.int64)
     t[rng.random(n) < ignored] = _ignore_index(t)
     return x, t, axis
@@ -101,6 +104,8 @@ def main(argv=None):
                     help="logits (pixels, C), axis -1, or (C, pixels), axis 0")
     ap.add_argument("--ignored", type=float, default=0.0,
                     help="fraction of the targets set to the ignore index")
+    ap.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32")
+    ap.add_argument("--scale", type=float, default=1.0, help="std of the logits")
     args = ap.parse_args(argv)
     if not hasattr(config, args.name):
         ap.error(f"fastlogits.config has no {args.name}")
@@ -108,7 +113,8 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     try:
         for C in args.classes:
-            x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored)
+            x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored,
+                                     args.dtype, args.scale)
             for op in args.ops:
                 times = {args.off: [], args.on: []}
                 for _ in range(args.rounds):

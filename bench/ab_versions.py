@@ -54,7 +54,7 @@ def _head_op(op, C, N, elements, rng):
     return (lambda: getattr(head, method)(f, axis=axis)), f
 
 
-def _child(tree, ops, classes, elements, rounds, features, layout, ignored):
+def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtype, scale):
     """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
     import fastlogits
 
@@ -68,7 +68,7 @@ def _child(tree, ops, classes, elements, rounds, features, layout, ignored):
     for C in classes:
         core = [op for op in ops if op in OPS]
         if core:
-            x, t, axis = make_inputs(rng, C, elements, layout, ignored)
+            x, t, axis = make_inputs(rng, C, elements, layout, ignored, dtype, scale)
         for op in ops:
             if op in OPS:
                 call = lambda: OPS[op](x, t, axis)  # noqa: E731
@@ -95,11 +95,14 @@ def main(argv=None):
                     help="core ops: logits (pixels, C), axis -1, or (C, pixels), axis 0")
     ap.add_argument("--ignored", type=float, default=0.0,
                     help="fraction of the targets set to the ignore index (the losses)")
+    ap.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32",
+                    help="dtype of the core ops' logits")
+    ap.add_argument("--scale", type=float, default=1.0, help="std of the core ops' logits")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features,
-               args.layout, args.ignored)
+               args.layout, args.ignored, args.dtype, args.scale)
         return
     from ab_config import OPS
 
@@ -117,7 +120,8 @@ def main(argv=None):
                    "--ops", *args.ops, "--classes", *map(str, args.classes),
                    "--elements", str(args.elements), "--rounds", str(args.rounds),
                    "--features", str(args.features), "--layout", args.layout,
-                   "--ignored", str(args.ignored)]
+                   "--ignored", str(args.ignored), "--dtype", args.dtype,
+                   "--scale", str(args.scale)]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in runs[args.old][0]:

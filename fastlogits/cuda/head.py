@@ -51,8 +51,8 @@ from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.argmax import _confidence
 from fastlogits.cuda.device import MAX_THREADS, WARP, block_total, fold, is_finite, tile_copy
 from fastlogits.cuda.errflag import ErrorFlag, raise_flag
-from fastlogits.cuda.losses import (BAD_TARGET, SHARED_BINS, _pixel_loss, clear_hist, flush_hist,
-                                    shared_histogram)
+from fastlogits.cuda.losses import (BAD_TARGET, SHARED_BINS, _pixel_loss, clear_hist, count_pair,
+                                    flush_hist, shared_histogram)
 from fastlogits.cuda.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _logsumexp, _scale, _value
 
 #: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
@@ -531,10 +531,7 @@ def head_confusion(f, W, b, t, counts, flag, cdt, ignore, use_shared, KC, NC, re
         m, s, idx, zt = _fold_pass(f, W, b, sh, o, i, valid, fbase, tiled, woff, KC, NC,
                                    resident, int64(-1), one, False, cdt)
         if valid:
-            if use_shared:
-                cuda.atomic.add(hist, tv * C + idx, 1)
-            else:
-                cuda.atomic.add(counts, (tv, idx), 1)
+            count_pair(hist, counts, C, tv, idx, use_shared)
     if use_shared:
         flush_hist(hist, counts, C, tid, T)
 

@@ -329,6 +329,16 @@ def clear_hist(hist, C, tid, T):
 
 
 @cuda.jit(device=True)
+def count_pair(hist, counts, C, target, label, use_shared):
+    """Count one (target, label) pair: in the block's shared (C * C)
+    histogram with ``use_shared``, else straight in ``counts`` (C, C)."""
+    if use_shared:
+        cuda.atomic.add(hist, target * C + label, 1)
+    else:
+        cuda.atomic.add(counts, (target, label), 1)
+
+
+@cuda.jit(device=True)
 def flush_hist(hist, counts, C, tid, T):
     """Add a block's shared histogram to ``counts``: one atomic per nonzero
     bin (every thread calls it)."""
@@ -365,10 +375,7 @@ def confusion_pixels(x, t, counts, flag, cdt, ignore, use_shared):
                 raise_flag(flag, BAD_TARGET, p)
             else:
                 _, _, label = pixel_two_pass(x, o, i, C, one, False, one, zero, cdt)
-                if use_shared:
-                    cuda.atomic.add(hist, tv * C + label, 1)
-                else:
-                    cuda.atomic.add(counts, (tv, label), 1)
+                count_pair(hist, counts, C, tv, label, use_shared)
     if use_shared:
         flush_hist(hist, counts, C, tid, T)
 
@@ -393,10 +400,8 @@ def confusion_count(labels, t, counts, flag, ignore, use_shared):
         if tv != ignore:
             if tv < 0 or tv >= C:
                 raise_flag(flag, BAD_TARGET, p)
-            elif use_shared:
-                cuda.atomic.add(hist, tv * C + int64(labels[o, i]), 1)
             else:
-                cuda.atomic.add(counts, (tv, int64(labels[o, i])), 1)
+                count_pair(hist, counts, C, tv, int64(labels[o, i]), use_shared)
     if use_shared:
         flush_hist(hist, counts, C, tid, T)
 
