@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config, reference
+from fastlogits import _layout, config, pool, reference
 
 ENV_BACKEND = "FASTLOGITS_BACKEND"
 
@@ -116,7 +116,7 @@ def _work_view(arr, shape):
     v = _layout.reshape_view(arr, shape)
     if v is not None:
         return v, None
-    tmp = np.empty(shape, arr.dtype)
+    tmp = pool.empty(shape, arr.dtype)
     return tmp, tmp
 
 
@@ -200,7 +200,7 @@ def _expnorm(op, x, axis, temperature, out, backend):
         out[...] = res
         return out
     if out is None:
-        out = np.empty(out_shape, lg.dtype)
+        out = pool.empty(out_shape, lg.dtype, like=lg.array)
     if lg.empty:
         return out
     mode = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LOGSUMEXP}[op]
@@ -317,7 +317,7 @@ def argmax(x, axis=-1, *, out=None, backend="auto"):
         out[...] = res
         return out
     if out is None:
-        out = np.empty(lg.reduced_shape, np.int64)
+        out = pool.empty(lg.reduced_shape, np.int64)
     if not lg.empty:
         from fastlogits import cpu
 
@@ -369,9 +369,9 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
             conf[...] = res[1]
         return (res[0] if labels is None else labels, res[1] if conf is None else conf)
     if labels is None:
-        labels = np.empty(lg.reduced_shape, np.int64)
+        labels = pool.empty(lg.reduced_shape, np.int64)
     if conf is None:
-        conf = np.empty(lg.reduced_shape, lg.compute_dtype)
+        conf = pool.empty(lg.reduced_shape, lg.compute_dtype)
     if not lg.empty:
         from fastlogits import cpu
 

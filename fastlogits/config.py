@@ -161,6 +161,21 @@ CUDA_CF_MIN_PIXELS = 16384
 #: the CUDA simulator always uses).
 CUDA_WARP_SHUFFLE = True
 
+#: Free output blocks the CPU backend keeps for reuse (bytes; 0: none).
+#: Outputs of ``CPU_OUTPUT_POOL_MIN_BYTES`` or more come from
+#: :mod:`fastlogits.pool`; when the last array using one goes, its block
+#: (pages already mapped) waits for the next output of its size instead of
+#: going back to the system, which would fault and zero it again: about
+#: 9 ms of a 22 ms channels-first softmax of a 1024x2048x19 map
+#: (bench/RESULTS.md, log 50). Read at every call; lowering it drops the
+#: oldest free blocks at the next call (``fastlogits.pool.release()`` drops
+#: them all now).
+CPU_OUTPUT_POOL_BYTES = 1 << 30
+
+#: Smaller outputs are plain ``np.empty`` arrays: glibc already reuses
+#: freed blocks under 32 MiB (its largest dynamic mmap threshold).
+CPU_OUTPUT_POOL_MIN_BYTES = 32 << 20
+
 #: Elements of float16 input converted to float32 at a time on the CPU,
 #: bounding the extra memory of float16 inputs.
 CPU_HALF_CHUNK_ELEMENTS = 1 << 20

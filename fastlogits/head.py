@@ -25,7 +25,7 @@ stays bounded.
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, reference
+from fastlogits import _layout, pool, reference
 from fastlogits.api import (_check_host_out, _half_chunks, _labels_out, _work_view,
                             resolve_backend)
 
@@ -309,7 +309,7 @@ class LinearHead:
             out[...] = res
             return out
         if out is None:
-            out = np.empty(out_shape, fv.dtype)
+            out = pool.empty(out_shape, fv.dtype)
         if fv.empty:
             return out
 
@@ -428,9 +428,9 @@ class LinearHead:
                 cf = conf
             return (lab, cf) if with_conf else lab
         if labels is None:
-            labels = np.empty(fv.reduced_shape, np.int64)
+            labels = pool.empty(fv.reduced_shape, np.int64)
         if with_conf and conf is None:
-            conf = np.empty(fv.reduced_shape, fv.compute_dtype)
+            conf = pool.empty(fv.reduced_shape, fv.compute_dtype)
         if not fv.empty:
             from fastlogits.cpu import head as k
             from fastlogits.cpu import launch_threads
@@ -589,7 +589,7 @@ class LinearHead:
         w64 = np.ones(C) if class_weight is None else class_weight
         w = w64.astype(cd)
         loss = np.zeros(fv.reduced_shape, cd) if reduction == "none" else None
-        grad = np.empty(fv.shape, fv.dtype) if return_grad else None
+        grad = pool.empty(fv.shape, fv.dtype) if return_grad else None
         if fv.empty:
             return losses.empty_result(reduction, loss, grad, return_grad)
         gscale = losses.grad_scale(t, w64, C, ignore_index, reduction, return_grad)

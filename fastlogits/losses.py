@@ -20,7 +20,7 @@ import numbers
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import reference
+from fastlogits import pool, reference
 from fastlogits.api import _check_host_out, _Logits, _run_cpu, resolve_backend
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -296,7 +296,7 @@ def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, re
     w64 = np.ones(C) if class_weight is None else class_weight
     loss = np.zeros(lg.reduced_shape, lg.compute_dtype) if reduction == "none" else None
     grad = grad_out if grad_out is not None else (
-        np.empty(lg.shape, lg.dtype) if return_grad else None)
+        pool.empty(lg.shape, lg.dtype, like=lg.array) if return_grad else None)
     if lg.empty:
         return empty_result(reduction, loss, grad, return_grad)
     gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad,
