@@ -22,6 +22,7 @@ contents before the kernel writes them are as undefined as ``np.empty``'s.
 """
 
 import collections
+import os
 import threading
 
 import numpy as np
@@ -89,6 +90,17 @@ def _settle(cap):
         _held[0] += raw.nbytes
     while _held[0] > cap and _free:
         _held[0] -= _free.pop(0).nbytes
+
+
+def _after_fork_in_child():
+    """A fork while another thread held the lock would leave it held in
+    the child for good: the child starts with a fresh one."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _block_bytes(nbytes):

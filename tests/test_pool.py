@@ -4,6 +4,8 @@ safety, and the public ops' results unchanged when their outputs come from
 blocks full of stale NaN bits."""
 
 import gc
+import os
+import signal
 import threading
 
 import numpy as np
@@ -231,3 +233,21 @@ def test_head_outputs_into_stale_blocks(rng, pooled, monkeypatch, layout):
     monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 0)
     for a, b in zip(got, run()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_fork_while_locked(pooled):
+    """A child forked while the pool's lock is held still allocates."""
+    with pool._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            code = 1
+            try:
+                signal.alarm(10)  # a deadlock ends the child, not the suite
+                a = pool.empty(1000, np.float32)
+                del a
+                code = 0 if pool.held_bytes() == 2 << 20 else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
