@@ -35,7 +35,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from fastlogits._vector_width import target_has_avx512
+from fastlogits._vector_width import target_has, target_has_avx512
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.irutil import I32, fmuladd, intrinsic_fn, type_suffix, vector_of
 
@@ -177,21 +177,20 @@ def exp64(x):
     return x if x != x else y
 
 
-#: 2**f on |f| <= 1/2 for float32 as ``1 + f * q(f)``, q of degree 4
+#: 2**f on 0 <= f < 1 for float32 as ``1 + f * q(f)``, q of degree 4
 #: (coefficients of f**5 .. f**1), fitted for relative error (iterated
-#: weighted least squares): max 9.3e-8 in exact arithmetic, 1.9e-7 (3.2
-#: ulp) evaluated by Horner's rule in float32; exactly 1 at f = 0.
-_EXP2_32 = (0.0013264532899484038, 0.009671446867287159, 0.05550733581185341,
-            0.24022242426872253, 0.6931470036506653, 1.0)
-
-#: The exp2 form clamps t * log2(e) here: 2**-160 is 0 even as a float32
-#: subnormal, and -inf becomes a finite k (no select of its own).
-_EXP2_MIN_32 = -160.0
+#: weighted least squares): max 8.2e-8 in exact arithmetic, 1.6e-7 (2.7
+#: ulp) evaluated by Horner's rule in float32 without FMA; exactly 1 at
+#: f = 0.
+_EXP2_32 = (0.0018671182336582857, 0.009017055311397229, 0.055799895393838714,
+            0.24016445491564387, 0.6931513114302645, 1.0)
 
 #: Whether float32 vectors of whole 64-byte registers take the exp2 form
-#: (:func:`_exp2_shifted_ir`): on AVX-512 targets, whose ``vscalef``
-#: multiplies by 2**k in one instruction.
-_EXP2_FORM = target_has_avx512()
+#: (:func:`_exp2_shifted_ir`): on AVX-512 targets with the DQ extension
+#: (every AVX-512 CPU but Xeon Phi), whose ``vreduceps`` gives the
+#: fraction and ``vscalef`` the product with 2**floor(y), one instruction
+#: each.
+_EXP2_FORM = target_has_avx512() and target_has("avx512dq")
 
 _SHIFT_MIN_32 = _F32(-87.33654)  # log(FLT_MIN): below, the result is subnormal
 _SHIFT_MIN_64 = -708.3964185322641  # log(DBL_MIN)
@@ -203,22 +202,23 @@ _SHIFTED32 = (0.008290314642081987, 0.04189793026080911, 0.16667636201991326,
               0.49999149523356035, 0.9999997071857687, 1.0)
 
 
-def _scalef512(builder, p, k):
-    """``p * 2**k`` (k integral, floats) by AVX-512's ``vscalef``, for
-    float32 vectors of 16 lanes or a multiple (split into 512-bit parts):
-    exact, subnormal results included, 0 below them."""
-    ty = p.type
+def _avx512_ps(builder, name, extra, *vectors):
+    """The AVX-512 intrinsic ``llvm.x86.avx512.mask.<name>.ps.512`` on
+    float32 vectors of 16 lanes or a multiple (split into 512-bit parts and
+    joined again), all lanes, rounding operand 4 (the current direction).
+    ``extra``: the i32 immediates between the vectors and the pass-through."""
+    ty = vectors[0].type
     vec = ir.VectorType(ty.element, 16)
     mask = ir.IntType(16)
-    fn = intrinsic_fn(builder, "llvm.x86.avx512.mask.scalef.ps.512", vec,
-                      [vec, vec, vec, mask, ir.IntType(32)])
+    fn = intrinsic_fn(builder, f"llvm.x86.avx512.mask.{name}.ps.512", vec,
+                      [vec] * len(vectors) + [I32] * len(extra) + [vec, mask, I32])
     parts = []
     for j in range(0, ty.count, 16):
         lanes = ir.Constant(ir.VectorType(I32, 16), list(range(j, j + 16)))
-        pj, kj = (v if ty.count == 16 else builder.shuffle_vector(v, v, lanes) for v in (p, k))
-        # No mask (all 16 lanes), rounding 4: the current direction.
-        parts.append(builder.call(fn, [pj, kj, ir.Constant(vec, ir.Undefined),
-                                       ir.Constant(mask, -1), ir.Constant(ir.IntType(32), 4)]))
+        vs = [v if ty.count == 16 else builder.shuffle_vector(v, v, lanes) for v in vectors]
+        parts.append(builder.call(fn, vs + [ir.Constant(I32, e) for e in extra]
+                                  + [ir.Constant(vec, ir.Undefined), ir.Constant(mask, -1),
+                                     ir.Constant(I32, 4)]))
     while len(parts) > 1:
         n = parts[0].type.count
         both = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
@@ -227,35 +227,39 @@ def _scalef512(builder, p, k):
     return parts[0]
 
 
+#: ``vreduceps``' immediate: no fraction bits kept (bits 7:4), precision
+#: exception suppressed (bit 3), rounding from bits 1:0 (bit 2 clear),
+#: down (01): ``y - floor(y)``.
+_REDUCE_FLOOR = 0x09
+
+
 def _exp2_shifted_ir(builder, t):
     """:func:`exp_shifted_ir` for float32 vectors of whole 64-byte
     registers on AVX-512 targets: ``exp(t) = 2**y``, ``y = t log2(e)``,
-    ``k = rint(y)``, ``2**(y - k)`` by :data:`_EXP2_32` and the product
-    with 2**k by ``vscalef``: ten vector operations per 16 scores, not 13
-    as in the Cody-Waite form (no second reduction step, no exponent-bit
-    construction, no flush select): classify and logsumexp 1.1-1.15x
-    faster in cache (bench/RESULTS.md, log 40).
+    ``2**(y - floor(y))`` by :data:`_EXP2_32` on [0, 1), the fraction from
+    one ``vreduceps``, and the product with ``2**floor(y)`` by ``vscalef``,
+    which floors its exponent operand itself: eight vector operations per
+    16 scores (a multiply, the reduction, five FMAs, the scaling), where
+    the form with ``k = rint(y)`` took ten (a clamp, the rounding and a
+    subtraction for the reduction's one) and the Cody-Waite form 13
+    (bench/RESULTS.md, logs 40 and 51).
 
     The price is the rounding of y: the float32 log2(e) and the product
     each add up to 2**-24 |y| to y, a relative error of up to 2**-23 |t|
-    in the result (87 ulp at t = -87), on top of the polynomial's 3.2
-    ulp. For the kernels' sums, where the max term is exactly 1, every
-    term is then within 2**-24 (2 |t| + 4) exp(t) <= 2.4e-7 of exp(t)
-    absolutely, whatever t: below the 2e-6 tolerance of the
-    probabilities and 1 ulp of the log-sum-exp. Results below the
-    smallest normal are subnormals (not flushed); t = -inf gives exactly
-    0 and t = 0 exactly 1."""
+    in the result (87 ulp at t = -87), on top of the polynomial's 3 ulp
+    and the reduction's rounding (for -2**-25 < y < 0 the fraction 1 + y
+    rounds, 2**-24 relative at most). For the kernels' sums, where the
+    max term is exactly 1, every term is then within
+    2**-24 (2 |t| + 4) exp(t) <= 2.4e-7 of exp(t) absolutely, whatever t:
+    below the 2e-6 tolerance of the probabilities and 1 ulp of the
+    log-sum-exp. Results below the smallest normal are subnormals (not
+    flushed); t = -inf gives exactly 0 (the reduction of an infinity is
+    0, and ``vscalef`` by -inf gives 0), t = 0 exactly 1, t = NaN NaN."""
     ty = t.type
-
-    def c(v):
-        return vector_of(ty, float(_F32(v)))
-
-    y = builder.fmul(t, c(_LOG2E_32))
-    y = builder.call(intrinsic_fn(builder, f"llvm.maxnum.{type_suffix(ty)}", ty, [ty, ty]),
-                     [y, c(_EXP2_MIN_32)])
-    k = builder.call(intrinsic_fn(builder, f"llvm.rint.{type_suffix(ty)}", ty, [ty]), [y])
-    p = _horner_ir(builder, builder.fsub(y, k), [float(_F32(v)) for v in _EXP2_32])
-    return _scalef512(builder, p, k)
+    y = builder.fmul(t, vector_of(ty, float(_F32(_LOG2E_32))))
+    f = _avx512_ps(builder, "reduce", [_REDUCE_FLOOR], y)
+    p = _horner_ir(builder, f, [float(_F32(v)) for v in _EXP2_32])
+    return _avx512_ps(builder, "scalef", [], p, y)
 
 
 def exp_shifted_ir(builder, t):
