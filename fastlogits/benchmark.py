@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from fastlogits import config as _config
+
 __all__ = ["OPS", "available_ops", "Inputs", "make_inputs", "floor_bytes", "ceiling_kind",
            "implementations", "time_call", "measure_bandwidth", "cpu_name", "gpu_name",
            "machine_info", "run",
@@ -413,7 +415,11 @@ def run(shape=(1024, 2048, 19), layout="hwc", ops=None, backends=None, repeat=5,
         "config": {"shape_hwc": [int(n) for n in inp.shape_hwc], "layout": layout,
                    "x_shape": list(inp.x.shape), "axis": inp.axis, "dtype": str(np.dtype(dtype)),
                    "x_bytes": int(inp.x.nbytes), "ops": ops, "backends": list(backends),
-                   "repeat": repeat, "bandwidth_bytes": int(bandwidth_bytes), "seed": seed},
+                   "repeat": repeat, "bandwidth_bytes": int(bandwidth_bytes), "seed": seed,
+                   # x-sized CPU outputs reuse freed blocks between the timed calls
+                   # unless this is 0 (fastlogits.pool)
+                   "output_pool_bytes": int(_config.CPU_OUTPUT_POOL_BYTES),
+                   "output_pool_min_bytes": int(_config.CPU_OUTPUT_POOL_MIN_BYTES)},
         "bandwidth_gbps": bw,
         "rows": rows,
     }
@@ -438,6 +444,20 @@ def _by_store(bw):
     return f"; ordinary stores {stores['ordinary']:.1f}" if "ordinary" in stores else ""
 
 
+def _pool_line(c):
+    """What the timed calls' outputs were: fastlogits' CPU outputs of 32 MiB or
+    more come from blocks the previous call's output gave back (fastlogits.pool)."""
+    pool = c.get("output_pool_bytes")
+    if pool is None:
+        return "outputs: allocated by each call"
+    if pool <= 0:
+        return "outputs: allocated by each call, fresh pages (the output pool is off)"
+    least = c.get("output_pool_min_bytes", 32 << 20) / 2 ** 20
+    return (f"outputs: allocated by each call; fastlogits' CPU outputs of {least:g} MiB or more "
+            "reuse the block the previous call's output gave back (fastlogits.pool), NumPy's "
+            "and PyTorch's are fresh pages")
+
+
 def format_table(report):
     """The human-readable report: a header, then one line per op and
     implementation (median ms, GB/s, % of the bandwidth, speed-ups)."""
@@ -456,6 +476,7 @@ def format_table(report):
         + (f", GPU device copy {bw['device_copy']:.0f} GB/s" if bw.get("device_copy") else ""),
         "GB/s counts one read of x (and target) plus the outputs; % of the read bandwidth, "
         "or of the copy bandwidth for softmax/log_softmax",
+        _pool_line(c),
         "",
     ]
     head = ("op", "implementation", "median ms", "GB/s", "% of bw", "vs numpy", "vs torch")

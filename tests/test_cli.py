@@ -133,6 +133,16 @@ def test_classify_png_and_tiled_npy(rng, tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+def test_bench_pool_line():
+    """The report says whether large outputs came from reused blocks."""
+    from fastlogits.benchmark import _pool_line
+
+    assert "fresh pages (the output pool is off)" in _pool_line({"output_pool_bytes": 0})
+    assert "outputs of 64 MiB or more reuse" in _pool_line(
+        {"output_pool_bytes": 1 << 30, "output_pool_min_bytes": 64 << 20})
+    assert _pool_line({}) == "outputs: allocated by each call"  # a report from before the pool
+
+
 def test_bench_tiny(tmp_path):
     r = fastlogits_cmd("bench", "--shape", "6,10,5", "--ops", "softmax,classify", "--repeat", "2",
                        "--json", "b.json", cwd=tmp_path)
@@ -142,6 +152,9 @@ def test_bench_tiny(tmp_path):
     assert "fastlogits[cpu]" in out and "numpy" in out
     rep = json.loads((tmp_path / "b.json").read_text())
     assert rep["config"]["x_shape"] == [6, 10, 5] and rep["config"]["ops"] == ["softmax", "classify"]
+    # Which outputs the timed calls got: the output pool's settings, and a line saying so.
+    assert rep["config"]["output_pool_bytes"] == fl.config.CPU_OUTPUT_POOL_BYTES
+    assert "outputs of 32 MiB or more reuse the block" in out
     bw = rep["bandwidth_gbps"]
     assert bw["read"] > 0 and bw["copy"] > 0
     # Each ceiling is the best of the thread counts it was measured with.

@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 
 from fastlogits._vector_width import target_has, target_has_avx512
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import I32, fmuladd, intrinsic_fn, type_suffix, vector_of
+from fastlogits.cpu.irutil import I32, fmuladd, intrinsic_fn, vector_of
 
 # No ``reassoc`` here (but everything else of FASTMATH): reassociation could
 # evaluate ``p * s1 * s2`` as ``p * (s1 * s2)``, which overflows at the top
