@@ -22,7 +22,7 @@ and few pixels.
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config
+from fastlogits import _layout, config, pool
 from fastlogits.cuda import runtime
 
 SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
@@ -135,12 +135,26 @@ class _Output:
             runtime.copy_into(self.dev, runtime.reshape(tmp, self.dev.shape), self.caller.stream)
 
 
+def _host_target(o):
+    """Where a host result lands: the caller's NumPy ``out`` itself when the
+    device array can be copied into it (C-contiguous, same shape and
+    dtype), else a new array (reused blocks for large results, as the CPU
+    backend's: :mod:`fastlogits.pool`)."""
+    out, dev = o.host_out, o.dev
+    if (out is not None and out.flags.c_contiguous and out.shape == tuple(dev.shape)
+            and out.dtype == dev.dtype):
+        return out
+    return pool.empty(dev.shape, dev.dtype)
+
+
 def _finish(caller, outputs):
     """The objects to hand back, in the caller's library; host results are
-    copied back (into the caller's NumPy ``out`` where given)."""
+    copied back (into the caller's NumPy ``out`` where given: straight
+    when its layout allows, else through a temporary)."""
     for o in outputs:
         o.finish()
-    pending = [(o, o.dev.copy_to_host(stream=caller.stream)) for o in outputs if o.to_host]
+    pending = [(o, o.dev.copy_to_host(_host_target(o), stream=caller.stream))
+               for o in outputs if o.to_host]
     if pending:
         caller.stream.synchronize()
     host = {id(o): h for o, h in pending}
@@ -149,7 +163,8 @@ def _finish(caller, outputs):
         if not o.to_host:
             results.append(o.obj)
         elif o.host_out is not None:
-            o.host_out[...] = host[id(o)]
+            if host[id(o)] is not o.host_out:
+                o.host_out[...] = host[id(o)]
             results.append(o.host_out)
         else:
             results.append(host[id(o)])

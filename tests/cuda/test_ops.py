@@ -213,6 +213,34 @@ def test_host_out_and_in_place(rng):
     np.testing.assert_array_equal(lab, np.argmax(x, 1))
 
 
+def test_host_results_land_in_place(rng, monkeypatch):
+    """Host results go straight into a C-contiguous NumPy out (no
+    temporary), through one into a strided out; allocated ones come from
+    the output pool (fastlogits.pool), as the CPU backend's."""
+    from fastlogits import config, pool
+
+    made = []
+    empty = pool.empty
+    monkeypatch.setattr(pool, "empty", lambda *a, **k: made.append(a) or empty(*a, **k))
+    x = logits(rng, (4, 19, 6), np.float32)
+    out = np.empty_like(x)
+    assert fl.softmax(x, 1, out=out, backend="cuda") is out
+    assert_matches("softmax", out, reference.softmax(x, 1), np.float32)
+    assert made == []
+    holder = np.full((4, 19, 12), np.nan, np.float32)
+    out = holder[:, :, ::2]
+    assert fl.softmax(x, 1, out=out, backend="cuda") is out
+    assert_matches("softmax", out, reference.softmax(x, 1), np.float32)
+    assert np.isnan(holder[:, :, 1::2]).all() and len(made) == 1
+    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_MIN_BYTES", 0)
+    pool.release()
+    got = fl.softmax(x, 1, backend="cuda")
+    assert not got.flags.owndata  # a pooled block
+    assert_matches("softmax", got, reference.softmax(x, 1), np.float32)
+    del got
+    pool.release()
+
+
 def test_host_input_gpu_out(rng):
     from numba import cuda
 
