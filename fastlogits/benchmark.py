@@ -445,17 +445,14 @@ def _by_store(bw):
 
 
 def _pool_line(c):
-    """What the timed calls' outputs were: fastlogits' CPU outputs of 32 MiB or
-    more come from blocks the previous call's output gave back (fastlogits.pool)."""
-    pool = c.get("output_pool_bytes")
-    if pool is None:
+    """Which outputs the timed calls got (the report's pool settings)."""
+    from fastlogits import pool
+
+    if "output_pool_bytes" not in c:  # a report from before the pool
         return "outputs: allocated by each call"
-    if pool <= 0:
-        return "outputs: allocated by each call, fresh pages (the output pool is off)"
-    least = c.get("output_pool_min_bytes", 32 << 20) / 2 ** 20
-    return (f"outputs: allocated by each call; fastlogits' CPU outputs of {least:g} MiB or more "
-            "reuse the block the previous call's output gave back (fastlogits.pool), NumPy's "
-            "and PyTorch's are fresh pages")
+    return ("outputs: allocated by each call; fastlogits' CPU "
+            + pool.describe(c["output_pool_bytes"], c.get("output_pool_min_bytes"))
+            + "; NumPy's and PyTorch's on fresh pages")
 
 
 def format_table(report):

@@ -269,16 +269,6 @@ def _gpu_line(api):
     return f"{name} ({', '.join(parts)})" if parts else name
 
 
-def _pool_status(format_size):
-    from fastlogits import config
-
-    cap = config.CPU_OUTPUT_POOL_BYTES
-    if cap <= 0:
-        return "off (config.CPU_OUTPUT_POOL_BYTES = 0)"
-    return (f"outputs of {format_size(config.CPU_OUTPUT_POOL_MIN_BYTES)} or more reuse "
-            f"freed blocks, up to {format_size(cap)} kept")
-
-
 def cmd_info(args):
     import platform
 
@@ -286,7 +276,7 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _bandwidth, api
+    from fastlogits import _bandwidth, api, pool
     from fastlogits.benchmark import cpu_name
     from fastlogits.tiled import format_size
 
@@ -309,7 +299,7 @@ def cmd_info(args):
         ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),
         ("vectors", _vector_width_status()),
-        ("output pool", _pool_status(format_size)),
+        ("output pool", pool.describe()),
     ]
     for d, n, size in _cache_dirs():
         rows.append(("kernel cache", f"{d} ({n} files, {format_size(size)})"))

@@ -16,9 +16,10 @@ turn the reuse off. Outputs under ``config.CPU_OUTPUT_POOL_MIN_BYTES`` are
 plain ``np.empty`` arrays.
 
 An output from here is an ordinary writeable, C-contiguous ndarray whose
-data start on a 64-byte line (or where ``like``'s do in theirs); it does not own its data (``flags.owndata``
-is False, so ``ndarray.resize`` refuses it: use ``np.resize``). Its
-contents before the kernel writes them are as undefined as ``np.empty``'s.
+data start on a 64-byte line (or where ``like``'s do in theirs); it does
+not own its data (``flags.owndata`` is False, so ``ndarray.resize``
+refuses it: use ``np.resize``). Its contents before the kernel writes them
+are as undefined as ``np.empty``'s.
 """
 
 import collections
@@ -42,7 +43,6 @@ _lock = threading.Lock()
 _returned = collections.deque()
 #: Free blocks (1-D uint8 arrays), oldest first.
 _free = []
-_held = [0]
 
 
 class _Block:
@@ -85,11 +85,10 @@ def _settle(cap):
     """Move returned blocks to the free list, then drop the oldest until at
     most ``cap`` bytes are held. The caller holds the lock."""
     while _returned:
-        raw = _returned.popleft()
-        _free.append(raw)
-        _held[0] += raw.nbytes
-    while _held[0] > cap and _free:
-        _held[0] -= _free.pop(0).nbytes
+        _free.append(_returned.popleft())
+    held = sum(raw.nbytes for raw in _free)  # a few blocks: the cap over 32 MiB at most
+    while held > cap:
+        held -= _free.pop(0).nbytes
 
 
 def _after_fork_in_child():
@@ -129,7 +128,6 @@ def empty(shape, dtype, like=None):
         for i in range(len(_free) - 1, -1, -1):  # the newest first
             if _free[i].nbytes == size:
                 raw = _free.pop(i)
-                _held[0] -= size
                 break
     if raw is None:
         raw = np.empty(size, np.uint8)
@@ -141,7 +139,7 @@ def held_bytes():
     """Bytes of free blocks held for reuse (returned blocks included)."""
     with _lock:
         _settle(config.CPU_OUTPUT_POOL_BYTES)
-        return _held[0]
+        return sum(raw.nbytes for raw in _free)
 
 
 def release():
@@ -149,3 +147,14 @@ def release():
     are not touched (their blocks return to the pool when they go)."""
     with _lock:
         _settle(0)
+
+
+def describe(cap=None, least=None):
+    """One line on the reuse (``fastlogits info``, ``fastlogits bench``):
+    the settings given (a report's), else the current ones."""
+    cap = config.CPU_OUTPUT_POOL_BYTES if cap is None else cap
+    least = config.CPU_OUTPUT_POOL_MIN_BYTES if least is None else least
+    if cap <= 0:
+        return "off (config.CPU_OUTPUT_POOL_BYTES = 0): every output on fresh pages"
+    return (f"outputs of {least / 2 ** 20:g} MiB or more reuse the blocks of earlier "
+            f"outputs that are gone, up to {cap / 2 ** 20:g} MiB of them kept")

@@ -137,7 +137,8 @@ def test_bench_pool_line():
     """The report says whether large outputs came from reused blocks."""
     from fastlogits.benchmark import _pool_line
 
-    assert "fresh pages (the output pool is off)" in _pool_line({"output_pool_bytes": 0})
+    assert "off (config.CPU_OUTPUT_POOL_BYTES = 0): every output on fresh pages" in _pool_line(
+        {"output_pool_bytes": 0})
     assert "outputs of 64 MiB or more reuse" in _pool_line(
         {"output_pool_bytes": 1 << 30, "output_pool_min_bytes": 64 << 20})
     assert _pool_line({}) == "outputs: allocated by each call"  # a report from before the pool
@@ -154,7 +155,7 @@ def test_bench_tiny(tmp_path):
     assert rep["config"]["x_shape"] == [6, 10, 5] and rep["config"]["ops"] == ["softmax", "classify"]
     # Which outputs the timed calls got: the output pool's settings, and a line saying so.
     assert rep["config"]["output_pool_bytes"] == fl.config.CPU_OUTPUT_POOL_BYTES
-    assert "outputs of 32 MiB or more reuse the block" in out
+    assert "outputs of 32 MiB or more reuse the blocks" in out
     bw = rep["bandwidth_gbps"]
     assert bw["read"] > 0 and bw["copy"] > 0
     # Each ceiling is the best of the thread counts it was measured with.
