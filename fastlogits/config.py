@@ -165,9 +165,9 @@ CUDA_WARP_SHUFFLE = True
 #: Outputs of ``CPU_OUTPUT_POOL_MIN_BYTES`` or more come from
 #: :mod:`fastlogits.pool`; when the last array using one goes, its block
 #: (pages already mapped) waits for the next output of its size instead of
-#: going back to the system, which would fault and zero it again: about
-#: 9 ms of a 22 ms channels-first softmax of a 1024x2048x19 map
-#: (bench/RESULTS.md, log 50). Read at every call; lowering it drops the
+#: going back to the system, which would fault and zero it again: a
+#: channels-first softmax of a 1024x2048x19 map took 20.8 ms allocating
+#: fresh pages, 13.0 with the reuse (bench/RESULTS.md, log 50). Read at every call; lowering it drops the
 #: oldest free blocks at the next call (``fastlogits.pool.release()`` drops
 #: them all now).
 CPU_OUTPUT_POOL_BYTES = 1 << 30
