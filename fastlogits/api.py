@@ -147,7 +147,7 @@ def _run_cpu(lg, full, reduced, kernel):
             kernel(xs, fw, rw)
             for whole, view, src in zip(f3 + r2, fs + rs, fw + rw):
                 if view is not src:
-                    store(whole, o0, o1, i0, i1, src)  # NumPy's cast: slow for subnormals
+                    store(whole, o0, o1, i0, i1, src)  # not NumPy's cast: slow for subnormals
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)

@@ -67,9 +67,10 @@ def _from_half_bits(typingctx, h):
 
 def _convert(to_half):
     """The three kernels of one direction: ``flat(dst, src)`` (1-D
-    C-contiguous), ``chunk(big, o0, i0, small, into_big)`` (rows of the
+    C-contiguous), ``chunk(big, o0, i0, small)`` (between the rows of the
     C-contiguous (outer, C, inner) ``big`` from (o0, :, i0) and the
-    C-contiguous chunk ``small``), ``rows(dst, src)`` (3-D, any strides)."""
+    C-contiguous chunk ``small``: into ``big`` when converting to half,
+    into ``small`` from it), ``rows(dst, src)`` (3-D, any strides)."""
     convert = _half_bits if to_half else _from_half_bits
 
     @njit(parallel=True, cache=True)
