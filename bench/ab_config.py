@@ -81,18 +81,24 @@ def _ignore_index(t):
     return 255 if t.dtype == np.uint8 else -100
 
 
-def make_inputs(rng, C, elements, layout, ignored=0.0, dtype="float32", scale=1.0):
+def make_inputs(rng, C, elements, layout, ignored=0.0, dtype="float32", scale=1.0,
+                targets=None):
     """``(x, t, axis)``: logits of about ``elements`` scores (normal, std
     ``scale``, of ``dtype``), (pixels, C) with axis -1 (``layout`` "hwc")
-    or (C, pixels) with axis 0 ("chw"), and random targets (uint8 below
-    255 classes, else int64), a fraction ``ignored`` of them the ignore
-    index (:func:`_ignore_index`)."""
+    or (C, pixels) with axis 0 ("chw"), and random targets of dtype
+    ``targets`` ("uint8" or "int64"; None: uint8 below 255 classes, else
+    int64, as bench_losses' int64 targets are), a fraction ``ignored`` of
+    them the ignore index (:func:`_ignore_index`)."""
     n = elements // C
     shape, axis = ((n, C), -1) if layout == "hwc" else ((C, n), 0)
     x = rng.standard_normal(shape, dtype=np.float32)
     if scale != 1.0 or dtype != "float32":
         x = (x * np.float32(scale)).astype(dtype)
-    t = rng.integers(0, C, n).astype(np.uint8 if C < 255 else np.int64)
+    if targets is None:
+        targets = "uint8" if C < 255 else "int64"
+    if targets == "uint8" and C >= 255:
+        raise ValueError(f"uint8 targets hold fewer than 255 classes, not {C}")
+    t = rng.integers(0, C, n).astype(targets)
     t[rng.random(n) < ignored] = _ignore_index(t)
     return x, t, axis
 
@@ -120,6 +126,8 @@ def main(argv=None):
                     help="fraction of the targets set to the ignore index")
     ap.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32")
     ap.add_argument("--scale", type=float, default=1.0, help="std of the logits")
+    ap.add_argument("--targets", choices=("uint8", "int64"), default=None,
+                    help="dtype of the losses' targets (default uint8 below 255 classes)")
     args = ap.parse_args(argv)
     if not hasattr(config, args.name):
         ap.error(f"fastlogits.config has no {args.name}")
@@ -128,7 +136,7 @@ def main(argv=None):
     try:
         for C in args.classes:
             x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored,
-                                     args.dtype, args.scale)
+                                     args.dtype, args.scale, args.targets)
             for op in args.ops:
                 times = {args.off: [], args.on: []}
                 for _ in range(args.rounds):

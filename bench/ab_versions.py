@@ -54,7 +54,8 @@ def _head_op(op, C, N, elements, rng):
     return (lambda: getattr(head, method)(f, axis=axis)), f
 
 
-def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtype, scale):
+def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtype, scale,
+           targets):
     """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
     import fastlogits
 
@@ -68,7 +69,7 @@ def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtyp
     for C in classes:
         core = [op for op in ops if op in OPS]
         if core:
-            x, t, axis = make_inputs(rng, C, elements, layout, ignored, dtype, scale)
+            x, t, axis = make_inputs(rng, C, elements, layout, ignored, dtype, scale, targets)
         for op in ops:
             if op in OPS:
                 call = lambda: OPS[op](x, t, axis)  # noqa: E731
@@ -98,11 +99,13 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float32",
                     help="dtype of the core ops' logits")
     ap.add_argument("--scale", type=float, default=1.0, help="std of the core ops' logits")
+    ap.add_argument("--targets", choices=("uint8", "int64"), default=None,
+                    help="dtype of the losses' targets (default uint8 below 255 classes)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features,
-               args.layout, args.ignored, args.dtype, args.scale)
+               args.layout, args.ignored, args.dtype, args.scale, args.targets)
         return
     from ab_config import OPS
 
@@ -122,6 +125,8 @@ def main(argv=None):
                    "--features", str(args.features), "--layout", args.layout,
                    "--ignored", str(args.ignored), "--dtype", args.dtype,
                    "--scale", str(args.scale)]
+            if args.targets:
+                cmd += ["--targets", args.targets]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for key in runs[args.old][0]:

@@ -124,13 +124,16 @@ def test_plane_blocks_reject_what_they_cannot_read(lanes):
         argmax(np.ones((1, 4, lanes), np.int32), 0, np.empty(lanes, np.int32), idx, 0)
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["offsets32", "offsets64"])
 @pytest.mark.parametrize("lanes", WIDTHS)
-def test_plane_xent_matches_reference(rng, lanes):
+def test_plane_xent_matches_reference(rng, lanes, wide):
     """The fused cross-entropy of a block of planes (``planes_xent``), the
-    special values included, as the row blocks' (the same part codegen)."""
+    special values included, as the row blocks' (the same part codegen);
+    the target logits gathered by 32-bit offsets and by the 64-bit ones
+    of x of 2**31 elements or more."""
     from tests.test_rowblock import check_xent, xent_case
 
-    xent = plane_intrinsics(lanes).xent
+    xent = plane_intrinsics(lanes, wide_offsets=wide).xent
 
     @njit
     def run3(x3, start, tt, wt, want_loss, n, at):
@@ -161,15 +164,17 @@ def test_plane_max_expsum_matches_numpy(rng, lanes):
     check_max_expsum(lambda x, r, *rest: run3(_planes(x), _start(x, r), *rest), lanes, rng)
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["offsets32", "offsets64"])
 @pytest.mark.parametrize("stream", [False, True], ids=["stored", "streamed"])
 @pytest.mark.parametrize("lanes", WIDTHS)
-def test_plane_xent_grad_matches_reference(rng, lanes, stream):
+def test_plane_xent_grad_matches_reference(rng, lanes, stream, wide):
     """The fused cross-entropy gradient of a block of planes
     (``xent_grad``, ``stream_xent_grad``), as the row blocks'; the output
-    planes' blocks start 64-byte lines (non-temporal stores need it)."""
+    planes' blocks start 64-byte lines (non-temporal stores need it); the
+    target logits gathered by 32- and 64-bit offsets."""
     from tests.test_rowblock import check_xent_grad
 
-    k = plane_intrinsics(lanes)
+    k = plane_intrinsics(lanes, wide_offsets=wide)
     xent_grad = k.stream_xent_grad if stream else k.xent_grad
 
     @njit

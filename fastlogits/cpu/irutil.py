@@ -120,6 +120,21 @@ def masked_store(builder, value, data, index, mask):
     builder.call(fn, [value, builder.gep(data, [index]), ir.Constant(I32, size), mask])
 
 
+def masked_gather(builder, data, index, mask, passthru):
+    """Lane l: ``data[index[l]]`` where ``mask[l]``, else ``passthru[l]``
+    (which reads no memory); ``index`` an i32 or i64 vector of element
+    offsets from the pointer ``data``. With i32 offsets x86 loads the
+    lanes by one ``vgatherdps`` (AVX-512: 16 float32; AVX2: 8)."""
+    vec = passthru.type
+    ptrs = builder.gep(data, [index], source_etype=vec.element)
+    # llvmlite types a GEP of a vector of offsets as one pointer; LLVM's
+    # is a vector of them, which the call's signature must say.
+    ptrs.type = ir.VectorType(ir.PointerType(), vec.count)
+    fn = intrinsic_fn(builder, f"llvm.masked.gather.{type_suffix(vec)}.v{vec.count}p0", vec,
+                      [ptrs.type, I32, mask.type, vec])
+    return builder.call(fn, [ptrs, ir.Constant(I32, _elem_size(vec.element)), mask, passthru])
+
+
 def loop(builder, start, stop, step, init, body, name):
     """``values = body(k, values)`` for k = start, start + step, ... < stop
     (i64 values; ``step`` a Python int), from the IR values ``init``;

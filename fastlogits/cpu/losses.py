@@ -65,7 +65,8 @@ from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRI
                                        planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                        planes_xent, planes_xent_grad)
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_rows, region_from, rows_ahead)
+                                     prefetch_row, prefetch_rows, prefetch_span, region_from,
+                                     rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
@@ -283,35 +284,61 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
             g[o, tt[p], i0 + p] -= d[p]
 
 
-def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+def _prefetch_block(x, first, ahead, t, t_first):
+    """Numba-callable: prefetch the block of x ``ahead`` pixels past the
+    one at ``first`` (channels-first planes (outer, C, inner) from that
+    flat index, :func:`prefetch_planes`; rows (rows, C) from that row,
+    :func:`prefetch_rows`), and the targets ``t[t_first:t_first +
+    LANES]``.
+
+    The drivers pass a ``t_first`` one tile ahead of the block's own
+    targets: :func:`_targets` reads a tile's targets in one loop before
+    its blocks, and those lines, unrequested, cost the 19-class loss
+    1.05-1.09x, asked for in one burst at the tile's start no less
+    (bench/RESULTS.md, log 52). Each block asks for its share."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_prefetch_block, fastmath=FASTMATH)
+def _prefetch_block_impl(x, first, ahead, t, t_first):
+    # Planes or rows: their blocks are both LANES (= ROWS) pixels.
+    prefetch = prefetch_planes if x.ndim == 3 else prefetch_rows
+
+    def impl(x, first, ahead, t, t_first):
+        prefetch(x, first, LANES, ahead)
+        prefetch_span(t, t_first, t_first + LANES)
+    return impl
+
+
+def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
     """Numba-callable: the losses of P pixels (a multiple of the block
     size) of float32 x in one fused pass, returning True: channels-first
     planes (outer, C, inner) from the flat index ``first`` by
     :func:`planes_xent`, or rows (rows, C) from row ``first`` by
     :func:`rows_xent`; ``tt``, ``wt`` from :func:`_targets` (tile pixel
     p), ``loss`` and the targets' flat index ``r0 + p``, the sums added to
-    ``sums`` (2 * LANES float64). For float64 x it does nothing and
+    ``sums`` (2 * LANES float64); the next tile's targets of ``t``
+    prefetched (:func:`_prefetch_block`). For float64 x it does nothing and
     returns False: its log has no vector IR form."""
     raise NotImplementedError("only callable from Numba code")
 
 
 @overload(_fused_losses, fastmath=FASTMATH)
-def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
     if x.dtype != types.float32:
-        return lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead: False
-    # Planes or rows: their blocks are both LANES (= ROWS) pixels.
-    prefetch, xent = (prefetch_planes, planes_xent) if x.ndim == 3 else (prefetch_rows, rows_xent)
+        return lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t: False
+    xent = planes_xent if x.ndim == 3 else rows_xent
 
-    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead):
+    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
         for q in range(0, P, LANES):
-            prefetch(x, first + q, LANES, ahead)
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
             xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
         return True
     return impl
 
 
 def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
-                 ahead):
+                 ahead, t, r0):
     """Numba-callable: the final gradient of P pixels (a multiple of the
     block size) of x, by the fused gradient blocks (``*_xent_grad``,
     :func:`fastlogits.cpu.rowblock._xent_grad_part`), into ``out`` from
@@ -321,22 +348,24 @@ def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, non
     :func:`_scratch` ``sc`` for :func:`_pixel_losses`. x as for
     :func:`_fused_losses`; ``tt``, ``wt`` of ``sc`` from :func:`_targets`;
     ``cols`` C * LANES elements; ``coef`` from :func:`_grad_scales`, ``bc``
-    from :func:`_grad_coef`."""
+    from :func:`_grad_coef`; the next tile's targets of ``t`` (these
+    pixels' from flat index ``r0``) prefetched (:func:`_prefetch_block`)."""
     raise NotImplementedError("only callable from Numba code")
 
 
 @overload(_grad_blocks, fastmath=FASTMATH)
 def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
-                      ahead):
+                      ahead, t, r0):
     if x.ndim == 3:
-        prefetch, plain, streamed = prefetch_planes, planes_xent_grad, planes_stream_xent_grad
+        plain, streamed = planes_xent_grad, planes_stream_xent_grad
     else:
-        prefetch, plain, streamed = prefetch_rows, rows_xent_grad, rows_xent_grad
+        plain, streamed = rows_xent_grad, rows_xent_grad
 
-    def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead):
+    def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead, t,
+             r0):
         m, _, _, s, sm, xt, wt, _, tt, _ = sc
         for q in range(0, P, LANES):
-            prefetch(x, first + q, LANES, ahead)
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
             # Four instances, so neither flag is tested inside a block.
             if nontemporal:
                 if smooth:
@@ -369,8 +398,8 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     into ``ebuf`` (1, C, >= P), then ``grad``; or straight into ``grad`` by
     non-temporal stores); otherwise the max and exp-sum blocks, the
     target logits and the smoothing sums. Then the per-pixel step
-    (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead
-    (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
+    (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead, and the
+    next tile's targets (:func:`_prefetch_block`).
 
     float32 losses without smoothing or gradient take one fused pass
     instead (:func:`_fused_losses`), adding their sums to ``sums``
@@ -384,15 +413,15 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     one = x.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
     if not want_grad and eps == 0.0 and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0,
-                                                      want_loss, sums, ahead):
+                                                      want_loss, sums, ahead, t):
         return
     if want_grad:
         stream = write == WRITE_STREAM
         _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad if stream else ebuf,
-                     start if stream else 0, stream, ahead)
+                     start if stream else 0, stream, ahead, t, r0)
     else:
         for q in range(0, P, LANES):
-            prefetch_planes(x, start + q, LANES, ahead)
+            _prefetch_block(x, start + q, ahead, t, r0 + P + q)
             planes_max_expsum(x, start + q, m, q, one, cols, s)
         _target_logits_tile(x, o, i0, P, tt, xt)
         if eps > 0.0:
@@ -537,13 +566,13 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     one = x.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
     if not want_grad and eps == 0.0 and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0,
-                                                      want_loss, sums, ahead):
+                                                      want_loss, sums, ahead, t):
         return
     if want_grad:
-        _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead)
+        _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead, t, r0)
     else:
         for q in range(0, P, ROWS):
-            prefetch_rows(x, r0 + q, ROWS, ahead)
+            _prefetch_block(x, r0 + q, ahead, t, r0 + P + q)
             rows_max_expsum(x, r0 + q, m, q, one, cols, s)
         _target_logits_rows(x, r0, P, tt, xt)
         if eps > 0.0:

@@ -43,7 +43,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import const, i64, loop, vector_of, vptr
+from fastlogits.cpu.irutil import I32, I64, const, i64, loop, masked_gather, splat, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
                                      _wsum_part, _xent_grad_part, _xent_part,
@@ -111,8 +111,9 @@ class _PlaneBlock:
     interface as :class:`fastlogits.cpu.rowblock._RowBlock`, so the part
     codegens of :mod:`.rowblock` run on it."""
 
-    def __init__(self, context, builder, aty, aval, start, lanes):
+    def __init__(self, context, builder, aty, aval, start, lanes, wide_offsets=False):
         self.builder = builder
+        self.wide_offsets = wide_offsets
         arr = context.make_array(aty)(context, builder, aval)
         self.data = arr.data
         self.C = builder.extract_value(arr.shape, 1)
@@ -131,6 +132,36 @@ class _PlaneBlock:
         at = b.add(self.start, b.mul(c, self.inner))
         return b.load(vptr(b, self.data, at, self.vec), align=self.size)
 
+    def class_scores(self, t, mask):
+        """Each pixel's score of class ``t`` (an i32 vector, lane l the
+        class of the block's pixel l) where ``mask``, else 0: one gather
+        from x, by 32-bit offsets (a plane apart per class) when C planes
+        fit them, else 64-bit ones (x86: two gathers of half the lanes; the
+        only ones with ``wide_offsets``, for the tests)."""
+        b = self.builder
+        base = b.gep(self.data, [self.start])
+        zero = vector_of(self.vec, 0.0)
+
+        def gather(ity):
+            ivec = ir.VectorType(ity, self.lanes)
+            t_ = t if ity == I32 else b.sext(t, ivec)
+            inner = b.trunc(self.inner, I32) if ity == I32 else self.inner
+            at = b.add(b.mul(t_, splat(b, ivec, inner)), ir.Constant(ivec, list(range(self.lanes))))
+            return masked_gather(b, base, at, mask, zero)
+
+        if self.wide_offsets:
+            return gather(I64)
+        small = b.icmp_signed("<=", b.mul(self.C, self.inner), const(2 ** 31 - 1))
+        with b.if_else(small) as (then, otherwise):
+            with then:
+                narrow, narrow_block = gather(I32), b.block
+            with otherwise:
+                wide, wide_block = gather(I64), b.block
+        scores = b.phi(self.vec)
+        scores.add_incoming(narrow, narrow_block)
+        scores.add_incoming(wide, wide_block)
+        return scores
+
     def reduce(self, init, step):
         """Fold ``step(carried, c0, cols)`` over the classes, ``cols`` a
         list of ``(j, column)`` of classes ``c0 + j``: :data:`CHAINS`
@@ -147,11 +178,11 @@ class _PlaneBlock:
                     lambda c, carried: step(carried, c, [(0, self.column(c))]), "rest")
 
 
-def _reading(lanes, part_codegen):
+def _reading(lanes, part_codegen, wide_offsets=False):
     """A block intrinsic's codegen: ``part_codegen`` (a part codegen of
     :mod:`.rowblock`) on the :class:`_PlaneBlock` at ``start`` (args[1])."""
     def codegen(context, builder, sig, args):
-        blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes)
+        blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes, wide_offsets)
         part_codegen(context, builder, sig, args, blk, 0)
         return context.get_dummy_value()
     return codegen
@@ -193,7 +224,7 @@ def _storing(lanes, what, nontemporal):
     return codegen
 
 
-def plane_intrinsics(lanes):
+def plane_intrinsics(lanes, wide_offsets=False):
     """The channels-first block intrinsics for blocks of ``lanes`` pixels:
     a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`'
     (``argmax``, ``argmax_expsum``, ``wsum``, ``max_expsum``,
@@ -203,7 +234,10 @@ def plane_intrinsics(lanes):
     ``stream_softmax``, ``stream_log_softmax``, ``stream_xent_grad``: the
     stores by non-temporal stores (every class's out address of the block
     must start a 64-byte line). The module's ``planes_*`` names are
-    ``plane_intrinsics(LANES)``; tests build other widths too."""
+    ``plane_intrinsics(LANES)``; tests build other widths too, and with
+    ``wide_offsets`` the losses' gathers of the 64-bit offsets that only
+    x of 2**31 elements or more would otherwise take
+    (:meth:`_PlaneBlock.class_scores`)."""
 
     @intrinsic
     def planes_argmax(typingctx, x, start, m, idx, p):
@@ -285,7 +319,8 @@ def plane_intrinsics(lanes):
                 return None
 
             def codegen(context, builder, sig, args):
-                blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes)
+                blk = _PlaneBlock(context, builder, sig.args[0], args[0], args[1], lanes,
+                                  wide_offsets)
                 value = _xent_grad_part(context, builder, sig, args, blk, 0)
                 _store_planes(context, builder, sig.args[13], args[13], args[14], lanes,
                               nontemporal, value)
@@ -303,7 +338,7 @@ def plane_intrinsics(lanes):
                                                want_loss, sums)):
             return None
         return (types.none(x, start, m, p, cols, tt, wt, loss, at, want_loss, sums),
-                _reading(lanes, _xent_part))
+                _reading(lanes, _xent_part, wide_offsets))
 
     return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,
                            xent=planes_xent, max_expsum=planes_max_expsum,

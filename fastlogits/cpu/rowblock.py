@@ -44,8 +44,8 @@ from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.fastexp import EXP_FASTMATH, exp_shifted_ir
 from fastlogits.cpu.fastlog import log32_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
-from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, splat,
-                                   type_suffix, vector_of, vptr)
+from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop,
+                                   masked_gather, splat, type_suffix, vector_of, vptr)
 
 _NINF = float("-inf")
 
@@ -117,6 +117,17 @@ class _RowBlock:
             return parts[0]
         both = ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes)))
         return b.shuffle_vector(parts[0], parts[1], both)
+
+    def class_scores(self, t, mask):
+        """Each pixel's score of class ``t`` (an i32 vector, lane l the
+        class of row r + l) where ``mask``, else 0: one gather from x (the
+        rows' lines are in L1, the block has just read them)."""
+        b = self.builder
+        ivec = ir.VectorType(I32, self.lanes)
+        row = ir.Constant(ivec, list(range(self.lanes)))
+        at = b.add(b.mul(row, splat(b, ivec, b.trunc(self.C, I32))), t)  # < lanes * C
+        return masked_gather(b, b.gep(self.data, [self.starts[0][0]]), at, mask,
+                             vector_of(self.vec, 0.0))
 
     def columns(self, c0):
         """The 8 columns (class c0 + j of every pixel) of the block at c0."""
@@ -323,20 +334,21 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
             builder.store(e, ptr(c, rw.vec), align=rw.size)
         return e
 
-    # Two interleaved accumulators, so the adds do not wait on each other.
+    _store_sum(context, builder, sig, args, rw, at, _sum_classes(builder, rw, term))
+
+
+def _sum_classes(builder, rw, term):
+    """The sum over the classes c of the vectors ``term(c)``, in two
+    accumulators (classes 2k and 2k + 1) so that the adds do not wait on
+    each other; the last class of an odd C goes to the first."""
+    b = builder
     zero = vector_of(rw.vec, 0.0)
-    C2 = builder.sub(rw.C, builder.srem(rw.C, const(2)))
-    a0, a1 = loop(builder, const(0), C2, 2, [zero, zero],
-                  lambda c, acc: [builder.fadd(acc[i], term(builder.add(c, const(i))))
-                                  for i in range(2)], "expsum")
-    entry = builder.block
-    with builder.if_then(builder.icmp_signed("<", C2, rw.C)):  # odd C: the last class
-        tail = builder.fadd(a0, term(C2))
-        tail_block = builder.block
-    phi = builder.phi(rw.vec)
-    phi.add_incoming(tail, tail_block)
-    phi.add_incoming(a0, entry)
-    _store_sum(context, builder, sig, args, rw, at, builder.fadd(phi, a1))
+    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
+    a0, a1 = loop(b, const(0), C2, 2, [zero, zero],
+                  lambda c, acc: [b.fadd(acc[i], term(b.add(c, const(i)))) for i in range(2)],
+                  "sum")
+    a0, = loop(b, C2, rw.C, 1, [a0], lambda c, acc: [b.fadd(acc[0], term(c))], "sum_rest")
+    return b.fadd(a0, a1)
 
 
 def _finite(builder, v):
@@ -348,11 +360,19 @@ def _finite(builder, v):
 def _kept_columns(context, builder, sig, args, rw, offset):
     """The start of the fused loss and gradient parts (args (x, r, m, p,
     cols, tt, wt, ...)): the max of the block ``rw``'s pixels (into m),
-    each class's column kept in ``cols`` on the way. Returns ``(data, col,
-    mx, at, tv, wv)``: ``data(k)`` the data pointer of array argument k,
-    ``col(c)`` the pointer to class c's column in ``cols``, the max
-    vector, the index of the block's first pixel in m, tt and wt, and its
-    targets (int32) and their weights."""
+    each class's column kept in ``cols`` on the way, then the target
+    logits. Returns ``(data, col, mx, at, tv, wv, kept, xt)``: ``data(k)``
+    the data pointer of array argument k, ``col(c)`` the pointer to class
+    c's column in ``cols``, the max vector, the index of the block's first
+    pixel in m, tt and wt, its targets (int32), their weights, the pixels
+    not ignored (targets >= 0) and their target logits (0 where ignored).
+
+    The target logits come from x by one gather (``rw.class_scores``),
+    its lines in L1 after the max: a compare and a select per class in
+    the exp-sum loop instead, on the vector pipes the exponentials keep
+    busy, made the 19-class loss 1.14x slower channels-last (and a gather
+    from ``cols``, just stored, waited on those stores; bench/RESULTS.md,
+    logs 44, 47 and 52)."""
     b = builder
 
     def data(k):
@@ -365,34 +385,11 @@ def _kept_columns(context, builder, sig, args, rw, offset):
 
     mx, at = _max_part(context, b, sig, args, rw, offset,
                        lambda c, v: b.store(v, col(c), align=rw.size))
-    tv = b.load(vptr(b, data(5), at, ir.VectorType(I32, rw.lanes)), align=4)
+    tvec = ir.VectorType(I32, rw.lanes)
+    tv = b.load(vptr(b, data(5), at, tvec), align=4)
     wv = b.load(vptr(b, data(6), at, rw.vec), align=rw.size)
-    return data, col, mx, at, tv, wv
-
-
-def _gather_target_logits(builder, rw, offset, cols, tt, at, dest):
-    """``dest[at + p]`` = the kept score of pixel p's target class ``tt[at
-    + p]`` (0 where it is < 0) for each pixel p of the block ``rw``, from
-    the column scratch ``cols`` (pointers to x's element type, i32 and x's
-    element type). Scalar loads, selects and stores of the scores' bits:
-    integer work, where a select per class in the vector loop costs two
-    vector operations on the FP pipes, which the block's arithmetic keeps
-    busy: in cache the gradient block ran 1.05x faster so (the fused loss
-    of :func:`_xent_part`, whose target logit stays in a register, not;
-    bench/RESULTS.md, log 47)."""
-    b = builder
-    ity = ir.IntType(8 * rw.size)
-    cols_i = b.bitcast(cols, ity.as_pointer())
-    dest_i = b.bitcast(dest, ity.as_pointer())
-    zero32 = ir.Constant(I32, 0)
-    for p in range(rw.lanes):
-        t = b.load(b.gep(tt, [b.add(at, const(p))]), align=4)
-        ok = b.icmp_signed(">=", t, zero32)
-        tc = b.sext(b.select(ok, t, zero32), ir.IntType(64))
-        v = b.load(b.gep(cols_i, [b.add(_column_at(b, tc, rw.C, rw.lanes, offset), const(p))]),
-                   align=rw.size)
-        b.store(b.select(ok, v, ir.Constant(ity, 0)), b.gep(dest_i, [b.add(at, const(p))]),
-                align=rw.size)
+    kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * rw.lanes))
+    return data, col, mx, at, tv, wv, kept, rw.class_scores(tv, kept)
 
 
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
@@ -408,10 +405,9 @@ def _xent_part(context, builder, sig, args, rw, offset):
     """The cross-entropy losses of the block ``rw``'s pixels in one pass
     (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums); float32):
     the max (:func:`_max_part`,
-    into m), each class's column kept in ``cols`` (C * lanes), then over
-    those columns the exp-sum and the target's logit (the column whose
-    class is ``tt``, picked by a select: an AVX-512 gather from the
-    columns instead was slower on AMD Zen 4, bench/RESULTS.md, log 44),
+    into m), each class's column kept in ``cols`` (C * lanes), the
+    target's logit gathered from x (``rw.class_scores``), then over the
+    columns the exp-sum,
     ``log s`` (:func:`log32_ir` with the flags of ``EXP_FASTMATH``:
     ``reassoc`` moves its error from 1 to 2.2 ulp), and per pixel ``wt *
     (log s + m - x_t)``: NaN where the max is not finite, 0 where ``tt`` <
@@ -420,39 +416,17 @@ def _xent_part(context, builder, sig, args, rw, offset):
     of ``sums`` (2 x the block's pixels), at ``offset``."""
     b = builder
     vec, size, lanes = rw.vec, rw.size, rw.lanes
-    tvec = ir.VectorType(I32, lanes)
     dvec = ir.VectorType(ir.DoubleType(), lanes)
-    data, col, mx, at, tv, wv = _kept_columns(context, b, sig, args, rw, offset)
-
-    def step(c, xt):
-        """Class c's exponential, and the target logits so far."""
-        v = b.load(col(c), align=size)
-        hit = b.icmp_signed("==", tv, splat(b, tvec, b.trunc(c, I32)))
-        return exp_shifted_ir(b, b.fsub(v, mx)), b.select(hit, v, xt)
-
-    def pair(c, carried):
-        a0, a1, xt = carried
-        e0, xt = step(c, xt)
-        e1, xt = step(b.add(c, const(1)), xt)
-        return [b.fadd(a0, e0), b.fadd(a1, e1), xt]
-
-    def single(c, carried):
-        e, xt = step(c, carried[1])
-        return [b.fadd(carried[0], e), xt]
-
-    # Two accumulators (classes 2k and 2k + 1), so the adds do not wait on
-    # each other; the last class of an odd C goes to the first.
-    zero = vector_of(vec, 0.0)
-    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
-    a0, a1, xt = loop(b, const(0), C2, 2, [zero, zero, zero], pair, "xent")
-    a0, xt = loop(b, C2, rw.C, 1, [a0, xt], single, "xent_rest")
+    data, col, mx, at, tv, wv, kept, xt = _kept_columns(context, b, sig, args, rw, offset)
+    total = _sum_classes(b, rw, lambda c: exp_shifted_ir(b, b.fsub(b.load(col(c), align=size),
+                                                                   mx)))
     first = len(b.block.instructions)
-    lse = log32_ir(b, b.fadd(a0, a1))
+    lse = log32_ir(b, total)
     flag_block_from(b, first, EXP_FASTMATH)
     finite = _finite(b, mx)
     lv = b.fmul(wv, b.fadd(lse, b.fsub(mx, xt)))
     lv = b.select(finite, lv, vector_of(vec, float("nan")))
-    lv = b.select(b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes)), lv, zero)
+    lv = b.select(kept, lv, vector_of(vec, 0.0))
     with b.if_then(b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))):
         b.store(lv, vptr(b, data(7), _plus(b, args[8], offset), vec), align=size)
     sarr = context.make_array(sig.args[10])(context, b, args[10])
@@ -496,8 +470,8 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     args (x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at),
     all vectors in x's dtype but ``tt`` (int32): the max
     (:func:`_max_part`, into m) with each class's column kept in ``cols``
-    (C * lanes, so it stays in L1); the target's logit from its column
-    (:func:`_gather_target_logits`, into xt); then over the columns the
+    (C * lanes, so it stays in L1); the target's logit gathered from x
+    (``rw.class_scores``, into xt); then over the columns the
     exponentials (replacing the scores in ``cols``), their sum and, when
     ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``, into s
     and sm at the block's pixels, for the loss step that follows
@@ -507,13 +481,11 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     and ``bc[c] = g eps w[c] / C``, give :func:`grad_value`. No score of x
     is read after this returns, so out may be x."""
     b = builder
-    vec, size, lanes = rw.vec, rw.size, rw.lanes
-    tvec = ir.VectorType(I32, lanes)
-    data, col, mx, at, tv, wv = _kept_columns(context, b, sig, args, rw, offset)
+    vec, size = rw.vec, rw.size
+    data, col, mx, at, tv, wv, kept, xt = _kept_columns(context, b, sig, args, rw, offset)
     smooth = not isinstance(sig.args[9], types.NoneType)
     wdata = data(9) if smooth else None
-
-    _gather_target_logits(b, rw, offset, data(4), data(5), at, data(11))
+    b.store(xt, vptr(b, data(11), at, vec), align=size)
 
     def step(c, carried, k):
         """Class c into the accumulator k of ``carried`` (sums[, sm])."""
@@ -545,7 +517,6 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     finite = _finite(b, mx)
     dv = b.fmul(k0, wv)
     av = b.select(finite, b.fdiv(b.fadd(dv, k1), sv), vector_of(vec, float("nan")))
-    kept = b.icmp_signed(">=", tv, ir.Constant(tvec, [0] * lanes))
     bcs = data(8)
 
     def value(c):
