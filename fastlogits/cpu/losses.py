@@ -45,11 +45,12 @@ smoothing or gradient skip the per-pixel scratch: one fused intrinsic per
 block (:func:`_fused_losses`: max, exp-sum, target logit, log and loss in
 vector registers; bench/RESULTS.md, log 44). With a gradient, each block
 of 16 pixels (8 with AVX2) is done by one fused intrinsic too
-(:func:`_grad_blocks`): max, exponentials, their sum, the target logit
-and the smoothing sum from the block's columns in L1, then the final
-gradient (targets and ignored pixels included) stored from registers;
-only the per-pixel loss step follows, on the tile's scratch
-(bench/RESULTS.md, log 47).
+(:func:`_grad_blocks`): max, exponentials, their sum and the smoothing
+sum from the block's columns in L1, then the final gradient (targets and
+ignored pixels included) stored from registers; only the per-pixel loss
+step follows, on the tile's scratch (bench/RESULTS.md, log 47). Both take
+the target logit by one gather from x, and each block prefetches its
+share of the next tile's targets (:func:`_prefetch_block`; log 52).
 """
 
 import numpy as np
