@@ -306,6 +306,23 @@ def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
             check(op, inplace, want, dtype)
 
 
+def test_blocks_stream_straight_only_in_whole_lines(monkeypatch):
+    """The channels-first blocks store an output straight by non-temporal
+    stores only where each block is whole 64-byte lines: AVX2's blocks of
+    8 float32 pixels (32 bytes) go through the scratch tile, since a
+    plane's first block would start off its line and such a store faults
+    there (tests/test_avx2_target.py runs that target)."""
+    from fastlogits.cpu import _plane_write
+    from fastlogits.cpu.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
+
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    for dtype, lanes, mode in ((np.float32, 16, WRITE_STREAM), (np.float32, 8, WRITE_EBUF_STREAM),
+                               (np.float64, 8, WRITE_STREAM), (np.float64, 16, WRITE_STREAM)):
+        x = at_line_offset((1, 3, 64), dtype, 16)
+        out = at_line_offset(x.shape, dtype, 16)
+        assert _plane_write(x, out, lanes) == mode, (dtype, lanes)
+
+
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
@@ -316,13 +333,15 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
     the scratch tile elsewhere (planes of 37 pixels, out on another
     offset); special values in block pixels and in the rest."""
     from fastlogits.cpu import _plane_write
-    from fastlogits.cpu.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.planeblock import LANES, WRITE_EBUF_STREAM, WRITE_STREAM
 
     monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
     op = OPS[name]
+    # Straight from the blocks where a block is whole lines (not AVX2's float32).
+    lined = WRITE_STREAM if LANES * np.dtype(dtype).itemsize % 64 == 0 else WRITE_EBUF_STREAM
     for C in (1, 3, 19, 40):
-        for inner, out_offset, mode in ((48, 16, WRITE_STREAM), (48, 32, WRITE_EBUF_STREAM),
+        for inner, out_offset, mode in ((48, 16, lined), (48, 32, WRITE_EBUF_STREAM),
                                         (37, 16, WRITE_EBUF_STREAM)):
             x = at_line_offset((2, C, inner), dtype, 16)
             x[...] = specials_array(rng, (2, C, inner), 1, dtype)

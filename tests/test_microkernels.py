@@ -7,7 +7,8 @@ import pytest
 from numba import njit
 
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         address_of, dot_block, dot_block_aligned, outer_block)
+                                         VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
+                                         outer_block)
 
 
 @njit(cache=True)
@@ -107,8 +108,9 @@ def test_dot_block_matches_float64_product(rng, dtype, N, ncls):
 @pytest.mark.parametrize("n0", [0, 1, 3, 7])
 @pytest.mark.parametrize("ncls", [1, 3, DOT_CLASSES])
 def test_dot_block_aligned_matches_float64_product(rng, dtype, rows, n0, ncls):
-    """N = rows whole vectors, the rows' aligned element anywhere in a line."""
-    lanes = 64 // np.dtype(dtype).itemsize
+    """N = rows whole vectors, the rows' aligned element anywhere in a
+    vector (64 bytes with AVX-512, 32 with AVX2)."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     _check_dot(rng, dtype, rows * lanes, ncls, n0 % lanes)
 
 

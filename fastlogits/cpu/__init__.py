@@ -145,20 +145,29 @@ def _streams(x, out):
             and not np.may_share_memory(x, out))
 
 
-def _plane_write(x3, out3):
+def _plane_write(x3, out3, lanes=None):
     """How the channels-first kernels write the x-sized output ``out3``
     (``planeblock.WRITE_*``; ``WRITE_EBUF``: not streamed, see
     :func:`_streams`): when streamed, straight from the register blocks
     by non-temporal stores where every block of out starts a 64-byte line
-    as x's does (x's blocks start lines, see ``tiles.cf_tile``: a plane
-    of a whole number of lines, and out on the same line offset as x),
-    else through the L1 scratch tile."""
+    as x's does (x's tiles start lines, see ``tiles.cf_tile``: a plane of
+    a whole number of lines, and out on the same line offset as x; and a
+    block of ``lanes`` pixels, default ``planeblock.LANES``, is whole
+    lines), else through the L1 scratch tile.
+
+    The blocks' lines: a plane's first tile runs up to its first line and
+    holds a block when a block is shorter than a line (AVX2's 8 float32
+    pixels, 32 bytes), which would then start off its line, and a
+    non-temporal store there faults (it did: every streamed channels-first
+    float32 softmax and gradient on AVX2)."""
     from fastlogits.cpu.prefetch import LINE_BYTES as line
-    from fastlogits.cpu.planeblock import WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 
     if not _streams(x3, out3):
         return WRITE_EBUF
-    if (x3.shape[2] * x3.itemsize % line == 0
+    lanes = LANES if lanes is None else lanes
+    if (lanes * x3.itemsize % line == 0
+            and x3.shape[2] * x3.itemsize % line == 0
             and x3.ctypes.data % line == out3.ctypes.data % line):
         return WRITE_STREAM
     return WRITE_EBUF_STREAM

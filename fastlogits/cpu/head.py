@@ -67,7 +67,8 @@ from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _grad_coef, _tile_grad, _tile_losses
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         address_of, dot_block, dot_block_aligned, outer_block)
+                                         VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
+                                         outer_block)
 from fastlogits.cpu.prefetch import no_region, prefetch
 from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
 from fastlogits.cpu.softmax import _tile as _expnorm_tile
@@ -251,23 +252,29 @@ def gemm_dot(W, b, C, N, f, f0, P, z, zs, Wd, wd0, n0):
 def dot_weights(W, C, N, f, use):
     """``(Wd, wd0, n0)`` for :func:`gemm_dot` on the flat channels-last
     features ``f``: when every feature row starts at the same offset in a
-    64-byte line (N a multiple of the lanes L of one 64-byte vector) and
-    ``use``, a copy of W placed at that same offset, ``Wd[wd0:wd0 + C*N]``,
-    and ``n0``, a row's first element on a line boundary; otherwise a dummy
-    and ``n0 = -1`` (the unaligned micro-kernel on W itself). NumPy places
-    large arrays 16 bytes past a page boundary, so without the copy every
+    vector of ``microkernels.VECTOR_BYTES`` (64 bytes with AVX-512, 32
+    with AVX2; N a multiple of its lanes L) and ``use``, a copy of W
+    placed at that same offset, ``Wd[wd0:wd0 + C*N]``, and ``n0``, a
+    row's first element on a vector boundary; otherwise a dummy and ``n0
+    = -1`` (the unaligned micro-kernel on W itself). NumPy places large
+    arrays 16 bytes past a page boundary, so without the copy every
     64-byte load of f and W spans two lines.
+
+    The alignment is the kernel's vector, not the cache line: with AVX2's
+    32-byte vectors, an ``n0`` counted in 64-byte lines (up to 15 float32
+    elements, past the kernel's 8 lanes) left a row's first elements out
+    of its sums, and every AVX2 channels-last dot-form result was wrong.
     """
     size = f.itemsize
-    L = 64 // size
+    L = VECTOR_BYTES // size
     fa = address_of(f, 0)
     if not (use and N >= L and N % L == 0 and fa % size == 0
             and C * N <= DOT_ALIGN_MAX_WEIGHTS):
         return np.empty(1, dtype=W.dtype), 0, -1
     Wd = np.empty(C * N + L, dtype=W.dtype)
-    wd0 = ((fa - address_of(Wd, 0)) % 64) // size
+    wd0 = ((fa - address_of(Wd, 0)) % VECTOR_BYTES) // size
     Wd[wd0:wd0 + C * N] = W
-    return Wd, wd0, ((-fa) % 64) // size
+    return Wd, wd0, ((-fa) % VECTOR_BYTES) // size
 
 
 # --------------------------------------------------------------------------

@@ -44,6 +44,10 @@ _WIDE = target_has_avx512()
 #: float32 lanes of one vector register (64 or 32 bytes); float64 has half.
 _LANES = 16 if _WIDE else 8
 
+#: Bytes of one vector register: what :func:`dot_block_aligned` aligns
+#: its loads to (64 with AVX-512, 32 with AVX2).
+VECTOR_BYTES = 4 * _LANES
+
 #: Classes per block: OUTER_CLASSES x 2 vector accumulators leave
 #: registers for the loads (AVX-512: 20 of 32; AVX2: 12 of 16); 19
 #: classes (Cityscapes) take 2 or 4 blocks.
@@ -210,7 +214,7 @@ def _dot_block_intrinsic(aligned):
 
         init = [zero] * (DOT_CLASSES * DOT_PIXELS)
         if aligned:
-            # Row element n0 starts a 64-byte line; N % L == 0, so the
+            # Row element n0 starts a vector (VECTOR_BYTES); N % L == 0, so the
             # aligned vectors from n0 cover every element of the row
             # but the last L - n0 and the first n0, which together fill
             # the one vector ending the row's last line (lanes < L - n0)
@@ -266,10 +270,11 @@ def _dot_block_intrinsic(aligned):
 dot_block = _dot_block_intrinsic(False)
 
 #: ``dot_block_aligned(...)``: :func:`dot_block` for rows whose element
-#: ``n0`` (0 <= n0 < L, L the lanes of one 64-byte vector) is 64-byte
-#: aligned, in W and in f alike, with N a multiple of L (>= L): every load
-#: is one cache line (an unaligned 64-byte load spans two and costs two
-#: of the L1's loads; see :func:`fastlogits.cpu.head.dot_weights`).
+#: ``n0`` (0 <= n0 < L, L the lanes of one vector register) is aligned to
+#: :data:`VECTOR_BYTES`, in W and in f alike, with N a multiple of L (>=
+#: L): every load is within one cache line (an unaligned 64-byte load
+#: spans two and costs two of the L1's loads; see
+#: :func:`fastlogits.cpu.head.dot_weights`).
 dot_block_aligned = _dot_block_intrinsic(True)
 
 
