@@ -337,17 +337,29 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
     _store_sum(context, builder, sig, args, rw, at, _sum_classes(builder, rw, term))
 
 
+def _fold_classes(builder, rw, init, step):
+    """``carried = step(c, carried, k)`` over the classes c, in pairs
+    (classes 2j and 2j + 1 with k = 0 and 1) and then the last class of an
+    odd C with k = 0: a caller keeping two accumulators, ``carried[k]``,
+    has adds that do not wait on each other."""
+    b = builder
+    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
+    carried = loop(b, const(0), C2, 2, init,
+                   lambda c, acc: step(b.add(c, const(1)), step(c, acc, 0), 1), "pairs")
+    return loop(b, C2, rw.C, 1, carried, lambda c, acc: step(c, acc, 0), "odd")
+
+
 def _sum_classes(builder, rw, term):
     """The sum over the classes c of the vectors ``term(c)``, in two
-    accumulators (classes 2k and 2k + 1) so that the adds do not wait on
-    each other; the last class of an odd C goes to the first."""
+    accumulators (:func:`_fold_classes`)."""
     b = builder
-    zero = vector_of(rw.vec, 0.0)
-    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
-    a0, a1 = loop(b, const(0), C2, 2, [zero, zero],
-                  lambda c, acc: [b.fadd(acc[i], term(b.add(c, const(i)))) for i in range(2)],
-                  "sum")
-    a0, = loop(b, C2, rw.C, 1, [a0], lambda c, acc: [b.fadd(acc[0], term(c))], "sum_rest")
+
+    def add(c, acc, k):
+        acc = list(acc)
+        acc[k] = b.fadd(acc[k], term(c))
+        return acc
+
+    a0, a1 = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * 2, add)
     return b.fadd(a0, a1)
 
 
@@ -499,15 +511,8 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
             carried[2] = b.fadd(carried[2], b.fmul(wc, b.fsub(mx, v)))
         return carried
 
-    # Two exp-sum accumulators (classes 2k and 2k + 1), so the adds do not
-    # wait on each other; the last class of an odd C goes to the first.
-    zero = vector_of(vec, 0.0)
-    init = [zero] * (3 if smooth else 2)
-    C2 = b.sub(rw.C, b.srem(rw.C, const(2)))
-    carried = loop(b, const(0), C2, 2,
-                   init, lambda c, acc: step(b.add(c, const(1)), step(c, acc, 0), 1),
-                   "xgrad")
-    carried = loop(b, C2, rw.C, 1, carried, lambda c, acc: step(c, acc, 0), "xgrad_rest")
+    # Two exp-sum accumulators, so the adds do not wait on each other.
+    carried = _fold_classes(b, rw, [vector_of(vec, 0.0)] * (3 if smooth else 2), step)
     sv = b.fadd(carried[0], carried[1])
     for k, v in ((10, sv),) + (((12, carried[2]),) if smooth else ()):
         b.store(v, vptr(b, data(k), at, vec), align=size)
