@@ -61,6 +61,13 @@ OPS = {
         x, t, axis=axis, ignore_index=_ignore_index(t)),
     "cross_entropy": lambda x, t, axis=-1: fl.cross_entropy(
         x, t, axis=axis, ignore_index=_ignore_index(t)),
+    "cross_entropy_weighted": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t), class_weight=_class_weight(x, axis)),
+    "cross_entropy_smoothed": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t), label_smoothing=0.1),
+    "cross_entropy_smoothed_weighted": lambda x, t, axis=-1: fl.cross_entropy(
+        x, t, axis=axis, ignore_index=_ignore_index(t), label_smoothing=0.1,
+        class_weight=_class_weight(x, axis)),
     "cross_entropy_grad": lambda x, t, axis=-1: fl.cross_entropy(
         x, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True),
     "cross_entropy_grad_out": lambda x, t, axis=-1: fl.cross_entropy(
@@ -74,6 +81,12 @@ OPS = {
     "log_softmax": lambda x, t, axis=-1: fl.log_softmax(x, axis=axis),
     "logsumexp": lambda x, t, axis=-1: fl.logsumexp(x, axis=axis),
 }
+
+
+def _class_weight(x, axis):
+    """Class weights for the weighted loss ops: 0.5 to 2, not all 1 (unit
+    weights take the unweighted path)."""
+    return np.linspace(0.5, 2.0, x.shape[axis])
 
 
 def _ignore_index(t):

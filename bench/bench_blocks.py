@@ -48,7 +48,7 @@ def _max_expsum(n, x, m, cols, s):
 def _xent(n, x, m, cols, tt, wt, loss, sums):
     for _ in range(n):
         for q in range(0, x.shape[2], LANES):
-            planes_xent(x, q, m, q, cols, tt, wt, loss, q, False, sums)
+            planes_xent(x, q, m, q, cols, tt, wt, loss, q, False, sums, None, None)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")
@@ -69,10 +69,10 @@ def _xent_grad(n, x, m, cols, tt, wt, coef, bc, s, xt, sm, out):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy")
-def _read_targets(n, t, w64, tt, wt, keep):
+def _read_targets(n, t, w, tt, wt, keep):
     bad = 0
     for _ in range(n):
-        bad += _targets(t.shape[0], t, 0, IGNORE, w64.shape[0], w64, tt, wt, keep)
+        bad += _targets(t.shape[0], t, 0, IGNORE, w.shape[0], w, tt, wt, keep)
     return bad
 
 
@@ -91,8 +91,8 @@ def measure(classes=19, pixels=2048, rounds=21, calls=400):
     tt = np.empty(pixels, np.int32)
     wt = np.empty(pixels, np.float32)
     keep = np.empty(pixels, np.float32)
-    w64 = np.ones(classes)
-    _read_targets(1, t, w64, tt, wt, keep)  # the loss block reads these
+    w = np.ones(classes, np.float32)
+    _read_targets(1, t, w, tt, wt, keep)  # the loss block reads these
     loss = np.empty(1, np.float32)
     sums = np.zeros(2 * LANES)
     s32, xt, sm, g = (np.zeros(pixels, np.float32) for _ in range(4))
@@ -103,7 +103,7 @@ def measure(classes=19, pixels=2048, rounds=21, calls=400):
         "argmax_expsum": lambda n: _argmax_expsum(n, x, m, idx, cols, s),
         "max_expsum": lambda n: _max_expsum(n, x, m, cols, s),
         "xent": lambda n: _xent(n, x, m, cols, tt, wt, loss, sums),
-        "targets": lambda n: _read_targets(n, t, w64, tt, wt, keep),
+        "targets": lambda n: _read_targets(n, t, w, tt, wt, keep),
         "softmax": lambda n: _softmax(n, x, m, cols, s32, g, out),
         "xent_grad": lambda n: _xent_grad(n, x, m, cols, tt, wt, coef, bc, s32, xt, sm, out),
     }

@@ -138,12 +138,15 @@ def _run_cpu(lg, full, reduced, kernel):
     else:
         from fastlogits.cpu.half import load, store
 
+        scratch = ChunkScratch()
         for o0, o1, i0, i1 in _half_chunks(outer, C, inner):
-            xs = load(x3, o0, o1, i0, i1)
+            xs = load(x3, o0, o1, i0, i1, out=scratch.get("x", (o1 - o0, C, i1 - i0), np.float32))
             fs = [a[o0:o1, :, i0:i1] for a in f3]
             rs = [a[o0:o1, i0:i1] for a in r2]
-            fw = [np.empty(a.shape, np.float32) if a.dtype == np.float16 else a for a in fs]
-            rw = [np.empty(a.shape, np.float32) if a.dtype == np.float16 else a for a in rs]
+            fw = [scratch.get(("full", k), a.shape, np.float32) if a.dtype == np.float16 else a
+                  for k, a in enumerate(fs)]
+            rw = [scratch.get(("reduced", k), a.shape, np.float32) if a.dtype == np.float16
+                  else a for k, a in enumerate(rs)]
             kernel(xs, fw, rw)
             for whole, view, src in zip(f3 + r2, fs + rs, fw + rw):
                 if view is not src:
@@ -151,6 +154,29 @@ def _run_cpu(lg, full, reduced, kernel):
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)
+
+
+class ChunkScratch:
+    """The working arrays of a chunked loop (:func:`_half_chunks`), one
+    buffer per name, allocated at the first (largest) chunk and reused by
+    the others.
+
+    A fresh array per chunk was faulted in page by page whenever glibc's
+    heap had given the previous one back: float16 cross-entropy of a
+    channels-first 1024 x 2048 x 19 map took 28.6 ms in such a heap
+    state, against 11.6 (bench/RESULTS.md, log 54)."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, dtype):
+        """A C-contiguous ``shape`` array of ``dtype`` on the buffer ``name``;
+        its contents are undefined (a previous chunk's)."""
+        size = _layout.size_of(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
 
 
 def _half_chunks(outer, C, inner):

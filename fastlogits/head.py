@@ -26,7 +26,7 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool, reference
-from fastlogits.api import (_check_host_out, _half_chunks, _labels_out, _work_view,
+from fastlogits.api import (ChunkScratch, _check_host_out, _half_chunks, _labels_out, _work_view,
                             resolve_backend)
 
 __all__ = ["LinearHead"]
@@ -266,13 +266,18 @@ class LinearHead:
         rviews = [_work_view(a, (outer, inner)) for a in red]
         fviews = [_work_view(a, (outer, N, inner)) for a in feat]
         rin2 = [np.reshape(a, (outer, inner)) for a in red_in]
+        scratch = ChunkScratch()
         for o0, o1, i0, i1 in _half_chunks(outer, max(N, C, 1), inner):
             no, ni = o1 - o0, i1 - i0
-            fs = (load(f3, o0, o1, i0, i1) if f3.dtype == np.float16 and cd == np.float32
-                  else np.ascontiguousarray(f3[o0:o1, :, i0:i1], dtype=cd))
-            cw = [np.empty((no, C, ni), cd) for _ in cls]
-            rw = [np.empty((no, ni), v.dtype if v.dtype.kind in "iu" else cd) for v, _ in rviews]
-            fw = [np.empty((no, N, ni), cd) for _ in feat]
+            fs = scratch.get("f", (no, N, ni), cd)
+            if f3.dtype == np.float16 and cd == np.float32:
+                load(f3, o0, o1, i0, i1, out=fs)
+            else:
+                fs[...] = f3[o0:o1, :, i0:i1]
+            cw = [scratch.get(("cls", k), (no, C, ni), cd) for k in range(len(cls))]
+            rw = [scratch.get(("red", k), (no, ni), v.dtype if v.dtype.kind in "iu" else cd)
+                  for k, (v, _) in enumerate(rviews)]
+            fw = [scratch.get(("feat", k), (no, N, ni), cd) for k in range(len(feat))]
             ri = [np.ascontiguousarray(a[o0:o1, i0:i1]).reshape(-1) for a in rin2]
             kernel(fs.reshape(-1), no, ni, W, b, [a.reshape(-1) for a in cw],
                    [a.reshape(-1) for a in rw], [a.reshape(-1) for a in fw], ri)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
+from fastlogits import api, config
 from fastlogits.cpu import half
 
 
@@ -76,6 +77,9 @@ def test_store_and_load_chunks(rng, path, case, strided):
     got = half.load(x, o0, o1, i0, i1)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, x[o0:o1, :, i0:i1].astype(np.float32))
+    into = np.full(got.shape, np.nan, np.float32)
+    assert half.load(x, o0, o1, i0, i1, out=into) is into
+    np.testing.assert_array_equal(into, got)
 
 
 def test_store_into_reduced_outputs(rng, path):
@@ -147,3 +151,38 @@ def test_float16_outputs_through_temporaries(rng):
     want_labels, want_conf = fl.classify(x32, -1)
     np.testing.assert_array_equal(labels, want_labels)
     np.testing.assert_allclose(conf, want_conf, rtol=1e-6)
+
+
+def test_chunk_scratch_reuses_its_buffers():
+    scratch = api.ChunkScratch()
+    a = scratch.get("x", (2, 19, 50), np.float32)
+    b = scratch.get("x", (1, 19, 30), np.float32)  # a smaller last chunk
+    assert a.flags.c_contiguous and b.flags.c_contiguous and b.shape == (1, 19, 30)
+    assert np.shares_memory(a, b)
+    assert not np.shares_memory(a, scratch.get("y", (2, 19, 50), np.float32))
+    wider = scratch.get("x", (1, 19, 30), np.float64)
+    assert wider.dtype == np.float64 and not np.shares_memory(a, wider)
+    assert scratch.get("x", (3, 19, 50), np.float64).shape == (3, 19, 50)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_float16_chunks_share_one_buffer(rng, monkeypatch, axis):
+    """Every chunk's float32 copy of x (and of a float16 output) goes into
+    the same buffer: a fresh array per chunk was faulted in page by page
+    whenever glibc had given the last one back (bench/RESULTS.md, log
+    54). The results are those of float32 logits, chunk by chunk."""
+    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 70)
+    shape = (19, 9, 31) if axis == 0 else (9, 31, 19)
+    x = (rng.standard_normal(shape) * 4).astype(np.float16)
+    seen = []
+    load = half.load
+
+    def recording_load(*args, out=None):
+        seen.append(out)
+        return load(*args, out=out)
+
+    monkeypatch.setattr(half, "load", recording_load)
+    p = fl.softmax(x, axis)
+    assert len(seen) > 2 and all(np.shares_memory(seen[0], o) for o in seen)
+    np.testing.assert_allclose(p.astype(np.float32), fl.softmax(x.astype(np.float32), axis),
+                               rtol=2.0 ** -10, atol=2.0 ** -24)

@@ -127,27 +127,18 @@ def test_plane_blocks_reject_what_they_cannot_read(lanes):
 @pytest.mark.parametrize("wide", [False, True], ids=["offsets32", "offsets64"])
 @pytest.mark.parametrize("lanes", WIDTHS)
 def test_plane_xent_matches_reference(rng, lanes, wide):
-    """The fused cross-entropy of a block of planes (``planes_xent``), the
-    special values included, as the row blocks' (the same part codegen);
+    """The fused cross-entropy of a block of planes (``planes_xent``), with
+    and without label smoothing, the special values included, as the row
+    blocks' (the same part codegen);
     the target logits gathered by 32-bit offsets and by the 64-bit ones
     of x of 2**31 elements or more."""
-    from tests.test_rowblock import check_xent, xent_case
+    from tests.test_rowblock import check_xent, xent_case, xent_runner
 
     xent = plane_intrinsics(lanes, wide_offsets=wide).xent
-
-    @njit
-    def run3(x3, start, tt, wt, want_loss, n, at):
-        loss = np.zeros(n, x3.dtype)
-        sums = np.zeros(2 * lanes)
-        xent(x3, start, np.empty(lanes, x3.dtype), 0, np.empty(x3.shape[1] * lanes, x3.dtype),
-             tt, wt, loss, at, want_loss, sums)
-        return loss, sums
-
-    def run(x, r, tt, wt, want_loss):
-        return run3(_planes(x), _start(x, r), tt, wt, want_loss, x.shape[0], r)
-
     for C in (4, 8, 19, 33):  # fewer than 8 too: planes need no 8-class blocks
-        check_xent(run, *xent_case(rng, C, lanes), lanes)
+        case = xent_case(rng, C, lanes)
+        run = xent_runner(xent, lanes, case[-1], at=lambda x, r: (_planes(x), _start(x, r)))
+        check_xent(run, *case, lanes)
 
 
 @pytest.mark.parametrize("lanes", WIDTHS)

@@ -258,42 +258,65 @@ def xent_case(rng, C, R):
 
 
 def check_xent(run, x, t, tt, wt, w, R):
-    """``run(x, r, tt, wt, want_loss) -> (loss, sums)`` of the fused loss
-    of rows 3 .. 3 + R - 1 against the reference: the losses stored (only
-    there), their float64 lane sums, the weights' sums; nothing stored
-    without ``want_loss``."""
+    """``run(x, r, tt, wt, want_loss, eps) -> (loss, sums)`` of the fused
+    loss of rows 3 .. 3 + R - 1 (label-smoothed by ``eps`` with the class
+    weights ``w``: :func:`fastlogits.cpu.losses._smoothing_coefs`; eps =
+    0 without smoothing arguments) against the reference: the losses
+    stored (only there), their float64 lane sums, the weights' sums;
+    nothing stored without ``want_loss``."""
     from fastlogits import reference
 
-    want = reference.cross_entropy(x[3:3 + R], t, -1, class_weight=w.astype(np.float64),
-                                   ignore_index=-100, reduction="none")
-    loss, sums = run(x, 3, tt, wt, True)
-    np.testing.assert_allclose(loss[3:3 + R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
-    assert (loss[:3] == 0).all() and (loss[3 + R:] == 0).all()
-    np.testing.assert_allclose(sums[:R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
-    np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
-    loss, sums = run(x, 3, tt, wt, False)
-    assert (loss == 0).all()
-    np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
+    for eps in (0.0, 0.3):
+        want = reference.cross_entropy(x[3:3 + R], t, -1, class_weight=w.astype(np.float64),
+                                       ignore_index=-100, label_smoothing=eps,
+                                       reduction="none")
+        loss, sums = run(x, 3, tt, wt, True, eps)
+        np.testing.assert_allclose(loss[3:3 + R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert (loss[:3] == 0).all() and (loss[3 + R:] == 0).all()
+        np.testing.assert_allclose(sums[:R], want, rtol=1e-5, atol=1e-5, equal_nan=True)
+        np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
+        loss, sums = run(x, 3, tt, wt, False, eps)
+        assert (loss == 0).all()
+        np.testing.assert_array_equal(sums[R:], wt.astype(np.float64))
+
+
+def xent_runner(xent, R, w, at=None):
+    """``run(x, r, tt, wt, want_loss, eps)`` for :func:`check_xent` of the
+    fused loss intrinsic ``xent`` (R pixels a block; x (rows, C)), or, with
+    ``at(x, r) -> (x', first)``, of its planes form on ``x'``."""
+    from fastlogits.cpu.losses import _smoothing_coefs
+
+    @njit
+    def run_on(xk, first, tt, wt, want_loss, n, r, ls):
+        loss = np.zeros(n, xk.dtype)
+        sums = np.zeros(2 * R)
+        m, cols = np.empty(R, xk.dtype), np.empty(w.shape[0] * R, xk.dtype)
+        if ls.shape[0] == 0:
+            xent(xk, first, m, 0, cols, tt, wt, loss, r, want_loss, sums, None, None)
+        else:
+            xent(xk, first, m, 0, cols, tt, wt, loss, r, want_loss, sums, w, ls)
+        return loss, sums
+
+    def run(x, r, tt, wt, want_loss, eps):
+        xk, first = (x, r) if at is None else at(x, r)
+        ls = (_smoothing_coefs(w, np.float64(w.astype(np.float64).sum()), eps) if eps > 0
+              else np.empty(0, w.dtype))
+        return run_on(xk, first, tt, wt, want_loss, x.shape[0], r, ls)
+
+    return run
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"{v[0]}rows{'-wide' if v[1] else ''}")
 def test_block_xent_matches_reference(rng, layout):
     """The fused cross-entropy of a block (``rows_xent``) in every layout,
-    the special-value rows of :func:`_rows` included (NaN where the max is
-    not finite, 0 at ignored rows)."""
+    with and without label smoothing, the special-value rows of
+    :func:`_rows` included (NaN where the max is not finite, 0 at ignored
+    rows)."""
     R, wide = layout
     xent = block_intrinsics(R, wide).xent
-
-    @njit
-    def run(x, r, tt, wt, want_loss):
-        loss = np.zeros(x.shape[0], x.dtype)
-        sums = np.zeros(2 * R)
-        xent(x, r, np.empty(R, x.dtype), 0, np.empty(x.shape[1] * R, x.dtype), tt, wt, loss, r,
-             want_loss, sums)
-        return loss, sums
-
     for C in (8, 19, 33):
-        check_xent(run, *xent_case(rng, C, R), R)
+        case = xent_case(rng, C, R)
+        check_xent(xent_runner(xent, R, case[-1]), *case, R)
 
 
 def check_max_expsum(run, R, rng):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.gather import transpose8
+from fastlogits.cpu.gather import lookup, transpose8
 from fastlogits.cpu.tiles import load_transposed, store_transposed
 
 
@@ -106,3 +106,32 @@ def test_transpose8_block(rng, dtype, ncls):
     for j in range(ncls):
         written[5 + j * 13:5 + j * 13 + 8] = True
     assert np.isnan(dst[~written]).all()
+
+
+@njit
+def _lookup(table, idx, out, n):
+    lookup(table, idx, out, n)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lookup_gathers_where_the_index_is_set(rng, dtype):
+    """``gather.lookup``: ``out[p] = table[idx[p]]`` where idx >= 0, else 0
+    (an inf or NaN entry of the table too, where not looked up), for
+    every count around the vector width; nothing past n written."""
+    table = rng.uniform(0.5, 2.0, 19).astype(dtype)
+    table[[3, 7]] = [np.inf, np.nan]
+    for n in (0, 1, 7, 8, 15, 16, 17, 33, 100):
+        idx = rng.integers(-1, 19, n + 5).astype(np.int32)
+        out = np.full(n + 5, -3.0, dtype)
+        _lookup(table, idx, out, n)
+        want = np.where(idx[:n] >= 0, table[np.maximum(idx[:n], 0)], 0.0)
+        np.testing.assert_array_equal(out[:n], want)
+        assert (out[n:] == -3.0).all()
+
+
+def test_lookup_rejects_what_it_cannot_read():
+    table = np.ones(4, np.float32)
+    with pytest.raises(Exception):  # int64 indices
+        _lookup(table, np.zeros(4, np.int64), np.empty(4, np.float32), 4)
+    with pytest.raises(Exception):  # out of another dtype
+        _lookup(table, np.zeros(4, np.int32), np.empty(4), 4)

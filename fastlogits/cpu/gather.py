@@ -20,6 +20,9 @@ bounds-checked):
 - :func:`gather16` (fewer than 8 classes, where every 8 x 8 block would be
   partial): one vector gather of 16 elements, stored contiguously.
 
+And one table lookup: :func:`lookup` (the cross-entropy's class weights
+of a tile's targets), a vector gather per register of results.
+
 Tried and not kept: the way back (softmax's ``store_transposed``) as
 gathers through a table of offsets measured no faster (1.47 G, against
 1.42 G elements/s with scalar loads, per core on an L2-resident tile).
@@ -30,7 +33,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import const, i64, lane_mask, masked_load, vector_of, vptr
+from fastlogits.cpu.irutil import (I32, const, i64, lane_mask, masked_gather, masked_load,
+                                   masked_store, vector_loop, vector_of, vptr)
+from fastlogits.cpu.microkernels import VECTOR_BYTES
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
@@ -79,6 +84,56 @@ def gather16(typingctx, src, start, stride, dst, dstart):
         return context.get_dummy_value()
 
     return types.none(src, start, stride, dst, dstart), codegen
+
+
+@intrinsic
+def lookup(typingctx, table, idx, out, n):
+    """``out[p] = table[idx[p]]`` where ``idx[p] >= 0``, else 0, for p <
+    n: ``table`` and ``out`` 1-D C-contiguous of one float dtype, ``idx``
+    1-D C-contiguous int32 (an index >= 0 must be inside ``table``).
+
+    A masked vector gather per register of results (``vgatherdps``:
+    16 float32 with AVX-512), the last partial one under a lane mask. In
+    a Numba loop the lookup stays scalar (LLVM will not gather there),
+    and written as a select around a load it even stayed a branch: 2.0
+    and up to 5 cycles per float32 result (bench/RESULTS.md, log 54)."""
+    ok = (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
+              for a in (table, idx, out))
+          and isinstance(table.dtype, types.Float) and out.dtype == table.dtype
+          and idx.dtype == types.int32 and isinstance(n, types.Integer))
+    if not ok:
+        return None
+
+    def codegen(context, builder, sig, args):
+        b = builder
+        elem = context.get_data_type(sig.args[0].dtype)
+        size = context.get_abi_sizeof(elem)
+        lanes = VECTOR_BYTES // size
+        vec, ivec = ir.VectorType(elem, lanes), ir.VectorType(I32, lanes)
+        tdata, idata, odata = (context.make_array(ty)(context, b, a).data
+                               for ty, a in zip(sig.args[:3], args[:3]))
+        n = i64(b, args[3])
+        whole = b.sub(n, b.srem(n, const(lanes)))
+        zero = vector_of(vec, 0.0)
+        none = ir.Constant(ivec, [-1] * lanes)
+
+        def block(k, valid):
+            iv = (b.load(vptr(b, idata, k, ivec), align=4) if valid is None
+                  else masked_load(b, idata, k, valid, none))
+            found = b.icmp_signed(">=", iv, ir.Constant(ivec, [0] * lanes))
+            return masked_gather(b, tdata, iv, found, zero)
+
+        def body(k, carried):
+            b.store(block(k, None), vptr(b, odata, k, vec), align=size)
+            return carried
+
+        vector_loop(b, [], whole, lanes, body, "lookup")
+        with b.if_then(b.icmp_signed("<", whole, n)):
+            valid = lane_mask(b, lanes, b.sub(n, whole))
+            masked_store(b, block(whole, valid), odata, whole, valid)
+        return context.get_dummy_value()
+
+    return types.none(table, idx, out, n), codegen
 
 
 #: Pixels and classes of one :func:`transpose8` block.

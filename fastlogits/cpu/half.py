@@ -119,13 +119,16 @@ def _as3(a):
     return a.reshape(a.shape[0], 1, a.shape[1]) if a.ndim == 2 else a
 
 
-def load(x, o0, o1, i0, i1):
-    """A new C-contiguous float32 copy of the chunk ``x[o0:o1, :, i0:i1]``
-    of the float16 array ``x`` (outer, C, inner), any strides."""
+def load(x, o0, o1, i0, i1, out=None):
+    """A C-contiguous float32 copy of the chunk ``x[o0:o1, :, i0:i1]`` of
+    the float16 array ``x`` (outer, C, inner), any strides: into ``out``
+    (C-contiguous float32 of the chunk's shape) when given, else new."""
     part = x[o0:o1, :, i0:i1]
+    if out is None:
+        out = np.empty(part.shape, np.float32)
     if not (HARDWARE and x.dtype == np.float16):
-        return np.ascontiguousarray(part, dtype=np.float32)
-    out = np.empty(part.shape, np.float32)
+        out[...] = part
+        return out
     if part.flags.c_contiguous:
         _flat_from_half(out.reshape(-1), part.view(np.uint16).reshape(-1))
     elif x.flags.c_contiguous:

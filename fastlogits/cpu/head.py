@@ -508,7 +508,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             q0 = o * npix + i0
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             pf = no_region(z3)  # z is scratch in cache
-            _tile_losses(z3, 0, 0, P, t, q0, w, w64, wall, ignore, eps, gscale, e3, 0, 0,
+            _tile_losses(z3, 0, 0, P, t, q0, w, wall, ignore, eps, gscale, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.

@@ -52,9 +52,12 @@ def vptr(builder, data, index, vec):
 
 
 def type_suffix(ty):
-    """LLVM's overloaded-intrinsic suffix of a float type: f32, v16f32, ..."""
+    """LLVM's overloaded-intrinsic suffix of a float or integer type: f32,
+    v16f32, v8i32, ..."""
     if isinstance(ty, ir.VectorType):
         return f"v{ty.count}{type_suffix(ty.element)}"
+    if isinstance(ty, ir.IntType):
+        return f"i{ty.width}"
     return "f32" if ty == ir.FloatType() else "f64"
 
 

@@ -40,10 +40,11 @@ transposed in registers, the gradient included; from
 one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 
-In the register blocks of both layouts, float32 losses without label
-smoothing or gradient skip the per-pixel scratch: one fused intrinsic per
-block (:func:`_fused_losses`: max, exp-sum, target logit, log and loss in
-vector registers; bench/RESULTS.md, log 44). With a gradient, each block
+In the register blocks of both layouts, float32 losses without gradient
+skip the per-pixel scratch: one fused intrinsic per block
+(:func:`_fused_losses`: max, exp-sum, the smoothing sum with label
+smoothing, target logit, log and loss in vector registers;
+bench/RESULTS.md, logs 44 and 54). With a gradient, each block
 of 16 pixels (8 with AVX2) is done by one fused intrinsic too
 (:func:`_grad_blocks`): max, exponentials, their sum and the smoothing
 sum from the block's columns in L1, then the final gradient (targets and
@@ -62,6 +63,7 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _tile_pixels,
                             launch_threads)
 from fastlogits.cpu.fastlog import flog
+from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                        planes_xent, planes_xent_grad)
@@ -79,29 +81,27 @@ from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
+def _targets(P, t, r0, ignore, C, w, tt, wt, keep):
     """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class (int32), or -1
-    for an ignored or bad pixel; ``wt[p]`` its weight (x's dtype; 0 where
-    ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's dtype (the gradient's mask, see
-    :func:`_tile_grad`). Returns the number of bad targets (outside
-    [0, C), not ``ignore``). The target logits follow
+    for an ignored or bad pixel; ``wt[p]`` its weight from ``w`` (x's
+    dtype; 0 where ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's dtype (the
+    gradient's mask, see :func:`_tile_grad`). Returns the number of bad
+    targets (outside [0, C), not ``ignore``). The target logits follow
     (:func:`_target_logits_tile`, :func:`_target_logits_rows`).
 
-    The lookups are indexed loads; inside the per-pixel loss loop the
-    weight lookup kept LLVM from vectorizing that loop at all, so they are
-    done here and :func:`_pixel_losses` only reads contiguous scratch.
-    Loads are clamped into [0, C) and made whether the pixel is kept or
-    not: a load under ``if`` stays a branch, mispredicted at scattered
-    ignored pixels. With unit weights (no ``class_weight``) there is no
-    lookup at all (LLVM unswitches the loop on ``unit``) and that version
-    vectorizes (bench/RESULTS.md, log 34).
+    Branch-free (a branch would be mispredicted at scattered ignored
+    pixels), so the loop vectorizes. The weights, indexed loads, come
+    after it by vector gathers (:func:`lookup`), and not at all with unit
+    weights (no ``class_weight``): inside the loop they kept LLVM from
+    vectorizing it, 4.9 cycles per pixel against 0.8 without them
+    (bench/RESULTS.md, logs 34 and 54).
     """
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     one = keep.dtype.type(1.0)
     zero = keep.dtype.type(0.0)
     unit = True
     for c in range(C):
-        unit &= w64[c] == 1.0
+        unit &= w[c] == one
     nbad = 0
     for p in range(P):
         ti = np.int64(t[r0 + p])
@@ -109,11 +109,12 @@ def _targets(P, t, r0, ignore, C, w64, tt, wt, keep):
         kept = ti != ignore
         nbad += np.int64(kept & ~inside)
         ok = kept & inside
-        # unit is loop-invariant: LLVM unswitches the loop on it.
-        wp = 1.0 if unit else w64[min(max(ti, 0), C - 1)]
         tt[p] = ti if ok else -1
-        wt[p] = keep.dtype.type(wp) if ok else zero
         keep[p] = one if ok else zero
+        if unit:  # loop-invariant: LLVM unswitches the loop on it
+            wt[p] = one if ok else zero
+    if not unit:
+        lookup(w, tt, wt, P)
     return nbad
 
 
@@ -211,7 +212,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, ei0,
+def _tile_losses(x, o, i0, P, t, r0, w, wall, ignore, eps, gscale, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
@@ -221,7 +222,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, w64, wall, ignore, eps, gscale, et, eo, 
     C = x.shape[1]
     one = x.dtype.type(1.0)
     tile_max(x, o, i0, P, m, part, pf)
-    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     _target_logits_tile(x, o, i0, P, tt, xt)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
@@ -263,6 +264,18 @@ def _grad_scales(w, wall, eps, gscale):
     coef[0] = gscale * (1.0 - eps)
     coef[1] = gscale * eps * wall / w.shape[0]
     return coef
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _smoothing_coefs(w, wall, eps):
+    """``(1 - eps, eps / C, W)`` in x's dtype (``w``'s): the fused loss
+    blocks' label smoothing (:func:`fastlogits.cpu.rowblock._xent_part`),
+    the values :func:`_pixel_losses` takes."""
+    ls = np.empty(3, w.dtype)
+    ls[0] = 1.0 - eps
+    ls[1] = eps / w.shape[0]
+    ls[2] = wall
+    return ls
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -311,29 +324,41 @@ def _prefetch_block_impl(x, first, ahead, t, t_first):
     return impl
 
 
-def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
+def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                  smooth):
     """Numba-callable: the losses of P pixels (a multiple of the block
     size) of float32 x in one fused pass, returning True: channels-first
     planes (outer, C, inner) from the flat index ``first`` by
     :func:`planes_xent`, or rows (rows, C) from row ``first`` by
     :func:`rows_xent`; ``tt``, ``wt`` from :func:`_targets` (tile pixel
     p), ``loss`` and the targets' flat index ``r0 + p``, the sums added to
-    ``sums`` (2 * LANES float64); the next tile's targets of ``t``
-    prefetched (:func:`_prefetch_block`). For float64 x it does nothing and
-    returns False: its log has no vector IR form."""
+    ``sums`` (2 * LANES float64); with ``smooth``, label-smoothed by the
+    class weights ``w`` and ``ls`` (:func:`_smoothing_coefs`); the next
+    tile's targets of ``t`` prefetched (:func:`_prefetch_block`). For
+    float64 x it does nothing and returns False: its log has no vector IR
+    form."""
     raise NotImplementedError("only callable from Numba code")
 
 
 @overload(_fused_losses, fastmath=FASTMATH)
-def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
+def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                       smooth):
     if x.dtype != types.float32:
-        return lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t: False
+        return (lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                smooth: False)
     xent = planes_xent if x.ndim == 3 else rows_xent
 
-    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t):
-        for q in range(0, P, LANES):
-            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
-            xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums)
+    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls, smooth):
+        # Two instances, so the flag is not tested inside a block.
+        if smooth:
+            for q in range(0, P, LANES):
+                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, w, ls)
+        else:
+            for q in range(0, P, LANES):
+                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None,
+                     None)
         return True
     return impl
 
@@ -385,8 +410,8 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  coef, want_grad, write, cols, ebuf, sc, acc, sums, ahead):
+def _plane_losses(x, o, i0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, grad, b,
+                  coef, ls, want_grad, write, cols, ebuf, sc, acc, sums, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
@@ -402,19 +427,20 @@ def _plane_losses(x, o, i0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_
     (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead, and the
     next tile's targets (:func:`_prefetch_block`).
 
-    float32 losses without smoothing or gradient take one fused pass
-    instead (:func:`_fused_losses`), adding their sums to ``sums``
-    (float64, 2 * LANES: the caller adds them to ``acc``): no scratch
-    between the blocks and the per-pixel step (bench/RESULTS.md, log 44)."""
+    float32 losses without gradient take one fused pass instead
+    (:func:`_fused_losses`, label smoothing by ``ls`` from
+    :func:`_smoothing_coefs`), adding their sums to ``sums`` (float64, 2
+    * LANES: the caller adds them to ``acc``): no scratch between the
+    blocks and the per-pixel step (bench/RESULTS.md, logs 44 and 54)."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
     r0 = o * inner + i0
     one = x.dtype.type(1.0)
-    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
-    if not want_grad and eps == 0.0 and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0,
-                                                      want_loss, sums, ahead, t):
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
+    if not want_grad and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
+                                       ahead, t, w, ls, eps > 0.0):
         return
     if want_grad:
         stream = write == WRITE_STREAM
@@ -461,6 +487,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
     coef = _grad_scales(w, wall, eps, gscale)
+    ls = _smoothing_coefs(w, wall, eps)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -482,9 +509,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
                 continue
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses(x, o, i0, PB, t, w, w64, wall, ignore, eps, gscale, loss,
-                              want_loss, grad, b, coef, want_grad, write, cols, ebuf, sc, acc,
-                              sums, ahead)
+                _plane_losses(x, o, i0, PB, t, w, wall, ignore, eps, gscale, loss,
+                              want_loss, grad, b, coef, ls, want_grad, write, cols, ebuf, sc,
+                              acc, sums, ahead)
                 i0 += PB
                 P -= PB
                 if P == 0:
@@ -495,7 +522,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             et = grad if into else ebuf
             eo = o if into else 0
             ei0 = i0 if into else 0
-            _tile_losses(x, o, i0, P, t, o * inner + i0, w, w64, wall, ignore, eps, gscale, et,
+            _tile_losses(x, o, i0, P, t, o * inner + i0, w, wall, ignore, eps, gscale, et,
                          eo, ei0, want_grad, loss, want_loss,
                          m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
@@ -536,7 +563,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
-            _tile_losses(buf, 0, 0, P, t, r0, w, w64, wall, ignore, eps, gscale, ebuf, 0, 0,
+            _tile_losses(buf, 0, 0, P, t, r0, w, wall, ignore, eps, gscale, ebuf, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
@@ -546,8 +573,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  coef, want_grad, ahead, cols, sc, acc, sums):
+def _block_losses(x, r0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, grad, b,
+                  coef, ls, want_grad, ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -558,16 +585,16 @@ def _block_losses(x, r0, P, t, w, w64, wall, ignore, eps, gscale, loss, want_los
     max and exp-sum blocks, the target logits and the smoothing sums; then
     the per-pixel step. (A call per many blocks: the scratch arrays'
     reference counting, paid per call, cost more than the arithmetic of
-    one block.) float32 losses without smoothing or gradient take one
-    fused pass instead (:func:`_fused_losses`), adding their sums to
-    ``sums``."""
+    one block.) float32 losses without gradient take one fused pass
+    instead (:func:`_fused_losses`, label smoothing by ``ls``), adding
+    their sums to ``sums``."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
     one = x.dtype.type(1.0)
-    acc[2] += _targets(P, t, r0, ignore, C, w64, tt, wt, keep)
-    if not want_grad and eps == 0.0 and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0,
-                                                      want_loss, sums, ahead, t):
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
+    if not want_grad and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums,
+                                       ahead, t, w, ls, eps > 0.0):
         return
     if want_grad:
         _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead, t, r0)
@@ -598,6 +625,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     wall = np.sum(w64)
     b = _grad_coef(w, eps, gscale)
     coef = _grad_scales(w, wall, eps, gscale)
+    ls = _smoothing_coefs(w, wall, eps)
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
     nchunks = work_chunks(rows, nthreads)
@@ -612,8 +640,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
-            _block_losses(x, b0, min(tile, g1 - b0), t, w, w64, wall, ignore, eps, gscale, loss,
-                          want_loss, grad, b, coef, want_grad, ahead, cols, sc, acc, sums)
+            _block_losses(x, b0, min(tile, g1 - b0), t, w, wall, ignore, eps, gscale, loss,
+                          want_loss, grad, b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0

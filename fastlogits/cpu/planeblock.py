@@ -331,13 +331,14 @@ def plane_intrinsics(lanes, wide_offsets=False):
         return xent_grad
 
     @intrinsic
-    def planes_xent(typingctx, x, start, m, p, cols, tt, wt, loss, at, want_loss, sums):
+    def planes_xent(typingctx, x, start, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
         """The cross-entropy losses of the block's pixels in one pass
-        (:func:`fastlogits.cpu.rowblock._xent_part`): float32 x only."""
+        (:func:`fastlogits.cpu.rowblock._xent_part`, label-smoothed with
+        ``w`` and ``ls`` not None): float32 x only."""
         if not (_is_planes(x) and xent_args_ok(x, start, m, p, cols, tt, wt, loss, at,
-                                               want_loss, sums)):
+                                               want_loss, sums, w, ls)):
             return None
-        return (types.none(x, start, m, p, cols, tt, wt, loss, at, want_loss, sums),
+        return (types.none(x, start, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls),
                 _reading(lanes, _xent_part, wide_offsets))
 
     return SimpleNamespace(argmax=planes_argmax, argmax_expsum=planes_argmax_expsum,

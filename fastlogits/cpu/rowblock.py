@@ -404,39 +404,75 @@ def _kept_columns(context, builder, sig, args, rw, offset):
     return data, col, mx, at, tv, wv, kept, rw.class_scores(tv, kept)
 
 
-def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
+def _exp_columns(builder, rw, col, mx, wdata, store):
+    """Over the block's columns (``col(c)``: class c's, in the column
+    scratch): the sum of the exponentials ``exp(x_c - m)`` and, given the
+    pointer ``wdata`` to the class weights (label smoothing), ``sum_c
+    w[c] (m - x_c)``; with ``store`` each exponential replaces its score.
+    Returns ``(s, sm)`` (sm None without ``wdata``). Two exp-sum
+    accumulators (:func:`_fold_classes`), so the adds do not wait on each
+    other; the smoothing sum has one (its adds wait on the exp's)."""
+    b = builder
+    smooth = wdata is not None
+
+    def step(c, carried, k):
+        """Class c into the accumulator k of ``carried`` (sums[, sm])."""
+        carried = list(carried)
+        v = b.load(col(c), align=rw.size)
+        e = exp_shifted_ir(b, b.fsub(v, mx))
+        if store:
+            b.store(e, col(c), align=rw.size)
+        carried[k] = b.fadd(carried[k], e)
+        if smooth:
+            wc = splat(b, rw.vec, b.load(b.gep(wdata, [c])))
+            carried[2] = b.fadd(carried[2], b.fmul(wc, b.fsub(mx, v)))
+        return carried
+
+    carried = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * (3 if smooth else 2), step)
+    return b.fadd(carried[0], carried[1]), (carried[2] if smooth else None)
+
+
+def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
     """The argument types of a fused loss intrinsic (:func:`_xent_part`),
     x's kind (rows or planes) checked by the caller."""
+    smooth = isinstance(w, types.NoneType) and isinstance(ls, types.NoneType) or (
+        _is_vec(w, x.dtype) and _is_vec(ls, x.dtype))
     return (x.dtype == types.float32 and _is_vec(m, x.dtype) and _is_vec(cols, x.dtype)
             and _is_vec(tt, types.int32) and _is_vec(wt, x.dtype) and _is_vec(loss, x.dtype)
             and _is_vec(sums, types.float64) and isinstance(want_loss, types.Boolean)
-            and all(isinstance(v, types.Integer) for v in (r, p, at)))
+            and all(isinstance(v, types.Integer) for v in (r, p, at)) and smooth)
 
 
 def _xent_part(context, builder, sig, args, rw, offset):
     """The cross-entropy losses of the block ``rw``'s pixels in one pass
-    (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums); float32):
-    the max (:func:`_max_part`,
-    into m), each class's column kept in ``cols`` (C * lanes), the
-    target's logit gathered from x (``rw.class_scores``), then over the
-    columns the exp-sum,
-    ``log s`` (:func:`log32_ir` with the flags of ``EXP_FASTMATH``:
-    ``reassoc`` moves its error from 1 to 2.2 ulp), and per pixel ``wt *
-    (log s + m - x_t)``: NaN where the max is not finite, 0 where ``tt`` <
-    0 (ignored). Stored into ``loss[at:at + lanes]`` when ``want_loss``;
-    the losses and the weights ``wt`` added, in float64, to the two halves
-    of ``sums`` (2 x the block's pixels), at ``offset``."""
+    (args (x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls);
+    float32): the max (:func:`_max_part`, into m), each class's column
+    kept in ``cols`` (C * lanes), the target's logit gathered from x
+    (``rw.class_scores``), then over the columns the exp-sum (and, when
+    ``w`` is an array, the smoothing sum ``sm = sum_c w[c] (m - x_c)``,
+    :func:`_exp_columns`), ``log s`` (:func:`log32_ir` with the flags of
+    ``EXP_FASTMATH``: ``reassoc`` moves its error from 1 to 2.2 ulp), and
+    per pixel ``wt * (log s + m - x_t)``, label-smoothed with ``ls = (1 -
+    eps, eps / C, W)`` to ``ls[0] * that + ls[1] * (ls[2] log s + sm)``:
+    NaN where the max is not finite, 0 where ``tt`` < 0 (ignored). Stored
+    into ``loss[at:at + lanes]`` when ``want_loss``; the losses and the
+    weights ``wt`` added, in float64, to the two halves of ``sums`` (2 x
+    the block's pixels), at ``offset``."""
     b = builder
     vec, size, lanes = rw.vec, rw.size, rw.lanes
     dvec = ir.VectorType(ir.DoubleType(), lanes)
     data, col, mx, at, tv, wv, kept, xt = _kept_columns(context, b, sig, args, rw, offset)
-    total = _sum_classes(b, rw, lambda c: exp_shifted_ir(b, b.fsub(b.load(col(c), align=size),
-                                                                   mx)))
+    smooth = not isinstance(sig.args[11], types.NoneType)
+    total, smv = _exp_columns(b, rw, col, mx, data(11) if smooth else None, False)
     first = len(b.block.instructions)
     lse = log32_ir(b, total)
     flag_block_from(b, first, EXP_FASTMATH)
     finite = _finite(b, mx)
     lv = b.fmul(wv, b.fadd(lse, b.fsub(mx, xt)))
+    if smooth:
+        ls = data(12)
+        keep, epsc, wall = (splat(b, vec, b.load(b.gep(ls, [const(k)]))) for k in range(3))
+        lv = b.fadd(b.fmul(keep, lv), b.fmul(epsc, b.fadd(b.fmul(wall, lse), smv)))
     lv = b.select(finite, lv, vector_of(vec, float("nan")))
     lv = b.select(kept, lv, vector_of(vec, 0.0))
     with b.if_then(b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))):
@@ -496,25 +532,9 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     vec, size = rw.vec, rw.size
     data, col, mx, at, tv, wv, kept, xt = _kept_columns(context, b, sig, args, rw, offset)
     smooth = not isinstance(sig.args[9], types.NoneType)
-    wdata = data(9) if smooth else None
     b.store(xt, vptr(b, data(11), at, vec), align=size)
-
-    def step(c, carried, k):
-        """Class c into the accumulator k of ``carried`` (sums[, sm])."""
-        carried = list(carried)
-        v = b.load(col(c), align=size)
-        e = exp_shifted_ir(b, b.fsub(v, mx))
-        b.store(e, col(c), align=size)
-        carried[k] = b.fadd(carried[k], e)
-        if smooth:
-            wc = splat(b, vec, b.load(b.gep(wdata, [c])))
-            carried[2] = b.fadd(carried[2], b.fmul(wc, b.fsub(mx, v)))
-        return carried
-
-    # Two exp-sum accumulators, so the adds do not wait on each other.
-    carried = _fold_classes(b, rw, [vector_of(vec, 0.0)] * (3 if smooth else 2), step)
-    sv = b.fadd(carried[0], carried[1])
-    for k, v in ((10, sv),) + (((12, carried[2]),) if smooth else ()):
+    sv, smv = _exp_columns(b, rw, col, mx, data(9) if smooth else None, True)
+    for k, v in ((10, sv),) + (((12, smv),) if smooth else ()):
         b.store(v, vptr(b, data(k), at, vec), align=size)
     coef = data(7)
     k0 = splat(b, vec, b.load(b.gep(coef, [const(0)])))
@@ -760,14 +780,15 @@ def block_intrinsics(rows, wide):
                 _by_parts(rows, wide, part))
 
     @intrinsic
-    def rows_xent(typingctx, x, r, m, p, cols, tt, wt, loss, at, want_loss, sums):
+    def rows_xent(typingctx, x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
         """The cross-entropy losses of rows ``r .. r + ROWS - 1`` in one
-        pass (:func:`_xent_part`; ``cols`` at least C * ROWS elements):
-        float32 x only."""
+        pass (:func:`_xent_part`; ``cols`` at least C * ROWS elements; ``w``
+        and ``ls`` both None, or label smoothing's class weights and
+        coefficients): float32 x only."""
         if not (_is_rows(x) and xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss,
-                                             sums)):
+                                             sums, w, ls)):
             return None
-        return (types.none(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums),
+        return (types.none(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls),
                 _by_parts(rows, wide, _xent_part))
 
     return SimpleNamespace(argmax=rows_argmax, argmax_expsum=rows_argmax_expsum,
