@@ -18,9 +18,10 @@ import math
 import numbers
 
 import numpy as np
+from numba import get_num_threads
 
 from fastlogits import _checks as chk
-from fastlogits import pool, reference
+from fastlogits import _layout, pool, reference
 from fastlogits.api import _check_host_out, _Logits, _run_cpu, resolve_backend
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -384,20 +385,35 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
         check_target_values(target, C, ignore_index)
         counts = reference.confusion_matrix(lg.array, target, lg.axis, ignore_index=ignore_index)
     else:
-        counts = _confusion_matrix_cpu(lg, _host_target(target, C, ignore_index), ignore_index)
+        return _confusion_matrix_cpu(lg, _host_target(target, C, ignore_index), ignore_index,
+                                     out)
     if out is None:
         return counts
     out += counts
     return out
 
 
-def _confusion_matrix_cpu(lg, t, ignore_index):
+def _confusion_matrix_cpu(lg, t, ignore_index, out):
+    """The CPU confusion matrix, added to ``out`` (None: a new one): by the
+    fused argmax and private histograms, or, where those do not pay
+    (:func:`fastlogits.cpu.confusion.private_histograms`), the labels
+    first and then one serial pass straight into the destination."""
+    from fastlogits import cpu
     from fastlogits.cpu import confusion as k
 
     C = lg.C
-    counts = np.zeros((C, C), np.int64)
+    pixels = _layout.size_of(lg.reduced_shape)
     if lg.empty:
-        return counts
+        return np.zeros((C, C), np.int64) if out is None else out
+    if not k.private_histograms(C, pixels, get_num_threads()):
+        labels = pool.empty(lg.reduced_shape, np.int32)
+        one = lg.compute_dtype.type(1.0)
+        _run_cpu(lg, [], [labels], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one))
+        dest = np.zeros((C, C), np.int64) if out is None else out
+        if k.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
+            check_target_values(t, C, ignore_index)
+        return dest
+    counts = np.zeros((C, C), np.int64)
     bad = []
 
     def kernel(x3, full, red):
@@ -406,7 +422,10 @@ def _confusion_matrix_cpu(lg, t, ignore_index):
     _run_cpu(lg, [], [t], kernel)
     if sum(bad):
         check_target_values(t, C, ignore_index)
-    return counts
+    if out is None:
+        return counts
+    out += counts
+    return out
 
 
 def iou(confusion):

@@ -6,6 +6,8 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import config, reference
+from fastlogits.cpu import confusion
+from fastlogits.cpu.confusion import private_histograms
 
 IGNORE = -100
 
@@ -13,6 +15,17 @@ LAYOUTS = {
     "hwc": lambda C: ((13, 29, C), -1),
     "nchw": lambda C: ((2, C, 7, 37), 1),
 }
+
+
+@pytest.fixture(autouse=True, params=["histograms", "labels"])
+def binning(request, monkeypatch):
+    """Every test both ways: the fused argmax into private histograms, and
+    the labels first, binned serially (``cpu.confusion.private_histograms``
+    picks by size, and would pick the labels for most of these small
+    maps; forced here)."""
+    monkeypatch.setattr(confusion, "private_histograms",
+                        lambda C, pixels, nthreads: request.param == "histograms")
+    return request.param
 
 
 def make_logits(rng, shape, dtype=np.float32):
@@ -185,6 +198,38 @@ def test_all_ignored_and_empty(rng):
         cm = fl.confusion_matrix(np.zeros((0, 7, 19), np.float32), np.zeros((0, 7), np.int64),
                                  backend=backend)
         assert cm.shape == (19, 19) and cm.dtype == np.int64 and not cm.any()
+
+
+def test_private_histograms_only_where_they_pay():
+    """Private (C, C) histograms per thread only with more pixels than
+    their cells, within the byte budget: not for a classifier's batch or
+    a vocabulary (an 8 GB matrix per thread at 32000 classes)."""
+    pick = private_histograms  # imported before the fixture replaces it
+    assert pick(19, 1024 * 2048, 2) and pick(150, 512 * 512, 2)
+    assert pick(19, 13 * 29, 2)  # tiny histograms: kept whatever the pixels
+    assert not pick(150, 13 * 29, 2)
+    assert not pick(1000, 256, 2) and not pick(32000, 512, 2)
+    assert not pick(3000, 10 ** 8, 2)  # 72 MB each: over config.CPU_CONFUSION_HIST_BYTES
+
+
+def test_many_classes_take_the_labels(rng, monkeypatch):
+    """Without the fixture's forcing: 64 rows of 5000 classes (a 200 MB
+    matrix) never reach the histogram kernels, and the result is right,
+    accumulated into out= too."""
+    monkeypatch.undo()  # the real private_histograms
+
+    def refuse(*args):
+        raise AssertionError("private histograms for 64 pixels of 5000 classes")
+
+    monkeypatch.setattr(confusion, "run_confusion", refuse)
+    C = 5000
+    x = make_logits(rng, (64, C))
+    t = make_target(rng, (64,), C)
+    cm = fl.confusion_matrix(x, t)
+    want = bincount_idiom(x, t, -1)
+    np.testing.assert_array_equal(cm, want)
+    fl.confusion_matrix(x, t, out=cm)
+    np.testing.assert_array_equal(cm, 2 * want)
 
 
 # --------------------------------------------------------------------------

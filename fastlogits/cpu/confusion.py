@@ -11,6 +11,13 @@ Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted, not binned;
 the caller raises the error (and adds nothing to ``out=``).
 
+Private histograms pay off only when there are many more pixels than
+cells: a call's histograms are zeroed and merged whatever its pixel
+count, so with many classes (a classifier's 1000, a vocabulary's 32000:
+an 8 GB matrix) or few pixels per call, :func:`private_histograms` says
+no and the caller takes the labels first (the argmax kernels) and bins
+them into the destination in one serial pass (:func:`bin_labels`).
+
 Drivers: :func:`confusion_cf` (channels-first: register blocks of pixels,
 :mod:`fastlogits.cpu.planeblock`, and tiles for the rest),
 :func:`confusion_cl_tiles` (channels-last, few classes, a tile of rows
@@ -160,9 +167,52 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     return bad.sum()
 
 
-def _chunks(C, nthreads):
-    """Chunks (private histograms): a few per thread, within the memory bound."""
-    return max(1, min(4 * nthreads, config.CPU_CONFUSION_HIST_BYTES // (C * C * 8)))
+#: Histogram cells (all threads') that cost nothing worth a second pass:
+#: below this, :func:`private_histograms` keeps them whatever the pixels.
+SMALL_HISTOGRAMS = 1 << 12
+
+
+def private_histograms(C, pixels, nthreads):
+    """Whether a call on ``pixels`` pixels of C classes should bin into
+    private (C, C) histograms (:func:`run_confusion`): only if the
+    threads' histograms hold fewer cells than there are pixels (or fewer
+    than :data:`SMALL_HISTOGRAMS`), and fit
+    ``config.CPU_CONFUSION_HIST_BYTES``. Otherwise zeroing and merging
+    them costs more than the pixels: 512 rows of 32000 classes took 7.1 s
+    so (two 8 GB matrices), against 60 ms for NumPy's bincount; 256 rows
+    of 1000, 39-45 ms against 0.1 by the labels (bench/RESULTS.md, log
+    55)."""
+    cells = C * C
+    return (cells * nthreads <= max(pixels, SMALL_HISTOGRAMS)
+            and cells * 8 <= config.CPU_CONFUSION_HIST_BYTES)
+
+
+def _chunks(C, pixels, nthreads):
+    """Chunks (private histograms): a few per thread, within the memory
+    bound, and fewer cells in all than pixels."""
+    return max(1, min(4 * nthreads, config.CPU_CONFUSION_HIST_BYTES // (C * C * 8),
+                      pixels // (C * C)))
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def bin_labels(t, labels, ignore, counts):
+    """Add each pixel's (target, label) to ``counts`` (C, C) int64: ``t``
+    and ``labels`` flat, of any integer dtypes; ignored pixels skipped.
+    Nothing is added if a target is bad (outside [0, C), not ``ignore``):
+    returns their number (0 when binned). Serial: for the calls where
+    private histograms do not pay (:func:`private_histograms`)."""
+    C = counts.shape[0]
+    nbad = 0
+    for p in range(t.shape[0]):
+        ti = np.int64(t[p])
+        nbad += np.int64((ti != ignore) & ((ti < 0) | (ti >= C)))
+    if nbad:
+        return nbad
+    for p in range(t.shape[0]):
+        ti = np.int64(t[p])
+        if ti != ignore:
+            counts[ti, labels[p]] += 1
+    return 0
 
 
 def run_confusion(x3, t2, ignore_index, counts):
@@ -173,7 +223,7 @@ def run_confusion(x3, t2, ignore_index, counts):
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     with launch_threads(x3.size) as nthreads:
-        nchunks = _chunks(C, nthreads)
+        nchunks = _chunks(C, outer * inner, nthreads)
         if inner > 1:
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C),
                                     _plane_blocks(C, False), config.CPU_PREFETCH_PLANE_BYTES))
