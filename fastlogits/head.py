@@ -437,22 +437,27 @@ class LinearHead:
         if with_conf and conf is None:
             conf = pool.empty(fv.reduced_shape, fv.compute_dtype)
         if not fv.empty:
-            from fastlogits.cpu import head as k
-            from fastlogits.cpu import launch_threads
-
-            inv_t = fv.compute_dtype.type(1.0 / temperature)
-            dot = k.cl_dot_form(fv.C, fv.N)
-            tile = k.tile_pixels(fv.C, fv.N, dot)
-            dummy = np.empty(1, fv.compute_dtype)
-
-            def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-                with launch_threads(fv.work(outer * inner)) as nthreads:
-                    k.head_argmax(f1, outer, fv.N, inner, W, b, red[0],
-                                  red[1] if with_conf else dummy, inv_t, with_conf, tile,
-                                  nthreads, dot)
-
-            self._run_cpu(fv, kernel, red=[labels, conf] if with_conf else [labels])
+            self._labels_cpu(fv, labels, conf, fv.compute_dtype.type(1.0 / temperature))
         return (labels, conf) if with_conf else labels
+
+    def _labels_cpu(self, fv, labels, conf, inv_t):
+        """The CPU argmax (``conf`` None) or classify of the head's logits
+        into ``labels`` (and ``conf``), shaped like the reduced shape."""
+        from fastlogits.cpu import head as k
+        from fastlogits.cpu import launch_threads
+
+        with_conf = conf is not None
+        dot = k.cl_dot_form(fv.C, fv.N)
+        tile = k.tile_pixels(fv.C, fv.N, dot)
+        dummy = np.empty(1, fv.compute_dtype)
+
+        def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
+            with launch_threads(fv.work(outer * inner)) as nthreads:
+                k.head_argmax(f1, outer, fv.N, inner, W, b, red[0],
+                              red[1] if with_conf else dummy, inv_t, with_conf, tile,
+                              nthreads, dot)
+
+        self._run_cpu(fv, kernel, red=[labels, conf] if with_conf else [labels])
 
     def argmax(self, f, axis=-1, *, out=None, backend="auto"):
         """:func:`fastlogits.argmax` of the head's logits, without them.
@@ -668,23 +673,37 @@ class LinearHead:
             counts = reference.confusion_matrix(self._reference_logits(fv), target, fv.axis,
                                                 ignore_index=ignore_index)
         else:
-            counts = self._confusion_cpu(fv, losses._host_target(target, C, ignore_index),
-                                         ignore_index)
+            return self._confusion_cpu(fv, losses._host_target(target, C, ignore_index),
+                                       ignore_index, out)
         if out is None:
             return counts
         out += counts
         return out
 
-    def _confusion_cpu(self, fv, t, ignore_index):
+    def _confusion_cpu(self, fv, t, ignore_index, out):
+        """The CPU confusion matrix, added to ``out`` (None: a new one), as
+        :func:`fastlogits.losses._confusion_matrix_cpu`: the fused argmax
+        and private histograms, or the labels first where those do not
+        pay (:func:`fastlogits.cpu.confusion.private_histograms`)."""
+        from numba import get_num_threads
+
         from fastlogits import losses
         from fastlogits.cpu import confusion as kc
         from fastlogits.cpu import head as k
         from fastlogits.cpu import launch_threads
 
         C = fv.C
-        counts = np.zeros((C, C), np.int64)
         if fv.empty:
-            return counts
+            return np.zeros((C, C), np.int64) if out is None else out
+        pixels = _layout.size_of(fv.reduced_shape)
+        if not kc.private_histograms(C, pixels, get_num_threads()):
+            labels = pool.empty(fv.reduced_shape, np.int32)
+            self._labels_cpu(fv, labels, None, fv.compute_dtype.type(1.0))
+            dest = np.zeros((C, C), np.int64) if out is None else out
+            if kc.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
+                losses.check_target_values(t, C, ignore_index)
+            return dest
+        counts = np.zeros((C, C), np.int64)
         dot = k.cl_dot_form(C, fv.N)
         tile = k.tile_pixels(C, fv.N, dot)
         bad = []
@@ -692,10 +711,14 @@ class LinearHead:
         def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
             with launch_threads(fv.work(outer * inner)) as nthreads:
                 bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0],
-                                                ignore_index, counts, kc._chunks(C, nthreads),
-                                                tile, dot)))
+                                                ignore_index, counts,
+                                                kc._chunks(C, outer * inner, nthreads), tile,
+                                                dot)))
 
         self._run_cpu(fv, kernel, red_in=[t])
         if sum(bad):
             losses.check_target_values(t, C, ignore_index)
-        return counts
+        if out is None:
+            return counts
+        out += counts
+        return out

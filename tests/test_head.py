@@ -445,9 +445,16 @@ def test_cross_entropy_float16_and_small_tiles(rng, monkeypatch, layout):
     np.testing.assert_allclose(grad, gref, atol=2e-3 * np.abs(gref).max())
 
 
+@pytest.mark.parametrize("binning", ["histograms", "labels"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("C", [1, 3, 19, 150])
-def test_confusion_matrix(rng, layout, C):
+def test_confusion_matrix(rng, layout, C, binning, monkeypatch):
+    """Both CPU paths, forced: the fused private histograms, and the
+    labels binned serially (cpu.confusion.private_histograms)."""
+    from fastlogits.cpu import confusion
+
+    monkeypatch.setattr(confusion, "private_histograms",
+                        lambda C, pixels, nthreads: binning == "histograms")
     N = 16
     head = make_head(rng, C, N, np.float32)
     f, axis = make_features(rng, layout, N, np.float32, (9, 11))
@@ -485,6 +492,13 @@ def test_target_errors(rng):
     acc = np.zeros((3, 3), np.int64)
     with pytest.raises(ValueError):
         head.confusion_matrix(f, t, out=acc)
+    assert not acc.any()
+    from fastlogits.cpu import confusion
+
+    with pytest.MonkeyPatch.context() as mp:  # the labels path too
+        mp.setattr(confusion, "private_histograms", lambda C, pixels, nthreads: False)
+        with pytest.raises(ValueError, match="holds 7 at position"):
+            head.confusion_matrix(f, t, out=acc)
     assert not acc.any()
     with pytest.raises(ValueError, match="class_weight"):
         head.cross_entropy(f, t % 3, class_weight=np.ones(4))
