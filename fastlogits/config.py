@@ -94,6 +94,14 @@ CPU_ROW_COPY_MIN_CLASSES = 16384
 #: (bench/RESULTS.md, log 22).
 CPU_PREFETCH_BYTES = 4096
 
+#: Channels-last rows longer than this (bytes) get no software prefetch:
+#: the hardware prefetcher follows a long row on its own, and a burst of
+#: requests for the next row at each row's start stalled the row kernels
+#: (argmax at 1000-32000 classes 1.6-2.4x slower with it, logsumexp and
+#: cross-entropy 1.1-1.5x; at 150 classes it still helped the loss
+#: 1.16x; bench/RESULTS.md, log 56).
+CPU_ROW_PREFETCH_MAX_BYTES = 768
+
 #: The channels-first register blocks (``cpu.planeblock``) prefetch each
 #: class plane this many bytes ahead of the block they work on; 0 turns
 #: it off (bench/RESULTS.md, log 37).

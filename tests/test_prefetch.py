@@ -29,6 +29,15 @@ def test_rows_ahead():
     assert rows_ahead(19, 4, 0) == 0  # off
 
 
+def test_long_rows_are_left_to_the_hardware_prefetcher(monkeypatch):
+    from fastlogits.cpu import _row_prefetch_bytes
+
+    assert _row_prefetch_bytes(150, 4) == config.CPU_PREFETCH_BYTES  # 600-byte rows
+    assert _row_prefetch_bytes(1000, 4) == 0 and _row_prefetch_bytes(150, 8) == 0
+    monkeypatch.setattr(config, "CPU_ROW_PREFETCH_MAX_BYTES", 10 ** 9)
+    assert _row_prefetch_bytes(32000, 4) == config.CPU_PREFETCH_BYTES
+
+
 def test_prefetch_past_the_end_is_harmless():
     # llvm.prefetch never faults: rows past the last one, and spans past
     # the end, are asked for without a crash (or skipped).

@@ -22,6 +22,13 @@ from fastlogits import config
 from fastlogits._layout import reshape_view
 
 
+def _row_prefetch_bytes(C, itemsize):
+    """The row kernels' prefetch distance for rows of C scores:
+    ``config.CPU_PREFETCH_BYTES``, or 0 (none) for rows longer than
+    ``config.CPU_ROW_PREFETCH_MAX_BYTES``."""
+    return 0 if C * itemsize > config.CPU_ROW_PREFETCH_MAX_BYTES else config.CPU_PREFETCH_BYTES
+
+
 def _tile_pixels(C, pixels=None):
     """Pixels per tile: ``pixels`` (default ``CPU_TILE_PIXELS``), fewer
     for large C; a multiple of 16 (at least 16), so the channels-first
@@ -194,7 +201,8 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
         kernel = k.expnorm_cl_blocks if blocks else k.expnorm_cl_rows
         with launch_threads(x3.size) as nthreads:
-            kernel(x2, work, _flat(red2), inv_t, mode, nthreads, config.CPU_PREFETCH_BYTES)
+            kernel(x2, work, _flat(red2), inv_t, mode, nthreads,
+                   _row_prefetch_bytes(C, x3.itemsize))
         if work is not out2:
             out2[...] = work
         return
@@ -231,7 +239,7 @@ def run_argmax(x3, labels2, conf2, inv_t):
                         config.CPU_PREFETCH_PLANE_BYTES)
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
-                             config.CPU_PREFETCH_BYTES, blocks)
+                             _row_prefetch_bytes(C, x3.itemsize), blocks)
         else:
             k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
                               _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)

@@ -34,7 +34,8 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import _plane_blocks, _row_blocks, _tile_pixels, launch_threads
+from fastlogits.cpu import (_plane_blocks, _row_blocks, _row_prefetch_bytes, _tile_pixels,
+                            launch_threads)
 from fastlogits.cpu.planeblock import LANES, planes_argmax
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, rows_ahead)
@@ -234,4 +235,4 @@ def run_confusion(x3, t2, ignore_index, counts):
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
                                           _tile_pixels(C), config.CPU_PREFETCH_BYTES))
         return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
-                                     config.CPU_PREFETCH_BYTES, blocks))
+                                     _row_prefetch_bytes(C, x3.itemsize), blocks))

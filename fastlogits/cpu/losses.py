@@ -60,8 +60,8 @@ from numba.extending import overload
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _stand_in, _tile_pixels,
-                            launch_threads)
+from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _row_prefetch_bytes,
+                            _stand_in, _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
@@ -759,7 +759,8 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
                 tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
-                res = ce_cl_rows(*args, nthreads, config.CPU_PREFETCH_BYTES, blocks, tile)
+                res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
+                                 tile)
     if lwork is not loss2:
         loss2[...] = lwork
     if gwork is not grad3:
