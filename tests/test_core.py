@@ -274,7 +274,7 @@ def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", expnorm_block_max)
     op = OPS[name]
-    for C in (1, 2, 7, 8, 9, 15, 16, 17, 19, 31, 33, 64, 127, 128, 129, 150, 1037):
+    for C in (1, 2, 7, 8, 9, 15, 16, 17, 19, 31, 33, 64, 127, 128, 129, 150, 1037, 3001):
         x = specials_array(rng, (23, C), -1, dtype)
         want = expected(op, x, -1, temperature=0.7)
         check(op, run(op, x, -1, temperature=0.7), want, dtype)

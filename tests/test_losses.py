@@ -140,10 +140,10 @@ def test_channels_last_paths(rng, path, monkeypatch):
     wait side by side for the gradient, and a remainder of rows)."""
     monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1 if path == "rows" else 10**9)
     monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 10**9 if path == "blocks" else 0)
-    for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129):
+    for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129, 3001):  # 3001: rows of several chunks
         x = make_logits(rng, (61, C))
         check_all_options(x, make_target(rng, (61,), C), -1, rng)
-        if C >= 3:
+        if 3 <= C <= 129:
             rows, target = special_logits(C)
             rows, target = np.tile(rows, (5, 1)), np.tile(target, 5)  # into the blocks too
             for dtype in (np.float32, np.float64):

@@ -72,7 +72,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
                                      rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
-from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
@@ -628,6 +628,11 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     ls = _smoothing_coefs(w, wall, eps)
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
+    # Rows of more than one chunk: the loss's max and exp-sum in one pass
+    # (1.35-1.46x at 32000 classes); shorter rows two (the one-pass
+    # kernel made the loss 0.88-0.91x at 150-200 classes, though not
+    # logsumexp; bench/RESULTS.md, log 57).
+    one_pass = C * x.itemsize > CHUNK_BYTES
     nchunks = work_chunks(rows, nthreads)
     chunk_sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
@@ -658,14 +663,18 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                     for c in range(C):
                         grad[gr, c] = zero
                 continue
-            mx, _ = vrow_argmax(x, r)
+            if want_grad or not one_pass:
+                mx, _ = vrow_argmax(x, r)
+            else:  # max and exp-sum in one pass over the row
+                mx, s1[0] = vrow_max_expsum(x, r, one)
             sm = 0.0
             if eps > 0.0:
                 for c in range(C):
                     sm += w[c] * (mx - x[r, c])
             m1[0] = mx
-            xt1[0] = x[r, ti]  # before the exponentials: grad may be x
-            s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
+            xt1[0] = x[r, ti]
+            if want_grad or not one_pass:  # after every read of the row: grad may be x
+                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti

@@ -250,3 +250,118 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
         return _if_else(builder, write_, lambda: run(True), lambda: run(False))
 
     return sig, codegen
+
+
+#: Bytes of a row that :func:`vrow_max_expsum` reads from memory before
+#: summing them again from L1.
+CHUNK_BYTES = 4096
+
+
+@intrinsic
+def vrow_max_expsum(typingctx, x, r, inv_t):
+    """``(m, s)`` of row ``r`` of a C-contiguous (rows, C) float array in
+    one pass over memory: m its max (NaN if it holds a NaN, as
+    :func:`vrow_argmax`), s ``sum_c exp((x[r, c] - m) * inv_t)`` in
+    float64 (garbage where m is not finite: callers mask those rows).
+
+    The row goes in chunks of :data:`CHUNK_BYTES`: each chunk's max from
+    memory, then its exp-sum from L1 against the running max; when the
+    max grows, the sum so far is rescaled by ``exp((old - new) * inv_t)``
+    in float64 (a scalar exp, at most once per chunk; never within a row
+    of one chunk). :func:`vrow_argmax` then :func:`vrow_expsum` read a
+    long row twice, the second time from L2 with memory idle; here the
+    memory stream runs on under the arithmetic. float32 sums go in
+    float32 blocks of :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes, as
+    :func:`vrow_expsum`'s.
+    """
+    if not (_is_rows(x) and isinstance(r, types.Integer) and isinstance(inv_t, types.Float)):
+        return None
+    sig = types.Tuple((x.dtype, types.float64))(x, r, inv_t)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        rw = _Row(context, builder, signature.args[0], args[0], args[1])
+        L, vec, elem = rw.L, rw.vec, rw.elem
+        dtype = signature.args[0].dtype
+        tv = splat(b, vec, context.cast(b, args[2], signature.args[2], dtype))
+        dbl = ir.DoubleType()
+        f32 = elem == ir.FloatType()
+        block = SUM_BLOCK if f32 else 1 << 62
+        chunk = CHUNK_BYTES // rw.size
+        bvec = ir.VectorType(I1, L)
+        ninf = vector_of(vec, float("-inf"))
+        zero = vector_of(vec, 0.0)
+
+        def greater(a, c):  # NaN in a keeps c
+            return b.select(b.fcmp_ordered(">", a, c), a, c)
+
+        def exps(v, mv):
+            return exp_shifted_ir(b, b.fmul(b.fsub(v, mv), tv))
+
+        def absorb(M, S, mc, chunk_sum):
+            """The running (M, S) after a chunk of max ``mc`` whose exp-sum
+            against a max is ``chunk_sum(mv)``."""
+            Mn = b.select(b.fcmp_ordered(">", mc, M), mc, M)
+            grows = b.and_(b.fcmp_ordered(">", Mn, M),
+                           b.fcmp_ordered(">", M, ir.Constant(elem, float("-inf"))))
+
+            def rescaled():
+                d = b.fmul(b.fsub(M, Mn), b.extract_element(tv, ir.Constant(I32, 0)))
+                # The library's float64 exp, not libm's: a call would make
+                # every vector register caller-saved.
+                return b.fmul(S, exp_shifted_ir(b, b.fpext(d, dbl) if f32 else d))
+
+            S = _if_else(b, grows, rescaled, lambda: S)
+            part = chunk_sum(splat(b, vec, Mn))
+            # All -inf so far: every term exp(-inf - -inf) is NaN; none counts.
+            empty = b.fcmp_ordered("==", Mn, ir.Constant(elem, float("-inf")))
+            return Mn, b.fadd(S, b.select(empty, ir.Constant(dbl, 0.0), part))
+
+        def full_sum(c0, c1):
+            def sum_of(mv):
+                def blk(k0, carried):
+                    total, = carried
+                    k1 = b.add(k0, const(block))
+                    k1 = b.select(b.icmp_signed("<", k1, c1), k1, c1)
+                    acc, = loop(b, k0, k1, L, [zero],
+                                lambda k, a: [b.fadd(a[0], exps(rw.load(k), mv))], "sum")
+                    part = _hsum(b, acc)
+                    return [b.fadd(total, b.fpext(part, dbl) if f32 else part)]
+
+                total, = loop(b, c0, c1, block, [ir.Constant(dbl, 0.0)], blk, "blocks")
+                return total
+            return sum_of
+
+        def one_chunk(c0, carried):
+            M, S, nan = carried
+            c1 = b.add(c0, const(chunk))
+            c1 = b.select(b.icmp_signed("<", c1, rw.nfull), c1, rw.nfull)
+
+            def scan(k, acc):
+                v = rw.load(k)
+                return [greater(v, acc[0]), b.or_(acc[1], b.fcmp_unordered("uno", v, v))]
+
+            mx, nan = loop(b, c0, c1, L, [ninf, nan], scan, "max")
+            mc = b.extract_element(_butterfly(b, mx, greater), ir.Constant(I32, 0))
+            M, S = absorb(M, S, mc, full_sum(c0, c1))
+            return [M, S, nan]
+
+        init = [ir.Constant(elem, float("-inf")), ir.Constant(dbl, 0.0),
+                ir.Constant(bvec, [0] * L)]
+        M, S, nan = loop(b, const(0), rw.nfull, chunk, init, one_chunk, "chunks")
+        # The masked tail (C % L scores; none: all -inf, which changes nothing).
+        v = rw.load_tail(float("-inf"))
+        nan = b.or_(nan, b.fcmp_unordered("uno", v, v))
+        mt = b.extract_element(_butterfly(b, greater(v, ninf), greater), ir.Constant(I32, 0))
+
+        def tail_sum(mv):
+            e = b.select(rw.tmask, exps(v, mv), zero)
+            part = _hsum(b, e)
+            return b.fpext(part, dbl) if f32 else part
+
+        M, S = absorb(M, S, mt, tail_sum)
+        anynan = b.icmp_unsigned("!=", b.bitcast(nan, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
+        m = b.select(anynan, ir.Constant(elem, float("nan")), M)
+        return context.make_tuple(b, signature.return_type, [m, S])
+
+    return sig, codegen

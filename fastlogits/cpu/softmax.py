@@ -35,7 +35,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
-from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.stream import stream_fence
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
@@ -253,10 +253,12 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead):
     for p in range(P):
         r = r0 + p
         prefetch_row(x, r, ahead)
-        # logsumexp passes a (1, C) stand-in for out: never written.
-        mx, _ = vrow_argmax(x, r)
-        m[p] = mx
-        s[p] = vrow_expsum(x, r, mx, inv_t, out, r if mode == SOFTMAX else 0, mode == SOFTMAX)
+        if mode == SOFTMAX:
+            mx, _ = vrow_argmax(x, r)
+            m[p] = mx
+            s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True)
+        else:  # no exponentials to store: max and exp-sum in one pass
+            m[p], s[p] = vrow_max_expsum(x, r, inv_t)
     if mode == LOGSUMEXP:
         _lse(P, m, s, inv_t, red, r0)
         return
