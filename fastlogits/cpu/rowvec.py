@@ -18,6 +18,8 @@ kernels get through ``fexp_shifted``.
   NaN wins and makes the max NaN; else the first maximum).
 - :func:`vrow_expsum`: ``sum_c exp((row[c] - m) * inv_t)`` in float64,
   optionally storing the exponentials (softmax numerators, gradients).
+- :func:`vrow_max_expsum`: the max and that sum in one pass over memory,
+  for long rows whose exponentials are not stored.
 """
 
 from llvmlite import ir
@@ -267,8 +269,9 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
     The row goes in chunks of :data:`CHUNK_BYTES`: each chunk's max from
     memory, then its exp-sum from L1 against the running max; when the
     max grows, the sum so far is rescaled by ``exp((old - new) * inv_t)``
-    in float64 (a scalar exp, at most once per chunk; never within a row
-    of one chunk). :func:`vrow_argmax` then :func:`vrow_expsum` read a
+    in float64 (a scalar exp, at most once per chunk and once for the
+    masked tail of C % L scores). :func:`vrow_argmax` then
+    :func:`vrow_expsum` read a
     long row twice, the second time from L2 with memory idle; here the
     memory stream runs on under the arithmetic. float32 sums go in
     float32 blocks of :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes, as
