@@ -675,18 +675,13 @@ class LinearHead:
         else:
             return self._confusion_cpu(fv, losses._host_target(target, C, ignore_index),
                                        ignore_index, out)
-        if out is None:
-            return counts
-        out += counts
-        return out
+        return losses.add_counts(counts, out)
 
     def _confusion_cpu(self, fv, t, ignore_index, out):
         """The CPU confusion matrix, added to ``out`` (None: a new one), as
         :func:`fastlogits.losses._confusion_matrix_cpu`: the fused argmax
         and private histograms, or the labels first where those do not
-        pay (:func:`fastlogits.cpu.confusion.private_histograms`)."""
-        from numba import get_num_threads
-
+        pay (:func:`fastlogits.losses.labels_first`)."""
         from fastlogits import losses
         from fastlogits.cpu import confusion as kc
         from fastlogits.cpu import head as k
@@ -694,15 +689,11 @@ class LinearHead:
 
         C = fv.C
         if fv.empty:
-            return np.zeros((C, C), np.int64) if out is None else out
-        pixels = _layout.size_of(fv.reduced_shape)
-        if not kc.private_histograms(C, pixels, get_num_threads()):
+            return losses.add_counts(np.zeros((C, C), np.int64), out)
+        if losses.labels_first(C, fv.reduced_shape):
             labels = pool.empty(fv.reduced_shape, np.int32)
             self._labels_cpu(fv, labels, None, fv.compute_dtype.type(1.0))
-            dest = np.zeros((C, C), np.int64) if out is None else out
-            if kc.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
-                losses.check_target_values(t, C, ignore_index)
-            return dest
+            return losses.confusion_from_labels(labels, t, C, ignore_index, out)
         counts = np.zeros((C, C), np.int64)
         dot = k.cl_dot_form(C, fv.N)
         tile = k.tile_pixels(C, fv.N, dot)
@@ -718,7 +709,4 @@ class LinearHead:
         self._run_cpu(fv, kernel, red_in=[t])
         if sum(bad):
             losses.check_target_values(t, C, ignore_index)
-        if out is None:
-            return counts
-        out += counts
-        return out
+        return losses.add_counts(counts, out)

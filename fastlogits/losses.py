@@ -387,32 +387,54 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
     else:
         return _confusion_matrix_cpu(lg, _host_target(target, C, ignore_index), ignore_index,
                                      out)
+    return add_counts(counts, out)
+
+
+def add_counts(counts, out):
+    """``counts``, or ``out`` with ``counts`` added (``out`` not None)."""
     if out is None:
         return counts
     out += counts
     return out
 
 
+def labels_first(C, reduced_shape):
+    """Whether the CPU confusion matrix of C classes over ``reduced_shape``
+    pixels takes the labels first (:func:`confusion_from_labels`) rather
+    than private histograms
+    (:func:`fastlogits.cpu.confusion.private_histograms`)."""
+    from fastlogits.cpu import confusion as k
+
+    return not k.private_histograms(C, _layout.size_of(reduced_shape), get_num_threads())
+
+
+def confusion_from_labels(labels, t, C, ignore_index, out):
+    """The (C, C) counts of ``labels`` against the targets ``t`` (same
+    shape) added to ``out`` (None: a new matrix) in one serial pass; a bad
+    target raises, ``out`` untouched."""
+    from fastlogits.cpu import confusion as k
+
+    dest = np.zeros((C, C), np.int64) if out is None else out
+    if k.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
+        check_target_values(t, C, ignore_index)
+    return dest
+
+
 def _confusion_matrix_cpu(lg, t, ignore_index, out):
     """The CPU confusion matrix, added to ``out`` (None: a new one): by the
-    fused argmax and private histograms, or, where those do not pay
-    (:func:`fastlogits.cpu.confusion.private_histograms`), the labels
-    first and then one serial pass straight into the destination."""
+    fused argmax and private histograms or, where those do not pay
+    (:func:`labels_first`), the labels first."""
     from fastlogits import cpu
     from fastlogits.cpu import confusion as k
 
     C = lg.C
-    pixels = _layout.size_of(lg.reduced_shape)
     if lg.empty:
-        return np.zeros((C, C), np.int64) if out is None else out
-    if not k.private_histograms(C, pixels, get_num_threads()):
+        return add_counts(np.zeros((C, C), np.int64), out)
+    if labels_first(C, lg.reduced_shape):
         labels = pool.empty(lg.reduced_shape, np.int32)
         one = lg.compute_dtype.type(1.0)
         _run_cpu(lg, [], [labels], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one))
-        dest = np.zeros((C, C), np.int64) if out is None else out
-        if k.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
-            check_target_values(t, C, ignore_index)
-        return dest
+        return confusion_from_labels(labels, t, C, ignore_index, out)
     counts = np.zeros((C, C), np.int64)
     bad = []
 
@@ -422,10 +444,7 @@ def _confusion_matrix_cpu(lg, t, ignore_index, out):
     _run_cpu(lg, [], [t], kernel)
     if sum(bad):
         check_target_values(t, C, ignore_index)
-    if out is None:
-        return counts
-    out += counts
-    return out
+    return add_counts(counts, out)
 
 
 def iou(confusion):
