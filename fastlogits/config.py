@@ -116,6 +116,16 @@ CPU_PREFETCH_PLANE_BYTES = 256
 #: output, a huge value none (bench/RESULTS.md, log 38).
 CPU_STREAM_MIN_BYTES = 16 << 20
 
+#: Channels-last softmax and log_softmax outputs (of at least
+#: ``CPU_STREAM_MIN_BYTES``) are streamed too when their rows are at
+#: least this many bytes: row by row, each row's partial first and last
+#: lines by ordinary stores. Measured on an Intel Xeon with AVX-512, 2
+#: threads: log_softmax 1.2-1.65x at 700-32000 float32 classes, softmax
+#: 1.02-1.7x; shorter rows, many partial lines, lost (softmax 0.75x at 150
+#: classes), and the blocks of rows of up to 63 classes through one run of
+#: lines per block too (0.78x at 19; bench/RESULTS.md, log 58).
+CPU_STREAM_ROW_MIN_BYTES = 2048
+
 #: CPU kernels on fewer scores than this run on the calling thread only
 #: (waking the thread pool costs more than the work).
 CPU_SERIAL_BELOW = 1 << 16

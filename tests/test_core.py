@@ -284,6 +284,40 @@ def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
             check(op, inplace, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_channels_last_streamed_rows(rng, name, dtype, monkeypatch):
+    """softmax and log_softmax rows written by non-temporal stores (every
+    row streamed here, ``CPU_STREAM_ROW_MIN_BYTES`` 0): rows of 1 to 3001
+    classes, more rows than one block (``softmax.rows_per_block``) and a
+    row longer than a block's bytes, into outputs at every 16-byte line
+    offset, with special values and ties; in place (not streamed) and the
+    allocating call give the same."""
+    from fastlogits.cpu import softmax as kernels
+
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", 0)
+    streamed = []
+    rows_kernel = kernels.expnorm_cl_rows
+    monkeypatch.setattr(kernels, "expnorm_cl_rows",
+                        lambda *a: (streamed.append(a[-1]), rows_kernel(*a))[1])
+    op = OPS[name]
+    long_row = kernels.ROW_BLOCK_BYTES // np.dtype(dtype).itemsize + 5
+    for rows, C in ((23, 1), (23, 3), (23, 19), (70, 150), (40, 1037), (9, 3001), (3, long_row)):
+        x = specials_array(rng, (rows, C), -1, dtype)
+        want = expected(op, x, -1, temperature=0.7)
+        for offset in (0, 16, 32, 48):
+            out = at_line_offset(x.shape, dtype, offset)
+            check(op, op.public(x, -1, temperature=0.7, out=out), want, dtype)
+            assert streamed.pop() is True
+        check(op, op.public(x, -1, temperature=0.7), want, dtype)
+        inplace = x.copy()
+        check(op, op.public(inplace, -1, temperature=0.7, out=inplace), want, dtype)
+        assert streamed.pop() is False
+
+
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(OPS))

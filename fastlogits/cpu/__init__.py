@@ -145,9 +145,10 @@ def _streams(x, out):
     ``config.CPU_STREAM_MIN_BYTES``, and not over x. In place, the lines
     are in cache (just read): a non-temporal store must evict each first,
     and softmax in place took 2x longer so. (Channels-last outputs are
-    not streamed: into fresh pages, which the kernel zeroes through the
-    cache as it maps them, softmax took 1.15x longer so; bench/RESULTS.md,
-    log 38.)"""
+    streamed only in long rows, ``config.CPU_STREAM_ROW_MIN_BYTES``; into
+    fresh pages, which the kernel zeroes through the cache as it maps
+    them, softmax took 1.15x longer so: bench/RESULTS.md, logs 38 and 58;
+    large outputs now come from reused blocks, :mod:`fastlogits.pool`.)"""
     return (out.flags.c_contiguous and out.nbytes >= config.CPU_STREAM_MIN_BYTES
             and not np.may_share_memory(x, out))
 
@@ -199,10 +200,14 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         else:
             out2 = _rows(out3)
             work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
-        kernel = k.expnorm_cl_blocks if blocks else k.expnorm_cl_rows
+        ahead = _row_prefetch_bytes(C, x3.itemsize)
         with launch_threads(x3.size) as nthreads:
-            kernel(x2, work, _flat(red2), inv_t, mode, nthreads,
-                   _row_prefetch_bytes(C, x3.itemsize))
+            if blocks:
+                k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
+            else:
+                stream = (out3 is not None and _streams(x2, work)
+                          and C * x3.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES)
+                k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream)
         if work is not out2:
             out2[...] = work
         return

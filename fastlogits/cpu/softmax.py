@@ -36,7 +36,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.stream import stream_fence
+from fastlogits.cpu.stream import stream_affine, stream_fence
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
                                   tile_max, tile_to_out, work_chunks)
@@ -241,14 +241,35 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
 #: row doubled logsumexp at C = 8).
 ROW_BLOCK = 64
 
+#: Bytes of x per block of :func:`expnorm_cl_rows` for softmax and
+#: log_softmax, at most: long rows go in fewer than :data:`ROW_BLOCK` per
+#: block, so that the block's rows of x (log_softmax) or of its
+#: exponentials (softmax) are still in L2 when the epilogue writes them
+#: (64 rows of 32000 float32 are 8 MB: they came back from memory).
+#: Not logsumexp, which writes nothing per row (fewer rows per block made
+#: it 0.8x at 600-800 classes, for a reason not found; log 58).
+ROW_BLOCK_BYTES = 128 * 1024
+
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead):
+def rows_per_block(C, itemsize, mode):
+    """Rows per block of :func:`expnorm_cl_rows`: :data:`ROW_BLOCK`; for
+    softmax and log_softmax fewer for rows longer than ``ROW_BLOCK_BYTES /
+    ROW_BLOCK``, at least one."""
+    if mode == LOGSUMEXP:
+        return ROW_BLOCK
+    return max(1, min(ROW_BLOCK, ROW_BLOCK_BYTES // (C * itemsize)))
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, e):
     """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
     rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
     row as vectors (prefetching ``ahead``), then the epilogue over the P
-    rows at once and their rows of ``out``. ``m``, ``g``, ``s``: scratch of
-    at least P elements."""
+    rows at once and their rows of ``out``, by non-temporal stores with
+    ``stream`` (softmax's exponentials wait in the scratch ``e``, at
+    least (P, C), instead of in out). ``m``, ``g``, ``s``: scratch of at
+    least P elements."""
     C = x.shape[1]
     for p in range(P):
         r = r0 + p
@@ -256,17 +277,26 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead):
         if mode == SOFTMAX:
             mx, _ = vrow_argmax(x, r)
             m[p] = mx
-            s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True)
+            if stream:
+                s[p] = vrow_expsum(x, r, mx, inv_t, e, p, True)
+            else:
+                s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True)
         else:  # no exponentials to store: max and exp-sum in one pass
             m[p], s[p] = vrow_max_expsum(x, r, inv_t)
     if mode == LOGSUMEXP:
         _lse(P, m, s, inv_t, red, r0)
         return
     _epilogue(P, m, s, mode, g)
+    zero = x.dtype.type(0.0)
     for p in range(P):
         r = r0 + p
         gp = g[p]
-        if mode == SOFTMAX:
+        if stream:
+            if mode == SOFTMAX:
+                stream_affine(e, p * C, out, r * C, C, zero, gp, zero)
+            else:
+                stream_affine(x, r * C, out, r * C, C, m[p], inv_t, gp)
+        elif mode == SOFTMAX:
             for c in range(C):
                 out[r, c] = out[r, c] * gp
         else:
@@ -276,28 +306,33 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
     softmax/log_softmax ``red`` is not touched.
 
-    Rows go in blocks of :data:`ROW_BLOCK`: max and exp-sum row by row
+    Rows go in blocks of :func:`rows_per_block`: max and exp-sum row by row
     (prefetching ``ahead_bytes`` ahead), then the epilogue (``1 / s``,
     ``log s``) over the block's rows at once.
     """
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
-    nblocks = (rows + ROW_BLOCK - 1) // ROW_BLOCK
+    B = rows_per_block(C, x.itemsize, mode)
+    nblocks = (rows + B - 1) // B
     nchunks = work_chunks(nblocks, nthreads)
     for chunk in prange(nchunks):
-        m = np.empty(ROW_BLOCK, dtype=x.dtype)
-        g = np.empty(ROW_BLOCK, dtype=x.dtype)
-        s = np.empty(ROW_BLOCK, dtype=np.float64)
+        m = np.empty(B, dtype=x.dtype)
+        g = np.empty(B, dtype=x.dtype)
+        s = np.empty(B, dtype=np.float64)
+        e = np.empty((B if stream and mode == SOFTMAX else 1, C), dtype=x.dtype)
         j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
         for job in range(j0, j1):
-            r0 = job * ROW_BLOCK
-            _vector_rows(x, out, red, r0, min(ROW_BLOCK, rows - r0), inv_t, mode, m, g, s, ahead)
+            r0 = job * B
+            _vector_rows(x, out, red, r0, min(B, rows - r0), inv_t, mode, m, g, s, ahead,
+                         stream, e)
+        if stream:
+            stream_fence()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -319,6 +354,7 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
         g = np.empty(ROWS, dtype=x.dtype)
         s = np.empty(ROWS, dtype=np.float64)
         cols = np.empty(C * ROWS, dtype=x.dtype)
+        e = np.empty((1, 1), dtype=x.dtype)  # the row kernels' scratch, not used unstreamed
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         b1 = blocks_end(r0, r1, True)
         for b0 in range(r0, b1, ROWS):
@@ -335,4 +371,4 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
                 rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
             else:
                 rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead)
+        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, e)

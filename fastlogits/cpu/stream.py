@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, loop, vptr
+from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, loop, splat, vptr
 from fastlogits.cpu.prefetch import LINE_BYTES as LINE
 
 
@@ -38,28 +38,12 @@ def mark_nontemporal(builder, store):
     store.set_metadata("nontemporal", builder.module.add_metadata([one]))
 
 
-def _copy_elements(builder, src, s0, dst, d0, lo, hi):
-    """``dst[d0 + k] = src[s0 + k]`` for k in [lo, hi), one element at a time."""
-    def body(k, carried):
-        v = builder.load(builder.gep(src, [builder.add(s0, k)]))
-        builder.store(v, builder.gep(dst, [builder.add(d0, k)]))
-        return carried
-
-    loop(builder, lo, hi, 1, [], body, "elements")
-
-
-@intrinsic
-def stream_copy(typingctx, src, s0, dst, d0, n):
-    """``dst.flat[d0:d0 + n] = src.flat[s0:s0 + n]`` (C-contiguous arrays of
-    one float dtype), the whole 64-byte lines of dst by non-temporal
-    stores (:func:`stream_fence` after the last). Nothing is
-    bounds-checked."""
-    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.layout == "C" and dst.layout == "C" and src.dtype == dst.dtype
-            and isinstance(src.dtype, types.Float)
-            and all(isinstance(a, types.Integer) for a in (s0, d0, n))):
-        return None
-
+def _stream_codegen(transform):
+    """Codegen of ``dst.flat[d0 + k] = transform(src.flat[s0 + k])`` for k <
+    n, args ``(src, s0, dst, d0, n, *scalars)``: ordinary stores up to
+    dst's first 64-byte line boundary and after its last, non-temporal
+    64-byte stores in between. ``transform(builder, v, scalars)`` maps an
+    element or a line's vector of elements (``scalars``: the extra args)."""
     def codegen(context, builder, sig, args):
         b = builder
         elem = context.get_data_type(sig.args[0].dtype)
@@ -69,23 +53,71 @@ def stream_copy(typingctx, src, s0, dst, d0, n):
         sdata = context.make_array(sig.args[0])(context, b, args[0]).data
         ddata = context.make_array(sig.args[2])(context, b, args[2]).data
         s0, d0, n = (i64(b, a) for a in (args[1], args[3], args[4]))
+        scalars = [context.cast(b, a, t, sig.args[0].dtype)
+                   for a, t in zip(args[5:], sig.args[5:])]
+
+        def elements(lo, hi):
+            def body(k, carried):
+                v = b.load(b.gep(sdata, [b.add(s0, k)]))
+                b.store(transform(b, v, scalars), b.gep(ddata, [b.add(d0, k)]))
+                return carried
+
+            loop(b, lo, hi, 1, [], body, "elements")
+
         # Elements before dst's first line boundary (dst is element-aligned).
         addr = b.ptrtoint(b.gep(ddata, [d0]), I64)
         head = b.udiv(b.and_(b.sub(const(0), addr), const(LINE - 1)), const(size))
         head = b.select(b.icmp_signed("<", head, n), head, n)
         body_end = b.add(head, b.mul(b.sdiv(b.sub(n, head), const(per_line)), const(per_line)))
-        _copy_elements(b, sdata, s0, ddata, d0, const(0), head)
+        elements(const(0), head)
 
         def line(k, carried):
-            v = b.load(vptr(b, sdata, b.add(s0, k), vec), align=size)
+            v = transform(b, b.load(vptr(b, sdata, b.add(s0, k), vec), align=size),
+                          [splat(b, vec, a) for a in scalars])
             mark_nontemporal(b, b.store(v, vptr(b, ddata, b.add(d0, k), vec), align=LINE))
             return carried
 
         loop(b, head, body_end, per_line, [], line, "lines")
-        _copy_elements(b, sdata, s0, ddata, d0, body_end, n)
+        elements(body_end, n)
         return context.get_dummy_value()
 
-    return types.none(src, s0, dst, d0, n), codegen
+    return codegen
+
+
+def _stream_args_ok(src, s0, dst, d0, n):
+    return (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.layout == "C" and dst.layout == "C" and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float)
+            and all(isinstance(a, types.Integer) for a in (s0, d0, n)))
+
+
+@intrinsic
+def stream_copy(typingctx, src, s0, dst, d0, n):
+    """``dst.flat[d0:d0 + n] = src.flat[s0:s0 + n]`` (C-contiguous arrays of
+    one float dtype), the whole 64-byte lines of dst by non-temporal
+    stores (:func:`stream_fence` after the last). Nothing is
+    bounds-checked."""
+    if not _stream_args_ok(src, s0, dst, d0, n):
+        return None
+    return types.none(src, s0, dst, d0, n), _stream_codegen(lambda b, v, scalars: v)
+
+
+def _affine(builder, v, scalars):
+    shift, scale, offset = scalars
+    return builder.fsub(builder.fmul(builder.fsub(v, shift), scale), offset)
+
+
+@intrinsic
+def stream_affine(typingctx, src, s0, dst, d0, n, shift, scale, offset):
+    """``dst.flat[d0 + k] = (src.flat[s0 + k] - shift) * scale - offset``
+    for k < n, stored as :func:`stream_copy` stores (the scalars are
+    converted to the arrays' dtype): a log_softmax row from x's (shift
+    its max, scale 1 / T, offset log s), a softmax row from its
+    exponentials (0, 1 / s, 0). Nothing is bounds-checked."""
+    if not (_stream_args_ok(src, s0, dst, d0, n)
+            and all(isinstance(a, types.Float) for a in (shift, scale, offset))):
+        return None
+    return types.none(src, s0, dst, d0, n, shift, scale, offset), _stream_codegen(_affine)
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
