@@ -167,6 +167,52 @@ def test_channels_last_paths(rng, path, monkeypatch):
                                   reference.cross_entropy(xs, target, -1, **kw), xs.dtype, "none")
 
 
+def test_channels_last_streamed_gradient_rows(rng, monkeypatch):
+    """The row kernels' gradient written by non-temporal stores (every row
+    streamed here, ``CPU_STREAM_ROW_MIN_BYTES`` 0): every option, into
+    grad_outs at four line offsets, the special-value rows with ignored
+    pixels among them; in place the gradient is not streamed."""
+    from fastlogits.cpu import losses as kernels
+
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
+    monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 0)
+    streamed = []
+    rows_kernel = kernels.ce_cl_rows
+    monkeypatch.setattr(kernels, "ce_cl_rows",
+                        lambda *a: (streamed.append(a[-1]), rows_kernel(*a))[1])
+    for C in (1, 3, 19, 129, 3001):
+        x = make_logits(rng, (61, C))
+        t = make_target(rng, (61,), C)
+        check_all_options(x, t, -1, rng)
+        assert True in streamed
+        kw = dict(reduction="mean", label_smoothing=0.1, class_weight=np.linspace(0.5, 2, C))
+        want_loss, want_grad = reference.cross_entropy(x, t, -1, return_grad=True, **kw)
+        for offset in (0, 16, 32, 48):
+            g = at_line_offset(x.shape, x.dtype, offset)
+            streamed.clear()
+            loss, _ = fl.cross_entropy(x, t, -1, return_grad=True, grad_out=g, **kw)
+            assert streamed == [True]
+            assert_loss_close(loss, want_loss, x.dtype, "mean")
+            assert_grad_close(g, want_grad, x)
+        xi = x.copy()
+        streamed.clear()
+        loss, _ = fl.cross_entropy(xi, t, -1, return_grad=True, grad_out=xi, **kw)
+        assert streamed == [False]
+        assert_grad_close(xi, want_grad, x)
+        if C >= 3:
+            rows, target = special_logits(C)
+            target[::4] = IGNORE
+            for dtype in (np.float32, np.float64):
+                xs = rows.astype(dtype)
+                loss, grad = fl.cross_entropy(xs, target, -1, reduction="none", return_grad=True)
+                want_loss, want_grad = reference.cross_entropy(xs, target, -1, reduction="none",
+                                                               return_grad=True)
+                assert_loss_close(loss, want_loss, xs.dtype, "none")
+                assert_grad_close(grad, want_grad, xs)
+
+
 def test_float16_chunks(rng, monkeypatch):
     """float16 goes through float32 chunks; sums add up across chunks and
     per-pixel outputs land in the right place (also when a chunk splits the

@@ -61,7 +61,7 @@ from numba.extending import overload
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _row_prefetch_bytes,
-                            _stand_in, _tile_pixels, launch_threads)
+                            _stand_in, _streams, _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
@@ -73,7 +73,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.stream import stream_fence
+from fastlogits.cpu.stream import stream_copy, stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
                                   tile_exp_store, tile_expsum, tile_max, tile_to_out,
@@ -612,14 +612,16 @@ def _block_losses(x, r0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, gr
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
-               ahead_bytes, blocks, tile):
+               ahead_bytes, blocks, tile, stream):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks``, ``tile`` rows at a time by
     blocks of ``rowblock.ROWS`` rows transposed in registers
     (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
     ROWS) a row at a time as vectors
     (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
-    Without ``want_grad``, ``grad`` may be any (1, k) array."""
+    Without ``want_grad``, ``grad`` may be any (1, k) array. With
+    ``stream`` (not with ``blocks``) the gradient rows of kept pixels are
+    made in a scratch row and written by non-temporal stores."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     wall = np.sum(w64)
@@ -640,6 +642,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
         cols = np.empty(C * ROWS if blocks else 1, x.dtype)
+        # The gradient row is made here (grad's row, or with stream a
+        # scratch row then streamed).
+        into = np.empty((1, C), x.dtype) if stream else grad
         acc = np.zeros(3)
         sums = np.zeros(2 * ROWS)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
@@ -674,7 +679,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             m1[0] = mx
             xt1[0] = x[r, ti]
             if want_grad or not one_pass:  # after every read of the row: grad may be x
-                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
+                s1[0] = vrow_expsum(x, r, mx, one, into, 0 if stream else gr, want_grad)
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti
@@ -682,9 +687,14 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                           acc, loss, r, want_loss)
             if want_grad:
                 apx = a1[0]
+                at = 0 if stream else gr
                 for c in range(C):
-                    grad[gr, c] = grad[gr, c] * apx - b[c]
-                grad[gr, ti] -= d1[0]
+                    into[at, c] = into[at, c] * apx - b[c]
+                into[at, ti] -= d1[0]
+                if stream:
+                    stream_copy(into, 0, grad, r * C, C)
+        if stream:
+            stream_fence()
         acc[0] += sums[:ROWS].sum()
         acc[1] += sums[ROWS:].sum()
         chunk_sums[chunk] = acc
@@ -768,8 +778,12 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
                 tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
+                # Long gradient rows by non-temporal stores, as softmax's
+                # (cpu.run_expnorm).
+                stream = (want_grad and not blocks and _streams(x2, g)
+                          and C * x3.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES)
                 res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
-                                 tile)
+                                 tile, stream)
     if lwork is not loss2:
         loss2[...] = lwork
     if gwork is not grad3:
