@@ -277,14 +277,9 @@ def measure_bandwidth(nbytes=256 << 20, repeat=5, gpu=False):
 
 def cpu_name():
     """The CPU model (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from fastlogits._cpuinfo import field
+
+    return field("model name") or platform.processor() or platform.machine()
 
 
 def gpu_name():

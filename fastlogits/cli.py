@@ -276,7 +276,7 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _bandwidth, api, pool
+    from fastlogits import _bandwidth, _cpuinfo, api, config, pool
     from fastlogits.benchmark import cpu_name
     from fastlogits.tiled import format_size
 
@@ -296,6 +296,9 @@ def cmd_info(args):
         ("threads", f"{numba.get_num_threads()} Numba threads of {os.cpu_count()} cores, "
                     f"threading layer {layer}"),
         ("CPU", cpu_name()),
+        ("row prefetch", f"channels-last rows of up to {config.CPU_ROW_PREFETCH_MAX_BYTES} bytes "
+                         f"(the value for {_cpuinfo.vendor() or 'unknown'} CPUs: "
+                         "config.CPU_ROW_PREFETCH_MAX_BYTES)"),
         ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),
         ("vectors", _vector_width_status()),

@@ -4,6 +4,8 @@ Kernels receive these values as arguments (never as globals frozen at
 compile time), so changing them needs no recompilation.
 """
 
+from fastlogits import _cpuinfo
+
 #: Fast-math flags for every CPU kernel. Deliberately without ``nnan`` and
 #: ``ninf``: -inf masks and NaN propagation are part of the contract.
 #: ``reassoc`` lets reductions vectorize; ``contract`` allows FMA.
@@ -96,11 +98,14 @@ CPU_PREFETCH_BYTES = 4096
 
 #: Channels-last rows longer than this (bytes) get no software prefetch:
 #: the hardware prefetcher follows a long row on its own, and a burst of
-#: requests for the next row at each row's start stalled the row kernels
+#: requests for the next row at each row's start stalled the row kernels.
+#: Where that starts depends on the CPU: on AMD Zen 4 from 800 bytes
 #: (argmax at 1000-32000 classes 1.6-2.4x slower with it, logsumexp and
-#: cross-entropy 1.1-1.5x; at 150 classes it still helped the loss
-#: 1.16x; bench/RESULTS.md, log 56).
-CPU_ROW_PREFETCH_MAX_BYTES = 768
+#: cross-entropy 1.1-1.5x; at 150 classes it still helped the loss 1.16x;
+#: bench/RESULTS.md, log 56), on an Intel Xeon (Sapphire Rapids class)
+#: only from 4000 (there it made argmax 1.3-1.7x and the exp ops 1.1-1.3x
+#: faster at 200-700 classes; log 60). Other CPUs get Intel's value.
+CPU_ROW_PREFETCH_MAX_BYTES = 768 if _cpuinfo.vendor() == "amd" else 3072
 
 #: The channels-first register blocks (``cpu.planeblock``) prefetch each
 #: class plane this many bytes ahead of the block they work on; 0 turns

@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import _cpuinfo, config, reference
 from fastlogits.cpu.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLASSES_AHEAD,
                                      plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_span, rows_ahead, share_bounds)
@@ -32,8 +32,12 @@ def test_rows_ahead():
 def test_long_rows_are_left_to_the_hardware_prefetcher(monkeypatch):
     from fastlogits.cpu import _row_prefetch_bytes
 
+    limit = config.CPU_ROW_PREFETCH_MAX_BYTES
+    assert limit == (768 if _cpuinfo.vendor() == "amd" else 3072)  # measured per vendor
     assert _row_prefetch_bytes(150, 4) == config.CPU_PREFETCH_BYTES  # 600-byte rows
-    assert _row_prefetch_bytes(1000, 4) == 0 and _row_prefetch_bytes(150, 8) == 0
+    assert _row_prefetch_bytes(limit // 8, 8) == config.CPU_PREFETCH_BYTES
+    assert _row_prefetch_bytes(limit // 8 + 1, 8) == 0
+    assert _row_prefetch_bytes(1000, 4) == 0 and _row_prefetch_bytes(32000, 4) == 0
     monkeypatch.setattr(config, "CPU_ROW_PREFETCH_MAX_BYTES", 10 ** 9)
     assert _row_prefetch_bytes(32000, 4) == config.CPU_PREFETCH_BYTES
 
@@ -105,3 +109,10 @@ def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row
         np.testing.assert_array_equal(off, on)
     np.testing.assert_array_equal(runs[0][0], reference.argmax(x))
     np.testing.assert_array_equal(runs[0][7], reference.confusion_matrix(x, t, ignore_index=255))
+
+
+def test_cpuinfo_fields():
+    assert _cpuinfo.vendor() in ("amd", "intel", "")
+    assert _cpuinfo.field("no such field") == ""
+    # "model" must not match "model name" (the key is compared whole).
+    assert ":" not in _cpuinfo.field("model")
