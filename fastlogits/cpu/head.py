@@ -64,7 +64,7 @@ from numba import njit, prange
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
-from fastlogits.cpu.losses import _grad_coef, _tile_grad, _tile_losses
+from fastlogits.cpu.losses import _tile_grad, _tile_losses, loss_coefs
 from fastlogits.cpu.losses import _scratch as _loss_scratch
 from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
                                          VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
@@ -487,8 +487,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     straight into ``grad``.
     """
     C = b.shape[0]
-    wall = np.sum(w64)
-    bc = _grad_coef(w, eps, gscale)
+    bc, coef, ls = loss_coefs(w, w64, eps, gscale)
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     sums = np.zeros((nchunks, 3))
@@ -508,7 +507,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
             q0 = o * npix + i0
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             pf = no_region(z3)  # z is scratch in cache
-            _tile_losses(z3, 0, 0, P, t, q0, w, wall, ignore, eps, gscale, e3, 0, 0,
+            _tile_losses(z3, 0, 0, P, t, q0, w, ignore, eps, ls, coef, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 # d loss / d z of the tile, in place over the exponentials.

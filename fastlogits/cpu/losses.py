@@ -159,14 +159,19 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
-                  want_loss):
+def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a, d, want_grad,
+                  acc, loss, r0, want_loss):
     """Per pixel of the tile (see the module docstring): the loss (0 where
     ignored, NaN where the max is not finite: a NaN, a +inf, or all -inf),
-    into ``loss[r0:r0 + P]`` with ``want_loss``; with ``want_grad``, ``a =
-    A / s`` and ``d = g (1 - eps) w[t]`` (a loop of their own: without a
-    gradient its division is not paid). Adds the sum of the losses to
-    ``acc[0]``, of the target weights to ``acc[1]``, in float64.
+    into ``loss[r0:r0 + P]`` with ``want_loss``, label smoothing by ``keep,
+    epsc, wallx`` (``ls`` of :func:`_smoothing_coefs`) where ``smooth``;
+    with ``want_grad``, ``a = A / s`` and ``d = g (1 - eps) w[t]`` from
+    ``gk, ge`` (``coef`` of :func:`_grad_scales`; a loop of their own:
+    without a gradient its division is not paid). Adds the sum of the
+    losses to ``acc[0]``, of the target weights to ``acc[1]``, in float64.
+    (The coefficients come as scalars: :func:`ce_cl_rows` calls this per
+    row, and the two arrays passed instead doubled the loss's time at 150
+    classes; bench/RESULTS.md, log 62.)
 
     Branch-free (selects, and :func:`flog` instead of libm's scalar
     ``log``) so the loop runs at vector width. Every per-pixel quantity is
@@ -176,12 +181,8 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad
     loss is within a few ulp, as the float32 exp-sum it starts from.
     """
     f = m.dtype.type
-    keep = f(1.0 - eps)
-    epsc = f(eps / C)
-    wallx = f(wall)
     nan = f(np.nan)
     zero = f(0.0)
-    smooth = eps > 0.0
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     lsum = 0.0
     wsum = 0.0
@@ -201,18 +202,17 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad
         lsum += np.float64(lv)
         wsum += np.float64(wp)
     if want_grad:
-        g = f(gscale)
         for p in range(P):
             wp = wt[p]
-            ap = g * (keep * wp + epsc * wallx) / s[p]
+            ap = (gk * wp + ge) / s[p]
             a[p] = ap if is_finite(m[p]) else nan
-            d[p] = g * keep * wp
+            d[p] = gk * wp
     acc[0] += lsum
     acc[1] += wsum
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _tile_losses(x, o, i0, P, t, r0, w, wall, ignore, eps, gscale, et, eo, ei0,
+def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
@@ -230,8 +230,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, wall, ignore, eps, gscale, et, eo, ei0,
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, want_grad, acc, loss, r0,
-                  want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
+                  d, want_grad, acc, loss, r0, want_loss)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -276,6 +276,17 @@ def _smoothing_coefs(w, wall, eps):
     ls[1] = eps / w.shape[0]
     ls[2] = wall
     return ls
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_coefs(w, w64, eps, gscale):
+    """The coefficients every loss driver derives once per call, in x's
+    dtype (``w``'s): ``(b, coef, ls)`` from :func:`_grad_coef`,
+    :func:`_grad_scales` and :func:`_smoothing_coefs` (``W`` the sum of
+    the float64 class weights ``w64``)."""
+    wall = np.sum(w64)
+    return (_grad_coef(w, eps, gscale), _grad_scales(w, wall, eps, gscale),
+            _smoothing_coefs(w, wall, eps))
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -410,8 +421,8 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_losses(x, o, i0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  coef, ls, want_grad, write, cols, ebuf, sc, acc, sums, ahead):
+def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
+                  write, cols, ebuf, sc, acc, sums, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
@@ -454,8 +465,8 @@ def _plane_losses(x, o, i0, P, t, w, wall, ignore, eps, gscale, loss, want_loss,
         if eps > 0.0:
             for q in range(0, P, LANES):
                 planes_wsum(x, start + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, False, acc, loss, r0,
-                  want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
+                  d, False, acc, loss, r0, want_loss)
     if want_grad and write != WRITE_STREAM:
         tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
@@ -484,10 +495,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     1024 x 2048 x 19; bench/RESULTS.md, log 36).
     """
     outer, C, inner = x.shape
-    wall = np.sum(w64)
-    b = _grad_coef(w, eps, gscale)
-    coef = _grad_scales(w, wall, eps, gscale)
-    ls = _smoothing_coefs(w, wall, eps)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -509,8 +517,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
                 continue
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses(x, o, i0, PB, t, w, wall, ignore, eps, gscale, loss,
-                              want_loss, grad, b, coef, ls, want_grad, write, cols, ebuf, sc,
+                _plane_losses(x, o, i0, PB, t, w, ignore, eps, loss, want_loss, grad, b, coef,
+                              ls, want_grad, write, cols, ebuf, sc,
                               acc, sums, ahead)
                 i0 += PB
                 P -= PB
@@ -522,7 +530,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             et = grad if into else ebuf
             eo = o if into else 0
             ei0 = i0 if into else 0
-            _tile_losses(x, o, i0, P, t, o * inner + i0, w, wall, ignore, eps, gscale, et,
+            _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, et,
                          eo, ei0, want_grad, loss, want_loss,
                          m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
@@ -547,8 +555,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     back row by row (:func:`store_transposed`).
     """
     rows, C = x.shape
-    wall = np.sum(w64)
-    b = _grad_coef(w, eps, gscale)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
     sums = np.zeros((nchunks, 3))
@@ -563,7 +570,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             P = min(tile, rows - r0)
             load_transposed(x, r0, P, buf)
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
-            _tile_losses(buf, 0, 0, P, t, r0, w, wall, ignore, eps, gscale, ebuf, 0, 0,
+            _tile_losses(buf, 0, 0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
@@ -573,8 +580,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _block_losses(x, r0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, grad, b,
-                  coef, ls, want_grad, ahead, cols, sc, acc, sums):
+def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
+                  ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -606,8 +613,8 @@ def _block_losses(x, r0, P, t, w, wall, ignore, eps, gscale, loss, want_loss, gr
         if eps > 0.0:
             for q in range(0, P, ROWS):
                 rows_wsum(x, r0 + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, wall, eps, gscale, C, a, d, False, acc, loss, r0,
-                  want_loss)
+    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
+                  d, False, acc, loss, r0, want_loss)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -624,10 +631,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     made in a scratch row and written by non-temporal stores."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
-    wall = np.sum(w64)
-    b = _grad_coef(w, eps, gscale)
-    coef = _grad_scales(w, wall, eps, gscale)
-    ls = _smoothing_coefs(w, wall, eps)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    keep, epsc, wallx, gk, ge = ls[0], ls[1], ls[2], coef[0], coef[1]  # per row, as scalars
+    smooth = eps > 0.0
     one = x.dtype.type(1.0)
     zero = x.dtype.type(0.0)
     # Rows of more than one chunk: the loss's max and exp-sum in one pass
@@ -650,8 +656,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
-            _block_losses(x, b0, min(tile, g1 - b0), t, w, wall, ignore, eps, gscale, loss,
-                          want_loss, grad, b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
+            _block_losses(x, b0, min(tile, g1 - b0), t, w, ignore, eps, loss, want_loss, grad,
+                          b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
             gr = r if want_grad else 0
@@ -683,8 +689,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti
-            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, wall, eps, gscale, C, a1, d1, want_grad,
-                          acc, loss, r, want_loss)
+            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, keep, epsc, wallx, gk, ge, smooth, a1,
+                          d1, want_grad, acc, loss, r, want_loss)
             if want_grad:
                 apx = a1[0]
                 at = 0 if stream else gr
