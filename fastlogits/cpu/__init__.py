@@ -205,9 +205,11 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             if blocks:
                 k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
             else:
-                stream = (out3 is not None and _streams(x2, work)
+                apart = out3 is not None and not np.may_share_memory(x2, work)
+                stream = (apart and _streams(x2, work)
                           and C * x3.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES)
-                k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream)
+                k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
+                                  apart)
         if work is not out2:
             out2[...] = work
         return

@@ -35,7 +35,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
-from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.stream import stream_affine, stream_fence
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
@@ -262,19 +262,27 @@ def rows_per_block(C, itemsize, mode):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, e):
+def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, e):
     """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
     rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
     row as vectors (prefetching ``ahead``), then the epilogue over the P
     rows at once and their rows of ``out``, by non-temporal stores with
     ``stream`` (softmax's exponentials wait in the scratch ``e``, at
     least (P, C), instead of in out). ``m``, ``g``, ``s``: scratch of at
-    least P elements."""
+    least P elements.
+
+    log_softmax rows of one chunk (``rowvec.CHUNK_BYTES``) into an ``out``
+    ``apart`` from x (and not streamed) take softmax's two passes, the
+    exponentials stored into out, discarded by the epilogue: so out's
+    lines are fetched while the exponentials are computed, not after
+    (1.1-1.4x at 64-300 classes; bench/RESULTS.md, log 63)."""
     C = x.shape[1]
+    store = mode == SOFTMAX or (mode == LOG_SOFTMAX and apart and not stream
+                                and C * x.itemsize <= CHUNK_BYTES)
     for p in range(P):
         r = r0 + p
         prefetch_row(x, r, ahead)
-        if mode == SOFTMAX:
+        if store:
             mx, _ = vrow_argmax(x, r)
             m[p] = mx
             if stream:
@@ -306,7 +314,7 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, e):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
@@ -330,7 +338,7 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream):
         for job in range(j0, j1):
             r0 = job * B
             _vector_rows(x, out, red, r0, min(B, rows - r0), inv_t, mode, m, g, s, ahead,
-                         stream, e)
+                         stream, apart, e)
         if stream:
             stream_fence()
 
@@ -371,4 +379,4 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
                 rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
             else:
                 rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, e)
+        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False, e)
