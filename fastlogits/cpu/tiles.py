@@ -17,15 +17,19 @@ vectors that stay in L1 for the whole tile.
   enough classes (``config.CPU_ROW_MIN_CLASSES``,
   ``config.CPU_ROW_ARGMAX_MIN_CLASSES``) go through the horizontal vector
   kernels of :mod:`fastlogits.cpu.rowvec` instead.
+
+The exp-sums' inner loops (a class row's P exponentials) are vector
+intrinsics (:mod:`fastlogits.cpu.runexp`), which take the register
+blocks' cheaper exp2 form on AVX-512.
 """
 
 from numba import njit
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.fastexp import fexp_shifted
 from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
 from fastlogits.cpu.planeblock import on_c_planes
 from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
+from fastlogits.cpu.runexp import tile_exp_add
 from fastlogits.cpu.stream import stream_copy
 
 #: Classes summed in the input precision before the partial sum is added to
@@ -277,8 +281,7 @@ def tile_expsum(x, o, i0, P, m, inv_t, s, part, pf):
             part[p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             prefetch_share(pf, c)
-            for p in range(P):
-                part[p] += fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
+            tile_exp_add(x, o, c, i0, m, inv_t, part, P, x, o, i0, False)
         for p in range(P):
             s[p] += part[p]
 
@@ -298,10 +301,7 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, pf):
             part[p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             prefetch_share(pf, c)
-            for p in range(P):
-                e = fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
-                et[eo, c, ei0 + p] = e
-                part[p] += e
+            tile_exp_add(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, True)
         for p in range(P):
             s[p] += part[p]
 

@@ -1,0 +1,110 @@
+"""The exponentials of one class's run of pixels in a tile, as vectors.
+
+The transposed tiles (:mod:`.tiles`) sum ``exp((x[o, c, i0 + p] - m[p]) /
+T)`` over classes one class row at a time: a contiguous run of P pixels.
+Written as a Numba loop, LLVM vectorizes the scalar exponential of
+:func:`fastlogits.cpu.fastexp.fexp_shifted`, 13 vector operations per 16
+float32 scores; the register blocks and row kernels take the exp2 form
+on AVX-512 (:func:`fastlogits.cpu.fastexp.exp_shifted_ir` on whole
+512-bit vectors: 8). This intrinsic gives the tiles the same vectors:
+``part[p] += e_p`` and optionally ``out[p] = e_p``, 64 bytes at a time,
+a masked tail for the last P % L pixels.
+
+Only for C-contiguous arrays: :func:`tile_exp_add` falls back to the
+Numba loop for other layouts.
+"""
+
+from llvmlite import ir
+from numba import types
+from numba.core.extending import overload
+from numba.extending import intrinsic
+
+from fastlogits.config import FASTMATH
+from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
+from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
+from fastlogits.cpu.irutil import vector_of, vptr
+
+
+def _is_c_float(a):
+    return isinstance(a, types.Array) and a.layout == "C" and isinstance(a.dtype, types.Float)
+
+
+@intrinsic
+def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
+    """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e`` and,
+    with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
+    arrays of one float dtype; ``m`` and ``part`` 1-D). Nothing is
+    bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
+    loop (callers mask those pixels)."""
+    if not (all(_is_c_float(a) for a in (x, m, part, out))
+            and len({a.dtype for a in (x, m, part, out)}) == 1
+            and m.ndim == 1 and part.ndim == 1
+            and all(isinstance(a, types.Integer) for a in (xo, n, oo))
+            and isinstance(inv_t, types.Float)
+            and isinstance(store, (types.Boolean, types.Integer))):
+        return None
+    sig = types.none(x, xo, m, inv_t, part, n, out, oo, store)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        dtype = signature.args[0].dtype
+        elem = context.get_data_type(dtype)
+        size = context.get_abi_sizeof(elem)
+        L = 64 // size  # one 512-bit vector (two 256-bit ones on AVX2)
+        vec = ir.VectorType(elem, L)
+
+        def data(k):
+            return context.make_array(signature.args[k])(context, b, args[k]).data
+
+        xd, md, pd, od = data(0), data(2), data(4), data(6)
+        xo, n, oo = i64(b, args[1]), i64(b, args[5]), i64(b, args[7])
+        xd = b.gep(xd, [xo])
+        od = b.gep(od, [oo])
+        tv = splat(b, vec, context.cast(b, args[3], signature.args[3], dtype))
+        nfull = b.sub(n, b.srem(n, const(L)))
+        storing = b.icmp_unsigned("!=", args[8], ir.Constant(args[8].type, 0))
+
+        def step(load, put, k):
+            e = exp_shifted_ir(b, b.fmul(b.fsub(load(xd, k), load(md, k)), tv))
+            put(b.fadd(load(pd, k), e), pd, k)
+            with b.if_then(storing):
+                put(e, od, k)
+
+        def full(k, carried):
+            step(lambda d, i: b.load(vptr(b, d, i, vec), align=size),
+                 lambda v, d, i: b.store(v, vptr(b, d, i, vec), align=size), k)
+            return carried
+
+        loop(b, const(0), nfull, L, [], full, "runexp")
+        mask = lane_mask(b, L, b.sub(n, nfull))
+        with b.if_then(b.icmp_signed("<", nfull, n)):
+            step(lambda d, i: masked_load(b, d, i, mask, vector_of(vec, 0.0)),
+                 lambda v, d, i: masked_store(b, v, d, i, mask), nfull)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def tile_exp_add(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+    """``part[p] += exp((x[o, c, i0 + p] - m[p]) * inv_t)`` for p < P and,
+    with ``store``, the exponentials into ``et[eo, c, ei0 + p]``: by
+    :func:`vexp_add` where x and et are C-contiguous, else a Numba loop."""
+    raise NotImplementedError("tile_exp_add is only callable from Numba code")
+
+
+@overload(tile_exp_add, inline="always", fastmath=FASTMATH)
+def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+    if x.layout == "C" and et.layout == "C":
+        def vectors(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+            C, inner = x.shape[1], x.shape[2]
+            vexp_add(x, (o * C + c) * inner + i0, m, inv_t, part, P, et,
+                     (eo * et.shape[1] + c) * et.shape[2] + ei0, store)
+        return vectors
+
+    def scalars(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+        for p in range(P):
+            e = fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
+            if store:
+                et[eo, c, ei0 + p] = e
+            part[p] += e
+    return scalars
