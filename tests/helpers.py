@@ -65,3 +65,27 @@ def at_line_offset(shape, dtype, offset):
     buf = np.empty(n + 128, np.uint8)
     first = -buf.ctypes.data % 64 + offset
     return buf[first:first + n].view(dtype).reshape(shape)
+
+
+def stream_every_row(monkeypatch, kernels, name, flag_at, block_knob):
+    """Send channels-last rows of any length through the row kernels
+    (``block_knob`` the register blocks' class limit, set to 0) with every
+    output streamed (``config.CPU_STREAM_MIN_BYTES`` and
+    ``CPU_STREAM_ROW_MIN_BYTES`` 0); returns the list to which each call of
+    the kernel ``kernels.<name>`` appends its stream flag (argument
+    ``flag_at``)."""
+    from fastlogits import config
+
+    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
+    monkeypatch.setattr(config, block_knob, 0)
+    flags = []
+    kernel = getattr(kernels, name)
+
+    def spy(*args):
+        flags.append(args[flag_at])
+        return kernel(*args)
+
+    monkeypatch.setattr(kernels, name, spy)
+    return flags

@@ -6,7 +6,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import config
 from fastlogits.registry import OPS
-from tests.helpers import assert_close, at_line_offset, logits, specials_array
+from tests.helpers import assert_close, at_line_offset, logits, specials_array, stream_every_row
 
 BACKENDS = ["cpu", "numpy"]
 DTYPES = [np.float16, np.float32, np.float64]
@@ -295,14 +295,8 @@ def test_channels_last_streamed_rows(rng, name, dtype, monkeypatch):
     allocating call give the same."""
     from fastlogits.cpu import softmax as kernels
 
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", 0)
-    streamed = []
-    rows_kernel = kernels.expnorm_cl_rows
-    monkeypatch.setattr(kernels, "expnorm_cl_rows",
-                        lambda *a: (streamed.append(a[-2]), rows_kernel(*a))[1])
+    streamed = stream_every_row(monkeypatch, kernels, "expnorm_cl_rows", -2,
+                                "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES")
     op = OPS[name]
     long_row = kernels.ROW_BLOCK_BYTES // np.dtype(dtype).itemsize + 5
     for rows, C in ((23, 1), (23, 3), (23, 19), (70, 150), (40, 1037), (9, 3001), (3, long_row)):

@@ -8,7 +8,7 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import config, reference
-from tests.helpers import at_line_offset
+from tests.helpers import at_line_offset, stream_every_row
 
 try:
     import torch
@@ -132,6 +132,16 @@ def test_small_tiles_and_row_path(rng, monkeypatch):
     check_all_options(x, make_target(rng, (31,), 19), -1, rng)
 
 
+def check_rows_with_grad(x, target):
+    """Channels-last rows: per-pixel losses and the gradient against the
+    reference."""
+    loss, grad = fl.cross_entropy(x, target, -1, reduction="none", return_grad=True)
+    want_loss, want_grad = reference.cross_entropy(x, target, -1, reduction="none",
+                                                   return_grad=True)
+    assert_loss_close(loss, want_loss, x.dtype, "none")
+    assert_grad_close(grad, want_grad, x)
+
+
 @pytest.mark.parametrize("path", ["rows", "tiles", "blocks"])
 def test_channels_last_paths(rng, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced, for C
@@ -148,11 +158,7 @@ def test_channels_last_paths(rng, path, monkeypatch):
             rows, target = np.tile(rows, (5, 1)), np.tile(target, 5)  # into the blocks too
             for dtype in (np.float32, np.float64):
                 xs = rows.astype(dtype)
-                loss, grad = fl.cross_entropy(xs, target, -1, reduction="none", return_grad=True)
-                want_loss, want_grad = reference.cross_entropy(xs, target, -1, reduction="none",
-                                                               return_grad=True)
-                assert_loss_close(loss, want_loss, xs.dtype, "none")
-                assert_grad_close(grad, want_grad, xs)
+                check_rows_with_grad(xs, target)
                 # The loss alone, ignored pixels among them (float32: the
                 # fused blocks, cpu.rowblock.rows_xent), every reduction.
                 ts = target.copy()
@@ -174,14 +180,8 @@ def test_channels_last_streamed_gradient_rows(rng, monkeypatch):
     pixels among them; in place the gradient is not streamed."""
     from fastlogits.cpu import losses as kernels
 
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 0)
-    streamed = []
-    rows_kernel = kernels.ce_cl_rows
-    monkeypatch.setattr(kernels, "ce_cl_rows",
-                        lambda *a: (streamed.append(a[-1]), rows_kernel(*a))[1])
+    streamed = stream_every_row(monkeypatch, kernels, "ce_cl_rows", -1,
+                                "CPU_ROW_BLOCK_XENT_MAX_CLASSES")
     for C in (1, 3, 19, 129, 3001):
         x = make_logits(rng, (61, C))
         t = make_target(rng, (61,), C)
@@ -206,11 +206,7 @@ def test_channels_last_streamed_gradient_rows(rng, monkeypatch):
             target[::4] = IGNORE
             for dtype in (np.float32, np.float64):
                 xs = rows.astype(dtype)
-                loss, grad = fl.cross_entropy(xs, target, -1, reduction="none", return_grad=True)
-                want_loss, want_grad = reference.cross_entropy(xs, target, -1, reduction="none",
-                                                               return_grad=True)
-                assert_loss_close(loss, want_loss, xs.dtype, "none")
-                assert_grad_close(grad, want_grad, xs)
+                check_rows_with_grad(xs, target)
 
 
 def test_float16_chunks(rng, monkeypatch):
