@@ -153,6 +153,15 @@ def _streams(x, out):
             and not np.may_share_memory(x, out))
 
 
+def _streams_rows(x2, out2):
+    """Whether the channels-last row kernels write ``out2`` (rows, C) by
+    non-temporal stores, row by row: as :func:`_streams`, and rows of at
+    least ``config.CPU_STREAM_ROW_MIN_BYTES`` (shorter rows end in too many
+    partial lines; bench/RESULTS.md, log 58)."""
+    return (x2.shape[1] * x2.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES
+            and _streams(x2, out2))
+
+
 def _plane_write(x3, out3, lanes=None):
     """How the channels-first kernels write the x-sized output ``out3``
     (``planeblock.WRITE_*``; ``WRITE_EBUF``: not streamed, see
@@ -206,8 +215,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
                 k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
             else:
                 apart = out3 is not None and not np.may_share_memory(x2, work)
-                stream = (apart and _streams(x2, work)
-                          and C * x3.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES)
+                stream = out3 is not None and _streams_rows(x2, work)
                 k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
                                   apart)
         if work is not out2:

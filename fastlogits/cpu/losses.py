@@ -61,7 +61,7 @@ from numba.extending import overload
 from fastlogits import config
 from fastlogits.config import FASTMATH
 from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _row_prefetch_bytes,
-                            _stand_in, _streams, _tile_pixels, launch_threads)
+                            _stand_in, _streams_rows, _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
@@ -212,6 +212,16 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
+                       want_loss):
+    """:func:`_pixel_losses` of a tile or block, its coefficients from the
+    arrays ``ls`` (:func:`_smoothing_coefs`) and ``coef``
+    (:func:`_grad_scales`)."""
+    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
+                  d, want_grad, acc, loss, r0, want_loss)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
@@ -230,8 +240,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
-    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
-                  d, want_grad, acc, loss, r0, want_loss)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
+                       want_loss)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -465,8 +475,8 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
         if eps > 0.0:
             for q in range(0, P, LANES):
                 planes_wsum(x, start + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
-                  d, False, acc, loss, r0, want_loss)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                       want_loss)
     if want_grad and write != WRITE_STREAM:
         tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
@@ -613,8 +623,8 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
         if eps > 0.0:
             for q in range(0, P, ROWS):
                 rows_wsum(x, r0 + q, m, q, w, sm)
-    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
-                  d, False, acc, loss, r0, want_loss)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                       want_loss)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -784,10 +794,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
             else:
                 tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
-                # Long gradient rows by non-temporal stores, as softmax's
-                # (cpu.run_expnorm).
-                stream = (want_grad and not blocks and _streams(x2, g)
-                          and C * x3.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES)
+                stream = want_grad and not blocks and _streams_rows(x2, g)
                 res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
                                  tile, stream)
     if lwork is not loss2:
