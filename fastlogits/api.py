@@ -9,7 +9,9 @@ on bad input), then resolves the backend:
 - ``"cuda"``: :mod:`fastlogits.cuda` (GPU arrays in place, host arrays
   copied over and back).
 
-float16 input is computed in float32 on the CPU in chunks of
+float16 input is computed in float32 on the CPU: read as it is by the ops
+whose kernels read float16 (:mod:`fastlogits.cpu.scores`: argmax,
+classify, confusion_matrix), else in float32 chunks of
 ``config.CPU_HALF_CHUNK_ELEMENTS``, so its extra memory stays bounded.
 """
 
@@ -120,12 +122,15 @@ def _work_view(arr, shape):
     return tmp, tmp
 
 
-def _run_cpu(lg, full, reduced, kernel):
+def _run_cpu(lg, full, reduced, kernel, reads_half=False):
     """Run ``kernel(x3, full3s, red2s)`` on canonical views of x and outputs.
 
     ``full``: outputs shaped like x; ``reduced``: outputs without the class
-    axis. float16 data goes through float32 chunks (x and any float16
-    output), bounded by ``config.CPU_HALF_CHUNK_ELEMENTS``.
+    axis. float16 x goes to a ``reads_half`` kernel as its bits (x3 of
+    uint16, :mod:`fastlogits.cpu.scores`) where the CPU converts float16
+    in hardware and no output is float16; else float16 data goes through
+    float32 chunks (x and any float16 output), bounded by
+    ``config.CPU_HALF_CHUNK_ELEMENTS``.
     """
     outer, C, inner = _layout.split_shape(lg.shape, lg.axis)
     x3 = _layout.canonical(lg.array, lg.axis)
@@ -135,6 +140,8 @@ def _run_cpu(lg, full, reduced, kernel):
     r2 = [v for v, _ in rviews]
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
+    elif reads_half and _reads_half(f3 + r2):
+        kernel(x3.view(np.uint16), f3, r2)
     else:
         from fastlogits.cpu.half import load, store
 
@@ -154,6 +161,16 @@ def _run_cpu(lg, full, reduced, kernel):
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)
+
+
+def _reads_half(outputs):
+    """Whether a kernel that reads float16 bits takes float16 x here:
+    ``config.CPU_HALF_DIRECT``, F16C (:data:`fastlogits.cpu.half.HARDWARE`)
+    and no float16 output."""
+    from fastlogits.cpu.half import HARDWARE
+
+    return (config.CPU_HALF_DIRECT and HARDWARE
+            and all(a.dtype != np.float16 for a in outputs))
 
 
 class ChunkScratch:
@@ -348,7 +365,8 @@ def argmax(x, axis=-1, *, out=None, backend="auto"):
         from fastlogits import cpu
 
         one = lg.compute_dtype.type(1.0)
-        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one))
+        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one),
+                 reads_half=True)
     return out
 
 
@@ -402,5 +420,6 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
         from fastlogits import cpu
 
         inv_t = _inv_temperature(lg, temperature)
-        _run_cpu(lg, [], [labels, conf], lambda x3, f, r: cpu.run_argmax(x3, r[0], r[1], inv_t))
+        _run_cpu(lg, [], [labels, conf], lambda x3, f, r: cpu.run_argmax(x3, r[0], r[1], inv_t),
+                 reads_half=True)
     return labels, conf

@@ -81,6 +81,12 @@ def _stand_in(ndim, dtype):
     return np.empty((1,) * ndim, dtype)
 
 
+def _computed_in(x):
+    """The NumPy dtype x's scores are computed in: float32 for float16
+    bits (uint16, :mod:`.scores`), else x's own."""
+    return np.dtype(np.float32) if x.dtype == np.uint16 else x.dtype
+
+
 def _rows(a):
     """``(rows, C)`` view of an (outer, C, 1) array: a C-contiguous reshape
     when the strides allow (Numba then knows the layout and vectorizes),
@@ -237,13 +243,14 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
-    """argmax (``conf2`` None) or classify into (outer, inner) outputs."""
+    """argmax (``conf2`` None) or classify into (outer, inner) outputs; x3
+    of floats or float16 bits (:mod:`.scores`)."""
     from fastlogits.cpu import argmax as k
 
     outer, C, inner = x3.shape
     with_conf = conf2 is not None
     if conf2 is None:
-        conf2 = _stand_in(2, x3.dtype)
+        conf2 = _stand_in(2, _computed_in(x3))
     blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)
     x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES if with_conf
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)

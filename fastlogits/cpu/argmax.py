@@ -22,6 +22,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
                                      prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.scores import scratch
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, tile_argmax, tile_expsum, work_chunks)
 
@@ -92,11 +93,11 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
     for chunk in prange(nchunks):
-        m = np.empty(tile, dtype=x.dtype)
-        part = np.empty(tile, dtype=x.dtype)
+        m = scratch(tile, x)
+        part = scratch(tile, x)
         idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
-        cols = np.empty(C * LANES if blocks and with_conf else 1, dtype=x.dtype)
+        cols = scratch(C * LANES if blocks and with_conf else 1, x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -122,9 +123,9 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
     for chunk in prange(nchunks):
-        buf = np.empty((1, C, tile), dtype=x.dtype)
-        m = np.empty(tile, dtype=x.dtype)
-        part = np.empty(tile, dtype=x.dtype)
+        buf = scratch((1, C, tile), x)
+        m = scratch(tile, x)
+        part = scratch(tile, x)
         idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
@@ -150,10 +151,10 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
     nchunks = work_chunks(rows, nthreads)
     nan = conf.dtype.type(np.nan)
     for chunk in prange(nchunks):
-        m = np.empty(ROWS, dtype=x.dtype)
+        m = scratch(ROWS, x)
         idx = np.empty(ROWS, dtype=np.int32)
         s = np.empty(ROWS, dtype=np.float64)
-        cols = np.empty(C * ROWS if with_conf and blocks else 1, dtype=x.dtype)
+        cols = scratch(C * ROWS if with_conf and blocks else 1, x)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for g in range(r0, g1, ROWS):

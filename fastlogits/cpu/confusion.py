@@ -41,6 +41,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
                                      prefetch_row, prefetch_rows, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.rowvec import vrow_argmax
+from fastlogits.cpu.scores import scratch
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
                                   tile_argmax)
 
@@ -86,8 +87,8 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
-        m = np.empty(tile, dtype=x.dtype)
-        m2 = np.empty(tile, dtype=x.dtype)
+        m = scratch(tile, x)
+        m2 = scratch(tile, x)
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
@@ -116,9 +117,9 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
     hists = np.zeros((nchunks, C, C), np.int64)
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
-        buf = np.empty((1, C, tile), dtype=x.dtype)
-        m = np.empty(tile, dtype=x.dtype)
-        m2 = np.empty(tile, dtype=x.dtype)
+        buf = scratch((1, C, tile), x)
+        m = scratch(tile, x)
+        m2 = scratch(tile, x)
         idx = np.empty(tile, dtype=np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
@@ -146,7 +147,7 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     bad = np.zeros(nchunks, np.int64)
     for chunk in prange(nchunks):
         hist = hists[chunk]
-        m = np.empty(ROWS, dtype=x.dtype)
+        m = scratch(ROWS, x)
         idx = np.empty(ROWS, dtype=np.int32)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)

@@ -34,8 +34,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastlogits.cpu.irutil import (I32, const, i64, lane_mask, masked_gather, masked_load,
-                                   masked_store, vector_loop, vector_of, vptr)
+                                   masked_store, type_suffix, vector_loop, vector_of, vptr)
 from fastlogits.cpu.microkernels import VECTOR_BYTES
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
@@ -43,9 +44,10 @@ GATHER = 16
 
 @intrinsic
 def gather16(typingctx, src, start, stride, dst, dstart):
-    """``dst.flat[dstart + k] = src.flat[start + k * stride]`` for k < 16."""
+    """``dst.flat[dstart + k] = src.flat[start + k * stride]`` for k < 16
+    (src scores, :mod:`.scores`; dst in their computed type)."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)
+            and is_scores(src.dtype) and dst.dtype == compute_type(src.dtype)
             and all(isinstance(t, types.Integer) for t in (start, stride, dstart))):
         return None
 
@@ -56,9 +58,9 @@ def gather16(typingctx, src, start, stride, dst, dstart):
         adst = context.make_array(sig.args[3])(context, builder, args[3])
         start, stride, dstart = (builder.sext(v, i64) if v.type.width < 64 else v
                                  for v in (args[1], args[2], args[4]))
-        elem = context.get_data_type(sig.args[0].dtype)
-        size = context.get_abi_sizeof(elem)
-        vec_elem = ir.VectorType(elem, GATHER)
+        scores = ScoreIR(context, sig.args[0].dtype)
+        size = scores.size
+        vec_elem = ir.VectorType(scores.stored, GATHER)
         vec_ptr = ir.VectorType(ir.PointerType(), GATHER)
 
         def splat(v):
@@ -74,13 +76,16 @@ def gather16(typingctx, src, start, stride, dst, dstart):
         offsets = builder.mul(iota, splat(builder.mul(stride, ir.Constant(i64, size))))
         ptrs = builder.inttoptr(builder.add(splat(base), offsets), vec_ptr)
         mask = ir.Constant(ir.VectorType(ir.IntType(1), GATHER), [1] * GATHER)
-        name = f"llvm.masked.gather.v{GATHER}{'f32' if size == 4 else 'f64'}.v{GATHER}p0"
+        name = f"llvm.masked.gather.{type_suffix(vec_elem)}.v{GATHER}p0"
         fnty = ir.FunctionType(vec_elem, [vec_ptr, i32, mask.type, vec_elem])
         fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         vals = builder.call(fn, [ptrs, ir.Constant(i32, size), mask,
                                  ir.Constant(vec_elem, ir.Undefined)])
+        if scores.half:
+            vals = builder.fpext(vals, ir.VectorType(scores.elem, GATHER))
         out = builder.gep(adst.data, [dstart])
-        builder.store(vals, builder.bitcast(out, vec_elem.as_pointer()), align=size)
+        builder.store(vals, builder.bitcast(out, vals.type.as_pointer()),
+                      align=scores.compute_size)
         return context.get_dummy_value()
 
     return types.none(src, start, stride, dst, dstart), codegen
@@ -187,10 +192,11 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
     for i < 8 (pixels: rows of src) and j < ``nclasses`` (<= 8): one 8 x 8
     block of the channels-last transpose, 8 row loads (masked when
     nclasses < 8: nothing past a row's end is read), a shuffle transpose
-    in registers and ``nclasses`` contiguous stores. C-contiguous arrays
-    of one float dtype, indexed flat; nothing is bounds-checked."""
+    in registers and ``nclasses`` contiguous stores. C-contiguous arrays,
+    src of scores (:mod:`.scores`), dst in their computed type, indexed
+    flat; nothing is bounds-checked."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)
+            and is_scores(src.dtype) and dst.dtype == compute_type(src.dtype)
             and all(isinstance(t, types.Integer)
                     for t in (start, stride, nclasses, dstart, dstride))):
         return None
@@ -199,19 +205,19 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
         asrc = context.make_array(sig.args[0])(context, builder, args[0])
         adst = context.make_array(sig.args[4])(context, builder, args[4])
         start_, stride_, ncls, dstart_, dstride_ = (i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
-        elem = context.get_data_type(sig.args[0].dtype)
-        size = context.get_abi_sizeof(elem)
-        vec = ir.VectorType(elem, BLOCK8)
+        scores = ScoreIR(context, sig.args[0].dtype)
+        size = scores.compute_size
+        vec = ir.VectorType(scores.elem, BLOCK8)
         offsets = [builder.add(start_, builder.mul(stride_, const(i))) for i in range(BLOCK8)]
         full = builder.icmp_signed("==", ncls, const(BLOCK8))
         with builder.if_else(full) as (whole, part):
             with whole:
-                a = [builder.load(vptr(builder, asrc.data, o, vec), align=size) for o in offsets]
+                a = [scores.load(builder, asrc.data, o, BLOCK8) for o in offsets]
                 a_block = builder.block
             with part:
                 mask = lane_mask(builder, BLOCK8, ncls)
                 zero = vector_of(vec, 0.0)
-                b = [masked_load(builder, asrc.data, o, mask, zero) for o in offsets]
+                b = [scores.masked_load(builder, asrc.data, o, mask, zero) for o in offsets]
                 b_block = builder.block
         rows = []
         for va, vb in zip(a, b):

@@ -58,7 +58,7 @@ def type_suffix(ty):
         return f"v{ty.count}{type_suffix(ty.element)}"
     if isinstance(ty, ir.IntType):
         return f"i{ty.width}"
-    return "f32" if ty == ir.FloatType() else "f64"
+    return {ir.HalfType(): "f16", ir.FloatType(): "f32"}.get(ty, "f64")
 
 
 def intrinsic_fn(builder, name, ret, args):
@@ -101,7 +101,7 @@ def lane_mask(builder, lanes, count):
 def _elem_size(ty):
     if isinstance(ty, ir.IntType):
         return ty.width // 8
-    return 4 if ty == ir.FloatType() else 8
+    return {ir.HalfType(): 2, ir.FloatType(): 4}.get(ty, 8)
 
 
 def masked_load(builder, data, index, mask, passthru):

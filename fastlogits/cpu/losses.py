@@ -60,8 +60,9 @@ from numba.extending import overload
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_plane_blocks, _plane_write, _row_blocks, _row_prefetch_bytes,
-                            _stand_in, _streams_rows, _tile_pixels, launch_threads)
+from fastlogits.cpu import (_computed_in, _plane_blocks, _plane_write, _row_blocks,
+                            _row_prefetch_bytes, _stand_in, _streams_rows, _tile_pixels,
+                            launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
@@ -73,6 +74,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.scores import compute_type, score, scratch
 from fastlogits.cpu.stream import stream_copy, stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
@@ -126,7 +128,7 @@ def _target_logits_tile(x, o, i0, P, tt, xt):
     i0 = max(i0, 0)
     zero = xt.dtype.type(0.0)
     for p in range(P):
-        xt[p] = x[o, max(tt[p], 0), i0 + p] if tt[p] >= 0 else zero
+        xt[p] = score(x[o, max(tt[p], 0), i0 + p]) if tt[p] >= 0 else zero
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -135,7 +137,7 @@ def _target_logits_rows(x2, r0, P, tt, xt):
     r0 = max(r0, 0)
     zero = xt.dtype.type(0.0)
     for p in range(P):
-        xt[p] = x2[r0 + p, max(tt[p], 0)] if tt[p] >= 0 else zero
+        xt[p] = score(x2[r0 + p, max(tt[p], 0)]) if tt[p] >= 0 else zero
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -153,7 +155,7 @@ def _smoothing_sum(x, o, i0, P, m, w, part, sm):
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             wc = w[c]
             for p in range(P):
-                part[p] += wc * (m[p] - x[o, c, i0 + p])
+                part[p] += wc * (m[p] - score(x[o, c, i0 + p]))
         for p in range(P):
             sm[p] += part[p]
 
@@ -230,7 +232,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
     writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``.
     Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
     C = x.shape[1]
-    one = x.dtype.type(1.0)
+    one = w.dtype.type(1.0)
     tile_max(x, o, i0, P, m, part, pf)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     _target_logits_tile(x, o, i0, P, tt, xt)
@@ -247,8 +249,8 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _scratch(tile, w):
     """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
-    even without smoothing), xt, wt, d, keep in x's dtype (``w``'s), tt
-    int32 (bench/RESULTS.md, log 44)."""
+    even without smoothing), xt, wt, d, keep in the type x's scores are
+    computed in (``w``'s), tt int32 (bench/RESULTS.md, log 44)."""
     return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
@@ -364,7 +366,7 @@ def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead
 @overload(_fused_losses, fastmath=FASTMATH)
 def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
                        smooth):
-    if x.dtype != types.float32:
+    if compute_type(x.dtype) != types.float32:
         return (lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
                 smooth: False)
     xent = planes_xent if x.ndim == 3 else rows_xent
@@ -403,6 +405,9 @@ def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, non
 @overload(_grad_blocks, fastmath=FASTMATH)
 def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
                       ahead, t, r0):
+    if not isinstance(x.dtype, types.Float):  # float16 bits: no gradient (see run_cross_entropy)
+        return (lambda x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                ahead, t, r0: None)
     if x.ndim == 3:
         plain, streamed = planes_xent_grad, planes_stream_xent_grad
     else:
@@ -458,7 +463,7 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
     r0 = o * inner + i0
-    one = x.dtype.type(1.0)
+    one = w.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     if not want_grad and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
                                        ahead, t, w, ls, eps > 0.0):
@@ -515,9 +520,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     for chunk in prange(nchunks):
         sc = _scratch(tile, w)
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
-        ebuf = np.empty((1, C, tile if want_grad and (blocks or stream or not direct) else 1),
-                        x.dtype)
-        cols = np.empty(C * LANES if blocks else 1, x.dtype)
+        ebuf = scratch((1, C, tile if want_grad and (blocks or stream or not direct) else 1), x)
+        cols = scratch(C * LANES if blocks else 1, x)
         acc = np.zeros(3)
         sums = np.zeros(2 * LANES)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -570,8 +574,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     nchunks = work_chunks(ntiles, nthreads)
     sums = np.zeros((nchunks, 3))
     for chunk in prange(nchunks):
-        buf = np.empty((1, C, tile), dtype=x.dtype)
-        ebuf = np.empty((1, C, tile), dtype=x.dtype) if want_grad else buf
+        buf = scratch((1, C, tile), x)
+        ebuf = scratch((1, C, tile), x) if want_grad else buf
         m, part, a, s, sm, xt, wt, d, tt, keep = _scratch(tile, w)
         acc = np.zeros(3)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
@@ -608,7 +612,7 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
-    one = x.dtype.type(1.0)
+    one = w.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     if not want_grad and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums,
                                        ahead, t, w, ls, eps > 0.0):
@@ -644,8 +648,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     keep, epsc, wallx, gk, ge = ls[0], ls[1], ls[2], coef[0], coef[1]  # per row, as scalars
     smooth = eps > 0.0
-    one = x.dtype.type(1.0)
-    zero = x.dtype.type(0.0)
+    one = w.dtype.type(1.0)
+    zero = w.dtype.type(0.0)
     # Rows of more than one chunk: the loss's max and exp-sum in one pass
     # (1.35-1.46x at 32000 classes); shorter rows two (the one-pass
     # kernel made the loss 0.88-0.91x at 150-200 classes, though not
@@ -657,10 +661,10 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
-        cols = np.empty(C * ROWS if blocks else 1, x.dtype)
+        cols = scratch(C * ROWS if blocks else 1, x)
         # The gradient row is made here (grad's row, or with stream a
         # scratch row then streamed).
-        into = np.empty((1, C), x.dtype) if stream else grad
+        into = scratch((1, C), x) if stream else grad
         acc = np.zeros(3)
         sums = np.zeros(2 * ROWS)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
@@ -691,9 +695,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             sm = 0.0
             if eps > 0.0:
                 for c in range(C):
-                    sm += w[c] * (mx - x[r, c])
+                    sm += w[c] * (mx - score(x[r, c]))
             m1[0] = mx
-            xt1[0] = x[r, ti]
+            xt1[0] = score(x[r, ti])
             if want_grad or not one_pass:  # after every read of the row: grad may be x
                 s1[0] = vrow_expsum(x, r, mx, one, into, 0 if stream else gr, want_grad)
             sm1[0] = sm
@@ -750,10 +754,14 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
 
     Non-contiguous views are copied (x) or written through a temporary
     (loss, grad), so each kernel is compiled for C-contiguous arrays only.
-    ``grad3`` may be ``x3`` (in place).
+    ``grad3`` may be ``x3`` (in place). x3 of float16 bits
+    (:mod:`.scores`) takes no gradient (its drivers have none: the API
+    sends it through float32 chunks).
     """
     outer, C, inner = x3.shape
-    dtype = x3.dtype
+    if grad3 is not None and not np.issubdtype(x3.dtype, np.floating):
+        raise TypeError("run_cross_entropy: no gradient of float16 bits")
+    dtype = _computed_in(x3)
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     w = w64.astype(dtype)

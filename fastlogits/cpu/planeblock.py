@@ -34,6 +34,11 @@ A block is addressed by the flat index ``start = (o * C) * inner + i``
 of its first score (pixel i of image o, class 0); pixels ``i .. i +
 LANES - 1`` must exist. x (and ``out``) must be C-contiguous; nothing is
 bounds-checked.
+
+x may hold float16 bits (:mod:`.scores`, the reading intrinsics): its
+loads are halves widened in registers, and "x's dtype" below (of m,
+cols, w, ...) then means float32. The stores and the gradient take
+float x only.
 """
 
 from types import SimpleNamespace
@@ -43,12 +48,13 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import I32, I64, const, i64, loop, masked_gather, splat, vector_of, vptr
+from fastlogits.cpu.irutil import I32, I64, const, i64, loop, splat, vector_of, vptr
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
                                      _wsum_part, _xent_grad_part, _xent_part,
                                      max_expsum_args_ok, store_values, xent_args_ok,
                                      xent_grad_args_ok)
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 from fastlogits.cpu.stream import LINE, mark_nontemporal
 
 #: Pixels of one block: as many as the row blocks' rows (16 on AVX-512,
@@ -79,7 +85,7 @@ CHAINS = 2
 
 def _is_planes(a):
     return (isinstance(a, types.Array) and a.ndim == 3 and a.layout == "C"
-            and isinstance(a.dtype, types.Float))
+            and is_scores(a.dtype))
 
 
 def on_c_planes(fn):
@@ -118,8 +124,9 @@ class _PlaneBlock:
         self.data = arr.data
         self.C = builder.extract_value(arr.shape, 1)
         self.inner = builder.extract_value(arr.shape, 2)
-        self.elem = context.get_data_type(aty.dtype)
-        self.size = context.get_abi_sizeof(self.elem)
+        self.scores = ScoreIR(context, aty.dtype)
+        self.elem = self.scores.elem
+        self.size = self.scores.compute_size  # of the computed vectors (m, cols, ...)
         self.lanes = lanes
         self.vec = ir.VectorType(self.elem, lanes)
         self.start = i64(builder, start)
@@ -129,8 +136,8 @@ class _PlaneBlock:
     def column(self, c):
         """The scores of class ``c`` (an i64 value) of the block's pixels."""
         b = self.builder
-        at = b.add(self.start, b.mul(c, self.inner))
-        return b.load(vptr(b, self.data, at, self.vec), align=self.size)
+        return self.scores.load(b, self.data, b.add(self.start, b.mul(c, self.inner)),
+                                self.lanes)
 
     def class_scores(self, t, mask):
         """Each pixel's score of class ``t`` (an i32 vector, lane l the
@@ -147,7 +154,7 @@ class _PlaneBlock:
             t_ = t if ity == I32 else b.sext(t, ivec)
             inner = b.trunc(self.inner, I32) if ity == I32 else self.inner
             at = b.add(b.mul(t_, splat(b, ivec, inner)), ir.Constant(ivec, list(range(self.lanes))))
-            return masked_gather(b, base, at, mask, zero)
+            return self.scores.masked_gather(b, base, at, mask, zero)
 
         if self.wide_offsets:
             return gather(I64)
@@ -245,7 +252,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
         lanes]`` (x's dtype) and the index of its first occurrence into
         ``idx[p:p + lanes]`` (int32); the first NaN wins over any number
         (NumPy's rule)."""
-        if not (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+        if not (_is_planes(x) and _is_vec(m, compute_type(x.dtype))
+                and _is_vec(idx, types.int32)
                 and isinstance(start, types.Integer) and isinstance(p, types.Integer)):
             return None
         return types.none(x, start, m, idx, p), _reading(lanes, _argmax_part)
@@ -287,7 +295,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
         """``s[p + i] = sum_c w[c] * (m[p + i] - x_c)`` for the block's
         pixels (``w`` (C,) in x's dtype, ``s`` float64 or x's dtype, the sum in x's
         precision)."""
-        if not (_is_planes(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
+        if not (_is_planes(x) and _is_vec(m, compute_type(x.dtype))
+                and _is_vec(w, compute_type(x.dtype))
                 and _is_sums(s, x)
                 and isinstance(start, types.Integer) and isinstance(p, types.Integer)):
             return None
@@ -296,7 +305,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
     def _store_intrinsic(what, nontemporal=False):
         @intrinsic
         def store(typingctx, cols, m, inv_t, g, p, out, start):
-            if not (_is_planes(out) and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+            if not (_is_planes(out) and isinstance(out.dtype, types.Float)
+                    and all(_is_vec(a, out.dtype) for a in (cols, m, g))
                     and isinstance(inv_t, types.Float)
                     and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
                 return None

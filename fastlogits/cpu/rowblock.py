@@ -32,6 +32,11 @@ columns not seen yet are used.
 C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes and
 the last ``rows % ROWS`` pixels another way. x must be C-contiguous; nothing
 is bounds-checked.
+
+x may hold float16 bits (:mod:`.scores`, the reading intrinsics): its
+loads are halves widened in registers, and "x's dtype" below (of m,
+cols, w, ...) then means float32. The stores and the gradient take
+float x only.
 """
 
 from types import SimpleNamespace
@@ -44,8 +49,9 @@ from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.fastexp import EXP_FASTMATH, exp_shifted_ir
 from fastlogits.cpu.fastlog import log32_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
-from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop,
-                                   masked_gather, splat, type_suffix, vector_of, vptr)
+from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, splat,
+                                   type_suffix, vector_of, vptr)
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 
 _NINF = float("-inf")
 
@@ -64,7 +70,7 @@ def blocks_end(r0, r1, on):
 
 def _is_rows(a):
     return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-            and isinstance(a.dtype, types.Float))
+            and is_scores(a.dtype))
 
 
 def _is_vec(a, dtype=None):
@@ -75,7 +81,7 @@ def _is_vec(a, dtype=None):
 def _is_sums(s, x):
     """Whether ``s`` may take per-pixel sums of x's scores: float64, or
     x's own dtype (the loss's narrow scratch, bench/RESULTS.md, log 44)."""
-    return _is_vec(s, types.float64) or _is_vec(s, x.dtype)
+    return _is_vec(s, types.float64) or _is_vec(s, compute_type(x.dtype))
 
 
 def _halves(rows, wide, elem_size):
@@ -96,8 +102,9 @@ class _RowBlock:
         arr = context.make_array(aty)(context, builder, aval)
         self.data = arr.data
         self.C = builder.extract_value(arr.shape, 1)
-        self.elem = context.get_data_type(aty.dtype)
-        self.size = context.get_abi_sizeof(self.elem)
+        self.scores = ScoreIR(context, aty.dtype)
+        self.elem = self.scores.elem
+        self.size = self.scores.compute_size  # of the computed vectors (m, cols, ...)
         self.lanes = BLOCK8 * halves
         self.part = ir.VectorType(self.elem, BLOCK8)
         self.vec = ir.VectorType(self.elem, self.lanes)
@@ -111,8 +118,7 @@ class _RowBlock:
     def _row(self, starts, c0):
         """Classes ``c0 .. c0 + 7`` of the rows at ``starts``, one per half."""
         b = self.builder
-        parts = [b.load(vptr(b, self.data, b.add(s, c0), self.part), align=self.size)
-                 for s in starts]
+        parts = [self.scores.load(b, self.data, b.add(s, c0), BLOCK8) for s in starts]
         if len(parts) == 1:
             return parts[0]
         both = ir.Constant(ir.VectorType(I32, self.lanes), list(range(self.lanes)))
@@ -126,8 +132,8 @@ class _RowBlock:
         ivec = ir.VectorType(I32, self.lanes)
         row = ir.Constant(ivec, list(range(self.lanes)))
         at = b.add(b.mul(row, splat(b, ivec, b.trunc(self.C, I32))), t)  # < lanes * C
-        return masked_gather(b, b.gep(self.data, [self.starts[0][0]]), at, mask,
-                             vector_of(self.vec, 0.0))
+        return self.scores.masked_gather(b, b.gep(self.data, [self.starts[0][0]]), at, mask,
+                                         vector_of(self.vec, 0.0))
 
     def columns(self, c0):
         """The 8 columns (class c0 + j of every pixel) of the block at c0."""
@@ -174,7 +180,7 @@ def _by_parts(rows, wide, part_codegen):
     ..``, args[0] being x and args[1] r. (The same part codegens run on
     the channels-first blocks of :mod:`.planeblock`.)"""
     def codegen(context, builder, sig, args):
-        size = context.get_abi_sizeof(context.get_data_type(sig.args[0].dtype))
+        size = context.get_abi_sizeof(context.get_data_type(compute_type(sig.args[0].dtype)))
         halves, parts = _halves(rows, wide, size)
         for k in range(parts):
             offset = k * BLOCK8 * halves
@@ -326,7 +332,7 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
     reduce_part = _argmax_part if index else _max_part
     mx, at = reduce_part(context, builder, sig, args, rw, offset, keep)
     tv = splat(builder, rw.vec, context.cast(builder, args[5 + k], sig.args[5 + k],
-                                             sig.args[0].dtype))
+                                             compute_type(sig.args[0].dtype)))
 
     def term(c):
         e = _exp_term(builder, builder.load(ptr(c, rw.vec), align=rw.size), mx, tv)
@@ -435,10 +441,11 @@ def _exp_columns(builder, rw, col, mx, wdata, store):
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
     """The argument types of a fused loss intrinsic (:func:`_xent_part`),
     x's kind (rows or planes) checked by the caller."""
+    ct = compute_type(x.dtype)
     smooth = isinstance(w, types.NoneType) and isinstance(ls, types.NoneType) or (
-        _is_vec(w, x.dtype) and _is_vec(ls, x.dtype))
-    return (x.dtype == types.float32 and _is_vec(m, x.dtype) and _is_vec(cols, x.dtype)
-            and _is_vec(tt, types.int32) and _is_vec(wt, x.dtype) and _is_vec(loss, x.dtype)
+        _is_vec(w, ct) and _is_vec(ls, ct))
+    return (ct == types.float32 and _is_vec(m, ct) and _is_vec(cols, ct)
+            and _is_vec(tt, types.int32) and _is_vec(wt, ct) and _is_vec(loss, ct)
             and _is_vec(sums, types.float64) and isinstance(want_loss, types.Boolean)
             and all(isinstance(v, types.Integer) for v in (r, p, at)) and smooth)
 
@@ -489,7 +496,8 @@ def xent_grad_args_ok(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out
     (:func:`_xent_grad_part`), x's and out's kinds (rows or planes) checked
     by the caller."""
     vecs = (m, cols, wt, coef, bc, s, xt, sm)
-    return (out.dtype == x.dtype and all(_is_vec(v, x.dtype) for v in vecs)
+    return (isinstance(x.dtype, types.Float) and out.dtype == x.dtype
+            and all(_is_vec(v, x.dtype) for v in vecs)
             and _is_vec(tt, types.int32)
             and (isinstance(w, types.NoneType) or _is_vec(w, x.dtype))
             and all(isinstance(v, types.Integer) for v in (r, p, out_at)))
@@ -658,7 +666,8 @@ def _wsum_part(context, builder, sig, args, rw, offset):
 def max_expsum_args_ok(x, r, m, p, inv_t, cols, s):
     """The argument types of a max-and-exp-sum intrinsic, x's kind (rows or
     planes) checked by the caller."""
-    return (_is_vec(m, x.dtype) and _is_vec(cols, x.dtype) and _is_sums(s, x)
+    ct = compute_type(x.dtype)
+    return (_is_vec(m, ct) and _is_vec(cols, ct) and _is_sums(s, x)
             and isinstance(r, types.Integer) and isinstance(p, types.Integer)
             and isinstance(inv_t, types.Float))
 
@@ -684,7 +693,7 @@ def block_intrinsics(rows, wide):
         of its first occurrence into ``idx[p:p + ROWS]`` (int32); the first
         NaN wins over any number (NumPy's rule, as
         :func:`fastlogits.cpu.tiles.tile_argmax`)."""
-        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(idx, types.int32)
+        if not (_is_rows(x) and _is_vec(m, compute_type(x.dtype)) and _is_vec(idx, types.int32)
                 and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
             return None
         return types.none(x, r, m, idx, p), _by_parts(rows, wide, _argmax_part)
@@ -695,7 +704,8 @@ def block_intrinsics(rows, wide):
         (the label-smoothing sum of :mod:`fastlogits.cpu.losses`; ``w``
         (C,) in x's dtype, ``s`` float64 or x's dtype, the sum in x's
         precision)."""
-        if not (_is_rows(x) and _is_vec(m, x.dtype) and _is_vec(w, x.dtype)
+        if not (_is_rows(x) and _is_vec(m, compute_type(x.dtype))
+                and _is_vec(w, compute_type(x.dtype))
                 and _is_sums(s, x)
                 and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
             return None
@@ -735,7 +745,8 @@ def block_intrinsics(rows, wide):
     def _store_intrinsic(what):
         @intrinsic
         def store(typingctx, cols, m, inv_t, g, p, out, r):
-            if not (_is_rows(out) and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+            if not (_is_rows(out) and isinstance(out.dtype, types.Float)
+                    and all(_is_vec(a, out.dtype) for a in (cols, m, g))
                     and isinstance(inv_t, types.Float)
                     and isinstance(p, types.Integer) and isinstance(r, types.Integer)):
                 return None

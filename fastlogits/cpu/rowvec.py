@@ -20,6 +20,8 @@ kernels get through ``fexp_shifted``.
   optionally storing the exponentials (softmax numerators, gradients).
 - :func:`vrow_max_expsum`: the max and that sum in one pass over memory,
   for long rows whose exponentials are not stored.
+x may hold float16 bits (:mod:`.scores`): loaded as halves, widened in
+registers and computed in float32.
 """
 
 from llvmlite import ir
@@ -28,14 +30,16 @@ from numba.extending import intrinsic
 
 from fastlogits.cpu.fastexp import exp_shifted_ir
 from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
-                                   masked_load, masked_store, splat, vector_of, vptr)
+                                   masked_store, splat, vector_of, vptr)
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 from fastlogits.cpu.tiles import SUM_BLOCK
 
 
 def _is_rows(a):
-    """A C-contiguous 2-D float array: rows of C scores."""
+    """A C-contiguous 2-D array of scores (floats or float16 bits,
+    :mod:`.scores`): rows of C scores."""
     return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-            and isinstance(a.dtype, types.Float))
+            and is_scores(a.dtype))
 
 
 def _row_data(context, builder, aty, aval, r):
@@ -55,20 +59,20 @@ class _Row:
     def __init__(self, context, builder, aty, aval, r):
         self.builder = builder
         self.data, self.C = _row_data(context, builder, aty, aval, r)
-        elem = context.get_data_type(aty.dtype)
-        self.size = context.get_abi_sizeof(elem)
-        self.L = 64 // self.size  # one 512-bit vector
-        self.elem = elem
-        self.vec = ir.VectorType(elem, self.L)
+        self.scores = ScoreIR(context, aty.dtype)
+        self.size = self.scores.size  # bytes of one score in memory
+        self.L = 64 // self.scores.compute_size  # one 512-bit vector computed
+        self.elem = self.scores.elem
+        self.vec = ir.VectorType(self.elem, self.L)
         self.nfull = builder.sub(self.C, builder.srem(self.C, const(self.L)))
         self.tmask = lane_mask(builder, self.L, builder.sub(self.C, self.nfull))
 
     def load(self, k):
-        return self.builder.load(vptr(self.builder, self.data, k, self.vec), align=self.size)
+        return self.scores.load(self.builder, self.data, k, self.L)
 
     def load_tail(self, passthru):
-        return masked_load(self.builder, self.data, self.nfull, self.tmask,
-                           vector_of(self.vec, passthru))
+        return self.scores.masked_load(self.builder, self.data, self.nfull, self.tmask,
+                                       vector_of(self.vec, passthru))
 
 
 def _butterfly(builder, v, combine):
@@ -111,7 +115,7 @@ def vrow_argmax(typingctx, x, r):
     first maximum."""
     if not (_is_rows(x) and isinstance(r, types.Integer)):
         return None
-    sig = types.Tuple((x.dtype, types.int64))(x, r)
+    sig = types.Tuple((compute_type(x.dtype), types.int64))(x, r)
 
     def codegen(context, builder, signature, args):
         rw = _Row(context, builder, signature.args[0], args[0], args[1])
@@ -184,15 +188,17 @@ def vrow_argmax(typingctx, x, r):
 def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
     """``sum_c exp((x[r, c] - m) * inv_t)`` (float64) of row ``r`` of a
     C-contiguous (rows, C) float array; with ``write`` true the
-    exponentials also go to row ``ro`` of ``out`` (C-contiguous, x's dtype
-    and C, may be x itself); without it ``out`` is not touched.
+    exponentials also go to row ``ro`` of ``out`` (C-contiguous, C scores
+    in the type x's are computed in, or x's dtype: may be x itself);
+    without it ``out`` is not touched. (An ``out`` of float16 bits is
+    never written, ``write`` or not.)
 
     float32 rows sum in float32 vectors over blocks of
     :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes (as the tiles), then in
     float64. Garbage where ``m`` is not finite (callers
     mask those pixels, as for the tiles).
     """
-    if not (_is_rows(x) and _is_rows(out) and out.dtype == x.dtype
+    if not (_is_rows(x) and _is_rows(out) and out.dtype in (x.dtype, compute_type(x.dtype))
             and all(isinstance(a, types.Integer) for a in (r, ro))
             and isinstance(m, types.Float) and isinstance(inv_t, types.Float)
             and isinstance(write, (types.Boolean, types.Integer))):
@@ -203,7 +209,7 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
         rw = _Row(context, builder, signature.args[0], args[0], args[1])
         L, vec, elem = rw.L, rw.vec, rw.elem
         odata, _ = _row_data(context, builder, signature.args[4], args[4], args[5])
-        dtype = signature.args[0].dtype
+        dtype = compute_type(signature.args[0].dtype)
         mv = splat(builder, vec, context.cast(builder, args[2], signature.args[2], dtype))
         tv = splat(builder, vec, context.cast(builder, args[3], signature.args[3], dtype))
         zero = vector_of(vec, 0.0)
@@ -248,6 +254,8 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
             return _if_else(builder, builder.icmp_signed("<=", rw.nfull, const(0)), tail_only,
                             chunks)
 
+        if signature.args[4].dtype != dtype:  # float16 bits: no stores
+            return run(False)
         write_ = builder.icmp_unsigned("!=", args[6], ir.Constant(args[6].type, 0))
         return _if_else(builder, write_, lambda: run(True), lambda: run(False))
 
@@ -279,13 +287,13 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
     """
     if not (_is_rows(x) and isinstance(r, types.Integer) and isinstance(inv_t, types.Float)):
         return None
-    sig = types.Tuple((x.dtype, types.float64))(x, r, inv_t)
+    sig = types.Tuple((compute_type(x.dtype), types.float64))(x, r, inv_t)
 
     def codegen(context, builder, signature, args):
         b = builder
         rw = _Row(context, builder, signature.args[0], args[0], args[1])
         L, vec, elem = rw.L, rw.vec, rw.elem
-        dtype = signature.args[0].dtype
+        dtype = compute_type(signature.args[0].dtype)
         tv = splat(b, vec, context.cast(b, args[2], signature.args[2], dtype))
         dbl = ir.DoubleType()
         f32 = elem == ir.FloatType()

@@ -23,21 +23,30 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
 from fastlogits.cpu.irutil import vector_of, vptr
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores, score
 
 
 def _is_c_float(a):
     return isinstance(a, types.Array) and a.layout == "C" and isinstance(a.dtype, types.Float)
 
 
+def _is_c_scores(a):
+    return isinstance(a, types.Array) and a.layout == "C" and is_scores(a.dtype)
+
+
 @intrinsic
 def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e`` and,
     with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
-    arrays of one float dtype; ``m`` and ``part`` 1-D). Nothing is
+    arrays, ``m`` and ``part`` 1-D, ``m``, ``part`` and ``out`` in the
+    type x's scores are computed in (:mod:`.scores`), or ``out`` of x's
+    dtype: then not written if that is float16 bits). Nothing is
     bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
     loop (callers mask those pixels)."""
-    if not (all(_is_c_float(a) for a in (x, m, part, out))
-            and len({a.dtype for a in (x, m, part, out)}) == 1
+    ct = compute_type(x.dtype) if _is_c_scores(x) else None
+    if not (ct is not None and all(_is_c_float(a) for a in (m, part))
+            and m.dtype == ct and part.dtype == ct
+            and _is_c_scores(out) and out.dtype in (ct, x.dtype)
             and m.ndim == 1 and part.ndim == 1
             and all(isinstance(a, types.Integer) for a in (xo, n, oo))
             and isinstance(inv_t, types.Float)
@@ -47,11 +56,12 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
 
     def codegen(context, builder, signature, args):
         b = builder
-        dtype = signature.args[0].dtype
-        elem = context.get_data_type(dtype)
-        size = context.get_abi_sizeof(elem)
+        scores = ScoreIR(context, signature.args[0].dtype)
+        dtype = compute_type(signature.args[0].dtype)
+        size = scores.compute_size
         L = 64 // size  # one 512-bit vector (two 256-bit ones on AVX2)
-        vec = ir.VectorType(elem, L)
+        vec = ir.VectorType(scores.elem, L)
+        writes = signature.args[6].dtype == dtype  # never float16 bits
 
         def data(k):
             return context.make_array(signature.args[k])(context, b, args[k]).data
@@ -64,21 +74,25 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
         nfull = b.sub(n, b.srem(n, const(L)))
         storing = b.icmp_unsigned("!=", args[8], ir.Constant(args[8].type, 0))
 
-        def step(load, put, k):
-            e = exp_shifted_ir(b, b.fmul(b.fsub(load(xd, k), load(md, k)), tv))
+        def step(load, load_x, put, k):
+            e = exp_shifted_ir(b, b.fmul(b.fsub(load_x(k), load(md, k)), tv))
             put(b.fadd(load(pd, k), e), pd, k)
-            with b.if_then(storing):
-                put(e, od, k)
+            if writes:
+                with b.if_then(storing):
+                    put(e, od, k)
 
         def full(k, carried):
             step(lambda d, i: b.load(vptr(b, d, i, vec), align=size),
+                 lambda i: scores.load(b, xd, i, L),
                  lambda v, d, i: b.store(v, vptr(b, d, i, vec), align=size), k)
             return carried
 
         loop(b, const(0), nfull, L, [], full, "runexp")
         mask = lane_mask(b, L, b.sub(n, nfull))
+        zero = vector_of(vec, 0.0)
         with b.if_then(b.icmp_signed("<", nfull, n)):
-            step(lambda d, i: masked_load(b, d, i, mask, vector_of(vec, 0.0)),
+            step(lambda d, i: masked_load(b, d, i, mask, zero),
+                 lambda i: scores.masked_load(b, xd, i, mask, zero),
                  lambda v, d, i: masked_store(b, v, d, i, mask), nfull)
         return context.get_dummy_value()
 
@@ -101,9 +115,15 @@ def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
                      (eo * et.shape[1] + c) * et.shape[2] + ei0, store)
         return vectors
 
+    if not isinstance(et.dtype, types.Float):  # float16 bits: never written
+        def reads(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+            for p in range(P):
+                part[p] += fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
+        return reads
+
     def scalars(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
         for p in range(P):
-            e = fexp_shifted((x[o, c, i0 + p] - m[p]) * inv_t)
+            e = fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
             if store:
                 et[eo, c, ei0 + p] = e
             part[p] += e

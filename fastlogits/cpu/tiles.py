@@ -30,6 +30,7 @@ from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
 from fastlogits.cpu.planeblock import on_c_planes
 from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
 from fastlogits.cpu.runexp import tile_exp_add
+from fastlogits.cpu.scores import score
 from fastlogits.cpu.stream import stream_copy
 
 #: Classes summed in the input precision before the partial sum is added to
@@ -122,8 +123,9 @@ def load_transposed(x2, r0, P, buf):
     outside, the class-c scores of 16 pixels in one vector gather
     (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16 scalar
     loads) and contiguous vector writes.
-    ``buf`` must be C-contiguous; a strided ``x2`` (a non-contiguous view)
-    takes the scalar loop.
+    ``buf`` must be C-contiguous, in the type x2's scores are computed in
+    (:mod:`.scores`); a strided ``x2`` (a non-contiguous view) takes the
+    scalar loop.
     """
     r0 = max(r0, 0)
     C = x2.shape[1]
@@ -135,7 +137,7 @@ def load_transposed(x2, r0, P, buf):
                 transpose8(x2, (r0 + p0) * C + c0, C, min(BLOCK8, C - c0), buf, c0 * T + p0, T)
         for c in range(C):
             for p in range(P8, P):
-                buf[0, c, p] = x2[r0 + p, c]
+                buf[0, c, p] = score(x2[r0 + p, c])
         return
     P16 = P - P % GATHER
     if not x2.flags.c_contiguous:  # a strided view: gather16 indexes flat memory
@@ -144,7 +146,7 @@ def load_transposed(x2, r0, P, buf):
         for p0 in range(0, P16, GATHER):
             gather16(x2, (r0 + p0) * C + c, C, buf, c * T + p0)
         for p in range(P16, P):
-            buf[0, c, p] = x2[r0 + p, c]
+            buf[0, c, p] = score(x2[r0 + p, c])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -223,11 +225,11 @@ def tile_max(x, o, i0, P, m, m2, pf):
     a, b = (m, m2) if C % 2 == 1 else (m2, m)
     prefetch_share(pf, 0)
     for p in range(P):
-        a[p] = x[o, 0, i0 + p]
+        a[p] = score(x[o, 0, i0 + p])
     for c in range(1, C):
         prefetch_share(pf, c)
         for p in range(P):
-            v = x[o, c, i0 + p]
+            v = score(x[o, c, i0 + p])
             mp = a[p]
             # Once m is NaN it stays NaN (v > NaN is False; a NaN v keeps NaN).
             b[p] = v if (v > mp) | (v != v) else mp
@@ -250,12 +252,12 @@ def tile_argmax(x, o, i0, P, m, m2, idx, pf):
     a, b = (m, m2) if C % 2 == 1 else (m2, m)
     prefetch_share(pf, 0)
     for p in range(P):
-        a[p] = x[o, 0, i0 + p]
+        a[p] = score(x[o, 0, i0 + p])
         idx[p] = 0
     for c in range(1, C):
         prefetch_share(pf, c)
         for p in range(P):
-            v = x[o, c, i0 + p]
+            v = score(x[o, c, i0 + p])
             mp = a[p]
             ip = idx[p]
             take = (v > mp) | ((v != v) & (mp == mp))

@@ -1,0 +1,119 @@
+"""How the kernels read x's scores: float32, float64, or float16 bits.
+
+Numba's CPU target has no float16 type, so float16 logits reach the
+kernels that read them directly as their bits: ``x.view(np.uint16)``
+(a uint16 x is never anything else in :mod:`fastlogits.cpu`). Such x is
+computed in float32, as the chunked path of :func:`fastlogits.api._run_cpu`
+computes it, so results are the same bit for bit: every float16 value is
+exact in float32. What changes is the memory traffic: the kernels read two
+bytes per score from memory, where the chunked path converted 1 M scores
+at a time into a float32 copy and read that back (float16 took 1.4-2.1x
+float32's time: bench/RESULTS.md, log 49).
+
+- Numba code reads a score as ``score(x[...])``, and makes its scratch
+  for scores with :func:`scratch` (``compute_type(x.dtype)``).
+- Intrinsics type x by :func:`is_scores` and :func:`compute_type` and
+  load vectors through :class:`ScoreIR`: a load of ``lanes`` halves and
+  an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
+  path only where :data:`fastlogits.cpu.half.HARDWARE`).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from fastlogits.config import FASTMATH
+from fastlogits.cpu.half import _from_half_bits
+from fastlogits.cpu.irutil import masked_gather, masked_load, vptr
+
+#: The Numba dtype of float16 scores' bits.
+HALF_BITS = types.uint16
+
+
+def is_scores(dtype):
+    """Whether an array of Numba dtype ``dtype`` holds scores: a float, or
+    float16 bits."""
+    return isinstance(dtype, types.Float) or dtype == HALF_BITS
+
+
+def compute_type(dtype):
+    """The Numba type scores of ``dtype`` are computed in: float32 for
+    float16 bits, else the dtype itself."""
+    return types.float32 if dtype == HALF_BITS else dtype
+
+
+def score(v):
+    """The value of one score read from x: as it is for a float, the
+    float32 value of float16 bits (exact)."""
+    raise NotImplementedError("score is only callable from Numba code")
+
+
+@overload(score, inline="always", fastmath=FASTMATH)
+def _score_overload(v):
+    if v == HALF_BITS:
+        return lambda v: _from_half_bits(v)
+    if isinstance(v, types.Float):
+        return lambda v: v
+    return None
+
+
+def scratch(shape, x):
+    """A new array of ``shape`` in the type x's scores are computed in."""
+    raise NotImplementedError("scratch is only callable from Numba code")
+
+
+@overload(scratch, inline="always", fastmath=FASTMATH)
+def _scratch_overload(shape, x):
+    if not (isinstance(x, types.Array) and is_scores(x.dtype)):
+        return None
+    kind = as_dtype(compute_type(x.dtype)).type
+    return lambda shape, x: np.empty(shape, kind)
+
+
+class ScoreIR:
+    """Vector loads of x's scores in intrinsics: ``elem`` is the IR type
+    they are computed in, ``size`` the bytes of one stored score (for
+    addresses and alignment), ``compute_size`` those of one computed."""
+
+    def __init__(self, context, dtype):
+        self.half = dtype == HALF_BITS
+        self.elem = context.get_data_type(compute_type(dtype))
+        self.stored = ir.HalfType() if self.half else self.elem
+        self.size = 2 if self.half else context.get_abi_sizeof(self.elem)
+        self.compute_size = context.get_abi_sizeof(self.elem)
+
+    def _data(self, builder, data):
+        return builder.bitcast(data, self.stored.as_pointer()) if self.half else data
+
+    def _widen(self, builder, v):
+        if not self.half:
+            return v
+        return builder.fpext(v, ir.VectorType(self.elem, v.type.count))
+
+    def load(self, builder, data, index, lanes):
+        """``lanes`` scores from ``data[index]`` (``data`` x's data pointer,
+        ``index`` an i64 element offset), as a vector of ``elem``."""
+        vec = ir.VectorType(self.stored, lanes)
+        v = builder.load(vptr(builder, self._data(builder, data), index, vec), align=self.size)
+        return self._widen(builder, v)
+
+    def _masked(self, builder, read, mask, passthru):
+        """``read(stored passthru)`` widened; lanes off ``mask`` are
+        ``passthru`` (a vector of ``elem``)."""
+        if not self.half:
+            return read(passthru)
+        zeros = ir.Constant(ir.VectorType(self.stored, passthru.type.count), None)
+        return builder.select(mask, self._widen(builder, read(zeros)), passthru)
+
+    def masked_load(self, builder, data, index, mask, passthru):
+        """:func:`fastlogits.cpu.irutil.masked_load` of x's scores."""
+        return self._masked(builder, lambda p: masked_load(
+            builder, self._data(builder, data), index, mask, p), mask, passthru)
+
+    def masked_gather(self, builder, data, index, mask, passthru):
+        """:func:`fastlogits.cpu.irutil.masked_gather` of x's scores
+        (``data`` a pointer into x)."""
+        return self._masked(builder, lambda p: masked_gather(
+            builder, self._data(builder, data), index, mask, p), mask, passthru)
