@@ -9,9 +9,9 @@ on bad input), then resolves the backend:
 - ``"cuda"``: :mod:`fastlogits.cuda` (GPU arrays in place, host arrays
   copied over and back).
 
-float16 input is computed in float32 on the CPU: read as it is by the ops
-whose kernels read float16 (:mod:`fastlogits.cpu.scores`: argmax,
-classify, confusion_matrix), else in float32 chunks of
+float16 input is computed in float32 on the CPU: read (and its float16
+outputs written) as it is by the kernels of every op but the loss
+gradient (:mod:`fastlogits.cpu.scores`), else in float32 chunks of
 ``config.CPU_HALF_CHUNK_ELEMENTS``, so its extra memory stays bounded.
 """
 
@@ -122,14 +122,15 @@ def _work_view(arr, shape):
     return tmp, tmp
 
 
-def _run_cpu(lg, full, reduced, kernel, reads_half=False):
+def _run_cpu(lg, full, reduced, kernel, reads_half=False, writes_half=False):
     """Run ``kernel(x3, full3s, red2s)`` on canonical views of x and outputs.
 
     ``full``: outputs shaped like x; ``reduced``: outputs without the class
     axis. float16 x goes to a ``reads_half`` kernel as its bits (x3 of
     uint16, :mod:`fastlogits.cpu.scores`) where the CPU converts float16
-    in hardware and no output is float16; else float16 data goes through
-    float32 chunks (x and any float16 output), bounded by
+    in hardware and no output is float16, or the kernel ``writes_half``
+    (float16 outputs then go as their bits too); else float16 data goes
+    through float32 chunks (x and any float16 output), bounded by
     ``config.CPU_HALF_CHUNK_ELEMENTS``.
     """
     outer, C, inner = _layout.split_shape(lg.shape, lg.axis)
@@ -140,8 +141,8 @@ def _run_cpu(lg, full, reduced, kernel, reads_half=False):
     r2 = [v for v, _ in rviews]
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
-    elif reads_half and _reads_half(f3 + r2):
-        kernel(x3.view(np.uint16), f3, r2)
+    elif reads_half and _reads_half(f3 + r2, writes_half):
+        kernel(x3.view(np.uint16), [_bits(a) for a in f3], [_bits(a) for a in r2])
     else:
         from fastlogits.cpu.half import load, store
 
@@ -163,14 +164,19 @@ def _run_cpu(lg, full, reduced, kernel, reads_half=False):
             arr[...] = tmp.reshape(arr.shape)
 
 
-def _reads_half(outputs):
+def _reads_half(outputs, writes_half):
     """Whether a kernel that reads float16 bits takes float16 x here:
     ``config.CPU_HALF_DIRECT``, F16C (:data:`fastlogits.cpu.half.HARDWARE`)
-    and no float16 output."""
+    and no float16 output unless it ``writes_half``."""
     from fastlogits.cpu.half import HARDWARE
 
     return (config.CPU_HALF_DIRECT and HARDWARE
-            and all(a.dtype != np.float16 for a in outputs))
+            and (writes_half or all(a.dtype != np.float16 for a in outputs)))
+
+
+def _bits(a):
+    """A float16 array's bits (a uint16 view); any other array as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 class ChunkScratch:
@@ -252,9 +258,11 @@ def _expnorm(op, x, axis, temperature, out, backend):
     from fastlogits import cpu
 
     if reduces:
-        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_expnorm(x3, None, r[0], inv_t, mode))
+        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_expnorm(x3, None, r[0], inv_t, mode),
+                 reads_half=True, writes_half=True)
     else:
-        _run_cpu(lg, [out], [], lambda x3, f, r: cpu.run_expnorm(x3, f[0], None, inv_t, mode))
+        _run_cpu(lg, [out], [], lambda x3, f, r: cpu.run_expnorm(x3, f[0], None, inv_t, mode),
+                 reads_half=True, writes_half=True)
     return out
 
 

@@ -177,6 +177,19 @@ def _vector_width_status():
     return _vector_width.STATUS
 
 
+def _half_status():
+    """How the CPU kernels take float16 logits (fastlogits.cpu.scores)."""
+    from fastlogits import config
+    from fastlogits.cpu.half import HARDWARE
+
+    if not HARDWARE:
+        return "through float32 chunks (the CPU has no F16C)"
+    if not config.CPU_HALF_DIRECT:
+        return "through float32 chunks (config.CPU_HALF_DIRECT is off)"
+    return ("read and written by the kernels as it is, converted by F16C "
+            "(the loss gradient through float32 chunks; config.CPU_HALF_DIRECT)")
+
+
 def _fastexp_status():
     """How exp runs in the CPU kernels: compiles a tiny (uncached) loop over
     :func:`fastlogits.cpu.fastexp.fexp` and looks for vector types in its IR."""
@@ -299,6 +312,7 @@ def cmd_info(args):
         ("row prefetch", f"channels-last rows of up to {config.CPU_ROW_PREFETCH_MAX_BYTES} bytes "
                          f"(the value for {_cpuinfo.vendor() or 'unknown'} CPUs: "
                          "config.CPU_ROW_PREFETCH_MAX_BYTES)"),
+        ("float16", _half_status()),
         ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),
         ("vectors", _vector_width_status()),

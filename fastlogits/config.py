@@ -204,12 +204,11 @@ CPU_OUTPUT_POOL_MIN_BYTES = 32 << 20
 #: bounding the extra memory of float16 inputs.
 CPU_HALF_CHUNK_ELEMENTS = 1 << 20
 
-#: Whether the ops whose CPU kernels read float16 scores themselves
-#: (argmax, classify, confusion_matrix, cross_entropy without gradient:
-#: :mod:`fastlogits.cpu.scores`) take float16 x as it is, where the CPU
-#: converts float16 in hardware (F16C). Off, every op goes through the
-#: float32 chunks above (2.1-3.6x slower at 19-1000 classes:
-#: bench/RESULTS.md, log 65).
+#: Whether the CPU kernels read float16 x as it is and write their float16
+#: outputs so (:mod:`fastlogits.cpu.scores`: every op but the loss
+#: gradient), where the CPU converts float16 in hardware (F16C). Off,
+#: every op goes through the float32 chunks above (1.5-3.4x slower at
+#: 19-32000 classes: bench/RESULTS.md, logs 65-66).
 CPU_HALF_DIRECT = True
 
 #: Shared memory the CUDA LinearHead kernels may use for W and b (bytes);

@@ -136,6 +136,7 @@ def test_channels_first_paths(rng, path, monkeypatch):
 
 def test_float16_chunks(rng, monkeypatch):
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 40)
+    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)  # the chunks, not the direct kernels
     for shape, axis in [((5, 33, 19), -1), ((3, 19, 100), 1)]:
         x = make_logits(rng, shape, np.float16)
         check(x, make_target(rng, reduced(shape, axis), 19), axis)

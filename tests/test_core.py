@@ -111,7 +111,8 @@ def test_small_tiles_cover_tails_and_many_tiles(rng, name, monkeypatch):
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 100)
     op = OPS[name]
     for shape, axis in [((101, 5), -1), ((3, 5, 53), 1), ((57, 21), -1), ((77, 9), -1)]:
-        for dtype in (np.float32, np.float16):
+        for dtype, direct in ((np.float32, True), (np.float16, True), (np.float16, False)):
+            monkeypatch.setattr(config, "CPU_HALF_DIRECT", direct)  # float16: kernels or chunks
             x = specials_array(rng, shape, axis, dtype)
             got = run(op, x, axis, temperature=1.3)
             check(op, got, expected(op, x, axis, temperature=1.3), dtype)

@@ -99,8 +99,16 @@ def test_load_is_exact_for_every_float16(path):
     _same_bits(got, every.astype(np.float32))
 
 
+@pytest.fixture(params=[True, False], ids=["direct", "chunked"])
+def half_direct(request, monkeypatch):
+    """float16 read and written by the kernels as it is, or through float32
+    chunks (``config.CPU_HALF_DIRECT``)."""
+    monkeypatch.setattr(config, "CPU_HALF_DIRECT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_float16_ops_with_subnormal_results(rng, axis):
+def test_float16_ops_with_subnormal_results(rng, axis, half_direct):
     """Confident logits: most probabilities, and a "mean" gradient over many
     pixels, are float16 subnormals; each op gives its float32 result on the
     same values, rounded to float16: within a float16 step, or 2 float32
@@ -128,7 +136,7 @@ def test_float16_ops_with_subnormal_results(rng, axis):
     assert ((p > 0) & (p < 2.0 ** -14)).mean() > 0.2  # the case this covers
 
 
-def test_float16_outputs_through_temporaries(rng):
+def test_float16_outputs_through_temporaries(rng, half_direct):
     """float16 logits into `out=` arrays whose strides forbid the canonical
     view (H and W cannot merge), so the chunks go to a temporary that is
     copied back at the end: every output gets its results."""
@@ -172,6 +180,7 @@ def test_float16_chunks_share_one_buffer(rng, monkeypatch, axis):
     whenever glibc had given the last one back (bench/RESULTS.md, log
     54). The results are those of float32 logits, chunk by chunk."""
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 70)
+    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)
     shape = (19, 9, 31) if axis == 0 else (9, 31, 19)
     x = (rng.standard_normal(shape) * 4).astype(np.float16)
     seen = []

@@ -1,5 +1,5 @@
 """float16 logits read as they are by the CPU kernels (fastlogits.cpu.scores):
-argmax, classify, confusion_matrix and cross_entropy without gradient,
+every op but the loss gradient, float16 outputs written as they are,
 against the float32-chunk path (``config.CPU_HALF_DIRECT`` off) and the
 reference, in every kernel regime of both layouts."""
 
@@ -9,7 +9,8 @@ import pytest
 import fastlogits as fl
 from fastlogits import config, reference
 from fastlogits.cpu import half
-from tests.helpers import assert_close, logits, specials_array
+from fastlogits.cpu import _tile_pixels
+from tests.helpers import assert_close, at_line_offset, logits, specials_array
 
 pytestmark = pytest.mark.skipif(not half.HARDWARE,
                                 reason="no F16C: float16 always goes through float32 chunks")
@@ -71,15 +72,17 @@ def float16_logits(rng, shape, axis):
     return x
 
 
-def assert_same_floats(a, b):
+def assert_same_floats(a, b, atol=1e-7):
     """The direct and chunked results: the same NaN pattern and
     infinities, finite values within a few float32 ulp (a pixel may take
-    a register block on one path and the tile loop on the other: the
-    tiles start on lines of x, float16 or float32)."""
+    a register block on one path and the tile loop on the other, which
+    round differently: the tiles start on lines of x, float16 or float32;
+    ``atol`` for values near 0 from terms near 1, as a confident pixel's
+    loss ``log s + m - x_t``)."""
     np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
     fin = np.isfinite(a)
     np.testing.assert_array_equal(a[~fin & ~np.isnan(a)], b[~fin & ~np.isnan(a)])
-    np.testing.assert_allclose(a[fin], b[fin], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(a[fin], b[fin], rtol=1e-6, atol=atol)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -120,7 +123,7 @@ def test_cross_entropy(rng, monkeypatch, chunk_loads, layout, C):
         want = reference.cross_entropy(x, t, axis, **kw)
         if kw.get("reduction") == "none":
             assert direct.dtype == np.float32
-            assert_same_floats(direct, chunked)
+            assert_same_floats(direct, chunked, atol=1e-6)
             np.testing.assert_allclose(direct, want, rtol=4e-6, atol=4e-6 * np.abs(want).max())
         else:
             np.testing.assert_allclose(direct, chunked, rtol=1e-6)
@@ -136,7 +139,7 @@ def test_special_losses(rng, monkeypatch, chunk_loads):
         direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: fl.cross_entropy(
             x, t, axis, ignore_index=IGNORE, reduction="none"))
         want = reference.cross_entropy(x, t, axis, ignore_index=IGNORE, reduction="none")
-        assert_same_floats(direct, chunked)
+        assert_same_floats(direct, chunked, atol=1e-6)
         np.testing.assert_array_equal(np.isnan(direct), np.isnan(want))
         fin = np.isfinite(want)
         np.testing.assert_allclose(direct[fin], want[fin], rtol=4e-6, atol=1e-5)
@@ -170,7 +173,7 @@ def test_strided_views(rng, monkeypatch, chunk_loads):
                 got, reference.confusion_matrix(x, t, axis, ignore_index=IGNORE))
         direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: fl.cross_entropy(
             x, t, axis, ignore_index=IGNORE, reduction="none"))
-        assert_same_floats(direct, chunked)
+        assert_same_floats(direct, chunked, atol=1e-6)
 
 
 def test_labels_first_confusion(rng, monkeypatch, chunk_loads):
@@ -195,3 +198,113 @@ def test_gradient_goes_through_chunks(rng, chunk_loads):
     assert grad.dtype == np.float16
     np.testing.assert_allclose(loss, want_loss, rtol=2e-6)
     np.testing.assert_allclose(grad.astype(np.float64), want_grad, atol=1e-3)
+
+
+def assert_same_halves(a, b):
+    """float16 results of the two paths: the same NaN pattern and
+    infinities, finite values at most one float16 ulp apart, or 1e-6 (each
+    path rounds its float32 result once; those may differ by a float32
+    ulp of the terms, as where log_softmax's max class gets -log s of s
+    near 1, a float16 subnormal)."""
+    assert a.dtype == b.dtype == np.float16
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    inf = np.isinf(a64) | np.isinf(b64)
+    np.testing.assert_array_equal(a64[inf], b64[inf])
+    fin = np.isfinite(a64) & np.isfinite(b64)
+    ulp = np.spacing(np.abs(b[fin])).astype(np.float64)
+    assert np.all(np.abs(a64[fin] - b64[fin]) <= np.maximum(ulp, 1e-6))
+
+
+EXPNORM = ("softmax", "log_softmax", "logsumexp")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("C", CLASSES + [64, 3000])
+def test_expnorm(rng, monkeypatch, chunk_loads, layout, C, streamed):
+    """softmax, log_softmax and logsumexp, float16 in and out; with
+    ``streamed`` every x-sized output by non-temporal stores (long rows
+    too), as large outputs are."""
+    if streamed:
+        monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+        monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+    shape, axis = LAYOUTS[layout](C)
+    x = float16_logits(rng, shape, axis)
+    for name in EXPNORM:
+        op = getattr(fl, name)
+        direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: op(x, axis))
+        assert_same_halves(direct, chunked)
+        assert_close(direct, getattr(reference, name)(x, axis), np.float16)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_expnorm_in_place_and_into_out(rng, monkeypatch, chunk_loads, name):
+    op = getattr(fl, name)
+    for C in (5, 19, 150, 1000):
+        for shape, axis in (((7, 33, C), -1), ((2, C, 45), 1)):
+            x = logits(rng, shape, np.float16)
+            want = getattr(reference, name)(x, axis)
+
+            def in_place():
+                y = x.copy()
+                assert op(y, axis, out=y) is y
+                return y
+
+            def into_out():
+                out = np.full(shape, np.float16(7.0))
+                assert op(x, axis, out=out) is out
+                return out
+
+            for fn in (in_place, into_out):
+                direct, chunked = both_ways(monkeypatch, chunk_loads, fn)
+                assert_same_halves(direct, chunked)
+                assert_close(direct, want, np.float16)
+
+
+def test_tiles_hold_a_planes_first_pixels():
+    """Channels-first tiles of float16 are whole lines of 32 scores, so an
+    image's first pixels before its first line (up to 31) fit the tile's
+    scratch."""
+    for C in (1, 19, 150, 1000, 5000, 100000):
+        for itemsize, unit in ((2, 32), (4, 16), (8, 16)):
+            tile = _tile_pixels(C, itemsize=itemsize)
+            assert tile >= unit and tile % unit == 0
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
+                                  "cross_entropy", "confusion_matrix"])
+def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
+    """Channels-first planes whose first 64-byte line starts anywhere up to
+    31 halves in, with the fewest pixels per tile (many classes), in place
+    where the op writes an x-sized output."""
+    C, shape = 3000, (2, 3000, 45)  # tiles of one line of 32 halves
+    assert _tile_pixels(C, itemsize=2) == 32
+    t = targets(rng, np.empty(shape), 1, C)
+    for offset in range(0, 64, 2):
+        x = at_line_offset(shape, np.float16, offset)
+        x[...] = logits(rng, shape, np.float16)
+        if name in ("softmax", "log_softmax"):
+            def call():
+                y = at_line_offset(shape, np.float16, offset)
+                y[...] = x
+                return getattr(fl, name)(y, 1, out=y)
+        elif name == "cross_entropy":
+            def call():
+                return fl.cross_entropy(x, t, 1, ignore_index=IGNORE, reduction="none")
+        elif name == "confusion_matrix":
+            def call():
+                return fl.confusion_matrix(x, t, 1, ignore_index=IGNORE)
+        else:
+            def call():
+                return getattr(fl, name)(x, 1)
+        direct, chunked = both_ways(monkeypatch, chunk_loads, call)
+        if name == "classify":
+            np.testing.assert_array_equal(direct[0], chunked[0])
+            assert_same_floats(direct[1], chunked[1])
+        elif name in EXPNORM:
+            assert_same_halves(direct, chunked)
+        elif name == "cross_entropy":
+            assert_same_floats(direct, chunked, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(direct, chunked)

@@ -214,6 +214,7 @@ def test_float16_chunks(rng, monkeypatch):
     per-pixel outputs land in the right place (also when a chunk splits the
     inner axis)."""
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 60)
+    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)  # the chunks, not the direct kernels
     for shape, axis in [((5, 33, 19), -1), ((2, 19, 100), 1)]:
         x = make_logits(rng, shape, np.float16)
         check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)

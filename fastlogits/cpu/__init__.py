@@ -29,12 +29,18 @@ def _row_prefetch_bytes(C, itemsize):
     return 0 if C * itemsize > config.CPU_ROW_PREFETCH_MAX_BYTES else config.CPU_PREFETCH_BYTES
 
 
-def _tile_pixels(C, pixels=None):
+def _tile_pixels(C, pixels=None, itemsize=4):
     """Pixels per tile: ``pixels`` (default ``CPU_TILE_PIXELS``), fewer
-    for large C; a multiple of 16 (at least 16), so the channels-first
-    tiles that start on a 64-byte line (``tiles.cf_tile``) all do."""
+    for large C; a multiple of 16 and of a 64-byte line of scores of
+    ``itemsize`` bytes (at least one), so the channels-first tiles that
+    start on a line (``tiles.cf_tile``) all do, and an image's first
+    pixels before its first line (up to a line's scores less one: 31
+    float16 scores) fit a tile's scratch."""
+    from fastlogits.cpu.prefetch import LINE_BYTES  # lazily, as the kernel modules
+
     pixels = config.CPU_TILE_PIXELS if pixels is None else pixels
-    return int(max(16, min(pixels, config.CPU_TILE_ELEMENTS // C) // 16 * 16))
+    unit = max(16, LINE_BYTES // itemsize)
+    return int(max(unit, min(pixels, config.CPU_TILE_ELEMENTS // C) // unit * unit))
 
 
 class launch_threads:
@@ -189,7 +195,7 @@ def _plane_write(x3, out3, lanes=None):
     if not _streams(x3, out3):
         return WRITE_EBUF
     lanes = LANES if lanes is None else lanes
-    if (lanes * x3.itemsize % line == 0
+    if (lanes * out3.itemsize % line == 0 and out3.itemsize == x3.itemsize
             and x3.shape[2] * x3.itemsize % line == 0
             and x3.ctypes.data % line == out3.ctypes.data % line):
         return WRITE_STREAM
@@ -199,11 +205,15 @@ def _plane_write(x3, out3, lanes=None):
 def run_expnorm(x3, out3, red2, inv_t, mode):
     """softmax / log_softmax / logsumexp (``mode`` from :mod:`.softmax`).
 
-    ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None.
+    ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None;
+    x3 and the output of floats, or both of float16 bits (:mod:`.scores`).
     """
     from fastlogits.cpu import softmax as k
 
     outer, C, inner = x3.shape
+    # float16 bits out: results rounded once, from float32 scratch, never
+    # from exponentials stored in out (rounded twice).
+    narrow = x3.dtype == np.uint16
     if red2 is None:
         red2 = _stand_in(2, x3.dtype)
     blocks = _row_blocks(C, config.CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)
@@ -218,12 +228,12 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         ahead = _row_prefetch_bytes(C, x3.itemsize)
         with launch_threads(x3.size) as nthreads:
             if blocks:
-                k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
+                k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, narrow)
             else:
                 apart = out3 is not None and not np.may_share_memory(x2, work)
                 stream = out3 is not None and _streams_rows(x2, work)
                 k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
-                                  apart)
+                                  apart, stream or narrow)
         if work is not out2:
             out2[...] = work
         return
@@ -232,10 +242,12 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             # Straight into out unless it may overlap x (in place) or is strided.
-            direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
+            direct = (out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
+                      and not narrow)
             blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
                       and out3.flags.c_contiguous)
-            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C), nthreads, direct, blocks,
+            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C, itemsize=x3.itemsize),
+                         nthreads, direct, blocks,
                          _plane_write(x3, out3), config.CPU_PREFETCH_PLANE_BYTES)
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
@@ -256,7 +268,8 @@ def run_argmax(x3, labels2, conf2, inv_t):
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C), nthreads,
+            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C, itemsize=x3.itemsize),
+                        nthreads,
                         _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
                         config.CPU_PREFETCH_PLANE_BYTES)
         elif x2 is not None:

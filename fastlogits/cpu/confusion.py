@@ -227,7 +227,8 @@ def run_confusion(x3, t2, ignore_index, counts):
     with launch_threads(x3.size) as nthreads:
         nchunks = _chunks(C, outer * inner, nthreads)
         if inner > 1:
-            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks, _tile_pixels(C),
+            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks,
+                                    _tile_pixels(C, itemsize=x3.itemsize),
                                     _plane_blocks(C, False), config.CPU_PREFETCH_PLANE_BYTES))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)

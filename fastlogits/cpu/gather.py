@@ -192,11 +192,12 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
     for i < 8 (pixels: rows of src) and j < ``nclasses`` (<= 8): one 8 x 8
     block of the channels-last transpose, 8 row loads (masked when
     nclasses < 8: nothing past a row's end is read), a shuffle transpose
-    in registers and ``nclasses`` contiguous stores. C-contiguous arrays,
-    src of scores (:mod:`.scores`), dst in their computed type, indexed
-    flat; nothing is bounds-checked."""
+    in registers and ``nclasses`` contiguous stores. C-contiguous arrays
+    of scores (floats or float16 bits, :mod:`.scores`) computed in one
+    type, indexed flat; nothing is bounds-checked."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and is_scores(src.dtype) and dst.dtype == compute_type(src.dtype)
+            and is_scores(src.dtype) and is_scores(dst.dtype)
+            and compute_type(dst.dtype) == compute_type(src.dtype)
             and all(isinstance(t, types.Integer)
                     for t in (start, stride, nclasses, dstart, dstride))):
         return None
@@ -205,8 +206,7 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
         asrc = context.make_array(sig.args[0])(context, builder, args[0])
         adst = context.make_array(sig.args[4])(context, builder, args[4])
         start_, stride_, ncls, dstart_, dstride_ = (i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
-        scores = ScoreIR(context, sig.args[0].dtype)
-        size = scores.compute_size
+        scores, out = ScoreIR(context, sig.args[0].dtype), ScoreIR(context, sig.args[4].dtype)
         vec = ir.VectorType(scores.elem, BLOCK8)
         offsets = [builder.add(start_, builder.mul(stride_, const(i))) for i in range(BLOCK8)]
         full = builder.icmp_signed("==", ncls, const(BLOCK8))
@@ -229,7 +229,7 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
         for j, col in enumerate(cols):
             def store(col=col, j=j):
                 at = builder.add(dstart_, builder.mul(dstride_, const(j)))
-                builder.store(col, vptr(builder, adst.data, at, vec), align=size)
+                out.store(builder, col, adst.data, at)
             if j == 0:
                 store()
             else:

@@ -788,7 +788,8 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             # which must stay in L1: in place took 1.1x longer in 1024-pixel
             # tiles (bench/RESULTS.md, log 48).
             long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
-            tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS if long_tiles else None)
+            tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS if long_tiles else None,
+                                x3.itemsize)
             res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
                         tile, nthreads, direct, blocks, write, config.CPU_PREFETCH_PLANE_BYTES)
         else:

@@ -48,7 +48,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.irutil import I32, I64, const, i64, loop, splat, vector_of, vptr
+from fastlogits.cpu.irutil import I32, I64, const, i64, loop, splat, vector_of
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
                                      _wsum_part, _xent_grad_part, _xent_part,
@@ -205,14 +205,12 @@ def _store_planes(context, builder, oty, oval, start, lanes, nontemporal, value)
     oarr = context.make_array(oty)(context, b, oval)
     C = b.extract_value(oarr.shape, 1)
     inner = b.extract_value(oarr.shape, 2)
-    elem = context.get_data_type(oty.dtype)
-    size = context.get_abi_sizeof(elem)
-    vec = ir.VectorType(elem, lanes)
+    out = ScoreIR(context, oty.dtype)  # float16 bits: rounded as stored
     start = i64(b, start)
 
     def store(c, carried):
-        st = b.store(value(c), vptr(b, oarr.data, b.add(start, b.mul(c, inner)), vec),
-                     align=LINE if nontemporal else size)
+        st = out.store(b, value(c), oarr.data, b.add(start, b.mul(c, inner)),
+                       align=LINE if nontemporal else None)
         if nontemporal:
             mark_nontemporal(b, st)
         return carried
@@ -305,8 +303,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
     def _store_intrinsic(what, nontemporal=False):
         @intrinsic
         def store(typingctx, cols, m, inv_t, g, p, out, start):
-            if not (_is_planes(out) and isinstance(out.dtype, types.Float)
-                    and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+            if not (_is_planes(out) and all(_is_vec(a, compute_type(out.dtype))
+                                            for a in (cols, m, g))
                     and isinstance(inv_t, types.Float)
                     and isinstance(p, types.Integer) and isinstance(start, types.Integer)):
                 return None

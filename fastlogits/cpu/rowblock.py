@@ -574,7 +574,8 @@ def store_values(context, builder, sig, args, lanes, offset, what):
     b = builder
     oty = sig.args[5]
     C = b.extract_value(context.make_array(oty)(context, b, args[5]).shape, 1)
-    elem = context.get_data_type(oty.dtype)
+    ctype = compute_type(oty.dtype)  # float16 bits out: computed in float32
+    elem = context.get_data_type(ctype)
     size = context.get_abi_sizeof(elem)
     vec = ir.VectorType(elem, lanes)
     cols = context.make_array(sig.args[0])(context, b, args[0]).data
@@ -584,7 +585,7 @@ def store_values(context, builder, sig, args, lanes, offset, what):
     mdata = context.make_array(sig.args[1])(context, b, args[1]).data
     if what == STORE_LOG_SOFTMAX:
         mv = b.load(vptr(b, mdata, at, vec), align=size)
-        tv = splat(b, vec, context.cast(b, args[2], sig.args[2], oty.dtype))
+        tv = splat(b, vec, context.cast(b, args[2], sig.args[2], ctype))
 
     def value(c):
         v = b.load(vptr(b, cols, _column_at(b, c, C, lanes, offset), vec), align=size)
@@ -604,9 +605,7 @@ def _store_rows(context, builder, oty, oval, row, halves, value):
     b = builder
     oarr = context.make_array(oty)(context, b, oval)
     C = b.extract_value(oarr.shape, 1)
-    elem = context.get_data_type(oty.dtype)
-    size = context.get_abi_sizeof(elem)
-    part = ir.VectorType(elem, BLOCK8)
+    out = ScoreIR(context, oty.dtype)  # float16 bits: rounded as stored
     base = b.mul(row, C)
     starts = [[b.add(base, b.mul(C, const(h * BLOCK8 + i))) for h in range(halves)]
               for i in range(BLOCK8)]
@@ -618,7 +617,7 @@ def _store_rows(context, builder, oty, oval, row, halves, value):
                 half = r if halves == 1 else b.shuffle_vector(
                     r, r, ir.Constant(ir.VectorType(I32, BLOCK8),
                                       list(range(h * BLOCK8, (h + 1) * BLOCK8))))
-                b.store(half, vptr(b, oarr.data, b.add(starts[i][h], c0), part), align=size)
+                out.store(b, half, oarr.data, b.add(starts[i][h], c0))
 
     C8 = b.sub(C, b.srem(C, const(BLOCK8)))
 
@@ -745,8 +744,8 @@ def block_intrinsics(rows, wide):
     def _store_intrinsic(what):
         @intrinsic
         def store(typingctx, cols, m, inv_t, g, p, out, r):
-            if not (_is_rows(out) and isinstance(out.dtype, types.Float)
-                    and all(_is_vec(a, out.dtype) for a in (cols, m, g))
+            if not (_is_rows(out) and all(_is_vec(a, compute_type(out.dtype))
+                                          for a in (cols, m, g))
                     and isinstance(inv_t, types.Float)
                     and isinstance(p, types.Integer) and isinstance(r, types.Integer)):
                 return None
@@ -755,7 +754,7 @@ def block_intrinsics(rows, wide):
 
     def _store_codegen(what):
         def codegen(context, builder, sig, args):
-            size = context.get_abi_sizeof(context.get_data_type(sig.args[5].dtype))
+            size = context.get_abi_sizeof(context.get_data_type(compute_type(sig.args[5].dtype)))
             halves, parts = _halves(rows, wide, size)
             for k in range(parts):
                 _rows_store_part(context, builder, sig, args, halves, k * BLOCK8 * halves, what)

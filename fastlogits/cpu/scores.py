@@ -16,6 +16,13 @@ float32's time: bench/RESULTS.md, log 49).
   load vectors through :class:`ScoreIR`: a load of ``lanes`` halves and
   an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
   path only where :data:`fastlogits.cpu.half.HARDWARE`).
+
+float16 outputs (softmax's, log_softmax's, logsumexp's) reach the kernels
+as bits too. Their results are computed in float32 and rounded to
+float16 once, as they are stored (:func:`store_score`,
+:meth:`ScoreIR.narrow`: ``vcvtps2ph``, round to nearest even, as NumPy's
+cast): never stored as float16 and read back to compute with, which
+would round twice.
 """
 
 import numpy as np
@@ -25,8 +32,8 @@ from numba.core.extending import overload
 from numba.np.numpy_support import as_dtype
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.half import _from_half_bits
-from fastlogits.cpu.irutil import masked_gather, masked_load, vptr
+from fastlogits.cpu.half import _from_half_bits, _half_bits
+from fastlogits.cpu.irutil import masked_gather, masked_load, masked_store, vptr
 
 #: The Numba dtype of float16 scores' bits.
 HALF_BITS = types.uint16
@@ -56,6 +63,24 @@ def _score_overload(v):
         return lambda v: _from_half_bits(v)
     if isinstance(v, types.Float):
         return lambda v: v
+    return None
+
+
+def store_score(a, v):
+    """``v`` (a computed score) as a value of the array ``a``'s dtype, to
+    store into it: the float16 bits of ``v`` for float16 bits (one
+    rounding, to nearest even), else ``v``."""
+    raise NotImplementedError("store_score is only callable from Numba code")
+
+
+@overload(store_score, inline="always", fastmath=FASTMATH)
+def _store_score_overload(a, v):
+    if not (isinstance(a, types.Array) and isinstance(v, types.Float)):
+        return None
+    if a.dtype == HALF_BITS:
+        return lambda a, v: _half_bits(np.float32(v))
+    if isinstance(a.dtype, types.Float):
+        return lambda a, v: v
     return None
 
 
@@ -106,6 +131,26 @@ class ScoreIR:
             return read(passthru)
         zeros = ir.Constant(ir.VectorType(self.stored, passthru.type.count), None)
         return builder.select(mask, self._widen(builder, read(zeros)), passthru)
+
+    def narrow(self, builder, v):
+        """The vector ``v`` of ``elem`` as stored: rounded to halves
+        (``fptrunc``) for float16 bits."""
+        if not self.half:
+            return v
+        return builder.fptrunc(v, ir.VectorType(self.stored, v.type.count))
+
+    def store(self, builder, v, data, index, align=None):
+        """Store the vector ``v`` of ``elem`` at ``data[index]`` as stored
+        (:meth:`narrow`); ``align`` in bytes, default one score's. Returns
+        the store instruction."""
+        v = self.narrow(builder, v)
+        return builder.store(v, vptr(builder, self._data(builder, data), index, v.type),
+                             align=self.size if align is None else align)
+
+    def masked_store(self, builder, v, data, index, mask):
+        """Store the lanes of ``mask`` of the vector ``v`` of ``elem`` at
+        ``data[index]`` as stored (:meth:`narrow`)."""
+        masked_store(builder, self.narrow(builder, v), self._data(builder, data), index, mask)
 
     def masked_load(self, builder, data, index, mask, passthru):
         """:func:`fastlogits.cpu.irutil.masked_load` of x's scores."""

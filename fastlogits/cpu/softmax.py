@@ -36,6 +36,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.scores import score, scratch, store_score
 from fastlogits.cpu.stream import stream_affine, stream_fence
 from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
                                   next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
@@ -88,16 +89,18 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, eo, ei0, pf):
         i0 = max(i0, 0)
         for c in range(C):
             for p in range(P):
-                ebuf[eo, c, ei0 + p] = (x[o, c, i0 + p] - m[p]) * inv_t - g[p]
+                ebuf[eo, c, ei0 + p] = (score(x[o, c, i0 + p]) - m[p]) * inv_t - g[p]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _lse(P, m, s, inv_t, red, r0):
     """logsumexp ``m * inv_t + log s`` (the log in x's precision: :func:`flog`);
-    m itself (NaN, +inf, -inf) where not finite."""
+    m itself (NaN, +inf, -inf) where not finite. ``red`` may hold float16
+    bits (:mod:`.scores`)."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
-        red[r0 + p] = m[p] * inv_t + flog(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
+        v = m[p] * inv_t + flog(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
+        red[r0 + p] = store_score(red, v)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -155,12 +158,12 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
     written as ``write`` says (``planeblock.WRITE_*``) and prefetching
     ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
-    There, with ``direct`` (out C-contiguous and not overlapping x) the
-    results are written straight into ``out``; otherwise through an L1
-    scratch. When ``out`` is streamed (``write`` not ``WRITE_EBUF``: a
-    C-contiguous output larger than the caches) the tile loops' results
-    go through the scratch and into ``out`` by non-temporal stores
-    (:mod:`fastlogits.cpu.stream`).
+    There, with ``direct`` (out C-contiguous, not overlapping x and not
+    of float16 bits) the results are written straight into ``out``;
+    otherwise through an L1 scratch. When ``out`` is streamed (``write``
+    not ``WRITE_EBUF``: a C-contiguous output larger than the caches) the
+    tile loops' results go through the scratch and into ``out`` by
+    non-temporal stores (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write.
@@ -172,12 +175,12 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
     for chunk in prange(nchunks):
-        ebuf = np.empty((1, C, tile), dtype=x.dtype)
-        m = np.empty(tile, dtype=x.dtype)
-        g = np.empty(tile, dtype=x.dtype)
-        part = np.empty(tile, dtype=x.dtype)
+        ebuf = scratch((1, C, tile), x)
+        m = scratch(tile, x)
+        g = scratch(tile, x)
+        part = scratch(tile, x)
         s = np.empty(tile, dtype=np.float64)
-        cols = np.empty(C * tile if blocks else 1, dtype=x.dtype)
+        cols = scratch(C * tile if blocks else 1, x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -217,11 +220,11 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
     for chunk in prange(nchunks):
-        buf = np.empty((1, C, tile), dtype=x.dtype)
-        ebuf = np.empty((1, C, tile), dtype=x.dtype)
-        m = np.empty(tile, dtype=x.dtype)
-        g = np.empty(tile, dtype=x.dtype)
-        part = np.empty(tile, dtype=x.dtype)
+        buf = scratch((1, C, tile), x)
+        ebuf = scratch((1, C, tile), x)
+        m = scratch(tile, x)
+        g = scratch(tile, x)
+        part = scratch(tile, x)
         s = np.empty(tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
@@ -262,22 +265,24 @@ def rows_per_block(C, itemsize, mode):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, e):
+def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, staged, e):
     """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
     rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
     row as vectors (prefetching ``ahead``), then the epilogue over the P
     rows at once and their rows of ``out``, by non-temporal stores with
-    ``stream`` (softmax's exponentials wait in the scratch ``e``, at
-    least (P, C), instead of in out). ``m``, ``g``, ``s``: scratch of at
-    least P elements.
+    ``stream``. With ``staged`` (``stream``, or an ``out`` of float16
+    bits, which must not hold unscaled exponentials: rounded twice)
+    softmax's exponentials wait in the scratch ``e``, at least (P, C),
+    instead of in out. ``m``, ``g``, ``s``: scratch of at least P
+    elements.
 
     log_softmax rows of one chunk (``rowvec.CHUNK_BYTES``) into an ``out``
-    ``apart`` from x (and not streamed) take softmax's two passes, the
+    ``apart`` from x (and not staged) take softmax's two passes, the
     exponentials stored into out, discarded by the epilogue: so out's
     lines are fetched while the exponentials are computed, not after
     (1.1-1.4x at 64-300 classes; bench/RESULTS.md, log 63)."""
     C = x.shape[1]
-    store = mode == SOFTMAX or (mode == LOG_SOFTMAX and apart and not stream
+    store = mode == SOFTMAX or (mode == LOG_SOFTMAX and apart and not staged
                                 and C * x.itemsize <= CHUNK_BYTES)
     for p in range(P):
         r = r0 + p
@@ -285,7 +290,7 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
         if store:
             mx, _ = vrow_argmax(x, r)
             m[p] = mx
-            if stream:
+            if staged:
                 s[p] = vrow_expsum(x, r, mx, inv_t, e, p, True)
             else:
                 s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True)
@@ -295,7 +300,7 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
         _lse(P, m, s, inv_t, red, r0)
         return
     _epilogue(P, m, s, mode, g)
-    zero = x.dtype.type(0.0)
+    zero = g.dtype.type(0.0)
     for p in range(P):
         r = r0 + p
         gp = g[p]
@@ -304,17 +309,20 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
                 stream_affine(e, p * C, out, r * C, C, zero, gp, zero)
             else:
                 stream_affine(x, r * C, out, r * C, C, m[p], inv_t, gp)
+        elif mode == SOFTMAX and staged:
+            for c in range(C):
+                out[r, c] = store_score(out, e[p, c] * gp)
         elif mode == SOFTMAX:
             for c in range(C):
-                out[r, c] = out[r, c] * gp
+                out[r, c] = store_score(out, score(out[r, c]) * gp)
         else:
             mp = m[p]
             for c in range(C):
-                out[r, c] = (x[r, c] - mp) * inv_t - gp
+                out[r, c] = store_score(out, (score(x[r, c]) - mp) * inv_t - gp)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart, staged):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
@@ -322,7 +330,8 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
 
     Rows go in blocks of :func:`rows_per_block`: max and exp-sum row by row
     (prefetching ``ahead_bytes`` ahead), then the epilogue (``1 / s``,
-    ``log s``) over the block's rows at once.
+    ``log s``) over the block's rows at once; ``stream``, ``apart`` and
+    ``staged`` as for :func:`_vector_rows`.
     """
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
@@ -330,21 +339,21 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
     nblocks = (rows + B - 1) // B
     nchunks = work_chunks(nblocks, nthreads)
     for chunk in prange(nchunks):
-        m = np.empty(B, dtype=x.dtype)
-        g = np.empty(B, dtype=x.dtype)
+        m = scratch(B, x)
+        g = scratch(B, x)
         s = np.empty(B, dtype=np.float64)
-        e = np.empty((B if stream and mode == SOFTMAX else 1, C), dtype=x.dtype)
+        e = scratch((B if staged and mode == SOFTMAX else 1, C), x)
         j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
         for job in range(j0, j1):
             r0 = job * B
             _vector_rows(x, out, red, r0, min(B, rows - r0), inv_t, mode, m, g, s, ahead,
-                         stream, apart, e)
+                         stream, apart, staged, e)
         if stream:
             stream_fence()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
+def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes, staged):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
     ``tiles.SUM_BLOCK``; ``red`` (rows,). ``rowblock.ROWS`` rows at a time:
     one pass transposes them in registers, finds the max and keeps the
@@ -353,16 +362,17 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     rows are all read before any is written). A chunk's last rows % ROWS
     go a row at a time (:mod:`fastlogits.cpu.rowvec`). For logsumexp
     ``out`` may be any (1, C) C-contiguous array; for softmax/log_softmax
-    ``red`` is not touched."""
+    ``red`` is not touched. ``staged``: out holds float16 bits (the last
+    rows' exponentials wait in a scratch, :func:`_vector_rows`)."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
     for chunk in prange(nchunks):
-        m = np.empty(ROWS, dtype=x.dtype)
-        g = np.empty(ROWS, dtype=x.dtype)
+        m = scratch(ROWS, x)
+        g = scratch(ROWS, x)
         s = np.empty(ROWS, dtype=np.float64)
-        cols = np.empty(C * ROWS, dtype=x.dtype)
-        e = np.empty((1, 1), dtype=x.dtype)  # the row kernels' scratch, not used unstreamed
+        cols = scratch(C * ROWS, x)
+        e = scratch((ROWS, C) if staged else (1, 1), x)  # the row kernels' scratch
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         b1 = blocks_end(r0, r1, True)
         for b0 in range(r0, b1, ROWS):
@@ -379,4 +389,5 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
                 rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
             else:
                 rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False, e)
+        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False,
+                     staged, e)

@@ -28,8 +28,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, loop, splat, vptr
+from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, lane_mask, loop, splat, vector_of
 from fastlogits.cpu.prefetch import LINE_BYTES as LINE
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 
 
 def mark_nontemporal(builder, store):
@@ -43,23 +44,41 @@ def _stream_codegen(transform):
     n, args ``(src, s0, dst, d0, n, *scalars)``: ordinary stores up to
     dst's first 64-byte line boundary and after its last, non-temporal
     64-byte stores in between. ``transform(builder, v, scalars)`` maps an
-    element or a line's vector of elements (``scalars``: the extra args)."""
+    element or a line's vector of elements (``scalars``: the extra args),
+    in the type src's and dst's scores are computed in (either may hold
+    float16 bits, :mod:`.scores`: widened as loaded, rounded as stored)."""
     def codegen(context, builder, sig, args):
         b = builder
-        elem = context.get_data_type(sig.args[0].dtype)
-        size = context.get_abi_sizeof(elem)
+        src, dst = ScoreIR(context, sig.args[0].dtype), ScoreIR(context, sig.args[2].dtype)
+        size = dst.size
         per_line = LINE // size
-        vec = ir.VectorType(elem, per_line)
         sdata = context.make_array(sig.args[0])(context, b, args[0]).data
         ddata = context.make_array(sig.args[2])(context, b, args[2]).data
         s0, d0, n = (i64(b, a) for a in (args[1], args[3], args[4]))
-        scalars = [context.cast(b, a, t, sig.args[0].dtype)
-                   for a, t in zip(args[5:], sig.args[5:])]
+        ctype = compute_type(sig.args[0].dtype)
+        scalars = [context.cast(b, a, t, ctype) for a, t in zip(args[5:], sig.args[5:])]
 
         def elements(lo, hi):
+            """The hi - lo (< per_line) elements from lo: for a float16 dst
+            one masked vector (up to 31 elements: the scalar loop made
+            float16 softmax 1.35-1.5x slower at 1000 classes channels-first,
+            whose 32-pixel tile rows are mostly off their lines); else a
+            scalar loop (the masked vector cost float32 0.92-0.96x;
+            bench/RESULTS.md, log 66)."""
+            if dst.half:
+                count = b.sub(hi, lo)
+                with b.if_then(b.icmp_signed(">", count, const(0))):
+                    mask = lane_mask(b, per_line, count)
+                    zero = vector_of(ir.VectorType(src.elem, per_line), 0.0)
+                    v = src.masked_load(b, sdata, b.add(s0, lo), mask, zero)
+                    v = transform(b, v, [splat(b, v.type, a) for a in scalars])
+                    dst.masked_store(b, v, ddata, b.add(d0, lo), mask)
+                return
+
             def body(k, carried):
-                v = b.load(b.gep(sdata, [b.add(s0, k)]))
-                b.store(transform(b, v, scalars), b.gep(ddata, [b.add(d0, k)]))
+                v = src.load(b, sdata, b.add(s0, k), 1)
+                dst.store(b, transform(b, v, [splat(b, v.type, a) for a in scalars]), ddata,
+                          b.add(d0, k))
                 return carried
 
             loop(b, lo, hi, 1, [], body, "elements")
@@ -72,9 +91,9 @@ def _stream_codegen(transform):
         elements(const(0), head)
 
         def line(k, carried):
-            v = transform(b, b.load(vptr(b, sdata, b.add(s0, k), vec), align=size),
-                          [splat(b, vec, a) for a in scalars])
-            mark_nontemporal(b, b.store(v, vptr(b, ddata, b.add(d0, k), vec), align=LINE))
+            v = src.load(b, sdata, b.add(s0, k), per_line)
+            v = transform(b, v, [splat(b, v.type, a) for a in scalars])
+            mark_nontemporal(b, dst.store(b, v, ddata, b.add(d0, k), align=LINE))
             return carried
 
         loop(b, head, body_end, per_line, [], line, "lines")
@@ -85,18 +104,21 @@ def _stream_codegen(transform):
 
 
 def _stream_args_ok(src, s0, dst, d0, n):
+    """C-contiguous arrays of scores (floats or float16 bits) computed in
+    one type, and integer offsets."""
     return (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.layout == "C" and dst.layout == "C" and src.dtype == dst.dtype
-            and isinstance(src.dtype, types.Float)
+            and src.layout == "C" and dst.layout == "C"
+            and is_scores(src.dtype) and is_scores(dst.dtype)
+            and compute_type(src.dtype) == compute_type(dst.dtype)
             and all(isinstance(a, types.Integer) for a in (s0, d0, n)))
 
 
 @intrinsic
 def stream_copy(typingctx, src, s0, dst, d0, n):
     """``dst.flat[d0:d0 + n] = src.flat[s0:s0 + n]`` (C-contiguous arrays of
-    one float dtype), the whole 64-byte lines of dst by non-temporal
-    stores (:func:`stream_fence` after the last). Nothing is
-    bounds-checked."""
+    one float dtype, or float32 and float16 bits, :mod:`.scores`), the
+    whole 64-byte lines of dst by non-temporal stores (:func:`stream_fence`
+    after the last). Nothing is bounds-checked."""
     if not _stream_args_ok(src, s0, dst, d0, n):
         return None
     return types.none(src, s0, dst, d0, n), _stream_codegen(lambda b, v, scalars: v)

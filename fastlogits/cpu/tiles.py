@@ -30,7 +30,7 @@ from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
 from fastlogits.cpu.planeblock import on_c_planes
 from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
 from fastlogits.cpu.runexp import tile_exp_add
-from fastlogits.cpu.scores import score
+from fastlogits.cpu.scores import score, store_score
 from fastlogits.cpu.stream import stream_copy
 
 #: Classes summed in the input precision before the partial sum is added to
@@ -84,8 +84,10 @@ def cf_tile(x, job, per_image, tile):
     4 KiB apart, evict each other from L1 in between; bench/RESULTS.md,
     log 37). Every class plane starts its lines at the same pixel when a
     plane is a whole number of lines (inner * itemsize % 64 == 0). ``tile``
-    must be a multiple of 16 (``cpu._tile_pixels``): a line of float32.
-    (The non-temporal stores of the blocks rely on it.)"""
+    must be a multiple of 16 and of a line of x's scores
+    (``cpu._tile_pixels``: 16 float32, 32 float16): the non-temporal stores
+    of the blocks rely on it, and the drivers' scratch of ``tile`` pixels
+    takes job 0's h pixels too (up to a line's scores less one)."""
     inner = x.shape[2]
     o = job // per_image
     k = job - o * per_image
@@ -151,7 +153,8 @@ def load_transposed(x2, r0, P, buf):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_transposed(buf, P, out2, r0):
-    """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``.
+    """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``
+    (float16 bits: rounded once, as stored; :mod:`.scores`).
 
     Where :func:`load_transposed` goes by :func:`transpose8` blocks, so do
     the full 8-class blocks here (8 x 8 at a time, a whole 8-class segment
@@ -171,10 +174,10 @@ def store_transposed(buf, P, out2, r0):
                 transpose8(buf, c0 * T + p0, T, BLOCK8, out2, (r0 + p0) * C + c0, C)
         for p in range(P8):
             for c in range(c8, C):
-                out2[r0 + p, c] = buf[0, c, p]
+                out2[r0 + p, c] = store_score(out2, buf[0, c, p])
     for p in range(P8, P):
         for c in range(C):
-            out2[r0 + p, c] = buf[0, c, p]
+            out2[r0 + p, c] = store_score(out2, buf[0, c, p])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -194,7 +197,8 @@ _stream_rows = on_c_planes(_stream_rows_c)
 def tile_to_out(ebuf, out, o, i0, P, stream):
     """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a channels-first tile's
     class rows from an L1 scratch (1, C, T) into the x-sized output (outer,
-    C, inner), by non-temporal stores with ``stream``
+    C, inner; float16 bits: rounded once, as stored, :mod:`.scores`), by
+    non-temporal stores with ``stream``
     (:mod:`fastlogits.cpu.stream`: out must then be C-contiguous)."""
     i0 = max(i0, 0)
     if stream:
@@ -202,7 +206,7 @@ def tile_to_out(ebuf, out, o, i0, P, stream):
         return
     for c in range(out.shape[1]):
         for p in range(P):
-            out[o, c, i0 + p] = ebuf[0, c, p]
+            out[o, c, i0 + p] = store_score(out, ebuf[0, c, p])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
