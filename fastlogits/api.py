@@ -10,9 +10,10 @@ on bad input), then resolves the backend:
   copied over and back).
 
 float16 input is computed in float32 on the CPU: read (and its float16
-outputs written) as it is by the kernels of every op but the loss
-gradient (:mod:`fastlogits.cpu.scores`), else in float32 chunks of
-``config.CPU_HALF_CHUNK_ELEMENTS``, so its extra memory stays bounded.
+outputs written) as it is by the kernels (:mod:`fastlogits.cpu.scores`)
+where the CPU has F16C and ``config.CPU_HALF_DIRECT`` is on, else in
+float32 chunks of ``config.CPU_HALF_CHUNK_ELEMENTS``, so its extra memory
+stays bounded.
 """
 
 import functools
@@ -122,16 +123,14 @@ def _work_view(arr, shape):
     return tmp, tmp
 
 
-def _run_cpu(lg, full, reduced, kernel, reads_half=False, writes_half=False):
+def _run_cpu(lg, full, reduced, kernel):
     """Run ``kernel(x3, full3s, red2s)`` on canonical views of x and outputs.
 
     ``full``: outputs shaped like x; ``reduced``: outputs without the class
-    axis. float16 x goes to a ``reads_half`` kernel as its bits (x3 of
-    uint16, :mod:`fastlogits.cpu.scores`) where the CPU converts float16
-    in hardware and no output is float16, or the kernel ``writes_half``
-    (float16 outputs then go as their bits too); else float16 data goes
-    through float32 chunks (x and any float16 output), bounded by
-    ``config.CPU_HALF_CHUNK_ELEMENTS``.
+    axis. float16 x and outputs go to the kernel as their bits (uint16
+    views, :mod:`fastlogits.cpu.scores`) where :func:`_half_direct`;
+    else float16 data goes through float32 chunks (x and any float16
+    output), bounded by ``config.CPU_HALF_CHUNK_ELEMENTS``.
     """
     outer, C, inner = _layout.split_shape(lg.shape, lg.axis)
     x3 = _layout.canonical(lg.array, lg.axis)
@@ -141,7 +140,7 @@ def _run_cpu(lg, full, reduced, kernel, reads_half=False, writes_half=False):
     r2 = [v for v, _ in rviews]
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
-    elif reads_half and _reads_half(f3 + r2, writes_half):
+    elif _half_direct():
         kernel(x3.view(np.uint16), [_bits(a) for a in f3], [_bits(a) for a in r2])
     else:
         from fastlogits.cpu.half import load, store
@@ -164,14 +163,12 @@ def _run_cpu(lg, full, reduced, kernel, reads_half=False, writes_half=False):
             arr[...] = tmp.reshape(arr.shape)
 
 
-def _reads_half(outputs, writes_half):
-    """Whether a kernel that reads float16 bits takes float16 x here:
-    ``config.CPU_HALF_DIRECT``, F16C (:data:`fastlogits.cpu.half.HARDWARE`)
-    and no float16 output unless it ``writes_half``."""
+def _half_direct():
+    """Whether the CPU kernels take float16 as it is:
+    ``config.CPU_HALF_DIRECT`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
     from fastlogits.cpu.half import HARDWARE
 
-    return (config.CPU_HALF_DIRECT and HARDWARE
-            and (writes_half or all(a.dtype != np.float16 for a in outputs)))
+    return config.CPU_HALF_DIRECT and HARDWARE
 
 
 def _bits(a):
@@ -258,11 +255,9 @@ def _expnorm(op, x, axis, temperature, out, backend):
     from fastlogits import cpu
 
     if reduces:
-        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_expnorm(x3, None, r[0], inv_t, mode),
-                 reads_half=True, writes_half=True)
+        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_expnorm(x3, None, r[0], inv_t, mode))
     else:
-        _run_cpu(lg, [out], [], lambda x3, f, r: cpu.run_expnorm(x3, f[0], None, inv_t, mode),
-                 reads_half=True, writes_half=True)
+        _run_cpu(lg, [out], [], lambda x3, f, r: cpu.run_expnorm(x3, f[0], None, inv_t, mode))
     return out
 
 
@@ -373,8 +368,7 @@ def argmax(x, axis=-1, *, out=None, backend="auto"):
         from fastlogits import cpu
 
         one = lg.compute_dtype.type(1.0)
-        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one),
-                 reads_half=True)
+        _run_cpu(lg, [], [out], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one))
     return out
 
 
@@ -428,6 +422,5 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
         from fastlogits import cpu
 
         inv_t = _inv_temperature(lg, temperature)
-        _run_cpu(lg, [], [labels, conf], lambda x3, f, r: cpu.run_argmax(x3, r[0], r[1], inv_t),
-                 reads_half=True)
+        _run_cpu(lg, [], [labels, conf], lambda x3, f, r: cpu.run_argmax(x3, r[0], r[1], inv_t))
     return labels, conf

@@ -186,8 +186,7 @@ def _half_status():
         return "through float32 chunks (the CPU has no F16C)"
     if not config.CPU_HALF_DIRECT:
         return "through float32 chunks (config.CPU_HALF_DIRECT is off)"
-    return ("read and written by the kernels as it is, converted by F16C "
-            "(the loss gradient through float32 chunks; config.CPU_HALF_DIRECT)")
+    return "read and written by the kernels as it is, converted by F16C (config.CPU_HALF_DIRECT)"
 
 
 def _fastexp_status():

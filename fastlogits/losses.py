@@ -310,10 +310,8 @@ def _cross_entropy_cpu(lg, t, *, class_weight, ignore_index, label_smoothing, re
             x3, red[0], full[0] if return_grad else None, red[1] if loss is not None else None,
             w64, ignore_index, label_smoothing, gscale))
 
-    # The kernels read float16 x as it is (losses in float32) but write no
-    # float16 gradient: that goes through float32 chunks.
     _run_cpu(lg, [grad] if return_grad else [], [t] + ([loss] if loss is not None else []),
-             kernel, reads_half=not return_grad)
+             kernel)
     loss_sum, weight_sum, nbad = np.sum(np.array(sums), axis=0)
     if nbad:
         check_target_values(t, C, ignore_index)
@@ -435,8 +433,7 @@ def _confusion_matrix_cpu(lg, t, ignore_index, out):
     if labels_first(C, lg.reduced_shape):
         labels = pool.empty(lg.reduced_shape, np.int32)
         one = lg.compute_dtype.type(1.0)
-        _run_cpu(lg, [], [labels], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one),
-                 reads_half=True)
+        _run_cpu(lg, [], [labels], lambda x3, f, r: cpu.run_argmax(x3, r[0], None, one))
         return confusion_from_labels(labels, t, C, ignore_index, out)
     counts = np.zeros((C, C), np.int64)
     bad = []
@@ -444,7 +441,7 @@ def _confusion_matrix_cpu(lg, t, ignore_index, out):
     def kernel(x3, full, red):
         bad.append(k.run_confusion(x3, red[0], ignore_index, counts))
 
-    _run_cpu(lg, [], [t], kernel, reads_half=True)
+    _run_cpu(lg, [], [t], kernel)
     if sum(bad):
         check_target_values(t, C, ignore_index)
     return add_counts(counts, out)

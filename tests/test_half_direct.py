@@ -188,16 +188,35 @@ def test_labels_first_confusion(rng, monkeypatch, chunk_loads):
         np.testing.assert_array_equal(got, want + start)
 
 
-def test_gradient_goes_through_chunks(rng, chunk_loads):
-    """return_grad writes a float16 gradient: float32 chunks, still."""
-    x = logits(rng, (6, 33, 19), np.float16)
-    t = targets(rng, x, -1, 19)
-    loss, grad = fl.cross_entropy(x, t, ignore_index=IGNORE, return_grad=True)
-    assert chunk_loads
-    want_loss, want_grad = reference.cross_entropy(x, t, ignore_index=IGNORE, return_grad=True)
-    assert grad.dtype == np.float16
-    np.testing.assert_allclose(loss, want_loss, rtol=2e-6)
-    np.testing.assert_allclose(grad.astype(np.float64), want_grad, atol=1e-3)
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("C", CLASSES + [3000])
+def test_gradient(rng, monkeypatch, chunk_loads, layout, C, streamed):
+    """return_grad on float16: the gradient rounded once to float16, new,
+    into ``grad_out`` and in place over x; with ``streamed`` by
+    non-temporal stores (long rows too)."""
+    if streamed:
+        monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+        monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+    shape, axis = LAYOUTS[layout](C)
+    x = float16_logits(rng, shape, axis)
+    t = targets(rng, x, axis, C)
+    for kw in (dict(), dict(reduction="sum", label_smoothing=0.1, class_weight=rng.random(C) + 0.5)):
+        kw["ignore_index"] = IGNORE
+        want_loss, want_grad = reference.cross_entropy(x, t, axis, return_grad=True, **kw)
+        for where in ("new", "grad_out", "in place"):
+            def call():
+                xi = x.copy()
+                out = {"new": None, "grad_out": np.full(shape, np.float16(5.0)), "in place": xi}
+                return fl.cross_entropy(xi, t, axis, return_grad=True, grad_out=out[where], **kw)
+
+            (dl, dg), (cl, cg) = both_ways(monkeypatch, chunk_loads, call)
+            assert_same_halves(dg, cg)
+            np.testing.assert_allclose(dl, cl, rtol=1e-6)
+            np.testing.assert_allclose(dl, want_loss, rtol=2e-6)
+            fin = np.isfinite(want_grad)
+            np.testing.assert_array_equal(np.isnan(dg), np.isnan(want_grad))
+            np.testing.assert_allclose(dg[fin].astype(np.float64), want_grad[fin], atol=1e-3)
 
 
 def assert_same_halves(a, b):
@@ -273,7 +292,7 @@ def test_tiles_hold_a_planes_first_pixels():
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
-                                  "cross_entropy", "confusion_matrix"])
+                                  "cross_entropy", "gradient", "confusion_matrix"])
 def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
     """Channels-first planes whose first 64-byte line starts anywhere up to
     31 halves in, with the fewest pixels per tile (many classes), in place
@@ -292,6 +311,12 @@ def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
         elif name == "cross_entropy":
             def call():
                 return fl.cross_entropy(x, t, 1, ignore_index=IGNORE, reduction="none")
+        elif name == "gradient":
+            def call():
+                y = at_line_offset(shape, np.float16, offset)
+                y[...] = x
+                return fl.cross_entropy(y, t, 1, ignore_index=IGNORE, return_grad=True,
+                                        grad_out=y)[1]
         elif name == "confusion_matrix":
             def call():
                 return fl.confusion_matrix(x, t, 1, ignore_index=IGNORE)
@@ -302,7 +327,7 @@ def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
         if name == "classify":
             np.testing.assert_array_equal(direct[0], chunked[0])
             assert_same_floats(direct[1], chunked[1])
-        elif name in EXPNORM:
+        elif name in EXPNORM + ("gradient",):
             assert_same_halves(direct, chunked)
         elif name == "cross_entropy":
             assert_same_floats(direct, chunked, atol=1e-6)

@@ -188,11 +188,17 @@ def _plane_write(x3, out3, lanes=None):
     holds a block when a block is shorter than a line (AVX2's 8 float32
     pixels, 32 bytes), which would then start off its line, and a
     non-temporal store there faults (it did: every streamed channels-first
-    float32 softmax and gradient on AVX2)."""
+    float32 softmax and gradient on AVX2).
+
+    float16 outputs (2-byte bits, :mod:`.scores`) are not streamed: a
+    block's 16 halves are half a line, so they would go through the
+    scratch, and that copy by non-temporal stores measured 1.03-1.23x
+    slower than by ordinary ones at 19-3000 classes (bench/RESULTS.md,
+    log 67)."""
     from fastlogits.cpu.prefetch import LINE_BYTES as line
     from fastlogits.cpu.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 
-    if not _streams(x3, out3):
+    if not _streams(x3, out3) or out3.itemsize == 2:
         return WRITE_EBUF
     lanes = LANES if lanes is None else lanes
     if (lanes * out3.itemsize % line == 0 and out3.itemsize == x3.itemsize

@@ -74,7 +74,7 @@ from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_p
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.scores import compute_type, score, scratch
+from fastlogits.cpu.scores import compute_type, score, scratch, store_score
 from fastlogits.cpu.stream import stream_copy, stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                   load_transposed, next_tile_cl, store_transposed,
@@ -405,9 +405,6 @@ def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, non
 @overload(_grad_blocks, fastmath=FASTMATH)
 def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
                       ahead, t, r0):
-    if not isinstance(x.dtype, types.Float):  # float16 bits: no gradient (see run_cross_entropy)
-        return (lambda x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
-                ahead, t, r0: None)
     if x.ndim == 3:
         plain, streamed = planes_xent_grad, planes_stream_xent_grad
     else:
@@ -468,10 +465,11 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     if not want_grad and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
                                        ahead, t, w, ls, eps > 0.0):
         return
-    if want_grad:
-        stream = write == WRITE_STREAM
-        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad if stream else ebuf,
-                     start if stream else 0, stream, ahead, t, r0)
+    if want_grad and write == WRITE_STREAM:
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad, start, True, ahead, t,
+                     r0)
+    elif want_grad:  # (two calls: grad and ebuf differ in type for float16 bits)
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, ebuf, 0, False, ahead, t, r0)
     else:
         for q in range(0, P, LANES):
             _prefetch_block(x, start + q, ahead, t, r0 + P + q)
@@ -540,17 +538,18 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
                     continue
             pf = plane_rows_region(x, o, i0, P, ahead)
             # The gradient tile: grad's own, or the scratch (then copied).
-            into = (direct and not stream) or not want_grad
-            et = grad if into else ebuf
-            eo = o if into else 0
-            ei0 = i0 if into else 0
-            _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, et,
-                         eo, ei0, want_grad, loss, want_loss,
+            if (direct and not stream) or not want_grad:
+                _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, grad,
+                             o, i0, want_grad, loss, want_loss,
+                             m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+                if want_grad:
+                    _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+                continue
+            _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, ebuf,
+                         0, 0, want_grad, loss, want_loss,
                          m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-            if want_grad:
-                _tile_grad(et, eo, ei0, P, a, b, keep, tt, d)
-            if not into:
-                tile_to_out(ebuf, grad, o, i0, P, stream)
+            _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
+            tile_to_out(ebuf, grad, o, i0, P, stream)
         if stream:
             stream_fence()
         acc[0] += sums[:LANES].sum()
@@ -631,9 +630,18 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
                        want_loss)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _grad_row(g, at, apx, b, ti, d):
+    """Row ``at`` of g, one pixel's exponentials, into its gradient: ``e *
+    apx - b[c]``, less ``d`` at its target ``ti``."""
+    for c in range(g.shape[1]):
+        g[at, c] = g[at, c] * apx - b[c]
+    g[at, ti] -= d
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
-               ahead_bytes, blocks, tile, stream):
+               ahead_bytes, blocks, tile, stream, staged):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks``, ``tile`` rows at a time by
     blocks of ``rowblock.ROWS`` rows transposed in registers
@@ -641,8 +649,10 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     ROWS) a row at a time as vectors
     (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
     Without ``want_grad``, ``grad`` may be any (1, k) array. With
-    ``stream`` (not with ``blocks``) the gradient rows of kept pixels are
-    made in a scratch row and written by non-temporal stores."""
+    ``staged`` (``stream``, or a ``grad`` of float16 bits: rounded once)
+    the gradient rows of kept pixels are made in a scratch row and
+    copied into grad, by non-temporal stores with ``stream`` (not with
+    ``blocks``)."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
@@ -662,9 +672,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
         cols = scratch(C * ROWS if blocks else 1, x)
-        # The gradient row is made here (grad's row, or with stream a
-        # scratch row then streamed).
-        into = scratch((1, C), x) if stream else grad
+        # The gradient row is made in grad's row, or staged in this one
+        # (then streamed, or rounded to float16 bits).
+        row = scratch((1, C) if staged else (1, 1), x)
         acc = np.zeros(3)
         sums = np.zeros(2 * ROWS)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
@@ -686,7 +696,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                     loss[r] = 0.0
                 if want_grad:
                     for c in range(C):
-                        grad[gr, c] = zero
+                        grad[gr, c] = store_score(grad, zero)
                 continue
             if want_grad or not one_pass:
                 mx, _ = vrow_argmax(x, r)
@@ -698,21 +708,24 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
                     sm += w[c] * (mx - score(x[r, c]))
             m1[0] = mx
             xt1[0] = score(x[r, ti])
-            if want_grad or not one_pass:  # after every read of the row: grad may be x
-                s1[0] = vrow_expsum(x, r, mx, one, into, 0 if stream else gr, want_grad)
+            if staged and (want_grad or not one_pass):  # after every read of the row
+                s1[0] = vrow_expsum(x, r, mx, one, row, 0, want_grad)
+            elif want_grad or not one_pass:  # grad may be x
+                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti
             _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, keep, epsc, wallx, gk, ge, smooth, a1,
                           d1, want_grad, acc, loss, r, want_loss)
-            if want_grad:
-                apx = a1[0]
-                at = 0 if stream else gr
-                for c in range(C):
-                    into[at, c] = into[at, c] * apx - b[c]
-                into[at, ti] -= d1[0]
+            if want_grad and staged:  # (row and grad differ in type for float16 bits)
+                _grad_row(row, 0, a1[0], b, ti, d1[0])
                 if stream:
-                    stream_copy(into, 0, grad, r * C, C)
+                    stream_copy(row, 0, grad, r * C, C)
+                else:
+                    for c in range(C):
+                        grad[r, c] = store_score(grad, row[0, c])
+            elif want_grad:
+                _grad_row(grad, gr, a1[0], b, ti, d1[0])
         if stream:
             stream_fence()
         acc[0] += sums[:ROWS].sum()
@@ -754,14 +767,14 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
 
     Non-contiguous views are copied (x) or written through a temporary
     (loss, grad), so each kernel is compiled for C-contiguous arrays only.
-    ``grad3`` may be ``x3`` (in place). x3 of float16 bits
-    (:mod:`.scores`) takes no gradient (its drivers have none: the API
-    sends it through float32 chunks).
+    ``grad3`` may be ``x3`` (in place). x3 and grad3 may hold float16
+    bits (:mod:`.scores`).
     """
     outer, C, inner = x3.shape
-    if grad3 is not None and not np.issubdtype(x3.dtype, np.floating):
-        raise TypeError("run_cross_entropy: no gradient of float16 bits")
     dtype = _computed_in(x3)
+    # float16 bits (x and grad): each gradient rounded once, from float32
+    # scratch, never from exponentials stored in grad (rounded twice).
+    narrow = x3.dtype == np.uint16
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     w = w64.astype(dtype)
@@ -780,7 +793,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             # array all threads share costs two atomic reference-count
             # updates on its one line (bench/RESULTS.md, log 44).
             lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
-            direct = not (want_grad and np.may_share_memory(x3, g))
+            direct = not (want_grad and np.may_share_memory(x3, g)) and not narrow
             write = _plane_write(x3, g) if want_grad else WRITE_EBUF
             blocks = _plane_blocks(C, True)
             # Longer tiles for the blocks, unless the gradient goes through
@@ -805,7 +818,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
                 stream = want_grad and not blocks and _streams_rows(x2, g)
                 res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
-                                 tile, stream)
+                                 tile, stream, stream or (want_grad and narrow))
     if lwork is not loss2:
         loss2[...] = lwork
     if gwork is not grad3:

@@ -494,12 +494,14 @@ def _xent_part(context, builder, sig, args, rw, offset):
 def xent_grad_args_ok(x, r, m, p, cols, tt, wt, coef, bc, w, s, xt, sm, out, out_at):
     """The argument types of a fused gradient intrinsic
     (:func:`_xent_grad_part`), x's and out's kinds (rows or planes) checked
-    by the caller."""
+    by the caller. ``out`` is of x's dtype (float16 bits included: each
+    gradient rounded once, as stored) or of the type x's scores are
+    computed in."""
     vecs = (m, cols, wt, coef, bc, s, xt, sm)
-    return (isinstance(x.dtype, types.Float) and out.dtype == x.dtype
-            and all(_is_vec(v, x.dtype) for v in vecs)
+    ct = compute_type(x.dtype)
+    return (out.dtype in (x.dtype, ct) and all(_is_vec(v, ct) for v in vecs)
             and _is_vec(tt, types.int32)
-            and (isinstance(w, types.NoneType) or _is_vec(w, x.dtype))
+            and (isinstance(w, types.NoneType) or _is_vec(w, ct))
             and all(isinstance(v, types.Integer) for v in (r, p, out_at)))
 
 

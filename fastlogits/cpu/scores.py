@@ -17,8 +17,8 @@ float32's time: bench/RESULTS.md, log 49).
   an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
   path only where :data:`fastlogits.cpu.half.HARDWARE`).
 
-float16 outputs (softmax's, log_softmax's, logsumexp's) reach the kernels
-as bits too. Their results are computed in float32 and rounded to
+float16 outputs (softmax's, log_softmax's, logsumexp's, the loss
+gradient) reach the kernels as bits too. Their results are computed in float32 and rounded to
 float16 once, as they are stored (:func:`store_score`,
 :meth:`ScoreIR.narrow`: ``vcvtps2ph``, round to nearest even, as NumPy's
 cast): never stored as float16 and read back to compute with, which
