@@ -207,7 +207,7 @@ CPU_HALF_CHUNK_ELEMENTS = 1 << 20
 #: Whether the CPU kernels read float16 x as it is and write their float16
 #: outputs so (:mod:`fastlogits.cpu.scores`), where the CPU converts
 #: float16 in hardware (F16C). Off, every op goes through the float32
-#: chunks above (1.5-3.4x slower at 19-32000 classes: bench/RESULTS.md,
+#: chunks above (1.3-4x slower at 19-32000 classes: bench/RESULTS.md,
 #: logs 65-67).
 CPU_HALF_DIRECT = True
 
