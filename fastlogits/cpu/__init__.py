@@ -87,10 +87,17 @@ def _stand_in(ndim, dtype):
     return np.empty((1,) * ndim, dtype)
 
 
+def _holds_half_bits(a):
+    """Whether the array ``a`` holds float16 bits (uint16, :mod:`.scores`):
+    its results are rounded once, from float32 scratch, never from
+    exponentials stored in it (rounded twice)."""
+    return a.dtype == np.uint16
+
+
 def _computed_in(x):
     """The NumPy dtype x's scores are computed in: float32 for float16
-    bits (uint16, :mod:`.scores`), else x's own."""
-    return np.dtype(np.float32) if x.dtype == np.uint16 else x.dtype
+    bits, else x's own."""
+    return np.dtype(np.float32) if _holds_half_bits(x) else x.dtype
 
 
 def _rows(a):
@@ -217,9 +224,7 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     from fastlogits.cpu import softmax as k
 
     outer, C, inner = x3.shape
-    # float16 bits out: results rounded once, from float32 scratch, never
-    # from exponentials stored in out (rounded twice).
-    narrow = x3.dtype == np.uint16
+    narrow = _holds_half_bits(x3)  # x and the output
     if red2 is None:
         red2 = _stand_in(2, x3.dtype)
     blocks = _row_blocks(C, config.CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)

@@ -60,9 +60,9 @@ from numba.extending import overload
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_computed_in, _plane_blocks, _plane_write, _row_blocks,
-                            _row_prefetch_bytes, _stand_in, _streams_rows, _tile_pixels,
-                            launch_threads)
+from fastlogits.cpu import (_computed_in, _holds_half_bits, _plane_blocks, _plane_write,
+                            _row_blocks, _row_prefetch_bytes, _stand_in, _streams_rows,
+                            _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
@@ -772,9 +772,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     """
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
-    # float16 bits (x and grad): each gradient rounded once, from float32
-    # scratch, never from exponentials stored in grad (rounded twice).
-    narrow = x3.dtype == np.uint16
+    narrow = _holds_half_bits(x3)  # x and grad
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     w = w64.astype(dtype)

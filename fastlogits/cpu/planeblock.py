@@ -54,7 +54,7 @@ from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _wsum_part, _xent_grad_part, _xent_part,
                                      max_expsum_args_ok, store_values, xent_args_ok,
                                      xent_grad_args_ok)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 from fastlogits.cpu.stream import LINE, mark_nontemporal
 
 #: Pixels of one block: as many as the row blocks' rows (16 on AVX-512,
@@ -84,8 +84,7 @@ CHAINS = 2
 
 
 def _is_planes(a):
-    return (isinstance(a, types.Array) and a.ndim == 3 and a.layout == "C"
-            and is_scores(a.dtype))
+    return is_score_array(a, 3)
 
 
 def on_c_planes(fn):

@@ -51,7 +51,7 @@ from fastlogits.cpu.fastlog import log32_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
 from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, splat,
                                    type_suffix, vector_of, vptr)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 
 _NINF = float("-inf")
 
@@ -69,8 +69,7 @@ def blocks_end(r0, r1, on):
 
 
 def _is_rows(a):
-    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-            and is_scores(a.dtype))
+    return is_score_array(a, 2)
 
 
 def _is_vec(a, dtype=None):

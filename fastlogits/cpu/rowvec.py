@@ -31,15 +31,14 @@ from numba.extending import intrinsic
 from fastlogits.cpu.fastexp import exp_shifted_ir
 from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
                                    masked_store, splat, vector_of, vptr)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 from fastlogits.cpu.tiles import SUM_BLOCK
 
 
 def _is_rows(a):
     """A C-contiguous 2-D array of scores (floats or float16 bits,
     :mod:`.scores`): rows of C scores."""
-    return (isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-            and is_scores(a.dtype))
+    return is_score_array(a, 2)
 
 
 def _row_data(context, builder, aty, aval, r):

@@ -23,15 +23,11 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
 from fastlogits.cpu.irutil import vector_of, vptr
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores, score
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array, score
 
 
 def _is_c_float(a):
     return isinstance(a, types.Array) and a.layout == "C" and isinstance(a.dtype, types.Float)
-
-
-def _is_c_scores(a):
-    return isinstance(a, types.Array) and a.layout == "C" and is_scores(a.dtype)
 
 
 @intrinsic
@@ -43,10 +39,10 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     dtype: then not written if that is float16 bits). Nothing is
     bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
     loop (callers mask those pixels)."""
-    ct = compute_type(x.dtype) if _is_c_scores(x) else None
+    ct = compute_type(x.dtype) if is_score_array(x) else None
     if not (ct is not None and all(_is_c_float(a) for a in (m, part))
             and m.dtype == ct and part.dtype == ct
-            and _is_c_scores(out) and out.dtype in (ct, x.dtype)
+            and is_score_array(out) and out.dtype in (ct, x.dtype)
             and m.ndim == 1 and part.ndim == 1
             and all(isinstance(a, types.Integer) for a in (xo, n, oo))
             and isinstance(inv_t, types.Float)

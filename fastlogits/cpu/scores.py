@@ -45,6 +45,13 @@ def is_scores(dtype):
     return isinstance(dtype, types.Float) or dtype == HALF_BITS
 
 
+def is_score_array(a, ndim=None):
+    """Whether the Numba type ``a`` is a C-contiguous array of scores (of
+    ``ndim`` dimensions, if given)."""
+    return (isinstance(a, types.Array) and a.layout == "C" and is_scores(a.dtype)
+            and (ndim is None or a.ndim == ndim))
+
+
 def compute_type(dtype):
     """The Numba type scores of ``dtype`` are computed in: float32 for
     float16 bits, else the dtype itself."""

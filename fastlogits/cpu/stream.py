@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, lane_mask, loop, splat, vector_of
 from fastlogits.cpu.prefetch import LINE_BYTES as LINE
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
+from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 
 
 def mark_nontemporal(builder, store):
@@ -106,9 +106,7 @@ def _stream_codegen(transform):
 def _stream_args_ok(src, s0, dst, d0, n):
     """C-contiguous arrays of scores (floats or float16 bits) computed in
     one type, and integer offsets."""
-    return (isinstance(src, types.Array) and isinstance(dst, types.Array)
-            and src.layout == "C" and dst.layout == "C"
-            and is_scores(src.dtype) and is_scores(dst.dtype)
+    return (is_score_array(src) and is_score_array(dst)
             and compute_type(src.dtype) == compute_type(dst.dtype)
             and all(isinstance(a, types.Integer) for a in (s0, d0, n)))
 
