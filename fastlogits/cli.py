@@ -177,6 +177,17 @@ def _vector_width_status():
     return _vector_width.STATUS
 
 
+def _tile_status():
+    """The channels-first tiles' byte budget and where it comes from."""
+    from fastlogits import _cpuinfo, config
+    from fastlogits.tiled import format_size
+
+    l2 = _cpuinfo.l2_bytes()
+    l2 = f"the L2 cache: {format_size(l2)} here" if l2 else "1 MiB: the L2 size is unknown"
+    return (f"channels-first tiles read twice: up to {format_size(config.CPU_CF_TILE_BYTES)} "
+            f"(config.CPU_CF_TILE_BYTES; by default half {l2})")
+
+
 def _half_status():
     """How the CPU kernels take float16 logits (fastlogits.cpu.scores)."""
     from fastlogits import config
@@ -311,6 +322,7 @@ def cmd_info(args):
         ("row prefetch", f"channels-last rows of up to {config.CPU_ROW_PREFETCH_MAX_BYTES} bytes "
                          f"(the value for {_cpuinfo.vendor() or 'unknown'} CPUs: "
                          "config.CPU_ROW_PREFETCH_MAX_BYTES)"),
+        ("tiles", _tile_status()),
         ("float16", _half_status()),
         ("GPU", _gpu_line(api)),
         ("fastexp", _fastexp_status()),

@@ -16,12 +16,38 @@ FASTMATH = set({"nsz", "arcp", "contract", "afn", "reassoc"})
 #: the write happen.
 CPU_TILE_PIXELS = 256
 
-#: Upper bound on C * P scores in one tile: for large C the tile has fewer
-#: pixels (never fewer than 16) so it still fits in L2.
+#: Upper bound on C * P scores in one channels-last tile (transposed into
+#: scratch, or a LinearHead tile): for large C the tile has fewer pixels
+#: (never fewer than 16) so it still fits in L2.
 CPU_TILE_ELEMENTS = 32 * 1024
 
+#: Upper bound on the bytes of one channels-first tile of the ops that read
+#: it more than once (all but argmax and confusion_matrix: max, then the
+#: exp-sum, then the write, with its scores in L2 in between), counted at
+#: the precision they are computed in (4 bytes per float16 score): for
+#: large C the tile has fewer pixels. Half the L2 cache (1 MiB on the
+#: Intel Xeon of bench/RESULTS.md, log 68), 512 KiB where its size is
+#: unknown. A tile's class rows are P pixels of C class planes, each read
+#: as one run: too few pixels make runs of one or two lines, and the
+#: 32 Ki-score cap the channels-first tiles had before (32 pixels at 1000
+#: classes) made them 1.3-2.7x slower than channels-last. argmax and
+#: confusion_matrix take ``CPU_TILE_PIXELS`` at any C.
+CPU_CF_TILE_BYTES = (_cpuinfo.l2_bytes() or 1 << 20) // 2
+
+#: Channels-first maps of at least this many classes whose class planes are
+#: a multiple of 4 KiB apart (images of 1024, 65536 or 262144 pixels, ...):
+#: the tile loops of the ops that read a tile more than once (softmax,
+#: log_softmax, logsumexp, classify, cross_entropy) copy it into a
+#: contiguous scratch first and read the copy (``cpu.tiles.load_rows``).
+#: Such planes put a tile's rows in the same cache sets. Measured on an
+#: Intel Xeon (bench/RESULTS.md, log 68): 1.08-1.66x at 500-3000 classes
+#: on planes of 65536 and 16384 pixels, 0.92-1.03x at 400, 0.77-1.10x at
+#: 150-300 (262144 and 131072 pixels); on planes not so aligned
+#: 0.82-0.97x at 1000 classes and 1.00-1.06x at 3000.
+CPU_CF_COPY_MIN_CLASSES = 500
+
 #: Pixels per tile of the cross-entropy's register-block paths (both
-#: layouts; still capped by ``CPU_TILE_ELEMENTS``), except a channels-first
+#: layouts; still capped as each layout's tiles are), except a channels-first
 #: gradient written through the L1 scratch tile (in place, or not
 #: streamed straight). The per-tile work (the targets' read, the per-pixel
 #: loss step, a call with a dozen scratch arrays) is paid less often in

@@ -35,10 +35,12 @@ def sprinkle_specials(rng, x, axis, frac=0.05):
 
 
 def specials_array(rng, shape, axis, dtype):
-    """Logits of ``shape`` (class axis ``axis``) with special values."""
+    """C-contiguous logits of ``shape`` (class axis ``axis``) with special
+    values. (Contiguous: a moved view of channels-last memory would send
+    a channels-first ``shape`` through the channels-last kernels.)"""
     base = np.moveaxis(logits(rng, shape, dtype), axis, -1).copy()
     sprinkle_specials(rng, base, -1)
-    return np.moveaxis(base, -1, axis)
+    return np.ascontiguousarray(np.moveaxis(base, -1, axis))
 
 
 def assert_close(actual, expected, dtype):

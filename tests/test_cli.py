@@ -60,11 +60,12 @@ def test_info(tmp_path):
     out = r.stdout
     assert f"fastlogits    {fl.__version__}" in out
     for key in ("numpy", "numba", "numba-cuda", "torch", "backends", "threads", "GPU",
-                "fastexp", "output pool", "kernel cache", "row prefetch", "float16"):
+                "fastexp", "output pool", "kernel cache", "row prefetch", "float16", "tiles"):
         assert any(line.startswith(key) for line in out.splitlines()), key
     assert "numpy, cpu" in out
     assert "threading layer" in out
     assert "vectorized polynomial exp (float32/float64)" in out
+    assert "config.CPU_CF_TILE_BYTES" in out
 
 
 def test_demo_small(tmp_path):

@@ -118,6 +118,33 @@ def test_small_tiles_cover_tails_and_many_tiles(rng, name, monkeypatch):
             check(op, got, expected(op, x, axis, temperature=1.3), dtype)
 
 
+@pytest.mark.parametrize("copy_tiles", [False, True])
+@pytest.mark.parametrize("name", list(OPS))
+def test_channels_first_tiles_by_bytes(rng, name, copy_tiles, monkeypatch):
+    """Channels-first tiles of the ops that read a tile twice hold
+    ``CPU_CF_TILE_BYTES`` of scores (here 32 pixels at 130 classes, at
+    float32 precision for float16 too); argmax's take ``CPU_TILE_PIXELS``
+    at any C. Several tiles per image and a ragged last one, read in x or
+    (``copy_tiles``: planes 4 KiB apart) copied first; in place too."""
+    from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
+
+    C = 130
+    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", C * 4 * 32)
+    monkeypatch.setattr(config, "CPU_CF_COPY_MIN_CLASSES", 1 if copy_tiles else 1 << 30)
+    op = OPS[name]
+    for dtype in (np.float32, np.float16, np.float64):
+        x = specials_array(rng, (2, C, 2048 if copy_tiles else 301), 1, dtype)
+        assert _cf_copies_tiles(x) == copy_tiles
+        assert _cf_tile_pixels(x, True) == (16 if dtype == np.float64 else 32)
+        assert _cf_tile_pixels(x, False) == config.CPU_TILE_PIXELS
+        want = expected(op, x, 1, temperature=1.3)
+        check(op, run(op, x, 1, temperature=1.3), want, dtype)
+        if name in ("softmax", "log_softmax"):
+            y = x.copy()
+            assert op.public(y, 1, temperature=1.3, out=y) is y
+            check(op, y, want, dtype)
+
+
 @pytest.mark.parametrize("name", list(OPS))
 def test_non_contiguous_views(rng, name):
     op = OPS[name]

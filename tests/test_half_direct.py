@@ -9,7 +9,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import config, reference
 from fastlogits.cpu import half
-from fastlogits.cpu import _tile_pixels
+from fastlogits.cpu import _cf_tile_pixels, _tile_pixels
 from tests.helpers import assert_close, at_line_offset, logits, specials_array
 
 pytestmark = pytest.mark.skipif(not half.HARDWARE,
@@ -286,19 +286,24 @@ def test_tiles_hold_a_planes_first_pixels():
     image's first pixels before its first line (up to 31) fit the tile's
     scratch."""
     for C in (1, 19, 150, 1000, 5000, 100000):
-        for itemsize, unit in ((2, 32), (4, 16), (8, 16)):
-            tile = _tile_pixels(C, itemsize=itemsize)
-            assert tile >= unit and tile % unit == 0
+        for dtype, unit in ((np.float16, 32), (np.float32, 16), (np.float64, 16)):
+            x = np.empty((1, C, 2), dtype)
+            for tile in (_tile_pixels(C, itemsize=x.itemsize), _cf_tile_pixels(x, True),
+                         _cf_tile_pixels(x, False)):
+                assert tile >= unit and tile % unit == 0
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
                                   "cross_entropy", "gradient", "confusion_matrix"])
 def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
     """Channels-first planes whose first 64-byte line starts anywhere up to
-    31 halves in, with the fewest pixels per tile (many classes), in place
-    where the op writes an x-sized output."""
-    C, shape = 3000, (2, 3000, 45)  # tiles of one line of 32 halves
-    assert _tile_pixels(C, itemsize=2) == 32
+    31 halves in, with the fewest pixels per tile (one line of 32 halves),
+    in place where the op writes an x-sized output."""
+    C, shape = 3000, (2, 3000, 45)
+    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 1)
+    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", 1)
+    for reread in (True, False):
+        assert _cf_tile_pixels(np.empty(shape, np.float16), reread) == 32
     t = targets(rng, np.empty(shape), 1, C)
     for offset in range(0, 64, 2):
         x = at_line_offset(shape, np.float16, offset)

@@ -119,6 +119,30 @@ def test_many_classes(rng, axis):
     check_all_options(x, t, axis, rng)
 
 
+@pytest.mark.parametrize("copy_tiles", [False, True])
+def test_channels_first_tiles_by_bytes(rng, monkeypatch, copy_tiles):
+    """Channels-first loss tiles of ``CPU_CF_TILE_BYTES`` (here 32 pixels
+    at 130 classes): several per image and a ragged last one, read in x
+    or (``copy_tiles``: planes 4 KiB apart) copied first; the gradient in
+    place too."""
+    from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
+
+    C = 130
+    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", C * 4 * 32)
+    monkeypatch.setattr(config, "CPU_CF_COPY_MIN_CLASSES", 1 if copy_tiles else 1 << 30)
+    inner = 2048 if copy_tiles else 301
+    for dtype in (np.float32, np.float16):
+        x = make_logits(rng, (2, C, inner), dtype)
+        t = make_target(rng, (2, inner), C)
+        assert _cf_copies_tiles(x) == copy_tiles
+        assert _cf_tile_pixels(x, True) == 32
+        check_all_options(x, t, 1, rng)
+        _, want = reference.cross_entropy(x, t, 1, return_grad=True, ignore_index=IGNORE)
+        y = x.copy()
+        _, grad = fl.cross_entropy(y, t, 1, return_grad=True, grad_out=y, ignore_index=IGNORE)
+        assert_grad_close(grad, want, x)
+
+
 def test_small_tiles_and_row_path(rng, monkeypatch):
     """Tiny tiles (several per row of work, ragged tails) and the large-C
     row kernel forced at C = 19."""

@@ -116,3 +116,30 @@ def test_cpuinfo_fields():
     assert _cpuinfo.field("no such field") == ""
     # "model" must not match "model name" (the key is compared whole).
     assert ":" not in _cpuinfo.field("model")
+
+
+def _fake_cache(root, *indices):
+    """A sysfs cache directory: ``(level, type, size)`` per index."""
+    root.mkdir()
+    for i, (level, kind, size) in enumerate(indices):
+        d = root / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+def test_l2_bytes_from_sysfs(tmp_path):
+    """The L2's size is read from sysfs (data or unified, never the
+    instruction cache), and 0 where it cannot be: config falls back then."""
+    fake = _fake_cache(tmp_path / "a", (1, "Data", "48K"), (1, "Instruction", "64K"),
+                       (2, "Unified", "2048K"), (3, "Unified", "480M"))
+    assert _cpuinfo.l2_bytes(fake) == 2 << 20
+    fake = _fake_cache(tmp_path / "b", (2, "Instruction", "1M"), (2, "Data", "1M"))
+    assert _cpuinfo.l2_bytes(fake) == 1 << 20
+    assert _cpuinfo.l2_bytes(_fake_cache(tmp_path / "c", (2, "Unified", "big"))) == 0
+    assert _cpuinfo.l2_bytes(_fake_cache(tmp_path / "d", (1, "Data", "32K"))) == 0
+    assert _cpuinfo.l2_bytes(str(tmp_path / "missing")) == 0
+    assert _cpuinfo._cache_size("512") == 512 and _cpuinfo._cache_size("1G") == 1 << 30
+    assert config.CPU_CF_TILE_BYTES == (_cpuinfo.l2_bytes() or 1 << 20) // 2

@@ -29,18 +29,46 @@ def _row_prefetch_bytes(C, itemsize):
     return 0 if C * itemsize > config.CPU_ROW_PREFETCH_MAX_BYTES else config.CPU_PREFETCH_BYTES
 
 
-def _tile_pixels(C, pixels=None, itemsize=4):
+def _tile_pixels(C, pixels=None, itemsize=4, max_scores=None):
     """Pixels per tile: ``pixels`` (default ``CPU_TILE_PIXELS``), fewer
-    for large C; a multiple of 16 and of a 64-byte line of scores of
-    ``itemsize`` bytes (at least one), so the channels-first tiles that
-    start on a line (``tiles.cf_tile``) all do, and an image's first
-    pixels before its first line (up to a line's scores less one: 31
-    float16 scores) fit a tile's scratch."""
+    for large C (at most ``max_scores`` scores in a tile, default
+    ``CPU_TILE_ELEMENTS``; 0: no limit); a multiple of 16 and of a 64-byte
+    line of scores of ``itemsize`` bytes (at least one), so the
+    channels-first tiles that start on a line (``tiles.cf_tile``) all do,
+    and an image's first pixels before its first line (up to a line's
+    scores less one: 31 float16 scores) fit a tile's scratch."""
     from fastlogits.cpu.prefetch import LINE_BYTES  # lazily, as the kernel modules
 
     pixels = config.CPU_TILE_PIXELS if pixels is None else pixels
+    max_scores = config.CPU_TILE_ELEMENTS if max_scores is None else max_scores
+    if max_scores > 0:
+        pixels = min(pixels, max_scores // C)
     unit = max(16, LINE_BYTES // itemsize)
-    return int(max(unit, min(pixels, config.CPU_TILE_ELEMENTS // C) // unit * unit))
+    return int(max(unit, pixels // unit * unit))
+
+
+def _cf_copies_tiles(x3):
+    """Whether the channels-first tile loops of the ops that read a tile
+    more than once read a copy of it (``tiles.load_rows``): from
+    ``config.CPU_CF_COPY_MIN_CLASSES`` classes, where x3's class planes
+    (outer, C, inner) are a multiple of 4 KiB apart."""
+    return (x3.shape[1] >= config.CPU_CF_COPY_MIN_CLASSES
+            and abs(x3.strides[1]) % COPY_PLANE_BYTES == 0)
+
+
+#: Class planes this many bytes apart (or a multiple of it) put a tile's
+#: rows in the same L1 sets (:func:`_cf_copies_tiles`).
+COPY_PLANE_BYTES = 4096
+
+
+def _cf_tile_pixels(x3, reread, pixels=None):
+    """Pixels per channels-first tile of x3 (outer, C, inner):
+    :func:`_tile_pixels`, at most ``config.CPU_CF_TILE_BYTES`` of scores
+    at their computed precision when the kernel reads the tile again
+    (``reread``: the max, then the exp-sum), else any number (argmax and
+    the confusion matrix read each score once)."""
+    cap = max(1, config.CPU_CF_TILE_BYTES // _computed_in(x3).itemsize) if reread else 0
+    return _tile_pixels(x3.shape[1], pixels, x3.itemsize, cap)
 
 
 class launch_threads:
@@ -87,17 +115,10 @@ def _stand_in(ndim, dtype):
     return np.empty((1,) * ndim, dtype)
 
 
-def _holds_half_bits(a):
-    """Whether the array ``a`` holds float16 bits (uint16, :mod:`.scores`):
-    its results are rounded once, from float32 scratch, never from
-    exponentials stored in it (rounded twice)."""
-    return a.dtype == np.uint16
-
-
 def _computed_in(x):
     """The NumPy dtype x's scores are computed in: float32 for float16
-    bits, else x's own."""
-    return np.dtype(np.float32) if _holds_half_bits(x) else x.dtype
+    (or its bits), else x's own."""
+    return np.dtype(np.float32) if x.dtype in (np.uint16, np.float16) else x.dtype
 
 
 def _rows(a):
@@ -224,7 +245,6 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     from fastlogits.cpu import softmax as k
 
     outer, C, inner = x3.shape
-    narrow = _holds_half_bits(x3)  # x and the output
     if red2 is None:
         red2 = _stand_in(2, x3.dtype)
     blocks = _row_blocks(C, config.CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)
@@ -239,12 +259,12 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
         ahead = _row_prefetch_bytes(C, x3.itemsize)
         with launch_threads(x3.size) as nthreads:
             if blocks:
-                k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, narrow)
+                k.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
             else:
                 apart = out3 is not None and not np.may_share_memory(x2, work)
                 stream = out3 is not None and _streams_rows(x2, work)
                 k.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
-                                  apart, stream or narrow)
+                                  apart)
         if work is not out2:
             out2[...] = work
         return
@@ -253,13 +273,12 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             # Straight into out unless it may overlap x (in place) or is strided.
-            direct = (out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
-                      and not narrow)
+            direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
             blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
                       and out3.flags.c_contiguous)
-            k.expnorm_cf(x3, out3, red2, inv_t, mode, _tile_pixels(C, itemsize=x3.itemsize),
-                         nthreads, direct, blocks,
-                         _plane_write(x3, out3), config.CPU_PREFETCH_PLANE_BYTES)
+            k.expnorm_cf(x3, out3, red2, inv_t, mode, _cf_tile_pixels(x3, True), nthreads, direct,
+                         blocks, _plane_write(x3, out3), config.CPU_PREFETCH_PLANE_BYTES,
+                         _cf_copies_tiles(x3))
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
                                nthreads, config.CPU_PREFETCH_BYTES)
@@ -279,10 +298,10 @@ def run_argmax(x3, labels2, conf2, inv_t):
                    else config.CPU_ROW_ARGMAX_MIN_CLASSES)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
-            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _tile_pixels(C, itemsize=x3.itemsize),
+            k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _cf_tile_pixels(x3, with_conf),
                         nthreads,
                         _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
-                        config.CPU_PREFETCH_PLANE_BYTES)
+                        config.CPU_PREFETCH_PLANE_BYTES, _cf_copies_tiles(x3))
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
                              _row_prefetch_bytes(C, x3.itemsize), blocks)

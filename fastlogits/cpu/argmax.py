@@ -18,13 +18,14 @@ from numba import njit, prange
 
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
-from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes, prefetch_row,
-                                     prefetch_rows, region_from, rows_ahead)
+from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
+                                     prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.scores import scratch
-from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
-                                  next_tile_cl, tile_argmax, tile_expsum, work_chunks)
+from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+                                  load_transposed, next_tile_cl, tile_argmax, tile_expsum,
+                                  work_chunks)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -78,7 +79,8 @@ def _shares(C, with_conf):
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes):
+def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes,
+              copy_tiles):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
     (without ``with_conf``, ``conf`` may be any array of that type: not
     touched). Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With
@@ -86,7 +88,8 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
     each tile's whole blocks of ``planeblock.LANES`` pixels go by the
     register blocks and the rest by the tile loops; without, every pixel
     by the tile loops. The blocks prefetch ``ahead_bytes`` ahead in each
-    class plane."""
+    class plane. With ``copy_tiles`` (and ``with_conf``) the tile loops read a
+    copy of their tile (:func:`fastlogits.cpu.tiles.load_rows`)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -98,6 +101,7 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
         idx = np.empty(tile, dtype=np.int32)
         s = np.empty(tile, dtype=np.float64)
         cols = scratch(C * LANES if blocks and with_conf else 1, x)
+        buf = scratch((1, C, tile if copy_tiles and with_conf else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -111,8 +115,13 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
                             ahead)
             if PB < P:
                 pf = plane_rows_region(x, o, i0 + PB, P - PB, ahead)
-                _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,
-                      part, pf)
+                if copy_tiles and with_conf:
+                    load_rows(x, o, i0 + PB, P - PB, buf, pf)
+                    _tile(buf, 0, 0, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,
+                          part, no_region(buf))
+                else:
+                    _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx,
+                          s, part, pf)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -34,8 +34,8 @@ from numba import njit, prange
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_plane_blocks, _row_blocks, _row_prefetch_bytes, _tile_pixels,
-                            launch_threads)
+from fastlogits.cpu import (_cf_tile_pixels, _plane_blocks, _row_blocks, _row_prefetch_bytes,
+                            _tile_pixels, launch_threads)
 from fastlogits.cpu.planeblock import LANES, planes_argmax
 from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, rows_ahead)
@@ -228,7 +228,7 @@ def run_confusion(x3, t2, ignore_index, counts):
         nchunks = _chunks(C, outer * inner, nthreads)
         if inner > 1:
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks,
-                                    _tile_pixels(C, itemsize=x3.itemsize),
+                                    _cf_tile_pixels(x3, False),
                                     _plane_blocks(C, False), config.CPU_PREFETCH_PLANE_BYTES))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)

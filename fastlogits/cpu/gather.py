@@ -30,62 +30,46 @@ gathers through a table of offsets measured no faster (1.47 G, against
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import (I32, const, i64, lane_mask, masked_gather, masked_load,
-                                   masked_store, type_suffix, vector_loop, vector_of, vptr)
+from fastlogits.cpu.irutil import (I32, I64, const, i64, lane_mask, masked_gather, masked_load,
+                                   masked_store, splat, vector_loop, vector_of, vptr)
 from fastlogits.cpu.microkernels import VECTOR_BYTES
 from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
 
+#: The gather's element offsets.
+IVEC = ir.VectorType(I64, GATHER)
+
 
 @intrinsic
 def gather16(typingctx, src, start, stride, dst, dstart):
     """``dst.flat[dstart + k] = src.flat[start + k * stride]`` for k < 16
-    (src scores, :mod:`.scores`; dst in their computed type)."""
+    (src scores, :mod:`.scores`; dst in their computed type): one vector
+    gather (:meth:`.scores.ScoreIR.masked_gather`, every lane on) and one
+    contiguous store."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
             and is_scores(src.dtype) and dst.dtype == compute_type(src.dtype)
             and all(isinstance(t, types.Integer) for t in (start, stride, dstart))):
         return None
 
     def codegen(context, builder, sig, args):
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        vec_i64 = ir.VectorType(i64, GATHER)
         asrc = context.make_array(sig.args[0])(context, builder, args[0])
         adst = context.make_array(sig.args[3])(context, builder, args[3])
-        start, stride, dstart = (builder.sext(v, i64) if v.type.width < 64 else v
-                                 for v in (args[1], args[2], args[4]))
+        start_, stride_, dstart_ = (i64(builder, args[i]) for i in (1, 2, 4))
         scores = ScoreIR(context, sig.args[0].dtype)
-        size = scores.size
-        vec_elem = ir.VectorType(scores.stored, GATHER)
-        vec_ptr = ir.VectorType(ir.PointerType(), GATHER)
-
-        def splat(v):
-            undef = ir.Constant(vec_i64, ir.Undefined)
-            one = builder.insert_element(undef, v, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, undef,
-                                          ir.Constant(ir.VectorType(i32, GATHER), [0] * GATHER))
-
-        # Byte addresses: data + (start + k * stride) * size, k = 0..15.
-        iota = ir.Constant(vec_i64, list(range(GATHER)))
-        base = builder.add(builder.ptrtoint(asrc.data, i64),
-                           builder.mul(start, ir.Constant(i64, size)))
-        offsets = builder.mul(iota, splat(builder.mul(stride, ir.Constant(i64, size))))
-        ptrs = builder.inttoptr(builder.add(splat(base), offsets), vec_ptr)
-        mask = ir.Constant(ir.VectorType(ir.IntType(1), GATHER), [1] * GATHER)
-        name = f"llvm.masked.gather.{type_suffix(vec_elem)}.v{GATHER}p0"
-        fnty = ir.FunctionType(vec_elem, [vec_ptr, i32, mask.type, vec_elem])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-        vals = builder.call(fn, [ptrs, ir.Constant(i32, size), mask,
-                                 ir.Constant(vec_elem, ir.Undefined)])
-        if scores.half:
-            vals = builder.fpext(vals, ir.VectorType(scores.elem, GATHER))
-        out = builder.gep(adst.data, [dstart])
-        builder.store(vals, builder.bitcast(out, vals.type.as_pointer()),
-                      align=scores.compute_size)
+        vec = ir.VectorType(scores.elem, GATHER)
+        # Element offsets start + k * stride, k = 0..15 (i64: x may hold
+        # more than 2**31 scores).
+        index = builder.add(splat(builder, IVEC, start_),
+                            builder.mul(ir.Constant(IVEC, list(range(GATHER))),
+                                        splat(builder, IVEC, stride_)))
+        every = ir.Constant(ir.VectorType(ir.IntType(1), GATHER), [1] * GATHER)
+        vals = scores.masked_gather(builder, asrc.data, index, every,
+                                    ir.Constant(vec, ir.Undefined))
+        builder.store(vals, vptr(builder, adst.data, dstart_, vec), align=scores.compute_size)
         return context.get_dummy_value()
 
     return types.none(src, start, stride, dst, dstart), codegen

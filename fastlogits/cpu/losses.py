@@ -60,24 +60,24 @@ from numba.extending import overload
 
 from fastlogits import config
 from fastlogits.config import FASTMATH
-from fastlogits.cpu import (_computed_in, _holds_half_bits, _plane_blocks, _plane_write,
-                            _row_blocks, _row_prefetch_bytes, _stand_in, _streams_rows,
-                            _tile_pixels, launch_threads)
+from fastlogits.cpu import (_cf_copies_tiles, _cf_tile_pixels, _computed_in, _plane_blocks,
+                            _plane_write, _row_blocks, _row_prefetch_bytes, _stand_in,
+                            _streams_rows, _tile_pixels, launch_threads)
 from fastlogits.cpu.fastlog import flog
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                        planes_xent, planes_xent_grad)
-from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
+from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, prefetch_span, region_from,
                                      rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
                                      rows_xent_grad)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.scores import compute_type, score, scratch, store_score
+from fastlogits.cpu.scores import compute_type, holds_half_bits, score, scratch, store_score
 from fastlogits.cpu.stream import stream_copy, stream_fence
 from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
-                                  load_transposed, next_tile_cl, store_transposed,
+                                  load_rows, load_transposed, next_tile_cl, store_transposed,
                                   tile_exp_store, tile_expsum, tile_max, tile_to_out,
                                   work_chunks)
 
@@ -484,9 +484,31 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
         tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad, ebuf,
+                    want_grad, loss, want_loss, sc, acc, direct, stream, pf):
+    """The tile loops' part of :func:`ce_cf`: pixels ``i0 .. i0 + P - 1``
+    of image o, their scores ``src[so, :, si0:si0 + P]`` (x's own, or a
+    copy); the gradient made in grad's tile with ``direct``, else in the
+    scratch ``ebuf`` and copied into grad (by non-temporal stores with
+    ``stream``). Prefetches the region ``pf``."""
+    m, part, a, s, sm, xt, wt, d, tt, keep = sc
+    r0 = o * inner + i0
+    if direct or not want_grad:
+        _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, grad, o, i0, want_grad,
+                     loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+        if want_grad:
+            _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+        return
+    _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0, want_grad, loss,
+                 want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+    _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
+    tile_to_out(ebuf, grad, o, i0, P, stream)
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
-          direct, blocks, write, ahead_bytes):
+          direct, blocks, write, ahead_bytes, copy_tiles):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
     array of that type) without ``want_grad``/``want_loss``.
@@ -496,18 +518,21 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
     the gradient written as ``write`` says (``planeblock.WRITE_*``), and
     prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
-    tile loops.
+    tile loops (:func:`_cf_tile_losses`), which read a copy of their tile
+    with ``copy_tiles`` (:func:`fastlogits.cpu.tiles.load_rows`).
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
-    x: in place), or when the gradient is streamed (``write`` not
-    ``WRITE_EBUF``: written by non-temporal
-    stores), they go into an L1 scratch tile copied to ``grad`` at the
+    x: in place), when the gradient is streamed (``write`` not
+    ``WRITE_EBUF``: written by non-temporal stores), or for a ``grad`` of
+    float16 bits (which must not hold unscaled exponentials: rounded
+    twice) they go into an L1 scratch tile copied to ``grad`` at the
     end: loops that read x and write its own memory fail LLVM's runtime
     alias check and run scalar (in place took 125 ms against 45 at
     1024 x 2048 x 19; bench/RESULTS.md, log 36).
     """
     outer, C, inner = x.shape
+    direct = direct and not holds_half_bits(grad)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
@@ -520,6 +545,7 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
         ebuf = scratch((1, C, tile if want_grad and (blocks or stream or not direct) else 1), x)
         cols = scratch(C * LANES if blocks else 1, x)
+        buf = scratch((1, C, tile if copy_tiles else 1), x)
         acc = np.zeros(3)
         sums = np.zeros(2 * LANES)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -537,19 +563,15 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
                 if P == 0:
                     continue
             pf = plane_rows_region(x, o, i0, P, ahead)
-            # The gradient tile: grad's own, or the scratch (then copied).
-            if (direct and not stream) or not want_grad:
-                _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, grad,
-                             o, i0, want_grad, loss, want_loss,
-                             m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-                if want_grad:
-                    _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
-                continue
-            _tile_losses(x, o, i0, P, t, o * inner + i0, w, ignore, eps, ls, coef, ebuf,
-                         0, 0, want_grad, loss, want_loss,
-                         m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-            _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
-            tile_to_out(ebuf, grad, o, i0, P, stream)
+            if copy_tiles:
+                load_rows(x, o, i0, P, buf, pf)
+                _cf_tile_losses(buf, 0, 0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad,
+                                ebuf, want_grad, loss, want_loss, sc, acc, direct and not stream,
+                                stream, no_region(buf))
+            else:
+                _cf_tile_losses(x, o, i0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad,
+                                ebuf, want_grad, loss, want_loss, sc, acc, direct and not stream,
+                                stream, pf)
         if stream:
             stream_fence()
         acc[0] += sums[:LANES].sum()
@@ -641,19 +663,20 @@ def _grad_row(g, at, apx, b, ti, d):
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
-               ahead_bytes, blocks, tile, stream, staged):
+               ahead_bytes, blocks, tile, stream):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks``, ``tile`` rows at a time by
     blocks of ``rowblock.ROWS`` rows transposed in registers
     (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
     ROWS) a row at a time as vectors
     (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
-    Without ``want_grad``, ``grad`` may be any (1, k) array. With
-    ``staged`` (``stream``, or a ``grad`` of float16 bits: rounded once)
-    the gradient rows of kept pixels are made in a scratch row and
-    copied into grad, by non-temporal stores with ``stream`` (not with
-    ``blocks``)."""
+    Without ``want_grad``, ``grad`` may be any (1, k) array of x's
+    computed type. With ``stream``, or for a ``grad`` of float16 bits
+    (rounded once), the gradient rows of kept pixels are staged: made in a
+    scratch row and copied into grad, by non-temporal stores with
+    ``stream`` (not with ``blocks``)."""
     rows, C = x.shape
+    staged = stream or holds_half_bits(grad)
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     keep, epsc, wallx, gk, ge = ls[0], ls[1], ls[2], coef[0], coef[1]  # per row, as scalars
@@ -772,7 +795,6 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     """
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
-    narrow = _holds_half_bits(x3)  # x and grad
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     w = w64.astype(dtype)
@@ -791,7 +813,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             # array all threads share costs two atomic reference-count
             # updates on its one line (bench/RESULTS.md, log 44).
             lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
-            direct = not (want_grad and np.may_share_memory(x3, g)) and not narrow
+            direct = not (want_grad and np.may_share_memory(x3, g))
             write = _plane_write(x3, g) if want_grad else WRITE_EBUF
             blocks = _plane_blocks(C, True)
             # Longer tiles for the blocks, unless the gradient goes through
@@ -799,10 +821,10 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
             # which must stay in L1: in place took 1.1x longer in 1024-pixel
             # tiles (bench/RESULTS.md, log 48).
             long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
-            tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS if long_tiles else None,
-                                x3.itemsize)
+            tile = _cf_tile_pixels(x3, True, config.CPU_LOSS_TILE_PIXELS if long_tiles else None)
             res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        tile, nthreads, direct, blocks, write, config.CPU_PREFETCH_PLANE_BYTES)
+                        tile, nthreads, direct, blocks, write, config.CPU_PREFETCH_PLANE_BYTES,
+                        _cf_copies_tiles(x3))
         else:
             x2 = x3.reshape(outer, C)
             g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)
@@ -816,7 +838,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
                 tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
                 stream = want_grad and not blocks and _streams_rows(x2, g)
                 res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
-                                 tile, stream, stream or (want_grad and narrow))
+                                 tile, stream)
     if lwork is not loss2:
         loss2[...] = lwork
     if gwork is not grad3:

@@ -23,7 +23,7 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
 from fastlogits.cpu.irutil import vector_of, vptr
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array, score
+from fastlogits.cpu.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
 
 
 def _is_c_float(a):
@@ -36,13 +36,14 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
     arrays, ``m`` and ``part`` 1-D, ``m``, ``part`` and ``out`` in the
     type x's scores are computed in (:mod:`.scores`), or ``out`` of x's
-    dtype: then not written if that is float16 bits). Nothing is
+    dtype or of float16 bits: never written if that is float16 bits, which
+    must not hold unscaled exponentials). Nothing is
     bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
     loop (callers mask those pixels)."""
     ct = compute_type(x.dtype) if is_score_array(x) else None
     if not (ct is not None and all(_is_c_float(a) for a in (m, part))
             and m.dtype == ct and part.dtype == ct
-            and is_score_array(out) and out.dtype in (ct, x.dtype)
+            and is_score_array(out) and out.dtype in (ct, x.dtype, HALF_BITS)
             and m.ndim == 1 and part.ndim == 1
             and all(isinstance(a, types.Integer) for a in (xo, n, oo))
             and isinstance(inv_t, types.Float)

@@ -58,6 +58,22 @@ def compute_type(dtype):
     return types.float32 if dtype == HALF_BITS else dtype
 
 
+def holds_half_bits(a):
+    """Whether the array ``a`` holds float16 bits: its results are
+    rounded once, from float32 scratch, never from exponentials stored in
+    it (rounded twice). Callable from Python (a NumPy array) and from Numba
+    code (a constant there: the branches it rules out are not compiled)."""
+    return a.dtype == np.uint16
+
+
+@overload(holds_half_bits, inline="always", fastmath=FASTMATH)
+def _holds_half_bits_overload(a):
+    if not isinstance(a, types.Array):
+        return None
+    half = a.dtype == HALF_BITS
+    return lambda a: half
+
+
 def score(v):
     """The value of one score read from x: as it is for a float, the
     float32 value of float16 bits (exact)."""

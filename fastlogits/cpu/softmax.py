@@ -31,16 +31,17 @@ from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRI
                                        on_c_planes, planes_max_expstore, planes_max_expsum,
                                        planes_store_log_softmax, planes_store_softmax,
                                        planes_stream_log_softmax, planes_stream_softmax)
-from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_rows, region_from, rows_ahead)
+from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead,
+                                     prefetch_planes, prefetch_row, prefetch_rows, region_from,
+                                     rows_ahead)
 from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
                                      rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.scores import score, scratch, store_score
+from fastlogits.cpu.scores import holds_half_bits, score, scratch, store_score
 from fastlogits.cpu.stream import stream_affine, stream_fence
-from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_transposed,
-                                  next_tile_cl, store_transposed, tile_exp_store, tile_expsum,
-                                  tile_max, tile_to_out, work_chunks)
+from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+                                  load_transposed, next_tile_cl, store_transposed, tile_exp_store,
+                                  tile_expsum, tile_max, tile_to_out, work_chunks)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -149,7 +150,8 @@ _plane_tile = on_c_planes(_plane_tile_c)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes):
+def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes,
+               copy_tiles):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
@@ -158,17 +160,20 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
     written as ``write`` says (``planeblock.WRITE_*``) and prefetching
     ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
-    There, with ``direct`` (out C-contiguous, not overlapping x and not
-    of float16 bits) the results are written straight into ``out``;
+    There, with ``direct`` (out C-contiguous, not overlapping x) the
+    results are written straight into ``out``, unless it holds float16
+    bits (which must not hold unscaled exponentials: rounded twice);
     otherwise through an L1 scratch. When ``out`` is streamed (``write``
     not ``WRITE_EBUF``: a C-contiguous output larger than the caches) the
     tile loops' results go through the scratch and into ``out`` by
     non-temporal stores (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
-    pass, the exp-sum pass and the write.
+    pass, the exp-sum pass and the write; with ``copy_tiles``, in a copy
+    (:func:`fastlogits.cpu.tiles.load_rows`) that the tile loops read.
     """
     outer, C, inner = x.shape
+    direct = direct and not holds_half_bits(out)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -181,6 +186,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
         part = scratch(tile, x)
         s = np.empty(tile, dtype=np.float64)
         cols = scratch(C * tile if blocks else 1, x)
+        buf = scratch((1, C, tile if copy_tiles else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -194,12 +200,19 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
                 P -= PB
                 if P == 0:
                     continue
-            if mode != LOGSUMEXP and direct and not stream:
+            if copy_tiles:
+                load_rows(x, o, i0, P, buf, plane_rows_region(x, o, i0, P, ahead))
+                if mode != LOGSUMEXP and direct and not stream:
+                    _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(buf))
+                    continue
+                _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(buf))
+            elif mode != LOGSUMEXP and direct and not stream:
                 _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0,
                       plane_rows_region(x, o, i0, P, ahead))
                 continue
-            _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0,
-                  plane_rows_region(x, o, i0, P, ahead))
+            else:
+                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0,
+                      plane_rows_region(x, o, i0, P, ahead))
             if mode == LOGSUMEXP:
                 _lse(P, m, s, inv_t, red[o], i0)
             else:
@@ -265,15 +278,15 @@ def rows_per_block(C, itemsize, mode):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, staged, e):
+def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, e):
     """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
     rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
     row as vectors (prefetching ``ahead``), then the epilogue over the P
     rows at once and their rows of ``out``, by non-temporal stores with
-    ``stream``. With ``staged`` (``stream``, or an ``out`` of float16
-    bits, which must not hold unscaled exponentials: rounded twice)
-    softmax's exponentials wait in the scratch ``e``, at least (P, C),
-    instead of in out. ``m``, ``g``, ``s``: scratch of at least P
+    ``stream``. Staged (with ``stream``, or for an ``out`` of float16
+    bits, which must not hold unscaled exponentials: rounded twice,
+    :func:`is_staged`) softmax's exponentials wait in the scratch ``e``,
+    at least (P, C), instead of in out. ``m``, ``g``, ``s``: scratch of at least P
     elements.
 
     log_softmax rows of one chunk (``rowvec.CHUNK_BYTES``) into an ``out``
@@ -282,6 +295,7 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
     lines are fetched while the exponentials are computed, not after
     (1.1-1.4x at 64-300 classes; bench/RESULTS.md, log 63)."""
     C = x.shape[1]
+    staged = is_staged(out, stream)
     store = mode == SOFTMAX or (mode == LOG_SOFTMAX and apart and not staged
                                 and C * x.itemsize <= CHUNK_BYTES)
     for p in range(P):
@@ -321,8 +335,16 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
                 out[r, c] = store_score(out, (score(x[r, c]) - mp) * inv_t - gp)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def is_staged(out, stream):
+    """Whether softmax's exponentials (the row kernels') wait in a scratch
+    rather than in ``out``: when ``stream``ed, or for an ``out`` of float16
+    bits (a constant then: the other branches are not compiled)."""
+    return stream or holds_half_bits(out)
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart, staged):
+def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
@@ -330,8 +352,8 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
 
     Rows go in blocks of :func:`rows_per_block`: max and exp-sum row by row
     (prefetching ``ahead_bytes`` ahead), then the epilogue (``1 / s``,
-    ``log s``) over the block's rows at once; ``stream``, ``apart`` and
-    ``staged`` as for :func:`_vector_rows`.
+    ``log s``) over the block's rows at once; ``stream`` and ``apart`` as
+    for :func:`_vector_rows`.
     """
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
@@ -342,18 +364,18 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
         m = scratch(B, x)
         g = scratch(B, x)
         s = np.empty(B, dtype=np.float64)
-        e = scratch((B if staged and mode == SOFTMAX else 1, C), x)
+        e = scratch((B if is_staged(out, stream) and mode == SOFTMAX else 1, C), x)
         j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
         for job in range(j0, j1):
             r0 = job * B
             _vector_rows(x, out, red, r0, min(B, rows - r0), inv_t, mode, m, g, s, ahead,
-                         stream, apart, staged, e)
+                         stream, apart, e)
         if stream:
             stream_fence()
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes, staged):
+def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
     ``tiles.SUM_BLOCK``; ``red`` (rows,). ``rowblock.ROWS`` rows at a time:
     one pass transposes them in registers, finds the max and keeps the
@@ -362,8 +384,8 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes, staged):
     rows are all read before any is written). A chunk's last rows % ROWS
     go a row at a time (:mod:`fastlogits.cpu.rowvec`). For logsumexp
     ``out`` may be any (1, C) C-contiguous array; for softmax/log_softmax
-    ``red`` is not touched. ``staged``: out holds float16 bits (the last
-    rows' exponentials wait in a scratch, :func:`_vector_rows`)."""
+    ``red`` is not touched. (For an out of float16 bits the last rows'
+    exponentials wait in a scratch, :func:`_vector_rows`.)"""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
@@ -372,7 +394,7 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes, staged):
         g = scratch(ROWS, x)
         s = np.empty(ROWS, dtype=np.float64)
         cols = scratch(C * ROWS, x)
-        e = scratch((ROWS, C) if staged else (1, 1), x)  # the row kernels' scratch
+        e = scratch((ROWS, C) if is_staged(out, False) else (1, 1), x)  # the row kernels' scratch
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         b1 = blocks_end(r0, r1, True)
         for b0 in range(r0, b1, ROWS):
@@ -389,5 +411,4 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes, staged):
                 rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
             else:
                 rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False,
-                     staged, e)
+        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False, e)

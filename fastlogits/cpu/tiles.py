@@ -152,6 +152,26 @@ def load_transposed(x2, r0, P, buf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def load_rows(x, o, i0, P, buf, pf):
+    """Copy the channels-first tile ``x[o, :, i0:i0 + P]`` into ``buf[0,
+    :, :P]`` (C, P), taking share c of the prefetch region ``pf`` at class
+    c (:func:`fastlogits.cpu.prefetch.plane_rows_region`). ``buf`` must be
+    C-contiguous, in the type x's scores are computed in (:mod:`.scores`).
+
+    The passes after the first then read the copy: x's class rows sit a
+    plane apart, and planes a multiple of 4 KiB apart (of 1024, 65536,
+    262144 pixels: most images) put a tile's rows in the same L1 sets,
+    and a multiple of 128 KiB apart in the same L2 sets, so a tile of
+    many classes did not stay in cache between its passes
+    (bench/RESULTS.md, log 68)."""
+    i0 = max(i0, 0)
+    for c in range(x.shape[1]):
+        prefetch_share(pf, c)
+        for p in range(P):
+            buf[0, c, p] = score(x[o, c, i0 + p])
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_transposed(buf, P, out2, r0):
     """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``
     (float16 bits: rounded once, as stored; :mod:`.scores`).
