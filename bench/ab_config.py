@@ -74,6 +74,10 @@ OPS = {
         x, t, axis=axis, ignore_index=_ignore_index(t), return_grad=True,
         grad_out=_buffer_like(x)),
     "cross_entropy_grad_inplace": _in_place_grad,
+    "softmax_inplace": lambda x, t, axis=-1: fl.softmax(
+        _buffer_like(x, "in place"), axis=axis, out=_buffer_like(x, "in place")),
+    "log_softmax_inplace": lambda x, t, axis=-1: fl.log_softmax(
+        _buffer_like(x, "in place"), axis=axis, out=_buffer_like(x, "in place")),
     "softmax": lambda x, t, axis=-1: fl.softmax(x, axis=axis),
     "softmax_out": lambda x, t, axis=-1: fl.softmax(x, axis=axis, out=_buffer_like(x)),
     "softmax_out_shifted": lambda x, t, axis=-1: fl.softmax(

@@ -163,7 +163,10 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     There, with ``direct`` (out C-contiguous, not overlapping x) the
     results are written straight into ``out``, unless it holds float16
     bits (which must not hold unscaled exponentials: rounded twice);
-    otherwise through an L1 scratch. When ``out`` is streamed (``write``
+    otherwise through an L1 scratch; log_softmax's tiles copied first
+    (``copy_tiles``) go straight into a C-contiguous ``out`` in place too.
+    When ``out`` is
+    streamed (``write``
     not ``WRITE_EBUF``: a C-contiguous output larger than the caches) the
     tile loops' results go through the scratch and into ``out`` by
     non-temporal stores (:mod:`fastlogits.cpu.stream`).
@@ -174,6 +177,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     """
     outer, C, inner = x.shape
     direct = direct and not holds_half_bits(out)
+    into_out = out.flags.c_contiguous and not holds_half_bits(out)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -202,7 +206,11 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
                     continue
             if copy_tiles:
                 load_rows(x, o, i0, P, buf, plane_rows_region(x, o, i0, P, ahead))
-                if mode != LOGSUMEXP and direct and not stream:
+                # log_softmax straight into out in place too: the tile loops
+                # read the copy (softmax's exponentials, stored into out and
+                # scaled there, measured 0.86-0.91x so; log 68).
+                if ((mode == LOG_SOFTMAX and into_out) or (mode == SOFTMAX and direct)) \
+                        and not stream:
                     _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(buf))
                     continue
                 _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(buf))
