@@ -20,6 +20,7 @@ from numba import get_num_threads, set_num_threads
 
 from fastlogits import config
 from fastlogits._layout import reshape_view
+from fastlogits.cpu.scores import holds_half_bits
 
 
 def _row_prefetch_bytes(C, itemsize):
@@ -47,6 +48,11 @@ def _tile_pixels(C, pixels=None, itemsize=4, max_scores=None):
     return int(max(unit, pixels // unit * unit))
 
 
+#: Class planes this many bytes apart (or a multiple of it) put a tile's
+#: rows in the same L1 sets (:func:`_cf_copies_tiles`).
+COPY_PLANE_BYTES = 4096
+
+
 def _cf_copies_tiles(x3):
     """Whether the channels-first tile loops of the ops that read a tile
     more than once read a copy of it (``tiles.load_rows``): from
@@ -54,11 +60,6 @@ def _cf_copies_tiles(x3):
     (outer, C, inner) are a multiple of 4 KiB apart."""
     return (x3.shape[1] >= config.CPU_CF_COPY_MIN_CLASSES
             and abs(x3.strides[1]) % COPY_PLANE_BYTES == 0)
-
-
-#: Class planes this many bytes apart (or a multiple of it) put a tile's
-#: rows in the same L1 sets (:func:`_cf_copies_tiles`).
-COPY_PLANE_BYTES = 4096
 
 
 def _cf_tile_pixels(x3, reread, pixels=None):
@@ -226,7 +227,7 @@ def _plane_write(x3, out3, lanes=None):
     from fastlogits.cpu.prefetch import LINE_BYTES as line
     from fastlogits.cpu.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 
-    if not _streams(x3, out3) or out3.itemsize == 2:
+    if not _streams(x3, out3) or holds_half_bits(out3):
         return WRITE_EBUF
     lanes = LANES if lanes is None else lanes
     if (lanes * out3.itemsize % line == 0 and out3.itemsize == x3.itemsize

@@ -149,6 +149,25 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, s, cols, ebuf, write
 _plane_tile = on_c_planes(_plane_tile_c)
 
 
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _cf_tile(src, so, si0, P, o, i0, inv_t, mode, m, g, s, part, out, red, ebuf, straight,
+             stream, pf):
+    """The tile loops' part of :func:`expnorm_cf`: pixels ``i0 .. i0 + P -
+    1`` of image o, their scores ``src[so, :, si0:si0 + P]`` (x's own, or
+    a copy); the results made in out's tile with ``straight``, else in the
+    scratch ``ebuf`` and copied into out (by non-temporal stores with
+    ``stream``), or the logsumexp into ``red[o]``. Prefetches the region
+    ``pf``."""
+    if straight:
+        _tile(src, so, si0, P, inv_t, mode, m, g, s, part, out, o, i0, pf)
+        return
+    _tile(src, so, si0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, pf)
+    if mode == LOGSUMEXP:
+        _lse(P, m, s, inv_t, red[o], i0)
+    else:
+        tile_to_out(ebuf, out, o, i0, P, stream)
+
+
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes,
                copy_tiles):
@@ -165,20 +184,24 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     bits (which must not hold unscaled exponentials: rounded twice);
     otherwise through an L1 scratch; log_softmax's tiles copied first
     (``copy_tiles``) go straight into a C-contiguous ``out`` in place too.
-    When ``out`` is
-    streamed (``write``
-    not ``WRITE_EBUF``: a C-contiguous output larger than the caches) the
-    tile loops' results go through the scratch and into ``out`` by
-    non-temporal stores (:mod:`fastlogits.cpu.stream`).
+    When ``out`` is streamed (``write`` not ``WRITE_EBUF``: a C-contiguous
+    output larger than the caches) the tile loops' results go through the
+    scratch and into ``out`` by non-temporal stores
+    (:mod:`fastlogits.cpu.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write; with ``copy_tiles``, in a copy
     (:func:`fastlogits.cpu.tiles.load_rows`) that the tile loops read.
     """
     outer, C, inner = x.shape
-    direct = direct and not holds_half_bits(out)
-    into_out = out.flags.c_contiguous and not holds_half_bits(out)
     stream = write != WRITE_EBUF
+    # The tile loops' results straight into out's tile? Never for float16
+    # bits; log_softmax's copied tiles in place too, as the loops read the
+    # copy (softmax's exponentials, stored into out and scaled there on
+    # planes whose rows share cache sets, measured 0.86-0.91x so; log 68).
+    straight = (mode != LOGSUMEXP and not stream and not holds_half_bits(out)
+                and (direct or (copy_tiles and mode == LOG_SOFTMAX
+                                and out.flags.c_contiguous)))
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
@@ -204,27 +227,14 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
                 P -= PB
                 if P == 0:
                     continue
+            pf = plane_rows_region(x, o, i0, P, ahead)
             if copy_tiles:
-                load_rows(x, o, i0, P, buf, plane_rows_region(x, o, i0, P, ahead))
-                # log_softmax straight into out in place too: the tile loops
-                # read the copy (softmax's exponentials, stored into out and
-                # scaled there, measured 0.86-0.91x so; log 68).
-                if ((mode == LOG_SOFTMAX and into_out) or (mode == SOFTMAX and direct)) \
-                        and not stream:
-                    _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, out, o, i0, no_region(buf))
-                    continue
-                _tile(buf, 0, 0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0, no_region(buf))
-            elif mode != LOGSUMEXP and direct and not stream:
-                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, out, o, i0,
-                      plane_rows_region(x, o, i0, P, ahead))
-                continue
+                load_rows(x, o, i0, P, buf, pf)
+                _cf_tile(buf, 0, 0, P, o, i0, inv_t, mode, m, g, s, part, out, red, ebuf,
+                         straight, stream, no_region(buf))
             else:
-                _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, 0, 0,
-                      plane_rows_region(x, o, i0, P, ahead))
-            if mode == LOGSUMEXP:
-                _lse(P, m, s, inv_t, red[o], i0)
-            else:
-                tile_to_out(ebuf, out, o, i0, P, stream)
+                _cf_tile(x, o, i0, P, o, i0, inv_t, mode, m, g, s, part, out, red, ebuf,
+                         straight, stream, pf)
         if stream:
             stream_fence()
 
