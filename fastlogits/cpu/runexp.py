@@ -26,10 +26,6 @@ from fastlogits.cpu.irutil import vector_of, vptr
 from fastlogits.cpu.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
 
 
-def _is_c_float(a):
-    return isinstance(a, types.Array) and a.layout == "C" and isinstance(a.dtype, types.Float)
-
-
 @intrinsic
 def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e`` and,
@@ -41,10 +37,8 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
     loop (callers mask those pixels)."""
     ct = compute_type(x.dtype) if is_score_array(x) else None
-    if not (ct is not None and all(_is_c_float(a) for a in (m, part))
-            and m.dtype == ct and part.dtype == ct
+    if not (ct is not None and all(is_score_array(a, 1) and a.dtype == ct for a in (m, part))
             and is_score_array(out) and out.dtype in (ct, x.dtype, HALF_BITS)
-            and m.ndim == 1 and part.ndim == 1
             and all(isinstance(a, types.Integer) for a in (xo, n, oo))
             and isinstance(inv_t, types.Float)
             and isinstance(store, (types.Boolean, types.Integer))):
