@@ -35,12 +35,6 @@ from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 from fastlogits.cpu.tiles import SUM_BLOCK
 
 
-def _is_rows(a):
-    """A C-contiguous 2-D array of scores (floats or float16 bits,
-    :mod:`.scores`): rows of C scores."""
-    return is_score_array(a, 2)
-
-
 def _row_data(context, builder, aty, aval, r):
     """Pointer to row ``r`` of a C-contiguous (rows, C) array, and C."""
     arr = context.make_array(aty)(context, builder, aval)
@@ -112,7 +106,7 @@ def vrow_argmax(typingctx, x, r):
     """``(max, index)`` of row ``r`` of a C-contiguous (rows, C) float
     array (C >= 1): the first NaN if there is one (max NaN), else the
     first maximum."""
-    if not (_is_rows(x) and isinstance(r, types.Integer)):
+    if not (is_score_array(x, 2) and isinstance(r, types.Integer)):
         return None
     sig = types.Tuple((compute_type(x.dtype), types.int64))(x, r)
 
@@ -197,7 +191,8 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
     float64. Garbage where ``m`` is not finite (callers
     mask those pixels, as for the tiles).
     """
-    if not (_is_rows(x) and _is_rows(out) and out.dtype in (x.dtype, compute_type(x.dtype))
+    if not (is_score_array(x, 2) and is_score_array(out, 2)
+            and out.dtype in (x.dtype, compute_type(x.dtype))
             and all(isinstance(a, types.Integer) for a in (r, ro))
             and isinstance(m, types.Float) and isinstance(inv_t, types.Float)
             and isinstance(write, (types.Boolean, types.Integer))):
@@ -284,7 +279,8 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
     float32 blocks of :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes, as
     :func:`vrow_expsum`'s.
     """
-    if not (_is_rows(x) and isinstance(r, types.Integer) and isinstance(inv_t, types.Float)):
+    if not (is_score_array(x, 2) and isinstance(r, types.Integer)
+            and isinstance(inv_t, types.Float)):
         return None
     sig = types.Tuple((compute_type(x.dtype), types.float64))(x, r, inv_t)
 

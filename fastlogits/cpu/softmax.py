@@ -206,8 +206,11 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
+    # The results' scratch tile: for the blocks' writes but WRITE_STREAM and
+    # the tile loops' unless straight; never for logsumexp.
+    through = mode != LOGSUMEXP and (not straight or (blocks and write != WRITE_STREAM))
     for chunk in prange(nchunks):
-        ebuf = scratch((1, C, tile), x)
+        ebuf = scratch((1, C, tile if through else 1), x)
         m = scratch(tile, x)
         g = scratch(tile, x)
         part = scratch(tile, x)
