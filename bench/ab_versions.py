@@ -23,6 +23,13 @@ features (pixels, N), axis -1; ``chw``: (N, pixels), axis 0), on
     python bench/ab_versions.py /tmp/old . --ops head.argmax.hwc head.argmax.chw \
         --elements 134217728
 
+With ``--calls N`` each timed sample is N calls in a row, and the report
+gives microseconds per call: on a small input (``--elements 1000``) that
+is the per-call overhead (log 70)::
+
+    python bench/ab_versions.py .ab/base . --elements 1000 --classes 125 \
+        --calls 2000 --rounds 7 --pairs 4
+
 A child process checks that it imported fastlogits from its tree (an
 editable install elsewhere would otherwise win silently) and fails if not.
 """
@@ -32,6 +39,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -54,9 +62,20 @@ def _head_op(op, C, N, elements, rng):
     return (lambda: getattr(head, method)(f, axis=axis)), f
 
 
+def _per_call(call, calls):
+    """Seconds per call of ``calls`` calls back to back, after one untimed
+    call (compilation, page faults)."""
+    call()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
 def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtype, scale,
-           targets):
-    """Time in this process; print ``{"op@C": median seconds}`` as JSON."""
+           targets, calls=1):
+    """Time in this process; print ``{"op@C": median seconds}`` as JSON
+    (seconds per call of ``calls`` calls in a row with ``calls`` > 1)."""
     import fastlogits
 
     where = os.path.realpath(fastlogits.__file__)
@@ -75,7 +94,9 @@ def _child(tree, ops, classes, elements, rounds, features, layout, ignored, dtyp
                 call = lambda: OPS[op](x, t, axis)  # noqa: E731
             else:
                 call, _ = _head_op(op, C, features, elements, rng)
-            result[f"{op}@{C}"] = float(np.median([_once(call) for _ in range(rounds)]))
+            result[f"{op}@{C}"] = float(np.median([_once(call) if calls == 1
+                                                   else _per_call(call, calls)
+                                                   for _ in range(rounds)]))
             call = None
     print(json.dumps(result))
 
@@ -101,11 +122,14 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, default=1.0, help="std of the core ops' logits")
     ap.add_argument("--targets", choices=("uint8", "int64"), default=None,
                     help="dtype of the losses' targets (default uint8 below 255 classes)")
+    ap.add_argument("--calls", type=int, default=1,
+                    help="calls per timed sample (> 1: per-call time of a loop, reported in "
+                         "microseconds; for small --elements, where a call is the overhead)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.new, args.ops, args.classes, args.elements, args.rounds, args.features,
-               args.layout, args.ignored, args.dtype, args.scale, args.targets)
+               args.layout, args.ignored, args.dtype, args.scale, args.targets, args.calls)
         return
     from ab_config import OPS
 
@@ -124,16 +148,18 @@ def main(argv=None):
                    "--elements", str(args.elements), "--rounds", str(args.rounds),
                    "--features", str(args.features), "--layout", args.layout,
                    "--ignored", str(args.ignored), "--dtype", args.dtype,
-                   "--scale", str(args.scale)]
+                   "--scale", str(args.scale), "--calls", str(args.calls)]
             if args.targets:
                 cmd += ["--targets", args.targets]
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    scale, unit = (1e3, "ms") if args.calls == 1 else (1e6, "us")
     for key in runs[args.old][0]:
-        old, new = (1e3 * np.median([r[key] for r in runs[tree]]) for tree in (args.old, args.new))
+        old, new = (scale * np.median([r[key] for r in runs[tree]])
+                    for tree in (args.old, args.new))
         op, C = key.split("@")
-        print(f"C={int(C):5d} {op:18s} old {old:7.1f} ms  new {new:7.1f} ms  old/new {old / new:.2f}",
-              flush=True)
+        print(f"C={int(C):5d} {op:18s} old {old:7.1f} {unit}  new {new:7.1f} {unit}  "
+              f"old/new {old / new:.2f}", flush=True)
 
 
 if __name__ == "__main__":

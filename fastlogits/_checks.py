@@ -54,7 +54,9 @@ def check_logits_dtype(dtype, name="x"):
 
 def normalize_axis(axis, ndim, name="axis"):
     """Return ``axis`` in ``[0, ndim)``; negative values count from the end."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+    # A plain int first: isinstance against the numbers ABC costs 0.3 us a call.
+    if type(axis) is not int and (isinstance(axis, bool)
+                                  or not isinstance(axis, numbers.Integral)):
         raise TypeError(f"{name} must be an integer, got {axis!r}")
     if ndim == 0:
         raise ValueError("x must have at least one dimension (the class axis), got a 0-d array")

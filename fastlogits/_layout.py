@@ -36,9 +36,11 @@ def reshape_view(a, shape):
     return v
 
 
-def canonical(a, axis):
-    """(outer, C, inner) view of ``a`` (copied only if strides forbid a view)."""
-    shape3 = split_shape(a.shape, axis)
+def canonical(a, axis, shape3=None):
+    """(outer, C, inner) view of ``a`` (copied only if strides forbid a
+    view); ``shape3``: that shape, where the caller has it already."""
+    if shape3 is None:
+        shape3 = split_shape(a.shape, axis)
     v = reshape_view(a, shape3)
     return v if v is not None else np.ascontiguousarray(a).reshape(shape3)
 

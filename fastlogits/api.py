@@ -26,6 +26,8 @@ from fastlogits import _layout, config, pool, reference
 
 ENV_BACKEND = "FASTLOGITS_BACKEND"
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
 
 @functools.lru_cache(maxsize=None)
 def _cuda_status():
@@ -100,8 +102,8 @@ class _Logits:
         self.C = self.shape[self.axis]
         self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
         # float16 is computed (and its confidence returned) in float32.
-        self.compute_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
-        self.empty = _layout.size_of(self.reduced_shape) == 0
+        self.compute_dtype = _FLOAT64 if self.dtype == _FLOAT64 else _FLOAT32
+        self.empty = 0 in self.reduced_shape
 
 
 def _check_host_out(lg, out, shape, dtype, name, kind="float"):
@@ -132,8 +134,8 @@ def _run_cpu(lg, full, reduced, kernel):
     else float16 data goes through float32 chunks (x and any float16
     output), bounded by ``config.CPU_HALF_CHUNK_ELEMENTS``.
     """
-    outer, C, inner = _layout.split_shape(lg.shape, lg.axis)
-    x3 = _layout.canonical(lg.array, lg.axis)
+    outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
+    x3 = _layout.canonical(lg.array, lg.axis, shape3)
     fviews = [_work_view(a, (outer, C, inner)) for a in full]
     rviews = [_work_view(a, (outer, inner)) for a in reduced]
     f3 = [v for v, _ in fviews]

@@ -596,8 +596,7 @@ class LinearHead:
 
         C = fv.C
         cd = fv.compute_dtype
-        w64 = np.ones(C) if class_weight is None else class_weight
-        w = w64.astype(cd)
+        w64, w = losses.class_weights(class_weight, C, cd)
         loss = np.zeros(fv.reduced_shape, cd) if reduction == "none" else None
         grad = pool.empty(fv.shape, fv.dtype) if return_grad else None
         if fv.empty:
@@ -618,17 +617,7 @@ class LinearHead:
 
         self._run_cpu(fv, kernel, red=[loss] if loss is not None else [],
                       feat=[grad] if return_grad else [], red_in=[t])
-        loss_sum, weight_sum, nbad = np.sum(np.array(sums), axis=0)
-        if nbad:
-            losses.check_target_values(t, C, ignore_index)
-        if reduction == "none":
-            result = loss
-        elif reduction == "sum":
-            result = np.float64(loss_sum)
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                result = np.float64(loss_sum) / np.float64(weight_sum)
-        return (result, grad) if return_grad else result
+        return losses.finish_loss(sums, t, C, ignore_index, reduction, loss, grad, return_grad)
 
     def confusion_matrix(self, f, target, axis=-1, *, ignore_index=-100, out=None,
                          backend="auto"):

@@ -2,6 +2,7 @@
 installed), every option combination, special values, bad input."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -305,6 +306,22 @@ def test_all_ignored(rng, axis):
             assert fl.cross_entropy(x, t, axis, reduction="sum", backend=be, **kw) == 0.0
             none = fl.cross_entropy(x, t, axis, reduction="none", backend=be, **kw)
             assert none.shape == (4, 6) and not none.any()
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_mean_over_weights_summing_to_zero(rng, axis):
+    """Kept pixels whose target weights sum to 0: the "mean" is the sum
+    over 0 (+-inf here, NaN when every pixel is ignored), as PyTorch's and
+    the reference's, with no NumPy warning."""
+    x = make_logits(rng, (2, 3, 2) if axis == 1 else (2, 2, 3))
+    t = np.array([[0, 1], [IGNORE, IGNORE]])
+    w = np.array([1.0, -1.0, 2.0])
+    want = reference.cross_entropy(x, t, axis, class_weight=w)
+    assert np.isinf(want)  # two different losses, weights 1 and -1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fl.cross_entropy(x, t, axis, class_weight=w, backend="cpu") == want
+        assert np.isnan(fl.cross_entropy(x, np.full((2, 2), IGNORE), axis, backend="cpu"))
 
 
 def test_ignored_pixels_contribute_nothing(rng):

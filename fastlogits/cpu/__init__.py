@@ -72,6 +72,37 @@ def _cf_tile_pixels(x3, reread, pixels=None):
     return _tile_pixels(x3.shape[1], pixels, x3.itemsize, cap)
 
 
+def _thread_count_calls():
+    """``(get, set)``: the calling thread's Numba thread count, read and
+    set by the threading layer's own C functions, which Numba binds when
+    it launches its threads (0.1 and 0.3 us a call; the public
+    ``get_num_threads`` / ``set_num_threads`` take a process-wide lock
+    and check their argument each time: 0.7 and 1.0 us, three calls per
+    serial launch). The public functions where a Numba version does not
+    have them. Either way the count is thread-local, as the public
+    functions document."""
+    from numba.np.ufunc import parallel
+
+    get_num_threads()  # launches the threading layer, which binds the C functions
+    get_c = getattr(parallel, "_get_num_threads", None)
+    set_c = getattr(parallel, "_set_num_threads", None)
+    if callable(get_c) and callable(set_c):
+        return get_c, set_c
+    return get_num_threads, set_num_threads
+
+
+_thread_count = None  # (get, set), bound at the first call of thread_count()
+
+
+def thread_count():
+    """The calling thread's Numba thread count (``numba.get_num_threads``),
+    by the fast call of :func:`_thread_count_calls`."""
+    global _thread_count
+    if _thread_count is None:
+        _thread_count = _thread_count_calls()
+    return _thread_count[0]()
+
+
 class launch_threads:
     """Threads for a kernel launch over ``work`` elements: ``with
     launch_threads(work) as nthreads`` gives the count to pass to the
@@ -80,7 +111,7 @@ class launch_threads:
     Below ``config.CPU_SERIAL_BELOW`` elements the launch uses the calling
     thread only: waking the pool costs more than the work, and on a busy
     machine a descheduled worker makes a tiny call wait a whole time slice.
-    (``set_num_threads`` is thread-local in Numba and restored on exit.) A
+    (The thread count is thread-local in Numba and restored on exit.) A
     class, not a generator-based context manager: it runs on every call,
     where microseconds count for small inputs.
     """
@@ -88,18 +119,18 @@ class launch_threads:
     __slots__ = ("_n", "_serial")
 
     def __init__(self, work):
-        self._n = get_num_threads()
+        self._n = thread_count()
         self._serial = work < config.CPU_SERIAL_BELOW and self._n > 1
 
     def __enter__(self):
         if self._serial:
-            set_num_threads(1)
+            _thread_count[1](1)
             return 1
         return self._n
 
     def __exit__(self, *exc):
         if self._serial:
-            set_num_threads(self._n)
+            _thread_count[1](self._n)
         return False
 
 

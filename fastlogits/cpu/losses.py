@@ -785,7 +785,7 @@ def target_weight_sum(t, w64, ignore, nthreads):
     return out[0], int(out[1])
 
 
-def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
+def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
     """Fused cross-entropy of the canonical views (x3 (outer, C, inner), t2
     and loss2 (outer, inner), grad3 like x3; grad3/loss2 None when not
     wanted). Returns ``[loss_sum, weight_sum, bad_count]`` (float64).
@@ -799,7 +799,6 @@ def run_cross_entropy(x3, t2, grad3, loss2, w64, ignore_index, eps, gscale):
     dtype = _computed_in(x3)
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
-    w = w64.astype(dtype)
     want_grad = grad3 is not None
     want_loss = loss2 is not None
     lwork = loss2
