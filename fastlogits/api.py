@@ -26,8 +26,6 @@ from fastlogits import _layout, config, pool, reference
 
 ENV_BACKEND = "FASTLOGITS_BACKEND"
 
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-
 
 @functools.lru_cache(maxsize=None)
 def _cuda_status():
@@ -102,7 +100,7 @@ class _Logits:
         self.C = self.shape[self.axis]
         self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
         # float16 is computed (and its confidence returned) in float32.
-        self.compute_dtype = _FLOAT64 if self.dtype == _FLOAT64 else _FLOAT32
+        self.compute_dtype = chk.compute_dtype(self.dtype)
         self.empty = 0 in self.reduced_shape
 
 

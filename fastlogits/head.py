@@ -73,7 +73,7 @@ class _Features:
         self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
         self.class_shape = self.shape[:self.axis] + (self.C,) + self.shape[self.axis + 1:]
         # float16 is computed (and its confidence returned) in float32.
-        self.compute_dtype = np.dtype(np.float64 if self.dtype == np.float64 else np.float32)
+        self.compute_dtype = chk.compute_dtype(self.dtype)
         self.empty = _layout.size_of(self.reduced_shape) == 0
 
     def work(self, pixels):

@@ -228,7 +228,7 @@ def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max
     """
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    conf_dtype = chk.compute_dtype(x.dtype)
     probe = next(plan_tiles(x.shape, x.strides, axis, 1), None)
     contiguous = probe is None or x[probe].flags.c_contiguous
     fixed, per_pixel = _costs(x, axis, backend, with_confidence, label_dtype, conf_dtype,
@@ -277,7 +277,7 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
 
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    conf_dtype = chk.compute_dtype(x.dtype)
     max_pixels = tile_pixels(x, axis, backend, with_confidence=with_confidence,
                              label_dtype=label_dtype, max_memory=max_memory,
                              fixed_bytes=fixed_bytes, out_pixel_bytes=out_pixel_bytes)
@@ -546,7 +546,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
                          f"{format_size(max_memory)}; use .npy files (processed in tiles) "
                          "or raise --max-memory")
 
-    conf_dt = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    conf_dt = chk.compute_dtype(x.dtype)
     out_pixel_bytes = ((ldt.itemsize if lab_ext == ".npy" else 0)
                        + (conf_dt.itemsize if conf_ext == ".npy" else 0))
     budget = dict(with_confidence=confidence is not None, label_dtype=ldt, max_memory=max_memory,
