@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from fastlogits.reference import temperature_scale
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT32, _FLOAT64 = FLOAT_DTYPES[1:]
 BACKENDS = ("auto", "numpy", "cpu", "cuda")
@@ -98,6 +100,14 @@ def check_temperature(temperature):
     if not (t > 0 and math.isfinite(t)):
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     return t
+
+
+def inv_temperature(temperature, dtype):
+    """The checked temperature's scale for logits of ``dtype``, as every
+    backend applies it: :func:`fastlogits.reference.temperature_scale`
+    (1 / T clamped to the computed dtype's normal finite range), a NumPy
+    scalar of the computed dtype."""
+    return temperature_scale(check_temperature(temperature), dtype)
 
 
 def check_backend_name(backend):

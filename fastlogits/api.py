@@ -214,7 +214,7 @@ def _half_chunks(outer, C, inner):
 
 
 def _inv_temperature(lg, temperature):
-    return lg.compute_dtype.type(1.0 / chk.check_temperature(temperature))
+    return chk.inv_temperature(temperature, lg.dtype)
 
 
 # --------------------------------------------------------------------------

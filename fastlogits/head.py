@@ -323,7 +323,7 @@ class LinearHead:
 
         mode = {"logits": k.LOGITS, "softmax": k.SOFTMAX, "log_softmax": k.LOG_SOFTMAX,
                 "logsumexp": k.LOGSUMEXP}[op]
-        inv_t = fv.compute_dtype.type(1.0 / temperature)
+        inv_t = chk.inv_temperature(temperature, fv.compute_dtype)
         dot = k.cl_dot_form(fv.C, fv.N)
         tile = k.tile_pixels(fv.C, fv.N, dot)
         dummy = np.empty(1, fv.compute_dtype)
@@ -437,7 +437,7 @@ class LinearHead:
         if with_conf and conf is None:
             conf = pool.empty(fv.reduced_shape, fv.compute_dtype)
         if not fv.empty:
-            self._labels_cpu(fv, labels, conf, fv.compute_dtype.type(1.0 / temperature))
+            self._labels_cpu(fv, labels, conf, chk.inv_temperature(temperature, fv.compute_dtype))
         return (labels, conf) if with_conf else labels
 
     def _labels_cpu(self, fv, labels, conf, inv_t):

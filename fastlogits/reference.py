@@ -20,20 +20,50 @@ def _result_dtype(x):
     return np.float64 if x.dtype == np.float64 else x.dtype
 
 
-def _stats(x, axis, temperature):
-    """Shifted scores z - m, the max m and log of the exp-sum, in float64.
+def temperature_scale(temperature, dtype):
+    """The factor ``1 / temperature`` every backend applies to the scores of
+    logits of ``dtype``: the reciprocal taken in float64, clamped to the
+    normal finite range of the dtype the scores are computed in (float64
+    for float64 logits, else float32) and rounded to it.
 
-    Pixels whose max is not finite (a NaN, a +inf, or all -inf) are marked
-    ``bad``; their softmax is NaN.
+    Scores are ``(z - max z) * scale``: the shifted logits are <= 0, so
+    the clamp at the largest finite value keeps a tiny temperature's
+    limit (a one-hot softmax) instead of overflowing to inf * 0 = NaN, and
+    the clamp at the smallest normal value keeps a huge temperature's -inf
+    logits at probability 0 (a subnormal or zero factor would be flushed
+    or give -inf * 0). Only the logsumexp ``max z * scale + log s`` can
+    overflow, to +-inf, where its true value is out of range.
     """
-    z = np.asarray(x, dtype=np.float64) / float(temperature)
+    ct = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    info = np.finfo(ct)
+    inv = 1.0 / float(temperature)  # inf for a subnormal temperature, never an error
+    return ct(min(max(inv, float(info.tiny)), float(info.max)))
+
+
+def _stats(x, axis, temperature):
+    """Shifted scores ``(z - m) * scale``, the max m (unscaled), ``log s``
+    and the pixels that are ``bad``, in float64.
+
+    ``scale`` is :func:`temperature_scale`. ``log s`` is SciPy's
+    ``log1p`` of the sum of the non-maximal terms (the first maximum's
+    exp(0) = 1 left out), so a logsumexp or log-probability near 0 keeps
+    its relative precision. Pixels whose max is not finite (a NaN, a +inf,
+    or all -inf) are marked ``bad``; their softmax is NaN.
+    """
+    z = np.asarray(x)
+    scale = float(temperature_scale(temperature, z.dtype))
+    z = z.astype(np.float64)
     with np.errstate(all="ignore"):
         has_nan = np.isnan(z).any(axis=axis, keepdims=True)
         m = np.max(np.where(np.isnan(z), -np.inf, z), axis=axis, keepdims=True)
         m = np.where(has_nan, np.nan, m)
         bad = ~np.isfinite(m)
-        shifted = z - np.where(bad, 0.0, m)
-        log_s = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+        shifted = (z - np.where(bad, 0.0, m)) * scale
+        terms = np.exp(shifted)
+        first_max = np.argmax(np.where(np.isnan(shifted), -np.inf, shifted), axis=axis)
+        np.put_along_axis(terms, np.expand_dims(first_max, axis), 0.0, axis=axis)
+        log_s = np.log1p(np.sum(terms, axis=axis, keepdims=True))
+        m = m * scale
     return shifted, m, log_s, bad
 
 
@@ -55,8 +85,9 @@ def log_softmax(x, axis=-1, *, temperature=1.0):
 def logsumexp(x, axis=-1, *, temperature=1.0):
     """``log(sum(exp(x / temperature)))`` along ``axis``; the class axis is dropped."""
     _, m, log_s, bad = _stats(x, axis, temperature)
-    lse = np.where(bad, m, m + log_s)
-    return np.squeeze(lse, axis=axis).astype(_result_dtype(x))
+    with np.errstate(all="ignore"):  # m * scale may overflow to +-inf, as in float32
+        lse = np.where(bad, m, m + log_s)
+        return np.squeeze(lse, axis=axis).astype(_result_dtype(x))
 
 
 def argmax(x, axis=-1):

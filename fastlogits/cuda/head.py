@@ -46,6 +46,7 @@ import math
 import numpy as np
 from numba import cuda, int32, int64
 
+from fastlogits import _checks as chk
 from fastlogits import _layout, config
 from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.argmax import _confidence
@@ -674,7 +675,7 @@ def _launch(kernel, p, caller, *args):
 # --------------------------------------------------------------------------
 
 def _expnorm(mode, head, f, fv, temperature, out):
-    inv_t = fv.compute_dtype.type(1.0 / temperature)
+    inv_t = chk.inv_temperature(temperature, fv.compute_dtype)
     caller = runtime.Caller(f)
     reduces = mode == LOGSUMEXP
     shape = fv.reduced_shape if reduces else fv.class_shape
@@ -734,7 +735,7 @@ def logsumexp(head, f, fv, temperature=1.0, out=None):
 
 
 def _labels_conf(head, f, fv, temperature, labels, conf, with_conf):
-    inv_t = fv.compute_dtype.type(1.0 / temperature)
+    inv_t = chk.inv_temperature(temperature, fv.compute_dtype)
     caller = runtime.Caller(f)
     labels = ops._check_out(caller, fv, labels, fv.reduced_shape, fv.C - 1,
                             "out[0] (labels)" if with_conf else "out", kind="label")

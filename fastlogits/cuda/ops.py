@@ -247,7 +247,7 @@ def _cdt(lg):
 
 
 def _inv_t(lg, temperature):
-    return lg.compute_dtype.type(1.0 / chk.check_temperature(temperature))
+    return chk.inv_temperature(temperature, lg.dtype)
 
 
 def _launch(kernel, p, caller, *args):
