@@ -2,9 +2,10 @@
 segmentation statistics at the speed of memory (Numba CPU and CUDA kernels,
 with a NumPy reference for every operation)."""
 
-from fastlogits import _vector_width
+from fastlogits import _threading, _vector_width
 
 _vector_width.enable()  # before anything imports numba
+_threading.choose()  # before Numba starts its threads
 
 from fastlogits import reference  # noqa: E402
 from fastlogits.api import argmax, backends, classify, log_softmax, logsumexp, softmax  # noqa: E402

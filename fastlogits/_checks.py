@@ -128,7 +128,66 @@ def check_out(out, shape, dtype, name="out", kind="float"):
     check_out_meta(tuple(out.shape), out.dtype, shape, dtype, name, kind)
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if overlaps_itself(out.shape, out.strides, out.itemsize):
+        raise ValueError(
+            f"{name} has elements that share memory (shape {out.shape}, strides "
+            f"{out.strides}), as np.lib.stride_tricks.as_strided can make; pass an array "
+            "whose elements are distinct")
     return out
+
+
+def overlaps_itself(shape, strides, itemsize):
+    """Whether two elements of an array of ``shape`` and byte ``strides``
+    may share memory. Conservative: the axes sorted by stride must each
+    step over everything the smaller ones reach (every array NumPy makes
+    without ``as_strided`` passes); a zero-size array never overlaps."""
+    if 0 in shape:
+        return False
+    reach = itemsize
+    for step, n in sorted((abs(st), n) for n, st in zip(shape, strides) if n > 1):
+        if step < reach:
+            return True
+        reach += step * (n - 1)
+    return False
+
+
+def _byte_bounds(a):
+    """``[lo, hi)`` byte addresses a host or GPU array may touch (its
+    array interface: no data access)."""
+    cai = _interface(a)
+    if cai is None:
+        a = np.asarray(a)
+        ptr, shape, strides, itemsize = (a.__array_interface__["data"][0], a.shape, a.strides,
+                                         a.itemsize)
+    else:
+        shape = tuple(cai["shape"])
+        itemsize = np.dtype(cai["typestr"]).itemsize
+        strides = cai.get("strides") or tuple(
+            itemsize * math.prod(shape[k + 1:]) for k in range(len(shape)))
+        ptr = cai["data"][0]
+    if 0 in shape:
+        return ptr, ptr
+    lo = ptr + sum(min(0, st * (n - 1)) for n, st in zip(shape, strides))
+    hi = ptr + sum(max(0, st * (n - 1)) for n, st in zip(shape, strides)) + itemsize
+    return lo, hi
+
+
+def check_outputs_apart(a, b, name_a, name_b):
+    """Two outputs of one call must not share memory (host or GPU arrays;
+    None skips the check). Host arrays whose bounds meet are solved
+    exactly (interleaved views are fine); GPU arrays by their bounds."""
+    if a is None or b is None:
+        return
+    (lo_a, hi_a), (lo_b, hi_b) = _byte_bounds(a), _byte_bounds(b)
+    if hi_a <= lo_b or hi_b <= lo_a:
+        return
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        try:
+            if not np.shares_memory(a, b, max_work=100_000):
+                return
+        except np.exceptions.TooHardError:
+            pass
+    raise ValueError(f"{name_a} and {name_b} overlap in memory; pass two separate arrays")
 
 
 def check_out_meta(out_shape, out_dtype, shape, dtype, name="out", kind="float"):

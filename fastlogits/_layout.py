@@ -11,6 +11,50 @@ import math
 import numpy as np
 
 
+class _WritableAlias:
+    """Holder of an ``__array_interface__`` for :func:`host_array`; keeps
+    the aliased array (and so its memory) alive."""
+
+    __slots__ = ("__array_interface__", "base")
+
+
+def _writable_alias(a):
+    """``a`` (read-only) seen through an array Numba types as writeable:
+    the same memory, strides and dtype, no copy. The kernels never write
+    their inputs, and Numba types a read-only array apart: every kernel
+    would compile a second specialization for it, and those that pass x
+    where an output goes on an unused branch do not compile at all."""
+    holder = _WritableAlias()
+    iface = dict(a.__array_interface__)
+    iface["data"] = (iface["data"][0], False)
+    holder.__array_interface__ = iface
+    holder.base = a
+    return np.asarray(holder)
+
+
+def _detached(a):
+    """A PyTorch tensor that requires grad, detached (the same memory:
+    fastlogits is no autograd function); anything else as it is."""
+    if getattr(a, "requires_grad", False) and type(a).__module__.split(".")[0] == "torch":
+        return a.detach()
+    return a
+
+
+def host_array(a):
+    """An input as the CPU kernels read it: a NumPy array (a PyTorch tensor
+    that requires grad read through ``.detach()``), in native byte order
+    (a byte-swapped array is converted once: a copy), and typed writeable
+    by Numba even where the memory is read-only (memory-mapped files,
+    ``np.broadcast_to``, ``np.frombuffer``), without a copy."""
+    if type(a) is not np.ndarray:
+        a = np.asarray(_detached(a))
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    if not a.flags.writeable:
+        a = _writable_alias(a)
+    return a
+
+
 def size_of(shape):
     """Elements of an array of ``shape`` (a Python int: ``np.prod`` costs
     microseconds per call on a tuple, paid on every public call)."""

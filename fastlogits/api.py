@@ -92,7 +92,7 @@ class _Logits:
             self.shape, self.dtype = chk.gpu_shape_dtype(x)
             self.array = x
         else:
-            self.array = np.asarray(x)
+            self.array = _layout.host_array(x)
             self.shape, self.dtype = self.array.shape, self.array.dtype
         chk.check_logits_dtype(self.dtype)
         self.axis = chk.normalize_axis(axis, len(self.shape))
@@ -402,6 +402,8 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
     be = resolve_backend(backend, x)
     if out is not None and not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("out must be a tuple (labels, confidence)")
+    if out is not None:
+        chk.check_outputs_apart(out[0], out[1], "out[0] (labels)", "out[1] (confidence)")
     if be == "cuda":
         return _cuda_ops().classify(x, lg, temperature=temperature, out=out)
     labels, conf = out if out is not None else (None, None)

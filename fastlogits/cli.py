@@ -299,15 +299,12 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _bandwidth, _cpuinfo, api, config, pool
+    from fastlogits import _bandwidth, _cpuinfo, _threading, api, config, pool
     from fastlogits.benchmark import cpu_name
     from fastlogits.tiled import format_size
 
     _bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "not started"
+    layer = _threading.describe()
     rows = [
         ("fastlogits", f"{fastlogits.__version__} ({os.path.dirname(fastlogits.__file__)})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),

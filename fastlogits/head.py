@@ -54,7 +54,7 @@ class _Features:
             self.shape, self.dtype = chk.gpu_shape_dtype(f)
             self.array = f
         else:
-            self.array = np.asarray(f)
+            self.array = _layout.host_array(f)
             self.shape, self.dtype = self.array.shape, self.array.dtype
         if self.dtype not in chk.FLOAT_DTYPES:
             raise TypeError(
@@ -127,7 +127,7 @@ class LinearHead:
 
     def __init__(self, weight, bias=None):
         if not chk.is_gpu_array(weight):
-            weight = np.asarray(weight)
+            weight = _layout.host_array(weight)
         wshape, wdtype = _shape_dtype(weight)
         if wdtype not in chk.FLOAT_DTYPES:
             raise TypeError(
@@ -139,7 +139,7 @@ class LinearHead:
             raise ValueError(f"weight has shape {tuple(wshape)}: no classes (C = 0)")
         if bias is not None:
             if not chk.is_gpu_array(bias):
-                bias = np.asarray(bias)
+                bias = _layout.host_array(bias)
             bshape, bdtype = _shape_dtype(bias)
             if bdtype not in chk.FLOAT_DTYPES:
                 raise TypeError(
@@ -408,6 +408,8 @@ class LinearHead:
             chk.check_temperature(temperature)
             if out is not None and not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError("out must be a tuple (labels, confidence)")
+            if out is not None:
+                chk.check_outputs_apart(out[0], out[1], "out[0] (labels)", "out[1] (confidence)")
         if be == "cuda":
             if with_conf:
                 return self._cuda("classify", f, fv, temperature=temperature, out=out)

@@ -16,6 +16,7 @@ any kernel runs.
 
 import functools
 import math
+import os
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def _check_target(target, lg):
     if chk.is_gpu_array(target):
         shape, dtype = chk.gpu_shape_dtype(target)
     else:
-        target = np.asarray(target)
+        target = _layout.host_array(target)
         shape, dtype = target.shape, target.dtype
     if dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {dtype}")
@@ -73,7 +74,7 @@ def _check_class_weight(class_weight, C):
         shape, dtype = chk.gpu_shape_dtype(class_weight)
         w = class_weight
     else:
-        w = np.asarray(class_weight)
+        w = _layout.host_array(class_weight)
         shape, dtype = w.shape, w.dtype
     if dtype.kind not in "fiu":
         raise TypeError(f"class_weight must hold real numbers, got dtype {dtype}")
@@ -415,6 +416,7 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
         raise ValueError(f"target must be a host array for backend={be!r}")
     C = lg.C
     out = _check_host_out(lg, out, (C, C), np.int64, "out")
+    _check_matrix_fits(C)
     if be == "numpy":
         check_target_values(target, C, ignore_index)
         counts = reference.confusion_matrix(lg.array, target, lg.axis, ignore_index=ignore_index)
@@ -422,6 +424,26 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
         return _confusion_matrix_cpu(lg, _host_target(target, C, ignore_index), ignore_index,
                                      out)
     return add_counts(counts, out)
+
+
+def _physical_memory():
+    """Bytes of physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_matrix_fits(C):
+    """A (C, C) int64 matrix (the result, and the kernels' partial counts)
+    must fit in the machine's memory: a clear ValueError before any work,
+    not a MemoryError from deep inside."""
+    need = 8 * C * C
+    total = _physical_memory()
+    if total is not None and need > total:
+        raise ValueError(
+            f"confusion_matrix of C={C} classes needs a ({C}, {C}) int64 matrix of "
+            f"{need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB of memory")
 
 
 def add_counts(counts, out):

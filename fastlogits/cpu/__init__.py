@@ -18,7 +18,7 @@ from functools import lru_cache
 import numpy as np
 from numba import get_num_threads, set_num_threads
 
-from fastlogits import config
+from fastlogits import _threading, config
 from fastlogits._layout import reshape_view
 from fastlogits.cpu.scores import holds_half_bits
 
@@ -92,14 +92,17 @@ def _thread_count_calls():
 
 
 _thread_count = None  # (get, set), bound at the first call of thread_count()
+_guard = None  # fastlogits._threading.launch_guard(), read with _thread_count
 
 
 def thread_count():
     """The calling thread's Numba thread count (``numba.get_num_threads``),
     by the fast call of :func:`_thread_count_calls`."""
-    global _thread_count
+    global _thread_count, _guard
     if _thread_count is None:
-        _thread_count = _thread_count_calls()
+        calls = _thread_count_calls()  # starts Numba's threads: the layer is known
+        _guard = _threading.launch_guard()
+        _thread_count = calls
     return _thread_count[0]()
 
 
@@ -123,6 +126,8 @@ class launch_threads:
         self._serial = work < config.CPU_SERIAL_BELOW and self._n > 1
 
     def __enter__(self):
+        if _guard is not None:  # a thread-unsafe layer (fastlogits._threading)
+            _guard.acquire()
         if self._serial:
             _thread_count[1](1)
             return 1
@@ -131,6 +136,8 @@ class launch_threads:
     def __exit__(self, *exc):
         if self._serial:
             _thread_count[1](self._n)
+        if _guard is not None:
+            _guard.release()
         return False
 
 
