@@ -14,14 +14,15 @@ import zlib
 
 import numpy as np
 
-__all__ = ["write_png", "write_indexed", "write_rgb", "read_png"]
+__all__ = ["write_png", "write_indexed", "write_rgb", "read_png", "encoder_bytes"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {"L": 0, "RGB": 2, "P": 3}
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _MAX_SIDE = 2**31 - 1
-_IDAT_BYTES = 1 << 20  # compressed bytes per IDAT chunk (at most)
-_ROWS_PER_BLOCK_BYTES = 4 << 20  # raw bytes per block when slicing an array
+_IDAT_BYTES = 256 << 10  # compressed bytes per IDAT chunk (at most)
+_ROWS_PER_BLOCK_BYTES = 256 << 10  # raw bytes per block when slicing an array
+
 
 
 def _chunk(f, kind, data):
@@ -80,7 +81,7 @@ def write_png(f, height, width, mode, blocks, palette=None, level=6):
         np.subtract(rows[1:], rows[:-1], out=up[1:, 1:])
         prev = rows[-1].copy()
         rows_seen += n
-        data = comp.compress(up.tobytes())
+        data = comp.compress(up)  # the buffer itself, not a bytes copy
         if data:
             pending.append(data)
             pending_bytes += len(data)
@@ -100,6 +101,18 @@ def _row_blocks(img):
     step = max(1, _ROWS_PER_BLOCK_BYTES // per_row)
     for r in range(0, img.shape[0], step):
         yield img[r:r + step]
+
+
+def encoder_bytes(height, width, channels, itemsize=1):
+    """An upper bound on the buffers :func:`write_png` takes for an image
+    given as :func:`_row_blocks` of an (height, width) map of ``itemsize``
+    bytes a pixel, coloured to ``channels`` bytes a pixel: the coloured
+    block, its filtered copy, and the pending IDAT data with its joined
+    copy. zlib's own state (about 300 KiB at level 6) is not included."""
+    rows = min(height, max(1, _ROWS_PER_BLOCK_BYTES // max(1, width * itemsize)))
+    block = rows * (width * channels + 1)
+    pending = min(_IDAT_BYTES, height * (width * channels + 1)) + block  # deflate adds < 1%
+    return 2 * block + 2 * pending
 
 
 def write_indexed(f, index, palette, level=6):

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from fastlogits import _files
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -398,40 +400,24 @@ def cmd_bench(args):
             d = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(d):
                 raise CommandError(f"cannot write {path!r}: directory {d!r} does not exist")
+    _files.check_distinct([("--json", args.json), ("--plot", args.plot)])
     report = benchmark.run(
         shape=args.shape, layout=args.layout, ops=_list(args.ops), backends=_list(args.backends),
         repeat=args.repeat, dtype=np.dtype(args.dtype), torch=not args.no_torch,
         progress=_progress("bench", "step", enabled=not args.quiet))
     print(benchmark.format_table(report))
     if args.json is not None:
-        _write_replace(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()))
+        _files.write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()),
+                            "--json")
         print(f"wrote {args.json}")
     if args.plot is not None:
-        tmp = _temp(args.plot) + os.path.splitext(args.plot)[1]
-        try:
-            benchmark.plot(report, tmp)
-            os.replace(tmp, args.plot)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with _files.AtomicOutput(args.plot, "--plot") as out:
+            # savefig opens by name to infer the format from the extension; the
+            # name is the exclusive temporary's (random, made by us beforehand)
+            with out._errors():
+                benchmark.plot(report, out.temp)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _temp(path):
-    d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.fastlogits-{os.getpid()}.tmp")
-
-
-def _write_replace(path, write):
-    tmp = _temp(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # --------------------------------------------------------------------------
@@ -482,7 +468,10 @@ def build_parser():
                    help="default: auto (FASTLOGITS_BACKEND, else cpu)")
     s.add_argument("--key", metavar="K", help="array name inside a .npz (default: its only array)")
     s.add_argument("--max-memory", type=_memory, default=1 << 30, metavar="SIZE",
-                   help="approximate memory bound, e.g. 512M or 4G (default: 1G)")
+                   help="bound on the memory taken above what importing fastlogits and "
+                        "compiling its kernels takes (peak RSS; the input's page cache is "
+                        "never mapped, so not counted), give or take a fixed 4 MiB, "
+                        "e.g. 512M or 4G (default: 1G)")
     s.add_argument("--labels-dtype", metavar="D",
                    help=".npy labels dtype (default: the narrowest unsigned type holding C-1)")
     s.add_argument("--palette", metavar="FILE",
@@ -522,7 +511,7 @@ def _package_version():
 
 def _one_line(exc):
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, (ValueError, TypeError, CommandError)):
+    if isinstance(exc, (ValueError, TypeError, CommandError, _files.WriteError)):
         return " ".join(text.split())
     return f"{type(exc).__name__}: {text.splitlines()[0]}"
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from fastlogits import _png, palettes
+from fastlogits import _files, _png, palettes
 
 __all__ = ["synthesize", "run", "CLASSES"]
 
@@ -194,19 +194,6 @@ def synthesize(H=1024, W=2048, seed=0):
     return upsample(coarse.astype(np.float32), H, W)
 
 
-def _write_atomic(path, write):
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.fastlogits-{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def run(out_dir="fastlogits-demo", size=(1024, 2048), backends=None, seed=0, repeat=5,
         max_seconds=3.0, echo=print):
     """Synthesize the scene, classify it on every backend, write the pictures.
@@ -272,11 +259,11 @@ def run(out_dir="fastlogits-demo", size=(1024, 2048), backends=None, seed=0, rep
                       f"{dconf:.1e} -> {'agree' if ok else 'DISAGREE'}")
     labels_path = os.path.join(out_dir, "labels.png")
     conf_path = os.path.join(out_dir, "confidence.png")
-    _write_atomic(labels_path, lambda f: _png.write_indexed(f, lab0.astype(np.uint8),
-                                                            palettes.CITYSCAPES))
+    _files.write_atomic(labels_path, lambda f: _png.write_indexed(f, lab0.astype(np.uint8),
+                                                                  palettes.CITYSCAPES))
     lut = palettes.confidence_lut("heat")
     levels = palettes.confidence_levels(conf0)
-    _write_atomic(conf_path, lambda f: _png.write_png(
+    _files.write_atomic(conf_path, lambda f: _png.write_png(
         f, H, W, "RGB", (lut[b] for b in _png._row_blocks(levels))))
 
     counts = np.bincount(lab0.ravel(), minlength=len(CLASSES))

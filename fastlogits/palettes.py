@@ -10,6 +10,8 @@
   or a grey ramp, NaN in mid grey.
 """
 
+import io
+
 import numpy as np
 
 __all__ = ["CITYSCAPES", "CITYSCAPES_CLASSES", "ADE20K", "distinct", "for_classes", "load",
@@ -96,43 +98,68 @@ def for_classes(C):
     return distinct(C)
 
 
-def load(path):
+def load(path, name="palette"):
     """Read a palette file: a ``.npy`` array of shape (K, 3), or text with
     one colour per line as three integers 0..255 ("R G B" or "R,G,B";
-    ``#`` starts a comment). Returns (K, 3) uint8.
+    ``#`` starts a comment). The kind is told by the file's first bytes.
+    Returns (K, 3) uint8.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    name : str
+        How messages name the file's role, e.g. ``"--palette"``.
 
     Raises
     ------
     ValueError
-        If the file holds no colours, not three numbers a row, or values
-        outside 0..255.
+        If the file cannot be read, holds no colours, not three numbers a
+        row, or values outside 0..255; the message names ``name`` and
+        ``path`` on one line.
     """
-    path = str(path)
-    if path.endswith(".npy"):
-        rows = np.load(path, allow_pickle=False)
+    where = f"{name} {str(path)!r}"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    if data.startswith(b"\x93NUMPY"):
+        try:
+            rows = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{where}: not a readable .npy array: {exc}") from None
     else:
-        data = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.split("#", 1)[0].replace(",", " ").split()
-                if not line:
-                    continue
-                try:
-                    data.append([float(v) for v in line])
-                except ValueError:
-                    raise ValueError(f"palette {path}: line {lineno} is not numbers: "
-                                     f"{' '.join(line)!r}") from None
-                if len(line) != 3:
-                    raise ValueError(f"palette {path}: line {lineno} has {len(line)} numbers, "
-                                     "expected 3 (R G B)")
-        rows = np.array(data, dtype=np.float64).reshape(-1, 3)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where} is neither a .npy array nor a text file of 'R G B' "
+                             "rows (it holds binary data)") from None
+        rows = _parse_text(text, where)
     rows = np.asarray(rows)
     if rows.ndim != 2 or rows.shape[1] != 3 or rows.shape[0] == 0:
-        raise ValueError(f"palette {path}: expected (K, 3) colours, got shape {rows.shape}")
+        raise ValueError(f"{where}: expected (K, 3) colours, got shape {rows.shape}")
     if (rows.dtype.kind not in "iuf" or np.any(rows < 0) or np.any(rows > 255)
             or np.any(rows != np.round(rows))):
-        raise ValueError(f"palette {path}: colours must be integers in 0..255")
+        raise ValueError(f"{where}: colours must be integers in 0..255")
     return rows.astype(np.uint8)
+
+
+def _parse_text(text, where):
+    """Rows of "R G B" text as an (n, 3) float64 array."""
+    data = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].replace(",", " ").split()
+        if not line:
+            continue
+        try:
+            data.append([float(v) for v in line])
+        except ValueError:
+            raise ValueError(f"{where}: line {lineno} is not numbers: "
+                             f"{' '.join(line)!r}") from None
+        if len(line) != 3:
+            raise ValueError(f"{where}: line {lineno} has {len(line)} numbers, "
+                             "expected 3 (R G B)")
+    return np.array(data, dtype=np.float64).reshape(-1, 3)
 
 
 # inferno-like anchors from dark (confidence 0) to bright (confidence 1)
@@ -164,13 +191,26 @@ def confidence_lut(style="heat"):
     return lut
 
 
-def confidence_levels(conf, out=None):
+def confidence_levels(conf, out=None, chunk=None):
     """Indices into :func:`confidence_lut`: ``round(clip(conf, 0, 1) * 254)``,
-    255 for NaN; uint8 of ``conf``'s shape (into ``out`` if given)."""
+    255 for NaN; uint8 of ``conf``'s shape (into ``out`` if given).
+
+    ``chunk`` (a number of values) bounds the temporaries, a few bytes a
+    value: contiguous values are converted that many at a time.
+    """
     conf = np.asarray(conf)
     if out is None:
         out = np.empty(conf.shape, np.uint8)
+    if chunk and conf.size > chunk and conf.flags.c_contiguous and out.flags.c_contiguous:
+        c, o = conf.reshape(-1), out.reshape(-1)
+        for i in range(0, c.size, chunk):
+            o[i:i + chunk] = _levels(c[i:i + chunk])
+    else:
+        np.copyto(out, _levels(conf))
+    return out
+
+
+def _levels(conf):
     with np.errstate(invalid="ignore"):
         lv = np.clip(conf, 0.0, 1.0) * np.float32(254.0) + np.float32(0.5)
-    np.copyto(out, np.where(np.isnan(conf), 255, lv).astype(np.uint8))
-    return out
+    return np.where(np.isnan(conf), 255, lv).astype(np.uint8)

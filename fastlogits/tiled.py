@@ -1,26 +1,29 @@
 """Classify logits files of any size with bounded memory (``fastlogits classify``).
 
-A ``.npy`` input is memory-mapped and cut into tiles along its non-class
-axes, slowest-varying axis first, so a tile is one contiguous slab of the
-file whenever the layout allows (H×W×C: a band of rows; N×C×H×W: a band of
-rows of every class plane, gathered into one contiguous buffer). Each tile
-goes through :func:`fastlogits.classify` (or :func:`fastlogits.argmax` when
-no confidence is asked for) into small reusable buffers, and from there into
-the outputs:
+A ``.npy`` input is cut into tiles along its non-class axes, slowest-varying
+axis first, so a tile is one contiguous slab of the file whenever the layout
+allows (H×W×C: a band of rows; N×C×H×W: a band of rows of every class
+plane). Each tile is read with ``pread`` into one reusable buffer (never
+through a memory map: the kernel maps a file's page cache into a process in
+pieces of up to 2 MiB, all counted in its RSS, so mapped reads of a
+channels-first tile's C planes cost far more than the tile), converted to
+native byte order in place, and goes through :func:`fastlogits.classify`
+(or :func:`fastlogits.argmax` when no confidence is asked for) into small
+reusable buffers, and from there into the outputs:
 
-- ``.npy``: an ``np.lib.format.open_memmap`` file under a temporary name in
-  the output's directory, renamed over the final name only at the end;
+- ``.npy``: header and tiles written with ``pwrite`` into an exclusive
+  temporary in the output's directory, renamed over the final name only at
+  the end (:class:`fastlogits._files.AtomicOutput`);
 - ``.png``: a palette image of the labels or a heat map of the confidence;
   the (one byte a pixel) index image is held in memory, then encoded.
 
-After a tile is done its pages of the input and output maps are handed back
-to the kernel (``madvise(MADV_DONTNEED)``; the file data stays in the page
-cache), so the process's memory stays within ``max_memory`` whatever the
-size of the file. A failure or KeyboardInterrupt removes every temporary
-file: nothing is ever written half-way.
+Everything the loop allocates is counted against ``max_memory`` (see
+:func:`tile_pixels`); what it bounds is the process's memory above what
+importing fastlogits and compiling its kernels takes. A failure or
+KeyboardInterrupt removes every temporary file: nothing is ever written
+half-way.
 """
 
-import mmap
 import os
 import re
 import time
@@ -29,7 +32,7 @@ import zipfile
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, _png, palettes
+from fastlogits import _files, _layout, _png, palettes
 
 __all__ = ["parse_size", "format_size", "narrowest_label_dtype", "open_logits", "plan_tiles",
            "tile_pixels", "classify_array", "classify_file"]
@@ -174,51 +177,133 @@ def plan_tiles(shape, strides, axis, max_pixels):
             yield tuple(idx)
 
 
-def _page_release(root):
-    """A function ``release(view)`` returning ``view``'s pages of the memory
-    map ``root`` to the kernel; a no-op where that is not possible."""
-    mm = getattr(root, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return lambda view: None
-    # np.memmap maps from the allocation-granularity boundary below `offset`.
-    base = root.ctypes.data - root.offset % mmap.ALLOCATIONGRANULARITY
-    length = len(mm)
+def _runs(shape, idx, itemsize):
+    """The contiguous pieces of the block ``idx`` of a C-ordered array.
 
-    def release(view):
-        if view.size == 0:
-            return
-        lo, hi = np.lib.array_utils.byte_bounds(view)
-        start = (lo - base) // mmap.PAGESIZE * mmap.PAGESIZE
-        stop = min(length, hi - base)
-        if stop > start >= 0:
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
-            except (OSError, ValueError):
-                pass
+    Parameters
+    ----------
+    shape : tuple of int
+        The whole array's shape (C order, as stored in a file).
+    idx : tuple of slice
+        One step-1 slice per axis.
 
-    return release
+    Yields
+    ------
+    (offset, nbytes)
+        Byte offset in the whole array and length of each piece, in the
+        order of the block's own C-ordered copy (pieces follow each other
+        there).
+    """
+    ranges = [range(*s.indices(n)) for s, n in zip(idx, shape)]
+    sizes = [len(r) for r in ranges]
+    if 0 in sizes:
+        return
+    strides = [itemsize * _layout.size_of(shape[d + 1:]) for d in range(len(shape))]
+    k = len(shape)
+    while k > 0 and sizes[k - 1] == shape[k - 1]:  # trailing axes taken whole
+        k -= 1
+    k = max(0, k - 1)  # ... and the partial axis before them: one piece
+    nbytes = itemsize * _layout.size_of(sizes[k:])
+    base = sum(st * r.start for st, r in zip(strides, ranges))
+    for outer in np.ndindex(*sizes[:k]):
+        yield base + sum(i * st for i, st in zip(outer, strides)), nbytes
 
 
-def _costs(x, axis, be, with_confidence, label_dtype, conf_dtype, out_pixel_bytes, contiguous):
-    """``(fixed, per_pixel)`` bytes of the tiled loop (approximate)."""
+def _block_shape(shape, idx):
+    return tuple(len(range(*s.indices(n))) for s, n in zip(idx, shape))
+
+
+def _native(dtype):
+    return dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+
+
+class _FileReader:
+    """Tiles of a memory-mapped ``.npy`` read with ``pread`` into one buffer,
+    in native byte order; the map only tells the layout (nothing of it is
+    touched, so no page of the file is mapped into the process)."""
+
+    def __init__(self, x, max_bytes):
+        self.f = open(x.filename, "rb", buffering=0)
+        self.offset, self.shape, self.dtype = x.offset, x.shape, x.dtype
+        # a Fortran-ordered file is the C-ordered file of the transposed array
+        self.fortran = x.ndim > 1 and not x.flags.c_contiguous
+        self.buf = np.empty(max_bytes, np.uint8)
+
+    def __call__(self, idx):
+        shape, idx = (self.shape[::-1], idx[::-1]) if self.fortran else (self.shape, idx)
+        bshape = _block_shape(shape, idx)
+        nbytes = _layout.size_of(bshape) * self.dtype.itemsize
+        mv = memoryview(self.buf[:nbytes])
+        pos = 0
+        for off, n in _runs(shape, idx, self.dtype.itemsize):
+            _read_exact(self.f, mv[pos:pos + n], self.offset + off)
+            pos += n
+        tile = self.buf[:nbytes].view(self.dtype).reshape(bshape)
+        if self.dtype != _native(self.dtype):  # e.g. big-endian '>f4': swapped in place
+            tile = tile.byteswap(inplace=True).view(_native(self.dtype))
+        return tile.T if self.fortran else tile
+
+    def close(self):
+        self.f.close()
+
+
+def _read_exact(f, mv, offset):
+    f.seek(offset)
+    while len(mv):
+        n = f.readinto(mv)
+        if not n:
+            raise ValueError(f"input {f.name!r} ends early (truncated .npy file?)")
+        mv = mv[n:]
+
+
+class _MemoryReader:
+    """Tiles of an in-memory array: views, or native copies in one buffer."""
+
+    def __init__(self, x, max_bytes):
+        self.x, self.buf = x, None
+        self.max_bytes = max_bytes
+
+    def __call__(self, idx):
+        src = self.x[idx]
+        if src.flags.c_contiguous and src.dtype == _native(src.dtype):
+            return src
+        if self.buf is None:
+            self.buf = np.empty(self.max_bytes, np.uint8)
+        dt = _native(src.dtype)
+        tile = self.buf[:src.size * dt.itemsize].view(dt).reshape(src.shape)
+        np.copyto(tile, src)  # gathers and converts to native byte order
+        return tile
+
+    def close(self):
+        self.buf = None
+
+
+def _costs(x, axis, be, with_confidence, label_dtype, conf_dtype):
+    """Bytes per pixel of the tiled loop's buffers. The rest is bounded
+    whatever the tile (chunks of :data:`_CHUNK_PIXELS`, the kernels'
+    scratch): the allowance of a few MiB the --max-memory help states."""
     C = x.shape[axis]
     score = x.dtype.itemsize
-    per_pixel = C * score  # the tile of x (mapped pages or loaded array)
-    if not contiguous:
-        per_pixel += C * score  # the gather buffer
+    per_pixel = C * score  # the tile buffer (pread, gather or byte-order conversion)
+    if isinstance(x, np.memmap) and x.ndim > 1 and not x.flags.c_contiguous:
+        per_pixel += C * score  # a Fortran-ordered file's tile, made C-contiguous
     if be == "numpy":
         per_pixel += C * _NUMPY_BYTES_PER_SCORE + 16
     elif be == "cuda":
         per_pixel += C * score + 16
     per_pixel += label_dtype.itemsize + (conf_dtype.itemsize if with_confidence else 0)
-    if be == "cpu" and x.dtype == np.float16:
+    if be == "cpu" and x.dtype.itemsize == 2:
         per_pixel += C * 4 + 8  # float32 copies of (at most) the tile, made by the API in chunks
-    per_pixel += out_pixel_bytes
-    return 0, per_pixel
+    return per_pixel
+
+
+#: Pixels counted (np.bincount's intp temporary) or turned into confidence
+#: levels at once: the temporaries stay small whatever the tile.
+_CHUNK_PIXELS = 1 << 15
 
 
 def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max_memory=1 << 30,
-                fixed_bytes=0, out_pixel_bytes=0):
+                fixed_bytes=0):
     """Pixels per tile that keep :func:`classify_array` within ``max_memory``.
 
     Raises
@@ -228,14 +313,11 @@ def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max
     """
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = chk.compute_dtype(x.dtype)
-    probe = next(plan_tiles(x.shape, x.strides, axis, 1), None)
-    contiguous = probe is None or x[probe].flags.c_contiguous
-    fixed, per_pixel = _costs(x, axis, backend, with_confidence, label_dtype, conf_dtype,
-                              out_pixel_bytes, contiguous)
-    room = max_memory - fixed_bytes - fixed
+    conf_dtype = chk.compute_dtype(_native(x.dtype))
+    per_pixel = _costs(x, axis, backend, with_confidence, label_dtype, conf_dtype)
+    room = max_memory - fixed_bytes
     if room < per_pixel:
-        need = fixed_bytes + fixed + per_pixel
+        need = fixed_bytes + per_pixel
         what = f"one pixel of {C} {x.dtype} classes"
         if fixed_bytes:
             what += f" plus {format_size(fixed_bytes)} for the data held whole in memory"
@@ -244,15 +326,24 @@ def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max
     return int(min(room // per_pixel, max(1, MAX_TILE_BYTES // (C * x.dtype.itemsize))))
 
 
+def _count(counts, labels):
+    """Add the labels' histogram to ``counts`` a chunk at a time (np.bincount
+    makes an intp copy of what it counts)."""
+    flat = labels.reshape(-1)
+    C = len(counts)
+    for i in range(0, flat.size, _CHUNK_PIXELS):
+        counts += np.bincount(flat[i:i + _CHUNK_PIXELS], minlength=C)[:C]
+
+
 def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confidence=True,
-                   label_dtype=None, max_memory=1 << 30, fixed_bytes=0, out_pixel_bytes=0,
-                   progress=None):
+                   label_dtype=None, max_memory=1 << 30, fixed_bytes=0, progress=None):
     """Classify ``x`` tile by tile, handing each tile's results to ``sinks``.
 
     Parameters
     ----------
     x : ndarray or np.memmap
-        Logits (validated by the caller), class axis ``axis`` (>= 0).
+        Logits (validated by the caller), class axis ``axis`` (>= 0); any
+        byte order. A memory map is read with ``pread``, never through the map.
     sinks : list of callables
         Each called as ``sink(index, labels, confidence)`` per tile, with
         ``index`` the tile's position in the output (x's shape without the
@@ -263,8 +354,7 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
         Labels dtype (default the narrowest unsigned type holding C - 1).
     max_memory : int
         Bytes the loop may use in all, ``fixed_bytes`` of which are taken
-        by the caller, and ``out_pixel_bytes`` more per pixel of a tile
-        (see :func:`tile_pixels`).
+        by the caller (see :func:`tile_pixels`).
     progress : object with ``update(n)``, optional
         Told the number of pixels of each finished tile.
 
@@ -277,103 +367,99 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
 
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = chk.compute_dtype(x.dtype)
+    conf_dtype = chk.compute_dtype(_native(x.dtype))
     max_pixels = tile_pixels(x, axis, backend, with_confidence=with_confidence,
                              label_dtype=label_dtype, max_memory=max_memory,
-                             fixed_bytes=fixed_bytes, out_pixel_bytes=out_pixel_bytes)
+                             fixed_bytes=fixed_bytes)
     # reusable buffers, sized for the largest tile (np.empty: pages appear when used)
     labels_buf = np.empty(max_pixels, label_dtype)
     conf_buf = np.empty(max_pixels, conf_dtype) if with_confidence else None
-    gather_buf = None
-    release = _page_release(x if isinstance(x, np.memmap) else None)
+    mapped = isinstance(x, np.memmap) and getattr(x, "filename", None)
+    read = (_FileReader if mapped else _MemoryReader)(x, max_pixels * C * x.dtype.itemsize)
     counts = np.zeros(C, np.int64)
     tiles = pixels = 0
-    for idx in plan_tiles(x.shape, x.strides, axis, max_pixels):
-        src = tile = x[idx]
-        if not tile.flags.c_contiguous:  # gather the pieces into one C-contiguous block
-            if gather_buf is None:
-                gather_buf = np.empty(max_pixels * C, x.dtype)
-            tile = gather_buf[:src.size].reshape(src.shape)
-            np.copyto(tile, src)
-        rshape = _layout.reduced_shape(tile.shape, axis)
-        n = _layout.size_of(rshape)
-        labels = labels_buf[:n].reshape(rshape)
-        conf = conf_buf[:n].reshape(rshape) if with_confidence else None
-        if backend == "cuda":  # host tile -> device -> host; results copied into the buffers
-            if with_confidence:
-                lab, cf = api.classify(tile, axis, temperature=temperature, backend="cuda")
-                labels[...], conf[...] = lab, cf
-            else:
-                labels[...] = api.argmax(tile, axis, backend="cuda")
-        elif with_confidence:
-            api.classify(tile, axis, temperature=temperature, out=(labels, conf), backend=backend)
-        else:
-            api.argmax(tile, axis, out=labels, backend=backend)
-        release(src)
-        counts += np.bincount(labels.ravel(), minlength=C)[:C]
-        ridx = idx[:axis] + idx[axis + 1:]
-        for sink in sinks:
-            sink(ridx, labels, conf)
-        tiles += 1
-        pixels += n
-        if progress is not None:
-            progress.update(n)
+    try:
+        for idx in plan_tiles(x.shape, x.strides, axis, max_pixels):
+            tile = read(idx)
+            rshape = _layout.reduced_shape(tile.shape, axis)
+            n = _layout.size_of(rshape)
+            labels = labels_buf[:n].reshape(rshape)
+            conf = conf_buf[:n].reshape(rshape) if with_confidence else None
+            _classify_tile(api, tile, axis, labels, conf, temperature, backend)
+            _count(counts, labels)
+            ridx = idx[:axis] + idx[axis + 1:]
+            for sink in sinks:
+                sink(ridx, labels, conf)
+            tiles += 1
+            pixels += n
+            if progress is not None:
+                progress.update(n)
+    finally:
+        read.close()
     return {"tiles": tiles, "pixels": pixels, "class_counts": counts}
 
 
+def _classify_tile(api, tile, axis, labels, conf, temperature, backend):
+    """One tile's labels (and confidence, unless ``conf`` is None) into the buffers."""
+    if tile.ndim > 1 and not tile.flags.c_contiguous:  # a Fortran file's tile
+        tile = np.ascontiguousarray(tile)
+    if backend == "cuda":  # host tile -> device -> host; results copied into the buffers
+        if conf is not None:
+            lab, cf = api.classify(tile, axis, temperature=temperature, backend="cuda")
+            labels[...], conf[...] = lab, cf
+        else:
+            labels[...] = api.argmax(tile, axis, backend="cuda")
+    elif conf is not None:
+        api.classify(tile, axis, temperature=temperature, out=(labels, conf), backend=backend)
+    else:
+        api.argmax(tile, axis, out=labels, backend=backend)
+
+
 # --------------------------------------------------------------------------
-# outputs: written under a temporary name, renamed at the end
+# outputs: written under an exclusive temporary, renamed at the end
 # --------------------------------------------------------------------------
 
-def _temp_name(path):
-    d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}.fastlogits-{os.getpid()}.tmp")
+class _NpyOutput:
+    """Labels or confidence as ``.npy``: the header, then each tile written
+    with ``pwrite`` at its place (no memory map: its pages would count in RSS)."""
 
-
-class _Output:
-    """One output file; ``commit`` renames its temporary over the final name."""
-
-    def __init__(self, path):
-        self.path = os.fspath(path)
-        self.temp = _temp_name(self.path)
-
-    def finish(self):
-        """Write everything to the temporary file."""
-
-    def commit(self):
-        os.replace(self.temp, self.path)
-
-    def abort(self):
-        self._drop()
+    def __init__(self, path, shape, dtype, which, option):
+        self.path, self.which, self.shape = os.fspath(path), which, shape
+        self.itemsize = np.dtype(dtype).itemsize
+        self.out = _files.AtomicOutput(path, option)
         try:
-            os.remove(self.temp)
-        except FileNotFoundError:
-            pass
-
-    def _drop(self):
-        pass
-
-
-class _NpyOutput(_Output):
-    """Labels or confidence as ``.npy`` written through a memory map."""
-
-    def __init__(self, path, shape, dtype, which):
-        super().__init__(path)
-        self.which = which
-        self.mm = np.lib.format.open_memmap(self.temp, mode="w+", dtype=dtype, shape=shape)
-        self.release = _page_release(self.mm)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                      "fortran_order": False, "shape": tuple(shape)}
+            with self.out._errors():
+                try:
+                    np.lib.format.write_array_header_1_0(self.out.file, header)
+                except ValueError:  # a header over 64 KiB
+                    np.lib.format.write_array_header_2_0(self.out.file, header)
+                self.out.file.flush()
+                self.data_offset = self.out.file.tell()
+                # the full size now: a sparse file, filled in by the tiles
+                os.ftruncate(self.out.file.fileno(),
+                             self.data_offset + _layout.size_of(shape) * self.itemsize)
+        except BaseException:
+            self.out.abort()
+            raise
 
     def __call__(self, idx, labels, conf):
-        view = self.mm[idx + (Ellipsis,)]  # a view even for a 0-d map
-        view[...] = labels if self.which == "labels" else conf
-        self.release(view)
+        data = np.ascontiguousarray(labels if self.which == "labels" else conf).reshape(-1)
+        mv = memoryview(data.view(np.uint8))
+        pos = 0
+        for off, n in _runs(self.shape, idx, self.itemsize):
+            self.out.pwrite(mv[pos:pos + n], self.data_offset + off)
+            pos += n
 
     def finish(self):
-        self.mm.flush()
-        self._drop()
+        """Everything is written already."""
 
-    def _drop(self):
-        self.mm = None
+    def commit(self):
+        self.out.commit()
+
+    def abort(self):
+        self.out.abort()
 
 
 def _png_shape(rshape, path):
@@ -389,13 +475,12 @@ def _png_shape(rshape, path):
     return tuple(dims)
 
 
-class _PngOutput(_Output):
+class _PngOutput:
     """A PNG of labels (palette colours) or confidence (heat map); the map is
     kept in memory as one index per pixel until :meth:`finish` encodes it."""
 
-    def __init__(self, path, rshape, which, C=None, palette=None, style="heat"):
-        super().__init__(path)
-        self.which = which
+    def __init__(self, path, rshape, which, option, C=None, palette=None, style="heat"):
+        self.path, self.which = os.fspath(path), which
         self.image_shape = _png_shape(rshape, self.path)
         if which == "labels":
             self.palette = palette if palette is not None else palettes.for_classes(C)
@@ -404,6 +489,7 @@ class _PngOutput(_Output):
             self.palette = palettes.confidence_lut(style)
             idx_dtype = np.uint8
         self.index = np.empty(rshape, idx_dtype)
+        self.out = _files.AtomicOutput(path, option)  # now: an unwritable place fails first
 
     @staticmethod
     def map_bytes(rshape, which, C):
@@ -411,28 +497,43 @@ class _PngOutput(_Output):
         itemsize = 1 if which != "labels" or C <= 256 else narrowest_label_dtype(C).itemsize
         return n * itemsize
 
+    @staticmethod
+    def encoder_bytes(image_shape, which, C):
+        rgb = which != "labels" or C > 256
+        itemsize = 1 if which != "labels" or C <= 256 else narrowest_label_dtype(C).itemsize
+        return _png.encoder_bytes(*image_shape, 3 if rgb else 1, itemsize)
+
     def __call__(self, idx, labels, conf):
         if self.which == "labels":
             self.index[idx] = labels
         else:
-            palettes.confidence_levels(conf, out=self.index[idx + (Ellipsis,)])
+            palettes.confidence_levels(conf, out=self.index[idx + (Ellipsis,)],
+                                       chunk=_CHUNK_PIXELS)
 
     def finish(self):
+        """Encode the map into the temporary."""
         img = self.index.reshape(self.image_shape)
-        with open(self.temp, "wb") as f:
+        with self.out._errors():
             if self.which == "labels" and len(self.palette) <= 256:
-                _png.write_indexed(f, img, self.palette)
+                _png.write_indexed(self.out.file, img, self.palette)
             else:  # more than 256 colours: RGB, coloured block by block
                 blocks = (self.palette[b] for b in _png._row_blocks(img))
-                _png.write_png(f, img.shape[0], img.shape[1], "RGB", blocks)
+                _png.write_png(self.out.file, img.shape[0], img.shape[1], "RGB", blocks)
         self.index = None
+
+    def commit(self):
+        self.out.commit()
+
+    def abort(self):
+        self.index = None
+        self.out.abort()
 
 
 # --------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------
 
-def _check_output_path(path, option, input_path):
+def _check_output_path(path, option):
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".png"):
@@ -444,8 +545,6 @@ def _check_output_path(path, option, input_path):
         raise ValueError(f"{option} {path!r}: directory {d!r} is not writable")
     if os.path.isdir(path):
         raise ValueError(f"{option} {path!r} is a directory")
-    if os.path.exists(path) and os.path.samefile(path, input_path):
-        raise ValueError(f"{option} {path!r} is the input file; choose another name")
     return ext
 
 
@@ -467,7 +566,10 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         Scales the confidence (labels do not depend on it).
     backend : {"auto", "cpu", "numpy", "cuda"}
     max_memory : int
-        Approximate bound on the memory used, in bytes (see :func:`parse_size`).
+        Bound, in bytes (see :func:`parse_size`), on the memory the command
+        takes above what importing fastlogits and compiling its kernels
+        takes: the tile buffers, an ``.npz`` array, the PNG maps and their
+        encoder. The input's page cache is not counted (it is never mapped).
     labels_dtype : str or dtype, optional
         Integer dtype of ``.npy`` labels (default the narrowest unsigned).
     palette : str, optional
@@ -498,12 +600,11 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         raise ValueError("nothing to write: give --labels OUT and/or --confidence OUT (.npy or .png)")
     if not os.path.exists(input_path):
         raise ValueError(f"input {input_path!r} does not exist")
-    lab_ext = _check_output_path(labels, "--labels", input_path) if labels is not None else None
-    conf_ext = (_check_output_path(confidence, "--confidence", input_path)
-                if confidence is not None else None)
-    if labels is not None and confidence is not None and \
-            os.path.abspath(labels) == os.path.abspath(confidence):
-        raise ValueError("--labels and --confidence name the same file")
+    lab_ext = _check_output_path(labels, "--labels") if labels is not None else None
+    conf_ext = _check_output_path(confidence, "--confidence") if confidence is not None else None
+    # no output may name a file read (by name, hard link or symlink), nor another output
+    _files.check_distinct([("--labels", labels), ("--confidence", confidence)],
+                          [("input", input_path), ("--palette", palette)])
     if labels_dtype is not None and lab_ext != ".npy":
         raise ValueError("--labels-dtype applies to .npy labels only")
     if palette is not None and lab_ext != ".png":
@@ -512,7 +613,8 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
     be = api.resolve_backend(backend, np.empty(0, np.float32))
 
     x, in_memory = open_logits(input_path, key)
-    chk.check_logits_dtype(x.dtype, name=f"input {input_path!r}")
+    # any byte order: tiles are converted to native as they are read
+    chk.check_logits_dtype(_native(x.dtype), name=f"input {input_path!r}")
     try:
         ax = chk.normalize_axis(axis, x.ndim, name="--axis")
     except (ValueError, TypeError) as exc:
@@ -531,26 +633,26 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         ldt = narrowest_label_dtype(C)
     pal = None
     if palette is not None:
-        pal = palettes.load(palette)
+        pal = palettes.load(palette, name="--palette")
         if len(pal) < C:
             raise ValueError(f"--palette {palette!r} has {len(pal)} colours, but the map has {C} classes")
     # PNG maps live in memory until encoded: they count against max_memory.
-    fixed = in_memory
+    fixed, encoder = in_memory, 0
     for ext, which in ((lab_ext, "labels"), (conf_ext, "confidence")):
         if ext == ".png":
-            _png_shape(rshape, labels if which == "labels" else confidence)
+            shape2 = _png_shape(rshape, labels if which == "labels" else confidence)
             fixed += _PngOutput.map_bytes(rshape, which, C)
+            encoder = max(encoder, _PngOutput.encoder_bytes(shape2, which, C))
+    fixed += encoder  # PNGs are encoded one at a time, after the tiles
     if fixed > max_memory:
         what = "the .npz array" if in_memory else "a PNG of the map"
         raise ValueError(f"{what} needs {format_size(fixed)} in memory, more than --max-memory "
                          f"{format_size(max_memory)}; use .npy files (processed in tiles) "
                          "or raise --max-memory")
 
-    conf_dt = chk.compute_dtype(x.dtype)
-    out_pixel_bytes = ((ldt.itemsize if lab_ext == ".npy" else 0)
-                       + (conf_dt.itemsize if conf_ext == ".npy" else 0))
+    conf_dt = chk.compute_dtype(_native(x.dtype))
     budget = dict(with_confidence=confidence is not None, label_dtype=ldt, max_memory=max_memory,
-                  fixed_bytes=fixed, out_pixel_bytes=out_pixel_bytes)
+                  fixed_bytes=fixed)
     tile_pixels(x, ax, be, **budget)  # raises before any file is created
 
     outputs = []
@@ -559,11 +661,13 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         for path, ext, which in ((labels, lab_ext, "labels"), (confidence, conf_ext, "confidence")):
             if path is None:
                 continue
+            option = f"--{which}"
             if ext == ".npy":
                 dt = ldt if which == "labels" else conf_dt
-                outputs.append(_NpyOutput(path, rshape, dt, which))
+                outputs.append(_NpyOutput(path, rshape, dt, which, option))
             else:
-                outputs.append(_PngOutput(path, rshape, which, C=C, palette=pal, style=confidence_style))
+                outputs.append(_PngOutput(path, rshape, which, option, C=C, palette=pal,
+                                          style=confidence_style))
         total = _layout.size_of(rshape)
         bar = progress(total) if progress is not None else None
         stats = classify_array(x, ax, outputs, temperature=temperature, backend=be,

@@ -303,3 +303,81 @@ def test_progress_bar_builtin():
     bar.update(10)
     bar.close()
     assert quiet.getvalue() == ""
+
+
+# --------------------------------------------------------------------------
+# issue 35: outputs never name an input; clear lines for bad files
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("conf", ["pal.npy", "hard.npy", "soft.npy", "./sub/../pal.npy"])
+def test_output_never_replaces_an_input(conf, rng, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("good.npy", _logits(rng, (5, 4, 3)))
+    np.save("pal.npy", palettes.distinct(3))
+    os.link("pal.npy", "hard.npy")
+    os.symlink("pal.npy", "soft.npy")
+    os.mkdir("sub")
+    before = Path("pal.npy").read_bytes()
+    listing = sorted(os.listdir(tmp_path))
+    rc, out, err = run_main(["classify", "good.npy", "--axis", "-1", "--labels", "l.png",
+                             "--palette", "pal.npy", "--confidence", conf], capsys)
+    _assert_one_line_error(rc, err)
+    assert "--confidence" in err and "--palette 'pal.npy'" in err and "input" in err
+    assert Path("pal.npy").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--labels", "link.npy"], "--labels 'link.npy' is the input file input 'x.npy'"),
+    (["--labels", "l.npy", "--confidence", "l-link.npy"], "name the same file"),
+    (["--labels", "l.npy", "--confidence", "sub/../l.npy"], "name the same file"),
+])
+def test_inputs_and_outputs_by_link(argv, match, rng, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", _logits(rng, (5, 4, 3)))
+    os.symlink("x.npy", "link.npy")
+    os.symlink("l.npy", "l-link.npy")
+    os.mkdir("sub")
+    listing = sorted(os.listdir(tmp_path))
+    rc, out, err = run_main(["classify", "x.npy", "--axis", "-1", *argv], capsys)
+    _assert_one_line_error(rc, err)
+    assert match in err
+    assert sorted(os.listdir(tmp_path)) == listing
+
+
+def test_binary_palette_is_one_clear_line(rng, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", _logits(rng, (5, 4, 3)))
+    with open("pal.png", "wb") as f:
+        _png.write_indexed(f, np.zeros((2, 2), np.uint8), palettes.distinct(3))
+    rc, out, err = run_main(["classify", "x.npy", "--axis", "-1", "--labels", "l.png",
+                             "--palette", "pal.png"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "--palette 'pal.png'" in err and "codec" not in err
+    assert not os.path.exists("l.png")
+
+
+def test_unwritable_output_names_the_given_path(rng, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.save("x.npy", _logits(rng, (5, 4, 3)))
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc")
+    target = "/proc/o.npy"  # a directory nobody can create files in, root included
+    rc, out, err = run_main(["classify", "x.npy", "--axis", "-1", "--labels", target], capsys)
+    _assert_one_line_error(rc, err)
+    assert f"--labels {target!r}" in err and ".tmp" not in err and "fastlogits-" not in err
+
+
+def test_big_endian_logits_from_the_command(rng, tmp_path):
+    x = _logits(rng, (1, 5, 9, 7))
+    np.save(tmp_path / "le.npy", x)
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    for name in ("le", "be"):
+        r = fastlogits_cmd("classify", f"{name}.npy", "--axis", "1", "--labels", f"{name}-l.npy",
+                           "--confidence", f"{name}-c.npy", "--max-memory", "1k", "--quiet",
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    for kind in ("l", "c"):
+        a, b = np.load(tmp_path / f"le-{kind}.npy"), np.load(tmp_path / f"be-{kind}.npy")
+        assert a.dtype == b.dtype and a.dtype.isnative
+        np.testing.assert_array_equal(a, b)
