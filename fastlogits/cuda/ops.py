@@ -76,7 +76,7 @@ def plan(shape3, itemsize, writes_scores=False):
     outer, C, inner = shape3
     T = _threads_per_block()
     npix = outer * inner
-    shuffle = bool(config.CUDA_WARP_SHUFFLE) and not runtime.simulator()
+    shuffle = bool(config.CUDA_WARP_SHUFFLE) and runtime.warp_shuffles()
     if inner > 1 and not (C > config.CUDA_LARGE_C and npix < config.CUDA_CF_MIN_PIXELS):
         return Plan("cf", _blocks(npix, T), T)
     if inner == 1 and C <= config.CUDA_CL_PIXEL_MAX_C and not writes_scores:
