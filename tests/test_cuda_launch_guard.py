@@ -95,3 +95,9 @@ def test_pyproject_pins_the_supported_range():
     text = (CUDA_DIR.parents[1] / "pyproject.toml").read_text()
     lo, hi = runtime.SUPPORTED_NUMBA_CUDA
     assert f'numba-cuda[cu13]>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}' in text
+
+
+def test_status_names_an_unsupported_numba_cuda(monkeypatch):
+    monkeypatch.setattr(runtime, "numba_cuda_version", lambda: "0.31.2")
+    usable, reason = runtime.status()
+    assert not usable and "numba-cuda 0.31.2 is outside the supported range" in reason

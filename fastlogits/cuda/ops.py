@@ -423,4 +423,10 @@ def kernel_signatures():
         ("add_into", kl.add_into, (i2, i2), True),
         ("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True),
     ]
+    from fastlogits.cuda import copy as kc
+
+    for dt in (types.float16, types.float32, types.float64, types.int64, types.uint8):
+        a6 = types.Array(dt, 6, "A")
+        sigs += [(f"copy6[{dt}]", kc.copy6, (a6, a6), True),
+                 (f"fill_zero[{dt}]", kc.fill_zero, (types.Array(dt, 1, "C"),), True)]
     return sigs

@@ -532,6 +532,11 @@ def launcher(kernel, blocks, threads, stream, shared_bytes):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*low occupancy")
             cfg = kernel[int(blocks), int(threads), stream, int(shared_bytes)]
+        if cfg is kernel:
+            # The simulator configures the kernel object itself (its
+            # __getitem__ returns self): such a configuration is made anew
+            # for every launch, never cached.
+            return cfg
         if len(_LAUNCHERS) >= 512:
             _LAUNCHERS.pop(next(iter(_LAUNCHERS)), None)
         _LAUNCHERS[key] = cfg
