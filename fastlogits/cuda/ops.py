@@ -427,6 +427,7 @@ def kernel_signatures():
 
     for dt in (types.float16, types.float32, types.float64, types.int64, types.uint8):
         a6 = types.Array(dt, 6, "A")
-        sigs += [(f"copy6[{dt}]", kc.copy6, (a6, a6), True),
-                 (f"fill_zero[{dt}]", kc.fill_zero, (types.Array(dt, 1, "C"),), True)]
+        single = dt != types.float64  # a float64 copy moves float64 values
+        sigs += [(f"copy6[{dt}]", kc.copy6, (a6, a6), single),
+                 (f"fill_zero[{dt}]", kc.fill_zero, (types.Array(dt, 1, "C"),), single)]
     return sigs
