@@ -500,6 +500,8 @@ def test_too_many_threads_for_the_registers(monkeypatch, rng):
         fl.cross_entropy(x, t, backend="cuda")
 
 
+@pytest.mark.skipif(SIM, reason="the simulator replaces numba.cuda.dispatcher; "
+                    "tests/test_cuda_launch_guard.py runs this check outside it")
 def test_launch_uses_the_documented_launch_configuration():
     """runtime.launch indexes the kernel (``kernel[griddim, blockdim,
     stream, sharedmem](*args)``) with 1-D dimensions as Python ints, the
