@@ -270,6 +270,20 @@ def _cache_dirs():
     return out
 
 
+def _numba_cuda_line():
+    """numba-cuda's version, and whether the CUDA backend supports it."""
+    installed = _version("numba-cuda")
+    try:
+        from fastlogits.cuda import runtime
+    except Exception:  # noqa: BLE001 - numba-cuda missing or broken: the GPU line says why
+        return installed
+    problem = runtime.version_problem(installed if installed != "not installed" else "")
+    lo, hi = runtime.SUPPORTED_NUMBA_CUDA
+    if problem:
+        return f"{installed} (UNSUPPORTED: the CUDA backend needs >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]})"
+    return f"{installed} (supported: >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]})"
+
+
 def _gpu_line(api):
     """The GPU, from :func:`fastlogits.cuda.runtime.describe` when it exists."""
     usable, reason = api._cuda_status()
@@ -312,7 +326,7 @@ def cmd_info(args):
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("numpy", np.__version__),
         ("numba", numba.__version__),
-        ("numba-cuda", _version("numba-cuda")),
+        ("numba-cuda", _numba_cuda_line()),
         ("torch", _version("torch", "torch")),
         ("backends", ", ".join(fastlogits.backends())),
         ("threads", f"{numba.get_num_threads()} Numba threads of {os.cpu_count()} cores, "

@@ -22,8 +22,9 @@ from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduc
 
 @cuda.jit(device=True)
 def _confidence(m, s, one, nan):
-    """``1 / s``, NaN for a pixel with a non-finite max."""
-    return one / s if is_finite(m) else nan
+    """``1 / (1 + s)`` (``s`` without the first maximum), NaN for a pixel
+    with a non-finite max."""
+    return one / (one + s) if is_finite(m) else nan
 
 
 @cuda.jit(cache=True)
@@ -64,7 +65,7 @@ def argmax_cl_tile(x, labels, conf, cdt, inv_t, with_conf, pitch):
         if tid < n:
             base = tid * pitch
             m = ct(tile[base])
-            s = one
+            s = zero
             comp = zero
             idx = 0
             for c in range(1, C):
@@ -100,14 +101,14 @@ def argmax_rows(x, labels, conf, cdt, inv_t, with_conf, G, shuffle):
         o = p // inner
         i = p - o * inner
         m = ninf
-        s = zero
+        s = -one
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
                                            int64(lane), inv_t, one, with_conf, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
-                                 zero, big)
+                                 one, big)
         if p < npix and lane == 0:
             labels[o, i] = idx
             if with_conf:

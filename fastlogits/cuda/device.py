@@ -2,7 +2,10 @@
 
 A pixel's (or a row's) state while its scores stream by is
 ``(m, s, comp, idx)``: the running max ``m`` (NaN once a NaN is seen),
-the exp-sum ``s = sum exp((v - m) * inv_t)`` relative to that max (Kahan
+the exp-sum ``s = sum exp((v - m) * inv_t)`` relative to that max over
+every class but the first maximum (SciPy's rule: the first maximum's
+exp(0) = 1 is left out, so ``log1p(s)`` keeps a logsumexp near 0 exact to
+the last bit; ties at the max still add 1 each), Kahan
 compensated by ``comp``, so a float32 sum over hundreds of thousands of
 classes stays accurate without any float64 arithmetic), and the index
 ``idx`` of the first maximum (or of the first NaN). One read of the scores
@@ -57,16 +60,22 @@ def fold(m, s, comp, idx, v, c, inv_t, one, with_sum):
 
     Rules (DESIGN.md): the first NaN wins the index and keeps ``m`` NaN;
     else the first maximum wins (strict ``>``, so ties keep the earlier
-    class). ``s`` counts scores equal to ``m`` as exp(0) = 1 without
-    computing ``(v - m)``, which keeps an all -inf prefix finite (-inf - -inf
-    would be NaN): when a finite score arrives the count is rescaled by
-    exp(-inf) = 0. Whatever ``s`` holds once ``m`` is NaN or +inf is
-    garbage the callers mask. ``with_sum=False`` (plain argmax) skips exp.
+    class). ``s`` leaves the first maximum out (start a pixel at its first
+    score with ``s = 0``, or at ``m = -inf`` with the empty state's
+    ``s = -1``); a new maximum turns the old one into a term:
+    ``s = (s + 1) * exp((m - v) * inv_t)``, the scores always shifted
+    before the scale (``(m - v) * inv_t``, never ``m * inv_t - v * inv_t``,
+    which overflows for a tiny temperature). Later scores equal to ``m``
+    count exp(0) = 1 without computing ``(v - m)``, which keeps an all -inf
+    prefix finite (-inf - -inf would be NaN): when a finite score arrives
+    the count is rescaled by exp(-inf) = 0. Whatever ``s`` holds once
+    ``m`` is NaN or +inf is garbage the callers mask. ``with_sum=False``
+    (plain argmax) skips exp.
     """
     if v > m:
         if with_sum:
             scale = math.exp((m - v) * inv_t)
-            s, comp = kahan_add(s * scale, comp * scale, one)
+            s, comp = kahan_add(s * scale, comp * scale, scale)
         m = v
         idx = c
     elif v == m:
@@ -82,29 +91,30 @@ def fold(m, s, comp, idx, v, c, inv_t, one, with_sum):
 
 
 @cuda.jit(device=True)
-def combine(m1, s1, i1, m2, s2, i2, inv_t):
+def combine(m1, s1, i1, m2, s2, i2, inv_t, one):
     """Merge two partial states over disjoint classes; returns ``(m, s, idx)``.
 
     NaN beats numbers and the smaller index wins among NaNs or equal
-    maxima. A partial whose max equals the result's max adds its sum
-    unscaled (covers ties and equal infinities without computing
-    inf - inf); an identity partial (m = -inf, s = 0) adds nothing.
+    maxima. Each ``s`` leaves its own first maximum out (:func:`fold`):
+    the winner's sum is kept as it is, the loser's maximum becomes a term,
+    ``(1 + s) * exp((m_loser - m) * inv_t)``, unscaled when its max
+    equals the result's (ties and equal infinities, without computing
+    inf - inf); an identity partial (m = -inf, s = -1) adds nothing.
     """
     if m1 != m1 or m2 != m2:
         if m2 != m2 and (m1 == m1 or i2 < i1):
             return m2, s2, i2
         return m1, s1, i1
     if m2 > m1 or (m2 == m1 and i2 < i1):
-        m, idx = m2, i2
+        m, idx, keep, lm, ls = m2, i2, s2, m1, s1
     else:
-        m, idx = m1, i1
-    a = s1 if m1 == m else s1 * math.exp((m1 - m) * inv_t)
-    b = s2 if m2 == m else s2 * math.exp((m2 - m) * inv_t)
-    return m, a + b, idx
+        m, idx, keep, lm, ls = m1, i1, s1, m2, s2
+    lost = one + ls if lm == m else (one + ls) * math.exp((lm - m) * inv_t)
+    return m, keep + lost, idx
 
 
 @cuda.jit(device=True)
-def _warp_reduce(m, s, idx, inv_t):
+def _warp_reduce(m, s, idx, inv_t, one):
     """Combine the states of a full warp with shuffles; lane 0 holds the
     result (other lanes hold partial garbage)."""
     off = WARP // 2
@@ -112,19 +122,20 @@ def _warp_reduce(m, s, idx, inv_t):
         m2 = cuda.shfl_down_sync(_FULL_MASK, m, off)
         s2 = cuda.shfl_down_sync(_FULL_MASK, s, off)
         i2 = cuda.shfl_down_sync(_FULL_MASK, idx, off)
-        m, s, idx = combine(m, s, idx, m2, s2, i2, inv_t)
+        m, s, idx = combine(m, s, idx, m2, s2, i2, inv_t, one)
         off //= 2
     return m, s, idx
 
 
 @cuda.jit(device=True)
-def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big):
+def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, one, big):
     """Combine the states of each group of ``G`` consecutive threads (``G``
     a power of two dividing the block, >= 32 with ``shuffle``) and return the
     group's result to all of its threads.
 
     Every thread of the block must call this (it holds ``syncthreads``).
-    ``sm_*`` are shared arrays of at least ``blockDim.x`` entries.
+    ``sm_*`` are shared arrays of at least ``blockDim.x`` entries; a
+    thread with no classes passes the identity ``(ninf, -one, big)``.
     ``shuffle=False`` runs the shared-memory tree (the simulator's path);
     ``shuffle=True`` reduces warps with ``shfl_down_sync``, then the group's
     warp results through shared memory.
@@ -133,7 +144,7 @@ def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big
     lane = tid % G
     base = tid - lane
     if shuffle:
-        m, s, idx = _warp_reduce(m, s, idx, inv_t)
+        m, s, idx = _warp_reduce(m, s, idx, inv_t, one)
         if G > WARP:
             # Warp results to shared slots, then the group's first warp
             # reduces them (identity for lanes past the group's warps).
@@ -149,8 +160,8 @@ def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big
                     w = base // WARP + lane
                     m, s, idx = sm_m[w], sm_s[w], sm_i[w]
                 else:
-                    m, s, idx = ninf, zero, big
-                m, s, idx = _warp_reduce(m, s, idx, inv_t)
+                    m, s, idx = ninf, -one, big
+                m, s, idx = _warp_reduce(m, s, idx, inv_t, one)
             cuda.syncthreads()
         # Broadcast lane 0 of the group through shared slot `base`.
         if lane == 0:
@@ -169,7 +180,7 @@ def group_reduce(m, s, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf, zero, big
             # are idle this step, so no slot is read while written.
             if lane < stride:
                 m, s, idx = combine(m, s, idx, sm_m[tid + stride], sm_s[tid + stride],
-                                    sm_i[tid + stride], inv_t)
+                                    sm_i[tid + stride], inv_t, one)
                 sm_m[tid] = m
                 sm_s[tid] = s
                 sm_i[tid] = idx
@@ -205,8 +216,9 @@ def fold_strided(x, o, i, c, C, step, m, s, comp, idx, inv_t, one, with_sum, cdt
 
 
 @cuda.jit(device=True)
-def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, cdt):
+def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, skip, zero, cdt):
     """Add ``exp((v - m) * inv_t)`` of classes ``c, c + step, ...`` (< C)
+    but ``skip`` (the first maximum's index: SciPy's rule, :func:`fold`)
     of pixel (o, i) to the Kahan-compensated ``(s, comp)``, for the pixel's
     finite max ``m`` (from :func:`fold_strided` without sums, which
     neither exponentiates nor rescales):
@@ -218,13 +230,14 @@ def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, cdt):
         v1 = ct(x[o, c + step, i])
         v2 = ct(x[o, c + 2 * step, i])
         v3 = ct(x[o, c + 3 * step, i])
-        s, comp = kahan_add(s, comp, math.exp((v0 - m) * inv_t))
-        s, comp = kahan_add(s, comp, math.exp((v1 - m) * inv_t))
-        s, comp = kahan_add(s, comp, math.exp((v2 - m) * inv_t))
-        s, comp = kahan_add(s, comp, math.exp((v3 - m) * inv_t))
+        s, comp = kahan_add(s, comp, zero if c == skip else math.exp((v0 - m) * inv_t))
+        s, comp = kahan_add(s, comp, zero if c + step == skip else math.exp((v1 - m) * inv_t))
+        s, comp = kahan_add(s, comp, zero if c + 2 * step == skip else math.exp((v2 - m) * inv_t))
+        s, comp = kahan_add(s, comp, zero if c + 3 * step == skip else math.exp((v3 - m) * inv_t))
         c += 4 * step
     while c < C:
-        s, comp = kahan_add(s, comp, math.exp((ct(x[o, c, i]) - m) * inv_t))
+        if c != skip:
+            s, comp = kahan_add(s, comp, math.exp((ct(x[o, c, i]) - m) * inv_t))
         c += step
     return s, comp
 
@@ -234,17 +247,17 @@ def pixel_two_pass(x, o, i, C, inv_t, with_sum, one, zero, cdt):
     """``(m, s, idx)`` of pixel (o, i) of the (outer, C, inner) view
     ``x``, for a thread that owns the pixel: the max and its first index
     (:func:`fold_strided` without sums: no exponential, no rescaling),
-    then, with ``with_sum``, ``s = sum exp((x - m) * inv_t)``
-    (:func:`expsum_strided`, the scores re-read from L1/L2). ``s`` is 1
-    where m is not finite, which the callers turn into NaN. Two passes
+    then, with ``with_sum``, ``s = sum exp((x - m) * inv_t)`` over the
+    classes but ``idx`` (:func:`expsum_strided`, the scores re-read from
+    L1/L2). ``s`` is 0 where m is not finite, which the callers turn into NaN. Two passes
     because a one-pass fold rescales its sum whenever a thread meets a new
     max, and the threads of a warp meet theirs at different classes: the
     warp would run both branches (bench/RESULTS.md, CUDA log 46)."""
     m, _, _, idx = fold_strided(x, o, i, 1, C, 1, cdt.dtype.type(x[o, 0, i]), one, zero, 0,
                                 inv_t, one, False, cdt)
-    s = one
+    s = zero
     if with_sum and is_finite(m):
-        s, comp = expsum_strided(x, o, i, 0, C, 1, m, zero, zero, inv_t, cdt)
+        s, comp = expsum_strided(x, o, i, 0, C, 1, m, zero, zero, inv_t, idx, zero, cdt)
         s = s - comp
     return m, s, idx
 

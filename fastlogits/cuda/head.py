@@ -200,7 +200,7 @@ def _fold_pass(f, W, b, sh, o, i, ok, fbase, tiled, woff, KC, NC, resident, tv, 
     one = ct(1)
     C, N = W.shape
     m = ct(-np.inf)
-    s = zero
+    s = -one  # the empty state: no maximum yet (.device.fold)
     comp = zero
     idx = int64(0)
     zt = zero
@@ -476,7 +476,7 @@ def head_xent(f, W, b, t, w, loss, grad, partial, flag, cdt, ignore, eps, epsc, 
         if need2:
             a = nan
             if valid and is_finite(m):
-                a = (keep * wt + epsc * wsum) / s
+                a = (keep * wt + epsc * wsum) / (one + s)
             zw = _grad_pass(f, W, b, sh, o, i, valid, fbase, tiled, woff, KC, NC, resident, grad,
                             w, tv, m, a, keep * wt, epsc, gscale, with_grad, cdt)
         if valid:

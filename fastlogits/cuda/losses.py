@@ -72,9 +72,9 @@ def _weighted_sum(x, o, i, c, C, step, w, m, zero, cdt):
 def _pixel_loss(m, s, zt, wt, zw, eps, epsc, wsum, one, zero, nan):
     """Loss of a pixel: ``w[t] * (lse - z_t)``, smoothed with
     ``eps / C * sum w_c (lse - z_c)``, all relative to the max m
-    (``lse - m = log s``, ``zw = sum w_c (z_c - m)``); NaN for a
-    non-finite max."""
-    ls = math.log(s) if is_finite(m) else nan
+    (``lse - m = log1p(s)``, ``s`` without the first maximum;
+    ``zw = sum w_c (z_c - m)``); NaN for a non-finite max."""
+    ls = math.log1p(s) if is_finite(m) else nan
     loss = wt * ((m - zt) + ls)
     if eps > zero:
         loss = (one - eps) * loss + epsc * (wsum * ls - zw)
@@ -87,7 +87,7 @@ def _write_grad(x, grad, w, o, i, c, C, step, tv, m, s, wt, eps, epsc, wsum, gsc
     """``(p_c ((1-eps) w_t + eps/C sum(w)) - (1-eps) w_t [c == t] - eps/C w_c) * gscale``
     for classes ``c, c + step, ...`` of pixel (o, i); NaN for a non-finite max."""
     ct = cdt.dtype.type
-    a = ((one - eps) * wt + epsc * wsum) / s if is_finite(m) else nan
+    a = ((one - eps) * wt + epsc * wsum) / (one + s) if is_finite(m) else nan
     hit = (one - eps) * wt
     while c < C:
         g = math.exp(ct(x[o, c, i]) - m) * a - epsc * w[c]
@@ -229,16 +229,16 @@ def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, eps
         tv = int64(t[o, i]) if p < npix else ignore
         valid = p < npix and tv != ignore and 0 <= tv < C
         m = ninf
-        s = zero
+        s = -one
         comp = zero
         idx = big
         # The target's logit before the group's reductions: with grad = x
         # (in place) another lane may overwrite it once they are done.
         xt = ct(x[o, tv, i]) if valid else zero
         if valid and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
                                            int64(lane), one, one, True, cdt)
-        m, s, idx = group_reduce(m, s - comp, idx, one, G, shuffle, sm_m, sm_s, sm_i, ninf, zero,
+        m, s, idx = group_reduce(m, s - comp, idx, one, G, shuffle, sm_m, sm_s, sm_i, ninf, one,
                                  big)
         zw = zero
         if eps > zero:

@@ -76,7 +76,7 @@ def plan(shape3, itemsize, writes_scores=False):
     outer, C, inner = shape3
     T = _threads_per_block()
     npix = outer * inner
-    shuffle = bool(config.CUDA_WARP_SHUFFLE) and not runtime.simulator()
+    shuffle = bool(config.CUDA_WARP_SHUFFLE) and runtime.warp_shuffles()
     if inner > 1 and not (C > config.CUDA_LARGE_C and npix < config.CUDA_CF_MIN_PIXELS):
         return Plan("cf", _blocks(npix, T), T)
     if inner == 1 and C <= config.CUDA_CL_PIXEL_MAX_C and not writes_scores:
@@ -423,4 +423,11 @@ def kernel_signatures():
         ("add_into", kl.add_into, (i2, i2), True),
         ("errflag._reset", errflag._reset, (types.Array(i64, 1, "C"),), True),
     ]
+    from fastlogits.cuda import copy as kc
+
+    for dt in (types.float16, types.float32, types.float64, types.int64, types.uint8):
+        a6 = types.Array(dt, 6, "A")
+        single = dt != types.float64  # a float64 copy moves float64 values
+        sigs += [(f"copy6[{dt}]", kc.copy6, (a6, a6), single),
+                 (f"fill_zero[{dt}]", kc.fill_zero, (types.Array(dt, 1, "C"),), single)]
     return sigs

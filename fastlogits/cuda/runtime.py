@@ -10,14 +10,20 @@ or CuPy's current stream, the array's own stream), and allocates outputs
 with the caller's library so they come back as its own type, on its own
 stream-ordered allocator, with no device-wide synchronization.
 
-Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) "device" memory is
-host memory: a ``__cuda_array_interface__`` pointer is read as a host
-address and views are NumPy views wrapped as simulator arrays.
+The simulator (``NUMBA_ENABLE_CUDASIM=1``) runs this same host code down
+to the launch. Its "device" memory is host memory, so the one thing that
+differs, turning a device address into an array, is :func:`_array_at`
+(with :func:`_interface_of` reading an address back); nothing else here
+or in the ops asks :func:`simulator`. Only public numba-cuda names are
+used: ``cuda.from_cuda_array_interface``, ``cuda.device_array``,
+``kernel[griddim, blockdim, stream, sharedmem]``, the streams' CUDA stream
+protocol (``__cuda_stream__``) and ``cuda.current_context``.
 """
 
 import contextlib
 import functools
 import importlib
+import warnings
 
 import numpy as np
 
@@ -44,6 +50,9 @@ def status():
         from numba import cuda
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         return False, f"numba-cuda cannot be imported ({exc})"
+    version = version_problem()
+    if version:
+        return False, version
     try:
         if simulator():
             return True, "the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
@@ -57,6 +66,44 @@ def status():
         return True, f"{_name(dev)} (compute capability {major}.{minor})"
     except Exception as exc:  # noqa: BLE001
         return False, " ".join(f"the CUDA driver failed: {exc}".split())
+
+
+#: The numba-cuda releases this host code is written and tested against
+#: (pyproject.toml's ``cuda`` extra pins the same range): its launch goes
+#: through ``kernel[griddim, blockdim, stream, sharedmem]`` and its views
+#: through ``cuda.from_cuda_array_interface``, both public, but the
+#: low-occupancy warning and the stream protocol changed within 0.x.
+SUPPORTED_NUMBA_CUDA = ((0, 30), (0, 31))
+
+
+def numba_cuda_version():
+    """The installed numba-cuda's version string, or None."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return None
+    try:
+        return version("numba-cuda")
+    except PackageNotFoundError:
+        return None
+
+
+def version_problem(installed=None):
+    """Why the installed numba-cuda is outside :data:`SUPPORTED_NUMBA_CUDA`,
+    or None (also None when its version cannot be read: the simulator of an
+    older numba, a source checkout)."""
+    installed = numba_cuda_version() if installed is None else installed
+    if not installed:
+        return None
+    parts = []
+    for piece in installed.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    lo, hi = SUPPORTED_NUMBA_CUDA
+    if lo <= tuple(parts) < hi:
+        return None
+    return (f"numba-cuda {installed} is outside the supported range "
+            f">={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]} (pip install -e \".[cuda]\" installs one)")
 
 
 #: The module of numba-cuda that the first kernel compilation loads and
@@ -123,28 +170,44 @@ def describe():
 
 
 # --------------------------------------------------------------------------
-# Device views
+# Device views: the one place where the simulator differs
 # --------------------------------------------------------------------------
 
-class _HostInterface:
-    """Exposes a ``__cuda_array_interface__`` as ``__array_interface__``
-    (simulator only: there the pointer is a host address)."""
+def _array_at(ptr, shape, strides, dtype, owner):
+    """A device array of ``shape``/``strides``/``dtype`` at device address
+    ``ptr`` (no copy, no sync), keeping ``owner`` alive.
 
-    def __init__(self, cai, owner):
-        self.__array_interface__ = {
-            "shape": tuple(cai["shape"]),
-            "typestr": cai["typestr"],
-            "data": (cai["data"][0], False),
-            "strides": cai.get("strides"),
-            "version": 3,
-        }
+    The only simulator branch of the host code: there a device address is
+    a host address, read as a NumPy array and wrapped as the simulator's
+    device array; on a GPU numba-cuda's public
+    ``from_cuda_array_interface`` builds the view."""
+    from numba import cuda
+
+    desc = {"shape": shape, "strides": strides, "typestr": dtype.str, "data": (ptr, False),
+            "version": 3}
+    if simulator():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        return FakeCUDAArray(np.asarray(_HostInterface(desc, owner)))
+    # No "stream" key: nothing is synchronized; kernels go on the caller's stream.
+    return cuda.from_cuda_array_interface(desc, owner=owner, sync=False)
+
+
+class _HostInterface:
+    """A ``__cuda_array_interface__`` description as ``__array_interface__``
+    (simulator: the address is a host address)."""
+
+    def __init__(self, desc, owner):
+        self.__array_interface__ = dict(desc, version=3)
         self._owner = owner
 
 
-def _fake_array(ary):
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-    return FakeCUDAArray(ary)
+def _interface_of(dev):
+    """The interface of a device array this module made (or the caller's):
+    ``__cuda_array_interface__``; the simulator's arrays, which lack it,
+    expose the same dict as ``__array_interface__``."""
+    cai = getattr(dev, "__cuda_array_interface__", None)
+    return cai if cai is not None else dev.__array_interface__
 
 
 def library(x):
@@ -152,10 +215,8 @@ def library(x):
     if not chk.is_gpu_array(x):
         return "host"
     root = type(x).__module__.split(".")[0]
-    if root in ("torch", "cupy"):
+    if root in ("torch", "cupy", "numba"):
         return root
-    if getattr(x, "__cuda_ndarray__", False):
-        return "numba"
     return "cai"
 
 
@@ -168,48 +229,118 @@ def interface(obj):
     return obj.__cuda_array_interface__
 
 
-def as_device(obj):
-    """A Numba device array viewing ``obj``'s memory (no copy, no sync)."""
-    from numba import cuda
+def view_of(cai, owner):
+    """A device array viewing the memory an interface describes."""
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(int(n) for n in cai["shape"])
+    strides = cai.get("strides")
+    strides = (contiguous_strides(shape, dtype.itemsize) if strides is None
+               else tuple(int(s) for s in strides))
+    return _array_at(int(cai["data"][0]), shape, strides, dtype, owner)
 
-    if simulator():
-        if getattr(obj, "__cuda_ndarray__", False):
-            return obj
-        return _fake_array(np.asarray(_HostInterface(interface(obj), obj)))
-    if getattr(obj, "__cuda_ndarray__", False):
+
+def as_device(obj):
+    """A device array viewing ``obj``'s memory (no copy, no sync): Numba's
+    own device arrays as they are, anything else through one read of its
+    ``__cuda_array_interface__``."""
+    if type(obj).__module__.split(".")[0] == "numba":
         return obj
-    if type(obj).__module__.split(".")[0] == "torch":
-        obj = obj.detach()
-    # sync=False: kernels are queued on the stream that produced obj.
-    return cuda.as_cuda_array(obj, sync=False)
+    return view_of(interface(obj), obj)
 
 
 def reshape(dev, shape):
     """No-copy reshape of device array ``dev`` to ``shape`` (any strides),
-    or None when the strides forbid a view."""
+    or None when the strides forbid a view (NumPy's rules, applied to a
+    stand-in with dev's strides; negative strides are always copied)."""
     shape = tuple(int(n) for n in shape)
-    if simulator():
-        v = _layout.reshape_view(np.asarray(dev), shape)
-        return None if v is None else _fake_array(v)
-    if any(st < 0 for st in dev.strides):
+    cai = _interface_of(dev)
+    dtype = np.dtype(cai["typestr"])
+    old_shape = tuple(int(n) for n in cai["shape"])
+    strides = cai.get("strides")
+    strides = (contiguous_strides(old_shape, dtype.itemsize) if strides is None
+               else tuple(int(s) for s in strides))
+    if any(st < 0 for st in strides):
         return None
-    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    new = reshaped_strides(old_shape, strides, dtype, shape)
+    if new is None:
+        return None
+    return _array_at(int(cai["data"][0]), shape, new, dtype, dev)
 
-    # NumPy's no-copy reshape rules, applied to a stand-in with dev's strides.
-    stand_in = np.lib.stride_tricks.as_strided(np.empty(1, dev.dtype), dev.shape, dev.strides)
-    v = _layout.reshape_view(stand_in, shape)
-    if v is None:
-        return None
-    return DeviceNDArray(shape, v.strides, dev.dtype, stream=dev.stream, gpu_data=dev.gpu_data)
+
+@functools.lru_cache(maxsize=1024)
+def reshaped_strides(shape, strides, dtype, new_shape):
+    """The strides of a no-copy reshape, or None (cached: a geometry)."""
+    stand_in = np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, strides)
+    v = _layout.reshape_view(stand_in, new_shape)
+    return None if v is None else tuple(v.strides)
+
+
+def _merged(shape, *strides_list):
+    """Merge adjacent axes that are contiguous in every array (fewer
+    dimensions for the copy kernel); size-1 axes go."""
+    dims = [(n, sts) for n, sts in zip(shape, zip(*strides_list)) if n != 1]
+    out = []
+    for n, sts in dims:
+        if out:
+            pn, psts = out[-1]
+            if all(p == s * n for p, s in zip(psts, sts)):
+                out[-1] = (pn * n, sts)
+                continue
+        out.append((n, sts))
+    return out
+
+
+COPY_DIMS = 6
 
 
 def copy_into(dst, src, stream):
-    """``dst[...] = src`` for device arrays of one shape and any strides,
-    queued on ``stream``."""
-    if simulator():
-        np.copyto(np.asarray(dst), np.asarray(src))
+    """``dst[...] = src`` for device arrays of one shape and dtype and any
+    strides, queued on ``stream`` by :func:`fastlogits.cuda.copy.copy6`
+    (both arrays seen as 6-D views; more axes after merging contiguous
+    ones are walked on the host)."""
+    dcai, scai = _interface_of(dst), _interface_of(src)
+    dtype = np.dtype(dcai["typestr"])
+    shape = tuple(int(n) for n in dcai["shape"])
+    if tuple(int(n) for n in scai["shape"]) != shape or np.dtype(scai["typestr"]) != dtype:
+        raise ValueError("copy_into needs arrays of one shape and dtype")
+    if not all(shape):
         return
-    dst.setitem(Ellipsis, src, stream=stream)
+    dst_st = dcai.get("strides") or contiguous_strides(shape, dtype.itemsize)
+    src_st = scai.get("strides") or contiguous_strides(shape, dtype.itemsize)
+    dims = _merged(shape, dst_st, src_st) or [(1, (dtype.itemsize, dtype.itemsize))]
+    _copy_dims(int(dcai["data"][0]), int(scai["data"][0]), dims, dtype, dst, src, stream)
+
+
+def _copy_dims(dptr, sptr, dims, dtype, dst, src, stream):
+    if len(dims) > COPY_DIMS:
+        n, (dst_step, src_step) = dims[0]
+        for k in range(n):
+            _copy_dims(dptr + k * dst_step, sptr + k * src_step, dims[1:], dtype, dst, src,
+                       stream)
+        return
+    pad = [(1, (dtype.itemsize, dtype.itemsize))] * (COPY_DIMS - len(dims))
+    dims = pad + list(dims)
+    shape = tuple(n for n, _ in dims)
+    d = _array_at(dptr, shape, tuple(st[0] for _, st in dims), dtype, dst)
+    s = _array_at(sptr, shape, tuple(st[1] for _, st in dims), dtype, src)
+    from fastlogits.cuda import copy as kc
+
+    total = _layout.size_of(shape)
+    threads = 256
+    launch(kc.copy6, max(1, min(-(-total // threads), 4096)), threads, stream, 0, s, d)
+
+
+def fill_zero(dev, stream):
+    """Zero a C-contiguous device array on ``stream`` (a kernel: the same
+    host code under the simulator and on a GPU)."""
+    if not dev.size:
+        return
+    from fastlogits.cuda import copy as kc
+
+    flat = reshape(dev, (int(dev.size),))
+    threads = 256
+    launch(kc.fill_zero, max(1, min(-(-int(dev.size) // threads), 4096)), threads, stream, 0,
+           flat)
 
 
 def byte_range(cai):
@@ -272,8 +403,6 @@ class Caller:
             self.stream = self._find_stream(cuda)
 
     def _find_stream(self, cuda):
-        if simulator():
-            return cuda.default_stream()
         if self.lib == "torch":
             import torch
 
@@ -283,28 +412,26 @@ class Caller:
 
             return _external(cuda, cupy.cuda.get_current_stream().ptr)
         if self.lib == "numba":
-            return self.x.stream if self.x.stream else cuda.default_stream()
+            return self.x.stream if self.x.stream else default_stream()
         if self.lib == "cai":
             ptr = interface(self.x).get("stream")
             if ptr is None:
-                return cuda.default_stream()
+                return default_stream()
             if ptr == 2:
-                return cuda.per_thread_default_stream()
+                return per_context(_STREAMS, ("per-thread",), cuda.per_thread_default_stream)
             return _external(cuda, 0 if ptr == 1 else ptr)
-        return cuda.default_stream()
+        return default_stream()
 
     @contextlib.contextmanager
     def activate(self):
-        """Make the input's device current for Numba (multi-GPU), and keep
-        its context attached for the whole op (:func:`_attached_context`)."""
-        if simulator():
+        """Make the input's device current for Numba (multi-GPU; a no-op
+        for the current device, the simulator's only one)."""
+        if self.device_index is None:
             yield
             return
         from numba import cuda
 
-        device = (contextlib.nullcontext() if self.device_index is None
-                  else cuda.gpus[self.device_index])
-        with device, _attached_context():
+        with cuda.gpus[self.device_index]:
             if self.lib == "cupy":
                 with self.x.device:
                     yield
@@ -319,16 +446,16 @@ class Caller:
         """``(obj, dev)``: a new array in the caller's library and its device
         view (None for an empty PyTorch or CuPy array: nothing to view);
         with ``zero``, zero-filled on the stream (the library's own memset,
-        or the driver's for Numba arrays)."""
+        or :func:`fill_zero` for Numba arrays)."""
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
-        if self.lib == "torch" and not simulator():
+        if self.lib == "torch":
             import torch
 
             make = torch.zeros if zero else torch.empty
             t = make(shape, dtype=getattr(torch, _TORCH_DTYPES[dtype.name]), device=self.x.device)
             return t, as_device(t) if t.numel() else None
-        if self.lib == "cupy" and not simulator():
+        if self.lib == "cupy":
             import cupy
 
             a = (cupy.zeros if zero else cupy.empty)(shape, dtype)
@@ -336,13 +463,8 @@ class Caller:
         from numba import cuda
 
         d = cuda.device_array(shape, dtype, stream=self.stream)
-        if zero and d.size:
-            if simulator():
-                np.asarray(d)[...] = 0
-            else:
-                from numba.cuda.cudadrv import driver
-
-                driver.device_memset(d, 0, d.nbytes, stream=self.stream)
+        if zero:
+            fill_zero(d, self.stream)
         return d, d
 
     def to_device(self, host):
@@ -358,20 +480,23 @@ class Caller:
         return obj, tmp
 
 
-def _attached_context():
-    """Numba's ``ensure_context``: the current CUDA context looked up once
-    and attached to the thread while an op runs. Without it every Numba
-    call that needs the context (each allocation, copy, launch and
-    ``current_context()``) asks the driver again: 16 such lookups per
-    cross_entropy call on an H200 machine (bench/RESULTS.md, log 46).
-    A Numba without it gets a no-op."""
-    from numba.cuda.cudadrv import devices
-
-    ensure = getattr(getattr(devices, "_runtime", None), "ensure_context", None)
-    return ensure() if ensure is not None else contextlib.nullcontext()
+_STREAMS = {}
 
 
-_EXTERNAL = {}
+def default_stream():
+    """Numba's default stream, one object per context (a stable key for
+    the caches of launch configurations and scratch buffers)."""
+    from numba import cuda
+
+    return per_context(_STREAMS, ("default",), cuda.default_stream)
+
+
+def stream_key(stream):
+    """The raw handle of a stream, by the CUDA stream protocol
+    (``__cuda_stream__``; never ``int()`` of the stream, deprecated for Numba's
+    default stream); 0 for the simulator's streams, which have none."""
+    proto = getattr(stream, "__cuda_stream__", None)
+    return int(proto()[1]) if proto is not None else 0
 
 
 def _external(cuda, ptr):
@@ -379,35 +504,53 @@ def _external(cuda, ptr):
     stream). The wrapper holds only the handle, so one is made per stream
     and context and reused: PyTorch callers name their stream every call."""
     if not ptr:
-        return cuda.legacy_default_stream()
-    return per_context(_EXTERNAL, (int(ptr),), lambda: cuda.external_stream(ptr))
+        return per_context(_STREAMS, ("legacy",), cuda.legacy_default_stream)
+    return per_context(_STREAMS, (int(ptr),), lambda: cuda.external_stream(ptr))
 
 
 # --------------------------------------------------------------------------
 # Launches
 # --------------------------------------------------------------------------
 
-def launch(kernel, blocks, threads, stream, shared_bytes, *args):
-    """``kernel[blocks, threads, stream, shared_bytes](*args)``, with a block
-    too large for the kernel's registers reported as the ``ValueError`` of
-    a bad ``config.CUDA_THREADS_PER_BLOCK`` instead of the driver's
-    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (the kernels use 32 to 190 registers
-    per thread; a block may hold 65536 registers).
+_LAUNCHERS = {}
 
-    On a GPU the dispatcher's ``call`` is invoked with the normalized 1-D
-    dimensions, which is what ``kernel[...]`` does after building a launch
-    configuration; that object also builds Numba's low-occupancy warning
-    for every grid under 128 blocks, which the ops launch on purpose (one
-    block totals the losses' partial sums; small inputs), at a measured
-    cost of more than the H200's kernel time per small launch (RESULTS,
-    CUDA log 46) and a warning the caller cannot act on.
-    """
-    call = None if simulator() else getattr(kernel, "call", None)
+
+def launcher(kernel, blocks, threads, stream, shared_bytes):
+    """``kernel[blocks, threads, stream, shared_bytes]``, numba-cuda's
+    documented launch configuration, made once per kernel, grid, stream
+    and context and reused (building one costs more host time than a small
+    kernel runs). Numba's low-occupancy warning for grids under 128 blocks
+    is silenced while it is built: the ops size their grids to the work
+    (one block totals the losses' partial sums; small inputs), a warning
+    the caller cannot act on (RESULTS, CUDA log 46)."""
+    # A configuration is no context's own: a stream handle names one stream
+    # (the default streams mean the same in every context), and the
+    # dispatcher picks the current device's compiled kernel at each call.
+    key = (kernel, blocks, threads, stream_key(stream), shared_bytes)
+    cfg = _LAUNCHERS.get(key)
+    if cfg is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*low occupancy")
+            cfg = kernel[int(blocks), int(threads), stream, int(shared_bytes)]
+        if cfg is kernel:
+            # The simulator configures the kernel object itself (its
+            # __getitem__ returns self): such a configuration is made anew
+            # for every launch, never cached.
+            return cfg
+        if len(_LAUNCHERS) >= 512:
+            _LAUNCHERS.pop(next(iter(_LAUNCHERS)), None)
+        _LAUNCHERS[key] = cfg
+    return cfg
+
+
+def launch(kernel, blocks, threads, stream, shared_bytes, *args):
+    """Queue ``kernel[blocks, threads, stream, shared_bytes](*args)``
+    (:func:`launcher`), with a block too large for the kernel's registers
+    reported as the ``ValueError`` of a bad ``config.CUDA_THREADS_PER_BLOCK``
+    instead of the driver's CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (the kernels
+    use 32 to 190 registers per thread; a block may hold 65536 registers)."""
     try:
-        if call is None:
-            kernel[blocks, threads, stream, shared_bytes](*args)
-        else:
-            call(args, (int(blocks), 1, 1), (int(threads), 1, 1), stream, int(shared_bytes))
+        launcher(kernel, blocks, threads, stream, shared_bytes)(*args)
     except Exception as exc:
         if "OUT_OF_RESOURCES" not in str(exc):
             raise
@@ -418,6 +561,12 @@ def launch(kernel, blocks, threads, stream, shared_bytes, *args):
             f"kernel)") from exc
 
 
+def warp_shuffles():
+    """Whether kernels may use warp shuffles: a GPU's, not the simulator's
+    (which has none); a kernel-variant choice, not a host-path branch."""
+    return not simulator()
+
+
 # --------------------------------------------------------------------------
 # Device constants
 # --------------------------------------------------------------------------
@@ -425,11 +574,11 @@ def launch(kernel, blocks, threads, stream, shared_bytes, *args):
 def per_context(cache, key, make, limit=64):
     """``make()``, kept in ``cache`` under the current CUDA context and
     ``key`` (a tuple); once ``limit`` entries are held the oldest goes. For
-    the device constants below and the wrappers of other libraries'
-    streams: made once, not per call."""
+    the device constants below, streams and launch configurations: made
+    once, not per call."""
     from numba import cuda
 
-    full = (None if simulator() else id(cuda.current_context()),) + key
+    full = (id(cuda.current_context()),) + key
     value = cache.get(full)
     if value is None:
         if len(cache) >= limit:

@@ -26,11 +26,9 @@ _LOCAL = threading.local()
 
 
 def _stream_key(stream):
-    if runtime.simulator():
-        return None, 0
     from numba import cuda
 
-    return id(cuda.current_context()), int(stream)
+    return id(cuda.current_context()), runtime.stream_key(stream)
 
 
 class Scratch:

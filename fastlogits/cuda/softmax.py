@@ -71,18 +71,20 @@ def _write_strided(x, out, o, i, c, C, step, m, g, inv_t, mode, cdt):
 
 @cuda.jit(device=True)
 def _scale(m, s, mode, one, nan):
-    """The per-pixel constant of the write: 1/s (softmax) or log s
-    (log_softmax); NaN for a pixel with a non-finite max, which makes all
-    of its outputs NaN."""
+    """The per-pixel constant of the write: 1 / (1 + s) (softmax) or
+    log1p(s) (log_softmax), ``s`` the sum without the first maximum
+    (:func:`.device.fold`); NaN for a pixel with a non-finite max, which
+    makes all of its outputs NaN."""
     if not is_finite(m):
         return nan
-    return one / s if mode == SOFTMAX else math.log(s)
+    return one / (one + s) if mode == SOFTMAX else math.log1p(s)
 
 
 @cuda.jit(device=True)
 def _logsumexp(m, s, inv_t):
-    """``m / T + log s``, or m itself (NaN, +inf, -inf) for a non-finite max."""
-    return m * inv_t + math.log(s) if is_finite(m) else m
+    """``m * inv_t + log1p(s)`` (``s`` without the first maximum: SciPy's
+    rule), or m itself (NaN, +inf, -inf) for a non-finite max."""
+    return m * inv_t + math.log1p(s) if is_finite(m) else m
 
 
 @cuda.jit(cache=True)
@@ -96,7 +98,7 @@ def expnorm_cf(x, out, red, cdt, inv_t, mode):
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
         i = p - o * inner
-        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), one, zero, 0, inv_t,
+        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), zero, zero, 0, inv_t,
                                        one, True, cdt)
         s = s - comp
         if mode == LOGSUMEXP:
@@ -128,7 +130,7 @@ def expnorm_cl_tile(x, out, red, cdt, inv_t, mode, pitch):
         if tid < n:
             base = tid * pitch
             m = ct(tile[base])
-            s = one
+            s = zero
             comp = zero
             idx = 0
             for c in range(1, C):
@@ -175,14 +177,14 @@ def expnorm_rows(x, out, red, cdt, inv_t, mode, G, shuffle):
         i = p - o * inner
         # Identity state for lanes with no classes (or no pixel).
         m = ninf
-        s = zero
+        s = -one
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), one, zero,
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
                                            int64(lane), inv_t, one, True, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
-                                 zero, big)
+                                 one, big)
         if p < npix:
             if mode == LOGSUMEXP:
                 if lane == 0:

@@ -205,6 +205,6 @@ def kind_of(obj):
     mod = type(obj).__module__.split(".")[0]
     if mod in ("torch", "cupy"):
         return mod
-    if getattr(obj, "__cuda_ndarray__", False):
+    if mod == "numba":
         return "numba"
     return type(obj).__name__
