@@ -7,8 +7,9 @@ run for after a kernel change. Each case draws an op (softmax,
 log_softmax, logsumexp, argmax, classify, cross_entropy with any options,
 confusion_matrix), a dtype, 1 to 4 dimensions with the class axis
 anywhere (1 to 3001 classes, about 60000 scores at most), a scale and an
-offset, special values (NaN, +-inf, all -inf pixels, ties), strided or
-transposed memory, ``out=`` (in place too), a temperature and a target
+offset, special values (NaN, +-inf, all -inf pixels, ties), strided,
+transposed or broadcast memory, read-only and big-endian arrays,
+``out=`` (in place too), a temperature (the ends of the range too) and a target
 dtype, and compares with :mod:`fastlogits.reference` by the suite's rules
 (:func:`tests.helpers.assert_close`). A failure prints the case's seed;
 ``--seed`` with ``--seconds 0`` reruns that one case alone. The first
@@ -30,6 +31,9 @@ CLASSES = (1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 19, 31, 32, 33, 64, 100, 150, 257, 5
 DTYPES = (np.float16, np.float32, np.float64)
 OPS = ("softmax", "log_softmax", "logsumexp", "argmax", "classify", "cross_entropy",
        "confusion_matrix")
+#: Temperatures of the tempered ops, the ends of float32's and float64's
+#: ranges included (the rule of reference.temperature_scale).
+TEMPERATURES = (0.3, 2.0, 7.5, 5e-324, 1e-308, 1e-40, 1e-3, 1e3, 3.4e38, 1.7e308)
 #: Tolerance of the losses (float64 sums of float32 pixel losses) per dtype.
 LOSS_TOL = {np.float16: 3e-3, np.float32: 2e-5, np.float64: 1e-10}
 
@@ -62,6 +66,15 @@ def draw_logits(rng):
     elif kind < 0.25 and nd >= 2:  # the same values in another memory order
         perm = list(rng.permutation(nd))
         x = np.transpose(np.ascontiguousarray(np.transpose(x, perm)), np.argsort(perm))
+    elif kind < 0.32 and nd >= 2:  # one slice broadcast along a non-class axis (zero stride)
+        along = int(rng.choice([i for i in range(nd) if i != at]))
+        one = np.take(x, [0], axis=along)
+        x = np.broadcast_to(one, x.shape)
+    if rng.random() < 0.1 and dt != np.float16:  # big-endian, as from another machine
+        x = x.astype(x.dtype.newbyteorder(">"))
+    if rng.random() < 0.2:  # read-only, as a memory map opened with mode "r"
+        x = x.view()
+        x.flags.writeable = False
     axis = at if rng.random() < 0.5 else at - nd
     return x, axis, shape, scale
 
@@ -86,13 +99,13 @@ def run_case(seed):
     at = axis % x.ndim
     C = shape[at]
     reduced = tuple(shape[:at] + shape[at + 1:])
-    T = 1.0 if rng.random() < 0.6 else float(rng.choice([0.3, 2.0, 7.5]))
+    T = 1.0 if rng.random() < 0.6 else float(rng.choice(TEMPERATURES))
     op = str(rng.choice(OPS))
     if op in ("softmax", "log_softmax", "logsumexp"):
         f, want = getattr(fl, op), getattr(ref, op)(x, axis, temperature=T)
         how = rng.random()
         if op != "logsumexp" and how < 0.2:
-            got = x.copy()
+            got = x.astype(x.dtype.newbyteorder("="))  # writeable, native
             assert f(got, axis, temperature=T, out=got) is got
         elif how < 0.5:
             out = np.empty(want.shape, dt)
