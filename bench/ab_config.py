@@ -4,13 +4,13 @@ Times each op with the tunable at its "off" and "on" values, interleaved
 round by round in one process (so both see the same machine state), on
 float32 logits of about ``--elements`` scores, channels-last (pixels, C)
 or with ``--layout chw`` channels-first (C, pixels), and prints the
-medians. Log 26 of bench/RESULTS.md (the 8-row register blocks) was
+medians. docs/perf/cpu-026 (the 8-row register blocks) was
 measured this way::
 
     python bench/ab_config.py CPU_ROW_BLOCK_MAX_CLASSES 0 1073741824 \\
         --ops argmax classify confusion_matrix cross_entropy --classes 8 19 64 96 150
 
-and log 37 (the channels-first register blocks) with ``--layout chw``.
+and cpu-037 (the channels-first register blocks) with ``--layout chw``.
 """
 
 import argparse
@@ -35,7 +35,7 @@ def _buffer_like(x, tag="out"):
 
 def _shifted_buffer_like(x, shift=32):
     """One preallocated array like x whose data start ``shift`` bytes
-    further into their 64-byte line than x's (log 50: the channels-first
+    further into their 64-byte line than x's (cpu-050: the channels-first
     kernels stream from registers only into outputs on x's line offset)."""
     key = (x.shape, x.dtype.str, "shifted", shift)
     if key not in _BUFFERS:

@@ -8,24 +8,24 @@ the tree (each tree keeps its own Numba cache), and times the ops of
 :data:`ab_config.OPS` on float32 logits, channels-last (pixels, C) or with
 ``--layout chw`` channels-first (C, pixels); the report gives,
 per op and class count, the median over rounds of each process's median.
-Log 29 of bench/RESULTS.md (two argmax chains) was measured this way::
+docs/perf/cpu-029 (two argmax chains) was measured this way::
 
     git worktree add /tmp/old b030e61
     python bench/ab_versions.py /tmp/old . --classes 19 48 8 --pairs 3
 
-and log 33 (the exp-sum two classes at a time) with ``--layout chw``.
+and cpu-033 (the exp-sum two classes at a time) with ``--layout chw``.
 
 LinearHead methods are ops too, ``head.<method>.<layout>`` (layout ``hwc``:
 features (pixels, N), axis -1; ``chw``: (N, pixels), axis 0), on
 ``--elements`` float32 features of ``--features`` each into each of
-``--classes`` classes (log 30)::
+``--classes`` classes (cpu-030)::
 
     python bench/ab_versions.py /tmp/old . --ops head.argmax.hwc head.argmax.chw \
         --elements 134217728
 
 With ``--calls N`` each timed sample is N calls in a row, and the report
 gives microseconds per call: on a small input (``--elements 1000``) that
-is the per-call overhead (log 70)::
+is the per-call overhead (cpu-070)::
 
     python bench/ab_versions.py .ab/base . --elements 1000 --classes 125 \
         --calls 2000 --rounds 7 --pairs 4

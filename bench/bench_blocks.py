@@ -1,7 +1,7 @@
 """The channels-first register blocks in cache, one thread: ns per pixel of
 each block intrinsic of :mod:`fastlogits.cpu.planeblock` the ops use, timed
 in one process, alternating, so their ratios hold on a noisy machine
-(bench/RESULTS.md, logs 44-45)::
+(docs/perf/cpu-044, cpu-045)::
 
     python bench/bench_blocks.py --classes 19 --pixels 2048 --rounds 21
 
@@ -10,7 +10,7 @@ log_softmax's and logsumexp's, ``xent`` the fused float32 loss's,
 ``targets`` the loss's target read (:func:`fastlogits.cpu.losses._targets`)
 per pixel; ``softmax`` softmax's blocks with their stores
 (``max_expstore``, then ``store_softmax`` into an output of x's shape) and
-``xent_grad`` the fused gradient's (log 47) into the same output. Each figure is the minimum over rounds of a compiled loop over
+``xent_grad`` the fused gradient's (cpu-047) into the same output. Each figure is the minimum over rounds of a compiled loop over
 one (1, C, pixels) float32 block of planes, small enough for L1/L2.
 """
 
@@ -119,7 +119,7 @@ def measure(classes=19, pixels=2048, rounds=21, calls=400):
 
 
 def test_blocks_smoke():
-    """Runs the measurement once on a tiny block; figures go to RESULTS.md."""
+    """Runs the measurement once on a tiny block; figures go to docs/perf/."""
     result = measure(classes=5, pixels=64, rounds=1, calls=2)
     assert all(v > 0 for v in result.values())
 

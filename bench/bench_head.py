@@ -4,8 +4,8 @@ in NumPy (``f @ W.T + b``) and PyTorch (``F.linear``, or a 1×1
 with each implementation's peak extra memory.
 
     FASTLOGITS_BENCH_FULL=1 python -m pytest bench/bench_head.py \
-        --benchmark-enable --benchmark-json=bench/head.json
-    python -m bench.bench_head bench/head.json      # the ratio table
+        --benchmark-enable --benchmark-json=bench/results/<machine>-head.json
+    python -m bench.bench_head bench/results/<machine>-head.json   # the ratio table
 
 Full size: features 512×1024×256 float32 (537 MB) -> 19 classes, channels-
 last (H, W, N) and channels-first (N, H, W). Without FASTLOGITS_BENCH_FULL
@@ -301,48 +301,12 @@ def test_fused_peak_memory_is_the_outputs():
 # --------------------------------------------------------------------------
 
 def report(path):
-    """Print the ratio table of a pytest-benchmark JSON file of this module."""
+    """Print the ratio table of a pytest-benchmark JSON file of this module
+    (``bench/report.py`` makes it; ``report.py --all`` puts it in RESULTS.md)."""
+    from bench.report import head_table
+
     with open(path) as fh:
-        data = json.load(fh)
-    rows = {}
-    for b in data["benchmarks"]:
-        if not b["group"] or "->" not in b["group"]:
-            continue
-        rows.setdefault(b["group"], {})[b["extra_info"]["impl"]] = (b["stats"]["median"],
-                                                                     b["extra_info"])
-    print("| op | features -> C | layout | fastlogits ms | GFLOP/s | GB/s | peak extra MB "
-          "| NumPy ms | x NumPy | NumPy MB | PyTorch ms | x PyTorch | PyTorch MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for group, impls in rows.items():
-        op, shape, layout, _ = group.split("|")
-        if "fastlogits[cpu]" not in impls:
-            continue
-        t, info = impls["fastlogits[cpu]"]
-
-        def mb(i):
-            v = impls.get(i, (None, {}))[1].get("peak_extra_bytes")
-            return f"{v / 1e6:.0f}" if v is not None else "-"
-
-        def ms_ratio(i):
-            if i not in impls:
-                return "-", "-"
-            return f"{impls[i][0] * 1e3:.1f}", f"{impls[i][0] / t:.1f}"
-
-        nms, nx = ms_ratio("numpy")
-        tms, tx = ms_ratio("torch")
-        print(f"| {op} | {shape} | {layout} | {t * 1e3:.1f} | {info['flops'] / t / 1e9:.0f} "
-              f"| {info['floor_bytes'] / t / 1e9:.1f} | {mb('fastlogits[cpu]')} | {nms} | {nx} "
-              f"| {mb('numpy')} | {tms} | {tx} | {mb('torch')} |")
-    print("\nChannels-last product forms (default: dot when N >= CPU_HEAD_DOT_MIN_RATIO * C):\n")
-    print("| op | features -> C | default ms | " + " | ".join(f"{r} ms" for r in REGIMES) + " |")
-    print("|---|---|---|" + "---|" * len(REGIMES))
-    for group, impls in rows.items():
-        op, shape, layout, _ = group.split("|")
-        if layout != "hwc" or not any(r in impls for r in REGIMES):
-            continue
-        cells = [f"{impls[i][0] * 1e3:.1f}" if i in impls else "-"
-                 for i in ("fastlogits[cpu]",) + tuple(REGIMES)]
-        print(f"| {op} | {shape} | " + " | ".join(cells) + " |")
+        print("\n".join(head_table(json.load(fh))))
 
 
 if __name__ == "__main__":

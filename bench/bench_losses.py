@@ -2,8 +2,8 @@
 and PyTorch, in one pytest-benchmark run.
 
     FASTLOGITS_BENCH_FULL=1 python -m pytest bench/bench_losses.py bench/bench_core.py \
-        --benchmark-enable --benchmark-json=bench/losses.json
-    python bench/report.py bench/losses.json
+        --benchmark-enable --benchmark-json=bench/results/<machine>-losses.json
+    python bench/report.py bench/results/<machine>-losses.json
 
 Cases: Cityscapes-sized logits, (1024, 2048, 19) channels-last ("hwc", axis
 -1) and (19, 1024, 2048) channels-first ("chw", axis 0), float32, int64

@@ -31,7 +31,7 @@ def measure(runs=3):
 
 
 def test_startup_smoke():
-    """Runs the measurement once; the figures go to RESULTS.md, not an assert."""
+    """Runs the measurement once; the figures go to bench/results/<machine>.md, not an assert."""
     result = measure(runs=1)
     assert result["import_s"] > 0 and result["first_call_warm_cache_s"] > 0
 

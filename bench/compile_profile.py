@@ -8,7 +8,7 @@ At the end it writes (default ``compile-profile.txt``) the total
 top-level compilation time and, per kernel, its seconds and the number of
 specializations compiled (nested compiles of called functions are counted
 in their caller's time). On a cold cache this is the suite's compile
-bill; on a warm one, cache loads. Log 27 of bench/RESULTS.md used it.
+bill; on a warm one, cache loads. docs/perf/cpu-027 used it.
 """
 
 import os

@@ -7,7 +7,7 @@ the GPU's work takes microseconds, so the time per call of a loop of calls
 is the host's: validation, device views, allocation, launches, and for the
 ops that return host values (cross_entropy, confusion_matrix) the wait for
 the stream. This is the floor of every call; where it exceeds the kernel
-(the losses on an H200: bench/RESULTS.md, CUDA log 46) it is the call's
+(the losses on an H200: docs/perf/cuda-046) it is the call's
 time. PyTorch's own call is timed beside it (its C++ dispatcher is the
 bar), with the same preallocated outputs as :mod:`bench.bench_cuda`.
 ``--profile`` prints cProfile's cumulative view of fastlogits' call.

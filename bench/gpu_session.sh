@@ -3,7 +3,7 @@
 # with the defaults:  bash bench/gpu_session.sh   (or, on a lent device,
 #   run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=540)).
 # Run it first whenever a GPU is at hand: the launch of issue 36 has not run
-# on one yet. Prints the figures bench/RESULTS.md "CUDA" takes.
+# on one yet. Prints the figures of bench/results/h200-*.json (bench/RESULTS.md, "NVIDIA H200").
 # Stages, each capped so one failure leaves time for the rest: the
 # environment, the CUDA tests (tests/cuda, the PTX check, the benchmark's
 # smoke test), the full benchmark kernel-only, end-to-end for two ops, the
@@ -20,7 +20,7 @@
 # copy of), with cProfile of this tree's cross_entropy and classify.
 # Caps are seconds (T_TESTS, T_BENCH, T_E2E, T_SWEEP, T_AB, T_PROFILE,
 # T_OVERHEAD); 0 skips the stage. gpu_out/ is the output folder off the device tool (add it to
-# .git/info/exclude). Used for every figure of bench/RESULTS.md "CUDA".
+# .git/info/exclude). Used for every figure of bench/RESULTS.md "NVIDIA H200".
 # .whl may hold a numba-cuda wheel for Python 3.12, installed only when the
 # machine's numba-cuda is older than pyproject's floor.
 set -u
