@@ -52,8 +52,11 @@ def backends():
     return names
 
 
-def resolve_backend(backend, x):
-    """Turn ``backend`` (maybe ``"auto"``) into ``"numpy"``, ``"cpu"`` or ``"cuda"``."""
+def resolve_backend(backend, x, gpu=None):
+    """Turn ``backend`` (maybe ``"auto"``) into ``"numpy"``, ``"cpu"`` or ``"cuda"``
+    (``gpu``: whether x is a GPU array, when already known)."""
+    if gpu is None:
+        gpu = chk.is_gpu_array(x)
     chk.check_backend_name(backend)
     if backend == "auto":
         env = os.environ.get(ENV_BACKEND, "").strip()
@@ -64,12 +67,12 @@ def resolve_backend(backend, x):
                 )
             backend = env
         if backend == "auto":
-            backend = "cuda" if chk.is_gpu_array(x) else "cpu"
+            backend = "cuda" if gpu else "cpu"
     if backend == "cuda":
         usable, reason = _cuda_status()
         if not usable:
             raise ValueError(f"backend='cuda' is not available: {reason}")
-    elif chk.is_gpu_array(x):
+    elif gpu:
         raise ValueError(
             f"x is a GPU array but backend={backend!r}; use backend='cuda' (or 'auto'), "
             "or copy x to the host first"
@@ -87,9 +90,13 @@ class _Logits:
     """Validated logits: the array (host) or object (GPU), axis, C, shapes."""
 
     def __init__(self, x, axis):
-        self.gpu = chk.is_gpu_array(x)
+        #: x's ``__cuda_array_interface__`` (None for a host array), read
+        #: once here and handed to the CUDA backend (issue 36).
+        self.cai = chk._interface(x)
+        self.gpu = self.cai is not None
         if self.gpu:
-            self.shape, self.dtype = chk.gpu_shape_dtype(x)
+            self.shape = tuple(int(n) for n in self.cai["shape"])
+            self.dtype = np.dtype(self.cai["typestr"])
             self.array = x
         else:
             self.array = _layout.host_array(x)
@@ -235,7 +242,7 @@ def _expnorm(op, x, axis, temperature, out, backend):
     chk.check_temperature(temperature)
     reduces = op == "logsumexp"
     out_shape = lg.reduced_shape if reduces else lg.shape
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, lg.gpu)
     if be == "cuda":
         return getattr(_cuda_ops(), op)(x, lg, temperature=temperature, out=out)
     out = _check_host_out(lg, out, out_shape, lg.dtype, "out")
@@ -352,7 +359,7 @@ def argmax(x, axis=-1, *, out=None, backend="auto"):
         else the first maximum, exactly as ``np.argmax``.
     """
     lg = _Logits(x, axis)
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, lg.gpu)
     if be == "cuda":
         return _cuda_ops().argmax(x, lg, out=out)
     out = _labels_out(lg, out, "out")
@@ -399,7 +406,7 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
     """
     lg = _Logits(x, axis)
     chk.check_temperature(temperature)
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, lg.gpu)
     if out is not None and not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("out must be a tuple (labels, confidence)")
     if out is not None:

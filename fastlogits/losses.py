@@ -238,7 +238,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     return_grad = _check_flag(return_grad, "return_grad")
     if grad_out is not None and not return_grad:
         raise ValueError("grad_out is given but return_grad is False")
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, lg.gpu)
     kw = dict(class_weight=weight, ignore_index=ignore_index, label_smoothing=eps,
               reduction=reduction, return_grad=return_grad)
     if be == "cuda":
@@ -407,7 +407,7 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
     lg = _Logits(x, axis)
     target = _check_target(target, lg)
     ignore_index = _check_ignore_index(ignore_index)
-    be = resolve_backend(backend, x)
+    be = resolve_backend(backend, x, lg.gpu)
     if be == "cuda":
         from fastlogits.cuda import losses as cuda_losses
 

@@ -81,10 +81,10 @@ class ErrorFlag:
         The stream the checking kernels run on; the flag is reset there.
     """
 
-    def __init__(self, stream):
+    def __init__(self, stream, ctx=None):
         from fastlogits.cuda import runtime, scratch
 
-        ws = scratch.get(stream)
+        ws = scratch.get(stream, ctx)
         self.stream = stream
         self.array = ws.flag
         self._host = ws.flag_host

@@ -37,7 +37,6 @@ import numpy as np
 from numba import cuda, float64, int32, int64
 
 from fastlogits import _checks as chk
-from fastlogits import _layout
 from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.device import (MAX_THREADS, block_total, fold_strided, group_reduce,
                                     group_sum, is_finite, pixel_two_pass)
@@ -423,13 +422,13 @@ def add_into(dst, src):
 def _target2(caller, target, lg):
     """The target as an (outer, inner) device array (copied over for a
     host target; a strided GPU target that cannot be viewed is copied)."""
-    outer, _, inner = _layout.split_shape(lg.shape, lg.axis)
-    if not chk.is_gpu_array(target):
+    outer, _, inner = ops.split_shape(lg.shape, lg.axis)
+    cai = chk._interface(target)  # the target's one read
+    if cai is None:
         return caller.to_device(np.asarray(target).reshape(outer, inner))
-    dev = runtime.as_device(target)
-    v = runtime.reshape(dev, (outer, inner))
+    v = runtime.reshape_cai(cai, target, (outer, inner))
     if v is None:
-        _, tmp = caller.contiguous(dev)
+        _, tmp = caller.contiguous(runtime.view_of(cai, target))
         v = runtime.reshape(tmp, (outer, inner))
     return v
 
@@ -437,11 +436,11 @@ def _target2(caller, target, lg):
 def _check_flag(flag, target, lg, ignore_index, fetched=False):
     """Raise the CPU backend's ValueError for the first bad target value
     (``fetched``: the flag's copy was queued and the stream waited for)."""
-    from fastlogits.losses import target_value_error
-
     code, index = flag.read(fetched)
     if code == 0:
         return
+    from fastlogits.losses import target_value_error
+
     pos = np.unravel_index(index, lg.reduced_shape)
     if chk.is_gpu_array(target):
         value = runtime.as_device(target)[pos]
@@ -453,7 +452,7 @@ def _check_flag(flag, target, lg, ignore_index, fetched=False):
 
 def _plan(lg):
     """``ops.plan``, with the shared-tile regime served by the thread-per-pixel kernel."""
-    shape3 = _layout.split_shape(lg.shape, lg.axis)
+    shape3 = ops.split_shape(lg.shape, lg.axis)
     p = ops.plan(shape3, lg.dtype.itemsize)
     if p.regime == "tile":
         T = ops._threads_per_block()
@@ -461,30 +460,30 @@ def _plan(lg):
     return p
 
 
-def _queue_sums(ws, partial, scale=None):
+def _queue_sums(ws, partial, scale=None, ctx=None):
     """Queue the float64 totals of ``partial``'s rows into the scratch
     ``ws.sums`` (and ``1 / sums[0]`` into ``scale``, a 1-element device
     array of partial's dtype, when given) on ``ws.stream``; nothing waits."""
     want = scale is not None
     runtime.launch(sum_rows, 1, 256, ws.stream, 0, partial, ws.sums,
-                   scale if want else runtime.stand_in(partial.dtype, 1), want)
+                   scale if want else runtime.stand_in(partial.dtype, 1, ctx), want)
 
 
 def _host_sum(partial, caller):
     """Float64 totals of the per-block partials' rows (summed on the
     device, copied back into pinned memory: syncs the stream)."""
-    ws = scratch.get(caller.stream)
-    _queue_sums(ws, partial)
+    ws = scratch.get(caller.stream, caller.ctx)
+    _queue_sums(ws, partial, ctx=caller.ctx)
     ws.fetch_sums()
     caller.stream.synchronize()
     return ws.sums_host[:partial.shape[0]].copy()
 
 
-def _wait_totals(ws, partial, flag, target, lg, ignore_index):
+def _wait_totals(ws, partial, flag, target, lg, ignore_index, ctx=None):
     """``(loss_sum, weight_sum)``: the totals of a loss kernel's two partial
     rows, after one wait for them and the flag; raises the bad-target
     ``ValueError`` first."""
-    _queue_sums(ws, partial)
+    _queue_sums(ws, partial, ctx=ctx)
     flag.fetch()
     ws.fetch_sums()
     ws.stream.synchronize()
@@ -497,7 +496,7 @@ def _weights(caller, class_weight, lg):
     class weights: a cached device vector of ones, no copy."""
     C = lg.C
     if class_weight is None:
-        return runtime.ones(lg.compute_dtype, C), float(C)
+        return runtime.ones(lg.compute_dtype, C, caller.ctx), float(C)
     if chk.is_gpu_array(class_weight):
         w64 = np.asarray(runtime.as_device(class_weight).copy_to_host(), np.float64)
     else:
@@ -510,7 +509,7 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
     """CUDA cross_entropy; see :func:`fastlogits.cross_entropy` (arguments
     validated, but for ``grad_out``, checked here: a GPU array, or a NumPy
     one for a host x; x itself for in place)."""
-    caller = runtime.Caller(x)
+    caller = runtime.Caller(x, lg.cai)
     ct = lg.compute_dtype.type
     given = ops._check_out(caller, lg, grad_out, lg.shape, lg.dtype, "grad_out",
                            in_place_ok=True)
@@ -524,16 +523,16 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
             res = ops._finish(caller, outputs)
             result = res.pop(0) if reduction == "none" else total
             return (result, res[0]) if return_grad else result
-        outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
-        x3 = ops._input3(caller, lg)
+        outer, C, inner = shape3 = ops.split_shape(lg.shape, lg.axis)
+        x3 = ops._input3(caller, lg, shape3)
         t2 = _target2(caller, target, lg)
         w, wsum = _weights(caller, class_weight, lg)
-        cdt = ops._cdt(lg)
-        flag = ErrorFlag(caller.stream)
-        ws = scratch.get(caller.stream)
+        cdt = ops._cdt(lg, caller)
+        flag = ErrorFlag(caller.stream, caller.ctx)
+        ws = flag._ws
         p = _plan(lg)
         eps = float(label_smoothing)
-        gs = runtime.ones(lg.compute_dtype, 1)
+        gs = runtime.ones(lg.compute_dtype, 1, caller.ctx)
         if return_grad and (reduction == "mean" or given is not None):
             # The targets first: the "mean" gradient's scale 1 / sum(w[t])
             # is computed on the device before the gradient is written, and
@@ -544,22 +543,24 @@ def cross_entropy(x, target, lg, *, class_weight, ignore_index, label_smoothing,
                            partial, flag.array, cdt, ignore_index, C)
             if reduction == "mean":
                 gs = ws.scale(lg.compute_dtype)
-                _queue_sums(ws, partial, gs)
-        loss2 = (runtime.stand_in(lg.compute_dtype, 2) if loss_out is None
+                _queue_sums(ws, partial, gs, caller.ctx)
+        loss2 = (runtime.stand_in(lg.compute_dtype, 2, caller.ctx) if loss_out is None
                  else loss_out.view((outer, inner)))
         partial = ws.partial(lg.compute_dtype, 2, p.blocks)
         if p.regime != "rows" and eps == 0 and not return_grad:
             ops._launch(cross_entropy_loss_pixels, p, caller, x3, t2, w, loss2, partial,
                         flag.array, cdt, ignore_index, loss_out is not None)
         else:
-            grad3 = runtime.stand_in(lg.dtype, 3) if grad_out is None else grad_out.view(shape3)
+            grad3 = (runtime.stand_in(lg.dtype, 3, caller.ctx) if grad_out is None
+                     else grad_out.view(shape3))
             args = (x3, t2, w, loss2, grad3, partial, flag.array, cdt, ignore_index, ct(eps),
                     ct(eps / C), ct(wsum), gs, loss_out is not None, return_grad)
             if p.regime == "rows":
                 ops._launch(cross_entropy_rows, p, caller, *args, p.group, p.shuffle)
             else:
                 ops._launch(cross_entropy_pixels, p, caller, *args)
-        loss_sum, weight_sum = _wait_totals(ws, partial, flag, target, lg, ignore_index)
+        loss_sum, weight_sum = _wait_totals(ws, partial, flag, target, lg, ignore_index,
+                                            caller.ctx)
         res = ops._finish(caller, outputs)
     if reduction == "none":
         result = res.pop(0)
@@ -580,8 +581,8 @@ def _confusion_via_labels(caller, p, lg, x3, t2, counts, flag, ignore_index, sha
     outer, _, inner = x3.shape
     _, labels = caller.empty((outer, inner), np.int32)
     one = lg.compute_dtype.type(1)
-    stand = runtime.stand_in(lg.compute_dtype, 2)
-    cdt = ops._cdt(lg)
+    stand = runtime.stand_in(lg.compute_dtype, 2, caller.ctx)
+    cdt = ops._cdt(lg, caller)
     if p.regime == "tile":
         ops._launch(ka.argmax_cl_tile, p, caller, x3, labels, stand, cdt, one, False, p.pitch)
     else:
@@ -599,17 +600,17 @@ def confusion_matrix(x, target, lg, *, ignore_index, out=None):
     to only once the targets were found valid.
     """
     C = lg.C
-    caller = runtime.Caller(x)
+    caller = runtime.Caller(x, lg.cai)
     out = ops._check_out(caller, lg, out, (C, C), np.int64, "out")
     with caller.activate():
         counts_obj, counts = caller.empty((C, C), np.int64, zero=True)
         if not lg.empty:
-            outer, _, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
-            x3 = ops._input3(caller, lg)
+            outer, _, inner = shape3 = ops.split_shape(lg.shape, lg.axis)
+            x3 = ops._input3(caller, lg, shape3)
             t2 = _target2(caller, target, lg)
             p = ops.plan(shape3, lg.dtype.itemsize)
-            cdt = ops._cdt(lg)
-            flag = ErrorFlag(caller.stream)
+            cdt = ops._cdt(lg, caller)
+            flag = ErrorFlag(caller.stream, caller.ctx)
             shared = shared_histogram(C)
             if p.regime == "cf":
                 ops._launch(confusion_pixels, p, caller, x3, t2, counts, flag.array, cdt,

@@ -64,7 +64,31 @@ def _blocks(work, per_block):
     return int(max(1, min(-(-work // per_block), int(config.CUDA_MAX_BLOCKS))))
 
 
+def _config_key():
+    """The configuration :func:`plan` reads (tests change it between calls)."""
+    return (config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS, config.CUDA_LARGE_C,
+            config.CUDA_CF_MIN_PIXELS, config.CUDA_CL_PIXEL_MAX_C, config.CUDA_TILE_MAX_C,
+            config.CUDA_TILE_SHARED_BYTES, config.CUDA_WARP_SHUFFLE)
+
+
+_PLANS = {}
+
+
 def plan(shape3, itemsize, writes_scores=False):
+    """:func:`make_plan`, cached per (shape, itemsize, op kind, configuration):
+    the regime, grid and block are computed once per geometry (issue 36,
+    per-call host cost)."""
+    key = (shape3, itemsize, writes_scores, _config_key(), runtime.warp_shuffles())
+    p = _PLANS.get(key)
+    if p is None:
+        p = make_plan(shape3, itemsize, writes_scores)
+        if len(_PLANS) >= 1024:
+            _PLANS.pop(next(iter(_PLANS)), None)
+        _PLANS[key] = p
+    return p
+
+
+def make_plan(shape3, itemsize, writes_scores=False):
     """Choose the regime and launch configuration for an (outer, C, inner)
     input of ``itemsize``-byte scores, from the current :mod:`fastlogits.config`.
 
@@ -190,7 +214,7 @@ def _check_out(caller, lg, out, shape, dtype, name, kind="float", in_place_ok=Fa
     if cai["data"][1]:
         raise ValueError(f"{name} is read-only")
     if caller.gpu and oshape and all(oshape):
-        xcai = runtime.interface(caller.x)
+        xcai = caller.cai
         same = (cai["data"][0] == xcai["data"][0] and oshape == tuple(xcai["shape"])
                 and np.dtype(cai["typestr"]) == np.dtype(xcai["typestr"])
                 and _strides(cai) == _strides(xcai))
@@ -228,26 +252,54 @@ def _check_pairwise(outs, names):
 # Input
 # --------------------------------------------------------------------------
 
-def _input3(caller, lg):
+def _input3(caller, lg, shape3=None):
     """The canonical (outer, C, inner) device view of x (a copy only if its
-    strides forbid a view, or for a host input)."""
-    shape3 = _layout.split_shape(lg.shape, lg.axis)
+    strides forbid a view, or for a host input): from x's interface as
+    read once by the caller, at the cached geometry (:func:`runtime.geometry`)."""
+    if shape3 is None:
+        shape3 = split_shape(lg.shape, lg.axis)
     if not caller.gpu:
         return caller.to_device(_layout.canonical(lg.array, lg.axis))
-    dev = runtime.as_device(caller.x)
-    v = runtime.reshape(dev, shape3)
+    v = runtime.reshape_cai(caller.cai, caller.x, shape3)
     if v is None:
-        _, tmp = caller.contiguous(dev)
+        _, tmp = caller.contiguous(runtime.view_of(caller.cai, caller.x))
         v = runtime.reshape(tmp, shape3)
     return v
 
 
-def _cdt(lg):
-    return runtime.stand_in(lg.compute_dtype, 1)
+_SPLITS = {}
+
+
+def split_shape(shape, axis):
+    """:func:`_layout.split_shape`, cached (a geometry)."""
+    key = (shape, axis)
+    s3 = _SPLITS.get(key)
+    if s3 is None:
+        if len(_SPLITS) >= 1024:
+            _SPLITS.clear()
+        s3 = _SPLITS[key] = _layout.split_shape(shape, axis)
+    return s3
+
+
+def _cdt(lg, caller=None):
+    return runtime.stand_in(lg.compute_dtype, 1, None if caller is None else caller.ctx)
+
+
+_INV_T = {}
 
 
 def _inv_t(lg, temperature):
-    return chk.inv_temperature(temperature, lg.dtype)
+    """The checked temperature's scale (cached for plain Python numbers)."""
+    if type(temperature) not in (float, int):
+        return chk.inv_temperature(temperature, lg.dtype)
+    key = (temperature, lg.dtype)
+    v = _INV_T.get(key)
+    if v is None:
+        v = chk.inv_temperature(temperature, lg.dtype)
+        if len(_INV_T) >= 256:
+            _INV_T.clear()
+        _INV_T[key] = v
+    return v
 
 
 def _launch(kernel, p, caller, *args):
@@ -260,7 +312,7 @@ def _launch(kernel, p, caller, *args):
 
 def _expnorm(mode, x, lg, temperature, out):
     inv_t = _inv_t(lg, temperature)
-    caller = runtime.Caller(x)
+    caller = runtime.Caller(x, lg.cai)
     reduces = mode == LOGSUMEXP
     shape = lg.reduced_shape if reduces else lg.shape
     out = _check_out(caller, lg, out, shape, lg.dtype, "out", in_place_ok=not reduces)
@@ -269,16 +321,16 @@ def _expnorm(mode, x, lg, temperature, out):
         if not lg.empty:
             from fastlogits.cuda import softmax as k
 
-            outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
-            x3 = _input3(caller, lg)
+            outer, C, inner = shape3 = split_shape(lg.shape, lg.axis)
+            x3 = _input3(caller, lg, shape3)
             if reduces:
-                out3 = runtime.stand_in(lg.dtype, 3)
+                out3 = runtime.stand_in(lg.dtype, 3, caller.ctx)
                 red2 = res.view((outer, inner))
             else:
                 out3 = res.view(shape3)
-                red2 = runtime.stand_in(lg.dtype, 2)
+                red2 = runtime.stand_in(lg.dtype, 2, caller.ctx)
             p = plan(shape3, lg.dtype.itemsize, writes_scores=not reduces)
-            cdt = _cdt(lg)
+            cdt = _cdt(lg, caller)
             if p.regime == "cf":
                 _launch(k.expnorm_cf, p, caller, x3, out3, red2, cdt, inv_t, mode)
             elif p.regime == "tile":
@@ -310,7 +362,7 @@ def logsumexp(x, lg, temperature=1.0, out=None):
 
 def _labels_conf(x, lg, temperature, labels, conf, with_conf):
     inv_t = _inv_t(lg, temperature)
-    caller = runtime.Caller(x)
+    caller = runtime.Caller(x, lg.cai)
     labels = _check_out(caller, lg, labels, lg.reduced_shape, lg.C - 1,
                         "out[0] (labels)" if with_conf else "out", kind="label")
     if with_conf:
@@ -324,13 +376,13 @@ def _labels_conf(x, lg, temperature, labels, conf, with_conf):
         if not lg.empty:
             from fastlogits.cuda import argmax as k
 
-            outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
-            x3 = _input3(caller, lg)
+            outer, C, inner = shape3 = split_shape(lg.shape, lg.axis)
+            x3 = _input3(caller, lg, shape3)
             lab2 = outputs[0].view((outer, inner))
             conf2 = outputs[1].view((outer, inner)) if with_conf else runtime.stand_in(
-                lg.compute_dtype, 2)
+                lg.compute_dtype, 2, caller.ctx)
             p = plan(shape3, lg.dtype.itemsize)
-            cdt = _cdt(lg)
+            cdt = _cdt(lg, caller)
             if p.regime == "cf":
                 _launch(k.argmax_cf, p, caller, x3, lab2, conf2, cdt, inv_t, with_conf)
             elif p.regime == "tile":

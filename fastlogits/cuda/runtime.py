@@ -31,6 +31,19 @@ from fastlogits import _checks as chk
 from fastlogits import _layout
 
 
+_NUMBA_CUDA = []
+
+
+def _numba_cuda():
+    """``numba.cuda``, imported on first use and then held (an import
+    statement in a function costs about a microsecond per call)."""
+    if not _NUMBA_CUDA:
+        from numba import cuda
+
+        _NUMBA_CUDA.append(cuda)
+    return _NUMBA_CUDA[0]
+
+
 def simulator():
     """True when Numba runs CUDA kernels in its simulator."""
     try:
@@ -181,8 +194,7 @@ def _array_at(ptr, shape, strides, dtype, owner):
     a host address, read as a NumPy array and wrapped as the simulator's
     device array; on a GPU numba-cuda's public
     ``from_cuda_array_interface`` builds the view."""
-    from numba import cuda
-
+    cuda = _numba_cuda()
     desc = {"shape": shape, "strides": strides, "typestr": dtype.str, "data": (ptr, False),
             "version": 3}
     if simulator():
@@ -210,9 +222,10 @@ def _interface_of(dev):
     return cai if cai is not None else dev.__array_interface__
 
 
-def library(x):
-    """``"torch"``, ``"cupy"``, ``"numba"``, ``"cai"`` (another GPU array) or ``"host"``."""
-    if not chk.is_gpu_array(x):
+def library(x, cai=None):
+    """``"torch"``, ``"cupy"``, ``"numba"``, ``"cai"`` (another GPU array) or
+    ``"host"`` (``cai``: x's interface when already read)."""
+    if cai is None and not chk.is_gpu_array(x):
         return "host"
     root = type(x).__module__.split(".")[0]
     if root in ("torch", "cupy", "numba"):
@@ -251,20 +264,40 @@ def as_device(obj):
 def reshape(dev, shape):
     """No-copy reshape of device array ``dev`` to ``shape`` (any strides),
     or None when the strides forbid a view (NumPy's rules, applied to a
-    stand-in with dev's strides; negative strides are always copied)."""
+    stand-in with dev's strides; negative strides are always copied).
+    One read of dev's interface; the geometry is cached (:func:`geometry`)."""
+    return reshape_cai(_interface_of(dev), dev, shape)
+
+
+def reshape_cai(cai, owner, shape):
+    """:func:`reshape` of the array that interface ``cai`` describes (read
+    once by the caller), the view keeping ``owner`` alive."""
+    st = cai.get("strides")
+    g = geometry(tuple(cai["shape"]), None if st is None else tuple(st), cai["typestr"],
+                 tuple(shape))
+    if g is None:
+        return None
+    dtype, new_shape, new_strides = g
+    return _array_at(cai["data"][0], new_shape, new_strides, dtype, owner)
+
+
+@functools.lru_cache(maxsize=4096)
+def geometry(shape, strides, typestr, new_shape):
+    """``(dtype, new_shape, new_strides)`` of a no-copy reshape of the array
+    an interface describes (``strides`` None: C-contiguous), or None where
+    its strides forbid a view or any is negative. Cached: per call, a view
+    costs one dict lookup here and the pointer (the plan of issue 36)."""
+    dtype = np.dtype(typestr)
     shape = tuple(int(n) for n in shape)
-    cai = _interface_of(dev)
-    dtype = np.dtype(cai["typestr"])
-    old_shape = tuple(int(n) for n in cai["shape"])
-    strides = cai.get("strides")
-    strides = (contiguous_strides(old_shape, dtype.itemsize) if strides is None
+    new_shape = tuple(int(n) for n in new_shape)
+    strides = (contiguous_strides(shape, dtype.itemsize) if strides is None
                else tuple(int(s) for s in strides))
     if any(st < 0 for st in strides):
         return None
-    new = reshaped_strides(old_shape, strides, dtype, shape)
+    new = reshaped_strides(shape, strides, dtype, new_shape)
     if new is None:
         return None
-    return _array_at(int(cai["data"][0]), shape, new, dtype, dev)
+    return dtype, new_shape, new
 
 
 @functools.lru_cache(maxsize=1024)
@@ -333,14 +366,15 @@ def _copy_dims(dptr, sptr, dims, dtype, dst, src, stream):
 def fill_zero(dev, stream):
     """Zero a C-contiguous device array on ``stream`` (a kernel: the same
     host code under the simulator and on a GPU)."""
-    if not dev.size:
+    cai = _interface_of(dev)  # one read: size and the flat view from it
+    size = _layout.size_of(tuple(cai["shape"]))
+    if not size:
         return
     from fastlogits.cuda import copy as kc
 
-    flat = reshape(dev, (int(dev.size),))
+    flat = reshape_cai(cai, dev, (size,))
     threads = 256
-    launch(kc.fill_zero, max(1, min(-(-int(dev.size) // threads), 4096)), threads, stream, 0,
-           flat)
+    launch(kc.fill_zero, max(1, min(-(-size // threads), 4096)), threads, stream, 0, flat)
 
 
 def byte_range(cai):
@@ -389,38 +423,43 @@ class Caller:
     arrays; host input: Numba device arrays copied back by :meth:`result`).
     """
 
-    def __init__(self, x):
-        from numba import cuda
+    def __init__(self, x, cai=None):
+        cuda = _numba_cuda()
 
         self.x = x
-        self.lib = library(x)
+        # x's interface, read once (``cai``: already read by the API's checks).
+        self.cai = cai if cai is not None or not chk.is_gpu_array(x) else interface(x)
+        self.lib = library(x, self.cai)
         self.device_index = None
         if self.lib == "torch":
             self.device_index = x.device.index
         elif self.lib == "cupy":
             self.device_index = x.device.id
         with self.activate():
+            #: The current context's key (:func:`context_key`), read once per call.
+            self.ctx = context_key()
             self.stream = self._find_stream(cuda)
 
     def _find_stream(self, cuda):
         if self.lib == "torch":
             import torch
 
-            return _external(cuda, torch.cuda.current_stream(self.x.device).cuda_stream)
+            return _external(cuda, torch.cuda.current_stream(self.x.device).cuda_stream, self.ctx)
         if self.lib == "cupy":
             import cupy
 
-            return _external(cuda, cupy.cuda.get_current_stream().ptr)
+            return _external(cuda, cupy.cuda.get_current_stream().ptr, self.ctx)
         if self.lib == "numba":
-            return self.x.stream if self.x.stream else default_stream()
+            return self.x.stream if self.x.stream else default_stream(self.ctx)
         if self.lib == "cai":
-            ptr = interface(self.x).get("stream")
+            ptr = self.cai.get("stream")
             if ptr is None:
-                return default_stream()
+                return default_stream(self.ctx)
             if ptr == 2:
-                return per_context(_STREAMS, ("per-thread",), cuda.per_thread_default_stream)
-            return _external(cuda, 0 if ptr == 1 else ptr)
-        return default_stream()
+                return per_context(_STREAMS, ("per-thread",), cuda.per_thread_default_stream,
+                                   ctx=self.ctx)
+            return _external(cuda, 0 if ptr == 1 else ptr, self.ctx)
+        return default_stream(self.ctx)
 
     @contextlib.contextmanager
     def activate(self):
@@ -429,7 +468,7 @@ class Caller:
         if self.device_index is None:
             yield
             return
-        from numba import cuda
+        cuda = _numba_cuda()
 
         with cuda.gpus[self.device_index]:
             if self.lib == "cupy":
@@ -460,7 +499,7 @@ class Caller:
 
             a = (cupy.zeros if zero else cupy.empty)(shape, dtype)
             return a, as_device(a) if a.size else None
-        from numba import cuda
+        cuda = _numba_cuda()
 
         d = cuda.device_array(shape, dtype, stream=self.stream)
         if zero:
@@ -469,7 +508,7 @@ class Caller:
 
     def to_device(self, host):
         """Copy a host array to a new (C-contiguous) device array on the stream."""
-        from numba import cuda
+        cuda = _numba_cuda()
 
         return cuda.to_device(np.ascontiguousarray(host), stream=self.stream)
 
@@ -483,12 +522,12 @@ class Caller:
 _STREAMS = {}
 
 
-def default_stream():
+def default_stream(ctx=None):
     """Numba's default stream, one object per context (a stable key for
     the caches of launch configurations and scratch buffers)."""
-    from numba import cuda
+    cuda = _numba_cuda()
 
-    return per_context(_STREAMS, ("default",), cuda.default_stream)
+    return per_context(_STREAMS, ("default",), cuda.default_stream, ctx=ctx)
 
 
 def stream_key(stream):
@@ -499,13 +538,29 @@ def stream_key(stream):
     return int(proto()[1]) if proto is not None else 0
 
 
-def _external(cuda, ptr):
+_STREAM_KEYS = {}
+
+
+def cached_stream_key(stream):
+    """:func:`stream_key`, asked once per stream object (the entry holds
+    the stream, so its id is not reused while cached)."""
+    hit = _STREAM_KEYS.get(id(stream))
+    if hit is not None and hit[0] is stream:
+        return hit[1]
+    key = stream_key(stream)
+    if len(_STREAM_KEYS) >= 256:
+        _STREAM_KEYS.pop(next(iter(_STREAM_KEYS)), None)
+    _STREAM_KEYS[id(stream)] = (stream, key)
+    return key
+
+
+def _external(cuda, ptr, ctx=None):
     """A Numba stream for a raw ``cudaStream_t`` (0: the legacy default
     stream). The wrapper holds only the handle, so one is made per stream
     and context and reused: PyTorch callers name their stream every call."""
     if not ptr:
-        return per_context(_STREAMS, ("legacy",), cuda.legacy_default_stream)
-    return per_context(_STREAMS, (int(ptr),), lambda: cuda.external_stream(ptr))
+        return per_context(_STREAMS, ("legacy",), cuda.legacy_default_stream, ctx=ctx)
+    return per_context(_STREAMS, (int(ptr),), lambda: cuda.external_stream(ptr), ctx=ctx)
 
 
 # --------------------------------------------------------------------------
@@ -526,7 +581,7 @@ def launcher(kernel, blocks, threads, stream, shared_bytes):
     # A configuration is no context's own: a stream handle names one stream
     # (the default streams mean the same in every context), and the
     # dispatcher picks the current device's compiled kernel at each call.
-    key = (kernel, blocks, threads, stream_key(stream), shared_bytes)
+    key = (kernel, blocks, threads, cached_stream_key(stream), shared_bytes)
     cfg = _LAUNCHERS.get(key)
     if cfg is None:
         with warnings.catch_warnings():
@@ -571,14 +626,30 @@ def warp_shuffles():
 # Device constants
 # --------------------------------------------------------------------------
 
-def per_context(cache, key, make, limit=64):
-    """``make()``, kept in ``cache`` under the current CUDA context and
-    ``key`` (a tuple); once ``limit`` entries are held the oldest goes. For
-    the device constants below, streams and launch configurations: made
-    once, not per call."""
-    from numba import cuda
+def context_key():
+    """A stable key of the current CUDA context, read once per call (by
+    :class:`Caller`) for the per-context caches below and the plans.
 
-    full = (id(cuda.current_context()),) + key
+    numba-cuda keeps one ``Context`` object per context while it is current
+    (the thread's attached context): its ``id`` (the caches' device arrays
+    hold the context alive, so the id is never reused under them). The
+    simulator makes a new stand-in context, without a driver ``handle``, on
+    every ``current_context()`` call for its one device: 0 (an ``id`` of
+    those would change per call and every cache would miss: a new scratch
+    buffer and a flag reset per loss call, measured in issue 36)."""
+    cuda = _numba_cuda()
+
+    ctx = cuda.current_context()
+    return 0 if getattr(ctx, "handle", None) is None else id(ctx)
+
+
+def per_context(cache, key, make, limit=64, ctx=None):
+    """``make()``, kept in ``cache`` under the current CUDA context
+    (``ctx``: its :func:`context_key`, when the caller has it) and ``key``
+    (a tuple); once ``limit`` entries are held the oldest goes. For the
+    device constants below, streams and launch configurations: made once,
+    not per call."""
+    full = ((context_key() if ctx is None else ctx),) + key
     value = cache.get(full)
     if value is None:
         if len(cache) >= limit:
@@ -590,24 +661,24 @@ def per_context(cache, key, make, limit=64):
 _STAND_INS = {}
 
 
-def stand_in(dtype, ndim):
+def stand_in(dtype, ndim, ctx=None):
     """A cached 1-element device array of ``dtype`` with ``ndim`` dims: the
     compute-dtype carrier ``cdt`` and the never-touched outputs kernels
     take in place of the ones an op does not produce."""
-    from numba import cuda
+    cuda = _numba_cuda()
 
     return per_context(_STAND_INS, (np.dtype(dtype).str, ndim),
-                       lambda: cuda.device_array((1,) * ndim, dtype))
+                       lambda: cuda.device_array((1,) * ndim, dtype), ctx=ctx)
 
 
 _ONES = {}
 
 
-def ones(dtype, n):
+def ones(dtype, n, ctx=None):
     """A cached device array of ``n`` ones of ``dtype`` (never written by a
     kernel): the class weights of a loss called without ``class_weight``,
     and the unit gradient scale, without a host-to-device copy per call."""
-    from numba import cuda
+    cuda = _numba_cuda()
 
     return per_context(_ONES, (np.dtype(dtype).str, int(n)),
-                       lambda: cuda.to_device(np.ones(int(n), dtype)))
+                       lambda: cuda.to_device(np.ones(int(n), dtype)), ctx=ctx)

@@ -25,10 +25,8 @@ from fastlogits.cuda import runtime
 _LOCAL = threading.local()
 
 
-def _stream_key(stream):
-    from numba import cuda
-
-    return id(cuda.current_context()), runtime.stream_key(stream)
+def _stream_key(stream, ctx=None):
+    return (runtime.context_key() if ctx is None else ctx), runtime.cached_stream_key(stream)
 
 
 class Scratch:
@@ -98,12 +96,13 @@ class Scratch:
         self.sums.copy_to_host(self.sums_host, stream=self.stream)
 
 
-def get(stream):
-    """The calling thread's :class:`Scratch` for ``stream`` in the current context."""
+def get(stream, ctx=None):
+    """The calling thread's :class:`Scratch` for ``stream`` in the current
+    context (``ctx``: its :func:`.runtime.context_key`, when known)."""
     cache = getattr(_LOCAL, "scratch", None)
     if cache is None:
         cache = _LOCAL.scratch = {}
-    key = _stream_key(stream)
+    key = _stream_key(stream, ctx)
     ws = cache.get(key)
     if ws is None:
         ws = cache[key] = Scratch(stream)
