@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bench.conftest import FULL
-from fastlogits import _bandwidth
-from fastlogits.benchmark import floor_bytes, implementations, make_inputs
+from fastlogits.tools import bandwidth
+from fastlogits.tools.benchmark import floor_bytes, implementations, make_inputs
 from fastlogits.registry import OPS
 
 # (H, W, C) and layout: Cityscapes both ways, ADE20K-sized classes.
@@ -54,7 +54,7 @@ def test_op(benchmark, op, shape, layout, impl):
     assert result is not None
 
 
-@pytest.mark.parametrize("threads", _bandwidth.thread_counts())
+@pytest.mark.parametrize("threads", bandwidth.thread_counts())
 @pytest.mark.parametrize("kind", ["read", "copy", "copy-nt"])
 def test_bandwidth(benchmark, kind, threads):
     """The ceilings, measured in the same run with one thread and with all
@@ -73,10 +73,10 @@ def test_bandwidth(benchmark, kind, threads):
     try:
         if kind == "read":
             benchmark.extra_info.update(floor_bytes=x.nbytes, impl=impl)
-            benchmark(_bandwidth.read_kernel, x, nblocks)
+            benchmark(bandwidth.read_kernel, x, nblocks)
         else:
             out = np.empty_like(x)
             benchmark.extra_info.update(floor_bytes=2 * x.nbytes, impl=impl)
-            benchmark(_bandwidth.copy_kernel, x, out, nblocks, kind == "copy-nt")
+            benchmark(bandwidth.copy_kernel, x, out, nblocks, kind == "copy-nt")
     finally:
         numba.set_num_threads(saved)

@@ -87,7 +87,7 @@ def floor_bytes(op, case):
 def implementation(op, case, impl):
     """A zero-argument callable running ``op`` on ``case`` with ``impl``;
     None when that implementation is not installed."""
-    from fastlogits import benchmark as bm
+    from fastlogits.tools import benchmark as bm
 
     if impl.startswith("fastlogits[cpu"):
         import fastlogits as fl

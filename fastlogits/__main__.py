@@ -1,7 +1,4 @@
-"""``python -m fastlogits``: the ``fastlogits`` command (see :mod:`fastlogits.cli`)."""
+"""``python -m fastlogits``: the ``fastlogits`` command (see :mod:`fastlogits.tools.cli`)."""
+from fastlogits.tools.cli import main
 
-import sys
-
-from fastlogits.cli import main
-
-sys.exit(main())
+raise SystemExit(main())

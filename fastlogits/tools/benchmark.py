@@ -4,7 +4,7 @@ Every op is timed on every requested fastlogits backend and beside what a
 user would otherwise write: the NumPy idiom (``np.exp(x - max) / sum``,
 ``np.argmax``) and PyTorch (``torch.softmax``, ``softmax().max()`` for
 classify, ...) when it is installed, in one process and one run, together
-with the memory bandwidth measured in the same run (:mod:`._bandwidth`).
+with the memory bandwidth measured in the same run (:mod:`.bandwidth`).
 
 Throughput counts the op's floor, the bytes it cannot avoid: one read of x
 (plus the target for the losses) and one write of the outputs. Ops that
@@ -261,15 +261,15 @@ def measure_bandwidth(nbytes=256 << 20, repeat=5, gpu=False):
     "non-temporal": GB/s}, "device_copy": GB/s or None, "read_by_threads":
     {threads: GB/s}, "copy_by_threads": {...}}``: each CPU ceiling is the
     best of one thread and all threads, the copy's also of both kinds of
-    store (:mod:`fastlogits._bandwidth`)."""
-    from fastlogits import _bandwidth
+    store (:mod:`fastlogits.tools.bandwidth`)."""
+    from fastlogits.tools import bandwidth
 
     read_by, copy_by, copy_store = {}, {}, {}
     return {
-        "read": _bandwidth.read_gbps(nbytes, repeat, by_threads=read_by),
-        "copy": _bandwidth.copy_gbps(nbytes, repeat, by_threads=copy_by, by_store=copy_store),
+        "read": bandwidth.read_gbps(nbytes, repeat, by_threads=read_by),
+        "copy": bandwidth.copy_gbps(nbytes, repeat, by_threads=copy_by, by_store=copy_store),
         "copy_by_store": copy_store,
-        "device_copy": _bandwidth.device_copy_gbps(nbytes, repeat) if gpu else None,
+        "device_copy": bandwidth.device_copy_gbps(nbytes, repeat) if gpu else None,
         "read_by_threads": {str(k): v for k, v in read_by.items()},
         "copy_by_threads": {str(k): v for k, v in copy_by.items()},
     }

@@ -1,4 +1,4 @@
-"""The PNG encoder/decoder of fastlogits._png and the palettes."""
+"""The PNG encoder/decoder of fastlogits.tools.png and the palettes."""
 
 import io
 import struct
@@ -7,24 +7,24 @@ import zlib
 import numpy as np
 import pytest
 
-from fastlogits import _png, palettes
+from fastlogits.tools import palettes, png
 
 
 def _encode(img, mode, palette=None):
     f = io.BytesIO()
     if mode == "P":
-        _png.write_indexed(f, img, palette)
+        png.write_indexed(f, img, palette)
     elif mode == "RGB":
-        _png.write_rgb(f, img)
+        png.write_rgb(f, img)
     else:
-        _png.write_png(f, img.shape[0], img.shape[1], "L", [img])
+        png.write_png(f, img.shape[0], img.shape[1], "L", [img])
     return f.getvalue()
 
 
 def _decode(data, tmp_path):
     p = tmp_path / "img.png"
     p.write_bytes(data)
-    return _png.read_png(p)
+    return png.read_png(p)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (37, 100), (64, 1)])
@@ -56,8 +56,8 @@ def test_grey_roundtrip(rng, tmp_path):
 def test_many_blocks_and_idat_chunks(rng, tmp_path, monkeypatch):
     """Row blocks of a few rows and tiny IDAT chunks: the stream must still
     decode (the Up filter carries the last row across blocks)."""
-    monkeypatch.setattr(_png, "_ROWS_PER_BLOCK_BYTES", 3 * 100 * 7)
-    monkeypatch.setattr(_png, "_IDAT_BYTES", 16)
+    monkeypatch.setattr(png, "_ROWS_PER_BLOCK_BYTES", 3 * 100 * 7)
+    monkeypatch.setattr(png, "_IDAT_BYTES", 16)
     img = rng.integers(0, 256, size=(301, 100, 3), dtype=np.uint8)  # incompressible
     data = _encode(img, "RGB")
     assert data.count(b"IDAT") > 2
@@ -117,15 +117,15 @@ def test_decoder_rejects_corruption(rng, tmp_path):
 def test_encoder_errors():
     f = io.BytesIO()
     with pytest.raises(ValueError, match="mode"):
-        _png.write_png(f, 1, 1, "CMYK", [np.zeros((1, 1), np.uint8)])
+        png.write_png(f, 1, 1, "CMYK", [np.zeros((1, 1), np.uint8)])
     with pytest.raises(ValueError, match="palette"):
-        _png.write_indexed(io.BytesIO(), np.zeros((2, 2), np.uint8), np.zeros((257, 3), np.uint8))
+        png.write_indexed(io.BytesIO(), np.zeros((2, 2), np.uint8), np.zeros((257, 3), np.uint8))
     with pytest.raises(ValueError, match="shape"):
-        _png.write_png(io.BytesIO(), 2, 3, "RGB", [np.zeros((2, 3), np.uint8)])
+        png.write_png(io.BytesIO(), 2, 3, "RGB", [np.zeros((2, 3), np.uint8)])
     with pytest.raises(ValueError, match="rows"):
-        _png.write_png(io.BytesIO(), 3, 2, "L", [np.zeros((2, 2), np.uint8)])
+        png.write_png(io.BytesIO(), 3, 2, "L", [np.zeros((2, 2), np.uint8)])
     with pytest.raises(ValueError, match="pixels a side"):
-        _png.write_png(io.BytesIO(), 0, 2, "L", [])
+        png.write_png(io.BytesIO(), 0, 2, "L", [])
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Bounded-memory classification of logits files (fastlogits.tiled)."""
+"""Bounded-memory classification of logits files (fastlogits.tools.tiled)."""
 
 import os
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import _png, api, palettes, tiled
+from fastlogits import api
+from fastlogits.tools import palettes, png, tiled
 
 
 def _logits(rng, shape, dtype=np.float32):
@@ -158,11 +159,11 @@ def test_png_outputs(C, rng, tmp_path):
     tiled.classify_file(tmp_path / "x.npy", 1, tmp_path / "l.png", tmp_path / "c.png",
                         max_memory=20000)
     ref_l, ref_c = fl.classify(x, 1)
-    lab = _png.read_png(tmp_path / "l.png")
+    lab = png.read_png(tmp_path / "l.png")
     assert lab["mode"] == "P" and lab["array"].shape == (21, 34)
     np.testing.assert_array_equal(lab["array"], ref_l[0])
     np.testing.assert_array_equal(lab["palette"], palettes.for_classes(C))
-    conf = _png.read_png(tmp_path / "c.png")
+    conf = png.read_png(tmp_path / "c.png")
     assert conf["mode"] == "RGB" and conf["array"].shape == (21, 34, 3)
     lut = palettes.confidence_lut("heat")
     np.testing.assert_array_equal(conf["array"], lut[palettes.confidence_levels(ref_c[0])])
@@ -172,7 +173,7 @@ def test_png_many_classes_is_rgb(rng, tmp_path):
     x = _logits(rng, (6, 5, 300))
     np.save(tmp_path / "x.npy", x)
     tiled.classify_file(tmp_path / "x.npy", -1, labels=tmp_path / "l.png")
-    d = _png.read_png(tmp_path / "l.png")
+    d = png.read_png(tmp_path / "l.png")
     assert d["mode"] == "RGB"
     np.testing.assert_array_equal(d["array"], palettes.distinct(300)[np.argmax(x, -1)])
 
@@ -184,10 +185,10 @@ def test_png_custom_palette_and_grey(rng, tmp_path):
     (tmp_path / "pal.txt").write_text("255 0 0\n0 255 0\n0 0 255\n")
     tiled.classify_file(tmp_path / "x.npy", -1, tmp_path / "l.png", tmp_path / "c.png",
                         palette=tmp_path / "pal.txt", confidence_style="grey")
-    d = _png.read_png(tmp_path / "l.png")
+    d = png.read_png(tmp_path / "l.png")
     np.testing.assert_array_equal(d["palette"], [[255, 0, 0], [0, 255, 0], [0, 0, 255]])
     np.testing.assert_array_equal(d["array"], np.argmax(x, -1))
-    c = _png.read_png(tmp_path / "c.png")["array"]
+    c = png.read_png(tmp_path / "c.png")["array"]
     assert tuple(c[0, 0]) == palettes.NAN_COLOUR  # NaN confidence
     (tmp_path / "pal2.txt").write_text("255 0 0\n0 255 0\n")
     with pytest.raises(ValueError, match="2 colours, but the map has 3 classes"):

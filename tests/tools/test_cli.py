@@ -1,7 +1,7 @@
 """The ``fastlogits`` command, run as a user runs it.
 
 Each command runs once as ``python -m fastlogits ...`` in a subprocess; the
-many error cases run through :func:`fastlogits.cli.main` in-process (the
+many error cases run through :func:`fastlogits.tools.cli.main` in-process (the
 same code path, without paying Numba's start-up for each).
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import _png, cli, palettes
+from fastlogits.tools import cli, palettes, png
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fastlogits_cmd(*args, cwd, timeout=240):
@@ -73,13 +73,13 @@ def test_demo_small(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "fastlogits[cpu]" in r.stdout and "fastlogits[numpy]" in r.stdout
     assert "cpu vs numpy: 0 labels differ" in r.stdout and "agree" in r.stdout
-    lab = _png.read_png(tmp_path / "pics" / "labels.png")
-    conf = _png.read_png(tmp_path / "pics" / "confidence.png")
+    lab = png.read_png(tmp_path / "pics" / "labels.png")
+    conf = png.read_png(tmp_path / "pics" / "confidence.png")
     assert lab["mode"] == "P" and lab["array"].shape == (64, 128)
     np.testing.assert_array_equal(lab["palette"], palettes.CITYSCAPES)
     assert conf["mode"] == "RGB" and conf["array"].shape == (64, 128, 3)
     # the labels are the argmax of the scene the demo synthesizes
-    from fastlogits.demo import synthesize
+    from fastlogits.tools.demo import synthesize
 
     x = synthesize(64, 128, seed=0)
     np.testing.assert_array_equal(lab["array"], np.argmax(x, -1))
@@ -88,7 +88,7 @@ def test_demo_small(tmp_path):
 
 
 def test_demo_scene_is_smooth_with_uncertain_boundaries():
-    from fastlogits.demo import synthesize
+    from fastlogits.tools.demo import synthesize
 
     x = synthesize(128, 256, seed=3)
     assert x.shape == (128, 256, 19) and x.dtype == np.float32
@@ -114,11 +114,11 @@ def test_classify_png_and_tiled_npy(rng, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "wrote l.png" in r.stdout and "wrote c.png" in r.stdout
     ref_l, ref_c = fl.classify(x)
-    lab = _png.read_png(tmp_path / "l.png")
+    lab = png.read_png(tmp_path / "l.png")
     assert lab["array"].shape == (37, 45)
     np.testing.assert_array_equal(lab["array"], ref_l)
     np.testing.assert_array_equal(lab["palette"], palettes.CITYSCAPES)
-    conf = _png.read_png(tmp_path / "c.png")["array"]
+    conf = png.read_png(tmp_path / "c.png")["array"]
     np.testing.assert_array_equal(conf, palettes.confidence_lut()[palettes.confidence_levels(ref_c)])
 
     xc = np.ascontiguousarray(np.moveaxis(x, -1, 0))[None]  # 1×C×H×W
@@ -136,7 +136,7 @@ def test_classify_png_and_tiled_npy(rng, tmp_path):
 
 def test_bench_pool_line():
     """The report says whether large outputs came from reused blocks."""
-    from fastlogits.benchmark import _pool_line
+    from fastlogits.tools.benchmark import _pool_line
 
     assert "off (config.CPU_OUTPUT_POOL_BYTES = 0): every output on fresh pages" in _pool_line(
         {"output_pool_bytes": 0})
@@ -248,12 +248,12 @@ def test_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
 
 def test_plot(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from fastlogits import benchmark
+    from fastlogits.tools import benchmark
 
     report = benchmark.run(shape=(4, 6, 3), ops=["argmax"], repeat=1, torch=False,
                            bandwidth_bytes=1 << 20)
     benchmark.plot(report, tmp_path / "b.png")
-    assert _png.read_png(tmp_path / "b.png")["array"].shape[0] > 100
+    assert png.read_png(tmp_path / "b.png")["array"].shape[0] > 100
 
 
 def test_classify_options_in_process(rng, tmp_path, monkeypatch, capsys):
@@ -273,7 +273,7 @@ def test_classify_options_in_process(rng, tmp_path, monkeypatch, capsys):
                              "--labels", "l.png", "--confidence", "c.png",
                              "--confidence-map", "grey", "--quiet"], capsys)
     assert rc == 0 and out == "" and err == ""
-    lab = _png.read_png("l.png")
+    lab = png.read_png("l.png")
     np.testing.assert_array_equal(lab["array"], np.argmax(x[..., :3], -1))
     np.testing.assert_array_equal(lab["palette"], palettes.distinct(3))
 
@@ -349,7 +349,7 @@ def test_binary_palette_is_one_clear_line(rng, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     np.save("x.npy", _logits(rng, (5, 4, 3)))
     with open("pal.png", "wb") as f:
-        _png.write_indexed(f, np.zeros((2, 2), np.uint8), palettes.distinct(3))
+        png.write_indexed(f, np.zeros((2, 2), np.uint8), palettes.distinct(3))
     rc, out, err = run_main(["classify", "x.npy", "--axis", "-1", "--labels", "l.png",
                              "--palette", "pal.png"], capsys)
     _assert_one_line_error(rc, err)

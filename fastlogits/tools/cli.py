@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from fastlogits import _files
+from fastlogits.tools import files
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -124,7 +124,7 @@ def _shape3(text):
 
 
 def _memory(text):
-    from fastlogits.tiled import parse_size
+    from fastlogits.tools.tiled import parse_size
 
     try:
         return parse_size(text)
@@ -182,7 +182,7 @@ def _vector_width_status():
 def _tile_status():
     """The channels-first tiles' byte budget and where it comes from."""
     from fastlogits import _cpuinfo, config
-    from fastlogits.tiled import format_size
+    from fastlogits.tools.tiled import format_size
 
     l2 = _cpuinfo.l2_bytes()
     l2 = f"the L2 cache: {format_size(l2)} here" if l2 else "1 MiB: the L2 size is unknown"
@@ -240,7 +240,7 @@ def _cache_dirs():
 
     import fastlogits
 
-    modules = ["fastlogits._bandwidth"]
+    modules = ["fastlogits.tools.bandwidth"]
     for sub in ("cpu", "cuda"):
         try:
             pkg = importlib.import_module(f"fastlogits.{sub}")
@@ -263,10 +263,10 @@ def _cache_dirs():
         dirs = [base or os.path.join(os.path.dirname(fastlogits.__file__), "cpu", "__pycache__")]
     out = []
     for d in dirs:
-        files = [os.path.join(d, f) for f in os.listdir(d)] if os.path.isdir(d) else []
-        files = [f for f in files if f.endswith((".nbi", ".nbc"))]
-        size = sum(os.path.getsize(f) for f in files)
-        out.append((d, len(files), size))
+        entries = [os.path.join(d, f) for f in os.listdir(d)] if os.path.isdir(d) else []
+        entries = [f for f in entries if f.endswith((".nbi", ".nbc"))]
+        size = sum(os.path.getsize(f) for f in entries)
+        out.append((d, len(entries), size))
     return out
 
 
@@ -294,7 +294,7 @@ def _gpu_line(api):
 
         d = runtime.describe()
     except Exception:  # an older or partial CUDA module: fall back on Numba
-        from fastlogits.benchmark import gpu_name
+        from fastlogits.tools.benchmark import gpu_name
 
         return gpu_name() or reason
     parts = []
@@ -315,11 +315,12 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _bandwidth, _cpuinfo, _threading, api, config, pool
-    from fastlogits.benchmark import cpu_name
-    from fastlogits.tiled import format_size
+    from fastlogits import _cpuinfo, _threading, api, config, pool
+    from fastlogits.tools import bandwidth
+    from fastlogits.tools.benchmark import cpu_name
+    from fastlogits.tools.tiled import format_size
 
-    _bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
+    bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
     layer = _threading.describe()
     rows = [
         ("fastlogits", f"{fastlogits.__version__} ({os.path.dirname(fastlogits.__file__)})"),
@@ -357,7 +358,7 @@ def cmd_info(args):
 # --------------------------------------------------------------------------
 
 def cmd_demo(args):
-    from fastlogits import demo
+    from fastlogits.tools import demo
 
     res = demo.run(out_dir=args.out, size=args.size, backends=_list(args.backends),
                    seed=args.seed, repeat=args.repeat)
@@ -372,7 +373,7 @@ def cmd_demo(args):
 # --------------------------------------------------------------------------
 
 def cmd_classify(args):
-    from fastlogits import tiled
+    from fastlogits.tools import tiled
 
     res = tiled.classify_file(
         args.input, args.axis, labels=args.labels, confidence=args.confidence,
@@ -402,7 +403,7 @@ def cmd_bench(args):
 
     import numpy as np
 
-    from fastlogits import benchmark
+    from fastlogits.tools import benchmark
 
     if args.plot is not None:
         try:
@@ -414,18 +415,18 @@ def cmd_bench(args):
             d = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(d):
                 raise CommandError(f"cannot write {path!r}: directory {d!r} does not exist")
-    _files.check_distinct([("--json", args.json), ("--plot", args.plot)])
+    files.check_distinct([("--json", args.json), ("--plot", args.plot)])
     report = benchmark.run(
         shape=args.shape, layout=args.layout, ops=_list(args.ops), backends=_list(args.backends),
         repeat=args.repeat, dtype=np.dtype(args.dtype), torch=not args.no_torch,
         progress=_progress("bench", "step", enabled=not args.quiet))
     print(benchmark.format_table(report))
     if args.json is not None:
-        _files.write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()),
+        files.write_atomic(args.json, lambda f: f.write(json.dumps(report, indent=2).encode()),
                             "--json")
         print(f"wrote {args.json}")
     if args.plot is not None:
-        with _files.AtomicOutput(args.plot, "--plot") as out:
+        with files.AtomicOutput(args.plot, "--plot") as out:
             # savefig opens by name to infer the format from the extension; the
             # name is the exclusive temporary's (random, made by us beforehand)
             with out._errors():
@@ -525,7 +526,7 @@ def _package_version():
 
 def _one_line(exc):
     text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, (ValueError, TypeError, CommandError, _files.WriteError)):
+    if isinstance(exc, (ValueError, TypeError, CommandError, files.WriteError)):
         return " ".join(text.split())
     return f"{type(exc).__name__}: {text.splitlines()[0]}"
 

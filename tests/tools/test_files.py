@@ -1,5 +1,5 @@
 """Output files: exclusive temporaries, permissions, clean-up, and no output
-naming an input (fastlogits._files, through every writer that uses it)."""
+naming an input (fastlogits.tools.files, through every writer that uses it)."""
 
 import errno
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import _files, _png, tiled
+from fastlogits.tools import files, png, tiled
 
 
 def _logits(rng, shape):
@@ -32,7 +32,7 @@ def test_planted_symlink_is_neither_followed_nor_needed(ext, rng, tmp_path):
     tiled.classify_file(tmp_path / "x.npy", -1, labels=out, max_memory=4000)
     assert victim.read_text() == "someone else's file"
     assert os.path.islink(_old_temp(out))  # left alone
-    lab = np.load(out) if ext == ".npy" else _png.read_png(out)["array"]
+    lab = np.load(out) if ext == ".npy" else png.read_png(out)["array"]
     np.testing.assert_array_equal(lab, fl.classify(x)[0])
 
 
@@ -40,7 +40,7 @@ def test_write_atomic_ignores_planted_symlink(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
     os.symlink(victim, _old_temp(tmp_path / "b.json"))
-    _files.write_atomic(tmp_path / "b.json", lambda f: f.write(b"{}"))
+    files.write_atomic(tmp_path / "b.json", lambda f: f.write(b"{}"))
     assert victim.read_text() == "keep" and (tmp_path / "b.json").read_bytes() == b"{}"
 
 
@@ -52,8 +52,8 @@ def test_final_mode_is_what_open_gives(mask, rng, tmp_path):
         with open(tmp_path / "plain", "w"):
             pass
         tiled.classify_file(tmp_path / "x.npy", -1, tmp_path / "l.npy", tmp_path / "c.png")
-        _files.write_atomic(tmp_path / "d.json", lambda f: f.write(b"1"))
-        assert _files.umask() == mask
+        files.write_atomic(tmp_path / "d.json", lambda f: f.write(b"1"))
+        assert files.umask() == mask
     finally:
         os.umask(old)
     want = os.stat(tmp_path / "plain").st_mode & 0o777
@@ -69,7 +69,7 @@ def test_no_temporary_left_after_an_error(exc, tmp_path):
         raise exc
 
     with pytest.raises(type(exc)):
-        _files.write_atomic(tmp_path / "o.png", write)
+        files.write_atomic(tmp_path / "o.png", write)
     assert os.listdir(tmp_path) == []
 
 
@@ -80,7 +80,7 @@ def test_failed_write_names_the_users_path(rng, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/.tmp")
 
     monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(_files.WriteError) as info:
+    with pytest.raises(files.WriteError) as info:
         tiled.classify_file(tmp_path / "x.npy", -1, labels=tmp_path / "l.npy")
     msg = str(info.value)
     assert msg == f"cannot write --labels {str(tmp_path / 'l.npy')!r}: No space left on device"
@@ -95,9 +95,9 @@ def test_check_distinct_links(tmp_path):
     os.symlink(tmp_path, tmp_path / "dirlink")
     for same in ("a.npy", "hard.npy", "soft.npy", "dirlink/a.npy", "./a.npy"):
         with pytest.raises(ValueError, match="is the input file"):
-            _files.check_distinct([("--out", tmp_path / same)], [("--in", a)])
+            files.check_distinct([("--out", tmp_path / same)], [("--in", a)])
         with pytest.raises(ValueError, match="name the same file"):
-            _files.check_distinct([("--o1", a), ("--o2", tmp_path / same)])
-    _files.check_distinct([("--o1", tmp_path / "new.npy"), ("--o2", a)], [("--in", None)])
+            files.check_distinct([("--o1", a), ("--o2", tmp_path / same)])
+    files.check_distinct([("--o1", tmp_path / "new.npy"), ("--o2", a)], [("--in", None)])
     with pytest.raises(ValueError, match="name the same file"):  # neither exists yet
-        _files.check_distinct([("--o1", tmp_path / "new.npy"), ("--o2", tmp_path / "dirlink/new.npy")])
+        files.check_distinct([("--o1", tmp_path / "new.npy"), ("--o2", tmp_path / "dirlink/new.npy")])

@@ -13,7 +13,7 @@ reusable buffers, and from there into the outputs:
 
 - ``.npy``: header and tiles written with ``pwrite`` into an exclusive
   temporary in the output's directory, renamed over the final name only at
-  the end (:class:`fastlogits._files.AtomicOutput`);
+  the end (:class:`fastlogits.tools.files.AtomicOutput`);
 - ``.png``: a palette image of the labels or a heat map of the confidence;
   the (one byte a pixel) index image is held in memory, then encoded.
 
@@ -32,7 +32,8 @@ import zipfile
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _files, _layout, _png, palettes
+from fastlogits import _layout
+from fastlogits.tools import files, palettes, png
 
 __all__ = ["parse_size", "format_size", "narrowest_label_dtype", "open_logits", "plan_tiles",
            "tile_pixels", "classify_array", "classify_file"]
@@ -426,7 +427,7 @@ class _NpyOutput:
     def __init__(self, path, shape, dtype, which, option):
         self.path, self.which, self.shape = os.fspath(path), which, shape
         self.itemsize = np.dtype(dtype).itemsize
-        self.out = _files.AtomicOutput(path, option)
+        self.out = files.AtomicOutput(path, option)
         try:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
                       "fortran_order": False, "shape": tuple(shape)}
@@ -489,7 +490,7 @@ class _PngOutput:
             self.palette = palettes.confidence_lut(style)
             idx_dtype = np.uint8
         self.index = np.empty(rshape, idx_dtype)
-        self.out = _files.AtomicOutput(path, option)  # now: an unwritable place fails first
+        self.out = files.AtomicOutput(path, option)  # now: an unwritable place fails first
 
     @staticmethod
     def map_bytes(rshape, which, C):
@@ -501,7 +502,7 @@ class _PngOutput:
     def encoder_bytes(image_shape, which, C):
         rgb = which != "labels" or C > 256
         itemsize = 1 if which != "labels" or C <= 256 else narrowest_label_dtype(C).itemsize
-        return _png.encoder_bytes(*image_shape, 3 if rgb else 1, itemsize)
+        return png.encoder_bytes(*image_shape, 3 if rgb else 1, itemsize)
 
     def __call__(self, idx, labels, conf):
         if self.which == "labels":
@@ -515,10 +516,10 @@ class _PngOutput:
         img = self.index.reshape(self.image_shape)
         with self.out._errors():
             if self.which == "labels" and len(self.palette) <= 256:
-                _png.write_indexed(self.out.file, img, self.palette)
+                png.write_indexed(self.out.file, img, self.palette)
             else:  # more than 256 colours: RGB, coloured block by block
-                blocks = (self.palette[b] for b in _png._row_blocks(img))
-                _png.write_png(self.out.file, img.shape[0], img.shape[1], "RGB", blocks)
+                blocks = (self.palette[b] for b in png._row_blocks(img))
+                png.write_png(self.out.file, img.shape[0], img.shape[1], "RGB", blocks)
         self.index = None
 
     def commit(self):
@@ -573,7 +574,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
     labels_dtype : str or dtype, optional
         Integer dtype of ``.npy`` labels (default the narrowest unsigned).
     palette : str, optional
-        Palette file for ``.png`` labels (see :func:`fastlogits.palettes.load`).
+        Palette file for ``.png`` labels (see :func:`fastlogits.tools.palettes.load`).
     confidence_style : {"heat", "grey"}
         Colour map of a ``.png`` confidence.
     progress : callable, optional
@@ -603,7 +604,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
     lab_ext = _check_output_path(labels, "--labels") if labels is not None else None
     conf_ext = _check_output_path(confidence, "--confidence") if confidence is not None else None
     # no output may name a file read (by name, hard link or symlink), nor another output
-    _files.check_distinct([("--labels", labels), ("--confidence", confidence)],
+    files.check_distinct([("--labels", labels), ("--confidence", confidence)],
                           [("input", input_path), ("--palette", palette)])
     if labels_dtype is not None and lab_ext != ".npy":
         raise ValueError("--labels-dtype applies to .npy labels only")

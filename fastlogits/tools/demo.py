@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from fastlogits import _files, _png, palettes
+from fastlogits.tools import files, palettes, png
 
 __all__ = ["synthesize", "run", "CLASSES"]
 
@@ -218,7 +218,7 @@ def run(out_dir="fastlogits-demo", size=(1024, 2048), backends=None, seed=0, rep
         ``mpix_per_s``, ``gbps``), ``agree`` (bool), ``files``.
     """
     import fastlogits as fl
-    from fastlogits.benchmark import time_call
+    from fastlogits.tools.benchmark import time_call
 
     H, W = size
     avail = fl.backends()
@@ -259,12 +259,12 @@ def run(out_dir="fastlogits-demo", size=(1024, 2048), backends=None, seed=0, rep
                       f"{dconf:.1e} -> {'agree' if ok else 'DISAGREE'}")
     labels_path = os.path.join(out_dir, "labels.png")
     conf_path = os.path.join(out_dir, "confidence.png")
-    _files.write_atomic(labels_path, lambda f: _png.write_indexed(f, lab0.astype(np.uint8),
+    files.write_atomic(labels_path, lambda f: png.write_indexed(f, lab0.astype(np.uint8),
                                                                   palettes.CITYSCAPES))
     lut = palettes.confidence_lut("heat")
     levels = palettes.confidence_levels(conf0)
-    _files.write_atomic(conf_path, lambda f: _png.write_png(
-        f, H, W, "RGB", (lut[b] for b in _png._row_blocks(levels))))
+    files.write_atomic(conf_path, lambda f: png.write_png(
+        f, H, W, "RGB", (lut[b] for b in png._row_blocks(levels))))
 
     counts = np.bincount(lab0.ravel(), minlength=len(CLASSES))
     top = np.argsort(counts)[::-1][:6]
