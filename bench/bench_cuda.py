@@ -454,7 +454,7 @@ def run(cases=None, ops=OPS, repeat=None, cpu=True, e2e=True, json_path=None, lo
     """Run the benchmark; returns the result dict (also written to
     ``json_path``, and its table to ``markdown_path``)."""
     if not gpu_available():
-        raise RuntimeError(f"no usable GPU: {fl.api._cuda_status()[1]}")
+        raise RuntimeError(f"no usable GPU: {fl._frontend.cuda_status()[1]}")
     cases = cases or (FULL_CASES if FULL else SMALL_CASES)
     repeat = repeat or (20 if FULL else 3)
     torch = _torch_cuda()

@@ -214,3 +214,31 @@ def check_no_partial_overlap(out, x, name="out"):
             and out.strides == x.strides and out.shape == x.shape and out.dtype == x.dtype)
     if not same and np.may_share_memory(out, x):
         raise ValueError(f"{name} overlaps x without being x itself; pass out=x for in place")
+
+
+def target_value_error(value, position, C, ignore_index):
+    """The ``ValueError`` for a target value outside [0, C) that is not
+    ``ignore_index`` (shared by every backend)."""
+    return ValueError(
+        f"target holds {value} at position {tuple(position)}, outside [0, {C}) "
+        f"and not ignore_index={ignore_index}"
+    )
+
+
+def check_target_values(t, C, ignore_index):
+    """Raise :func:`target_value_error` for the first (C order) bad value of
+    the host array ``t``; return None if every value is fine."""
+    t = np.asarray(t)
+    if t.size == 0:
+        return
+    # Compare without casting: a uint64 target may hold values beyond int64.
+    if t.dtype.kind == "u":
+        bad = t >= C
+        if 0 <= ignore_index:
+            bad &= t != ignore_index
+    else:
+        bad = ((t < 0) | (t >= C)) & (t != ignore_index)
+    if bad.any():
+        flat = int(np.argmax(bad.ravel()))
+        pos = tuple(int(i) for i in np.unravel_index(flat, t.shape))
+        raise target_value_error(t[pos].item(), pos, C, ignore_index)

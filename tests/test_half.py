@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import api, config
+from fastlogits import config
+from fastlogits.cpu.host import ChunkScratch
 from fastlogits.cpu import half
 
 
@@ -162,7 +163,7 @@ def test_float16_outputs_through_temporaries(rng, half_direct):
 
 
 def test_chunk_scratch_reuses_its_buffers():
-    scratch = api.ChunkScratch()
+    scratch = ChunkScratch()
     a = scratch.get("x", (2, 19, 50), np.float32)
     b = scratch.get("x", (1, 19, 30), np.float32)  # a smaller last chunk
     assert a.flags.c_contiguous and b.flags.c_contiguous and b.shape == (1, 19, 30)

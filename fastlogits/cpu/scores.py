@@ -3,7 +3,7 @@
 Numba's CPU target has no float16 type, so float16 logits reach the
 kernels that read them directly as their bits: ``x.view(np.uint16)``
 (a uint16 x is never anything else in :mod:`fastlogits.cpu`). Such x is
-computed in float32, as the chunked path of :func:`fastlogits.api._run_cpu`
+computed in float32, as the chunked path of :func:`fastlogits.cpu.host.run_cpu`
 computes it, so results are the same bit for bit: every float16 value is
 exact in float32. What changes is the memory traffic: the kernels read two
 bytes per score from memory, where the chunked path converted 1 M scores

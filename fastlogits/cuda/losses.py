@@ -439,7 +439,7 @@ def _check_flag(flag, target, lg, ignore_index, fetched=False):
     code, index = flag.read(fetched)
     if code == 0:
         return
-    from fastlogits.losses import target_value_error
+    from fastlogits._checks import target_value_error
 
     pos = np.unravel_index(index, lg.reduced_shape)
     if chk.is_gpu_array(target):

@@ -1,6 +1,6 @@
 """Host side of the CUDA backend, called by :mod:`fastlogits.api`.
 
-Each op receives the original ``x`` and its validated ``_Logits``; here
+Each op receives the original ``x`` and its validated ``_frontend.Logits``; here
 ``out=`` is validated (GPU outputs through their ``__cuda_array_interface__``
 metadata, before any kernel runs), the canonical (outer, C, inner) device
 view of x is built, the regime and launch configuration are read from

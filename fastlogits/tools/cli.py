@@ -284,9 +284,11 @@ def _numba_cuda_line():
     return f"{installed} (supported: >={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]})"
 
 
-def _gpu_line(api):
+def _gpu_line():
     """The GPU, from :func:`fastlogits.cuda.runtime.describe` when it exists."""
-    usable, reason = api._cuda_status()
+    from fastlogits import _frontend
+
+    usable, reason = _frontend.cuda_status()
     if not usable:
         return f"none ({reason})"
     try:
@@ -315,7 +317,7 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _cpuinfo, _threading, api, config, pool
+    from fastlogits import _cpuinfo, _threading, config, pool
     from fastlogits.tools import bandwidth
     from fastlogits.tools.benchmark import cpu_name
     from fastlogits.tools.tiled import format_size
@@ -338,7 +340,7 @@ def cmd_info(args):
                          "config.CPU_ROW_PREFETCH_MAX_BYTES)"),
         ("tiles", _tile_status()),
         ("float16", _half_status()),
-        ("GPU", _gpu_line(api)),
+        ("GPU", _gpu_line()),
         ("fastexp", _fastexp_status()),
         ("vectors", _vector_width_status()),
         ("output pool", pool.describe()),

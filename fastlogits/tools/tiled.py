@@ -593,7 +593,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         Every problem with the arguments or files, before anything is
         written; nothing is left behind on any failure.
     """
-    from fastlogits import api
+    from fastlogits import _frontend
 
     t0 = time.perf_counter()
     input_path = os.fspath(input_path)
@@ -611,7 +611,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
     if palette is not None and lab_ext != ".png":
         raise ValueError("--palette applies to .png labels only")
     chk.check_temperature(temperature)
-    be = api.resolve_backend(backend, np.empty(0, np.float32))
+    be = _frontend.resolve_backend(backend, np.empty(0, np.float32))
 
     x, in_memory = open_logits(input_path, key)
     # any byte order: tiles are converted to native as they are read

@@ -17,6 +17,8 @@ from conftest import SIM, kind_of, to_gpu, to_host
 
 import fastlogits as fl
 from fastlogits import _layout, config
+from fastlogits._frontend import Features
+from fastlogits._numpy_backend import head_logits
 from fastlogits.cuda import head as kh
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -116,7 +118,7 @@ def check_ops(head, f, axis, fin, temperature=1.7, every=True):
         want = getattr(head, op)(f, axis, temperature=temperature, backend="numpy")
         got = getattr(head, op)(fin, axis, temperature=temperature, backend="cuda")
         assert_close(got, want, atol, op)
-    z64 = head._reference_logits(head._prepare(f, axis, "numpy")[0])
+    z64 = head_logits(head, Features(f, axis, head))
     if every:
         want_lab = head.argmax(f, axis, backend="numpy")
         assert_labels(head.argmax(fin, axis, backend="cuda"), want_lab, z64, axis)
@@ -332,7 +334,7 @@ def test_confusion_matrix(rng, case, budget):
     fd, td = to_gpu(f), to_gpu(t.astype(np.int16))
     got = head.confusion_matrix(fd, td, axis)
     assert kind_of(got) == "numba"
-    z = head._reference_logits(head._prepare(f, axis, "numpy")[0])
+    z = head_logits(head, Features(f, axis, head))
     zs = np.sort(np.moveaxis(z, axis, -1), axis=-1)
     if (zs[..., -1] - zs[..., -2] > 1e-3).all():  # no near-ties: counts equal exactly
         np.testing.assert_array_equal(to_host(got), want)

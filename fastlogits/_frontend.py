@@ -1,0 +1,503 @@
+"""The frontend: everything between the public functions and the backends.
+
+Argument checks, the validated view of the logits (or LinearHead
+features), host ``out=`` checks, backend resolution, one dispatch table
+per op and the plan cache. :mod:`fastlogits.api`, :mod:`fastlogits.losses`
+and :mod:`fastlogits.head` hold the public functions only and call the
+op functions here; this module imports no public module.
+
+A backend's op function takes the validated logits (:class:`Logits`) or
+features (:class:`Features`) and, on the host, outputs already checked:
+
+============  =======================  =======================  ====================
+op            ``"numpy"``              ``"cpu"``                ``"cuda"``
+============  =======================  =======================  ====================
+logits ops    ``_numpy_backend``       ``cpu.host``             ``cuda.host``
+LinearHead    ``_numpy_backend.head_*``  ``cpu.head_host``      ``cuda.host.head_*``
+============  =======================  =======================  ====================
+
+(:data:`DISPATCH` names them; a backend's modules are imported at its
+first call, so importing fastlogits imports no CUDA.)
+"""
+
+import functools
+import importlib
+import os
+
+import numpy as np
+
+from fastlogits import _checks as chk
+from fastlogits import _layout, reference
+
+ENV_BACKEND = "FASTLOGITS_BACKEND"
+REDUCTIONS = ("mean", "sum", "none")
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+# --------------------------------------------------------------------------
+# backends and the dispatch tables
+# --------------------------------------------------------------------------
+
+#: Per op, the function of each backend, as ``"module:function"``.
+DISPATCH = {
+    **{op: {"numpy": "fastlogits._numpy_backend:expnorm", "cpu": "fastlogits.cpu.host:expnorm",
+            "cuda": "fastlogits.cuda.host:expnorm"}
+       for op in ("softmax", "log_softmax", "logsumexp")},
+    **{op: {"numpy": f"fastlogits._numpy_backend:{op}", "cpu": f"fastlogits.cpu.host:{op}",
+            "cuda": f"fastlogits.cuda.host:{op}"}
+       for op in ("argmax", "classify", "cross_entropy", "confusion_matrix")},
+    **{f"head.{op}": {"numpy": f"fastlogits._numpy_backend:head_{fn}",
+                      "cpu": f"fastlogits.cpu.head_host:{fn}",
+                      "cuda": f"fastlogits.cuda.host:head_{fn}"}
+       for op, fn in (("logits", "expnorm"), ("softmax", "expnorm"),
+                      ("log_softmax", "expnorm"), ("logsumexp", "expnorm"),
+                      ("argmax", "argmax"), ("classify", "argmax"),
+                      ("cross_entropy", "cross_entropy"),
+                      ("confusion_matrix", "confusion_matrix"))},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def implementation(op, backend):
+    """The function of ``backend`` for ``op`` (:data:`DISPATCH`), imported
+    at its first use."""
+    module, name = DISPATCH[op][backend].split(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:  # numba-cuda missing or broken: a clear error
+        raise ValueError(f"backend={backend!r} is not available: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status():
+    """``(usable, reason)`` for the CUDA backend, probed once."""
+    try:
+        from fastlogits.cuda import runtime
+    except ImportError as exc:  # numba-cuda missing or broken
+        return False, f"the CUDA backend cannot be imported ({exc})"
+    return runtime.status()
+
+
+def available_backends():
+    """``fastlogits.backends()``: "numpy", "cpu", and "cuda" where usable."""
+    names = ["numpy", "cpu"]
+    if cuda_status()[0]:
+        names.append("cuda")
+    return names
+
+
+def resolve_backend(backend, x, gpu=None):
+    """Turn ``backend`` (maybe ``"auto"``) into ``"numpy"``, ``"cpu"`` or ``"cuda"``
+    (``gpu``: whether x is a GPU array, when already known)."""
+    if gpu is None:
+        gpu = chk.is_gpu_array(x)
+    chk.check_backend_name(backend)
+    if backend == "auto":
+        env = os.environ.get(ENV_BACKEND, "").strip()
+        if env:
+            if env not in chk.BACKENDS:
+                raise ValueError(
+                    f"{ENV_BACKEND}={env!r} is not a backend; expected one of {', '.join(chk.BACKENDS)}"
+                )
+            backend = env
+        if backend == "auto":
+            backend = "cuda" if gpu else "cpu"
+    if backend == "cuda":
+        usable, reason = cuda_status()
+        if not usable:
+            raise ValueError(f"backend='cuda' is not available: {reason}")
+    elif gpu:
+        raise ValueError(
+            f"x is a GPU array but backend={backend!r}; use backend='cuda' (or 'auto'), "
+            "or copy x to the host first"
+        )
+    return backend
+
+
+# --------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------
+
+class Logits:
+    """Validated logits: the array (host) or object (GPU), axis, C, shapes."""
+
+    def __init__(self, x, axis):
+        #: x's ``__cuda_array_interface__`` (None for a host array), read
+        #: once here and handed to the CUDA backend (issue 36).
+        self.cai = chk._interface(x)
+        self.gpu = self.cai is not None
+        if self.gpu:
+            self.shape = tuple(int(n) for n in self.cai["shape"])
+            self.dtype = np.dtype(self.cai["typestr"])
+            self.array = x
+        else:
+            self.array = _layout.host_array(x)
+            self.shape, self.dtype = self.array.shape, self.array.dtype
+        chk.check_logits_dtype(self.dtype)
+        self.axis = chk.normalize_axis(axis, len(self.shape))
+        chk.check_classes(self.shape, self.axis)
+        self.C = self.shape[self.axis]
+        self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
+        # float16 is computed (and its confidence returned) in float32.
+        self.compute_dtype = chk.compute_dtype(self.dtype)
+        self.empty = 0 in self.reduced_shape
+
+
+def shape_dtype(a):
+    """``(shape, dtype)`` of a host or GPU array (GPU: from its interface)."""
+    if chk.is_gpu_array(a):
+        return chk.gpu_shape_dtype(a)
+    a = np.asarray(a)
+    return a.shape, a.dtype
+
+
+class Features:
+    """Validated features: array, axis, N (features), C (classes), shapes.
+
+    Duck-types :class:`Logits` for the shared output checks
+    (``array``, ``reduced_shape``, ``C``, ``compute_dtype``), with ``C`` the
+    number of classes of the head.
+    """
+
+    def __init__(self, f, axis, head):
+        self.gpu = chk.is_gpu_array(f)
+        if self.gpu:
+            self.shape, self.dtype = chk.gpu_shape_dtype(f)
+            self.array = f
+        else:
+            self.array = _layout.host_array(f)
+            self.shape, self.dtype = self.array.shape, self.array.dtype
+        if self.dtype not in chk.FLOAT_DTYPES:
+            raise TypeError(
+                f"f must hold float16, float32 or float64 features, got dtype {self.dtype}")
+        if len(self.shape) == 0:
+            raise ValueError(
+                "f must have at least one dimension (the feature axis), got a 0-d array")
+        self.axis = chk.normalize_axis(axis, len(self.shape))
+        self.N = self.shape[self.axis]
+        self.C = head.num_classes
+        if self.N != head.num_features:
+            raise ValueError(
+                f"f has shape {tuple(self.shape)}: {self.N} features along axis {self.axis}, "
+                f"but weight has shape {head.weight_shape}: {head.num_features} features per class"
+            )
+        self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
+        self.class_shape = self.shape[:self.axis] + (self.C,) + self.shape[self.axis + 1:]
+        # float16 is computed (and its confidence returned) in float32.
+        self.compute_dtype = chk.compute_dtype(self.dtype)
+        self.empty = _layout.size_of(self.reduced_shape) == 0
+
+    def work(self, pixels):
+        """The work of ``pixels`` pixels in units of the core ops' elements
+        (for ``launch_threads``): N·C multiply-adds, 16 to a vector, plus
+        the epilogue's C scores."""
+        return pixels * (self.N * self.C // 16 + self.C)
+
+
+def check_head_params(weight, bias):
+    """A LinearHead's ``(weight, bias)``: host arrays as :func:`_layout.host_array`
+    reads them (GPU arrays untouched), checked; returns them and the
+    weight's (C, N) shape."""
+    if not chk.is_gpu_array(weight):
+        weight = _layout.host_array(weight)
+    wshape, wdtype = shape_dtype(weight)
+    if wdtype not in chk.FLOAT_DTYPES:
+        raise TypeError(
+            f"weight must hold float16, float32 or float64 values, got dtype {wdtype}")
+    if len(wshape) != 2:
+        raise ValueError(
+            f"weight has shape {tuple(wshape)}, expected 2-D (C, N): classes x features")
+    if wshape[0] == 0:
+        raise ValueError(f"weight has shape {tuple(wshape)}: no classes (C = 0)")
+    if bias is not None:
+        if not chk.is_gpu_array(bias):
+            bias = _layout.host_array(bias)
+        bshape, bdtype = shape_dtype(bias)
+        if bdtype not in chk.FLOAT_DTYPES:
+            raise TypeError(
+                f"bias must hold float16, float32 or float64 values, got dtype {bdtype}")
+        if tuple(bshape) != (wshape[0],):
+            raise ValueError(
+                f"bias has shape {tuple(bshape)}, expected ({wshape[0]},) "
+                f"to match weight of shape {tuple(wshape)}"
+            )
+    return weight, bias, tuple(int(n) for n in wshape)
+
+
+def check_ignore_index(ignore_index):
+    if not chk.is_integer(ignore_index):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        raise ValueError(f"ignore_index={ignore_index} does not fit in int64")
+    return int(ignore_index)
+
+
+def check_target(target, lg):
+    """Target dtype (integer) and shape (x's shape without the class axis).
+
+    Returns the host array (or the GPU object untouched).
+    """
+    if chk.is_gpu_array(target):
+        shape, dtype = chk.gpu_shape_dtype(target)
+    else:
+        target = _layout.host_array(target)
+        shape, dtype = target.shape, target.dtype
+    if dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {dtype}")
+    if tuple(shape) != tuple(lg.reduced_shape):
+        raise ValueError(
+            f"target has shape {tuple(shape)}, expected {tuple(lg.reduced_shape)}: "
+            f"x's shape {tuple(lg.shape)} without its class axis {lg.axis}"
+        )
+    return target
+
+
+def check_class_weight(class_weight, C):
+    """None, or C real weights (returned as float64 for a host array)."""
+    if class_weight is None:
+        return None
+    if chk.is_gpu_array(class_weight):
+        shape, dtype = chk.gpu_shape_dtype(class_weight)
+        w = class_weight
+    else:
+        w = _layout.host_array(class_weight)
+        shape, dtype = w.shape, w.dtype
+    if dtype.kind not in "fiu":
+        raise TypeError(f"class_weight must hold real numbers, got dtype {dtype}")
+    if tuple(shape) != (C,):
+        raise ValueError(
+            f"class_weight has shape {tuple(shape)}, expected ({C},): one weight per class"
+        )
+    return w if chk.is_gpu_array(w) else w.astype(np.float64)
+
+
+def check_label_smoothing(label_smoothing):
+    eps = label_smoothing
+    if not chk.is_real(eps):
+        raise TypeError(f"label_smoothing must be a real number, got {label_smoothing!r}")
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return eps
+
+
+def check_reduction(reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"unknown reduction {reduction!r}; expected one of {', '.join(REDUCTIONS)}"
+        )
+    return reduction
+
+
+def check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _physical_memory():
+    """Bytes of physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_matrix_fits(C):
+    """A (C, C) int64 matrix (the result, and the kernels' partial counts)
+    must fit in the machine's memory: a clear ValueError before any work,
+    not a MemoryError from deep inside."""
+    need = 8 * C * C
+    total = _physical_memory()
+    if total is not None and need > total:
+        raise ValueError(
+            f"confusion_matrix of C={C} classes needs a ({C}, {C}) int64 matrix of "
+            f"{need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB of memory")
+
+
+def check_head_target(target, fv):
+    """Validate ``target`` against the features: shape first (naming
+    both shapes), then dtype, as :func:`fastlogits.cross_entropy`."""
+    tshape, _ = shape_dtype(target)
+    if tuple(tshape) != tuple(fv.reduced_shape):
+        raise ValueError(
+            f"target has shape {tuple(tshape)}, expected {tuple(fv.reduced_shape)}: "
+            f"the shape {tuple(fv.shape)} of f without its feature axis {fv.axis}"
+        )
+    return check_target(target, fv)
+
+
+def loss_options(lg, class_weight, ignore_index, label_smoothing, reduction, return_grad):
+    """cross_entropy's options, checked, as the backends take them."""
+    return dict(class_weight=check_class_weight(class_weight, lg.C),
+                ignore_index=check_ignore_index(ignore_index),
+                label_smoothing=check_label_smoothing(label_smoothing),
+                reduction=check_reduction(reduction),
+                return_grad=check_flag(return_grad, "return_grad"))
+
+
+# --------------------------------------------------------------------------
+# host outputs
+# --------------------------------------------------------------------------
+
+def check_host_out(lg, out, shape, dtype, name, kind="float"):
+    """Validate a host ``out=`` (None allowed); returns it."""
+    if out is None:
+        return None
+    chk.check_out(out, shape, dtype, name, kind)
+    chk.check_no_partial_overlap(out, lg.array, name)
+    return out
+
+
+def labels_out(lg, out, name):
+    if out is None:
+        return None
+    return check_host_out(lg, out, lg.reduced_shape, lg.C - 1, name, kind="label")
+
+
+def check_pair_out(lg, out, be):
+    """classify's ``out``: None or a tuple (labels, confidence) of outputs
+    that do not overlap; checked here for the host backends (the CUDA
+    backend checks its own)."""
+    if out is None:
+        return None
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError("out must be a tuple (labels, confidence)")
+    chk.check_outputs_apart(out[0], out[1], "out[0] (labels)", "out[1] (confidence)")
+    if be == "cuda":
+        return out
+    return (labels_out(lg, out[0], "out[0] (labels)"),
+            check_host_out(lg, out[1], lg.reduced_shape, lg.compute_dtype,
+                           "out[1] (confidence)"))
+
+
+def _host_only(be, **arrays):
+    """Targets and weights must be host arrays for the host backends."""
+    if be == "cuda":
+        return
+    if any(chk.is_gpu_array(a) for a in arrays.values()):
+        what = " and ".join(arrays)
+        raise ValueError(f"{what} must be {'host arrays' if len(arrays) > 1 else 'a host array'} "
+                         f"for backend={be!r}")
+
+
+# --------------------------------------------------------------------------
+# the ops: every argument checked, the backend resolved, its function called
+# --------------------------------------------------------------------------
+
+def expnorm(op, x, axis, temperature, out, backend):
+    """softmax, log_softmax or logsumexp (``op``)."""
+    lg = Logits(x, axis)
+    chk.check_temperature(temperature)
+    be = resolve_backend(backend, x, lg.gpu)
+    if be != "cuda":
+        shape = lg.reduced_shape if op == "logsumexp" else lg.shape
+        out = check_host_out(lg, out, shape, lg.dtype, "out")
+    return implementation(op, be)(op, lg, temperature, out)
+
+
+def argmax(x, axis, out, backend):
+    lg = Logits(x, axis)
+    be = resolve_backend(backend, x, lg.gpu)
+    if be != "cuda":
+        out = labels_out(lg, out, "out")
+    return implementation("argmax", be)(lg, out)
+
+
+def classify(x, axis, temperature, out, backend):
+    lg = Logits(x, axis)
+    chk.check_temperature(temperature)
+    be = resolve_backend(backend, x, lg.gpu)
+    out = check_pair_out(lg, out, be)
+    return implementation("classify", be)(lg, temperature, out)
+
+
+def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, reduction,
+                  return_grad, grad_out, backend):
+    lg = Logits(x, axis)
+    target = check_target(target, lg)
+    options = loss_options(lg, class_weight, ignore_index, label_smoothing, reduction,
+                           return_grad)
+    if grad_out is not None and not options["return_grad"]:
+        raise ValueError("grad_out is given but return_grad is False")
+    be = resolve_backend(backend, x, lg.gpu)
+    if be != "cuda":
+        _host_only(be, target=target, class_weight=options["class_weight"])
+        grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
+    return implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
+
+
+def confusion_matrix(x, target, axis, ignore_index, out, backend):
+    lg = Logits(x, axis)
+    target = check_target(target, lg)
+    ignore_index = check_ignore_index(ignore_index)
+    be = resolve_backend(backend, x, lg.gpu)
+    if be != "cuda":
+        _host_only(be, target=target)
+        out = check_host_out(lg, out, (lg.C, lg.C), np.int64, "out")
+        check_matrix_fits(lg.C)
+    return implementation("confusion_matrix", be)(lg, target, ignore_index=ignore_index,
+                                                  out=out)
+
+
+def head_expnorm(head, op, f, axis, temperature, out, backend):
+    """A LinearHead's logits, softmax, log_softmax or logsumexp (``op``)."""
+    fv = Features(f, axis, head)
+    be = resolve_backend(backend, f, fv.gpu)
+    if op != "logits":
+        chk.check_temperature(temperature)
+    if be != "cuda":
+        shape = fv.reduced_shape if op == "logsumexp" else fv.class_shape
+        out = check_host_out(fv, out, shape, fv.dtype, "out")
+    return implementation("head." + op, be)(head, op, fv, temperature, out)
+
+
+def head_argmax(head, f, axis, temperature, out, backend, with_conf):
+    """A LinearHead's argmax, or classify (``with_conf``)."""
+    fv = Features(f, axis, head)
+    be = resolve_backend(backend, f, fv.gpu)
+    if with_conf:
+        chk.check_temperature(temperature)
+        out = check_pair_out(fv, out, be)
+    elif be != "cuda":
+        out = labels_out(fv, out, "out")
+    op = "head.classify" if with_conf else "head.argmax"
+    return implementation(op, be)(head, fv, temperature, out, with_conf)
+
+
+def head_cross_entropy(head, f, target, axis, class_weight, ignore_index, label_smoothing,
+                       reduction, return_grad, backend):
+    fv = Features(f, axis, head)
+    be = resolve_backend(backend, f, fv.gpu)
+    target = check_head_target(target, fv)
+    options = loss_options(fv, class_weight, ignore_index, label_smoothing, reduction,
+                           return_grad)
+    _host_only(be, target=target, class_weight=options["class_weight"])
+    return implementation("head.cross_entropy", be)(head, fv, target, **options)
+
+
+def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
+    fv = Features(f, axis, head)
+    be = resolve_backend(backend, f, fv.gpu)
+    target = check_head_target(target, fv)
+    ignore_index = check_ignore_index(ignore_index)
+    if be != "cuda":
+        _host_only(be, target=target)
+        out = check_host_out(fv, out, (fv.C, fv.C), np.int64, "out")
+        check_matrix_fits(fv.C)
+    return implementation("head.confusion_matrix", be)(head, fv, target,
+                                                       ignore_index=ignore_index, out=out)
+
+
+def iou(confusion):
+    """Per-class IoU of a (C, C) confusion matrix (host or GPU)."""
+    if chk.is_gpu_array(confusion):
+        from numba import cuda
+
+        confusion = cuda.as_cuda_array(confusion).copy_to_host()
+    cm = np.asarray(confusion)
+    if cm.dtype.kind not in "iuf":
+        raise TypeError(f"confusion must hold real counts, got dtype {cm.dtype}")
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {cm.shape}")
+    return reference.iou(cm)

@@ -1,0 +1,353 @@
+"""The CPU backend's host side: what runs between the frontend's checks
+and the Numba kernels, for the logits ops and the losses.
+
+:func:`run_cpu` hands a kernel the canonical (outer, C, inner) view of x
+and of its outputs (float16 as its bits, or through bounded float32
+chunks); the op functions take the frontend's validated
+:class:`fastlogits._frontend.Logits` and host outputs, and are the
+``"cpu"`` entries of its dispatch tables. Nothing here validates input
+(except the target values, which the kernels flag).
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from fastlogits import _checks as chk
+from fastlogits import _layout, config, pool
+from fastlogits.cpu import launch_threads, run_argmax, run_expnorm, thread_count
+from fastlogits.cpu import confusion as kc
+from fastlogits.cpu import losses as kl
+from fastlogits.cpu import half
+from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
+
+_NATIVE_TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
+_FLOAT64 = np.dtype(np.float64)
+
+
+# --------------------------------------------------------------------------
+# canonical views, float16 chunks
+# --------------------------------------------------------------------------
+
+
+def work_view(arr, shape):
+    """``(view, temp)``: a no-copy reshape of ``arr`` or, if its strides
+    forbid one, a temporary to copy back from after the kernel."""
+    v = _layout.reshape_view(arr, shape)
+    if v is not None:
+        return v, None
+    tmp = pool.empty(shape, arr.dtype)
+    return tmp, tmp
+
+
+def run_cpu(lg, full, reduced, kernel):
+    """Run ``kernel(x3, full3s, red2s)`` on canonical views of x and outputs.
+
+    ``full``: outputs shaped like x; ``reduced``: outputs without the class
+    axis. float16 x and outputs go to the kernel as their bits (uint16
+    views, :mod:`fastlogits.cpu.scores`) where :func:`half_direct`;
+    else float16 data goes through float32 chunks (x and any float16
+    output), bounded by ``config.CPU_HALF_CHUNK_ELEMENTS``.
+    """
+    outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
+    x3 = _layout.canonical(lg.array, lg.axis, shape3)
+    fviews = [work_view(a, (outer, C, inner)) for a in full]
+    rviews = [work_view(a, (outer, inner)) for a in reduced]
+    f3 = [v for v, _ in fviews]
+    r2 = [v for v, _ in rviews]
+    if lg.dtype != np.float16:
+        kernel(x3, f3, r2)
+    elif half_direct():
+        kernel(x3.view(np.uint16), [bits(a) for a in f3], [bits(a) for a in r2])
+    else:
+        scratch = ChunkScratch()
+        for o0, o1, i0, i1 in half_chunks(outer, C, inner):
+            xs = half.load(x3, o0, o1, i0, i1, out=scratch.get("x", (o1 - o0, C, i1 - i0), np.float32))
+            fs = [a[o0:o1, :, i0:i1] for a in f3]
+            rs = [a[o0:o1, i0:i1] for a in r2]
+            fw = [scratch.get(("full", k), a.shape, np.float32) if a.dtype == np.float16 else a
+                  for k, a in enumerate(fs)]
+            rw = [scratch.get(("reduced", k), a.shape, np.float32) if a.dtype == np.float16
+                  else a for k, a in enumerate(rs)]
+            kernel(xs, fw, rw)
+            for whole, view, src in zip(f3 + r2, fs + rs, fw + rw):
+                if view is not src:
+                    half.store(whole, o0, o1, i0, i1, src)  # not NumPy's cast: slow for subnormals
+    for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
+        if tmp is not None:
+            arr[...] = tmp.reshape(arr.shape)
+
+
+def half_direct():
+    """Whether the CPU kernels take float16 as it is:
+    ``config.CPU_HALF_DIRECT`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
+    return config.CPU_HALF_DIRECT and half.HARDWARE
+
+
+def bits(a):
+    """A float16 array's bits (a uint16 view); any other array as it is."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+class ChunkScratch:
+    """The working arrays of a chunked loop (:func:`half_chunks`), one
+    buffer per name, allocated at the first (largest) chunk and reused by
+    the others.
+
+    A fresh array per chunk was faulted in page by page whenever glibc's
+    heap had given the previous one back: float16 cross-entropy of a
+    channels-first 1024 x 2048 x 19 map took 28.6 ms in such a heap
+    state, against 11.6 (bench/RESULTS.md, log 54)."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, name, shape, dtype):
+        """A C-contiguous ``shape`` array of ``dtype`` on the buffer ``name``;
+        its contents are undefined (a previous chunk's)."""
+        size = _layout.size_of(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+
+def half_chunks(outer, C, inner):
+    """Slices (o0, o1, i0, i1) of the (outer, inner) pixels, each holding at
+    most ``CPU_HALF_CHUNK_ELEMENTS`` scores (at least one pixel)."""
+    budget = max(1, config.CPU_HALF_CHUNK_ELEMENTS // C)
+    if inner <= budget:
+        step = max(1, budget // inner)
+        for o0 in range(0, outer, step):
+            yield o0, min(o0 + step, outer), 0, inner
+    else:
+        for o in range(outer):
+            for i0 in range(0, inner, budget):
+                yield o, o + 1, i0, min(i0 + budget, inner)
+
+
+# --------------------------------------------------------------------------
+# softmax, log_softmax, logsumexp, argmax, classify
+# --------------------------------------------------------------------------
+
+#: The kernels' mode of each exp op.
+MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LOGSUMEXP}
+
+
+def expnorm(op, lg, temperature, out):
+    """softmax, log_softmax or logsumexp (``op``) of the validated logits
+    ``lg`` into ``out`` (a checked host output, or None: allocated)."""
+    reduces = op == "logsumexp"
+    if out is None:
+        out = pool.empty(lg.reduced_shape if reduces else lg.shape, lg.dtype, like=lg.array)
+    if lg.empty:
+        return out
+    mode = MODES[op]
+    inv_t = chk.inv_temperature(temperature, lg.dtype)
+    if reduces:
+        run_cpu(lg, [], [out], lambda x3, f, r: run_expnorm(x3, None, r[0], inv_t, mode))
+    else:
+        run_cpu(lg, [out], [], lambda x3, f, r: run_expnorm(x3, f[0], None, inv_t, mode))
+    return out
+
+
+def argmax(lg, out):
+    """Labels of the validated logits ``lg`` into ``out`` (or new int64)."""
+    if out is None:
+        out = pool.empty(lg.reduced_shape, np.int64)
+    if not lg.empty:
+        one = lg.compute_dtype.type(1.0)
+        run_cpu(lg, [], [out], lambda x3, f, r: run_argmax(x3, r[0], None, one))
+    return out
+
+
+def classify(lg, temperature, out):
+    """``(labels, confidence)`` of ``lg`` into ``out``, a tuple of checked
+    outputs (None, or either None: allocated)."""
+    labels, conf = out or (None, None)
+    if labels is None:
+        labels = pool.empty(lg.reduced_shape, np.int64)
+    if conf is None:
+        conf = pool.empty(lg.reduced_shape, lg.compute_dtype)
+    if not lg.empty:
+        inv_t = chk.inv_temperature(temperature, lg.dtype)
+        run_cpu(lg, [], [labels, conf], lambda x3, f, r: run_argmax(x3, r[0], r[1], inv_t))
+    return labels, conf
+
+
+# --------------------------------------------------------------------------
+# cross_entropy, confusion_matrix
+# --------------------------------------------------------------------------
+
+
+def host_target(t, C, ignore_index):
+    """The host target as a C-contiguous array of a dtype the CPU kernels
+    read directly (uint8 or int64; other integer dtypes are converted)."""
+    if t.dtype in _NATIVE_TARGET_DTYPES:
+        return np.ascontiguousarray(t)
+    if t.dtype == np.uint64:  # values above int64's range would wrap when cast
+        chk.check_target_values(t, C, ignore_index)
+    return t.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_weights(C, dtype):
+    return np.ones(C, dtype)
+
+
+def class_weights(class_weight, C, dtype):
+    """``(w64, w)``: the class weights (a checked float64 array, or None:
+    C ones) in float64 and in the computed ``dtype``. The ones are made
+    once per (C, dtype) and shared by the calls (the kernels only read
+    them): at 128000 classes a fresh pair cost more than a loss over a
+    few rows."""
+    if class_weight is None:
+        return _unit_weights(C, _FLOAT64), _unit_weights(C, np.dtype(dtype))
+    # class_weight is already the float64 copy the frontend's check made.
+    return class_weight, class_weight.astype(dtype, copy=False)
+
+
+def empty_result(reduction, loss, grad, return_grad):
+    """cross_entropy's result on an input with no pixels (PyTorch's: a
+    "mean" over nothing is NaN, a "sum" 0)."""
+    if grad is not None:
+        grad[...] = 0
+    total = np.float64(0.0) if reduction == "sum" else np.float64(np.nan)
+    result = loss if reduction == "none" else total
+    return (result, grad) if return_grad else result
+
+
+def grad_scale(t, w64, C, ignore_index, reduction, return_grad, check=False):
+    """The factor of the gradient: 1, or 1 / sum(w[t]) for a "mean" gradient.
+
+    That sum must be known before the pass that writes the gradient, so it
+    costs one read of the targets first, which also checks their values;
+    with ``check`` that read is made for any reduction (a caller's
+    ``grad_out`` must not be written when a target is bad).
+    """
+    if not (return_grad and (reduction == "mean" or check)):
+        return 1.0
+    with launch_threads(t.size) as nthreads:
+        total_weight, nbad = kl.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
+    if nbad:
+        chk.check_target_values(t, C, ignore_index)
+    if reduction != "mean":
+        return 1.0
+    return math.inf if total_weight == 0 else 1.0 / total_weight
+
+
+def cross_entropy(lg, target, *, grad_out=None, **options):
+    """cross_entropy of ``lg`` against the host ``target`` (checked dtype
+    and shape; its values are checked by the kernels' flag) with the
+    frontend's checked ``options``, the gradient into ``grad_out``
+    (checked) or a new array."""
+    t = host_target(target, lg.C, options["ignore_index"])
+    return _cross_entropy(lg, t, grad_out=grad_out, **options)
+
+
+def _cross_entropy(lg, t, *, class_weight, ignore_index, label_smoothing, reduction,
+                   return_grad, grad_out=None):
+    C = lg.C
+    w64, w = class_weights(class_weight, C, lg.compute_dtype)
+    loss = np.zeros(lg.reduced_shape, lg.compute_dtype) if reduction == "none" else None
+    grad = grad_out if grad_out is not None else (
+        pool.empty(lg.shape, lg.dtype, like=lg.array) if return_grad else None)
+    if lg.empty:
+        return empty_result(reduction, loss, grad, return_grad)
+    gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad,
+                        check=grad_out is not None)
+
+    sums = []
+
+    def kernel(x3, full, red):
+        sums.append(kl.run_cross_entropy(
+            x3, red[0], full[0] if return_grad else None, red[1] if loss is not None else None,
+            w, w64, ignore_index, label_smoothing, gscale))
+
+    run_cpu(lg, [grad] if return_grad else [], [t] + ([loss] if loss is not None else []),
+             kernel)
+    return finish_loss(sums, t, C, ignore_index, reduction, loss, grad, return_grad)
+
+
+def finish_loss(sums, t, C, ignore_index, reduction, loss, grad, return_grad):
+    """cross_entropy's result from the kernels' ``[loss_sum, weight_sum,
+    bad_count]`` of each call (one per float16 chunk): a bad target
+    raises; else the "none" losses, the "sum", or the "mean" (NaN or
+    +-inf where the weights sum to 0, as PyTorch's, without NumPy's
+    warning)."""
+    # Python floats, not NumPy's sum (2.6 us on a small input); the sum of
+    # several starts from -0.0, the identity of addition, as NumPy's does.
+    if len(sums) == 1:
+        loss_sum, weight_sum, nbad = sums[0].tolist()
+    else:
+        loss_sum, weight_sum, nbad = (sum((float(r[k]) for r in sums), -0.0) for k in range(3))
+    if nbad:
+        chk.check_target_values(t, C, ignore_index)
+    if reduction == "none":
+        result = loss
+    elif reduction == "sum":
+        result = np.float64(loss_sum)
+    elif 0 < abs(weight_sum) < math.inf:
+        result = np.float64(loss_sum) / np.float64(weight_sum)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = np.float64(loss_sum) / np.float64(weight_sum)
+    return (result, grad) if return_grad else result
+
+
+def add_counts(counts, out):
+    """``counts``, or ``out`` with ``counts`` added (``out`` not None)."""
+    if out is None:
+        return counts
+    out += counts
+    return out
+
+
+def labels_first(C, reduced_shape):
+    """Whether the CPU confusion matrix of C classes over ``reduced_shape``
+    pixels takes the labels first (:func:`confusion_from_labels`) rather
+    than private histograms
+    (:func:`fastlogits.cpu.confusion.private_histograms`)."""
+    return not kc.private_histograms(C, _layout.size_of(reduced_shape), thread_count())
+
+
+def confusion_from_labels(labels, t, C, ignore_index, out):
+    """The (C, C) counts of ``labels`` against the targets ``t`` (same
+    shape) added to ``out`` (None: a new matrix) in one serial pass; a bad
+    target raises, ``out`` untouched."""
+    dest = np.zeros((C, C), np.int64) if out is None else out
+    if kc.bin_labels(np.ravel(t), labels.reshape(-1), ignore_index, dest):
+        chk.check_target_values(t, C, ignore_index)
+    return dest
+
+
+def confusion_matrix(lg, target, *, ignore_index, out):
+    """The (C, C) counts of ``lg``'s labels against the host ``target``,
+    added to ``out`` (checked) or a new matrix; ``out`` is untouched when
+    a target value is bad."""
+    return _confusion_matrix(lg, host_target(target, lg.C, ignore_index), ignore_index, out)
+
+
+def _confusion_matrix(lg, t, ignore_index, out):
+    """The CPU confusion matrix, added to ``out`` (None: a new one): by the
+    fused argmax and private histograms or, where those do not pay
+    (:func:`labels_first`), the labels first."""
+    C = lg.C
+    if lg.empty:
+        return add_counts(np.zeros((C, C), np.int64), out)
+    if labels_first(C, lg.reduced_shape):
+        labels = pool.empty(lg.reduced_shape, np.int32)
+        one = lg.compute_dtype.type(1.0)
+        run_cpu(lg, [], [labels], lambda x3, f, r: run_argmax(x3, r[0], None, one))
+        return confusion_from_labels(labels, t, C, ignore_index, out)
+    counts = np.zeros((C, C), np.int64)
+    bad = []
+
+    def kernel(x3, full, red):
+        bad.append(kc.run_confusion(x3, red[0], ignore_index, counts))
+
+    run_cpu(lg, [], [t], kernel)
+    if sum(bad):
+        chk.check_target_values(t, C, ignore_index)
+    return add_counts(counts, out)
