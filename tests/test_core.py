@@ -407,3 +407,180 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
             check(op, op.public(x, 1, temperature=0.7, out=out), want, dtype)
             inplace = x.copy() if inner == 37 else x
             check(op, op.public(inplace, 1, temperature=0.7, out=inplace), want, dtype)
+
+
+# --------------------------------------------------------------------------
+# Accuracy near 0: log s = log1p(s - 1), the sum of the non-maximal terms
+# (SciPy's rule), in every CPU regime (cpu/__init__.py picks them by C and
+# layout: channels-last tiles C < 8, row blocks 8..63, vector rows 64+ and
+# their one-pass form for rows over rowvec.CHUNK_BYTES; channels-first
+# plane blocks up to 64 and tiles, copied from 500 classes on 4 KiB planes).
+# --------------------------------------------------------------------------
+
+NEAR0_SHAPES = [
+    ((40, 4), -1),
+    ((40, 19), -1),
+    ((40, 100), -1),
+    ((5, 3000), -1),
+    ((3, 19, 40), 1),
+    ((2, 100, 40), 1),
+    ((1, 600, 1024), 1),
+]
+
+
+def near0_logits(rng, shape, axis, dtype, d):
+    """Each pixel: its max exactly 0 at a random class, one class at -d, one
+    at -d - 1 (d a uniform draw from ``d``), the rest -1e4 (exp 0): log s
+    is near 0, about exp(-d)."""
+    C = shape[axis]
+    x = np.full(shape, -1e4)
+    flat = np.moveaxis(x, axis, -1).reshape(-1, C)
+    n = flat.shape[0]
+    rows = np.arange(n)
+    k = rng.integers(0, C, n)
+    dk = rng.uniform(*d, n)
+    flat[rows, k] = 0.0
+    flat[rows, (k + 1) % C] = -dk
+    flat[rows, (k + 2) % C] = -dk - 1
+    return np.ascontiguousarray(np.moveaxis(flat.reshape(np.moveaxis(x, axis, -1).shape), -1,
+                                            axis)).astype(dtype)
+
+
+def near0_rtol(dtype, t_max):
+    """Relative error bound of log1p(s') for shifted scores down to -t_max:
+    float32's exp (2**-24 (2 |t| + 4), tests/test_runexp.py) and a few
+    ulp of log1p; float64's few ulp; float16 results rounded once."""
+    if dtype == np.float16:  # 1 ulp (float32 results rounded to float16) and float32's error
+        return 2.0**-10 + 1e-5
+    if dtype == np.float32:
+        return 2.0**-24 * (2 * t_max + 4) + 4 * np.finfo(np.float32).eps
+    return 16 * np.finfo(np.float64).eps
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", NEAR0_SHAPES)
+def test_logsumexp_near_zero_keeps_relative_precision(rng, shape, axis, dtype, temperature):
+    # float16: log s down to about its smallest normal, 6.1e-5
+    d = (8 * temperature, 9.5 * temperature) if dtype == np.float16 else (3, 12)
+    x = near0_logits(rng, shape, axis, dtype, d)
+    rtol = near0_rtol(dtype, (d[1] + 1) / temperature)
+    want = fl.reference.logsumexp(x, axis, temperature=temperature).astype(np.float64)
+    got = fl.logsumexp(x, axis, temperature=temperature)
+    assert got.dtype == x.dtype
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=0)
+    # log_softmax of the max class is -log s; the others keep their shift.
+    lsm = fl.log_softmax(x, axis, temperature=temperature)
+    want_lsm = fl.reference.log_softmax(x, axis, temperature=temperature)
+    np.testing.assert_allclose(lsm.max(axis=axis).astype(np.float64),
+                               want_lsm.max(axis=axis).astype(np.float64), rtol=rtol, atol=0)
+    assert_close(lsm, want_lsm, dtype)
+    # classify's confidence is still 1 / s, softmax still exp(t) / s.
+    labels, conf = fl.classify(x, axis, temperature=temperature)
+    want_labels, want_conf = fl.reference.classify(x, axis, temperature=temperature)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_allclose(conf, want_conf, rtol=2 * np.finfo(conf.dtype).eps)
+    assert_close(fl.softmax(x, axis, temperature=temperature),
+                 fl.reference.softmax(x, axis, temperature=temperature), dtype)
+
+
+def test_logsumexp_scipy_gh18295():
+    """SciPy gh-18295: logsumexp([0, -40]) = log1p(exp(-40)), not 0."""
+    got = fl.logsumexp(np.array([0.0, -40.0]))
+    assert got == pytest.approx(4.248354255291589e-18, rel=1e-15)
+    got32 = fl.logsumexp(np.array([0.0, -10.0], np.float32))
+    want32 = np.log1p(np.exp(-10.0))
+    assert abs(float(got32) - want32) <= 4 * np.spacing(np.float32(want32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [4, 19, 100])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_ties_at_the_max_count_each(rng, dtype, C, channels_first):
+    """k scores at the max: s - 1 = k - 1 + the rest (each tie's exp(0) = 1)."""
+    k = rng.integers(1, min(C - 1, 4) + 1, 40)
+    z = np.full((40, C), -1e4)
+    for r in range(40):
+        z[r, rng.choice(C, k[r], replace=False)] = 2.0
+        z[r, np.argmin(z[r])] = 2.0 - 9.0  # one more term, exp(-9), at a free class
+    want = 2.0 + np.log1p(k - 1 + np.exp(-9.0))
+    x = (np.ascontiguousarray(z.T.reshape(1, C, 40)) if channels_first else z).astype(dtype)
+    got = fl.logsumexp(x, axis=1 if channels_first else -1).reshape(-1)
+    np.testing.assert_allclose(got, want, rtol=near0_rtol(dtype, 9.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((40, 4), -1), ((40, 19), -1), ((40, 100), -1),
+                                        ((3, 19, 40), 1), ((2, 100, 40), 1)])
+def test_special_values_next_to_near_zero_pixels(shape, axis, dtype):
+    """NaN, +inf and all -inf pixels keep their results beside near-0 ones."""
+    C = shape[axis]
+    z = np.full((40 * int(np.prod(shape)) // (40 * C), C), -1e4)
+    z[:, 0] = 0.0
+    z[:, 1] = -10.0
+    z[1, 3] = np.nan
+    z[2, 2] = np.inf
+    z[3] = -np.inf
+    z[4, :2] = np.inf
+    z[5, 1] = -np.inf
+    x = np.ascontiguousarray(np.moveaxis(z.reshape(np.moveaxis(np.empty(shape), axis, -1).shape),
+                                         -1, axis)).astype(dtype)
+    for name in ("softmax", "log_softmax", "logsumexp", "classify"):
+        got = getattr(fl, name)(x, axis)
+        want = getattr(fl.reference, name)(x, axis)
+        check(OPS[name], got, want, dtype)
+
+
+#: The temperatures at the ends of the range: the smallest subnormal, the
+#: float64 and float32 edges, the largest finite values (reference.temperature_scale).
+EXTREME_T = [5e-324, 1e-308, 1e-40, 3.4e38, 1.7e308]
+
+
+@pytest.mark.parametrize("temperature", EXTREME_T)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((40, 4), -1), ((40, 19), -1), ((40, 100), -1),
+                                        ((3, 19, 40), 1), ((2, 100, 40), 1)])
+def test_extreme_temperatures_match_reference(rng, shape, axis, dtype, temperature):
+    x = logits(rng, shape, dtype)
+    x.reshape(-1)[::7] = x.reshape(-1)[3]  # some exact ties with other pixels' values
+    for name in ("softmax", "log_softmax", "logsumexp", "classify"):
+        got = getattr(fl, name)(x, axis, temperature=temperature)
+        want = getattr(fl.reference, name)(x, axis, temperature=temperature)
+        check(OPS[name], got, want, dtype)
+
+
+def _scipy_cases():
+    """Inputs of SciPy's own logsumexp tests (scipy/special/tests/test_logsumexp.py)."""
+    logx = np.log(np.full(1000, 1e-40))
+    return [
+        ("arange200", np.arange(200.0), -1),
+        ("equal_large", np.array([1000.0, 1000.0]), -1),
+        ("many_equal", np.full(1000, 10000.0), -1),
+        ("tiny_terms_rows", np.vstack([logx, logx]), -1),
+        ("tiny_terms_cols", np.vstack([logx, logx]), 0),
+        ("magnitudes", np.array([[1e10, 1e-10], [-1e10, -np.inf]]), -1),
+        ("inf", np.array([np.inf]), -1),
+        ("minus_inf", np.array([-np.inf]), -1),
+        ("nan", np.array([np.nan]), -1),
+        ("all_minus_inf", np.array([-np.inf, -np.inf]), -1),
+        ("inf_and_minus_inf", np.array([np.inf, -np.inf]), -1),
+        ("gh18295", np.array([0.0, -40.0]), -1),
+        ("gh18295_many", np.array([[0.0, -40.0, -50.0, -np.inf] * 5] * 40), -1),
+        ("gh18295_cf", np.array([[0.0, -40.0, -50.0, -np.inf] * 5] * 40).T.copy(), 0),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", _scipy_cases(), ids=lambda c: c[0])
+def test_logsumexp_scipy_cases(case, dtype):
+    special = pytest.importorskip("scipy.special")
+    _, a, axis = case
+    x = a.astype(dtype)
+    with np.errstate(all="ignore"):
+        want = special.logsumexp(x.astype(np.float64), axis=axis)
+    got = fl.logsumexp(x, axis)
+    want = np.asarray(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    fin = ~np.isnan(want)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got[fin], want[fin].astype(dtype), rtol=4 * eps, atol=0)

@@ -46,3 +46,28 @@ def test_log_special_values(dtype):
     log_array(x, got)
     assert got[0] == -np.inf and got[1] == -np.inf and got[2] == np.inf
     assert np.isnan(got[3:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_log1p_keeps_relative_precision(rng, dtype):
+    """flog1p (the kernels' log s from s - 1): within 3 ulp of log1p from
+    the smallest subnormal up, 0 at 0, inf at inf, NaN at NaN."""
+    from fastlogits.cpu.fastlog import log1p_array
+
+    fi = np.finfo(dtype)
+    x = np.concatenate([
+        np.exp(rng.uniform(np.log(float(fi.smallest_subnormal)), np.log(float(fi.max)), 200_000)),
+        rng.uniform(0.0, 2.0, 100_000),
+        rng.uniform(0.0, 1e-6, 100_000),
+    ]).astype(dtype)
+    x = x[np.isfinite(x)]
+    got = np.empty_like(x)
+    log1p_array(x, got)
+    want = np.log1p(x.astype(np.float64))
+    nonzero = want != 0
+    spacing = np.spacing(np.abs(want[nonzero]).astype(dtype)).astype(np.float64)
+    assert (np.abs(got[nonzero].astype(np.float64) - want[nonzero]) / spacing).max() <= 3
+    special = np.array([0.0, np.inf, np.nan, fi.max], dtype)
+    got = np.empty_like(special)
+    log1p_array(special, got)
+    assert got[0] == 0 and got[1] == np.inf and np.isnan(got[2]) and np.isfinite(got[3])

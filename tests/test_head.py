@@ -626,3 +626,26 @@ def test_channels_last_dot_form_at_every_line_offset(rng, monkeypatch, dtype, of
     lref, gref = ref_head_xent(head, f, t, -1, return_grad=True)
     np.testing.assert_allclose(loss, lref, rtol=1e-4 if dtype == np.float32 else 1e-10)
     np.testing.assert_allclose(grad, gref, atol=1e-4 * np.abs(gref).max())
+
+
+@pytest.mark.parametrize("C", [4, 19, 100])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_near_zero_logsumexp_and_loss(rng, C, layout, dtype):
+    """Logits b (zero weights) whose log s is near 0: logsumexp, the max
+    class's log_softmax and the loss keep their relative precision."""
+    from tests.test_core import near0_rtol
+
+    b = np.full(C, -1e4)
+    b[0], b[1], b[2 % C] = 0.0, -10.0, (-11.0 if C > 2 else -10.0)
+    head = fl.LinearHead(np.zeros((C, 6), dtype), b.astype(dtype))
+    f, axis = make_features(rng, layout, 6, dtype)
+    z = ref_logits(head, f, axis)
+    want = ref.logsumexp(z, axis)
+    rtol = near0_rtol(dtype, 11.0)
+    np.testing.assert_allclose(head.logsumexp(f, axis=axis), want, rtol=rtol, atol=0)
+    np.testing.assert_allclose(head.log_softmax(f, axis=axis).max(axis=axis), -want, rtol=rtol,
+                               atol=0)
+    t = np.zeros(want.shape, np.int64)
+    np.testing.assert_allclose(head.cross_entropy(f, t, axis=axis, reduction="none"), want,
+                               rtol=rtol, atol=0)

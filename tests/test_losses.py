@@ -710,3 +710,26 @@ def test_channels_first_paths(rng, blocks, stream, monkeypatch):
                                               grad_out=xs)
                 assert_loss_close(loss, want_loss, xs.dtype, "none")
                 assert_grad_close(xs, want_grad, want_grad.astype(dtype))
+
+
+@pytest.mark.parametrize("return_grad", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape,axis", [((40, 4), -1), ((40, 19), -1), ((40, 100), -1),
+                                        ((5, 3000), -1), ((3, 19, 40), 1), ((2, 100, 40), 1)])
+def test_confident_pixels_keep_relative_precision(rng, shape, axis, dtype, return_grad):
+    """A confident pixel's loss, log1p of its non-maximal terms, is near 0:
+    it keeps its relative precision (SciPy's logsumexp rule) in every
+    regime; the gradient still matches."""
+    from tests.test_core import near0_logits, near0_rtol
+
+    d = (3, 8) if dtype == np.float16 else (3, 12)
+    x = near0_logits(rng, shape, axis, dtype, d)
+    t = np.argmax(x, axis=axis)
+    got = fl.cross_entropy(x, t, axis, reduction="none", return_grad=return_grad)
+    want = reference.cross_entropy(x, t, axis, reduction="none", return_grad=return_grad)
+    if return_grad:
+        got, grad = got
+        want, want_grad = want
+        assert_grad_close(grad, want_grad, x)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
+                               rtol=near0_rtol(dtype, d[1] + 1), atol=0)

@@ -60,12 +60,12 @@ def _wrappers(lanes):
         if log:  # the max-only intrinsics of softmax, log_softmax and the losses
             max_expsum(x3, start, m, 0, inv_t, cols, s)
             for i in range(R):
-                g[i] = np.log(s[i])
+                g[i] = np.log1p(s[i])  # s: the exp-sum less the max's 1
             store_log(cols, m, inv_t, g, 0, out3, start)
         else:
             max_expstore(x3, start, m, 0, inv_t, cols, s)
             for i in range(R):
-                g[i] = 1.0 / s[i]
+                g[i] = 1.0 / (1.0 + s[i])
             store_softmax(cols, m, inv_t, g, 0, out3, start)
 
     # The row tests' interface: rows x (n, C), a block at row r.

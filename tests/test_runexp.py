@@ -27,13 +27,13 @@ def assert_exp_close(got, want, t, dtype, plus=None):
 
 
 @njit
-def _run(x, xo, m, inv_t, part, n, out, oo, store):
-    vexp_add(x, xo, m, inv_t, part, n, out, oo, store)
+def _run(x, xo, m, inv_t, part, h, n, out, oo, store):
+    vexp_add(x, xo, m, inv_t, part, h, n, out, oo, store)
 
 
 @njit
-def _tile(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
-    tile_exp_add(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store)
+def _tile(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+    tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -50,10 +50,13 @@ def test_vexp_add_matches_numpy(rng, dtype, n):
         t = (x[xo:xo + n] - m) * dtype(0.7)
         want = np.exp(t.astype(np.float64))
         for store in (False, True):
-            part = part0.copy()
+            part = np.concatenate([part0, [-3.0] * 2, part0]).astype(dtype)
             out = np.full(n + oo + 4, -7.0, dtype)
-            _run(x, xo, m, dtype(0.7), part, n, out, oo, store)
-            assert_exp_close(part, want, t, dtype, plus=part0)
+            _run(x, xo, m, dtype(0.7), part, n + 2, n, out, oo, store)
+            assert_exp_close(part[:n], want, t, dtype, plus=part0)
+            # The sum of the terms other than exactly 1 (the max's, t = 0).
+            assert_exp_close(part[n + 2:], np.where(t == 0, 0.0, want), t, dtype, plus=part0)
+            assert (part[n:n + 2] == -3).all()
             if store:
                 assert_exp_close(out[oo:oo + n], want, t, dtype)
                 assert (out[:oo] == -7).all() and (out[oo + n:] == -7).all()
@@ -71,12 +74,14 @@ def test_tile_exp_add_both_layouts(rng, contiguous):
         assert not x.flags.c_contiguous
     o, c, i0, P = 1, 3, 7, 29
     m = (x[o, c, i0:i0 + P] + 1).astype(np.float32)
-    part = np.zeros(P, np.float32)
+    m[::4] = x[o, c, i0:i0 + P][::4]  # exp 1
+    part = np.zeros(2 * P, np.float32)
     et = np.full((3, 5, 50), -7.0, np.float32)
-    _tile(x, o, c, i0, m, np.float32(1.0), part, P, et, 2, 11, True)
+    _tile(x, o, c, i0, m, np.float32(1.0), part, P, P, et, 2, 11, True)
     t = x[o, c, i0:i0 + P] - m
     want = np.exp(t.astype(np.float64))
-    assert_exp_close(part, want, t, np.float32, plus=np.zeros(P))
+    assert_exp_close(part[:P], want, t, np.float32, plus=np.zeros(P))
+    assert_exp_close(part[P:], np.where(t == 0, 0.0, want), t, np.float32, plus=np.zeros(P))
     assert_exp_close(et[2, 3, 11:11 + P], want, t, np.float32)
     et[2, 3, 11:11 + P] = -7.0
     assert (et == -7).all()
@@ -85,6 +90,6 @@ def test_tile_exp_add_both_layouts(rng, contiguous):
 def test_vexp_add_types_only_contiguous_floats():
     a = np.ones(64, np.float32)
     with pytest.raises(Exception):
-        _run(a[::2], 0, a, 1.0, a, 4, a, 0, False)
+        _run(a[::2], 0, a, 1.0, a, 8, 4, a, 0, False)
     with pytest.raises(Exception):
-        _run(a, 0, np.ones(64), 1.0, a, 4, a, 0, False)  # mixed dtypes
+        _run(a, 0, np.ones(64), 1.0, a, 8, 4, a, 0, False)  # mixed dtypes

@@ -40,7 +40,7 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
         tile_expsum(x, o, i0, P, m, inv_t, s, part, region_from(pf, x.shape[1]))
         nan = conf.dtype.type(np.nan)
         for p in range(P):
-            conf[r0 + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+            conf[r0 + p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -64,7 +64,7 @@ def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols, 
     if with_conf:
         nan = conf.dtype.type(np.nan)
         for p in range(P):
-            conf[i0 + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+            conf[i0 + p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
 
 
 #: :func:`_plane_tile_c` for C-contiguous x; nothing for strided x (whose
@@ -97,9 +97,9 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
     nchunks = work_chunks(njobs, nthreads)
     for chunk in prange(nchunks):
         m = scratch(tile, x)
-        part = scratch(tile, x)
+        part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
         idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(tile, dtype=np.float64)
+        s = np.empty(2 * tile, dtype=np.float64)
         cols = scratch(C * LANES if blocks and with_conf else 1, x)
         buf = scratch((1, C, tile if copy_tiles and with_conf else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -134,9 +134,9 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
     for chunk in prange(nchunks):
         buf = scratch((1, C, tile), x)
         m = scratch(tile, x)
-        part = scratch(tile, x)
+        part = scratch(2 * tile, x)
         idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(tile, dtype=np.float64)
+        s = np.empty(2 * tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -171,7 +171,7 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
             if with_conf:
                 rows_argmax_expsum(x, g, m, idx, 0, inv_t, cols, s)
                 for p in range(ROWS):
-                    conf[g + p] = 1.0 / s[p] if is_finite(m[p]) else nan
+                    conf[g + p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
             else:
                 rows_argmax(x, g, m, idx, 0)
             for p in range(ROWS):
@@ -182,4 +182,4 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
             labels[r] = i
             if with_conf:
                 sr = vrow_expsum(x, r, mx, inv_t, x, r, False)
-                conf[r] = 1.0 / sr if is_finite(mx) else nan
+                conf[r] = 1.0 / (1.0 + sr) if is_finite(mx) else nan

@@ -257,6 +257,10 @@ def _exp2_shifted_ir(builder, t):
     0, and ``vscalef`` by -inf gives 0), t = 0 exactly 1, t = NaN NaN."""
     ty = t.type
     y = builder.fmul(t, vector_of(ty, float(_F32(_LOG2E_32))))
+    # Not reassociable: with the kernel's ``reassoc`` LLVM folded the
+    # score's ``(x - m) * inv_t`` into ``(x - m) * (inv_t * log2(e))``,
+    # inf for inv_t near float32's max, and 0 * inf = NaN at the max.
+    y.flags.extend(sorted(EXP_FASTMATH))
     f = _avx512_ps(builder, "reduce", [_REDUCE_FLOOR], y)
     p = _horner_ir(builder, f, [float(_F32(v)) for v in _EXP2_32])
     return _avx512_ps(builder, "scalef", [], p, y)

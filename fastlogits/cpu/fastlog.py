@@ -166,8 +166,71 @@ def log32(x):
 flog = by_precision("flog", log32, log64)
 
 
+def log1p32_ir(builder, x):
+    """IR of ``log1p(x)`` for a float32 ``x >= 0``, scalar or vector
+    (:func:`log1p_ir`): the fused loss's ``log s`` from the sum of the
+    non-maximal terms."""
+    return log1p_ir(builder, x, lambda u: log32_ir(builder, u))
+
+
+def log1p_ir(builder, x, log_ir):
+    """IR of ``log1p(x)`` from a log (``log_ir(u)``) for ``x >= 0``, by the
+    classic ``u = 1 + x``, ``log(u) * x / (u - 1)`` (``x`` where u == 1):
+    the division corrects the rounding of ``1 + x``, so the result keeps
+    ``x``'s relative precision (a few ulp, tests/test_fastlog.py) for the
+    price of one division per pixel. ``+inf`` gives ``+inf``, NaN NaN.
+    Must not be compiled with ``reassoc``, which folds ``(1 + x) - 1`` to
+    ``x``."""
+    ty = x.type
+    one = vector_of(ty, 1.0)
+    u = builder.fadd(x, one)
+    d = builder.fsub(u, one)
+    y = builder.fmul(log_ir(u), builder.fdiv(x, d))
+    y = builder.select(builder.fcmp_ordered("==", x, vector_of(ty, np.inf)), x, y)
+    return builder.select(builder.fcmp_ordered("==", u, one), x, y)
+
+
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
+def log1p64(x):
+    """``log1p`` of a float64 ``x >= 0`` (:func:`log1p_ir`'s method), vectorizable."""
+    u = x + 1.0
+    y = log64(u) * (x / (u - 1.0))
+    y = x if x == np.inf else y
+    return x if u == 1.0 else y
+
+
+@intrinsic
+def _log1p32(typingctx, x):
+    """:func:`log1p32_ir` for a scalar float32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return log1p32_ir(builder, args[0])
+
+    return types.float32(x), codegen
+
+
+@njit(fastmath=EXP_FASTMATH, error_model="numpy", cache=True)
+def log1p32(x):
+    """``log1p`` of a float32 ``x >= 0`` (:func:`log1p32_ir`), vectorizable."""
+    return _log1p32(x)
+
+
+#: ``log s`` of the kernels' exp-sums from ``s - 1`` (the sum of the
+#: non-maximal terms, :func:`fastlogits.cpu.tiles.rest`), in x's precision.
+flog1p = by_precision("flog1p", log1p32, log1p64)
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def log_array(x, out):
     """Apply :func:`flog` to a 1-D array (tests and benchmarks)."""
     for i in range(x.size):
         out[i] = flog(x[i])
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def log1p_array(x, out):
+    """Apply :func:`flog1p` to a 1-D array (tests and benchmarks)."""
+    for i in range(x.size):
+        out[i] = flog1p(x[i])

@@ -428,8 +428,8 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
         e3 = e.reshape((1, C, tile))
         m = np.empty(tile, dtype=b.dtype)
         g = np.empty(tile, dtype=b.dtype)
-        part = np.empty(tile, dtype=b.dtype)
-        s = np.empty(tile, dtype=np.float64)
+        part = np.empty(2 * tile, dtype=b.dtype)
+        s = np.empty(2 * tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -460,9 +460,9 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
         m = np.empty(tile, dtype=b.dtype)
-        part = np.empty(tile, dtype=b.dtype)
+        part = np.empty(2 * tile, dtype=b.dtype)
         idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(tile, dtype=np.float64)
+        s = np.empty(2 * tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles

@@ -80,6 +80,21 @@ def flag_block_from(builder, first, flags):
             ins.flags.extend(sorted(flags))
 
 
+def non_one(builder, e):
+    """``e`` where it is not exactly 1.0, else 0 (scalar or vector): the
+    term an exp-sum adds to its sum of the non-maximal terms (the max's
+    ``exp(0)`` is exactly 1 in every exp form, :mod:`.fastexp`)."""
+    one = builder.fcmp_ordered("==", e, vector_of(e.type, 1.0))
+    return builder.select(one, vector_of(e.type, 0.0), e)
+
+
+def rest_ir(builder, s, s1):
+    """IR of :func:`fastlogits.cpu.tiles.rest`: ``s - 1`` where ``s >= 2``,
+    else ``s1`` (scalar or vector)."""
+    return builder.select(builder.fcmp_ordered(">=", s, vector_of(s.type, 2.0)),
+                          builder.fsub(s, vector_of(s.type, 1.0)), s1)
+
+
 def fmuladd(builder, a, b, c):
     """``a * b + c`` as ``llvm.fmuladd`` (an FMA where the target has one)."""
     fn = intrinsic_fn(builder, f"llvm.fmuladd.{type_suffix(a.type)}", a.type, [a.type] * 3)

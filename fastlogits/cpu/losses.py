@@ -63,7 +63,7 @@ from fastlogits.config import FASTMATH
 from fastlogits.cpu import (_cf_copies_tiles, _cf_tile_pixels, _computed_in, _plane_blocks,
                             _plane_write, _row_blocks, _row_prefetch_bytes, _stand_in,
                             _streams_rows, _tile_pixels, launch_threads)
-from fastlogits.cpu.fastlog import flog
+from fastlogits.cpu.fastlog import flog1p
 from fastlogits.cpu.gather import lookup
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        planes_max_expsum, planes_stream_xent_grad, planes_wsum,
@@ -167,7 +167,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     ignored, NaN where the max is not finite: a NaN, a +inf, or all -inf),
     into ``loss[r0:r0 + P]`` with ``want_loss``, label smoothing by ``keep,
     epsc, wallx`` (``ls`` of :func:`_smoothing_coefs`) where ``smooth``;
-    with ``want_grad``, ``a = A / s`` and ``d = g (1 - eps) w[t]`` from
+    with ``want_grad``, ``a = A / (1 + s)`` and ``d = g (1 - eps) w[t]`` from
     ``gk, ge`` (``coef`` of :func:`_grad_scales`; a loop of their own:
     without a gradient its division is not paid). Adds the sum of the
     losses to ``acc[0]``, of the target weights to ``acc[1]``, in float64.
@@ -175,8 +175,11 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     row, and the two arrays passed instead doubled the loss's time at 150
     classes; bench/RESULTS.md, log 62.)
 
-    Branch-free (selects, and :func:`flog` instead of libm's scalar
-    ``log``) so the loop runs at vector width. Every per-pixel quantity is
+    ``s`` is the exp-sum less the max's term (:func:`fastlogits.cpu.tiles.rest`):
+    ``log1p(s)`` keeps a confident pixel's small loss precise.
+
+    Branch-free (selects, and :func:`flog1p` instead of libm's scalar
+    ``log1p``) so the loop runs at vector width. Every per-pixel quantity is
     in x's precision, the scratch too: float32's loop runs twice the lanes
     of float64's and reads half the bytes (bench/RESULTS.md, logs 34 and
     44). Its terms are all >= 0 (log s >= 0, m - x_t >= 0), so a float32
@@ -193,7 +196,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
         # conditional load or division would stay a branch.
         wp = wt[p]
         mx = m[p]
-        lse = flog(s[p])
+        lse = flog1p(s[p])  # s: the sum of the non-maximal terms (tiles.rest)
         lv = wp * (lse + (mx - xt[p]))
         smoothed = keep * lv + epsc * (wallx * lse + sm[p])
         lv = smoothed if smooth else lv
@@ -206,7 +209,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     if want_grad:
         for p in range(P):
             wp = wt[p]
-            ap = (gk * wp + ge) / s[p]
+            ap = (gk * wp + ge) / (s[p] + f(1.0))
             a[p] = ap if is_finite(m[p]) else nan
             d[p] = gk * wp
     acc[0] += lsum
@@ -250,9 +253,10 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
 def _scratch(tile, w):
     """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
     even without smoothing), xt, wt, d, keep in the type x's scores are
-    computed in (``w``'s), tt int32 (bench/RESULTS.md, log 44)."""
-    return (np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, w.dtype),
-            np.empty(tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
+    computed in (``w``'s), tt int32 (bench/RESULTS.md, log 44); part and s
+    of 2 tile (their halves: :func:`fastlogits.cpu.tiles.tile_expsum`)."""
+    return (np.empty(tile, w.dtype), np.empty(2 * tile, w.dtype), np.empty(tile, w.dtype),
+            np.empty(2 * tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
             np.empty(tile, w.dtype))
 

@@ -262,7 +262,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
     @intrinsic
     def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):
         """:func:`planes_argmax`, and ``s[p + i] = sum_c exp((x_c - m[p +
-        i]) * inv_t)`` (float64 or x's dtype, the sum in x's precision: C up to
+        i]) * inv_t) - 1`` (the terms but the max's,
+        :func:`fastlogits.cpu.tiles.rest`; float64 or x's dtype, the sum in x's precision: C up to
         :data:`fastlogits.cpu.tiles.SUM_BLOCK`; garbage where the max is
         not finite); each class's scores are kept in ``cols`` (C * lanes
         elements of x's dtype, an L1 scratch) on the way, and the exp-sum

@@ -47,10 +47,10 @@ from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
 from fastlogits.cpu.fastexp import EXP_FASTMATH, exp_shifted_ir
-from fastlogits.cpu.fastlog import log32_ir
+from fastlogits.cpu.fastlog import log1p32_ir
 from fastlogits.cpu.gather import BLOCK8, _transpose_ir
-from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, splat,
-                                   type_suffix, vector_of, vptr)
+from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, non_one,
+                                   rest_ir, splat, type_suffix, vector_of, vptr)
 from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 
 _NINF = float("-inf")
@@ -355,17 +355,21 @@ def _fold_classes(builder, rw, init, step):
 
 
 def _sum_classes(builder, rw, term):
-    """The sum over the classes c of the vectors ``term(c)``, in two
-    accumulators (:func:`_fold_classes`)."""
+    """The sum over the classes c of the exponentials ``term(c)`` less the
+    max's 1 (:func:`fastlogits.cpu.tiles.rest`, from the sums of all terms
+    and of those other than 1), each in two accumulators
+    (:func:`_fold_classes`)."""
     b = builder
 
     def add(c, acc, k):
         acc = list(acc)
-        acc[k] = b.fadd(acc[k], term(c))
+        e = term(c)
+        acc[k] = b.fadd(acc[k], e)
+        acc[2 + k] = b.fadd(acc[2 + k], non_one(b, e))
         return acc
 
-    a0, a1 = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * 2, add)
-    return b.fadd(a0, a1)
+    a0, a1, n0, n1 = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * 4, add)
+    return rest_ir(b, b.fadd(a0, a1), b.fadd(n0, n1))
 
 
 def _finite(builder, v):
@@ -411,7 +415,8 @@ def _kept_columns(context, builder, sig, args, rw, offset):
 
 def _exp_columns(builder, rw, col, mx, wdata, store):
     """Over the block's columns (``col(c)``: class c's, in the column
-    scratch): the sum of the exponentials ``exp(x_c - m)`` and, given the
+    scratch): the sum of the exponentials ``exp(x_c - m)`` less the max's
+    1 (:func:`_sum_classes`) and, given the
     pointer ``wdata`` to the class weights (label smoothing), ``sum_c
     w[c] (m - x_c)``; with ``store`` each exponential replaces its score.
     Returns ``(s, sm)`` (sm None without ``wdata``). Two exp-sum
@@ -428,13 +433,15 @@ def _exp_columns(builder, rw, col, mx, wdata, store):
         if store:
             b.store(e, col(c), align=rw.size)
         carried[k] = b.fadd(carried[k], e)
+        carried[2 + k] = b.fadd(carried[2 + k], non_one(b, e))
         if smooth:
             wc = splat(b, rw.vec, b.load(b.gep(wdata, [c])))
-            carried[2] = b.fadd(carried[2], b.fmul(wc, b.fsub(mx, v)))
+            carried[4] = b.fadd(carried[4], b.fmul(wc, b.fsub(mx, v)))
         return carried
 
-    carried = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * (3 if smooth else 2), step)
-    return b.fadd(carried[0], carried[1]), (carried[2] if smooth else None)
+    carried = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * (5 if smooth else 4), step)
+    return (rest_ir(b, b.fadd(carried[0], carried[1]), b.fadd(carried[2], carried[3])),
+            carried[4] if smooth else None)
 
 
 def xent_args_ok(x, r, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
@@ -456,8 +463,10 @@ def _xent_part(context, builder, sig, args, rw, offset):
     kept in ``cols`` (C * lanes), the target's logit gathered from x
     (``rw.class_scores``), then over the columns the exp-sum (and, when
     ``w`` is an array, the smoothing sum ``sm = sum_c w[c] (m - x_c)``,
-    :func:`_exp_columns`), ``log s`` (:func:`log32_ir` with the flags of
-    ``EXP_FASTMATH``: ``reassoc`` moves its error from 1 to 2.2 ulp), and
+    :func:`_exp_columns`), ``log s`` as ``log1p`` of the sum less the max's
+    term (:func:`log1p32_ir` with the flags of ``EXP_FASTMATH``:
+    ``reassoc`` folds its ``(1 + s) - 1``, and moves log's error from 1
+    to 2.2 ulp), and
     per pixel ``wt * (log s + m - x_t)``, label-smoothed with ``ls = (1 -
     eps, eps / C, W)`` to ``ls[0] * that + ls[1] * (ls[2] log s + sm)``:
     NaN where the max is not finite, 0 where ``tt`` < 0 (ignored). Stored
@@ -471,7 +480,7 @@ def _xent_part(context, builder, sig, args, rw, offset):
     smooth = not isinstance(sig.args[11], types.NoneType)
     total, smv = _exp_columns(b, rw, col, mx, data(11) if smooth else None, False)
     first = len(b.block.instructions)
-    lse = log32_ir(b, total)
+    lse = log1p32_ir(b, total)
     flag_block_from(b, first, EXP_FASTMATH)
     finite = _finite(b, mx)
     lv = b.fmul(wv, b.fadd(lse, b.fsub(mx, xt)))
@@ -529,11 +538,12 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     (:func:`_max_part`, into m) with each class's column kept in ``cols``
     (C * lanes, so it stays in L1); the target's logit gathered from x
     (``rw.class_scores``, into xt); then over the columns the
-    exponentials (replacing the scores in ``cols``), their sum and, when
+    exponentials (replacing the scores in ``cols``), their sum less the
+    max's 1 (:func:`_exp_columns`) and, when
     ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``, into s
     and sm at the block's pixels, for the loss step that follows
     (:func:`fastlogits.cpu.losses._pixel_losses`). The gradient's scales,
-    ``A = (coef[0] wt + coef[1]) / s`` (NaN where the max is not finite)
+    ``A = (coef[0] wt + coef[1]) / (1 + s)`` (NaN where the max is not finite)
     and ``D = coef[0] wt``, with ``coef = (g (1 - eps), g eps W / C)``
     and ``bc[c] = g eps w[c] / C``, give :func:`grad_value`. No score of x
     is read after this returns, so out may be x."""
@@ -550,7 +560,8 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     k1 = splat(b, vec, b.load(b.gep(coef, [const(1)])))
     finite = _finite(b, mx)
     dv = b.fmul(k0, wv)
-    av = b.select(finite, b.fdiv(b.fadd(dv, k1), sv), vector_of(vec, float("nan")))
+    av = b.select(finite, b.fdiv(b.fadd(dv, k1), b.fadd(sv, vector_of(vec, 1.0))),
+                  vector_of(vec, float("nan")))
     bcs = data(8)
 
     def value(c):
@@ -714,7 +725,8 @@ def block_intrinsics(rows, wide):
     @intrinsic
     def rows_argmax_expsum(typingctx, x, r, m, idx, p, inv_t, cols, s):
         """:func:`rows_argmax`, and ``s[p + i] = sum_c exp((x[r + i, c] -
-        m[p + i]) * inv_t)`` for i < ROWS (``s`` float64 or x's dtype, the sum in x's
+        m[p + i]) * inv_t) - 1`` for i < ROWS (the terms but the max's,
+        :func:`fastlogits.cpu.tiles.rest`; ``s`` float64 or x's dtype, the sum in x's
         precision: for C up to :data:`fastlogits.cpu.tiles.SUM_BLOCK`;
         garbage where the max is not finite: callers mask those pixels, as
         for the tiles). One pass over the rows: each class's transposed

@@ -16,7 +16,8 @@ kernels get through ``fexp_shifted``.
 
 - :func:`vrow_argmax`: ``(max, index)`` with the library's rules (the first
   NaN wins and makes the max NaN; else the first maximum).
-- :func:`vrow_expsum`: ``sum_c exp((row[c] - m) * inv_t)`` in float64,
+- :func:`vrow_expsum`: ``sum_c exp((row[c] - m) * inv_t) - 1`` in float64
+  (the sum of the non-maximal terms, :func:`fastlogits.cpu.tiles.rest`),
   optionally storing the exponentials (softmax numerators, gradients).
 - :func:`vrow_max_expsum`: the max and that sum in one pass over memory,
   for long rows whose exponentials are not stored.
@@ -30,7 +31,7 @@ from numba.extending import intrinsic
 
 from fastlogits.cpu.fastexp import exp_shifted_ir
 from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
-                                   masked_store, splat, vector_of, vptr)
+                                   masked_store, non_one, rest_ir, splat, vector_of, vptr)
 from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 from fastlogits.cpu.tiles import SUM_BLOCK
 
@@ -179,7 +180,9 @@ def vrow_argmax(typingctx, x, r):
 
 @intrinsic
 def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
-    """``sum_c exp((x[r, c] - m) * inv_t)`` (float64) of row ``r`` of a
+    """``sum_c exp((x[r, c] - m) * inv_t) - 1`` (float64: the sum of the
+    terms but the max's, from the sums of all terms and of those other
+    than 1, :func:`fastlogits.cpu.tiles.rest`) of row ``r`` of a
     C-contiguous (rows, C) float array; with ``write`` true the
     exponentials also go to row ``ro`` of ``out`` (C-contiguous, C scores
     in the type x's are computed in, or x's dtype: may be x itself);
@@ -224,26 +227,31 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
                 ek = exps(rw.load(k))
                 if store:
                     builder.store(ek, vptr(builder, odata, k, vec), align=rw.size)
-                return [builder.fadd(acc[0], ek)]
+                return [builder.fadd(acc[0], ek), builder.fadd(acc[1], non_one(builder, ek))]
+
+            def wide(v):
+                h = _hsum(builder, v)
+                return builder.fpext(h, dbl) if f32 else h
 
             # Blocks of SUM_BLOCK classes: a float32 vector sum each, its
             # total added in float64. The tail's exponentials seed the first.
+            # Beside each sum, that of the terms other than 1 (tiles.rest).
             def blk(b, carried):
-                total, seed = carried
+                total, total1, seed, seed1 = carried
                 end = builder.add(b, const(block))
                 end = builder.select(builder.icmp_signed("<", end, rw.nfull), end, rw.nfull)
-                acc, = loop(builder, b, end, L, [seed], chunk, "sum")
-                part = builder.fpext(_hsum(builder, acc), dbl) if f32 else _hsum(builder, acc)
-                return [builder.fadd(total, part), zero]
+                acc, acc1 = loop(builder, b, end, L, [seed, seed1], chunk, "sum")
+                return [builder.fadd(total, wide(acc)), builder.fadd(total1, wide(acc1)),
+                        zero, zero]
 
             def tail_only():  # C < L: no full chunk
-                rest = _hsum(builder, e)
-                return builder.fpext(rest, dbl) if f32 else rest
+                return rest_ir(builder, wide(e), wide(non_one(builder, e)))
 
             def chunks():
-                total, _ = loop(builder, const(0), rw.nfull, block, [ir.Constant(dbl, 0.0), e],
-                                blk, "blocks")
-                return total
+                z = ir.Constant(dbl, 0.0)
+                total, total1, _, _ = loop(builder, const(0), rw.nfull, block,
+                                           [z, z, e, non_one(builder, e)], blk, "blocks")
+                return rest_ir(builder, total, total1)
 
             return _if_else(builder, builder.icmp_signed("<=", rw.nfull, const(0)), tail_only,
                             chunks)
@@ -265,8 +273,9 @@ CHUNK_BYTES = 4096
 def vrow_max_expsum(typingctx, x, r, inv_t):
     """``(m, s)`` of row ``r`` of a C-contiguous (rows, C) float array in
     one pass over memory: m its max (NaN if it holds a NaN, as
-    :func:`vrow_argmax`), s ``sum_c exp((x[r, c] - m) * inv_t)`` in
-    float64 (garbage where m is not finite: callers mask those rows).
+    :func:`vrow_argmax`), s ``sum_c exp((x[r, c] - m) * inv_t) - 1`` in
+    float64, as :func:`vrow_expsum`'s (garbage where m is not finite:
+    callers mask those rows).
 
     The row goes in chunks of :data:`CHUNK_BYTES`: each chunk's max from
     memory, then its exp-sum from L1 against the running max; when the
@@ -304,42 +313,53 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
         def exps(v, mv):
             return exp_shifted_ir(b, b.fmul(b.fsub(v, mv), tv))
 
-        def absorb(M, S, mc, chunk_sum):
-            """The running (M, S) after a chunk of max ``mc`` whose exp-sum
-            against a max is ``chunk_sum(mv)``."""
+        def wide(v):  # the sum of v's lanes in float64
+            h = _hsum(b, v)
+            return b.fpext(h, dbl) if f32 else h
+
+        def absorb(M, S, S1, mc, chunk_sum):
+            """The running (M, S, S1) after a chunk of max ``mc`` whose
+            exp-sums (all terms, those other than 1) against a max are
+            ``chunk_sum(mv)``. Rescaled by a factor below 1, every term so
+            far is one other than 1: S1 becomes S."""
             Mn = b.select(b.fcmp_ordered(">", mc, M), mc, M)
             grows = b.and_(b.fcmp_ordered(">", Mn, M),
                            b.fcmp_ordered(">", M, ir.Constant(elem, float("-inf"))))
 
-            def rescaled():
+            def factor():
                 d = b.fmul(b.fsub(M, Mn), b.extract_element(tv, ir.Constant(I32, 0)))
                 # The library's float64 exp, not libm's: a call would make
                 # every vector register caller-saved.
-                return b.fmul(S, exp_shifted_ir(b, b.fpext(d, dbl) if f32 else d))
+                return exp_shifted_ir(b, b.fpext(d, dbl) if f32 else d)
 
-            S = _if_else(b, grows, rescaled, lambda: S)
-            part = chunk_sum(splat(b, vec, Mn))
+            f = _if_else(b, grows, factor, lambda: ir.Constant(dbl, 1.0))
+            S = b.fmul(S, f)
+            S1 = b.select(b.fcmp_ordered("==", f, ir.Constant(dbl, 1.0)), S1, S)
+            part, part1 = chunk_sum(splat(b, vec, Mn))
             # All -inf so far: every term exp(-inf - -inf) is NaN; none counts.
             empty = b.fcmp_ordered("==", Mn, ir.Constant(elem, float("-inf")))
-            return Mn, b.fadd(S, b.select(empty, ir.Constant(dbl, 0.0), part))
+            z = ir.Constant(dbl, 0.0)
+            return (Mn, b.fadd(S, b.select(empty, z, part)),
+                    b.fadd(S1, b.select(empty, z, part1)))
 
         def full_sum(c0, c1):
             def sum_of(mv):
+                def add(k, a):
+                    e = exps(rw.load(k), mv)
+                    return [b.fadd(a[0], e), b.fadd(a[1], non_one(b, e))]
+
                 def blk(k0, carried):
-                    total, = carried
                     k1 = b.add(k0, const(block))
                     k1 = b.select(b.icmp_signed("<", k1, c1), k1, c1)
-                    acc, = loop(b, k0, k1, L, [zero],
-                                lambda k, a: [b.fadd(a[0], exps(rw.load(k), mv))], "sum")
-                    part = _hsum(b, acc)
-                    return [b.fadd(total, b.fpext(part, dbl) if f32 else part)]
+                    accs = loop(b, k0, k1, L, [zero, zero], add, "sum")
+                    return [b.fadd(t, wide(a)) for t, a in zip(carried, accs)]
 
-                total, = loop(b, c0, c1, block, [ir.Constant(dbl, 0.0)], blk, "blocks")
-                return total
+                z = ir.Constant(dbl, 0.0)
+                return loop(b, c0, c1, block, [z, z], blk, "blocks")
             return sum_of
 
         def one_chunk(c0, carried):
-            M, S, nan = carried
+            M, S, S1, nan = carried
             c1 = b.add(c0, const(chunk))
             c1 = b.select(b.icmp_signed("<", c1, rw.nfull), c1, rw.nfull)
 
@@ -349,12 +369,12 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
 
             mx, nan = loop(b, c0, c1, L, [ninf, nan], scan, "max")
             mc = b.extract_element(_butterfly(b, mx, greater), ir.Constant(I32, 0))
-            M, S = absorb(M, S, mc, full_sum(c0, c1))
-            return [M, S, nan]
+            M, S, S1 = absorb(M, S, S1, mc, full_sum(c0, c1))
+            return [M, S, S1, nan]
 
-        init = [ir.Constant(elem, float("-inf")), ir.Constant(dbl, 0.0),
+        init = [ir.Constant(elem, float("-inf")), ir.Constant(dbl, 0.0), ir.Constant(dbl, 0.0),
                 ir.Constant(bvec, [0] * L)]
-        M, S, nan = loop(b, const(0), rw.nfull, chunk, init, one_chunk, "chunks")
+        M, S, S1, nan = loop(b, const(0), rw.nfull, chunk, init, one_chunk, "chunks")
         # The masked tail (C % L scores; none: all -inf, which changes nothing).
         v = rw.load_tail(float("-inf"))
         nan = b.or_(nan, b.fcmp_unordered("uno", v, v))
@@ -362,12 +382,11 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
 
         def tail_sum(mv):
             e = b.select(rw.tmask, exps(v, mv), zero)
-            part = _hsum(b, e)
-            return b.fpext(part, dbl) if f32 else part
+            return wide(e), wide(non_one(b, e))
 
-        M, S = absorb(M, S, mt, tail_sum)
+        M, S, S1 = absorb(M, S, S1, mt, tail_sum)
         anynan = b.icmp_unsigned("!=", b.bitcast(nan, ir.IntType(L)), ir.Constant(ir.IntType(L), 0))
         m = b.select(anynan, ir.Constant(elem, float("nan")), M)
-        return context.make_tuple(b, signature.return_type, [m, S])
+        return context.make_tuple(b, signature.return_type, [m, rest_ir(b, S, S1)])
 
     return sig, codegen

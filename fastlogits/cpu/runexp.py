@@ -7,7 +7,9 @@ Written as a Numba loop, LLVM vectorizes the scalar exponential of
 float32 scores; the register blocks and row kernels take the exp2 form
 on AVX-512 (:func:`fastlogits.cpu.fastexp.exp_shifted_ir` on whole
 512-bit vectors: 8). This intrinsic gives the tiles the same vectors:
-``part[p] += e_p`` and optionally ``out[p] = e_p``, 64 bytes at a time,
+``part[p] += e_p`` (and ``e_p`` unless exactly 1 into the sum of the
+non-maximal terms, ``part[h + p]``, :func:`fastlogits.cpu.tiles.rest`)
+and optionally ``out[p] = e_p``, 64 bytes at a time,
 a masked tail for the last P % L pixels.
 
 Only for C-contiguous arrays: :func:`tile_exp_add` falls back to the
@@ -22,13 +24,14 @@ from numba.extending import intrinsic
 from fastlogits.config import FASTMATH
 from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
-from fastlogits.cpu.irutil import vector_of, vptr
+from fastlogits.cpu.irutil import non_one, vector_of, vptr
 from fastlogits.cpu.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
 
 
 @intrinsic
-def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
-    """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e`` and,
+def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store):
+    """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e``,
+    ``part[h + p] += e`` unless e is exactly 1 (:func:`.irutil.non_one`) and,
     with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
     arrays, ``m`` and ``part`` 1-D, ``m``, ``part`` and ``out`` in the
     type x's scores are computed in (:mod:`.scores`), or ``out`` of x's
@@ -39,11 +42,11 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     ct = compute_type(x.dtype) if is_score_array(x) else None
     if not (ct is not None and all(is_score_array(a, 1) and a.dtype == ct for a in (m, part))
             and is_score_array(out) and out.dtype in (ct, x.dtype, HALF_BITS)
-            and all(isinstance(a, types.Integer) for a in (xo, n, oo))
+            and all(isinstance(a, types.Integer) for a in (xo, h, n, oo))
             and isinstance(inv_t, types.Float)
             and isinstance(store, (types.Boolean, types.Integer))):
         return None
-    sig = types.none(x, xo, m, inv_t, part, n, out, oo, store)
+    sig = types.none(x, xo, m, inv_t, part, h, n, out, oo, store)
 
     def codegen(context, builder, signature, args):
         b = builder
@@ -52,22 +55,24 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
         size = scores.compute_size
         L = 64 // size  # one 512-bit vector (two 256-bit ones on AVX2)
         vec = ir.VectorType(scores.elem, L)
-        writes = signature.args[6].dtype == dtype  # never float16 bits
+        writes = signature.args[7].dtype == dtype  # never float16 bits
 
         def data(k):
             return context.make_array(signature.args[k])(context, b, args[k]).data
 
-        xd, md, pd, od = data(0), data(2), data(4), data(6)
-        xo, n, oo = i64(b, args[1]), i64(b, args[5]), i64(b, args[7])
+        xd, md, pd, od = data(0), data(2), data(4), data(7)
+        xo, n, oo = i64(b, args[1]), i64(b, args[6]), i64(b, args[8])
+        pd1 = b.gep(pd, [i64(b, args[5])])
         xd = b.gep(xd, [xo])
         od = b.gep(od, [oo])
         tv = splat(b, vec, context.cast(b, args[3], signature.args[3], dtype))
         nfull = b.sub(n, b.srem(n, const(L)))
-        storing = b.icmp_unsigned("!=", args[8], ir.Constant(args[8].type, 0))
+        storing = b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))
 
         def step(load, load_x, put, k):
             e = exp_shifted_ir(b, b.fmul(b.fsub(load_x(k), load(md, k)), tv))
             put(b.fadd(load(pd, k), e), pd, k)
+            put(b.fadd(load(pd1, k), non_one(b, e)), pd1, k)
             if writes:
                 with b.if_then(storing):
                     put(e, od, k)
@@ -90,32 +95,36 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, n, out, oo, store):
     return sig, codegen
 
 
-def tile_exp_add(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
-    """``part[p] += exp((x[o, c, i0 + p] - m[p]) * inv_t)`` for p < P and,
+def tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+    """``part[p] += exp((x[o, c, i0 + p] - m[p]) * inv_t)`` for p < P (and
+    into ``part[h + p]`` unless exactly 1, as :func:`vexp_add`) and,
     with ``store``, the exponentials into ``et[eo, c, ei0 + p]``: by
     :func:`vexp_add` where x and et are C-contiguous, else a Numba loop."""
     raise NotImplementedError("tile_exp_add is only callable from Numba code")
 
 
 @overload(tile_exp_add, inline="always", fastmath=FASTMATH)
-def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
     if x.layout == "C" and et.layout == "C":
-        def vectors(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+        def vectors(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
             C, inner = x.shape[1], x.shape[2]
-            vexp_add(x, (o * C + c) * inner + i0, m, inv_t, part, P, et,
+            vexp_add(x, (o * C + c) * inner + i0, m, inv_t, part, h, P, et,
                      (eo * et.shape[1] + c) * et.shape[2] + ei0, store)
         return vectors
 
     if not isinstance(et.dtype, types.Float):  # float16 bits: never written
-        def reads(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+        def reads(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
             for p in range(P):
-                part[p] += fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
+                e = fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
+                part[p] += e
+                part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
         return reads
 
-    def scalars(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, store):
+    def scalars(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
         for p in range(P):
             e = fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
             if store:
                 et[eo, c, ei0 + p] = e
             part[p] += e
+            part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
     return scalars

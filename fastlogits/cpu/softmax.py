@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.config import FASTMATH
-from fastlogits.cpu.fastlog import flog
+from fastlogits.cpu.fastlog import flog1p
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        on_c_planes, planes_max_expstore, planes_max_expsum,
                                        planes_store_log_softmax, planes_store_softmax,
@@ -50,16 +50,17 @@ LOGSUMEXP = 2
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _epilogue(P, m, s, mode, g):
-    """Per pixel: ``g = 1 / s`` (softmax) or ``log s`` (log_softmax, in x's
-    precision: :func:`flog`); NaN where the max is not finite (NaN, +inf
+    """Per pixel, from ``s``, the exp-sum less the max's term 1
+    (:func:`fastlogits.cpu.tiles.rest`): ``g = 1 / (1 + s)`` (softmax) or
+    ``log1p(s)`` (log_softmax, in x's precision: :func:`flog1p`); NaN where the max is not finite (NaN, +inf
     or a pixel of -inf only)."""
     nan = g.dtype.type(np.nan)
     if mode == SOFTMAX:
         for p in range(P):
-            g[p] = 1.0 / s[p] if is_finite(m[p]) else nan
+            g[p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
     else:
         for p in range(P):
-            g[p] = flog(g.dtype.type(s[p])) if is_finite(m[p]) else nan
+            g[p] = flog1p(g.dtype.type(s[p])) if is_finite(m[p]) else nan
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -95,12 +96,13 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, eo, ei0, pf):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _lse(P, m, s, inv_t, red, r0):
-    """logsumexp ``m * inv_t + log s`` (the log in x's precision: :func:`flog`);
+    """logsumexp ``m * inv_t + log1p(s)`` (s as for :func:`_epilogue`; the
+    log in x's precision: :func:`flog1p`);
     m itself (NaN, +inf, -inf) where not finite. ``red`` may hold float16
     bits (:mod:`.scores`)."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
-        v = m[p] * inv_t + flog(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
+        v = m[p] * inv_t + flog1p(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
         red[r0 + p] = store_score(red, v)
 
 
@@ -213,8 +215,8 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
         ebuf = scratch((1, C, tile if through else 1), x)
         m = scratch(tile, x)
         g = scratch(tile, x)
-        part = scratch(tile, x)
-        s = np.empty(tile, dtype=np.float64)
+        part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
+        s = np.empty(2 * tile, dtype=np.float64)
         cols = scratch(C * tile if blocks else 1, x)
         buf = scratch((1, C, tile if copy_tiles else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -258,8 +260,8 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
         ebuf = scratch((1, C, tile), x)
         m = scratch(tile, x)
         g = scratch(tile, x)
-        part = scratch(tile, x)
-        s = np.empty(tile, dtype=np.float64)
+        part = scratch(2 * tile, x)
+        s = np.empty(2 * tile, dtype=np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile

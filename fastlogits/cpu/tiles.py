@@ -291,25 +291,46 @@ def tile_argmax(x, o, i0, P, m, m2, idx, pf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def rest(s, s1):
+    """``s - 1`` from an exp-sum ``s`` (every term) and ``s1`` (the terms
+    other than exactly 1.0): the sum of the terms but the first max's
+    (exactly 1), as SciPy's logsumexp takes ``log1p`` of it. From 2 on,
+    ``s - 1`` is as accurate as s; below, exactly one term is 1 (the max;
+    ties give s >= 2), so s1 is that sum, with its own relative precision
+    where ``s - 1`` would have lost it (``s = 1 + 4e-18`` rounds to 1)."""
+    return s - 1.0 if s >= 2.0 else s1
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_expsum(x, o, i0, P, m, inv_t, s, part, pf):
-    """``s[p] = sum_c exp((x[o, c, i0 + p] - m[p]) * inv_t)``, float64 over
-    blocks of SUM_BLOCK classes (``part``: P scratch in x's precision).
-    One share of the prefetch region ``pf`` per class.
+    """``s[p] = sum_c exp((x[o, c, i0 + p] - m[p]) * inv_t) - 1``: the sum
+    of the terms but the first max's (:func:`rest`), accumulated over
+    blocks of SUM_BLOCK classes in x's precision (``part``), then in s's
+    (float64, or x's dtype for the loss). ``s`` and ``part`` hold at
+    least 2 P elements each: their second halves take the sums of the
+    terms other than 1. One share of the prefetch region ``pf`` per class.
 
     Pixels with a non-finite max get garbage here; callers mask them.
     """
     i0 = max(i0, 0)
     C = x.shape[1]
+    h = part.size // 2  # the sums of the terms other than 1: part[h:], s[hs:]
+    hs = s.size // 2
     for p in range(P):
         s[p] = 0.0
+        s[hs + p] = 0.0
     for c0 in range(0, C, SUM_BLOCK):
         for p in range(P):
             part[p] = 0.0
+            part[h + p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             prefetch_share(pf, c)
-            tile_exp_add(x, o, c, i0, m, inv_t, part, P, x, o, i0, False)
+            tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, x, o, i0, False)
         for p in range(P):
             s[p] += part[p]
+            s[hs + p] += part[h + p]
+    for p in range(P):
+        s[p] = rest(s[p], s[hs + p])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -317,19 +338,26 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, pf):
     """:func:`tile_expsum` that also stores the exponentials (the softmax
     numerators) into ``et[eo, :, ei0:ei0 + P]``. ``et`` should not be ``x``:
     aliasing makes LLVM run the scalar fallback of the loop."""
-    i0 = max(i0, 0)
     ei0 = max(ei0, 0)
+    i0 = max(i0, 0)
     C = x.shape[1]
+    h = part.size // 2  # the sums of the terms other than 1: part[h:], s[hs:]
+    hs = s.size // 2
     for p in range(P):
         s[p] = 0.0
+        s[hs + p] = 0.0
     for c0 in range(0, C, SUM_BLOCK):
         for p in range(P):
             part[p] = 0.0
+            part[h + p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             prefetch_share(pf, c)
-            tile_exp_add(x, o, c, i0, m, inv_t, part, P, et, eo, ei0, True)
+            tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, True)
         for p in range(P):
             s[p] += part[p]
+            s[hs + p] += part[h + p]
+    for p in range(P):
+        s[p] = rest(s[p], s[hs + p])
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
