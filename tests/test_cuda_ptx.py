@@ -56,7 +56,7 @@ def compiler():
 
 
 def _signatures():
-    from fastlogits.cuda.ops import kernel_signatures
+    from fastlogits.cuda.signatures import kernel_signatures
 
     return kernel_signatures()
 
