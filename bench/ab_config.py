@@ -1,4 +1,4 @@
-"""A/B of one ``fastlogits.config`` tunable through the public API.
+"""A/B of one ``fastlogits.tuning`` knob through the public API.
 
 Times each op with the tunable at its "off" and "on" values, interleaved
 round by round in one process (so both see the same machine state), on
@@ -7,7 +7,7 @@ or with ``--layout chw`` channels-first (C, pixels), and prints the
 medians. docs/perf/cpu-026 (the 8-row register blocks) was
 measured this way::
 
-    python bench/ab_config.py CPU_ROW_BLOCK_MAX_CLASSES 0 1073741824 \\
+    python bench/ab_config.py cpu_row_block_max_classes 0 1073741824 \\
         --ops argmax classify confusion_matrix cross_entropy --classes 8 19 64 96 150
 
 and cpu-037 (the channels-first register blocks) with ``--layout chw``.
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import fastlogits as fl
-from fastlogits import config
+from fastlogits import tuning
 
 _BUFFERS = {}
 
@@ -130,7 +130,7 @@ def _once(f):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("name", help="a fastlogits.config attribute")
+    ap.add_argument("name", help="a fastlogits.tuning knob, e.g. cpu_tile_pixels")
     ap.add_argument("off", type=int)
     ap.add_argument("on", type=int)
     ap.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS))
@@ -146,25 +146,24 @@ def main(argv=None):
     ap.add_argument("--targets", choices=("uint8", "int64"), default=None,
                     help="dtype of the losses' targets (default uint8 below 255 classes)")
     args = ap.parse_args(argv)
-    if not hasattr(config, args.name):
-        ap.error(f"fastlogits.config has no {args.name}")
-    original = getattr(config, args.name)
-    rng = np.random.default_rng(1)
+    knob = args.name.lower()  # CPU_TILE_PIXELS (the old config name) or cpu_tile_pixels
     try:
-        for C in args.classes:
-            x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored,
-                                     args.dtype, args.scale, args.targets)
-            for op in args.ops:
-                times = {args.off: [], args.on: []}
-                for _ in range(args.rounds):
-                    for value in (args.off, args.on):
-                        setattr(config, args.name, value)
+        tuning.replaced(tuning.current(), **{knob: args.off})
+    except (TypeError, ValueError) as exc:
+        ap.error(str(exc))
+    rng = np.random.default_rng(1)
+    for C in args.classes:
+        x, t, axis = make_inputs(rng, C, args.elements, args.layout, args.ignored,
+                                 args.dtype, args.scale, args.targets)
+        for op in args.ops:
+            times = {args.off: [], args.on: []}
+            for _ in range(args.rounds):
+                for value in (args.off, args.on):
+                    with tuning.override(**{knob: value}):
                         times[value].append(_once(lambda: OPS[op](x, t, axis)))
-                off, on = (1e3 * np.median(times[v]) for v in (args.off, args.on))
-                print(f"C={C:5d} {op:16s} off {off:7.1f} ms  on {on:7.1f} ms  off/on {off / on:.2f}",
-                      flush=True)
-    finally:
-        setattr(config, args.name, original)
+            off, on = (1e3 * np.median(times[v]) for v in (args.off, args.on))
+            print(f"C={C:5d} {op:16s} off {off:7.1f} ms  on {on:7.1f} ms  off/on {off / on:.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from numba import njit
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.losses import _targets
 from fastlogits.cpu.planeblock import (LANES, planes_argmax_expsum, planes_max_expstore,
                                        planes_max_expsum, planes_store_softmax, planes_xent,

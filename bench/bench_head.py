@@ -46,7 +46,7 @@ OPS = ("logits", "softmax", "logsumexp", "argmax", "classify", "cross_entropy",
        "confusion_matrix")
 IMPLS = ("fastlogits[cpu]", "numpy", "torch")
 #: The two channels-last product forms forced (fastlogits.cpu.head.cl_dot_form
-#: picks one by N/C through config.CPU_HEAD_DOT_MIN_RATIO): timed side by
+#: picks one by N/C through tuning.current().cpu.head_dot_min_ratio): timed side by
 #: side for the labels ops so the ratio can be tuned from one run.
 REGIMES = {"fastlogits[cpu,dot]": 0, "fastlogits[cpu,transposed]": 10**9}
 REGIME_OPS = ("argmax", "classify", "cross_entropy")
@@ -91,7 +91,7 @@ def implementation(op, case, impl):
 
     if impl.startswith("fastlogits[cpu"):
         import fastlogits as fl
-        from fastlogits import config
+        from fastlogits import tuning
 
         head = fl.LinearHead(case.W, case.b)
         fn = getattr(head, op)
@@ -101,15 +101,8 @@ def implementation(op, case, impl):
         ratio = REGIMES[impl]
 
         def forced():
-            old = getattr(config, "CPU_HEAD_DOT_MIN_RATIO", None)
-            config.CPU_HEAD_DOT_MIN_RATIO = ratio
-            try:
+            with tuning.override(cpu_head_dot_min_ratio=ratio):
                 return fn(*args, case.axis, backend="cpu")
-            finally:
-                if old is None:
-                    del config.CPU_HEAD_DOT_MIN_RATIO
-                else:
-                    config.CPU_HEAD_DOT_MIN_RATIO = old
 
         return forced
 

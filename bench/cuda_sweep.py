@@ -4,7 +4,7 @@
     python bench/cuda_sweep.py --small                      # a quick check
 
 For each case of :mod:`bench.bench_cuda` (full sizes) and each setting of
-``fastlogits.config``'s ``CUDA_*`` knobs in :data:`SETTINGS` (changed in
+``fastlogits.tuning``'s ``cuda_*`` knobs in :data:`SETTINGS` (changed in
 this process between timings: they are read at call time and none of them
 recompiles a kernel), times fastlogits' kernels on device-resident data
 (CUDA events, median), as bench_cuda's ``kernel`` mode, and prints the
@@ -33,9 +33,9 @@ if str(ROOT) not in sys.path:
 
 import fastlogits as fl  # noqa: E402
 from bench import bench_cuda as bc  # noqa: E402
-from fastlogits import config  # noqa: E402
+from fastlogits import tuning  # noqa: E402
 
-#: (name, overrides of fastlogits.config, cases it applies to or None for all).
+#: (name, overrides of fastlogits.tuning knobs (upper case: lowered), cases it applies to or None for all).
 SETTINGS = [
     ("default", {}, None),
     ("threads128", {"CUDA_THREADS_PER_BLOCK": 128}, None),
@@ -102,7 +102,6 @@ def sweep(cases, ops, repeat, settings=None, log=print):
     copy = bc.copy_gbps(largest, bc.GpuTimer(torch), torch, repeat)
     log(f"device-to-device copy: {copy:.0f} GB/s (read + write)")
     rows = []
-    saved = {k: getattr(config, k) for _, o, _ in SETTINGS for k in o}
     for ci, (name, shape, axis) in enumerate(cases):
         x, t = _inputs(torch, shape, axis, ci)
         C = shape[axis]
@@ -110,9 +109,7 @@ def sweep(cases, ops, repeat, settings=None, log=print):
         for sname, overrides, only in SETTINGS:
             if (only is not None and name not in only) or (settings and sname not in settings):
                 continue
-            for k, v in overrides.items():
-                setattr(config, k, v)
-            try:
+            with tuning.override(**{k.lower(): v for k, v in overrides.items()}):
                 for op in ops:
                     if op == "confusion_matrix" and C > bc.CONFUSION_MAX_C:
                         continue
@@ -131,9 +128,6 @@ def sweep(cases, ops, repeat, settings=None, log=print):
                     log(f"  {name:16s} {op:18s} {sname:18s} {ms:8.3f} ms {100 * frac:5.1f} %"
                         + ("" if ok else "  MISMATCH"))
                     del call
-            finally:
-                for k, v in saved.items():
-                    setattr(config, k, v)
         del x, t
         if torch is not None:
             torch.cuda.empty_cache()

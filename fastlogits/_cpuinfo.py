@@ -1,7 +1,7 @@
 """The host CPU as /proc/cpuinfo and sysfs name it (Linux; empty
 elsewhere).
 
-Read once per call, at import time by :mod:`fastlogits.config` (a few
+Read once per call, at import time by :mod:`fastlogits.tuning` (a few
 tunables differ between CPU vendors or follow the L2 cache's size) and
 by ``fastlogits info`` and the benchmark report (the model name).
 """

@@ -12,8 +12,8 @@ So the CPU backend takes its large outputs from here. Each is a view of a
 block that goes back to a free list when the last array (or view) using it
 is gone; the next output of the same rounded size reuses the block, its
 pages already mapped. The free list holds at most
-``config.CPU_OUTPUT_POOL_BYTES`` (oldest blocks go first); set it to 0 to
-turn the reuse off. Outputs under ``config.CPU_OUTPUT_POOL_MIN_BYTES`` are
+``tuning.current().cpu.output_pool_bytes`` (oldest blocks go first); set it to 0 to
+turn the reuse off. Outputs under ``tuning.current().cpu.output_pool_min_bytes`` are
 plain ``np.empty`` arrays.
 
 An output from here is an ordinary writeable, C-contiguous ndarray whose
@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from fastlogits import config
+from fastlogits import tuning
 
 #: Blocks are sized in whole huge pages, so outputs of nearly equal sizes
 #: share them and NumPy's huge-page advice applies to every block.
@@ -76,7 +76,7 @@ class _Block:
             # waits in ``_returned`` for the next call.
             if _lock.acquire(blocking=False):
                 try:
-                    _settle(config.CPU_OUTPUT_POOL_BYTES)
+                    _settle(tuning.current().cpu.output_pool_bytes)
                 finally:
                     _lock.release()
         except Exception:  # interpreter shutdown: module globals may be gone
@@ -125,9 +125,9 @@ def empty(shape, dtype, like=None):
     # math.prod, not np.prod: this runs on every call, and np.prod on a
     # tuple cost 4 of a small softmax's 30 microseconds.
     nbytes = math.prod(shape) * dtype.itemsize
-    cap = config.CPU_OUTPUT_POOL_BYTES
+    cap = tuning.current().cpu.output_pool_bytes
     size = _block_bytes(nbytes)
-    if nbytes < config.CPU_OUTPUT_POOL_MIN_BYTES or size > cap or dtype.hasobject:
+    if nbytes < tuning.current().cpu.output_pool_min_bytes or size > cap or dtype.hasobject:
         return np.empty(shape, dtype)
     raw = None
     with _lock:
@@ -145,7 +145,7 @@ def empty(shape, dtype, like=None):
 def held_bytes():
     """Bytes of free blocks held for reuse (returned blocks included)."""
     with _lock:
-        _settle(config.CPU_OUTPUT_POOL_BYTES)
+        _settle(tuning.current().cpu.output_pool_bytes)
         return sum(raw.nbytes for raw in _free)
 
 
@@ -159,9 +159,9 @@ def release():
 def describe(cap=None, least=None):
     """One line on the reuse (``fastlogits info``, ``fastlogits bench``):
     the settings given (a report's), else the current ones."""
-    cap = config.CPU_OUTPUT_POOL_BYTES if cap is None else cap
-    least = config.CPU_OUTPUT_POOL_MIN_BYTES if least is None else least
+    cap = tuning.current().cpu.output_pool_bytes if cap is None else cap
+    least = tuning.current().cpu.output_pool_min_bytes if least is None else least
     if cap <= 0:
-        return "off (config.CPU_OUTPUT_POOL_BYTES = 0): every output on fresh pages"
+        return "off (cpu_output_pool_bytes = 0): every output on fresh pages"
     return (f"outputs of {least / 2 ** 20:g} MiB or more reuse the blocks of earlier "
             f"outputs that are gone, up to {cap / 2 ** 20:g} MiB of them kept")

@@ -5,6 +5,7 @@ process where the CUDA backend works (a real GPU, or NUMBA_ENABLE_CUDASIM=1
 as tests/test_cuda_simulator.py arranges).
 """
 
+import contextlib
 import os
 import random
 import shutil
@@ -58,3 +59,13 @@ def rng(request):
     """A fresh generator per test, derived from the session seed and the test name."""
     name_key = sum(ord(ch) * (i + 1) for i, ch in enumerate(request.node.nodeid)) % (2**31)
     return np.random.default_rng([SEED, name_key])
+
+
+@pytest.fixture
+def tune():
+    """``tune(cpu_tile_pixels=64, ...)``: :func:`fastlogits.tuning.override`
+    for the rest of the test (undone at its teardown, in reverse order)."""
+    from fastlogits import tuning
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **knobs: stack.enter_context(tuning.override(**knobs))

@@ -69,19 +69,17 @@ def at_line_offset(shape, dtype, offset):
     return buf[first:first + n].view(dtype).reshape(shape)
 
 
-def stream_every_row(monkeypatch, kernels, name, flag_at, block_knob):
+def stream_every_row(tune, monkeypatch, kernels, name, flag_at, block_knob):
     """Send channels-last rows of any length through the row kernels
     (``block_knob`` the register blocks' class limit, set to 0) with every
-    output streamed (``config.CPU_STREAM_MIN_BYTES`` and
-    ``CPU_STREAM_ROW_MIN_BYTES`` 0); returns the list to which each call of
+    output streamed (``cpu_stream_min_bytes`` and ``cpu_stream_row_min_bytes``
+    0); returns the list to which each call of
     the kernel ``kernels.<name>`` appends its stream flag (argument
     ``flag_at``)."""
-    from fastlogits import config
-
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1)
-    monkeypatch.setattr(config, block_knob, 0)
+    tune(cpu_stream_min_bytes=0)
+    tune(cpu_stream_row_min_bytes=0)
+    tune(cpu_row_min_classes=1)
+    tune(**{block_knob: 0})
     flags = []
     kernel = getattr(kernels, name)
 

@@ -26,12 +26,12 @@ AVX2_FEATURES = ",".join(f"+{f}" for f in (
 CHILD = textwrap.dedent("""
     import numpy as np
     import fastlogits as fl
-    from fastlogits import config, reference
+    from fastlogits import reference, tuning
     from fastlogits.cpu.planeblock import LANES
     from tests.helpers import at_line_offset
 
     assert LANES == 8, LANES
-    config.CPU_STREAM_MIN_BYTES = 0  # every x-sized output by non-temporal stores
+    tuning.override(cpu_stream_min_bytes=0).__enter__()  # every x-sized output streamed
     rng = np.random.default_rng(7)
     for C in (8, 19):
         # Planes of whole lines, x 16 bytes past a line as NumPy puts large
@@ -51,7 +51,7 @@ CHILD = textwrap.dedent("""
         np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
     # The head's channels-last dot form on feature rows 1-15 float32
     # elements past a line: its aligned loads on 32-byte vectors.
-    config.CPU_HEAD_DOT_MIN_RATIO = 0
+    tuning.override(cpu_head_dot_min_ratio=0).__enter__()
     for offset in (1, 9, 15):
         W = rng.standard_normal((5, 32)).astype(np.float32) / 8
         b = rng.standard_normal(5).astype(np.float32)

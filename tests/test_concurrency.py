@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import _threading, config
+from fastlogits import _threading, tuning
 
 # Above the serial threshold, so every call really launches Numba's threads.
-SHAPE = (config.CPU_SERIAL_BELOW // 19 + 37, 19)
+SHAPE = (tuning.current().cpu.serial_below // 19 + 37, 19)
 
 
 def _inputs(seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import reference, tuning
 from fastlogits.cpu import confusion
 from fastlogits.cpu.confusion import private_histograms
 
@@ -84,27 +84,27 @@ def test_many_classes(rng, axis):
     assert np.trace(cm) > 0
 
 
-def test_small_tiles_row_path_and_one_histogram(rng, monkeypatch):
+def test_small_tiles_row_path_and_one_histogram(tune, rng, monkeypatch):
     """Tiny tiles (ragged tails), the large-C row kernel at C = 19, and a
     histogram budget so small that one chunk does everything."""
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    tune(cpu_tile_pixels=16)
     for shape, axis in [((7, 45, 19), -1), ((3, 19, 45), 1)]:
         x = make_logits(rng, shape)
         check(x, make_target(rng, reduced(shape, axis), 19), axis)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 2)
+    tune(cpu_row_min_classes=2)
     check(make_logits(rng, (61, 19)), make_target(rng, (61,), 19), -1)
-    monkeypatch.setattr(config, "CPU_CONFUSION_HIST_BYTES", 1, raising=False)
+    tune(cpu_confusion_hist_bytes=1, raising=False)
     for shape, axis in [((61, 19), -1), ((3, 19, 45), 1)]:
         check(make_logits(rng, shape), make_target(rng, reduced(shape, axis), 19), axis)
 
 
 @pytest.mark.parametrize("path", ["rows", "tiles", "blocks"])
-def test_channels_last_paths(rng, path, monkeypatch):
+def test_channels_last_paths(tune, rng, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced, for C
     around the vector widths, with NaN, +-inf and ties in the logits (57
     rows: blocks of 8 and a remainder for the row kernels)."""
-    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", 1 if path == "rows" else 10**9)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", 10**9 if path == "blocks" else 0)
+    tune(cpu_row_argmax_min_classes=1 if path == "rows" else 10**9)
+    tune(cpu_row_block_max_classes=10**9 if path == "blocks" else 0)
     for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129):
         x = make_logits(rng, (57, C))
         x[3, C // 2] = np.nan
@@ -116,14 +116,13 @@ def test_channels_last_paths(rng, path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["tiles", "blocks"])
-def test_channels_first_paths(rng, path, monkeypatch):
+def test_channels_first_paths(tune, rng, path, monkeypatch):
     """Channels-first maps through the register blocks of pixels or the
     (prefetching, from 16 classes) tile loops, forced, with NaN, +-inf,
     all -inf pixels and ties, in the blocks and in each image's rest (37
     pixels an image, two images); the prefetch distance at every class
     count up to C (its rows past the last class are skipped)."""
-    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES",
-                        10**9 if path == "blocks" else 0)
+    tune(cpu_plane_block_argmax_max_classes=10**9 if path == "blocks" else 0)
     for C in (1, 2, 3, 8, 9, 15, 16, 17, 19, 24, 33, 96):
         x = make_logits(rng, (2, C, 37))
         x[0, C // 2, 3] = np.nan
@@ -134,9 +133,9 @@ def test_channels_first_paths(rng, path, monkeypatch):
         check(x, make_target(rng, (2, 37), C), 1)
 
 
-def test_float16_chunks(rng, monkeypatch):
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 40)
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)  # the chunks, not the direct kernels
+def test_float16_chunks(tune, rng, monkeypatch):
+    tune(cpu_half_chunk_elements=19 * 40)
+    tune(cpu_half_direct=False)  # the chunks, not the direct kernels
     for shape, axis in [((5, 33, 19), -1), ((3, 19, 100), 1)]:
         x = make_logits(rng, shape, np.float16)
         check(x, make_target(rng, reduced(shape, axis), 19), axis)
@@ -210,7 +209,7 @@ def test_private_histograms_only_where_they_pay():
     assert pick(19, 13 * 29, 2)  # tiny histograms: kept whatever the pixels
     assert not pick(150, 13 * 29, 2)
     assert not pick(1000, 256, 2) and not pick(32000, 512, 2)
-    assert not pick(3000, 10 ** 8, 2)  # 72 MB each: over config.CPU_CONFUSION_HIST_BYTES
+    assert not pick(3000, 10 ** 8, 2)  # 72 MB each: over tuning.current().cpu.confusion_hist_bytes
 
 
 def test_many_classes_take_the_labels(rng, monkeypatch):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config
+from fastlogits import tuning
 from fastlogits.registry import OPS
 from tests.helpers import assert_close, at_line_offset, logits, specials_array, stream_every_row
 
@@ -102,17 +102,17 @@ def test_special_value_table():
 
 
 @pytest.mark.parametrize("name", list(OPS))
-def test_small_tiles_cover_tails_and_many_tiles(rng, name, monkeypatch):
+def test_small_tiles_cover_tails_and_many_tiles(tune, rng, name, monkeypatch):
     """Tunables are read at call time: tiny tiles make every path run many
     tiles with ragged tails, for both layouts and the large-C row path."""
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
-    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 64)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 8)
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 100)
+    tune(cpu_tile_pixels=16)
+    tune(cpu_tile_elements=64)
+    tune(cpu_row_min_classes=8)
+    tune(cpu_half_chunk_elements=100)
     op = OPS[name]
     for shape, axis in [((101, 5), -1), ((3, 5, 53), 1), ((57, 21), -1), ((77, 9), -1)]:
         for dtype, direct in ((np.float32, True), (np.float16, True), (np.float16, False)):
-            monkeypatch.setattr(config, "CPU_HALF_DIRECT", direct)  # float16: kernels or chunks
+            tune(cpu_half_direct=direct)  # float16: kernels or chunks
             x = specials_array(rng, shape, axis, dtype)
             got = run(op, x, axis, temperature=1.3)
             check(op, got, expected(op, x, axis, temperature=1.3), dtype)
@@ -120,7 +120,7 @@ def test_small_tiles_cover_tails_and_many_tiles(rng, name, monkeypatch):
 
 @pytest.mark.parametrize("copy_tiles", [False, True])
 @pytest.mark.parametrize("name", list(OPS))
-def test_channels_first_tiles_by_bytes(rng, name, copy_tiles, monkeypatch):
+def test_channels_first_tiles_by_bytes(tune, rng, name, copy_tiles, monkeypatch):
     """Channels-first tiles of the ops that read a tile twice hold
     ``CPU_CF_TILE_BYTES`` of scores (here 32 pixels at 130 classes, at
     float32 precision for float16 too); argmax's take ``CPU_TILE_PIXELS``
@@ -129,14 +129,14 @@ def test_channels_first_tiles_by_bytes(rng, name, copy_tiles, monkeypatch):
     from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
 
     C = 130
-    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", C * 4 * 32)
-    monkeypatch.setattr(config, "CPU_CF_COPY_MIN_CLASSES", 1 if copy_tiles else 1 << 30)
+    tune(cpu_cf_tile_bytes=C * 4 * 32)
+    tune(cpu_cf_copy_min_classes=1 if copy_tiles else 1 << 30)
     op = OPS[name]
     for dtype in (np.float32, np.float16, np.float64):
         x = specials_array(rng, (2, C, 2048 if copy_tiles else 301), 1, dtype)
         assert _cf_copies_tiles(x) == copy_tiles
         assert _cf_tile_pixels(x, True) == (16 if dtype == np.float64 else 32)
-        assert _cf_tile_pixels(x, False) == config.CPU_TILE_PIXELS
+        assert _cf_tile_pixels(x, False) == tuning.current().cpu.tile_pixels
         want = expected(op, x, 1, temperature=1.3)
         check(op, run(op, x, 1, temperature=1.3), want, dtype)
         if name in ("softmax", "log_softmax"):
@@ -291,16 +291,16 @@ CHANNELS_LAST_PATHS = {
 @pytest.mark.parametrize("path", sorted(CHANNELS_LAST_PATHS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(OPS))
-def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
+def test_channels_last_paths(tune, rng, name, dtype, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced (the row
     kernels' vectors and masked tails; the transposed tiles) for C around
     the vector widths, with special values and ties. 23 rows: whole
     blocks of ``rowblock.ROWS`` rows and the rest for the row kernels."""
     rows_min, argmax_min, block_max, expnorm_block_max = CHANNELS_LAST_PATHS[path]
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", rows_min)
-    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", argmax_min)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", expnorm_block_max)
+    tune(cpu_row_min_classes=rows_min)
+    tune(cpu_row_argmax_min_classes=argmax_min)
+    tune(cpu_row_block_max_classes=block_max)
+    tune(cpu_row_block_expnorm_max_classes=expnorm_block_max)
     op = OPS[name]
     for C in (1, 2, 7, 8, 9, 15, 16, 17, 19, 31, 33, 64, 127, 128, 129, 150, 1037, 3001):
         x = specials_array(rng, (23, C), -1, dtype)
@@ -314,7 +314,7 @@ def test_channels_last_paths(rng, name, dtype, path, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_channels_last_streamed_rows(rng, name, dtype, monkeypatch):
+def test_channels_last_streamed_rows(tune, rng, name, dtype, monkeypatch):
     """softmax and log_softmax rows written by non-temporal stores (every
     row streamed here, ``CPU_STREAM_ROW_MIN_BYTES`` 0): rows of 1 to 3001
     classes, more rows than one block (``softmax.rows_per_block``) and a
@@ -323,8 +323,8 @@ def test_channels_last_streamed_rows(rng, name, dtype, monkeypatch):
     allocating call give the same."""
     from fastlogits.cpu import softmax as kernels
 
-    streamed = stream_every_row(monkeypatch, kernels, "expnorm_cl_rows", -2,
-                                "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES")
+    streamed = stream_every_row(tune, monkeypatch, kernels, "expnorm_cl_rows", -2,
+                                "cpu_row_block_expnorm_max_classes")
     op = OPS[name]
     long_row = kernels.ROW_BLOCK_BYTES // np.dtype(dtype).itemsize + 5
     for rows, C in ((23, 1), (23, 3), (23, 19), (70, 150), (40, 1037), (9, 3001), (3, long_row)):
@@ -343,14 +343,14 @@ def test_channels_last_streamed_rows(rng, name, dtype, monkeypatch):
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(OPS))
-def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
+def test_channels_first_paths(tune, rng, name, dtype, blocks, monkeypatch):
     """C-contiguous channels-first maps through the register blocks of
     pixels (``cpu.planeblock``) or the tile loops, forced, with special
     values and ties in block pixels and in each image's last pixels (37
     per image: whole blocks of ``planeblock.LANES`` and a rest for the
     tiles), two images; in place for the ops with an x-shaped output."""
-    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
-    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES", 10**9 if blocks else 0)
+    tune(cpu_plane_block_max_classes=10**9 if blocks else 0)
+    tune(cpu_plane_block_argmax_max_classes=10**9 if blocks else 0)
     op = OPS[name]
     for C in (1, 2, 3, 8, 19, 24, 127, 128, 129, 150):
         x = np.ascontiguousarray(specials_array(rng, (2, C, 37), 1, dtype))
@@ -362,7 +362,7 @@ def test_channels_first_paths(rng, name, dtype, blocks, monkeypatch):
             check(op, inplace, want, dtype)
 
 
-def test_blocks_stream_straight_only_in_whole_lines(monkeypatch):
+def test_blocks_stream_straight_only_in_whole_lines(tune, monkeypatch):
     """The channels-first blocks store an output straight by non-temporal
     stores only where each block is whole 64-byte lines: AVX2's blocks of
     8 float32 pixels (32 bytes) go through the scratch tile, since a
@@ -371,7 +371,7 @@ def test_blocks_stream_straight_only_in_whole_lines(monkeypatch):
     from fastlogits.cpu import _plane_write
     from fastlogits.cpu.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
 
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
+    tune(cpu_stream_min_bytes=0)
     for dtype, lanes, mode in ((np.float32, 16, WRITE_STREAM), (np.float32, 8, WRITE_EBUF_STREAM),
                                (np.float64, 8, WRITE_STREAM), (np.float64, 16, WRITE_STREAM)):
         x = at_line_offset((1, 3, 64), dtype, 16)
@@ -382,7 +382,7 @@ def test_blocks_stream_straight_only_in_whole_lines(monkeypatch):
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
+def test_channels_first_streamed_outputs(tune, rng, name, dtype, blocks, monkeypatch):
     """softmax and log_softmax written by non-temporal stores (every output
     streamed here): straight from the blocks where out's lines line up with
     x's (planes of whole lines, out on x's line offset, in place), through
@@ -391,8 +391,8 @@ def test_channels_first_streamed_outputs(rng, name, dtype, blocks, monkeypatch):
     from fastlogits.cpu import _plane_write
     from fastlogits.cpu.planeblock import LANES, WRITE_EBUF_STREAM, WRITE_STREAM
 
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
+    tune(cpu_stream_min_bytes=0)
+    tune(cpu_plane_block_max_classes=10**9 if blocks else 0)
     op = OPS[name]
     # Straight from the blocks where a block is whole lines (not AVX2's float32).
     lined = WRITE_STREAM if LANES * np.dtype(dtype).itemsize % 64 == 0 else WRITE_EBUF_STREAM

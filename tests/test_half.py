@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config
+from fastlogits import tuning
 from fastlogits.cpu.host import ChunkScratch
 from fastlogits.cpu import half
 
@@ -101,10 +101,10 @@ def test_load_is_exact_for_every_float16(path):
 
 
 @pytest.fixture(params=[True, False], ids=["direct", "chunked"])
-def half_direct(request, monkeypatch):
+def half_direct(tune, request, monkeypatch):
     """float16 read and written by the kernels as it is, or through float32
-    chunks (``config.CPU_HALF_DIRECT``)."""
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", request.param)
+    chunks (``tuning.current().cpu.half_direct``)."""
+    tune(cpu_half_direct=request.param)
     return request.param
 
 
@@ -175,13 +175,13 @@ def test_chunk_scratch_reuses_its_buffers():
 
 
 @pytest.mark.parametrize("axis", [-1, 0])
-def test_float16_chunks_share_one_buffer(rng, monkeypatch, axis):
+def test_float16_chunks_share_one_buffer(tune, rng, monkeypatch, axis):
     """Every chunk's float32 copy of x (and of a float16 output) goes into
     the same buffer: a fresh array per chunk was faulted in page by page
     whenever glibc had given the last one back (bench/RESULTS.md, log
     54). The results are those of float32 logits, chunk by chunk."""
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 70)
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)
+    tune(cpu_half_chunk_elements=19 * 70)
+    tune(cpu_half_direct=False)
     shape = (19, 9, 31) if axis == 0 else (9, 31, 19)
     x = (rng.standard_normal(shape) * 4).astype(np.float16)
     seen = []

@@ -1,13 +1,13 @@
 """float16 logits read as they are by the CPU kernels (fastlogits.cpu.scores):
 every op but the loss gradient, float16 outputs written as they are,
-against the float32-chunk path (``config.CPU_HALF_DIRECT`` off) and the
+against the float32-chunk path (``tuning.current().cpu.half_direct`` off) and the
 reference, in every kernel regime of both layouts."""
 
 import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import reference, tuning
 from fastlogits.cpu import half
 from fastlogits.cpu import _cf_tile_pixels, _tile_pixels
 from tests.helpers import assert_close, at_line_offset, logits, specials_array
@@ -44,13 +44,13 @@ def chunk_loads(monkeypatch):
     return calls
 
 
-def both_ways(monkeypatch, chunk_loads, fn):
+def both_ways(tune, monkeypatch, chunk_loads, fn):
     """``(direct, chunked)``: ``fn()`` with float16 read as it is, then
     through float32 chunks; checks which path each took."""
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", True)
+    tune(cpu_half_direct=True)
     direct = fn()
     assert chunk_loads == [], "the direct path loaded float32 chunks"
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)
+    tune(cpu_half_direct=False)
     chunked = fn()
     assert chunk_loads, "the chunked path loaded no chunk"
     chunk_loads.clear()
@@ -87,15 +87,15 @@ def assert_same_floats(a, b, atol=1e-7):
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("C", CLASSES)
-def test_labels_and_confusion(rng, monkeypatch, chunk_loads, layout, C):
+def test_labels_and_confusion(tune, rng, monkeypatch, chunk_loads, layout, C):
     shape, axis = LAYOUTS[layout](C)
     x = float16_logits(rng, shape, axis)
     t = targets(rng, x, axis, C)
     want = reference.argmax(x, axis)
-    labels = both_ways(monkeypatch, chunk_loads, lambda: fl.argmax(x, axis))
+    labels = both_ways(tune, monkeypatch, chunk_loads, lambda: fl.argmax(x, axis))
     for got in labels:
         np.testing.assert_array_equal(got, want)
-    (dl, dc), (cl, cc) = both_ways(monkeypatch, chunk_loads, lambda: fl.classify(x, axis))
+    (dl, dc), (cl, cc) = both_ways(tune, monkeypatch, chunk_loads, lambda: fl.classify(x, axis))
     want_l, want_c = reference.classify(x, axis)
     np.testing.assert_array_equal(dl, want_l)
     np.testing.assert_array_equal(cl, want_l)
@@ -103,14 +103,14 @@ def test_labels_and_confusion(rng, monkeypatch, chunk_loads, layout, C):
     assert_same_floats(dc, cc)
     assert_close(dc, want_c, np.float16)
     want_cm = reference.confusion_matrix(x, t, axis, ignore_index=IGNORE)
-    for got in both_ways(monkeypatch, chunk_loads,
+    for got in both_ways(tune, monkeypatch, chunk_loads,
                          lambda: fl.confusion_matrix(x, t, axis, ignore_index=IGNORE)):
         np.testing.assert_array_equal(got, want_cm)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("C", CLASSES)
-def test_cross_entropy(rng, monkeypatch, chunk_loads, layout, C):
+def test_cross_entropy(tune, rng, monkeypatch, chunk_loads, layout, C):
     shape, axis = LAYOUTS[layout](C)
     x = logits(rng, shape, np.float16)
     t = targets(rng, x, axis, C)
@@ -118,7 +118,7 @@ def test_cross_entropy(rng, monkeypatch, chunk_loads, layout, C):
         kw = dict(options, ignore_index=IGNORE)
         if kw.pop("weighted", False):
             kw["class_weight"] = rng.random(C) + 0.5
-        direct, chunked = both_ways(monkeypatch, chunk_loads,
+        direct, chunked = both_ways(tune, monkeypatch, chunk_loads,
                                     lambda: fl.cross_entropy(x, t, axis, **kw))
         want = reference.cross_entropy(x, t, axis, **kw)
         if kw.get("reduction") == "none":
@@ -130,13 +130,13 @@ def test_cross_entropy(rng, monkeypatch, chunk_loads, layout, C):
             np.testing.assert_allclose(direct, want, rtol=2e-6)
 
 
-def test_special_losses(rng, monkeypatch, chunk_loads):
+def test_special_losses(tune, rng, monkeypatch, chunk_loads):
     """NaN where a pixel's max is not finite, 0 where ignored, both paths."""
     for shape, axis in [((40, 19), -1), ((19, 40), 0), ((40, 5), -1), ((40, 300), -1)]:
         C = shape[axis]
         x = float16_logits(rng, shape, axis)
         t = targets(rng, x, axis, C)
-        direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: fl.cross_entropy(
+        direct, chunked = both_ways(tune, monkeypatch, chunk_loads, lambda: fl.cross_entropy(
             x, t, axis, ignore_index=IGNORE, reduction="none"))
         want = reference.cross_entropy(x, t, axis, ignore_index=IGNORE, reduction="none")
         assert_same_floats(direct, chunked, atol=1e-6)
@@ -145,7 +145,7 @@ def test_special_losses(rng, monkeypatch, chunk_loads):
         np.testing.assert_allclose(direct[fin], want[fin], rtol=4e-6, atol=1e-5)
 
 
-def test_every_float16_value(monkeypatch, chunk_loads):
+def test_every_float16_value(tune, monkeypatch, chunk_loads):
     """Each of the 65 536 float16 bit patterns once, 16 classes a pixel in
     both layouts: NaN payloads, infinities, subnormals and both zeros
     compare as NumPy compares them in float32."""
@@ -153,37 +153,37 @@ def test_every_float16_value(monkeypatch, chunk_loads):
     x = np.random.default_rng(5).permutation(bits).view(np.float16).reshape(-1, 16)
     for arr, axis in ((x, -1), (np.ascontiguousarray(x.T), 0)):
         want = reference.argmax(arr, axis)
-        for got in both_ways(monkeypatch, chunk_loads, lambda: fl.argmax(arr, axis)):
+        for got in both_ways(tune, monkeypatch, chunk_loads, lambda: fl.argmax(arr, axis)):
             np.testing.assert_array_equal(got, want)
-        got, _ = both_ways(monkeypatch, chunk_loads, lambda: fl.classify(arr, axis))
+        got, _ = both_ways(tune, monkeypatch, chunk_loads, lambda: fl.classify(arr, axis))
         np.testing.assert_array_equal(got[0], want)
 
 
-def test_strided_views(rng, monkeypatch, chunk_loads):
+def test_strided_views(tune, rng, monkeypatch, chunk_loads):
     base = logits(rng, (12, 40, 19), np.float16)
     for x, axis in ((base[::2, ::3], -1), (np.moveaxis(base, -1, 0)[:, :, ::2], 0),
                     (base[:, :, ::2], -1)):
         C = x.shape[axis]
         t = targets(rng, x, axis, C)
-        for got in both_ways(monkeypatch, chunk_loads, lambda: fl.argmax(x, axis)):
+        for got in both_ways(tune, monkeypatch, chunk_loads, lambda: fl.argmax(x, axis)):
             np.testing.assert_array_equal(got, reference.argmax(x, axis))
-        for got in both_ways(monkeypatch, chunk_loads,
+        for got in both_ways(tune, monkeypatch, chunk_loads,
                              lambda: fl.confusion_matrix(x, t, axis, ignore_index=IGNORE)):
             np.testing.assert_array_equal(
                 got, reference.confusion_matrix(x, t, axis, ignore_index=IGNORE))
-        direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: fl.cross_entropy(
+        direct, chunked = both_ways(tune, monkeypatch, chunk_loads, lambda: fl.cross_entropy(
             x, t, axis, ignore_index=IGNORE, reduction="none"))
         assert_same_floats(direct, chunked, atol=1e-6)
 
 
-def test_labels_first_confusion(rng, monkeypatch, chunk_loads):
+def test_labels_first_confusion(tune, rng, monkeypatch, chunk_loads):
     """Many classes and few pixels: the labels first (argmax), then binned
     into ``out=``."""
     x = logits(rng, (7, 1200), np.float16)
     t = targets(rng, x, -1, 1200)
     want = reference.confusion_matrix(x, t, -1, ignore_index=IGNORE)
     start = rng.integers(0, 3, size=(1200, 1200))
-    for got in both_ways(monkeypatch, chunk_loads, lambda: fl.confusion_matrix(
+    for got in both_ways(tune, monkeypatch, chunk_loads, lambda: fl.confusion_matrix(
             x, t, ignore_index=IGNORE, out=start.copy())):
         np.testing.assert_array_equal(got, want + start)
 
@@ -191,13 +191,13 @@ def test_labels_first_confusion(rng, monkeypatch, chunk_loads):
 @pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("C", CLASSES + [3000])
-def test_gradient(rng, monkeypatch, chunk_loads, layout, C, streamed):
+def test_gradient(tune, rng, monkeypatch, chunk_loads, layout, C, streamed):
     """return_grad on float16: the gradient rounded once to float16, new,
     into ``grad_out`` and in place over x; with ``streamed`` by
     non-temporal stores (long rows too)."""
     if streamed:
-        monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-        monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+        tune(cpu_stream_min_bytes=0)
+        tune(cpu_stream_row_min_bytes=0)
     shape, axis = LAYOUTS[layout](C)
     x = float16_logits(rng, shape, axis)
     t = targets(rng, x, axis, C)
@@ -210,7 +210,7 @@ def test_gradient(rng, monkeypatch, chunk_loads, layout, C, streamed):
                 out = {"new": None, "grad_out": np.full(shape, np.float16(5.0)), "in place": xi}
                 return fl.cross_entropy(xi, t, axis, return_grad=True, grad_out=out[where], **kw)
 
-            (dl, dg), (cl, cg) = both_ways(monkeypatch, chunk_loads, call)
+            (dl, dg), (cl, cg) = both_ways(tune, monkeypatch, chunk_loads, call)
             assert_same_halves(dg, cg)
             np.testing.assert_allclose(dl, cl, rtol=1e-6)
             np.testing.assert_allclose(dl, want_loss, rtol=2e-6)
@@ -241,24 +241,24 @@ EXPNORM = ("softmax", "log_softmax", "logsumexp")
 @pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("C", CLASSES + [64, 3000])
-def test_expnorm(rng, monkeypatch, chunk_loads, layout, C, streamed):
+def test_expnorm(tune, rng, monkeypatch, chunk_loads, layout, C, streamed):
     """softmax, log_softmax and logsumexp, float16 in and out; with
     ``streamed`` every x-sized output by non-temporal stores (long rows
     too), as large outputs are."""
     if streamed:
-        monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0)
-        monkeypatch.setattr(config, "CPU_STREAM_ROW_MIN_BYTES", 0)
+        tune(cpu_stream_min_bytes=0)
+        tune(cpu_stream_row_min_bytes=0)
     shape, axis = LAYOUTS[layout](C)
     x = float16_logits(rng, shape, axis)
     for name in EXPNORM:
         op = getattr(fl, name)
-        direct, chunked = both_ways(monkeypatch, chunk_loads, lambda: op(x, axis))
+        direct, chunked = both_ways(tune, monkeypatch, chunk_loads, lambda: op(x, axis))
         assert_same_halves(direct, chunked)
         assert_close(direct, getattr(reference, name)(x, axis), np.float16)
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_expnorm_in_place_and_into_out(rng, monkeypatch, chunk_loads, name):
+def test_expnorm_in_place_and_into_out(tune, rng, monkeypatch, chunk_loads, name):
     op = getattr(fl, name)
     for C in (5, 19, 150, 1000):
         for shape, axis in (((7, 33, C), -1), ((2, C, 45), 1)):
@@ -276,7 +276,7 @@ def test_expnorm_in_place_and_into_out(rng, monkeypatch, chunk_loads, name):
                 return out
 
             for fn in (in_place, into_out):
-                direct, chunked = both_ways(monkeypatch, chunk_loads, fn)
+                direct, chunked = both_ways(tune, monkeypatch, chunk_loads, fn)
                 assert_same_halves(direct, chunked)
                 assert_close(direct, want, np.float16)
 
@@ -295,13 +295,13 @@ def test_tiles_hold_a_planes_first_pixels():
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
                                   "cross_entropy", "gradient", "confusion_matrix"])
-def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
+def test_every_line_offset(tune, rng, monkeypatch, chunk_loads, name):
     """Channels-first planes whose first 64-byte line starts anywhere up to
     31 halves in, with the fewest pixels per tile (one line of 32 halves),
     in place where the op writes an x-sized output."""
     C, shape = 3000, (2, 3000, 45)
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 1)
-    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", 1)
+    tune(cpu_tile_pixels=1)
+    tune(cpu_cf_tile_bytes=1)
     for reread in (True, False):
         assert _cf_tile_pixels(np.empty(shape, np.float16), reread) == 32
     t = targets(rng, np.empty(shape), 1, C)
@@ -328,7 +328,7 @@ def test_every_line_offset(rng, monkeypatch, chunk_loads, name):
         else:
             def call():
                 return getattr(fl, name)(x, 1)
-        direct, chunked = both_ways(monkeypatch, chunk_loads, call)
+        direct, chunked = both_ways(tune, monkeypatch, chunk_loads, call)
         if name == "classify":
             np.testing.assert_array_equal(direct[0], chunked[0])
             assert_same_floats(direct[1], chunked[1])

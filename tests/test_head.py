@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config
+from fastlogits import tuning
 from fastlogits import reference as ref
 
 SEED_W = [[1, -1, 0.5], [0.8, 0.5, -0.3], [-0.5, 1.2, 1]]
@@ -221,11 +221,11 @@ def test_numpy_backend_is_the_reference(rng, layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_small_tiles_and_chunks(rng, monkeypatch, layout, dtype):
+def test_small_tiles_and_chunks(tune, rng, monkeypatch, layout, dtype):
     """Many tiles with tails, several chunks of the float16/strided path."""
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
-    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 16)
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 300)
+    tune(cpu_tile_pixels=16)
+    tune(cpu_tile_elements=16)
+    tune(cpu_half_chunk_elements=300)
     head = make_head(rng, 5, 11, dtype)
     f, axis = make_features(rng, layout, 11, dtype, (13, 21), batch=3)
     z = ref_logits(head, f, axis)
@@ -430,10 +430,10 @@ def test_cross_entropy_grad_is_wrt_features(rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_cross_entropy_float16_and_small_tiles(rng, monkeypatch, layout):
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
-    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 16)
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 200)
+def test_cross_entropy_float16_and_small_tiles(tune, rng, monkeypatch, layout):
+    tune(cpu_tile_pixels=16)
+    tune(cpu_tile_elements=16)
+    tune(cpu_half_chunk_elements=200)
     C, N = 5, 9
     head = make_head(rng, C, N, np.float16)
     f, axis = make_features(rng, layout, N, np.float16, (11, 13))
@@ -568,12 +568,12 @@ def test_cuda_without_gpu(rng):
 
 @pytest.mark.parametrize("ratio", [0, 10**9], ids=["dot", "transpose"])
 @pytest.mark.parametrize("C,N", [(19, 32), (4, 130), (150, 6)])
-def test_channels_last_regimes(rng, monkeypatch, ratio, C, N):
+def test_channels_last_regimes(tune, rng, monkeypatch, ratio, C, N):
     """Both channels-last product forms (dot products, transposed tile),
     with small tiles so tails are covered, including the gradient."""
-    monkeypatch.setattr(config, "CPU_HEAD_DOT_MIN_RATIO", ratio, raising=False)
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
-    monkeypatch.setattr(config, "CPU_TILE_ELEMENTS", 64)
+    tune(cpu_head_dot_min_ratio=ratio, raising=False)
+    tune(cpu_tile_pixels=16)
+    tune(cpu_tile_elements=64)
     head = make_head(rng, C, N, np.float32)
     f, axis = make_features(rng, "cl", N, np.float32, (5, 11))
     z = ref_logits(head, f, axis)
@@ -601,13 +601,13 @@ def test_weights_updated_in_place(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("offset", [0, 1, 3, 7])
 @pytest.mark.parametrize("N", [16, 48, 64])
-def test_channels_last_dot_form_at_every_line_offset(rng, monkeypatch, dtype, offset, N):
+def test_channels_last_dot_form_at_every_line_offset(tune, rng, monkeypatch, dtype, offset, N):
     """The dot form's aligned kernel (every feature row at the same offset
     in a 64-byte line, W copied to match: cpu.head.dot_weights) and its
     unaligned one (float32 N = 48: rows at three offsets), on features
     placed ``offset`` elements past a line, with the gradient."""
-    monkeypatch.setattr(config, "CPU_HEAD_DOT_MIN_RATIO", 0, raising=False)
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
+    tune(cpu_head_dot_min_ratio=0, raising=False)
+    tune(cpu_tile_pixels=16)
     C = 5
     head = make_head(rng, C, N, dtype)
     size = np.dtype(dtype).itemsize

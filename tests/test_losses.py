@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import reference, tuning
 from tests.helpers import at_line_offset, stream_every_row
 
 try:
@@ -121,7 +121,7 @@ def test_many_classes(rng, axis):
 
 
 @pytest.mark.parametrize("copy_tiles", [False, True])
-def test_channels_first_tiles_by_bytes(rng, monkeypatch, copy_tiles):
+def test_channels_first_tiles_by_bytes(tune, rng, monkeypatch, copy_tiles):
     """Channels-first loss tiles of ``CPU_CF_TILE_BYTES`` (here 32 pixels
     at 130 classes): several per image and a ragged last one, read in x
     or (``copy_tiles``: planes 4 KiB apart) copied first; the gradient in
@@ -129,8 +129,8 @@ def test_channels_first_tiles_by_bytes(rng, monkeypatch, copy_tiles):
     from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
 
     C = 130
-    monkeypatch.setattr(config, "CPU_CF_TILE_BYTES", C * 4 * 32)
-    monkeypatch.setattr(config, "CPU_CF_COPY_MIN_CLASSES", 1 if copy_tiles else 1 << 30)
+    tune(cpu_cf_tile_bytes=C * 4 * 32)
+    tune(cpu_cf_copy_min_classes=1 if copy_tiles else 1 << 30)
     inner = 2048 if copy_tiles else 301
     for dtype in (np.float32, np.float16):
         x = make_logits(rng, (2, C, inner), dtype)
@@ -144,15 +144,15 @@ def test_channels_first_tiles_by_bytes(rng, monkeypatch, copy_tiles):
         assert_grad_close(grad, want, x)
 
 
-def test_small_tiles_and_row_path(rng, monkeypatch):
+def test_small_tiles_and_row_path(tune, rng, monkeypatch):
     """Tiny tiles (several per row of work, ragged tails) and the large-C
     row kernel forced at C = 19."""
-    monkeypatch.setattr(config, "CPU_TILE_PIXELS", 16)
-    monkeypatch.setattr(config, "CPU_LOSS_TILE_PIXELS", 16)  # the register-block paths
+    tune(cpu_tile_pixels=16)
+    tune(cpu_loss_tile_pixels=16)  # the register-block paths
     for shape, axis in [((7, 45, 19), -1), ((3, 19, 45), 1)]:
         x = make_logits(rng, shape)
         check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 2)
+    tune(cpu_row_min_classes=2)
     x = make_logits(rng, (31, 19))
     check_all_options(x, make_target(rng, (31,), 19), -1, rng)
 
@@ -168,13 +168,13 @@ def check_rows_with_grad(x, target):
 
 
 @pytest.mark.parametrize("path", ["rows", "tiles", "blocks"])
-def test_channels_last_paths(rng, path, monkeypatch):
+def test_channels_last_paths(tune, rng, path, monkeypatch):
     """Contiguous channels-last rows through each regime forced, for C
     around the vector widths, with the special-value rows (61 rows: for
     the blocks, three blocks of 16 rows in one call, whose exponentials
     wait side by side for the gradient, and a remainder of rows)."""
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", 1 if path == "rows" else 10**9)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", 10**9 if path == "blocks" else 0)
+    tune(cpu_row_min_classes=1 if path == "rows" else 10**9)
+    tune(cpu_row_block_xent_max_classes=10**9 if path == "blocks" else 0)
     for C in (1, 2, 7, 8, 9, 16, 17, 19, 33, 96, 129, 3001):  # 3001: rows of several chunks
         x = make_logits(rng, (61, C))
         check_all_options(x, make_target(rng, (61,), C), -1, rng)
@@ -198,15 +198,15 @@ def test_channels_last_paths(rng, path, monkeypatch):
                                   reference.cross_entropy(xs, target, -1, **kw), xs.dtype, "none")
 
 
-def test_channels_last_streamed_gradient_rows(rng, monkeypatch):
+def test_channels_last_streamed_gradient_rows(tune, rng, monkeypatch):
     """The row kernels' gradient written by non-temporal stores (every row
     streamed here, ``CPU_STREAM_ROW_MIN_BYTES`` 0): every option, into
     grad_outs at four line offsets, the special-value rows with ignored
     pixels among them; in place the gradient is not streamed."""
     from fastlogits.cpu import losses as kernels
 
-    streamed = stream_every_row(monkeypatch, kernels, "ce_cl_rows", -1,
-                                "CPU_ROW_BLOCK_XENT_MAX_CLASSES")
+    streamed = stream_every_row(tune, monkeypatch, kernels, "ce_cl_rows", -1,
+                                "cpu_row_block_xent_max_classes")
     for C in (1, 3, 19, 129, 3001):
         x = make_logits(rng, (61, C))
         t = make_target(rng, (61,), C)
@@ -234,12 +234,12 @@ def test_channels_last_streamed_gradient_rows(rng, monkeypatch):
                 check_rows_with_grad(xs, target)
 
 
-def test_float16_chunks(rng, monkeypatch):
+def test_float16_chunks(tune, rng, monkeypatch):
     """float16 goes through float32 chunks; sums add up across chunks and
     per-pixel outputs land in the right place (also when a chunk splits the
     inner axis)."""
-    monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 60)
-    monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)  # the chunks, not the direct kernels
+    tune(cpu_half_chunk_elements=19 * 60)
+    tune(cpu_half_direct=False)  # the chunks, not the direct kernels
     for shape, axis in [((5, 33, 19), -1), ((2, 19, 100), 1)]:
         x = make_logits(rng, shape, np.float16)
         check_all_options(x, make_target(rng, reduced(shape, axis), 19), axis, rng)
@@ -662,7 +662,7 @@ def test_grad_out_bad(rng, backend):
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "cached"])
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
-def test_channels_first_paths(rng, blocks, stream, monkeypatch):
+def test_channels_first_paths(tune, rng, blocks, stream, monkeypatch):
     """Channels-first maps through the register blocks of pixels
     (``cpu.planeblock``) or the tile loops, the gradient by ordinary or
     non-temporal stores (every gradient streamed here): straight from the
@@ -671,8 +671,8 @@ def test_channels_first_paths(rng, blocks, stream, monkeypatch):
     otherwise (planes of 37 pixels, another offset); every option, and the
     special-value pixels (NaN logits at ignored pixels too) in the blocks
     and in the rest."""
-    monkeypatch.setattr(config, "CPU_PLANE_BLOCK_MAX_CLASSES", 10**9 if blocks else 0)
-    monkeypatch.setattr(config, "CPU_STREAM_MIN_BYTES", 0 if stream else 10**18)
+    tune(cpu_plane_block_max_classes=10**9 if blocks else 0)
+    tune(cpu_stream_min_bytes=0 if stream else 10**18)
     for C in (1, 3, 8, 19, 40):
         for inner, grad_offset in ((48, 16), (48, 32), (37, 16)):
             x = at_line_offset((2, C, inner), np.float32, 16)

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config, pool
+from fastlogits import pool, tuning
 
 from .helpers import assert_close, logits, specials_array
 
 
 @pytest.fixture
-def pooled(monkeypatch):
+def pooled(tune, monkeypatch):
     """Every output through the pool (the size floor at 0), an empty pool
     before and after."""
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_MIN_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 64 << 20)
+    tune(cpu_output_pool_min_bytes=0)
+    tune(cpu_output_pool_bytes=64 << 20)
     pool.release()
     yield
     pool.release()
@@ -94,12 +94,12 @@ def test_sizes_share_blocks_by_rounded_size(pooled):
     assert c.ctypes.data - addr not in range(0, 64)
 
 
-def test_cap_and_release(pooled, monkeypatch):
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 5 << 20)  # two 2 MiB blocks
+def test_cap_and_release(tune, pooled, monkeypatch):
+    tune(cpu_output_pool_bytes=5 << 20)  # two 2 MiB blocks
     arrays = [pool.empty(1000, np.float32) for _ in range(4)]
     del arrays
     assert pool.held_bytes() == 4 << 20
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 2 << 20)
+    tune(cpu_output_pool_bytes=2 << 20)
     assert pool.held_bytes() == 2 << 20  # the oldest dropped at the next call
     pool.release()
     assert pool.held_bytes() == 0
@@ -107,13 +107,13 @@ def test_cap_and_release(pooled, monkeypatch):
     assert big.flags.owndata
 
 
-def test_off_and_size_floor(monkeypatch):
+def test_off_and_size_floor(tune, monkeypatch):
     pool.release()
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 0)
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_MIN_BYTES", 0)
+    tune(cpu_output_pool_bytes=0)
+    tune(cpu_output_pool_min_bytes=0)
     assert pool.empty(1000, np.float32).flags.owndata
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 64 << 20)
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_MIN_BYTES", 4001)
+    tune(cpu_output_pool_bytes=64 << 20)
+    tune(cpu_output_pool_min_bytes=4001)
     assert pool.empty(1000, np.float32).flags.owndata
     assert not pool.empty(1001, np.float32).flags.owndata
     pool.release()
@@ -151,7 +151,7 @@ def test_threads(pooled):
     for t in threads:
         t.join()
     assert errors == []
-    assert pool.held_bytes() <= config.CPU_OUTPUT_POOL_BYTES
+    assert pool.held_bytes() <= tuning.current().cpu.output_pool_bytes
 
 
 SHAPES = [((37, 41, 19), -1), ((19, 37, 41), 0), ((3, 150, 67), 1)]
@@ -225,7 +225,7 @@ def test_output_on_x_line_offset(rng, pooled):
 
 
 @pytest.mark.parametrize("layout", ["cl", "cf"])
-def test_head_outputs_into_stale_blocks(rng, pooled, monkeypatch, layout):
+def test_head_outputs_into_stale_blocks(tune, rng, pooled, monkeypatch, layout):
     """LinearHead's outputs from stale blocks equal those from fresh arrays
     (the same kernels: bit for bit)."""
     W = (rng.standard_normal((19, 24)) / 5).astype(np.float32)
@@ -245,7 +245,7 @@ def test_head_outputs_into_stale_blocks(rng, pooled, monkeypatch, layout):
     poisoned = _poison(12)
     got = run()
     assert all(_block_of(a) in poisoned for a in got[:-1])
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_BYTES", 0)
+    tune(cpu_output_pool_bytes=0)
     for a, b in zip(got, run()):
         np.testing.assert_array_equal(a, b)
 

@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 import fastlogits as fl
-from fastlogits import _cpuinfo, config, reference
+from fastlogits import _cpuinfo, reference, tuning
 from fastlogits.cpu.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLASSES_AHEAD,
                                      plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_span, rows_ahead, share_bounds)
@@ -29,17 +29,17 @@ def test_rows_ahead():
     assert rows_ahead(19, 4, 0) == 0  # off
 
 
-def test_long_rows_are_left_to_the_hardware_prefetcher(monkeypatch):
+def test_long_rows_are_left_to_the_hardware_prefetcher(tune, monkeypatch):
     from fastlogits.cpu import _row_prefetch_bytes
 
-    limit = config.CPU_ROW_PREFETCH_MAX_BYTES
+    limit = tuning.current().cpu.row_prefetch_max_bytes
     assert limit == (768 if _cpuinfo.vendor() == "amd" else 3072)  # measured per vendor
-    assert _row_prefetch_bytes(150, 4) == config.CPU_PREFETCH_BYTES  # 600-byte rows
-    assert _row_prefetch_bytes(limit // 8, 8) == config.CPU_PREFETCH_BYTES
+    assert _row_prefetch_bytes(150, 4) == tuning.current().cpu.prefetch_bytes  # 600-byte rows
+    assert _row_prefetch_bytes(limit // 8, 8) == tuning.current().cpu.prefetch_bytes
     assert _row_prefetch_bytes(limit // 8 + 1, 8) == 0
     assert _row_prefetch_bytes(1000, 4) == 0 and _row_prefetch_bytes(32000, 4) == 0
-    monkeypatch.setattr(config, "CPU_ROW_PREFETCH_MAX_BYTES", 10 ** 9)
-    assert _row_prefetch_bytes(32000, 4) == config.CPU_PREFETCH_BYTES
+    tune(cpu_row_prefetch_max_bytes=10 ** 9)
+    assert _row_prefetch_bytes(32000, 4) == tuning.current().cpu.prefetch_bytes
 
 
 def test_prefetch_past_the_end_is_harmless():
@@ -84,22 +84,22 @@ def test_channels_first_prefetch_regions():
 @pytest.mark.parametrize("C,row_min,block_max",
                          [(19, 10**9, 0), (150, 1, 0), (19, 10**9, 10**9)])  # tiles, rows, blocks
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channels_last_same_results_prefetch_on_and_off(rng, monkeypatch, C, row_min, block_max,
+def test_channels_last_same_results_prefetch_on_and_off(tune, rng, monkeypatch, C, row_min, block_max,
                                                         dtype):
     """Several tiles per chunk (so next-tile regions and chunk ends are
     exercised) and rows far enough apart for the row prefetch to run."""
-    monkeypatch.setattr(config, "CPU_ROW_MIN_CLASSES", row_min)
-    monkeypatch.setattr(config, "CPU_ROW_ARGMAX_MIN_CLASSES", row_min)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_MAX_CLASSES", block_max)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_XENT_MAX_CLASSES", block_max)
-    monkeypatch.setattr(config, "CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES", block_max)
-    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
+    tune(cpu_row_min_classes=row_min)
+    tune(cpu_row_argmax_min_classes=row_min)
+    tune(cpu_row_block_max_classes=block_max)
+    tune(cpu_row_block_xent_max_classes=block_max)
+    tune(cpu_row_block_expnorm_max_classes=block_max)
+    tune(cpu_serial_below=0)
     x = specials_array(rng, (3001, C), -1, dtype)
     t = rng.integers(0, C, 3001)
     t[::7] = 255
     runs = {}
-    for ahead in (0, config.CPU_PREFETCH_BYTES):
-        monkeypatch.setattr(config, "CPU_PREFETCH_BYTES", ahead)
+    for ahead in (0, tuning.current().cpu.prefetch_bytes):
+        tune(cpu_prefetch_bytes=ahead)
         labels, conf = fl.classify(x)
         loss, grad = fl.cross_entropy(x, t, ignore_index=255, return_grad=True)
         runs[ahead] = (fl.argmax(x), labels, conf, fl.softmax(x), fl.logsumexp(x), loss, grad,
@@ -142,4 +142,4 @@ def test_l2_bytes_from_sysfs(tmp_path):
     assert _cpuinfo.l2_bytes(_fake_cache(tmp_path / "d", (1, "Data", "32K"))) == 0
     assert _cpuinfo.l2_bytes(str(tmp_path / "missing")) == 0
     assert _cpuinfo._cache_size("512") == 512 and _cpuinfo._cache_size("1G") == 1 << 30
-    assert config.CPU_CF_TILE_BYTES == (_cpuinfo.l2_bytes() or 1 << 20) // 2
+    assert tuning.current().cpu.cf_tile_bytes == (_cpuinfo.l2_bytes() or 1 << 20) // 2

@@ -3,7 +3,7 @@
 import numba
 import pytest
 
-from fastlogits import config
+from fastlogits import tuning
 from fastlogits.cpu import launch_threads, thread_count
 
 
@@ -24,7 +24,7 @@ def test_serial_below_the_threshold_and_restored(small):
     thread (its count 1 inside, Numba's own view too); the count is back
     afterwards, also when the kernel raises."""
     n = numba.get_num_threads()
-    work = config.CPU_SERIAL_BELOW - 1 if small else config.CPU_SERIAL_BELOW
+    work = tuning.current().cpu.serial_below - 1 if small else tuning.current().cpu.serial_below
     want = 1 if small else n
     with launch_threads(work) as nthreads:
         assert nthreads == want

@@ -66,11 +66,11 @@ def test_running_max_has_no_masked_store(rng, dtype, name):
     microcoded on AVX2 CPUs (10x slower on Zen 3, bench/RESULTS.md log 23).
     Compiled afresh (the cached kernels keep no assembly), as the kernels
     compile it."""
-    from fastlogits import config
+    from fastlogits import tuning
     from fastlogits.cpu import tiles
     from fastlogits.cpu.prefetch import no_region
 
-    fn = njit(fastmath=config.FASTMATH, error_model="numpy")(getattr(tiles, name).py_func)
+    fn = njit(fastmath=tuning.FASTMATH, error_model="numpy")(getattr(tiles, name).py_func)
     C, P = 19, 256
     x = rng.standard_normal((1, C, P)).astype(dtype)
     m, m2 = np.empty(P, dtype), np.empty(P, dtype)

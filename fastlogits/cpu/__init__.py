@@ -7,7 +7,7 @@
 :func:`_row_view`) or channels-last tiles transposed into scratch (few
 classes, or rows that are not contiguous). Nothing here validates input.
 
-Every kernel is compiled with ``fastmath=config.FASTMATH`` (no ``nnan`` /
+Every kernel is compiled with ``fastmath=tuning.FASTMATH`` (no ``nnan`` /
 ``ninf``) and ``error_model="numpy"``: a float division by zero gives
 inf/NaN as in NumPy instead of raising, and without that check's branch
 the per-pixel loops (``1 / s``, the vector log) vectorize.
@@ -18,16 +18,16 @@ from functools import lru_cache
 import numpy as np
 from numba import get_num_threads, set_num_threads
 
-from fastlogits import _threading, config
+from fastlogits import _threading, tuning
 from fastlogits._layout import reshape_view
 from fastlogits.cpu.scores import holds_half_bits
 
 
 def _row_prefetch_bytes(C, itemsize):
     """The row kernels' prefetch distance for rows of C scores:
-    ``config.CPU_PREFETCH_BYTES``, or 0 (none) for rows longer than
-    ``config.CPU_ROW_PREFETCH_MAX_BYTES``."""
-    return 0 if C * itemsize > config.CPU_ROW_PREFETCH_MAX_BYTES else config.CPU_PREFETCH_BYTES
+    ``tuning.current().cpu.prefetch_bytes``, or 0 (none) for rows longer than
+    ``tuning.current().cpu.row_prefetch_max_bytes``."""
+    return 0 if C * itemsize > tuning.current().cpu.row_prefetch_max_bytes else tuning.current().cpu.prefetch_bytes
 
 
 def _tile_pixels(C, pixels=None, itemsize=4, max_scores=None):
@@ -40,8 +40,8 @@ def _tile_pixels(C, pixels=None, itemsize=4, max_scores=None):
     scores less one: 31 float16 scores) fit a tile's scratch."""
     from fastlogits.cpu.prefetch import LINE_BYTES  # lazily, as the kernel modules
 
-    pixels = config.CPU_TILE_PIXELS if pixels is None else pixels
-    max_scores = config.CPU_TILE_ELEMENTS if max_scores is None else max_scores
+    pixels = tuning.current().cpu.tile_pixels if pixels is None else pixels
+    max_scores = tuning.current().cpu.tile_elements if max_scores is None else max_scores
     if max_scores > 0:
         pixels = min(pixels, max_scores // C)
     unit = max(16, LINE_BYTES // itemsize)
@@ -56,19 +56,19 @@ COPY_PLANE_BYTES = 4096
 def _cf_copies_tiles(x3):
     """Whether the channels-first tile loops of the ops that read a tile
     more than once read a copy of it (``tiles.load_rows``): from
-    ``config.CPU_CF_COPY_MIN_CLASSES`` classes, where x3's class planes
+    ``tuning.current().cpu.cf_copy_min_classes`` classes, where x3's class planes
     (outer, C, inner) are a multiple of 4 KiB apart."""
-    return (x3.shape[1] >= config.CPU_CF_COPY_MIN_CLASSES
+    return (x3.shape[1] >= tuning.current().cpu.cf_copy_min_classes
             and abs(x3.strides[1]) % COPY_PLANE_BYTES == 0)
 
 
 def _cf_tile_pixels(x3, reread, pixels=None):
     """Pixels per channels-first tile of x3 (outer, C, inner):
-    :func:`_tile_pixels`, at most ``config.CPU_CF_TILE_BYTES`` of scores
+    :func:`_tile_pixels`, at most ``tuning.current().cpu.cf_tile_bytes`` of scores
     at their computed precision when the kernel reads the tile again
     (``reread``: the max, then the exp-sum), else any number (argmax and
     the confusion matrix read each score once)."""
-    cap = max(1, config.CPU_CF_TILE_BYTES // _computed_in(x3).itemsize) if reread else 0
+    cap = max(1, tuning.current().cpu.cf_tile_bytes // _computed_in(x3).itemsize) if reread else 0
     return _tile_pixels(x3.shape[1], pixels, x3.itemsize, cap)
 
 
@@ -111,7 +111,7 @@ class launch_threads:
     launch_threads(work) as nthreads`` gives the count to pass to the
     kernel as ``nthreads``.
 
-    Below ``config.CPU_SERIAL_BELOW`` elements the launch uses the calling
+    Below ``tuning.current().cpu.serial_below`` elements the launch uses the calling
     thread only: waking the pool costs more than the work, and on a busy
     machine a descheduled worker makes a tiny call wait a whole time slice.
     (The thread count is thread-local in Numba and restored on exit.) A
@@ -123,7 +123,7 @@ class launch_threads:
 
     def __init__(self, work):
         self._n = thread_count()
-        self._serial = work < config.CPU_SERIAL_BELOW and self._n > 1
+        self._serial = work < tuning.current().cpu.serial_below and self._n > 1
 
     def __enter__(self):
         if _guard is not None:  # a thread-unsafe layer (fastlogits._threading)
@@ -185,7 +185,7 @@ def _row_view(x3, min_classes, out3=None):
     if inner != 1 or C < min_classes:
         return None
     x2 = _rows(x3)
-    if C >= config.CPU_ROW_COPY_MIN_CLASSES:
+    if C >= tuning.current().cpu.row_copy_min_classes:
         return np.ascontiguousarray(x2)
     if x2.flags.c_contiguous and (out3 is None or _rows(out3).flags.c_contiguous):
         return x2
@@ -196,7 +196,7 @@ def _row_view(x3, min_classes, out3=None):
 def _row_blocks(C, max_classes):
     """Whether contiguous channels-last rows of C classes go by the
     register blocks of rows of :mod:`.rowblock`: from 8 classes to ``max_classes``
-    (``config.CPU_ROW_BLOCK_MAX_CLASSES``, or ``..._XENT_...`` for the
+    (``tuning.current().cpu.row_block_max_classes``, or ``..._XENT_...`` for the
     loss), never above ``tiles.SUM_BLOCK`` (a block's exp-sum is not
     split)."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
@@ -206,38 +206,38 @@ def _row_blocks(C, max_classes):
 
 def _plane_blocks(C, with_sums):
     """Whether channels-first pixels of C classes go by the register blocks
-    of :mod:`.planeblock`: up to ``config.CPU_PLANE_BLOCK_MAX_CLASSES``
+    of :mod:`.planeblock`: up to ``tuning.current().cpu.plane_block_max_classes``
     classes for an op that sums exponentials (never above
     ``tiles.SUM_BLOCK``: a block's exp-sum is not split), up to
-    ``config.CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES`` for argmax and the
+    ``tuning.current().cpu.plane_block_argmax_max_classes`` for argmax and the
     confusion matrix."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
 
     if with_sums:
-        return C <= min(config.CPU_PLANE_BLOCK_MAX_CLASSES, SUM_BLOCK)
-    return C <= config.CPU_PLANE_BLOCK_ARGMAX_MAX_CLASSES
+        return C <= min(tuning.current().cpu.plane_block_max_classes, SUM_BLOCK)
+    return C <= tuning.current().cpu.plane_block_argmax_max_classes
 
 
 def _streams(x, out):
     """Whether the channels-first kernels write the x-sized output ``out``
     by non-temporal stores (:mod:`.stream`): C-contiguous, at least
-    ``config.CPU_STREAM_MIN_BYTES``, and not over x. In place, the lines
+    ``tuning.current().cpu.stream_min_bytes``, and not over x. In place, the lines
     are in cache (just read): a non-temporal store must evict each first,
     and softmax in place took 2x longer so. (Channels-last outputs are
-    streamed only in long rows, ``config.CPU_STREAM_ROW_MIN_BYTES``; into
+    streamed only in long rows, ``tuning.current().cpu.stream_row_min_bytes``; into
     fresh pages, which the kernel zeroes through the cache as it maps
     them, softmax took 1.15x longer so: bench/RESULTS.md, logs 38 and 58;
     large outputs now come from reused blocks, :mod:`fastlogits.pool`.)"""
-    return (out.flags.c_contiguous and out.nbytes >= config.CPU_STREAM_MIN_BYTES
+    return (out.flags.c_contiguous and out.nbytes >= tuning.current().cpu.stream_min_bytes
             and not np.may_share_memory(x, out))
 
 
 def _streams_rows(x2, out2):
     """Whether the channels-last row kernels write ``out2`` (rows, C) by
     non-temporal stores, row by row: as :func:`_streams`, and rows of at
-    least ``config.CPU_STREAM_ROW_MIN_BYTES`` (shorter rows end in too many
+    least ``tuning.current().cpu.stream_row_min_bytes`` (shorter rows end in too many
     partial lines; bench/RESULTS.md, log 58)."""
-    return (x2.shape[1] * x2.itemsize >= config.CPU_STREAM_ROW_MIN_BYTES
+    return (x2.shape[1] * x2.itemsize >= tuning.current().cpu.stream_row_min_bytes
             and _streams(x2, out2))
 
 
@@ -286,8 +286,8 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
     outer, C, inner = x3.shape
     if red2 is None:
         red2 = _stand_in(2, x3.dtype)
-    blocks = _row_blocks(C, config.CPU_ROW_BLOCK_EXPNORM_MAX_CLASSES)
-    x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES, out3)
+    blocks = _row_blocks(C, tuning.current().cpu.row_block_expnorm_max_classes)
+    x2 = _row_view(x3, 1 if blocks else tuning.current().cpu.row_min_classes, out3)
     if x2 is not None:
         # The row kernels need C-contiguous rows (out too: a copy for huge C).
         if out3 is None:
@@ -316,11 +316,11 @@ def run_expnorm(x3, out3, red2, inv_t, mode):
             blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
                       and out3.flags.c_contiguous)
             k.expnorm_cf(x3, out3, red2, inv_t, mode, _cf_tile_pixels(x3, True), nthreads, direct,
-                         blocks, _plane_write(x3, out3), config.CPU_PREFETCH_PLANE_BYTES,
+                         blocks, _plane_write(x3, out3), tuning.current().cpu.prefetch_plane_bytes,
                          _cf_copies_tiles(x3))
         else:
             k.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
-                               nthreads, config.CPU_PREFETCH_BYTES)
+                               nthreads, tuning.current().cpu.prefetch_bytes)
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
@@ -332,18 +332,18 @@ def run_argmax(x3, labels2, conf2, inv_t):
     with_conf = conf2 is not None
     if conf2 is None:
         conf2 = _stand_in(2, _computed_in(x3))
-    blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)
-    x2 = _row_view(x3, 1 if blocks else config.CPU_ROW_MIN_CLASSES if with_conf
-                   else config.CPU_ROW_ARGMAX_MIN_CLASSES)
+    blocks = _row_blocks(C, tuning.current().cpu.row_block_max_classes)
+    x2 = _row_view(x3, 1 if blocks else tuning.current().cpu.row_min_classes if with_conf
+                   else tuning.current().cpu.row_argmax_min_classes)
     with launch_threads(x3.size) as nthreads:
         if inner > 1:
             k.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _cf_tile_pixels(x3, with_conf),
                         nthreads,
                         _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
-                        config.CPU_PREFETCH_PLANE_BYTES, _cf_copies_tiles(x3))
+                        tuning.current().cpu.prefetch_plane_bytes, _cf_copies_tiles(x3))
         elif x2 is not None:
             k.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
                              _row_prefetch_bytes(C, x3.itemsize), blocks)
         else:
             k.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
-                              _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
+                              _tile_pixels(C), nthreads, tuning.current().cpu.prefetch_bytes)

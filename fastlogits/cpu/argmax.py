@@ -16,7 +16,7 @@ the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
 import numpy as np
 from numba import njit, prange
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
 from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
                                      prefetch_row, prefetch_rows, region_from, rows_ahead)

@@ -5,7 +5,7 @@ int64 histogram: a tile's argmax (:func:`tile_argmax`, the tile in L1/L2)
 is counted straight into it, so there are no atomics, no labels array and
 no ``target * C + pred`` temporary; the histograms are merged at the end.
 The number of chunks is bounded so the histograms stay within
-``config.CPU_CONFUSION_HIST_BYTES``.
+``tuning.current().cpu.confusion_hist_bytes``.
 
 Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted, not binned;
@@ -23,17 +23,17 @@ Drivers: :func:`confusion_cf` (channels-first: register blocks of pixels,
 :func:`confusion_cl_tiles` (channels-last, few classes, a tile of rows
 transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
-``config.CPU_ROW_ARGMAX_MIN_CLASSES`` classes or more: vector row kernels,
+``tuning.current().cpu.row_argmax_min_classes`` classes or more: vector row kernels,
 or register-transposed blocks of ``rowblock.ROWS`` rows up to
-``config.CPU_ROW_BLOCK_MAX_CLASSES`` classes).
+``tuning.current().cpu.row_block_max_classes`` classes).
 Each adds into ``counts`` and returns the number of bad targets.
 """
 
 import numpy as np
 from numba import njit, prange
 
-from fastlogits import config
-from fastlogits.config import FASTMATH
+from fastlogits import tuning
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu import (_cf_tile_pixels, _plane_blocks, _row_blocks, _row_prefetch_bytes,
                             _tile_pixels, launch_threads)
 from fastlogits.cpu.planeblock import LANES, planes_argmax
@@ -179,20 +179,20 @@ def private_histograms(C, pixels, nthreads):
     private (C, C) histograms (:func:`run_confusion`): only if the
     threads' histograms hold fewer cells than there are pixels (or fewer
     than :data:`SMALL_HISTOGRAMS`), and fit
-    ``config.CPU_CONFUSION_HIST_BYTES``. Otherwise zeroing and merging
+    ``tuning.current().cpu.confusion_hist_bytes``. Otherwise zeroing and merging
     them costs more than the pixels: 512 rows of 32000 classes took 7.1 s
     so (two 8 GB matrices), against 60 ms for NumPy's bincount; 256 rows
     of 1000, 39-45 ms against 0.1 by the labels (bench/RESULTS.md, log
     55)."""
     cells = C * C
     return (cells * nthreads <= max(pixels, SMALL_HISTOGRAMS)
-            and cells * 8 <= config.CPU_CONFUSION_HIST_BYTES)
+            and cells * 8 <= tuning.current().cpu.confusion_hist_bytes)
 
 
 def _chunks(C, pixels, nthreads):
     """Chunks (private histograms): a few per thread, within the memory
     bound, and fewer cells in all than pixels."""
-    return max(1, min(4 * nthreads, config.CPU_CONFUSION_HIST_BYTES // (C * C * 8),
+    return max(1, min(4 * nthreads, tuning.current().cpu.confusion_hist_bytes // (C * C * 8),
                       pixels // (C * C)))
 
 
@@ -229,12 +229,12 @@ def run_confusion(x3, t2, ignore_index, counts):
         if inner > 1:
             return int(confusion_cf(x3, t2, ignore_index, counts, nchunks,
                                     _cf_tile_pixels(x3, False),
-                                    _plane_blocks(C, False), config.CPU_PREFETCH_PLANE_BYTES))
+                                    _plane_blocks(C, False), tuning.current().cpu.prefetch_plane_bytes))
         x2 = x3.reshape(outer, C)
         t1 = t2.reshape(outer)
-        blocks = _row_blocks(C, config.CPU_ROW_BLOCK_MAX_CLASSES)
-        if C < config.CPU_ROW_ARGMAX_MIN_CLASSES and not blocks:
+        blocks = _row_blocks(C, tuning.current().cpu.row_block_max_classes)
+        if C < tuning.current().cpu.row_argmax_min_classes and not blocks:
             return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
-                                          _tile_pixels(C), config.CPU_PREFETCH_BYTES))
+                                          _tile_pixels(C), tuning.current().cpu.prefetch_bytes))
         return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
                                      _row_prefetch_bytes(C, x3.itemsize), blocks))

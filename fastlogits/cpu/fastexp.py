@@ -36,7 +36,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from fastlogits._vector_width import target_has, target_has_avx512
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.irutil import I32, fmuladd, intrinsic_fn, vector_of
 
 # No ``reassoc`` here (but everything else of FASTMATH): reassociation could

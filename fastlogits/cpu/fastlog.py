@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.fastexp import (EXP_FASTMATH, _float64_as_int64, _int64_as_float64,
                                     by_precision)
 from fastlogits.cpu.irutil import fmuladd, vector_of

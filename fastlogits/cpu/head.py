@@ -61,7 +61,7 @@ log_softmax, logsumexp), :func:`head_argmax` (argmax, classify),
 import numpy as np
 from numba import njit, prange
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.argmax import _tile as _argmax_tile
 from fastlogits.cpu.confusion import _count, _merge
 from fastlogits.cpu.losses import _tile_grad, _tile_losses, loss_coefs
@@ -555,12 +555,12 @@ def cl_dot_form(C, N):
     horizontal sums of its C·P dot products (about ``8 C / N`` shuffles and
     adds, on the FMA ports); the transposed form pays the same FMAs plus
     the transpose into the scratch (vector gathers). So the dot form
-    wins when N is large next to C: ``N >= config.CPU_HEAD_DOT_MIN_RATIO *
+    wins when N is large next to C: ``N >= tuning.current().cpu.head_dot_min_ratio *
     C`` (default 3, measured; 0 forces the dot form, a huge value the transpose).
     """
-    from fastlogits import config
+    from fastlogits import tuning
 
-    return N >= config.CPU_HEAD_DOT_MIN_RATIO * C
+    return N >= tuning.current().cpu.head_dot_min_ratio * C
 
 
 def tile_pixels(C, N, cl_dot):
@@ -568,10 +568,10 @@ def tile_pixels(C, N, cl_dot):
     (:func:`fastlogits.cpu._tile_pixels`), and for the transposed
     channels-last regime also at most ``CPU_TILE_ELEMENTS // N`` (>= 16),
     so its (N, P) feature scratch stays in L2 too."""
-    from fastlogits import config
+    from fastlogits import tuning
     from fastlogits.cpu import _tile_pixels
 
     tile = _tile_pixels(C)
     if not cl_dot and N > 0:
-        tile = min(tile, max(16, config.CPU_TILE_ELEMENTS // N))
+        tile = min(tile, max(16, tuning.current().cpu.tile_elements // N))
     return int(tile)

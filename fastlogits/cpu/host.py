@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config, pool
+from fastlogits import _layout, pool, tuning
 from fastlogits.cpu import launch_threads, run_argmax, run_expnorm, thread_count
 from fastlogits.cpu import confusion as kc
 from fastlogits.cpu import losses as kl
@@ -48,7 +48,7 @@ def run_cpu(lg, full, reduced, kernel):
     axis. float16 x and outputs go to the kernel as their bits (uint16
     views, :mod:`fastlogits.cpu.scores`) where :func:`half_direct`;
     else float16 data goes through float32 chunks (x and any float16
-    output), bounded by ``config.CPU_HALF_CHUNK_ELEMENTS``.
+    output), bounded by ``tuning.current().cpu.half_chunk_elements``.
     """
     outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
     x3 = _layout.canonical(lg.array, lg.axis, shape3)
@@ -81,8 +81,8 @@ def run_cpu(lg, full, reduced, kernel):
 
 def half_direct():
     """Whether the CPU kernels take float16 as it is:
-    ``config.CPU_HALF_DIRECT`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
-    return config.CPU_HALF_DIRECT and half.HARDWARE
+    ``tuning.current().cpu.half_direct`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
+    return tuning.current().cpu.half_direct and half.HARDWARE
 
 
 def bits(a):
@@ -116,7 +116,7 @@ class ChunkScratch:
 def half_chunks(outer, C, inner):
     """Slices (o0, o1, i0, i1) of the (outer, inner) pixels, each holding at
     most ``CPU_HALF_CHUNK_ELEMENTS`` scores (at least one pixel)."""
-    budget = max(1, config.CPU_HALF_CHUNK_ELEMENTS // C)
+    budget = max(1, tuning.current().cpu.half_chunk_elements // C)
     if inner <= budget:
         step = max(1, budget // inner)
         for o0 in range(0, outer, step):

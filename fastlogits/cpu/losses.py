@@ -29,14 +29,14 @@ it writes that tile's gradient, and nothing else of x afterwards.
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
 :func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
 in registers, :mod:`fastlogits.cpu.planeblock`, for up to
-``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes; a large gradient written
+``tuning.current().cpu.plane_block_max_classes`` classes; a large gradient written
 by non-temporal stores, :mod:`fastlogits.cpu.stream`), :func:`ce_cl_tiles`
 (channels-last, few classes: a tile of rows transposed into an L1
 scratch) and
 :func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
-``config.CPU_ROW_BLOCK_XENT_MAX_CLASSES`` classes blocks of rows
+``tuning.current().cpu.row_block_xent_max_classes`` classes blocks of rows
 transposed in registers, the gradient included; from
-``config.CPU_ROW_MIN_CLASSES`` classes on, and for a chunk's last rows,
+``tuning.current().cpu.row_min_classes`` classes on, and for a chunk's last rows,
 one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 
@@ -58,8 +58,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from fastlogits import config
-from fastlogits.config import FASTMATH
+from fastlogits import tuning
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu import (_cf_copies_tiles, _cf_tile_pixels, _computed_in, _plane_blocks,
                             _plane_write, _row_blocks, _row_prefetch_bytes, _stand_in,
                             _streams_rows, _tile_pixels, launch_threads)
@@ -826,9 +826,9 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
             # which must stay in L1: in place took 1.1x longer in 1024-pixel
             # tiles (bench/RESULTS.md, log 48).
             long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
-            tile = _cf_tile_pixels(x3, True, config.CPU_LOSS_TILE_PIXELS if long_tiles else None)
+            tile = _cf_tile_pixels(x3, True, tuning.current().cpu.loss_tile_pixels if long_tiles else None)
             res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        tile, nthreads, direct, blocks, write, config.CPU_PREFETCH_PLANE_BYTES,
+                        tile, nthreads, direct, blocks, write, tuning.current().cpu.prefetch_plane_bytes,
                         _cf_copies_tiles(x3))
         else:
             x2 = x3.reshape(outer, C)
@@ -836,11 +836,11 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
             lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
             args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
                     want_loss)
-            blocks = _row_blocks(C, config.CPU_ROW_BLOCK_XENT_MAX_CLASSES)
-            if C < config.CPU_ROW_MIN_CLASSES and not blocks:
-                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, config.CPU_PREFETCH_BYTES)
+            blocks = _row_blocks(C, tuning.current().cpu.row_block_xent_max_classes)
+            if C < tuning.current().cpu.row_min_classes and not blocks:
+                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, tuning.current().cpu.prefetch_bytes)
             else:
-                tile = _tile_pixels(C, config.CPU_LOSS_TILE_PIXELS) // ROWS * ROWS if blocks else ROWS
+                tile = _tile_pixels(C, tuning.current().cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
                 stream = want_grad and not blocks and _streams_rows(x2, g)
                 res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
                                  tile, stream)

@@ -47,7 +47,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.irutil import I32, I64, const, i64, loop, splat, vector_of
 from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
                                      _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,

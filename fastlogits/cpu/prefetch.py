@@ -20,7 +20,7 @@ are in the same position (bench/RESULTS.md, log 22): without help, a
 thread's memory stream and its arithmetic ran one after the other. The
 row kernels prefetch a fixed distance ahead (:func:`prefetch_row`), the
 transposed tiles the next tile, a share per class of each pass
-(:func:`prefetch_share`); ``config.CPU_PREFETCH_BYTES = 0`` turns both
+(:func:`prefetch_share`); ``tuning.override(cpu_prefetch_bytes=0)`` turns both
 off.
 
 The channels-first kernels read a line from each of C class planes per
@@ -28,7 +28,7 @@ block (or a row from each per tile), more streams than the hardware
 prefetcher follows: their blocks prefetch each plane a few blocks ahead
 (:func:`prefetch_planes`), their tiles the row a few classes ahead
 (:func:`plane_rows_region`), into L2 (bench/RESULTS.md, log 37;
-``config.CPU_PREFETCH_PLANE_BYTES = 0`` turns both off).
+``tuning.override(cpu_prefetch_plane_bytes=0)`` turns both off).
 
 Measured, and not used: prefetching the channels-first head's next tile
 (256 feature rows, one 1 KiB segment per row, each in its own page: 108
@@ -42,7 +42,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.irutil import element_ptr, loop
 
 
@@ -125,7 +125,7 @@ prefetch_span_l2 = _span_intrinsic(L2_DOWN)
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def rows_ahead(C, itemsize, ahead_bytes):
     """How many rows of C scores ahead of the current one the row kernels
-    prefetch: ``ahead_bytes`` (``config.CPU_PREFETCH_BYTES``; 0 turns it
+    prefetch: ``ahead_bytes`` (``tuning.current().cpu.prefetch_bytes``; 0 turns it
     off) worth, at least one row."""
     if ahead_bytes <= 0:
         return 0
@@ -186,7 +186,7 @@ PLANES_PREFETCH_MIN_CLASSES = 16
 def planes_ahead(x, ahead_bytes):
     """How many pixels ahead of the current block the channels-first
     register blocks prefetch: ``ahead_bytes``
-    (``config.CPU_PREFETCH_PLANE_BYTES``; 0 turns it off) worth of a class
+    (``tuning.current().cpu.prefetch_plane_bytes``; 0 turns it off) worth of a class
     plane of x; none below :data:`PLANES_PREFETCH_MIN_CLASSES` classes."""
     if x.shape[1] < PLANES_PREFETCH_MIN_CLASSES:
         return 0

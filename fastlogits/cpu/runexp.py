@@ -21,7 +21,7 @@ from numba import types
 from numba.core.extending import overload
 from numba.extending import intrinsic
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
 from fastlogits.cpu.irutil import non_one, vector_of, vptr

@@ -31,7 +31,7 @@ from numba import types
 from numba.core.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.half import _from_half_bits, _half_bits
 from fastlogits.cpu.irutil import masked_gather, masked_load, masked_store, vptr
 

@@ -10,22 +10,22 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
   pixels (contiguous class rows), their whole blocks of pixels reduced in
   registers (:mod:`fastlogits.cpu.planeblock`) for up to
-  ``config.CPU_PLANE_BLOCK_MAX_CLASSES`` classes; a large output (not
+  ``tuning.current().cpu.plane_block_max_classes`` classes; a large output (not
   over x) written by non-temporal stores (:mod:`fastlogits.cpu.stream`);
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
-  ``config.CPU_ROW_MIN_CLASSES`` classes, blocks of rows read by the vector
+  ``tuning.current().cpu.row_min_classes`` classes, blocks of rows read by the vector
   row kernels of :mod:`fastlogits.cpu.rowvec`;
 - :func:`expnorm_cl_blocks`: channels-last ``(rows, C)``, C-contiguous, 8
-  to ``config.CPU_ROW_BLOCK_MAX_CLASSES`` classes, blocks of rows
+  to ``tuning.current().cpu.row_block_max_classes`` classes, blocks of rows
   transposed in registers (:mod:`fastlogits.cpu.rowblock`).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.fastlog import flog1p
 from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                        on_c_planes, planes_max_expstore, planes_max_expsum,

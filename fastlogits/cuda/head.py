@@ -47,7 +47,7 @@ import numpy as np
 from numba import cuda, int32, int64
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config
+from fastlogits import _layout, tuning
 from fastlogits.cuda import ops, runtime, scratch
 from fastlogits.cuda.argmax import _confidence
 from fastlogits.cuda.device import MAX_THREADS, WARP, block_total, fold, is_finite, tile_copy
@@ -584,11 +584,11 @@ class HeadPlan:
 
 def shared_budget():
     """Bytes of dynamic shared memory per block for W, b and the
-    channels-last feature tile (``config.CUDA_HEAD_SHARED_BYTES``). With the
+    channels-last feature tile (``tuning.current().cuda.head_shared_bytes``). With the
     static scratch of the loss (8 KiB) or confusion (16 KiB) kernels the
     default, 32 KiB, stays within the 48 KiB every GPU grants without an
     opt-in."""
-    return int(config.CUDA_HEAD_SHARED_BYTES)
+    return int(tuning.current().cuda.head_shared_bytes)
 
 
 def plan(shape3, C, itemsize):
@@ -623,7 +623,7 @@ def plan(shape3, C, itemsize):
         KC, NC = CB, min(Nk, (rest - CB) // CB)
     if NC < 1:
         raise ValueError(
-            f"config.CUDA_HEAD_SHARED_BYTES={shared_budget()} is too small for the linear head: "
+            f"tuning.current().cuda.head_shared_bytes={shared_budget()} is too small for the linear head: "
             f"it must hold at least {2 * CB * itemsize} bytes")
     resident = KC >= C and NC >= N
     elems = FT + KC * NC + KC

@@ -4,7 +4,7 @@ Each op receives the original ``x`` and its validated ``_frontend.Logits``; here
 ``out=`` is validated (GPU outputs through their ``__cuda_array_interface__``
 metadata, before any kernel runs), the canonical (outer, C, inner) device
 view of x is built, the regime and launch configuration are read from
-:mod:`fastlogits.config` (at call time, so tests can shrink them), the
+:mod:`fastlogits.tuning` (at call time; tests shrink them by its override), the
 kernel is queued on the caller's stream, and the results come back in the
 caller's library: a PyTorch tensor in, PyTorch tensors out; CuPy in, CuPy
 out; Numba device arrays (or any other GPU array) in, Numba device arrays
@@ -22,7 +22,7 @@ and few pixels.
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, config, pool
+from fastlogits import _layout, pool, tuning
 from fastlogits.cuda import runtime
 
 SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
@@ -53,22 +53,22 @@ class Plan:
 
 
 def _threads_per_block():
-    t = int(config.CUDA_THREADS_PER_BLOCK)
+    t = int(tuning.current().cuda.threads_per_block)
     if t < WARP or t > 1024 or t % WARP:
         raise ValueError(
-            f"config.CUDA_THREADS_PER_BLOCK={t} must be a multiple of {WARP} in [{WARP}, 1024]")
+            f"tuning.current().cuda.threads_per_block={t} must be a multiple of {WARP} in [{WARP}, 1024]")
     return t
 
 
 def _blocks(work, per_block):
-    return int(max(1, min(-(-work // per_block), int(config.CUDA_MAX_BLOCKS))))
+    return int(max(1, min(-(-work // per_block), int(tuning.current().cuda.max_blocks))))
 
 
 def _config_key():
     """The configuration :func:`plan` reads (tests change it between calls)."""
-    return (config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS, config.CUDA_LARGE_C,
-            config.CUDA_CF_MIN_PIXELS, config.CUDA_CL_PIXEL_MAX_C, config.CUDA_TILE_MAX_C,
-            config.CUDA_TILE_SHARED_BYTES, config.CUDA_WARP_SHUFFLE)
+    return (tuning.current().cuda.threads_per_block, tuning.current().cuda.max_blocks, tuning.current().cuda.large_c,
+            tuning.current().cuda.cf_min_pixels, tuning.current().cuda.cl_pixel_max_c, tuning.current().cuda.tile_max_c,
+            tuning.current().cuda.tile_shared_bytes, tuning.current().cuda.warp_shuffle)
 
 
 _PLANS = {}
@@ -90,7 +90,7 @@ def plan(shape3, itemsize, writes_scores=False):
 
 def make_plan(shape3, itemsize, writes_scores=False):
     """Choose the regime and launch configuration for an (outer, C, inner)
-    input of ``itemsize``-byte scores, from the current :mod:`fastlogits.config`.
+    input of ``itemsize``-byte scores, from the current :mod:`fastlogits.tuning`.
 
     ``writes_scores``: the op writes an output of x's shape (softmax,
     log_softmax). Channels-last, such an op keeps the shared tile, which
@@ -100,21 +100,21 @@ def make_plan(shape3, itemsize, writes_scores=False):
     outer, C, inner = shape3
     T = _threads_per_block()
     npix = outer * inner
-    shuffle = bool(config.CUDA_WARP_SHUFFLE) and runtime.warp_shuffles()
-    if inner > 1 and not (C > config.CUDA_LARGE_C and npix < config.CUDA_CF_MIN_PIXELS):
+    shuffle = bool(tuning.current().cuda.warp_shuffle) and runtime.warp_shuffles()
+    if inner > 1 and not (C > tuning.current().cuda.large_c and npix < tuning.current().cuda.cf_min_pixels):
         return Plan("cf", _blocks(npix, T), T)
-    if inner == 1 and C <= config.CUDA_CL_PIXEL_MAX_C and not writes_scores:
+    if inner == 1 and C <= tuning.current().cuda.cl_pixel_max_c and not writes_scores:
         return Plan("cf", _blocks(npix, T), T)  # a thread per pixel, its scores contiguous
-    if inner == 1 and C <= config.CUDA_TILE_MAX_C:
+    if inner == 1 and C <= tuning.current().cuda.tile_max_c:
         pitch = C | 1  # odd pitch: a warp's row starts fall in distinct banks
         per_row = pitch * itemsize
-        tile_threads = min(T, int(config.CUDA_TILE_SHARED_BYTES) // per_row // WARP * WARP)
+        tile_threads = min(T, int(tuning.current().cuda.tile_shared_bytes) // per_row // WARP * WARP)
         if tile_threads >= WARP:
             return Plan("tile", _blocks(npix, tile_threads), tile_threads, pitch=pitch,
                         shared_bytes=tile_threads * per_row)
     # Large C: the block's largest power-of-two share (the whole block for
     # the usual 128, 256, 512, 1024 threads); the tree needs a power of two.
-    G = (T & -T) if C > config.CUDA_LARGE_C else WARP
+    G = (T & -T) if C > tuning.current().cuda.large_c else WARP
     return Plan("rows", _blocks(npix, T // G), T, group=G, shuffle=shuffle)
 
 

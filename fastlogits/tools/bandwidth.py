@@ -20,7 +20,7 @@ import time
 import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads
 
-from fastlogits.config import FASTMATH
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.stream import stream_copy, stream_fence
 
 __all__ = ["read_gbps", "copy_gbps", "device_copy_gbps", "read_kernel", "copy_kernel",

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from fastlogits import config as _config
+from fastlogits import tuning
 
 __all__ = ["OPS", "available_ops", "Inputs", "make_inputs", "floor_bytes", "ceiling_kind",
            "implementations", "time_call", "measure_bandwidth", "cpu_name", "gpu_name",
@@ -413,8 +413,8 @@ def run(shape=(1024, 2048, 19), layout="hwc", ops=None, backends=None, repeat=5,
                    "repeat": repeat, "bandwidth_bytes": int(bandwidth_bytes), "seed": seed,
                    # x-sized CPU outputs reuse freed blocks between the timed calls
                    # unless this is 0 (fastlogits.pool)
-                   "output_pool_bytes": int(_config.CPU_OUTPUT_POOL_BYTES),
-                   "output_pool_min_bytes": int(_config.CPU_OUTPUT_POOL_MIN_BYTES)},
+                   "output_pool_bytes": int(tuning.current().cpu.output_pool_bytes),
+                   "output_pool_min_bytes": int(tuning.current().cpu.output_pool_min_bytes)},
         "bandwidth_gbps": bw,
         "rows": rows,
     }

@@ -181,25 +181,25 @@ def _vector_width_status():
 
 def _tile_status():
     """The channels-first tiles' byte budget and where it comes from."""
-    from fastlogits import _cpuinfo, config
+    from fastlogits import _cpuinfo, tuning
     from fastlogits.tools.tiled import format_size
 
     l2 = _cpuinfo.l2_bytes()
     l2 = f"the L2 cache: {format_size(l2)} here" if l2 else "1 MiB: the L2 size is unknown"
-    return (f"channels-first tiles read twice: up to {format_size(config.CPU_CF_TILE_BYTES)} "
-            f"(config.CPU_CF_TILE_BYTES; by default half {l2})")
+    return (f"channels-first tiles read twice: up to {format_size(tuning.current().cpu.cf_tile_bytes)} "
+            f"(tuning knob cpu_cf_tile_bytes; by default half {l2})")
 
 
 def _half_status():
     """How the CPU kernels take float16 logits (fastlogits.cpu.scores)."""
-    from fastlogits import config
+    from fastlogits import tuning
     from fastlogits.cpu.half import HARDWARE
 
     if not HARDWARE:
         return "through float32 chunks (the CPU has no F16C)"
-    if not config.CPU_HALF_DIRECT:
-        return "through float32 chunks (config.CPU_HALF_DIRECT is off)"
-    return "read and written by the kernels as it is, converted by F16C (config.CPU_HALF_DIRECT)"
+    if not tuning.current().cpu.half_direct:
+        return "through float32 chunks (tuning knob cpu_half_direct is off)"
+    return "read and written by the kernels as it is, converted by F16C (tuning knob cpu_half_direct)"
 
 
 def _fastexp_status():
@@ -211,7 +211,7 @@ def _fastexp_status():
         import numpy as np
         from numba import njit
 
-        from fastlogits.config import FASTMATH
+        from fastlogits.tuning import FASTMATH
         from fastlogits.cpu.fastexp import fexp
     except ImportError as exc:
         return f"not available ({exc}); kernels would call the scalar libm exp"
@@ -317,7 +317,7 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _cpuinfo, _threading, config, pool
+    from fastlogits import _cpuinfo, _threading, pool, tuning
     from fastlogits.tools import bandwidth
     from fastlogits.tools.benchmark import cpu_name
     from fastlogits.tools.tiled import format_size
@@ -335,9 +335,9 @@ def cmd_info(args):
         ("threads", f"{numba.get_num_threads()} Numba threads of {os.cpu_count()} cores, "
                     f"threading layer {layer}"),
         ("CPU", cpu_name()),
-        ("row prefetch", f"channels-last rows of up to {config.CPU_ROW_PREFETCH_MAX_BYTES} bytes "
+        ("row prefetch", f"channels-last rows of up to {tuning.current().cpu.row_prefetch_max_bytes} bytes "
                          f"(the value for {_cpuinfo.vendor() or 'unknown'} CPUs: "
-                         "config.CPU_ROW_PREFETCH_MAX_BYTES)"),
+                         "tuning knob cpu_row_prefetch_max_bytes)"),
         ("tiles", _tile_status()),
         ("float16", _half_status()),
         ("GPU", _gpu_line()),

@@ -30,7 +30,7 @@ import threading
 import numpy as np
 import pytest
 
-from fastlogits import config
+from fastlogits import tuning
 from fastlogits.cuda import runtime
 
 SIM = runtime.simulator()
@@ -90,21 +90,20 @@ if SIM:
 #: Small launch configuration: several blocks, partial tiles and
 #: grid-stride iterations on small inputs.
 SMALL = {
-    "CUDA_THREADS_PER_BLOCK": 64,
-    "CUDA_MAX_BLOCKS": 2,
-    "CUDA_LARGE_C": 64,
-    "CUDA_TILE_MAX_C": 24,
+    "cuda_threads_per_block": 64,
+    "cuda_max_blocks": 2,
+    "cuda_large_c": 64,
+    "cuda_tile_max_c": 24,
     # The tile cases test the tile; "cl-pixel" cases raise this (test_ops).
-    "CUDA_CL_PIXEL_MAX_C": 0,
-    "CUDA_CF_MIN_PIXELS": 8,
+    "cuda_cl_pixel_max_c": 0,
+    "cuda_cf_min_pixels": 8,
 }
 
 
 @pytest.fixture(autouse=True)
-def small_launch(monkeypatch):
-    """Every test runs with :data:`SMALL` (tests may patch further)."""
-    for k, v in SMALL.items():
-        monkeypatch.setattr(config, k, v)
+def small_launch(tune):
+    """Every test runs with :data:`SMALL` (tests may tune further)."""
+    tune(**SMALL)
 
 
 class ForeignArray:

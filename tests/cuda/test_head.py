@@ -16,7 +16,7 @@ import pytest
 from conftest import SIM, kind_of, to_gpu, to_host
 
 import fastlogits as fl
-from fastlogits import _layout, config
+from fastlogits import _layout, tuning
 from fastlogits._frontend import Features
 from fastlogits._numpy_backend import head_logits
 from fastlogits.cuda import head as kh
@@ -76,14 +76,14 @@ def fast_barriers():
 
 
 @pytest.fixture
-def budget(monkeypatch):
+def budget(tune, monkeypatch):
     """Set ``CUDA_HEAD_SHARED_BYTES`` (None: the default); the cases in
     :data:`ONE_BLOCK` run on a single block, so it strides over the tiles."""
     def set_budget(nbytes, case=None):
         if case in ONE_BLOCK:
-            monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 1)
+            tune(cuda_max_blocks=1)
         if nbytes is not None:
-            monkeypatch.setattr(config, "CUDA_HEAD_SHARED_BYTES", nbytes, raising=False)
+            tune(cuda_head_shared_bytes=nbytes, raising=False)
     return set_budget
 
 

@@ -187,15 +187,15 @@ def test_confusion_matrix(rng, case):
 
 
 @pytest.mark.parametrize("patch", ["cl_thread_per_pixel", "global_atomics"])
-def test_fused_count_paths(rng, monkeypatch, patch):
+def test_fused_count_paths(tune, rng, monkeypatch, patch):
     """The fused argmax + count kernel (a thread per pixel) channels-last
     (CUDA_CL_PIXEL_MAX_C raised back to its default), and with global
     atomics instead of the shared histogram; the loss-only kernel
     channels-last too."""
-    from fastlogits import config
+    from fastlogits import tuning
 
     if patch == "cl_thread_per_pixel":
-        monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 32)
+        tune(cuda_cl_pixel_max_c=32)
         shape, axis = CASES["pixels-cl"]
     else:
         monkeypatch.setattr(losses, "shared_histogram", lambda C: False)

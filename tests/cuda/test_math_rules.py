@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import reference, tuning
 
 from conftest import to_gpu, to_host
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-def _regime(monkeypatch, regime):
+def _regime(tune, monkeypatch, regime):
     """Shape a (pixels, C) problem for ``regime``; returns (make, axis)."""
     if regime == "rows":
-        monkeypatch.setattr(config, "CUDA_TILE_MAX_C", 0)
+        tune(cuda_tile_max_c=0)
     if regime == "cf":
         # (1, C, pixels): channels-first, a thread per pixel.
         return (lambda a: np.ascontiguousarray(a.T[None])), 1
@@ -29,16 +29,16 @@ REGIMES = ["tile", "rows", "cf"]
 
 
 @pytest.mark.parametrize("regime", REGIMES)
-def test_logsumexp_near_zero_keeps_its_relative_precision(monkeypatch, regime):
-    make, axis = _regime(monkeypatch, regime)
+def test_logsumexp_near_zero_keeps_its_relative_precision(tune, monkeypatch, regime):
+    make, axis = _regime(tune, monkeypatch, regime)
     x = make(np.array([[0.0, -40.0]]))
     got = to_host(fl.logsumexp(to_gpu(x), axis=axis, backend="cuda")).ravel()
     np.testing.assert_allclose(got, 4.248354255291589e-18, rtol=1e-14)
 
 
 @pytest.mark.parametrize("regime", REGIMES)
-def test_float32_logsumexp_within_4_ulp(monkeypatch, regime):
-    make, axis = _regime(monkeypatch, regime)
+def test_float32_logsumexp_within_4_ulp(tune, monkeypatch, regime):
+    make, axis = _regime(tune, monkeypatch, regime)
     x = make(np.array([[0.0, -10.0]], np.float32))
     got = to_host(fl.logsumexp(to_gpu(x), axis=axis, backend="cuda")).ravel()[0]
     exact = np.log1p(np.exp(-10.0))
@@ -47,8 +47,8 @@ def test_float32_logsumexp_within_4_ulp(monkeypatch, regime):
 
 
 @pytest.mark.parametrize("regime", REGIMES)
-def test_ties_at_the_max_count_once_each(monkeypatch, regime):
-    make, axis = _regime(monkeypatch, regime)
+def test_ties_at_the_max_count_once_each(tune, monkeypatch, regime):
+    make, axis = _regime(tune, monkeypatch, regime)
     x = make(np.array([[1.0, 1.0, -np.inf, 1.0], [-np.inf, -np.inf, -np.inf, -np.inf]]))
     got = to_host(fl.logsumexp(to_gpu(x), axis=axis, backend="cuda")).ravel()
     np.testing.assert_allclose(got[0], 1.0 + np.log(3.0), rtol=1e-15)
@@ -70,8 +70,8 @@ def _close(got, want, rtol):
 
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_extreme_temperatures_match_the_reference(monkeypatch, regime, dtype):
-    make, axis = _regime(monkeypatch, regime)
+def test_extreme_temperatures_match_the_reference(tune, monkeypatch, regime, dtype):
+    make, axis = _regime(tune, monkeypatch, regime)
     x = make(np.array([[0.5, -1.0, 2.0], [3.0, 3.0, -np.inf], [-2.0, 1.0, 0.25]], dtype))
     rtol = 1e-12 if dtype == np.float64 else 2e-6
     for T in TEMPERATURES:

@@ -15,7 +15,7 @@ import pytest
 from conftest import KINDS, SIM, ForeignArray, kind_of, real_gpu, to_gpu, to_host
 
 import fastlogits as fl
-from fastlogits import config, reference
+from fastlogits import reference, tuning
 from fastlogits.cuda import ops, runtime
 
 EXPNORM = ("softmax", "log_softmax", "logsumexp")
@@ -38,14 +38,13 @@ CASES = {
 }
 
 #: Settings a case needs on top of the SMALL config.
-CASE_CONFIG = {case: {"CUDA_CL_PIXEL_MAX_C": 24} for case in ("cl-pixel", "cl-pixel-C2")}
+CASE_CONFIG = {case: {"cuda_cl_pixel_max_c": 24} for case in ("cl-pixel", "cl-pixel-C2")}
 
 
 @pytest.fixture(autouse=True)
-def case_config(request, monkeypatch, small_launch):
+def case_config(request, tune, small_launch):
     case = getattr(request.node, "callspec", None) and request.node.callspec.params.get("case")
-    for k, v in CASE_CONFIG.get(case, {}).items():
-        monkeypatch.setattr(config, k, v)
+    tune(**CASE_CONFIG.get(case, {}))
 
 
 TOL = {  # dtype -> (atol for probabilities, atol and rtol for log values)
@@ -109,9 +108,9 @@ def test_host_input(rng, case):
 
 
 @pytest.mark.parametrize("threads", [32, 96])
-def test_other_block_sizes(rng, monkeypatch, threads):
+def test_other_block_sizes(tune, rng, monkeypatch, threads):
     """A block of one warp (group == block) and a block of three warps."""
-    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", threads)
+    tune(cuda_threads_per_block=threads)
     for case in ("tile", "rows-warp", "rows-block"):
         shape, axis = CASES[case]
         x = logits(rng, shape, np.float32)
@@ -213,11 +212,11 @@ def test_host_out_and_in_place(rng):
     np.testing.assert_array_equal(lab, np.argmax(x, 1))
 
 
-def test_host_results_land_in_place(rng, monkeypatch):
+def test_host_results_land_in_place(tune, rng, monkeypatch):
     """Host results go straight into a C-contiguous NumPy out (no
     temporary), through one into a strided out; allocated ones come from
     the output pool (fastlogits.pool), as the CPU backend's."""
-    from fastlogits import config, pool
+    from fastlogits import pool, tuning
 
     made = []
     empty = pool.empty
@@ -232,7 +231,7 @@ def test_host_results_land_in_place(rng, monkeypatch):
     assert fl.softmax(x, 1, out=out, backend="cuda") is out
     assert_matches("softmax", out, reference.softmax(x, 1), np.float32)
     assert np.isnan(holder[:, :, 1::2]).all() and len(made) == 1
-    monkeypatch.setattr(config, "CPU_OUTPUT_POOL_MIN_BYTES", 0)
+    tune(cpu_output_pool_min_bytes=0)
     pool.release()
     got = fl.softmax(x, 1, backend="cuda")
     assert not got.flags.owndata  # a pooled block
@@ -356,13 +355,13 @@ def test_input_errors(rng):
 # Plan and runtime (no kernels)
 # --------------------------------------------------------------------------
 
-def test_plan_regimes(monkeypatch):
+def test_plan_regimes(tune, monkeypatch):
     assert ops.plan((145, 19, 1), 4).regime == "tile"
-    monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 19)
+    tune(cuda_cl_pixel_max_c=19)
     assert ops.plan((145, 19, 1), 4).regime == "cf"
     assert ops.plan((145, 20, 1), 4).regime == "tile"
     assert ops.plan((145, 19, 1), 4, writes_scores=True).regime == "tile"
-    monkeypatch.setattr(config, "CUDA_CL_PIXEL_MAX_C", 0)
+    tune(cuda_cl_pixel_max_c=0)
     assert ops.plan((2, 5, 77), 4).regime == "cf"
     p = ops.plan((21, 40, 1), 4)
     assert (p.regime, p.group, p.threads) == ("rows", 32, 64)
@@ -371,20 +370,20 @@ def test_plan_regimes(monkeypatch):
     assert ops.plan((2, 100, 3), 4).regime == "rows"
     assert ops.plan((2, 100, 30), 4).regime == "cf"
     for big in [(10**6, 19, 1), (8, 19, 10**6)]:
-        assert ops.plan(big, 8).blocks <= config.CUDA_MAX_BLOCKS
+        assert ops.plan(big, 8).blocks <= tuning.current().cuda.max_blocks
     assert not ops.plan((5, 150, 1), 4).shuffle or not SIM
 
 
-def test_plan_tile_fits_shared_memory(monkeypatch):
-    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 1024)
-    monkeypatch.setattr(config, "CUDA_TILE_MAX_C", 64)
+def test_plan_tile_fits_shared_memory(tune, monkeypatch):
+    tune(cuda_threads_per_block=1024)
+    tune(cuda_tile_max_c=64)
     p = ops.plan((10**6, 33, 1), 8)
     assert p.regime == "tile" and p.threads % 32 == 0
-    assert p.shared_bytes <= config.CUDA_TILE_SHARED_BYTES and p.pitch % 2 == 1
+    assert p.shared_bytes <= tuning.current().cuda.tile_shared_bytes and p.pitch % 2 == 1
 
 
-def test_bad_block_size(monkeypatch, rng):
-    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 100)
+def test_bad_block_size(tune, monkeypatch, rng):
+    tune(cuda_threads_per_block=100)
     with pytest.raises(ValueError, match="CUDA_THREADS_PER_BLOCK=100"):
         fl.softmax(to_gpu(logits(rng, (3, 4), np.float32)))
 
@@ -403,14 +402,14 @@ def test_status_and_backends():
 
 @real_gpu
 @pytest.mark.parametrize("case", ["rows-warp", "rows-block", "rows-cf"])
-def test_shuffle_and_tree_agree(rng, monkeypatch, case):
+def test_shuffle_and_tree_agree(tune, rng, monkeypatch, case):
     shape, axis = CASES[case]
     x = logits(rng, shape, np.float32)
     x[0, ..., 0] = np.nan
     xd = to_gpu(x)
     res = {}
     for shuffle in (True, False):
-        monkeypatch.setattr(config, "CUDA_WARP_SHUFFLE", shuffle)
+        tune(cuda_warp_shuffle=shuffle)
         assert ops.plan(ops._layout.split_shape(shape, axis % len(shape)), 4).shuffle == shuffle
         res[shuffle] = [to_host(fl.softmax(xd, axis)), to_host(fl.argmax(xd, axis))]
         check_all_ops(x, axis, xd)
@@ -489,11 +488,11 @@ def test_launch_out_of_registers_is_a_config_error():
 
 
 @real_gpu
-def test_too_many_threads_for_the_registers(monkeypatch, rng):
+def test_too_many_threads_for_the_registers(tune, monkeypatch, rng):
     """cross_entropy over large C uses about 123 registers per thread: a
     1024-thread block cannot hold it (measured on an H200)."""
-    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 1024)
-    monkeypatch.setattr(config, "CUDA_LARGE_C", 64)
+    tune(cuda_threads_per_block=1024)
+    tune(cuda_large_c=64)
     x = to_gpu(rng.standard_normal((4, 300)).astype(np.float32))
     t = to_gpu(rng.integers(0, 300, size=4))
     with pytest.raises(ValueError, match="CUDA_THREADS_PER_BLOCK"):

@@ -65,7 +65,7 @@ def test_info(tmp_path):
     assert "numpy, cpu" in out
     assert "threading layer" in out
     assert "vectorized polynomial exp (float32/float64)" in out
-    assert "config.CPU_CF_TILE_BYTES" in out
+    assert "tuning knob cpu_cf_tile_bytes" in out
 
 
 def test_demo_small(tmp_path):
@@ -138,7 +138,7 @@ def test_bench_pool_line():
     """The report says whether large outputs came from reused blocks."""
     from fastlogits.tools.benchmark import _pool_line
 
-    assert "off (config.CPU_OUTPUT_POOL_BYTES = 0): every output on fresh pages" in _pool_line(
+    assert "off (cpu_output_pool_bytes = 0): every output on fresh pages" in _pool_line(
         {"output_pool_bytes": 0})
     assert "outputs of 64 MiB or more reuse" in _pool_line(
         {"output_pool_bytes": 1 << 30, "output_pool_min_bytes": 64 << 20})
@@ -155,7 +155,7 @@ def test_bench_tiny(tmp_path):
     rep = json.loads((tmp_path / "b.json").read_text())
     assert rep["config"]["x_shape"] == [6, 10, 5] and rep["config"]["ops"] == ["softmax", "classify"]
     # Which outputs the timed calls got: the output pool's settings, and a line saying so.
-    assert rep["config"]["output_pool_bytes"] == fl.config.CPU_OUTPUT_POOL_BYTES
+    assert rep["config"]["output_pool_bytes"] == fl.tuning.current().cpu.output_pool_bytes
     assert "outputs of 32 MiB or more reuse the blocks" in out
     bw = rep["bandwidth_gbps"]
     assert bw["read"] > 0 and bw["copy"] > 0
