@@ -178,8 +178,8 @@ def test_chunk_scratch_reuses_its_buffers():
 def test_float16_chunks_share_one_buffer(rng, monkeypatch, axis):
     """Every chunk's float32 copy of x (and of a float16 output) goes into
     the same buffer: a fresh array per chunk was faulted in page by page
-    whenever glibc had given the last one back (bench/RESULTS.md, log
-    54). The results are those of float32 logits, chunk by chunk."""
+    whenever glibc had given the last one back (docs/perf/cpu-054). The
+    results are those of float32 logits, chunk by chunk."""
     monkeypatch.setattr(config, "CPU_HALF_CHUNK_ELEMENTS", 19 * 70)
     monkeypatch.setattr(config, "CPU_HALF_DIRECT", False)
     shape = (19, 9, 31) if axis == 0 else (9, 31, 19)
