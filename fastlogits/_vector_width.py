@@ -3,7 +3,7 @@
 LLVM tunes most AVX-512 CPUs with ``prefer-256-bit``: loops vectorize with
 ymm registers only. Our kernels are long, branch-free elementwise loops (an
 exp polynomial, compares and selects), where zmm registers measured 1.7x
-faster on this project's machine (bench/RESULTS.md). Numba reads its
+faster on this project's machine (docs/perf/cpu-002). Numba reads its
 target features once, from ``NUMBA_CPU_FEATURES``, when it first compiles;
 so this must run before Numba is imported.
 

@@ -4,9 +4,8 @@ A fresh array of more than 32 MiB costs more than the kernel that fills it:
 glibc gives such allocations their own ``mmap`` and unmaps them on free, so
 every call faults its output's pages in again and the kernel zeroes them
 first. For an x-sized float32 output of a 1024×2048×19 map that is about
-8 ms on top of a 13 ms softmax (20.8 against 13.0 ms; bench/RESULTS.md,
-log 50). Smaller arrays
-are already reused by glibc's heap.
+8 ms on top of a 13 ms softmax (docs/perf/cpu-050). Smaller arrays are
+already reused by glibc's heap.
 
 So the CPU backend takes its large outputs from here. Each is a view of a
 block that goes back to a free list when the last array (or view) using it
@@ -115,7 +114,7 @@ def empty(shape, dtype, like=None):
     Its data start on a 64-byte line or, given the array ``like``, at
     ``like``'s offset in its line: the channels-first kernels stream an
     x-sized output straight from their register blocks only when its lines
-    fall where x's do (1.24x faster than through the scratch tile; log 50).
+    fall where x's do (1.24x faster than through the scratch tile; docs/perf/cpu-050).
     """
     dtype = np.dtype(dtype)
     try:

@@ -178,8 +178,8 @@ def test_chunk_scratch_reuses_its_buffers():
 def test_float16_chunks_share_one_buffer(tune, rng, monkeypatch, axis):
     """Every chunk's float32 copy of x (and of a float16 output) goes into
     the same buffer: a fresh array per chunk was faulted in page by page
-    whenever glibc had given the last one back (bench/RESULTS.md, log
-    54). The results are those of float32 logits, chunk by chunk."""
+    whenever glibc had given the last one back (docs/perf/cpu-054). The
+    results are those of float32 logits, chunk by chunk."""
     tune(cpu_half_chunk_elements=19 * 70)
     tune(cpu_half_direct=False)
     shape = (19, 9, 31) if axis == 0 else (9, 31, 19)

@@ -63,7 +63,7 @@ _MASKED_STORE = re.compile(r"vp?maskmov\w*\s+%[xy]mm\d+,\s*%[xy]mm\d+,\s*[^\s%]*
 def test_running_max_has_no_masked_store(rng, dtype, name):
     """The tiles' running max is written to the other of two buffers each
     class: updated in place, LLVM made its store a masked store, which is
-    microcoded on AVX2 CPUs (10x slower on Zen 3, bench/RESULTS.md log 23).
+    microcoded on AVX2 CPUs (10x slower on Zen 3, docs/perf/cpu-023).
     Compiled afresh (the cached kernels keep no assembly), as the kernels
     compile it."""
     from fastlogits import tuning

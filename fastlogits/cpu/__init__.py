@@ -226,7 +226,7 @@ def _streams(x, out):
     and softmax in place took 2x longer so. (Channels-last outputs are
     streamed only in long rows, ``tuning.current().cpu.stream_row_min_bytes``; into
     fresh pages, which the kernel zeroes through the cache as it maps
-    them, softmax took 1.15x longer so: bench/RESULTS.md, logs 38 and 58;
+    them, softmax took 1.15x longer so: docs/perf/cpu-038, cpu-058;
     large outputs now come from reused blocks, :mod:`fastlogits.pool`.)"""
     return (out.flags.c_contiguous and out.nbytes >= tuning.current().cpu.stream_min_bytes
             and not np.may_share_memory(x, out))
@@ -236,7 +236,7 @@ def _streams_rows(x2, out2):
     """Whether the channels-last row kernels write ``out2`` (rows, C) by
     non-temporal stores, row by row: as :func:`_streams`, and rows of at
     least ``tuning.current().cpu.stream_row_min_bytes`` (shorter rows end in too many
-    partial lines; bench/RESULTS.md, log 58)."""
+    partial lines; docs/perf/cpu-058)."""
     return (x2.shape[1] * x2.itemsize >= tuning.current().cpu.stream_row_min_bytes
             and _streams(x2, out2))
 
@@ -259,9 +259,8 @@ def _plane_write(x3, out3, lanes=None):
 
     float16 outputs (2-byte bits, :mod:`.scores`) are not streamed: a
     block's 16 halves are half a line, so they would go through the
-    scratch, and that copy by non-temporal stores measured 1.03-1.23x
-    slower than by ordinary ones at 19-3000 classes (bench/RESULTS.md,
-    log 67)."""
+    scratch, and that copy by non-temporal stores measured slower than by
+    ordinary ones (docs/perf/cpu-067)."""
     from fastlogits.cpu.prefetch import LINE_BYTES as line
     from fastlogits.cpu.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 

@@ -180,10 +180,8 @@ def private_histograms(C, pixels, nthreads):
     threads' histograms hold fewer cells than there are pixels (or fewer
     than :data:`SMALL_HISTOGRAMS`), and fit
     ``tuning.current().cpu.confusion_hist_bytes``. Otherwise zeroing and merging
-    them costs more than the pixels: 512 rows of 32000 classes took 7.1 s
-    so (two 8 GB matrices), against 60 ms for NumPy's bincount; 256 rows
-    of 1000, 39-45 ms against 0.1 by the labels (bench/RESULTS.md, log
-    55)."""
+    them costs more than the pixels (512 rows of 32000 classes took 7.1 s
+    so, two 8 GB matrices; docs/perf/cpu-055)."""
     cells = C * C
     return (cells * nthreads <= max(pixels, SMALL_HISTOGRAMS)
             and cells * 8 <= tuning.current().cpu.confusion_hist_bytes)

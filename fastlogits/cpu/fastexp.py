@@ -242,7 +242,7 @@ def _exp2_shifted_ir(builder, t):
     16 scores (a multiply, the reduction, five FMAs, the scaling), where
     the form with ``k = rint(y)`` took ten (a clamp, the rounding and a
     subtraction for the reduction's one) and the Cody-Waite form 13
-    (bench/RESULTS.md, logs 40 and 51).
+    (docs/perf/cpu-040, cpu-051).
 
     The price is the rounding of y: the float32 log2(e) and the product
     each add up to 2**-24 |y| to y, a relative error of up to 2**-23 |t|

@@ -13,10 +13,9 @@ bounds-checked):
 
 - :func:`transpose8` (from 8 classes on, both directions: ``store_transposed``
   too): 8 rows of 8 classes loaded as vectors and transposed in registers
-  by shuffles. On AMD Zen 3 (AVX2) 3.7 against 10.7 ns per 19-class pixel
-  on an L2-resident tile (bench/RESULTS.md, log 24); on Intel Ice Lake
-  (AVX-512) it beat the 16-lane gather too: the C = 19 channels-last
-  classify tiles 65.7 -> 34.6-45.4 ms, softmax 68-79 -> 46-54 ms (log 28).
+  by shuffles: 2.9x faster than vector gathers on AMD Zen 3 (AVX2), and
+  faster than the 16-lane gather on Intel Ice Lake (AVX-512) too
+  (docs/perf/cpu-024, cpu-028).
 - :func:`gather16` (fewer than 8 classes, where every 8 x 8 block would be
   partial): one vector gather of 16 elements, stored contiguously.
 
@@ -85,7 +84,7 @@ def lookup(typingctx, table, idx, out, n):
     16 float32 with AVX-512), the last partial one under a lane mask. In
     a Numba loop the lookup stays scalar (LLVM will not gather there),
     and written as a select around a load it even stayed a branch: 2.0
-    and up to 5 cycles per float32 result (bench/RESULTS.md, log 54)."""
+    and up to 5 cycles per float32 result (docs/perf/cpu-054)."""
     ok = (all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C"
               for a in (table, idx, out))
           and isinstance(table.dtype, types.Float) and out.dtype == table.dtype

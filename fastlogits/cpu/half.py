@@ -9,7 +9,7 @@ smallest normal number (6.1e-5): about 70 ns per element on the
 development machine against 3.5 for larger ones, and softmax
 probabilities of confident float16 logits, or a "mean" loss gradient
 over a large map, are mostly such results (softmax of float16 logits of
-std 3 took 10-25x as long as of float32 ones; bench/RESULTS.md, log 49).
+std 3 took 10-25x as long as of float32 ones; docs/perf/cpu-049).
 LLVM's ``fptrunc`` to half is an F16C ``vcvtps2ph`` per vector of
 results: IEEE round-to-nearest-even, subnormals, infinities and NaN
 included, the same bits as NumPy's cast (NaN payloads aside); ``fpext``

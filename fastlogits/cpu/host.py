@@ -96,9 +96,8 @@ class ChunkScratch:
     the others.
 
     A fresh array per chunk was faulted in page by page whenever glibc's
-    heap had given the previous one back: float16 cross-entropy of a
-    channels-first 1024 x 2048 x 19 map took 28.6 ms in such a heap
-    state, against 11.6 (bench/RESULTS.md, log 54)."""
+    heap had given the previous one back, which made float16 cross-entropy
+    over twice as slow (docs/perf/cpu-054)."""
 
     def __init__(self):
         self._buffers = {}

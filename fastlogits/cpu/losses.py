@@ -44,14 +44,14 @@ In the register blocks of both layouts, float32 losses without gradient
 skip the per-pixel scratch: one fused intrinsic per block
 (:func:`_fused_losses`: max, exp-sum, the smoothing sum with label
 smoothing, target logit, log and loss in vector registers;
-bench/RESULTS.md, logs 44 and 54). With a gradient, each block
+docs/perf/cpu-044, cpu-054). With a gradient, each block
 of 16 pixels (8 with AVX2) is done by one fused intrinsic too
 (:func:`_grad_blocks`): max, exponentials, their sum and the smoothing
 sum from the block's columns in L1, then the final gradient (targets and
 ignored pixels included) stored from registers; only the per-pixel loss
-step follows, on the tile's scratch (bench/RESULTS.md, log 47). Both take
+step follows, on the tile's scratch (docs/perf/cpu-047). Both take
 the target logit by one gather from x, and each block prefetches its
-share of the next tile's targets (:func:`_prefetch_block`; log 52).
+share of the next tile's targets (:func:`_prefetch_block`; docs/perf/cpu-052).
 """
 
 import numpy as np
@@ -96,7 +96,7 @@ def _targets(P, t, r0, ignore, C, w, tt, wt, keep):
     after it by vector gathers (:func:`lookup`), and not at all with unit
     weights (no ``class_weight``): inside the loop they kept LLVM from
     vectorizing it, 4.9 cycles per pixel against 0.8 without them
-    (bench/RESULTS.md, logs 34 and 54).
+    (docs/perf/cpu-034, cpu-054).
     """
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     one = keep.dtype.type(1.0)
@@ -124,7 +124,7 @@ def _targets(P, t, r0, ignore, C, w, tt, wt, keep):
 def _target_logits_tile(x, o, i0, P, tt, xt):
     """``xt[p]``: the target's logit of tile pixel p (0 where ``tt[p]`` is
     -1). A branch around the load: measured faster here than loading every
-    pixel (1.9 against 2.5 cycles per pixel, bench/RESULTS.md, log 34)."""
+    pixel (1.9 against 2.5 cycles per pixel, docs/perf/cpu-034)."""
     i0 = max(i0, 0)
     zero = xt.dtype.type(0.0)
     for p in range(P):
@@ -173,7 +173,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     losses to ``acc[0]``, of the target weights to ``acc[1]``, in float64.
     (The coefficients come as scalars: :func:`ce_cl_rows` calls this per
     row, and the two arrays passed instead doubled the loss's time at 150
-    classes; bench/RESULTS.md, log 62.)
+    classes; docs/perf/cpu-062.)
 
     ``s`` is the exp-sum less the max's term (:func:`fastlogits.cpu.tiles.rest`):
     ``log1p(s)`` keeps a confident pixel's small loss precise.
@@ -181,8 +181,8 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     Branch-free (selects, and :func:`flog1p` instead of libm's scalar
     ``log1p``) so the loop runs at vector width. Every per-pixel quantity is
     in x's precision, the scratch too: float32's loop runs twice the lanes
-    of float64's and reads half the bytes (bench/RESULTS.md, logs 34 and
-    44). Its terms are all >= 0 (log s >= 0, m - x_t >= 0), so a float32
+    of float64's and reads half the bytes (docs/perf/cpu-034, cpu-044).
+    Its terms are all >= 0 (log s >= 0, m - x_t >= 0), so a float32
     loss is within a few ulp, as the float32 exp-sum it starts from.
     """
     f = m.dtype.type
@@ -253,7 +253,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
 def _scratch(tile, w):
     """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
     even without smoothing), xt, wt, d, keep in the type x's scores are
-    computed in (``w``'s), tt int32 (bench/RESULTS.md, log 44); part and s
+    computed in (``w``'s), tt int32 (docs/perf/cpu-044); part and s
     of 2 tile (their halves: :func:`fastlogits.cpu.tiles.tile_expsum`)."""
     return (np.empty(tile, w.dtype), np.empty(2 * tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(2 * tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
@@ -312,7 +312,7 @@ def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
     ``keep[p]`` is 0. A mask in x's precision keeps the loop at full vector
     width (an int64 compare would halve it); the select, not a multiply,
     zeroes ignored pixels whose logits may be NaN."""
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py): 2.1x slower without (log 34)
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py): 2.1x slower without (docs/perf/cpu-034)
     C = g.shape[1]
     zero = g.dtype.type(0.0)
     for c in range(C):
@@ -336,7 +336,7 @@ def _prefetch_block(x, first, ahead, t, t_first):
     targets: :func:`_targets` reads a tile's targets in one loop before
     its blocks, and those lines, unrequested, cost the 19-class loss
     1.05-1.09x, asked for in one burst at the tile's start no less
-    (bench/RESULTS.md, log 52). Each block asks for its share."""
+    (docs/perf/cpu-052). Each block asks for its share."""
     raise NotImplementedError("only callable from Numba code")
 
 
@@ -458,7 +458,7 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     (:func:`_fused_losses`, label smoothing by ``ls`` from
     :func:`_smoothing_coefs`), adding their sums to ``sums`` (float64, 2
     * LANES: the caller adds them to ``acc``): no scratch between the
-    blocks and the per-pixel step (bench/RESULTS.md, logs 44 and 54)."""
+    blocks and the per-pixel step (docs/perf/cpu-044, cpu-054)."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
@@ -532,10 +532,9 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     float16 bits (which must not hold unscaled exponentials: rounded
     twice) they go into an L1 scratch tile copied to ``grad`` at the
     end: loops that read x and write its own memory fail LLVM's runtime
-    alias check and run scalar (in place took 125 ms against 45 at
-    1024 x 2048 x 19; bench/RESULTS.md, log 36). (Tiles copied first,
-    ``copy_tiles``, could make it in grad's tile in place too: measured
-    0.91x, log 68.)
+    alias check and run scalar (in place took 2.8x as long;
+    docs/perf/cpu-036). (Tiles copied first, ``copy_tiles``, could make it
+    in grad's tile in place too: measured 0.91x, docs/perf/cpu-068.)
     """
     outer, C, inner = x.shape
     direct = direct and not holds_half_bits(grad)
@@ -692,7 +691,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     # Rows of more than one chunk: the loss's max and exp-sum in one pass
     # (1.35-1.46x at 32000 classes); shorter rows two (the one-pass
     # kernel made the loss 0.88-0.91x at 150-200 classes, though not
-    # logsumexp; bench/RESULTS.md, log 57).
+    # logsumexp; docs/perf/cpu-057).
     one_pass = C * x.itemsize > CHUNK_BYTES
     nchunks = work_chunks(rows, nthreads)
     chunk_sums = np.zeros((nchunks, 3))
@@ -816,7 +815,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
             g = gwork if want_grad else _stand_in(3, dtype)
             # Targets and losses flat (outer * inner): a view per tile of an
             # array all threads share costs two atomic reference-count
-            # updates on its one line (bench/RESULTS.md, log 44).
+            # updates on its one line (docs/perf/cpu-044).
             lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
             direct = not (want_grad and np.may_share_memory(x3, g))
             write = _plane_write(x3, g) if want_grad else WRITE_EBUF
@@ -824,7 +823,7 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
             # Longer tiles for the blocks, unless the gradient goes through
             # the scratch tile (ebuf: in place, or not streamed straight),
             # which must stay in L1: in place took 1.1x longer in 1024-pixel
-            # tiles (bench/RESULTS.md, log 48).
+            # tiles (docs/perf/cpu-048).
             long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
             tile = _cf_tile_pixels(x3, True, tuning.current().cpu.loss_tile_pixels if long_tiles else None)
             res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,

@@ -26,7 +26,7 @@ with AVX2, 16 registers of 8 float32, 6 classes x 16 pixels (12 sums) and
 4 classes x 2 pixels (8 sums). The AVX-512 blocks on an AVX2 CPU (LLVM
 splits each 512-bit vector in two) kept 40 and 32 sums live in 16
 registers and spilled them on every step: the channels-last head ran
-only 1.1x PyTorch on an AMD EPYC (Zen 3) VM (bench/RESULTS.md, log 23).
+only 1.1x PyTorch on an AMD EPYC (Zen 3) VM (docs/perf/cpu-023).
 Numba's cache is keyed by the CPU's features, so a kernel compiled for
 one size is never loaded on the other.
 """

@@ -7,7 +7,7 @@ scratch arrays, loaded and stored again for every class (three loads and
 two stores per vector of scores for the argmax). On AMD Zen 4 that
 arithmetic ran at 8 cycles per 16 scores, and the channels-first argmax
 at 19 classes at 37 % of the read bandwidth against 84 % channels-last
-(bench/RESULTS.md, log 37).
+(docs/perf/cpu-037).
 
 These intrinsics take :data:`LANES` consecutive pixels of every class
 plane of a C-contiguous (outer, C, inner) x, one vector load per class,
@@ -71,15 +71,13 @@ _NINF = float("-inf")
 #: from the blocks by non-temporal stores, a whole line per class and
 #: block (``WRITE_STREAM``: out's blocks must start lines, as x's do).
 #: Straight by ordinary stores, one line in each of C planes per block,
-#: ran 0.9x as fast as the tile loops' runs of lines (bench/RESULTS.md,
-#: log 38).
+#: ran 0.9x as fast as the tile loops' runs of lines (docs/perf/cpu-038).
 WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM = 0, 1, 2
 
 #: Independent running (max, index) pairs of a block's argmax (class c0 + j
 #: of a step in pair j, merged at the end), as the row blocks' two. One,
-#: two and four chains ran alike on AMD Zen 4 (in cache, 0.25-0.28 ns per
-#: score; bench/RESULTS.md, log 37): two, so the sums' two accumulators
-#: take the same steps.
+#: two and four chains ran alike on AMD Zen 4 (docs/perf/cpu-037): two,
+#: so the sums' two accumulators take the same steps.
 CHAINS = 2
 
 

@@ -9,14 +9,14 @@ streaming them from memory. Prefetching the block a few steps ahead
 overlaps the memory traffic with the arithmetic, provided the prefetches
 are spread over the block's work: the 64 lines of a 4-pixel block issued
 in one burst filled the line-fill buffers and stalled the running loads
-(one thread, 512x1024x256 -> 19: no prefetch 172 ms, one burst per block
-155 ms, a share before each class block 112 ms).
+(a share before each class block ran 1.4x faster; docs/perf/cpu-015,
+cpu-016).
 
 ``llvm.prefetch`` never faults, so an index past the end of the array is
 harmless (the address is formed without ``inbounds``).
 
 The channels-last kernels of the core ops, losses and confusion matrix
-are in the same position (bench/RESULTS.md, log 22): without help, a
+are in the same position (docs/perf/cpu-022): without help, a
 thread's memory stream and its arithmetic ran one after the other. The
 row kernels prefetch a fixed distance ahead (:func:`prefetch_row`), the
 transposed tiles the next tile, a share per class of each pass
@@ -27,14 +27,12 @@ The channels-first kernels read a line from each of C class planes per
 block (or a row from each per tile), more streams than the hardware
 prefetcher follows: their blocks prefetch each plane a few blocks ahead
 (:func:`prefetch_planes`), their tiles the row a few classes ahead
-(:func:`plane_rows_region`), into L2 (bench/RESULTS.md, log 37;
+(:func:`plane_rows_region`), into L2 (docs/perf/cpu-037;
 ``tuning.override(cpu_prefetch_plane_bytes=0)`` turns both off).
 
-Measured, and not used: prefetching the channels-first head's next tile
-(256 feature rows, one 1 KiB segment per row, each in its own page: 108
--> 127 ms for the 512x1024x256 -> 19 argmax), and the next channels-first
-tile of the core ops (C segments, each in its own page: argmax 15 -> 21
-ms, classify 34 -> 42 ms at 19x1024x2048; log 22).
+Measured, and not used: prefetching the next channels-first tile, of the
+head (256 feature rows) or of the core ops (C class rows), each row in its
+own page: both slower (docs/perf/cpu-015, cpu-022).
 """
 
 from llvmlite import ir
@@ -177,8 +175,8 @@ def prefetch_rows(x2, r, n, ahead):
 
 
 #: The channels-first blocks of fewer classes are not prefetched: the
-#: hardware prefetcher follows that many streams (8 classes: 0.97-0.98x
-#: with the prefetch, 19 and 40: 1.1-1.5x; bench/RESULTS.md, log 37).
+#: hardware prefetcher follows that many streams (8 classes ran no faster
+#: with the prefetch, 19 and 40 1.1-1.5x; docs/perf/cpu-037).
 PLANES_PREFETCH_MIN_CLASSES = 16
 
 
@@ -203,7 +201,7 @@ def prefetch_planes(x, start, n, ahead):
     The hardware prefetcher follows a few streams, not the C of a
     channels-first block (each a plane apart): with each block's lines
     requested a few blocks ahead, the 19-class classify took 1.1-1.3x
-    less time on AMD Zen 4 (bench/RESULTS.md, log 37). Into L2, not L1:
+    less time on AMD Zen 4 (docs/perf/cpu-037). Into L2, not L1:
     in planes a multiple of 4 KiB apart (1024 x 2048 pixels, ...) the C
     lines of a block share one L1 set, and prefetched into L1 they evicted
     the lines being read (then the same prefetch made the 19-class argmax
@@ -225,7 +223,7 @@ def tile_region(arr, start, length, nshares):
 
 #: Classes ahead of the current one that a channels-first tile prefetches
 #: (:func:`plane_rows_region`): 4 and 8 measured about alike, 2 less good
-#: (the argmax tile loops at 150 and 19 classes, bench/RESULTS.md, log 37).
+#: (the argmax tile loops at 150 and 19 classes, docs/perf/cpu-037).
 TILE_CLASSES_AHEAD = 8
 
 
@@ -241,8 +239,8 @@ def plane_rows_region(x, o, i0, P, ahead):
     ``ahead`` 0 (the blocks' distance, :func:`planes_ahead`: 0 turns both
     off) or fewer than :data:`PLANES_PREFETCH_MIN_CLASSES` classes.
 
-    (The next tile's rows, prefetched instead, measured slower (log 22):
-    all C of them at the same offsets of their planes.)"""
+    (The next tile's rows, prefetched instead, measured slower
+    (docs/perf/cpu-022): all C of them at the same offsets of their planes.)"""
     C, inner = x.shape[1], x.shape[2]
     if ahead <= 0 or C < PLANES_PREFETCH_MIN_CLASSES or not x.flags.c_contiguous:
         return no_region(x)

@@ -56,7 +56,7 @@ from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
 _NINF = float("-inf")
 
 #: Rows of one block (the drivers step by it): 16 with 64-byte vectors
-#: (AVX-512), else 8. Measured on Intel Ice Lake (bench/RESULTS.md, log 31).
+#: (AVX-512), else 8. Measured on Intel Ice Lake (docs/perf/cpu-031).
 ROWS = 16 if target_has_avx512() else 8
 
 
@@ -79,7 +79,7 @@ def _is_vec(a, dtype=None):
 
 def _is_sums(s, x):
     """Whether ``s`` may take per-pixel sums of x's scores: float64, or
-    x's own dtype (the loss's narrow scratch, bench/RESULTS.md, log 44)."""
+    x's own dtype (the loss's narrow scratch, docs/perf/cpu-044)."""
     return _is_vec(s, types.float64) or _is_vec(s, compute_type(x.dtype))
 
 
@@ -198,9 +198,8 @@ def _plus(builder, v, offset):
 #: (column j of a class block goes to pair j % ARGMAX_CHAINS, merged at the
 #: end): each class's compare and select waits on the one before, and with
 #: one chain a block's max took long enough that the exp-sum after it could
-#: not overlap with the next block. Two chains, 40 M float32 scores, two
-#: threads (bench/RESULTS.md, log 29): argmax 10.6 -> 8.6-9.3 ms at C = 19,
-#: 11.6 -> 9.3 at C = 8; four chains measured no better than two.
+#: not overlap with the next block. Two chains made argmax 1.1-1.25x
+#: faster; four measured no better than two (docs/perf/cpu-029).
 ARGMAX_CHAINS = 2
 
 
@@ -261,8 +260,8 @@ def _max_part(context, builder, sig, args, rw, offset, keep=None):
     ...)), NaN where any score is NaN; returns ``(max vector, output
     index)``. :func:`_argmax_part` without the index, for the ops that do
     not need it: each class costs a ``vmaxps`` and a NaN compare where the
-    argmax's costs two compares and two selects (bench/RESULTS.md, log
-    44). ``keep`` as for :func:`_argmax_part`."""
+    argmax's costs two compares and two selects (docs/perf/cpu-044).
+    ``keep`` as for :func:`_argmax_part`."""
     mask = ir.VectorType(ir.IntType(1), rw.lanes)
 
     def step(carried, c0, cols):
@@ -318,7 +317,7 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
     With ``store``, each exponential replaces its score in ``cols``.
     Without ``index``, :func:`_max_part` instead (args (x, r, m, p, inv_t,
     cols, s)): for the ops that need the max only, 1.1-1.2x faster in
-    cache (bench/RESULTS.md, log 45)."""
+    cache (docs/perf/cpu-045)."""
     k = 0 if index else -1  # where the arguments after idx are
     cols = context.make_array(sig.args[6 + k])(context, builder, args[6 + k]).data
 
@@ -392,8 +391,8 @@ def _kept_columns(context, builder, sig, args, rw, offset):
     its lines in L1 after the max: a compare and a select per class in
     the exp-sum loop instead, on the vector pipes the exponentials keep
     busy, made the 19-class loss 1.14x slower channels-last (and a gather
-    from ``cols``, just stored, waited on those stores; bench/RESULTS.md,
-    logs 44, 47 and 52)."""
+    from ``cols``, just stored, waited on those stores; docs/perf/cpu-044,
+    cpu-047, cpu-052)."""
     b = builder
 
     def data(k):
@@ -732,7 +731,7 @@ def block_intrinsics(rows, wide):
         for the tiles). One pass over the rows: each class's transposed
         column is stored in ``cols`` (at least C * ROWS elements of x's dtype,
         an L1 scratch) as the max is found, and the exp-sum reads them back
-        (bench/RESULTS.md, log 31)."""
+        (docs/perf/cpu-031)."""
         if not _expsum_args_ok(x, r, m, idx, p, inv_t, cols, s):
             return None
 

@@ -8,7 +8,7 @@ computes it, so results are the same bit for bit: every float16 value is
 exact in float32. What changes is the memory traffic: the kernels read two
 bytes per score from memory, where the chunked path converted 1 M scores
 at a time into a float32 copy and read that back (float16 took 1.4-2.1x
-float32's time: bench/RESULTS.md, log 49).
+float32's time: docs/perf/cpu-049).
 
 - Numba code reads a score as ``score(x[...])``, and makes its scratch
   for scores with :func:`scratch` (``compute_type(x.dtype)``).

@@ -200,7 +200,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     # The tile loops' results straight into out's tile? Never for float16
     # bits; log_softmax's copied tiles in place too, as the loops read the
     # copy (softmax's exponentials, stored into out and scaled there on
-    # planes whose rows share cache sets, measured 0.86-0.91x so; log 68).
+    # planes whose rows share cache sets, measured 0.86-0.91x so; docs/perf/cpu-068).
     straight = (mode != LOGSUMEXP and not stream and not holds_half_bits(out)
                 and (direct or (copy_tiles and mode == LOG_SOFTMAX
                                 and out.flags.c_contiguous)))
@@ -286,7 +286,7 @@ ROW_BLOCK = 64
 #: exponentials (softmax) are still in L2 when the epilogue writes them
 #: (64 rows of 32000 float32 are 8 MB: they came back from memory).
 #: Not logsumexp, which writes nothing per row (fewer rows per block made
-#: it 0.8x at 600-800 classes, for a reason not found; log 58).
+#: it 0.8x at 600-800 classes, for a reason not found; docs/perf/cpu-058).
 ROW_BLOCK_BYTES = 128 * 1024
 
 
@@ -316,7 +316,7 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
     ``apart`` from x (and not staged) take softmax's two passes, the
     exponentials stored into out, discarded by the epilogue: so out's
     lines are fetched while the exponentials are computed, not after
-    (1.1-1.4x at 64-300 classes; bench/RESULTS.md, log 63)."""
+    (1.1-1.4x at 64-300 classes; docs/perf/cpu-063)."""
     C = x.shape[1]
     staged = is_staged(out, stream)
     store = mode == SOFTMAX or (mode == LOG_SOFTMAX and apart and not staged

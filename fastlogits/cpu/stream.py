@@ -7,7 +7,7 @@ A non-temporal store fills a whole line in a write-combining buffer and
 sends it to memory without reading it first, and without evicting the
 cached lines a kernel still works on. Measured on AMD Zen 4 (2 threads,
 160 MB float32): an ordinary copy 11.4 ms, the same copy with
-non-temporal stores 6.6 ms (bench/RESULTS.md, log 38).
+non-temporal stores 6.6 ms (docs/perf/cpu-038).
 
 Only worth it for outputs that do not fit in the caches anyway
 (``tuning.current().cpu.stream_min_bytes``): a small output written this way is
@@ -60,11 +60,10 @@ def _stream_codegen(transform):
 
         def elements(lo, hi):
             """The hi - lo (< per_line) elements from lo: for a float16 dst
-            one masked vector (up to 31 elements: the scalar loop made
-            float16 softmax 1.35-1.5x slower at 1000 classes channels-first,
-            whose 32-pixel tile rows are mostly off their lines); else a
-            scalar loop (the masked vector cost float32 0.92-0.96x;
-            bench/RESULTS.md, log 66)."""
+            one masked vector (up to 31 elements: channels-first tile rows
+            are mostly off their lines, where a scalar loop slowed float16);
+            else a scalar loop (the masked vector slowed float32;
+            docs/perf/cpu-066)."""
             if dst.half:
                 count = b.sub(hi, lo)
                 with b.if_then(b.icmp_signed(">", count, const(0))):

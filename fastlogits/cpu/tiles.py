@@ -81,8 +81,8 @@ def cf_tile(x, job, per_image, tile):
     load that spans two lines costs both: the register blocks of
     :mod:`.planeblock` took 1.7x longer on such loads (each line of a
     block is the next block's too, and the C planes' lines, a multiple of
-    4 KiB apart, evict each other from L1 in between; bench/RESULTS.md,
-    log 37). Every class plane starts its lines at the same pixel when a
+    4 KiB apart, evict each other from L1 in between; docs/perf/cpu-037).
+    Every class plane starts its lines at the same pixel when a
     plane is a whole number of lines (inner * itemsize % 64 == 0). ``tile``
     must be a multiple of 16 and of a line of x's scores
     (``cpu._tile_pixels``: 16 float32, 32 float16): the non-temporal stores
@@ -163,7 +163,7 @@ def load_rows(x, o, i0, P, buf, pf):
     262144 pixels: most images) put a tile's rows in the same L1 sets,
     and a multiple of 128 KiB apart in the same L2 sets, so a tile of
     many classes did not stay in cache between its passes
-    (bench/RESULTS.md, log 68)."""
+    (docs/perf/cpu-068)."""
     i0 = max(i0, 0)
     for c in range(x.shape[1]):
         prefetch_share(pf, c)
@@ -241,7 +241,7 @@ def tile_max(x, o, i0, P, m, m2, pf):
     (``m[p] = v if ... else m[p]``), LLVM turns the store into a masked
     store of the lanes that changed: cheap with AVX-512, but microcoded on
     AVX2 CPUs such as AMD Zen 3, where it made this pass 10x slower
-    (bench/RESULTS.md, log 23). The start buffer is chosen so that the
+    (docs/perf/cpu-023). The start buffer is chosen so that the
     last pass writes ``m``.
     """
     i0 = max(i0, 0)

@@ -252,7 +252,7 @@ def pixel_two_pass(x, o, i, C, inv_t, with_sum, one, zero, cdt):
     L1/L2). ``s`` is 0 where m is not finite, which the callers turn into NaN. Two passes
     because a one-pass fold rescales its sum whenever a thread meets a new
     max, and the threads of a warp meet theirs at different classes: the
-    warp would run both branches (bench/RESULTS.md, CUDA log 46)."""
+    warp would run both branches (docs/perf/cuda-046)."""
     m, _, _, idx = fold_strided(x, o, i, 1, C, 1, cdt.dtype.type(x[o, 0, i]), one, zero, 0,
                                 inv_t, one, False, cdt)
     s = zero

@@ -95,7 +95,7 @@ def make_plan(shape3, itemsize, writes_scores=False):
     ``writes_scores``: the op writes an output of x's shape (softmax,
     log_softmax). Channels-last, such an op keeps the shared tile, which
     stores coalesced: a thread per pixel writing its own C scores ran 1.56x
-    slower (H200, bench/RESULTS.md), while for the reductions it is 1.5-2.6x
+    slower (H200, docs/perf/cuda-042), while for the reductions it is 1.5-2.6x
     faster than the tile."""
     outer, C, inner = shape3
     T = _threads_per_block()

@@ -577,7 +577,7 @@ def launcher(kernel, blocks, threads, stream, shared_bytes):
     kernel runs). Numba's low-occupancy warning for grids under 128 blocks
     is silenced while it is built: the ops size their grids to the work
     (one block totals the losses' partial sums; small inputs), a warning
-    the caller cannot act on (RESULTS, CUDA log 46)."""
+    the caller cannot act on (docs/perf/cuda-046)."""
     # A configuration is no context's own: a stream handle names one stream
     # (the default streams mean the same in every context), and the
     # dispatcher picks the current device's compiled kernel at each call.

@@ -5,7 +5,7 @@ checked target): each call needs an error flag, per-block partial sums,
 their float64 total, and pinned host memory to copy those few numbers
 into. Allocated per call, with pageable copies and a wait for each, they
 were part of the 2.1 ms of host time a cross_entropy call took on an
-H200 (1.3 ms after this module; bench/RESULTS.md, CUDA log 46). They are
+H200 (1.3 ms after this module; docs/perf/cuda-046). They are
 allocated once per host thread, CUDA context and stream, and reused: a
 call queues its kernels, two small asynchronous copies into pinned
 memory, and waits once.

@@ -44,7 +44,7 @@ def read_kernel(x, nblocks):
     for b in prange(nblocks):
         # Offsets clamped at 0: unless LLVM can prove an index >= 0, Numba's
         # negative-index wraparound turns the loads into scalar gathers
-        # (this loop then read at a third of the bandwidth; log 23).
+        # (this loop then read at a third of the bandwidth; docs/perf/cpu-023).
         lo = max(b * step, 0)
         s = np.float32(0.0)
         for i in range(min(n - lo, step)):
