@@ -17,7 +17,7 @@ Host-side data movement (:func:`fastlogits.cpu.head_host.run_head`): the kernels
 C-contiguous float32/float64 features as (outer, N, inner) and write
 C-contiguous outputs. float16 features, non-contiguous views and outputs
 that are not C-contiguous in the compute dtype go through chunks of at
-most ``tuning.current().cpu.half_chunk_elements`` values, so their extra memory
+most ``cpu_half_chunk_elements`` values, so their extra memory
 stays bounded.
 """
 

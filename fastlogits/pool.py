@@ -11,8 +11,8 @@ So the CPU backend takes its large outputs from here. Each is a view of a
 block that goes back to a free list when the last array (or view) using it
 is gone; the next output of the same rounded size reuses the block, its
 pages already mapped. The free list holds at most
-``tuning.current().cpu.output_pool_bytes`` (oldest blocks go first); set it to 0 to
-turn the reuse off. Outputs under ``tuning.current().cpu.output_pool_min_bytes`` are
+``cpu_output_pool_bytes`` (oldest blocks go first); set it to 0 to
+turn the reuse off. Outputs under ``cpu_output_pool_min_bytes`` are
 plain ``np.empty`` arrays.
 
 An output from here is an ordinary writeable, C-contiguous ndarray whose

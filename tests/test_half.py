@@ -103,7 +103,7 @@ def test_load_is_exact_for_every_float16(path):
 @pytest.fixture(params=[True, False], ids=["direct", "chunked"])
 def half_direct(tune, request, monkeypatch):
     """float16 read and written by the kernels as it is, or through float32
-    chunks (``tuning.current().cpu.half_direct``)."""
+    chunks (``cpu_half_direct``)."""
     tune(cpu_half_direct=request.param)
     return request.param
 

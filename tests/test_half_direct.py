@@ -1,6 +1,6 @@
 """float16 logits read as they are by the CPU kernels (fastlogits.cpu.scores):
 every op but the loss gradient, float16 outputs written as they are,
-against the float32-chunk path (``tuning.current().cpu.half_direct`` off) and the
+against the float32-chunk path (``cpu_half_direct`` off) and the
 reference, in every kernel regime of both layouts."""
 
 import numpy as np

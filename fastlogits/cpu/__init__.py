@@ -25,8 +25,8 @@ from fastlogits.cpu.scores import holds_half_bits
 
 def _row_prefetch_bytes(C, itemsize):
     """The row kernels' prefetch distance for rows of C scores:
-    ``tuning.current().cpu.prefetch_bytes``, or 0 (none) for rows longer than
-    ``tuning.current().cpu.row_prefetch_max_bytes``."""
+    ``cpu_prefetch_bytes``, or 0 (none) for rows longer than
+    ``cpu_row_prefetch_max_bytes``."""
     return 0 if C * itemsize > tuning.current().cpu.row_prefetch_max_bytes else tuning.current().cpu.prefetch_bytes
 
 
@@ -56,7 +56,7 @@ COPY_PLANE_BYTES = 4096
 def _cf_copies_tiles(x3):
     """Whether the channels-first tile loops of the ops that read a tile
     more than once read a copy of it (``tiles.load_rows``): from
-    ``tuning.current().cpu.cf_copy_min_classes`` classes, where x3's class planes
+    ``cpu_cf_copy_min_classes`` classes, where x3's class planes
     (outer, C, inner) are a multiple of 4 KiB apart."""
     return (x3.shape[1] >= tuning.current().cpu.cf_copy_min_classes
             and abs(x3.strides[1]) % COPY_PLANE_BYTES == 0)
@@ -64,7 +64,7 @@ def _cf_copies_tiles(x3):
 
 def _cf_tile_pixels(x3, reread, pixels=None):
     """Pixels per channels-first tile of x3 (outer, C, inner):
-    :func:`_tile_pixels`, at most ``tuning.current().cpu.cf_tile_bytes`` of scores
+    :func:`_tile_pixels`, at most ``cpu_cf_tile_bytes`` of scores
     at their computed precision when the kernel reads the tile again
     (``reread``: the max, then the exp-sum), else any number (argmax and
     the confusion matrix read each score once)."""
@@ -111,7 +111,7 @@ class launch_threads:
     launch_threads(work) as nthreads`` gives the count to pass to the
     kernel as ``nthreads``.
 
-    Below ``tuning.current().cpu.serial_below`` elements the launch uses the calling
+    Below ``cpu_serial_below`` elements the launch uses the calling
     thread only: waking the pool costs more than the work, and on a busy
     machine a descheduled worker makes a tiny call wait a whole time slice.
     (The thread count is thread-local in Numba and restored on exit.) A
@@ -196,7 +196,7 @@ def _row_view(x3, min_classes, out3=None):
 def _row_blocks(C, max_classes):
     """Whether contiguous channels-last rows of C classes go by the
     register blocks of rows of :mod:`.rowblock`: from 8 classes to ``max_classes``
-    (``tuning.current().cpu.row_block_max_classes``, or ``..._XENT_...`` for the
+    (``cpu_row_block_max_classes``, or ``..._XENT_...`` for the
     loss), never above ``tiles.SUM_BLOCK`` (a block's exp-sum is not
     split)."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
@@ -206,10 +206,10 @@ def _row_blocks(C, max_classes):
 
 def _plane_blocks(C, with_sums):
     """Whether channels-first pixels of C classes go by the register blocks
-    of :mod:`.planeblock`: up to ``tuning.current().cpu.plane_block_max_classes``
+    of :mod:`.planeblock`: up to ``cpu_plane_block_max_classes``
     classes for an op that sums exponentials (never above
     ``tiles.SUM_BLOCK``: a block's exp-sum is not split), up to
-    ``tuning.current().cpu.plane_block_argmax_max_classes`` for argmax and the
+    ``cpu_plane_block_argmax_max_classes`` for argmax and the
     confusion matrix."""
     from fastlogits.cpu.tiles import SUM_BLOCK  # lazily, as the kernel modules (import time)
 
@@ -221,10 +221,10 @@ def _plane_blocks(C, with_sums):
 def _streams(x, out):
     """Whether the channels-first kernels write the x-sized output ``out``
     by non-temporal stores (:mod:`.stream`): C-contiguous, at least
-    ``tuning.current().cpu.stream_min_bytes``, and not over x. In place, the lines
+    ``cpu_stream_min_bytes``, and not over x. In place, the lines
     are in cache (just read): a non-temporal store must evict each first,
     and softmax in place took 2x longer so. (Channels-last outputs are
-    streamed only in long rows, ``tuning.current().cpu.stream_row_min_bytes``; into
+    streamed only in long rows, ``cpu_stream_row_min_bytes``; into
     fresh pages, which the kernel zeroes through the cache as it maps
     them, softmax took 1.15x longer so: docs/perf/cpu-038, cpu-058;
     large outputs now come from reused blocks, :mod:`fastlogits.pool`.)"""
@@ -235,7 +235,7 @@ def _streams(x, out):
 def _streams_rows(x2, out2):
     """Whether the channels-last row kernels write ``out2`` (rows, C) by
     non-temporal stores, row by row: as :func:`_streams`, and rows of at
-    least ``tuning.current().cpu.stream_row_min_bytes`` (shorter rows end in too many
+    least ``cpu_stream_row_min_bytes`` (shorter rows end in too many
     partial lines; docs/perf/cpu-058)."""
     return (x2.shape[1] * x2.itemsize >= tuning.current().cpu.stream_row_min_bytes
             and _streams(x2, out2))

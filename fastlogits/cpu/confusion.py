@@ -5,7 +5,7 @@ int64 histogram: a tile's argmax (:func:`tile_argmax`, the tile in L1/L2)
 is counted straight into it, so there are no atomics, no labels array and
 no ``target * C + pred`` temporary; the histograms are merged at the end.
 The number of chunks is bounded so the histograms stay within
-``tuning.current().cpu.confusion_hist_bytes``.
+``cpu_confusion_hist_bytes``.
 
 Targets are read as they are (uint8 or int64) and checked on the way: a
 value outside [0, C) that is not ``ignore_index`` is counted, not binned;
@@ -23,9 +23,9 @@ Drivers: :func:`confusion_cf` (channels-first: register blocks of pixels,
 :func:`confusion_cl_tiles` (channels-last, few classes, a tile of rows
 transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
-``tuning.current().cpu.row_argmax_min_classes`` classes or more: vector row kernels,
+``cpu_row_argmax_min_classes`` classes or more: vector row kernels,
 or register-transposed blocks of ``rowblock.ROWS`` rows up to
-``tuning.current().cpu.row_block_max_classes`` classes).
+``cpu_row_block_max_classes`` classes).
 Each adds into ``counts`` and returns the number of bad targets.
 """
 
@@ -179,7 +179,7 @@ def private_histograms(C, pixels, nthreads):
     private (C, C) histograms (:func:`run_confusion`): only if the
     threads' histograms hold fewer cells than there are pixels (or fewer
     than :data:`SMALL_HISTOGRAMS`), and fit
-    ``tuning.current().cpu.confusion_hist_bytes``. Otherwise zeroing and merging
+    ``cpu_confusion_hist_bytes``. Otherwise zeroing and merging
     them costs more than the pixels (512 rows of 32000 classes took 7.1 s
     so, two 8 GB matrices; docs/perf/cpu-055)."""
     cells = C * C

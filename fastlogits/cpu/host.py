@@ -48,7 +48,7 @@ def run_cpu(lg, full, reduced, kernel):
     axis. float16 x and outputs go to the kernel as their bits (uint16
     views, :mod:`fastlogits.cpu.scores`) where :func:`half_direct`;
     else float16 data goes through float32 chunks (x and any float16
-    output), bounded by ``tuning.current().cpu.half_chunk_elements``.
+    output), bounded by ``cpu_half_chunk_elements``.
     """
     outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
     x3 = _layout.canonical(lg.array, lg.axis, shape3)
@@ -81,7 +81,7 @@ def run_cpu(lg, full, reduced, kernel):
 
 def half_direct():
     """Whether the CPU kernels take float16 as it is:
-    ``tuning.current().cpu.half_direct`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
+    ``cpu_half_direct`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
     return tuning.current().cpu.half_direct and half.HARDWARE
 
 

@@ -29,14 +29,14 @@ it writes that tile's gradient, and nothing else of x afterwards.
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
 :func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
 in registers, :mod:`fastlogits.cpu.planeblock`, for up to
-``tuning.current().cpu.plane_block_max_classes`` classes; a large gradient written
+``cpu_plane_block_max_classes`` classes; a large gradient written
 by non-temporal stores, :mod:`fastlogits.cpu.stream`), :func:`ce_cl_tiles`
 (channels-last, few classes: a tile of rows transposed into an L1
 scratch) and
 :func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
-``tuning.current().cpu.row_block_xent_max_classes`` classes blocks of rows
+``cpu_row_block_xent_max_classes`` classes blocks of rows
 transposed in registers, the gradient included; from
-``tuning.current().cpu.row_min_classes`` classes on, and for a chunk's last rows,
+``cpu_row_min_classes`` classes on, and for a chunk's last rows,
 one row at a time through the vector row kernels).
 Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
 

@@ -123,7 +123,7 @@ prefetch_span_l2 = _span_intrinsic(L2_DOWN)
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def rows_ahead(C, itemsize, ahead_bytes):
     """How many rows of C scores ahead of the current one the row kernels
-    prefetch: ``ahead_bytes`` (``tuning.current().cpu.prefetch_bytes``; 0 turns it
+    prefetch: ``ahead_bytes`` (``cpu_prefetch_bytes``; 0 turns it
     off) worth, at least one row."""
     if ahead_bytes <= 0:
         return 0
@@ -184,7 +184,7 @@ PLANES_PREFETCH_MIN_CLASSES = 16
 def planes_ahead(x, ahead_bytes):
     """How many pixels ahead of the current block the channels-first
     register blocks prefetch: ``ahead_bytes``
-    (``tuning.current().cpu.prefetch_plane_bytes``; 0 turns it off) worth of a class
+    (``cpu_prefetch_plane_bytes``; 0 turns it off) worth of a class
     plane of x; none below :data:`PLANES_PREFETCH_MIN_CLASSES` classes."""
     if x.shape[1] < PLANES_PREFETCH_MIN_CLASSES:
         return 0

@@ -6,7 +6,7 @@ exp-sum are horizontal: the row is read as vectors of L lanes (16 float32,
 across the lanes by a shuffle tree, with no transpose into (C, P) scratch
 (whose vector gather costs about one cycle per score). For few classes the
 transposed tiles still win (idle lanes, one dependency chain per row):
-``tuning.current().cpu.row_min_classes`` and ``CPU_ROW_ARGMAX_MIN_CLASSES`` pick the
+``cpu_row_min_classes`` and ``CPU_ROW_ARGMAX_MIN_CLASSES`` pick the
 regime (docs/perf/cpu-021).
 
 Numba has no vector types, so these are intrinsics whose IR is written

@@ -10,15 +10,15 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
   pixels (contiguous class rows), their whole blocks of pixels reduced in
   registers (:mod:`fastlogits.cpu.planeblock`) for up to
-  ``tuning.current().cpu.plane_block_max_classes`` classes; a large output (not
+  ``cpu_plane_block_max_classes`` classes; a large output (not
   over x) written by non-temporal stores (:mod:`fastlogits.cpu.stream`);
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
-  ``tuning.current().cpu.row_min_classes`` classes, blocks of rows read by the vector
+  ``cpu_row_min_classes`` classes, blocks of rows read by the vector
   row kernels of :mod:`fastlogits.cpu.rowvec`;
 - :func:`expnorm_cl_blocks`: channels-last ``(rows, C)``, C-contiguous, 8
-  to ``tuning.current().cpu.row_block_max_classes`` classes, blocks of rows
+  to ``cpu_row_block_max_classes`` classes, blocks of rows
   transposed in registers (:mod:`fastlogits.cpu.rowblock`).
 """
 

@@ -10,7 +10,7 @@ cached lines a kernel still works on. Measured on AMD Zen 4 (2 threads,
 non-temporal stores 6.6 ms (docs/perf/cpu-038).
 
 Only worth it for outputs that do not fit in the caches anyway
-(``tuning.current().cpu.stream_min_bytes``): a small output written this way is
+(``cpu_stream_min_bytes``): a small output written this way is
 not in cache when the caller reads it next.
 
 :func:`stream_copy` copies a contiguous run of elements from a scratch

@@ -14,8 +14,8 @@ vectors that stay in L1 for the whole tile.
 - channels-last with few classes, or rows that are not contiguous:
   :func:`load_transposed` copies P rows into a (1, C, P) scratch first
   (the scores sit in L1 afterwards). Contiguous channels-last rows with
-  enough classes (``tuning.current().cpu.row_min_classes``,
-  ``tuning.current().cpu.row_argmax_min_classes``) go through the horizontal vector
+  enough classes (``cpu_row_min_classes``,
+  ``cpu_row_argmax_min_classes``) go through the horizontal vector
   kernels of :mod:`fastlogits.cpu.rowvec` instead.
 
 The exp-sums' inner loops (a class row's P exponentials) are vector
@@ -105,7 +105,7 @@ def next_tile_cl(x2, r0, tile, r_end, nshares, ahead_bytes):
     """Prefetch region of the channels-last tile after the one at row
     ``r0`` of ``x2`` (rows, C): rows ``[r0 + tile, r0 + 2 tile)`` up to
     ``r_end``, in ``nshares`` shares; empty for a strided ``x2`` or when
-    ``ahead_bytes`` (``tuning.current().cpu.prefetch_bytes``) is 0. (The distance is
+    ``ahead_bytes`` (``cpu_prefetch_bytes``) is 0. (The distance is
     always one tile; channels-first tiles are not prefetched: their C
     class segments, each in its own page, measured slower prefetched.)"""
     C = x2.shape[1]

@@ -584,7 +584,7 @@ class HeadPlan:
 
 def shared_budget():
     """Bytes of dynamic shared memory per block for W, b and the
-    channels-last feature tile (``tuning.current().cuda.head_shared_bytes``). With the
+    channels-last feature tile (``cuda_head_shared_bytes``). With the
     static scratch of the loss (8 KiB) or confusion (16 KiB) kernels the
     default, 32 KiB, stays within the 48 KiB every GPU grants without an
     opt-in."""
@@ -623,7 +623,7 @@ def plan(shape3, C, itemsize):
         KC, NC = CB, min(Nk, (rest - CB) // CB)
     if NC < 1:
         raise ValueError(
-            f"tuning.current().cuda.head_shared_bytes={shared_budget()} is too small for the linear head: "
+            f"tuning knob cuda_head_shared_bytes={shared_budget()} is too small for the linear head: "
             f"it must hold at least {2 * CB * itemsize} bytes")
     resident = KC >= C and NC >= N
     elems = FT + KC * NC + KC

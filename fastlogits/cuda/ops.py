@@ -56,7 +56,8 @@ def _threads_per_block():
     t = int(tuning.current().cuda.threads_per_block)
     if t < WARP or t > 1024 or t % WARP:
         raise ValueError(
-            f"tuning.current().cuda.threads_per_block={t} must be a multiple of {WARP} in [{WARP}, 1024]")
+            f"tuning knob cuda_threads_per_block={t} must be a multiple of {WARP} in "
+            f"[{WARP}, 1024]")
     return t
 
 

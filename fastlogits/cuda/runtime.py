@@ -601,7 +601,7 @@ def launcher(kernel, blocks, threads, stream, shared_bytes):
 def launch(kernel, blocks, threads, stream, shared_bytes, *args):
     """Queue ``kernel[blocks, threads, stream, shared_bytes](*args)``
     (:func:`launcher`), with a block too large for the kernel's registers
-    reported as the ``ValueError`` of a bad ``tuning.current().cuda.threads_per_block``
+    reported as the ``ValueError`` of a bad ``cuda_threads_per_block``
     instead of the driver's CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES (the kernels
     use 32 to 190 registers per thread; a block may hold 65536 registers)."""
     try:
@@ -612,7 +612,7 @@ def launch(kernel, blocks, threads, stream, shared_bytes, *args):
         name = getattr(getattr(kernel, "py_func", None), "__name__", "kernel")
         raise ValueError(
             f"a block of {threads} threads needs more registers than the GPU has per block "
-            f"for {name}; lower tuning.current().cuda.threads_per_block (256, the default, fits every "
+            f"for {name}; lower the tuning knob cuda_threads_per_block (256, the default, fits every "
             f"kernel)") from exc
 
 
