@@ -15,9 +15,15 @@ __all__ = ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
            "cross_entropy", "confusion_matrix", "iou"]
 
 
-def _result_dtype(x):
+def _native(x):
+    """x as an array in native byte order (big-endian data converted)."""
     x = np.asarray(x)
-    return np.float64 if x.dtype == np.float64 else x.dtype
+    return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+
+
+def _result_dtype(x):
+    """x's dtype in native byte order."""
+    return _native(x).dtype
 
 
 def temperature_scale(temperature, dtype):
@@ -34,7 +40,7 @@ def temperature_scale(temperature, dtype):
     or give -inf * 0). Only the logsumexp ``max z * scale + log s`` can
     overflow, to +-inf, where its true value is out of range.
     """
-    ct = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    ct = np.float64 if np.dtype(dtype).newbyteorder("=") == np.float64 else np.float32
     info = np.finfo(ct)
     inv = 1.0 / float(temperature)  # inf for a subnormal temperature, never an error
     return ct(min(max(inv, float(info.tiny)), float(info.max)))
@@ -50,7 +56,7 @@ def _stats(x, axis, temperature):
     its relative precision. Pixels whose max is not finite (a NaN, a +inf,
     or all -inf) are marked ``bad``; their softmax is NaN.
     """
-    z = np.asarray(x)
+    z = _native(x)
     scale = float(temperature_scale(temperature, z.dtype))
     z = z.astype(np.float64)
     with np.errstate(all="ignore"):
@@ -92,7 +98,7 @@ def logsumexp(x, axis=-1, *, temperature=1.0):
 
 def argmax(x, axis=-1):
     """Index of the first NaN, else of the first maximum (NumPy's rule), int64."""
-    return np.argmax(np.asarray(x), axis=axis).astype(np.int64)
+    return np.argmax(_native(x), axis=axis).astype(np.int64)
 
 
 def classify(x, axis=-1, *, temperature=1.0):
@@ -102,7 +108,7 @@ def classify(x, axis=-1, *, temperature=1.0):
     """
     _, _, log_s, bad = _stats(x, axis, temperature)
     conf = np.where(bad, np.nan, np.exp(-log_s))
-    conf_dtype = np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+    conf_dtype = np.float64 if _native(x).dtype == np.float64 else np.float32
     return argmax(x, axis), np.squeeze(conf, axis=axis).astype(conf_dtype)
 
 
@@ -130,7 +136,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     the summed pixel losses for "none"), x's shape and dtype, 0 at ignored
     pixels.
     """
-    x = np.asarray(x)
+    x = _native(x)
     with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf pixels give NaN
         logp = np.moveaxis(log_softmax(x.astype(np.float64), axis), axis, -1)  # (..., C)
     C = logp.shape[-1]
@@ -178,7 +184,7 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100):
 
     Pixels whose target is ``ignore_index`` are not counted.
     """
-    x = np.asarray(x)
+    x = _native(x)
     C = x.shape[axis]
     pred = argmax(x, axis).ravel()
     t = np.asarray(target).astype(np.int64).ravel()
