@@ -380,4 +380,9 @@ def test_big_endian_logits_from_the_command(rng, tmp_path):
     for kind in ("l", "c"):
         a, b = np.load(tmp_path / f"le-{kind}.npy"), np.load(tmp_path / f"be-{kind}.npy")
         assert a.dtype == b.dtype and a.dtype.isnative
-        np.testing.assert_array_equal(a, b)
+        if kind == "l":
+            np.testing.assert_array_equal(a, b)
+        else:
+            # A converted tile is contiguous, a native one a strided view of
+            # the file: other kernels, other summation orders, a few ulp.
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=2e-6)
