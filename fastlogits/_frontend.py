@@ -118,8 +118,29 @@ def resolve_backend(backend, x, gpu=None):
 # inputs
 # --------------------------------------------------------------------------
 
+def _geometry(shape, dtype, axis):
+    """``(axis, C, reduced_shape, compute_dtype, empty)`` of logits of
+    ``shape`` and ``dtype`` with the class axis ``axis``, checked
+    (:func:`_cached_geometry` remembers it per shape, dtype and axis)."""
+    chk.check_logits_dtype(dtype)
+    ax = chk.normalize_axis(axis, len(shape))
+    chk.check_classes(shape, ax)
+    reduced = _layout.reduced_shape(shape, ax)
+    # float16 is computed (and its confidence returned) in float32.
+    return ax, shape[ax], reduced, chk.compute_dtype(dtype), 0 in reduced
+
+
+_cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
+
+
 class Logits:
-    """Validated logits: the array (host) or object (GPU), axis, C, shapes."""
+    """Validated logits: the array (host) or object (GPU), axis, C, shapes.
+
+    The checks of a shape, dtype and axis run once: a repeated call finds
+    their result in a cache (the per-call cost of small inputs)."""
+
+    __slots__ = ("cai", "gpu", "shape", "dtype", "array", "axis", "C", "reduced_shape",
+                 "compute_dtype", "empty")
 
     def __init__(self, x, axis):
         #: x's ``__cuda_array_interface__`` (None for a host array), read
@@ -133,14 +154,9 @@ class Logits:
         else:
             self.array = _layout.host_array(x)
             self.shape, self.dtype = self.array.shape, self.array.dtype
-        chk.check_logits_dtype(self.dtype)
-        self.axis = chk.normalize_axis(axis, len(self.shape))
-        chk.check_classes(self.shape, self.axis)
-        self.C = self.shape[self.axis]
-        self.reduced_shape = _layout.reduced_shape(self.shape, self.axis)
-        # float16 is computed (and its confidence returned) in float32.
-        self.compute_dtype = chk.compute_dtype(self.dtype)
-        self.empty = 0 in self.reduced_shape
+        geometry = _cached_geometry if type(axis) is int else _geometry  # hashable, and exact
+        (self.axis, self.C, self.reduced_shape, self.compute_dtype,
+         self.empty) = geometry(self.shape, self.dtype, axis)
 
 
 def shape_dtype(a):
