@@ -24,7 +24,8 @@ anything else                 ``np.asarray`` (later)      NumPy
 ============================  ==========================  ==========================
 
 An ``out=`` that is a torch CPU tensor (or a DataArray over a NumPy
-array) is written through its NumPy view and returned as given.
+array) is written through its NumPy view; every ``out=`` comes back as
+the object given, whatever x's library.
 
 Neither torch nor xarray is imported here: both are recognized by their
 type's module, and are in ``sys.modules`` whenever one of their objects
@@ -147,23 +148,18 @@ def unwrap(x, out=None, name="x"):
     original = x
     if library is not None or not isinstance(x, np.ndarray):
         x = to_numpy(x, name)
+    # every out comes back as the object given (a NumPy one too)
+    given = out if isinstance(out, tuple) else (out,)
     outs = []
-    if isinstance(out, tuple):
-        views = []
-        for k, o in enumerate(out):
-            pair = _out_view(o, f"out[{k}]")
-            views.append(o if pair is None else pair[0])
-            if pair is not None:
-                outs.append(pair)
-        out = tuple(views)
-    else:
-        pair = _out_view(out, "out")
-        if pair is not None:
-            outs.append(pair)
-            out = pair[0]
-    if library is None and not outs:
+    for k, o in enumerate(given):
+        pair = _out_view(o, f"out[{k}]" if isinstance(out, tuple) else "out")
+        outs.append((o, o) if pair is None else pair)
+    converted = any(v is not o for v, o in outs)
+    views = tuple(v for v, _ in outs)
+    out = views if isinstance(out, tuple) else views[0]
+    if library is None and not converted:
         return x, out, None
-    return x, out, _Back(library, original, outs)
+    return x, out, _Back(library, original, [p for p in outs if p[1] is not None])
 
 
 class _Back:
