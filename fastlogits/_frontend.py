@@ -18,6 +18,11 @@ LinearHead    ``_numpy_backend.head_*``  ``cpu.head_host``      ``cuda.host.head
 
 (:data:`DISPATCH` names them; a backend's modules are imported at its
 first call, so importing fastlogits imports no CUDA.)
+
+Every op reads x (or f) and its ``out=`` through :func:`_interop.unwrap`
+at its entry and hands its results to the ``back`` it returns at its exit:
+a torch tensor, DataArray or DLPack array in, the results in its library
+(nothing to do, and one type check, for NumPy).
 """
 
 import functools
