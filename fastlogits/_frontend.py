@@ -449,7 +449,7 @@ def classify(x, axis, temperature, out, backend):
 
 def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, reduction,
                   return_grad, grad_out, backend):
-    x, grad_out, back = _interop.unwrap(x, grad_out)
+    x, grad_out, back = _interop.unwrap(x, grad_out, out_name="grad_out")
     lg = Logits(x, axis)
     target = check_target(target, lg)
     options = loss_options(lg, class_weight, ignore_index, label_smoothing, reduction,

@@ -136,7 +136,7 @@ def _out_view(o, name):
     return None
 
 
-def unwrap(x, out=None, name="x"):
+def unwrap(x, out=None, name="x", out_name="out"):
     """``(x, out, back)``: x and ``out=`` (None, one array or a tuple) as the
     frontend reads them, and ``back(result, axis, kinds)`` that returns the
     result in x's library (or None: return the result as it is)."""
@@ -152,7 +152,7 @@ def unwrap(x, out=None, name="x"):
     given = out if isinstance(out, tuple) else (out,)
     outs = []
     for k, o in enumerate(given):
-        pair = _out_view(o, f"out[{k}]" if isinstance(out, tuple) else "out")
+        pair = _out_view(o, f"{out_name}[{k}]" if isinstance(out, tuple) else out_name)
         outs.append((o, o) if pair is None else pair)
     converted = any(v is not o for v, o in outs)
     views = tuple(v for v, _ in outs)

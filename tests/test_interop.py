@@ -275,6 +275,8 @@ def test_torch_requires_grad_is_read_through_detach(rng):
     np.testing.assert_allclose(grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="out requires grad"):
         fl.softmax(tx, out=torch.empty(x.shape, requires_grad=True))
+    with pytest.raises(ValueError, match="grad_out requires grad"):
+        fl.cross_entropy(tx, t, return_grad=True, grad_out=torch.empty(x.shape, requires_grad=True))
 
 
 def test_torch_targets_and_weights(rng):
