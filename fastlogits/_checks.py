@@ -124,7 +124,8 @@ def check_out(out, shape, dtype, name="out", kind="float"):
     passed as an int).
     """
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array for a host input, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a NumPy array (or a PyTorch CPU tensor) for a host input, "
+                        f"got {type(out).__name__}")
     check_out_meta(tuple(out.shape), out.dtype, shape, dtype, name, kind)
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")

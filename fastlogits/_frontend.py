@@ -18,6 +18,11 @@ LinearHead    ``_numpy_backend.head_*``  ``cpu.head_host``      ``cuda.host.head
 
 (:data:`DISPATCH` names them; a backend's modules are imported at its
 first call, so importing fastlogits imports no CUDA.)
+
+Every op reads x (or f) and its ``out=`` through :func:`_interop.unwrap`
+at its entry and hands its results to the ``back`` it returns at its exit:
+a torch tensor, DataArray or DLPack array in, the results in its library
+(nothing to do, and one type check, for NumPy).
 """
 
 import functools
@@ -27,7 +32,7 @@ import os
 import numpy as np
 
 from fastlogits import _checks as chk
-from fastlogits import _layout, reference
+from fastlogits import _interop, _layout, reference
 
 ENV_BACKEND = "FASTLOGITS_BACKEND"
 REDUCTIONS = ("mean", "sum", "none")
@@ -343,6 +348,14 @@ def check_head_target(target, fv):
     return check_target(target, fv)
 
 
+def loss_kinds(options):
+    """What cross_entropy returns, for :func:`_interop.unwrap`'s ``back``: the
+    loss ("scalar", or "reduced" for reduction="none"), and the gradient
+    (x's shape) with ``return_grad``."""
+    loss = "reduced" if options["reduction"] == "none" else "scalar"
+    return (loss, "same") if options["return_grad"] else loss
+
+
 def loss_options(lg, class_weight, ignore_index, label_smoothing, reduction, return_grad):
     """cross_entropy's options, checked, as the backends take them."""
     return dict(class_weight=check_class_weight(class_weight, lg.C),
@@ -403,33 +416,40 @@ def _host_only(be, **arrays):
 
 def expnorm(op, x, axis, temperature, out, backend):
     """softmax, log_softmax or logsumexp (``op``)."""
+    x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
     if be != "cuda":
         shape = lg.reduced_shape if op == "logsumexp" else lg.shape
         out = check_host_out(lg, out, shape, lg.dtype, "out")
-    return implementation(op, be)(op, lg, temperature, out)
+    r = implementation(op, be)(op, lg, temperature, out)
+    return r if back is None else back(r, lg.axis, "reduced" if op == "logsumexp" else "same")
 
 
 def argmax(x, axis, out, backend):
+    x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     be = resolve_backend(backend, x, lg.gpu)
     if be != "cuda":
         out = labels_out(lg, out, "out")
-    return implementation("argmax", be)(lg, out)
+    r = implementation("argmax", be)(lg, out)
+    return r if back is None else back(r, lg.axis, "reduced")
 
 
 def classify(x, axis, temperature, out, backend):
+    x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
     out = check_pair_out(lg, out, be)
-    return implementation("classify", be)(lg, temperature, out)
+    r = implementation("classify", be)(lg, temperature, out)
+    return r if back is None else back(r, lg.axis, ("reduced", "reduced"))
 
 
 def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, reduction,
                   return_grad, grad_out, backend):
+    x, grad_out, back = _interop.unwrap(x, grad_out, out_name="grad_out")
     lg = Logits(x, axis)
     target = check_target(target, lg)
     options = loss_options(lg, class_weight, ignore_index, label_smoothing, reduction,
@@ -440,10 +460,12 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
     if be != "cuda":
         _host_only(be, target=target, class_weight=options["class_weight"])
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
-    return implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
+    r = implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
+    return r if back is None else back(r, lg.axis, loss_kinds(options))
 
 
 def confusion_matrix(x, target, axis, ignore_index, out, backend):
+    x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     target = check_target(target, lg)
     ignore_index = check_ignore_index(ignore_index)
@@ -452,12 +474,13 @@ def confusion_matrix(x, target, axis, ignore_index, out, backend):
         _host_only(be, target=target)
         out = check_host_out(lg, out, (lg.C, lg.C), np.int64, "out")
         check_matrix_fits(lg.C)
-    return implementation("confusion_matrix", be)(lg, target, ignore_index=ignore_index,
-                                                  out=out)
+    r = implementation("confusion_matrix", be)(lg, target, ignore_index=ignore_index, out=out)
+    return r if back is None else back(r, lg.axis, "confusion")
 
 
 def head_expnorm(head, op, f, axis, temperature, out, backend):
     """A LinearHead's logits, softmax, log_softmax or logsumexp (``op``)."""
+    f, out, back = _interop.unwrap(f, out, "f")
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     if op != "logits":
@@ -465,11 +488,13 @@ def head_expnorm(head, op, f, axis, temperature, out, backend):
     if be != "cuda":
         shape = fv.reduced_shape if op == "logsumexp" else fv.class_shape
         out = check_host_out(fv, out, shape, fv.dtype, "out")
-    return implementation("head." + op, be)(head, op, fv, temperature, out)
+    r = implementation("head." + op, be)(head, op, fv, temperature, out)
+    return r if back is None else back(r, fv.axis, "reduced" if op == "logsumexp" else "classes")
 
 
 def head_argmax(head, f, axis, temperature, out, backend, with_conf):
     """A LinearHead's argmax, or classify (``with_conf``)."""
+    f, out, back = _interop.unwrap(f, out, "f")
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     if with_conf:
@@ -478,21 +503,25 @@ def head_argmax(head, f, axis, temperature, out, backend, with_conf):
     elif be != "cuda":
         out = labels_out(fv, out, "out")
     op = "head.classify" if with_conf else "head.argmax"
-    return implementation(op, be)(head, fv, temperature, out, with_conf)
+    r = implementation(op, be)(head, fv, temperature, out, with_conf)
+    return r if back is None else back(r, fv.axis, ("reduced", "reduced") if with_conf else "reduced")
 
 
 def head_cross_entropy(head, f, target, axis, class_weight, ignore_index, label_smoothing,
                        reduction, return_grad, backend):
+    f, _, back = _interop.unwrap(f, None, "f")
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     target = check_head_target(target, fv)
     options = loss_options(fv, class_weight, ignore_index, label_smoothing, reduction,
                            return_grad)
     _host_only(be, target=target, class_weight=options["class_weight"])
-    return implementation("head.cross_entropy", be)(head, fv, target, **options)
+    r = implementation("head.cross_entropy", be)(head, fv, target, **options)
+    return r if back is None else back(r, fv.axis, loss_kinds(options))
 
 
 def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
+    f, out, back = _interop.unwrap(f, out, "f")
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     target = check_head_target(target, fv)
@@ -501,8 +530,9 @@ def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
         _host_only(be, target=target)
         out = check_host_out(fv, out, (fv.C, fv.C), np.int64, "out")
         check_matrix_fits(fv.C)
-    return implementation("head.confusion_matrix", be)(head, fv, target,
-                                                       ignore_index=ignore_index, out=out)
+    r = implementation("head.confusion_matrix", be)(head, fv, target,
+                                                    ignore_index=ignore_index, out=out)
+    return r if back is None else back(r, fv.axis, "head-confusion")
 
 
 def iou(confusion):

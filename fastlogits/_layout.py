@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from fastlogits import _interop
+
 
 class _WritableAlias:
     """Holder of an ``__array_interface__`` for :func:`host_array`; keeps
@@ -32,22 +34,15 @@ def _writable_alias(a):
     return np.asarray(holder)
 
 
-def _detached(a):
-    """A PyTorch tensor that requires grad, detached (the same memory:
-    fastlogits is no autograd function); anything else as it is."""
-    if getattr(a, "requires_grad", False) and type(a).__module__.split(".")[0] == "torch":
-        return a.detach()
-    return a
-
-
 def host_array(a):
-    """An input as the CPU kernels read it: a NumPy array (a PyTorch tensor
-    that requires grad read through ``.detach()``), in native byte order
+    """An input as the CPU kernels read it: a NumPy array (another library's
+    array read without a copy where it allows: :func:`_interop.to_numpy`;
+    a PyTorch tensor that requires grad through ``.detach()``), in native byte order
     (a byte-swapped array is converted once: a copy), and typed writeable
     by Numba even where the memory is read-only (memory-mapped files,
     ``np.broadcast_to``, ``np.frombuffer``), without a copy."""
     if type(a) is not np.ndarray:
-        a = np.asarray(_detached(a))
+        a = _interop.to_numpy(a)
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     if not a.flags.writeable:

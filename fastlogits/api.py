@@ -6,6 +6,11 @@ backend's implementation through :mod:`fastlogits._frontend`'s dispatch
 tables: ``"numpy"`` the reference, ``"cpu"`` the Numba kernels on the
 canonical (outer, C, inner) view of x, ``"cuda"`` the GPU kernels (GPU
 arrays in place, host arrays copied over and back).
+
+Results come back in x's library: torch tensors for a PyTorch CPU
+tensor, DataArrays for an xarray.DataArray, NumPy otherwise (every
+``out=`` as given; :mod:`fastlogits._interop`, README "Inputs from other
+libraries").
 """
 
 from fastlogits import _frontend

@@ -66,8 +66,9 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     -------
     loss : numpy.float64 or ndarray
         A NumPy float64 scalar for "mean" and "sum" (float32 losses are
-        accumulated in float64). For "none": x's shape without the class
-        axis, float32 (float64 for float64 x), 0 at ignored pixels.
+        accumulated in float64; a 0-d float64 tensor for a PyTorch x, a
+        0-d DataArray for an xarray one). For "none": x's shape without
+        the class axis, float32 (float64 for float64 x), 0 at ignored pixels.
     grad : ndarray
         Only with ``return_grad``: x's shape and dtype, ``(softmax(x) *
         ((1 - eps) w[t] + eps / C * sum(w)) - (1 - eps) w[t] onehot(t) -
