@@ -22,10 +22,11 @@ import threading
 from fastlogits import _cpuinfo
 
 #: Fast-math flags of every CPU kernel, fixed at compile time (not a
-#: tunable): without ``nnan`` and ``ninf``, since -inf masks and NaN
-#: propagation are part of the contract; ``reassoc`` lets reductions
-#: vectorize, ``contract`` allows FMA.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+#: tunable; a set, as Numba takes no frozenset; never mutate it): without
+#: ``nnan`` and ``ninf``, since -inf masks and NaN propagation are part of
+#: the contract; ``reassoc`` lets reductions vectorize, ``contract``
+#: allows FMA.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @dataclasses.dataclass(frozen=True)
