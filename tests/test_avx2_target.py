@@ -27,7 +27,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import fastlogits as fl
     from fastlogits import reference, tuning
-    from fastlogits.cpu.planeblock import LANES
+    from fastlogits.cpu.blocks.planeblock import LANES
     from tests.helpers import at_line_offset
 
     assert LANES == 8, LANES

@@ -6,8 +6,8 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import reference, tuning
-from fastlogits.cpu import confusion
-from fastlogits.cpu.confusion import private_histograms
+from fastlogits.cpu import plan
+from fastlogits.cpu.plan import private_histograms
 
 IGNORE = -100
 
@@ -20,10 +20,10 @@ LAYOUTS = {
 @pytest.fixture(autouse=True, params=["histograms", "labels"])
 def binning(request, monkeypatch):
     """Every test both ways: the fused argmax into private histograms, and
-    the labels first, binned serially (``cpu.confusion.private_histograms``
+    the labels first, binned serially (``cpu.plan.private_histograms``
     picks by size, and would pick the labels for most of these small
     maps; forced here)."""
-    monkeypatch.setattr(confusion, "private_histograms",
+    monkeypatch.setattr(plan, "private_histograms",
                         lambda C, pixels, nthreads: request.param == "histograms")
     return request.param
 
@@ -221,7 +221,7 @@ def test_many_classes_take_the_labels(rng, monkeypatch):
     def refuse(*args):
         raise AssertionError("private histograms for 64 pixels of 5000 classes")
 
-    monkeypatch.setattr(confusion, "run_confusion", refuse)
+    monkeypatch.setattr(plan, "run_confusion", refuse)
     C = 5000
     x = make_logits(rng, (64, C))
     t = make_target(rng, (64,), C)

@@ -126,7 +126,7 @@ def test_channels_first_tiles_by_bytes(tune, rng, name, copy_tiles, monkeypatch)
     float32 precision for float16 too); argmax's take ``CPU_TILE_PIXELS``
     at any C. Several tiles per image and a ragged last one, read in x or
     (``copy_tiles``: planes 4 KiB apart) copied first; in place too."""
-    from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
+    from fastlogits.cpu.plan import _cf_copies_tiles, _cf_tile_pixels
 
     C = 130
     tune(cpu_cf_tile_bytes=C * 4 * 32)
@@ -321,7 +321,7 @@ def test_channels_last_streamed_rows(tune, rng, name, dtype, monkeypatch):
     row longer than a block's bytes, into outputs at every 16-byte line
     offset, with special values and ties; in place (not streamed) and the
     allocating call give the same."""
-    from fastlogits.cpu import softmax as kernels
+    from fastlogits.cpu.ops import softmax as kernels
 
     streamed = stream_every_row(tune, monkeypatch, kernels, "expnorm_cl_rows", -2,
                                 "cpu_row_block_expnorm_max_classes")
@@ -368,8 +368,8 @@ def test_blocks_stream_straight_only_in_whole_lines(tune, monkeypatch):
     8 float32 pixels (32 bytes) go through the scratch tile, since a
     plane's first block would start off its line and such a store faults
     there (tests/test_avx2_target.py runs that target)."""
-    from fastlogits.cpu import _plane_write
-    from fastlogits.cpu.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.plan import _plane_write
+    from fastlogits.cpu.blocks.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
 
     tune(cpu_stream_min_bytes=0)
     for dtype, lanes, mode in ((np.float32, 16, WRITE_STREAM), (np.float32, 8, WRITE_EBUF_STREAM),
@@ -388,8 +388,8 @@ def test_channels_first_streamed_outputs(tune, rng, name, dtype, blocks, monkeyp
     x's (planes of whole lines, out on x's line offset, in place), through
     the scratch tile elsewhere (planes of 37 pixels, out on another
     offset); special values in block pixels and in the rest."""
-    from fastlogits.cpu import _plane_write
-    from fastlogits.cpu.planeblock import LANES, WRITE_EBUF_STREAM, WRITE_STREAM
+    from fastlogits.cpu.plan import _plane_write
+    from fastlogits.cpu.blocks.planeblock import LANES, WRITE_EBUF_STREAM, WRITE_STREAM
 
     tune(cpu_stream_min_bytes=0)
     tune(cpu_plane_block_max_classes=10**9 if blocks else 0)

@@ -6,8 +6,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.fastexp import exp_array, exp_shifted_array, exp_shifted_ir
-from fastlogits.cpu.irutil import vptr
+from fastlogits.cpu.llvm.fastexp import exp_array, exp_shifted_array, exp_shifted_ir
+from fastlogits.cpu.llvm.irutil import vptr
 
 
 def _ulps(got, want, dtype):

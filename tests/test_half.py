@@ -1,4 +1,4 @@
-"""float16 <-> float32 conversion of the float16 path (fastlogits.cpu.half):
+"""float16 <-> float32 conversion of the float16 path (fastlogits.cpu.llvm.half):
 the same bits as NumPy's casts, on every float16 value, on random float32
 bit patterns (subnormal, overflowing, infinite and NaN results included),
 through strided views, with nothing outside them written; and the public
@@ -10,7 +10,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import tuning
 from fastlogits.cpu.host import ChunkScratch
-from fastlogits.cpu import half
+from fastlogits.cpu.llvm import half
 
 
 def _same_bits(got, want):

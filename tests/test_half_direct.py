@@ -1,4 +1,4 @@
-"""float16 logits read as they are by the CPU kernels (fastlogits.cpu.scores):
+"""float16 logits read as they are by the CPU kernels (fastlogits.cpu.llvm.scores):
 every op but the loss gradient, float16 outputs written as they are,
 against the float32-chunk path (``tuning.current().cpu.half_direct`` off) and the
 reference, in every kernel regime of both layouts."""
@@ -8,8 +8,8 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import reference, tuning
-from fastlogits.cpu import half
-from fastlogits.cpu import _cf_tile_pixels, _tile_pixels
+from fastlogits.cpu.llvm import half
+from fastlogits.cpu.plan import _cf_tile_pixels, _tile_pixels
 from tests.helpers import assert_close, at_line_offset, logits, specials_array
 
 pytestmark = pytest.mark.skipif(not half.HARDWARE,

@@ -450,10 +450,10 @@ def test_cross_entropy_float16_and_small_tiles(tune, rng, monkeypatch, layout):
 @pytest.mark.parametrize("C", [1, 3, 19, 150])
 def test_confusion_matrix(rng, layout, C, binning, monkeypatch):
     """Both CPU paths, forced: the fused private histograms, and the
-    labels binned serially (cpu.confusion.private_histograms)."""
-    from fastlogits.cpu import confusion
+    labels binned serially (cpu.plan.private_histograms)."""
+    from fastlogits.cpu import plan
 
-    monkeypatch.setattr(confusion, "private_histograms",
+    monkeypatch.setattr(plan, "private_histograms",
                         lambda C, pixels, nthreads: binning == "histograms")
     N = 16
     head = make_head(rng, C, N, np.float32)
@@ -493,10 +493,10 @@ def test_target_errors(rng):
     with pytest.raises(ValueError):
         head.confusion_matrix(f, t, out=acc)
     assert not acc.any()
-    from fastlogits.cpu import confusion
+    from fastlogits.cpu import plan
 
     with pytest.MonkeyPatch.context() as mp:  # the labels path too
-        mp.setattr(confusion, "private_histograms", lambda C, pixels, nthreads: False)
+        mp.setattr(plan, "private_histograms", lambda C, pixels, nthreads: False)
         with pytest.raises(ValueError, match="holds 7 at position"):
             head.confusion_matrix(f, t, out=acc)
     assert not acc.any()

@@ -1,4 +1,4 @@
-"""The IR helpers of :mod:`fastlogits.cpu.irutil` that the kernels' tests
+"""The IR helpers of :mod:`fastlogits.cpu.llvm.irutil` that the kernels' tests
 do not pin down on their own."""
 
 import numpy as np
@@ -7,7 +7,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import masked_gather, vptr
+from fastlogits.cpu.llvm.irutil import masked_gather, vptr
 
 LANES = 16
 

@@ -126,7 +126,7 @@ def test_channels_first_tiles_by_bytes(tune, rng, monkeypatch, copy_tiles):
     at 130 classes): several per image and a ragged last one, read in x
     or (``copy_tiles``: planes 4 KiB apart) copied first; the gradient in
     place too."""
-    from fastlogits.cpu import _cf_copies_tiles, _cf_tile_pixels
+    from fastlogits.cpu.plan import _cf_copies_tiles, _cf_tile_pixels
 
     C = 130
     tune(cpu_cf_tile_bytes=C * 4 * 32)
@@ -203,7 +203,7 @@ def test_channels_last_streamed_gradient_rows(tune, rng, monkeypatch):
     streamed here, ``CPU_STREAM_ROW_MIN_BYTES`` 0): every option, into
     grad_outs at four line offsets, the special-value rows with ignored
     pixels among them; in place the gradient is not streamed."""
-    from fastlogits.cpu import losses as kernels
+    from fastlogits.cpu.ops import losses as kernels
 
     streamed = stream_every_row(tune, monkeypatch, kernels, "ce_cl_rows", -1,
                                 "cpu_row_block_xent_max_classes")

@@ -1,4 +1,4 @@
-"""The LinearHead micro-kernels (fastlogits.cpu.microkernels) on their own:
+"""The LinearHead micro-kernels (fastlogits.cpu.blocks.microkernels) on their own:
 partial class blocks, both initializations, K = 0 / N = 0, float32 and
 float64, and the dot block's aligned form at every offset in a line."""
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
-                                         outer_block)
+from fastlogits.cpu.blocks.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
+                                                VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
+                                                outer_block)
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""The channels-first register blocks (fastlogits.cpu.planeblock) on their
+"""The channels-first register blocks (fastlogits.cpu.blocks.planeblock) on their
 own: the tests of tests/test_rowblock.py, run on the same rows laid out as
 class planes (a block's pixels are rows of those tests), at every block
 width, with the block in the second image of the batch so ``start``'s
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu import planeblock
-from fastlogits.cpu.planeblock import plane_intrinsics
+from fastlogits.cpu.blocks import planeblock
+from fastlogits.cpu.blocks.planeblock import plane_intrinsics
 from tests.test_rowblock import (  # noqa: F401  (collected here with this module's fixture)
-    test_block_argmax_expsum_matches_numpy, test_block_argmax_matches_numpy,
-    test_block_argmax_merges_chains_like_numpy, test_block_softmax_stores_rows_back,
-    test_block_sums_match_float64)
+                                 test_block_argmax_expsum_matches_numpy, test_block_argmax_matches_numpy,
+                                 test_block_argmax_merges_chains_like_numpy, test_block_softmax_stores_rows_back,
+                                 test_block_sums_match_float64)
 
 WIDTHS = [8, 16]
 
@@ -101,7 +101,7 @@ def kernels(request):
 
 
 def test_package_width_matches_the_row_blocks():
-    from fastlogits.cpu import rowblock
+    from fastlogits.cpu.blocks import rowblock
 
     assert planeblock.LANES == rowblock.ROWS
 

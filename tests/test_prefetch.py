@@ -1,4 +1,4 @@
-"""Software prefetch (fastlogits.cpu.prefetch): the share arithmetic, and
+"""Software prefetch (fastlogits.cpu.llvm.prefetch): the share arithmetic, and
 the channels-last kernels giving the same results with it on and off."""
 
 import numpy as np
@@ -7,9 +7,9 @@ from numba import njit
 
 import fastlogits as fl
 from fastlogits import _cpuinfo, reference, tuning
-from fastlogits.cpu.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLASSES_AHEAD,
-                                     plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_span, rows_ahead, share_bounds)
+from fastlogits.cpu.llvm.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLASSES_AHEAD,
+                                          plane_rows_region, planes_ahead, prefetch_planes,
+                                          prefetch_row, prefetch_span, rows_ahead, share_bounds)
 
 from .helpers import specials_array
 
@@ -30,7 +30,7 @@ def test_rows_ahead():
 
 
 def test_long_rows_are_left_to_the_hardware_prefetcher(tune, monkeypatch):
-    from fastlogits.cpu import _row_prefetch_bytes
+    from fastlogits.cpu.plan import _row_prefetch_bytes
 
     limit = tuning.current().cpu.row_prefetch_max_bytes
     assert limit == (768 if _cpuinfo.vendor() == "amd" else 3072)  # measured per vendor

@@ -1,4 +1,4 @@
-"""The register blocks of rows (fastlogits.cpu.rowblock) on their own:
+"""The register blocks of rows (fastlogits.cpu.blocks.rowblock) on their own:
 every block layout (8 rows; 16 rows as two 8-row parts; 16 rows as two
 halves of each 64-byte register), every remainder C % 8, both dtypes,
 NaN / +-inf / ties / all -inf rows in each half, blocks that start
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu import rowblock
-from fastlogits.cpu.rowblock import block_intrinsics
+from fastlogits.cpu.blocks import rowblock
+from fastlogits.cpu.blocks.rowblock import block_intrinsics
 from tests.helpers import exp_rest
 
 CLASSES = [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 24, 33, 64, 95, 96, 128]
@@ -262,7 +262,7 @@ def xent_case(rng, C, R):
 def check_xent(run, x, t, tt, wt, w, R):
     """``run(x, r, tt, wt, want_loss, eps) -> (loss, sums)`` of the fused
     loss of rows 3 .. 3 + R - 1 (label-smoothed by ``eps`` with the class
-    weights ``w``: :func:`fastlogits.cpu.losses._smoothing_coefs`; eps =
+    weights ``w``: :func:`fastlogits.cpu.ops.losses._smoothing_coefs`; eps =
     0 without smoothing arguments) against the reference: the losses
     stored (only there), their float64 lane sums, the weights' sums;
     nothing stored without ``want_loss``."""
@@ -286,7 +286,7 @@ def xent_runner(xent, R, w, at=None):
     """``run(x, r, tt, wt, want_loss, eps)`` for :func:`check_xent` of the
     fused loss intrinsic ``xent`` (R pixels a block; x (rows, C)), or, with
     ``at(x, r) -> (x', first)``, of its planes form on ``x'``."""
-    from fastlogits.cpu.losses import _smoothing_coefs
+    from fastlogits.cpu.ops.losses import _smoothing_coefs
 
     @njit
     def run_on(xk, first, tt, wt, want_loss, n, r, ls):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_max_expsum
+from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_max_expsum
 from tests.helpers import exp_rest
 
 

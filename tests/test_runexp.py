@@ -1,4 +1,4 @@
-"""The tiles' vector exponentials of a run of pixels (fastlogits.cpu.runexp)
+"""The tiles' vector exponentials of a run of pixels (fastlogits.cpu.llvm.runexp)
 against float64 NumPy: every run length around the vector widths, runs
 starting anywhere, the store on and off, strided arrays by the fallback."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.runexp import tile_exp_add, vexp_add
+from fastlogits.cpu.llvm.runexp import tile_exp_add, vexp_add
 
 #: Relative error bound per unit of ``2 |t| + 4`` (float32: the exp2
 #: form's on AVX-512, tests/test_fastexp.py; the polynomial form meets it

@@ -1,4 +1,4 @@
-"""Non-temporal stores (fastlogits.cpu.stream) on their own: every line
+"""Non-temporal stores (fastlogits.cpu.llvm.stream) on their own: every line
 offset of the destination, runs shorter than a line, longer than many,
 both dtypes; nothing outside the run written."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.stream import stream_affine, stream_copy, stream_fence
+from fastlogits.cpu.llvm.stream import stream_affine, stream_copy, stream_fence
 
 
 @njit

@@ -1,10 +1,10 @@
-"""The thread count of a CPU kernel launch (``fastlogits.cpu.launch_threads``)."""
+"""The thread count of a CPU kernel launch (``fastlogits.cpu.threads.launch_threads``)."""
 
 import numba
 import pytest
 
 from fastlogits import tuning
-from fastlogits.cpu import launch_threads, thread_count
+from fastlogits.cpu.threads import launch_threads, thread_count
 
 
 def test_thread_count_is_numbas():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastlogits.cpu.gather import lookup, transpose8
-from fastlogits.cpu.tiles import load_transposed, store_transposed
+from fastlogits.cpu.blocks.gather import lookup, transpose8
+from fastlogits.cpu.blocks.tiles import load_transposed, store_transposed
 
 
 # C around the 8-class blocks of transpose8 (8, 9, 16, 19, 150) and below them.
@@ -67,8 +67,8 @@ def test_running_max_has_no_masked_store(rng, dtype, name):
     Compiled afresh (the cached kernels keep no assembly), as the kernels
     compile it."""
     from fastlogits import tuning
-    from fastlogits.cpu import tiles
-    from fastlogits.cpu.prefetch import no_region
+    from fastlogits.cpu.blocks import tiles
+    from fastlogits.cpu.llvm.prefetch import no_region
 
     fn = njit(fastmath=tuning.FASTMATH, error_model="numpy")(getattr(tiles, name).py_func)
     C, P = 19, 256

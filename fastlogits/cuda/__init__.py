@@ -17,7 +17,7 @@ Modules (nothing here compiles or touches the GPU at import):
   shuffles or a shared-memory tree);
 - :mod:`.softmax` and :mod:`.argmax`: the kernels, one per regime
   (channels-first, channels-last small C, rows), paired with
-  :mod:`fastlogits.cpu.softmax` and :mod:`fastlogits.cpu.argmax`;
+  :mod:`fastlogits.cpu.ops.softmax` and :mod:`fastlogits.cpu.ops.argmax`;
 - :mod:`.ops`: the host side called by :mod:`fastlogits.api` (``out=``
   validation, regime choice, launch, results in the caller's library);
 - :mod:`.losses`: cross_entropy and confusion_matrix (kernels and host

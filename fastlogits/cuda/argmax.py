@@ -8,7 +8,7 @@ a 1-element stand-in never touched.
 
 Views: ``x`` (outer, C, inner); ``labels`` (any integer dtype) and ``conf``
 (the compute dtype) (outer, inner). Regimes mirror
-:mod:`fastlogits.cuda.softmax` (and :mod:`fastlogits.cpu.argmax`):
+:mod:`fastlogits.cuda.softmax` (and :mod:`fastlogits.cpu.ops.argmax`):
 channels-first a thread per pixel, channels-last small C through a shared
 tile, otherwise a group of threads per row.
 """

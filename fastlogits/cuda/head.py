@@ -2,7 +2,7 @@
 
 Called by :class:`fastlogits.head.LinearHead` as ``name(head, f, fv,
 **options)`` (``fv`` the validated features, arguments checked there);
-paired with :mod:`fastlogits.cpu.head`.
+paired with :mod:`fastlogits.cpu.ops.head`.
 
 Kernel design (one design for every op):
 

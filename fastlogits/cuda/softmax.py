@@ -8,7 +8,7 @@ written for softmax / log_softmax, ``red`` for logsumexp (the other is a
 one compiled kernel per regime and dtype. Grid-stride loops everywhere:
 any grid size covers any input.
 
-Regimes (mirroring :mod:`fastlogits.cpu.softmax`):
+Regimes (mirroring :mod:`fastlogits.cpu.ops.softmax`):
 
 - :func:`expnorm_cf`: channels-first (inner > 1), a thread per pixel;
   consecutive threads read consecutive pixels of one class plane, so every

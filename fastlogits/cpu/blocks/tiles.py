@@ -16,22 +16,22 @@ vectors that stay in L1 for the whole tile.
   (the scores sit in L1 afterwards). Contiguous channels-last rows with
   enough classes (``tuning.current().cpu.row_min_classes``,
   ``tuning.current().cpu.row_argmax_min_classes``) go through the horizontal vector
-  kernels of :mod:`fastlogits.cpu.rowvec` instead.
+  kernels of :mod:`fastlogits.cpu.blocks.rowvec` instead.
 
 The exp-sums' inner loops (a class row's P exponentials) are vector
-intrinsics (:mod:`fastlogits.cpu.runexp`), which take the register
+intrinsics (:mod:`fastlogits.cpu.llvm.runexp`), which take the register
 blocks' cheaper exp2 form on AVX-512.
 """
 
 from numba import njit
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.gather import BLOCK8, GATHER, gather16, transpose8
-from fastlogits.cpu.planeblock import on_c_planes
-from fastlogits.cpu.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
-from fastlogits.cpu.runexp import tile_exp_add
-from fastlogits.cpu.scores import score, store_score
-from fastlogits.cpu.stream import stream_copy
+from fastlogits.cpu.blocks.gather import BLOCK8, GATHER, gather16, transpose8
+from fastlogits.cpu.blocks.planeblock import on_c_planes
+from fastlogits.cpu.llvm.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
+from fastlogits.cpu.llvm.runexp import tile_exp_add
+from fastlogits.cpu.llvm.scores import score, store_score
+from fastlogits.cpu.llvm.stream import stream_copy
 
 #: Classes summed in the input precision before the partial sum is added to
 #: a float64 total: float32 sums stay accurate for C in the hundreds of
@@ -85,7 +85,7 @@ def cf_tile(x, job, per_image, tile):
     log 37). Every class plane starts its lines at the same pixel when a
     plane is a whole number of lines (inner * itemsize % 64 == 0). ``tile``
     must be a multiple of 16 and of a line of x's scores
-    (``cpu._tile_pixels``: 16 float32, 32 float16): the non-temporal stores
+    (``cpu.plan._tile_pixels``: 16 float32, 32 float16): the non-temporal stores
     of the blocks rely on it, and the drivers' scratch of ``tile`` pixels
     takes job 0's h pixels too (up to a line's scores less one)."""
     inner = x.shape[2]
@@ -121,12 +121,12 @@ def load_transposed(x2, r0, P, buf):
     """Copy rows ``x2[r0:r0 + P]`` (P, C) into ``buf[0, :, :P]`` (C, P).
 
     From 8 classes on, 8 x 8 blocks transposed in registers
-    (:func:`fastlogits.cpu.gather.transpose8`); below that, classes
+    (:func:`fastlogits.cpu.blocks.gather.transpose8`); below that, classes
     outside, the class-c scores of 16 pixels in one vector gather
-    (:func:`fastlogits.cpu.gather.gather16`; LLVM would emit 16 scalar
+    (:func:`fastlogits.cpu.blocks.gather.gather16`; LLVM would emit 16 scalar
     loads) and contiguous vector writes.
     ``buf`` must be C-contiguous, in the type x2's scores are computed in
-    (:mod:`.scores`); a strided ``x2`` (a non-contiguous view) takes the
+    (:mod:`fastlogits.cpu.llvm.scores`); a strided ``x2`` (a non-contiguous view) takes the
     scalar loop.
     """
     r0 = max(r0, 0)
@@ -155,8 +155,8 @@ def load_transposed(x2, r0, P, buf):
 def load_rows(x, o, i0, P, buf, pf):
     """Copy the channels-first tile ``x[o, :, i0:i0 + P]`` into ``buf[0,
     :, :P]`` (C, P), taking share c of the prefetch region ``pf`` at class
-    c (:func:`fastlogits.cpu.prefetch.plane_rows_region`). ``buf`` must be
-    C-contiguous, in the type x's scores are computed in (:mod:`.scores`).
+    c (:func:`fastlogits.cpu.llvm.prefetch.plane_rows_region`). ``buf`` must be
+    C-contiguous, in the type x's scores are computed in (:mod:`fastlogits.cpu.llvm.scores`).
 
     The passes after the first then read the copy: x's class rows sit a
     plane apart, and planes a multiple of 4 KiB apart (of 1024, 65536,
@@ -174,7 +174,7 @@ def load_rows(x, o, i0, P, buf, pf):
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def store_transposed(buf, P, out2, r0):
     """Copy ``buf[0, :, :P]`` (C, P) back into rows ``out2[r0:r0 + P]``
-    (float16 bits: rounded once, as stored; :mod:`.scores`).
+    (float16 bits: rounded once, as stored; :mod:`fastlogits.cpu.llvm.scores`).
 
     Where :func:`load_transposed` goes by :func:`transpose8` blocks, so do
     the full 8-class blocks here (8 x 8 at a time, a whole 8-class segment
@@ -217,9 +217,9 @@ _stream_rows = on_c_planes(_stream_rows_c)
 def tile_to_out(ebuf, out, o, i0, P, stream):
     """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a channels-first tile's
     class rows from an L1 scratch (1, C, T) into the x-sized output (outer,
-    C, inner; float16 bits: rounded once, as stored, :mod:`.scores`), by
+    C, inner; float16 bits: rounded once, as stored, :mod:`fastlogits.cpu.llvm.scores`), by
     non-temporal stores with ``stream``
-    (:mod:`fastlogits.cpu.stream`: out must then be C-contiguous)."""
+    (:mod:`fastlogits.cpu.llvm.stream`: out must then be C-contiguous)."""
     i0 = max(i0, 0)
     if stream:
         _stream_rows(ebuf, out, o, i0, P)
@@ -234,7 +234,7 @@ def tile_max(x, o, i0, P, m, m2, pf):
     """Per-pixel max of the tile into ``m``; a NaN anywhere gives NaN.
     ``m2`` is scratch of at least P elements of m's dtype (see below). One
     share of the prefetch region ``pf`` per class (see
-    :func:`fastlogits.cpu.prefetch.prefetch_share`).
+    :func:`fastlogits.cpu.llvm.prefetch.prefetch_share`).
 
     The running max alternates between ``m`` and ``m2`` class by class, so
     each pass reads one array and writes the other. Updated in place

@@ -32,9 +32,9 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.fastexp import (EXP_FASTMATH, _float64_as_int64, _int64_as_float64,
-                                    by_precision)
-from fastlogits.cpu.irutil import fmuladd, vector_of
+from fastlogits.cpu.llvm.fastexp import (EXP_FASTMATH, _float64_as_int64, _int64_as_float64,
+                                         by_precision)
+from fastlogits.cpu.llvm.irutil import fmuladd, vector_of
 
 _LN2_HI = 6.93147180369123816490e-01  # 32 significant bits: k * hi is exact
 _LN2_LO = 1.90821492927058770002e-10
@@ -218,7 +218,7 @@ def log1p32(x):
 
 
 #: ``log s`` of the kernels' exp-sums from ``s - 1`` (the sum of the
-#: non-maximal terms, :func:`fastlogits.cpu.tiles.rest`), in x's precision.
+#: non-maximal terms, :func:`fastlogits.cpu.blocks.tiles.rest`), in x's precision.
 flog1p = by_precision("flog1p", log1p32, log1p64)
 
 

@@ -1,5 +1,5 @@
 """Small LLVM IR builders shared by the intrinsics that write vector code
-directly (:mod:`.microkernels`, :mod:`.rowvec`, :mod:`.fastexp`).
+directly (:mod:`fastlogits.cpu.blocks.microkernels`, :mod:`fastlogits.cpu.blocks.rowvec`, :mod:`.fastexp`).
 
 Numba has no vector types, so a kernel that must keep sums in vector
 registers, reduce across lanes or load a masked tail is written as an
@@ -89,7 +89,7 @@ def non_one(builder, e):
 
 
 def rest_ir(builder, s, s1):
-    """IR of :func:`fastlogits.cpu.tiles.rest`: ``s - 1`` where ``s >= 2``,
+    """IR of :func:`fastlogits.cpu.blocks.tiles.rest`: ``s - 1`` where ``s >= 2``,
     else ``s1`` (scalar or vector)."""
     return builder.select(builder.fcmp_ordered(">=", s, vector_of(s.type, 2.0)),
                           builder.fsub(s, vector_of(s.type, 1.0)), s1)

@@ -9,39 +9,39 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 
 - :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
   pixels (contiguous class rows), their whole blocks of pixels reduced in
-  registers (:mod:`fastlogits.cpu.planeblock`) for up to
+  registers (:mod:`fastlogits.cpu.blocks.planeblock`) for up to
   ``tuning.current().cpu.plane_block_max_classes`` classes; a large output (not
-  over x) written by non-temporal stores (:mod:`fastlogits.cpu.stream`);
+  over x) written by non-temporal stores (:mod:`fastlogits.cpu.llvm.stream`);
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
   ``tuning.current().cpu.row_min_classes`` classes, blocks of rows read by the vector
-  row kernels of :mod:`fastlogits.cpu.rowvec`;
+  row kernels of :mod:`fastlogits.cpu.blocks.rowvec`;
 - :func:`expnorm_cl_blocks`: channels-last ``(rows, C)``, C-contiguous, 8
   to ``tuning.current().cpu.row_block_max_classes`` classes, blocks of rows
-  transposed in registers (:mod:`fastlogits.cpu.rowblock`).
+  transposed in registers (:mod:`fastlogits.cpu.blocks.rowblock`).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.fastlog import flog1p
-from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                       on_c_planes, planes_max_expstore, planes_max_expsum,
-                                       planes_store_log_softmax, planes_store_softmax,
-                                       planes_stream_log_softmax, planes_stream_softmax)
-from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead,
-                                     prefetch_planes, prefetch_row, prefetch_rows, region_from,
-                                     rows_ahead)
-from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
-                                     rows_store_log_softmax, rows_store_softmax)
-from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.scores import holds_half_bits, score, scratch, store_score
-from fastlogits.cpu.stream import stream_affine, stream_fence
-from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
-                                  load_transposed, next_tile_cl, store_transposed, tile_exp_store,
-                                  tile_expsum, tile_max, tile_to_out, work_chunks)
+from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                              on_c_planes, planes_max_expstore, planes_max_expsum,
+                                              planes_store_log_softmax, planes_store_softmax,
+                                              planes_stream_log_softmax, planes_stream_softmax)
+from fastlogits.cpu.blocks.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
+                                            rows_store_log_softmax, rows_store_softmax)
+from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+                                         load_transposed, next_tile_cl, store_transposed, tile_exp_store,
+                                         tile_expsum, tile_max, tile_to_out, work_chunks)
+from fastlogits.cpu.llvm.fastlog import flog1p
+from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead,
+                                          prefetch_planes, prefetch_row, prefetch_rows, region_from,
+                                          rows_ahead)
+from fastlogits.cpu.llvm.scores import holds_half_bits, score, scratch, store_score
+from fastlogits.cpu.llvm.stream import stream_affine, stream_fence
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1
@@ -51,7 +51,7 @@ LOGSUMEXP = 2
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _epilogue(P, m, s, mode, g):
     """Per pixel, from ``s``, the exp-sum less the max's term 1
-    (:func:`fastlogits.cpu.tiles.rest`): ``g = 1 / (1 + s)`` (softmax) or
+    (:func:`fastlogits.cpu.blocks.tiles.rest`): ``g = 1 / (1 + s)`` (softmax) or
     ``log1p(s)`` (log_softmax, in x's precision: :func:`flog1p`); NaN where the max is not finite (NaN, +inf
     or a pixel of -inf only)."""
     nan = g.dtype.type(np.nan)
@@ -99,7 +99,7 @@ def _lse(P, m, s, inv_t, red, r0):
     """logsumexp ``m * inv_t + log1p(s)`` (s as for :func:`_epilogue`; the
     log in x's precision: :func:`flog1p`);
     m itself (NaN, +inf, -inf) where not finite. ``red`` may hold float16
-    bits (:mod:`.scores`)."""
+    bits (:mod:`fastlogits.cpu.llvm.scores`)."""
     r0 = max(r0, 0)  # no wraparound select (see tiles.py)
     for p in range(P):
         v = m[p] * inv_t + flog1p(m.dtype.type(s[p])) if is_finite(m[p]) else m[p]
@@ -117,7 +117,7 @@ def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, s, cols, ebuf, write
     ``write`` says (``planeblock.WRITE_*``); or the logsumexp into
     ``red[o]``. For logsumexp ``out`` is a stand-in, for
     softmax/log_softmax ``red``: neither is touched. Prefetches ``ahead``
-    pixels ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`)."""
+    pixels ahead (:func:`fastlogits.cpu.llvm.prefetch.prefetch_planes`)."""
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
     start = o * C * inner + i0
@@ -176,7 +176,7 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
     logsumexp; the unused one may be any array of that type (not touched).
-    Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
+    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``blocks`` (x
     and out C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
     written as ``write`` says (``planeblock.WRITE_*``) and prefetching
@@ -189,11 +189,11 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     When ``out`` is streamed (``write`` not ``WRITE_EBUF``: a C-contiguous
     output larger than the caches) the tile loops' results go through the
     scratch and into ``out`` by non-temporal stores
-    (:mod:`fastlogits.cpu.stream`).
+    (:mod:`fastlogits.cpu.llvm.stream`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write; with ``copy_tiles``, in a copy
-    (:func:`fastlogits.cpu.tiles.load_rows`) that the tile loops read.
+    (:func:`fastlogits.cpu.blocks.tiles.load_rows`) that the tile loops read.
     """
     outer, C, inner = x.shape
     stream = write != WRITE_EBUF
@@ -369,7 +369,7 @@ def is_staged(out, stream):
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
-    time as vectors (:mod:`fastlogits.cpu.rowvec`); ``red`` (rows,). For
+    time as vectors (:mod:`fastlogits.cpu.blocks.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
     softmax/log_softmax ``red`` is not touched.
 
@@ -405,7 +405,7 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     columns (for softmax, their exponentials) in an L1 scratch; the result
     is transposed back from it into ``out`` (which may be ``x``: a block's
     rows are all read before any is written). A chunk's last rows % ROWS
-    go a row at a time (:mod:`fastlogits.cpu.rowvec`). For logsumexp
+    go a row at a time (:mod:`fastlogits.cpu.blocks.rowvec`). For logsumexp
     ``out`` may be any (1, C) C-contiguous array; for softmax/log_softmax
     ``red`` is not touched. (For an out of float16 bits the last rows'
     exponentials wait in a scratch, :func:`_vector_rows`.)"""

@@ -26,11 +26,11 @@ The gradient may be x itself (``cross_entropy(..., grad_out=x)``): every
 driver reads all of a tile's (a block's, a row's) logits it needs before
 it writes that tile's gradient, and nothing else of x afterwards.
 
-Drivers, one per layout regime (as in :mod:`fastlogits.cpu.softmax`):
+Drivers, one per layout regime (as in :mod:`fastlogits.cpu.ops.softmax`):
 :func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
-in registers, :mod:`fastlogits.cpu.planeblock`, for up to
+in registers, :mod:`fastlogits.cpu.blocks.planeblock`, for up to
 ``tuning.current().cpu.plane_block_max_classes`` classes; a large gradient written
-by non-temporal stores, :mod:`fastlogits.cpu.stream`), :func:`ce_cl_tiles`
+by non-temporal stores, :mod:`fastlogits.cpu.llvm.stream`), :func:`ce_cl_tiles`
 (channels-last, few classes: a tile of rows transposed into an L1
 scratch) and
 :func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
@@ -58,28 +58,24 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from fastlogits import tuning
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu import (_cf_copies_tiles, _cf_tile_pixels, _computed_in, _plane_blocks,
-                            _plane_write, _row_blocks, _row_prefetch_bytes, _stand_in,
-                            _streams_rows, _tile_pixels, launch_threads)
-from fastlogits.cpu.fastlog import flog1p
-from fastlogits.cpu.gather import lookup
-from fastlogits.cpu.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                       planes_max_expsum, planes_stream_xent_grad, planes_wsum,
-                                       planes_xent, planes_xent_grad)
-from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_rows, prefetch_span, region_from,
-                                     rows_ahead)
-from fastlogits.cpu.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
-                                     rows_xent_grad)
-from fastlogits.cpu.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.scores import compute_type, holds_half_bits, score, scratch, store_score
-from fastlogits.cpu.stream import stream_copy, stream_fence
-from fastlogits.cpu.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
-                                  load_rows, load_transposed, next_tile_cl, store_transposed,
-                                  tile_exp_store, tile_expsum, tile_max, tile_to_out,
-                                  work_chunks)
+from fastlogits.cpu.blocks.gather import lookup
+from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                              planes_max_expsum, planes_stream_xent_grad, planes_wsum,
+                                              planes_xent, planes_xent_grad)
+from fastlogits.cpu.blocks.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
+                                            rows_xent_grad)
+from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
+                                         load_rows, load_transposed, next_tile_cl, store_transposed,
+                                         tile_exp_store, tile_expsum, tile_max, tile_to_out,
+                                         work_chunks)
+from fastlogits.cpu.llvm.fastlog import flog1p
+from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
+                                          prefetch_row, prefetch_rows, prefetch_span, region_from,
+                                          rows_ahead)
+from fastlogits.cpu.llvm.scores import compute_type, holds_half_bits, score, scratch, store_score
+from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -175,7 +171,7 @@ def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a,
     row, and the two arrays passed instead doubled the loss's time at 150
     classes; bench/RESULTS.md, log 62.)
 
-    ``s`` is the exp-sum less the max's term (:func:`fastlogits.cpu.tiles.rest`):
+    ``s`` is the exp-sum less the max's term (:func:`fastlogits.cpu.blocks.tiles.rest`):
     ``log1p(s)`` keeps a confident pixel's small loss precise.
 
     Branch-free (selects, and :func:`flog1p` instead of libm's scalar
@@ -254,7 +250,7 @@ def _scratch(tile, w):
     """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
     even without smoothing), xt, wt, d, keep in the type x's scores are
     computed in (``w``'s), tt int32 (bench/RESULTS.md, log 44); part and s
-    of 2 tile (their halves: :func:`fastlogits.cpu.tiles.tile_expsum`)."""
+    of 2 tile (their halves: :func:`fastlogits.cpu.blocks.tiles.tile_expsum`)."""
     return (np.empty(tile, w.dtype), np.empty(2 * tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(2 * tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
             np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
@@ -275,7 +271,7 @@ def _grad_coef(w, eps, gscale):
 def _grad_scales(w, wall, eps, gscale):
     """``(g (1 - eps), g eps W / C)`` in x's dtype (``w``'s): the register
     blocks' gradient scales ``A = (coef[0] w[t] + coef[1]) / s`` and ``D =
-    coef[0] w[t]`` (:func:`fastlogits.cpu.rowblock._xent_grad_part`)."""
+    coef[0] w[t]`` (:func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`)."""
     coef = np.empty(2, w.dtype)
     coef[0] = gscale * (1.0 - eps)
     coef[1] = gscale * eps * wall / w.shape[0]
@@ -285,7 +281,7 @@ def _grad_scales(w, wall, eps, gscale):
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _smoothing_coefs(w, wall, eps):
     """``(1 - eps, eps / C, W)`` in x's dtype (``w``'s): the fused loss
-    blocks' label smoothing (:func:`fastlogits.cpu.rowblock._xent_part`),
+    blocks' label smoothing (:func:`fastlogits.cpu.blocks.rowblock._xent_part`),
     the values :func:`_pixel_losses` takes."""
     ls = np.empty(3, w.dtype)
     ls[0] = 1.0 - eps
@@ -394,7 +390,7 @@ def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, non
                  ahead, t, r0):
     """Numba-callable: the final gradient of P pixels (a multiple of the
     block size) of x, by the fused gradient blocks (``*_xent_grad``,
-    :func:`fastlogits.cpu.rowblock._xent_grad_part`), into ``out`` from
+    :func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`), into ``out`` from
     ``out_first`` (the first pixel's flat index of planes (outer, C, inner),
     by non-temporal stores with ``nontemporal``; the first row of rows),
     leaving each pixel's m, s, xt (and sm with ``smooth``) in the
@@ -442,7 +438,7 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
-    :mod:`fastlogits.cpu.planeblock` (``cols``: C * LANES elements, one
+    :mod:`fastlogits.cpu.blocks.planeblock` (``cols``: C * LANES elements, one
     block's columns, reused so they stay in L1; ``sc``: a :func:`_scratch`
     of at least P pixels): the targets first, then one pass over x. With
     ``want_grad`` the fused gradient blocks (:func:`_grad_blocks`, ``b``
@@ -517,13 +513,13 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
     array of that type) without ``want_grad``/``want_loss``.
 
-    Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With ``blocks`` (x
+    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``blocks`` (x
     and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
     blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
     the gradient written as ``write`` says (``planeblock.WRITE_*``), and
     prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
     tile loops (:func:`_cf_tile_losses`), which read a copy of their tile
-    with ``copy_tiles`` (:func:`fastlogits.cpu.tiles.load_rows`).
+    with ``copy_tiles`` (:func:`fastlogits.cpu.blocks.tiles.load_rows`).
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
@@ -625,7 +621,7 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
                   ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
-    (:mod:`fastlogits.cpu.rowblock`; ``cols`` its column scratch: C * ROWS
+    (:mod:`fastlogits.cpu.blocks.rowblock`; ``cols`` its column scratch: C * ROWS
     elements; ``sc``: a :func:`_scratch` of at least P pixels): the
     targets first, then with ``want_grad`` the fused gradient blocks
     (:func:`_grad_blocks`, ``b`` from :func:`_grad_coef`, ``coef`` from
@@ -675,7 +671,7 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     blocks of ``rowblock.ROWS`` rows transposed in registers
     (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
     ROWS) a row at a time as vectors
-    (:mod:`fastlogits.cpu.rowvec`). Prefetches ``ahead_bytes`` ahead.
+    (:mod:`fastlogits.cpu.blocks.rowvec`). Prefetches ``ahead_bytes`` ahead.
     Without ``want_grad``, ``grad`` may be any (1, k) array of x's
     computed type. With ``stream``, or for a ``grad`` of float16 bits
     (rounded once), the gradient rows of kept pixels are staged: made in a
@@ -787,65 +783,3 @@ def target_weight_sum(t, w64, ignore, nthreads):
         sums[chunk, 1] = nbad
     out = sums.sum(axis=0)
     return out[0], int(out[1])
-
-
-def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
-    """Fused cross-entropy of the canonical views (x3 (outer, C, inner), t2
-    and loss2 (outer, inner), grad3 like x3; grad3/loss2 None when not
-    wanted). Returns ``[loss_sum, weight_sum, bad_count]`` (float64).
-
-    Non-contiguous views are copied (x) or written through a temporary
-    (loss, grad), so each kernel is compiled for C-contiguous arrays only.
-    ``grad3`` may be ``x3`` (in place). x3 and grad3 may hold float16
-    bits (:mod:`.scores`).
-    """
-    outer, C, inner = x3.shape
-    dtype = _computed_in(x3)
-    x3 = np.ascontiguousarray(x3)
-    t2 = np.ascontiguousarray(t2)
-    want_grad = grad3 is not None
-    want_loss = loss2 is not None
-    lwork = loss2
-    if want_loss and not loss2.flags.c_contiguous:
-        lwork = np.empty(loss2.shape, loss2.dtype)
-    gwork = grad3
-    if want_grad and not grad3.flags.c_contiguous:
-        gwork = np.empty(grad3.shape, grad3.dtype)
-    with launch_threads(x3.size) as nthreads:
-        if inner > 1:
-            g = gwork if want_grad else _stand_in(3, dtype)
-            # Targets and losses flat (outer * inner): a view per tile of an
-            # array all threads share costs two atomic reference-count
-            # updates on its one line (bench/RESULTS.md, log 44).
-            lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
-            direct = not (want_grad and np.may_share_memory(x3, g))
-            write = _plane_write(x3, g) if want_grad else WRITE_EBUF
-            blocks = _plane_blocks(C, True)
-            # Longer tiles for the blocks, unless the gradient goes through
-            # the scratch tile (ebuf: in place, or not streamed straight),
-            # which must stay in L1: in place took 1.1x longer in 1024-pixel
-            # tiles (bench/RESULTS.md, log 48).
-            long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
-            tile = _cf_tile_pixels(x3, True, tuning.current().cpu.loss_tile_pixels if long_tiles else None)
-            res = ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        tile, nthreads, direct, blocks, write, tuning.current().cpu.prefetch_plane_bytes,
-                        _cf_copies_tiles(x3))
-        else:
-            x2 = x3.reshape(outer, C)
-            g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)
-            lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
-            args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
-                    want_loss)
-            blocks = _row_blocks(C, tuning.current().cpu.row_block_xent_max_classes)
-            if C < tuning.current().cpu.row_min_classes and not blocks:
-                res = ce_cl_tiles(*args, _tile_pixels(C), nthreads, tuning.current().cpu.prefetch_bytes)
-            else:
-                tile = _tile_pixels(C, tuning.current().cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
-                stream = want_grad and not blocks and _streams_rows(x2, g)
-                res = ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
-                                 tile, stream)
-    if lwork is not loss2:
-        loss2[...] = lwork
-    if gwork is not grad3:
-        grad3[...] = gwork
-    return res

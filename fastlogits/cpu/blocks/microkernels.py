@@ -36,8 +36,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
-from fastlogits.cpu.irutil import (I32, I64, const, element_ptr, fmuladd_fn, i64, lane_mask, loop,
-                                   masked_load, splat as splat_vec, vector_loop, vptr)
+from fastlogits.cpu.llvm.irutil import (I32, I64, const, element_ptr, fmuladd_fn, i64, lane_mask, loop,
+                                        masked_load, splat as splat_vec, vector_loop, vptr)
 
 _WIDE = target_has_avx512()
 
@@ -274,7 +274,7 @@ dot_block = _dot_block_intrinsic(False)
 #: :data:`VECTOR_BYTES`, in W and in f alike, with N a multiple of L (>=
 #: L): every load is within one cache line (an unaligned 64-byte load
 #: spans two and costs two of the L1's loads; see
-#: :func:`fastlogits.cpu.head.dot_weights`).
+#: :func:`fastlogits.cpu.ops.head.dot_weights`).
 dot_block_aligned = _dot_block_intrinsic(True)
 
 

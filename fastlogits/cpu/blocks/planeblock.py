@@ -27,15 +27,15 @@ block sit a plane apart, and planes whose size is a multiple of 4 KiB
 (1024 x 2048 pixels, 512 x 512, ...) put every one of them in the same L1
 set (and, a multiple of 128 KiB, L2 set): a second pass over x would find
 most of them evicted. The drivers start blocks on 64-byte lines
-(:func:`fastlogits.cpu.tiles.cf_tile`) and prefetch the planes a few
-blocks ahead (:func:`fastlogits.cpu.prefetch.prefetch_planes`).
+(:func:`fastlogits.cpu.blocks.tiles.cf_tile`) and prefetch the planes a few
+blocks ahead (:func:`fastlogits.cpu.llvm.prefetch.prefetch_planes`).
 
 A block is addressed by the flat index ``start = (o * C) * inner + i``
 of its first score (pixel i of image o, class 0); pixels ``i .. i +
 LANES - 1`` must exist. x (and ``out``) must be C-contiguous; nothing is
 bounds-checked.
 
-x may hold float16 bits (:mod:`.scores`, the reading intrinsics): its
+x may hold float16 bits (:mod:`fastlogits.cpu.llvm.scores`, the reading intrinsics): its
 loads are halves widened in registers, and "x's dtype" below (of m,
 cols, w, ...) then means float32. The stores and the gradient take
 float x only.
@@ -48,14 +48,14 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.irutil import I32, I64, const, i64, loop, splat, vector_of
-from fastlogits.cpu.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
-                                     _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
-                                     _wsum_part, _xent_grad_part, _xent_part,
-                                     max_expsum_args_ok, store_values, xent_args_ok,
-                                     xent_grad_args_ok)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
-from fastlogits.cpu.stream import LINE, mark_nontemporal
+from fastlogits.cpu.blocks.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTMAX,
+                                            _argmax_expsum_part, _argmax_part, _is_sums, _is_vec,
+                                            _wsum_part, _xent_grad_part, _xent_part,
+                                            max_expsum_args_ok, store_values, xent_args_ok,
+                                            xent_grad_args_ok)
+from fastlogits.cpu.llvm.irutil import I32, I64, const, i64, loop, splat, vector_of
+from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
+from fastlogits.cpu.llvm.stream import LINE, mark_nontemporal
 
 #: Pixels of one block: as many as the row blocks' rows (16 on AVX-512,
 #: else 8), so a block's float32 scores of one class fill one vector
@@ -67,7 +67,7 @@ _NINF = float("-inf")
 #: How the channels-first blocks write an x-sized output (softmax,
 #: log_softmax, the cross-entropy gradient): into an L1 scratch tile,
 #: then its class rows into out by ordinary stores (``WRITE_EBUF``) or
-#: non-temporal ones (``WRITE_EBUF_STREAM``, :mod:`.stream`); or straight
+#: non-temporal ones (``WRITE_EBUF_STREAM``, :mod:`fastlogits.cpu.llvm.stream`); or straight
 #: from the blocks by non-temporal stores, a whole line per class and
 #: block (``WRITE_STREAM``: out's blocks must start lines, as x's do).
 #: Straight by ordinary stores, one line in each of C planes per block,
@@ -113,7 +113,7 @@ class _PlaneBlock:
     """IR view of ``lanes`` pixels of every class plane of x (outer, C,
     inner) from the flat index ``start``: :meth:`column` c is
     ``x.flat[start + c * inner:][:lanes]``, one vector load. The same
-    interface as :class:`fastlogits.cpu.rowblock._RowBlock`, so the part
+    interface as :class:`fastlogits.cpu.blocks.rowblock._RowBlock`, so the part
     codegens of :mod:`.rowblock` run on it."""
 
     def __init__(self, context, builder, aty, aval, start, lanes, wide_offsets=False):
@@ -197,7 +197,7 @@ def _reading(lanes, part_codegen, wide_offsets=False):
 def _store_planes(context, builder, oty, oval, start, lanes, nontemporal, value):
     """Store ``value(c)`` (a vector of ``lanes`` results) for every class c
     at the block ``start`` of ``out`` (Numba type ``oty``, value ``oval``):
-    into class c's plane, by non-temporal stores (:mod:`.stream`) with
+    into class c's plane, by non-temporal stores (:mod:`fastlogits.cpu.llvm.stream`) with
     ``nontemporal``, which need every class's address to start a 64-byte
     line."""
     b = builder
@@ -219,7 +219,7 @@ def _store_planes(context, builder, oty, oval, start, lanes, nontemporal, value)
 
 def _storing(lanes, what, nontemporal):
     """The codegen of a store intrinsic (args (cols, m, inv_t, g, p, out,
-    start)): each class's results (:func:`fastlogits.cpu.rowblock.store_values`)
+    start)): each class's results (:func:`fastlogits.cpu.blocks.rowblock.store_values`)
     into its plane of ``out`` (:func:`_store_planes`)."""
     def codegen(context, builder, sig, args):
         value = store_values(context, builder, sig, args, lanes, 0, what)
@@ -230,7 +230,7 @@ def _storing(lanes, what, nontemporal):
 
 def plane_intrinsics(lanes, wide_offsets=False):
     """The channels-first block intrinsics for blocks of ``lanes`` pixels:
-    a namespace with the names of :func:`fastlogits.cpu.rowblock.block_intrinsics`'
+    a namespace with the names of :func:`fastlogits.cpu.blocks.rowblock.block_intrinsics`'
     (``argmax``, ``argmax_expsum``, ``wsum``, ``max_expsum``,
     ``max_expstore``, ``xent``, ``xent_grad``, ``store_softmax``,
     ``store_log_softmax``), each taking x or out (outer, C, inner) and the
@@ -263,8 +263,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
     def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):
         """:func:`planes_argmax`, and ``s[p + i] = sum_c exp((x_c - m[p +
         i]) * inv_t) - 1`` (the terms but the max's,
-        :func:`fastlogits.cpu.tiles.rest`; float64 or x's dtype, the sum in x's precision: C up to
-        :data:`fastlogits.cpu.tiles.SUM_BLOCK`; garbage where the max is
+        :func:`fastlogits.cpu.blocks.tiles.rest`; float64 or x's dtype, the sum in x's precision: C up to
+        :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK`; garbage where the max is
         not finite); each class's scores are kept in ``cols`` (C * lanes
         elements of x's dtype, an L1 scratch) on the way, and the exp-sum
         reads them back."""
@@ -320,7 +320,7 @@ def plane_intrinsics(lanes, wide_offsets=False):
             block ``out_start`` of out (by non-temporal stores with
             ``nontemporal``), final, and their m, s, xt (and sm, with ``w``
             not None) for the loss step, in one pass
-            (:func:`fastlogits.cpu.rowblock._xent_grad_part`)."""
+            (:func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`)."""
             if not (_is_planes(x) and _is_planes(out)
                     and xent_grad_args_ok(x, start, m, p, cols, tt, wt, coef, bc, w, s, xt, sm,
                                           out, out_start)):
@@ -341,7 +341,7 @@ def plane_intrinsics(lanes, wide_offsets=False):
     @intrinsic
     def planes_xent(typingctx, x, start, m, p, cols, tt, wt, loss, at, want_loss, sums, w, ls):
         """The cross-entropy losses of the block's pixels in one pass
-        (:func:`fastlogits.cpu.rowblock._xent_part`, label-smoothed with
+        (:func:`fastlogits.cpu.blocks.rowblock._xent_part`, label-smoothed with
         ``w`` and ``ls`` not None): float32 x only."""
         if not (_is_planes(x) and xent_args_ok(x, start, m, p, cols, tt, wt, loss, at,
                                                want_loss, sums, w, ls)):

@@ -15,7 +15,7 @@ float32's time: bench/RESULTS.md, log 49).
 - Intrinsics type x by :func:`is_scores` and :func:`compute_type` and
   load vectors through :class:`ScoreIR`: a load of ``lanes`` halves and
   an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
-  path only where :data:`fastlogits.cpu.half.HARDWARE`).
+  path only where :data:`fastlogits.cpu.llvm.half.HARDWARE`).
 
 float16 outputs (softmax's, log_softmax's, logsumexp's, the loss
 gradient) reach the kernels as bits too. Their results are computed in float32 and rounded to
@@ -32,8 +32,8 @@ from numba.core.extending import overload
 from numba.np.numpy_support import as_dtype
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.half import _from_half_bits, _half_bits
-from fastlogits.cpu.irutil import masked_gather, masked_load, masked_store, vptr
+from fastlogits.cpu.llvm.half import _from_half_bits, _half_bits
+from fastlogits.cpu.llvm.irutil import masked_gather, masked_load, masked_store, vptr
 
 #: The Numba dtype of float16 scores' bits.
 HALF_BITS = types.uint16
@@ -176,12 +176,12 @@ class ScoreIR:
         masked_store(builder, self.narrow(builder, v), self._data(builder, data), index, mask)
 
     def masked_load(self, builder, data, index, mask, passthru):
-        """:func:`fastlogits.cpu.irutil.masked_load` of x's scores."""
+        """:func:`fastlogits.cpu.llvm.irutil.masked_load` of x's scores."""
         return self._masked(builder, lambda p: masked_load(
             builder, self._data(builder, data), index, mask, p), mask, passthru)
 
     def masked_gather(self, builder, data, index, mask, passthru):
-        """:func:`fastlogits.cpu.irutil.masked_gather` of x's scores
+        """:func:`fastlogits.cpu.llvm.irutil.masked_gather` of x's scores
         (``data`` a pointer into x)."""
         return self._masked(builder, lambda p: masked_gather(
             builder, self._data(builder, data), index, mask, p), mask, passthru)

@@ -19,7 +19,7 @@ The full-range :func:`exp32` / :func:`exp64` are compiled without
 ``reassoc`` (see ``EXP_FASTMATH``); the kernels' exp of shifted scores,
 :func:`fexp_shifted`, is IR written by :func:`exp_shifted_ir` (one
 generator for scalars in Numba loops and for the vectors of
-:mod:`.rowvec`) whose instructions carry no fast-math flags at all. Their
+:mod:`fastlogits.cpu.blocks.rowvec`) whose instructions carry no fast-math flags at all. Their
 accuracy is tested inside a kernel compiled with the full flag set. On
 AVX-512 targets the float32 vectors of the register blocks and row
 kernels take an exp2 form instead (:func:`_exp2_shifted_ir`: fewer
@@ -37,7 +37,7 @@ from numba.extending import intrinsic, overload
 
 from fastlogits._vector_width import target_has, target_has_avx512
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.irutil import I32, fmuladd, intrinsic_fn, vector_of
+from fastlogits.cpu.llvm.irutil import I32, fmuladd, intrinsic_fn, vector_of
 
 # No ``reassoc`` here (but everything else of FASTMATH): reassociation could
 # evaluate ``p * s1 * s2`` as ``p * (s1 * s2)``, which overflows at the top
@@ -269,7 +269,7 @@ def _exp2_shifted_ir(builder, t):
 def exp_shifted_ir(builder, t):
     """IR of ``exp(t)`` for shifted scores ``t = (x - max) / T <= 0``: a
     float32 or float64 value, scalar or vector (the vector row kernels of
-    :mod:`.rowvec` call it directly; Numba code calls :func:`fexp_shifted`).
+    :mod:`fastlogits.cpu.blocks.rowvec` call it directly; Numba code calls :func:`fexp_shifted`).
     float32 vectors of whole 64-byte registers on AVX-512 targets (the
     register blocks and row kernels) take the exp2 form instead
     (:func:`_exp2_shifted_ir`), with its error bound.

@@ -14,12 +14,12 @@ the caller raises the error (and adds nothing to ``out=``).
 Private histograms pay off only when there are many more pixels than
 cells: a call's histograms are zeroed and merged whatever its pixel
 count, so with many classes (a classifier's 1000, a vocabulary's 32000:
-an 8 GB matrix) or few pixels per call, :func:`private_histograms` says
+an 8 GB matrix) or few pixels per call, :func:`fastlogits.cpu.plan.private_histograms` says
 no and the caller takes the labels first (the argmax kernels) and bins
 them into the destination in one serial pass (:func:`bin_labels`).
 
 Drivers: :func:`confusion_cf` (channels-first: register blocks of pixels,
-:mod:`fastlogits.cpu.planeblock`, and tiles for the rest),
+:mod:`fastlogits.cpu.blocks.planeblock`, and tiles for the rest),
 :func:`confusion_cl_tiles` (channels-last, few classes, a tile of rows
 transposed into an L1 scratch),
 :func:`confusion_cl_rows` (channels-last, contiguous rows with
@@ -32,18 +32,15 @@ Each adds into ``counts`` and returns the number of bad targets.
 import numpy as np
 from numba import njit, prange
 
-from fastlogits import tuning
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu import (_cf_tile_pixels, _plane_blocks, _row_blocks, _row_prefetch_bytes,
-                            _tile_pixels, launch_threads)
-from fastlogits.cpu.planeblock import LANES, planes_argmax
-from fastlogits.cpu.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_rows, rows_ahead)
-from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax
-from fastlogits.cpu.rowvec import vrow_argmax
-from fastlogits.cpu.scores import scratch
-from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
-                                  tile_argmax)
+from fastlogits.cpu.blocks.planeblock import LANES, planes_argmax
+from fastlogits.cpu.blocks.rowblock import ROWS, blocks_end, rows_argmax
+from fastlogits.cpu.blocks.rowvec import vrow_argmax
+from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
+                                         tile_argmax)
+from fastlogits.cpu.llvm.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
+                                          prefetch_row, prefetch_rows, rows_ahead)
+from fastlogits.cpu.llvm.scores import scratch
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -76,7 +73,7 @@ def _merge(hists, counts):
 def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
     """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner). With
     ``blocks``, each tile's whole blocks of ``planeblock.LANES`` pixels go
-    by the register blocks (:mod:`fastlogits.cpu.planeblock`), the rest by
+    by the register blocks (:mod:`fastlogits.cpu.blocks.planeblock`), the rest by
     the tile loop; the blocks prefetch ``ahead_bytes`` ahead in each class
     plane."""
     outer, C, inner = x.shape
@@ -137,8 +134,8 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
 def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): with
     ``blocks``, ``rowblock.ROWS`` rows at a time transposed in registers
-    (:mod:`fastlogits.cpu.rowblock`, C >= 8), else (and for a chunk's last
-    rows % ROWS) a row at a time as vectors (:mod:`fastlogits.cpu.rowvec`);
+    (:mod:`fastlogits.cpu.blocks.rowblock`, C >= 8), else (and for a chunk's last
+    rows % ROWS) a row at a time as vectors (:mod:`fastlogits.cpu.blocks.rowvec`);
     prefetching ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
@@ -169,40 +166,13 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     return bad.sum()
 
 
-#: Histogram cells (all threads') that cost nothing worth a second pass:
-#: below this, :func:`private_histograms` keeps them whatever the pixels.
-SMALL_HISTOGRAMS = 1 << 12
-
-
-def private_histograms(C, pixels, nthreads):
-    """Whether a call on ``pixels`` pixels of C classes should bin into
-    private (C, C) histograms (:func:`run_confusion`): only if the
-    threads' histograms hold fewer cells than there are pixels (or fewer
-    than :data:`SMALL_HISTOGRAMS`), and fit
-    ``tuning.current().cpu.confusion_hist_bytes``. Otherwise zeroing and merging
-    them costs more than the pixels: 512 rows of 32000 classes took 7.1 s
-    so (two 8 GB matrices), against 60 ms for NumPy's bincount; 256 rows
-    of 1000, 39-45 ms against 0.1 by the labels (bench/RESULTS.md, log
-    55)."""
-    cells = C * C
-    return (cells * nthreads <= max(pixels, SMALL_HISTOGRAMS)
-            and cells * 8 <= tuning.current().cpu.confusion_hist_bytes)
-
-
-def _chunks(C, pixels, nthreads):
-    """Chunks (private histograms): a few per thread, within the memory
-    bound, and fewer cells in all than pixels."""
-    return max(1, min(4 * nthreads, tuning.current().cpu.confusion_hist_bytes // (C * C * 8),
-                      pixels // (C * C)))
-
-
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def bin_labels(t, labels, ignore, counts):
     """Add each pixel's (target, label) to ``counts`` (C, C) int64: ``t``
     and ``labels`` flat, of any integer dtypes; ignored pixels skipped.
     Nothing is added if a target is bad (outside [0, C), not ``ignore``):
     returns their number (0 when binned). Serial: for the calls where
-    private histograms do not pay (:func:`private_histograms`)."""
+    private histograms do not pay (:func:`fastlogits.cpu.plan.private_histograms`)."""
     C = counts.shape[0]
     nbad = 0
     for p in range(t.shape[0]):
@@ -215,26 +185,3 @@ def bin_labels(t, labels, ignore, counts):
         if ti != ignore:
             counts[ti, labels[p]] += 1
     return 0
-
-
-def run_confusion(x3, t2, ignore_index, counts):
-    """Add the confusion counts of the canonical views x3 (outer, C, inner)
-    and t2 (outer, inner) into ``counts`` (C, C) int64; returns the number
-    of bad targets (nothing is binned for them)."""
-    outer, C, inner = x3.shape
-    x3 = np.ascontiguousarray(x3)
-    t2 = np.ascontiguousarray(t2)
-    with launch_threads(x3.size) as nthreads:
-        nchunks = _chunks(C, outer * inner, nthreads)
-        if inner > 1:
-            return int(confusion_cf(x3, t2, ignore_index, counts, nchunks,
-                                    _cf_tile_pixels(x3, False),
-                                    _plane_blocks(C, False), tuning.current().cpu.prefetch_plane_bytes))
-        x2 = x3.reshape(outer, C)
-        t1 = t2.reshape(outer)
-        blocks = _row_blocks(C, tuning.current().cpu.row_block_max_classes)
-        if C < tuning.current().cpu.row_argmax_min_classes and not blocks:
-            return int(confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
-                                          _tile_pixels(C), tuning.current().cpu.prefetch_bytes))
-        return int(confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
-                                     _row_prefetch_bytes(C, x3.itemsize), blocks))

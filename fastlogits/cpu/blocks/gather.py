@@ -1,7 +1,7 @@
 """Vector transposes for the channels-last tiles.
 
 Channels-last tiles are transposed into (C, P) scratch before the
-vectorized tile loops (:func:`fastlogits.cpu.tiles.load_transposed`). The
+vectorized tile loops (:func:`fastlogits.cpu.blocks.tiles.load_transposed`). The
 class-c scores of consecutive pixels sit C elements apart; with C known
 only at run time LLVM turns that read into scalar loads and inserts
 (measured ~2 G elements/s per core, the largest cost of the channels-last
@@ -32,10 +32,10 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import (I32, I64, const, i64, lane_mask, masked_gather, masked_load,
-                                   masked_store, splat, vector_loop, vector_of, vptr)
-from fastlogits.cpu.microkernels import VECTOR_BYTES
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_scores
+from fastlogits.cpu.blocks.microkernels import VECTOR_BYTES
+from fastlogits.cpu.llvm.irutil import (I32, I64, const, i64, lane_mask, masked_gather, masked_load,
+                                        masked_store, splat, vector_loop, vector_of, vptr)
+from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_scores
 
 #: Elements per gather (one AVX-512 vector of float32).
 GATHER = 16
@@ -47,8 +47,8 @@ IVEC = ir.VectorType(I64, GATHER)
 @intrinsic
 def gather16(typingctx, src, start, stride, dst, dstart):
     """``dst.flat[dstart + k] = src.flat[start + k * stride]`` for k < 16
-    (src scores, :mod:`.scores`; dst in their computed type): one vector
-    gather (:meth:`.scores.ScoreIR.masked_gather`, every lane on) and one
+    (src scores, :mod:`fastlogits.cpu.llvm.scores`; dst in their computed type): one vector
+    gather (:meth:`fastlogits.cpu.llvm.scores.ScoreIR.masked_gather`, every lane on) and one
     contiguous store."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
             and is_scores(src.dtype) and dst.dtype == compute_type(src.dtype)
@@ -177,7 +177,7 @@ def transpose8(typingctx, src, start, stride, nclasses, dst, dstart, dstride):
     block of the channels-last transpose, 8 row loads (masked when
     nclasses < 8: nothing past a row's end is read), a shuffle transpose
     in registers and ``nclasses`` contiguous stores. C-contiguous arrays
-    of scores (floats or float16 bits, :mod:`.scores`) computed in one
+    of scores (floats or float16 bits, :mod:`fastlogits.cpu.llvm.scores`) computed in one
     type, indexed flat; nothing is bounds-checked."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
             and is_scores(src.dtype) and is_scores(dst.dtype)

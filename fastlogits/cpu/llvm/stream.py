@@ -28,9 +28,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.irutil import I64, const, i64, intrinsic_fn, lane_mask, loop, splat, vector_of
-from fastlogits.cpu.prefetch import LINE_BYTES as LINE
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
+from fastlogits.cpu.llvm.irutil import I64, const, i64, intrinsic_fn, lane_mask, loop, splat, vector_of
+from fastlogits.cpu.llvm.prefetch import LINE_BYTES as LINE
+from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
 
 
 def mark_nontemporal(builder, store):

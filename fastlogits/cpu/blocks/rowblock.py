@@ -4,7 +4,7 @@ A channels-last pixel's C scores are one row of a C-contiguous (rows, C)
 array. For the per-pixel reductions of argmax, classify, cross-entropy and
 the confusion matrix, these intrinsics take :data:`ROWS` consecutive rows,
 load them 8 classes at a time as vectors, transpose each 8 x 8 block in
-registers (:func:`fastlogits.cpu.gather._transpose_ir`) and reduce the
+registers (:func:`fastlogits.cpu.blocks.gather._transpose_ir`) and reduce the
 columns across the class blocks, the pixels' running max, index and
 exp-sum living in vector registers. Nothing goes through a scratch tile,
 and there is no horizontal reduction per row (what the row kernels of
@@ -33,7 +33,7 @@ C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes an
 the last ``rows % ROWS`` pixels another way. x must be C-contiguous; nothing
 is bounds-checked.
 
-x may hold float16 bits (:mod:`.scores`, the reading intrinsics): its
+x may hold float16 bits (:mod:`fastlogits.cpu.llvm.scores`, the reading intrinsics): its
 loads are halves widened in registers, and "x's dtype" below (of m,
 cols, w, ...) then means float32. The stores and the gradient take
 float x only.
@@ -46,12 +46,12 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
-from fastlogits.cpu.fastexp import EXP_FASTMATH, exp_shifted_ir
-from fastlogits.cpu.fastlog import log1p32_ir
-from fastlogits.cpu.gather import BLOCK8, _transpose_ir
-from fastlogits.cpu.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, non_one,
-                                   rest_ir, splat, type_suffix, vector_of, vptr)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
+from fastlogits.cpu.blocks.gather import BLOCK8, _transpose_ir
+from fastlogits.cpu.llvm.fastexp import EXP_FASTMATH, exp_shifted_ir
+from fastlogits.cpu.llvm.fastlog import log1p32_ir
+from fastlogits.cpu.llvm.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, non_one,
+                                        rest_ir, splat, type_suffix, vector_of, vptr)
+from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
 
 _NINF = float("-inf")
 
@@ -356,7 +356,7 @@ def _fold_classes(builder, rw, init, step):
 
 def _sum_classes(builder, rw, term):
     """The sum over the classes c of the exponentials ``term(c)`` less the
-    max's 1 (:func:`fastlogits.cpu.tiles.rest`, from the sums of all terms
+    max's 1 (:func:`fastlogits.cpu.blocks.tiles.rest`, from the sums of all terms
     and of those other than 1), each in two accumulators
     (:func:`_fold_classes`)."""
     b = builder
@@ -542,7 +542,7 @@ def _xent_grad_part(context, builder, sig, args, rw, offset):
     max's 1 (:func:`_exp_columns`) and, when
     ``w`` is an array (label smoothing), ``sum_c w[c] (m - x_c)``, into s
     and sm at the block's pixels, for the loss step that follows
-    (:func:`fastlogits.cpu.losses._pixel_losses`). The gradient's scales,
+    (:func:`fastlogits.cpu.ops.losses._pixel_losses`). The gradient's scales,
     ``A = (coef[0] wt + coef[1]) / (1 + s)`` (NaN where the max is not finite)
     and ``D = coef[0] wt``, with ``coef = (g (1 - eps), g eps W / C)``
     and ``bc[c] = g eps w[c] / C``, give :func:`grad_value`. No score of x
@@ -703,7 +703,7 @@ def block_intrinsics(rows, wide):
         float array ``x`` into ``m[p:p + ROWS]`` (x's dtype) and the index
         of its first occurrence into ``idx[p:p + ROWS]`` (int32); the first
         NaN wins over any number (NumPy's rule, as
-        :func:`fastlogits.cpu.tiles.tile_argmax`)."""
+        :func:`fastlogits.cpu.blocks.tiles.tile_argmax`)."""
         if not (_is_rows(x) and _is_vec(m, compute_type(x.dtype)) and _is_vec(idx, types.int32)
                 and isinstance(r, types.Integer) and isinstance(p, types.Integer)):
             return None
@@ -712,7 +712,7 @@ def block_intrinsics(rows, wide):
     @intrinsic
     def rows_wsum(typingctx, x, r, m, p, w, s):
         """``s[p + i] = sum_c w[c] * (m[p + i] - x[r + i, c])`` for i < ROWS
-        (the label-smoothing sum of :mod:`fastlogits.cpu.losses`; ``w``
+        (the label-smoothing sum of :mod:`fastlogits.cpu.ops.losses`; ``w``
         (C,) in x's dtype, ``s`` float64 or x's dtype, the sum in x's
         precision)."""
         if not (_is_rows(x) and _is_vec(m, compute_type(x.dtype))
@@ -726,8 +726,8 @@ def block_intrinsics(rows, wide):
     def rows_argmax_expsum(typingctx, x, r, m, idx, p, inv_t, cols, s):
         """:func:`rows_argmax`, and ``s[p + i] = sum_c exp((x[r + i, c] -
         m[p + i]) * inv_t) - 1`` for i < ROWS (the terms but the max's,
-        :func:`fastlogits.cpu.tiles.rest`; ``s`` float64 or x's dtype, the sum in x's
-        precision: for C up to :data:`fastlogits.cpu.tiles.SUM_BLOCK`;
+        :func:`fastlogits.cpu.blocks.tiles.rest`; ``s`` float64 or x's dtype, the sum in x's
+        precision: for C up to :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK`;
         garbage where the max is not finite: callers mask those pixels, as
         for the tiles). One pass over the rows: each class's transposed
         column is stored in ``cols`` (at least C * ROWS elements of x's dtype,

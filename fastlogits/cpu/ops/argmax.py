@@ -5,27 +5,27 @@ classify never materializes probabilities: the top-1 probability is
 while the tile is still in cache. ``with_conf`` turns the exp-sum off for a
 plain argmax; the branch sits outside the inner loops.
 
-Drivers mirror :mod:`fastlogits.cpu.softmax`: :func:`argmax_cf` (channels-
-first: blocks of pixels reduced in registers, :mod:`fastlogits.cpu.planeblock`,
+Drivers mirror :mod:`fastlogits.cpu.ops.softmax`: :func:`argmax_cf` (channels-
+first: blocks of pixels reduced in registers, :mod:`fastlogits.cpu.blocks.planeblock`,
 and tiles for the rest), :func:`argmax_cl_tiles` (channels-last, few classes
 or rows that are not contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
-register-transposed blocks of rows of :mod:`fastlogits.cpu.rowblock` or
-the vector row kernels of :mod:`fastlogits.cpu.rowvec`).
+register-transposed blocks of rows of :mod:`fastlogits.cpu.blocks.rowblock` or
+the vector row kernels of :mod:`fastlogits.cpu.blocks.rowvec`).
 """
 
 import numpy as np
 from numba import njit, prange
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
-from fastlogits.cpu.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
-                                     prefetch_row, prefetch_rows, region_from, rows_ahead)
-from fastlogits.cpu.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
-from fastlogits.cpu.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.scores import scratch
-from fastlogits.cpu.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
-                                  load_transposed, next_tile_cl, tile_argmax, tile_expsum,
-                                  work_chunks)
+from fastlogits.cpu.blocks.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
+from fastlogits.cpu.blocks.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
+from fastlogits.cpu.blocks.rowvec import vrow_argmax, vrow_expsum
+from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+                                         load_transposed, next_tile_cl, tile_argmax, tile_expsum,
+                                         work_chunks)
+from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
+                                          prefetch_row, prefetch_rows, region_from, rows_ahead)
+from fastlogits.cpu.llvm.scores import scratch
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -48,7 +48,7 @@ def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols, 
     """Labels (and confidence) of pixels ``i0 .. i0 + P - 1`` of image o
     into ``labels[i0:i0 + P]``, P a multiple of ``planeblock.LANES``: block
     by block, each block's max, index (and exp-sum, from the scores it
-    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.planeblock`),
+    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.blocks.planeblock`),
     prefetching ``ahead`` pixels ahead (:func:`prefetch_planes`)."""
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
@@ -83,13 +83,13 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
               copy_tiles):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
     (without ``with_conf``, ``conf`` may be any array of that type: not
-    touched). Tiles from :func:`fastlogits.cpu.tiles.cf_tile`. With
+    touched). Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With
     ``blocks`` (C-contiguous x; C <= ``tiles.SUM_BLOCK`` for classify),
     each tile's whole blocks of ``planeblock.LANES`` pixels go by the
     register blocks and the rest by the tile loops; without, every pixel
     by the tile loops. The blocks prefetch ``ahead_bytes`` ahead in each
     class plane. With ``copy_tiles`` (and ``with_conf``) the tile loops read a
-    copy of their tile (:func:`fastlogits.cpu.tiles.load_rows`)."""
+    copy of their tile (:func:`fastlogits.cpu.blocks.tiles.load_rows`)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -151,9 +151,9 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
 def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blocks):
     """Channels-last, C-contiguous ``x`` (rows, C): with ``blocks``,
     ``rowblock.ROWS`` rows at a time transposed in registers
-    (:mod:`fastlogits.cpu.rowblock`, C >= 8; classify's exp-sum reads the
+    (:mod:`fastlogits.cpu.blocks.rowblock`, C >= 8; classify's exp-sum reads the
     columns its argmax kept), else (and for a chunk's last rows % ROWS) a
-    row at a time as vectors (:mod:`fastlogits.cpu.rowvec`); prefetching
+    row at a time as vectors (:mod:`fastlogits.cpu.blocks.rowvec`); prefetching
     ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)

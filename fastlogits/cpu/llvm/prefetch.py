@@ -43,7 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.irutil import element_ptr, loop
+from fastlogits.cpu.llvm.irutil import element_ptr, loop
 
 
 #: Bytes of a cache line: a prefetch every this many bytes covers a range.
@@ -197,7 +197,7 @@ def planes_ahead(x, ahead_bytes):
 def prefetch_planes(x, start, n, ahead):
     """Prefetch, in every class plane of the C-contiguous (outer, C, inner)
     x, the ``n`` scores ``ahead`` pixels past the block at flat index
-    ``start`` (see :mod:`fastlogits.cpu.planeblock`); ``ahead`` 0 does
+    ``start`` (see :mod:`fastlogits.cpu.blocks.planeblock`); ``ahead`` 0 does
     nothing.
 
     The hardware prefetcher follows a few streams, not the C of a

@@ -1,14 +1,14 @@
 """The exponentials of one class's run of pixels in a tile, as vectors.
 
-The transposed tiles (:mod:`.tiles`) sum ``exp((x[o, c, i0 + p] - m[p]) /
+The transposed tiles (:mod:`fastlogits.cpu.blocks.tiles`) sum ``exp((x[o, c, i0 + p] - m[p]) /
 T)`` over classes one class row at a time: a contiguous run of P pixels.
 Written as a Numba loop, LLVM vectorizes the scalar exponential of
-:func:`fastlogits.cpu.fastexp.fexp_shifted`, 13 vector operations per 16
+:func:`fastlogits.cpu.llvm.fastexp.fexp_shifted`, 13 vector operations per 16
 float32 scores; the register blocks and row kernels take the exp2 form
-on AVX-512 (:func:`fastlogits.cpu.fastexp.exp_shifted_ir` on whole
+on AVX-512 (:func:`fastlogits.cpu.llvm.fastexp.exp_shifted_ir` on whole
 512-bit vectors: 8). This intrinsic gives the tiles the same vectors:
 ``part[p] += e_p`` (and ``e_p`` unless exactly 1 into the sum of the
-non-maximal terms, ``part[h + p]``, :func:`fastlogits.cpu.tiles.rest`)
+non-maximal terms, ``part[h + p]``, :func:`fastlogits.cpu.blocks.tiles.rest`)
 and optionally ``out[p] = e_p``, 64 bytes at a time,
 a masked tail for the last P % L pixels.
 
@@ -22,10 +22,10 @@ from numba.core.extending import overload
 from numba.extending import intrinsic
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.fastexp import exp_shifted_ir, fexp_shifted
-from fastlogits.cpu.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
-from fastlogits.cpu.irutil import non_one, vector_of, vptr
-from fastlogits.cpu.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
+from fastlogits.cpu.llvm.fastexp import exp_shifted_ir, fexp_shifted
+from fastlogits.cpu.llvm.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
+from fastlogits.cpu.llvm.irutil import non_one, vector_of, vptr
+from fastlogits.cpu.llvm.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
 
 
 @intrinsic

@@ -10,18 +10,18 @@ transposed tiles still win (idle lanes, one dependency chain per row):
 regime (bench/RESULTS.md, log 21).
 
 Numba has no vector types, so these are intrinsics whose IR is written
-here (helpers in :mod:`.irutil`); the exponential is
-:func:`fastlogits.cpu.fastexp.exp_shifted_ir`, the same IR the tile
+here (helpers in :mod:`fastlogits.cpu.llvm.irutil`); the exponential is
+:func:`fastlogits.cpu.llvm.fastexp.exp_shifted_ir`, the same IR the tile
 kernels get through ``fexp_shifted``.
 
 - :func:`vrow_argmax`: ``(max, index)`` with the library's rules (the first
   NaN wins and makes the max NaN; else the first maximum).
 - :func:`vrow_expsum`: ``sum_c exp((row[c] - m) * inv_t) - 1`` in float64
-  (the sum of the non-maximal terms, :func:`fastlogits.cpu.tiles.rest`),
+  (the sum of the non-maximal terms, :func:`fastlogits.cpu.blocks.tiles.rest`),
   optionally storing the exponentials (softmax numerators, gradients).
 - :func:`vrow_max_expsum`: the max and that sum in one pass over memory,
   for long rows whose exponentials are not stored.
-x may hold float16 bits (:mod:`.scores`): loaded as halves, widened in
+x may hold float16 bits (:mod:`fastlogits.cpu.llvm.scores`): loaded as halves, widened in
 registers and computed in float32.
 """
 
@@ -29,11 +29,11 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastlogits.cpu.fastexp import exp_shifted_ir
-from fastlogits.cpu.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
-                                   masked_store, non_one, rest_ir, splat, vector_of, vptr)
-from fastlogits.cpu.scores import ScoreIR, compute_type, is_score_array
-from fastlogits.cpu.tiles import SUM_BLOCK
+from fastlogits.cpu.blocks.tiles import SUM_BLOCK
+from fastlogits.cpu.llvm.fastexp import exp_shifted_ir
+from fastlogits.cpu.llvm.irutil import (I1, I32, I64, const, i64, intrinsic_fn, lane_mask, loop,
+                                        masked_store, non_one, rest_ir, splat, vector_of, vptr)
+from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
 
 
 def _row_data(context, builder, aty, aval, r):
@@ -182,7 +182,7 @@ def vrow_argmax(typingctx, x, r):
 def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
     """``sum_c exp((x[r, c] - m) * inv_t) - 1`` (float64: the sum of the
     terms but the max's, from the sums of all terms and of those other
-    than 1, :func:`fastlogits.cpu.tiles.rest`) of row ``r`` of a
+    than 1, :func:`fastlogits.cpu.blocks.tiles.rest`) of row ``r`` of a
     C-contiguous (rows, C) float array; with ``write`` true the
     exponentials also go to row ``ro`` of ``out`` (C-contiguous, C scores
     in the type x's are computed in, or x's dtype: may be x itself);
@@ -190,7 +190,7 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
     never written, ``write`` or not.)
 
     float32 rows sum in float32 vectors over blocks of
-    :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes (as the tiles), then in
+    :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK` classes (as the tiles), then in
     float64. Garbage where ``m`` is not finite (callers
     mask those pixels, as for the tiles).
     """
@@ -285,7 +285,7 @@ def vrow_max_expsum(typingctx, x, r, inv_t):
     :func:`vrow_expsum` read a
     long row twice, the second time from L2 with memory idle; here the
     memory stream runs on under the arithmetic. float32 sums go in
-    float32 blocks of :data:`fastlogits.cpu.tiles.SUM_BLOCK` classes, as
+    float32 blocks of :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK` classes, as
     :func:`vrow_expsum`'s.
     """
     if not (is_score_array(x, 2) and isinstance(r, types.Integer)

@@ -20,7 +20,7 @@ stays scalar).
   stay in L1 while every class block uses them (:func:`_gemm_panels`).
   Blocks of OUTER_CLASSES x OUTER_PIXELS (10 x 32 with AVX-512, 6 x 16
   with AVX2) go through the LLVM-IR micro-kernel
-  :func:`fastlogits.cpu.microkernels.outer_block` (20 or 12 vector sums
+  :func:`fastlogits.cpu.blocks.microkernels.outer_block` (20 or 12 vector sums
   held in registers over the panel); the pixels left over, through
   :func:`gemm_rows`: ``out[m, :] += A[m, k] B[k, :]``, the inner loop
   elementwise along contiguous rows (which also turns the logits'
@@ -29,12 +29,12 @@ stays scalar).
   a pixel's N features are contiguous, as are W's rows, so
   ``z[c, p] = sum_n W[c, n] f[p, n]`` is a dot product along n,
   DOT_CLASSES x DOT_PIXELS at once (4 x 4 with AVX-512, 4 x 2 with AVX2;
-  :func:`fastlogits.cpu.microkernels.dot_block`: 16 vector sums and 8
+  :func:`fastlogits.cpu.blocks.microkernels.dot_block`: 16 vector sums and 8
   loads per 16 FMAs, or 8 and 6 per 8, then one transpose-add tree).
   When N is a multiple of one vector, W is copied to the feature rows'
   offset in a 64-byte line (:func:`dot_weights`) so every load of the
   main loop is aligned (``dot_block_aligned``).
-- Channels-last with N small next to C (:func:`cl_dot_form`): the tile's
+- Channels-last with N small next to C (:func:`fastlogits.cpu.plan.cl_dot_form`): the tile's
   rows are transposed into an (N, P) scratch (:func:`load_transposed`) and
   the outer-product form runs on it.
 
@@ -62,17 +62,17 @@ import numpy as np
 from numba import njit, prange
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.argmax import _tile as _argmax_tile
-from fastlogits.cpu.confusion import _count, _merge
-from fastlogits.cpu.losses import _tile_grad, _tile_losses, loss_coefs
-from fastlogits.cpu.losses import _scratch as _loss_scratch
-from fastlogits.cpu.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
-                                         VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
-                                         outer_block)
-from fastlogits.cpu.prefetch import no_region, prefetch
-from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
-from fastlogits.cpu.softmax import _tile as _expnorm_tile
-from fastlogits.cpu.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
+from fastlogits.cpu.blocks.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
+                                                VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
+                                                outer_block)
+from fastlogits.cpu.blocks.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
+from fastlogits.cpu.llvm.prefetch import no_region, prefetch
+from fastlogits.cpu.ops.argmax import _tile as _argmax_tile
+from fastlogits.cpu.ops.confusion import _count, _merge
+from fastlogits.cpu.ops.losses import _scratch as _loss_scratch
+from fastlogits.cpu.ops.losses import _tile_grad, _tile_losses, loss_coefs
+from fastlogits.cpu.ops.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
+from fastlogits.cpu.ops.softmax import _tile as _expnorm_tile
 
 #: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
 LOGITS = 3
@@ -283,7 +283,7 @@ def dot_weights(W, C, N, f, use):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def transposed_weights(W, b, C, N):
-    """W transposed for :func:`fastlogits.cpu.microkernels.outer_block`: flat
+    """W transposed for :func:`fastlogits.cpu.blocks.microkernels.outer_block`: flat
     (N + 1, Cp), ``Wt[n*Cp + c] = W[c*N + n]``, row N the bias, Cp = C
     rounded up to whole class blocks (the extra columns 0)."""
     Cp = (C + OUTER_CLASSES - 1) // OUTER_CLASSES * OUTER_CLASSES
@@ -300,7 +300,7 @@ def _gemm_panels(W, b, Wt, C, N, B, b0, sbk, P, z, zs):
     """``z[c*zs + p] = b[c] + sum_n W[c, n] B[b0 + n*sbk + p]`` in panels of
     K_PANEL feature rows (each panel stays in L1 while every class uses
     it): blocks of OUTER_CLASSES x OUTER_PIXELS by the register-blocked
-    :func:`fastlogits.cpu.microkernels.outer_block` (``Wt`` from
+    :func:`fastlogits.cpu.blocks.microkernels.outer_block` (``Wt`` from
     :func:`transposed_weights`), the last P % OUTER_PIXELS pixels by
     :func:`gemm_rows`."""
     if N == 0:
@@ -330,7 +330,7 @@ def tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, zs, cl_dot, ft, Wd, wd0, n0)
     ``f`` (rows, N): with ``cl_dot`` as dot products (:func:`gemm_dot`),
     else transposed into the (N, zs) scratch ``ft`` first and then in the
     outer-product form (better when N is small next to C: see
-    :func:`fastlogits.cpu.head.cl_dot_form`). ``Wd, wd0, n0``: from
+    :func:`fastlogits.cpu.plan.cl_dot_form`). ``Wd, wd0, n0``: from
     :func:`dot_weights`.
     """
     C = b.shape[0]
@@ -482,7 +482,7 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     ``[loss_sum, weight_sum, bad_count]``.
 
     Per tile: logits into the scratch, the loss epilogue of
-    :mod:`fastlogits.cpu.losses` on it (the exponentials replace the
+    :mod:`fastlogits.cpu.ops.losses` on it (the exponentials replace the
     logits), the logits' gradient formed in place, then W^T times it
     straight into ``grad``.
     """
@@ -545,33 +545,3 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
     _merge(hists, counts)
     return bad.sum()
-
-
-def cl_dot_form(C, N):
-    """Whether channels-last logits use the dot form (:func:`gemm_dot`)
-    rather than transpose-then-outer-product.
-
-    Per feature value the dot form pays ``C / 16`` vector FMAs plus the
-    horizontal sums of its C·P dot products (about ``8 C / N`` shuffles and
-    adds, on the FMA ports); the transposed form pays the same FMAs plus
-    the transpose into the scratch (vector gathers). So the dot form
-    wins when N is large next to C: ``N >= tuning.current().cpu.head_dot_min_ratio *
-    C`` (default 3, measured; 0 forces the dot form, a huge value the transpose).
-    """
-    from fastlogits import tuning
-
-    return N >= tuning.current().cpu.head_dot_min_ratio * C
-
-
-def tile_pixels(C, N, cl_dot):
-    """Pixels per tile: the core ops' choice for C classes
-    (:func:`fastlogits.cpu._tile_pixels`), and for the transposed
-    channels-last regime also at most ``CPU_TILE_ELEMENTS // N`` (>= 16),
-    so its (N, P) feature scratch stays in L2 too."""
-    from fastlogits import tuning
-    from fastlogits.cpu import _tile_pixels
-
-    tile = _tile_pixels(C)
-    if not cl_dot and N > 0:
-        tile = min(tile, max(16, tuning.current().cpu.tile_elements // N))
-    return int(tile)
