@@ -571,7 +571,7 @@ def test_cuda_without_gpu(rng):
 def test_channels_last_regimes(tune, rng, monkeypatch, ratio, C, N):
     """Both channels-last product forms (dot products, transposed tile),
     with small tiles so tails are covered, including the gradient."""
-    tune(cpu_head_dot_min_ratio=ratio, raising=False)
+    tune(cpu_head_dot_min_ratio=ratio)
     tune(cpu_tile_pixels=16)
     tune(cpu_tile_elements=64)
     head = make_head(rng, C, N, np.float32)
@@ -606,7 +606,7 @@ def test_channels_last_dot_form_at_every_line_offset(tune, rng, monkeypatch, dty
     in a 64-byte line, W copied to match: cpu.head.dot_weights) and its
     unaligned one (float32 N = 48: rows at three offsets), on features
     placed ``offset`` elements past a line, with the gradient."""
-    tune(cpu_head_dot_min_ratio=0, raising=False)
+    tune(cpu_head_dot_min_ratio=0)
     tune(cpu_tile_pixels=16)
     C = 5
     head = make_head(rng, C, N, dtype)

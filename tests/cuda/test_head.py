@@ -83,7 +83,7 @@ def budget(tune, monkeypatch):
         if case in ONE_BLOCK:
             tune(cuda_max_blocks=1)
         if nbytes is not None:
-            tune(cuda_head_shared_bytes=nbytes, raising=False)
+            tune(cuda_head_shared_bytes=nbytes)
     return set_budget
 
 
