@@ -9,7 +9,7 @@ Each function checks every argument, then dispatches through
   :mod:`fastlogits.cpu.ops.confusion`, which also check the target values on
   the way (a bad value is counted; the error is raised before anything is
   returned or added to ``out=``);
-- ``"cuda"``: :mod:`fastlogits.cuda.losses`.
+- ``"cuda"``: :mod:`fastlogits.cuda.host.losses`.
 
 Everything about the arguments (dtypes, shapes, options) is checked before
 any kernel runs.

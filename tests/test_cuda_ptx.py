@@ -56,7 +56,7 @@ def compiler():
 
 
 def _signatures():
-    from fastlogits.cuda.signatures import kernel_signatures
+    from fastlogits.cuda.host.signatures import kernel_signatures
 
     return kernel_signatures()
 
@@ -72,13 +72,13 @@ def test_compiles_for_sm90(compiler, name, kernel, argtypes, single):
 
 
 def _head_signatures():
-    from fastlogits.cuda.head import kernel_signatures
+    from fastlogits.cuda.host.signatures import head_kernel_signatures
 
-    return kernel_signatures()
+    return head_kernel_signatures()
 
 
 @pytest.mark.parametrize("name,kernel,argtypes,single", _head_signatures(),
                          ids=[s[0] for s in _head_signatures()])
 def test_head_compiles_for_sm90(compiler, name, kernel, argtypes, single):
-    """The fused LinearHead kernels (fastlogits.cuda.head), same checks."""
+    """The fused LinearHead kernels (fastlogits.cuda.kernels.head), same checks."""
     test_compiles_for_sm90(compiler, name, kernel, argtypes, single)

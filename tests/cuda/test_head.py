@@ -19,7 +19,7 @@ import fastlogits as fl
 from fastlogits import _layout, tuning
 from fastlogits._frontend import Features
 from fastlogits._numpy_backend import head_logits
-from fastlogits.cuda import head as kh
+from fastlogits.cuda.host import head as kh
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

@@ -16,7 +16,8 @@ from conftest import KINDS, SIM, ForeignArray, kind_of, real_gpu, to_gpu, to_hos
 
 import fastlogits as fl
 from fastlogits import reference, tuning
-from fastlogits.cuda import ops, runtime
+from fastlogits.cuda import runtime
+from fastlogits.cuda.host import ops
 
 EXPNORM = ("softmax", "log_softmax", "logsumexp")
 

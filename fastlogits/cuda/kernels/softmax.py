@@ -1,6 +1,6 @@
 """softmax, log_softmax and logsumexp on the GPU: one read of x from memory.
 
-All kernels take the canonical views built by :mod:`fastlogits.cuda.ops`:
+All kernels take the canonical views built by :mod:`fastlogits.cuda.host.ops`:
 ``x`` and ``out`` (outer, C, inner), ``red`` (outer, inner); ``out`` is
 written for softmax / log_softmax, ``red`` for logsumexp (the other is a
 1-element stand-in never touched). ``cdt`` carries the compute dtype
@@ -32,8 +32,8 @@ import math
 import numpy as np
 from numba import cuda, int64
 
-from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
-                                    tile_copy)
+from fastlogits.cuda.kernels.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
+                                            tile_copy)
 
 SOFTMAX = 0
 LOG_SOFTMAX = 1

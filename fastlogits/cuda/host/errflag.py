@@ -14,7 +14,7 @@ Usage (the loss kernels do exactly this)::
     flag.check({1: "target holds a value outside [0, {C}) at flat index {index}"},
                C=C)
 
-and inside the kernel::
+and inside the kernel (:mod:`fastlogits.cuda.kernels.errflag`)::
 
     if bad:
         raise_flag(flag, 1, item_index)      # device function
@@ -29,40 +29,9 @@ Ops that also bring sums back queue both copies and wait once
 (:meth:`ErrorFlag.fetch`, then ``read(fetched=True)``).
 """
 
-import numpy as np
-from numba import cuda
-
-#: Codes are 1 .. CODES - 1; the flag holds ``index * CODES + code``.
-CODES = 256
-
-#: The flag's value while no error was found.
-CLEAR = np.iinfo(np.int64).max
-
-
-@cuda.jit(device=True)
-def raise_flag(flag, code, index):
-    """Record error ``code`` (1 .. 255) found at item ``index`` (>= 0)."""
-    cuda.atomic.min(flag, 0, index * CODES + code)
-
-
-@cuda.jit(device=True)
-def block_sees_flag(flag, sm):
-    """True when ``flag`` was raised before this block read it, the same
-    answer for every thread of the block (thread 0 reads it into the shared
-    1-element int64 ``sm``): a kernel that must not write once an earlier
-    kernel found bad data returns early, uniformly, before any
-    ``syncthreads``. Every thread of the block must call it."""
-    if cuda.threadIdx.x == 0:
-        sm[0] = flag[0]
-    cuda.syncthreads()
-    return sm[0] != CLEAR
-
-
-@cuda.jit(cache=True)
-def _reset(flag):
-    # Cleared by a 1-thread kernel on the caller's stream: no host copy, no sync.
-    if cuda.grid(1) == 0:
-        flag[0] = CLEAR
+from fastlogits.cuda import runtime
+from fastlogits.cuda.host import scratch
+from fastlogits.cuda.kernels.errflag import CLEAR, CODES, reset_flag
 
 
 class ErrorFlag:
@@ -82,15 +51,13 @@ class ErrorFlag:
     """
 
     def __init__(self, stream, ctx=None):
-        from fastlogits.cuda import runtime, scratch
-
         ws = scratch.get(stream, ctx)
         self.stream = stream
         self.array = ws.flag
         self._host = ws.flag_host
         self._ws = ws
         if ws.flag_maybe_set:
-            runtime.launch(_reset, 1, 1, stream, 0, self.array)
+            runtime.launch(reset_flag, 1, 1, stream, 0, self.array)
         # Until read back clear: the kernels about to get it may raise it.
         ws.flag_maybe_set = True
 

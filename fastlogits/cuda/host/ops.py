@@ -1,4 +1,4 @@
-"""Host side of the CUDA backend, called by :mod:`fastlogits.api`.
+"""Host side of the CUDA backend's logits ops (called through :mod:`fastlogits.cuda.host`).
 
 Each op receives the original ``x`` and its validated ``_frontend.Logits``; here
 ``out=`` is validated (GPU outputs through their ``__cuda_array_interface__``
@@ -319,7 +319,7 @@ def _expnorm(mode, x, lg, temperature, out):
     with caller.activate():
         res = _Output(caller, out, shape, lg.dtype)
         if not lg.empty:
-            from fastlogits.cuda import softmax as k
+            from fastlogits.cuda.kernels import softmax as k
 
             outer, C, inner = shape3 = split_shape(lg.shape, lg.axis)
             x3 = _input3(caller, lg, shape3)
@@ -374,7 +374,7 @@ def _labels_conf(x, lg, temperature, labels, conf, with_conf):
         if with_conf:
             outputs.append(_Output(caller, conf, lg.reduced_shape, lg.compute_dtype))
         if not lg.empty:
-            from fastlogits.cuda import argmax as k
+            from fastlogits.cuda.kernels import argmax as k
 
             outer, C, inner = shape3 = split_shape(lg.shape, lg.axis)
             x3 = _input3(caller, lg, shape3)

@@ -1,11 +1,13 @@
-"""The CUDA backend's entries of the frontend's dispatch tables: the op
-functions of :mod:`.ops`, :mod:`.losses` and :mod:`.head` behind the
-signatures every backend shares (the frontend's validated logits or
-features; outputs checked here, on the device, by those modules)."""
+"""The CUDA backend's host side; this package holds the entries of the
+frontend's dispatch tables: the op functions of :mod:`.ops`, :mod:`.losses`
+and :mod:`.head` behind the signatures every backend shares (the
+frontend's validated logits or features; outputs checked, on the device,
+by those modules), which launch the kernels of
+:mod:`fastlogits.cuda.kernels`."""
 
-from fastlogits.cuda import head as _head
-from fastlogits.cuda import losses as _losses
-from fastlogits.cuda import ops as _ops
+from fastlogits.cuda.host import head as _head
+from fastlogits.cuda.host import losses as _losses
+from fastlogits.cuda.host import ops as _ops
 
 
 def expnorm(op, lg, temperature, out):

@@ -2,13 +2,13 @@
 
 classify never materializes probabilities: the top-1 probability is
 ``1 / s`` with ``s = sum_c exp((x_c - max) / T)``, folded in the same pass
-as the max and its first index (:func:`fastlogits.cuda.device.fold`).
+as the max and its first index (:func:`fastlogits.cuda.kernels.device.fold`).
 ``with_conf=False`` (plain argmax) skips the exponentials; ``conf`` is then
 a 1-element stand-in never touched.
 
 Views: ``x`` (outer, C, inner); ``labels`` (any integer dtype) and ``conf``
 (the compute dtype) (outer, inner). Regimes mirror
-:mod:`fastlogits.cuda.softmax` (and :mod:`fastlogits.cpu.ops.argmax`):
+:mod:`fastlogits.cuda.kernels.softmax` (and :mod:`fastlogits.cpu.ops.argmax`):
 channels-first a thread per pixel, channels-last small C through a shared
 tile, otherwise a group of threads per row.
 """
@@ -16,8 +16,8 @@ tile, otherwise a group of threads per row.
 import numpy as np
 from numba import cuda, int64
 
-from fastlogits.cuda.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
-                                    pixel_two_pass, tile_copy)
+from fastlogits.cuda.kernels.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
+                                            pixel_two_pass, tile_copy)
 
 
 @cuda.jit(device=True)

@@ -4,7 +4,7 @@ numba-cuda's public copies (``copy_to_device``) need contiguous arrays on
 both sides; the host code needs ``dst[...] = src`` for any strides (an
 input with a negative stride, an ``out=`` no view can reach) and zeroed
 counts. Kernels do both, and run the same under the simulator as on a GPU
-(:func:`fastlogits.cuda.runtime.copy_into`, :func:`~.runtime.fill_zero`).
+(:func:`fastlogits.cuda.runtime.copy_into`, :func:`~fastlogits.cuda.runtime.fill_zero`).
 """
 
 from numba import cuda

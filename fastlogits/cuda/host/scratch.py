@@ -39,7 +39,7 @@ class Scratch:
     flag_maybe_set : bool
         Whether :attr:`flag` needs a reset before its next use.
     sums, sums_host : float64 (2,)
-        Totals of partial sums (:func:`fastlogits.cuda.losses.sum_rows`).
+        Totals of partial sums (:func:`fastlogits.cuda.kernels.losses.sum_rows`).
     """
 
     def __init__(self, stream):
@@ -98,7 +98,7 @@ class Scratch:
 
 def get(stream, ctx=None):
     """The calling thread's :class:`Scratch` for ``stream`` in the current
-    context (``ctx``: its :func:`.runtime.context_key`, when known)."""
+    context (``ctx``: its :func:`fastlogits.cuda.runtime.context_key`, when known)."""
     cache = getattr(_LOCAL, "scratch", None)
     if cache is None:
         cache = _LOCAL.scratch = {}
