@@ -146,7 +146,7 @@ def test_plan_regimes(case, budget):
 
 def test_plan_budget_too_small(budget):
     budget(32)
-    with pytest.raises(ValueError, match="CUDA_HEAD_SHARED_BYTES"):
+    with pytest.raises(ValueError, match="head_shared_bytes"):
         kh.plan((10, 6, 1), 19, 4)
 
 
