@@ -8,6 +8,7 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool
+from fastlogits._modes import LOGITS, MODES
 from fastlogits.cpu import host, plan
 from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
@@ -105,8 +106,7 @@ def expnorm(head, op, fv, temperature, out):
         out = pool.empty(fv.reduced_shape if reduces else fv.class_shape, fv.dtype)
     if fv.empty:
         return out
-    mode = {"logits": k.LOGITS, "softmax": k.SOFTMAX, "log_softmax": k.LOG_SOFTMAX,
-            "logsumexp": k.LOGSUMEXP}[op]
+    mode = LOGITS if op == "logits" else MODES[op]
     inv_t = chk.inv_temperature(temperature, fv.compute_dtype)
     dot = plan.cl_dot_form(fv.C, fv.N)
     tile = plan.tile_pixels(fv.C, fv.N, dot)

@@ -16,11 +16,11 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool, tuning
+from fastlogits._modes import MODES
 from fastlogits.cpu import plan
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import confusion as kc
 from fastlogits.cpu.ops import losses as kl
-from fastlogits.cpu.ops.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 from fastlogits.cpu.plan import run_argmax, run_expnorm
 from fastlogits.cpu.threads import launch_threads, thread_count
 
@@ -134,7 +134,6 @@ def half_chunks(outer, C, inner):
 # --------------------------------------------------------------------------
 
 #: The kernels' mode of each exp op.
-MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LOGSUMEXP}
 
 
 def expnorm(op, lg, temperature, out):

@@ -218,7 +218,7 @@ def _plane_write(x3, out3, lanes=None):
 
 
 def run_expnorm(x3, out3, red2, inv_t, mode):
-    """softmax / log_softmax / logsumexp (``mode`` from :mod:`fastlogits.cpu.ops.softmax`).
+    """softmax / log_softmax / logsumexp (``mode`` from :mod:`fastlogits._modes`).
 
     ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None;
     x3 and the output of floats, or both of float16 bits (:mod:`fastlogits.cpu.llvm.scores`).

@@ -61,6 +61,7 @@ log_softmax, logsumexp), :func:`head_argmax` (argmax, classify),
 import numpy as np
 from numba import njit, prange
 
+from fastlogits._modes import LOGITS, LOGSUMEXP
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_CLASSES, OUTER_PIXELS,
                                                 VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
@@ -71,11 +72,8 @@ from fastlogits.cpu.ops.argmax import _tile as _argmax_tile
 from fastlogits.cpu.ops.confusion import _count, _merge
 from fastlogits.cpu.ops.losses import _scratch as _loss_scratch
 from fastlogits.cpu.ops.losses import _tile_grad, _tile_losses, loss_coefs
-from fastlogits.cpu.ops.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX, _lse  # noqa: F401 (re-exported to head.py)
+from fastlogits.cpu.ops.softmax import _lse
 from fastlogits.cpu.ops.softmax import _tile as _expnorm_tile
-
-#: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
-LOGITS = 3
 
 #: ``init`` of :func:`gemm_rows`.
 INIT_ADD = 0

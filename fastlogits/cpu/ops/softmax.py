@@ -25,6 +25,7 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 import numpy as np
 from numba import njit, prange
 
+from fastlogits._modes import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                               on_c_planes, planes_max_expstore, planes_max_expsum,
@@ -42,10 +43,6 @@ from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_a
                                           rows_ahead)
 from fastlogits.cpu.llvm.scores import holds_half_bits, score, scratch, store_score
 from fastlogits.cpu.llvm.stream import stream_affine, stream_fence
-
-SOFTMAX = 0
-LOG_SOFTMAX = 1
-LOGSUMEXP = 2
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

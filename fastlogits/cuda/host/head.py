@@ -12,16 +12,16 @@ from numba import cuda
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, tuning
+from fastlogits._modes import LOG_SOFTMAX, LOGITS, LOGSUMEXP, SOFTMAX
 from fastlogits.cuda import runtime
 from fastlogits.cuda.host import losses as kl
 from fastlogits.cuda.host import ops, scratch
 from fastlogits.cuda.host.errflag import ErrorFlag
 from fastlogits.cuda.host.losses import shared_histogram
 from fastlogits.cuda.kernels.device import WARP
-from fastlogits.cuda.kernels.head import (CB, LOGITS, cast3, head_argmax, head_confusion, head_expnorm,
+from fastlogits.cuda.kernels.head import (CB, cast3, head_argmax, head_confusion, head_expnorm,
                                           head_xent)
 from fastlogits.cuda.kernels.losses import add_into, target_weights
-from fastlogits.cuda.kernels.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 
 
 class HeadPlan:

@@ -23,9 +23,8 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool, tuning
+from fastlogits._modes import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 from fastlogits.cuda import runtime
-
-SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
 
 WARP = 32
 

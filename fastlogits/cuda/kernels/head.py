@@ -46,15 +46,13 @@ import math
 import numpy as np
 from numba import cuda, int32, int64
 
+from fastlogits._modes import LOGITS, LOGSUMEXP
 from fastlogits.cuda.kernels.argmax import _confidence
 from fastlogits.cuda.kernels.device import MAX_THREADS, block_total, fold, is_finite, tile_copy
 from fastlogits.cuda.kernels.errflag import raise_flag
 from fastlogits.cuda.kernels.losses import (BAD_TARGET, SHARED_BINS, _pixel_loss, clear_hist,
                                             count_pair, flush_hist)
-from fastlogits.cuda.kernels.softmax import LOGSUMEXP, _logsumexp, _scale, _value
-
-#: ``mode`` of :func:`head_expnorm` besides softmax's three: the plain logits.
-LOGITS = 3
+from fastlogits.cuda.kernels.softmax import _logsumexp, _scale, _value
 
 #: Classes per register block (the 8 accumulators of :func:`_dot8`).
 CB = 8

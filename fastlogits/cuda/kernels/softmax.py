@@ -32,12 +32,9 @@ import math
 import numpy as np
 from numba import cuda, int64
 
+from fastlogits._modes import LOGSUMEXP, SOFTMAX
 from fastlogits.cuda.kernels.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
                                             tile_copy)
-
-SOFTMAX = 0
-LOG_SOFTMAX = 1
-LOGSUMEXP = 2
 
 
 @cuda.jit(device=True)
