@@ -207,7 +207,7 @@ def test_no_bias_gpu_weights_and_cast(rng):
         assert kind_of(got) == "numba"
         assert_close(got, host.softmax(f, 1, backend="numpy"), 1e-5)
         lab = dev.argmax(fd, 1)
-        z = host._reference_logits(host._prepare(f, 1, "numpy")[0])
+        z = head_logits(host, Features(f, 1, host))
         assert_labels(lab, host.argmax(f, 1, backend="numpy"), z, 1)
 
 
