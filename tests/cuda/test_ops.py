@@ -501,7 +501,7 @@ def test_too_many_threads_for_the_registers(tune, monkeypatch, rng):
 
 
 @pytest.mark.skipif(SIM, reason="the simulator replaces numba.cuda.dispatcher; "
-                    "tests/test_cuda_launch_guard.py runs this check outside it")
+                    "tests/cuda_host/test_cuda_launch_guard.py runs this check outside it")
 def test_launch_uses_the_documented_launch_configuration():
     """runtime.launch indexes the kernel (``kernel[griddim, blockdim,
     stream, sharedmem](*args)``) with 1-D dimensions as Python ints, the
@@ -509,7 +509,7 @@ def test_launch_uses_the_documented_launch_configuration():
     against the installed numba-cuda's real signatures (issue 36: the old
     hand-written double mocked a ``call`` that numba-cuda 0.30 does not
     have)."""
-    from tests.cuda_doubles import RecordingKernel
+    from tests.cuda_host.cuda_doubles import RecordingKernel
 
     k = RecordingKernel()
     stream = runtime.default_stream()

@@ -96,7 +96,7 @@ _TINY32 = float(np.finfo(np.float32).tiny)
 def log32_ir(builder, x):
     """IR of ``log(x)`` for a float32 ``x``, scalar or vector: 16 lanes per
     AVX-512 register and no division, where :func:`log64` runs 8 lanes and
-    one ``vdivpd``. Max error 1 ulp (tests/test_fastlog.py).
+    one ``vdivpd``. Max error 1 ulp (tests/cpu/test_fastlog.py).
 
     Method: ``x = 2**k * m`` with ``m`` in ``[sqrt(1/2), sqrt(2))`` taken
     from the bits in one step: subtracting the bits of sqrt(1/2) makes the
@@ -177,7 +177,7 @@ def log1p_ir(builder, x, log_ir):
     """IR of ``log1p(x)`` from a log (``log_ir(u)``) for ``x >= 0``, by the
     classic ``u = 1 + x``, ``log(u) * x / (u - 1)`` (``x`` where u == 1):
     the division corrects the rounding of ``1 + x``, so the result keeps
-    ``x``'s relative precision (a few ulp, tests/test_fastlog.py) for the
+    ``x``'s relative precision (a few ulp, tests/cpu/test_fastlog.py) for the
     price of one division per pixel. ``+inf`` gives ``+inf``, NaN NaN.
     Must not be compiled with ``reassoc``, which folds ``(1 + x) - 1`` to
     ``x``."""

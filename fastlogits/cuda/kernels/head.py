@@ -38,7 +38,7 @@ Kernel design (one design for every op):
 Precision: logits accumulate in the compute dtype (float32 for float16 /
 float32 features, float64 for float64) with the CPU's bound
 (:class:`fastlogits.head.LinearHead`); float32 kernels hold no float64
-instruction (tests/test_cuda_ptx.py).
+instruction (tests/cuda_host/test_cuda_ptx.py).
 """
 
 import math

@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fastlogits"
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "fastlogits"
 
 
 def _module_name(path):

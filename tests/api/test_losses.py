@@ -720,7 +720,7 @@ def test_confident_pixels_keep_relative_precision(rng, shape, axis, dtype, retur
     """A confident pixel's loss, log1p of its non-maximal terms, is near 0:
     it keeps its relative precision (SciPy's logsumexp rule) in every
     regime; the gradient still matches."""
-    from tests.test_core import near0_logits, near0_rtol
+    from tests.api.test_core import near0_logits, near0_rtol
 
     d = (3, 8) if dtype == np.float16 else (3, 12)
     x = near0_logits(rng, shape, axis, dtype, d)

@@ -14,7 +14,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import pool, tuning
 
-from .helpers import assert_close, logits, specials_array
+from tests.helpers import assert_close, logits, specials_array
 
 
 @pytest.fixture

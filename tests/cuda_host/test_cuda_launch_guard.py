@@ -1,6 +1,6 @@
 """Guard for issue 36, with no GPU: the CUDA host code reaches numba-cuda
 only through public names, and its launch is accepted by a double built
-from the installed numba-cuda's real signatures (tests/cuda_doubles.py).
+from the installed numba-cuda's real signatures (tests/cuda_host/cuda_doubles.py).
 
 Fails on 946cea3 (whose launch called ``CUDADispatcher.call`` with five
 arguments, and whose views and copies used numba-cuda internals)."""
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("numba.cuda")
 
 from fastlogits.cuda import runtime  # noqa: E402
-from tests.cuda_doubles import RecordingKernel  # noqa: E402
+from tests.cuda_host.cuda_doubles import RecordingKernel  # noqa: E402
 
 CUDA_DIR = pathlib.Path(runtime.__file__).parent
 

@@ -367,7 +367,7 @@ def test_blocks_stream_straight_only_in_whole_lines(tune, monkeypatch):
     stores only where each block is whole 64-byte lines: AVX2's blocks of
     8 float32 pixels (32 bytes) go through the scratch tile, since a
     plane's first block would start off its line and such a store faults
-    there (tests/test_avx2_target.py runs that target)."""
+    there (tests/cpu/test_avx2_target.py runs that target)."""
     from fastlogits.cpu.plan import _plane_write
     from fastlogits.cpu.blocks.planeblock import WRITE_EBUF_STREAM, WRITE_STREAM
 
@@ -448,7 +448,7 @@ def near0_logits(rng, shape, axis, dtype, d):
 
 def near0_rtol(dtype, t_max):
     """Relative error bound of log1p(s') for shifted scores down to -t_max:
-    float32's exp (2**-24 (2 |t| + 4), tests/test_runexp.py) and a few
+    float32's exp (2**-24 (2 |t| + 4), tests/cpu/test_runexp.py) and a few
     ulp of log1p; float64's few ulp; float16 results rounded once."""
     if dtype == np.float16:  # 1 ulp (float32 results rounded to float16) and float32's error
         return 2.0**-10 + 1e-5

@@ -110,7 +110,7 @@ def test_forked_children_after_a_parallel_call():
 _GUARDED = """
 import threading, numpy as np, fastlogits as fl
 from fastlogits import _threading
-from tests.test_concurrency import _assert_same, _every_op, _inputs, _single_threaded
+from tests.api.test_concurrency import _assert_same, _every_op, _inputs, _single_threaded
 args = _inputs()
 want = _single_threaded(args)
 assert _threading.active() == "workqueue", _threading.active()
@@ -133,7 +133,7 @@ def test_workqueue_layer_is_guarded():
     """A user who picks the workqueue layer (fork-safe, not thread-safe)
     gets serialized launches instead of Numba's abort."""
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     res = subprocess.run([sys.executable, "-c", _GUARDED], env=env, cwd=root,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

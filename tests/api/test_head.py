@@ -634,7 +634,7 @@ def test_channels_last_dot_form_at_every_line_offset(tune, rng, monkeypatch, dty
 def test_near_zero_logsumexp_and_loss(rng, C, layout, dtype):
     """Logits b (zero weights) whose log s is near 0: logsumexp, the max
     class's log_softmax and the loss keep their relative precision."""
-    from tests.test_core import near0_rtol
+    from tests.api.test_core import near0_rtol
 
     b = np.full(C, -1e4)
     b[0], b[1], b[2 % C] = 0.0, -10.0, (-11.0 if C > 2 else -10.0)

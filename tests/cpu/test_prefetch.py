@@ -11,7 +11,7 @@ from fastlogits.cpu.llvm.prefetch import (PLANES_PREFETCH_MIN_CLASSES, TILE_CLAS
                                           plane_rows_region, planes_ahead, prefetch_planes,
                                           prefetch_row, prefetch_span, rows_ahead, share_bounds)
 
-from .helpers import specials_array
+from tests.helpers import specials_array
 
 
 @pytest.mark.parametrize("total,nshares", [(0, 3), (1, 38), (7, 3), (4864, 38), (100, 1)])

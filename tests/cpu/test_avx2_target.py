@@ -75,7 +75,7 @@ def test_kernels_on_an_avx2_target(tmp_path):
     scratch tile), and LinearHead's channels-last dot form (its aligned
     loads took a 64-byte line's offset for a 32-byte vector's: wrong
     logits)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=AVX2_FEATURES,
                NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(root))
     done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=root, capture_output=True,

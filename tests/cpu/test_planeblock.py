@@ -1,5 +1,5 @@
 """The channels-first register blocks (fastlogits.cpu.blocks.planeblock) on their
-own: the tests of tests/test_rowblock.py, run on the same rows laid out as
+own: the tests of tests/cpu/test_rowblock.py, run on the same rows laid out as
 class planes (a block's pixels are rows of those tests), at every block
 width, with the block in the second image of the batch so ``start``'s
 image offset is exercised."""
@@ -10,7 +10,7 @@ from numba import njit
 
 from fastlogits.cpu.blocks import planeblock
 from fastlogits.cpu.blocks.planeblock import plane_intrinsics
-from tests.test_rowblock import (  # noqa: F401  (collected here with this module's fixture)
+from tests.cpu.test_rowblock import (  # noqa: F401  (collected here with this module's fixture)
                                  test_block_argmax_expsum_matches_numpy, test_block_argmax_matches_numpy,
                                  test_block_argmax_merges_chains_like_numpy, test_block_softmax_stores_rows_back,
                                  test_block_sums_match_float64)
@@ -132,7 +132,7 @@ def test_plane_xent_matches_reference(rng, lanes, wide):
     blocks' (the same part codegen);
     the target logits gathered by 32-bit offsets and by the 64-bit ones
     of x of 2**31 elements or more."""
-    from tests.test_rowblock import check_xent, xent_case, xent_runner
+    from tests.cpu.test_rowblock import check_xent, xent_case, xent_runner
 
     xent = plane_intrinsics(lanes, wide_offsets=wide).xent
     for C in (4, 8, 19, 33):  # fewer than 8 too: planes need no 8-class blocks
@@ -144,7 +144,7 @@ def test_plane_xent_matches_reference(rng, lanes, wide):
 @pytest.mark.parametrize("lanes", WIDTHS)
 def test_plane_max_expsum_matches_numpy(rng, lanes):
     """``max_expsum`` of the plane blocks, as the row blocks'."""
-    from tests.test_rowblock import check_max_expsum
+    from tests.cpu.test_rowblock import check_max_expsum
 
     max_expsum = plane_intrinsics(lanes).max_expsum
 
@@ -163,7 +163,7 @@ def test_plane_xent_grad_matches_reference(rng, lanes, stream, wide):
     (``xent_grad``, ``stream_xent_grad``), as the row blocks'; the output
     planes' blocks start 64-byte lines (non-temporal stores need it); the
     target logits gathered by 32- and 64-bit offsets."""
-    from tests.test_rowblock import check_xent_grad
+    from tests.cpu.test_rowblock import check_xent_grad
 
     k = plane_intrinsics(lanes, wide_offsets=wide)
     xent_grad = k.stream_xent_grad if stream else k.xent_grad
@@ -190,5 +190,5 @@ def test_plane_xent_grad_matches_reference(rng, lanes, stream, wide):
         out[...] = o3[1, :, 16 - out_at:16 - out_at + n].T
 
     # Not in place when streamed: x's blocks do not start lines here
-    # (tests/test_losses.py streams in place through the driver).
+    # (tests/api/test_losses.py streams in place through the driver).
     check_xent_grad(run, lanes, rng, in_place=not stream)

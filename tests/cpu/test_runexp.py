@@ -9,7 +9,7 @@ from numba import njit
 from fastlogits.cpu.llvm.runexp import tile_exp_add, vexp_add
 
 #: Relative error bound per unit of ``2 |t| + 4`` (float32: the exp2
-#: form's on AVX-512, tests/test_fastexp.py; the polynomial form meets it
+#: form's on AVX-512, tests/cpu/test_fastexp.py; the polynomial form meets it
 #: too), and float64's few ulp.
 UNIT = {np.float32: 2.0**-24, np.float64: 2.0**-52}
 
