@@ -48,7 +48,8 @@ def run_cpu(lg, full, reduced, kernel):
 
     ``full``: outputs shaped like x; ``reduced``: outputs without the class
     axis. float16 x and outputs go to the kernel as their bits (uint16
-    views, :mod:`fastlogits.cpu.llvm.scores`) where :func:`half_direct`;
+    views, :mod:`fastlogits.cpu.llvm.scores`) where
+    :func:`fastlogits.cpu.plan.half_direct`;
     else float16 data goes through float32 chunks (x and any float16
     output), bounded by ``tuning.current().cpu.half_chunk_elements``.
     """
@@ -60,7 +61,7 @@ def run_cpu(lg, full, reduced, kernel):
     r2 = [v for v, _ in rviews]
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
-    elif half_direct():
+    elif plan.half_direct():
         kernel(x3.view(np.uint16), [bits(a) for a in f3], [bits(a) for a in r2])
     else:
         scratch = ChunkScratch()
@@ -79,12 +80,6 @@ def run_cpu(lg, full, reduced, kernel):
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)
-
-
-def half_direct():
-    """Whether the CPU kernels take float16 as it is:
-    ``tuning.current().cpu.half_direct`` and F16C (:data:`fastlogits.cpu.llvm.half.HARDWARE`)."""
-    return tuning.current().cpu.half_direct and half.HARDWARE
 
 
 def bits(a):

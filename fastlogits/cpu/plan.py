@@ -9,9 +9,11 @@ are not contiguous), the register blocks (:func:`_row_blocks`,
 :func:`_cf_tile_pixels`, :func:`_cf_copies_tiles`), the prefetch distance
 (:func:`_row_prefetch_bytes`), the non-temporal writes (:func:`_streams`,
 :func:`_streams_rows`, :func:`_plane_write`), the confusion matrix's
-private histograms (:func:`private_histograms`, :func:`labels_first`) and
+private histograms (:func:`private_histograms`, :func:`labels_first`),
 the LinearHead's product form and tiles (:func:`cl_dot_form`,
-:func:`tile_pixels`), each read from :mod:`fastlogits.tuning` at call time.
+:func:`tile_pixels`), and whether float16 is read as it is or through
+float32 chunks (:func:`half_direct`), each read from :mod:`fastlogits.tuning`
+at call time.
 
 The ``run_*`` launchers apply them: :func:`run_expnorm`,
 :func:`run_argmax`, :func:`run_cross_entropy` and :func:`run_confusion`
@@ -34,6 +36,7 @@ from fastlogits._layout import reshape_view
 from fastlogits.cpu.blocks.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 from fastlogits.cpu.blocks.rowblock import ROWS
 from fastlogits.cpu.blocks.tiles import SUM_BLOCK
+from fastlogits.cpu.llvm import half
 from fastlogits.cpu.llvm.prefetch import LINE_BYTES
 from fastlogits.cpu.llvm.scores import holds_half_bits
 from fastlogits.cpu.ops import argmax as ka
@@ -215,6 +218,12 @@ def _plane_write(x3, out3, lanes=None):
             and x3.ctypes.data % LINE_BYTES == out3.ctypes.data % LINE_BYTES):
         return WRITE_STREAM
     return WRITE_EBUF_STREAM
+
+
+def half_direct():
+    """Whether the CPU kernels take float16 as it is:
+    ``tuning.current().cpu.half_direct`` and F16C (:data:`fastlogits.cpu.llvm.half.HARDWARE`)."""
+    return tuning.current().cpu.half_direct and half.HARDWARE
 
 
 def run_expnorm(x3, out3, red2, inv_t, mode):
