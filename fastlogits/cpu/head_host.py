@@ -90,7 +90,7 @@ def run_head(head, fv, kernel, cls=(), red=(), feat=(), red_in=()):
         ri = [np.ascontiguousarray(a[o0:o1, i0:i1]).reshape(-1) for a in rin2]
         kernel(fs.reshape(-1), no, ni, W, b, [a.reshape(-1) for a in cw],
                [a.reshape(-1) for a in rw], [a.reshape(-1) for a in fw], ri)
-        # store: NumPy's cast is slow for float16 subnormals (cpu.half).
+        # store: NumPy's cast is slow for float16 subnormals (cpu.llvm.half).
         for (v, _), w in zip(cviews + rviews + fviews, cw + rw + fw):
             half.store(v, o0, o1, i0, i1, w)
     for (view, tmp), arr in zip(cviews + rviews + fviews, list(cls) + list(red) + list(feat)):

@@ -345,7 +345,7 @@ def test_channels_last_streamed_rows(tune, rng, name, dtype, monkeypatch):
 @pytest.mark.parametrize("name", list(OPS))
 def test_channels_first_paths(tune, rng, name, dtype, blocks, monkeypatch):
     """C-contiguous channels-first maps through the register blocks of
-    pixels (``cpu.planeblock``) or the tile loops, forced, with special
+    pixels (``cpu.blocks.planeblock``) or the tile loops, forced, with special
     values and ties in block pixels and in each image's last pixels (37
     per image: whole blocks of ``planeblock.LANES`` and a rest for the
     tiles), two images; in place for the ops with an x-shaped output."""
@@ -411,7 +411,7 @@ def test_channels_first_streamed_outputs(tune, rng, name, dtype, blocks, monkeyp
 
 # --------------------------------------------------------------------------
 # Accuracy near 0: log s = log1p(s - 1), the sum of the non-maximal terms
-# (SciPy's rule), in every CPU regime (cpu/__init__.py picks them by C and
+# (SciPy's rule), in every CPU regime (cpu/plan.py picks them by C and
 # layout: channels-last tiles C < 8, row blocks 8..63, vector rows 64+ and
 # their one-pass form for rows over rowvec.CHUNK_BYTES; channels-first
 # plane blocks up to 64 and tiles, copied from 500 classes on 4 KiB planes).

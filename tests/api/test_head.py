@@ -603,7 +603,7 @@ def test_weights_updated_in_place(rng):
 @pytest.mark.parametrize("N", [16, 48, 64])
 def test_channels_last_dot_form_at_every_line_offset(tune, rng, monkeypatch, dtype, offset, N):
     """The dot form's aligned kernel (every feature row at the same offset
-    in a 64-byte line, W copied to match: cpu.head.dot_weights) and its
+    in a 64-byte line, W copied to match: cpu.ops.head.dot_weights) and its
     unaligned one (float32 N = 48: rows at three offsets), on features
     placed ``offset`` elements past a line, with the gradient."""
     tune(cpu_head_dot_min_ratio=0)

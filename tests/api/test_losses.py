@@ -185,7 +185,7 @@ def test_channels_last_paths(tune, rng, path, monkeypatch):
                 xs = rows.astype(dtype)
                 check_rows_with_grad(xs, target)
                 # The loss alone, ignored pixels among them (float32: the
-                # fused blocks, cpu.rowblock.rows_xent), every reduction.
+                # fused blocks, cpu.blocks.rowblock.rows_xent), every reduction.
                 ts = target.copy()
                 ts[::3] = IGNORE
                 for reduction in REDUCTIONS:
@@ -664,7 +664,7 @@ def test_grad_out_bad(rng, backend):
 @pytest.mark.parametrize("blocks", [True, False], ids=["blocks", "tiles"])
 def test_channels_first_paths(tune, rng, blocks, stream, monkeypatch):
     """Channels-first maps through the register blocks of pixels
-    (``cpu.planeblock``) or the tile loops, the gradient by ordinary or
+    (``cpu.blocks.planeblock``) or the tile loops, the gradient by ordinary or
     non-temporal stores (every gradient streamed here): straight from the
     blocks into a grad_out whose lines line up with x's (planes of whole
     lines, the same line offset, in place), through the scratch tile
@@ -701,7 +701,7 @@ def test_channels_first_paths(tune, rng, blocks, stream, monkeypatch):
                 ts = np.tile(target, 8)[None]
                 want_loss, want_grad = reference.cross_entropy(xs, ts, 1, reduction="none",
                                                                return_grad=True)
-                # The loss alone: float32 by the fused blocks (cpu.planeblock.planes_xent).
+                # The loss alone: float32 by the fused blocks (cpu.blocks.planeblock.planes_xent).
                 for reduction in REDUCTIONS:
                     want = reference.cross_entropy(xs, ts, 1, reduction=reduction)
                     got = fl.cross_entropy(xs, ts, 1, reduction=reduction)
