@@ -1,5 +1,5 @@
 """The channels-first register blocks in cache, one thread: ns per pixel of
-each block intrinsic of :mod:`fastlogits.cpu.planeblock` the ops use, timed
+each block intrinsic of :mod:`fastlogits.cpu.blocks.planeblock` the ops use, timed
 in one process, alternating, so their ratios hold on a noisy machine
 (docs/perf/cpu-044, cpu-045)::
 
@@ -7,7 +7,7 @@ in one process, alternating, so their ratios hold on a noisy machine
 
 ``argmax_expsum`` is classify's block, ``max_expsum`` softmax's,
 log_softmax's and logsumexp's, ``xent`` the fused float32 loss's,
-``targets`` the loss's target read (:func:`fastlogits.cpu.losses._targets`)
+``targets`` the loss's target read (:func:`fastlogits.cpu.ops.losses._targets`)
 per pixel; ``softmax`` softmax's blocks with their stores
 (``max_expstore``, then ``store_softmax`` into an output of x's shape) and
 ``xent_grad`` the fused gradient's (cpu-047) into the same output. Each figure is the minimum over rounds of a compiled loop over
@@ -22,10 +22,10 @@ import numpy as np
 from numba import njit
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.losses import _targets
-from fastlogits.cpu.planeblock import (LANES, planes_argmax_expsum, planes_max_expstore,
-                                       planes_max_expsum, planes_store_softmax, planes_xent,
-                                       planes_xent_grad)
+from fastlogits.cpu.blocks.planeblock import (LANES, planes_argmax_expsum, planes_max_expstore,
+                                              planes_max_expsum, planes_store_softmax, planes_xent,
+                                              planes_xent_grad)
+from fastlogits.cpu.ops.losses import _targets
 
 IGNORE = 255
 

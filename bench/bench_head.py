@@ -45,7 +45,7 @@ LAYOUTS = ("hwc", "chw")
 OPS = ("logits", "softmax", "logsumexp", "argmax", "classify", "cross_entropy",
        "confusion_matrix")
 IMPLS = ("fastlogits[cpu]", "numpy", "torch")
-#: The two channels-last product forms forced (fastlogits.cpu.head.cl_dot_form
+#: The two channels-last product forms forced (fastlogits.cpu.plan.cl_dot_form
 #: picks one by N/C through tuning.current().cpu.head_dot_min_ratio): timed side by
 #: side for the labels ops so the ratio can be tuned from one run.
 REGIMES = {"fastlogits[cpu,dot]": 0, "fastlogits[cpu,transposed]": 10**9}

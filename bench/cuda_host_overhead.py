@@ -48,13 +48,13 @@ FakeCUDAArray.__cuda_array_interface__ = property(cai)
 
 import fastlogits as fl
 from fastlogits.cuda import runtime
-import fastlogits.cuda.ops, fastlogits.cuda.losses, fastlogits.cuda.errflag
-import fastlogits.cuda.scratch
+import fastlogits.cuda.host.ops, fastlogits.cuda.host.losses, fastlogits.cuda.host.errflag
+import fastlogits.cuda.host.scratch
 
-from fastlogits.cuda import errflag
+from fastlogits.cuda.kernels import errflag
 
 def stub(kernel, blocks, threads, stream, shared_bytes, *args):  # the GPU launch, left out
-    if kernel is errflag._reset:  # keep the error flag clear, as the kernel would
+    if kernel is errflag.reset_flag:  # keep the error flag clear, as the kernel would
         np.asarray(args[0])[...] = errflag.CLEAR
 runtime.launch = stub
 

@@ -61,7 +61,7 @@ timeout 60 $PY -m fastlogits info 2>&1 | tee "$OUT/info.txt"
 
 if [ "$T_TESTS" != 0 ]; then
 stage "tests (cap ${T_TESTS} s)"
-timeout "$T_TESTS" $PY -m pytest tests/cuda tests/test_cuda_ptx.py bench/bench_cuda.py -q -n 12 \
+timeout "$T_TESTS" $PY -m pytest tests/cuda tests/cuda_host/test_cuda_ptx.py bench/bench_cuda.py -q -n 12 \
   --dist load -p no:randomly -rfEs --durations=15 > "$OUT/tests.log" 2>&1
 echo "tests rc=$?"; tail -45 "$OUT/tests.log"
 fi

@@ -65,7 +65,7 @@ def target_has(feature):
 def target_has_avx512():
     """Whether the CPU Numba compiles for has AVX-512F (:func:`target_has`).
 
-    The register-blocked micro-kernels (:mod:`fastlogits.cpu.microkernels`)
+    The register-blocked micro-kernels (:mod:`fastlogits.cpu.blocks.microkernels`)
     size their blocks by this: AVX-512 has 32 vector registers of 64
     bytes, AVX2 16 of 32 bytes, and a block whose sums do not fit in the
     registers spills them to memory on every step.

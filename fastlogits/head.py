@@ -9,7 +9,7 @@ never exists: the extra memory is the outputs alone.
 
 Backends as everywhere: ``"numpy"`` is the reference (logits in float64,
 then :mod:`fastlogits.reference`), ``"cpu"`` the fused Numba kernels of
-:mod:`fastlogits.cpu.head`, ``"cuda"`` :mod:`fastlogits.cuda.head`
+:mod:`fastlogits.cpu.ops.head`, ``"cuda"`` :mod:`fastlogits.cuda.host.head`
 (functions of the same names, called as ``name(head, f, fv, **options)``
 with ``fv`` the validated features).
 

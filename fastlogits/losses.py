@@ -5,11 +5,11 @@ Each function checks every argument, then dispatches through
 
 - ``"numpy"``: :mod:`fastlogits.reference`, after the target values are
   checked with NumPy;
-- ``"cpu"``: the fused kernels of :mod:`fastlogits.cpu.losses` and
-  :mod:`fastlogits.cpu.confusion`, which also check the target values on
+- ``"cpu"``: the fused kernels of :mod:`fastlogits.cpu.ops.losses` and
+  :mod:`fastlogits.cpu.ops.confusion`, which also check the target values on
   the way (a bad value is counted; the error is raised before anything is
   returned or added to ``out=``);
-- ``"cuda"``: :mod:`fastlogits.cuda.losses`.
+- ``"cuda"``: :mod:`fastlogits.cuda.host.losses`.
 
 Everything about the arguments (dtypes, shapes, options) is checked before
 any kernel runs.

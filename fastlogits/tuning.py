@@ -116,7 +116,8 @@ class CpuTuning:
 
 @dataclasses.dataclass(frozen=True)
 class CudaTuning:
-    """The CUDA kernels' settings (read by ``fastlogits.cuda.plan``)."""
+    """The CUDA kernels' settings (read by ``fastlogits.cuda.host.ops.plan`` and
+    ``fastlogits.cuda.host.head.plan``)."""
 
     #: Threads per block, a multiple of 32. Above 256 the kernels with the
     #: most registers (LinearHead's cross_entropy: 168 per thread) do not fit.

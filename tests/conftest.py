@@ -2,7 +2,7 @@
 
 Set FASTLOGITS_SEED to replay a failure. tests/cuda is collected only in a
 process where the CUDA backend works (a real GPU, or NUMBA_ENABLE_CUDASIM=1
-as tests/test_cuda_simulator.py arranges).
+as tests/cuda_host/test_cuda_simulator.py arranges).
 """
 
 import contextlib
@@ -18,7 +18,7 @@ SEED = int(os.environ.get("FASTLOGITS_SEED", random.SystemRandom().randrange(2**
 # Processes started after this one (pytest-xdist's workers, the simulator
 # run) draw the same seed, so the one printed in the header replays them all.
 os.environ["FASTLOGITS_SEED"] = str(SEED)
-# Where the simulator run of tests/test_cuda_simulator.py is handed over:
+# Where the simulator run of tests/cuda_host/test_cuda_simulator.py is handed over:
 # one directory per session, made by its first process (xdist's controller;
 # its workers inherit it).
 if not os.environ.get("PYTEST_XDIST_WORKER"):
@@ -35,11 +35,11 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 def pytest_collection_modifyitems(session, config, items):
     """Start the CUDA simulator subprocess right after collection, so it runs
     beside the rest of the suite instead of after it (under pytest-xdist,
-    from whichever worker collects first; see tests/test_cuda_simulator.py)."""
+    from whichever worker collects first; see tests/cuda_host/test_cuda_simulator.py)."""
     if config.option.collectonly:
         return
     if any(item.name == "test_cuda_backend_under_simulator" for item in items):
-        from tests import test_cuda_simulator
+        from tests.cuda_host import test_cuda_simulator
 
         test_cuda_simulator.start()
 

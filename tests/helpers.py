@@ -94,7 +94,7 @@ def stream_every_row(tune, monkeypatch, kernels, name, flag_at, block_knob):
 def exp_rest(t, axis=-1):
     """The kernels' exp-sum of shifted scores ``t`` (float64): the sum of
     ``exp(t)`` less the first max's term, exactly 1 (``log s = log1p`` of
-    it, SciPy's rule; ``fastlogits.cpu.tiles.rest``)."""
+    it, SciPy's rule; ``fastlogits.cpu.blocks.tiles.rest``)."""
     t = np.asarray(t, np.float64)
     e = np.exp(t)
     first = np.expand_dims(np.argmax(np.where(np.isnan(t), -np.inf, t), axis=axis), axis)

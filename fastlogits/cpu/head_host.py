@@ -1,5 +1,5 @@
 """The CPU backend's host side for :class:`fastlogits.LinearHead`: the
-fused ``W f + b`` kernels of :mod:`fastlogits.cpu.head` on flat views of
+fused ``W f + b`` kernels of :mod:`fastlogits.cpu.ops.head` on flat views of
 the features (float16 and strided views through bounded chunks). The
 ``"cpu"`` entries of the frontend's LinearHead dispatch tables.
 """
@@ -8,11 +8,12 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool
-from fastlogits.cpu import host, launch_threads
-from fastlogits.cpu import confusion as kc
-from fastlogits.cpu import head as k
-from fastlogits.cpu import half
+from fastlogits._modes import LOGITS, MODES
+from fastlogits.cpu import host, plan
 from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
+from fastlogits.cpu.llvm import half
+from fastlogits.cpu.ops import head as k
+from fastlogits.cpu.threads import launch_threads
 
 
 def host_params(head, dtype):
@@ -68,7 +69,7 @@ def run_head(head, fv, kernel, cls=(), red=(), feat=(), red_in=()):
 
     # Chunked: outputs through canonical work views (a full temporary
     # only when an output's strides forbid a view, as in host.run_cpu).
-    from fastlogits.cpu import half
+    from fastlogits.cpu.llvm import half
 
     cviews = [work_view(a, (outer, C, inner)) for a in cls]
     rviews = [work_view(a, (outer, inner)) for a in red]
@@ -89,7 +90,7 @@ def run_head(head, fv, kernel, cls=(), red=(), feat=(), red_in=()):
         ri = [np.ascontiguousarray(a[o0:o1, i0:i1]).reshape(-1) for a in rin2]
         kernel(fs.reshape(-1), no, ni, W, b, [a.reshape(-1) for a in cw],
                [a.reshape(-1) for a in rw], [a.reshape(-1) for a in fw], ri)
-        # store: NumPy's cast is slow for float16 subnormals (cpu.half).
+        # store: NumPy's cast is slow for float16 subnormals (cpu.llvm.half).
         for (v, _), w in zip(cviews + rviews + fviews, cw + rw + fw):
             half.store(v, o0, o1, i0, i1, w)
     for (view, tmp), arr in zip(cviews + rviews + fviews, list(cls) + list(red) + list(feat)):
@@ -105,11 +106,10 @@ def expnorm(head, op, fv, temperature, out):
         out = pool.empty(fv.reduced_shape if reduces else fv.class_shape, fv.dtype)
     if fv.empty:
         return out
-    mode = {"logits": k.LOGITS, "softmax": k.SOFTMAX, "log_softmax": k.LOG_SOFTMAX,
-            "logsumexp": k.LOGSUMEXP}[op]
+    mode = LOGITS if op == "logits" else MODES[op]
     inv_t = chk.inv_temperature(temperature, fv.compute_dtype)
-    dot = k.cl_dot_form(fv.C, fv.N)
-    tile = k.tile_pixels(fv.C, fv.N, dot)
+    dot = plan.cl_dot_form(fv.C, fv.N)
+    tile = plan.tile_pixels(fv.C, fv.N, dot)
     dummy = np.empty(1, fv.compute_dtype)
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
@@ -143,8 +143,8 @@ def labels_into(head, fv, labels, conf, inv_t):
     """The CPU argmax (``conf`` None) or classify of the head's logits
     into ``labels`` (and ``conf``), shaped like the reduced shape."""
     with_conf = conf is not None
-    dot = k.cl_dot_form(fv.C, fv.N)
-    tile = k.tile_pixels(fv.C, fv.N, dot)
+    dot = plan.cl_dot_form(fv.C, fv.N)
+    tile = plan.tile_pixels(fv.C, fv.N, dot)
     dummy = np.empty(1, fv.compute_dtype)
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
@@ -170,8 +170,8 @@ def cross_entropy(head, fv, target, *, class_weight, ignore_index, label_smoothi
         return host.empty_result(reduction, loss, grad, return_grad)
     gscale = host.grad_scale(t, w64, C, ignore_index, reduction, return_grad)
 
-    dot = k.cl_dot_form(C, fv.N)
-    tile = k.tile_pixels(C, fv.N, dot)
+    dot = plan.cl_dot_form(C, fv.N)
+    tile = plan.tile_pixels(C, fv.N, dot)
     dummy = np.empty(1, cd)
     sums = []
 
@@ -191,25 +191,25 @@ def confusion_matrix(head, fv, target, *, ignore_index, out):
     """The CPU confusion matrix, added to ``out`` (None: a new one), as
     :func:`fastlogits.cpu.host.confusion_matrix`: the fused argmax and
     private histograms, or the labels first where those do not pay
-    (:func:`fastlogits.cpu.host.labels_first`)."""
+    (:func:`fastlogits.cpu.plan.labels_first`)."""
     C = fv.C
     t = host.host_target(target, C, ignore_index)
     if fv.empty:
         return host.add_counts(np.zeros((C, C), np.int64), out)
-    if host.labels_first(C, fv.reduced_shape):
+    if plan.labels_first(C, fv.reduced_shape):
         labels = pool.empty(fv.reduced_shape, np.int32)
         labels_into(head, fv, labels, None, fv.compute_dtype.type(1.0))
         return host.confusion_from_labels(labels, t, C, ignore_index, out)
     counts = np.zeros((C, C), np.int64)
-    dot = k.cl_dot_form(C, fv.N)
-    tile = k.tile_pixels(C, fv.N, dot)
+    dot = plan.cl_dot_form(C, fv.N)
+    tile = plan.tile_pixels(C, fv.N, dot)
     bad = []
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
         with launch_threads(fv.work(outer * inner)) as nthreads:
             bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0],
                                             ignore_index, counts,
-                                            kc._chunks(C, outer * inner, nthreads), tile,
+                                            plan._chunks(C, outer * inner, nthreads), tile,
                                             dot)))
 
     run_head(head, fv, kernel, red_in=[t])

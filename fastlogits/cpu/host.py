@@ -16,11 +16,13 @@ import numpy as np
 
 from fastlogits import _checks as chk
 from fastlogits import _layout, pool, tuning
-from fastlogits.cpu import launch_threads, run_argmax, run_expnorm, thread_count
-from fastlogits.cpu import confusion as kc
-from fastlogits.cpu import losses as kl
-from fastlogits.cpu import half
-from fastlogits.cpu.softmax import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
+from fastlogits._modes import MODES
+from fastlogits.cpu import plan
+from fastlogits.cpu.llvm import half
+from fastlogits.cpu.ops import confusion as kc
+from fastlogits.cpu.ops import losses as kl
+from fastlogits.cpu.plan import run_argmax, run_expnorm
+from fastlogits.cpu.threads import launch_threads, thread_count
 
 _NATIVE_TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
 _FLOAT64 = np.dtype(np.float64)
@@ -46,7 +48,8 @@ def run_cpu(lg, full, reduced, kernel):
 
     ``full``: outputs shaped like x; ``reduced``: outputs without the class
     axis. float16 x and outputs go to the kernel as their bits (uint16
-    views, :mod:`fastlogits.cpu.scores`) where :func:`half_direct`;
+    views, :mod:`fastlogits.cpu.llvm.scores`) where
+    :func:`fastlogits.cpu.plan.half_direct`;
     else float16 data goes through float32 chunks (x and any float16
     output), bounded by ``cpu_half_chunk_elements``.
     """
@@ -58,7 +61,7 @@ def run_cpu(lg, full, reduced, kernel):
     r2 = [v for v, _ in rviews]
     if lg.dtype != np.float16:
         kernel(x3, f3, r2)
-    elif half_direct():
+    elif plan.half_direct():
         kernel(x3.view(np.uint16), [bits(a) for a in f3], [bits(a) for a in r2])
     else:
         scratch = ChunkScratch()
@@ -79,12 +82,6 @@ def run_cpu(lg, full, reduced, kernel):
             arr[...] = tmp.reshape(arr.shape)
 
 
-def half_direct():
-    """Whether the CPU kernels take float16 as it is:
-    ``cpu_half_direct`` and F16C (:data:`fastlogits.cpu.half.HARDWARE`)."""
-    return tuning.current().cpu.half_direct and half.HARDWARE
-
-
 def bits(a):
     """A float16 array's bits (a uint16 view); any other array as it is."""
     return a.view(np.uint16) if a.dtype == np.float16 else a
@@ -96,8 +93,9 @@ class ChunkScratch:
     the others.
 
     A fresh array per chunk was faulted in page by page whenever glibc's
-    heap had given the previous one back, which made float16 cross-entropy
-    over twice as slow (docs/perf/cpu-054)."""
+    heap had given the previous one back: float16 cross-entropy of a
+    channels-first 1024 x 2048 x 19 map took 28.6 ms in such a heap
+    state, against 11.6 (docs/perf/cpu-054)."""
 
     def __init__(self):
         self._buffers = {}
@@ -114,7 +112,7 @@ class ChunkScratch:
 
 def half_chunks(outer, C, inner):
     """Slices (o0, o1, i0, i1) of the (outer, inner) pixels, each holding at
-    most ``CPU_HALF_CHUNK_ELEMENTS`` scores (at least one pixel)."""
+    most ``cpu_half_chunk_elements`` scores (at least one pixel)."""
     budget = max(1, tuning.current().cpu.half_chunk_elements // C)
     if inner <= budget:
         step = max(1, budget // inner)
@@ -131,7 +129,6 @@ def half_chunks(outer, C, inner):
 # --------------------------------------------------------------------------
 
 #: The kernels' mode of each exp op.
-MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LOGSUMEXP}
 
 
 def expnorm(op, lg, temperature, out):
@@ -260,7 +257,7 @@ def _cross_entropy(lg, t, *, class_weight, ignore_index, label_smoothing, reduct
     sums = []
 
     def kernel(x3, full, red):
-        sums.append(kl.run_cross_entropy(
+        sums.append(plan.run_cross_entropy(
             x3, red[0], full[0] if return_grad else None, red[1] if loss is not None else None,
             w, w64, ignore_index, label_smoothing, gscale))
 
@@ -303,14 +300,6 @@ def add_counts(counts, out):
     return out
 
 
-def labels_first(C, reduced_shape):
-    """Whether the CPU confusion matrix of C classes over ``reduced_shape``
-    pixels takes the labels first (:func:`confusion_from_labels`) rather
-    than private histograms
-    (:func:`fastlogits.cpu.confusion.private_histograms`)."""
-    return not kc.private_histograms(C, _layout.size_of(reduced_shape), thread_count())
-
-
 def confusion_from_labels(labels, t, C, ignore_index, out):
     """The (C, C) counts of ``labels`` against the targets ``t`` (same
     shape) added to ``out`` (None: a new matrix) in one serial pass; a bad
@@ -331,11 +320,11 @@ def confusion_matrix(lg, target, *, ignore_index, out):
 def _confusion_matrix(lg, t, ignore_index, out):
     """The CPU confusion matrix, added to ``out`` (None: a new one): by the
     fused argmax and private histograms or, where those do not pay
-    (:func:`labels_first`), the labels first."""
+    (:func:`fastlogits.cpu.plan.labels_first`), the labels first."""
     C = lg.C
     if lg.empty:
         return add_counts(np.zeros((C, C), np.int64), out)
-    if labels_first(C, lg.reduced_shape):
+    if plan.labels_first(C, lg.reduced_shape):
         labels = pool.empty(lg.reduced_shape, np.int32)
         one = lg.compute_dtype.type(1.0)
         run_cpu(lg, [], [labels], lambda x3, f, r: run_argmax(x3, r[0], None, one))
@@ -344,7 +333,7 @@ def _confusion_matrix(lg, t, ignore_index, out):
     bad = []
 
     def kernel(x3, full, red):
-        bad.append(kc.run_confusion(x3, red[0], ignore_index, counts))
+        bad.append(plan.run_confusion(x3, red[0], ignore_index, counts))
 
     run_cpu(lg, [], [t], kernel)
     if sum(bad):

@@ -328,7 +328,7 @@ COPY_DIMS = 6
 
 def copy_into(dst, src, stream):
     """``dst[...] = src`` for device arrays of one shape and dtype and any
-    strides, queued on ``stream`` by :func:`fastlogits.cuda.copy.copy6`
+    strides, queued on ``stream`` by :func:`fastlogits.cuda.kernels.copy.copy6`
     (both arrays seen as 6-D views; more axes after merging contiguous
     ones are walked on the host)."""
     dcai, scai = _interface_of(dst), _interface_of(src)
@@ -356,7 +356,7 @@ def _copy_dims(dptr, sptr, dims, dtype, dst, src, stream):
     shape = tuple(n for n, _ in dims)
     d = _array_at(dptr, shape, tuple(st[0] for _, st in dims), dtype, dst)
     s = _array_at(sptr, shape, tuple(st[1] for _, st in dims), dtype, src)
-    from fastlogits.cuda import copy as kc
+    from fastlogits.cuda.kernels import copy as kc
 
     total = _layout.size_of(shape)
     threads = 256
@@ -370,7 +370,7 @@ def fill_zero(dev, stream):
     size = _layout.size_of(tuple(cai["shape"]))
     if not size:
         return
-    from fastlogits.cuda import copy as kc
+    from fastlogits.cuda.kernels import copy as kc
 
     flat = reshape_cai(cai, dev, (size,))
     threads = 256

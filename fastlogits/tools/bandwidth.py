@@ -5,7 +5,7 @@ them, so the ceiling they are compared with must too: :func:`read_kernel`
 streams an array in blocks over the threads (a vectorized sum per block,
 so every byte is loaded once and nothing is written) and
 :func:`copy_kernel` copies the same way, with ordinary stores or with
-non-temporal ones (:mod:`fastlogits.cpu.stream`, which the channels-first
+non-temporal ones (:mod:`fastlogits.cpu.llvm.stream`, which the channels-first
 kernels use for large outputs; without the read of each output line
 first, 1.7x faster on AMD Zen 4). Each ceiling is the best of one
 thread and all threads, and the copy's of both kinds of store: on a
@@ -21,7 +21,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.stream import stream_copy, stream_fence
+from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
 
 __all__ = ["read_gbps", "copy_gbps", "device_copy_gbps", "read_kernel", "copy_kernel",
            "thread_counts"]

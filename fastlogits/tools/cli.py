@@ -191,9 +191,9 @@ def _tile_status():
 
 
 def _half_status():
-    """How the CPU kernels take float16 logits (fastlogits.cpu.scores)."""
+    """How the CPU kernels take float16 logits (fastlogits.cpu.llvm.scores)."""
     from fastlogits import tuning
-    from fastlogits.cpu.half import HARDWARE
+    from fastlogits.cpu.llvm.half import HARDWARE
 
     if not HARDWARE:
         return "through float32 chunks (the CPU has no F16C)"
@@ -204,7 +204,7 @@ def _half_status():
 
 def _fastexp_status():
     """How exp runs in the CPU kernels: compiles a tiny (uncached) loop over
-    :func:`fastlogits.cpu.fastexp.fexp` and looks for vector types in its IR."""
+    :func:`fastlogits.cpu.llvm.fastexp.fexp` and looks for vector types in its IR."""
     import re
 
     try:
@@ -212,7 +212,7 @@ def _fastexp_status():
         from numba import njit
 
         from fastlogits.tuning import FASTMATH
-        from fastlogits.cpu.fastexp import fexp
+        from fastlogits.cpu.llvm.fastexp import fexp
     except ImportError as exc:
         return f"not available ({exc}); kernels would call the scalar libm exp"
 
@@ -229,7 +229,7 @@ def _fastexp_status():
         vectorized.append(re.search(rf"<\d+ x {name}>", ir) is not None)
     if all(vectorized):
         return "vectorized polynomial exp (float32/float64)"
-    return "fastlogits.cpu.fastexp present, but the exp loop did not vectorize (scalar code)"
+    return "fastlogits.cpu.llvm.fastexp present, but the exp loop did not vectorize (scalar code)"
 
 
 def _cache_dirs():

@@ -2,7 +2,7 @@
 arrays of every supported kind, and copies back to the host.
 
 These tests run on a real GPU, or in CI under the CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``, see tests/test_cuda_simulator.py). The
+(``NUMBA_ENABLE_CUDASIM=1``, see tests/cuda_host/test_cuda_simulator.py). The
 simulator differs from a GPU in ways the tests account for:
 
 - it has no warp shuffles: the group reductions take the shared-memory
@@ -14,7 +14,7 @@ simulator differs from a GPU in ways the tests account for:
   "Numba device array in, Numba device arrays out" path is exercised;
 - it computes float32 arithmetic partly in float64 (Python scalars), so
   float32 rounding is only really tested on a GPU; the PTX test
-  (tests/test_cuda_ptx.py) checks that float32 kernels hold no float64
+  (tests/cuda_host/test_cuda_ptx.py) checks that float32 kernels hold no float64
   instructions;
 - its ``cuda.shared.array`` (numba-cuda 0.30) looks up a block's array
   and creates it when missing without a lock, so two of a block's threads

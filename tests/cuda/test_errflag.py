@@ -1,5 +1,6 @@
-"""The error-flag machinery (fastlogits.cuda.errflag) with a tiny kernel:
-data-dependent errors found on the GPU become a ValueError on the host,
+"""The error-flag machinery (fastlogits.cuda.host.errflag and its device
+side, fastlogits.cuda.kernels.errflag) with a tiny kernel: data-dependent
+errors found on the GPU become a ValueError on the host,
 naming the first offending index, however the threads interleave."""
 
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 from numba import cuda
 
 from fastlogits.cuda import runtime
-from fastlogits.cuda.errflag import ErrorFlag, raise_flag
+from fastlogits.cuda.host.errflag import ErrorFlag
+from fastlogits.cuda.kernels.errflag import raise_flag
 
 MESSAGES = {
     1: "values holds a negative number at index {index} (size {n})",

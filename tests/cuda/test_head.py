@@ -6,7 +6,7 @@ special values, GPU weights, out=, bad targets and empty inputs.
 
 Under the simulator the conftest's SMALL launch configuration (64 threads,
 2 blocks) gives several tiles per block (grid-stride) and partial tiles;
-``CUDA_HEAD_SHARED_BYTES`` is shrunk per case to force the chunked regimes.
+``cuda_head_shared_bytes`` is shrunk per case to force the chunked regimes.
 """
 
 import sys
@@ -19,7 +19,7 @@ import fastlogits as fl
 from fastlogits import _layout, tuning
 from fastlogits._frontend import Features
 from fastlogits._numpy_backend import head_logits
-from fastlogits.cuda import head as kh
+from fastlogits.cuda.host import head as kh
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -77,7 +77,7 @@ def fast_barriers():
 
 @pytest.fixture
 def budget(tune, monkeypatch):
-    """Set ``CUDA_HEAD_SHARED_BYTES`` (None: the default); the cases in
+    """Set ``cuda_head_shared_bytes`` (None: the default); the cases in
     :data:`ONE_BLOCK` run on a single block, so it strides over the tiles."""
     def set_budget(nbytes, case=None):
         if case in ONE_BLOCK:
@@ -146,7 +146,7 @@ def test_plan_regimes(case, budget):
 
 def test_plan_budget_too_small(budget):
     budget(32)
-    with pytest.raises(ValueError, match="CUDA_HEAD_SHARED_BYTES"):
+    with pytest.raises(ValueError, match="head_shared_bytes"):
         kh.plan((10, 6, 1), 19, 4)
 
 

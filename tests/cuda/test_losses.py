@@ -13,7 +13,8 @@ from conftest import kind_of, to_gpu, to_host
 
 import fastlogits as fl
 from fastlogits import reference
-from fastlogits.cuda import losses
+from fastlogits.cuda.host import losses
+from fastlogits.cuda.kernels.losses import SHARED_BINS
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -164,7 +165,7 @@ def test_confusion_matrix(rng, case):
     """C = 5 and 19 count in a shared-memory histogram, C = 100 with
     global atomics (C * C > SHARED_BINS); out= accumulates."""
     shape, axis = CASES[case]
-    assert (shape[axis] ** 2 > losses.SHARED_BINS) == (case == "rows-block")
+    assert (shape[axis] ** 2 > SHARED_BINS) == (case == "rows-block")
     x, t = make(rng, shape, axis)
     x[(0,) * x.ndim] = np.nan  # argmax rule: the first NaN
     C = shape[axis]
@@ -189,7 +190,7 @@ def test_confusion_matrix(rng, case):
 @pytest.mark.parametrize("patch", ["cl_thread_per_pixel", "global_atomics"])
 def test_fused_count_paths(tune, rng, monkeypatch, patch):
     """The fused argmax + count kernel (a thread per pixel) channels-last
-    (CUDA_CL_PIXEL_MAX_C raised back to its default), and with global
+    (cuda_cl_pixel_max_c raised back to its default), and with global
     atomics instead of the shared histogram; the loss-only kernel
     channels-last too."""
     from fastlogits import tuning

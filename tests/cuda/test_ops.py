@@ -16,7 +16,8 @@ from conftest import KINDS, SIM, ForeignArray, kind_of, real_gpu, to_gpu, to_hos
 
 import fastlogits as fl
 from fastlogits import reference, tuning
-from fastlogits.cuda import ops, runtime
+from fastlogits.cuda import runtime
+from fastlogits.cuda.host import ops
 
 EXPNORM = ("softmax", "log_softmax", "logsumexp")
 
@@ -384,7 +385,7 @@ def test_plan_tile_fits_shared_memory(tune, monkeypatch):
 
 def test_bad_block_size(tune, monkeypatch, rng):
     tune(cuda_threads_per_block=100)
-    with pytest.raises(ValueError, match="cuda_threads_per_block=100"):
+    with pytest.raises(ValueError, match="threads_per_block=100"):
         fl.softmax(to_gpu(logits(rng, (3, 4), np.float32)))
 
 
@@ -481,7 +482,7 @@ class _FailingKernel:
 
 def test_launch_out_of_registers_is_a_config_error():
     k = _FailingKernel("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: too many resources requested")
-    with pytest.raises(ValueError, match=r"1024 threads .*cuda_threads_per_block"):
+    with pytest.raises(ValueError, match=r"1024 threads .*threads_per_block"):
         runtime.launch(k, 4, 1024, 0, 0)
     with pytest.raises(RuntimeError, match="something else"):  # other failures pass through
         runtime.launch(_FailingKernel("something else"), 4, 256, 0, 0)
@@ -500,7 +501,7 @@ def test_too_many_threads_for_the_registers(tune, monkeypatch, rng):
 
 
 @pytest.mark.skipif(SIM, reason="the simulator replaces numba.cuda.dispatcher; "
-                    "tests/test_cuda_launch_guard.py runs this check outside it")
+                    "tests/cuda_host/test_cuda_launch_guard.py runs this check outside it")
 def test_launch_uses_the_documented_launch_configuration():
     """runtime.launch indexes the kernel (``kernel[griddim, blockdim,
     stream, sharedmem](*args)``) with 1-D dimensions as Python ints, the
@@ -508,7 +509,7 @@ def test_launch_uses_the_documented_launch_configuration():
     against the installed numba-cuda's real signatures (issue 36: the old
     hand-written double mocked a ``call`` that numba-cuda 0.30 does not
     have)."""
-    from tests.cuda_doubles import RecordingKernel
+    from tests.cuda_host.cuda_doubles import RecordingKernel
 
     k = RecordingKernel()
     stream = runtime.default_stream()

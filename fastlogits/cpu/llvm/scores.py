@@ -1,0 +1,187 @@
+"""How the kernels read x's scores: float32, float64, or float16 bits.
+
+Numba's CPU target has no float16 type, so float16 logits reach the
+kernels that read them directly as their bits: ``x.view(np.uint16)``
+(a uint16 x is never anything else in :mod:`fastlogits.cpu`). Such x is
+computed in float32, as the chunked path of :func:`fastlogits.cpu.host.run_cpu`
+computes it, so results are the same bit for bit: every float16 value is
+exact in float32. What changes is the memory traffic: the kernels read two
+bytes per score from memory, where the chunked path converted 1 M scores
+at a time into a float32 copy and read that back (float16 took 1.4-2.1x
+float32's time: docs/perf/cpu-049).
+
+- Numba code reads a score as ``score(x[...])``, and makes its scratch
+  for scores with :func:`scratch` (``compute_type(x.dtype)``).
+- Intrinsics type x by :func:`is_scores` and :func:`compute_type` and
+  load vectors through :class:`ScoreIR`: a load of ``lanes`` halves and
+  an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
+  path only where :data:`fastlogits.cpu.llvm.half.HARDWARE`).
+
+float16 outputs (softmax's, log_softmax's, logsumexp's, the loss
+gradient) reach the kernels as bits too. Their results are computed in float32 and rounded to
+float16 once, as they are stored (:func:`store_score`,
+:meth:`ScoreIR.narrow`: ``vcvtps2ph``, round to nearest even, as NumPy's
+cast): never stored as float16 and read back to compute with, which
+would round twice.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core.extending import overload
+from numba.np.numpy_support import as_dtype
+
+from fastlogits.tuning import FASTMATH
+from fastlogits.cpu.llvm.half import _from_half_bits, _half_bits
+from fastlogits.cpu.llvm.irutil import masked_gather, masked_load, masked_store, vptr
+
+#: The Numba dtype of float16 scores' bits.
+HALF_BITS = types.uint16
+
+
+def is_scores(dtype):
+    """Whether an array of Numba dtype ``dtype`` holds scores: a float, or
+    float16 bits."""
+    return isinstance(dtype, types.Float) or dtype == HALF_BITS
+
+
+def is_score_array(a, ndim=None):
+    """Whether the Numba type ``a`` is a C-contiguous array of scores (of
+    ``ndim`` dimensions, if given)."""
+    return (isinstance(a, types.Array) and a.layout == "C" and is_scores(a.dtype)
+            and (ndim is None or a.ndim == ndim))
+
+
+def compute_type(dtype):
+    """The Numba type scores of ``dtype`` are computed in: float32 for
+    float16 bits, else the dtype itself."""
+    return types.float32 if dtype == HALF_BITS else dtype
+
+
+def holds_half_bits(a):
+    """Whether the array ``a`` holds float16 bits: its results are
+    rounded once, from float32 scratch, never from exponentials stored in
+    it (rounded twice). Callable from Python (a NumPy array) and from Numba
+    code (a constant there: the branches it rules out are not compiled)."""
+    return a.dtype == np.uint16
+
+
+@overload(holds_half_bits, inline="always", fastmath=FASTMATH)
+def _holds_half_bits_overload(a):
+    if not isinstance(a, types.Array):
+        return None
+    half = a.dtype == HALF_BITS
+    return lambda a: half
+
+
+def score(v):
+    """The value of one score read from x: as it is for a float, the
+    float32 value of float16 bits (exact)."""
+    raise NotImplementedError("score is only callable from Numba code")
+
+
+@overload(score, inline="always", fastmath=FASTMATH)
+def _score_overload(v):
+    if v == HALF_BITS:
+        return lambda v: _from_half_bits(v)
+    if isinstance(v, types.Float):
+        return lambda v: v
+    return None
+
+
+def store_score(a, v):
+    """``v`` (a computed score) as a value of the array ``a``'s dtype, to
+    store into it: the float16 bits of ``v`` for float16 bits (one
+    rounding, to nearest even), else ``v``."""
+    raise NotImplementedError("store_score is only callable from Numba code")
+
+
+@overload(store_score, inline="always", fastmath=FASTMATH)
+def _store_score_overload(a, v):
+    if not (isinstance(a, types.Array) and isinstance(v, types.Float)):
+        return None
+    if a.dtype == HALF_BITS:
+        return lambda a, v: _half_bits(np.float32(v))
+    if isinstance(a.dtype, types.Float):
+        return lambda a, v: v
+    return None
+
+
+def scratch(shape, x):
+    """A new array of ``shape`` in the type x's scores are computed in."""
+    raise NotImplementedError("scratch is only callable from Numba code")
+
+
+@overload(scratch, inline="always", fastmath=FASTMATH)
+def _scratch_overload(shape, x):
+    if not (isinstance(x, types.Array) and is_scores(x.dtype)):
+        return None
+    kind = as_dtype(compute_type(x.dtype)).type
+    return lambda shape, x: np.empty(shape, kind)
+
+
+class ScoreIR:
+    """Vector loads of x's scores in intrinsics: ``elem`` is the IR type
+    they are computed in, ``size`` the bytes of one stored score (for
+    addresses and alignment), ``compute_size`` those of one computed."""
+
+    def __init__(self, context, dtype):
+        self.half = dtype == HALF_BITS
+        self.elem = context.get_data_type(compute_type(dtype))
+        self.stored = ir.HalfType() if self.half else self.elem
+        self.size = 2 if self.half else context.get_abi_sizeof(self.elem)
+        self.compute_size = context.get_abi_sizeof(self.elem)
+
+    def _data(self, builder, data):
+        return builder.bitcast(data, self.stored.as_pointer()) if self.half else data
+
+    def _widen(self, builder, v):
+        if not self.half:
+            return v
+        return builder.fpext(v, ir.VectorType(self.elem, v.type.count))
+
+    def load(self, builder, data, index, lanes):
+        """``lanes`` scores from ``data[index]`` (``data`` x's data pointer,
+        ``index`` an i64 element offset), as a vector of ``elem``."""
+        vec = ir.VectorType(self.stored, lanes)
+        v = builder.load(vptr(builder, self._data(builder, data), index, vec), align=self.size)
+        return self._widen(builder, v)
+
+    def _masked(self, builder, read, mask, passthru):
+        """``read(stored passthru)`` widened; lanes off ``mask`` are
+        ``passthru`` (a vector of ``elem``)."""
+        if not self.half:
+            return read(passthru)
+        zeros = ir.Constant(ir.VectorType(self.stored, passthru.type.count), None)
+        return builder.select(mask, self._widen(builder, read(zeros)), passthru)
+
+    def narrow(self, builder, v):
+        """The vector ``v`` of ``elem`` as stored: rounded to halves
+        (``fptrunc``) for float16 bits."""
+        if not self.half:
+            return v
+        return builder.fptrunc(v, ir.VectorType(self.stored, v.type.count))
+
+    def store(self, builder, v, data, index, align=None):
+        """Store the vector ``v`` of ``elem`` at ``data[index]`` as stored
+        (:meth:`narrow`); ``align`` in bytes, default one score's. Returns
+        the store instruction."""
+        v = self.narrow(builder, v)
+        return builder.store(v, vptr(builder, self._data(builder, data), index, v.type),
+                             align=self.size if align is None else align)
+
+    def masked_store(self, builder, v, data, index, mask):
+        """Store the lanes of ``mask`` of the vector ``v`` of ``elem`` at
+        ``data[index]`` as stored (:meth:`narrow`)."""
+        masked_store(builder, self.narrow(builder, v), self._data(builder, data), index, mask)
+
+    def masked_load(self, builder, data, index, mask, passthru):
+        """:func:`fastlogits.cpu.llvm.irutil.masked_load` of x's scores."""
+        return self._masked(builder, lambda p: masked_load(
+            builder, self._data(builder, data), index, mask, p), mask, passthru)
+
+    def masked_gather(self, builder, data, index, mask, passthru):
+        """:func:`fastlogits.cpu.llvm.irutil.masked_gather` of x's scores
+        (``data`` a pointer into x)."""
+        return self._masked(builder, lambda p: masked_gather(
+            builder, self._data(builder, data), index, mask, p), mask, passthru)

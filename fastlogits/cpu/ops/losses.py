@@ -1,0 +1,784 @@
+"""Cross-entropy (and its gradient) on the CPU: one read of x per tile.
+
+For a tile of P pixels the kernel takes, while the tile's C x P scores sit
+in L1/L2: the per-pixel max (:func:`tile_max`), the target's logit (one
+gather per pixel), the weighted smoothing sum ``sum_c w[c] * (m - x_c)``
+(only with label smoothing), the exp-sum (the exponentials stored into the
+gradient tile when it is wanted, :func:`tile_exp_store`), then per pixel
+the loss, and finally the gradient, rescaled in cache::
+
+    -logp[c]  = log s + (m - x_c)                       (s = sum exp(x - m))
+    loss      = (1 - eps) w[t] (-logp[t]) + eps / C * (W log s + sum_c w[c] (m - x_c))
+    grad[c]   = g * (e_c * A / s - eps / C * w[c]) - g * (1 - eps) w[t] [c == t]
+    A         = (1 - eps) w[t] + eps / C * W            (W = sum_c w[c])
+
+with ``g`` the gradient scale (1, or 1 / sum of target weights for a
+"mean" gradient). The class loops and the per-pixel quantities are in
+x's precision (float32 or float64); losses and weights are summed in
+float64 per chunk of tiles, and the chunk sums are returned, so a mean
+over millions of pixels stays accurate.
+
+Targets are read as they are (uint8 or int64) and checked on the way: a
+value outside [0, C) that is not ``ignore_index`` is counted (and treated
+as ignored); the caller raises the error with the first such value.
+
+The gradient may be x itself (``cross_entropy(..., grad_out=x)``): every
+driver reads all of a tile's (a block's, a row's) logits it needs before
+it writes that tile's gradient, and nothing else of x afterwards.
+
+Drivers, one per layout regime (as in :mod:`fastlogits.cpu.ops.softmax`):
+:func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
+in registers, :mod:`fastlogits.cpu.blocks.planeblock`, for up to
+``cpu_plane_block_max_classes`` classes; a large gradient written
+by non-temporal stores, :mod:`fastlogits.cpu.llvm.stream`), :func:`ce_cl_tiles`
+(channels-last, few classes: a tile of rows transposed into an L1
+scratch) and
+:func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
+``cpu_row_block_xent_max_classes`` classes blocks of rows
+transposed in registers, the gradient included; from
+``cpu_row_min_classes`` classes on, and for a chunk's last rows,
+one row at a time through the vector row kernels).
+Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
+
+In the register blocks of both layouts, float32 losses without gradient
+skip the per-pixel scratch: one fused intrinsic per block
+(:func:`_fused_losses`: max, exp-sum, the smoothing sum with label
+smoothing, target logit, log and loss in vector registers;
+docs/perf/cpu-044, cpu-054). With a gradient, each block
+of 16 pixels (8 with AVX2) is done by one fused intrinsic too
+(:func:`_grad_blocks`): max, exponentials, their sum and the smoothing
+sum from the block's columns in L1, then the final gradient (targets and
+ignored pixels included) stored from registers; only the per-pixel loss
+step follows, on the tile's scratch (docs/perf/cpu-047). Both take
+the target logit by one gather from x, and each block prefetches its
+share of the next tile's targets (:func:`_prefetch_block`; docs/perf/cpu-052).
+"""
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from fastlogits.tuning import FASTMATH
+from fastlogits.cpu.blocks.gather import lookup
+from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                              planes_max_expsum, planes_stream_xent_grad, planes_wsum,
+                                              planes_xent, planes_xent_grad)
+from fastlogits.cpu.blocks.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
+                                            rows_xent_grad)
+from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
+from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
+                                         load_rows, load_transposed, next_tile_cl, store_transposed,
+                                         tile_exp_store, tile_expsum, tile_max, tile_to_out,
+                                         work_chunks)
+from fastlogits.cpu.llvm.fastlog import flog1p
+from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
+                                          prefetch_row, prefetch_rows, prefetch_span, region_from,
+                                          rows_ahead)
+from fastlogits.cpu.llvm.scores import compute_type, holds_half_bits, score, scratch, store_score
+from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _targets(P, t, r0, ignore, C, w, tt, wt, keep):
+    """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class (int32), or -1
+    for an ignored or bad pixel; ``wt[p]`` its weight from ``w`` (x's
+    dtype; 0 where ``tt[p]`` is -1); ``keep[p]`` 1 or 0 in x's dtype (the
+    gradient's mask, see :func:`_tile_grad`). Returns the number of bad
+    targets (outside [0, C), not ``ignore``). The target logits follow
+    (:func:`_target_logits_tile`, :func:`_target_logits_rows`).
+
+    Branch-free (a branch would be mispredicted at scattered ignored
+    pixels), so the loop vectorizes. The weights, indexed loads, come
+    after it by vector gathers (:func:`lookup`), and not at all with unit
+    weights (no ``class_weight``): inside the loop they kept LLVM from
+    vectorizing it, 4.9 cycles per pixel against 0.8 without them
+    (docs/perf/cpu-034, cpu-054).
+    """
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
+    one = keep.dtype.type(1.0)
+    zero = keep.dtype.type(0.0)
+    unit = True
+    for c in range(C):
+        unit &= w[c] == one
+    nbad = 0
+    for p in range(P):
+        ti = np.int64(t[r0 + p])
+        inside = (ti >= 0) & (ti < C)
+        kept = ti != ignore
+        nbad += np.int64(kept & ~inside)
+        ok = kept & inside
+        tt[p] = ti if ok else -1
+        keep[p] = one if ok else zero
+        if unit:  # loop-invariant: LLVM unswitches the loop on it
+            wt[p] = one if ok else zero
+    if not unit:
+        lookup(w, tt, wt, P)
+    return nbad
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _target_logits_tile(x, o, i0, P, tt, xt):
+    """``xt[p]``: the target's logit of tile pixel p (0 where ``tt[p]`` is
+    -1). A branch around the load: measured faster here than loading every
+    pixel (1.9 against 2.5 cycles per pixel, docs/perf/cpu-034)."""
+    i0 = max(i0, 0)
+    zero = xt.dtype.type(0.0)
+    for p in range(P):
+        xt[p] = score(x[o, max(tt[p], 0), i0 + p]) if tt[p] >= 0 else zero
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _target_logits_rows(x2, r0, P, tt, xt):
+    """:func:`_target_logits_tile` for rows ``r0 .. r0 + P - 1`` of x2 (rows, C)."""
+    r0 = max(r0, 0)
+    zero = xt.dtype.type(0.0)
+    for p in range(P):
+        xt[p] = score(x2[r0 + p, max(tt[p], 0)]) if tt[p] >= 0 else zero
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _smoothing_sum(x, o, i0, P, m, w, part, sm):
+    """``sm[p] = sum_c w[c] * (m[p] - x[o, c, i0 + p])``: each term >= 0 for
+    positive weights, so no cancellation; in x's precision, SUM_BLOCK
+    classes at a time."""
+    i0 = max(i0, 0)
+    C = x.shape[1]
+    for p in range(P):
+        sm[p] = 0.0
+    for c0 in range(0, C, SUM_BLOCK):
+        for p in range(P):
+            part[p] = 0.0
+        for c in range(c0, min(c0 + SUM_BLOCK, C)):
+            wc = w[c]
+            for p in range(P):
+                part[p] += wc * (m[p] - score(x[o, c, i0 + p]))
+        for p in range(P):
+            sm[p] += part[p]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _pixel_losses(P, m, s, sm, xt, wt, tt, keep, epsc, wallx, gk, ge, smooth, a, d, want_grad,
+                  acc, loss, r0, want_loss):
+    """Per pixel of the tile (see the module docstring): the loss (0 where
+    ignored, NaN where the max is not finite: a NaN, a +inf, or all -inf),
+    into ``loss[r0:r0 + P]`` with ``want_loss``, label smoothing by ``keep,
+    epsc, wallx`` (``ls`` of :func:`_smoothing_coefs`) where ``smooth``;
+    with ``want_grad``, ``a = A / (1 + s)`` and ``d = g (1 - eps) w[t]`` from
+    ``gk, ge`` (``coef`` of :func:`_grad_scales`; a loop of their own:
+    without a gradient its division is not paid). Adds the sum of the
+    losses to ``acc[0]``, of the target weights to ``acc[1]``, in float64.
+    (The coefficients come as scalars: :func:`ce_cl_rows` calls this per
+    row, and the two arrays passed instead doubled the loss's time at 150
+    classes; docs/perf/cpu-062.)
+
+    ``s`` is the exp-sum less the max's term (:func:`fastlogits.cpu.blocks.tiles.rest`):
+    ``log1p(s)`` keeps a confident pixel's small loss precise.
+
+    Branch-free (selects, and :func:`flog1p` instead of libm's scalar
+    ``log1p``) so the loop runs at vector width. Every per-pixel quantity is
+    in x's precision, the scratch too: float32's loop runs twice the lanes
+    of float64's and reads half the bytes (docs/perf/cpu-034, cpu-044). Its terms are all >= 0 (log s >= 0, m - x_t >= 0), so a float32
+    loss is within a few ulp, as the float32 exp-sum it starts from.
+    """
+    f = m.dtype.type
+    nan = f(np.nan)
+    zero = f(0.0)
+    r0 = max(r0, 0)  # no wraparound select (see tiles.py)
+    lsum = 0.0
+    wsum = 0.0
+    for p in range(P):
+        # Every value is computed unconditionally and then selected: a
+        # conditional load or division would stay a branch.
+        wp = wt[p]
+        mx = m[p]
+        lse = flog1p(s[p])  # s: the sum of the non-maximal terms (tiles.rest)
+        lv = wp * (lse + (mx - xt[p]))
+        smoothed = keep * lv + epsc * (wallx * lse + sm[p])
+        lv = smoothed if smooth else lv
+        lv = lv if is_finite(mx) else nan
+        lv = lv if tt[p] >= 0 else zero
+        if want_loss:  # loop-invariant: LLVM unswitches the loop on it
+            loss[r0 + p] = lv
+        lsum += np.float64(lv)
+        wsum += np.float64(wp)
+    if want_grad:
+        for p in range(P):
+            wp = wt[p]
+            ap = (gk * wp + ge) / (s[p] + f(1.0))
+            a[p] = ap if is_finite(m[p]) else nan
+            d[p] = gk * wp
+    acc[0] += lsum
+    acc[1] += wsum
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
+                       want_loss):
+    """:func:`_pixel_losses` of a tile or block, its coefficients from the
+    arrays ``ls`` (:func:`_smoothing_coefs`) and ``coef``
+    (:func:`_grad_scales`)."""
+    _pixel_losses(P, m, s, sm, xt, wt, tt, ls[0], ls[1], ls[2], coef[0], coef[1], eps > 0.0, a,
+                  d, want_grad, acc, loss, r0, want_loss)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
+                 want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
+    """Everything of one tile but the gradient write: fills ``a``, ``d``,
+    ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
+    with ``want_grad``),
+    writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``.
+    Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
+    C = x.shape[1]
+    one = w.dtype.type(1.0)
+    tile_max(x, o, i0, P, m, part, pf)
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
+    _target_logits_tile(x, o, i0, P, tt, xt)
+    if eps > 0.0:
+        _smoothing_sum(x, o, i0, P, m, w, part, sm)
+    if want_grad:
+        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
+    else:
+        tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
+                       want_loss)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _scratch(tile, w):
+    """Per-chunk scratch of ``tile`` pixels: m, part, a, s, sm (zeroed: read
+    even without smoothing), xt, wt, d, keep in the type x's scores are
+    computed in (``w``'s), tt int32 (docs/perf/cpu-044); part and s
+    of 2 tile (their halves: :func:`fastlogits.cpu.blocks.tiles.tile_expsum`)."""
+    return (np.empty(tile, w.dtype), np.empty(2 * tile, w.dtype), np.empty(tile, w.dtype),
+            np.empty(2 * tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
+            np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
+            np.empty(tile, w.dtype))
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _grad_coef(w, eps, gscale):
+    """``g * eps / C * w[c]`` in x's dtype (``w``'s; 0 without smoothing)."""
+    C = w.shape[0]
+    b = np.empty_like(w)
+    for c in range(C):
+        b[c] = gscale * eps / C * w[c]
+    return b
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _grad_scales(w, wall, eps, gscale):
+    """``(g (1 - eps), g eps W / C)`` in x's dtype (``w``'s): the register
+    blocks' gradient scales ``A = (coef[0] w[t] + coef[1]) / s`` and ``D =
+    coef[0] w[t]`` (:func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`)."""
+    coef = np.empty(2, w.dtype)
+    coef[0] = gscale * (1.0 - eps)
+    coef[1] = gscale * eps * wall / w.shape[0]
+    return coef
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _smoothing_coefs(w, wall, eps):
+    """``(1 - eps, eps / C, W)`` in x's dtype (``w``'s): the fused loss
+    blocks' label smoothing (:func:`fastlogits.cpu.blocks.rowblock._xent_part`),
+    the values :func:`_pixel_losses` takes."""
+    ls = np.empty(3, w.dtype)
+    ls[0] = 1.0 - eps
+    ls[1] = eps / w.shape[0]
+    ls[2] = wall
+    return ls
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def loss_coefs(w, w64, eps, gscale):
+    """The coefficients every loss driver derives once per call, in x's
+    dtype (``w``'s): ``(b, coef, ls)`` from :func:`_grad_coef`,
+    :func:`_grad_scales` and :func:`_smoothing_coefs` (``W`` the sum of
+    the float64 class weights ``w64``)."""
+    wall = np.sum(w64)
+    return (_grad_coef(w, eps, gscale), _grad_scales(w, wall, eps, gscale),
+            _smoothing_coefs(w, wall, eps))
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _tile_grad(g, o, i0, P, a, b, keep, tt, d):
+    """The tile's exponentials ``g[o, :, i0:i0 + P]`` into d loss / d x, in
+    cache: ``g * a[p] - b[c]``, minus ``d[p]`` at the target class, 0 where
+    ``keep[p]`` is 0. A mask in x's precision keeps the loop at full vector
+    width (an int64 compare would halve it); the select, not a multiply,
+    zeroes ignored pixels whose logits may be NaN."""
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py): 2.1x slower without (docs/perf/cpu-034)
+    C = g.shape[1]
+    zero = g.dtype.type(0.0)
+    for c in range(C):
+        bc = b[c]
+        for p in range(P):
+            v = g[o, c, i0 + p] * a[p] - bc
+            g[o, c, i0 + p] = v if keep[p] != zero else zero
+    for p in range(P):
+        if tt[p] >= 0:
+            g[o, tt[p], i0 + p] -= d[p]
+
+
+def _prefetch_block(x, first, ahead, t, t_first):
+    """Numba-callable: prefetch the block of x ``ahead`` pixels past the
+    one at ``first`` (channels-first planes (outer, C, inner) from that
+    flat index, :func:`prefetch_planes`; rows (rows, C) from that row,
+    :func:`prefetch_rows`), and the targets ``t[t_first:t_first +
+    LANES]``.
+
+    The drivers pass a ``t_first`` one tile ahead of the block's own
+    targets: :func:`_targets` reads a tile's targets in one loop before
+    its blocks, and those lines, unrequested, cost the 19-class loss
+    1.05-1.09x, asked for in one burst at the tile's start no less
+    (docs/perf/cpu-052). Each block asks for its share."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_prefetch_block, fastmath=FASTMATH)
+def _prefetch_block_impl(x, first, ahead, t, t_first):
+    # Planes or rows: their blocks are both LANES (= ROWS) pixels.
+    prefetch = prefetch_planes if x.ndim == 3 else prefetch_rows
+
+    def impl(x, first, ahead, t, t_first):
+        prefetch(x, first, LANES, ahead)
+        prefetch_span(t, t_first, t_first + LANES)
+    return impl
+
+
+def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                  smooth):
+    """Numba-callable: the losses of P pixels (a multiple of the block
+    size) of float32 x in one fused pass, returning True: channels-first
+    planes (outer, C, inner) from the flat index ``first`` by
+    :func:`planes_xent`, or rows (rows, C) from row ``first`` by
+    :func:`rows_xent`; ``tt``, ``wt`` from :func:`_targets` (tile pixel
+    p), ``loss`` and the targets' flat index ``r0 + p``, the sums added to
+    ``sums`` (2 * LANES float64); with ``smooth``, label-smoothed by the
+    class weights ``w`` and ``ls`` (:func:`_smoothing_coefs`); the next
+    tile's targets of ``t`` prefetched (:func:`_prefetch_block`). For
+    float64 x it does nothing and returns False: its log has no vector IR
+    form."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_fused_losses, fastmath=FASTMATH)
+def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                       smooth):
+    if compute_type(x.dtype) != types.float32:
+        return (lambda x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                smooth: False)
+    xent = planes_xent if x.ndim == 3 else rows_xent
+
+    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls, smooth):
+        # Two instances, so the flag is not tested inside a block.
+        if smooth:
+            for q in range(0, P, LANES):
+                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, w, ls)
+        else:
+            for q in range(0, P, LANES):
+                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None,
+                     None)
+        return True
+    return impl
+
+
+def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                 ahead, t, r0):
+    """Numba-callable: the final gradient of P pixels (a multiple of the
+    block size) of x, by the fused gradient blocks (``*_xent_grad``,
+    :func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`), into ``out`` from
+    ``out_first`` (the first pixel's flat index of planes (outer, C, inner),
+    by non-temporal stores with ``nontemporal``; the first row of rows),
+    leaving each pixel's m, s, xt (and sm with ``smooth``) in the
+    :func:`_scratch` ``sc`` for :func:`_pixel_losses`. x as for
+    :func:`_fused_losses`; ``tt``, ``wt`` of ``sc`` from :func:`_targets`;
+    ``cols`` C * LANES elements; ``coef`` from :func:`_grad_scales`, ``bc``
+    from :func:`_grad_coef`; the next tile's targets of ``t`` (these
+    pixels' from flat index ``r0``) prefetched (:func:`_prefetch_block`)."""
+    raise NotImplementedError("only callable from Numba code")
+
+
+@overload(_grad_blocks, fastmath=FASTMATH)
+def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                      ahead, t, r0):
+    if x.ndim == 3:
+        plain, streamed = planes_xent_grad, planes_stream_xent_grad
+    else:
+        plain, streamed = rows_xent_grad, rows_xent_grad
+
+    def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead, t,
+             r0):
+        m, _, _, s, sm, xt, wt, _, tt, _ = sc
+        for q in range(0, P, LANES):
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+            # Four instances, so neither flag is tested inside a block.
+            if nontemporal:
+                if smooth:
+                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                             out_first + q)
+                else:
+                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                             out_first + q)
+            elif smooth:
+                plain(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                      out_first + q)
+            else:
+                plain(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                      out_first + q)
+    return impl
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
+                  write, cols, ebuf, sc, acc, sums, ahead):
+    """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
+    flat: from ``o * inner + i0``), P a multiple of
+    ``planeblock.LANES``, by the register blocks of
+    :mod:`fastlogits.cpu.blocks.planeblock` (``cols``: C * LANES elements, one
+    block's columns, reused so they stay in L1; ``sc``: a :func:`_scratch`
+    of at least P pixels): the targets first, then one pass over x. With
+    ``want_grad`` the fused gradient blocks (:func:`_grad_blocks`, ``b``
+    from :func:`_grad_coef`, ``coef`` from :func:`_grad_scales`) write
+    each block's final gradient as ``write`` says (``planeblock.WRITE_*``:
+    into ``ebuf`` (1, C, >= P), then ``grad``; or straight into ``grad`` by
+    non-temporal stores); otherwise the max and exp-sum blocks, the
+    target logits and the smoothing sums. Then the per-pixel step
+    (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead, and the
+    next tile's targets (:func:`_prefetch_block`).
+
+    float32 losses without gradient take one fused pass instead
+    (:func:`_fused_losses`, label smoothing by ``ls`` from
+    :func:`_smoothing_coefs`), adding their sums to ``sums`` (float64, 2
+    * LANES: the caller adds them to ``acc``): no scratch between the
+    blocks and the per-pixel step (docs/perf/cpu-044, cpu-054)."""
+    m, _, a, s, sm, xt, wt, d, tt, keep = sc
+    C, inner = x.shape[1], x.shape[2]
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    start = o * C * inner + i0
+    r0 = o * inner + i0
+    one = w.dtype.type(1.0)
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
+    if not want_grad and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
+                                       ahead, t, w, ls, eps > 0.0):
+        return
+    if want_grad and write == WRITE_STREAM:
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad, start, True, ahead, t,
+                     r0)
+    elif want_grad:  # (two calls: grad and ebuf differ in type for float16 bits)
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, ebuf, 0, False, ahead, t, r0)
+    else:
+        for q in range(0, P, LANES):
+            _prefetch_block(x, start + q, ahead, t, r0 + P + q)
+            planes_max_expsum(x, start + q, m, q, one, cols, s)
+        _target_logits_tile(x, o, i0, P, tt, xt)
+        if eps > 0.0:
+            for q in range(0, P, LANES):
+                planes_wsum(x, start + q, m, q, w, sm)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                       want_loss)
+    if want_grad and write != WRITE_STREAM:
+        tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad, ebuf,
+                    want_grad, loss, want_loss, sc, acc, direct, stream, pf):
+    """The tile loops' part of :func:`ce_cf`: pixels ``i0 .. i0 + P - 1``
+    of image o, their scores ``src[so, :, si0:si0 + P]`` (x's own, or a
+    copy); the gradient made in grad's tile with ``direct``, else in the
+    scratch ``ebuf`` and copied into grad (by non-temporal stores with
+    ``stream``). Prefetches the region ``pf``."""
+    m, part, a, s, sm, xt, wt, d, tt, keep = sc
+    r0 = o * inner + i0
+    if direct or not want_grad:
+        _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, grad, o, i0, want_grad,
+                     loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+        if want_grad:
+            _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+        return
+    _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0, want_grad, loss,
+                 want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+    _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
+    tile_to_out(ebuf, grad, o, i0, P, stream)
+
+
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
+          direct, blocks, write, ahead_bytes, copy_tiles):
+    """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
+    flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
+    array of that type) without ``want_grad``/``want_loss``.
+
+    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``blocks`` (x
+    and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
+    blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
+    the gradient written as ``write`` says (``planeblock.WRITE_*``), and
+    prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
+    tile loops (:func:`_cf_tile_losses`), which read a copy of their tile
+    with ``copy_tiles`` (:func:`fastlogits.cpu.blocks.tiles.load_rows`).
+
+    One read of x: the exponentials go into the gradient tile and are
+    rescaled there while still in cache. Without ``direct`` (``grad`` is
+    x: in place), when the gradient is streamed (``write`` not
+    ``WRITE_EBUF``: written by non-temporal stores), or for a ``grad`` of
+    float16 bits (which must not hold unscaled exponentials: rounded
+    twice) they go into an L1 scratch tile copied to ``grad`` at the
+    end: loops that read x and write its own memory fail LLVM's runtime
+    alias check and run scalar (in place took 125 ms against 45 at
+    1024 x 2048 x 19; docs/perf/cpu-036). (Tiles copied first,
+    ``copy_tiles``, could make it in grad's tile in place too: measured
+    0.91x, docs/perf/cpu-068.)
+    """
+    outer, C, inner = x.shape
+    direct = direct and not holds_half_bits(grad)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    stream = write != WRITE_EBUF
+    ahead = planes_ahead(x, ahead_bytes)
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
+    nchunks = work_chunks(njobs, nthreads)
+    chunk_sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        sc = _scratch(tile, w)
+        m, part, a, s, sm, xt, wt, d, tt, keep = sc
+        ebuf = scratch((1, C, tile if want_grad and (blocks or stream or not direct) else 1), x)
+        cols = scratch(C * LANES if blocks else 1, x)
+        buf = scratch((1, C, tile if copy_tiles else 1), x)
+        acc = np.zeros(3)
+        sums = np.zeros(2 * LANES)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            if P == 0:
+                continue
+            PB = P - P % LANES if blocks else 0
+            if PB > 0:
+                _plane_losses(x, o, i0, PB, t, w, ignore, eps, loss, want_loss, grad, b, coef,
+                              ls, want_grad, write, cols, ebuf, sc,
+                              acc, sums, ahead)
+                i0 += PB
+                P -= PB
+                if P == 0:
+                    continue
+            pf = plane_rows_region(x, o, i0, P, ahead)
+            if copy_tiles:
+                load_rows(x, o, i0, P, buf, pf)
+                _cf_tile_losses(buf, 0, 0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad,
+                                ebuf, want_grad, loss, want_loss, sc, acc, direct and not stream,
+                                stream, no_region(buf))
+            else:
+                _cf_tile_losses(x, o, i0, P, o, i0, inner, t, w, ignore, eps, ls, coef, b, grad,
+                                ebuf, want_grad, loss, want_loss, sc, acc, direct and not stream,
+                                stream, pf)
+        if stream:
+            stream_fence()
+        acc[0] += sums[:LANES].sum()
+        acc[1] += sums[LANES:].sum()
+        chunk_sums[chunk] = acc
+    return chunk_sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile,
+                nthreads, ahead_bytes):
+    """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
+
+    A tile of rows is transposed into an L1 scratch (C, P); the
+    exponentials go to a second scratch, become the gradient there and go
+    back row by row (:func:`store_transposed`).
+    """
+    rows, C = x.shape
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    ntiles = (rows + tile - 1) // tile
+    nchunks = work_chunks(ntiles, nthreads)
+    sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        buf = scratch((1, C, tile), x)
+        ebuf = scratch((1, C, tile), x) if want_grad else buf
+        m, part, a, s, sm, xt, wt, d, tt, keep = _scratch(tile, w)
+        acc = np.zeros(3)
+        j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
+        for job in range(j0, j1):
+            r0 = job * tile
+            P = min(tile, rows - r0)
+            load_transposed(x, r0, P, buf)
+            pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
+            _tile_losses(buf, 0, 0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0,
+                         want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+            if want_grad:
+                _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
+                store_transposed(ebuf, P, grad, r0)
+        sums[chunk] = acc
+    return sums.sum(axis=0)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
+                  ahead, cols, sc, acc, sums):
+    """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
+    ``rowblock.ROWS``, by blocks of rows transposed in registers
+    (:mod:`fastlogits.cpu.blocks.rowblock`; ``cols`` its column scratch: C * ROWS
+    elements; ``sc``: a :func:`_scratch` of at least P pixels): the
+    targets first, then with ``want_grad`` the fused gradient blocks
+    (:func:`_grad_blocks`, ``b`` from :func:`_grad_coef`, ``coef`` from
+    :func:`_grad_scales`) writing the final rows of ``grad``, otherwise the
+    max and exp-sum blocks, the target logits and the smoothing sums; then
+    the per-pixel step. (A call per many blocks: the scratch arrays'
+    reference counting, paid per call, cost more than the arithmetic of
+    one block.) float32 losses without gradient take one fused pass
+    instead (:func:`_fused_losses`, label smoothing by ``ls``), adding
+    their sums to ``sums``."""
+    m, _, a, s, sm, xt, wt, d, tt, keep = sc
+    C = x.shape[1]
+    r0 = max(r0, 0)
+    one = w.dtype.type(1.0)
+    acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
+    if not want_grad and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums,
+                                       ahead, t, w, ls, eps > 0.0):
+        return
+    if want_grad:
+        _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead, t, r0)
+    else:
+        for q in range(0, P, ROWS):
+            _prefetch_block(x, r0 + q, ahead, t, r0 + P + q)
+            rows_max_expsum(x, r0 + q, m, q, one, cols, s)
+        _target_logits_rows(x, r0, P, tt, xt)
+        if eps > 0.0:
+            for q in range(0, P, ROWS):
+                rows_wsum(x, r0 + q, m, q, w, sm)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                       want_loss)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _grad_row(g, at, apx, b, ti, d):
+    """Row ``at`` of g, one pixel's exponentials, into its gradient: ``e *
+    apx - b[c]``, less ``d`` at its target ``ti``."""
+    for c in range(g.shape[1]):
+        g[at, c] = g[at, c] * apx - b[c]
+    g[at, ti] -= d
+
+
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
+               ahead_bytes, blocks, tile, stream):
+    """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
+    (rows,). With ``blocks``, ``tile`` rows at a time by
+    blocks of ``rowblock.ROWS`` rows transposed in registers
+    (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
+    ROWS) a row at a time as vectors
+    (:mod:`fastlogits.cpu.blocks.rowvec`). Prefetches ``ahead_bytes`` ahead.
+    Without ``want_grad``, ``grad`` may be any (1, k) array of x's
+    computed type. With ``stream``, or for a ``grad`` of float16 bits
+    (rounded once), the gradient rows of kept pixels are staged: made in a
+    scratch row and copied into grad, by non-temporal stores with
+    ``stream`` (not with ``blocks``)."""
+    rows, C = x.shape
+    staged = stream or holds_half_bits(grad)
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    keep, epsc, wallx, gk, ge = ls[0], ls[1], ls[2], coef[0], coef[1]  # per row, as scalars
+    smooth = eps > 0.0
+    one = w.dtype.type(1.0)
+    zero = w.dtype.type(0.0)
+    # Rows of more than one chunk: the loss's max and exp-sum in one pass
+    # (1.35-1.46x at 32000 classes); shorter rows two (the one-pass
+    # kernel made the loss 0.88-0.91x at 150-200 classes, though not
+    # logsumexp; docs/perf/cpu-057).
+    one_pass = C * x.itemsize > CHUNK_BYTES
+    nchunks = work_chunks(rows, nthreads)
+    chunk_sums = np.zeros((nchunks, 3))
+    for chunk in prange(nchunks):
+        # One-pixel scratch for the per-pixel step shared with the tiles.
+        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
+        sc = _scratch(tile, w)
+        cols = scratch(C * ROWS if blocks else 1, x)
+        # The gradient row is made in grad's row, or staged in this one
+        # (then streamed, or rounded to float16 bits).
+        row = scratch((1, C) if staged else (1, 1), x)
+        acc = np.zeros(3)
+        sums = np.zeros(2 * ROWS)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        g1 = blocks_end(r0, r1, blocks)
+        for b0 in range(r0, g1, tile):
+            _block_losses(x, b0, min(tile, g1 - b0), t, w, ignore, eps, loss, want_loss, grad,
+                          b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
+        for r in range(g1, r1):
+            prefetch_row(x, r, ahead)
+            gr = r if want_grad else 0
+            ti = np.int64(t[r])
+            if ti != ignore and (ti < 0 or ti >= C):
+                acc[2] += 1
+                ti = -1
+            if ti == ignore:
+                ti = -1
+            if ti < 0:
+                if want_loss:
+                    loss[r] = 0.0
+                if want_grad:
+                    for c in range(C):
+                        grad[gr, c] = store_score(grad, zero)
+                continue
+            if want_grad or not one_pass:
+                mx, _ = vrow_argmax(x, r)
+            else:  # max and exp-sum in one pass over the row
+                mx, s1[0] = vrow_max_expsum(x, r, one)
+            sm = 0.0
+            if eps > 0.0:
+                for c in range(C):
+                    sm += w[c] * (mx - score(x[r, c]))
+            m1[0] = mx
+            xt1[0] = score(x[r, ti])
+            if staged and (want_grad or not one_pass):  # after every read of the row
+                s1[0] = vrow_expsum(x, r, mx, one, row, 0, want_grad)
+            elif want_grad or not one_pass:  # grad may be x
+                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
+            sm1[0] = sm
+            wt1[0] = w[ti]
+            tt1[0] = ti
+            _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, keep, epsc, wallx, gk, ge, smooth, a1,
+                          d1, want_grad, acc, loss, r, want_loss)
+            if want_grad and staged:  # (row and grad differ in type for float16 bits)
+                _grad_row(row, 0, a1[0], b, ti, d1[0])
+                if stream:
+                    stream_copy(row, 0, grad, r * C, C)
+                else:
+                    for c in range(C):
+                        grad[r, c] = store_score(grad, row[0, c])
+            elif want_grad:
+                _grad_row(grad, gr, a1[0], b, ti, d1[0])
+        if stream:
+            stream_fence()
+        acc[0] += sums[:ROWS].sum()
+        acc[1] += sums[ROWS:].sum()
+        chunk_sums[chunk] = acc
+    return chunk_sums.sum(axis=0)
+
+
+@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
+def target_weight_sum(t, w64, ignore, nthreads):
+    """``(sum of w64[t] over non-ignored targets, number of bad targets)``
+    of the flat targets ``t``: the denominator of a "mean" gradient, needed
+    before the pass that writes it (reads the targets only)."""
+    n = t.shape[0]
+    C = w64.shape[0]
+    nchunks = work_chunks(n, nthreads)
+    sums = np.zeros((nchunks, 2))
+    for chunk in prange(nchunks):
+        total = 0.0
+        nbad = 0.0
+        j0, j1 = chunk_bounds(chunk, nchunks, n)
+        for j in range(j0, j1):
+            ti = np.int64(t[j])
+            if ti != ignore:
+                if 0 <= ti < C:
+                    total += w64[ti]
+                else:
+                    nbad += 1
+        sums[chunk, 0] = total
+        sums[chunk, 1] = nbad
+    out = sums.sum(axis=0)
+    return out[0], int(out[1])

@@ -1,0 +1,79 @@
+"""Threads of a CPU kernel launch: the calling thread's Numba thread
+count (:func:`thread_count`) and the count a launch over a given amount of
+work gets (:class:`launch_threads`: serial below
+``cpu_serial_below`` elements)."""
+
+from numba import get_num_threads, set_num_threads
+
+from fastlogits import _threading, tuning
+
+
+def _thread_count_calls():
+    """``(get, set)``: the calling thread's Numba thread count, read and
+    set by the threading layer's own C functions, which Numba binds when
+    it launches its threads (0.1 and 0.3 us a call; the public
+    ``get_num_threads`` / ``set_num_threads`` take a process-wide lock
+    and check their argument each time: 0.7 and 1.0 us, three calls per
+    serial launch). The public functions where a Numba version does not
+    have them. Either way the count is thread-local, as the public
+    functions document."""
+    from numba.np.ufunc import parallel
+
+    get_num_threads()  # launches the threading layer, which binds the C functions
+    get_c = getattr(parallel, "_get_num_threads", None)
+    set_c = getattr(parallel, "_set_num_threads", None)
+    if callable(get_c) and callable(set_c):
+        return get_c, set_c
+    return get_num_threads, set_num_threads
+
+
+_thread_count = None  # (get, set), bound at the first call of thread_count()
+
+
+_guard = None  # fastlogits._threading.launch_guard(), read with _thread_count
+
+
+def thread_count():
+    """The calling thread's Numba thread count (``numba.get_num_threads``),
+    by the fast call of :func:`_thread_count_calls`."""
+    global _thread_count, _guard
+    if _thread_count is None:
+        calls = _thread_count_calls()  # starts Numba's threads: the layer is known
+        _guard = _threading.launch_guard()
+        _thread_count = calls
+    return _thread_count[0]()
+
+
+class launch_threads:
+    """Threads for a kernel launch over ``work`` elements: ``with
+    launch_threads(work) as nthreads`` gives the count to pass to the
+    kernel as ``nthreads``.
+
+    Below ``cpu_serial_below`` elements the launch uses the calling
+    thread only: waking the pool costs more than the work, and on a busy
+    machine a descheduled worker makes a tiny call wait a whole time slice.
+    (The thread count is thread-local in Numba and restored on exit.) A
+    class, not a generator-based context manager: it runs on every call,
+    where microseconds count for small inputs.
+    """
+
+    __slots__ = ("_n", "_serial")
+
+    def __init__(self, work):
+        self._n = thread_count()
+        self._serial = work < tuning.current().cpu.serial_below and self._n > 1
+
+    def __enter__(self):
+        if _guard is not None:  # a thread-unsafe layer (fastlogits._threading)
+            _guard.acquire()
+        if self._serial:
+            _thread_count[1](1)
+            return 1
+        return self._n
+
+    def __exit__(self, *exc):
+        if self._serial:
+            _thread_count[1](self._n)
+        if _guard is not None:
+            _guard.release()
+        return False

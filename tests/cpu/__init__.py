@@ -1,0 +1,1 @@
+"""Tests of the CPU backend's internals: intrinsics, blocks, tiles, threads, paths forced."""
