@@ -124,15 +124,17 @@ def resolve_backend(backend, x, gpu=None):
 # --------------------------------------------------------------------------
 
 def _geometry(shape, dtype, axis):
-    """``(axis, C, reduced_shape, compute_dtype, empty)`` of logits of
-    ``shape`` and ``dtype`` with the class axis ``axis``, checked
+    """``(axis, C, reduced_shape, compute_dtype, empty, shape3)`` of logits
+    of ``shape`` and ``dtype`` with the class axis ``axis`` (``shape3`` the
+    canonical (outer, C, inner)), checked
     (:func:`_cached_geometry` remembers it per shape, dtype and axis)."""
     chk.check_logits_dtype(dtype)
     ax = chk.normalize_axis(axis, len(shape))
     chk.check_classes(shape, ax)
     reduced = _layout.reduced_shape(shape, ax)
     # float16 is computed (and its confidence returned) in float32.
-    return ax, shape[ax], reduced, chk.compute_dtype(dtype), 0 in reduced
+    return (ax, shape[ax], reduced, chk.compute_dtype(dtype), 0 in reduced,
+            _layout.split_shape(shape, ax))
 
 
 _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
@@ -145,7 +147,7 @@ class Logits:
     their result in a cache (the per-call cost of small inputs)."""
 
     __slots__ = ("cai", "gpu", "shape", "dtype", "array", "axis", "C", "reduced_shape",
-                 "compute_dtype", "empty")
+                 "compute_dtype", "empty", "shape3")
 
     def __init__(self, x, axis):
         #: x's ``__cuda_array_interface__`` (None for a host array), read
@@ -160,8 +162,8 @@ class Logits:
             self.array = _layout.host_array(x)
             self.shape, self.dtype = self.array.shape, self.array.dtype
         geometry = _cached_geometry if type(axis) is int else _geometry  # hashable, and exact
-        (self.axis, self.C, self.reduced_shape, self.compute_dtype,
-         self.empty) = geometry(self.shape, self.dtype, axis)
+        (self.axis, self.C, self.reduced_shape, self.compute_dtype, self.empty,
+         self.shape3) = geometry(self.shape, self.dtype, axis)
 
 
 def shape_dtype(a):

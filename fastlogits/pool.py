@@ -124,9 +124,12 @@ def empty(shape, dtype, like=None):
     # math.prod, not np.prod: this runs on every call, and np.prod on a
     # tuple cost 4 of a small softmax's 30 microseconds.
     nbytes = math.prod(shape) * dtype.itemsize
-    cap = tuning.current().cpu.output_pool_bytes
+    cpu = tuning.current().cpu
+    if nbytes < cpu.output_pool_min_bytes or dtype.hasobject:
+        return np.empty(shape, dtype)
+    cap = cpu.output_pool_bytes
     size = _block_bytes(nbytes)
-    if nbytes < tuning.current().cpu.output_pool_min_bytes or size > cap or dtype.hasobject:
+    if size > cap:
         return np.empty(shape, dtype)
     raw = None
     with _lock:

@@ -36,6 +36,8 @@ _FLOAT64 = np.dtype(np.float64)
 def work_view(arr, shape):
     """``(view, temp)``: a no-copy reshape of ``arr`` or, if its strides
     forbid one, a temporary to copy back from after the kernel."""
+    if arr.flags.c_contiguous:  # every output fastlogits allocates: a view
+        return arr.reshape(shape), None
     v = _layout.reshape_view(arr, shape)
     if v is not None:
         return v, None
@@ -53,9 +55,9 @@ def run_cpu(lg, full, reduced, kernel):
     else float16 data goes through float32 chunks (x and any float16
     output), bounded by ``cpu_half_chunk_elements``.
     """
-    outer, C, inner = shape3 = _layout.split_shape(lg.shape, lg.axis)
-    x3 = _layout.canonical(lg.array, lg.axis, shape3)
-    fviews = [work_view(a, (outer, C, inner)) for a in full]
+    outer, C, inner = shape3 = lg.shape3
+    x3 = lg.array.reshape(shape3)  # a view where the strides allow, else a C-order copy
+    fviews = [work_view(a, shape3) for a in full]
     rviews = [work_view(a, (outer, inner)) for a in reduced]
     f3 = [v for v, _ in fviews]
     r2 = [v for v, _ in rviews]

@@ -225,74 +225,162 @@ def half_direct():
     return tuning.current().cpu.half_direct and half.HARDWARE
 
 
+def _choose_expnorm(x3, out3):
+    """``(regime, args)`` of softmax / log_softmax / logsumexp on x3 into
+    ``out3`` (None for logsumexp): ``"rows"`` (channels-last contiguous
+    rows: copy x first, register blocks, prefetch, out's rows contiguous,
+    whether out is large enough to stream), ``"cf"`` (channels-first
+    tiles: pixels, register blocks, prefetch, copies, out C-contiguous,
+    large enough to stream) or ``"tiles"`` (pixels, prefetch). What
+    depends on the memory itself (out over x, its lines' offsets) is
+    decided per call in :func:`run_expnorm`."""
+    cpu = tuning.current().cpu
+    outer, C, inner = x3.shape
+    streamable = out3 is not None and out3.nbytes >= cpu.stream_min_bytes
+    blocks = _row_blocks(C, cpu.row_block_expnorm_max_classes)
+    if inner == 1 and C >= (1 if blocks else cpu.row_min_classes):
+        copy = C >= cpu.row_copy_min_classes
+        out_rows = out3 is None or _rows(out3).flags.c_contiguous
+        if copy or (_rows(x3).flags.c_contiguous and out_rows):
+            return "rows", (copy, blocks, _row_prefetch_bytes(C, x3.itemsize), out_rows,
+                            streamable and C * x3.itemsize >= cpu.stream_row_min_bytes)
+    if inner > 1:
+        out_c = out3 is None or out3.flags.c_contiguous
+        return "cf", (_cf_tile_pixels(x3, True),
+                      _plane_blocks(C, True) and x3.flags.c_contiguous and out_c,
+                      cpu.prefetch_plane_bytes, _cf_copies_tiles(x3), out_c, streamable)
+    return "tiles", (_tile_pixels(C), cpu.prefetch_bytes)
+
+
 def run_expnorm(x3, out3, red2, inv_t, mode):
     """softmax / log_softmax / logsumexp (``mode`` from :mod:`fastlogits._modes`).
 
     ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None;
-    x3 and the output of floats, or both of float16 bits (:mod:`fastlogits.cpu.llvm.scores`).
+    x3 and the output of floats, or both of float16 bits
+    (:mod:`fastlogits.cpu.llvm.scores`). The variant comes from
+    :func:`_choose_expnorm`, once per geometry.
     """
     outer, C, inner = x3.shape
+    out_key = None if out3 is None else (out3.strides, out3.dtype.num)
+    regime, args = _planned(("expnorm", x3.shape, x3.strides, x3.dtype.num, out_key),
+                            tuning.current(), lambda: _choose_expnorm(x3, out3))
     if red2 is None:
-        red2 = _stand_in(2, x3.dtype)
-    blocks = _row_blocks(C, tuning.current().cpu.row_block_expnorm_max_classes)
-    x2 = _row_view(x3, 1 if blocks else tuning.current().cpu.row_min_classes, out3)
-    if x2 is not None:
-        # The row kernels need C-contiguous rows (out too: a copy for huge C).
-        if out3 is None:
-            out2 = work = np.empty((1, C), x3.dtype)
+        red2 = _shared_stand_in(2, x3.dtype)
+    if regime == "rows":
+        copy, blocks, ahead, out_rows, streamable = args
+        x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
+        # The row kernels need C-contiguous rows (out too: a temporary otherwise).
+        if out3 is None:  # logsumexp: the row kernels' out of one row, never written
+            out2 = work = _shared_row(C, x3.dtype)
         else:
             out2 = _rows(out3)
-            work = out2 if out2.flags.c_contiguous else np.empty(out2.shape, out2.dtype)
-        ahead = _row_prefetch_bytes(C, x3.itemsize)
+            work = out2 if out_rows else np.empty(out2.shape, out2.dtype)
         with launch_threads(x3.size) as nthreads:
             if blocks:
                 ks.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
             else:
                 apart = out3 is not None and not np.may_share_memory(x2, work)
-                stream = out3 is not None and _streams_rows(x2, work)
+                stream = streamable and _streams_rows(x2, work)
                 ks.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
-                                  apart)
+                                   apart)
         if work is not out2:
             out2[...] = work
         return
     if out3 is None:
-        out3 = _stand_in(3, x3.dtype)
+        out3 = _shared_stand_in(3, x3.dtype)
     with launch_threads(x3.size) as nthreads:
-        if inner > 1:
+        if regime == "cf":
+            pixels, blocks, ahead, copies, out_c, streamable = args
             # Straight into out unless it may overlap x (in place) or is strided.
-            direct = out3.flags.c_contiguous and not np.may_share_memory(x3, out3)
-            blocks = (_plane_blocks(C, True) and x3.flags.c_contiguous
-                      and out3.flags.c_contiguous)
-            ks.expnorm_cf(x3, out3, red2, inv_t, mode, _cf_tile_pixels(x3, True), nthreads, direct,
-                         blocks, _plane_write(x3, out3), tuning.current().cpu.prefetch_plane_bytes,
-                         _cf_copies_tiles(x3))
+            direct = out_c and not np.may_share_memory(x3, out3)
+            write = _plane_write(x3, out3) if streamable else WRITE_EBUF
+            ks.expnorm_cf(x3, out3, red2, inv_t, mode, pixels, nthreads, direct, blocks, write,
+                          ahead, copies)
         else:
-            ks.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, _tile_pixels(C),
-                               nthreads, tuning.current().cpu.prefetch_bytes)
+            pixels, ahead = args
+            ks.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, pixels,
+                                nthreads, ahead)
+
+
+#: The variants chosen per key (the views' shapes, strides and dtypes, the
+#: options, the tuning): a repeated call of one geometry builds its views
+#: and launches, the decisions already made (the per-call cost of small
+#: inputs). Bounded: cleared when full.
+_PLANS = {}
+_PLANS_MAX = 4096
+
+
+def _planned(key, tuning_now, choose):
+    """The plan of ``key`` under ``tuning_now`` (keyed by identity: a new
+    :func:`fastlogits.tuning.override` makes new plans), made by
+    ``choose()`` at the first call."""
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is tuning_now:
+        return hit[1]
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    plan = choose()
+    _PLANS[key] = (tuning_now, plan)
+    return plan
+
+
+@lru_cache(maxsize=None)
+def _shared_stand_in(ndim, dtype):
+    """:func:`_stand_in`, one per (ndim, dtype) for the whole process: the
+    kernels never touch it (thread-safe), and a fresh one per call cost
+    an allocation."""
+    return _stand_in(ndim, dtype)
+
+
+@lru_cache(maxsize=64)
+def _shared_row(C, dtype):
+    """A (1, C) stand-in for the row kernels' ``out`` where logsumexp has
+    none (they take a row's shape from it; nothing is written)."""
+    return np.empty((1, C), dtype)
+
+
+def _choose_argmax(x3, with_conf):
+    """``(regime, args)`` of argmax / classify on x3: ``"cf"`` with the
+    channels-first tiles' (pixels, blocks, prefetch, copies), ``"rows"``
+    with the row kernels' (copy x first, prefetch, blocks), ``"tiles"``
+    with the transposed tiles' (pixels, prefetch)."""
+    cpu = tuning.current().cpu
+    outer, C, inner = x3.shape
+    if inner > 1:
+        return "cf", (_cf_tile_pixels(x3, with_conf),
+                      _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
+                      cpu.prefetch_plane_bytes, _cf_copies_tiles(x3))
+    blocks = _row_blocks(C, cpu.row_block_max_classes)
+    min_classes = 1 if blocks else cpu.row_min_classes if with_conf else cpu.row_argmax_min_classes
+    if C >= min_classes and (C >= cpu.row_copy_min_classes or _rows(x3).flags.c_contiguous):
+        return "rows", (C >= cpu.row_copy_min_classes, _row_prefetch_bytes(C, x3.itemsize), blocks)
+    return "tiles", (_tile_pixels(C), cpu.prefetch_bytes)
 
 
 def run_argmax(x3, labels2, conf2, inv_t):
     """argmax (``conf2`` None) or classify into (outer, inner) outputs; x3
-    of floats or float16 bits (:mod:`fastlogits.cpu.llvm.scores`)."""
-    outer, C, inner = x3.shape
+    of floats or float16 bits (:mod:`fastlogits.cpu.llvm.scores`). The
+    variant comes from :func:`_choose_argmax`, once per geometry."""
     with_conf = conf2 is not None
+    now = tuning.current()
+    regime, args = _planned(("argmax", x3.shape, x3.strides, x3.dtype.num, with_conf), now,
+                            lambda: _choose_argmax(x3, with_conf))
     if conf2 is None:
-        conf2 = _stand_in(2, _computed_in(x3))
-    blocks = _row_blocks(C, tuning.current().cpu.row_block_max_classes)
-    x2 = _row_view(x3, 1 if blocks else tuning.current().cpu.row_min_classes if with_conf
-                   else tuning.current().cpu.row_argmax_min_classes)
+        conf2 = _shared_stand_in(2, _computed_in(x3))
     with launch_threads(x3.size) as nthreads:
-        if inner > 1:
-            ka.argmax_cf(x3, labels2, conf2, inv_t, with_conf, _cf_tile_pixels(x3, with_conf),
-                        nthreads,
-                        _plane_blocks(C, with_conf) and x3.flags.c_contiguous,
-                        tuning.current().cpu.prefetch_plane_bytes, _cf_copies_tiles(x3))
-        elif x2 is not None:
+        if regime == "cf":
+            pixels, blocks, ahead, copies = args
+            ka.argmax_cf(x3, labels2, conf2, inv_t, with_conf, pixels, nthreads, blocks, ahead,
+                         copies)
+        elif regime == "rows":
+            copy, ahead, blocks = args
+            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
             ka.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
-                             _row_prefetch_bytes(C, x3.itemsize), blocks)
+                              ahead, blocks)
         else:
+            pixels, ahead = args
             ka.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
-                              _tile_pixels(C), nthreads, tuning.current().cpu.prefetch_bytes)
+                               pixels, nthreads, ahead)
 
 
 def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
