@@ -42,7 +42,7 @@ SHORT = {"xeon": "Intel Xeon", "zen4": "AMD Zen 4", "h200": "NVIDIA H200",
          "icelake": "Intel Ice Lake", "zen3": "AMD Zen 3"}
 # Suites in the order a machine's tables are printed.
 SUITE_ORDER = ["cityscapes", "ade20k", "classes1000", "vocab", "losses", "head",
-               "cuda", "cuda-losses", "cuda-e2e", "cuda-overhead", "cuda-profile", "cuda-sweep"]
+               "cuda", "cuda-losses", "cuda-e2e", "cuda-overhead", "cuda-profile", "cuda-sweep", "small-calls"]
 SHAPES = {(1024, 2048, 19): "Cityscapes", (512, 512, 150): "ADE20K",
           (256, 256, 1000): "1000 classes", (1, 512, 32000): "Vocabulary"}
 LAYOUT = {"hwc": "channels-last", "chw": "channels-first"}
@@ -352,7 +352,22 @@ def _section(path):
         return f"{short} — {CUDA_TITLES[suite]}", profile_table(data)
     if suite == "cuda-sweep":
         return f"{short} — {CUDA_TITLES[suite]}", sweep_table(data)
+    if data.get("suite") == "small-calls":
+        return f"{short} — small calls, µs per call (bench/small_calls.py)", small_calls_table(data)
     raise ValueError(f"{path}: unknown kind of result file")
+
+
+def small_calls_table(data):
+    """bench/small_calls.py's medians: old tree, new tree and PyTorch per op and case."""
+    med = data["medians_us"]
+    lines = ["| op, case | old µs | new µs | PyTorch µs | old/new | new/PyTorch |",
+             "|---|---|---|---|---|---|"]
+    for case, new in med["new"].items():
+        old, torch = med["old"][case], med.get("torch", {}).get(case)
+        tail = f"{torch:.1f} | {old / new:.2f} | {new / torch:.2f}" if torch else "- | - | -"
+        lines.append(f"| {case.replace('|', ', ')} | {old:.1f} | {new:.1f} | {tail.split(' | ')[0]} | "
+                     f"{old / new:.2f} | {tail.split(' | ')[-1]} |")
+    return lines
 
 
 VARIANTS = ["", "hwc", "chw", "hwc-f16", "chw-f16"]

@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 CASES = [("hwc", (8, 125), -1), ("chw", (1, 19, 64, 64), 1)]
 OPS = ("argmax", "softmax", "classify", "cross_entropy")
@@ -99,7 +100,9 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"suite": "small-calls", "pairs": args.pairs, "calls": args.calls,
-                       "cases": CASES, "medians_us": med}, f, indent=1)
+                       "cases": CASES, "medians_us": med,
+                       "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
