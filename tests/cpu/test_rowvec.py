@@ -47,6 +47,8 @@ def test_max_expsum_matches_float64(rng, dtype):
         fin = np.isfinite(want_m)
         with np.errstate(invalid="ignore"):
             want_s = exp_rest((x64 - want_m[:, None]) * 0.7)
-        np.testing.assert_allclose(s[fin], want_s[fin], rtol=4e-7 if dtype == np.float32 else 1e-14,
+        # float32: each term within 2**-24 (2 |t| + 4) of exp(t) relatively (the
+        # exp2 form's bound, cpu.llvm.fastexp), and the rest s - 1 can be one term.
+        np.testing.assert_allclose(s[fin], want_s[fin], rtol=2e-6 if dtype == np.float32 else 1e-14,
                                    atol=C * np.finfo(dtype).tiny)  # terms below it flushed
         assert np.isnan(m[4]) and m[5] == np.inf and m[2] == -np.inf
