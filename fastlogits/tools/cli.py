@@ -363,7 +363,7 @@ def cmd_demo(args):
     from fastlogits.tools import demo
 
     res = demo.run(out_dir=args.out, size=args.size, backends=_list(args.backends),
-                   seed=args.seed, repeat=args.repeat)
+                   seed=args.seed, repeat=args.repeat, full_reference=args.full_reference)
     if not res["agree"]:
         print("fastlogits demo: error: the backends disagree (see above)", file=sys.stderr)
         return 1
@@ -466,6 +466,9 @@ def build_parser():
     s.add_argument("--repeat", type=int, default=5, metavar="N",
                    help="timed runs per backend (default: 5; fewer for slow backends)")
     s.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    s.add_argument("--full-reference", action="store_true",
+                   help="run the NumPy reference on the whole scene (default: a centre crop "
+                        "of 256x512 pixels, which the other backends are compared on)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("classify", help="labels and confidence of a .npy/.npz logits file",

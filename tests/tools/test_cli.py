@@ -386,3 +386,22 @@ def test_big_endian_logits_from_the_command(rng, tmp_path):
             # A converted tile is contiguous, a native one a strided view of
             # the file: other kernels, other summation orders, a few ulp.
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=2e-6)
+
+
+def test_demo_reference_on_a_centre_crop(tmp_path):
+    """The NumPy reference classifies a centre crop of a large scene (the
+    other backends are compared there); the pictures are of the whole
+    scene; --full-reference runs it on all of it."""
+    from fastlogits.tools import demo
+
+    rows, cols = demo._crop(1024, 2048, False)
+    assert (rows, cols) == (slice(384, 640), slice(768, 1280))
+    assert demo._crop(1024, 2048, True) == (slice(0, 1024), slice(0, 2048))
+    assert demo._crop(64, 128, False) == (slice(0, 64), slice(0, 128))
+    lines = []
+    res = demo.run(out_dir=str(tmp_path / "pics"), size=(600, 600), backends=["cpu", "numpy"],
+                   repeat=1, echo=lines.append)
+    assert res["agree"] and res["timings"]["numpy"]["pixels"] == 150 * 600
+    assert res["timings"]["cpu"]["pixels"] == 600 * 600
+    assert any("centre crop" in line and "0 labels differ" in line for line in lines)
+    assert png.read_png(tmp_path / "pics" / "labels.png")["array"].shape == (600, 600)
