@@ -27,13 +27,13 @@ def assert_exp_close(got, want, t, dtype, plus=None):
 
 
 @njit
-def _run(x, xo, m, inv_t, part, h, n, out, oo, store):
-    vexp_add(x, xo, m, inv_t, part, h, n, out, oo, store)
+def _run(x, xo, m, inv_t, part, h, n, out, oo, store, exact=True):
+    vexp_add(x, xo, m, inv_t, part, h, n, out, oo, store, exact)
 
 
 @njit
-def _tile(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
-    tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store)
+def _tile(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
+    tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -49,13 +49,16 @@ def test_vexp_add_matches_numpy(rng, dtype, n):
         # then the exponential exactly.
         t = (x[xo:xo + n] - m) * dtype(0.7)
         want = np.exp(t.astype(np.float64))
-        for store in (False, True):
+        for store, exact in ((False, True), (True, True), (False, False), (True, False)):
             part = np.concatenate([part0, [-3.0] * 2, part0]).astype(dtype)
             out = np.full(n + oo + 4, -7.0, dtype)
-            _run(x, xo, m, dtype(0.7), part, n + 2, n, out, oo, store)
+            _run(x, xo, m, dtype(0.7), part, n + 2, n, out, oo, store, exact)
             assert_exp_close(part[:n], want, t, dtype, plus=part0)
-            # The sum of the terms other than exactly 1 (the max's, t = 0).
-            assert_exp_close(part[n + 2:], np.where(t == 0, 0.0, want), t, dtype, plus=part0)
+            if exact:  # the sum of the terms other than exactly 1 (the max's, t = 0)
+                assert_exp_close(part[n + 2:], np.where(t == 0, 0.0, want), t, dtype,
+                                 plus=part0)
+            else:  # untouched (softmax, classify)
+                assert (part[n + 2:] == part0).all()
             assert (part[n:n + 2] == -3).all()
             if store:
                 assert_exp_close(out[oo:oo + n], want, t, dtype)
@@ -65,7 +68,8 @@ def test_vexp_add_matches_numpy(rng, dtype, n):
 
 
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_tile_exp_add_both_layouts(rng, contiguous):
+@pytest.mark.parametrize("exact", [True, False])
+def test_tile_exp_add_both_layouts(rng, contiguous, exact):
     """C-contiguous tiles by the intrinsic, strided ones by the loop: the
     same results, into the right place of a (E, C, T) tile."""
     x = rng.standard_normal((2, 5, 40)).astype(np.float32)
@@ -77,11 +81,14 @@ def test_tile_exp_add_both_layouts(rng, contiguous):
     m[::4] = x[o, c, i0:i0 + P][::4]  # exp 1
     part = np.zeros(2 * P, np.float32)
     et = np.full((3, 5, 50), -7.0, np.float32)
-    _tile(x, o, c, i0, m, np.float32(1.0), part, P, P, et, 2, 11, True)
+    _tile(x, o, c, i0, m, np.float32(1.0), part, P, P, et, 2, 11, True, exact)
     t = x[o, c, i0:i0 + P] - m
     want = np.exp(t.astype(np.float64))
     assert_exp_close(part[:P], want, t, np.float32, plus=np.zeros(P))
-    assert_exp_close(part[P:], np.where(t == 0, 0.0, want), t, np.float32, plus=np.zeros(P))
+    if exact:
+        assert_exp_close(part[P:], np.where(t == 0, 0.0, want), t, np.float32, plus=np.zeros(P))
+    else:
+        assert (part[P:] == 0).all()
     assert_exp_close(et[2, 3, 11:11 + P], want, t, np.float32)
     et[2, 3, 11:11 + P] = -7.0
     assert (et == -7).all()

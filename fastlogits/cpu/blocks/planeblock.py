@@ -260,8 +260,8 @@ def plane_intrinsics(lanes, wide_offsets=False):
     @intrinsic
     def planes_argmax_expsum(typingctx, x, start, m, idx, p, inv_t, cols, s):
         """:func:`planes_argmax`, and ``s[p + i] = sum_c exp((x_c - m[p +
-        i]) * inv_t) - 1`` (the terms but the max's,
-        :func:`fastlogits.cpu.blocks.tiles.rest`; float64 or x's dtype, the sum in x's precision: C up to
+        i]) * inv_t) - 1`` (``s - 1``, for classify's ``1 / (1 + s')``: not
+        the log ops' exact rule; float64 or x's dtype, the sum in x's precision: C up to
         :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK`; garbage where the max is
         not finite); each class's scores are kept in ``cols`` (C * lanes
         elements of x's dtype, an L1 scratch) on the way, and the exp-sum
@@ -275,12 +275,15 @@ def plane_intrinsics(lanes, wide_offsets=False):
         @intrinsic
         def max_expsum(typingctx, x, start, m, p, inv_t, cols, s):
             """:func:`planes_argmax_expsum` without the index: the max
-            only; with ``store`` (``planes_max_expstore``) the
-            exponentials, not the scores, are left in ``cols``."""
+            only; with ``store`` (``planes_max_expstore``, softmax) the
+            exponentials, not the scores, are left in ``cols``; without,
+            the sum of the terms but the max's by the exact rule of
+            :func:`fastlogits.cpu.blocks.tiles.rest` (the log ops)."""
             if not (_is_planes(x) and max_expsum_args_ok(x, start, m, p, inv_t, cols, s)):
                 return None
             return types.none(x, start, m, p, inv_t, cols, s), _reading(
-                lanes, lambda *a: _argmax_expsum_part(*a, store=store, index=False))
+                lanes, lambda *a: _argmax_expsum_part(*a, store=store, index=False,
+                                                      exact=not store))
         return max_expsum
 
     planes_max_expsum = _max_intrinsic(False)

@@ -310,14 +310,16 @@ def _column_at(builder, c, C, lanes, offset):
     return builder.add(builder.mul(c, const(lanes)), builder.mul(C, const(offset)))
 
 
-def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, index=True):
+def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, index=True,
+                        exact=False):
     """:func:`_argmax_part`, keeping each class's column in ``cols`` (args
     (x, r, m, idx, p, inv_t, cols, s)), then the exp-sum of those columns:
     one load each, where a second pass over x loads (and transposes) again.
     With ``store``, each exponential replaces its score in ``cols``.
     Without ``index``, :func:`_max_part` instead (args (x, r, m, p, inv_t,
     cols, s)): for the ops that need the max only, 1.1-1.2x faster in
-    cache (docs/perf/cpu-045)."""
+    cache (docs/perf/cpu-045). ``exact``: the sum less the max's 1 by
+    :func:`_sum_classes`' exact rule (the log ops), else ``s - 1``."""
     k = 0 if index else -1  # where the arguments after idx are
     cols = context.make_array(sig.args[6 + k])(context, builder, args[6 + k]).data
 
@@ -338,7 +340,7 @@ def _argmax_expsum_part(context, builder, sig, args, rw, offset, store=False, in
             builder.store(e, ptr(c, rw.vec), align=rw.size)
         return e
 
-    _store_sum(context, builder, sig, args, rw, at, _sum_classes(builder, rw, term))
+    _store_sum(context, builder, sig, args, rw, at, _sum_classes(builder, rw, term, exact))
 
 
 def _fold_classes(builder, rw, init, step):
@@ -353,22 +355,28 @@ def _fold_classes(builder, rw, init, step):
     return loop(b, C2, rw.C, 1, carried, lambda c, acc: step(c, acc, 0), "odd")
 
 
-def _sum_classes(builder, rw, term):
+def _sum_classes(builder, rw, term, exact=True):
     """The sum over the classes c of the exponentials ``term(c)`` less the
-    max's 1 (:func:`fastlogits.cpu.blocks.tiles.rest`, from the sums of all terms
-    and of those other than 1), each in two accumulators
-    (:func:`_fold_classes`)."""
+    max's 1, in two accumulators (:func:`_fold_classes`). ``exact``: by
+    :func:`fastlogits.cpu.blocks.tiles.rest`, from the sums of all terms and
+    of those other than 1 (the log ops' ``log1p``); else ``s - 1``, which
+    gives back ``s`` exactly for softmax's and classify's ``1 / (1 + s')``
+    without the second sum (docs/perf/cpu-073)."""
     b = builder
 
     def add(c, acc, k):
         acc = list(acc)
         e = term(c)
         acc[k] = b.fadd(acc[k], e)
-        acc[2 + k] = b.fadd(acc[2 + k], non_one(b, e))
+        if exact:
+            acc[2 + k] = b.fadd(acc[2 + k], non_one(b, e))
         return acc
 
-    a0, a1, n0, n1 = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * 4, add)
-    return rest_ir(b, b.fadd(a0, a1), b.fadd(n0, n1))
+    accs = _fold_classes(b, rw, [vector_of(rw.vec, 0.0)] * (4 if exact else 2), add)
+    s = b.fadd(accs[0], accs[1])
+    if not exact:
+        return b.fsub(s, vector_of(s.type, 1.0))
+    return rest_ir(b, s, b.fadd(accs[2], accs[3]))
 
 
 def _finite(builder, v):
@@ -724,8 +732,8 @@ def block_intrinsics(rows, wide):
     @intrinsic
     def rows_argmax_expsum(typingctx, x, r, m, idx, p, inv_t, cols, s):
         """:func:`rows_argmax`, and ``s[p + i] = sum_c exp((x[r + i, c] -
-        m[p + i]) * inv_t) - 1`` for i < ROWS (the terms but the max's,
-        :func:`fastlogits.cpu.blocks.tiles.rest`; ``s`` float64 or x's dtype, the sum in x's
+        m[p + i]) * inv_t) - 1`` for i < ROWS (``s - 1``, for classify's
+        ``1 / (1 + s')``: not the log ops' exact rule; ``s`` float64 or x's dtype, the sum in x's
         precision: for C up to :data:`fastlogits.cpu.blocks.tiles.SUM_BLOCK`;
         garbage where the max is not finite: callers mask those pixels, as
         for the tiles). One pass over the rows: each class's transposed
@@ -742,12 +750,15 @@ def block_intrinsics(rows, wide):
         @intrinsic
         def max_expsum(typingctx, x, r, m, p, inv_t, cols, s):
             """:func:`rows_argmax_expsum` without the index: the max only;
-            with ``store`` (``rows_max_expstore``) the exponentials, not
-            the scores, are left in ``cols`` (for the stores below)."""
+            with ``store`` (``rows_max_expstore``, softmax) the exponentials,
+            not the scores, are left in ``cols`` (for the stores below);
+            without, the sum of the terms but the max's by the exact rule
+            of :func:`fastlogits.cpu.blocks.tiles.rest` (the log ops)."""
             if not (_is_rows(x) and max_expsum_args_ok(x, r, m, p, inv_t, cols, s)):
                 return None
             return types.none(x, r, m, p, inv_t, cols, s), _by_parts(
-                rows, wide, lambda *a: _argmax_expsum_part(*a, store=store, index=False))
+                rows, wide, lambda *a: _argmax_expsum_part(*a, store=store, index=False,
+                                                           exact=not store))
         return max_expsum
 
     rows_max_expsum = _max_intrinsic(False)

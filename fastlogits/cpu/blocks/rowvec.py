@@ -179,10 +179,11 @@ def vrow_argmax(typingctx, x, r):
 
 
 @intrinsic
-def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
-    """``sum_c exp((x[r, c] - m) * inv_t) - 1`` (float64: the sum of the
-    terms but the max's, from the sums of all terms and of those other
-    than 1, :func:`fastlogits.cpu.blocks.tiles.rest`) of row ``r`` of a
+def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write, exact):
+    """``sum_c exp((x[r, c] - m) * inv_t) - 1`` (float64; with ``exact``
+    the sum of the terms but the max's, from the sums of all terms and of
+    those other than 1, :func:`fastlogits.cpu.blocks.tiles.rest`, for the
+    log ops; without, ``s - 1``: softmax and classify need s only) of row ``r`` of a
     C-contiguous (rows, C) float array; with ``write`` true the
     exponentials also go to row ``ro`` of ``out`` (C-contiguous, C scores
     in the type x's are computed in, or x's dtype: may be x itself);
@@ -198,9 +199,9 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
             and out.dtype in (x.dtype, compute_type(x.dtype))
             and all(isinstance(a, types.Integer) for a in (r, ro))
             and isinstance(m, types.Float) and isinstance(inv_t, types.Float)
-            and isinstance(write, (types.Boolean, types.Integer))):
+            and all(isinstance(a, (types.Boolean, types.Integer)) for a in (write, exact))):
         return None
-    sig = types.float64(x, r, m, inv_t, out, ro, write)
+    sig = types.float64(x, r, m, inv_t, out, ro, write, exact)
 
     def codegen(context, builder, signature, args):
         rw = _Row(context, builder, signature.args[0], args[0], args[1])
@@ -217,8 +218,9 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
         def exps(v):
             return exp_shifted_ir(builder, builder.fmul(builder.fsub(v, mv), tv))
 
-        def run(store):
-            """The sum, storing the exponentials when ``store``."""
+        def run(store, exact):
+            """The sum, storing the exponentials when ``store``, by the
+            exact rule when ``exact``."""
             e = builder.select(rw.tmask, exps(rw.load_tail(0.0)), zero)
             if store:
                 masked_store(builder, e, odata, rw.nfull, rw.tmask)
@@ -227,7 +229,8 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
                 ek = exps(rw.load(k))
                 if store:
                     builder.store(ek, vptr(builder, odata, k, vec), align=rw.size)
-                return [builder.fadd(acc[0], ek), builder.fadd(acc[1], non_one(builder, ek))]
+                return [builder.fadd(acc[0], ek),
+                        builder.fadd(acc[1], non_one(builder, ek)) if exact else acc[1]]
 
             def wide(v):
                 h = _hsum(builder, v)
@@ -241,25 +244,36 @@ def vrow_expsum(typingctx, x, r, m, inv_t, out, ro, write):
                 end = builder.add(b, const(block))
                 end = builder.select(builder.icmp_signed("<", end, rw.nfull), end, rw.nfull)
                 acc, acc1 = loop(builder, b, end, L, [seed, seed1], chunk, "sum")
-                return [builder.fadd(total, wide(acc)), builder.fadd(total1, wide(acc1)),
-                        zero, zero]
+                return [builder.fadd(total, wide(acc)),
+                        builder.fadd(total1, wide(acc1)) if exact else total1, zero, zero]
+
+            def less_one(total, total1):
+                if exact:
+                    return rest_ir(builder, total, total1)
+                return builder.fsub(total, ir.Constant(dbl, 1.0))
 
             def tail_only():  # C < L: no full chunk
-                return rest_ir(builder, wide(e), wide(non_one(builder, e)))
+                return less_one(wide(e), wide(non_one(builder, e)) if exact else None)
 
             def chunks():
                 z = ir.Constant(dbl, 0.0)
                 total, total1, _, _ = loop(builder, const(0), rw.nfull, block,
-                                           [z, z, e, non_one(builder, e)], blk, "blocks")
-                return rest_ir(builder, total, total1)
+                                           [z, z, e, non_one(builder, e) if exact else zero],
+                                           blk, "blocks")
+                return less_one(total, total1)
 
             return _if_else(builder, builder.icmp_signed("<=", rw.nfull, const(0)), tail_only,
                             chunks)
 
+        exact_ = builder.icmp_unsigned("!=", args[7], ir.Constant(args[7].type, 0))
+
+        def summed(store):
+            return _if_else(builder, exact_, lambda: run(store, True), lambda: run(store, False))
+
         if signature.args[4].dtype != dtype:  # float16 bits: no stores
-            return run(False)
+            return summed(False)
         write_ = builder.icmp_unsigned("!=", args[6], ir.Constant(args[6].type, 0))
-        return _if_else(builder, write_, lambda: run(True), lambda: run(False))
+        return _if_else(builder, write_, lambda: summed(True), lambda: summed(False))
 
     return sig, codegen
 

@@ -301,42 +301,22 @@ def rest(s, s1):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_expsum(x, o, i0, P, m, inv_t, s, part, pf):
-    """``s[p] = sum_c exp((x[o, c, i0 + p] - m[p]) * inv_t) - 1``: the sum
-    of the terms but the first max's (:func:`rest`), accumulated over
-    blocks of SUM_BLOCK classes in x's precision (``part``), then in s's
-    (float64, or x's dtype for the loss). ``s`` and ``part`` hold at
-    least 2 P elements each: their second halves take the sums of the
-    terms other than 1. One share of the prefetch region ``pf`` per class.
+def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, store, exact, pf):
+    """``s[p] = sum_c exp((x[o, c, i0 + p] - m[p]) * inv_t) - 1``,
+    accumulated over blocks of SUM_BLOCK classes in x's precision
+    (``part``), then in s's (float64, or x's dtype for the loss); with
+    ``store`` the exponentials (the softmax numerators) also into
+    ``et[eo, :, ei0:ei0 + P]`` (``et`` should not be ``x`` then: aliasing
+    makes LLVM run the scalar fallback of the loop). With ``exact`` (the
+    log ops) the sum of the terms but the first max's by :func:`rest`:
+    ``s`` and ``part`` then hold at least 2 P elements each, their second
+    halves the sums of the terms other than 1; without (softmax, classify:
+    ``1 / (1 + s')`` needs s only) plain ``s - 1``, which loses nothing
+    there (docs/perf/cpu-073). One share of the prefetch region ``pf`` per
+    class.
 
     Pixels with a non-finite max get garbage here; callers mask them.
     """
-    i0 = max(i0, 0)
-    C = x.shape[1]
-    h = part.size // 2  # the sums of the terms other than 1: part[h:], s[hs:]
-    hs = s.size // 2
-    for p in range(P):
-        s[p] = 0.0
-        s[hs + p] = 0.0
-    for c0 in range(0, C, SUM_BLOCK):
-        for p in range(P):
-            part[p] = 0.0
-            part[h + p] = 0.0
-        for c in range(c0, min(c0 + SUM_BLOCK, C)):
-            prefetch_share(pf, c)
-            tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, x, o, i0, False)
-        for p in range(P):
-            s[p] += part[p]
-            s[hs + p] += part[h + p]
-    for p in range(P):
-        s[p] = rest(s[p], s[hs + p])
-
-
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, pf):
-    """:func:`tile_expsum` that also stores the exponentials (the softmax
-    numerators) into ``et[eo, :, ei0:ei0 + P]``. ``et`` should not be ``x``:
-    aliasing makes LLVM run the scalar fallback of the loop."""
     ei0 = max(ei0, 0)
     i0 = max(i0, 0)
     C = x.shape[1]
@@ -344,19 +324,28 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, pf):
     hs = s.size // 2
     for p in range(P):
         s[p] = 0.0
-        s[hs + p] = 0.0
+        if exact:
+            s[hs + p] = 0.0
     for c0 in range(0, C, SUM_BLOCK):
         for p in range(P):
             part[p] = 0.0
-            part[h + p] = 0.0
+            if exact:
+                part[h + p] = 0.0
         for c in range(c0, min(c0 + SUM_BLOCK, C)):
             prefetch_share(pf, c)
-            tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, True)
+            tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact)
         for p in range(P):
             s[p] += part[p]
-            s[hs + p] += part[h + p]
+            if exact:
+                s[hs + p] += part[h + p]
     for p in range(P):
-        s[p] = rest(s[p], s[hs + p])
+        s[p] = rest(s[p], s[hs + p]) if exact else s[p] - 1.0
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def tile_expsum(x, o, i0, P, m, inv_t, s, part, exact, pf):
+    """:func:`tile_exp_store` without the stores."""
+    tile_exp_store(x, o, i0, P, m, inv_t, s, part, x, o, i0, False, exact, pf)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -7,8 +7,9 @@ Written as a Numba loop, LLVM vectorizes the scalar exponential of
 float32 scores; the register blocks and row kernels take the exp2 form
 on AVX-512 (:func:`fastlogits.cpu.llvm.fastexp.exp_shifted_ir` on whole
 512-bit vectors: 8). This intrinsic gives the tiles the same vectors:
-``part[p] += e_p`` (and ``e_p`` unless exactly 1 into the sum of the
-non-maximal terms, ``part[h + p]``, :func:`fastlogits.cpu.blocks.tiles.rest`)
+``part[p] += e_p`` (and, for the log ops, ``e_p`` unless exactly 1 into
+the sum of the non-maximal terms, ``part[h + p]``,
+:func:`fastlogits.cpu.blocks.tiles.rest`)
 and optionally ``out[p] = e_p``, 64 bytes at a time,
 a masked tail for the last P % L pixels.
 
@@ -29,9 +30,10 @@ from fastlogits.cpu.llvm.scores import HALF_BITS, ScoreIR, compute_type, is_scor
 
 
 @intrinsic
-def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store):
+def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store, exact):
     """``e = exp((x.flat[xo + p] - m[p]) * inv_t)``, ``part[p] += e``,
-    ``part[h + p] += e`` unless e is exactly 1 (:func:`.irutil.non_one`) and,
+    with ``exact`` ``part[h + p] += e`` unless e is exactly 1
+    (:func:`.irutil.non_one`) and,
     with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
     arrays, ``m`` and ``part`` 1-D, ``m``, ``part`` and ``out`` in the
     type x's scores are computed in (:mod:`.scores`), or ``out`` of x's
@@ -44,9 +46,9 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store):
             and is_score_array(out) and out.dtype in (ct, x.dtype, HALF_BITS)
             and all(isinstance(a, types.Integer) for a in (xo, h, n, oo))
             and isinstance(inv_t, types.Float)
-            and isinstance(store, (types.Boolean, types.Integer))):
+            and all(isinstance(a, (types.Boolean, types.Integer)) for a in (store, exact))):
         return None
-    sig = types.none(x, xo, m, inv_t, part, h, n, out, oo, store)
+    sig = types.none(x, xo, m, inv_t, part, h, n, out, oo, store, exact)
 
     def codegen(context, builder, signature, args):
         b = builder
@@ -68,11 +70,13 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store):
         tv = splat(b, vec, context.cast(b, args[3], signature.args[3], dtype))
         nfull = b.sub(n, b.srem(n, const(L)))
         storing = b.icmp_unsigned("!=", args[9], ir.Constant(args[9].type, 0))
+        exacting = b.icmp_unsigned("!=", args[10], ir.Constant(args[10].type, 0))
 
         def step(load, load_x, put, k):
             e = exp_shifted_ir(b, b.fmul(b.fsub(load_x(k), load(md, k)), tv))
             put(b.fadd(load(pd, k), e), pd, k)
-            put(b.fadd(load(pd1, k), non_one(b, e)), pd1, k)
+            with b.if_then(exacting):
+                put(b.fadd(load(pd1, k), non_one(b, e)), pd1, k)
             if writes:
                 with b.if_then(storing):
                     put(e, od, k)
@@ -95,36 +99,38 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store):
     return sig, codegen
 
 
-def tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
-    """``part[p] += exp((x[o, c, i0 + p] - m[p]) * inv_t)`` for p < P (and
-    into ``part[h + p]`` unless exactly 1, as :func:`vexp_add`) and,
+def tile_exp_add(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
+    """``part[p] += exp((x[o, c, i0 + p] - m[p]) * inv_t)`` for p < P (and,
+    with ``exact``, into ``part[h + p]`` unless exactly 1, as :func:`vexp_add`) and,
     with ``store``, the exponentials into ``et[eo, c, ei0 + p]``: by
     :func:`vexp_add` where x and et are C-contiguous, else a Numba loop."""
     raise NotImplementedError("tile_exp_add is only callable from Numba code")
 
 
 @overload(tile_exp_add, inline="always", fastmath=FASTMATH)
-def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+def _tile_exp_add_overload(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
     if x.layout == "C" and et.layout == "C":
-        def vectors(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+        def vectors(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
             C, inner = x.shape[1], x.shape[2]
             vexp_add(x, (o * C + c) * inner + i0, m, inv_t, part, h, P, et,
-                     (eo * et.shape[1] + c) * et.shape[2] + ei0, store)
+                     (eo * et.shape[1] + c) * et.shape[2] + ei0, store, exact)
         return vectors
 
     if not isinstance(et.dtype, types.Float):  # float16 bits: never written
-        def reads(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+        def reads(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
             for p in range(P):
                 e = fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
                 part[p] += e
-                part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
+                if exact:
+                    part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
         return reads
 
-    def scalars(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store):
+    def scalars(x, o, c, i0, m, inv_t, part, h, P, et, eo, ei0, store, exact):
         for p in range(P):
             e = fexp_shifted((score(x[o, c, i0 + p]) - m[p]) * inv_t)
             if store:
                 et[eo, c, ei0 + p] = e
             part[p] += e
-            part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
+            if exact:
+                part[h + p] += e - e if e == 1.0 else e  # (e - e: 0 in e's type)
     return scalars

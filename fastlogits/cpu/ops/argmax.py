@@ -37,7 +37,7 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
     for p in range(P):
         labels[r0 + p] = idx[p]
     if with_conf:
-        tile_expsum(x, o, i0, P, m, inv_t, s, part, region_from(pf, x.shape[1]))
+        tile_expsum(x, o, i0, P, m, inv_t, s, part, False, region_from(pf, x.shape[1]))
         nan = conf.dtype.type(np.nan)
         for p in range(P):
             conf[r0 + p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
@@ -181,5 +181,5 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
             mx, i = vrow_argmax(x, r)
             labels[r] = i
             if with_conf:
-                sr = vrow_expsum(x, r, mx, inv_t, x, r, False)
+                sr = vrow_expsum(x, r, mx, inv_t, x, r, False, False)
                 conf[r] = 1.0 / (1.0 + sr) if is_finite(mx) else nan

@@ -237,9 +237,9 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
     if want_grad:
-        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, region_from(pf, C))
+        tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, True, True, region_from(pf, C))
     else:
-        tile_expsum(x, o, i0, P, m, one, s, part, region_from(pf, C))
+        tile_expsum(x, o, i0, P, m, one, s, part, True, region_from(pf, C))
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
                        want_loss)
 
@@ -733,9 +733,9 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             m1[0] = mx
             xt1[0] = score(x[r, ti])
             if staged and (want_grad or not one_pass):  # after every read of the row
-                s1[0] = vrow_expsum(x, r, mx, one, row, 0, want_grad)
+                s1[0] = vrow_expsum(x, r, mx, one, row, 0, want_grad, True)
             elif want_grad or not one_pass:  # grad may be x
-                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad)
+                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad, True)
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti

@@ -74,9 +74,10 @@ def _tile(x, o, i0, P, inv_t, mode, m, g, s, part, ebuf, eo, ei0, pf):
     ei0 = max(ei0, 0)  # no wraparound select (see tiles.py)
     tile_max(x, o, i0, P, m, part, pf)
     if mode == SOFTMAX:
-        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, eo, ei0, region_from(pf, C))
+        tile_exp_store(x, o, i0, P, m, inv_t, s, part, ebuf, eo, ei0, True, False,
+                       region_from(pf, C))
     else:
-        tile_expsum(x, o, i0, P, m, inv_t, s, part, region_from(pf, C))
+        tile_expsum(x, o, i0, P, m, inv_t, s, part, True, region_from(pf, C))
     if mode == LOGSUMEXP:
         return
     _epilogue(P, m, s, mode, g)
@@ -325,9 +326,9 @@ def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart,
             mx, _ = vrow_argmax(x, r)
             m[p] = mx
             if staged:
-                s[p] = vrow_expsum(x, r, mx, inv_t, e, p, True)
+                s[p] = vrow_expsum(x, r, mx, inv_t, e, p, True, mode != SOFTMAX)
             else:
-                s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True)
+                s[p] = vrow_expsum(x, r, mx, inv_t, out, r, True, mode != SOFTMAX)
         else:  # no exponentials to store: max and exp-sum in one pass
             m[p], s[p] = vrow_max_expsum(x, r, inv_t)
     if mode == LOGSUMEXP:
