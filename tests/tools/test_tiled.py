@@ -255,7 +255,7 @@ def test_too_little_memory(rng, tmp_path):
     (dict(labels="l.png", labels_dtype="uint8"), "--labels-dtype applies to .npy"),
     (dict(labels="l.npy", palette="p.txt"), "--palette applies to .png"),
     (dict(labels="l.npy", labels_dtype="float32"), "integer dtype"),
-    (dict(labels="l.npy", labels_dtype="int4"), "not a NumPy dtype"),
+    (dict(labels="l.npy", labels_dtype="int7"), "not a NumPy dtype"),  # (ml_dtypes registers int4)
     (dict(labels="l.npy", labels_dtype="int8", axis=0), "cannot hold label 199"),
     (dict(labels="l.npy", axis=5), "--axis=5 is out of range.*shape \\(200, 3, 4\\)"),
     (dict(labels="l.npy", temperature=0.0), "temperature"),
