@@ -51,7 +51,8 @@ from fastlogits.tools import files
 from fastlogits.tools.tiled import _native, classify_into, narrowest_label_dtype, open_logits
 
 __all__ = ["MapSource", "NpyDirOutput", "ZarrOutput", "Job", "is_zarr_store", "open_dataset",
-           "open_output", "plan", "run_job", "classify_dataset", "usable_cores"]
+           "open_output", "plan", "run_job", "classify_dataset", "usable_cores",
+           "threads_per_worker", "set_task_threads", "local_cluster"]
 
 #: The settings record of a directory output.
 RECORD = ".fastlogits.json"
@@ -453,18 +454,31 @@ class Job:
     backend: str
 
 
-def _worker_threads(threads):
-    """The Numba threads a task on this worker gets: ``threads[address]``,
-    else this host's cores over this worker's dask threads; None outside a worker."""
+def set_task_threads(table=None):
+    """Give the calling dask task the Numba threads its worker's share of
+    the host allows: ``table[worker address]`` (see :func:`threads_per_worker`),
+    else the host's cores over this worker's dask threads. Outside a dask
+    worker nothing changes. Numba's count is thread-local: other tasks
+    and threads keep theirs.
+
+    Returns
+    -------
+    int or None
+        The thread count set, or None outside a worker.
+    """
     try:
         from distributed import get_worker
 
         worker = get_worker()
     except (ImportError, ValueError):
         return None
-    n = (threads or {}).get(worker.address)
+    import numba
+
+    n = (table or {}).get(worker.address)
     if n is None:
         n = max(1, usable_cores() // max(1, getattr(worker.state, "nthreads", 1)))
+    n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
     return n
 
 
@@ -475,7 +489,7 @@ def run_job(job, threads=None):
     ----------
     job : Job
     threads : dict, optional
-        Numba threads per worker address (see :func:`_threads_per_worker`);
+        Numba threads per worker address (see :func:`threads_per_worker`);
         outside a dask worker the thread count is left as it is.
 
     Returns
@@ -486,11 +500,7 @@ def run_job(job, threads=None):
     from fastlogits import _frontend
 
     t0 = time.perf_counter()
-    n = _worker_threads(threads)
-    if n is not None:
-        import numba
-
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))  # this thread only
+    set_task_threads(threads)
     backend = _frontend.resolve_backend(job.backend, np.empty(0, np.float32))
     src = job.source
     x = src.read()
@@ -539,7 +549,7 @@ def plan(maps, outputs, *, temperature=1.0, backend="cpu", labels_dtype=None):
 # running the jobs
 # --------------------------------------------------------------------------
 
-def _threads_per_worker(client):
+def threads_per_worker(client):
     """Numba threads per worker address: each host's usable cores shared
     among the dask threads of all its workers (no oversubscription)."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
@@ -551,30 +561,42 @@ def _threads_per_worker(client):
             for a, w in workers.items() if a in cores}
 
 
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ValueError("--workers and --scheduler need dask.distributed: "
+                         "pip install 'fastlogits[dask]'") from None
+    return distributed
+
+
+def local_cluster(workers, processes=True):
+    """The LocalCluster of ``--workers``: ``workers`` processes (threads
+    with ``processes=False``) of one dask thread each, no dashboard, quiet logs."""
+    import logging
+
+    return _distributed().LocalCluster(n_workers=workers, threads_per_worker=1,
+                                       processes=processes, dashboard_address=None,
+                                       silence_logs=logging.ERROR)
+
+
 class _Cluster:
-    """A dask client: on a LocalCluster of ``workers`` processes (one thread
-    each), or connected to ``scheduler``; closed on exit."""
+    """A dask client: on a :func:`local_cluster` of ``workers``, or connected
+    to ``scheduler``; closed on exit."""
 
     def __init__(self, workers=None, scheduler=None):
         self.workers, self.scheduler = workers, scheduler
         self.client = self.cluster = None
 
     def __enter__(self):
-        try:
-            import logging
-
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise ValueError("--workers and --scheduler need dask.distributed: "
-                             "pip install 'fastlogits[dask]'") from None
+        Client = _distributed().Client
         if self.scheduler is not None:
             try:
                 self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
             except (OSError, TimeoutError, ValueError) as exc:
                 raise ValueError(f"--scheduler {self.scheduler!r}: cannot connect: {exc}") from None
         else:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+            self.cluster = local_cluster(self.workers)
             self.client = Client(self.cluster, set_as_default=False)
         return self
 
@@ -589,7 +611,7 @@ class _Cluster:
 def _run_dask(client, jobs, bar):
     from distributed import as_completed
 
-    threads = _threads_per_worker(client)
+    threads = threads_per_worker(client)
     futures = [client.submit(run_job, job, threads, pure=False,
                              key=f"fastlogits-classify-{job.source.name}-{os.urandom(4).hex()}")
                for job in jobs]

@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
+import zarr
 
 import fastlogits.reference as ref
 from fastlogits.tools import cli, dataset
-
-zarr = pytest.importorskip("zarr")  # in the test extra; the skip only guards a bare install
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,7 +217,6 @@ def test_zarr_group_of_maps_float64_labels_only(rng, tmp_path, monkeypatch, caps
 # --------------------------------------------------------------------------
 
 def test_two_local_workers_from_the_command(rng, tmp_path):
-    pytest.importorskip("distributed")
     maps = _npy_dataset(rng, tmp_path / "maps", shapes=[(6, 5, 19), (4, 9, 19), (7, 3, 19)])
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("FASTLOGITS_DEBUG", None)
@@ -233,13 +232,12 @@ def test_two_local_workers_from_the_command(rng, tmp_path):
 
 
 def test_scheduler_address_and_thread_share(rng, tmp_path, monkeypatch, capsys):
-    distributed = pytest.importorskip("distributed")
     monkeypatch.chdir(tmp_path)
     maps = _npy_dataset(rng, "maps", shapes=[(3, 4, 19), (2, 2, 19)])
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:
         with distributed.Client(cluster, set_as_default=False) as client:
-            threads = dataset._threads_per_worker(client)
+            threads = dataset.threads_per_worker(client)
             assert sorted(threads) == sorted(client.scheduler_info(n_workers=-1)["workers"])
             # the workers of one host share its cores: no more Numba threads than cores
             assert sum(threads.values()) <= max(dataset.usable_cores(), len(threads))
@@ -254,7 +252,6 @@ def test_scheduler_address_and_thread_share(rng, tmp_path, monkeypatch, capsys):
 
 
 def test_a_task_error_is_one_line(tmp_path, monkeypatch, capsys):
-    distributed = pytest.importorskip("distributed")
     monkeypatch.chdir(tmp_path)
     os.mkdir("maps")
     np.save("maps/m.npy", np.ones((2, 3, 19), np.float32) * 3.5)
@@ -340,7 +337,6 @@ def test_output_linked_to_an_input_file_is_refused(rng, tmp_path, monkeypatch, c
 
 
 def test_unreachable_scheduler_writes_nothing(rng, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("distributed")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(dataset, "CONNECT_TIMEOUT", "1s")
     _npy_dataset(rng, "maps", shapes=[(2, 3, 19)])
