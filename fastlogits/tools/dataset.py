@@ -575,8 +575,11 @@ def local_cluster(workers, processes=True):
     with ``processes=False``) of one dask thread each, no dashboard, quiet logs."""
     import logging
 
+    # no dashboard; the scheduler's HTTP server (always started) on a free
+    # port, not 8787, which another cluster may hold (a warning on stderr)
     return _distributed().LocalCluster(n_workers=workers, threads_per_worker=1,
                                        processes=processes, dashboard_address=None,
+                                       scheduler_kwargs={"dashboard_address": ":0"},
                                        silence_logs=logging.ERROR)
 
 
