@@ -226,8 +226,7 @@ def test_zarr_group_of_maps_float64(rng, tmp_path, monkeypatch, capsys):
 def test_scheduler_address_and_thread_share(rng, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     maps = _npy_dataset(rng, "maps", shapes=[(3, 4, 19), (2, 2, 19)])
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with dataset.local_cluster(2, processes=False) as cluster:
         with distributed.Client(cluster, set_as_default=False) as client:
             threads = dataset.threads_per_worker(client)
             assert sorted(threads) == sorted(client.scheduler_info(n_workers=-1)["workers"])
@@ -263,8 +262,7 @@ def test_a_task_error_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     os.mkdir("maps")
     np.save("maps/m.npy", np.ones((2, 3, 19), np.float32) * 3.5)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with dataset.local_cluster(1, processes=False) as cluster:
         # the map changes between the check and the task
         monkeypatch.setattr(dataset.MapSource, "read", lambda self: (_ for _ in ()).throw(
             ValueError(f"map {self.name!r} changed")))
