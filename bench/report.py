@@ -13,10 +13,10 @@ speed-ups of fastlogits over NumPy and PyTorch.
 ``--all``: the whole ``bench/RESULTS.md``, the current tables per machine,
 from ``bench/results/`` (one file per machine and suite, named
 ``<machine>-<suite>[-<layout>][-<dtype>].json``; see its README.md). It
-reads the four kinds of result files there: ``fastlogits bench --json``,
+reads the kinds of result files there: ``fastlogits bench --json``,
 pytest-benchmark JSON of ``bench_losses.py`` / ``bench_core.py`` and of
-``bench_head.py``, and ``bench_cuda.py`` / ``cuda_sweep.py`` /
-``cuda_overhead.py`` JSON. Hand-kept text (``intro.md``, ``<machine>.md``)
+``bench_head.py``, ``bench_cuda.py`` / ``cuda_sweep.py`` /
+``cuda_overhead.py`` JSON, ``small_calls.py`` and ``bench_dask.py`` JSON. Hand-kept text (``intro.md``, ``<machine>.md``)
 is included verbatim. The output depends on those files only (no clock, no
 machine), so two runs give the same bytes.
 """
@@ -42,7 +42,8 @@ SHORT = {"xeon": "Intel Xeon", "zen4": "AMD Zen 4", "h200": "NVIDIA H200",
          "icelake": "Intel Ice Lake", "zen3": "AMD Zen 3"}
 # Suites in the order a machine's tables are printed.
 SUITE_ORDER = ["cityscapes", "ade20k", "classes1000", "vocab", "losses", "head",
-               "cuda", "cuda-losses", "cuda-e2e", "cuda-overhead", "cuda-profile", "cuda-sweep", "small-calls"]
+               "cuda", "cuda-losses", "cuda-e2e", "cuda-overhead", "cuda-profile", "cuda-sweep", "small-calls",
+               "dask"]
 SHAPES = {(1024, 2048, 19): "Cityscapes", (512, 512, 150): "ADE20K",
           (256, 256, 1000): "1000 classes", (1, 512, 32000): "Vocabulary"}
 LAYOUT = {"hwc": "channels-last", "chw": "channels-first"}
@@ -354,6 +355,8 @@ def _section(path):
         return f"{short} — {CUDA_TITLES[suite]}", sweep_table(data)
     if data.get("suite") == "small-calls":
         return f"{short} — small calls, µs per call (bench/small_calls.py)", small_calls_table(data)
+    if data.get("suite") == "dask":
+        return f"{short} — {dask_title(data)}", dask_table(data)
     raise ValueError(f"{path}: unknown kind of result file")
 
 
@@ -368,6 +371,51 @@ def small_calls_table(data):
         lines.append(f"| {case.replace('|', ', ')} | {old:.1f} | {new:.1f} | {tail.split(' | ')[0]} | "
                      f"{old / new:.2f} | {tail.split(' | ')[-1]} |")
     return lines
+
+
+# --------------------------------------------------------------------------
+# bench/bench_dask.py: a dataset of maps on dask
+# --------------------------------------------------------------------------
+
+def dask_title(data):
+    c = data["config"]
+    dims = "×".join(str(n) for n in c["shape_hwc"])
+    return (f"a dataset on dask: {c['maps']} maps {dims}, {LAYOUT.get(c['layout'], c['layout'])}, "
+            "read from zarr (bench/bench_dask.py)")
+
+
+def dask_table(data):
+    """Maps per second of each variant, against in-process fastlogits, and the goals."""
+    rows = data["rows"]
+    base = next(r for r in rows if r["variant"] == "fastlogits" and r["workers"] is None)
+    lines = ["| variant | workers | maps/s | ms per map | × in-process fastlogits |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        where = "in-process" if r["workers"] is None else str(r["workers"])
+        ratio = r["maps_per_s"] / base["maps_per_s"]
+        lines.append(f"| {r['variant']} | {where} | {r['maps_per_s']:.2f} | {r['ms_per_map']:.1f} "
+                     f"| {ratio:.2f} |")
+    s = data["summary"]
+
+    def workers(k):
+        return f"{k} worker{'s' if str(k) != '1' else ''}"
+
+    text = ["Goals: fastlogits on dask within 15 % of in-process: " + ", ".join(
+        f"{100 * v:.0f} % ({workers(k)})" for k, v in s["dask_vs_in_process"].items()) + "."]
+    idioms = [(i, s[f"vs_{i}"]) for i in ("numpy_softmax", "numpy_lean") if f"vs_{i}" in s]
+    if idioms:
+        text.append("At least 10× the NumPy idiom through dask: " + ", ".join(
+            f"{v:.1f}× {i.replace('_', ' ')}" for i, v in idioms) + ".")
+    if s.get("no_op_ms_per_map"):
+        text.append("A no-op task: " + ", ".join(
+            f"{v:.2f} ms per map ({workers(k)})" for k, v in s["no_op_ms_per_map"].items()) + ".")
+    for name, why in (data.get("unavailable") or {}).items():
+        text.append(f"Not measured: {name} ({why}).")
+    if not data["config"].get("processes", True):
+        text.append("Clusters of threads (--quick): a code check, not figures to report.")
+    text.append("The variants agree (pixels of class 0 equal, confidence sums within 1e-5)."
+                if s.get("agree") else "THE VARIANTS DISAGREE (see the JSON).")
+    return lines + ["", " ".join(text)]
 
 
 VARIANTS = ["", "hwc", "chw", "hwc-f16", "chw-f16"]

@@ -1,7 +1,8 @@
 """Applications built on fastlogits, outside the library's core.
 
 The ``fastlogits`` command (:mod:`.cli`), the demo scene (:mod:`.demo`),
-bounded-memory classification of logits files (:mod:`.tiled`), the PNG
+bounded-memory classification of logits files (:mod:`.tiled`), datasets
+of maps in-process or on dask, resumably (:mod:`.dataset`), the PNG
 writer and reader (:mod:`.png`), palettes (:mod:`.palettes`), the safe
 output writer (:mod:`.files`), the benchmark harness (:mod:`.benchmark`)
 and the memory-bandwidth probes (:mod:`.bandwidth`). The library

@@ -374,14 +374,35 @@ def cmd_demo(args):
 # classify
 # --------------------------------------------------------------------------
 
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+#: Options of a single file's classification only, and their defaults.
+_FILE_ONLY = {"key": None, "max_memory": 1 << 30, "palette": None, "confidence_map": "heat"}
+
+
 def cmd_classify(args):
+    if os.path.isdir(args.input):
+        return _classify_dataset(args)
+    for opt in ("workers", "scheduler"):
+        if getattr(args, opt) is not None:
+            raise CommandError(f"--{opt} applies to a dataset (a directory of .npy files or a "
+                               f"zarr store), but input {args.input!r} is a file")
     from fastlogits.tools import tiled
 
+    opts = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in _FILE_ONLY.items()}
     res = tiled.classify_file(
         args.input, args.axis, labels=args.labels, confidence=args.confidence,
-        temperature=args.temperature, backend=args.backend, key=args.key,
-        max_memory=args.max_memory, labels_dtype=args.labels_dtype, palette=args.palette,
-        confidence_style=args.confidence_map,
+        temperature=args.temperature, backend=args.backend, key=opts["key"],
+        max_memory=opts["max_memory"], labels_dtype=args.labels_dtype, palette=opts["palette"],
+        confidence_style=opts["confidence_map"],
         progress=_progress("classify", "px", enabled=not args.quiet))
     if not args.quiet:
         counts = res["class_counts"]
@@ -393,6 +414,32 @@ def cmd_classify(args):
               f"{res['seconds']:.2f} s, {res['tiles']} tile(s); top classes {share}")
         for path in res["outputs"]:
             print(f"wrote {path}")
+    return 0
+
+
+def _classify_dataset(args):
+    from fastlogits.tools import dataset
+
+    for k in _FILE_ONLY:
+        if getattr(args, k) is not None:
+            raise CommandError(f"--{k.replace('_', '-')} applies to a single .npy/.npz file, not to "
+                               f"a dataset (input {args.input!r} is a directory)")
+    args.interrupted_note = "; finished maps are kept: run the same command again to resume"
+    res = dataset.classify_dataset(
+        args.input, args.axis, labels=args.labels, confidence=args.confidence,
+        temperature=args.temperature, backend=args.backend, labels_dtype=args.labels_dtype,
+        workers=args.workers, scheduler=args.scheduler,
+        progress=_progress("classify", "map", enabled=not args.quiet))
+    if not args.quiet:
+        if res["done"]:
+            rate = res["done"] / res["seconds"] if res["seconds"] > 0 else float("inf")
+            print(f"classified {res['done']} map(s), {res['pixels']:,} pixels, "
+                  f"{res['runner']}, in {res['seconds']:.2f} s ({rate:.2f} maps/s); "
+                  f"{res['skipped']} finished before")
+        else:
+            print(f"all {res['maps']} map(s) were finished before: nothing to do")
+        for out in res["outputs"]:
+            print(f"wrote {out}" if res["done"] else f"kept {out}")
     return 0
 
 
@@ -471,23 +518,31 @@ def build_parser():
                         "of 256x512 pixels, which the other backends are compared on)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("classify", help="labels and confidence of a .npy/.npz logits file",
-                       description="Classify a logits file. A .npy input is memory-mapped and "
-                                   "processed in tiles, so memory stays within --max-memory "
-                                   "whatever its size. Outputs: .npy (memory-mapped) or .png "
-                                   "(palette labels, heat-map confidence), written under a "
-                                   "temporary name and renamed when complete.")
-    s.add_argument("input", metavar="INPUT", help="logits, .npy or .npz")
+    s = sub.add_parser("classify", help="labels and confidence of a logits file or a dataset of maps",
+                       description="Classify a logits file, or a dataset of maps. A .npy input is "
+                                   "read in tiles, so memory stays within --max-memory whatever "
+                                   "its size. Outputs: .npy or .png (palette labels, heat-map "
+                                   "confidence), written under a temporary name and renamed when "
+                                   "complete. A dataset (a directory of .npy files, or a zarr "
+                                   "store: a group of maps or one array whose leading axis "
+                                   "indexes them) is classified one task per map, in this process "
+                                   "or on a dask cluster (--workers, --scheduler), into a "
+                                   "directory of .npy or a .zarr store per output; a rerun "
+                                   "resumes it: finished maps are not computed again.")
+    s.add_argument("input", metavar="INPUT",
+                   help="logits: a .npy or .npz file, a directory of .npy files, or a zarr store")
     s.add_argument("--axis", type=int, required=True, metavar="A",
-                   help="the class axis (-1 for H,W,C; 1 for N,C,H,W; 0 for C,H,W)")
-    s.add_argument("--labels", metavar="OUT", help="labels output, .npy or .png")
-    s.add_argument("--confidence", metavar="OUT", help="top-1 probability output, .npy or .png")
+                   help="the class axis (-1 for H,W,C; 1 for N,C,H,W; 0 for C,H,W); of the whole "
+                        "array for a zarr array of maps (1 for N,C,H,W, -1 for N,H,W,C)")
+    s.add_argument("--labels", metavar="OUT", help="labels output: .npy or .png; for a dataset, "
+                   "a directory (one NAME.npy per map) or a .zarr store (one array per map)")
+    s.add_argument("--confidence", metavar="OUT", help="top-1 probability output, as --labels")
     s.add_argument("--temperature", type=_positive_float, default=1.0, metavar="T",
                    help="divide logits by T before the softmax (default 1)")
     s.add_argument("--backend", default="auto", choices=("auto", "cpu", "numpy", "cuda"),
                    help="default: auto (FASTLOGITS_BACKEND, else cpu)")
     s.add_argument("--key", metavar="K", help="array name inside a .npz (default: its only array)")
-    s.add_argument("--max-memory", type=_memory, default=1 << 30, metavar="SIZE",
+    s.add_argument("--max-memory", type=_memory, metavar="SIZE",
                    help="bound on the memory taken above what importing fastlogits and "
                         "compiling its kernels takes (peak RSS; the input's page cache is "
                         "never mapped, so not counted), give or take a fixed 4 MiB, "
@@ -497,8 +552,15 @@ def build_parser():
     s.add_argument("--palette", metavar="FILE",
                    help="colours of .png labels: text 'R G B' rows or a .npy (K,3) "
                         "(default: Cityscapes for 19 classes, ADE20K for 150, else generated)")
-    s.add_argument("--confidence-map", choices=("heat", "grey"), default="heat",
+    s.add_argument("--confidence-map", choices=("heat", "grey"),
                    help="colours of a .png confidence (default: heat)")
+    run = s.add_mutually_exclusive_group()
+    run.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="dataset only: run on a local dask cluster of N worker processes "
+                          "(default: in this process, one map after another)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="dataset only: run on the dask cluster of this scheduler, "
+                          "e.g. tcp://10.0.0.1:8786 (its workers need fastlogits)")
     s.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     s.set_defaults(func=cmd_classify)
 
@@ -552,6 +614,7 @@ def main(argv=None):
         if debug:
             raise
         done = "; no output was written" if args.command == "classify" else ""
+        done = getattr(args, "interrupted_note", done)
         print(f"fastlogits {args.command}: interrupted{done}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # one line, never a traceback

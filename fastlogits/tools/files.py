@@ -168,7 +168,7 @@ def check_distinct(outputs, inputs=()):
 
     Two paths name the same file when they resolve to the same path
     (symlinks followed) or, for existing files, share (st_dev, st_ino)
-    (hard links too).
+    (hard links too). Linear in the number of paths (a dataset's maps).
 
     Parameters
     ----------
@@ -180,17 +180,27 @@ def check_distinct(outputs, inputs=()):
     ValueError
         Naming both options and paths.
     """
-    seen = [(what, p, *_identity(p), True) for what, p in inputs if p is not None]
+    by_real, by_ident = {}, {}  # the first path seen with each identity
+
+    def add(entry, real, ident):
+        by_real.setdefault(real, entry)
+        if ident is not None:
+            by_ident.setdefault(ident, entry)
+
+    for what, p in inputs:
+        if p is not None:
+            add((what, p, True), *_identity(p))
     for what, p in outputs:
         if p is None:
             continue
         real, ident = _identity(p)
-        for what2, p2, real2, ident2, is_input in seen:
-            if real == real2 or (ident is not None and ident == ident2):
-                if is_input:
-                    raise ValueError(f"{_name(what, os.fspath(p))} is the input file {_name(what2, os.fspath(p2))} "
-                                     "(by name or link); an output never replaces an input: "
-                                     "choose another name")
-                raise ValueError(f"{_name(what, os.fspath(p))} and {_name(what2, os.fspath(p2))} "
-                                 "name the same file")
-        seen.append((what, p, real, ident, False))
+        hit = by_real.get(real) or (by_ident.get(ident) if ident is not None else None)
+        if hit is not None:
+            what2, p2, is_input = hit
+            if is_input:
+                raise ValueError(f"{_name(what, os.fspath(p))} is the input file {_name(what2, os.fspath(p2))} "
+                                 "(by name or link); an output never replaces an input: "
+                                 "choose another name")
+            raise ValueError(f"{_name(what, os.fspath(p))} and {_name(what2, os.fspath(p2))} "
+                             "name the same file")
+        add((what, p, False), real, ident)

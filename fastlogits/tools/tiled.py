@@ -36,7 +36,7 @@ from fastlogits import _layout
 from fastlogits.tools import files, palettes, png
 
 __all__ = ["parse_size", "format_size", "narrowest_label_dtype", "open_logits", "plan_tiles",
-           "tile_pixels", "classify_array", "classify_file"]
+           "tile_pixels", "classify_array", "classify_into", "classify_file"]
 
 #: Largest tile of input read at once: bigger tiles gain nothing (the
 #: kernels stream) and the progress bar moves more smoothly.
@@ -364,8 +364,6 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
     dict
         ``tiles``, ``pixels``, ``class_counts`` (int64 (C,)).
     """
-    from fastlogits import api
-
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
     conf_dtype = chk.compute_dtype(_native(x.dtype))
@@ -386,7 +384,7 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
             n = _layout.size_of(rshape)
             labels = labels_buf[:n].reshape(rshape)
             conf = conf_buf[:n].reshape(rshape) if with_confidence else None
-            _classify_tile(api, tile, axis, labels, conf, temperature, backend)
+            classify_into(tile, axis, labels, conf, temperature, backend)
             _count(counts, labels)
             ridx = idx[:axis] + idx[axis + 1:]
             for sink in sinks:
@@ -400,20 +398,28 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
     return {"tiles": tiles, "pixels": pixels, "class_counts": counts}
 
 
-def _classify_tile(api, tile, axis, labels, conf, temperature, backend):
-    """One tile's labels (and confidence, unless ``conf`` is None) into the buffers."""
-    if tile.ndim > 1 and not tile.flags.c_contiguous:  # a Fortran file's tile
-        tile = np.ascontiguousarray(tile)
+def classify_into(x, axis, labels, conf, temperature, backend):
+    """``x``'s labels (and confidence, unless ``conf`` is None) into the
+    host buffers ``labels`` and ``conf`` (x's shape without the class axis).
+
+    One call of :func:`fastlogits.classify` (:func:`fastlogits.argmax`
+    without confidence) on a resolved ``backend``; the CUDA backend's
+    host results are copied into the buffers.
+    """
+    from fastlogits import api
+
+    if x.ndim > 1 and not x.flags.c_contiguous:  # e.g. a Fortran-ordered file's tile
+        x = np.ascontiguousarray(x)
     if backend == "cuda":  # host tile -> device -> host; results copied into the buffers
         if conf is not None:
-            lab, cf = api.classify(tile, axis, temperature=temperature, backend="cuda")
+            lab, cf = api.classify(x, axis, temperature=temperature, backend="cuda")
             labels[...], conf[...] = lab, cf
         else:
-            labels[...] = api.argmax(tile, axis, backend="cuda")
+            labels[...] = api.argmax(x, axis, backend="cuda")
     elif conf is not None:
-        api.classify(tile, axis, temperature=temperature, out=(labels, conf), backend=backend)
+        api.classify(x, axis, temperature=temperature, out=(labels, conf), backend=backend)
     else:
-        api.argmax(tile, axis, out=labels, backend=backend)
+        api.argmax(x, axis, out=labels, backend=backend)
 
 
 # --------------------------------------------------------------------------
