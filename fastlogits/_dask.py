@@ -63,8 +63,13 @@ def _tasks_at_once():
         try:
             pools = [threaded.default_pool] + [p for per in list(threaded.pools.values())
                                                for p in list(per.values())]
-            for pool in pools:  # a concurrent.futures pool knows its threads
-                if pool is not None and me in getattr(pool, "_threads", ()):
+            prefix = me.name.rpartition("_")[0]
+            for pool in pools:
+                # A concurrent.futures pool names its threads "<prefix>_<n>"
+                # (and lists them in _threads, but only after a thread's
+                # start: its first task may run before).
+                if pool is not None and (prefix == getattr(pool, "_thread_name_prefix", None)
+                                         or me in getattr(pool, "_threads", ())):
                     return max(1, int(pool._max_workers))
         except (AttributeError, RuntimeError, TypeError):  # another dask: not known
             pass
@@ -148,6 +153,14 @@ def _user_stacklevel():
     return level
 
 
+def _size(nbytes):
+    """Bytes as a reader takes them in: "640 B", "12.5 KiB", "3.0 GiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes} B" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
 def whole_axis(x, axis, name, what):
     """``x`` with ``axis`` in one chunk: as it is, rechunked with a
     ``PerformanceWarning`` (once per call), or a ValueError when the
@@ -162,12 +175,12 @@ def whole_axis(x, axis, name, what):
         raise ValueError(
             f"{name} has its {what} axis {axis} split into {len(splits)} chunks {splits}; "
             f"fastlogits never computes a {what} axis per chunk. Rechunk it to one chunk "
-            f"({name}.rechunk({{{axis}: -1}}): up to {need / 2**20:.1f} MiB a chunk), or let "
+            f"({name}.rechunk({{{axis}: -1}}): up to {_size(need)} a chunk), or let "
             "fastlogits do so (tuning.override(dask_rechunk_classes=True), the default)")
     warnings.warn(
         f"{name} has its {what} axis {axis} split into {len(splits)} chunks; fastlogits "
         f"rechunks it to one chunk ({name}.rechunk({{{axis}: -1}})): each chunk then holds "
-        f"up to {need / 2**20:.1f} MiB of {name}. Chunk the other axes smaller if that is "
+        f"up to {_size(need)} of {name}. Chunk the other axes smaller if that is "
         "too much", PerformanceWarning, stacklevel=_user_stacklevel())
     return x.rechunk({axis: -1})
 
