@@ -22,11 +22,15 @@ first call, so importing fastlogits imports no CUDA.)
 Every op reads x (or f) and its ``out=`` through :func:`_interop.unwrap`
 at its entry and hands its results to the ``back`` it returns at its exit:
 a torch tensor, DataArray or DLPack array in, the results in its library
-(nothing to do, and one type check, for NumPy).
+(nothing to do, and one type check, for NumPy). A dask x (``back`` is
+:data:`_interop.LAZY`) is checked on its shape and dtype alone, and
+:mod:`fastlogits._dask` builds the lazy graph whose tasks call the same
+op function here on each chunk.
 """
 
 import functools
 import importlib
+import math
 import os
 
 import numpy as np
@@ -165,6 +169,25 @@ class Logits:
         (self.axis, self.C, self.reduced_shape, self.compute_dtype, self.empty,
          self.shape3) = geometry(self.shape, self.dtype, axis)
 
+    @classmethod
+    def lazy(cls, x, axis):
+        """The logits of a dask ``x``, checked on its shape and dtype
+        (nothing is read); ``array`` is x."""
+        lg = cls.__new__(cls)
+        lg.cai, lg.gpu, lg.array = None, False, x
+        lg.shape, lg.dtype = known_shape(x, "x"), np.dtype(x.dtype)
+        (lg.axis, lg.C, lg.reduced_shape, lg.compute_dtype, lg.empty,
+         lg.shape3) = _geometry(lg.shape, lg.dtype, axis)
+        return lg
+
+
+def known_shape(a, name):
+    """A dask array's shape, which must be known (no NaN chunk sizes)."""
+    if any(isinstance(n, float) and math.isnan(n) for n in a.shape):
+        raise ValueError(f"{name} has unknown chunk sizes (shape {a.shape}): call "
+                         f"{name}.compute_chunk_sizes() first")
+    return tuple(int(n) for n in a.shape)
+
 
 def shape_dtype(a):
     """``(shape, dtype)`` of a host or GPU array (GPU: from its interface)."""
@@ -182,9 +205,12 @@ class Features:
     number of classes of the head.
     """
 
-    def __init__(self, f, axis, head):
-        self.gpu = chk.is_gpu_array(f)
-        if self.gpu:
+    def __init__(self, f, axis, head, lazy=False):
+        self.gpu = not lazy and chk.is_gpu_array(f)
+        if lazy:  # a dask f: its shape and dtype (nothing is read)
+            self.shape, self.dtype = known_shape(f, "f"), np.dtype(f.dtype)
+            self.array = f
+        elif self.gpu:
             self.shape, self.dtype = chk.gpu_shape_dtype(f)
             self.array = f
         else:
@@ -265,6 +291,12 @@ def check_target(target, lg):
     else:
         target = _layout.host_array(target)
         shape, dtype = target.shape, target.dtype
+    _check_target_meta(shape, dtype, lg)
+    return target
+
+
+def _check_target_meta(shape, dtype, lg):
+    """The target's dtype (integer) and shape (x's without the class axis)."""
     if dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {dtype}")
     if tuple(shape) != tuple(lg.reduced_shape):
@@ -272,7 +304,6 @@ def check_target(target, lg):
             f"target has shape {tuple(shape)}, expected {tuple(lg.reduced_shape)}: "
             f"x's shape {tuple(lg.shape)} without its class axis {lg.axis}"
         )
-    return target
 
 
 def check_class_weight(class_weight, C):
@@ -341,13 +372,16 @@ def check_matrix_fits(C):
 def check_head_target(target, fv):
     """Validate ``target`` against the features: shape first (naming
     both shapes), then dtype, as :func:`fastlogits.cross_entropy`."""
-    tshape, _ = shape_dtype(target)
-    if tuple(tshape) != tuple(fv.reduced_shape):
+    _check_head_target_shape(shape_dtype(target)[0], fv)
+    return check_target(target, fv)
+
+
+def _check_head_target_shape(shape, fv):
+    if tuple(shape) != tuple(fv.reduced_shape):
         raise ValueError(
-            f"target has shape {tuple(tshape)}, expected {tuple(fv.reduced_shape)}: "
+            f"target has shape {tuple(shape)}, expected {tuple(fv.reduced_shape)}: "
             f"the shape {tuple(fv.shape)} of f without its feature axis {fv.axis}"
         )
-    return check_target(target, fv)
 
 
 def loss_kinds(options):
@@ -413,12 +447,111 @@ def _host_only(be, **arrays):
 
 
 # --------------------------------------------------------------------------
+# dask arrays: the same checks, on shapes and dtypes; then a lazy graph whose
+# tasks call the op functions below on each chunk (fastlogits._dask)
+# --------------------------------------------------------------------------
+
+def _lazy():
+    """:mod:`fastlogits._dask`, imported at the first dask call: ``import
+    fastlogits`` imports no dask."""
+    from fastlogits import _dask
+
+    return _dask
+
+
+def _refuse_lazy_out(out, name):
+    """``out=`` with a dask x: a TypeError (dask arrays are not written in place)."""
+    if out is not None:
+        raise TypeError(
+            f"{name}= cannot be given with a dask x: the results of a dask input are lazy dask "
+            "arrays; compute them, or write them where you want with dask.array.store")
+
+
+def lazy_logits(x, axis, out, backend, out_name="out"):
+    """The logits of a dask x, checked (:meth:`Logits.lazy`), and the
+    backend its chunks run on (resolved from the chunks' type: NumPy
+    chunks "cpu", CuPy chunks "cuda")."""
+    _refuse_lazy_out(out, out_name)
+    lg = Logits.lazy(x, axis)
+    return lg, resolve_backend(backend, x._meta)
+
+
+def lazy_features(head, f, axis, out, backend):
+    """:func:`lazy_logits` for a LinearHead's dask features."""
+    _refuse_lazy_out(out, "out")
+    fv = Features(f, axis, head, lazy=True)
+    return fv, resolve_backend(backend, f._meta)
+
+
+def lazy_target(target, v, head=False):
+    """The target of a dask x (or f): a dask target checked on its shape
+    and dtype, any other as :func:`check_target` (:func:`check_head_target`)."""
+    if not _interop.is_dask(target):
+        return check_head_target(target, v) if head else check_target(target, v)
+    shape = known_shape(target, "target")
+    if head:
+        _check_head_target_shape(shape, v)
+    _check_target_meta(shape, np.dtype(target.dtype), v)
+    return target
+
+
+def lazy_pixels(fn, before, after, v, be, outputs, target=None):
+    """The lazy results of ``fn(*before, chunk, [target chunk,] v.axis,
+    *after)`` on every chunk of the dask x (or f) of ``v``; ``outputs``:
+    ``(kind, dtype[, class axis size])`` per result (a tuple of results
+    for several)."""
+    dk = _lazy()
+    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
+    x = dk.whole_axis(v.array, v.axis, name, what)
+    t = None if target is None else dk.as_target(target, x, v.axis)
+    r = dk.blockwise(dk.Call(fn, before, (v.axis,) + tuple(after), be), x, v.axis,
+                     [dk.Out(*o) for o in outputs], t)
+    return r[0] if len(r) == 1 else tuple(r)
+
+
+def lazy_loss(fn, before, tail, v, be, target, options):
+    """cross_entropy of a dask x (or f): "none" chunk by chunk; "mean" and
+    "sum" from the per-chunk (loss sum, weight sum), a lazy 0-d float64.
+    ``tail``: ``fn``'s arguments after ``return_grad``."""
+    o = options
+
+    def after(reduction):
+        return (o["class_weight"], o["ignore_index"], o["label_smoothing"], reduction,
+                o["return_grad"]) + tail
+
+    grad = [("same", v.dtype, v.shape[v.axis])] if o["return_grad"] else []
+    if o["reduction"] == "none":
+        return lazy_pixels(fn, before, after("none"), v, be,
+                           [("reduced", v.compute_dtype)] + grad, target)
+    dk = _lazy()
+    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
+    x = dk.whole_axis(v.array, v.axis, name, what)
+    return dk.loss(dk.Call(fn, before, (v.axis,) + after("sum"), be), x, v.axis, target,
+                   class_weight=o["class_weight"], C=v.C, ignore_index=o["ignore_index"],
+                   reduction=o["reduction"], return_grad=o["return_grad"], grad_dtype=v.dtype)
+
+
+def lazy_confusion(fn, before, tail, v, be, target):
+    """The lazy (C, C) int64 confusion matrix: per-chunk counts, summed."""
+    dk = _lazy()
+    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
+    x = dk.whole_axis(v.array, v.axis, name, what)
+    return dk.counts(dk.Call(fn, before, (v.axis,) + tail, be), x, v.axis, target, v.C)
+
+
+# --------------------------------------------------------------------------
 # the ops: every argument checked, the backend resolved, its function called
 # --------------------------------------------------------------------------
 
 def expnorm(op, x, axis, temperature, out, backend):
     """softmax, log_softmax or logsumexp (``op``)."""
     x, out, back = _interop.unwrap(x, out)
+    if back is _interop.LAZY:
+        lg, be = lazy_logits(x, axis, out, backend)
+        chk.check_temperature(temperature)
+        kind = "reduced" if op == "logsumexp" else "same"
+        return lazy_pixels(expnorm, (op,), (temperature, None, be), lg, be,
+                           [(kind, lg.dtype, lg.C)])
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
@@ -431,6 +564,9 @@ def expnorm(op, x, axis, temperature, out, backend):
 
 def argmax(x, axis, out, backend):
     x, out, back = _interop.unwrap(x, out)
+    if back is _interop.LAZY:
+        lg, be = lazy_logits(x, axis, out, backend)
+        return lazy_pixels(argmax, (), (None, be), lg, be, [("reduced", np.int64)])
     lg = Logits(x, axis)
     be = resolve_backend(backend, x, lg.gpu)
     if be != "cuda":
@@ -441,6 +577,11 @@ def argmax(x, axis, out, backend):
 
 def classify(x, axis, temperature, out, backend):
     x, out, back = _interop.unwrap(x, out)
+    if back is _interop.LAZY:
+        lg, be = lazy_logits(x, axis, out, backend)
+        chk.check_temperature(temperature)
+        return lazy_pixels(classify, (), (temperature, None, be), lg, be,
+                           [("reduced", np.int64), ("reduced", lg.compute_dtype)])
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
@@ -452,6 +593,13 @@ def classify(x, axis, temperature, out, backend):
 def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, reduction,
                   return_grad, grad_out, backend):
     x, grad_out, back = _interop.unwrap(x, grad_out, out_name="grad_out")
+    if back is _interop.LAZY:
+        lg, be = lazy_logits(x, axis, grad_out, backend, "grad_out")
+        target = lazy_target(target, lg)
+        options = loss_options(lg, class_weight, ignore_index, label_smoothing, reduction,
+                               return_grad)
+        _host_only(be, target=target, class_weight=options["class_weight"])
+        return lazy_loss(cross_entropy, (), (None, be), lg, be, target, options)
     lg = Logits(x, axis)
     target = check_target(target, lg)
     options = loss_options(lg, class_weight, ignore_index, label_smoothing, reduction,
@@ -468,6 +616,13 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
 
 def confusion_matrix(x, target, axis, ignore_index, out, backend):
     x, out, back = _interop.unwrap(x, out)
+    if back is _interop.LAZY:
+        lg, be = lazy_logits(x, axis, out, backend)
+        target = lazy_target(target, lg)
+        ignore_index = check_ignore_index(ignore_index)
+        _host_only(be, target=target)
+        check_matrix_fits(lg.C)
+        return lazy_confusion(confusion_matrix, (), (ignore_index, None, be), lg, be, target)
     lg = Logits(x, axis)
     target = check_target(target, lg)
     ignore_index = check_ignore_index(ignore_index)
@@ -483,6 +638,13 @@ def confusion_matrix(x, target, axis, ignore_index, out, backend):
 def head_expnorm(head, op, f, axis, temperature, out, backend):
     """A LinearHead's logits, softmax, log_softmax or logsumexp (``op``)."""
     f, out, back = _interop.unwrap(f, out, "f")
+    if back is _interop.LAZY:
+        fv, be = lazy_features(head, f, axis, out, backend)
+        if op != "logits":
+            chk.check_temperature(temperature)
+        kind = "reduced" if op == "logsumexp" else "same"
+        return lazy_pixels(head_expnorm, (head, op), (temperature, None, be), fv, be,
+                           [(kind, fv.dtype, fv.C)])
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     if op != "logits":
@@ -497,6 +659,14 @@ def head_expnorm(head, op, f, axis, temperature, out, backend):
 def head_argmax(head, f, axis, temperature, out, backend, with_conf):
     """A LinearHead's argmax, or classify (``with_conf``)."""
     f, out, back = _interop.unwrap(f, out, "f")
+    if back is _interop.LAZY:
+        fv, be = lazy_features(head, f, axis, out, backend)
+        outputs = [("reduced", np.int64)]
+        if with_conf:
+            chk.check_temperature(temperature)
+            outputs.append(("reduced", fv.compute_dtype))
+        return lazy_pixels(head_argmax, (head,), (temperature, None, be, with_conf), fv, be,
+                           outputs)
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     if with_conf:
@@ -512,6 +682,13 @@ def head_argmax(head, f, axis, temperature, out, backend, with_conf):
 def head_cross_entropy(head, f, target, axis, class_weight, ignore_index, label_smoothing,
                        reduction, return_grad, backend):
     f, _, back = _interop.unwrap(f, None, "f")
+    if back is _interop.LAZY:
+        fv, be = lazy_features(head, f, axis, None, backend)
+        target = lazy_target(target, fv, head=True)
+        options = loss_options(fv, class_weight, ignore_index, label_smoothing, reduction,
+                               return_grad)
+        _host_only(be, target=target, class_weight=options["class_weight"])
+        return lazy_loss(head_cross_entropy, (head,), (be,), fv, be, target, options)
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     target = check_head_target(target, fv)
@@ -524,6 +701,14 @@ def head_cross_entropy(head, f, target, axis, class_weight, ignore_index, label_
 
 def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
     f, out, back = _interop.unwrap(f, out, "f")
+    if back is _interop.LAZY:
+        fv, be = lazy_features(head, f, axis, out, backend)
+        target = lazy_target(target, fv, head=True)
+        ignore_index = check_ignore_index(ignore_index)
+        _host_only(be, target=target)
+        check_matrix_fits(fv.C)
+        return lazy_confusion(head_confusion_matrix, (head,), (ignore_index, None, be), fv, be,
+                              target)
     fv = Features(f, axis, head)
     be = resolve_backend(backend, f, fv.gpu)
     target = check_head_target(target, fv)
@@ -538,7 +723,14 @@ def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
 
 
 def iou(confusion):
-    """Per-class IoU of a (C, C) confusion matrix (host or GPU)."""
+    """Per-class IoU of a (C, C) confusion matrix (host, GPU, or dask: lazy)."""
+    if _interop.is_dask(confusion):
+        if np.dtype(confusion.dtype).kind not in "iuf":
+            raise TypeError(f"confusion must hold real counts, got dtype {confusion.dtype}")
+        shape = known_shape(confusion, "confusion")
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"confusion must be a square (C, C) matrix, got shape {shape}")
+        return _lazy().iou(iou, confusion)
     if chk.is_gpu_array(confusion):
         from numba import cuda
 

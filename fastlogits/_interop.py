@@ -20,6 +20,9 @@ xarray.DataArray              ``x.values``                DataArrays: x's dims a
                                                           dropped where reduced
 anything with ``__dlpack__``  ``np.from_dlpack`` (no      NumPy (the library is
 on the CPU                    copy)                       unknown)
+dask.array.Array              not read: ``back`` is       lazy dask arrays
+                              :data:`LAZY` and the        (:mod:`fastlogits._dask`)
+                              frontend builds a graph
 anything else                 ``np.asarray`` (later)      NumPy
 ============================  ==========================  ==========================
 
@@ -27,8 +30,8 @@ An ``out=`` that is a torch CPU tensor (or a DataArray over a NumPy
 array) is written through its NumPy view; every ``out=`` comes back as
 the object given, whatever x's library.
 
-Neither torch nor xarray is imported here: both are recognized by their
-type's module, and are in ``sys.modules`` whenever one of their objects
+Neither torch, xarray nor dask is imported here: each is recognized by
+its type's module, and is in ``sys.modules`` whenever one of its objects
 exists. This module imports nothing of fastlogits (``_layout`` reads its
 host arrays through :func:`to_numpy`).
 """
@@ -40,14 +43,33 @@ import numpy as np
 _DLPACK_CPU = 1  # DLDeviceType kDLCPU
 
 
+#: ``unwrap``'s ``back`` for a dask x: the frontend builds a lazy graph
+#: (:mod:`fastlogits._dask`) instead of reading x.
+LAZY = object()
+
+
 def _library(a):
-    """"torch", "xarray" or None, from the type's module (no import)."""
+    """"torch", "xarray", "dask" or None, from the type's module (no import)."""
     module = type(a).__module__
     if module.startswith("torch"):
         return "torch"
     if module.startswith("xarray") and type(a).__name__ == "DataArray":
         return "xarray"
+    if module.startswith("dask.") and hasattr(a, "__dask_graph__"):
+        return "dask"
     return None
+
+
+def is_dask(a):
+    """Whether ``a`` is a dask array (or another dask collection), without
+    importing dask."""
+    return _library(a) == "dask"
+
+
+def _dask_out_error(name):
+    return TypeError(
+        f"{name} is a dask array: dask arrays cannot be written in place; pass no {name} "
+        "and use the lazy result the op returns for a dask x (dask.array.store writes it)")
 
 
 def _bfloat16_error(name):
@@ -124,6 +146,8 @@ def _out_view(o, name):
     if o is None or type(o) is np.ndarray:
         return None
     library = _library(o)
+    if library == "dask":
+        raise _dask_out_error(name)
     if library == "torch" and _is_torch_cpu(o):
         if o.requires_grad:
             raise ValueError(f"{name} requires grad: fastlogits writes it outside autograd; "
@@ -142,9 +166,11 @@ def unwrap(x, out=None, name="x", out_name="out"):
     result in x's library (or None: return the result as it is)."""
     if type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
         return x, out, None
+    library = _library(x)
+    if library == "dask":  # the frontend checks out= (refused with a lazy x)
+        return x, out, LAZY
     if _is_gpu(x):
         return x, out, None
-    library = _library(x)
     original = x
     if library is not None or not isinstance(x, np.ndarray):
         x = to_numpy(x, name)

@@ -11,6 +11,14 @@ Results come back in x's library: torch tensors for a PyTorch CPU
 tensor, DataArrays for an xarray.DataArray, NumPy otherwise (every
 ``out=`` as given; :mod:`fastlogits._interop`, README "Inputs from other
 libraries").
+
+dask arrays
+-----------
+A dask x gives lazy dask arrays, one task per chunk running this op on
+the chunk (:mod:`fastlogits._dask`, README "dask arrays"): the class axis
+is one chunk (a split one is rechunked with a ``PerformanceWarning``, or
+refused with ``tuning`` ``dask_rechunk_classes=False``), ``out=`` is a
+TypeError, and each task's Numba threads fit the scheduler's threads.
 """
 
 from fastlogits import _frontend

@@ -13,6 +13,16 @@ Each function checks every argument, then dispatches through
 
 Everything about the arguments (dtypes, shapes, options) is checked before
 any kernel runs.
+
+dask arrays
+-----------
+A dask x gives lazy results (:mod:`fastlogits._dask`): "none" losses and
+gradients chunk by chunk; "mean" and "sum" a 0-d float64 dask array from
+the per-chunk (loss sum, weight sum) pairs, summed by a tree reduction and
+divided once (never a mean of means); the confusion matrix a (C, C) int64
+dask array, the sum of per-chunk counts; ``iou`` of it a lazy (C,). All
+equal the in-memory results for any chunking. Target values are checked
+by each chunk's kernel, so a bad one raises at compute time.
 """
 
 from fastlogits import _frontend

@@ -146,11 +146,27 @@ class CudaTuning:
 
 
 @dataclasses.dataclass(frozen=True)
+class DaskTuning:
+    """How the ops run on dask arrays (read by ``fastlogits._dask`` when a
+    graph is built, and in each task for the thread count)."""
+
+    #: A class (or LinearHead feature) axis split into several chunks is
+    #: rechunked to one chunk, with a dask ``PerformanceWarning`` naming the
+    #: memory each chunk then needs; False: a ValueError instead.
+    rechunk_classes: bool = True
+    #: Numba threads of each chunk's kernel; 0: the cores divided by the
+    #: tasks that may run at once (the worker's threads, the threaded
+    #: scheduler's pool), so dask's threads times Numba's fit the cores.
+    threads_per_task: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Tuning:
-    """All settings: ``cpu`` and ``cuda``. Hashable, so plans key on it."""
+    """All settings: ``cpu``, ``cuda`` and ``dask``. Hashable, so plans key on it."""
 
     cpu: CpuTuning = CpuTuning()
     cuda: CudaTuning = CudaTuning()
+    dask: DaskTuning = DaskTuning()
 
 
 _current = Tuning()
@@ -163,12 +179,14 @@ def current():
     return _current
 
 
+_TARGETS = {"cpu": CpuTuning, "cuda": CudaTuning, "dask": DaskTuning}
+
+
 def _target_fields():
     """``{"cpu_tile_pixels": ("cpu", "tile_pixels"), ...}``: every knob
     by its flat name."""
     names = {}
-    for target in ("cpu", "cuda"):
-        cls = CpuTuning if target == "cpu" else CudaTuning
+    for target, cls in _TARGETS.items():
         for f in dataclasses.fields(cls):
             names[f"{target}_{f.name}"] = (target, f.name, f.type)
     return names
@@ -180,7 +198,7 @@ _FIELDS = _target_fields()
 def replaced(tuning, **changes):
     """``tuning`` with the knobs ``changes`` (flat names, e.g.
     ``cpu_tile_pixels=64``) replaced, their types checked."""
-    per_target = {"cpu": {}, "cuda": {}}
+    per_target = {target: {} for target in _TARGETS}
     for name, value in changes.items():
         if name not in _FIELDS:
             raise TypeError(f"unknown tuning knob {name!r}; known: {', '.join(sorted(_FIELDS))}")
@@ -192,8 +210,8 @@ def replaced(tuning, **changes):
         if want is int and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
         per_target[target][field] = value
-    return Tuning(cpu=dataclasses.replace(tuning.cpu, **per_target["cpu"]),
-                  cuda=dataclasses.replace(tuning.cuda, **per_target["cuda"]))
+    return Tuning(**{target: dataclasses.replace(getattr(tuning, target), **fields)
+                     for target, fields in per_target.items()})
 
 
 @contextlib.contextmanager
@@ -207,7 +225,8 @@ def override(**changes):
     ----------
     **changes
         Knobs by flat name: ``cpu_<field>`` of :class:`CpuTuning`,
-        ``cuda_<field>`` of :class:`CudaTuning`.
+        ``cuda_<field>`` of :class:`CudaTuning`, ``dask_<field>`` of
+        :class:`DaskTuning`.
     """
     global _current
     with _lock:
