@@ -47,16 +47,18 @@ _FLOAT64 = np.dtype(np.float64)
 # --------------------------------------------------------------------------
 
 def _tasks_at_once():
-    """How many dask tasks may run at once in this process: a
-    ``dask.distributed`` worker's threads, the threaded scheduler's pool
+    """How many dask tasks may run at once on this machine: the threads of
+    the ``dask.distributed`` workers on this worker's host, the threaded scheduler's pool
     size (the pool whose thread runs this task), else 1 (the synchronous
     scheduler, or a call outside dask)."""
     distributed = sys.modules.get("distributed")
     if distributed is not None:
         try:
-            return max(1, int(distributed.get_worker().state.nthreads))
+            worker = distributed.get_worker()
         except (ValueError, AttributeError):
-            pass
+            worker = None
+        if worker is not None:
+            return _host_threads(worker)
     threaded = sys.modules.get("dask.threaded")
     if threaded is not None:
         me = threading.current_thread()
@@ -74,6 +76,28 @@ def _tasks_at_once():
         except (AttributeError, RuntimeError, TypeError):  # another dask: not known
             pass
     return 1
+
+
+_HOST_THREADS = {}
+
+
+def _host_threads(worker):
+    """The dask threads of every worker on this worker's host (several
+    worker processes on one machine share its cores), asked of the
+    scheduler once per worker; the worker's own threads where that fails."""
+    key = worker.address
+    if key not in _HOST_THREADS:
+        own = max(1, int(worker.state.nthreads))
+        try:
+            import distributed
+
+            workers = distributed.get_client().scheduler_info(n_workers=-1)["workers"]
+            host = workers[key]["host"]
+            _HOST_THREADS[key] = max(own, sum(int(w["nthreads"]) for w in workers.values()
+                                              if w.get("host") == host))
+        except Exception:  # no scheduler information (an older distributed): own threads
+            _HOST_THREADS[key] = own
+    return _HOST_THREADS[key]
 
 
 def threads_per_task(fixed=0):

@@ -5,7 +5,7 @@ for the module: classify and confusion_matrix over a small stack of maps
 stored in a zarr store (channels-first) and in a directory of ``.npy``
 files (channels-last, memory-mapped by each task), against the in-memory
 results; the workers load the kernels from Numba's on-disk cache, and
-each task's Numba threads follow its worker's threads.
+each task's Numba threads are its share of the machine's cores.
 """
 
 import numpy as np
@@ -114,7 +114,8 @@ def test_classify_and_confusion_on_a_cluster(rng, tmp_path, client, store):
 
 
 def test_worker_tasks_take_the_workers_share_of_threads(client):
-    """A worker with one thread: each task may use all of Numba's threads."""
+    """Two one-thread workers on this machine: each task takes half of
+    Numba's threads (at least 1), so the two never oversubscribe the cores."""
     import numba
 
     from fastlogits import _dask
@@ -128,5 +129,5 @@ def test_worker_tasks_take_the_workers_share_of_threads(client):
     call = _dask.Call(report, (), (0, "cpu"), "cpu")
     dx = da.zeros((4, 3), chunks=(1, 3))
     seen = _dask.blockwise(call, dx, 1, [_dask.Out("reduced", np.int64)])[0]
-    sizes = set(client.run(pool_size).values())
-    assert set(client.compute(seen).result().tolist()) == sizes
+    shares = {max(1, n // 2) for n in client.run(pool_size).values()}
+    assert set(client.compute(seen).result().tolist()) == shares
