@@ -361,7 +361,7 @@ def _sum_classes(builder, rw, term, exact=True):
     :func:`fastlogits.cpu.blocks.tiles.rest`, from the sums of all terms and
     of those other than 1 (the log ops' ``log1p``); else ``s - 1``, which
     gives back ``s`` exactly for softmax's and classify's ``1 / (1 + s')``
-    without the second sum (docs/perf/cpu-073)."""
+    without the second sum (docs/perf/cpu-074)."""
     b = builder
 
     def add(c, acc, k):

@@ -312,7 +312,7 @@ def tile_exp_store(x, o, i0, P, m, inv_t, s, part, et, eo, ei0, store, exact, pf
     ``s`` and ``part`` then hold at least 2 P elements each, their second
     halves the sums of the terms other than 1; without (softmax, classify:
     ``1 / (1 + s')`` needs s only) plain ``s - 1``, which loses nothing
-    there (docs/perf/cpu-073). One share of the prefetch region ``pf`` per
+    there (docs/perf/cpu-074). One share of the prefetch region ``pf`` per
     class.
 
     Pixels with a non-finite max get garbage here; callers mask them.
