@@ -55,13 +55,13 @@ def _call(op, x, t, axis):
 
 def _child(case, layout, tmp):
     """Run ``case`` in this process; print a JSON result on the last line."""
+    t0 = time.perf_counter()
+    import fastlogits  # first, as a user's script: it sets Numba's target features
+
+    import_s = time.perf_counter() - t0
     import numpy as np
     from numba.core import event
 
-    t0 = time.perf_counter()
-    import fastlogits
-
-    import_s = time.perf_counter() - t0
     compiles = []
 
     class Listener(event.Listener):
