@@ -84,9 +84,9 @@ def _child(case, layout, tmp):
 
     def timed(label, op, xx):
         start = len(compiles)
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
         _call(op, xx, t, axis)
-        calls[label] = {"seconds": time.perf_counter() - t1,
+        calls[label] = {"seconds": time.perf_counter() - t1, "cpu_s": time.process_time() - c1,
                         "compiled": [[n, round(s, 3)] for n, s, top in compiles[start:] if top],
                         "specializations": len(compiles) - start}
 
@@ -147,27 +147,30 @@ def measure(trees, layout="hwc", readonly_ops=("softmax", "cross_entropy"), only
 
 
 def _report_line(label, case, res):
-    parts = [f"{k} {v['seconds']:.2f} s ({v['specializations']} spec.)"
+    parts = [f"{k} {v['seconds']:.2f} s, cpu {v['cpu_s']:.2f} s ({v['specializations']} spec.)"
              for k, v in res["calls"].items()]
     print(f"{label:4s} {case:24s} {'; '.join(parts)}  [process {res['process_s']:.1f} s]",
           file=sys.stderr, flush=True)
 
 
-def summary(results):
-    """Per tree: each op's first call, all five in one script, warm, read-only extras."""
+def summary(results, key="seconds"):
+    """Per tree: each op's first call, all five in one script, warm,
+    read-only extras; wall seconds, or with ``key="cpu_s"`` the process's
+    CPU seconds (Numba compiles on one thread: on a busy machine, the
+    steadier figure)."""
     out = {}
     for label, res in results.items():
         s = {}
         for op in OPS:
             if op in res:
-                s[f"first {op}"] = res[op]["calls"][op]["seconds"]
+                s[f"first {op}"] = res[op]["calls"][op][key]
         if "all" in res:
-            s["all five"] = sum(c["seconds"] for c in res["all"]["calls"].values())
-            s["all five, warm cache"] = sum(c["seconds"] for c in res["warm"]["calls"].values())
+            s["all five"] = sum(c[key] for c in res["all"]["calls"].values())
+            s["all five, warm cache"] = sum(c[key] for c in res["warm"]["calls"].values())
         for case, r in res.items():
             if case.startswith("readonly:"):
                 op = case.split(":", 1)[1]
-                s[f"read-only {op} after writeable"] = r["calls"][op + " read-only"]["seconds"]
+                s[f"read-only {op} after writeable"] = r["calls"][op + " read-only"][key]
         out[label] = s
     return out
 
@@ -188,13 +191,15 @@ def main(argv=None):
         return
     trees = {"old": args.old, "new": args.new} if args.old else {"new": args.new}
     results = measure(trees, args.layout, only=args.cases)
-    table = summary(results)
+    table, cpu = summary(results), summary(results, "cpu_s")
+    print(f"{'':40s} {'wall':>24s}   {'cpu':>24s}")
     for key in next(iter(table.values())):
         row = "  ".join(f"{label} {table[label][key]:6.2f} s" for label in table)
-        print(f"{key:40s} {row}")
+        row_cpu = "  ".join(f"{label} {cpu[label][key]:6.2f} s" for label in cpu)
+        print(f"{key:40s} {row}   {row_cpu}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"shape": SHAPE, "layout": args.layout, "summary": table,
+            json.dump({"shape": SHAPE, "layout": args.layout, "summary": table, "summary_cpu": cpu,
                        "results": results, "machine": os.uname().nodename,
                        "cpus": os.cpu_count()}, fh, indent=1)
 
