@@ -14,6 +14,9 @@ from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import head as k
 from fastlogits.cpu.threads import launch_threads
+from fastlogits.cpu.calls import share_literal_calls
+
+share_literal_calls()  # the LinearHead's kernels too
 
 
 def host_params(head, dtype):
