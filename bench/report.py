@@ -43,7 +43,7 @@ SHORT = {"xeon": "Intel Xeon", "zen4": "AMD Zen 4", "h200": "NVIDIA H200",
 # Suites in the order a machine's tables are printed.
 SUITE_ORDER = ["cityscapes", "ade20k", "classes1000", "vocab", "losses", "head",
                "cuda", "cuda-losses", "cuda-e2e", "cuda-overhead", "cuda-profile", "cuda-sweep", "small-calls",
-               "dask"]
+               "compile", "dask"]
 SHAPES = {(1024, 2048, 19): "Cityscapes", (512, 512, 150): "ADE20K",
           (256, 256, 1000): "1000 classes", (1, 512, 32000): "Vocabulary"}
 LAYOUT = {"hwc": "channels-last", "chw": "channels-first"}
@@ -357,7 +357,25 @@ def _section(path):
         return f"{short} — small calls, µs per call (bench/small_calls.py)", small_calls_table(data)
     if data.get("suite") == "dask":
         return f"{short} — {dask_title(data)}", dask_table(data)
+    if suite == "compile":
+        H, W, C = data["shape"]
+        return (f"{short} — first calls on an empty kernel cache, {H}×{W}×{C} float32 "
+                f"{data['layout']} (bench/bench_compile.py)", compile_table(data))
     raise ValueError(f"{path}: unknown kind of result file")
+
+
+def compile_table(data):
+    """bench/bench_compile.py's cases: seconds (wall and the process's CPU)
+    of old and new tree, each case in a fresh process on an empty cache."""
+    wall, cpu = data["summary"], data.get("summary_cpu", {})
+    trees = list(wall)
+    head = " | ".join(f"{t} s | {t} CPU s" for t in trees)
+    lines = [f"| case | {head} |", "|---" * (1 + 2 * len(trees)) + "|"]
+    for case in wall[trees[0]]:
+        cells = " | ".join(f"{wall[t][case]:.2f} | "
+                           + (f"{cpu[t][case]:.2f}" if t in cpu else "-") for t in trees)
+        lines.append(f"| {case} | {cells} |")
+    return lines
 
 
 def small_calls_table(data):

@@ -14,6 +14,9 @@ from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import head as k
 from fastlogits.cpu.threads import launch_threads
+from fastlogits.cpu.calls import share_literal_calls
+
+share_literal_calls()  # the LinearHead's kernels too
 
 
 def host_params(head, dtype):
@@ -153,6 +156,7 @@ def labels_into(head, fv, labels, conf, inv_t):
                           red[1] if with_conf else dummy, inv_t, with_conf, tile,
                           nthreads, dot)
 
+    labels = host.label_view(labels)
     run_head(head, fv, kernel, red=[labels, conf] if with_conf else [labels])
 
 
@@ -197,7 +201,7 @@ def confusion_matrix(head, fv, target, *, ignore_index, out):
     if fv.empty:
         return host.add_counts(np.zeros((C, C), np.int64), out)
     if plan.labels_first(C, fv.reduced_shape):
-        labels = pool.empty(fv.reduced_shape, np.int32)
+        labels = pool.empty(fv.reduced_shape, np.int64)  # argmax's own: one compiled kernel
         labels_into(head, fv, labels, None, fv.compute_dtype.type(1.0))
         return host.confusion_from_labels(labels, t, C, ignore_index, out)
     counts = np.zeros((C, C), np.int64)

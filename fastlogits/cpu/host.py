@@ -84,6 +84,22 @@ def run_cpu(lg, full, reduced, kernel):
             arr[...] = tmp.reshape(arr.shape)
 
 
+#: The one integer dtype of each width the label kernels are compiled for.
+#: Labels are in [0, C) and an ``out=`` must hold C - 1, so a signed and
+#: an unsigned label of one width have the same bits: a view of the other
+#: type costs nothing and saves a compile of the whole driver per dtype.
+_LABEL_KERNEL_DTYPES = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.int32),
+                        8: np.dtype(np.int64)}
+
+
+def label_view(a):
+    """Labels ``a`` (any integer dtype holding C - 1) as the kernels take
+    them: a view of the one dtype compiled for its width
+    (:data:`_LABEL_KERNEL_DTYPES`); the same array where it has it."""
+    kernel_dtype = _LABEL_KERNEL_DTYPES[a.dtype.itemsize]
+    return a if a.dtype == kernel_dtype else a.view(kernel_dtype)
+
+
 def bits(a):
     """A float16 array's bits (a uint16 view); any other array as it is."""
     return a.view(np.uint16) if a.dtype == np.float16 else a
@@ -156,7 +172,7 @@ def argmax(lg, out):
         out = pool.empty(lg.reduced_shape, np.int64)
     if not lg.empty:
         one = lg.compute_dtype.type(1.0)
-        run_cpu(lg, [], [out], lambda x3, f, r: run_argmax(x3, r[0], None, one))
+        run_cpu(lg, [], [label_view(out)], lambda x3, f, r: run_argmax(x3, r[0], None, one))
     return out
 
 
@@ -170,7 +186,8 @@ def classify(lg, temperature, out):
         conf = pool.empty(lg.reduced_shape, lg.compute_dtype)
     if not lg.empty:
         inv_t = chk.inv_temperature(temperature, lg.dtype)
-        run_cpu(lg, [], [labels, conf], lambda x3, f, r: run_argmax(x3, r[0], r[1], inv_t))
+        run_cpu(lg, [], [label_view(labels), conf],
+                lambda x3, f, r: run_argmax(x3, r[0], r[1], inv_t))
     return labels, conf
 
 
@@ -327,7 +344,9 @@ def _confusion_matrix(lg, t, ignore_index, out):
     if lg.empty:
         return add_counts(np.zeros((C, C), np.int64), out)
     if plan.labels_first(C, lg.reduced_shape):
-        labels = pool.empty(lg.reduced_shape, np.int32)
+        # int64, argmax's own labels: one compiled kernel for both (int32
+        # labels saved 4 bytes a pixel where x has C >= 64 scores each).
+        labels = pool.empty(lg.reduced_shape, np.int64)
         one = lg.compute_dtype.type(1.0)
         run_cpu(lg, [], [labels], lambda x3, f, r: run_argmax(x3, r[0], None, one))
         return confusion_from_labels(labels, t, C, ignore_index, out)

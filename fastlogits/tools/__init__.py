@@ -4,8 +4,9 @@ The ``fastlogits`` command (:mod:`.cli`), the demo scene (:mod:`.demo`),
 bounded-memory classification of logits files (:mod:`.tiled`), datasets
 of maps in-process or on dask, resumably (:mod:`.dataset`), the PNG
 writer and reader (:mod:`.png`), palettes (:mod:`.palettes`), the safe
-output writer (:mod:`.files`), the benchmark harness (:mod:`.benchmark`)
-and the memory-bandwidth probes (:mod:`.bandwidth`). The library
+output writer (:mod:`.files`), the benchmark harness (:mod:`.benchmark`),
+the memory-bandwidth probes (:mod:`.bandwidth`) and the kernels compiled
+ahead of use (:mod:`.precompile`). The library
 (everything in ``fastlogits`` outside this subpackage) never imports it:
 tests/tools/test_layering.py checks.
 """

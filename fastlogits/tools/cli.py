@@ -1,4 +1,4 @@
-"""The ``fastlogits`` command: ``info``, ``demo``, ``classify``, ``bench``.
+"""The ``fastlogits`` command: ``info``, ``demo``, ``classify``, ``bench``, ``compile``.
 
 Run ``fastlogits COMMAND --help`` for the options of each. Every error a
 user can cause (a missing file, a wrong axis, a shape that does not fit, an
@@ -235,29 +235,10 @@ def _fastexp_status():
 def _cache_dirs():
     """Numba's on-disk cache directories of the fastlogits kernels, with
     the number and size of the cache files in each."""
-    import importlib
-    import pkgutil
-
     import fastlogits
+    from fastlogits.tools import precompile
 
-    modules = ["fastlogits.tools.bandwidth"]
-    for sub in ("cpu", "cuda"):
-        try:
-            pkg = importlib.import_module(f"fastlogits.{sub}")
-        except ImportError:
-            continue
-        modules += [f"fastlogits.{sub}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
-    dirs = []
-    for name in modules:
-        try:
-            mod = importlib.import_module(name)
-        except Exception:  # e.g. a CUDA module without a driver
-            continue
-        for obj in vars(mod).values():
-            cache = getattr(obj, "_cache", None)
-            path = getattr(cache, "_cache_path", None)
-            if path and path not in dirs:
-                dirs.append(path)
+    dirs = precompile.cache_dirs()
     if not dirs:  # Numba's rule: NUMBA_CACHE_DIR, else __pycache__ next to the source
         base = os.environ.get("NUMBA_CACHE_DIR")
         dirs = [base or os.path.join(os.path.dirname(fastlogits.__file__), "cpu", "__pycache__")]
@@ -268,6 +249,15 @@ def _cache_dirs():
         size = sum(os.path.getsize(f) for f in entries)
         out.append((d, len(entries), size))
     return out
+
+
+def _cached_variants_line():
+    """How many compiled variants the cache in use holds for this CPU."""
+    from fastlogits.tools import precompile
+
+    drivers, functions = precompile.cached_variants()
+    return (f"{drivers} kernel variants for this CPU ({functions} compiled functions with their "
+            "callees); 'fastlogits compile' adds more")
 
 
 def _numba_cuda_line():
@@ -345,8 +335,15 @@ def cmd_info(args):
         ("vectors", _vector_width_status()),
         ("output pool", pool.describe()),
     ]
-    for d, n, size in _cache_dirs():
-        rows.append(("kernel cache", f"{d} ({n} files, {format_size(size)})"))
+    dirs = _cache_dirs()
+    if len({d for d, _, _ in dirs}) > 3:  # __pycache__ per source directory: sum them up
+        n, size = sum(n for _, n, _ in dirs), sum(s for _, _, s in dirs)
+        rows.append(("kernel cache", f"{len(dirs)} directories ({n} files, {format_size(size)}), "
+                                     f"e.g. {dirs[0][0]}"))
+    else:
+        for d, n, size in dirs:
+            rows.append(("kernel cache", f"{d} ({n} files, {format_size(size)})"))
+    rows.append(("cached", _cached_variants_line()))
     if os.environ.get("NUMBA_CACHE_DIR"):
         rows.append(("", f"(NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']})"))
     width = max(len(k) for k, _ in rows)
@@ -485,6 +482,60 @@ def cmd_bench(args):
 
 
 # --------------------------------------------------------------------------
+# compile
+# --------------------------------------------------------------------------
+
+def cmd_compile(args):
+    from fastlogits.tools import precompile
+
+    known = precompile.op_names()
+    ops = _list(args.ops) or known
+    # "head" stands for every LinearHead method
+    ops = [o for op in ops for o in ([k for k in known if k.startswith("head.")]
+                                     if op == "head" else [op])]
+    unknown = [o for o in ops if o not in known]
+    if unknown:
+        raise CommandError(f"unknown op {unknown[0]!r}; choose from {', '.join(known)} or head")
+    dtypes = _list(args.dtypes)
+    bad = [d for d in dtypes if d not in precompile.DTYPES]
+    if bad:
+        raise CommandError(f"unknown dtype {bad[0]!r}; choose from {', '.join(precompile.DTYPES)}")
+    layouts = _list(args.layouts)
+    bad = [d for d in layouts if d not in precompile.LAYOUTS]
+    if bad:
+        raise CommandError(f"unknown layout {bad[0]!r}; choose from hwc, chw")
+    if args.jobs < 1:
+        raise CommandError(f"--jobs must be at least 1, got {args.jobs}")
+    todo = precompile.tasks(list(dict.fromkeys(ops)), dict.fromkeys(dtypes),
+                            dict.fromkeys(layouts), dict.fromkeys(args.classes))
+    before, _ = precompile.cached_variants()
+    compiled, recompiled, seconds = precompile.compile_all(
+        todo, args.jobs, progress=_progress("compile", "task", enabled=not args.quiet))
+    after, functions = precompile.cached_variants()
+    if not args.quiet:
+        print(f"compiled {len(todo)} task(s) ({len(set(ops))} op(s) x {len(set(dtypes))} dtype(s) x "
+              f"{len(set(layouts))} layout(s) x {len(set(args.classes))} class count(s)) in "
+              f"{seconds:.1f} s with {min(args.jobs, len(todo))} process(es): {compiled} functions "
+              f"compiled, {recompiled} more in the check")
+        print(f"kernel cache: {after} kernel variants for this CPU ({after - before:+d}), "
+              f"{functions} compiled functions")
+    return 0
+
+
+def _classes(text):
+    vals = []
+    for p in text.split(","):
+        try:
+            v = int(p)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive integers, e.g. 19,150")
+        vals.append(v)
+    return vals
+
+
+# --------------------------------------------------------------------------
 # the parser
 # --------------------------------------------------------------------------
 
@@ -582,6 +633,28 @@ def build_parser():
     s.add_argument("--plot", metavar="OUT.png", help="bar chart (needs matplotlib)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("compile", help="compile the CPU kernels ahead of use, into Numba's cache",
+                       description="Compile the CPU kernel variants the chosen ops use, ahead of "
+                                   "use, in parallel processes, into the cache Numba loads them "
+                                   "from (NUMBA_CACHE_DIR when set): for Docker images and "
+                                   "cluster workers, whose first calls then compile nothing. "
+                                   "The cache is per CPU model: compile on the machine type "
+                                   "that runs the calls.")
+    s.add_argument("--ops", nargs="+", metavar="OP",
+                   help="ops to compile, e.g. argmax cross_entropy head (default: all)")
+    s.add_argument("--dtypes", nargs="+", metavar="D", default=["float32"],
+                   help="logits dtypes: float16, float32, float64 (default: float32)")
+    s.add_argument("--layouts", nargs="+", metavar="L", default=["hwc", "chw"],
+                   help="hwc (channels-last, class axis -1) and/or chw (channels-first, "
+                        "class axis 1) (default: both)")
+    s.add_argument("--classes", type=_classes, default=[19], metavar="C[,C...]",
+                   help="class counts of your maps: the kernel variant depends on it "
+                        "(fewer than 8 classes, 8 and more) (default: 19)")
+    s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="processes compiling at once (default: the number of cores)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    s.set_defaults(func=cmd_compile)
     return p
 
 

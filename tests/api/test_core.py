@@ -217,7 +217,10 @@ def test_out_preallocated_and_non_contiguous(rng, name):
     assert_close(strided, want, np.float32)
 
 
-@pytest.mark.parametrize("label_dtype", [np.uint8, np.int16, np.int32, np.uint32, np.int64])
+LABEL_DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+
+
+@pytest.mark.parametrize("label_dtype", LABEL_DTYPES)
 def test_narrow_label_out(rng, label_dtype):
     x = logits(rng, (9, 17, 19))
     labels = np.empty((9, 17), label_dtype)
@@ -229,6 +232,33 @@ def test_narrow_label_out(rng, label_dtype):
     assert got[0] is lab2 and got[1] is conf
     np.testing.assert_array_equal(lab2, np.argmax(x, -1))
     assert_close(conf, fl.reference.classify(x)[1], np.float32)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int8, np.uint8])
+def test_label_out_top_of_range(rng, label_dtype):
+    """The largest label a one-byte ``out=`` holds (127, 255): the kernels
+    write it through a view of the other signedness where theirs differs."""
+    C = np.iinfo(label_dtype).max + 1
+    x = logits(rng, (3, 5, C))
+    x[:, :, -1] += 100.0
+    x[0, 0, 7] += 1000.0
+    labels = np.empty((3, 5), label_dtype)
+    fl.argmax(x, out=labels)
+    np.testing.assert_array_equal(labels, np.argmax(x, -1))
+    assert labels.max() == C - 1
+
+
+def test_label_dtypes_share_kernels(rng):
+    """Every integer ``out=`` runs one of four compiled label types (one per
+    width): a signed and an unsigned dtype of one width share a kernel."""
+    from fastlogits.cpu.ops import argmax as ka
+
+    x = logits(rng, (9, 17, 19))
+    for dt in LABEL_DTYPES:
+        fl.argmax(x, out=np.empty((9, 17), dt))
+    label_types = {str(sig[1].dtype) for sig in ka.argmax_cl_rows.signatures}
+    assert label_types <= {"uint8", "uint16", "int32", "int64"}, label_types
+    assert len(label_types) == 4
 
 
 def test_numpy_backend_honours_out(rng):

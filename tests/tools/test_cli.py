@@ -60,7 +60,8 @@ def test_info(tmp_path):
     out = r.stdout
     assert f"fastlogits    {fl.__version__}" in out
     for key in ("numpy", "numba", "numba-cuda", "torch", "backends", "threads", "GPU",
-                "fastexp", "output pool", "kernel cache", "row prefetch", "float16", "tiles"):
+                "fastexp", "output pool", "kernel cache", "cached", "row prefetch", "float16",
+                "tiles"):
         assert any(line.startswith(key) for line in out.splitlines()), key
     assert "numpy, cpu" in out
     assert "threading layer" in out

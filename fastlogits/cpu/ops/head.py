@@ -71,6 +71,7 @@ from fastlogits.cpu.llvm.prefetch import no_region, prefetch
 from fastlogits.cpu.ops.argmax import _tile as _argmax_tile
 from fastlogits.cpu.ops.confusion import _count, _merge
 from fastlogits.cpu.ops.losses import _scratch as _loss_scratch
+from fastlogits.cpu.ops.losses import column_sums, put_row
 from fastlogits.cpu.ops.losses import _tile_grad, _tile_losses, loss_coefs
 from fastlogits.cpu.ops.softmax import _lse
 from fastlogits.cpu.ops.softmax import _tile as _expnorm_tile
@@ -511,8 +512,8 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
                 # d loss / d z of the tile, in place over the exponentials.
                 _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)
                 feature_grad(W, C, N, inner, o, i0, P, e, tile, grad)
-        sums[chunk] = acc
-    return sums.sum(axis=0)
+        put_row(sums, chunk, acc)
+    return column_sums(sums)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)

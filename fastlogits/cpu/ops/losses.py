@@ -222,6 +222,28 @@ def _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, 
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def put_row(table, i, acc):
+    """``table[i, :] = acc`` for 1-D ``acc`` as a plain loop: the slice
+    assignment compiles Numba's broadcast check, whose error message
+    compiles a dozen string functions (docs/perf/cpu-073)."""
+    for k in range(table.shape[1]):
+        table[i, k] = acc[k]
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def column_sums(table):
+    """``table.sum(axis=0)`` of a 2-D float64 table as plain loops: Numba's
+    axis sum compiles an axis check whose error message compiles a dozen
+    string functions, about 1 s of a loss kernel's first call
+    (docs/perf/cpu-073)."""
+    out = np.zeros(table.shape[1])
+    for i in range(table.shape[0]):
+        for k in range(table.shape[1]):
+            out[k] += table[i, k]
+    return out
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
@@ -577,8 +599,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             stream_fence()
         acc[0] += sums[:LANES].sum()
         acc[1] += sums[LANES:].sum()
-        chunk_sums[chunk] = acc
-    return chunk_sums.sum(axis=0)
+        put_row(chunk_sums, chunk, acc)
+    return column_sums(chunk_sums)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -611,8 +633,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
-        sums[chunk] = acc
-    return sums.sum(axis=0)
+        put_row(sums, chunk, acc)
+    return column_sums(sums)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -754,8 +776,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             stream_fence()
         acc[0] += sums[:ROWS].sum()
         acc[1] += sums[ROWS:].sum()
-        chunk_sums[chunk] = acc
-    return chunk_sums.sum(axis=0)
+        put_row(chunk_sums, chunk, acc)
+    return column_sums(chunk_sums)
 
 
 @njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -780,5 +802,5 @@ def target_weight_sum(t, w64, ignore, nthreads):
                     nbad += 1
         sums[chunk, 0] = total
         sums[chunk, 1] = nbad
-    out = sums.sum(axis=0)
+    out = column_sums(sums)
     return out[0], int(out[1])
