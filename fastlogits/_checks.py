@@ -36,6 +36,12 @@ def _interface(x):
         raise
 
 
+def is_torch_bfloat16(x):
+    """Whether ``x`` is a torch bfloat16 tensor (no import of torch)."""
+    return (type(x).__module__.split(".")[0] == "torch"
+            and str(getattr(x, "dtype", "")) == "torch.bfloat16")
+
+
 def is_gpu_array(x):
     """True for anything exposing ``__cuda_array_interface__``."""
     return _interface(x) is not None

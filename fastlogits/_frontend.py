@@ -31,6 +31,7 @@ import os
 
 import numpy as np
 
+from fastlogits import _bfloat16
 from fastlogits import _checks as chk
 from fastlogits import _interop, _layout, reference
 
@@ -123,16 +124,18 @@ def resolve_backend(backend, x, gpu=None):
 # inputs
 # --------------------------------------------------------------------------
 
-def _geometry(shape, dtype, axis):
+def _geometry(shape, dtype, axis, bfloat16=False):
     """``(axis, C, reduced_shape, compute_dtype, empty, shape3)`` of logits
-    of ``shape`` and ``dtype`` with the class axis ``axis`` (``shape3`` the
-    canonical (outer, C, inner)), checked
-    (:func:`_cached_geometry` remembers it per shape, dtype and axis)."""
-    chk.check_logits_dtype(dtype)
+    of ``shape`` and ``dtype`` (``bfloat16``: the dtype is bfloat16's bits)
+    with the class axis ``axis`` (``shape3`` the canonical (outer, C,
+    inner)), checked (:func:`_cached_geometry` remembers it per shape,
+    dtype and axis)."""
+    if not bfloat16:
+        chk.check_logits_dtype(dtype)
     ax = chk.normalize_axis(axis, len(shape))
     chk.check_classes(shape, ax)
     reduced = _layout.reduced_shape(shape, ax)
-    # float16 is computed (and its confidence returned) in float32.
+    # float16 and bfloat16 are computed (and their confidence returned) in float32.
     return (ax, shape[ax], reduced, chk.compute_dtype(dtype), 0 in reduced,
             _layout.split_shape(shape, ax))
 
@@ -143,18 +146,30 @@ _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
 class Logits:
     """Validated logits: the array (host) or object (GPU), axis, C, shapes.
 
+    bfloat16 logits (``bfloat16`` True) are held as their bits: ``dtype``
+    is :data:`fastlogits._bfloat16.BITS`, the host ``array`` a uint16 view,
+    a GPU one's ``cai`` that of its uint16 view; outputs of x's dtype are
+    made of it too (bfloat16 bits), and the caller gets them back as
+    bfloat16 (:mod:`fastlogits._interop`).
+
     The checks of a shape, dtype and axis run once: a repeated call finds
     their result in a cache (the per-call cost of small inputs)."""
 
     __slots__ = ("cai", "gpu", "shape", "dtype", "array", "axis", "C", "reduced_shape",
-                 "compute_dtype", "empty", "shape3")
+                 "compute_dtype", "empty", "shape3", "bfloat16")
 
     def __init__(self, x, axis):
+        self.bfloat16 = isinstance(x, _bfloat16.Bits)
+        if self.bfloat16:
+            x = x.bits
         #: x's ``__cuda_array_interface__`` (None for a host array), read
         #: once here and handed to the CUDA backend (issue 36).
         self.cai = chk._interface(x)
         self.gpu = self.cai is not None
         if self.gpu:
+            if chk.is_torch_bfloat16(x):  # torch exports bfloat16 as "<V2": read its bits
+                self.cai = dict(self.cai, typestr=_bfloat16.BITS.str)
+                self.bfloat16 = True
             self.shape = tuple(int(n) for n in self.cai["shape"])
             self.dtype = np.dtype(self.cai["typestr"])
             self.array = x
@@ -163,7 +178,7 @@ class Logits:
             self.shape, self.dtype = self.array.shape, self.array.dtype
         geometry = _cached_geometry if type(axis) is int else _geometry  # hashable, and exact
         (self.axis, self.C, self.reduced_shape, self.compute_dtype, self.empty,
-         self.shape3) = geometry(self.shape, self.dtype, axis)
+         self.shape3) = geometry(self.shape, self.dtype, axis, self.bfloat16)
 
 
 def shape_dtype(a):
@@ -183,6 +198,9 @@ class Features:
     """
 
     def __init__(self, f, axis, head):
+        if isinstance(f, _bfloat16.Bits) or chk.is_torch_bfloat16(f):
+            raise TypeError("f must hold float16, float32 or float64 features, got dtype "
+                            "bfloat16 (bfloat16 is read as logits only)")
         self.gpu = chk.is_gpu_array(f)
         if self.gpu:
             self.shape, self.dtype = chk.gpu_shape_dtype(f)
@@ -371,10 +389,27 @@ def loss_options(lg, class_weight, ignore_index, label_smoothing, reduction, ret
 # host outputs
 # --------------------------------------------------------------------------
 
+def out_bits(lg, out, dtype, name, kind="float"):
+    """``out=`` with a bfloat16 one (:class:`fastlogits._bfloat16.Bits`) as
+    its bits, which only an output of bfloat16 logits' own dtype may be;
+    such an output must be bfloat16 (not any uint16 array)."""
+    x_bits = getattr(lg, "bfloat16", False) and kind == "float" and dtype is lg.dtype
+    if isinstance(out, _bfloat16.Bits):
+        if not x_bits:
+            expected = "an integer dtype" if kind == "label" else np.dtype(dtype)
+            raise TypeError(f"{name} has dtype bfloat16, expected {expected}")
+        return out.bits
+    if x_bits and isinstance(out, np.ndarray):
+        raise TypeError(f"{name} has dtype {out.dtype}, expected bfloat16")
+    return out
+
+
 def check_host_out(lg, out, shape, dtype, name, kind="float"):
-    """Validate a host ``out=`` (None allowed); returns it."""
+    """Validate a host ``out=`` (None allowed); returns it (a bfloat16 one
+    as its bits, :func:`out_bits`)."""
     if out is None:
         return None
+    out = out_bits(lg, out, dtype, name, kind)
     chk.check_out(out, shape, dtype, name, kind)
     chk.check_no_partial_overlap(out, lg.array, name)
     return out
@@ -425,6 +460,8 @@ def expnorm(op, x, axis, temperature, out, backend):
     if be != "cuda":
         shape = lg.reduced_shape if op == "logsumexp" else lg.shape
         out = check_host_out(lg, out, shape, lg.dtype, "out")
+    elif out is not None:
+        out = out_bits(lg, out, lg.dtype, "out")
     r = implementation(op, be)(op, lg, temperature, out)
     return r if back is None else back(r, lg.axis, "reduced" if op == "logsumexp" else "same")
 
@@ -462,6 +499,8 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
     if be != "cuda":
         _host_only(be, target=target, class_weight=options["class_weight"])
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
+    elif grad_out is not None:
+        grad_out = out_bits(lg, grad_out, lg.dtype, "grad_out")
     r = implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
     return r if back is None else back(r, lg.axis, loss_kinds(options))
 
