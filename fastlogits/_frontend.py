@@ -278,6 +278,8 @@ def check_target(target, lg):
 
     Returns the host array (or the GPU object untouched).
     """
+    if chk.is_torch_bfloat16(target):
+        raise TypeError("target must hold integer class indices, got dtype bfloat16")
     if chk.is_gpu_array(target):
         shape, dtype = chk.gpu_shape_dtype(target)
     else:
@@ -297,6 +299,8 @@ def check_class_weight(class_weight, C):
     """None, or C real weights (returned as float64 for a host array)."""
     if class_weight is None:
         return None
+    if chk.is_torch_bfloat16(class_weight):  # (its values would be widened exactly; rare)
+        class_weight = class_weight.float()
     if chk.is_gpu_array(class_weight):
         shape, dtype = chk.gpu_shape_dtype(class_weight)
         w = class_weight
