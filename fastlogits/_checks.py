@@ -54,10 +54,10 @@ def gpu_shape_dtype(x):
 
 
 def check_logits_dtype(dtype, name="x"):
-    """Logits must be float16, float32 or float64."""
+    """Logits must be float16, float32 or float64 (bfloat16 arrives as its bits, checked apart)."""
     if dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must hold float16, float32 or float64 logits, got dtype {dtype}"
+            f"{name} must hold float16, bfloat16, float32 or float64 logits, got dtype {dtype}"
         )
 
 

@@ -265,6 +265,14 @@ def check_head_params(weight, bias):
     return weight, bias, tuple(int(n) for n in wshape)
 
 
+def check_bfloat16_backend(lg, be):
+    """The CUDA kernels do not read bfloat16 yet: a clear error, not
+    bfloat16 bits read as integers."""
+    if lg.bfloat16 and be == "cuda":
+        raise TypeError("x holds bfloat16 values, which backend='cuda' does not read yet; "
+                        "use backend='cpu' for host arrays, or convert x (x.float() or x.half())")
+
+
 def check_ignore_index(ignore_index):
     if not chk.is_integer(ignore_index):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
@@ -461,6 +469,7 @@ def expnorm(op, x, axis, temperature, out, backend):
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
+    check_bfloat16_backend(lg, be)
     if be != "cuda":
         shape = lg.reduced_shape if op == "logsumexp" else lg.shape
         out = check_host_out(lg, out, shape, lg.dtype, "out")
@@ -474,6 +483,7 @@ def argmax(x, axis, out, backend):
     x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     be = resolve_backend(backend, x, lg.gpu)
+    check_bfloat16_backend(lg, be)
     if be != "cuda":
         out = labels_out(lg, out, "out")
     r = implementation("argmax", be)(lg, out)
@@ -485,6 +495,7 @@ def classify(x, axis, temperature, out, backend):
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
+    check_bfloat16_backend(lg, be)
     out = check_pair_out(lg, out, be)
     r = implementation("classify", be)(lg, temperature, out)
     return r if back is None else back(r, lg.axis, ("reduced", "reduced"))
@@ -500,6 +511,7 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
     if grad_out is not None and not options["return_grad"]:
         raise ValueError("grad_out is given but return_grad is False")
     be = resolve_backend(backend, x, lg.gpu)
+    check_bfloat16_backend(lg, be)
     if be != "cuda":
         _host_only(be, target=target, class_weight=options["class_weight"])
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
@@ -515,6 +527,7 @@ def confusion_matrix(x, target, axis, ignore_index, out, backend):
     target = check_target(target, lg)
     ignore_index = check_ignore_index(ignore_index)
     be = resolve_backend(backend, x, lg.gpu)
+    check_bfloat16_backend(lg, be)
     if be != "cuda":
         _host_only(be, target=target)
         out = check_host_out(lg, out, (lg.C, lg.C), np.int64, "out")

@@ -213,7 +213,7 @@ def test_strided_input_and_outputs(rng):
     assert_within_ulp(inplace, reference.log_softmax(x, -1))
 
 
-def test_bad_outputs_are_refused(rng):
+def test_bad_outputs_are_refused(rng, monkeypatch):
     x = bf16_logits(rng, (4, 5), -1)
     with pytest.raises(TypeError, match="out has dtype uint16, expected bfloat16"):
         fl.softmax(x, out=np.empty((4, 5), np.uint16))
@@ -225,6 +225,11 @@ def test_bad_outputs_are_refused(rng):
         fl.argmax(x, out=np.empty(4, BF16))
     with pytest.raises(ValueError, match="out has shape"):
         fl.softmax(x, out=np.empty((5, 4), BF16))
+    from fastlogits import _frontend
+
+    monkeypatch.setattr(_frontend, "cuda_status", lambda: (True, ""))  # as if a GPU were there
+    with pytest.raises(TypeError, match="backend='cuda' does not read yet"):
+        fl.softmax(x, backend="cuda")
     with pytest.raises(TypeError, match="f must hold float16, float32 or float64 features"):
         fl.LinearHead(np.ones((3, 5), np.float32)).softmax(x)
 
