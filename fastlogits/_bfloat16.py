@@ -47,6 +47,12 @@ def bits_of(a):
     return None
 
 
+def bits_interface(cai):
+    """The ``__cuda_array_interface__`` ``cai`` of bfloat16 data (torch
+    exports it as ``"<V2"``, an opaque two-byte type) as that of its bits."""
+    return dict(cai, typestr=BITS.str)
+
+
 def widen(bits, dtype=np.float32):
     """The values of the bfloat16 ``bits`` (uint16) as ``dtype`` (float32 or
     float64): exact."""

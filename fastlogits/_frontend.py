@@ -168,7 +168,7 @@ class Logits:
         self.gpu = self.cai is not None
         if self.gpu:
             if chk.is_torch_bfloat16(x):  # torch exports bfloat16 as "<V2": read its bits
-                self.cai = dict(self.cai, typestr=_bfloat16.BITS.str)
+                self.cai = _bfloat16.bits_interface(self.cai)
                 self.bfloat16 = True
             self.shape = tuple(int(n) for n in self.cai["shape"])
             self.dtype = np.dtype(self.cai["typestr"])
@@ -263,14 +263,6 @@ def check_head_params(weight, bias):
                 f"to match weight of shape {tuple(wshape)}"
             )
     return weight, bias, tuple(int(n) for n in wshape)
-
-
-def check_bfloat16_backend(lg, be):
-    """The CUDA kernels do not read bfloat16 yet: a clear error, not
-    bfloat16 bits read as integers."""
-    if lg.bfloat16 and be == "cuda":
-        raise TypeError("x holds bfloat16 values, which backend='cuda' does not read yet; "
-                        "use backend='cpu' for host arrays, or convert x (x.float() or x.half())")
 
 
 def check_ignore_index(ignore_index):
@@ -402,17 +394,21 @@ def loss_options(lg, class_weight, ignore_index, label_smoothing, reduction, ret
 # --------------------------------------------------------------------------
 
 def out_bits(lg, out, dtype, name, kind="float"):
-    """``out=`` with a bfloat16 one (:class:`fastlogits._bfloat16.Bits`) as
-    its bits, which only an output of bfloat16 logits' own dtype may be;
-    such an output must be bfloat16 (not any uint16 array)."""
+    """``out=`` with a bfloat16 one as its bits (a host one,
+    :class:`fastlogits._bfloat16.Bits`; a torch CUDA tensor as it is, the
+    CUDA backend reads its bits), which only an output of bfloat16 logits'
+    own dtype may be; such an output must be bfloat16 (not any uint16
+    array, host or GPU)."""
     x_bits = getattr(lg, "bfloat16", False) and kind == "float" and dtype is lg.dtype
-    if isinstance(out, _bfloat16.Bits):
+    if isinstance(out, _bfloat16.Bits) or chk.is_torch_bfloat16(out):
         if not x_bits:
             expected = "an integer dtype" if kind == "label" else np.dtype(dtype)
             raise TypeError(f"{name} has dtype bfloat16, expected {expected}")
-        return out.bits
+        return getattr(out, "bits", out)
     if x_bits and isinstance(out, np.ndarray):
         raise TypeError(f"{name} has dtype {out.dtype}, expected bfloat16")
+    if x_bits and chk.is_gpu_array(out):
+        raise TypeError(f"{name} has dtype {chk.gpu_shape_dtype(out)[1]}, expected bfloat16")
     return out
 
 
@@ -442,8 +438,9 @@ def check_pair_out(lg, out, be):
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("out must be a tuple (labels, confidence)")
     chk.check_outputs_apart(out[0], out[1], "out[0] (labels)", "out[1] (confidence)")
-    if be == "cuda":
-        return out
+    if be == "cuda":  # bfloat16 refused where it is not x's (host outputs as their bits)
+        return (out_bits(lg, out[0], lg.C - 1, "out[0] (labels)", "label"),
+                out_bits(lg, out[1], lg.compute_dtype, "out[1] (confidence)"))
     return (labels_out(lg, out[0], "out[0] (labels)"),
             check_host_out(lg, out[1], lg.reduced_shape, lg.compute_dtype,
                            "out[1] (confidence)"))
@@ -469,7 +466,6 @@ def expnorm(op, x, axis, temperature, out, backend):
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
-    check_bfloat16_backend(lg, be)
     if be != "cuda":
         shape = lg.reduced_shape if op == "logsumexp" else lg.shape
         out = check_host_out(lg, out, shape, lg.dtype, "out")
@@ -483,9 +479,10 @@ def argmax(x, axis, out, backend):
     x, out, back = _interop.unwrap(x, out)
     lg = Logits(x, axis)
     be = resolve_backend(backend, x, lg.gpu)
-    check_bfloat16_backend(lg, be)
     if be != "cuda":
         out = labels_out(lg, out, "out")
+    elif out is not None:
+        out = out_bits(lg, out, lg.C - 1, "out", "label")
     r = implementation("argmax", be)(lg, out)
     return r if back is None else back(r, lg.axis, "reduced")
 
@@ -495,7 +492,6 @@ def classify(x, axis, temperature, out, backend):
     lg = Logits(x, axis)
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
-    check_bfloat16_backend(lg, be)
     out = check_pair_out(lg, out, be)
     r = implementation("classify", be)(lg, temperature, out)
     return r if back is None else back(r, lg.axis, ("reduced", "reduced"))
@@ -511,7 +507,6 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
     if grad_out is not None and not options["return_grad"]:
         raise ValueError("grad_out is given but return_grad is False")
     be = resolve_backend(backend, x, lg.gpu)
-    check_bfloat16_backend(lg, be)
     if be != "cuda":
         _host_only(be, target=target, class_weight=options["class_weight"])
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
@@ -527,11 +522,12 @@ def confusion_matrix(x, target, axis, ignore_index, out, backend):
     target = check_target(target, lg)
     ignore_index = check_ignore_index(ignore_index)
     be = resolve_backend(backend, x, lg.gpu)
-    check_bfloat16_backend(lg, be)
     if be != "cuda":
         _host_only(be, target=target)
         out = check_host_out(lg, out, (lg.C, lg.C), np.int64, "out")
         check_matrix_fits(lg.C)
+    elif out is not None:
+        out = out_bits(lg, out, np.int64, "out")
     r = implementation("confusion_matrix", be)(lg, target, ignore_index=ignore_index, out=out)
     return r if back is None else back(r, lg.axis, "confusion")
 

@@ -8,7 +8,10 @@ on x86, native on ARMv8); bfloat16 (:data:`BFLOAT16`), float32's upper
 half, by integer operations any CPU vectorizes: a shift widens it, and
 rounding adds ``0x7FFF`` plus the kept half's last bit before the shift
 (NaN kept NaN, its quiet bit set). bfloat16 data are always their bits
-(uint16, :mod:`fastlogits._bfloat16`).
+(uint16, :mod:`fastlogits._bfloat16`; the kernels that read them as they
+are take them as int16, :mod:`.scores`). The same IR
+(:func:`bfloat16_widen_ir`, :func:`bfloat16_round_ir`) serves scalars and
+the kernels' vectors.
 
 float16 inputs are computed in float32 chunks (:func:`load`), and their
 float16 outputs written back from float32 chunks (:func:`store`).
@@ -32,7 +35,9 @@ chunk that is one contiguous block goes as a flat run (channels-last
 chunks), else row by row through the C-contiguous array it is a chunk of
 (channels-first chunks: a span of pixels of every class plane); a chunk
 of a strided array takes a scalar loop (0.6 ns per element in cache
-against 0.1-0.2).
+against 0.1-0.2). A chunk below ``cpu_serial_below`` elements converts
+on the calling thread (:class:`fastlogits.cpu.threads.launch_threads`,
+as the kernels launch): waking the pool cost more than the work.
 """
 
 import numpy as np
@@ -41,6 +46,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_converts_half
+from fastlogits.cpu.threads import launch_threads
 
 #: Whether the CPU Numba compiles for converts between float32 and
 #: float16 in hardware (x86's F16C, any ARMv8).
@@ -75,37 +81,65 @@ def _from_half_bits(typingctx, h):
     return types.float32(h), codegen
 
 
+def _i32(ty, value):
+    """An i32 constant, or a vector of them of ``ty``'s lane count."""
+    i32 = ir.IntType(32)
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ir.VectorType(i32, ty.count), [value] * ty.count)
+    return ir.Constant(i32, value)
+
+
+def _as(ty, element):
+    """``element``, or a vector of it of ``ty``'s lane count."""
+    return ir.VectorType(element, ty.count) if isinstance(ty, ir.VectorType) else element
+
+
+def bfloat16_widen_ir(builder, bits):
+    """IR: the float32 value(s) of the bfloat16 bits ``bits`` (i16 or a
+    vector of i16; either signedness): exact, a shift into float32's upper
+    half (a vector shift)."""
+    i32 = _as(bits.type, ir.IntType(32))
+    wide = builder.shl(builder.zext(bits, i32), _i32(bits.type, 16))
+    return builder.bitcast(wide, _as(bits.type, ir.FloatType()))
+
+
+def bfloat16_round_ir(builder, v):
+    """IR: the bfloat16 bits (i16, or a vector of them) of the float32
+    value(s) ``v``, rounded to the nearest, ties to even (``0x7FFF`` plus
+    the kept half's last bit added before the shift); NaN stays NaN, its
+    quiet bit set; infinities stay."""
+    i = builder.bitcast(v, _as(v.type, ir.IntType(32)))
+    lsb = builder.and_(builder.lshr(i, _i32(v.type, 16)), _i32(v.type, 1))
+    rounded = builder.add(i, builder.add(lsb, _i32(v.type, 0x7FFF)))
+    quiet = builder.or_(i, _i32(v.type, 0x00400000))
+    nan = builder.icmp_unsigned(">", builder.and_(i, _i32(v.type, 0x7FFFFFFF)),
+                                _i32(v.type, 0x7F800000))
+    r = builder.lshr(builder.select(nan, quiet, rounded), _i32(v.type, 16))
+    return builder.trunc(r, _as(v.type, ir.IntType(16)))
+
+
 @intrinsic
 def _bfloat16_bits(typingctx, v):
-    """The bfloat16 bits (as uint16) of the float32 ``v``, rounded to the
-    nearest, ties to even; NaN stays NaN (quiet), infinities stay."""
+    """The bfloat16 bits (as uint16) of the float32 ``v``
+    (:func:`bfloat16_round_ir`)."""
     if v != types.float32:
         return None
 
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        i = builder.bitcast(args[0], i32)
-        lsb = builder.and_(builder.lshr(i, ir.Constant(i32, 16)), ir.Constant(i32, 1))
-        rounded = builder.add(i, builder.add(lsb, ir.Constant(i32, 0x7FFF)))
-        quiet = builder.or_(i, ir.Constant(i32, 0x00400000))
-        nan = builder.icmp_unsigned(">", builder.and_(i, ir.Constant(i32, 0x7FFFFFFF)),
-                                    ir.Constant(i32, 0x7F800000))
-        r = builder.lshr(builder.select(nan, quiet, rounded), ir.Constant(i32, 16))
-        return builder.trunc(r, ir.IntType(16))
+        return bfloat16_round_ir(builder, args[0])
 
     return types.uint16(v), codegen
 
 
 @intrinsic
 def _from_bfloat16_bits(typingctx, h):
-    """The float32 value of the bfloat16 bits ``h`` (uint16): exact."""
-    if h != types.uint16:
+    """The float32 value of the bfloat16 bits ``h`` (uint16, or int16 as
+    the kernels take them: :mod:`.scores`): exact."""
+    if h not in (types.uint16, types.int16):
         return None
 
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        return builder.bitcast(builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16)),
-                               ir.FloatType())
+        return bfloat16_widen_ir(builder, args[0])
 
     return types.float32(h), codegen
 
@@ -201,12 +235,13 @@ def load(x, o0, o1, i0, i1, out=None, bfloat16=False):
     if fmt is None or not fmt.hardware:
         out[...] = part
         return out
-    if part.flags.c_contiguous:
-        fmt.from_flat(out.reshape(-1), part.view(np.uint16).reshape(-1))
-    elif x.flags.c_contiguous:
-        fmt.from_chunk(x.view(np.uint16), o0, i0, out)
-    else:
-        fmt.from_rows(out, part.view(np.uint16))
+    with launch_threads(out.size):  # serial for a small chunk, as the kernels
+        if part.flags.c_contiguous:
+            fmt.from_flat(out.reshape(-1), part.view(np.uint16).reshape(-1))
+        elif x.flags.c_contiguous:
+            fmt.from_chunk(x.view(np.uint16), o0, i0, out)
+        else:
+            fmt.from_rows(out, part.view(np.uint16))
     return out
 
 
@@ -222,9 +257,10 @@ def store(out, o0, o1, i0, i1, src, bfloat16=False):
         part[...] = src
         return
     src3 = np.ascontiguousarray(_as3(src))
-    if part.flags.c_contiguous:
-        fmt.to_flat(part.view(np.uint16).reshape(-1), src3.reshape(-1))
-    elif out.flags.c_contiguous:
-        fmt.to_chunk(_as3(out).view(np.uint16), o0, i0, src3)
-    else:
-        fmt.to_rows(_as3(part).view(np.uint16), src3)
+    with launch_threads(src3.size):
+        if part.flags.c_contiguous:
+            fmt.to_flat(part.view(np.uint16).reshape(-1), src3.reshape(-1))
+        elif out.flags.c_contiguous:
+            fmt.to_chunk(_as3(out).view(np.uint16), o0, i0, src3)
+        else:
+            fmt.to_rows(_as3(part).view(np.uint16), src3)
