@@ -191,16 +191,17 @@ def _tile_status():
 
 
 def _half_status():
-    """How the CPU kernels take float16 logits (fastlogits.cpu.llvm.scores)."""
+    """How the CPU kernels take float16 and bfloat16 logits
+    (fastlogits.cpu.llvm.scores; bfloat16 goes the way float16 goes)."""
     from fastlogits import tuning
     from fastlogits.cpu.llvm.half import HARDWARE
 
     if not HARDWARE:
-        return "through float32 chunks (the CPU has no F16C, and is not ARMv8)"
+        return "through float32 chunks (the CPU has no F16C, and is not ARMv8); bfloat16 too"
     if not tuning.current().cpu.half_direct:
-        return "through float32 chunks (tuning knob cpu_half_direct is off)"
+        return "through float32 chunks (tuning knob cpu_half_direct is off); bfloat16 too"
     return ("read and written by the kernels as it is, converted in hardware (F16C or ARMv8; "
-            "tuning knob cpu_half_direct)")
+            "tuning knob cpu_half_direct); bfloat16 too, converted by integer shifts")
 
 
 def _fastexp_status():
