@@ -36,6 +36,12 @@ def _interface(x):
         raise
 
 
+def is_torch_bfloat16(x):
+    """Whether ``x`` is a torch bfloat16 tensor (no import of torch)."""
+    return (type(x).__module__.split(".")[0] == "torch"
+            and str(getattr(x, "dtype", "")) == "torch.bfloat16")
+
+
 def is_gpu_array(x):
     """True for anything exposing ``__cuda_array_interface__``."""
     return _interface(x) is not None
@@ -48,10 +54,10 @@ def gpu_shape_dtype(x):
 
 
 def check_logits_dtype(dtype, name="x"):
-    """Logits must be float16, float32 or float64."""
+    """Logits must be float16, float32 or float64 (bfloat16 arrives as its bits, checked apart)."""
     if dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must hold float16, float32 or float64 logits, got dtype {dtype}"
+            f"{name} must hold float16, bfloat16, float32 or float64 logits, got dtype {dtype}"
         )
 
 

@@ -35,6 +35,7 @@ import os
 
 import numpy as np
 
+from fastlogits import _bfloat16
 from fastlogits import _checks as chk
 from fastlogits import _interop, _layout, reference
 
@@ -127,16 +128,18 @@ def resolve_backend(backend, x, gpu=None):
 # inputs
 # --------------------------------------------------------------------------
 
-def _geometry(shape, dtype, axis):
+def _geometry(shape, dtype, axis, bfloat16=False):
     """``(axis, C, reduced_shape, compute_dtype, empty, shape3)`` of logits
-    of ``shape`` and ``dtype`` with the class axis ``axis`` (``shape3`` the
-    canonical (outer, C, inner)), checked
-    (:func:`_cached_geometry` remembers it per shape, dtype and axis)."""
-    chk.check_logits_dtype(dtype)
+    of ``shape`` and ``dtype`` (``bfloat16``: the dtype is bfloat16's bits)
+    with the class axis ``axis`` (``shape3`` the canonical (outer, C,
+    inner)), checked (:func:`_cached_geometry` remembers it per shape,
+    dtype and axis)."""
+    if not bfloat16:
+        chk.check_logits_dtype(dtype)
     ax = chk.normalize_axis(axis, len(shape))
     chk.check_classes(shape, ax)
     reduced = _layout.reduced_shape(shape, ax)
-    # float16 is computed (and its confidence returned) in float32.
+    # float16 and bfloat16 are computed (and their confidence returned) in float32.
     return (ax, shape[ax], reduced, chk.compute_dtype(dtype), 0 in reduced,
             _layout.split_shape(shape, ax))
 
@@ -147,18 +150,30 @@ _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
 class Logits:
     """Validated logits: the array (host) or object (GPU), axis, C, shapes.
 
+    bfloat16 logits (``bfloat16`` True) are held as their bits: ``dtype``
+    is :data:`fastlogits._bfloat16.BITS`, the host ``array`` a uint16 view,
+    a GPU one's ``cai`` that of its uint16 view; outputs of x's dtype are
+    made of it too (bfloat16 bits), and the caller gets them back as
+    bfloat16 (:mod:`fastlogits._interop`).
+
     The checks of a shape, dtype and axis run once: a repeated call finds
     their result in a cache (the per-call cost of small inputs)."""
 
     __slots__ = ("cai", "gpu", "shape", "dtype", "array", "axis", "C", "reduced_shape",
-                 "compute_dtype", "empty", "shape3")
+                 "compute_dtype", "empty", "shape3", "bfloat16")
 
     def __init__(self, x, axis):
+        self.bfloat16 = isinstance(x, _bfloat16.Bits)
+        if self.bfloat16:
+            x = x.bits
         #: x's ``__cuda_array_interface__`` (None for a host array), read
         #: once here and handed to the CUDA backend (issue 36).
         self.cai = chk._interface(x)
         self.gpu = self.cai is not None
         if self.gpu:
+            if chk.is_torch_bfloat16(x):  # torch exports bfloat16 as "<V2": read its bits
+                self.cai = _bfloat16.bits_interface(self.cai)
+                self.bfloat16 = True
             self.shape = tuple(int(n) for n in self.cai["shape"])
             self.dtype = np.dtype(self.cai["typestr"])
             self.array = x
@@ -167,7 +182,7 @@ class Logits:
             self.shape, self.dtype = self.array.shape, self.array.dtype
         geometry = _cached_geometry if type(axis) is int else _geometry  # hashable, and exact
         (self.axis, self.C, self.reduced_shape, self.compute_dtype, self.empty,
-         self.shape3) = geometry(self.shape, self.dtype, axis)
+         self.shape3) = geometry(self.shape, self.dtype, axis, self.bfloat16)
 
     @classmethod
     def lazy(cls, x, axis):
@@ -206,6 +221,9 @@ class Features:
     """
 
     def __init__(self, f, axis, head, lazy=False):
+        if isinstance(f, _bfloat16.Bits) or chk.is_torch_bfloat16(f):
+            raise TypeError("f must hold float16, float32 or float64 features, got dtype "
+                            "bfloat16 (bfloat16 is read as logits only)")
         self.gpu = not lazy and chk.is_gpu_array(f)
         if lazy:  # a dask f: its shape and dtype (nothing is read)
             self.shape, self.dtype = known_shape(f, "f"), np.dtype(f.dtype)
@@ -286,6 +304,8 @@ def check_target(target, lg):
 
     Returns the host array (or the GPU object untouched).
     """
+    if chk.is_torch_bfloat16(target):
+        raise TypeError("target must hold integer class indices, got dtype bfloat16")
     if chk.is_gpu_array(target):
         shape, dtype = chk.gpu_shape_dtype(target)
     else:
@@ -310,6 +330,8 @@ def check_class_weight(class_weight, C):
     """None, or C real weights (returned as float64 for a host array)."""
     if class_weight is None:
         return None
+    if chk.is_torch_bfloat16(class_weight):  # (its values would be widened exactly; rare)
+        class_weight = class_weight.float()
     if chk.is_gpu_array(class_weight):
         shape, dtype = chk.gpu_shape_dtype(class_weight)
         w = class_weight
@@ -405,10 +427,31 @@ def loss_options(lg, class_weight, ignore_index, label_smoothing, reduction, ret
 # host outputs
 # --------------------------------------------------------------------------
 
+def out_bits(lg, out, dtype, name, kind="float"):
+    """``out=`` with a bfloat16 one as its bits (a host one,
+    :class:`fastlogits._bfloat16.Bits`; a torch CUDA tensor as it is, the
+    CUDA backend reads its bits), which only an output of bfloat16 logits'
+    own dtype may be; such an output must be bfloat16 (not any uint16
+    array, host or GPU)."""
+    x_bits = getattr(lg, "bfloat16", False) and kind == "float" and dtype is lg.dtype
+    if isinstance(out, _bfloat16.Bits) or chk.is_torch_bfloat16(out):
+        if not x_bits:
+            expected = "an integer dtype" if kind == "label" else np.dtype(dtype)
+            raise TypeError(f"{name} has dtype bfloat16, expected {expected}")
+        return getattr(out, "bits", out)
+    if x_bits and isinstance(out, np.ndarray):
+        raise TypeError(f"{name} has dtype {out.dtype}, expected bfloat16")
+    if x_bits and chk.is_gpu_array(out):
+        raise TypeError(f"{name} has dtype {chk.gpu_shape_dtype(out)[1]}, expected bfloat16")
+    return out
+
+
 def check_host_out(lg, out, shape, dtype, name, kind="float"):
-    """Validate a host ``out=`` (None allowed); returns it."""
+    """Validate a host ``out=`` (None allowed); returns it (a bfloat16 one
+    as its bits, :func:`out_bits`)."""
     if out is None:
         return None
+    out = out_bits(lg, out, dtype, name, kind)
     chk.check_out(out, shape, dtype, name, kind)
     chk.check_no_partial_overlap(out, lg.array, name)
     return out
@@ -429,8 +472,9 @@ def check_pair_out(lg, out, be):
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError("out must be a tuple (labels, confidence)")
     chk.check_outputs_apart(out[0], out[1], "out[0] (labels)", "out[1] (confidence)")
-    if be == "cuda":
-        return out
+    if be == "cuda":  # bfloat16 refused where it is not x's (host outputs as their bits)
+        return (out_bits(lg, out[0], lg.C - 1, "out[0] (labels)", "label"),
+                out_bits(lg, out[1], lg.compute_dtype, "out[1] (confidence)"))
     return (labels_out(lg, out[0], "out[0] (labels)"),
             check_host_out(lg, out[1], lg.reduced_shape, lg.compute_dtype,
                            "out[1] (confidence)"))
@@ -558,6 +602,8 @@ def expnorm(op, x, axis, temperature, out, backend):
     if be != "cuda":
         shape = lg.reduced_shape if op == "logsumexp" else lg.shape
         out = check_host_out(lg, out, shape, lg.dtype, "out")
+    elif out is not None:
+        out = out_bits(lg, out, lg.dtype, "out")
     r = implementation(op, be)(op, lg, temperature, out)
     return r if back is None else back(r, lg.axis, "reduced" if op == "logsumexp" else "same")
 
@@ -571,6 +617,8 @@ def argmax(x, axis, out, backend):
     be = resolve_backend(backend, x, lg.gpu)
     if be != "cuda":
         out = labels_out(lg, out, "out")
+    elif out is not None:
+        out = out_bits(lg, out, lg.C - 1, "out", "label")
     r = implementation("argmax", be)(lg, out)
     return r if back is None else back(r, lg.axis, "reduced")
 
@@ -610,6 +658,8 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
     if be != "cuda":
         _host_only(be, target=target, class_weight=options["class_weight"])
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
+    elif grad_out is not None:
+        grad_out = out_bits(lg, grad_out, lg.dtype, "grad_out")
     r = implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
     return r if back is None else back(r, lg.axis, loss_kinds(options))
 
@@ -631,6 +681,8 @@ def confusion_matrix(x, target, axis, ignore_index, out, backend):
         _host_only(be, target=target)
         out = check_host_out(lg, out, (lg.C, lg.C), np.int64, "out")
         check_matrix_fits(lg.C)
+    elif out is not None:
+        out = out_bits(lg, out, np.int64, "out")
     r = implementation("confusion_matrix", be)(lg, target, ignore_index=ignore_index, out=out)
     return r if back is None else back(r, lg.axis, "confusion")
 

@@ -32,13 +32,19 @@ the object given, whatever x's library.
 
 Neither torch, xarray nor dask is imported here: each is recognized by
 its type's module, and is in ``sys.modules`` whenever one of its objects
-exists. This module imports nothing of fastlogits (``_layout`` reads its
-host arrays through :func:`to_numpy`).
+exists. bfloat16 (a torch bfloat16 tensor, an ml_dtypes bfloat16 array) is read
+as its bits, a :class:`fastlogits._bfloat16.Bits` (x, and an ``out=``
+given in bfloat16), and a bfloat16 result comes back in x's kind: a torch
+bfloat16 tensor, an ml_dtypes array. This module imports nothing of
+fastlogits but :mod:`fastlogits._bfloat16` (``_layout`` reads its host
+arrays through :func:`to_numpy`).
 """
 
 import sys
 
 import numpy as np
+
+from fastlogits import _bfloat16
 
 _DLPACK_CPU = 1  # DLDeviceType kDLCPU
 
@@ -74,16 +80,19 @@ def _dask_out_error(name):
 
 def _bfloat16_error(name):
     return TypeError(
-        f"{name} holds bfloat16 values, which fastlogits does not read yet: convert it "
-        f"first ({name}.float() for float32; float16 would lose bfloat16's range)")
+        f"{name} holds bfloat16 values, which fastlogits reads as logits (and their "
+        f"outputs) only: convert it first ({name}.float() for float32)")
 
 
-def _torch_numpy(t, name):
-    """A torch CPU tensor's NumPy view (read through ``.detach()``: no copy)."""
-    if t.dtype is sys.modules["torch"].bfloat16:
-        raise _bfloat16_error(name)
+def _torch_numpy(t, name, bfloat16=False):
+    """A torch CPU tensor's NumPy view (read through ``.detach()``: no copy);
+    a bfloat16 one as :class:`_bfloat16.Bits` where ``bfloat16``."""
     if t.requires_grad:
         t = t.detach()
+    if t.dtype is sys.modules["torch"].bfloat16:
+        if not bfloat16:
+            raise _bfloat16_error(name)
+        return _bfloat16.Bits(t.view(sys.modules["torch"].int16).numpy().view(_bfloat16.BITS), t)
     if t.is_conj():
         t = t.resolve_conj()
     return t.numpy()
@@ -106,21 +115,25 @@ def _from_dlpack(a, name):
     except (BufferError, TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(
             f"{name} cannot be read through DLPack ({exc}); fastlogits reads float16, float32 "
-            "and float64 arrays (bfloat16 not yet) and integer targets") from exc
+            "and float64 arrays and integer targets through DLPack (bfloat16: pass a torch "
+            "tensor or an ml_dtypes array)") from exc
 
 
-def to_numpy(a, name="an input"):
+def to_numpy(a, name="an input", bfloat16=False):
     """A host input as a NumPy array without a copy where its library allows:
     a torch CPU tensor through ``.detach().numpy()``, a DataArray through
     ``.values``, a CPU ``__dlpack__`` array through ``np.from_dlpack``;
-    anything else (lists, NumPy arrays) through ``np.asarray``."""
+    anything else (lists, NumPy arrays) through ``np.asarray``. With
+    ``bfloat16``, bfloat16 data (torch's, ml_dtypes') as
+    :class:`_bfloat16.Bits`."""
     if isinstance(a, np.ndarray):
-        return np.asarray(a)
+        bits = _bfloat16.bits_of(a) if bfloat16 else None
+        return np.asarray(a) if bits is None else _bfloat16.Bits(bits, a)
     library = _library(a)
     if library == "torch" and _is_torch_cpu(a):
-        return _torch_numpy(a, name)
+        return _torch_numpy(a, name, bfloat16)
     if library == "xarray":
-        return to_numpy(a.variable.data, name)
+        return to_numpy(a.variable.data, name, bfloat16)
     if hasattr(a, "__dlpack__") and not hasattr(a, "__array_interface__"):
         v = _from_dlpack(a, name)
         if v is not None:
@@ -143,8 +156,11 @@ def _is_gpu(a):
 def _out_view(o, name):
     """``(NumPy view, o)`` for an ``out=`` of another library; None where
     ``o`` is NumPy (or not ours to convert: the checks name it)."""
-    if o is None or type(o) is np.ndarray:
+    if o is None:
         return None
+    if type(o) is np.ndarray:
+        bits = _bfloat16.bits_of(o)
+        return None if bits is None else (_bfloat16.Bits(bits, o), o)
     library = _library(o)
     if library == "dask":
         raise _dask_out_error(name)
@@ -153,10 +169,11 @@ def _out_view(o, name):
             raise ValueError(f"{name} requires grad: fastlogits writes it outside autograd; "
                              f"pass {name}.detach() or a tensor without requires_grad")
         if o.dtype is sys.modules["torch"].bfloat16:
-            raise _bfloat16_error(name)
+            return _torch_numpy(o, name, True), o
         return o.numpy(), o
     if library == "xarray" and isinstance(o.variable.data, np.ndarray):
-        return o.variable.data, o
+        pair = _out_view(o.variable.data, name)
+        return (o.variable.data if pair is None else pair[0]), o
     return None
 
 
@@ -164,7 +181,8 @@ def unwrap(x, out=None, name="x", out_name="out"):
     """``(x, out, back)``: x and ``out=`` (None, one array or a tuple) as the
     frontend reads them, and ``back(result, axis, kinds)`` that returns the
     result in x's library (or None: return the result as it is)."""
-    if type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
+    if (type(x) is np.ndarray and x.dtype.kind != "V"
+            and (out is None or type(out) is np.ndarray and out.dtype.kind != "V")):
         return x, out, None
     library = _library(x)
     if library == "dask":  # the frontend checks out= (refused with a lazy x)
@@ -172,8 +190,7 @@ def unwrap(x, out=None, name="x", out_name="out"):
     if _is_gpu(x):
         return x, out, None
     original = x
-    if library is not None or not isinstance(x, np.ndarray):
-        x = to_numpy(x, name)
+    x = to_numpy(x, name, bfloat16=True)
     # every out comes back as the object given (a NumPy one too)
     given = out if isinstance(out, tuple) else (out,)
     outs = []
@@ -183,19 +200,20 @@ def unwrap(x, out=None, name="x", out_name="out"):
     converted = any(v is not o for v, o in outs)
     views = tuple(v for v, _ in outs)
     out = views if isinstance(out, tuple) else views[0]
-    if library is None and not converted:
+    like = x.like if isinstance(x, _bfloat16.Bits) else None
+    if library is None and not converted and like is None:
         return x, out, None
-    return x, out, _Back(library, original, [p for p in outs if p[1] is not None])
+    return x, out, _Back(library, original, [p for p in outs if p[1] is not None], like)
 
 
 class _Back:
     """The results of one call, back in x's library; an ``out=`` given in
     another library comes back as the object given."""
 
-    __slots__ = ("library", "x", "outs")
+    __slots__ = ("library", "x", "outs", "like")
 
-    def __init__(self, library, x, outs):
-        self.library, self.x, self.outs = library, x, outs
+    def __init__(self, library, x, outs, like=None):
+        self.library, self.x, self.outs, self.like = library, x, outs, like
 
     def __call__(self, result, axis, kinds):
         if isinstance(kinds, tuple):
@@ -204,8 +222,13 @@ class _Back:
 
     def one(self, r, axis, kind):
         for view, given in self.outs:
-            if r is view:
+            if r is view or isinstance(view, _bfloat16.Bits) and r is view.bits:
                 return given
+        if self.like is not None and isinstance(r, np.ndarray) and r.dtype == _bfloat16.BITS:
+            # a bfloat16 result (x's bits dtype): in x's kind, torch's or ml_dtypes'
+            r = _bfloat16.as_like(r, self.like)
+            if self.library != "xarray":
+                return r
         if self.library == "torch":
             return sys.modules["torch"].from_numpy(np.asarray(r))
         if self.library == "xarray":

@@ -7,8 +7,14 @@ checked host outputs, as the CPU backend's host functions do.
 
 import numpy as np
 
+from fastlogits import _bfloat16
 from fastlogits import _checks as chk
 from fastlogits import reference
+
+
+def _x(lg):
+    """The logits as the reference reads them (bfloat16 as its bits)."""
+    return _bfloat16.Bits(lg.array) if lg.bfloat16 else lg.array
 
 
 def _into(res, out):
@@ -21,22 +27,22 @@ def _into(res, out):
 
 def expnorm(op, lg, temperature, out):
     """softmax, log_softmax or logsumexp (``op``) by the reference."""
-    return _into(getattr(reference, op)(lg.array, lg.axis, temperature=temperature), out)
+    return _into(getattr(reference, op)(_x(lg), lg.axis, temperature=temperature), out)
 
 
 def argmax(lg, out):
-    return _into(reference.argmax(lg.array, lg.axis), out)
+    return _into(reference.argmax(_x(lg), lg.axis), out)
 
 
 def classify(lg, temperature, out):
     labels, conf = out or (None, None)
-    res = reference.classify(lg.array, lg.axis, temperature=temperature)
+    res = reference.classify(_x(lg), lg.axis, temperature=temperature)
     return _into(res[0], labels), _into(res[1], conf)
 
 
 def cross_entropy(lg, target, *, grad_out=None, **options):
     chk.check_target_values(target, lg.C, options["ignore_index"])
-    res = reference.cross_entropy(lg.array, target, lg.axis, **options)
+    res = reference.cross_entropy(_x(lg), target, lg.axis, **options)
     if grad_out is None:
         return res
     grad_out[...] = res[1]
@@ -45,7 +51,7 @@ def cross_entropy(lg, target, *, grad_out=None, **options):
 
 def confusion_matrix(lg, target, *, ignore_index, out):
     chk.check_target_values(target, lg.C, ignore_index)
-    counts = reference.confusion_matrix(lg.array, target, lg.axis, ignore_index=ignore_index)
+    counts = reference.confusion_matrix(_x(lg), target, lg.axis, ignore_index=ignore_index)
     if out is None:
         return counts
     out += counts

@@ -15,6 +15,7 @@ feature string, so no stale kernels are loaded either way.
 """
 
 import os
+import platform
 import sys
 
 #: Why wide vectors are or are not in use (shown by ``fastlogits info``).
@@ -60,6 +61,25 @@ def target_has(feature):
         except Exception:  # pragma: no cover - llvmlite without host info
             return False
     return f"+{feature}" in features.split(",")
+
+
+#: ``platform.machine()`` names of 64-bit ARM (Linux, macOS).
+ARM64_MACHINES = ("aarch64", "arm64")
+
+
+def target_converts_half(machine=None, has=target_has):
+    """Whether the CPU Numba compiles for converts between float32 and
+    float16 in hardware, so LLVM's ``fpext``/``fptrunc`` to half are
+    instructions rather than calls to runtime routines a Numba process
+    may not have: x86 with F16C (``vcvtph2ps``/``vcvtps2ph``), and every
+    ARMv8 CPU (``fcvt``, part of the base AArch64 instruction set, which
+    LLVM names no feature for). ``machine`` defaults to
+    ``platform.machine()``, ``has`` to :func:`target_has` (tests replace
+    them)."""
+    machine = (platform.machine() if machine is None else machine).lower()
+    if machine in ARM64_MACHINES:
+        return True
+    return has("f16c")
 
 
 def target_has_avx512():

@@ -44,7 +44,7 @@ def softmax(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
     Parameters
     ----------
     x : array_like or GPU array
-        Logits, float16, float32 or float64, class axis at ``axis``.
+        Logits, float16, bfloat16, float32 or float64, class axis at ``axis``.
     axis : int, default -1
         The class axis (-1: channels-last H×W×C; 1: N×C×H×W).
     temperature : float, default 1.0
@@ -104,7 +104,7 @@ def argmax(x, axis=-1, *, out=None, backend="auto"):
     Parameters
     ----------
     x : array_like or GPU array
-        Logits (float16, float32 or float64).
+        Logits (float16, bfloat16, float32 or float64).
     axis : int, default -1
         The class axis.
     out : ndarray, optional
@@ -127,7 +127,7 @@ def classify(x, axis=-1, *, temperature=1.0, out=None, backend="auto"):
     Parameters
     ----------
     x : array_like or GPU array
-        Logits (float16, float32 or float64).
+        Logits (float16, bfloat16, float32 or float64).
     axis : int, default -1
         The class axis.
     temperature : float, default 1.0

@@ -45,7 +45,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     Parameters
     ----------
     x : array_like or GPU array
-        Logits, float16, float32 or float64, class axis at ``axis``.
+        Logits, float16, bfloat16, float32 or float64, class axis at ``axis``.
     target : array_like of int or GPU array
         Class indices of any integer dtype, x's shape without the class
         axis; each in [0, C) or equal to ``ignore_index``.
@@ -119,7 +119,7 @@ def confusion_matrix(x, target, axis=-1, *, ignore_index=-100, out=None, backend
     Parameters
     ----------
     x : array_like or GPU array
-        Logits, float16, float32 or float64, class axis at ``axis``.
+        Logits, float16, bfloat16, float32 or float64, class axis at ``axis``.
     target : array_like of int or GPU array
         Class indices of any integer dtype, x's shape without the class
         axis; each in [0, C) or equal to ``ignore_index``.

@@ -11,19 +11,39 @@ the first maximum.
 
 import numpy as np
 
+from fastlogits import _bfloat16
+
 __all__ = ["softmax", "log_softmax", "logsumexp", "argmax", "classify",
            "cross_entropy", "confusion_matrix", "iou"]
 
 
+def _bfloat16_bits(x):
+    """The bits of bfloat16 logits (an ml_dtypes bfloat16 array, or
+    :class:`fastlogits._bfloat16.Bits`), else None."""
+    if isinstance(x, _bfloat16.Bits):
+        return x.bits
+    return _bfloat16.bits_of(x)
+
+
 def _native(x):
-    """x as an array in native byte order (big-endian data converted)."""
+    """x as an array in native byte order (big-endian data converted;
+    bfloat16 widened to float32, exactly)."""
+    bits = _bfloat16_bits(x)
+    if bits is not None:
+        return _bfloat16.widen(bits)
     x = np.asarray(x)
     return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
 
 
-def _result_dtype(x):
-    """x's dtype in native byte order."""
-    return _native(x).dtype
+def _as_input_dtype(values, x):
+    """``values`` (float64) in x's dtype, in native byte order; for
+    bfloat16 x rounded once to bfloat16 (an ml_dtypes array, or bits for
+    :class:`~fastlogits._bfloat16.Bits`)."""
+    bits = _bfloat16_bits(x)
+    if bits is None:
+        return values.astype(_native(x).dtype)
+    r = _bfloat16.round_bits(values)
+    return r if isinstance(x, _bfloat16.Bits) else r.view(x.dtype)
 
 
 def temperature_scale(temperature, dtype):
@@ -78,14 +98,14 @@ def softmax(x, axis=-1, *, temperature=1.0):
     shifted, _, log_s, bad = _stats(x, axis, temperature)
     with np.errstate(all="ignore"):
         p = np.where(bad, np.nan, np.exp(shifted - log_s))
-    return p.astype(_result_dtype(x))
+    return _as_input_dtype(p, x)
 
 
 def log_softmax(x, axis=-1, *, temperature=1.0):
     """Log-softmax of ``x / temperature`` along ``axis``."""
     shifted, _, log_s, bad = _stats(x, axis, temperature)
     with np.errstate(all="ignore"):
-        return np.where(bad, np.nan, shifted - log_s).astype(_result_dtype(x))
+        return _as_input_dtype(np.where(bad, np.nan, shifted - log_s), x)
 
 
 def logsumexp(x, axis=-1, *, temperature=1.0):
@@ -93,7 +113,7 @@ def logsumexp(x, axis=-1, *, temperature=1.0):
     _, m, log_s, bad = _stats(x, axis, temperature)
     with np.errstate(all="ignore"):  # m * scale may overflow to +-inf, as in float32
         lse = np.where(bad, m, m + log_s)
-        return np.squeeze(lse, axis=axis).astype(_result_dtype(x))
+        return _as_input_dtype(np.squeeze(lse, axis=axis), x)
 
 
 def argmax(x, axis=-1):
@@ -136,7 +156,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
     the summed pixel losses for "none"), x's shape and dtype, 0 at ignored
     pixels.
     """
-    x = _native(x)
+    given, x = x, _native(x)
     with np.errstate(divide="ignore", invalid="ignore"):  # NaN/inf pixels give NaN
         logp = np.moveaxis(log_softmax(x.astype(np.float64), axis), axis, -1)  # (..., C)
     C = logp.shape[-1]
@@ -176,7 +196,7 @@ def cross_entropy(x, target, axis=-1, *, class_weight=None, ignore_index=-100,
         grad = (p * ((1 - eps) * w_t + eps / C * np.sum(w))[..., None]
                 - (1 - eps) * w_t[..., None] * onehot - eps / C * w)
         grad = np.where(keep[..., None], grad * scale, 0.0)
-    return result, np.moveaxis(grad, -1, axis).astype(x.dtype)
+    return result, _as_input_dtype(np.moveaxis(grad, -1, axis), given)
 
 
 def confusion_matrix(x, target, axis=-1, *, ignore_index=-100):

@@ -69,3 +69,22 @@ def tune():
 
     with contextlib.ExitStack() as stack:
         yield lambda **knobs: stack.enter_context(tuning.override(**knobs))
+
+
+@pytest.fixture
+def chunk_loads(monkeypatch):
+    """The list to which every float32 chunk load of two-byte float x
+    (float16, bfloat16: ``fastlogits.cpu.llvm.half.load``) appends the
+    shape of the array it loads from: empty where the kernels read x as
+    it is."""
+    from fastlogits.cpu.llvm import half
+
+    calls = []
+    load = half.load
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(half, "load", spy)
+    return calls

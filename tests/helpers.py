@@ -100,3 +100,40 @@ def exp_rest(t, axis=-1):
     first = np.expand_dims(np.argmax(np.where(np.isnan(t), -np.inf, t), axis=axis), axis)
     np.put_along_axis(e, first, 0.0, axis=axis)
     return e.sum(axis=axis)
+
+
+def to_bfloat16(a):
+    """float32/float64 values as an ml_dtypes bfloat16 array, each rounded
+    once (:func:`fastlogits._bfloat16.round_bits`)."""
+    import ml_dtypes
+
+    from fastlogits import _bfloat16
+
+    return _bfloat16.round_bits(np.asarray(a)).view(ml_dtypes.bfloat16)
+
+
+def _ordered(bits):
+    """bfloat16 bits as integers in the order of their values (-0 == +0)."""
+    b = bits.astype(np.int32)
+    return np.where(b & 0x8000, -(b & 0x7FFF), b)
+
+
+def assert_bfloat16_close(got, want, atol=0.0):
+    """Two ml_dtypes bfloat16 arrays: the same shape and NaN pattern, and
+    every other value within one bfloat16 step (infinities equal) or
+    ``atol`` (a gradient's terms that cancel: the float64 reference's
+    1 - 0.9 - 0.1 is -2.8e-17, not 0)."""
+    from fastlogits import _bfloat16
+
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype.name == want.dtype.name == "bfloat16", (got.dtype, want.dtype)
+    assert got.shape == want.shape
+    g, w = got.view(np.uint16), want.view(np.uint16)
+    gf, wf = _bfloat16.widen(g), _bfloat16.widen(w)
+    np.testing.assert_array_equal(np.isnan(gf), np.isnan(wf), err_msg="NaN pattern differs")
+    ok = ~np.isnan(wf)
+    np.testing.assert_array_equal(np.isinf(gf[ok]), np.isinf(wf[ok]))
+    steps = np.abs(_ordered(g[ok]) - _ordered(w[ok]))
+    with np.errstate(invalid="ignore"):  # inf - inf
+        near = np.abs(gf[ok].astype(np.float64) - wf[ok]) <= atol
+    assert np.where(near, 0, steps).max(initial=0) <= 1, "more than one bfloat16 step apart"

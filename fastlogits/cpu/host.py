@@ -2,8 +2,8 @@
 and the Numba kernels, for the logits ops and the losses.
 
 :func:`run_cpu` hands a kernel the canonical (outer, C, inner) view of x
-and of its outputs (float16 as its bits, or through bounded float32
-chunks); the op functions take the frontend's validated
+and of its outputs (float16 and bfloat16 as their bits, or through
+bounded float32 chunks); the op functions take the frontend's validated
 :class:`fastlogits._frontend.Logits` and host outputs, and are the
 ``"cpu"`` entries of its dispatch tables. Nothing here validates input
 (except the target values, which the kernels flag).
@@ -45,15 +45,18 @@ def work_view(arr, shape):
     return tmp, tmp
 
 
-def run_cpu(lg, full, reduced, kernel):
+def run_cpu(lg, full, reduced, kernel, reduced_like_x=False):
     """Run ``kernel(x3, full3s, red2s)`` on canonical views of x and outputs.
 
-    ``full``: outputs shaped like x; ``reduced``: outputs without the class
-    axis. float16 x and outputs go to the kernel as their bits (uint16
-    views, :mod:`fastlogits.cpu.llvm.scores`) where
-    :func:`fastlogits.cpu.plan.half_direct`;
-    else float16 data goes through float32 chunks (x and any float16
-    output), bounded by ``cpu_half_chunk_elements``.
+    ``full``: outputs shaped like x, of x's dtype; ``reduced``: outputs
+    without the class axis (of x's dtype where ``reduced_like_x``, else of
+    their own). Two-byte float x, float16 or bfloat16 (``lg.bfloat16``: x
+    and its outputs of x's dtype are bfloat16 bits, uint16), goes to the
+    kernel with its outputs of x's dtype as their bits, each format in its
+    own integer dtype (float16 as uint16, bfloat16 as int16:
+    :mod:`fastlogits.cpu.llvm.scores`) where
+    :func:`fastlogits.cpu.plan.half_direct`; else through float32 chunks
+    (x and any such output), bounded by ``cpu_half_chunk_elements``.
     """
     outer, C, inner = shape3 = lg.shape3
     x3 = lg.array.reshape(shape3)  # a view where the strides allow, else a C-order copy
@@ -61,24 +64,19 @@ def run_cpu(lg, full, reduced, kernel):
     rviews = [work_view(a, (outer, inner)) for a in reduced]
     f3 = [v for v, _ in fviews]
     r2 = [v for v, _ in rviews]
-    if lg.dtype != np.float16:
+    bf16 = getattr(lg, "bfloat16", False)
+    if lg.dtype != np.float16 and not bf16:
         kernel(x3, f3, r2)
-    elif plan.half_direct():
-        kernel(x3.view(np.uint16), [bits(a) for a in f3], [bits(a) for a in r2])
     else:
-        scratch = ChunkScratch()
-        for o0, o1, i0, i1 in half_chunks(outer, C, inner):
-            xs = half.load(x3, o0, o1, i0, i1, out=scratch.get("x", (o1 - o0, C, i1 - i0), np.float32))
-            fs = [a[o0:o1, :, i0:i1] for a in f3]
-            rs = [a[o0:o1, i0:i1] for a in r2]
-            fw = [scratch.get(("full", k), a.shape, np.float32) if a.dtype == np.float16 else a
-                  for k, a in enumerate(fs)]
-            rw = [scratch.get(("reduced", k), a.shape, np.float32) if a.dtype == np.float16
-                  else a for k, a in enumerate(rs)]
-            kernel(xs, fw, rw)
-            for whole, view, src in zip(f3 + r2, fs + rs, fw + rw):
-                if view is not src:
-                    half.store(whole, o0, o1, i0, i1, src)  # not NumPy's cast: slow for subnormals
+        # Which outputs hold x's two-byte format (all of x's shape do).
+        halves = [True] * len(f3) + [reduced_like_x if bf16 else a.dtype == np.float16
+                                     for a in r2]
+        if plan.half_direct():
+            kbits = np.int16 if bf16 else np.uint16
+            outs = [a.view(kbits) if h else a for a, h in zip(f3 + r2, halves)]
+            kernel(x3.view(kbits), outs[:len(f3)], outs[len(f3):])
+        else:
+            _run_chunked(x3, f3, r2, halves, bf16, kernel)
     for (view, tmp), arr in zip(fviews + rviews, list(full) + list(reduced)):
         if tmp is not None:
             arr[...] = tmp.reshape(arr.shape)
@@ -100,9 +98,22 @@ def label_view(a):
     return a if a.dtype == kernel_dtype else a.view(kernel_dtype)
 
 
-def bits(a):
-    """A float16 array's bits (a uint16 view); any other array as it is."""
-    return a.view(np.uint16) if a.dtype == np.float16 else a
+def _run_chunked(x3, f3, r2, halves, bf16, kernel):
+    """:func:`run_cpu` through float32 chunks: x's chunk converted into
+    float32 scratch, the outputs of x's format (``halves``) computed in
+    float32 scratch and rounded into place once."""
+    outer, C, inner = x3.shape
+    scratch = ChunkScratch()
+    for o0, o1, i0, i1 in half_chunks(outer, C, inner):
+        xs = half.load(x3, o0, o1, i0, i1, bfloat16=bf16,
+                       out=scratch.get("x", (o1 - o0, C, i1 - i0), np.float32))
+        views = [a[o0:o1, :, i0:i1] for a in f3] + [a[o0:o1, i0:i1] for a in r2]
+        work = [scratch.get(k, a.shape, np.float32) if h else a
+                for k, (a, h) in enumerate(zip(views, halves))]
+        kernel(xs, work[:len(f3)], work[len(f3):])
+        for whole, view, src in zip(f3 + r2, views, work):
+            if view is not src:  # not NumPy's cast: slow for subnormals
+                half.store(whole, o0, o1, i0, i1, src, bfloat16=bf16)
 
 
 class ChunkScratch:
@@ -160,7 +171,8 @@ def expnorm(op, lg, temperature, out):
     mode = MODES[op]
     inv_t = chk.inv_temperature(temperature, lg.dtype)
     if reduces:
-        run_cpu(lg, [], [out], lambda x3, f, r: run_expnorm(x3, None, r[0], inv_t, mode))
+        run_cpu(lg, [], [out], lambda x3, f, r: run_expnorm(x3, None, r[0], inv_t, mode),
+                reduced_like_x=True)
     else:
         run_cpu(lg, [out], [], lambda x3, f, r: run_expnorm(x3, f[0], None, inv_t, mode))
     return out

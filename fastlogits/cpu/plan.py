@@ -11,8 +11,8 @@ are not contiguous), the register blocks (:func:`_row_blocks`,
 :func:`_streams_rows`, :func:`_plane_write`), the confusion matrix's
 private histograms (:func:`private_histograms`, :func:`labels_first`),
 the LinearHead's product form and tiles (:func:`cl_dot_form`,
-:func:`tile_pixels`), and whether float16 is read as it is or through
-float32 chunks (:func:`half_direct`), each read from :mod:`fastlogits.tuning`
+:func:`tile_pixels`), and whether float16 and bfloat16 are read as they
+are or through float32 chunks (:func:`half_direct`), each read from :mod:`fastlogits.tuning`
 at call time.
 
 The ``run_*`` launchers apply them: :func:`run_expnorm`,
@@ -64,8 +64,8 @@ def _stand_in(ndim, dtype):
 
 def _computed_in(x):
     """The NumPy dtype x's scores are computed in: float32 for float16
-    (or its bits), else x's own."""
-    return np.dtype(np.float32) if x.dtype in (np.uint16, np.float16) else x.dtype
+    (or its bits) and bfloat16's bits, else x's own."""
+    return np.dtype(np.float32) if x.dtype in (np.uint16, np.float16, np.int16) else x.dtype
 
 
 def _rows(a):
@@ -223,8 +223,10 @@ def _plane_write(x3, out3, lanes=None):
 
 
 def half_direct():
-    """Whether the CPU kernels take float16 as it is:
-    ``cpu_half_direct`` and F16C (:data:`fastlogits.cpu.llvm.half.HARDWARE`)."""
+    """Whether the CPU kernels take float16 and bfloat16 as they are:
+    ``cpu_half_direct`` and F16C (:data:`fastlogits.cpu.llvm.half.HARDWARE`;
+    bfloat16 converts by integer operations, but follows float16 so one
+    knob and one condition choose the path of both)."""
     return tuning.current().cpu.half_direct and half.HARDWARE
 
 

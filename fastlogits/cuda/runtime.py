@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from fastlogits import _bfloat16
 from fastlogits import _checks as chk
 from fastlogits import _layout
 
@@ -236,9 +237,12 @@ def library(x, cai=None):
 def interface(obj):
     """``__cuda_array_interface__`` of ``obj`` (a PyTorch tensor that
     requires grad refuses to export one; its data is read through a
-    detached view)."""
+    detached view; a bfloat16 one is described as its bits, uint16, as
+    fastlogits holds bfloat16: :mod:`fastlogits._bfloat16`)."""
     if type(obj).__module__.split(".")[0] == "torch":
         obj = obj.detach()
+        if chk.is_torch_bfloat16(obj):
+            return _bfloat16.bits_interface(obj.__cuda_array_interface__)
     return obj.__cuda_array_interface__
 
 
@@ -409,9 +413,11 @@ def contiguous_strides(shape, itemsize):
 # The caller: library, device, stream, allocation
 # --------------------------------------------------------------------------
 
+#: The torch dtype of an output of each NumPy dtype; uint16 is bfloat16's
+#: bits (:mod:`fastlogits._bfloat16`), the only uint16 output the ops make.
 _TORCH_DTYPES = {"float16": "float16", "float32": "float32", "float64": "float64",
                  "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8",
-                 "uint8": "uint8"}
+                 "uint8": "uint8", _bfloat16.BITS.name: "bfloat16"}
 
 
 class Caller:

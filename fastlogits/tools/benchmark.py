@@ -12,6 +12,11 @@ write an x-sized result (softmax, log_softmax) are compared with the copy
 bandwidth (read + write), the others with the read bandwidth; GPU rows with
 the device copy bandwidth.
 
+bfloat16 (``dtype="bfloat16"``, PyTorch needed: NumPy has no bfloat16)
+times fastlogits on a torch bfloat16 tensor beside the same values in
+float32 (``fastlogits[cpu] float32``), the NumPy idiom on those float32
+values, and PyTorch's own bfloat16 path on the tensor.
+
 Main entry points: :func:`make_inputs`, :func:`implementations`,
 :func:`floor_bytes`, :func:`time_call`, :func:`run`, :func:`format_table`,
 :func:`plot`.
@@ -45,17 +50,28 @@ def available_ops():
     return [op for op in OPS if callable(getattr(fastlogits, op, None))]
 
 
+#: The dtype name of bfloat16 benchmarks.
+BFLOAT16 = "bfloat16"
+
+
 class Inputs:
     """Benchmark data: logits ``x`` with class axis ``axis`` and a target.
 
     ``layout="hwc"``: x is (H, W, C), axis -1; ``"chw"``: x is (C, H, W),
-    axis 0. ``target`` is (H, W) int64 in [0, C).
+    axis 0. ``target`` is (H, W) int64 in [0, C). bfloat16 logits: ``x``
+    holds their bits (uint16), ``tensor`` is them as a torch bfloat16
+    tensor (no copy) and ``float32`` the same values as float32 Inputs.
     """
 
-    def __init__(self, x, axis, layout, target):
+    def __init__(self, x, axis, layout, target, tensor=None, float32=None):
         self.x, self.axis, self.layout, self.target = x, axis, layout, target
+        self.tensor, self.float32 = tensor, float32
         self.C = x.shape[axis]
         self.pixels = x.size // self.C
+
+    @property
+    def bfloat16(self):
+        return self.tensor is not None
 
     @property
     def shape_hwc(self):
@@ -71,9 +87,17 @@ def make_inputs(shape=(1024, 2048, 19), layout="hwc", dtype=np.float32, seed=0):
     full = (H, W, C) if layout == "hwc" else (C, H, W)
     x = rng.standard_normal(full, dtype=np.float32)
     x *= 3.0
-    x = x.astype(dtype, copy=False)
     target = rng.integers(0, C, size=(H, W), dtype=np.int64)
-    return Inputs(x, -1 if layout == "hwc" else 0, layout, target)
+    axis = -1 if layout == "hwc" else 0
+    if isinstance(dtype, str) and dtype == BFLOAT16:
+        import torch
+
+        tensor = torch.from_numpy(x).to(torch.bfloat16)
+        x = tensor.float().numpy()  # the values as bfloat16 rounded them
+        return Inputs(tensor.view(torch.int16).numpy().view(np.uint16), axis, layout, target,
+                      tensor, Inputs(x, axis, layout, target))
+    x = x.astype(dtype, copy=False)
+    return Inputs(x, axis, layout, target)
 
 
 def floor_bytes(op, inp):
@@ -109,7 +133,7 @@ def _fastlogits_impl(op, inp, backend):
     import fastlogits as fl
 
     fn = getattr(fl, op)
-    x, target, axis = inp.x, inp.target, inp.axis
+    x, target, axis = inp.tensor if inp.bfloat16 else inp.x, inp.target, inp.axis
     sync = lambda: None  # noqa: E731
     if backend == "cuda":
         from numba import cuda
@@ -174,7 +198,7 @@ def _torch_impl(op, inp, device="cpu"):
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(inp.x)
+    t = inp.tensor if inp.bfloat16 else torch.from_numpy(inp.x)
     tg = torch.from_numpy(inp.target)
     if device != "cpu":
         t, tg = t.to(device), tg.to(device)
@@ -220,8 +244,11 @@ def implementations(op, inp, backends=("cpu",), numpy=True, torch=True):
     impls = {}
     for be in backends:
         impls[f"fastlogits[{be}]"] = _fastlogits_impl(op, inp, be)
+    if inp.bfloat16:  # the same values in float32, beside
+        for be in backends:
+            impls[f"fastlogits[{be}] float32"] = _fastlogits_impl(op, inp.float32, be)
     if numpy:
-        impls["numpy"] = _numpy_impl(op, inp)
+        impls["numpy"] = _numpy_impl(op, inp.float32 if inp.bfloat16 else inp)
     if torch:
         for dev in _torch_devices():
             impls["torch" if dev == "cpu" else f"torch[{dev}]"] = _torch_impl(op, inp, dev)
@@ -384,7 +411,9 @@ def run(shape=(1024, 2048, 19), layout="hwc", ops=None, backends=None, repeat=5,
         for op, name, fn in jobs:
             step(f"{op} {name}")
             t = time_call(fn, repeat, max_seconds)
-            read, write = floor_bytes(op, inp)
+            # rows on float32 values (bfloat16 runs' float32 and NumPy rows) move float32's bytes
+            read, write = floor_bytes(op, inp.float32 if inp.bfloat16 and (
+                name.endswith(" float32") or name == "numpy") else inp)
             gpu = name.endswith("[cuda]")
             kind = "device_copy" if gpu else ceiling_kind(op)
             gbps = (read + write) / (t["median_ms"] / 1e3) / 1e9
@@ -408,7 +437,7 @@ def run(shape=(1024, 2048, 19), layout="hwc", ops=None, backends=None, repeat=5,
     return {
         "machine": machine_info(),
         "config": {"shape_hwc": [int(n) for n in inp.shape_hwc], "layout": layout,
-                   "x_shape": list(inp.x.shape), "axis": inp.axis, "dtype": str(np.dtype(dtype)),
+                   "x_shape": list(inp.x.shape), "axis": inp.axis, "dtype": BFLOAT16 if inp.bfloat16 else str(np.dtype(dtype)),
                    "x_bytes": int(inp.x.nbytes), "ops": ops, "backends": list(backends),
                    "repeat": repeat, "bandwidth_bytes": int(bandwidth_bytes), "seed": seed,
                    # x-sized CPU outputs reuse freed blocks between the timed calls

@@ -191,15 +191,17 @@ def _tile_status():
 
 
 def _half_status():
-    """How the CPU kernels take float16 logits (fastlogits.cpu.llvm.scores)."""
+    """How the CPU kernels take float16 and bfloat16 logits
+    (fastlogits.cpu.llvm.scores; bfloat16 goes the way float16 goes)."""
     from fastlogits import tuning
     from fastlogits.cpu.llvm.half import HARDWARE
 
     if not HARDWARE:
-        return "through float32 chunks (the CPU has no F16C)"
+        return "through float32 chunks (the CPU has no F16C, and is not ARMv8); bfloat16 too"
     if not tuning.current().cpu.half_direct:
-        return "through float32 chunks (tuning knob cpu_half_direct is off)"
-    return "read and written by the kernels as it is, converted by F16C (tuning knob cpu_half_direct)"
+        return "through float32 chunks (tuning knob cpu_half_direct is off); bfloat16 too"
+    return ("read and written by the kernels as it is, converted in hardware (F16C or ARMv8; "
+            "tuning knob cpu_half_direct); bfloat16 too, converted by integer shifts")
 
 
 def _fastexp_status():
@@ -464,7 +466,8 @@ def cmd_bench(args):
     files.check_distinct([("--json", args.json), ("--plot", args.plot)])
     report = benchmark.run(
         shape=args.shape, layout=args.layout, ops=_list(args.ops), backends=_list(args.backends),
-        repeat=args.repeat, dtype=np.dtype(args.dtype), torch=not args.no_torch,
+        repeat=args.repeat, dtype=args.dtype if args.dtype == "bfloat16" else np.dtype(args.dtype),
+        torch=not args.no_torch,
         progress=_progress("bench", "step", enabled=not args.quiet))
     print(benchmark.format_table(report))
     if args.json is not None:
@@ -627,7 +630,10 @@ def build_parser():
     s.add_argument("--backends", nargs="+", metavar="B",
                    help="fastlogits backends (default: all available but the numpy reference)")
     s.add_argument("--repeat", type=int, default=5, metavar="N", help="timed runs (default: 5)")
-    s.add_argument("--dtype", choices=("float32", "float16", "float64"), default="float32")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"),
+                   default="float32",
+                   help="bfloat16 (PyTorch needed) also times the same values in float32 "
+                        "and PyTorch's bfloat16 path")
     s.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
     s.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     s.add_argument("--plot", metavar="OUT.png", help="bar chart (needs matplotlib)")

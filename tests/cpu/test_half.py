@@ -187,9 +187,9 @@ def test_float16_chunks_share_one_buffer(tune, rng, monkeypatch, axis):
     seen = []
     load = half.load
 
-    def recording_load(*args, out=None):
+    def recording_load(*args, out=None, **kwargs):
         seen.append(out)
-        return load(*args, out=out)
+        return load(*args, out=out, **kwargs)
 
     monkeypatch.setattr(half, "load", recording_load)
     p = fl.softmax(x, axis)

@@ -30,20 +30,6 @@ LOSS_OPTIONS = [dict(), dict(reduction="none"),
                 dict(reduction="sum", label_smoothing=0.1)]
 
 
-@pytest.fixture
-def chunk_loads(monkeypatch):
-    """The list to which every float32 chunk load of float16 x appends."""
-    calls = []
-    load = half.load
-
-    def spy(*args, **kwargs):
-        calls.append(args[0].shape)
-        return load(*args, **kwargs)
-
-    monkeypatch.setattr(half, "load", spy)
-    return calls
-
-
 def both_ways(tune, monkeypatch, chunk_loads, fn):
     """``(direct, chunked)``: ``fn()`` with float16 read as it is, then
     through float32 chunks; checks which path each took."""

@@ -69,3 +69,37 @@ def test_stream_affine_at_every_line_offset(rng, dtype, n):
         _affine(src, 5, dst, 3, n, shift, scale, offset)
         np.testing.assert_allclose(dst[3:3 + n], want, rtol=4 * np.finfo(dtype).eps)
         assert (dst[:3] == -7).all() and (dst[3 + n:] == -7).all()
+
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 100])
+def test_stream_bfloat16_bits(rng, n):
+    """bfloat16 bits (int16 in the kernels, cpu.llvm.scores): written from
+    float32 rounded once to nearest even (NaN kept NaN, quiet), read back
+    exactly, at every line offset of the destination (32 two-byte scores
+    a line)."""
+    from fastlogits import _bfloat16
+
+    src = (3 * rng.standard_normal(n + 7)).astype(np.float32)
+    src[5::7] = np.nan
+    src[6::11] = -np.inf
+    src[3::13] = 1.0 + 2.0 ** -8  # a tie: rounds to even (1.0)
+    shift, scale, offset = np.float32(1.25), np.float32(0.7), np.float32(-0.375)
+    for off in range(32):
+        dst = _line_aligned(n + 6, np.int16, off)
+        dst[:] = -7
+        _copy(src, 5, dst, 3, n)
+        np.testing.assert_array_equal(dst[3:3 + n].view(np.uint16),
+                                      _bfloat16.round_bits(src[5:5 + n]))
+        assert (dst[:3] == -7).all() and (dst[3 + n:] == -7).all()
+        back = _line_aligned(n + 6, np.float32, off % 16)
+        _copy(dst, 3, back, 3, n)
+        np.testing.assert_array_equal(back[3:3 + n], _bfloat16.widen(dst[3:3 + n].view(np.uint16)))
+        _affine(src, 5, dst, 3, n, shift, scale, offset)
+        want = (src[5:5 + n] - shift) * scale - offset
+        got = _bfloat16.widen(dst[3:3 + n].view(np.uint16))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        fin = np.isfinite(want)
+        # half a bfloat16 step (and float32 rounding: the kernel may fuse)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=2.0 ** -8 + 2.0 ** -22)
+        np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+        assert (dst[:3] == -7).all() and (dst[3 + n:] == -7).all()

@@ -26,7 +26,7 @@ from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.llvm.fastexp import exp_shifted_ir, fexp_shifted
 from fastlogits.cpu.llvm.irutil import const, i64, lane_mask, loop, masked_load, masked_store, splat
 from fastlogits.cpu.llvm.irutil import non_one, vector_of, vptr
-from fastlogits.cpu.llvm.scores import HALF_BITS, ScoreIR, compute_type, is_score_array, score
+from fastlogits.cpu.llvm.scores import BITS, ScoreIR, compute_type, is_score_array, score
 
 
 @intrinsic
@@ -37,13 +37,13 @@ def vexp_add(typingctx, x, xo, m, inv_t, part, h, n, out, oo, store, exact):
     with ``store``, ``out.flat[oo + p] = e``, for p < n (C-contiguous
     arrays, ``m`` and ``part`` 1-D, ``m``, ``part`` and ``out`` in the
     type x's scores are computed in (:mod:`.scores`), or ``out`` of x's
-    dtype or of float16 bits: never written if that is float16 bits, which
-    must not hold unscaled exponentials). Nothing is
+    dtype or of float16 or bfloat16 bits: never written if that is such
+    bits, which must not hold unscaled exponentials). Nothing is
     bounds-checked. Garbage where ``m[p]`` is not finite, as the tiles'
     loop (callers mask those pixels)."""
     ct = compute_type(x.dtype) if is_score_array(x) else None
     if not (ct is not None and all(is_score_array(a, 1) and a.dtype == ct for a in (m, part))
-            and is_score_array(out) and out.dtype in (ct, x.dtype, HALF_BITS)
+            and is_score_array(out) and (out.dtype in (ct, x.dtype) or out.dtype in BITS)
             and all(isinstance(a, types.Integer) for a in (xo, h, n, oo))
             and isinstance(inv_t, types.Float)
             and all(isinstance(a, (types.Boolean, types.Integer)) for a in (store, exact))):

@@ -1,28 +1,38 @@
-"""How the kernels read x's scores: float32, float64, or float16 bits.
+"""How the kernels read x's scores: float32, float64, or the bits of a
+two-byte float (float16, bfloat16).
 
-Numba's CPU target has no float16 type, so float16 logits reach the
-kernels that read them directly as their bits: ``x.view(np.uint16)``
-(a uint16 x is never anything else in :mod:`fastlogits.cpu`). Such x is
-computed in float32, as the chunked path of :func:`fastlogits.cpu.host.run_cpu`
-computes it, so results are the same bit for bit: every float16 value is
-exact in float32. What changes is the memory traffic: the kernels read two
-bytes per score from memory, where the chunked path converted 1 M scores
-at a time into a float32 copy and read that back (float16 took 1.4-2.1x
-float32's time: docs/perf/cpu-049).
+Numba's CPU target has no float16 or bfloat16 type, so such logits reach
+the kernels that read them directly as their bits, each format in an
+integer dtype of its own so Numba compiles each apart: float16 as
+``x.view(np.uint16)`` (:data:`HALF_BITS`), bfloat16 as
+``x.view(np.int16)`` (:data:`BFLOAT16_BITS`; the rest of fastlogits holds
+bfloat16 as uint16, :mod:`fastlogits._bfloat16`, and
+:func:`fastlogits.cpu.host.run_cpu` views it as int16 for the kernels).
+A uint16 or int16 x is never anything else in :mod:`fastlogits.cpu`.
+Such x is computed in float32, as the chunked path of
+:func:`fastlogits.cpu.host.run_cpu` computes it, so results are the same
+bit for bit: every float16 and bfloat16 value is exact in float32. What
+changes is the memory traffic: the kernels read two bytes per score from
+memory, where the chunked path converted 1 M scores at a time into a
+float32 copy and read that back (float16 took 1.4-2.1x float32's time:
+docs/perf/cpu-049).
 
 - Numba code reads a score as ``score(x[...])``, and makes its scratch
   for scores with :func:`scratch` (``compute_type(x.dtype)``).
 - Intrinsics type x by :func:`is_scores` and :func:`compute_type` and
   load vectors through :class:`ScoreIR`: a load of ``lanes`` halves and
   an ``fpext`` to float32 (``vcvtph2ps`` with F16C; the callers take this
-  path only where :data:`fastlogits.cpu.llvm.half.HARDWARE`).
+  path only where :data:`fastlogits.cpu.llvm.half.HARDWARE`), or of
+  ``lanes`` bfloat16 bits widened by a shift into float32's upper half
+  (:func:`fastlogits.cpu.llvm.half.bfloat16_widen_ir`: a vector shift).
 
-float16 outputs (softmax's, log_softmax's, logsumexp's, the loss
-gradient) reach the kernels as bits too. Their results are computed in float32 and rounded to
-float16 once, as they are stored (:func:`store_score`,
-:meth:`ScoreIR.narrow`: ``vcvtps2ph``, round to nearest even, as NumPy's
-cast): never stored as float16 and read back to compute with, which
-would round twice.
+Outputs of x's two-byte dtype (softmax's, log_softmax's, logsumexp's, the
+loss gradient) reach the kernels as bits too. Their results are computed
+in float32 and rounded once, as they are stored (:func:`store_score`,
+:meth:`ScoreIR.narrow`: ``vcvtps2ph`` for float16, integer rounding for
+bfloat16, both to nearest even as NumPy's and ml_dtypes' casts): never
+stored as two bytes and read back to compute with, which would round
+twice.
 """
 
 import numpy as np
@@ -32,17 +42,24 @@ from numba.core.extending import overload
 from numba.np.numpy_support import as_dtype
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.llvm.half import _from_half_bits, _half_bits
+from fastlogits.cpu.llvm.half import (_bfloat16_bits, _from_bfloat16_bits, _from_half_bits,
+                                      _half_bits, bfloat16_round_ir, bfloat16_widen_ir)
 from fastlogits.cpu.llvm.irutil import masked_gather, masked_load, masked_store, vptr
 
 #: The Numba dtype of float16 scores' bits.
 HALF_BITS = types.uint16
+#: The Numba dtype of bfloat16 scores' bits.
+BFLOAT16_BITS = types.int16
+#: The Numba dtypes of two-byte floats' bits.
+BITS = (HALF_BITS, BFLOAT16_BITS)
+#: Their NumPy dtypes (:func:`holds_half_bits` from Python).
+_NP_BITS = (np.dtype(np.uint16), np.dtype(np.int16))
 
 
 def is_scores(dtype):
     """Whether an array of Numba dtype ``dtype`` holds scores: a float, or
-    float16 bits."""
-    return isinstance(dtype, types.Float) or dtype == HALF_BITS
+    float16 or bfloat16 bits."""
+    return isinstance(dtype, types.Float) or dtype in BITS
 
 
 def is_score_array(a, ndim=None):
@@ -54,29 +71,30 @@ def is_score_array(a, ndim=None):
 
 def compute_type(dtype):
     """The Numba type scores of ``dtype`` are computed in: float32 for
-    float16 bits, else the dtype itself."""
-    return types.float32 if dtype == HALF_BITS else dtype
+    float16 or bfloat16 bits, else the dtype itself."""
+    return types.float32 if dtype in BITS else dtype
 
 
 def holds_half_bits(a):
-    """Whether the array ``a`` holds float16 bits: its results are
-    rounded once, from float32 scratch, never from exponentials stored in
-    it (rounded twice). Callable from Python (a NumPy array) and from Numba
-    code (a constant there: the branches it rules out are not compiled)."""
-    return a.dtype == np.uint16
+    """Whether the array ``a`` holds the bits of two-byte floats (float16
+    or bfloat16): its results are rounded once, from float32 scratch,
+    never from exponentials stored in it (rounded twice). Callable from
+    Python (a NumPy array) and from Numba code (a constant there: the
+    branches it rules out are not compiled)."""
+    return a.dtype in _NP_BITS
 
 
 @overload(holds_half_bits, inline="always", fastmath=FASTMATH)
 def _holds_half_bits_overload(a):
     if not isinstance(a, types.Array):
         return None
-    half = a.dtype == HALF_BITS
+    half = a.dtype in BITS
     return lambda a: half
 
 
 def score(v):
     """The value of one score read from x: as it is for a float, the
-    float32 value of float16 bits (exact)."""
+    float32 value of float16 or bfloat16 bits (exact)."""
     raise NotImplementedError("score is only callable from Numba code")
 
 
@@ -84,6 +102,8 @@ def score(v):
 def _score_overload(v):
     if v == HALF_BITS:
         return lambda v: _from_half_bits(v)
+    if v == BFLOAT16_BITS:
+        return lambda v: _from_bfloat16_bits(v)
     if isinstance(v, types.Float):
         return lambda v: v
     return None
@@ -91,8 +111,8 @@ def _score_overload(v):
 
 def store_score(a, v):
     """``v`` (a computed score) as a value of the array ``a``'s dtype, to
-    store into it: the float16 bits of ``v`` for float16 bits (one
-    rounding, to nearest even), else ``v``."""
+    store into it: the float16 or bfloat16 bits of ``v`` for such bits
+    (one rounding, to nearest even), else ``v``."""
     raise NotImplementedError("store_score is only callable from Numba code")
 
 
@@ -102,6 +122,8 @@ def _store_score_overload(a, v):
         return None
     if a.dtype == HALF_BITS:
         return lambda a, v: _half_bits(np.float32(v))
+    if a.dtype == BFLOAT16_BITS:  # the same 16 bits, as int16
+        return lambda a, v: np.int16(_bfloat16_bits(np.float32(v)))
     if isinstance(a.dtype, types.Float):
         return lambda a, v: v
     return None
@@ -126,9 +148,12 @@ class ScoreIR:
     addresses and alignment), ``compute_size`` those of one computed."""
 
     def __init__(self, context, dtype):
-        self.half = dtype == HALF_BITS
+        #: Two-byte bits (float16's or bfloat16's), and which.
+        self.half = dtype in BITS
+        self.bfloat16 = dtype == BFLOAT16_BITS
         self.elem = context.get_data_type(compute_type(dtype))
-        self.stored = ir.HalfType() if self.half else self.elem
+        self.stored = (ir.IntType(16) if self.bfloat16 else ir.HalfType() if self.half
+                       else self.elem)
         self.size = 2 if self.half else context.get_abi_sizeof(self.elem)
         self.compute_size = context.get_abi_sizeof(self.elem)
 
@@ -138,6 +163,8 @@ class ScoreIR:
     def _widen(self, builder, v):
         if not self.half:
             return v
+        if self.bfloat16:
+            return bfloat16_widen_ir(builder, v)
         return builder.fpext(v, ir.VectorType(self.elem, v.type.count))
 
     def load(self, builder, data, index, lanes):
@@ -157,9 +184,11 @@ class ScoreIR:
 
     def narrow(self, builder, v):
         """The vector ``v`` of ``elem`` as stored: rounded to halves
-        (``fptrunc``) for float16 bits."""
+        (``fptrunc``) for float16 bits, to bfloat16 for its bits."""
         if not self.half:
             return v
+        if self.bfloat16:
+            return bfloat16_round_ir(builder, v)
         return builder.fptrunc(v, ir.VectorType(self.stored, v.type.count))
 
     def store(self, builder, v, data, index, align=None):

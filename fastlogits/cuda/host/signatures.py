@@ -6,9 +6,10 @@ its own, so the ops import none of the losses)."""
 
 def kernel_signatures():
     """``[(name, kernel, argtypes, single_precision)]`` for every kernel as
-    the ops launch it: x float16/32/64, C-contiguous views and strided
-    ('A') views, several label dtypes. ``single_precision`` marks kernels
-    that must not contain float64 instructions (float16/float32 input)."""
+    the ops launch it: x float16/32/64 and bfloat16 (its bits, uint16),
+    C-contiguous views and strided ('A') views, several label dtypes.
+    ``single_precision`` marks kernels that must not contain float64
+    instructions (float16/bfloat16/float32 input)."""
     from numba import types
 
     from fastlogits.cuda.kernels import argmax as ka
@@ -19,7 +20,8 @@ def kernel_signatures():
     i64, b1 = types.int64, types.boolean
     sigs = []
     variants = [(types.float16, "C", types.int64), (types.float32, "C", types.int64),
-                (types.float64, "C", types.int64), (types.float32, "A", types.uint8)]
+                (types.float64, "C", types.int64), (types.float32, "A", types.uint8),
+                (types.uint16, "C", types.int64)]  # uint16: bfloat16's bits
     for xt, layout, lt in variants:
         ct = types.float64 if xt == types.float64 else types.float32
 
@@ -53,7 +55,7 @@ def kernel_signatures():
              (arr(xt, 3), arr(tt, 2), types.Array(i64, 2, "C"), arr(i64, 1, "C"),
               arr(ct, 1, "C"), i64, b1), single),
         ]
-        if xt != types.float16:
+        if xt in (types.float32, types.float64):  # x's dtype is not in these
             sigs += [
                 (f"target_weights[{ct}-{tt}]", kl.target_weights,
                  (arr(tt, 2), arr(ct, 1, "C"), arr(ct, 2, "C"), arr(i64, 1, "C"), arr(ct, 1, "C"),
@@ -72,7 +74,8 @@ def kernel_signatures():
     ]
     from fastlogits.cuda.kernels import copy as kc
 
-    for dt in (types.float16, types.float32, types.float64, types.int64, types.uint8):
+    for dt in (types.float16, types.float32, types.float64, types.int64, types.uint8,
+               types.uint16):
         a6 = types.Array(dt, 6, "A")
         single = dt != types.float64  # a float64 copy moves float64 values
         sigs += [(f"copy6[{dt}]", kc.copy6, (a6, a6), single),

@@ -17,7 +17,7 @@ import numpy as np
 from numba import cuda, int64
 
 from fastlogits.cuda.kernels.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
-                                            pixel_two_pass, tile_copy)
+                                            pixel_two_pass, score, tile_copy)
 
 
 @cuda.jit(device=True)
@@ -64,13 +64,13 @@ def argmax_cl_tile(x, labels, conf, cdt, inv_t, with_conf, pitch):
         cuda.syncthreads()
         if tid < n:
             base = tid * pitch
-            m = ct(tile[base])
+            m = score(tile[base], ct)
             s = zero
             comp = zero
             idx = 0
             for c in range(1, C):
-                m, s, comp, idx = fold(m, s, comp, idx, ct(tile[base + c]), c, inv_t, one,
-                                       with_conf)
+                m, s, comp, idx = fold(m, s, comp, idx, score(tile[base + c], ct), c, inv_t,
+                                       one, with_conf)
             labels[r0 + tid, 0] = idx
             if with_conf:
                 conf[r0 + tid, 0] = _confidence(m, s - comp, one, nan)
@@ -105,8 +105,8 @@ def argmax_rows(x, labels, conf, cdt, inv_t, with_conf, G, shuffle):
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
-                                           int64(lane), inv_t, one, with_conf, cdt)
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, score(x[o, lane, i], ct),
+                                           zero, zero, int64(lane), inv_t, one, with_conf, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
                                  one, big)
         if p < npix and lane == 0:

@@ -19,6 +19,16 @@ compute dtype (float32 for float16/float32 input, float64 for float64)
 passed to every kernel; the PTX test fails on any ``.f64`` instruction in
 a float16/float32 kernel.
 
+bfloat16 logits come as their bits (uint16: CUDA's float16 is a type of
+its own, so uint16 scores are never anything else) and are widened in
+registers as they are read (:func:`score`), outputs of their dtype
+rounded once as they are stored (:func:`stored`); every kernel reads x
+through the one and writes x-shaped results through the other. Both
+choose by type with ``isinstance``, which Numba decides while compiling
+(the other branch is not compiled: a float16 kernel's PTX holds no
+integer widening) and the simulator while running, so both run the same
+code.
+
 Group reductions (several threads own one pixel's classes) combine states
 with :func:`combine`, either with warp shuffles (real GPUs) or through a
 shared-memory tree (the CUDA simulator has no shuffles; tests on a real GPU
@@ -27,6 +37,7 @@ run both).
 
 import math
 
+import numpy as np
 from numba import cuda
 
 #: Largest block the kernels accept; static shared scratch is this long.
@@ -36,6 +47,48 @@ MAX_THREADS = 1024
 WARP = 32
 
 _FULL_MASK = 0xFFFFFFFF
+
+
+_U32 = np.uint32
+
+
+@cuda.jit(device=True)
+def bfloat16_value(b):
+    """The float32 value of the bfloat16 bits ``b`` (uint16): exact, the
+    bits shifted into float32's upper half."""
+    return _U32(_U32(b) << _U32(16)).view(np.float32)
+
+
+@cuda.jit(device=True)
+def bfloat16_bits(v):
+    """The bfloat16 bits (uint16) of the float32 ``v``, rounded to the
+    nearest, ties to even (``0x7FFF`` plus the kept half's last bit added
+    before the shift); NaN stays NaN, its quiet bit set; infinities stay.
+    The same rule as :func:`fastlogits._bfloat16.round_bits` on the host."""
+    b = np.float32(v).view(np.uint32)
+    if _U32(b & _U32(0x7FFFFFFF)) > _U32(0x7F800000):
+        return np.uint16(_U32(b | _U32(0x00400000)) >> _U32(16))
+    lsb = _U32(_U32(b >> _U32(16)) & _U32(1))
+    return np.uint16(_U32(b + _U32(_U32(0x7FFF) + lsb)) >> _U32(16))
+
+
+@cuda.jit(device=True)
+def score(v, ct):
+    """A score ``v`` read from x, in the compute type ``ct``: bfloat16 bits
+    (uint16) widened exactly (:func:`bfloat16_value`), a float converted."""
+    if isinstance(v, np.uint16):
+        return bfloat16_value(v)
+    return ct(v)
+
+
+@cuda.jit(device=True)
+def stored(a, v):
+    """The computed ``v`` as stored into ``a``, an array of x's dtype: the
+    bfloat16 bits of ``v`` for bfloat16 bits (uint16), rounded once
+    (:func:`bfloat16_bits`); else ``v`` (the store converts it)."""
+    if isinstance(a.dtype.type(0), np.uint16):
+        return bfloat16_bits(v)
+    return v
 
 
 @cuda.jit(device=True)
@@ -200,17 +253,17 @@ def fold_strided(x, o, i, c, C, step, m, s, comp, idx, inv_t, one, with_sum, cdt
     leave the memory system idle between a load and its use)."""
     ct = cdt.dtype.type
     while c + 3 * step < C:
-        v0 = ct(x[o, c, i])
-        v1 = ct(x[o, c + step, i])
-        v2 = ct(x[o, c + 2 * step, i])
-        v3 = ct(x[o, c + 3 * step, i])
+        v0 = score(x[o, c, i], ct)
+        v1 = score(x[o, c + step, i], ct)
+        v2 = score(x[o, c + 2 * step, i], ct)
+        v3 = score(x[o, c + 3 * step, i], ct)
         m, s, comp, idx = fold(m, s, comp, idx, v0, c, inv_t, one, with_sum)
         m, s, comp, idx = fold(m, s, comp, idx, v1, c + step, inv_t, one, with_sum)
         m, s, comp, idx = fold(m, s, comp, idx, v2, c + 2 * step, inv_t, one, with_sum)
         m, s, comp, idx = fold(m, s, comp, idx, v3, c + 3 * step, inv_t, one, with_sum)
         c += 4 * step
     while c < C:
-        m, s, comp, idx = fold(m, s, comp, idx, ct(x[o, c, i]), c, inv_t, one, with_sum)
+        m, s, comp, idx = fold(m, s, comp, idx, score(x[o, c, i], ct), c, inv_t, one, with_sum)
         c += step
     return m, s, comp, idx
 
@@ -226,10 +279,10 @@ def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, skip, zero, cdt):
     L1/L2, where the first pass just brought them."""
     ct = cdt.dtype.type
     while c + 3 * step < C:
-        v0 = ct(x[o, c, i])
-        v1 = ct(x[o, c + step, i])
-        v2 = ct(x[o, c + 2 * step, i])
-        v3 = ct(x[o, c + 3 * step, i])
+        v0 = score(x[o, c, i], ct)
+        v1 = score(x[o, c + step, i], ct)
+        v2 = score(x[o, c + 2 * step, i], ct)
+        v3 = score(x[o, c + 3 * step, i], ct)
         s, comp = kahan_add(s, comp, zero if c == skip else math.exp((v0 - m) * inv_t))
         s, comp = kahan_add(s, comp, zero if c + step == skip else math.exp((v1 - m) * inv_t))
         s, comp = kahan_add(s, comp, zero if c + 2 * step == skip else math.exp((v2 - m) * inv_t))
@@ -237,7 +290,7 @@ def expsum_strided(x, o, i, c, C, step, m, s, comp, inv_t, skip, zero, cdt):
         c += 4 * step
     while c < C:
         if c != skip:
-            s, comp = kahan_add(s, comp, math.exp((ct(x[o, c, i]) - m) * inv_t))
+            s, comp = kahan_add(s, comp, math.exp((score(x[o, c, i], ct) - m) * inv_t))
         c += step
     return s, comp
 
@@ -253,8 +306,8 @@ def pixel_two_pass(x, o, i, C, inv_t, with_sum, one, zero, cdt):
     because a one-pass fold rescales its sum whenever a thread meets a new
     max, and the threads of a warp meet theirs at different classes: the
     warp would run both branches (docs/perf/cuda-046)."""
-    m, _, _, idx = fold_strided(x, o, i, 1, C, 1, cdt.dtype.type(x[o, 0, i]), one, zero, 0,
-                                inv_t, one, False, cdt)
+    m, _, _, idx = fold_strided(x, o, i, 1, C, 1, score(x[o, 0, i], cdt.dtype.type), one, zero,
+                                0, inv_t, one, False, cdt)
     s = zero
     if with_sum and is_finite(m):
         s, comp = expsum_strided(x, o, i, 0, C, 1, m, zero, zero, inv_t, idx, zero, cdt)

@@ -32,7 +32,7 @@ import numpy as np
 from numba import cuda, float64, int32, int64
 
 from fastlogits.cuda.kernels.device import (MAX_THREADS, block_total, fold_strided, group_reduce,
-                                            group_sum, is_finite, pixel_two_pass)
+                                            group_sum, is_finite, pixel_two_pass, score, stored)
 from fastlogits.cuda.kernels.errflag import block_sees_flag, raise_flag
 
 #: Error code of a target value outside [0, C) that is not ignore_index.
@@ -51,7 +51,7 @@ def _weighted_sum(x, o, i, c, C, step, w, m, zero, cdt):
     ct = cdt.dtype.type
     acc = zero
     while c < C:
-        acc += w[c] * (ct(x[o, c, i]) - m)
+        acc += w[c] * (score(x[o, c, i], ct) - m)
         c += step
     return acc
 
@@ -78,10 +78,10 @@ def _write_grad(x, grad, w, o, i, c, C, step, tv, m, s, wt, eps, epsc, wsum, gsc
     a = ((one - eps) * wt + epsc * wsum) / (one + s) if is_finite(m) else nan
     hit = (one - eps) * wt
     while c < C:
-        g = math.exp(ct(x[o, c, i]) - m) * a - epsc * w[c]
+        g = math.exp(score(x[o, c, i], ct) - m) * a - epsc * w[c]
         if c == tv:
             g -= hit
-        grad[o, c, i] = g * gscale
+        grad[o, c, i] = stored(grad, g * gscale)
         c += step
 
 
@@ -138,7 +138,8 @@ def cross_entropy_pixels(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, e
             m, s, _ = pixel_two_pass(x, o, i, C, one, True, one, zero, cdt)
             zw = _weighted_sum(x, o, i, 0, C, 1, w, m, zero, cdt) if eps > zero else zero
             wt = w[tv]
-            lp = _pixel_loss(m, s, ct(x[o, tv, i]), wt, zw, eps, epsc, wsum, one, zero, nan)
+            lp = _pixel_loss(m, s, score(x[o, tv, i], ct), wt, zw, eps, epsc, wsum, one, zero,
+                             nan)
             if with_loss:
                 loss[o, i] = lp
             if with_grad:
@@ -174,7 +175,8 @@ def cross_entropy_loss_pixels(x, t, w, loss, partial, flag, cdt, ignore, with_lo
         else:
             m, s, _ = pixel_two_pass(x, o, i, C, one, True, one, zero, cdt)
             wt = w[tv]
-            lp = _pixel_loss(m, s, ct(x[o, tv, i]), wt, zero, zero, zero, zero, one, zero, nan)
+            lp = _pixel_loss(m, s, score(x[o, tv, i], ct), wt, zero, zero, zero, zero, one, zero,
+                             nan)
             if with_loss:
                 loss[o, i] = lp
             acc_l += lp
@@ -222,10 +224,10 @@ def cross_entropy_rows(x, t, w, loss, grad, partial, flag, cdt, ignore, eps, eps
         idx = big
         # The target's logit before the group's reductions: with grad = x
         # (in place) another lane may overwrite it once they are done.
-        xt = ct(x[o, tv, i]) if valid else zero
+        xt = score(x[o, tv, i], ct) if valid else zero
         if valid and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
-                                           int64(lane), one, one, True, cdt)
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, score(x[o, lane, i], ct),
+                                           zero, zero, int64(lane), one, one, True, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, one, G, shuffle, sm_m, sm_s, sm_i, ninf, one,
                                  big)
         zw = zero

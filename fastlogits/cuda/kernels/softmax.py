@@ -34,7 +34,7 @@ from numba import cuda, int64
 
 from fastlogits._modes import LOGSUMEXP, SOFTMAX
 from fastlogits.cuda.kernels.device import (MAX_THREADS, fold, fold_strided, group_reduce, is_finite,
-                                            tile_copy)
+                                            score, stored, tile_copy)
 
 
 @cuda.jit(device=True)
@@ -52,17 +52,17 @@ def _write_strided(x, out, o, i, c, C, step, m, g, inv_t, mode, cdt):
     ``out`` may be ``x``)."""
     ct = cdt.dtype.type
     while c + 3 * step < C:
-        v0 = ct(x[o, c, i])
-        v1 = ct(x[o, c + step, i])
-        v2 = ct(x[o, c + 2 * step, i])
-        v3 = ct(x[o, c + 3 * step, i])
-        out[o, c, i] = _value(v0, m, g, inv_t, mode)
-        out[o, c + step, i] = _value(v1, m, g, inv_t, mode)
-        out[o, c + 2 * step, i] = _value(v2, m, g, inv_t, mode)
-        out[o, c + 3 * step, i] = _value(v3, m, g, inv_t, mode)
+        v0 = score(x[o, c, i], ct)
+        v1 = score(x[o, c + step, i], ct)
+        v2 = score(x[o, c + 2 * step, i], ct)
+        v3 = score(x[o, c + 3 * step, i], ct)
+        out[o, c, i] = stored(out, _value(v0, m, g, inv_t, mode))
+        out[o, c + step, i] = stored(out, _value(v1, m, g, inv_t, mode))
+        out[o, c + 2 * step, i] = stored(out, _value(v2, m, g, inv_t, mode))
+        out[o, c + 3 * step, i] = stored(out, _value(v3, m, g, inv_t, mode))
         c += 4 * step
     while c < C:
-        out[o, c, i] = _value(ct(x[o, c, i]), m, g, inv_t, mode)
+        out[o, c, i] = stored(out, _value(score(x[o, c, i], ct), m, g, inv_t, mode))
         c += step
 
 
@@ -95,11 +95,11 @@ def expnorm_cf(x, out, red, cdt, inv_t, mode):
     for p in range(cuda.grid(1), outer * inner, cuda.gridsize(1)):
         o = p // inner
         i = p - o * inner
-        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, ct(x[o, 0, i]), zero, zero, 0, inv_t,
-                                       one, True, cdt)
+        m, s, comp, idx = fold_strided(x, o, i, 1, C, 1, score(x[o, 0, i], ct), zero, zero, 0,
+                                       inv_t, one, True, cdt)
         s = s - comp
         if mode == LOGSUMEXP:
-            red[o, i] = _logsumexp(m, s, inv_t)
+            red[o, i] = stored(red, _logsumexp(m, s, inv_t))
         else:
             _write_strided(x, out, o, i, 0, C, 1, m, _scale(m, s, mode, one, nan), inv_t, mode,
                            cdt)
@@ -126,19 +126,21 @@ def expnorm_cl_tile(x, out, red, cdt, inv_t, mode, pitch):
         cuda.syncthreads()
         if tid < n:
             base = tid * pitch
-            m = ct(tile[base])
+            m = score(tile[base], ct)
             s = zero
             comp = zero
             idx = 0
             for c in range(1, C):
-                m, s, comp, idx = fold(m, s, comp, idx, ct(tile[base + c]), c, inv_t, one, True)
+                m, s, comp, idx = fold(m, s, comp, idx, score(tile[base + c], ct), c, inv_t, one,
+                                       True)
             s = s - comp
             if mode == LOGSUMEXP:
-                red[r0 + tid, 0] = _logsumexp(m, s, inv_t)
+                red[r0 + tid, 0] = stored(red, _logsumexp(m, s, inv_t))
             else:
                 g = _scale(m, s, mode, one, nan)
                 for c in range(C):
-                    tile[base + c] = _value(ct(tile[base + c]), m, g, inv_t, mode)
+                    v = _value(score(tile[base + c], ct), m, g, inv_t, mode)
+                    tile[base + c] = stored(tile, v)
         cuda.syncthreads()
         if mode != LOGSUMEXP:
             tile_copy(out, tile, r0, n, C, pitch, False)
@@ -178,14 +180,14 @@ def expnorm_rows(x, out, red, cdt, inv_t, mode, G, shuffle):
         comp = zero
         idx = big
         if p < npix and lane < C:
-            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, ct(x[o, lane, i]), zero, zero,
-                                           int64(lane), inv_t, one, True, cdt)
+            m, s, comp, idx = fold_strided(x, o, i, lane + G, C, G, score(x[o, lane, i], ct),
+                                           zero, zero, int64(lane), inv_t, one, True, cdt)
         m, s, idx = group_reduce(m, s - comp, idx, inv_t, G, shuffle, sm_m, sm_s, sm_i, ninf,
                                  one, big)
         if p < npix:
             if mode == LOGSUMEXP:
                 if lane == 0:
-                    red[o, i] = _logsumexp(m, s, inv_t)
+                    red[o, i] = stored(red, _logsumexp(m, s, inv_t))
             else:
                 _write_strided(x, out, o, i, lane, C, G, m, _scale(m, s, mode, one, nan), inv_t,
                                mode, cdt)
