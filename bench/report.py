@@ -189,6 +189,11 @@ def bench_table(report):
              "| × PyTorch |",
              "|---|---|---|---|---|---|---|---|"]
     by = {(r["op"], r["impl"]): r for r in report["rows"]}
+    # A bfloat16 run times the same values in float32 beside (benchmark.implementations).
+    same_f32 = any(impl == "fastlogits[cpu] float32" for _, impl in by)
+    if same_f32:
+        lines[2] = lines[2][:-1] + " fastlogits float32 ms | bfloat16 / float32 time |"
+        lines[3] += "---|---|"
     for op in dict.fromkeys(r["op"] for r in report["rows"]):
         r = by.get((op, "fastlogits[cpu]"))
         if r is None:
@@ -196,9 +201,14 @@ def bench_table(report):
         npy, th = by.get((op, "numpy")), by.get((op, "torch"))
         frac = r.get("fraction_of_bandwidth")
         pct = "-" if frac is None else f"{100 * frac:.0f} % ({r['ceiling']})"
-        lines.append(f"| {op} | {_ms(r['median_ms'])} | {r['gbps']:.1f} | {pct} "
-                     f"| {_ms(npy and npy['median_ms'])} | {_x(r.get('vs_numpy') if npy else None)} "
-                     f"| {_ms(th and th['median_ms'])} | {_x(r.get('vs_torch') if th else None)} |")
+        line = (f"| {op} | {_ms(r['median_ms'])} | {r['gbps']:.1f} | {pct} "
+                f"| {_ms(npy and npy['median_ms'])} | {_x(r.get('vs_numpy') if npy else None)} "
+                f"| {_ms(th and th['median_ms'])} | {_x(r.get('vs_torch') if th else None)} |")
+        if same_f32:
+            f32 = by.get((op, "fastlogits[cpu] float32"))
+            ratio = f32 and r["median_ms"] / f32["median_ms"]
+            line += f" {_ms(f32 and f32['median_ms'])} | {'-' if not ratio else f'{ratio:.2f}'} |"
+        lines.append(line)
     return lines
 
 
@@ -436,7 +446,7 @@ def dask_table(data):
     return lines + ["", " ".join(text)]
 
 
-VARIANTS = ["", "hwc", "chw", "hwc-f16", "chw-f16"]
+VARIANTS = ["", "hwc", "chw", "hwc-f16", "chw-f16", "hwc-bf16", "chw-bf16"]
 
 
 def _sort_key(name):

@@ -347,7 +347,9 @@ def _scale_grad(grad, scale, t, ignore_index, axis):
     """The gradient of a sum scaled to that of the mean, in place; an
     infinite scale (all weights 0) keeps ignored pixels at 0, as the op."""
     if math.isfinite(scale):
-        grad *= grad.dtype.type(scale) if grad.dtype != np.float16 else np.float32(scale)
+        # Two-byte gradients (float16, bfloat16) scaled in float32, rounded once more:
+        # the scale itself rounded to bfloat16 would be off by up to 2**-9.
+        grad *= grad.dtype.type(scale) if grad.dtype.itemsize > 2 else np.float32(scale)
         return
     keep = np.expand_dims(np.asarray(t) != ignore_index, axis)
     with np.errstate(invalid="ignore"):

@@ -191,8 +191,11 @@ class Logits:
         lg = cls.__new__(cls)
         lg.cai, lg.gpu, lg.array = None, False, x
         lg.shape, lg.dtype = known_shape(x, "x"), np.dtype(x.dtype)
+        # ml_dtypes' bfloat16 chunks: the results' dtypes follow it (softmax-like
+        # outputs bfloat16), each chunk is read as its bits by the eager op.
+        lg.bfloat16 = _bfloat16.is_bfloat16(lg.dtype)
         (lg.axis, lg.C, lg.reduced_shape, lg.compute_dtype, lg.empty,
-         lg.shape3) = _geometry(lg.shape, lg.dtype, axis)
+         lg.shape3) = _geometry(lg.shape, lg.dtype, axis, lg.bfloat16)
         return lg
 
 

@@ -503,6 +503,11 @@ def cmd_compile(args):
     bad = [d for d in dtypes if d not in precompile.DTYPES]
     if bad:
         raise CommandError(f"unknown dtype {bad[0]!r}; choose from {', '.join(precompile.DTYPES)}")
+    if "bfloat16" in dtypes:
+        try:
+            precompile.bfloat16_dtype()
+        except RuntimeError as e:
+            raise CommandError(str(e)) from None
     layouts = _list(args.layouts)
     bad = [d for d in layouts if d not in precompile.LAYOUTS]
     if bad:
@@ -650,7 +655,8 @@ def build_parser():
     s.add_argument("--ops", nargs="+", metavar="OP",
                    help="ops to compile, e.g. argmax cross_entropy head (default: all)")
     s.add_argument("--dtypes", nargs="+", metavar="D", default=["float32"],
-                   help="logits dtypes: float16, float32, float64 (default: float32)")
+                   help="logits dtypes: float16, bfloat16 (needs ml_dtypes), float32, float64 "
+                        "(default: float32)")
     s.add_argument("--layouts", nargs="+", metavar="L", default=["hwc", "chw"],
                    help="hwc (channels-last, class axis -1) and/or chw (channels-first, "
                         "class axis 1) (default: both)")

@@ -19,6 +19,7 @@ writable). Entries are keyed by the CPU model and features: an image
 built on one CPU compiles again on another.
 """
 
+import dataclasses
 import importlib
 import os
 import pkgutil
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 #: The layouts: (shape of a (pixels, C) map, class axis).
 LAYOUTS = {"hwc": ("channels-last H x W x C", -1), "chw": ("channels-first N x C x H x W", 1)}
-DTYPES = ("float16", "float32", "float64")
+DTYPES = ("float16", "bfloat16", "float32", "float64")
 TARGET_DTYPES = ("int64", "uint8")
 
 
@@ -61,8 +62,23 @@ def _op_of(entry_name):
 
 
 def tasks(ops, dtypes, layouts, classes):
-    """Every :class:`Task` of the chosen ops, dtypes, layouts and classes."""
-    return [Task(op, dt, lay, C) for op in ops for dt in dtypes for lay in layouts for C in classes]
+    """Every :class:`Task` of the chosen ops, dtypes, layouts and classes
+    (bfloat16 without the LinearHead methods: their features are never
+    bfloat16)."""
+    return [Task(op, dt, lay, C) for op in ops for dt in dtypes for lay in layouts for C in classes
+            if not (dt == "bfloat16" and op.startswith("head."))]
+
+
+def bfloat16_dtype():
+    """ml_dtypes' bfloat16, the NumPy dtype bfloat16 logits come in (its
+    kernels are those of torch's bfloat16 tensors too: both are read as
+    their bits); a RuntimeError that says what to install without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise RuntimeError("compiling the bfloat16 variants needs ml_dtypes (pip install "
+                           "ml_dtypes): the NumPy dtype of bfloat16 logits") from None
+    return ml_dtypes.bfloat16
 
 
 def _shape(layout, C, pixels):
@@ -108,7 +124,12 @@ def run_task(task):
             # The larger map on one thread: the confusion matrix's private
             # histograms (its fused kernel) pay there from C * C pixels.
             numba.set_num_threads(threads if k == 0 else 1)
-            inp = make_inputs(rng, _shape(task.layout, task.classes, pixels), axis, task.dtype)
+            shape = _shape(task.layout, task.classes, pixels)
+            if task.dtype == "bfloat16":  # drawn in float32, rounded once
+                inp = make_inputs(rng, shape, axis, "float32")
+                inp = dataclasses.replace(inp, x=inp.x.astype(bfloat16_dtype()))
+            else:
+                inp = make_inputs(rng, shape, axis, task.dtype)
             x_ro = inp.x.copy()
             x_ro.setflags(write=False)
             variants = [inp, Inputs(x_ro, axis, inp.t, inp.w, inp.head, inp.f, inp.z)]

@@ -96,6 +96,37 @@ def test_results_are_lazy_with_dtypes_and_chunks(rng):
     assert isinstance(iou, da.Array) and iou.shape == (5,) and iou.dtype == np.float64
 
 
+def test_bfloat16_chunks_give_the_in_memory_results(rng):
+    """ml_dtypes bfloat16 dask arrays: each chunk read as its bits by the
+    eager op, so pixel-wise results equal the in-memory ones exactly, in
+    the same dtypes (softmax-like outputs bfloat16); the mean loss within
+    float64 rounding, its gradient (the sum's, scaled per chunk) within one
+    bfloat16 ulp."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = logits(rng, (6, 5, 7)).astype(ml_dtypes.bfloat16)
+    t = rng.integers(0, 7, (6, 5))
+    t[0] = -100  # cross_entropy's default ignore_index
+    dx, dt = da.from_array(x, chunks=(4, 2, 7)), da.from_array(t, chunks=(3, 5))
+    for op in (fl.softmax, fl.log_softmax, fl.logsumexp, fl.argmax):
+        lazy = op(dx)
+        got = lazy.compute()
+        assert lazy.dtype == got.dtype == op(x).dtype
+        np.testing.assert_array_equal(got.view(np.uint16) if got.itemsize == 2 else got,
+                                      op(x).view(np.uint16) if got.itemsize == 2 else op(x))
+    for lazy, eager in zip(fl.classify(dx), fl.classify(x)):
+        np.testing.assert_array_equal(lazy.compute(), eager)
+    np.testing.assert_array_equal(fl.cross_entropy(dx, dt, reduction="none").compute(),
+                                  fl.cross_entropy(x, t, reduction="none"))
+    np.testing.assert_array_equal(fl.confusion_matrix(dx, dt, ignore_index=-100).compute(),
+                                  fl.confusion_matrix(x, t, ignore_index=-100))
+    loss, grad = dask.compute(*fl.cross_entropy(dx, dt, return_grad=True))
+    eloss, egrad = fl.cross_entropy(x, t, return_grad=True)
+    np.testing.assert_allclose(loss, eloss, rtol=1e-12)
+    assert grad.dtype == egrad.dtype == ml_dtypes.bfloat16
+    ulp = np.abs(egrad.astype(np.float32)) * 2.0**-7 + 1e-30
+    assert (np.abs(grad.astype(np.float32) - egrad.astype(np.float32)) <= ulp).all()
+
+
 # --------------------------------------------------------------------------
 # reductions: exact partials for any chunking
 # --------------------------------------------------------------------------
@@ -282,7 +313,7 @@ def test_bad_input_names_the_argument(rng):
     dx = da.from_array(logits(rng, (4, 5, 3)), chunks=(2, 5, 3))
     with pytest.raises(ValueError, match="axis=3 is out of range"):
         fl.softmax(dx, axis=3)
-    with pytest.raises(TypeError, match="x must hold float16, float32 or float64"):
+    with pytest.raises(TypeError, match="x must hold float16, bfloat16, float32 or float64"):
         fl.softmax(da.zeros((4, 3), dtype=np.int32))
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         fl.classify(dx, temperature=0)

@@ -104,3 +104,23 @@ def test_compile_tasks_cover_every_registry_op():
             "confusion_matrix", "head.argmax", "head.cross_entropy"} <= set(names)
     assert all(any(e == n or e.startswith(n + ".") for n in names) for e in ENTRIES)
     assert len(precompile.tasks(["argmax", "softmax"], ["float32", "float16"], ["hwc"], [19, 3])) == 8
+
+
+def test_compile_bfloat16_tasks_leave_out_the_head():
+    """bfloat16 compiles the logits ops only (LinearHead features are never
+    bfloat16), and its logits come as ml_dtypes' dtype."""
+    todo = precompile.tasks(["argmax", "head.argmax"], ["bfloat16", "float32"], ["hwc"], [19])
+    assert [(t.op, t.dtype) for t in todo] == [("argmax", "bfloat16"), ("argmax", "float32"),
+                                               ("head.argmax", "float32")]
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    assert precompile.bfloat16_dtype() == ml_dtypes.bfloat16
+
+
+def test_compile_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch, capsys):
+    def missing():
+        raise RuntimeError("compiling the bfloat16 variants needs ml_dtypes (pip install ml_dtypes)")
+
+    monkeypatch.setattr(precompile, "bfloat16_dtype", missing)
+    rc, out, err = run_main(["compile", "--ops", "argmax", "--dtypes", "bfloat16"], capsys)
+    _assert_one_line_error(rc, err)
+    assert "pip install ml_dtypes" in err
