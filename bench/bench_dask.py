@@ -24,16 +24,23 @@ on-disk cache); maps/s from the median pass.
 - ``fastlogits`` in-process: a plain loop, all of Numba's threads;
 - ``fastlogits`` on dask, ``--workers`` (default 1 and 2) worker
   processes (``dask.distributed.LocalCluster``, one dask thread each),
-  one task per map, Numba threads = the host's cores over the workers
+  the maps in tasks of a few (:func:`fastlogits.tools.dataset.batches`,
+  as the command), Numba threads = the host's cores over the workers
   (:func:`fastlogits.tools.dataset.set_task_threads`, as the command);
-- ``numpy softmax`` on dask (the most workers): the idiom of the issue,
+- ``numpy softmax`` on dask (the most workers, batched alike): the idiom of the issue,
   the softmax materialized, then ``np.argmax`` and its max;
 - ``numpy lean`` on dask: ``np.argmax`` and 1 / sum(exp(x - max)), the
   NumPy idiom ``fastlogits bench`` times;
 - ``dask array`` (the most workers): ``fl.classify(da.from_zarr(...))``,
   where fastlogits takes dask arrays (else recorded as unavailable);
 - ``read`` in-process and ``no-op`` on dask: the read alone, and a task
-  that returns at once (the scheduler's cost per task, as wall time per map).
+  that returns at once, one task per map (the scheduler's cost per task,
+  as wall time per map).
+
+Each map is read as the command reads it (``MapSource.read``): a memory
+map of its chunk file where the store is uncompressed, one chunk per map
+(the default here), which zarr's own read would copy at about 2 ms per
+10 MB.
 
 Goals (issue 39): fastlogits on dask within 15 % of in-process, and at
 least 10x the NumPy idiom through dask. ``bench/report.py`` renders the
@@ -173,13 +180,32 @@ def _in_process(maps, repeat):
     return rows
 
 
-def _on_cluster(client, fn, maps, table, repeat):
-    """One task per map, ``repeat`` passes, after one warm-up task on each worker."""
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+def run_batch(fn, srcs, table=None):
+    """``fn`` on each map of a task's batch in turn."""
+    return [fn(src, table) for src in srcs]
+
+
+def _on_cluster(client, fn, maps, table, repeat, batched=True):
+    """``repeat`` passes, after one warm-up task on each worker; the maps in
+    the command's batches (:func:`fastlogits.tools.dataset.batches`), or one
+    task per map (``batched`` False: the no-op's cost per task)."""
+    from fastlogits.tools import dataset
+
+    info = client.scheduler_info(n_workers=-1)["workers"]
     warm = [client.submit(fn, maps[0], table, workers=[w], allow_other_workers=False, pure=False)
-            for w in workers]
+            for w in info]
     client.gather(warm)
-    return _passes(lambda: client.gather(client.map(fn, maps, table=table, pure=False)), repeat)
+    if not batched:
+        return _passes(lambda: client.gather(client.map(fn, maps, table=table, pure=False)),
+                       repeat)
+    groups = dataset.batches(maps, sum(w["nthreads"] for w in info.values()),
+                             nbytes=lambda src: src.nbytes)
+
+    def run():
+        futures = [client.submit(run_batch, fn, g, table, pure=False) for g in groups]
+        return [r for rs in client.gather(futures) for r in rs]
+
+    return _passes(run, repeat)
 
 
 def _dask_array_variant(client, path, axis, n, repeat):
@@ -241,7 +267,8 @@ def measure(maps=16, shape=CITYSCAPES, layout="hwc", workers=(1, 2), repeat=3, s
                                  ("numpy lean", task_numpy_lean)]
                 for name, fn in variants:
                     say(f"  {name} on {k} worker(s)")
-                    times, res = _on_cluster(client, fn, srcs, table, repeat)
+                    times, res = _on_cluster(client, fn, srcs, table, repeat,
+                                             batched=name != "no-op")
                     rows.append(_row(name, "dask", k, times, maps,
                                      None if name == "no-op" else res,
                                      numba_threads=sorted(table.values())))

@@ -192,7 +192,7 @@ def bench_table(report):
     # A bfloat16 run times the same values in float32 beside (benchmark.implementations).
     same_f32 = any(impl == "fastlogits[cpu] float32" for _, impl in by)
     if same_f32:
-        lines[2] = lines[2][:-1] + " fastlogits float32 ms | bfloat16 / float32 time |"
+        lines[2] += " fastlogits float32 ms | bfloat16 / float32 time |"
         lines[3] += "---|---|"
     for op in dict.fromkeys(r["op"] for r in report["rows"]):
         r = by.get((op, "fastlogits[cpu]"))

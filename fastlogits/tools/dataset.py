@@ -19,11 +19,14 @@ otherwise a directory with one ``NAME.npy`` per map.
 Runs: in this process, a plain loop over the maps (all Numba threads on
 each); ``--workers N``, a ``dask.distributed.LocalCluster`` of N worker
 processes of one thread each; ``--scheduler ADDRESS``, an existing
-cluster (its workers need fastlogits and, for zarr, zarr). One task per
-map (:func:`run_job`): the worker reads the map (a memory-mapped
-``.npy``, or the zarr array read whole), classifies it with
-:func:`fastlogits.classify` with as many Numba threads as its host's
-cores shared among the dask threads there, and writes its outputs.
+cluster (its workers need fastlogits and, for zarr, zarr). A task runs
+a few maps in turn (:func:`batches`: about 1 GiB of logits, every dask
+thread still getting 4 tasks or more), each map by :func:`run_job`: the
+worker reads the map (a memory map of the ``.npy``, or of the zarr chunk
+file where that file is the map's raw bytes, :func:`mapped_chunk`; else
+zarr reads it), classifies it with :func:`fastlogits.classify` with as
+many Numba threads as its host's cores shared among the dask threads
+there, and writes its outputs.
 
 Resuming: each output records the run's settings (``OUT/.fastlogits.json``,
 or the zarr group's attribute ``"fastlogits"``), written before any map;
@@ -37,6 +40,7 @@ truncated, unreadable) is computed again.
 """
 
 import json
+import math
 import os
 import re
 import time
@@ -113,6 +117,11 @@ class MapSource:
     axis: int
 
     @property
+    def nbytes(self):
+        """The map's size in bytes."""
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    @property
     def path(self):
         """The map's file or array (for messages and the input checks)."""
         if self.kind == "zarr-stack":
@@ -126,15 +135,64 @@ class MapSource:
         else:
             zarr = _zarr()
             if self.kind == "zarr-group":
-                x = zarr.open_array(self.root, path=self.key, mode="r")[...]
+                arr, lead = zarr.open_array(self.root, path=self.key, mode="r"), ()
             else:
-                x = zarr.open_array(self.root, mode="r")[self.key]
+                arr, lead = zarr.open_array(self.root, mode="r"), (self.key,)
+            x = mapped_chunk(arr, lead)
+            if x is None:
+                x = arr[lead] if lead else arr[...]
         x = np.asarray(x)
         if x.shape != self.shape:
             raise ValueError(f"map {self.path!r} changed: shape {x.shape}, was {self.shape}")
         if x.dtype != _native(x.dtype):
             x = x.astype(_native(x.dtype))
         return x
+
+
+def mapped_chunk(arr, lead):
+    """The map ``arr[lead]`` (``lead`` ``()`` for the whole array, ``(i,)``
+    for map i of a stack) as a read-only memory map of its chunk file,
+    where that file holds exactly the map's bytes in C order: a local
+    store, the map one chunk, no compression, filters, sharding or
+    transpose (zarr v3: the ``bytes`` codec alone; v2: no compressor, no
+    filters, order "C"). None otherwise, or where the chunk file is missing
+    (a fill-value chunk) or not the map's size: zarr reads those.
+
+    zarr's own read of such a chunk copies it several times (a 159 MB map:
+    about 340 ms, against 16 ms for fastlogits to classify it); the map
+    gives the kernels the page cache's pages instead."""
+    store, meta = arr.store, arr.metadata
+    root = getattr(store, "root", None)
+    if type(store).__name__ != "LocalStore" or root is None:
+        return None
+    shape = tuple(arr.shape[len(lead):])
+    chunks = getattr(getattr(meta, "chunk_grid", None), "chunk_shape", None)
+    if chunks is None or tuple(chunks) != (1,) * len(lead) + shape:
+        return None
+    if meta.zarr_format == 3:
+        codecs = tuple(meta.codecs)
+        if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+            return None
+        endian = getattr(codecs[0].endian, "value", None)
+        dtype = np.dtype(arr.dtype)
+        if endian is not None and dtype.itemsize > 1:
+            dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    elif meta.zarr_format == 2:
+        if meta.compressor is not None or meta.filters or meta.order != "C":
+            return None
+        dtype = np.dtype(arr.dtype)
+    else:
+        return None
+    if dtype.hasobject or dtype.kind not in "fiub":
+        return None
+    key = meta.encode_chunk_key(tuple(lead) + (0,) * len(shape))
+    path = os.path.join(str(root), *[p for p in arr.path.split("/") if p], *key.split("/"))
+    try:
+        if os.path.getsize(path) != dtype.itemsize * math.prod(shape):
+            return None
+        return np.memmap(path, dtype, "r", shape=shape)
+    except (OSError, ValueError):  # no chunk file (fill values), unreadable, empty: zarr decides
+        return None
 
 
 def _check_map(where, shape, dtype, axis):
@@ -611,19 +669,49 @@ class _Cluster:
         return False
 
 
+#: The logits one dask task reads, about (a task costs the scheduler and
+#: the worker 2-3 ms; a Cityscapes map, 159 MB, classifies in 12 ms on 2
+#: cores: docs/perf/cpu-075).
+TASK_BYTES = 1 << 30
+
+
+def batches(jobs, dask_threads, nbytes=lambda job: job.source.nbytes, task_bytes=TASK_BYTES):
+    """``jobs`` grouped into tasks of about ``task_bytes`` of logits each
+    (``nbytes(job)`` a job's), in order, while every one of the cluster's
+    ``dask_threads`` still gets at least 4 tasks (the load balanced,
+    progress shown often)."""
+    most = max(1, len(jobs) // (4 * max(1, dask_threads)))
+    out, cur, size = [], [], 0
+    for job in jobs:
+        cur.append(job)
+        size += nbytes(job)
+        if size >= task_bytes or len(cur) >= most:
+            out.append(cur)
+            cur, size = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def run_jobs(jobs, threads=None):
+    """:func:`run_job` for each job in turn (one dask task); their results."""
+    return [run_job(job, threads) for job in jobs]
+
+
 def _run_dask(client, jobs, bar):
     from distributed import as_completed
 
     threads = threads_per_worker(client)
-    futures = [client.submit(run_job, job, threads, pure=False,
-                             key=f"fastlogits-classify-{job.source.name}-{os.urandom(4).hex()}")
-               for job in jobs]
+    dask_threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    futures = [client.submit(run_jobs, batch, threads, pure=False,
+                             key=f"fastlogits-classify-{batch[0].source.name}-{os.urandom(4).hex()}")
+               for batch in batches(jobs, dask_threads)]
     try:
         with client.as_current():  # as_completed finds its client there
             for fut in as_completed(futures):
-                fut.result()  # a task's error raised here, as it was raised there
+                done = fut.result()  # a task's error raised here, as it was raised there
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(len(done))
     except BaseException:
         client.cancel(futures)
         raise

@@ -219,6 +219,53 @@ def test_zarr_group_of_maps_float64(rng, tmp_path, monkeypatch, capsys):
         np.testing.assert_allclose(conf[k][...], want_c, rtol=1e-12)
 
 
+#: zarr layouts of a stack of 3 maps (5, 6, 4), map 2 never written (fill
+#: values): whether each map's chunk file holds exactly its bytes.
+ZARR_LAYOUTS = {
+    "v3 bytes": (dict(chunks=(1, 5, 6, 4), dtype="f4", compressors=None), True),
+    "v3 big-endian": (dict(chunks=(1, 5, 6, 4), dtype="f4", compressors=None,
+                           serializer=zarr.codecs.BytesCodec(endian="big")), True),
+    "v2 raw": (dict(chunks=(1, 5, 6, 4), dtype=">f4", compressors=None, zarr_format=2), True),
+    "v3 zstd": (dict(chunks=(1, 5, 6, 4), dtype="f4"), False),
+    "v3 map in two chunks": (dict(chunks=(1, 5, 3, 4), dtype="f4", compressors=None), False),
+    "v3 sharded": (dict(chunks=(1, 5, 6, 4), shards=(3, 5, 6, 4), dtype="f4",
+                        compressors=None), False),
+}
+
+
+@pytest.mark.parametrize("layout", list(ZARR_LAYOUTS))
+def test_zarr_maps_read_mapped_where_the_chunk_is_the_map(rng, tmp_path, layout):
+    """An uncompressed one-chunk map is a read-only memory map of its chunk
+    file; every other layout (and a never-written chunk) is read by zarr:
+    the values are the same either way, native byte order."""
+    kwargs, mapped = ZARR_LAYOUTS[layout]
+    x = _logits(rng, (3, 5, 6, 4))
+    z = zarr.create_array(str(tmp_path / "maps.zarr"), shape=x.shape, **kwargs)
+    z[:2] = x[:2]
+    want = [x[0], x[1], np.zeros_like(x[0])]
+    for i in range(3):
+        m = dataset.mapped_chunk(z, (i,))
+        if mapped and i < 2:
+            assert isinstance(m, np.memmap) and not m.flags.writeable
+            np.testing.assert_array_equal(m, x[i])
+        else:
+            assert m is None
+    kind, maps = dataset.open_dataset(str(tmp_path / "maps.zarr"), -1)
+    for src, w in zip(maps, want):
+        got = src.read()
+        assert got.dtype == np.float32 and got.dtype.isnative
+        np.testing.assert_array_equal(got, w)
+
+
+def test_zarr_group_map_read_mapped(rng, tmp_path):
+    g = zarr.open_group(str(tmp_path / "maps.zarr"), mode="w")
+    x = _logits(rng, (4, 3, 19))
+    g.create_array("a", data=x, chunks=x.shape, compressors=None)
+    kind, (src,) = dataset.open_dataset(str(tmp_path / "maps.zarr"), -1)
+    assert isinstance(dataset.mapped_chunk(g["a"], ()), np.memmap)
+    np.testing.assert_array_equal(src.read(), x)
+
+
 # --------------------------------------------------------------------------
 # on dask: two local worker processes, as a user runs it; a scheduler address
 # --------------------------------------------------------------------------
@@ -351,3 +398,16 @@ def test_unreachable_scheduler_writes_nothing(rng, tmp_path, monkeypatch, capsys
     _one_line_error(rc, err)
     assert "--scheduler 'tcp://127.0.0.1:9': cannot connect" in err
     assert not os.path.exists("lab")
+
+
+def test_batches_hold_about_task_bytes_and_keep_every_thread_busy():
+    jobs = list(range(100))
+    size = {j: 300 for j in jobs}
+    got = dataset.batches(jobs, 2, nbytes=size.get, task_bytes=1000)
+    assert [j for b in got for j in b] == jobs  # every job once, in order
+    assert [len(b) for b in got] == [4] * 25  # 1000 bytes reached at the 4th job
+    # few jobs: each of 4 dask threads still gets 4 tasks (or every job alone)
+    assert [len(b) for b in dataset.batches(jobs[:40], 4, nbytes=size.get, task_bytes=10**9)] \
+        == [2] * 20
+    assert [len(b) for b in dataset.batches(jobs[:5], 4, nbytes=size.get)] == [1] * 5
+    assert dataset.batches([], 2, nbytes=size.get) == []
