@@ -83,8 +83,8 @@ def task_fastlogits(src, table=None):
     dataset.set_task_threads(table)
     x = src.read()
     rshape = _layout.reduced_shape(x.shape, src.axis)
-    labels = np.empty(rshape, np.uint8)
-    conf = np.empty(rshape, np.float32)
+    labels = dataset.task_buffer("labels", rshape, np.uint8)
+    conf = dataset.task_buffer("confidence", rshape, np.float32)
     tiled.classify_into(x, src.axis, labels, conf, 1.0, "cpu")
     return _summary(labels, conf)
 

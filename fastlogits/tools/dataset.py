@@ -43,6 +43,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -540,6 +541,25 @@ def set_task_threads(table=None):
     return n
 
 
+_buffers = threading.local()
+
+
+def task_buffer(which, shape, dtype):
+    """An output array of ``shape`` and ``dtype`` for a map's results, the
+    same memory for every map of this thread while shape and dtype repeat
+    (its contents written out before the next map).
+
+    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_`` set, which
+    stops glibc from keeping freed blocks of this size: a fresh array per
+    map faulted in 10 MB of pages, 2 ms of a Cityscapes map's 11
+    (docs/perf/cpu-075)."""
+    held = getattr(_buffers, which, None)
+    if held is None or held.shape != tuple(shape) or held.dtype != np.dtype(dtype):
+        held = np.empty(shape, dtype)
+        setattr(_buffers, which, held)
+    return held
+
+
 def run_job(job, threads=None):
     """Read, classify and write one map (the task; also the in-process loop's body).
 
@@ -564,8 +584,8 @@ def run_job(job, threads=None):
     x = src.read()
     rshape = _layout.reduced_shape(x.shape, src.axis)
     want = {o.which for o in job.outputs}
-    labels = np.empty(rshape, job.labels_dtype)
-    conf = np.empty(rshape, job.conf_dtype) if "confidence" in want else None
+    labels = task_buffer("labels", rshape, job.labels_dtype)
+    conf = task_buffer("confidence", rshape, job.conf_dtype) if "confidence" in want else None
     classify_into(x, src.axis, labels, conf, job.temperature, backend)
     del x
     for o in job.outputs:
