@@ -33,6 +33,9 @@ on-disk cache); maps/s from the median pass.
   NumPy idiom ``fastlogits bench`` times;
 - ``dask array`` (the most workers): ``fl.classify(da.from_zarr(...))``,
   where fastlogits takes dask arrays (else recorded as unavailable);
+- the first task of fresh workers (``first_task_s`` of the fastlogits
+  rows: one map per worker at once; the imports and the kernels loaded
+  from Numba's on-disk cache);
 - ``read`` in-process and ``no-op`` on dask: the read alone, and a task
   that returns at once, one task per map (the scheduler's cost per task,
   as wall time per map).
@@ -192,12 +195,15 @@ def _on_cluster(client, fn, maps, table, repeat, batched=True):
     from fastlogits.tools import dataset
 
     info = client.scheduler_info(n_workers=-1)["workers"]
+    t0 = time.perf_counter()
     warm = [client.submit(fn, maps[0], table, workers=[w], allow_other_workers=False, pure=False)
             for w in info]
     client.gather(warm)
+    first = time.perf_counter() - t0  # a fresh worker's first task: imports, kernels from the cache
     if not batched:
-        return _passes(lambda: client.gather(client.map(fn, maps, table=table, pure=False)),
-                       repeat)
+        times, res = _passes(lambda: client.gather(client.map(fn, maps, table=table, pure=False)),
+                             repeat)
+        return times, res, first
     groups = dataset.batches(maps, sum(w["nthreads"] for w in info.values()),
                              nbytes=lambda src: src.nbytes)
 
@@ -205,7 +211,8 @@ def _on_cluster(client, fn, maps, table, repeat, batched=True):
         futures = [client.submit(run_batch, fn, g, table, pure=False) for g in groups]
         return [r for rs in client.gather(futures) for r in rs]
 
-    return _passes(run, repeat)
+    times, res = _passes(run, repeat)
+    return times, res, first
 
 
 def _dask_array_variant(client, path, axis, n, repeat):
@@ -265,13 +272,15 @@ def measure(maps=16, shape=CITYSCAPES, layout="hwc", workers=(1, 2), repeat=3, s
                 if numpy and k == max(workers):
                     variants += [("numpy softmax", task_numpy_softmax),
                                  ("numpy lean", task_numpy_lean)]
-                for name, fn in variants:
+                for j, (name, fn) in enumerate(variants):
                     say(f"  {name} on {k} worker(s)")
-                    times, res = _on_cluster(client, fn, srcs, table, repeat,
-                                             batched=name != "no-op")
+                    times, res, first = _on_cluster(client, fn, srcs, table, repeat,
+                                                    batched=name != "no-op")
+                    # the first variant meets fresh workers: their first task's cost
+                    extra = {"first_task_s": round(first, 4)} if j == 0 else {}
                     rows.append(_row(name, "dask", k, times, maps,
                                      None if name == "no-op" else res,
-                                     numba_threads=sorted(table.values())))
+                                     numba_threads=sorted(table.values()), **extra))
                 if k == max(workers):
                     say(f"  dask array on {k} worker(s)")
                     row, why = _dask_array_variant(client, path, axis, maps, repeat)

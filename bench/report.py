@@ -434,6 +434,11 @@ def dask_table(data):
     if idioms:
         text.append("At least 10× the NumPy idiom through dask: " + ", ".join(
             f"{v:.1f}× {i.replace('_', ' ')}" for i, v in idioms) + ".")
+    firsts = [(r["workers"], r["first_task_s"]) for r in rows if r.get("first_task_s") is not None]
+    if firsts:
+        text.append("The first task of fresh workers (one map each at once: imports, kernels "
+                    "from Numba's on-disk cache): " + ", ".join(
+                        f"{v:.2f} s ({workers(k)})" for k, v in firsts) + ".")
     if s.get("no_op_ms_per_map"):
         text.append("A no-op task: " + ", ".join(
             f"{v:.2f} ms per map ({workers(k)})" for k, v in s["no_op_ms_per_map"].items()) + ".")
