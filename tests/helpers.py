@@ -137,3 +137,24 @@ def assert_bfloat16_close(got, want, atol=0.0):
     with np.errstate(invalid="ignore"):  # inf - inf
         near = np.abs(gf[ok].astype(np.float64) - wf[ok]) <= atol
     assert np.where(near, 0, steps).max(initial=0) <= 1, "more than one bfloat16 step apart"
+
+
+def run_in_threads(work, n=4):
+    """``work(k)`` for k in range(n), each in a thread of its own, all
+    started before any is joined; the exceptions they raised."""
+    import threading
+
+    errors = []
+
+    def guarded(k):
+        try:
+            work(k)
+        except Exception as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors

@@ -27,7 +27,7 @@ import fastlogits as fl  # noqa: E402
 from fastlogits import _dask  # noqa: E402
 from fastlogits.registry import ENTRIES, make_inputs  # noqa: E402
 from tests.api.test_registry import _check  # noqa: E402
-from tests.helpers import logits  # noqa: E402
+from tests.helpers import assert_bfloat16_close, logits, run_in_threads  # noqa: E402
 
 #: (shape, axis, chunks of the non-class axes): channels-last and
 #: channels-first, chunks that divide nothing evenly.
@@ -123,8 +123,7 @@ def test_bfloat16_chunks_give_the_in_memory_results(rng):
     eloss, egrad = fl.cross_entropy(x, t, return_grad=True)
     np.testing.assert_allclose(loss, eloss, rtol=1e-12)
     assert grad.dtype == egrad.dtype == ml_dtypes.bfloat16
-    ulp = np.abs(egrad.astype(np.float32)) * 2.0**-7 + 1e-30
-    assert (np.abs(grad.astype(np.float32) - egrad.astype(np.float32)) <= ulp).all()
+    assert_bfloat16_close(grad, egrad)
 
 
 # --------------------------------------------------------------------------
@@ -382,23 +381,15 @@ def test_four_threads_at_once_match_one(rng):
                           _chunks(shape, axis, other))
     names = list(ENTRIES)
     want = {n: dask.compute(ENTRIES[n].call(inputs, "cpu"), scheduler="sync")[0] for n in names}
-    errors, results = [], {}
+    results = {}
     barrier = threading.Barrier(4)
 
     def work(k):
-        try:
-            barrier.wait()
-            for n in names[k:] + names[:k]:
-                results[k, n] = dask.compute(ENTRIES[n].call(inputs, "cpu"),
-                                             scheduler="threads")[0]
-        except Exception as exc:  # reported below
-            errors.append(exc)
+        barrier.wait()
+        for n in names[k:] + names[:k]:
+            results[k, n] = dask.compute(ENTRIES[n].call(inputs, "cpu"), scheduler="threads")[0]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = run_in_threads(work)
     assert not errors, errors
     for (k, n), got in results.items():
         got = got if isinstance(got, tuple) else (got,)

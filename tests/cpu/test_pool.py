@@ -6,7 +6,6 @@ blocks full of stale NaN bits."""
 import gc
 import os
 import signal
-import threading
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import pytest
 import fastlogits as fl
 from fastlogits import pool, tuning
 
-from tests.helpers import assert_close, logits, specials_array
+from tests.helpers import assert_close, logits, run_in_threads, specials_array
 
 
 @pytest.fixture
@@ -133,23 +132,16 @@ def test_threads(pooled):
     errors = []
 
     def work(k):
-        try:
-            for i in range(200):
-                a = pool.empty(1000 + i % 3, np.int64)
-                a[...] = k
-                b = a[::2]
-                del a
-                gc.collect() if i % 50 == 0 else None
-                if not np.all(b == k):
-                    errors.append((k, i))
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for i in range(200):
+            a = pool.empty(1000 + i % 3, np.int64)
+            a[...] = k
+            b = a[::2]
+            del a
+            gc.collect() if i % 50 == 0 else None
+            if not np.all(b == k):
+                errors.append((k, i))
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors += run_in_threads(work)
     assert errors == []
     assert pool.held_bytes() <= tuning.current().cpu.output_pool_bytes
 
