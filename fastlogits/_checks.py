@@ -6,6 +6,7 @@ Works on host arrays and on GPU arrays (through their shape and dtype only,
 never touching the data).
 """
 
+import functools
 import math
 import numbers
 
@@ -113,6 +114,15 @@ def inv_temperature(temperature, dtype):
     backend applies it: :func:`fastlogits.reference.temperature_scale`
     (1 / T clamped to the computed dtype's normal finite range), a NumPy
     scalar of the computed dtype."""
+    if type(temperature) is float:  # the common case: remembered (1 us of a small call)
+        return _float_inv_temperature(temperature, dtype)
+    return temperature_scale(check_temperature(temperature), dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _float_inv_temperature(temperature, dtype):
+    """:func:`inv_temperature` of a Python float (a bad one raises each
+    time: nothing is remembered of it)."""
     return temperature_scale(check_temperature(temperature), dtype)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from fastlogits import _bfloat16
 from fastlogits import _checks as chk
-from fastlogits import _interop, _layout, reference
+from fastlogits import _interop, _layout, reference, tuning
 
 ENV_BACKEND = "FASTLOGITS_BACKEND"
 REDUCTIONS = ("mean", "sum", "none")
@@ -64,6 +64,11 @@ DISPATCH = {
                       ("argmax", "argmax"), ("classify", "argmax"),
                       ("cross_entropy", "cross_entropy"),
                       ("confusion_matrix", "confusion_matrix"))},
+    # The plan cache's builders (:func:`planned_call`): the CPU backend's
+    # function that makes the ``run`` of a repeated call.
+    **{f"plan.{op}": {"cpu": f"fastlogits.cpu.host:{fn}_plan"}
+       for op, fn in (("expnorm", "expnorm"), ("argmax", "argmax"), ("classify", "classify"),
+                      ("cross_entropy", "cross_entropy"))},
 }
 
 
@@ -587,11 +592,85 @@ def lazy_confusion(fn, before, tail, v, be, target):
 
 
 # --------------------------------------------------------------------------
+# the plan cache: repeated host calls
+# --------------------------------------------------------------------------
+
+#: The plans of repeated calls on NumPy arrays: per call key (the op, x's
+#: shape, strides and dtype, the axis, the backend argument and the op's
+#: options), ``(run, tuning, env)``: the CPU backend's function that runs
+#: such a call with every check and decision already made (outputs
+#: allocated, the kernel launched), the tuning it was made under, and
+#: the ``FASTLOGITS_BACKEND`` it saw (for ``backend="auto"``). A call of a
+#: known key checks only what the key does not hold: x writeable (a
+#: read-only x is read through an alias, :func:`_layout.host_array`), the
+#: same tuning and environment, and its per-call arguments (temperature,
+#: target values). Bounded: cleared when full.
+_CALL_PLANS = {}
+_CALL_PLANS_MAX = 1024
+
+# os.environ's own mapping of encoded names, which its setters keep
+# current: a lookup there cost 0.05 us, ``os.environ.get`` 0.55 us (it
+# encodes the name each time), a fifth of a small call.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_BACKEND) if _ENVIRON is not None else None
+
+
+def _env_backend():
+    """``FASTLOGITS_BACKEND`` as :mod:`os.environ` holds it (None if unset)."""
+    if _ENVIRON is None:
+        return os.environ.get(ENV_BACKEND)
+    return _ENVIRON.get(_ENV_KEY)
+
+
+def planned_call(key, x, backend):
+    """The ``run`` of a repeated call ``key`` on the NumPy ``x``, or None
+    (a first call, or one its plan does not cover: the full path)."""
+    entry = _CALL_PLANS.get(key)
+    if entry is None:
+        return None
+    run, tuning_then, env = entry
+    if tuning_then is not tuning.current() or not x.flags.writeable:
+        return None
+    if backend == "auto" and _env_backend() != env:
+        return None
+    return run
+
+
+def new_plan(key, x0, lg, be, backend, op, *args, **options):
+    """The ``run`` of calls like this checked one (``key``; ``x0`` the x
+    given, ``lg`` its logits, ``be`` the backend chosen), remembered; None
+    where such calls have no plan: another backend than the CPU, x not a
+    NumPy array the kernels read as it is, or the CPU backend's
+    ``plan.<op>`` builder declining (two-byte floats, no pixels)."""
+    if be != "cpu" or lg.array is not x0:
+        return None
+    run = implementation(f"plan.{op}", "cpu")(*args, lg, **options)
+    if run is not None:
+        if len(_CALL_PLANS) >= _CALL_PLANS_MAX:
+            _CALL_PLANS.clear()
+        _CALL_PLANS[key] = (run, tuning.current(), _env_backend() if backend == "auto" else None)
+    return run
+
+
+# --------------------------------------------------------------------------
 # the ops: every argument checked, the backend resolved, its function called
 # --------------------------------------------------------------------------
 
+def _plain(axis, backend):
+    """Whether ``axis`` and ``backend`` are of the types a plan's key may
+    hold (an int, a str: ``True`` or ``1.0`` would hash as ``1``)."""
+    return type(axis) is int and type(backend) is str
+
+
 def expnorm(op, x, axis, temperature, out, backend):
     """softmax, log_softmax or logsumexp (``op``)."""
+    planned = out is None and type(x) is np.ndarray and _plain(axis, backend)
+    if planned:
+        key = (op, x.shape, x.strides, x.dtype, axis, backend)
+        run = planned_call(key, x, backend)
+        if run is not None:
+            return run(x, temperature)
+    x0 = x
     x, out, back = _interop.unwrap(x, out)
     if back is _interop.LAZY:
         lg, be = lazy_logits(x, axis, out, backend)
@@ -607,11 +686,21 @@ def expnorm(op, x, axis, temperature, out, backend):
         out = check_host_out(lg, out, shape, lg.dtype, "out")
     elif out is not None:
         out = out_bits(lg, out, lg.dtype, "out")
+    run = planned and new_plan(key, x0, lg, be, backend, "expnorm", op)
+    if run:
+        return run(x, temperature)
     r = implementation(op, be)(op, lg, temperature, out)
     return r if back is None else back(r, lg.axis, "reduced" if op == "logsumexp" else "same")
 
 
 def argmax(x, axis, out, backend):
+    planned = out is None and type(x) is np.ndarray and _plain(axis, backend)
+    if planned:
+        key = ("argmax", x.shape, x.strides, x.dtype, axis, backend)
+        run = planned_call(key, x, backend)
+        if run is not None:
+            return run(x)
+    x0 = x
     x, out, back = _interop.unwrap(x, out)
     if back is _interop.LAZY:
         lg, be = lazy_logits(x, axis, out, backend)
@@ -622,11 +711,21 @@ def argmax(x, axis, out, backend):
         out = labels_out(lg, out, "out")
     elif out is not None:
         out = out_bits(lg, out, lg.C - 1, "out", "label")
+    run = planned and new_plan(key, x0, lg, be, backend, "argmax")
+    if run:
+        return run(x)
     r = implementation("argmax", be)(lg, out)
     return r if back is None else back(r, lg.axis, "reduced")
 
 
 def classify(x, axis, temperature, out, backend):
+    planned = out is None and type(x) is np.ndarray and _plain(axis, backend)
+    if planned:
+        key = ("classify", x.shape, x.strides, x.dtype, axis, backend)
+        run = planned_call(key, x, backend)
+        if run is not None:
+            return run(x, temperature)
+    x0 = x
     x, out, back = _interop.unwrap(x, out)
     if back is _interop.LAZY:
         lg, be = lazy_logits(x, axis, out, backend)
@@ -637,12 +736,26 @@ def classify(x, axis, temperature, out, backend):
     chk.check_temperature(temperature)
     be = resolve_backend(backend, x, lg.gpu)
     out = check_pair_out(lg, out, be)
+    run = planned and new_plan(key, x0, lg, be, backend, "classify")
+    if run:
+        return run(x, temperature)
     r = implementation("classify", be)(lg, temperature, out)
     return r if back is None else back(r, lg.axis, ("reduced", "reduced"))
 
 
 def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, reduction,
                   return_grad, grad_out, backend):
+    planned = (grad_out is None and class_weight is None and type(x) is np.ndarray
+               and type(target) is np.ndarray and _plain(axis, backend)
+               and type(ignore_index) is int and type(label_smoothing) is float
+               and type(reduction) is str and type(return_grad) is bool)
+    if planned:
+        key = ("cross_entropy", x.shape, x.strides, x.dtype, axis, backend, target.shape,
+               target.dtype, ignore_index, label_smoothing, reduction, return_grad)
+        run = planned_call(key, x, backend)
+        if run is not None and target.flags.writeable:
+            return run(x, target)
+    x0, target0 = x, target
     x, grad_out, back = _interop.unwrap(x, grad_out, out_name="grad_out")
     if back is _interop.LAZY:
         lg, be = lazy_logits(x, axis, grad_out, backend, "grad_out")
@@ -663,6 +776,10 @@ def cross_entropy(x, target, axis, class_weight, ignore_index, label_smoothing, 
         grad_out = check_host_out(lg, grad_out, lg.shape, lg.dtype, "grad_out")
     elif grad_out is not None:
         grad_out = out_bits(lg, grad_out, lg.dtype, "grad_out")
+    run = planned and target is target0 and new_plan(key, x0, lg, be, backend,
+                                                      "cross_entropy", **options)
+    if run:
+        return run(x, target)
     r = implementation("cross_entropy", be)(lg, target, grad_out=grad_out, **options)
     return r if back is None else back(r, lg.axis, loss_kinds(options))
 

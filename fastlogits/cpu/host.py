@@ -22,7 +22,7 @@ from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import confusion as kc
 from fastlogits.cpu.ops import losses as kl
 from fastlogits.cpu.plan import run_argmax, run_expnorm
-from fastlogits.cpu.threads import launch_threads, thread_count
+from fastlogits.cpu.threads import driver_for, thread_count
 
 _NATIVE_TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int64))
 _FLOAT64 = np.dtype(np.float64)
@@ -255,8 +255,9 @@ def grad_scale(t, w64, C, ignore_index, reduction, return_grad, check=False):
     """
     if not (return_grad and (reduction == "mean" or check)):
         return 1.0
-    with launch_threads(t.size) as nthreads:
-        total_weight, nbad = kl.target_weight_sum(t.reshape(-1), w64, ignore_index, nthreads)
+    kernel, threads = driver_for(kl.target_weight_sum, t.size)
+    with threads() as nthreads:
+        total_weight, nbad = kernel(t.reshape(-1), w64, ignore_index, nthreads)
     if nbad:
         chk.check_target_values(t, C, ignore_index)
     if reduction != "mean":
@@ -372,3 +373,118 @@ def _confusion_matrix(lg, t, ignore_index, out):
     if sum(bad):
         chk.check_target_values(t, C, ignore_index)
     return add_counts(counts, out)
+
+
+# --------------------------------------------------------------------------
+# plans of repeated calls (the frontend's plan cache)
+# --------------------------------------------------------------------------
+
+
+def _plannable(lg):
+    """Whether calls of ``lg``'s geometry have a plan: float32 or float64
+    scores and at least one pixel (two-byte floats go by :func:`run_cpu`'s
+    bits or chunks, read per call)."""
+    return not lg.empty and lg.dtype in (np.float32, np.float64)
+
+
+def _allocator(shape, dtype):
+    """``new(like)``: a plan's output of ``shape`` and ``dtype``, from
+    :func:`fastlogits.pool.empty` where the pool would take it (its
+    threshold read now: the tuning is part of a plan's key), else a plain
+    ``np.empty``; ``like`` as the pool's."""
+    nbytes = _layout.size_of(shape) * np.dtype(dtype).itemsize
+    if nbytes < tuning.current().cpu.output_pool_min_bytes:
+        return lambda like: np.empty(shape, dtype)
+    return lambda like: pool.empty(shape, dtype, like=like)
+
+
+def expnorm_plan(op, lg):
+    """``run(x, temperature)``: :func:`expnorm` of a NumPy x of ``lg``'s
+    shape, strides and dtype into a new output, every decision made now
+    (the kernel's by :func:`fastlogits.cpu.plan.expnorm_launch`); None
+    where such calls have no plan (:func:`_plannable`)."""
+    if not _plannable(lg):
+        return None
+    outer, C, inner = shape3 = lg.shape3
+    reduces = op == "logsumexp"
+    shape = lg.reduced_shape if reduces else lg.shape
+    new = _allocator(shape, lg.dtype)
+    template = None if reduces else np.empty(shape, lg.dtype).reshape(shape3)
+    launch = plan.expnorm_launch(lg.array.reshape(shape3), template)
+    mode, dtype = MODES[op], lg.dtype
+
+    def run(x, temperature):
+        inv_t = chk.inv_temperature(temperature, dtype)
+        out = new(x)
+        if reduces:
+            launch(x.reshape(shape3), None, out.reshape(outer, inner), inv_t, mode)
+        else:
+            launch(x.reshape(shape3), out.reshape(shape3), None, inv_t, mode)
+        return out
+    return run
+
+
+def argmax_plan(lg):
+    """``run(x)``: :func:`argmax` of a NumPy x of ``lg``'s geometry into
+    new int64 labels, as :func:`expnorm_plan`."""
+    if not _plannable(lg):
+        return None
+    outer, C, inner = shape3 = lg.shape3
+    reduced = lg.reduced_shape
+    new = _allocator(reduced, np.int64)
+    launch = plan.argmax_launch(lg.array.reshape(shape3), False)
+    one = lg.compute_dtype.type(1.0)
+
+    def run(x):
+        out = new(x)
+        launch(x.reshape(shape3), out.reshape(outer, inner), None, one)
+        return out
+    return run
+
+
+def classify_plan(lg):
+    """``run(x, temperature)``: :func:`classify` of a NumPy x of ``lg``'s
+    geometry into new outputs, as :func:`expnorm_plan`."""
+    if not _plannable(lg):
+        return None
+    outer, C, inner = shape3 = lg.shape3
+    reduced, dtype, cdt = lg.reduced_shape, lg.dtype, lg.compute_dtype
+    new_labels, new_conf = _allocator(reduced, np.int64), _allocator(reduced, cdt)
+    launch = plan.argmax_launch(lg.array.reshape(shape3), True)
+
+    def run(x, temperature):
+        inv_t = chk.inv_temperature(temperature, dtype)
+        labels, conf = new_labels(x), new_conf(x)
+        launch(x.reshape(shape3), labels.reshape(outer, inner), conf.reshape(outer, inner),
+               inv_t)
+        return labels, conf
+    return run
+
+
+def cross_entropy_plan(lg, *, class_weight, ignore_index, label_smoothing, reduction,
+                       return_grad):
+    """``run(x, target)``: :func:`cross_entropy` of a NumPy x of ``lg``'s
+    geometry against a host target (checked dtype and shape; its values
+    checked by the kernels' flag) with these checked options (no class
+    weights), the gradient into a new array; as :func:`expnorm_plan`."""
+    if not _plannable(lg) or class_weight is not None:
+        return None
+    outer, C, inner = shape3 = lg.shape3
+    shape, reduced, dtype, cdt = lg.shape, lg.reduced_shape, lg.dtype, lg.compute_dtype
+    w64, w = class_weights(None, C, cdt)
+    want_loss = reduction == "none"
+    new_grad = _allocator(shape, dtype)
+    launch = plan.cross_entropy_launch(np.ascontiguousarray(lg.array.reshape(shape3)),
+                                       return_grad, want_loss)
+
+    def run(x, target):
+        t = host_target(target, C, ignore_index)
+        loss = np.zeros(reduced, cdt) if want_loss else None
+        grad = new_grad(x) if return_grad else None
+        gscale = grad_scale(t, w64, C, ignore_index, reduction, return_grad)
+        sums = [launch(np.ascontiguousarray(x.reshape(shape3)), t.reshape(outer, inner),
+                       None if grad is None else grad.reshape(shape3),
+                       None if loss is None else loss.reshape(outer, inner), w, w64,
+                       ignore_index, label_smoothing, gscale)]
+        return finish_loss(sums, t, C, ignore_index, reduction, loss, grad, return_grad)
+    return run

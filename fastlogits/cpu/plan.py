@@ -43,7 +43,7 @@ from fastlogits.cpu.ops import argmax as ka
 from fastlogits.cpu.ops import confusion as kc
 from fastlogits.cpu.ops import losses as kl
 from fastlogits.cpu.ops import softmax as ks
-from fastlogits.cpu.threads import launch_threads, thread_count
+from fastlogits.cpu.threads import driver_for, thread_count
 from fastlogits.cpu.calls import share_literal_calls
 
 share_literal_calls()  # every kernel the drivers call is imported by now
@@ -72,6 +72,8 @@ def _rows(a):
     """``(rows, C)`` view of an (outer, C, 1) array: a C-contiguous reshape
     when the strides allow (Numba then knows the layout and vectorizes),
     else a strided slice."""
+    if a.flags.c_contiguous:  # the common case, at a third of reshape_view's cost
+        return a.reshape(a.shape[:2])
     v = reshape_view(a, a.shape[:2])
     return v if v is not None else a[:, :, 0]
 
@@ -79,6 +81,8 @@ def _rows(a):
 def _flat(a):
     """``(outer,)`` view of an (outer, 1) reduced output: contiguous when
     the strides allow (a strided slice keeps the store loop scalar)."""
+    if a.flags.c_contiguous:
+        return a.reshape(a.shape[:1])
     v = reshape_view(a, a.shape[:1])
     return v if v is not None else a[:, 0]
 
@@ -257,54 +261,81 @@ def _choose_expnorm(x3, out3):
     return "tiles", (_tile_pixels(C), cpu.prefetch_bytes)
 
 
+def expnorm_launch(x3, out3):
+    """``launch(x3, out3, red2, inv_t, mode)``: softmax / log_softmax /
+    logsumexp of views of x3's geometry into outputs of ``out3``'s (None
+    for logsumexp, which writes ``red2``), the variant chosen once
+    (:func:`_choose_expnorm`) and the driver or its serial twin
+    (:func:`fastlogits.cpu.threads.driver_for`) with it. What depends on
+    the memory itself (out over x, its lines' offsets) is decided per
+    launch."""
+    outer, C, inner = x3.shape
+    regime, args = _choose_expnorm(x3, out3)
+    red_stand_in = _shared_stand_in(2, x3.dtype)
+    if regime == "rows":
+        copy, blocks, ahead, out_rows, streamable = args
+        kernel, threads = driver_for(ks.expnorm_cl_blocks if blocks else ks.expnorm_cl_rows,
+                                     x3.size)
+        # logsumexp: the row kernels' out of one row, never written
+        row_stand_in = _shared_row(C, x3.dtype) if out3 is None else None
+
+        def launch(x3, out3, red2, inv_t, mode):
+            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
+            red1 = _flat(red_stand_in if red2 is None else red2)
+            # The row kernels need C-contiguous rows (out too: a temporary otherwise).
+            if out3 is None:
+                out2 = work = row_stand_in
+            else:
+                out2 = _rows(out3)
+                work = out2 if out_rows else np.empty(out2.shape, out2.dtype)
+            with threads() as nthreads:
+                if blocks:
+                    kernel(x2, work, red1, inv_t, mode, nthreads, ahead)
+                else:
+                    apart = out3 is not None and not np.may_share_memory(x2, work)
+                    stream = streamable and _streams_rows(x2, work)
+                    kernel(x2, work, red1, inv_t, mode, nthreads, ahead, stream, apart)
+            if work is not out2:
+                out2[...] = work
+    elif regime == "cf":
+        pixels, blocks, ahead, copies, out_c, streamable = args
+        kernel, threads = driver_for(ks.expnorm_cf, x3.size)
+        out_stand_in = _shared_stand_in(3, x3.dtype)
+
+        def launch(x3, out3, red2, inv_t, mode):
+            if out3 is None:
+                out3 = out_stand_in
+            # Straight into out unless it may overlap x (in place) or is strided.
+            direct = out_c and not np.may_share_memory(x3, out3)
+            write = _plane_write(x3, out3) if streamable else WRITE_EBUF
+            with threads() as nthreads:
+                kernel(x3, out3, red_stand_in if red2 is None else red2, inv_t, mode, pixels,
+                       nthreads, direct, blocks, write, ahead, copies)
+    else:
+        pixels, ahead = args
+        kernel, threads = driver_for(ks.expnorm_cl_tiles, x3.size)
+        out_stand_in = _shared_stand_in(3, x3.dtype)
+
+        def launch(x3, out3, red2, inv_t, mode):
+            with threads() as nthreads:
+                kernel(_rows(x3), _rows(out_stand_in if out3 is None else out3),
+                       _flat(red_stand_in if red2 is None else red2), inv_t, mode, pixels,
+                       nthreads, ahead)
+    return launch
+
+
 def run_expnorm(x3, out3, red2, inv_t, mode):
     """softmax / log_softmax / logsumexp (``mode`` from :mod:`fastlogits._modes`).
 
     ``out3`` (outer, C, inner) or None, ``red2`` (outer, inner) or None;
     x3 and the output of floats, or both of float16 bits
-    (:mod:`fastlogits.cpu.llvm.scores`). The variant comes from
-    :func:`_choose_expnorm`, once per geometry.
+    (:mod:`fastlogits.cpu.llvm.scores`), by :func:`expnorm_launch`, made
+    once per geometry.
     """
-    outer, C, inner = x3.shape
     out_key = None if out3 is None else (out3.strides, out3.dtype.num)
-    regime, args = _planned(("expnorm", x3.shape, x3.strides, x3.dtype.num, out_key),
-                            tuning.current(), lambda: _choose_expnorm(x3, out3))
-    if red2 is None:
-        red2 = _shared_stand_in(2, x3.dtype)
-    if regime == "rows":
-        copy, blocks, ahead, out_rows, streamable = args
-        x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
-        # The row kernels need C-contiguous rows (out too: a temporary otherwise).
-        if out3 is None:  # logsumexp: the row kernels' out of one row, never written
-            out2 = work = _shared_row(C, x3.dtype)
-        else:
-            out2 = _rows(out3)
-            work = out2 if out_rows else np.empty(out2.shape, out2.dtype)
-        with launch_threads(x3.size) as nthreads:
-            if blocks:
-                ks.expnorm_cl_blocks(x2, work, _flat(red2), inv_t, mode, nthreads, ahead)
-            else:
-                apart = out3 is not None and not np.may_share_memory(x2, work)
-                stream = streamable and _streams_rows(x2, work)
-                ks.expnorm_cl_rows(x2, work, _flat(red2), inv_t, mode, nthreads, ahead, stream,
-                                   apart)
-        if work is not out2:
-            out2[...] = work
-        return
-    if out3 is None:
-        out3 = _shared_stand_in(3, x3.dtype)
-    with launch_threads(x3.size) as nthreads:
-        if regime == "cf":
-            pixels, blocks, ahead, copies, out_c, streamable = args
-            # Straight into out unless it may overlap x (in place) or is strided.
-            direct = out_c and not np.may_share_memory(x3, out3)
-            write = _plane_write(x3, out3) if streamable else WRITE_EBUF
-            ks.expnorm_cf(x3, out3, red2, inv_t, mode, pixels, nthreads, direct, blocks, write,
-                          ahead, copies)
-        else:
-            pixels, ahead = args
-            ks.expnorm_cl_tiles(_rows(x3), _rows(out3), _flat(red2), inv_t, mode, pixels,
-                                nthreads, ahead)
+    launch = _planned(("expnorm", x3.shape, x3.strides, x3.dtype.num, out_key),
+                      tuning.current(), lambda: expnorm_launch(x3, out3))
+    launch(x3, out3, red2, inv_t, mode)
 
 
 #: The variants chosen per key (the views' shapes, strides and dtypes, the
@@ -362,30 +393,116 @@ def _choose_argmax(x3, with_conf):
     return "tiles", (_tile_pixels(C), cpu.prefetch_bytes)
 
 
+def argmax_launch(x3, with_conf):
+    """``launch(x3, labels2, conf2, inv_t)``: argmax (``with_conf`` False,
+    ``conf2`` ignored) or classify of views of x3's geometry (shape,
+    strides, dtype) into (outer, inner) outputs, the variant chosen once
+    (:func:`_choose_argmax`) and the driver or its serial twin
+    (:func:`fastlogits.cpu.threads.driver_for`) with it."""
+    regime, args = _choose_argmax(x3, with_conf)
+    stand_in = None if with_conf else _shared_stand_in(2, _computed_in(x3))
+    if regime == "cf":
+        pixels, blocks, ahead, copies = args
+        kernel, threads = driver_for(ka.argmax_cf, x3.size)
+
+        def launch(x3, labels2, conf2, inv_t):
+            with threads() as nthreads:
+                kernel(x3, labels2, stand_in if stand_in is not None else conf2, inv_t,
+                       with_conf, pixels, nthreads, blocks, ahead, copies)
+    elif regime == "rows":
+        copy, ahead, blocks = args
+        kernel, threads = driver_for(ka.argmax_cl_rows, x3.size)
+        conf1 = None if with_conf else _flat(stand_in)
+
+        def launch(x3, labels2, conf2, inv_t):
+            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
+            with threads() as nthreads:
+                kernel(x2, _flat(labels2), conf1 if conf1 is not None else _flat(conf2), inv_t,
+                       with_conf, nthreads, ahead, blocks)
+    else:
+        pixels, ahead = args
+        kernel, threads = driver_for(ka.argmax_cl_tiles, x3.size)
+        conf1 = None if with_conf else _flat(stand_in)
+
+        def launch(x3, labels2, conf2, inv_t):
+            with threads() as nthreads:
+                kernel(_rows(x3), _flat(labels2), conf1 if conf1 is not None else _flat(conf2),
+                       inv_t, with_conf, pixels, nthreads, ahead)
+    return launch
+
+
 def run_argmax(x3, labels2, conf2, inv_t):
     """argmax (``conf2`` None) or classify into (outer, inner) outputs; x3
-    of floats or float16 bits (:mod:`fastlogits.cpu.llvm.scores`). The
-    variant comes from :func:`_choose_argmax`, once per geometry."""
+    of floats or float16 bits (:mod:`fastlogits.cpu.llvm.scores`), by
+    :func:`argmax_launch`, made once per geometry."""
     with_conf = conf2 is not None
-    now = tuning.current()
-    regime, args = _planned(("argmax", x3.shape, x3.strides, x3.dtype.num, with_conf), now,
-                            lambda: _choose_argmax(x3, with_conf))
-    if conf2 is None:
-        conf2 = _shared_stand_in(2, _computed_in(x3))
-    with launch_threads(x3.size) as nthreads:
-        if regime == "cf":
-            pixels, blocks, ahead, copies = args
-            ka.argmax_cf(x3, labels2, conf2, inv_t, with_conf, pixels, nthreads, blocks, ahead,
-                         copies)
-        elif regime == "rows":
-            copy, ahead, blocks = args
-            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
-            ka.argmax_cl_rows(x2, _flat(labels2), _flat(conf2), inv_t, with_conf, nthreads,
-                              ahead, blocks)
-        else:
-            pixels, ahead = args
-            ka.argmax_cl_tiles(_rows(x3), _flat(labels2), _flat(conf2), inv_t, with_conf,
-                               pixels, nthreads, ahead)
+    launch = _planned(("argmax", x3.shape, x3.strides, x3.dtype.num, with_conf),
+                      tuning.current(), lambda: argmax_launch(x3, with_conf))
+    launch(x3, labels2, conf2, inv_t)
+
+
+def cross_entropy_launch(x3, want_grad, want_loss):
+    """``launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale)``: the
+    fused cross-entropy of C-contiguous views of x3's geometry, targets
+    t2 (outer, inner), the gradient into ``g`` (like x3) and the losses
+    into ``lw`` (outer, inner), both C-contiguous, or None where not
+    wanted (``want_grad``, ``want_loss``); the variant chosen once and the
+    driver or its serial twin (:func:`fastlogits.cpu.threads.driver_for`)
+    with it. Returns ``[loss_sum, weight_sum, bad_count]`` (float64)."""
+    cpu = tuning.current().cpu
+    outer, C, inner = x3.shape
+    dtype = _computed_in(x3)
+    if inner > 1:
+        g_stand_in, lw_stand_in = _stand_in(3, dtype), _stand_in(1, dtype)
+        blocks = _plane_blocks(C, True)
+        ahead, copies = cpu.prefetch_plane_bytes, _cf_copies_tiles(x3)
+        kernel, threads = driver_for(kl.ce_cf, x3.size)
+
+        def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
+            g = g_stand_in if g is None else g
+            # Targets and losses flat (outer * inner): a view per tile of an
+            # array all threads share costs two atomic reference-count
+            # updates on its one line (docs/perf/cpu-044).
+            lw = lw_stand_in if lw is None else lw.reshape(-1)
+            direct = not (want_grad and np.may_share_memory(x3, g))
+            write = _plane_write(x3, g) if want_grad else WRITE_EBUF
+            # Longer tiles for the blocks, unless the gradient goes through
+            # the scratch tile (ebuf: in place, or not streamed straight),
+            # which must stay in L1: in place took 1.1x longer in 1024-pixel
+            # tiles (docs/perf/cpu-048).
+            long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
+            tile = _cf_tile_pixels(x3, True, cpu.loss_tile_pixels if long_tiles else None)
+            with threads() as nthreads:
+                return kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g,
+                              want_grad, lw, want_loss, tile, nthreads, direct, blocks, write,
+                              ahead, copies)
+        return launch
+    g_stand_in, lw_stand_in = _stand_in(2, dtype), _stand_in(1, dtype)
+    blocks = _row_blocks(C, cpu.row_block_xent_max_classes)
+    if C < cpu.row_min_classes and not blocks:
+        tile, ahead = _tile_pixels(C), cpu.prefetch_bytes
+        kernel, threads = driver_for(kl.ce_cl_tiles, x3.size)
+
+        def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
+            with threads() as nthreads:
+                return kernel(x3.reshape(outer, C), t2.reshape(outer), w, w64, ignore_index,
+                              eps, gscale, g_stand_in if g is None else g.reshape(outer, C),
+                              want_grad, lw_stand_in if lw is None else lw.reshape(outer),
+                              want_loss, tile, nthreads, ahead)
+        return launch
+    tile = _tile_pixels(C, cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
+    ahead = _row_prefetch_bytes(C, x3.itemsize)
+    kernel, threads = driver_for(kl.ce_cl_rows, x3.size)
+
+    def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
+        x2 = x3.reshape(outer, C)
+        g2 = g_stand_in if g is None else g.reshape(outer, C)
+        stream = want_grad and not blocks and _streams_rows(x2, g2)
+        with threads() as nthreads:
+            return kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2,
+                          want_grad, lw_stand_in if lw is None else lw.reshape(outer),
+                          want_loss, nthreads, ahead, blocks, tile, stream)
+    return launch
 
 
 def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
@@ -396,10 +513,9 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
     Non-contiguous views are copied (x) or written through a temporary
     (loss, grad), so each kernel is compiled for C-contiguous arrays only.
     ``grad3`` may be ``x3`` (in place). x3 and grad3 may hold float16
-    bits (:mod:`fastlogits.cpu.llvm.scores`).
+    bits (:mod:`fastlogits.cpu.llvm.scores`). By
+    :func:`cross_entropy_launch`, made once per geometry.
     """
-    outer, C, inner = x3.shape
-    dtype = _computed_in(x3)
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     want_grad = grad3 is not None
@@ -410,39 +526,9 @@ def run_cross_entropy(x3, t2, grad3, loss2, w, w64, ignore_index, eps, gscale):
     gwork = grad3
     if want_grad and not grad3.flags.c_contiguous:
         gwork = np.empty(grad3.shape, grad3.dtype)
-    with launch_threads(x3.size) as nthreads:
-        if inner > 1:
-            g = gwork if want_grad else _stand_in(3, dtype)
-            # Targets and losses flat (outer * inner): a view per tile of an
-            # array all threads share costs two atomic reference-count
-            # updates on its one line (docs/perf/cpu-044).
-            lw = lwork.reshape(-1) if want_loss else _stand_in(1, dtype)
-            direct = not (want_grad and np.may_share_memory(x3, g))
-            write = _plane_write(x3, g) if want_grad else WRITE_EBUF
-            blocks = _plane_blocks(C, True)
-            # Longer tiles for the blocks, unless the gradient goes through
-            # the scratch tile (ebuf: in place, or not streamed straight),
-            # which must stay in L1: in place took 1.1x longer in 1024-pixel
-            # tiles (docs/perf/cpu-048).
-            long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
-            tile = _cf_tile_pixels(x3, True, tuning.current().cpu.loss_tile_pixels if long_tiles else None)
-            res = kl.ce_cf(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw, want_loss,
-                        tile, nthreads, direct, blocks, write, tuning.current().cpu.prefetch_plane_bytes,
-                        _cf_copies_tiles(x3))
-        else:
-            x2 = x3.reshape(outer, C)
-            g = gwork.reshape(outer, C) if want_grad else _stand_in(2, dtype)
-            lw = lwork.reshape(outer) if want_loss else _stand_in(1, dtype)
-            args = (x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
-                    want_loss)
-            blocks = _row_blocks(C, tuning.current().cpu.row_block_xent_max_classes)
-            if C < tuning.current().cpu.row_min_classes and not blocks:
-                res = kl.ce_cl_tiles(*args, _tile_pixels(C), nthreads, tuning.current().cpu.prefetch_bytes)
-            else:
-                tile = _tile_pixels(C, tuning.current().cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
-                stream = want_grad and not blocks and _streams_rows(x2, g)
-                res = kl.ce_cl_rows(*args, nthreads, _row_prefetch_bytes(C, x3.itemsize), blocks,
-                                 tile, stream)
+    launch = _planned(("cross_entropy", x3.shape, x3.dtype.num, want_grad, want_loss),
+                      tuning.current(), lambda: cross_entropy_launch(x3, want_grad, want_loss))
+    res = launch(x3, t2, gwork, lwork, w, w64, ignore_index, eps, gscale)
     if lwork is not loss2:
         loss2[...] = lwork
     if gwork is not grad3:
@@ -483,20 +569,25 @@ def run_confusion(x3, t2, ignore_index, counts):
     outer, C, inner = x3.shape
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
-    with launch_threads(x3.size) as nthreads:
-        nchunks = _chunks(C, outer * inner, nthreads)
-        if inner > 1:
-            return int(kc.confusion_cf(x3, t2, ignore_index, counts, nchunks,
-                                    _cf_tile_pixels(x3, False),
-                                    _plane_blocks(C, False), tuning.current().cpu.prefetch_plane_bytes))
-        x2 = x3.reshape(outer, C)
-        t1 = t2.reshape(outer)
-        blocks = _row_blocks(C, tuning.current().cpu.row_block_max_classes)
-        if C < tuning.current().cpu.row_argmax_min_classes and not blocks:
-            return int(kc.confusion_cl_tiles(x2, t1, ignore_index, counts, nchunks,
-                                          _tile_pixels(C), tuning.current().cpu.prefetch_bytes))
-        return int(kc.confusion_cl_rows(x2, t1, ignore_index, counts, nchunks,
-                                     _row_prefetch_bytes(C, x3.itemsize), blocks))
+    cpu = tuning.current().cpu
+    if inner > 1:
+        kernel, threads = driver_for(kc.confusion_cf, x3.size)
+        with threads() as nthreads:
+            return int(kernel(x3, t2, ignore_index, counts, _chunks(C, outer * inner, nthreads),
+                              _cf_tile_pixels(x3, False), _plane_blocks(C, False),
+                              cpu.prefetch_plane_bytes))
+    x2 = x3.reshape(outer, C)
+    t1 = t2.reshape(outer)
+    blocks = _row_blocks(C, cpu.row_block_max_classes)
+    if C < cpu.row_argmax_min_classes and not blocks:
+        kernel, threads = driver_for(kc.confusion_cl_tiles, x3.size)
+        with threads() as nthreads:
+            return int(kernel(x2, t1, ignore_index, counts, _chunks(C, outer * inner, nthreads),
+                              _tile_pixels(C), cpu.prefetch_bytes))
+    kernel, threads = driver_for(kc.confusion_cl_rows, x3.size)
+    with threads() as nthreads:
+        return int(kernel(x2, t1, ignore_index, counts, _chunks(C, outer * inner, nthreads),
+                          _row_prefetch_bytes(C, x3.itemsize), blocks))
 
 
 def labels_first(C, reduced_shape):

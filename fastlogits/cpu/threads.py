@@ -1,9 +1,13 @@
 """Threads of a CPU kernel launch: the calling thread's Numba thread
-count (:func:`thread_count`) and the count a launch over a given amount of
-work gets (:class:`launch_threads`: serial below
-``cpu_serial_below`` elements)."""
+count (:func:`thread_count`), the count a launch over a given amount of
+work gets (:class:`launch_threads`: serial below ``cpu_serial_below``
+elements), and the driver that runs it (:func:`driver_for`: below that
+size a parallel driver's serial twin, :func:`serial_twin`)."""
 
-from numba import get_num_threads, set_num_threads
+import functools
+import types
+
+from numba import get_num_threads, njit, set_num_threads
 
 from fastlogits import _threading, tuning
 
@@ -77,3 +81,66 @@ class launch_threads:
         if _guard is not None:
             _guard.release()
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def serial_twin(driver):
+    """The serial twin of a parallel Numba ``driver``: its Python function
+    compiled with the same options but ``parallel=False`` (``prange`` runs
+    as ``range``), cached on disk under its own name.
+
+    A parallel driver's launch costs about 1 us more than its twin's even
+    on one thread (the parallel region is still scheduled through the
+    threading layer), and the launch must set the thread count to 1 and
+    back (0.7 us): most of a small call (docs/perf/cpu-076). The twin is
+    compiled at the first small call of its signature. Numba's on-disk
+    cache keys a function by its module, qualified name and line, not by
+    its options, so the twin is a copy of the function under the name
+    ``<name>__serial``: it never loads the parallel driver's machine code.
+    """
+    f = driver.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "__serial",
+                              f.__defaults__, f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "__serial"
+    twin.__module__ = f.__module__
+    twin.__doc__ = f.__doc__
+    options = dict(driver.targetoptions)
+    options["parallel"] = False
+    options.pop("nopython", None)
+    return njit(cache=True, **options)(twin)  # as every driver of the backend
+
+
+class _OnThisThread:
+    """The threads of a serial twin's launch: the calling thread, and
+    nothing to set or guard (the twin never enters the threading layer)."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return 1
+
+    def __exit__(self, *exc):
+        return False
+
+
+_ON_THIS_THREAD = _OnThisThread()
+
+
+def _on_this_thread():
+    return _ON_THIS_THREAD
+
+
+def driver_for(driver, work):
+    """``(kernel, threads)`` of a launch of the parallel ``driver`` over
+    ``work`` elements: below ``cpu_serial_below`` its :func:`serial_twin`,
+    else the driver itself; ``with threads() as nthreads`` gives the
+    thread count to pass it (:class:`launch_threads` for the driver).
+
+    Decided once per plan (:mod:`fastlogits.cpu.plan`): the tuning is part
+    of a plan's key, the thread count is read at each launch."""
+    if work < tuning.current().cpu.serial_below:
+        # A plain Python function standing for a driver (a test's spy that
+        # calls the driver) runs as it is.
+        twin = serial_twin(driver) if hasattr(driver, "py_func") else driver
+        return twin, _on_this_thread
+    return driver, functools.partial(launch_threads, work)
