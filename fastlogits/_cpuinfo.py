@@ -3,7 +3,8 @@ elsewhere).
 
 Read once per call, at import time by :mod:`fastlogits.tuning` (a few
 tunables differ between CPU vendors or follow the L2 cache's size) and
-by ``fastlogits info`` and the benchmark report (the model name).
+by :mod:`fastlogits.machine`, the public face of these facts for
+``fastlogits info`` and the benchmark report (the model name).
 """
 
 #: Where Linux describes CPU 0's caches: ``index*/level``, ``type``, ``size``.

@@ -304,9 +304,9 @@ def measure_bandwidth(nbytes=256 << 20, repeat=5, gpu=False):
 
 def cpu_name():
     """The CPU model (from /proc/cpuinfo where there is one)."""
-    from fastlogits._cpuinfo import field
+    from fastlogits import machine
 
-    return field("model name") or platform.processor() or platform.machine()
+    return machine.cpu_model() or platform.processor() or platform.machine()
 
 
 def gpu_name():

@@ -172,19 +172,12 @@ def _version(dist, module=None):
     return "not installed"
 
 
-def _vector_width_status():
-    """Whether LLVM may use 512-bit vectors (see fastlogits._vector_width)."""
-    from fastlogits import _vector_width
-
-    return _vector_width.STATUS
-
-
 def _tile_status():
     """The channels-first tiles' byte budget and where it comes from."""
-    from fastlogits import _cpuinfo, tuning
+    from fastlogits import machine, tuning
     from fastlogits.tools.tiled import format_size
 
-    l2 = _cpuinfo.l2_bytes()
+    l2 = machine.l2_bytes()
     l2 = f"the L2 cache: {format_size(l2)} here" if l2 else "1 MiB: the L2 size is unknown"
     return (f"channels-first tiles read twice: up to {format_size(tuning.current().cpu.cf_tile_bytes)} "
             f"(tuning knob cpu_cf_tile_bytes; by default half {l2})")
@@ -278,9 +271,9 @@ def _numba_cuda_line():
 
 def _gpu_line():
     """The GPU, from :func:`fastlogits.cuda.runtime.describe` when it exists."""
-    from fastlogits import _frontend
+    from fastlogits import preflight
 
-    usable, reason = _frontend.cuda_status()
+    usable, reason = preflight.cuda_status()
     if not usable:
         return f"none ({reason})"
     try:
@@ -309,13 +302,13 @@ def cmd_info(args):
     import numpy as np
 
     import fastlogits
-    from fastlogits import _cpuinfo, _threading, pool, tuning
+    from fastlogits import machine, pool, tuning
     from fastlogits.tools import bandwidth
     from fastlogits.tools.benchmark import cpu_name
     from fastlogits.tools.tiled import format_size
 
     bandwidth.read_kernel(np.ones(4096, np.float32), 2)  # a parallel kernel: starts the threads
-    layer = _threading.describe()
+    layer = machine.threading_layer()
     rows = [
         ("fastlogits", f"{fastlogits.__version__} ({os.path.dirname(fastlogits.__file__)})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
@@ -328,13 +321,13 @@ def cmd_info(args):
                     f"threading layer {layer}"),
         ("CPU", cpu_name()),
         ("row prefetch", f"channels-last rows of up to {tuning.current().cpu.row_prefetch_max_bytes} bytes "
-                         f"(the value for {_cpuinfo.vendor() or 'unknown'} CPUs: "
+                         f"(the value for {machine.cpu_vendor() or 'unknown'} CPUs: "
                          "tuning knob cpu_row_prefetch_max_bytes)"),
         ("tiles", _tile_status()),
         ("float16", _half_status()),
         ("GPU", _gpu_line()),
         ("fastexp", _fastexp_status()),
-        ("vectors", _vector_width_status()),
+        ("vectors", machine.wide_vectors()),
         ("output pool", pool.describe()),
     ]
     dirs = _cache_dirs()

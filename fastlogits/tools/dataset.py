@@ -50,8 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastlogits import _checks as chk
-from fastlogits import _layout
+from fastlogits import preflight
 from fastlogits.tools import files
 from fastlogits.tools.tiled import _native, classify_into, narrowest_label_dtype, open_logits
 
@@ -198,9 +197,9 @@ def mapped_chunk(arr, lead):
 
 def _check_map(where, shape, dtype, axis):
     """The map's class axis (normalized); ValueError naming ``where``."""
-    chk.check_logits_dtype(_native(np.dtype(dtype)), name=f"input {where!r}")
+    preflight.check_logits_dtype(_native(np.dtype(dtype)), name=f"input {where!r}")
     try:
-        ax = chk.normalize_axis(axis, len(shape), name="--axis")
+        ax = preflight.normalize_axis(axis, len(shape), name="--axis")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{exc} (input {where!r} has shape {tuple(shape)})") from None
     if shape[ax] == 0:
@@ -365,7 +364,7 @@ class NpyDirOutput:
         except (OSError, ValueError, EOFError):
             return False
         return (tuple(fshape) == tuple(shape) and fdtype == np.dtype(dtype) and not fortran
-                and size == offset + _layout.size_of(shape) * np.dtype(dtype).itemsize)
+                and size == offset + preflight.size_of(shape) * np.dtype(dtype).itemsize)
 
     def write(self, name, arr):
         files.write_atomic(self.path(name),
@@ -575,14 +574,12 @@ def run_job(job, threads=None):
     dict
         ``name``, ``pixels``, ``seconds``.
     """
-    from fastlogits import _frontend
-
     t0 = time.perf_counter()
     set_task_threads(threads)
-    backend = _frontend.resolve_backend(job.backend, np.empty(0, np.float32))
+    backend = preflight.resolve_backend(job.backend)
     src = job.source
     x = src.read()
-    rshape = _layout.reduced_shape(x.shape, src.axis)
+    rshape = preflight.reduced_shape(x.shape, src.axis)
     want = {o.which for o in job.outputs}
     labels = task_buffer("labels", rshape, job.labels_dtype)
     conf = task_buffer("confidence", rshape, job.conf_dtype) if "confidence" in want else None
@@ -590,7 +587,7 @@ def run_job(job, threads=None):
     del x
     for o in job.outputs:
         o.write(src.name, labels if o.which == "labels" else conf)
-    return {"name": src.name, "pixels": _layout.size_of(rshape),
+    return {"name": src.name, "pixels": preflight.size_of(rshape),
             "seconds": time.perf_counter() - t0}
 
 
@@ -606,9 +603,9 @@ def plan(maps, outputs, *, temperature=1.0, backend="cpu", labels_dtype=None):
     jobs = []
     for m in maps:
         C = m.shape[m.axis]
-        rshape = _layout.reduced_shape(m.shape, m.axis)
+        rshape = preflight.reduced_shape(m.shape, m.axis)
         ldt = np.dtype(labels_dtype) if labels_dtype is not None else narrowest_label_dtype(C)
-        cdt = chk.compute_dtype(_native(np.dtype(m.dtype)))
+        cdt = preflight.compute_dtype(_native(np.dtype(m.dtype)))
         todo = []
         for o in outputs:
             dt = ldt if o.which == "labels" else cdt
@@ -775,8 +772,6 @@ def classify_dataset(input_path, axis, labels=None, confidence=None, *, temperat
         Every problem with the arguments, inputs and outputs, before
         anything is written.
     """
-    from fastlogits import _frontend
-
     t0 = time.perf_counter()
     if labels is None and confidence is None:
         raise ValueError("nothing to write: give --labels OUT and/or --confidence OUT "
@@ -785,10 +780,10 @@ def classify_dataset(input_path, axis, labels=None, confidence=None, *, temperat
         raise ValueError("give --workers or --scheduler, not both")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
-    chk.check_temperature(temperature)
-    chk.check_backend_name(backend)
+    preflight.check_temperature(temperature)
+    preflight.check_backend_name(backend)
     if scheduler is None:  # the backend is this machine's: check it now
-        _frontend.resolve_backend(backend, np.empty(0, np.float32))
+        preflight.resolve_backend(backend)
     if labels_dtype is not None:
         try:
             ldt = np.dtype(labels_dtype)
@@ -799,9 +794,7 @@ def classify_dataset(input_path, axis, labels=None, confidence=None, *, temperat
     kind, maps = open_dataset(input_path, axis)
     if labels_dtype is not None:
         for m in maps:
-            rshape = _layout.reduced_shape(m.shape, m.axis)
-            chk.check_out_meta(rshape, ldt, rshape, m.shape[m.axis] - 1, name="--labels-dtype",
-                               kind="label")
+            preflight.check_label_dtype(ldt, m.shape[m.axis], name="--labels-dtype")
     _check_paths(input_path, maps, outputs)
     base = {"format": RECORD_FORMAT, "input": os.path.realpath(input_path), "axis": int(axis)}
     records = {}
@@ -847,6 +840,6 @@ def classify_dataset(input_path, axis, labels=None, confidence=None, *, temperat
                 for o in outputs:
                     o.remove_temporaries()
     result.update(done=len(jobs), seconds=time.perf_counter() - t0,
-                  pixels=sum(_layout.size_of(_layout.reduced_shape(j.source.shape, j.source.axis))
+                  pixels=sum(preflight.size_of(preflight.reduced_shape(j.source.shape, j.source.axis))
                              for j in jobs))
     return result

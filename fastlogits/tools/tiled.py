@@ -31,8 +31,7 @@ import zipfile
 
 import numpy as np
 
-from fastlogits import _checks as chk
-from fastlogits import _layout
+from fastlogits import preflight
 from fastlogits.tools import files, palettes, png
 
 __all__ = ["parse_size", "format_size", "narrowest_label_dtype", "open_logits", "plan_tiles",
@@ -165,9 +164,9 @@ def plan_tiles(shape, strides, axis, max_pixels):
     order = sorted(nonclass, key=lambda d: -abs(strides[d]))
     sizes = [shape[d] for d in order]
     j = 0
-    while _layout.size_of(sizes[j + 1:]) > max_pixels:
+    while preflight.size_of(sizes[j + 1:]) > max_pixels:
         j += 1
-    below = _layout.size_of(sizes[j + 1:])
+    below = preflight.size_of(sizes[j + 1:])
     step = max(1, max_pixels // below)
     for outer in np.ndindex(*sizes[:j]):
         idx = list(full)
@@ -199,12 +198,12 @@ def _runs(shape, idx, itemsize):
     sizes = [len(r) for r in ranges]
     if 0 in sizes:
         return
-    strides = [itemsize * _layout.size_of(shape[d + 1:]) for d in range(len(shape))]
+    strides = [itemsize * preflight.size_of(shape[d + 1:]) for d in range(len(shape))]
     k = len(shape)
     while k > 0 and sizes[k - 1] == shape[k - 1]:  # trailing axes taken whole
         k -= 1
     k = max(0, k - 1)  # ... and the partial axis before them: one piece
-    nbytes = itemsize * _layout.size_of(sizes[k:])
+    nbytes = itemsize * preflight.size_of(sizes[k:])
     base = sum(st * r.start for st, r in zip(strides, ranges))
     for outer in np.ndindex(*sizes[:k]):
         yield base + sum(i * st for i, st in zip(outer, strides)), nbytes
@@ -233,7 +232,7 @@ class _FileReader:
     def __call__(self, idx):
         shape, idx = (self.shape[::-1], idx[::-1]) if self.fortran else (self.shape, idx)
         bshape = _block_shape(shape, idx)
-        nbytes = _layout.size_of(bshape) * self.dtype.itemsize
+        nbytes = preflight.size_of(bshape) * self.dtype.itemsize
         mv = memoryview(self.buf[:nbytes])
         pos = 0
         for off, n in _runs(shape, idx, self.dtype.itemsize):
@@ -314,7 +313,7 @@ def tile_pixels(x, axis, backend, *, with_confidence=True, label_dtype=None, max
     """
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = chk.compute_dtype(_native(x.dtype))
+    conf_dtype = preflight.compute_dtype(_native(x.dtype))
     per_pixel = _costs(x, axis, backend, with_confidence, label_dtype, conf_dtype)
     room = max_memory - fixed_bytes
     if room < per_pixel:
@@ -366,7 +365,7 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
     """
     C = x.shape[axis]
     label_dtype = np.dtype(label_dtype or narrowest_label_dtype(C))
-    conf_dtype = chk.compute_dtype(_native(x.dtype))
+    conf_dtype = preflight.compute_dtype(_native(x.dtype))
     max_pixels = tile_pixels(x, axis, backend, with_confidence=with_confidence,
                              label_dtype=label_dtype, max_memory=max_memory,
                              fixed_bytes=fixed_bytes)
@@ -380,8 +379,8 @@ def classify_array(x, axis, sinks, *, temperature=1.0, backend="cpu", with_confi
     try:
         for idx in plan_tiles(x.shape, x.strides, axis, max_pixels):
             tile = read(idx)
-            rshape = _layout.reduced_shape(tile.shape, axis)
-            n = _layout.size_of(rshape)
+            rshape = preflight.reduced_shape(tile.shape, axis)
+            n = preflight.size_of(rshape)
             labels = labels_buf[:n].reshape(rshape)
             conf = conf_buf[:n].reshape(rshape) if with_confidence else None
             classify_into(tile, axis, labels, conf, temperature, backend)
@@ -446,7 +445,7 @@ class _NpyOutput:
                 self.data_offset = self.out.file.tell()
                 # the full size now: a sparse file, filled in by the tiles
                 os.ftruncate(self.out.file.fileno(),
-                             self.data_offset + _layout.size_of(shape) * self.itemsize)
+                             self.data_offset + preflight.size_of(shape) * self.itemsize)
         except BaseException:
             self.out.abort()
             raise
@@ -500,7 +499,7 @@ class _PngOutput:
 
     @staticmethod
     def map_bytes(rshape, which, C):
-        n = _layout.size_of(rshape)
+        n = preflight.size_of(rshape)
         itemsize = 1 if which != "labels" or C <= 256 else narrowest_label_dtype(C).itemsize
         return n * itemsize
 
@@ -599,8 +598,6 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         Every problem with the arguments or files, before anything is
         written; nothing is left behind on any failure.
     """
-    from fastlogits import _frontend
-
     t0 = time.perf_counter()
     input_path = os.fspath(input_path)
     if labels is None and confidence is None:
@@ -616,26 +613,26 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
         raise ValueError("--labels-dtype applies to .npy labels only")
     if palette is not None and lab_ext != ".png":
         raise ValueError("--palette applies to .png labels only")
-    chk.check_temperature(temperature)
-    be = _frontend.resolve_backend(backend, np.empty(0, np.float32))
+    preflight.check_temperature(temperature)
+    be = preflight.resolve_backend(backend)
 
     x, in_memory = open_logits(input_path, key)
     # any byte order: tiles are converted to native as they are read
-    chk.check_logits_dtype(_native(x.dtype), name=f"input {input_path!r}")
+    preflight.check_logits_dtype(_native(x.dtype), name=f"input {input_path!r}")
     try:
-        ax = chk.normalize_axis(axis, x.ndim, name="--axis")
+        ax = preflight.normalize_axis(axis, x.ndim, name="--axis")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{exc} (input {input_path!r} has shape {x.shape})") from None
     if x.shape[ax] == 0:
         raise ValueError(f"input {input_path!r} has no classes: axis {ax} of shape {x.shape} is empty")
     C = x.shape[ax]
-    rshape = _layout.reduced_shape(x.shape, ax)
+    rshape = preflight.reduced_shape(x.shape, ax)
     if labels_dtype is not None:
         try:
             ldt = np.dtype(labels_dtype)
         except TypeError:
             raise ValueError(f"--labels-dtype {labels_dtype!r} is not a NumPy dtype") from None
-        chk.check_out_meta(rshape, ldt, rshape, C - 1, name="--labels-dtype", kind="label")
+        preflight.check_label_dtype(ldt, C, name="--labels-dtype")
     else:
         ldt = narrowest_label_dtype(C)
     pal = None
@@ -657,7 +654,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
                          f"{format_size(max_memory)}; use .npy files (processed in tiles) "
                          "or raise --max-memory")
 
-    conf_dt = chk.compute_dtype(_native(x.dtype))
+    conf_dt = preflight.compute_dtype(_native(x.dtype))
     budget = dict(with_confidence=confidence is not None, label_dtype=ldt, max_memory=max_memory,
                   fixed_bytes=fixed)
     tile_pixels(x, ax, be, **budget)  # raises before any file is created
@@ -675,7 +672,7 @@ def classify_file(input_path, axis, labels=None, confidence=None, *, temperature
             else:
                 outputs.append(_PngOutput(path, rshape, which, option, C=C, palette=pal,
                                           style=confidence_style))
-        total = _layout.size_of(rshape)
+        total = preflight.size_of(rshape)
         bar = progress(total) if progress is not None else None
         stats = classify_array(x, ax, outputs, temperature=temperature, backend=be,
                                progress=bar, **budget)
