@@ -115,6 +115,8 @@ def run_task(task):
         def on_end(self, ev):
             compiled.append(1)
 
+    from fastlogits import tuning
+
     entries = [e for name, e in ENTRIES.items() if _op_of(name) == task.op]
     rng = np.random.default_rng(0)
     axis = LAYOUTS[task.layout][1]
@@ -136,9 +138,14 @@ def run_task(task):
             if task.classes <= Inputs.IGNORE:
                 variants.append(Inputs(inp.x, axis, inp.t.astype(np.uint8), inp.w, inp.head,
                                        inp.f, inp.z))
-            for v in variants:
-                for e in entries:
-                    e.call(v, "cpu")
+            # Small calls run the drivers' serial twins, larger ones the
+            # parallel drivers (cpu_serial_below): both, on the same maps.
+            for serial_below in (None, 0):
+                with tuning.override(**({} if serial_below is None
+                                        else {"cpu_serial_below": serial_below})):
+                    for v in variants:
+                        for e in entries:
+                            e.call(v, "cpu")
     numba.set_num_threads(threads)
     return len(compiled)
 
@@ -223,23 +230,35 @@ def cache_dirs():
 
 def cached_variants():
     """``(drivers, functions)``: the compiled variants of the library's CPU
-    kernels in the cache in use that this CPU can load, of the parallel drivers (the kernels the host
-    calls: what ``fastlogits compile`` makes) and of every cached function
+    kernels in the cache in use that this CPU can load, of the drivers (the
+    kernels the host calls, parallel or their serial twins: what
+    ``fastlogits compile`` makes) and of every cached function
     (their callees included). Read from Numba's index files; entries of
     edited sources or other CPUs are not counted."""
     from numba.core.registry import cpu_target
+
+    from fastlogits.cpu.threads import serial_twin
 
     magic = cpu_target.target_context.codegen().magic_tuple()
     drivers = functions = 0
     for d in cached_dispatchers():
         if not d.py_func.__module__.startswith("fastlogits.cpu."):  # the library's CPU kernels
             continue
-        try:
-            index = d._cache._cache_file._load_index()  # Numba's own reader: skips stale entries
-        except Exception:  # noqa: BLE001 - an unreadable or foreign index counts as empty
-            continue
-        n = sum(1 for key in index if len(key) > 1 and key[1] == magic)
-        functions += n
-        if d.targetoptions.get("parallel"):
-            drivers += n
+        parallel = bool(d.targetoptions.get("parallel"))
+        # A parallel driver's serial twin (small calls) has cache files of its own.
+        for k in (d, serial_twin(d)) if parallel else (d,):
+            n = _variants(k, magic)
+            functions += n
+            if parallel:
+                drivers += n
     return drivers, functions
+
+
+def _variants(dispatcher, magic):
+    """The entries of ``dispatcher``'s cache index this CPU (``magic``)
+    can load."""
+    try:
+        index = dispatcher._cache._cache_file._load_index()  # Numba's reader: skips stale ones
+    except Exception:  # noqa: BLE001 - an unreadable or foreign index counts as empty
+        return 0
+    return sum(1 for key in index if len(key) > 1 and key[1] == magic)

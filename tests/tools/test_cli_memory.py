@@ -3,7 +3,8 @@
 Each run is a ``python -m fastlogits classify`` child of a small wrapper
 process, which reports its children's peak RSS (ru_maxrss of
 RUSAGE_CHILDREN, so nothing else this test process started counts). The
-baseline is the same command on a tiny input of the same dtype and layout
+baseline is the same command on a small input (above
+``cpu_serial_below``) of the same dtype and layout
 with the same kinds of outputs: it imports fastlogits and compiles (or
 loads) the same kernels. Margin: 4 MiB above the budget, the fixed
 allowance the option's help states (zlib's state, the kernels' scratch,
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fastlogits import tuning
 
 ROOT = Path(__file__).resolve().parents[2]
 MARGIN = 4 << 20
@@ -55,7 +58,10 @@ def _save_in_bands(path, shape, rng):
 ])
 def test_max_memory_holds(shape, axis, outs, rng, tmp_path):
     _save_in_bands(tmp_path / "big.npy", shape, rng)
-    tiny = tuple(4 if n == 800 else n for n in shape)
+    # The baseline's input is above cpu_serial_below, so it runs the same
+    # parallel drivers (and starts the same threading layer) as the big one.
+    tiny = tuple(64 if n == 800 else n for n in shape)
+    assert np.prod(tiny) >= tuning.current().cpu.serial_below
     np.save(tmp_path / "tiny.npy", (rng.standard_normal(tiny) * 4).astype(np.float32))
     lab, conf = outs
     common = ["--axis", axis, "--quiet"]
