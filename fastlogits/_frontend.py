@@ -604,7 +604,7 @@ def lazy_confusion(fn, before, tail, v, be, target):
 #: known key checks only what the key does not hold: x writeable (a
 #: read-only x is read through an alias, :func:`_layout.host_array`), the
 #: same tuning and environment, and its per-call arguments (temperature,
-#: target values). Bounded: cleared when full.
+#: target values). Bounded: cleared when full (docs/perf/cpu-076).
 _CALL_PLANS = {}
 _CALL_PLANS_MAX = 1024
 
