@@ -278,15 +278,23 @@ def expnorm_launch(x3, out3):
                                      x3.size)
         # logsumexp: the row kernels' out of one row, never written
         row_stand_in = _shared_row(C, x3.dtype) if out3 is None else None
+        red1_stand_in = _flat(red_stand_in)
+        rows_shape = (outer, C)
+        # Views of C-contiguous arrays by a plain reshape (a third of
+        # _rows' cost, which asks the strides each time).
+        x_c = x3.flags.c_contiguous
+        out_c = out3 is not None and out3.flags.c_contiguous
 
         def launch(x3, out3, red2, inv_t, mode):
-            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
-            red1 = _flat(red_stand_in if red2 is None else red2)
+            x2 = x3.reshape(rows_shape) if x_c else _rows(x3)
+            if copy:
+                x2 = np.ascontiguousarray(x2)
+            red1 = red1_stand_in if red2 is None else _flat(red2)
             # The row kernels need C-contiguous rows (out too: a temporary otherwise).
             if out3 is None:
                 out2 = work = row_stand_in
             else:
-                out2 = _rows(out3)
+                out2 = out3.reshape(rows_shape) if out_c else _rows(out3)
                 work = out2 if out_rows else np.empty(out2.shape, out2.dtype)
             with threads() as nthreads:
                 if blocks:
@@ -413,9 +421,12 @@ def argmax_launch(x3, with_conf):
         copy, ahead, blocks = args
         kernel, threads = driver_for(ka.argmax_cl_rows, x3.size)
         conf1 = None if with_conf else _flat(stand_in)
+        rows_shape, x_c = x3.shape[:2], x3.flags.c_contiguous  # as in expnorm_launch
 
         def launch(x3, labels2, conf2, inv_t):
-            x2 = np.ascontiguousarray(_rows(x3)) if copy else _rows(x3)
+            x2 = x3.reshape(rows_shape) if x_c else _rows(x3)
+            if copy:
+                x2 = np.ascontiguousarray(x2)
             with threads() as nthreads:
                 kernel(x2, _flat(labels2), conf1 if conf1 is not None else _flat(conf2), inv_t,
                        with_conf, nthreads, ahead, blocks)
