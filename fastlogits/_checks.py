@@ -225,11 +225,12 @@ def check_out_meta(out_shape, out_dtype, shape, dtype, name="out", kind="float")
 
 def check_no_partial_overlap(out, x, name="out"):
     """``out`` may be ``x`` itself (in place) but must not partly overlap it."""
-    if out is x:
+    # Apart (the common case) decided first: the array interfaces cost 1 us.
+    if out is x or not np.may_share_memory(out, x):
         return
     same = (out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
             and out.strides == x.strides and out.shape == x.shape and out.dtype == x.dtype)
-    if not same and np.may_share_memory(out, x):
+    if not same:
         raise ValueError(f"{name} overlaps x without being x itself; pass out=x for in place")
 
 

@@ -596,15 +596,16 @@ def lazy_confusion(fn, before, tail, v, be, target):
 # --------------------------------------------------------------------------
 
 #: The plans of repeated calls on NumPy arrays: per call key (the op, x's
-#: shape, strides and dtype, the axis, the backend argument and the op's
-#: options), ``(run, tuning, env)``: the CPU backend's function that runs
+#: shape, strides and dtype, the axis, the backend argument, the op's
+#: options, an ``out=`` array's shape, strides and dtype), ``(run, tuning, env)``: the CPU backend's function that runs
 #: such a call with every check and decision already made (outputs
 #: allocated, the kernel launched), the tuning it was made under, and
 #: the ``FASTLOGITS_BACKEND`` it saw (for ``backend="auto"``). A call of a
 #: known key checks only what the key does not hold: x writeable (a
 #: read-only x is read through an alias, :func:`_layout.host_array`), the
-#: same tuning and environment, and its per-call arguments (temperature,
-#: target values). Bounded: cleared when full (docs/perf/cpu-076).
+#: same tuning and environment, its per-call arguments (temperature,
+#: target values), and an ``out=`` array's memory (writeable, x itself or
+#: apart from it). Bounded: cleared when full (docs/perf/cpu-076).
 _CALL_PLANS = {}
 _CALL_PLANS_MAX = 1024
 
@@ -662,14 +663,36 @@ def _plain(axis, backend):
     return type(axis) is int and type(backend) is str
 
 
+def _out_key(out):
+    """The part of a plan's key an ``out=`` array makes (None: none given)."""
+    return None if out is None else (out.shape, out.strides, out.dtype)
+
+
+def _planned_out(out, x):
+    """Whether a planned call may write ``out`` (None, or an array of the
+    plan's geometry and dtype): it must be writeable (else the full path
+    says so), and may be x itself but not overlap it otherwise (raises
+    as the full path does)."""
+    if out is None:
+        return True
+    if not out.flags.writeable:
+        return False
+    chk.check_no_partial_overlap(out, x, "out")
+    return True
+
+
 def expnorm(op, x, axis, temperature, out, backend):
     """softmax, log_softmax or logsumexp (``op``)."""
-    planned = out is None and type(x) is np.ndarray and _plain(axis, backend)
+    planned = (type(x) is np.ndarray and (out is None or type(out) is np.ndarray)
+               and _plain(axis, backend))
     if planned:
-        key = (op, x.shape, x.strides, x.dtype, axis, backend)
+        key = (op, x.shape, x.strides, x.dtype, axis, backend, _out_key(out))
         run = planned_call(key, x, backend)
         if run is not None:
-            return run(x, temperature)
+            if out is not None:
+                chk.check_temperature(temperature)  # the full path's order of checks
+            if _planned_out(out, x):
+                return run(x, temperature, out)
     x0 = x
     x, out, back = _interop.unwrap(x, out)
     if back is _interop.LAZY:
@@ -686,20 +709,21 @@ def expnorm(op, x, axis, temperature, out, backend):
         out = check_host_out(lg, out, shape, lg.dtype, "out")
     elif out is not None:
         out = out_bits(lg, out, lg.dtype, "out")
-    run = planned and new_plan(key, x0, lg, be, backend, "expnorm", op)
+    run = planned and new_plan(key, x0, lg, be, backend, "expnorm", op, out=out)
     if run:
-        return run(x, temperature)
+        return run(x, temperature, out)
     r = implementation(op, be)(op, lg, temperature, out)
     return r if back is None else back(r, lg.axis, "reduced" if op == "logsumexp" else "same")
 
 
 def argmax(x, axis, out, backend):
-    planned = out is None and type(x) is np.ndarray and _plain(axis, backend)
+    planned = (type(x) is np.ndarray and (out is None or type(out) is np.ndarray)
+               and _plain(axis, backend))
     if planned:
-        key = ("argmax", x.shape, x.strides, x.dtype, axis, backend)
+        key = ("argmax", x.shape, x.strides, x.dtype, axis, backend, _out_key(out))
         run = planned_call(key, x, backend)
-        if run is not None:
-            return run(x)
+        if run is not None and _planned_out(out, x):
+            return run(x, out)
     x0 = x
     x, out, back = _interop.unwrap(x, out)
     if back is _interop.LAZY:
@@ -711,9 +735,9 @@ def argmax(x, axis, out, backend):
         out = labels_out(lg, out, "out")
     elif out is not None:
         out = out_bits(lg, out, lg.C - 1, "out", "label")
-    run = planned and new_plan(key, x0, lg, be, backend, "argmax")
+    run = planned and new_plan(key, x0, lg, be, backend, "argmax", out=out)
     if run:
-        return run(x)
+        return run(x, out)
     r = implementation("argmax", be)(lg, out)
     return r if back is None else back(r, lg.axis, "reduced")
 

@@ -398,12 +398,14 @@ def _allocator(shape, dtype):
     return lambda like: pool.empty(shape, dtype, like=like)
 
 
-def expnorm_plan(op, lg):
-    """``run(x, temperature)``: :func:`expnorm` of a NumPy x of ``lg``'s
-    shape, strides and dtype into a new output, every decision made now
-    (the kernel's by :func:`fastlogits.cpu.plan.expnorm_launch`); None
-    where such calls have no plan (:func:`_plannable`)."""
-    if not _plannable(lg):
+def expnorm_plan(op, lg, out=None):
+    """``run(x, temperature, out=None)``: :func:`expnorm` of a NumPy x of
+    ``lg``'s shape, strides and dtype into ``out`` (checked by the caller;
+    of the given ``out``'s geometry) or a new output, every decision made
+    now (the kernel's by :func:`fastlogits.cpu.plan.expnorm_launch`); None
+    where such calls have no plan (:func:`_plannable`, or an ``out`` that
+    is not C-contiguous)."""
+    if not _plannable(lg) or not (out is None or out.flags.c_contiguous):
         return None
     outer, C, inner = shape3 = lg.shape3
     reduces = op == "logsumexp"
@@ -413,9 +415,10 @@ def expnorm_plan(op, lg):
     launch = plan.expnorm_launch(lg.array.reshape(shape3), template)
     mode, dtype = MODES[op], lg.dtype
 
-    def run(x, temperature):
+    def run(x, temperature, out=None):
         inv_t = chk.inv_temperature(temperature, dtype)
-        out = new(x)
+        if out is None:
+            out = new(x)
         if reduces:
             launch(x.reshape(shape3), None, out.reshape(outer, inner), inv_t, mode)
         else:
@@ -424,10 +427,11 @@ def expnorm_plan(op, lg):
     return run
 
 
-def argmax_plan(lg):
-    """``run(x)``: :func:`argmax` of a NumPy x of ``lg``'s geometry into
-    new int64 labels, as :func:`expnorm_plan`."""
-    if not _plannable(lg):
+def argmax_plan(lg, out=None):
+    """``run(x, out=None)``: :func:`argmax` of a NumPy x of ``lg``'s
+    geometry into ``out`` (labels of the given ``out``'s geometry and
+    dtype) or new int64 labels, as :func:`expnorm_plan`."""
+    if not _plannable(lg) or not (out is None or out.flags.c_contiguous):
         return None
     outer, C, inner = shape3 = lg.shape3
     reduced = lg.reduced_shape
@@ -435,9 +439,10 @@ def argmax_plan(lg):
     launch = plan.argmax_launch(lg.array.reshape(shape3), False)
     one = lg.compute_dtype.type(1.0)
 
-    def run(x):
-        out = new(x)
-        launch(x.reshape(shape3), out.reshape(outer, inner), None, one)
+    def run(x, out=None):
+        if out is None:
+            out = new(x)
+        launch(x.reshape(shape3), label_view(out).reshape(outer, inner), None, one)
         return out
     return run
 

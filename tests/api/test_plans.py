@@ -177,7 +177,7 @@ def test_another_tuning_makes_another_plan(rng, tune):
     planned again (here: the transposed tiles instead of the rows)."""
     x = logits(rng, (40, 19))
     want = fl.softmax(x)
-    key = ("softmax", x.shape, x.strides, x.dtype, -1, "auto")
+    key = ("softmax", x.shape, x.strides, x.dtype, -1, "auto", None)
     before = _frontend._CALL_PLANS[key][0]
     tune(cpu_row_min_classes=10_000, cpu_row_block_expnorm_max_classes=0)
     assert_close(fl.softmax(x), want, np.float32)
@@ -250,3 +250,62 @@ def test_serial_twin_matches_the_parallel_driver(rng, tune, name, shape, axis):
     finally:
         numba.set_num_threads(n)
     _close(call(x), serial, np.float32)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp", "argmax"])
+@pytest.mark.parametrize("shape, axis", [((7, 13, 19), -1), ((2, 19, 5, 7), 1)])
+def test_planned_calls_with_out(rng, op, shape, axis):
+    """``out=`` arrays of one geometry: the repeated calls write them as
+    the first did (and return them); in place too for the exp ops."""
+    fn = getattr(fl, op)
+    x = logits(rng, shape)
+    reduced = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
+    if op == "argmax":
+        outs = [np.empty(reduced, dt) for dt in (np.uint8, np.int64, np.int8)]
+    else:
+        outs = [np.empty(reduced if op == "logsumexp" else shape, np.float32)]
+    for out in outs:
+        want = fn(x, axis)
+        for _ in range(3):
+            out[...] = 0
+            assert fn(x, axis, out=out) is out
+            _same(out, want.astype(out.dtype))
+    if op in ("softmax", "log_softmax"):
+        want = fn(x, axis)
+        for _ in range(3):
+            y = x.copy()  # other memory: channels-first tiles may split elsewhere (ulps)
+            assert fn(y, axis, out=y) is y
+            _close(y, want, np.float32)
+
+
+def test_planned_out_checks(rng):
+    """A planned call checks its ``out=``'s memory: read-only, or partly
+    over x, raise as on the first call; a strided out gets the results."""
+    x = logits(rng, (8, 19))
+    out = np.empty_like(x)
+    fl.softmax(x, out=out)
+    fl.softmax(x, out=out)
+    ro = np.empty_like(x)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fl.softmax(x, out=ro)
+    big = np.empty((9, 19), np.float32)
+    big[:8] = x
+    shifted = big[1:]  # x's geometry, overlapping x = big[:8] partly
+    with pytest.raises(ValueError, match="overlaps"):
+        fl.softmax(big[:8], out=shifted)
+    with pytest.raises(ValueError, match="overlaps"):
+        fl.softmax(big[:8], out=shifted)
+    with pytest.raises(ValueError, match="temperature"):
+        fl.softmax(x, out=out, temperature=-1.0)
+    wide = np.empty((8, 38), np.float32)[:, ::2]
+    for _ in range(2):
+        assert fl.softmax(x, out=wide) is wide
+        # (strided out rows take the transposed tiles: within ulps of the rows)
+        _close(np.ascontiguousarray(wide), fl.softmax(x), np.float32)
+    labels = np.empty(8, np.uint8)
+    fl.argmax(x, out=labels)
+    ro_labels = np.empty(8, np.uint8)
+    ro_labels.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fl.argmax(x, out=ro_labels)
