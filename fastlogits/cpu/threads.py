@@ -5,6 +5,7 @@ elements), and the driver that runs it (:func:`driver_for`: below that
 size a parallel driver's serial twin, :func:`serial_twin`)."""
 
 import functools
+import threading
 import types
 
 from numba import get_num_threads, njit, set_num_threads
@@ -83,7 +84,15 @@ class launch_threads:
         return False
 
 
-@functools.lru_cache(maxsize=None)
+_TWINS = {}  # driver -> its serial twin, made once (under _TWINS_LOCK)
+_TWINS_LOCK = threading.Lock()
+
+
+def serial_twins():
+    """The serial twins made so far in this process (their dispatchers)."""
+    return list(_TWINS.values())
+
+
 def serial_twin(driver):
     """The serial twin of a parallel Numba ``driver``: its Python function
     compiled with the same options but ``parallel=False`` (``prange`` runs
@@ -98,6 +107,18 @@ def serial_twin(driver):
     its options, so the twin is a copy of the function under the name
     ``<name>__serial``: it never loads the parallel driver's machine code.
     """
+    twin = _TWINS.get(driver)
+    if twin is not None:
+        return twin
+    with _TWINS_LOCK:
+        twin = _TWINS.get(driver)
+        if twin is None:
+            twin = _TWINS[driver] = _make_twin(driver)
+    return twin
+
+
+def _make_twin(driver):
+    """:func:`serial_twin`'s dispatcher for ``driver``, new."""
     f = driver.py_func
     twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "__serial",
                               f.__defaults__, f.__closure__)

@@ -73,15 +73,18 @@ def _cache_stats():
     number of hits, and the kernels and signatures it missed (compiled)."""
     import sys
 
+    from fastlogits.cpu.threads import serial_twins
+
+    kernels = [(f"{name}.{key}", obj) for name, module in list(sys.modules.items())
+               if name.startswith("fastlogits.cpu") for key, obj in vars(module).items()]
+    # the drivers' serial twins (small chunks) are made at their first use
+    kernels += [(twin.py_func.__qualname__, twin) for twin in serial_twins()]
     hits, misses = 0, []
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("fastlogits.cpu"):
-            continue
-        for key, obj in vars(module).items():
-            stats = getattr(obj, "stats", None)
-            if stats is not None and hasattr(stats, "cache_misses"):
-                hits += sum(stats.cache_hits.values())
-                misses += [f"{name}.{key}{sig}" for sig in stats.cache_misses]
+    for name, obj in kernels:
+        stats = getattr(obj, "stats", None)
+        if stats is not None and hasattr(stats, "cache_misses"):
+            hits += sum(stats.cache_hits.values())
+            misses += [f"{name}{sig}" for sig in stats.cache_misses]
     return hits, misses
 
 
