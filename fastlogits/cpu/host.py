@@ -5,8 +5,10 @@ and the Numba kernels, for the logits ops and the losses.
 and of its outputs (float16 and bfloat16 as their bits, or through
 bounded float32 chunks); the op functions take the frontend's validated
 :class:`fastlogits._frontend.Logits` and host outputs, and are the
-``"cpu"`` entries of its dispatch tables. Nothing here validates input
-(except the target values, which the kernels flag).
+``"cpu"`` entries of its dispatch tables. The ``*_plan`` functions make
+the frontend's plans of repeated calls (:func:`fastlogits._frontend.planned_call`):
+a call's outputs and launch bound once per geometry. Nothing here
+validates input (except the target values, which the kernels flag).
 """
 
 import functools

@@ -15,11 +15,14 @@ the LinearHead's product form and tiles (:func:`cl_dot_form`,
 are or through float32 chunks (:func:`half_direct`), each read from :mod:`fastlogits.tuning`
 at call time.
 
-The ``run_*`` launchers apply them: :func:`run_expnorm`,
-:func:`run_argmax`, :func:`run_cross_entropy` and :func:`run_confusion`
-take the canonical views built by :mod:`fastlogits.cpu.host` (x as
-(outer, C, inner), reduced outputs as (outer, inner)) and call the Numba
-drivers of :mod:`fastlogits.cpu.ops`. Nothing here validates input.
+The ``*_launch`` functions (:func:`expnorm_launch`, :func:`argmax_launch`,
+:func:`cross_entropy_launch`) bind them once per geometry, with the driver
+or its serial twin (:func:`fastlogits.cpu.threads.driver_for`); the
+``run_*`` functions (:func:`run_expnorm`, :func:`run_argmax`,
+:func:`run_cross_entropy`, :func:`run_confusion`) take the canonical views
+built by :mod:`fastlogits.cpu.host` (x as (outer, C, inner), reduced
+outputs as (outer, inner)) and launch the Numba drivers of
+:mod:`fastlogits.cpu.ops`. Nothing here validates input.
 
 Every kernel is compiled with ``fastmath=tuning.FASTMATH`` (no ``nnan`` /
 ``ninf``) and ``error_model="numpy"``: a float division by zero gives
