@@ -101,6 +101,22 @@ def available_backends():
     return names
 
 
+# os.environ's own mapping of encoded names, which its setters keep
+# current: a lookup there cost 0.05 us, ``os.environ.get`` 0.55 us (it
+# encodes the name each time), a fifth of a small call (docs/perf/cpu-076).
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_BACKEND) if _ENVIRON is not None else None
+
+
+def _env_backend():
+    """``FASTLOGITS_BACKEND`` (None if unset), read from :mod:`os.environ`
+    at each call."""
+    if _ENVIRON is None:
+        return os.environ.get(ENV_BACKEND)
+    value = _ENVIRON.get(_ENV_KEY)
+    return None if value is None else os.environ.decodevalue(value)
+
+
 def resolve_backend(backend, x, gpu=None):
     """Turn ``backend`` (maybe ``"auto"``) into ``"numpy"``, ``"cpu"`` or ``"cuda"``
     (``gpu``: whether x is a GPU array, when already known)."""
@@ -108,7 +124,7 @@ def resolve_backend(backend, x, gpu=None):
         gpu = chk.is_gpu_array(x)
     chk.check_backend_name(backend)
     if backend == "auto":
-        env = os.environ.get(ENV_BACKEND, "").strip()
+        env = (_env_backend() or "").strip()
         if env:
             if env not in chk.BACKENDS:
                 raise ValueError(
@@ -547,14 +563,20 @@ def lazy_target(target, v, head=False):
     return target
 
 
+def _whole_axis(v):
+    """The dask array of ``v`` (logits or features) with its class (or
+    feature) axis in one chunk (:func:`fastlogits._dask.whole_axis`)."""
+    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
+    return _lazy().whole_axis(v.array, v.axis, name, what)
+
+
 def lazy_pixels(fn, before, after, v, be, outputs, target=None):
     """The lazy results of ``fn(*before, chunk, [target chunk,] v.axis,
     *after)`` on every chunk of the dask x (or f) of ``v``; ``outputs``:
     ``(kind, dtype[, class axis size])`` per result (a tuple of results
     for several)."""
     dk = _lazy()
-    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
-    x = dk.whole_axis(v.array, v.axis, name, what)
+    x = _whole_axis(v)
     t = None if target is None else dk.as_target(target, x, v.axis)
     r = dk.blockwise(dk.Call(fn, before, (v.axis,) + tuple(after), be), x, v.axis,
                      [dk.Out(*o) for o in outputs], t)
@@ -576,8 +598,7 @@ def lazy_loss(fn, before, tail, v, be, target, options):
         return lazy_pixels(fn, before, after("none"), v, be,
                            [("reduced", v.compute_dtype)] + grad, target)
     dk = _lazy()
-    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
-    x = dk.whole_axis(v.array, v.axis, name, what)
+    x = _whole_axis(v)
     return dk.loss(dk.Call(fn, before, (v.axis,) + after("sum"), be), x, v.axis, target,
                    class_weight=o["class_weight"], C=v.C, ignore_index=o["ignore_index"],
                    reduction=o["reduction"], return_grad=o["return_grad"], grad_dtype=v.dtype)
@@ -586,8 +607,7 @@ def lazy_loss(fn, before, tail, v, be, target, options):
 def lazy_confusion(fn, before, tail, v, be, target):
     """The lazy (C, C) int64 confusion matrix: per-chunk counts, summed."""
     dk = _lazy()
-    name, what = ("f", "feature") if isinstance(v, Features) else ("x", "class")
-    x = dk.whole_axis(v.array, v.axis, name, what)
+    x = _whole_axis(v)
     return dk.counts(dk.Call(fn, before, (v.axis,) + tail, be), x, v.axis, target, v.C)
 
 
@@ -597,8 +617,9 @@ def lazy_confusion(fn, before, tail, v, be, target):
 
 #: The plans of repeated calls on NumPy arrays: per call key (the op, x's
 #: shape, strides and dtype, the axis, the backend argument, the op's
-#: options, an ``out=`` array's shape, strides and dtype), ``(run, tuning, env)``: the CPU backend's function that runs
-#: such a call with every check and decision already made (outputs
+#: options, an ``out=`` array's shape, strides and dtype), ``(run, tuning,
+#: env)``: the CPU backend's function that runs such a call with every
+#: check and decision already made (outputs
 #: allocated, the kernel launched), the tuning it was made under, and
 #: the ``FASTLOGITS_BACKEND`` it saw (for ``backend="auto"``). A call of a
 #: known key checks only what the key does not hold: x writeable (a
@@ -609,18 +630,6 @@ def lazy_confusion(fn, before, tail, v, be, target):
 _CALL_PLANS = {}
 _CALL_PLANS_MAX = 1024
 
-# os.environ's own mapping of encoded names, which its setters keep
-# current: a lookup there cost 0.05 us, ``os.environ.get`` 0.55 us (it
-# encodes the name each time), a fifth of a small call.
-_ENVIRON = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey(ENV_BACKEND) if _ENVIRON is not None else None
-
-
-def _env_backend():
-    """``FASTLOGITS_BACKEND`` as :mod:`os.environ` holds it (None if unset)."""
-    if _ENVIRON is None:
-        return os.environ.get(ENV_BACKEND)
-    return _ENVIRON.get(_ENV_KEY)
 
 
 def planned_call(key, x, backend):
@@ -921,19 +930,20 @@ def head_confusion_matrix(head, f, target, axis, ignore_index, out, backend):
 def iou(confusion):
     """Per-class IoU of a (C, C) confusion matrix (host, GPU, or dask: lazy)."""
     if _interop.is_dask(confusion):
-        if np.dtype(confusion.dtype).kind not in "iuf":
-            raise TypeError(f"confusion must hold real counts, got dtype {confusion.dtype}")
-        shape = known_shape(confusion, "confusion")
-        if len(shape) != 2 or shape[0] != shape[1]:
-            raise ValueError(f"confusion must be a square (C, C) matrix, got shape {shape}")
+        _check_confusion(known_shape(confusion, "confusion"), np.dtype(confusion.dtype))
         return _lazy().iou(iou, confusion)
     if chk.is_gpu_array(confusion):
         from numba import cuda
 
         confusion = cuda.as_cuda_array(confusion).copy_to_host()
     cm = np.asarray(confusion)
-    if cm.dtype.kind not in "iuf":
-        raise TypeError(f"confusion must hold real counts, got dtype {cm.dtype}")
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {cm.shape}")
+    _check_confusion(cm.shape, cm.dtype)
     return reference.iou(cm)
+
+
+def _check_confusion(shape, dtype):
+    """A confusion matrix's dtype (real counts) and shape (square, 2-d)."""
+    if dtype.kind not in "iuf":
+        raise TypeError(f"confusion must hold real counts, got dtype {dtype}")
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {tuple(shape)}")

@@ -78,6 +78,9 @@ def stream_every_row(tune, monkeypatch, kernels, name, flag_at, block_knob):
     ``flag_at``)."""
     tune(cpu_stream_min_bytes=0)
     tune(cpu_stream_row_min_bytes=0)
+    # the parallel driver, which the spy stands for, at any size (a small
+    # input would run its serial twin, made from the driver itself)
+    tune(cpu_serial_below=0)
     tune(cpu_row_min_classes=1)
     tune(**{block_knob: 0})
     flags = []

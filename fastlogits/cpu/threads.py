@@ -160,8 +160,5 @@ def driver_for(driver, work):
     Decided once per plan (:mod:`fastlogits.cpu.plan`): the tuning is part
     of a plan's key, the thread count is read at each launch."""
     if work < tuning.current().cpu.serial_below:
-        # A plain Python function standing for a driver (a test's spy that
-        # calls the driver) runs as it is.
-        twin = serial_twin(driver) if hasattr(driver, "py_func") else driver
-        return twin, _on_this_thread
+        return serial_twin(driver), _on_this_thread
     return driver, functools.partial(launch_threads, work)
