@@ -89,9 +89,9 @@ class CpuTuning:
     #: Channels-last outputs are streamed too when their rows are at least
     #: this many bytes (docs/perf/cpu-058, cpu-059).
     stream_row_min_bytes: int = 2048
-    #: Kernels on fewer scores run on the calling thread only, as the
-    #: drivers' serial twins: waking the pool costs more than the work, and
-    #: a parallel region costs 1 us even on one thread (docs/perf/cpu-076).
+    #: Kernels on fewer scores run whole on the calling thread, outside the
+    #: threading layer: waking the pool costs more than the work, and a
+    #: parallel region costs 1 us even on one thread (docs/perf/cpu-076).
     serial_below: int = 1 << 16
     #: Upper bound on the bytes of the confusion matrix's private (C, C)
     #: int64 histograms, one per chunk of work.

@@ -75,20 +75,20 @@ def stream_every_row(tune, monkeypatch, kernels, name, flag_at, block_knob):
     output streamed (``cpu_stream_min_bytes`` and ``cpu_stream_row_min_bytes``
     0); returns the list to which each call of
     the kernel ``kernels.<name>`` appends its stream flag (argument
-    ``flag_at``)."""
+    ``flag_at`` after ``task, ntasks``)."""
     tune(cpu_stream_min_bytes=0)
     tune(cpu_stream_row_min_bytes=0)
-    # the parallel driver, which the spy stands for, at any size (a small
-    # input would run its serial twin, made from the driver itself)
-    tune(cpu_serial_below=0)
+    # serial launches at any size: the spy is called as the kernel itself
+    # (a parallel launch calls the compiled kernel through its address)
+    tune(cpu_serial_below=1 << 62)
     tune(cpu_row_min_classes=1)
     tune(**{block_knob: 0})
     flags = []
     kernel = getattr(kernels, name)
 
-    def spy(*args):
+    def spy(task, ntasks, *args):
         flags.append(args[flag_at])
-        return kernel(*args)
+        return kernel(task, ntasks, *args)
 
     monkeypatch.setattr(kernels, name, spy)
     return flags

@@ -1,33 +1,44 @@
-"""Nested kernel calls typed without literal values: one specialization per
-argument type.
+"""Nested kernel calls: inlined at Numba IR level, and where still called,
+typed without literal values (one specialization per argument type).
 
-Numba types a constant argument of a call from compiled code by its value
-(``Literal[int](0)``, ``Literal[bool](False)``, a tuple holding literal
-zeros) and compiles the callee again for it: ``_tile(buf, 0, 0, ...)`` next
-to ``_tile(x, o, i0, ...)``, ``_lse(ROWS, ...)`` next to ``_lse(P, ...)``.
-33 of the 87 nested specializations a channels-first first call of the
-five ops compiled were such twins (docs/perf/cpu-073). LLVM inlines the
-callees into the drivers, where the constants propagate all the same, so
-the twins bought no faster code, only compile time.
+Numba compiles a function a kernel calls on its own (optimized and
+emitted by LLVM, with a Python wrapper and cache files of its own), then
+links it into the caller, where LLVM inlines and optimizes it again. So
+:func:`share_literal_calls` sets ``inline="always"`` on the CPU backend's
+helpers that are small or called from one place (not on the kernels the
+host launches, nor on parallel functions): they are typed, lowered and
+optimized once, inside their caller (docs/perf/cpu-077).
 
-:func:`share_literal_calls` makes the dispatchers of the given modules
-type such calls by the values' plain types. The modules of the CPU
-backend are passed by :mod:`fastlogits.cpu.plan` and
-:mod:`fastlogits.cpu.head_host` once imported (the drivers and every
+Where a function is still called (a kernel, a function that asks
+``inline="never"``: those :func:`fastlogits.cpu.blocks.planeblock.on_c_planes`
+wraps, called with ``*args``), Numba types a constant argument by its
+value (``Literal[int](0)``, ``Literal[bool](False)``, a tuple holding
+literal zeros) and compiles the callee again for it; 33 of the 87 nested
+specializations a channels-first first call of the five ops compiled were
+such twins (docs/perf/cpu-073). LLVM inlines the callees, where the
+constants propagate all the same, so the twins bought no faster code, only
+compile time: the dispatchers type such calls by the values' plain types.
+
+The modules of the CPU backend are passed by :mod:`fastlogits.cpu.plan`
+and :mod:`fastlogits.cpu.head_host` once imported (the kernels and every
 function they call are defined by then).
 """
 
+import dis
 import sys
+import types
 
-from numba.core import types
+from numba.core import types as nbtypes
 from numba.core.dispatcher import Dispatcher
+
+from fastlogits.cpu.threads import is_kernel
 
 
 def _plain(t):
     """``t`` without literal values, in tuples too."""
-    t = types.unliteral(t)
-    if isinstance(t, types.BaseTuple) and not isinstance(t, types.BaseNamedTuple):
-        return types.BaseTuple.from_types([_plain(e) for e in t])
+    t = nbtypes.unliteral(t)
+    if isinstance(t, nbtypes.BaseTuple) and not isinstance(t, nbtypes.BaseNamedTuple):
+        return nbtypes.BaseTuple.from_types([_plain(e) for e in t])
     return t
 
 
@@ -42,9 +53,18 @@ def _plain_call_template(dispatcher):
     return get_call_template
 
 
+#: Bytes of bytecode up to which a helper is inlined at every call site
+#: (prefetch, bounds, small arithmetic): duplicated, it costs less than a
+#: function compiled on its own (docs/perf/cpu-077).
+SMALL_HELPER_BYTES = 240
+
+
 def share_literal_calls(prefix="fastlogits.cpu."):
-    """Type calls from compiled code to every Numba dispatcher defined in an
-    imported module named ``prefix...`` by their arguments' plain types."""
+    """Prepare every Numba dispatcher defined in an imported module named
+    ``prefix...`` for calls from compiled code: inlined into its callers
+    at Numba IR level where :func:`_inlined_into_callers` says so, and
+    typed by its arguments' plain types where it is still called."""
+    sites = _call_sites(prefix)
     for name, mod in list(sys.modules.items()):
         if not name.startswith(prefix) or mod is None:
             continue
@@ -52,3 +72,62 @@ def share_literal_calls(prefix="fastlogits.cpu."):
             if isinstance(obj, Dispatcher) and not getattr(
                     obj.__dict__.get("get_call_template"), "shares_literals", False):
                 obj.get_call_template = _plain_call_template(obj)
+                if _inlined_into_callers(obj, sites.get(obj, 0)):
+                    obj.targetoptions.setdefault("inline", "always")
+
+
+def _inlined_into_callers(dispatcher, sites):
+    """Whether a call of ``dispatcher`` (named at ``sites`` places in the
+    backend's code) is inlined at Numba IR level: not a kernel (launched
+    by the host, :func:`fastlogits.cpu.threads.is_kernel`) nor a parallel
+    function, and either small (:data:`SMALL_HELPER_BYTES`) or called from
+    one place only, so that inlining never copies a large body twice.
+
+    Numba compiles a called function on its own (LLVM optimizes and emits
+    it, with a Python wrapper and cache files), then links it into each
+    caller, where LLVM inlines and optimizes it again; inlined in Numba's
+    IR, it is typed, lowered and optimized once, inside its caller. Every
+    helper inlined made the channels-first first calls 2.6-3.1x slower (a
+    tile function called from two places, inside another called from
+    two, is typed four times); this rule made a first cross_entropy 0.66x
+    channels-last and 0.79x channels-first (docs/perf/cpu-077). The
+    machine code is LLVM's inlining either way.
+    """
+    if is_kernel(dispatcher) or dispatcher.targetoptions.get("parallel"):
+        return False
+    return sites <= 1 or len(dispatcher.py_func.__code__.co_code) <= SMALL_HELPER_BYTES
+
+
+def _call_sites(prefix):
+    """``{dispatcher: places}``: how many times the code of the modules
+    named ``prefix...`` (functions, compiled or not, and the functions
+    nested in them) names each dispatcher, as a global or a module's
+    attribute."""
+    sites = {}
+    seen = set()
+
+    def scan(code, namespace):
+        before = None
+        for ins in dis.get_instructions(code):
+            target = None
+            if ins.opname == "LOAD_GLOBAL":
+                target = namespace.get(ins.argval)
+            elif ins.opname == "LOAD_ATTR" and isinstance(before, types.ModuleType):
+                target = getattr(before, ins.argval, None)
+            if isinstance(target, Dispatcher):
+                sites[target] = sites.get(target, 0) + 1
+            before = target
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                scan(const, namespace)
+
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith(prefix) or mod is None:
+            continue
+        for obj in vars(mod).values():
+            func = obj.py_func if isinstance(obj, Dispatcher) else obj
+            if (isinstance(func, types.FunctionType) and func.__module__ == name
+                    and id(func) not in seen):
+                seen.add(id(func))
+                scan(func.__code__, func.__globals__)
+    return sites

@@ -13,7 +13,7 @@ from fastlogits.cpu import host, plan
 from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import head as k
-from fastlogits.cpu.threads import launch_threads
+from fastlogits.cpu.threads import driver_for
 from fastlogits.cpu.calls import share_literal_calls
 
 share_literal_calls()  # the LinearHead's kernels too
@@ -116,9 +116,10 @@ def expnorm(head, op, fv, temperature, out):
     dummy = np.empty(1, fv.compute_dtype)
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-        with launch_threads(fv.work(outer * inner)) as nthreads:
-            k.head_expnorm(f1, outer, fv.N, inner, W, b, cls[0] if cls else dummy,
-                           red[0] if red else dummy, inv_t, mode, tile, nthreads, dot)
+        launch, threads = driver_for(k.head_expnorm, fv.work(outer * inner))
+        with threads() as nthreads:
+            launch(f1, outer, fv.N, inner, W, b, cls[0] if cls else dummy,
+                   red[0] if red else dummy, inv_t, mode, tile, nthreads, dot)
 
     if reduces:
         run_head(head, fv, kernel, red=[out])
@@ -151,10 +152,10 @@ def labels_into(head, fv, labels, conf, inv_t):
     dummy = np.empty(1, fv.compute_dtype)
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-        with launch_threads(fv.work(outer * inner)) as nthreads:
-            k.head_argmax(f1, outer, fv.N, inner, W, b, red[0],
-                          red[1] if with_conf else dummy, inv_t, with_conf, tile,
-                          nthreads, dot)
+        launch, threads = driver_for(k.head_argmax, fv.work(outer * inner))
+        with threads() as nthreads:
+            launch(f1, outer, fv.N, inner, W, b, red[0], red[1] if with_conf else dummy, inv_t,
+                   with_conf, tile, nthreads, dot)
 
     labels = host.label_view(labels)
     run_head(head, fv, kernel, red=[labels, conf] if with_conf else [labels])
@@ -180,11 +181,14 @@ def cross_entropy(head, fv, target, *, class_weight, ignore_index, label_smoothi
     sums = []
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-        with launch_threads(fv.work(outer * inner)) as nthreads:
-            sums.append(k.head_xent(
-                f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
-                gscale, feat[0] if return_grad else dummy, return_grad,
-                red[0] if loss is not None else dummy, loss is not None, tile, nthreads, dot))
+        launch, threads = driver_for(k.head_xent, fv.work(outer * inner))
+        with threads() as nthreads:
+            table = plan.chunk_table(nthreads, 3)
+            launch(f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
+                   gscale, feat[0] if return_grad else dummy, return_grad,
+                   red[0] if loss is not None else dummy, loss is not None, tile, nthreads, dot,
+                   table)
+        sums.append(plan.table_sums(table))
 
     run_head(head, fv, kernel, red=[loss] if loss is not None else [],
                   feat=[grad] if return_grad else [], red_in=[t])
@@ -210,11 +214,9 @@ def confusion_matrix(head, fv, target, *, ignore_index, out):
     bad = []
 
     def kernel(f1, outer, inner, W, b, cls, red, feat, rin):
-        with launch_threads(fv.work(outer * inner)) as nthreads:
-            bad.append(int(k.head_confusion(f1, outer, fv.N, inner, W, b, rin[0],
-                                            ignore_index, counts,
-                                            plan._chunks(C, outer * inner, nthreads), tile,
-                                            dot)))
+        bad.append(plan.binned(k.head_confusion, (f1, outer, fv.N, inner, W, b, rin[0]),
+                               ignore_index, counts, outer * inner, fv.work(outer * inner), tile,
+                               dot))
 
     run_head(head, fv, kernel, red_in=[t])
     if sum(bad):

@@ -259,7 +259,9 @@ def grad_scale(t, w64, C, ignore_index, reduction, return_grad, check=False):
         return 1.0
     kernel, threads = driver_for(kl.target_weight_sum, t.size)
     with threads() as nthreads:
-        total_weight, nbad = kernel(t.reshape(-1), w64, ignore_index, nthreads)
+        table = plan.chunk_table(nthreads, 2)
+        kernel(t.reshape(-1), w64, ignore_index, nthreads, table)
+    total_weight, nbad = plan.table_sums(table)
     if nbad:
         chk.check_target_values(t, C, ignore_index)
     if reduction != "mean":

@@ -16,8 +16,8 @@ are or through float32 chunks (:func:`half_direct`), each read from :mod:`fastlo
 at call time.
 
 The ``*_launch`` functions (:func:`expnorm_launch`, :func:`argmax_launch`,
-:func:`cross_entropy_launch`) bind them once per geometry, with the driver
-or its serial twin (:func:`fastlogits.cpu.threads.driver_for`); the
+:func:`cross_entropy_launch`) bind them once per geometry, with the kernel's
+launch, serial or in parallel (:func:`fastlogits.cpu.threads.driver_for`); the
 ``run_*`` functions (:func:`run_expnorm`, :func:`run_argmax`,
 :func:`run_cross_entropy`, :func:`run_confusion`) take the canonical views
 built by :mod:`fastlogits.cpu.host` (x as (outer, C, inner), reduced
@@ -38,7 +38,7 @@ from fastlogits import _layout, tuning
 from fastlogits._layout import reshape_view
 from fastlogits.cpu.blocks.planeblock import LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM
 from fastlogits.cpu.blocks.rowblock import ROWS
-from fastlogits.cpu.blocks.tiles import SUM_BLOCK
+from fastlogits.cpu.blocks.tiles import CHUNKS_PER_THREAD, SUM_BLOCK
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.llvm.prefetch import LINE_BYTES
 from fastlogits.cpu.llvm.scores import holds_half_bits
@@ -268,7 +268,7 @@ def expnorm_launch(x3, out3):
     """``launch(x3, out3, red2, inv_t, mode)``: softmax / log_softmax /
     logsumexp of views of x3's geometry into outputs of ``out3``'s (None
     for logsumexp, which writes ``red2``), the variant chosen once
-    (:func:`_choose_expnorm`) and the driver or its serial twin
+    (:func:`_choose_expnorm`) and the kernel's launch
     (:func:`fastlogits.cpu.threads.driver_for`) with it. What depends on
     the memory itself (out over x, its lines' offsets) is decided per
     launch."""
@@ -357,6 +357,19 @@ _PLANS = {}
 _PLANS_MAX = 4096
 
 
+def chunk_table(nthreads, columns):
+    """Zeros for a reducing kernel's sums per chunk: a row for each chunk
+    :func:`fastlogits.cpu.blocks.tiles.work_chunks` can make on ``nthreads``
+    threads (rows of chunks a launch did not make stay zero)."""
+    return np.zeros((1 if nthreads <= 1 else CHUNKS_PER_THREAD * nthreads, columns))
+
+
+def table_sums(table):
+    """The column sums of a :func:`chunk_table`, in chunk order: the one
+    row of a serial launch as it is."""
+    return table[0] if table.shape[0] == 1 else kl.column_sums(table)
+
+
 def _planned(key, tuning_now, choose):
     """The plan of ``key`` under ``tuning_now`` (keyed by identity: a new
     :func:`fastlogits.tuning.override` makes new plans), made by
@@ -408,7 +421,7 @@ def argmax_launch(x3, with_conf):
     """``launch(x3, labels2, conf2, inv_t)``: argmax (``with_conf`` False,
     ``conf2`` ignored) or classify of views of x3's geometry (shape,
     strides, dtype) into (outer, inner) outputs, the variant chosen once
-    (:func:`_choose_argmax`) and the driver or its serial twin
+    (:func:`_choose_argmax`) and the kernel's launch
     (:func:`fastlogits.cpu.threads.driver_for`) with it."""
     regime, args = _choose_argmax(x3, with_conf)
     stand_in = None if with_conf else _shared_stand_in(2, _computed_in(x3))
@@ -461,8 +474,8 @@ def cross_entropy_launch(x3, want_grad, want_loss):
     t2 (outer, inner), the gradient into ``g`` (like x3) and the losses
     into ``lw`` (outer, inner), both C-contiguous, or None where not
     wanted (``want_grad``, ``want_loss``); the variant chosen once and the
-    driver or its serial twin (:func:`fastlogits.cpu.threads.driver_for`)
-    with it. Returns ``[loss_sum, weight_sum, bad_count]`` (float64)."""
+    kernel's launch (:func:`fastlogits.cpu.threads.driver_for`) with it.
+    Returns ``[loss_sum, weight_sum, bad_count]`` (float64)."""
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
@@ -487,9 +500,10 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             long_tiles = blocks and (not want_grad or write == WRITE_STREAM)
             tile = _cf_tile_pixels(x3, True, cpu.loss_tile_pixels if long_tiles else None)
             with threads() as nthreads:
-                return kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g,
-                              want_grad, lw, want_loss, tile, nthreads, direct, blocks, write,
-                              ahead, copies)
+                table = chunk_table(nthreads, 3)
+                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
+                       want_loss, tile, nthreads, direct, blocks, write, ahead, copies, table)
+            return table_sums(table)
         return launch
     g_stand_in, lw_stand_in = _stand_in(2, dtype), _stand_in(1, dtype)
     blocks = _row_blocks(C, cpu.row_block_xent_max_classes)
@@ -499,10 +513,12 @@ def cross_entropy_launch(x3, want_grad, want_loss):
 
         def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
             with threads() as nthreads:
-                return kernel(x3.reshape(outer, C), t2.reshape(outer), w, w64, ignore_index,
-                              eps, gscale, g_stand_in if g is None else g.reshape(outer, C),
-                              want_grad, lw_stand_in if lw is None else lw.reshape(outer),
-                              want_loss, tile, nthreads, ahead)
+                table = chunk_table(nthreads, 3)
+                kernel(x3.reshape(outer, C), t2.reshape(outer), w, w64, ignore_index, eps,
+                       gscale, g_stand_in if g is None else g.reshape(outer, C), want_grad,
+                       lw_stand_in if lw is None else lw.reshape(outer), want_loss, tile,
+                       nthreads, ahead, table)
+            return table_sums(table)
         return launch
     tile = _tile_pixels(C, cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
     ahead = _row_prefetch_bytes(C, x3.itemsize)
@@ -513,9 +529,11 @@ def cross_entropy_launch(x3, want_grad, want_loss):
         g2 = g_stand_in if g is None else g.reshape(outer, C)
         stream = want_grad and not blocks and _streams_rows(x2, g2)
         with threads() as nthreads:
-            return kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2,
-                          want_grad, lw_stand_in if lw is None else lw.reshape(outer),
-                          want_loss, nthreads, ahead, blocks, tile, stream)
+            table = chunk_table(nthreads, 3)
+            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2, want_grad,
+                   lw_stand_in if lw is None else lw.reshape(outer), want_loss, nthreads, ahead,
+                   blocks, tile, stream, table)
+        return table_sums(table)
     return launch
 
 
@@ -584,24 +602,40 @@ def run_confusion(x3, t2, ignore_index, counts):
     x3 = np.ascontiguousarray(x3)
     t2 = np.ascontiguousarray(t2)
     cpu = tuning.current().cpu
+    pixels = outer * inner
     if inner > 1:
-        kernel, threads = driver_for(kc.confusion_cf, x3.size)
-        with threads() as nthreads:
-            return int(kernel(x3, t2, ignore_index, counts, _chunks(C, outer * inner, nthreads),
-                              _cf_tile_pixels(x3, False), _plane_blocks(C, False),
-                              cpu.prefetch_plane_bytes))
+        return binned(kc.confusion_cf, (x3, t2), ignore_index, counts, pixels, x3.size,
+                      _cf_tile_pixels(x3, False), _plane_blocks(C, False),
+                      cpu.prefetch_plane_bytes)
     x2 = x3.reshape(outer, C)
     t1 = t2.reshape(outer)
     blocks = _row_blocks(C, cpu.row_block_max_classes)
     if C < cpu.row_argmax_min_classes and not blocks:
-        kernel, threads = driver_for(kc.confusion_cl_tiles, x3.size)
-        with threads() as nthreads:
-            return int(kernel(x2, t1, ignore_index, counts, _chunks(C, outer * inner, nthreads),
-                              _tile_pixels(C), cpu.prefetch_bytes))
-    kernel, threads = driver_for(kc.confusion_cl_rows, x3.size)
+        return binned(kc.confusion_cl_tiles, (x2, t1), ignore_index, counts, pixels, x3.size,
+                      _tile_pixels(C), cpu.prefetch_bytes)
+    return binned(kc.confusion_cl_rows, (x2, t1), ignore_index, counts, pixels, x3.size,
+                  _row_prefetch_bytes(C, x3.itemsize), blocks)
+
+
+def binned(kernel, inputs, ignore_index, counts, pixels, work, *options):
+    """Launch a confusion kernel, ``kernel(task, ntasks, *inputs,
+    ignore_index, hists, bad, *options)``, over ``pixels`` pixels (``work``
+    for :func:`fastlogits.cpu.threads.driver_for`), adding into ``counts``
+    (C, C) int64; returns the number of bad targets. On one thread it bins into ``counts`` itself; on more,
+    each chunk into a private histogram (:func:`_chunks` of them), merged
+    after."""
+    C = counts.shape[0]
+    launch, threads = driver_for(kernel, work)
     with threads() as nthreads:
-        return int(kernel(x2, t1, ignore_index, counts, _chunks(C, outer * inner, nthreads),
-                          _row_prefetch_bytes(C, x3.itemsize), blocks))
+        if nthreads <= 1 and counts.flags.c_contiguous:
+            hists = counts[None]
+        else:
+            hists = np.zeros((_chunks(C, pixels, nthreads), C, C), np.int64)
+        bad = np.zeros(hists.shape[0], np.int64)
+        launch(*inputs, ignore_index, hists, bad, *options)
+    if hists.base is not counts:
+        kc.merge(hists, counts)
+    return int(bad.sum())
 
 
 def labels_first(C, reduced_shape):

@@ -1,16 +1,19 @@
 """Threads of a CPU kernel launch: the calling thread's Numba thread
 count (:func:`thread_count`), the count a launch over a given amount of
 work gets (:class:`launch_threads`: serial below ``cpu_serial_below``
-elements), and the driver that runs it (:func:`driver_for`: below that
-size a parallel driver's serial twin, :func:`serial_twin`)."""
+elements), and how a kernel runs (:func:`driver_for`: whole on the
+calling thread below that size, in tasks on the threading layer's
+threads above it, :func:`fan_out`)."""
 
 import functools
 import threading
-import types
 
-from numba import get_num_threads, njit, set_num_threads
+from numba import get_num_threads, njit, prange, set_num_threads, types, typeof
+from numba._dispatcher import compute_fingerprint
+from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
+from fastlogits.cpu.llvm.indirect import call_at
 
 
 def _thread_count_calls():
@@ -84,56 +87,77 @@ class launch_threads:
         return False
 
 
-_TWINS = {}  # driver -> its serial twin, made once (under _TWINS_LOCK)
-_TWINS_LOCK = threading.Lock()
+_ADDRESSES = {}  # (kernel, argument fingerprints) -> the kernel's entry address
+_ADDRESSES_LOCK = threading.Lock()
 
 
-def serial_twins():
-    """The serial twins made so far in this process (their dispatchers)."""
-    return list(_TWINS.values())
+def kernel_address(kernel, args):
+    """The address of ``kernel``'s entry (Numba's calling convention) for
+    ``(task, ntasks, *args)``, compiled (or loaded from the cache) at the
+    first launch of these argument types, then looked up by the types'
+    fingerprints (0.5 us for eight arguments)."""
+    key = (kernel, tuple(map(compute_fingerprint, args)))
+    addr = _ADDRESSES.get(key)
+    if addr is None:
+        with _ADDRESSES_LOCK:
+            addr = _ADDRESSES.get(key)
+            if addr is None:
+                addr = _ADDRESSES[key] = _compiled_address(kernel, args)
+    return addr
 
 
-def serial_twin(driver):
-    """The serial twin of a parallel Numba ``driver``: its Python function
-    compiled with the same options but ``parallel=False`` (``prange`` runs
-    as ``range``), cached on disk under its own name.
-
-    A parallel driver's launch costs about 1 us more than its twin's even
-    on one thread (the parallel region is still scheduled through the
-    threading layer), and the launch must set the thread count to 1 and
-    back (0.7 us): most of a small call (docs/perf/cpu-076). The twin is
-    compiled at the first small call of its signature. Numba's on-disk
-    cache keys a function by its module, qualified name and line, not by
-    its options, so the twin is a copy of the function under the name
-    ``<name>__serial``: it never loads the parallel driver's machine code.
-    """
-    twin = _TWINS.get(driver)
-    if twin is not None:
-        return twin
-    with _TWINS_LOCK:
-        twin = _TWINS.get(driver)
-        if twin is None:
-            twin = _TWINS[driver] = _make_twin(driver)
-    return twin
+def _compiled_address(kernel, args):
+    """:func:`kernel_address`'s lookup of ``kernel`` compiled for ``args``."""
+    sig = (types.int64, types.int64) + tuple(typeof(a, Purpose.argument) for a in args)
+    kernel.compile(sig)
+    cres = kernel.overloads[sig]
+    if cres.signature.return_type != types.none:
+        raise TypeError(f"{kernel.py_func.__qualname__} returns {cres.signature.return_type}:"
+                        " a fanned-out kernel returns nothing (its results go to its arrays)")
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
 
 
-def _make_twin(driver):
-    """:func:`serial_twin`'s dispatcher for ``driver``, new."""
-    f = driver.py_func
-    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "__serial",
-                              f.__defaults__, f.__closure__)
-    twin.__qualname__ = f.__qualname__ + "__serial"
-    twin.__module__ = f.__module__
-    twin.__doc__ = f.__doc__
-    options = dict(driver.targetoptions)
-    options["parallel"] = False
-    options.pop("nopython", None)
-    return njit(cache=True, **options)(twin)  # as every driver of the backend
+@njit(parallel=True, cache=True)
+def fan_out(addr, args, ntasks):
+    """Run tasks ``0 .. ntasks - 1`` of the kernel at ``addr`` on the
+    threading layer's threads, each ``kernel(task, ntasks, *args)``."""
+    for task in prange(ntasks):
+        call_at(addr, task, ntasks, args)
+
+
+def fan_outs():
+    """The specializations of :func:`fan_out` this process compiled or
+    loaded (one per argument types of a kernel launched in parallel)."""
+    return fan_out.signatures
+
+
+def is_kernel(dispatcher):
+    """Whether ``dispatcher`` is a kernel the host launches through
+    :func:`driver_for`: its first two arguments are ``task, ntasks``."""
+    return dispatcher.py_func.__code__.co_varnames[:2] == ("task", "ntasks")
+
+
+class _FanOut:
+    """A kernel launched in parallel: ``fanned(*args)`` runs its tasks on
+    the threads (the calling thread's count) through :func:`fan_out`; on
+    one thread, the kernel itself."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __call__(self, *args):
+        ntasks = thread_count()
+        if ntasks <= 1:
+            self.kernel(0, 1, *args)
+        else:
+            fan_out(kernel_address(self.kernel, args), args, ntasks)
 
 
 class _OnThisThread:
-    """The threads of a serial twin's launch: the calling thread, and
-    nothing to set or guard (the twin never enters the threading layer)."""
+    """The threads of a serial launch: the calling thread, and nothing to
+    set or guard (the kernel never enters the threading layer)."""
 
     __slots__ = ()
 
@@ -151,14 +175,25 @@ def _on_this_thread():
     return _ON_THIS_THREAD
 
 
-def driver_for(driver, work):
-    """``(kernel, threads)`` of a launch of the parallel ``driver`` over
-    ``work`` elements: below ``cpu_serial_below`` its :func:`serial_twin`,
-    else the driver itself; ``with threads() as nthreads`` gives the
-    thread count to pass it (:class:`launch_threads` for the driver).
+def driver_for(kernel, work):
+    """``(launch, threads)`` of a kernel over ``work`` elements; ``with
+    threads() as nthreads`` gives the thread count to pass it, and
+    ``launch(*args)`` runs ``kernel(task, ntasks, *args)`` for every task,
+    returning nothing (a kernel's results are in its arrays).
+
+    Every CPU kernel is serial code over its chunks of work, a task at a
+    time: its first two arguments ``task, ntasks`` make it run the chunks
+    ``chunk_bounds(task, ntasks, nchunks)``
+    (:func:`fastlogits.cpu.blocks.tiles.chunk_bounds`). Below
+    ``cpu_serial_below`` elements it runs whole on the calling thread
+    (waking the pool costs more than the work); above, its tasks run in
+    parallel through :func:`fan_out`. One compiled kernel serves both,
+    and the parallel region compiles in a fraction of a second where a
+    ``prange`` driver with the kernel inlined cost 1.6x the kernel
+    (docs/perf/cpu-077).
 
     Decided once per plan (:mod:`fastlogits.cpu.plan`): the tuning is part
     of a plan's key, the thread count is read at each launch."""
     if work < tuning.current().cpu.serial_below:
-        return serial_twin(driver), _on_this_thread
-    return driver, functools.partial(launch_threads, work)
+        return functools.partial(kernel, 0, 1), _on_this_thread
+    return _FanOut(kernel), functools.partial(launch_threads, work)

@@ -138,14 +138,12 @@ def run_task(task):
             if task.classes <= Inputs.IGNORE:
                 variants.append(Inputs(inp.x, axis, inp.t.astype(np.uint8), inp.w, inp.head,
                                        inp.f, inp.z))
-            # Small calls run the drivers' serial twins, larger ones the
-            # parallel drivers (cpu_serial_below): both, on the same maps.
-            for serial_below in (None, 0):
-                with tuning.override(**({} if serial_below is None
-                                        else {"cpu_serial_below": serial_below})):
-                    for v in variants:
-                        for e in entries:
-                            e.call(v, "cpu")
+            # Launched in parallel at any size (cpu_serial_below=0): the
+            # kernel a small call runs on its own thread, and its fan-out.
+            with tuning.override(cpu_serial_below=0):
+                for v in variants:
+                    for e in entries:
+                        e.call(v, "cpu")
     numba.set_num_threads(threads)
     return len(compiled)
 
@@ -231,26 +229,23 @@ def cache_dirs():
 def cached_variants():
     """``(drivers, functions)``: the compiled variants of the library's CPU
     kernels in the cache in use that this CPU can load, of the drivers (the
-    kernels the host calls, parallel or their serial twins: what
-    ``fastlogits compile`` makes) and of every cached function
-    (their callees included). Read from Numba's index files; entries of
-    edited sources or other CPUs are not counted."""
+    kernels the host launches, :func:`fastlogits.cpu.threads.is_kernel`, and
+    their parallel fan-outs: what ``fastlogits compile`` makes) and of every
+    cached function (their callees included). Read from Numba's index
+    files; entries of edited sources or other CPUs are not counted."""
     from numba.core.registry import cpu_target
 
-    from fastlogits.cpu.threads import serial_twin
+    from fastlogits.cpu.threads import fan_out, is_kernel
 
     magic = cpu_target.target_context.codegen().magic_tuple()
     drivers = functions = 0
     for d in cached_dispatchers():
         if not d.py_func.__module__.startswith("fastlogits.cpu."):  # the library's CPU kernels
             continue
-        parallel = bool(d.targetoptions.get("parallel"))
-        # A parallel driver's serial twin (small calls) has cache files of its own.
-        for k in (d, serial_twin(d)) if parallel else (d,):
-            n = _variants(k, magic)
-            functions += n
-            if parallel:
-                drivers += n
+        n = _variants(d, magic)
+        functions += n
+        if d is fan_out or is_kernel(d):
+            drivers += n
     return drivers, functions
 
 

@@ -73,12 +73,8 @@ def _cache_stats():
     number of hits, and the kernels and signatures it missed (compiled)."""
     import sys
 
-    from fastlogits.cpu.threads import serial_twins
-
     kernels = [(f"{name}.{key}", obj) for name, module in list(sys.modules.items())
                if name.startswith("fastlogits.cpu") for key, obj in vars(module).items()]
-    # the drivers' serial twins (small chunks) are made at their first use
-    kernels += [(twin.py_func.__qualname__, twin) for twin in serial_twins()]
     hits, misses = 0, []
     for name, obj in kernels:
         stats = getattr(obj, "stats", None)

@@ -1,5 +1,5 @@
 """The plan cache of repeated host calls (``fastlogits._frontend.planned_call``)
-and the serial twins of small launches (``fastlogits.cpu.threads.driver_for``).
+and the serial launches of small calls (``fastlogits.cpu.threads.driver_for``).
 
 A repeated call of one geometry runs a plan made at its first call; these
 tests check that it gives the first call's results (and the reference's),
@@ -232,10 +232,10 @@ def test_bad_targets_on_a_planned_call(rng):
                                   "cross_entropy_grad", "cross_entropy_none"])
 @pytest.mark.parametrize("shape, axis", [((5, 9, 19), -1), ((3, 19, 6, 5), 1), ((6, 3), -1),
                                          ((4, 300), -1)])
-def test_serial_twin_matches_the_parallel_driver(rng, tune, name, shape, axis):
-    """A small input runs the serial twin of its driver; the parallel
-    driver (``cpu_serial_below=0``) on one thread gives the same bits (on
-    more, its chunks split the rows elsewhere: within ulps)."""
+def test_serial_launch_matches_the_fanned_out_one(rng, tune, name, shape, axis):
+    """A small input runs its kernel whole on the calling thread; launched
+    in parallel (``cpu_serial_below=0``) on one thread it gives the same
+    bits (on more, its chunks split the rows elsewhere: within ulps)."""
     x = specials_array(rng, shape, axis, np.float32)
     if name.startswith("cross_entropy"):
         x[...] = np.where(np.isfinite(x), x, np.float32(2.0))

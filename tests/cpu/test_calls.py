@@ -1,5 +1,6 @@
-"""fastlogits.cpu.calls: a call from compiled code with a constant argument
-reuses the callee's specialization for the argument's plain type."""
+"""fastlogits.cpu.calls: a call from compiled code is inlined at Numba IR
+level, and where it is not (``inline="never"``, kernels), a constant
+argument reuses the callee's specialization for the argument's plain type."""
 
 import numpy as np
 from numba import njit
@@ -19,9 +20,29 @@ def _twice(a, k):
     return _callee(a, 0, (False, 0)) + _callee(a, k, (k > 5, k))
 
 
-@njit
+@njit(inline="never")  # as the functions on_c_planes wraps
 def _callee_plain(a, i, region):
     return a[i] + region[1]
+
+
+@njit
+def _callee_inlined(a, i, region):
+    return a[i] + region[1]
+
+
+@njit
+def _twice_inlined(a, k):
+    return _callee_inlined(a, 0, (False, 0)) + _callee_inlined(a, k, (k > 5, k))
+
+
+@njit
+def _kernel(task, ntasks, a):
+    a[task] += ntasks
+
+
+@njit
+def _launches_kernel(a):
+    _kernel(0, 1, a)
 
 
 @njit
@@ -39,6 +60,19 @@ def test_constant_arguments_share_the_callee():
     assert "Literal" not in str(_callee_plain.signatures[0])
 
 
+def test_nested_calls_are_inlined_but_kernels_are_not():
+    """Typed and compiled only inside their callers: a helper has no
+    specialization of its own; a kernel (``task, ntasks`` first) keeps
+    its own, which the host's launches call."""
+    a = np.arange(4.0)
+    calls.share_literal_calls(prefix=__name__)
+    assert _twice_inlined(a, 3) == 0.0 + 0 + 3.0 + 3
+    assert _callee_inlined.signatures == []
+    _launches_kernel(a)
+    assert a[0] == 1.0
+    assert len(_kernel.signatures) == 1
+
+
 def test_library_dispatchers_are_shared():
     """Once the plan is imported, every CPU kernel's dispatcher types nested
     calls by plain types."""
@@ -48,3 +82,11 @@ def test_library_dispatchers_are_shared():
 
     for d in (tiles.tile_max, softmax._tile, losses._tile_losses, losses._pixel_losses):
         assert getattr(d.__dict__.get("get_call_template"), "shares_literals", False), d
+    # inlined: small (bounds, prefetch), or large and called from one place
+    for d in (tiles.chunk_bounds, tiles.work_chunks, losses._block_losses):
+        assert d.targetoptions["inline"] == "always", d
+    # called: large and called from several places (inlined, each copy is
+    # typed again), kernels, functions called with *args
+    for d in (softmax._tile, losses._tile_losses, softmax.expnorm_cl_rows, losses.ce_cf,
+              softmax._plane_tile_c):
+        assert d.targetoptions.get("inline", "never") == "never", d

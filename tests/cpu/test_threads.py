@@ -1,4 +1,5 @@
-"""The thread count of a CPU kernel launch (``fastlogits.cpu.threads.launch_threads``)."""
+"""CPU kernel launches (``fastlogits.cpu.threads``): the thread count, serial
+launches below ``cpu_serial_below`` and the kernels' tasks fanned out above."""
 
 import numba
 import pytest
@@ -36,42 +37,100 @@ def test_serial_below_the_threshold_and_restored(small):
     assert numba.get_num_threads() == n
 
 
-def test_serial_twin_one_per_driver_and_threads():
-    """Threads asking for a driver's serial twin at once get one twin: a
-    dispatcher of its own name, not parallel, listed by serial_twins."""
-    from fastlogits.cpu.ops import confusion
-    from fastlogits.cpu.threads import serial_twin, serial_twins
+def test_kernel_address_one_per_types_and_threads():
+    """Threads asking for a kernel's address at once get one address per
+    argument types: the kernel compiled once for ``(task, ntasks, *args)``."""
+    import numpy as np
+
+    from fastlogits.cpu.ops import losses
+    from fastlogits.cpu.threads import kernel_address
     from tests.helpers import run_in_threads
 
-    driver = confusion.confusion_cl_tiles
+    kernel = losses.target_weight_sum
+    args = (np.arange(10), np.ones(4), -100, 2, np.zeros((8, 2)))
     got = [None] * 8
 
     def ask(k):
-        got[k] = serial_twin(driver)
+        got[k] = kernel_address(kernel, args)
 
     assert run_in_threads(ask, n=8) == []
-    assert all(t is got[0] for t in got)
-    twin = got[0]
-    assert twin.py_func.__qualname__ == driver.py_func.__qualname__ + "__serial"
-    assert twin.targetoptions["parallel"] is False
-    assert twin.targetoptions["fastmath"] == driver.targetoptions["fastmath"]
-    assert any(t is twin for t in serial_twins())
+    assert all(a == got[0] for a in got) and got[0] > 0
+    assert kernel_address(kernel, (np.arange(10, dtype=np.uint8),) + args[1:]) != got[0]
+    assert sum(sig[2].dtype.name in ("int64", "uint8") for sig in kernel.signatures) >= 2
+
+
+def test_a_kernel_that_returns_is_not_fanned_out():
+    """The fan-out drops a kernel's result, so a kernel that returns one
+    is refused (its return slot would not match the call)."""
+    import numpy as np
+    from numba import njit
+
+    from fastlogits.cpu.threads import kernel_address
+
+    @njit
+    def returns(task, ntasks, x):
+        return x.sum()
+
+    with pytest.raises(TypeError, match="returns nothing"):
+        kernel_address(returns, (np.ones(3),))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_fanned_out_tasks_cover_every_chunk(nthreads):
+    """Every chunk of a launch runs once, whichever task it falls in: the
+    tasks' per-chunk sums in one table equal the serial launch's."""
+    if numba.config.NUMBA_NUM_THREADS < nthreads:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    import numpy as np
+
+    from fastlogits.cpu import plan
+    from fastlogits.cpu.ops import losses
+    from fastlogits.cpu.threads import _FanOut
+
+    t = np.random.default_rng(3).integers(-1, 7, 100_003)  # -1: bad (not ignored)
+    w64 = np.linspace(0.5, 2.0, 6)
+    n = numba.get_num_threads()
+    numba.set_num_threads(nthreads)
+    try:
+        table = plan.chunk_table(nthreads, 2)
+        _FanOut(losses.target_weight_sum)(t, w64, 6, nthreads, table)
+    finally:
+        numba.set_num_threads(n)
+    kept = t[(t >= 0) & (t < 6)]
+    total, nbad = plan.table_sums(table)
+    assert total == pytest.approx(w64[kept].sum(), rel=1e-12)
+    assert nbad == np.sum(t < 0)
+    assert (table[:, 0] > 0).sum() == (1 if nthreads == 1 else 4 * nthreads)
 
 
 def test_driver_for_chooses_by_work(tune):
-    """Below cpu_serial_below the twin on this thread, else the driver with
-    launch_threads."""
+    """Below cpu_serial_below the kernel whole on this thread, else its
+    tasks fanned out with launch_threads."""
     from fastlogits.cpu.ops import argmax
-    from fastlogits.cpu.threads import driver_for, serial_twin
+    from fastlogits.cpu.threads import _FanOut, driver_for
 
     n = tuning.current().cpu.serial_below
-    kernel, threads = driver_for(argmax.argmax_cl_rows, n - 1)
-    assert kernel is serial_twin(argmax.argmax_cl_rows)
+    launch, threads = driver_for(argmax.argmax_cl_rows, n - 1)
+    assert launch.func is argmax.argmax_cl_rows and launch.args == (0, 1)
     with threads() as nthreads:
         assert nthreads == 1
-    kernel, threads = driver_for(argmax.argmax_cl_rows, n)
-    assert kernel is argmax.argmax_cl_rows
+    launch, threads = driver_for(argmax.argmax_cl_rows, n)
+    assert isinstance(launch, _FanOut) and launch.kernel is argmax.argmax_cl_rows
     with threads() as nthreads:
         assert nthreads == numba.get_num_threads()
     tune(cpu_serial_below=0)
-    assert driver_for(argmax.argmax_cl_rows, 1)[0] is argmax.argmax_cl_rows
+    assert isinstance(driver_for(argmax.argmax_cl_rows, 1)[0], _FanOut)
+
+
+def test_every_kernel_is_serial_and_launched_by_tasks():
+    """The ops' kernels take ``task, ntasks`` first and are not parallel
+    themselves: the one parallel region is the fan-out's."""
+    from fastlogits.cpu import ops  # noqa: F401
+    from fastlogits.cpu.ops import argmax, confusion, head, losses, softmax
+    from fastlogits.cpu.threads import fan_out, is_kernel
+
+    kernels = [obj for m in (argmax, confusion, head, losses, softmax)
+               for obj in vars(m).values() if hasattr(obj, "py_func") and is_kernel(obj)]
+    assert len(kernels) >= 18
+    assert not any(k.targetoptions.get("parallel") for k in kernels)
+    assert fan_out.targetoptions.get("parallel")

@@ -96,6 +96,9 @@ def on_c_planes(fn):
         raise NotImplementedError(f"{fn.__name__} is only callable from Numba code")
 
     stub.__name__ = stub.__qualname__ = fn.__name__
+    # Called with *args, which Numba's IR inliner cannot expand (LLVM
+    # inlines it): not inlined by fastlogits.cpu.calls.
+    fn.targetoptions["inline"] = "never"
 
     @overload(stub, fastmath=FASTMATH)
     def _overload(*args):

@@ -38,6 +38,10 @@ from fastlogits.cpu.llvm.stream import stream_copy
 #: thousands while the inner loop runs at float32 width.
 SUM_BLOCK = 128
 
+#: Chunks of work per thread of a parallel launch (:func:`work_chunks`),
+#: each allocating its scratch once.
+CHUNKS_PER_THREAD = 4
+
 #: Every offset a kernel adds to a loop index goes through ``max(i0, 0)``
 #: first: Numba wraps negative indices around (``i + n if i < 0``), and
 #: unless LLVM can prove ``i0 + p >= 0`` that select turns contiguous
@@ -54,7 +58,7 @@ def work_chunks(njobs, nthreads):
     a kernel would make it uncacheable.)"""
     if nthreads <= 1:
         return 1
-    return max(1, min(njobs, 4 * nthreads))
+    return max(1, min(njobs, CHUNKS_PER_THREAD * nthreads))
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -14,7 +14,7 @@ the vector row kernels of :mod:`fastlogits.cpu.blocks.rowvec`).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
@@ -78,8 +78,8 @@ def _shares(C, with_conf):
     return 2 * C if with_conf else C
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes,
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes,
               copy_tiles):
     """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
     (without ``with_conf``, ``conf`` may be any array of that type: not
@@ -95,7 +95,8 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         m = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
         idx = np.empty(tile, dtype=np.int32)
@@ -124,14 +125,15 @@ def argmax_cf(x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_b
                           s, part, pf)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def argmax_cl_tiles(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_bytes):
     """Channels-last, small C: ``x`` (rows, C); ``labels``, ``conf`` (rows,).
     A tile of rows is transposed into an L1 scratch (C, P) first."""
     rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         buf = scratch((1, C, tile), x)
         m = scratch(tile, x)
         part = scratch(2 * tile, x)
@@ -147,8 +149,8 @@ def argmax_cl_tiles(x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_byt
             _tile(buf, 0, 0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blocks):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def argmax_cl_rows(task, ntasks, x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blocks):
     """Channels-last, C-contiguous ``x`` (rows, C): with ``blocks``,
     ``rowblock.ROWS`` rows at a time transposed in registers
     (:mod:`fastlogits.cpu.blocks.rowblock`, C >= 8; classify's exp-sum reads the
@@ -159,7 +161,8 @@ def argmax_cl_rows(x, labels, conf, inv_t, with_conf, nthreads, ahead_bytes, blo
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
     nan = conf.dtype.type(np.nan)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         m = scratch(ROWS, x)
         idx = np.empty(ROWS, dtype=np.int32)
         s = np.empty(ROWS, dtype=np.float64)

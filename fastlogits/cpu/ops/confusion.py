@@ -1,9 +1,12 @@
 """Confusion matrix on the CPU: fused argmax + private histograms.
 
-Each chunk of tiles (a few per thread, ``prange``) owns a private (C, C)
-int64 histogram: a tile's argmax (:func:`tile_argmax`, the tile in L1/L2)
-is counted straight into it, so there are no atomics, no labels array and
-no ``target * C + pred`` temporary; the histograms are merged at the end.
+Each chunk of tiles (a few per thread) owns a private (C, C) int64
+histogram, ``hists[chunk]``: a tile's argmax (:func:`tile_argmax`, the tile
+in L1/L2) is counted straight into it, so there are no atomics, no labels
+array and no ``target * C + pred`` temporary; the host merges the
+histograms at the end (:func:`merge`), or, on one thread, passes the
+destination itself as the one histogram
+(:func:`fastlogits.cpu.plan.binned`).
 The number of chunks is bounded so the histograms stay within
 ``cpu_confusion_hist_bytes``.
 
@@ -26,11 +29,12 @@ transposed into an L1 scratch),
 ``cpu_row_argmax_min_classes`` classes or more: vector row kernels,
 or register-transposed blocks of ``rowblock.ROWS`` rows up to
 ``cpu_row_block_max_classes`` classes).
-Each adds into ``counts`` and returns the number of bad targets.
+Each adds into ``hists`` (a (C, C) histogram per chunk, at least one) and
+counts the bad targets of each chunk in ``bad``.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.planeblock import LANES, planes_argmax
@@ -61,7 +65,7 @@ def _count(t, r0, P, idx, ignore, hist):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _merge(hists, counts):
+def merge(hists, counts):
     """``counts += sum(hists)`` over the chunks' histograms."""
     for k in range(hists.shape[0]):
         for i in range(counts.shape[0]):
@@ -69,8 +73,8 @@ def _merge(hists, counts):
                 counts[i, j] += hists[k, i, j]
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def confusion_cf(task, ntasks, x, t, ignore, hists, bad, tile, blocks, ahead_bytes):
     """Channels-first: ``x`` (outer, C, inner), ``t`` (outer, inner). With
     ``blocks``, each tile's whole blocks of ``planeblock.LANES`` pixels go
     by the register blocks (:mod:`fastlogits.cpu.blocks.planeblock`), the rest by
@@ -80,10 +84,9 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
-    nchunks = max(1, min(nchunks, njobs))
-    hists = np.zeros((nchunks, C, C), np.int64)
-    bad = np.zeros(nchunks, np.int64)
-    for chunk in prange(nchunks):
+    nchunks = max(1, min(hists.shape[0], njobs))
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         m = scratch(tile, x)
         m2 = scratch(tile, x)
         idx = np.empty(tile, dtype=np.int32)
@@ -101,19 +104,16 @@ def confusion_cf(x, t, ignore, counts, nchunks, tile, blocks, ahead_bytes):
                 tile_argmax(x, o, i0 + PB, P - PB, m[PB:], m2, idx[PB:],
                             plane_rows_region(x, o, i0 + PB, P - PB, ahead))
             bad[chunk] += _count(t[o], i0, P, idx, ignore, hists[chunk])
-    _merge(hists, counts)
-    return bad.sum()
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def confusion_cl_tiles(task, ntasks, x, t, ignore, hists, bad, tile, ahead_bytes):
     """Channels-last, small C: ``x`` (rows, C), ``t`` (rows,)."""
     rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
-    nchunks = max(1, min(nchunks, ntiles))
-    hists = np.zeros((nchunks, C, C), np.int64)
-    bad = np.zeros(nchunks, np.int64)
-    for chunk in prange(nchunks):
+    nchunks = max(1, min(hists.shape[0], ntiles))
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         buf = scratch((1, C, tile), x)
         m = scratch(tile, x)
         m2 = scratch(tile, x)
@@ -126,12 +126,10 @@ def confusion_cl_tiles(x, t, ignore, counts, nchunks, tile, ahead_bytes):
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), C, ahead_bytes)
             tile_argmax(buf, 0, 0, P, m, m2, idx, pf)
             bad[chunk] += _count(t, r0, P, idx, ignore, hists[chunk])
-    _merge(hists, counts)
-    return bad.sum()
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def confusion_cl_rows(task, ntasks, x, t, ignore, hists, bad, ahead_bytes, blocks):
     """Channels-last, C-contiguous ``x`` (rows, C), ``t`` (rows,): with
     ``blocks``, ``rowblock.ROWS`` rows at a time transposed in registers
     (:mod:`fastlogits.cpu.blocks.rowblock`, C >= 8), else (and for a chunk's last
@@ -139,10 +137,9 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
     prefetching ``ahead_bytes`` ahead."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
-    nchunks = max(1, min(nchunks, rows))
-    hists = np.zeros((nchunks, C, C), np.int64)
-    bad = np.zeros(nchunks, np.int64)
-    for chunk in prange(nchunks):
+    nchunks = max(1, min(hists.shape[0], rows))
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         hist = hists[chunk]
         m = scratch(ROWS, x)
         idx = np.empty(ROWS, dtype=np.int32)
@@ -162,8 +159,6 @@ def confusion_cl_rows(x, t, ignore, counts, nchunks, ahead_bytes, blocks):
                 continue
             _, label = vrow_argmax(x, r)
             hist[ti, label] += 1
-    _merge(hists, counts)
-    return bad.sum()
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

@@ -59,7 +59,7 @@ log_softmax, logsumexp), :func:`head_argmax` (argmax, classify),
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastlogits._modes import LOGITS, LOGSUMEXP
 from fastlogits.tuning import FASTMATH
@@ -69,9 +69,9 @@ from fastlogits.cpu.blocks.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_C
 from fastlogits.cpu.blocks.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
 from fastlogits.cpu.llvm.prefetch import no_region, prefetch
 from fastlogits.cpu.ops.argmax import _tile as _argmax_tile
-from fastlogits.cpu.ops.confusion import _count, _merge
+from fastlogits.cpu.ops.confusion import _count
 from fastlogits.cpu.ops.losses import _scratch as _loss_scratch
-from fastlogits.cpu.ops.losses import column_sums, put_row
+from fastlogits.cpu.ops.losses import put_row
 from fastlogits.cpu.ops.losses import _tile_grad, _tile_losses, loss_coefs
 from fastlogits.cpu.ops.softmax import _lse
 from fastlogits.cpu.ops.softmax import _tile as _expnorm_tile
@@ -406,8 +406,8 @@ def _tiling(outer, inner, tile, nthreads):
 # drivers
 # --------------------------------------------------------------------------
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads, cl_dot):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def head_expnorm(task, ntasks, f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads, cl_dot):
     """logits / softmax / log_softmax (into ``out``, class-shaped) or
     logsumexp (into ``red``, (outer, inner)) of the head; all flat
     C-contiguous. The unused output may be any 1-D array of that type.
@@ -419,7 +419,8 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
@@ -445,8 +446,8 @@ def head_expnorm(f, outer, N, inner, W, b, out, red, inv_t, mode, tile, nthreads
                 store_tile(out, e, C, inner, o, i0, P, tile)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads,
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def head_argmax(task, ntasks, f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, nthreads,
                 cl_dot):
     """Labels (and with ``with_conf`` the top-1 probability) of the head into
     flat (outer, inner) ``labels`` / ``conf``; argmax's own tile epilogue
@@ -454,7 +455,8 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
     C = b.shape[0]
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
@@ -472,13 +474,14 @@ def head_argmax(f, outer, N, inner, W, b, labels, conf, inv_t, with_conf, tile, 
                          part, no_region(z3))
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
-              want_loss, tile, nthreads, cl_dot):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def head_xent(task, ntasks, f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad,
+              want_grad, loss, want_loss, tile, nthreads, cl_dot, table):
     """Cross-entropy of the head against flat targets ``t`` (outer, inner):
     per-pixel ``loss`` (with ``want_loss``), the gradient w.r.t. the
-    features into ``grad`` (flat, like f, with ``want_grad``). Returns
-    ``[loss_sum, weight_sum, bad_count]``.
+    features into ``grad`` (flat, like f, with ``want_grad``);
+    ``[loss_sum, weight_sum, bad_count]`` of each chunk into a row of
+    ``table``.
 
     Per tile: logits into the scratch, the loss epilogue of
     :mod:`fastlogits.cpu.ops.losses` on it (the exponentials replace the
@@ -489,8 +492,8 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
     bc, coef, ls = loss_coefs(w, w64, eps, gscale)
     npix, ntiles, njobs, nchunks = _tiling(outer, inner, tile, nthreads)
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
-    sums = np.zeros((nchunks, 3))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
@@ -512,22 +515,20 @@ def head_xent(f, outer, N, inner, W, b, t, w, w64, ignore, eps, gscale, grad, wa
                 # d loss / d z of the tile, in place over the exponentials.
                 _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)
                 feature_grad(W, C, N, inner, o, i0, P, e, tile, grad)
-        put_row(sums, chunk, acc)
-    return column_sums(sums)
+        put_row(table, chunk, acc)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, cl_dot):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def head_confusion(task, ntasks, f, outer, N, inner, W, b, t, ignore, hists, bad, tile, cl_dot):
     """Add the confusion counts of the head's argmax against flat targets
-    ``t`` into ``counts`` (C, C) int64, through private per-chunk
-    histograms (``nchunks`` of them); returns the number of bad targets."""
+    ``t`` into the private per-chunk histograms ``hists`` (nchunks, C, C)
+    int64, the number of bad targets of each chunk into ``bad``."""
     C = b.shape[0]
     npix, ntiles, njobs, _ = _tiling(outer, inner, tile, 1)
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
-    nchunks = max(1, min(nchunks, njobs))
-    hists = np.zeros((nchunks, C, C), np.int64)
-    bad = np.zeros(nchunks, np.int64)
-    for chunk in prange(nchunks):
+    nchunks = max(1, min(hists.shape[0], njobs))
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         z = np.empty(C * tile, dtype=b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
@@ -542,5 +543,3 @@ def head_confusion(f, outer, N, inner, W, b, t, ignore, counts, nchunks, tile, c
             tile_logits(f, W, b, Wt, N, inner, o, i0, P, z, tile, cl_dot, ft, Wd, wd0, n0)
             tile_argmax(z3, 0, 0, P, m, m2, idx, no_region(z3))
             bad[chunk] += _count(t, o * npix + i0, P, idx, ignore, hists[chunk])
-    _merge(hists, counts)
-    return bad.sum()

@@ -38,7 +38,9 @@ scratch) and
 transposed in registers, the gradient included; from
 ``cpu_row_min_classes`` classes on, and for a chunk's last rows,
 one row at a time through the vector row kernels).
-Each returns ``[loss_sum, weight_sum, bad_count]`` (float64).
+Each writes ``[loss_sum, weight_sum, bad_count]`` of each of its chunks
+into a row of ``table`` (float64, :func:`fastlogits.cpu.plan.chunk_table`),
+summed by the host (:func:`fastlogits.cpu.plan.table_sums`).
 
 In the register blocks of both layouts, float32 losses without gradient
 skip the per-pixel scratch: one fused intrinsic per block
@@ -55,7 +57,7 @@ share of the next tile's targets (:func:`_prefetch_block`; docs/perf/cpu-052).
 """
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from fastlogits.tuning import FASTMATH
@@ -527,9 +529,9 @@ def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, 
     tile_to_out(ebuf, grad, o, i0, P, stream)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile, nthreads,
-          direct, blocks, write, ahead_bytes, copy_tiles):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss,
+          tile, nthreads, direct, blocks, write, ahead_bytes, copy_tiles, table):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
     array of that type) without ``want_grad``/``want_loss``.
@@ -562,8 +564,8 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
-    chunk_sums = np.zeros((nchunks, 3))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
         ebuf = scratch((1, C, tile if want_grad and (blocks or stream or not direct) else 1), x)
@@ -599,13 +601,12 @@ def ce_cf(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, t
             stream_fence()
         acc[0] += sums[:LANES].sum()
         acc[1] += sums[LANES:].sum()
-        put_row(chunk_sums, chunk, acc)
-    return column_sums(chunk_sums)
+        put_row(table, chunk, acc)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, tile,
-                nthreads, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cl_tiles(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
+                want_loss, tile, nthreads, ahead_bytes, table):
     """Channels-last, small C: ``x``, ``grad`` (rows, C); ``t``, ``loss`` (rows,).
 
     A tile of rows is transposed into an L1 scratch (C, P); the
@@ -616,8 +617,8 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
-    sums = np.zeros((nchunks, 3))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         buf = scratch((1, C, tile), x)
         ebuf = scratch((1, C, tile), x) if want_grad else buf
         m, part, a, s, sm, xt, wt, d, tt, keep = _scratch(tile, w)
@@ -633,8 +634,7 @@ def ce_cl_tiles(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_l
             if want_grad:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
-        put_row(sums, chunk, acc)
-    return column_sums(sums)
+        put_row(table, chunk, acc)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -684,9 +684,9 @@ def _grad_row(g, at, apx, b, ti, d):
     g[at, ti] -= d
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss, nthreads,
-               ahead_bytes, blocks, tile, stream):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
+               want_loss, nthreads, ahead_bytes, blocks, tile, stream, table):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
     (rows,). With ``blocks``, ``tile`` rows at a time by
     blocks of ``rowblock.ROWS`` rows transposed in registers
@@ -712,8 +712,8 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
     # logsumexp; docs/perf/cpu-057).
     one_pass = C * x.itemsize > CHUNK_BYTES
     nchunks = work_chunks(rows, nthreads)
-    chunk_sums = np.zeros((nchunks, 3))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         # One-pixel scratch for the per-pixel step shared with the tiles.
         m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
@@ -776,20 +776,20 @@ def ce_cl_rows(x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_lo
             stream_fence()
         acc[0] += sums[:ROWS].sum()
         acc[1] += sums[ROWS:].sum()
-        put_row(chunk_sums, chunk, acc)
-    return column_sums(chunk_sums)
+        put_row(table, chunk, acc)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def target_weight_sum(t, w64, ignore, nthreads):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def target_weight_sum(task, ntasks, t, w64, ignore, nthreads, table):
     """``(sum of w64[t] over non-ignored targets, number of bad targets)``
-    of the flat targets ``t``: the denominator of a "mean" gradient, needed
-    before the pass that writes it (reads the targets only)."""
+    of each chunk of the flat targets ``t``, into a row of ``table``: the
+    denominator of a "mean" gradient, needed before the pass that writes
+    it (reads the targets only)."""
     n = t.shape[0]
     C = w64.shape[0]
     nchunks = work_chunks(n, nthreads)
-    sums = np.zeros((nchunks, 2))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         total = 0.0
         nbad = 0.0
         j0, j1 = chunk_bounds(chunk, nchunks, n)
@@ -800,7 +800,5 @@ def target_weight_sum(t, w64, ignore, nthreads):
                     total += w64[ti]
                 else:
                     nbad += 1
-        sums[chunk, 0] = total
-        sums[chunk, 1] = nbad
-    out = column_sums(sums)
-    return out[0], int(out[1])
+        table[chunk, 0] = total
+        table[chunk, 1] = nbad

@@ -23,7 +23,7 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from fastlogits._modes import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 from fastlogits.tuning import FASTMATH
@@ -168,8 +168,8 @@ def _cf_tile(src, so, si0, P, o, i0, inv_t, mode, m, g, s, part, out, red, ebuf,
         tile_to_out(ebuf, out, o, i0, P, stream)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes,
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes,
                copy_tiles):
     """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
     (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
@@ -209,7 +209,8 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
     # The results' scratch tile: for the blocks' writes but WRITE_STREAM and
     # the tile loops' unless straight; never for logsumexp.
     through = mode != LOGSUMEXP and (not straight or (blocks and write != WRITE_STREAM))
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         ebuf = scratch((1, C, tile if through else 1), x)
         m = scratch(tile, x)
         g = scratch(tile, x)
@@ -242,8 +243,8 @@ def expnorm_cf(x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, 
             stream_fence()
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cl_tiles(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
     """Channels-last, small C: ``x``, ``out`` (rows, C); ``red`` (rows,).
 
     A tile of rows is transposed into an L1 scratch (C, P) first, so every
@@ -253,7 +254,8 @@ def expnorm_cl_tiles(x, out, red, inv_t, mode, tile, nthreads, ahead_bytes):
     rows, C = x.shape
     ntiles = (rows + tile - 1) // tile
     nchunks = work_chunks(ntiles, nthreads)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         buf = scratch((1, C, tile), x)
         ebuf = scratch((1, C, tile), x)
         m = scratch(tile, x)
@@ -364,8 +366,8 @@ def is_staged(out, stream):
     return stream or holds_half_bits(out)
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cl_rows(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apart):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), a row at a
     time as vectors (:mod:`fastlogits.cpu.blocks.rowvec`); ``red`` (rows,). For
     logsumexp ``out`` may be any (1, C) C-contiguous array; for
@@ -381,7 +383,8 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
     B = rows_per_block(C, x.itemsize, mode)
     nblocks = (rows + B - 1) // B
     nchunks = work_chunks(nblocks, nthreads)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         m = scratch(B, x)
         g = scratch(B, x)
         s = np.empty(B, dtype=np.float64)
@@ -395,8 +398,8 @@ def expnorm_cl_rows(x, out, red, inv_t, mode, nthreads, ahead_bytes, stream, apa
             stream_fence()
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
     ``tiles.SUM_BLOCK``; ``red`` (rows,). ``rowblock.ROWS`` rows at a time:
     one pass transposes them in registers, finds the max and keeps the
@@ -410,7 +413,8 @@ def expnorm_cl_blocks(x, out, red, inv_t, mode, nthreads, ahead_bytes):
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     nchunks = work_chunks(rows, nthreads)
-    for chunk in prange(nchunks):
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
         m = scratch(ROWS, x)
         g = scratch(ROWS, x)
         s = np.empty(ROWS, dtype=np.float64)
