@@ -32,6 +32,7 @@ from numba.core import types as nbtypes
 from numba.core.dispatcher import Dispatcher
 
 from fastlogits.cpu.threads import is_kernel
+from fastlogits.tuning import FASTMATH
 
 
 def _plain(t):
@@ -80,7 +81,8 @@ def _inlined_into_callers(dispatcher, sites):
     """Whether a call of ``dispatcher`` (named at ``sites`` places in the
     backend's code) is inlined at Numba IR level: not a kernel (launched
     by the host, :func:`fastlogits.cpu.threads.is_kernel`) nor a parallel
-    function, and either small (:data:`SMALL_HELPER_BYTES`) or called from
+    function, compiled with the kernels' flags (:func:`_kernel_flags`),
+    and either small (:data:`SMALL_HELPER_BYTES`) or called from
     one place only, so that inlining never copies a large body twice.
 
     Numba compiles a called function on its own (LLVM optimizes and emits
@@ -93,9 +95,23 @@ def _inlined_into_callers(dispatcher, sites):
     channels-last and 0.79x channels-first (docs/perf/cpu-077). The
     machine code is LLVM's inlining either way.
     """
-    if is_kernel(dispatcher) or dispatcher.targetoptions.get("parallel"):
+    options = dispatcher.targetoptions
+    if is_kernel(dispatcher) or options.get("parallel") or not _kernel_flags(options):
         return False
     return sites <= 1 or len(dispatcher.py_func.__code__.co_code) <= SMALL_HELPER_BYTES
+
+
+def _kernel_flags(options):
+    """Whether a function compiled with ``options`` has the kernels' own
+    floating-point flags (``FASTMATH``, the NumPy error model). An inlined
+    body takes its caller's flags: the exact exp and log
+    (:mod:`fastlogits.cpu.llvm.fastexp`, :mod:`~fastlogits.cpu.llvm.fastlog`) are compiled
+    without ``reassoc``, which would undo their range reduction, so they
+    must stay functions of their own (inlined, ``exp`` lost its overflow to
+    inf and ``log1p`` its relative precision)."""
+    fastmath = options.get("fastmath")
+    return (isinstance(fastmath, (set, frozenset)) and set(fastmath) == set(FASTMATH)
+            and options.get("error_model") == "numpy")
 
 
 def _call_sites(prefix):

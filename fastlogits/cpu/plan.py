@@ -590,7 +590,8 @@ def private_histograms(C, pixels, nthreads):
 def _chunks(C, pixels, nthreads):
     """Chunks (private histograms): a few per thread, within the memory
     bound, and fewer cells in all than pixels."""
-    return max(1, min(4 * nthreads, tuning.current().cpu.confusion_hist_bytes // (C * C * 8),
+    return max(1, min(CHUNKS_PER_THREAD * nthreads,
+                      tuning.current().cpu.confusion_hist_bytes // (C * C * 8),
                       pixels // (C * C)))
 
 

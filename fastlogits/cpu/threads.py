@@ -125,12 +125,6 @@ def fan_out(addr, args, ntasks):
         call_at(addr, task, ntasks, args)
 
 
-def fan_outs():
-    """The specializations of :func:`fan_out` this process compiled or
-    loaded (one per argument types of a kernel launched in parallel)."""
-    return fan_out.signatures
-
-
 def is_kernel(dispatcher):
     """Whether ``dispatcher`` is a kernel the host launches through
     :func:`driver_for`: its first two arguments are ``task, ntasks``."""

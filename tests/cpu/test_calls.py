@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 
 from fastlogits.cpu import calls
+from fastlogits.tuning import FASTMATH
 
 
 @njit
@@ -25,12 +26,12 @@ def _callee_plain(a, i, region):
     return a[i] + region[1]
 
 
-@njit
+@njit(fastmath=FASTMATH, error_model="numpy")  # the kernels' flags: inlined
 def _callee_inlined(a, i, region):
     return a[i] + region[1]
 
 
-@njit
+@njit(fastmath=FASTMATH, error_model="numpy")
 def _twice_inlined(a, k):
     return _callee_inlined(a, 0, (False, 0)) + _callee_inlined(a, k, (k > 5, k))
 
@@ -68,6 +69,7 @@ def test_nested_calls_are_inlined_but_kernels_are_not():
     calls.share_literal_calls(prefix=__name__)
     assert _twice_inlined(a, 3) == 0.0 + 0 + 3.0 + 3
     assert _callee_inlined.signatures == []
+    assert _callee.targetoptions.get("inline", "never") == "never"  # default flags: called
     _launches_kernel(a)
     assert a[0] == 1.0
     assert len(_kernel.signatures) == 1
@@ -78,6 +80,7 @@ def test_library_dispatchers_are_shared():
     calls by plain types."""
     from fastlogits.cpu import plan  # noqa: F401 - imports every driver and callee
     from fastlogits.cpu.blocks import tiles
+    from fastlogits.cpu.llvm import fastexp, fastlog
     from fastlogits.cpu.ops import losses, softmax
 
     for d in (tiles.tile_max, softmax._tile, losses._tile_losses, losses._pixel_losses):
@@ -87,6 +90,9 @@ def test_library_dispatchers_are_shared():
         assert d.targetoptions["inline"] == "always", d
     # called: large and called from several places (inlined, each copy is
     # typed again), kernels, functions called with *args
+    # and functions of other floating-point flags (inlined, a body takes its
+    # caller's: the exact exp and log are compiled without reassoc)
     for d in (softmax._tile, losses._tile_losses, softmax.expnorm_cl_rows, losses.ce_cf,
-              softmax._plane_tile_c):
+              softmax._plane_tile_c, fastexp.exp32, fastexp.exp64, fastlog.log1p32,
+              fastlog.log64):
         assert d.targetoptions.get("inline", "never") == "never", d

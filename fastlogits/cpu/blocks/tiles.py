@@ -50,8 +50,9 @@ CHUNKS_PER_THREAD = 4
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def work_chunks(njobs, nthreads):
-    """Number of chunks to split ``njobs`` tiles into for ``prange``: a few
-    per thread (for balance), each allocating its scratch once; one on one
+    """Number of chunks to split ``njobs`` tiles into, which a launch's
+    tasks share (:func:`chunk_bounds`): a few per thread (for balance),
+    each allocating its scratch once; one on one
     thread (a small input's serial launch, where the scratch of four
     chunks cost the loss 8 of its 12 microseconds on 64 pixels).
     (``nthreads`` comes from the caller: ``numba.get_num_threads()`` inside
