@@ -622,19 +622,20 @@ def binned(kernel, inputs, ignore_index, counts, pixels, work, *options):
     """Launch a confusion kernel, ``kernel(task, ntasks, *inputs,
     ignore_index, hists, bad, *options)``, over ``pixels`` pixels (``work``
     for :func:`fastlogits.cpu.threads.driver_for`), adding into ``counts``
-    (C, C) int64; returns the number of bad targets. On one thread it bins into ``counts`` itself; on more,
-    each chunk into a private histogram (:func:`_chunks` of them), merged
-    after."""
+    (C, C) int64; returns the number of bad targets. On one thread it
+    bins into ``counts`` itself; on more, each chunk into a private
+    histogram (:func:`_chunks` of them), merged after."""
     C = counts.shape[0]
     launch, threads = driver_for(kernel, work)
     with threads() as nthreads:
-        if nthreads <= 1 and counts.flags.c_contiguous:
+        direct = nthreads <= 1 and counts.flags.c_contiguous
+        if direct:
             hists = counts[None]
         else:
             hists = np.zeros((_chunks(C, pixels, nthreads), C, C), np.int64)
         bad = np.zeros(hists.shape[0], np.int64)
         launch(*inputs, ignore_index, hists, bad, *options)
-    if hists.base is not counts:
+    if not direct:
         kc.merge(hists, counts)
     return int(bad.sum())
 

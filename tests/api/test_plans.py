@@ -5,8 +5,8 @@ A repeated call of one geometry runs a plan made at its first call; these
 tests check that it gives the first call's results (and the reference's),
 that every check the plan skips is still made where it matters (x
 read-only, another tuning, FASTLOGITS_BACKEND, a bad temperature or target,
-an axis of another type), and that a serial twin computes what its
-parallel driver does, bit for bit.
+an axis of another type), and that a kernel launched whole on the calling
+thread computes what its tasks fanned out on one thread do, bit for bit.
 """
 
 import numba
