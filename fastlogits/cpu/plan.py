@@ -366,8 +366,10 @@ def chunk_table(nthreads, columns):
 
 def table_sums(table):
     """The column sums of a :func:`chunk_table`, in chunk order: the one
-    row of a serial launch as it is."""
-    return table[0] if table.shape[0] == 1 else kl.column_sums(table)
+    row of a serial launch as it is. (NumPy's, a few microseconds on a
+    parallel launch, where a Numba loop cost its first call 0.3 s of
+    compilation: docs/perf/cpu-078.)"""
+    return table[0] if table.shape[0] == 1 else table.sum(axis=0)
 
 
 def _planned(key, tuning_now, choose):
@@ -479,6 +481,9 @@ def cross_entropy_launch(x3, want_grad, want_loss):
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
+    # The kernels' want_grad: None compiles the gradient's code out of
+    # them (docs/perf/cpu-078).
+    grad_switch = True if want_grad else None
     if inner > 1:
         g_stand_in, lw_stand_in = _stand_in(3, dtype), _stand_in(1, dtype)
         blocks = _plane_blocks(C, True)
@@ -501,7 +506,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             tile = _cf_tile_pixels(x3, True, cpu.loss_tile_pixels if long_tiles else None)
             with threads() as nthreads:
                 table = chunk_table(nthreads, 3)
-                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, want_grad, lw,
+                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, grad_switch, lw,
                        want_loss, tile, nthreads, direct, blocks, write, ahead, copies, table)
             return table_sums(table)
         return launch
@@ -515,7 +520,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             with threads() as nthreads:
                 table = chunk_table(nthreads, 3)
                 kernel(x3.reshape(outer, C), t2.reshape(outer), w, w64, ignore_index, eps,
-                       gscale, g_stand_in if g is None else g.reshape(outer, C), want_grad,
+                       gscale, g_stand_in if g is None else g.reshape(outer, C), grad_switch,
                        lw_stand_in if lw is None else lw.reshape(outer), want_loss, tile,
                        nthreads, ahead, table)
             return table_sums(table)
@@ -530,7 +535,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
         stream = want_grad and not blocks and _streams_rows(x2, g2)
         with threads() as nthreads:
             table = chunk_table(nthreads, 3)
-            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2, want_grad,
+            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2, grad_switch,
                    lw_stand_in if lw is None else lw.reshape(outer), want_loss, nthreads, ahead,
                    blocks, tile, stream, table)
         return table_sums(table)

@@ -42,6 +42,7 @@ from numba.core.extending import overload
 from numba.np.numpy_support import as_dtype
 
 from fastlogits.tuning import FASTMATH
+from fastlogits.cpu.llvm.alloc import empty
 from fastlogits.cpu.llvm.half import (_bfloat16_bits, _from_bfloat16_bits, _from_half_bits,
                                       _half_bits, bfloat16_round_ir, bfloat16_widen_ir)
 from fastlogits.cpu.llvm.irutil import masked_gather, masked_load, masked_store, vptr
@@ -139,7 +140,7 @@ def _scratch_overload(shape, x):
     if not (isinstance(x, types.Array) and is_scores(x.dtype)):
         return None
     kind = as_dtype(compute_type(x.dtype)).type
-    return lambda shape, x: np.empty(shape, kind)
+    return lambda shape, x: empty(shape, kind)
 
 
 class ScoreIR:

@@ -23,6 +23,7 @@ from fastlogits.cpu.blocks.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
                                          load_transposed, next_tile_cl, tile_argmax, tile_expsum,
                                          work_chunks)
+from fastlogits.cpu.llvm.alloc import empty
 from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
                                           prefetch_row, prefetch_rows, region_from, rows_ahead)
 from fastlogits.cpu.llvm.scores import scratch
@@ -99,8 +100,8 @@ def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, b
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
-        idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(2 * tile, dtype=np.float64)
+        idx = empty(tile, np.int32)
+        s = empty(2 * tile, np.float64)
         cols = scratch(C * LANES if blocks and with_conf else 1, x)
         buf = scratch((1, C, tile if copy_tiles and with_conf else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -137,8 +138,8 @@ def argmax_cl_tiles(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthre
         buf = scratch((1, C, tile), x)
         m = scratch(tile, x)
         part = scratch(2 * tile, x)
-        idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(2 * tile, dtype=np.float64)
+        idx = empty(tile, np.int32)
+        s = empty(2 * tile, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -164,8 +165,8 @@ def argmax_cl_rows(task, ntasks, x, labels, conf, inv_t, with_conf, nthreads, ah
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
         m = scratch(ROWS, x)
-        idx = np.empty(ROWS, dtype=np.int32)
-        s = np.empty(ROWS, dtype=np.float64)
+        idx = empty(ROWS, np.int32)
+        s = empty(ROWS, np.float64)
         cols = scratch(C * ROWS if with_conf and blocks else 1, x)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)

@@ -42,6 +42,7 @@ from fastlogits.cpu.blocks.rowblock import ROWS, blocks_end, rows_argmax
 from fastlogits.cpu.blocks.rowvec import vrow_argmax
 from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, load_transposed, next_tile_cl,
                                          tile_argmax)
+from fastlogits.cpu.llvm.alloc import empty
 from fastlogits.cpu.llvm.prefetch import (plane_rows_region, planes_ahead, prefetch_planes,
                                           prefetch_row, prefetch_rows, rows_ahead)
 from fastlogits.cpu.llvm.scores import scratch
@@ -89,7 +90,7 @@ def confusion_cf(task, ntasks, x, t, ignore, hists, bad, tile, blocks, ahead_byt
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         m2 = scratch(tile, x)
-        idx = np.empty(tile, dtype=np.int32)
+        idx = empty(tile, np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -117,7 +118,7 @@ def confusion_cl_tiles(task, ntasks, x, t, ignore, hists, bad, tile, ahead_bytes
         buf = scratch((1, C, tile), x)
         m = scratch(tile, x)
         m2 = scratch(tile, x)
-        idx = np.empty(tile, dtype=np.int32)
+        idx = empty(tile, np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -142,7 +143,7 @@ def confusion_cl_rows(task, ntasks, x, t, ignore, hists, bad, ahead_bytes, block
     for chunk in range(c0, c1):
         hist = hists[chunk]
         m = scratch(ROWS, x)
-        idx = np.empty(ROWS, dtype=np.int32)
+        idx = empty(ROWS, np.int32)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for g in range(r0, g1, ROWS):

@@ -67,6 +67,7 @@ from fastlogits.cpu.blocks.microkernels import (DOT_CLASSES, DOT_PIXELS, OUTER_C
                                                 VECTOR_BYTES, address_of, dot_block, dot_block_aligned,
                                                 outer_block)
 from fastlogits.cpu.blocks.tiles import chunk_bounds, load_transposed, tile_argmax, work_chunks
+from fastlogits.cpu.llvm.alloc import empty, zeros
 from fastlogits.cpu.llvm.prefetch import no_region, prefetch
 from fastlogits.cpu.ops.argmax import _tile as _argmax_tile
 from fastlogits.cpu.ops.confusion import _count
@@ -269,8 +270,8 @@ def dot_weights(W, C, N, f, use):
     fa = address_of(f, 0)
     if not (use and N >= L and N % L == 0 and fa % size == 0
             and C * N <= DOT_ALIGN_MAX_WEIGHTS):
-        return np.empty(1, dtype=W.dtype), 0, -1
-    Wd = np.empty(C * N + L, dtype=W.dtype)
+        return empty(1, W.dtype), 0, -1
+    Wd = empty(C * N + L, W.dtype)
     wd0 = ((fa - address_of(Wd, 0)) % VECTOR_BYTES) // size
     Wd[wd0:wd0 + C * N] = W
     return Wd, wd0, ((-fa) % VECTOR_BYTES) // size
@@ -286,7 +287,7 @@ def transposed_weights(W, b, C, N):
     (N + 1, Cp), ``Wt[n*Cp + c] = W[c*N + n]``, row N the bias, Cp = C
     rounded up to whole class blocks (the extra columns 0)."""
     Cp = (C + OUTER_CLASSES - 1) // OUTER_CLASSES * OUTER_CLASSES
-    Wt = np.zeros((N + 1) * Cp, dtype=W.dtype)
+    Wt = zeros((N + 1) * Cp, W.dtype)
     for c in range(C):
         for n in range(N):
             Wt[n * Cp + c] = W[c * N + n]
@@ -388,7 +389,7 @@ def _transpose_scratch(N, inner, tile, cl_dot, dtype):
     """The (N, tile) scratch of the transposed channels-last regime (a
     one-element stand-in otherwise)."""
     n = N * tile if (inner == 1 and not cl_dot and N > 0) else 1
-    return np.empty(n, dtype=dtype)
+    return empty(n, dtype)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -421,15 +422,15 @@ def head_expnorm(task, ntasks, f, outer, N, inner, W, b, out, red, inv_t, mode, 
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        z = np.empty(C * tile, dtype=b.dtype)
+        z = empty(C * tile, b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
-        e = np.empty(C * tile, dtype=b.dtype)
+        e = empty(C * tile, b.dtype)
         e3 = e.reshape((1, C, tile))
-        m = np.empty(tile, dtype=b.dtype)
-        g = np.empty(tile, dtype=b.dtype)
-        part = np.empty(2 * tile, dtype=b.dtype)
-        s = np.empty(2 * tile, dtype=np.float64)
+        m = empty(tile, b.dtype)
+        g = empty(tile, b.dtype)
+        part = empty(2 * tile, b.dtype)
+        s = empty(2 * tile, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -457,13 +458,13 @@ def head_argmax(task, ntasks, f, outer, N, inner, W, b, labels, conf, inv_t, wit
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        z = np.empty(C * tile, dtype=b.dtype)
+        z = empty(C * tile, b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
-        m = np.empty(tile, dtype=b.dtype)
-        part = np.empty(2 * tile, dtype=b.dtype)
-        idx = np.empty(tile, dtype=np.int32)
-        s = np.empty(2 * tile, dtype=np.float64)
+        m = empty(tile, b.dtype)
+        part = empty(2 * tile, b.dtype)
+        idx = empty(tile, np.int32)
+        s = empty(2 * tile, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -494,13 +495,13 @@ def head_xent(task, ntasks, f, outer, N, inner, W, b, t, w, w64, ignore, eps, gs
     Wt, Wd, wd0, n0 = head_weights(W, b, C, N, f, inner, cl_dot)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        z = np.empty(C * tile, dtype=b.dtype)
+        z = empty(C * tile, b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
-        e = np.empty(C * tile, dtype=b.dtype) if want_grad else z
+        e = empty(C * tile, b.dtype) if want_grad else z
         e3 = e.reshape((1, C, tile))
         m, part, a, s, sm, xt, wt, d, tt, keep = _loss_scratch(tile, w)
-        acc = np.zeros(3)
+        acc = zeros(3, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles
@@ -529,12 +530,12 @@ def head_confusion(task, ntasks, f, outer, N, inner, W, b, t, ignore, hists, bad
     nchunks = max(1, min(hists.shape[0], njobs))
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        z = np.empty(C * tile, dtype=b.dtype)
+        z = empty(C * tile, b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
-        m = np.empty(tile, dtype=b.dtype)
-        m2 = np.empty(tile, dtype=b.dtype)
-        idx = np.empty(tile, dtype=np.int32)
+        m = empty(tile, b.dtype)
+        m2 = empty(tile, b.dtype)
+        idx = empty(tile, np.int32)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o = job // ntiles

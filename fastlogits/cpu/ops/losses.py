@@ -72,6 +72,7 @@ from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bou
                                          load_rows, load_transposed, next_tile_cl, store_transposed,
                                          tile_exp_store, tile_expsum, tile_max, tile_to_out,
                                          work_chunks)
+from fastlogits.cpu.llvm.alloc import empty, zeros
 from fastlogits.cpu.llvm.fastlog import flog1p
 from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
                                           prefetch_row, prefetch_rows, prefetch_span, region_from,
@@ -233,16 +234,15 @@ def put_row(table, i, acc):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def column_sums(table):
-    """``table.sum(axis=0)`` of a 2-D float64 table as plain loops: Numba's
-    axis sum compiles an axis check whose error message compiles a dozen
-    string functions, about 1 s of a loss kernel's first call
-    (docs/perf/cpu-073)."""
-    out = np.zeros(table.shape[1])
-    for i in range(table.shape[0]):
-        for k in range(table.shape[1]):
-            out[k] += table[i, k]
-    return out
+def _add_block_sums(acc, sums):
+    """Adds the fused blocks' sums (``sums``: the lanes' loss sums, then
+    their weight sums) to ``acc[0]`` and ``acc[1]``; loops, not
+    ``sums[:n].sum()``, whose overload compiles a function of its own
+    (docs/perf/cpu-078)."""
+    n = sums.shape[0] // 2
+    for k in range(n):
+        acc[0] += sums[k]
+        acc[1] += sums[n + k]
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -250,7 +250,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
-    with ``want_grad``),
+    unless ``want_grad`` is None: see :func:`ce_cl_rows`),
     writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``.
     Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
     C = x.shape[1]
@@ -260,12 +260,12 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
     _target_logits_tile(x, o, i0, P, tt, xt)
     if eps > 0.0:
         _smoothing_sum(x, o, i0, P, m, w, part, sm)
-    if want_grad:
+    if want_grad is not None:
         tile_exp_store(x, o, i0, P, m, one, s, part, et, eo, ei0, True, True, region_from(pf, C))
     else:
         tile_expsum(x, o, i0, P, m, one, s, part, True, region_from(pf, C))
-    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad, acc, loss, r0,
-                       want_loss)
+    _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, want_grad is not None, acc,
+                       loss, r0, want_loss)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -274,17 +274,17 @@ def _scratch(tile, w):
     even without smoothing), xt, wt, d, keep in the type x's scores are
     computed in (``w``'s), tt int32 (docs/perf/cpu-044); part and s
     of 2 tile (their halves: :func:`fastlogits.cpu.blocks.tiles.tile_expsum`)."""
-    return (np.empty(tile, w.dtype), np.empty(2 * tile, w.dtype), np.empty(tile, w.dtype),
-            np.empty(2 * tile, w.dtype), np.zeros(tile, w.dtype), np.empty(tile, w.dtype),
-            np.empty(tile, w.dtype), np.empty(tile, w.dtype), np.empty(tile, np.int32),
-            np.empty(tile, w.dtype))
+    return (empty(tile, w.dtype), empty(2 * tile, w.dtype), empty(tile, w.dtype),
+            empty(2 * tile, w.dtype), zeros(tile, w.dtype), empty(tile, w.dtype),
+            empty(tile, w.dtype), empty(tile, w.dtype), empty(tile, np.int32),
+            empty(tile, w.dtype))
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _grad_coef(w, eps, gscale):
     """``g * eps / C * w[c]`` in x's dtype (``w``'s; 0 without smoothing)."""
     C = w.shape[0]
-    b = np.empty_like(w)
+    b = empty(w.shape[0], w.dtype)
     for c in range(C):
         b[c] = gscale * eps / C * w[c]
     return b
@@ -295,7 +295,7 @@ def _grad_scales(w, wall, eps, gscale):
     """``(g (1 - eps), g eps W / C)`` in x's dtype (``w``'s): the register
     blocks' gradient scales ``A = (coef[0] w[t] + coef[1]) / s`` and ``D =
     coef[0] w[t]`` (:func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`)."""
-    coef = np.empty(2, w.dtype)
+    coef = empty(2, w.dtype)
     coef[0] = gscale * (1.0 - eps)
     coef[1] = gscale * eps * wall / w.shape[0]
     return coef
@@ -306,7 +306,7 @@ def _smoothing_coefs(w, wall, eps):
     """``(1 - eps, eps / C, W)`` in x's dtype (``w``'s): the fused loss
     blocks' label smoothing (:func:`fastlogits.cpu.blocks.rowblock._xent_part`),
     the values :func:`_pixel_losses` takes."""
-    ls = np.empty(3, w.dtype)
+    ls = empty(3, w.dtype)
     ls[0] = 1.0 - eps
     ls[1] = eps / w.shape[0]
     ls[2] = wall
@@ -319,7 +319,9 @@ def loss_coefs(w, w64, eps, gscale):
     dtype (``w``'s): ``(b, coef, ls)`` from :func:`_grad_coef`,
     :func:`_grad_scales` and :func:`_smoothing_coefs` (``W`` the sum of
     the float64 class weights ``w64``)."""
-    wall = np.sum(w64)
+    wall = 0.0
+    for c in range(w64.shape[0]):
+        wall += w64[c]
     return (_grad_coef(w, eps, gscale), _grad_scales(w, wall, eps, gscale),
             _smoothing_coefs(w, wall, eps))
 
@@ -485,14 +487,17 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     r0 = o * inner + i0
     one = w.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if not want_grad and _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
-                                       ahead, t, w, ls, eps > 0.0):
-        return
-    if want_grad and write == WRITE_STREAM:
-        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad, start, True, ahead, t,
-                     r0)
-    elif want_grad:  # (two calls: grad and ebuf differ in type for float16 bits)
-        _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, ebuf, 0, False, ahead, t, r0)
+    if want_grad is None:
+        if _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                         eps > 0.0):
+            return
+    if want_grad is not None:
+        if write == WRITE_STREAM:
+            _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad, start, True, ahead,
+                         t, r0)
+        else:  # (two calls: grad and ebuf differ in type for float16 bits)
+            _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, ebuf, 0, False, ahead, t,
+                         r0)
     else:
         for q in range(0, P, LANES):
             _prefetch_block(x, start + q, ahead, t, r0 + P + q)
@@ -503,8 +508,9 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
                 planes_wsum(x, start + q, m, q, w, sm)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
-    if want_grad and write != WRITE_STREAM:
-        tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
+    if want_grad is not None:
+        if write != WRITE_STREAM:
+            tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -517,11 +523,14 @@ def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, 
     ``stream``). Prefetches the region ``pf``."""
     m, part, a, s, sm, xt, wt, d, tt, keep = sc
     r0 = o * inner + i0
-    if direct or not want_grad:
+    if want_grad is None:
         _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, grad, o, i0, want_grad,
                      loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-        if want_grad:
-            _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
+        return
+    if direct:
+        _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, grad, o, i0, want_grad,
+                     loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
+        _tile_grad(grad, o, i0, P, a, b, keep, tt, d)
         return
     _tile_losses(src, so, si0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0, want_grad, loss,
                  want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
@@ -568,11 +577,12 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         m, part, a, s, sm, xt, wt, d, tt, keep = sc
-        ebuf = scratch((1, C, tile if want_grad and (blocks or stream or not direct) else 1), x)
+        grads = want_grad is not None
+        ebuf = scratch((1, C, tile if grads and (blocks or stream or not direct) else 1), x)
         cols = scratch(C * LANES if blocks else 1, x)
         buf = scratch((1, C, tile if copy_tiles else 1), x)
-        acc = np.zeros(3)
-        sums = np.zeros(2 * LANES)
+        acc = zeros(3, np.float64)
+        sums = zeros(2 * LANES, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
@@ -599,8 +609,7 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
                                 stream, pf)
         if stream:
             stream_fence()
-        acc[0] += sums[:LANES].sum()
-        acc[1] += sums[LANES:].sum()
+        _add_block_sums(acc, sums)
         put_row(table, chunk, acc)
 
 
@@ -620,9 +629,9 @@ def ce_cl_tiles(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
         buf = scratch((1, C, tile), x)
-        ebuf = scratch((1, C, tile), x) if want_grad else buf
+        ebuf = scratch((1, C, tile), x) if want_grad is not None else buf
         m, part, a, s, sm, xt, wt, d, tt, keep = _scratch(tile, w)
-        acc = np.zeros(3)
+        acc = zeros(3, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -631,7 +640,7 @@ def ce_cl_tiles(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad
             pf = next_tile_cl(x, r0, tile, min(rows, j1 * tile), 2 * C, ahead_bytes)
             _tile_losses(buf, 0, 0, P, t, r0, w, ignore, eps, ls, coef, ebuf, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-            if want_grad:
+            if want_grad is not None:
                 _tile_grad(ebuf, 0, 0, P, a, b, keep, tt, d)
                 store_transposed(ebuf, P, grad, r0)
         put_row(table, chunk, acc)
@@ -658,10 +667,11 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
     r0 = max(r0, 0)
     one = w.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if not want_grad and _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums,
-                                       ahead, t, w, ls, eps > 0.0):
-        return
-    if want_grad:
+    if want_grad is None:
+        if _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                         eps > 0.0):
+            return
+    if want_grad is not None:
         _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead, t, r0)
     else:
         for q in range(0, P, ROWS):
@@ -699,6 +709,7 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
     scratch row and copied into grad, by non-temporal stores with
     ``stream`` (not with ``blocks``)."""
     rows, C = x.shape
+    grads = want_grad is not None
     staged = stream or holds_half_bits(grad)
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
@@ -721,8 +732,8 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
         # The gradient row is made in grad's row, or staged in this one
         # (then streamed, or rounded to float16 bits).
         row = scratch((1, C) if staged else (1, 1), x)
-        acc = np.zeros(3)
-        sums = np.zeros(2 * ROWS)
+        acc = zeros(3, np.float64)
+        sums = zeros(2 * ROWS, np.float64)
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
         g1 = blocks_end(r0, r1, blocks)
         for b0 in range(r0, g1, tile):
@@ -730,7 +741,7 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
                           b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
         for r in range(g1, r1):
             prefetch_row(x, r, ahead)
-            gr = r if want_grad else 0
+            gr = r if grads else 0
             ti = np.int64(t[r])
             if ti != ignore and (ti < 0 or ti >= C):
                 acc[2] += 1
@@ -740,11 +751,11 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
             if ti < 0:
                 if want_loss:
                     loss[r] = 0.0
-                if want_grad:
+                if want_grad is not None:
                     for c in range(C):
                         grad[gr, c] = store_score(grad, zero)
                 continue
-            if want_grad or not one_pass:
+            if grads or not one_pass:
                 mx, _ = vrow_argmax(x, r)
             else:  # max and exp-sum in one pass over the row
                 mx, s1[0] = vrow_max_expsum(x, r, one)
@@ -754,28 +765,29 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
                     sm += w[c] * (mx - score(x[r, c]))
             m1[0] = mx
             xt1[0] = score(x[r, ti])
-            if staged and (want_grad or not one_pass):  # after every read of the row
-                s1[0] = vrow_expsum(x, r, mx, one, row, 0, want_grad, True)
-            elif want_grad or not one_pass:  # grad may be x
-                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, want_grad, True)
+            if staged and (grads or not one_pass):  # after every read of the row
+                s1[0] = vrow_expsum(x, r, mx, one, row, 0, grads, True)
+            elif grads or not one_pass:  # grad may be x
+                s1[0] = vrow_expsum(x, r, mx, one, grad, gr, grads, True)
             sm1[0] = sm
             wt1[0] = w[ti]
             tt1[0] = ti
             _pixel_losses(1, m1, s1, sm1, xt1, wt1, tt1, keep, epsc, wallx, gk, ge, smooth, a1,
-                          d1, want_grad, acc, loss, r, want_loss)
-            if want_grad and staged:  # (row and grad differ in type for float16 bits)
+                          d1, grads, acc, loss, r, want_loss)
+            if want_grad is None:
+                continue
+            if staged:  # (row and grad differ in type for float16 bits)
                 _grad_row(row, 0, a1[0], b, ti, d1[0])
                 if stream:
                     stream_copy(row, 0, grad, r * C, C)
                 else:
                     for c in range(C):
                         grad[r, c] = store_score(grad, row[0, c])
-            elif want_grad:
+            else:
                 _grad_row(grad, gr, a1[0], b, ti, d1[0])
         if stream:
             stream_fence()
-        acc[0] += sums[:ROWS].sum()
-        acc[1] += sums[ROWS:].sum()
+        _add_block_sums(acc, sums)
         put_row(table, chunk, acc)
 
 

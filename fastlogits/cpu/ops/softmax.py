@@ -37,6 +37,7 @@ from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, 
 from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
                                          load_transposed, next_tile_cl, store_transposed, tile_exp_store,
                                          tile_expsum, tile_max, tile_to_out, work_chunks)
+from fastlogits.cpu.llvm.alloc import empty
 from fastlogits.cpu.llvm.fastlog import flog1p
 from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead,
                                           prefetch_planes, prefetch_row, prefetch_rows, region_from,
@@ -215,7 +216,7 @@ def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, b
         m = scratch(tile, x)
         g = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
-        s = np.empty(2 * tile, dtype=np.float64)
+        s = empty(2 * tile, np.float64)
         cols = scratch(C * tile if blocks else 1, x)
         buf = scratch((1, C, tile if copy_tiles else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
@@ -261,7 +262,7 @@ def expnorm_cl_tiles(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, ahe
         m = scratch(tile, x)
         g = scratch(tile, x)
         part = scratch(2 * tile, x)
-        s = np.empty(2 * tile, dtype=np.float64)
+        s = empty(2 * tile, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, ntiles)
         for job in range(j0, j1):
             r0 = job * tile
@@ -387,7 +388,7 @@ def expnorm_cl_rows(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_byte
     for chunk in range(c0, c1):
         m = scratch(B, x)
         g = scratch(B, x)
-        s = np.empty(B, dtype=np.float64)
+        s = empty(B, np.float64)
         e = scratch((B if is_staged(out, stream) and mode == SOFTMAX else 1, C), x)
         j0, j1 = chunk_bounds(chunk, nchunks, nblocks)
         for job in range(j0, j1):
@@ -417,7 +418,7 @@ def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_by
     for chunk in range(c0, c1):
         m = scratch(ROWS, x)
         g = scratch(ROWS, x)
-        s = np.empty(ROWS, dtype=np.float64)
+        s = empty(ROWS, np.float64)
         cols = scratch(C * ROWS, x)
         e = scratch((ROWS, C) if is_staged(out, False) else (1, 1), x)  # the row kernels' scratch
         r0, r1 = chunk_bounds(chunk, nchunks, rows)
