@@ -8,12 +8,14 @@ threads above it, :func:`fan_out`)."""
 import functools
 import threading
 
+import numpy as np
 from numba import get_num_threads, njit, prange, set_num_threads, types, typeof
 from numba._dispatcher import compute_fingerprint
 from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
-from fastlogits.cpu.llvm.indirect import call_at
+from fastlogits.cpu.llvm.indirect import (call_packed, packable, packed_entry, packed_size,
+                                          store_args)
 
 
 def _thread_count_calls():
@@ -87,42 +89,76 @@ class launch_threads:
         return False
 
 
-_ADDRESSES = {}  # (kernel, argument fingerprints) -> the kernel's entry address
-_ADDRESSES_LOCK = threading.Lock()
+_ENTRIES = {}  # (kernel, argument fingerprints) -> _Entry
+_ENTRIES_LOCK = threading.Lock()
 
 
-def kernel_address(kernel, args):
-    """The address of ``kernel``'s entry (Numba's calling convention) for
-    ``(task, ntasks, *args)``, compiled (or loaded from the cache) at the
-    first launch of these argument types, then looked up by the types'
-    fingerprints (0.5 us for eight arguments)."""
+class _Entry:
+    """A kernel's packed entry for one tuple of argument types: its
+    address, the bytes of the packed arguments, and the library that
+    holds its code (kept alive with it)."""
+
+    __slots__ = ("address", "nbytes", "library")
+
+    def __init__(self, address, nbytes, library):
+        self.address, self.nbytes, self.library = address, nbytes, library
+
+
+def kernel_entry(kernel, args):
+    """The :class:`_Entry` that runs ``kernel(task, ntasks, *args)`` from
+    arguments :func:`pack` wrote (:func:`fastlogits.cpu.llvm.indirect.packed_entry`):
+    made at the first launch of these argument types (the kernel compiled
+    or loaded from the cache), then looked up by the types' fingerprints
+    (0.5 us for eight arguments)."""
     key = (kernel, tuple(map(compute_fingerprint, args)))
-    addr = _ADDRESSES.get(key)
-    if addr is None:
-        with _ADDRESSES_LOCK:
-            addr = _ADDRESSES.get(key)
-            if addr is None:
-                addr = _ADDRESSES[key] = _compiled_address(kernel, args)
-    return addr
+    entry = _ENTRIES.get(key)
+    if entry is None:
+        with _ENTRIES_LOCK:
+            entry = _ENTRIES.get(key)
+            if entry is None:
+                entry = _ENTRIES[key] = _new_entry(kernel, args)
+    return entry
 
 
-def _compiled_address(kernel, args):
-    """:func:`kernel_address`'s lookup of ``kernel`` compiled for ``args``."""
-    sig = (types.int64, types.int64) + tuple(typeof(a, Purpose.argument) for a in args)
+def _new_entry(kernel, args):
+    """:func:`kernel_entry`'s entry of ``kernel`` compiled for ``args``."""
+    argtys = tuple(typeof(a, Purpose.argument) for a in args)
+    bad = [t for t in argtys if not packable(t)]
+    if bad:
+        raise TypeError(f"{kernel.py_func.__qualname__}: a fanned-out kernel takes arrays,"
+                        f" numbers, booleans, None and tuples of numbers, not {bad[0]}")
+    sig = (types.int64, types.int64) + argtys
     kernel.compile(sig)
     cres = kernel.overloads[sig]
     if cres.signature.return_type != types.none:
         raise TypeError(f"{kernel.py_func.__qualname__} returns {cres.signature.return_type}:"
                         " a fanned-out kernel returns nothing (its results go to its arrays)")
-    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+    context = cres.target_context
+    library, address = packed_entry(
+        context, cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name), argtys)
+    return _Entry(address, packed_size(context, argtys), library)
+
+
+@njit(cache=True)
+def pack(buf, args):
+    """Writes the tuple ``args`` into ``buf`` for a kernel's packed entry
+    (:func:`fastlogits.cpu.llvm.indirect.store_args`): compiled per
+    argument types, a few hundredths of a second where a parallel loop
+    per types took 0.25-0.35 s (docs/perf/cpu-078)."""
+    store_args(buf, args)
 
 
 @njit(parallel=True, cache=True)
-def fan_out(addr, args, ntasks):
-    """Run tasks ``0 .. ntasks - 1`` of the kernel at ``addr`` on the
-    threading layer's threads, each ``kernel(task, ntasks, *args)``."""
+def fan_out(entry, buf, ntasks):
+    """Run tasks ``0 .. ntasks - 1`` of the kernel whose packed entry is at
+    ``entry`` (:func:`kernel_entry`) on the threading layer's threads,
+    each ``kernel(task, ntasks, *args)`` with the arguments :func:`pack`
+    wrote into ``buf``; returns the number of tasks that failed. One
+    compiled signature serves every kernel."""
+    failed = 0
     for task in prange(ntasks):
-        call_at(addr, task, ntasks, args)
+        failed += call_packed(entry, task, ntasks, buf)
+    return failed
 
 
 def is_kernel(dispatcher):
@@ -146,7 +182,20 @@ class _FanOut:
         if ntasks <= 1:
             self.kernel(0, 1, *args)
         else:
-            fan_out(kernel_address(self.kernel, args), args, ntasks)
+            entry = kernel_entry(self.kernel, args)
+            buf = np.empty(entry.nbytes, np.uint8)
+            pack(buf, args)  # borrows the arrays: args holds them until the tasks are done
+            if fan_out(entry.address, buf, ntasks):
+                self._raise(args, ntasks)
+
+    def _raise(self, args, ntasks):
+        """Raises the error of a failed launch: the threads cannot, so the
+        tasks run again on this thread, where the kernel raises its own
+        exception."""
+        for task in range(ntasks):
+            self.kernel(task, ntasks, *args)
+        raise RuntimeError(f"{self.kernel.py_func.__qualname__}: a task failed on a thread of"
+                           " the threading layer, and none failed when run again")
 
 
 class _OnThisThread:

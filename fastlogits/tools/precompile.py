@@ -139,7 +139,8 @@ def run_task(task):
                 variants.append(Inputs(inp.x, axis, inp.t.astype(np.uint8), inp.w, inp.head,
                                        inp.f, inp.z))
             # Launched in parallel at any size (cpu_serial_below=0): the
-            # kernel a small call runs on its own thread, and its fan-out.
+            # kernel a small call runs on its own thread, its packing and
+            # the fan-out (compiled once for all kernels).
             with tuning.override(cpu_serial_below=0):
                 for v in variants:
                     for e in entries:
@@ -230,12 +231,13 @@ def cached_variants():
     """``(drivers, functions)``: the compiled variants of the library's CPU
     kernels in the cache in use that this CPU can load, of the drivers (the
     kernels the host launches, :func:`fastlogits.cpu.threads.is_kernel`, and
-    their parallel fan-outs: what ``fastlogits compile`` makes) and of every
+    what launches them in parallel, their packing and the fan-out:
+    what ``fastlogits compile`` makes) and of every
     cached function (their callees included). Read from Numba's index
     files; entries of edited sources or other CPUs are not counted."""
     from numba.core.registry import cpu_target
 
-    from fastlogits.cpu.threads import fan_out, is_kernel
+    from fastlogits.cpu.threads import fan_out, is_kernel, pack
 
     magic = cpu_target.target_context.codegen().magic_tuple()
     drivers = functions = 0
@@ -244,7 +246,7 @@ def cached_variants():
             continue
         n = _variants(d, magic)
         functions += n
-        if d is fan_out or is_kernel(d):
+        if d is fan_out or d is pack or is_kernel(d):
             drivers += n
     return drivers, functions
 

@@ -37,13 +37,13 @@ def test_serial_below_the_threshold_and_restored(small):
     assert numba.get_num_threads() == n
 
 
-def test_kernel_address_one_per_types_and_threads():
-    """Threads asking for a kernel's address at once get one address per
+def test_kernel_entry_one_per_types_and_threads():
+    """Threads asking for a kernel's packed entry at once get one entry per
     argument types: the kernel compiled once for ``(task, ntasks, *args)``."""
     import numpy as np
 
     from fastlogits.cpu.ops import losses
-    from fastlogits.cpu.threads import kernel_address
+    from fastlogits.cpu.threads import kernel_entry
     from tests.helpers import run_in_threads
 
     kernel = losses.target_weight_sum
@@ -51,11 +51,12 @@ def test_kernel_address_one_per_types_and_threads():
     got = [None] * 8
 
     def ask(k):
-        got[k] = kernel_address(kernel, args)
+        got[k] = kernel_entry(kernel, args)
 
     assert run_in_threads(ask, n=8) == []
-    assert all(a == got[0] for a in got) and got[0] > 0
-    assert kernel_address(kernel, (np.arange(10, dtype=np.uint8),) + args[1:]) != got[0]
+    assert all(e is got[0] for e in got) and got[0].address > 0 and got[0].nbytes > 0
+    other = kernel_entry(kernel, (np.arange(10, dtype=np.uint8),) + args[1:])
+    assert other.address != got[0].address
     assert sum(sig[2].dtype.name in ("int64", "uint8") for sig in kernel.signatures) >= 2
 
 
@@ -65,14 +66,67 @@ def test_a_kernel_that_returns_is_not_fanned_out():
     import numpy as np
     from numba import njit
 
-    from fastlogits.cpu.threads import kernel_address
+    from fastlogits.cpu.threads import kernel_entry
 
     @njit
     def returns(task, ntasks, x):
         return x.sum()
 
     with pytest.raises(TypeError, match="returns nothing"):
-        kernel_address(returns, (np.ones(3),))
+        kernel_entry(returns, (np.ones(3),))
+
+
+def test_arguments_that_cannot_be_packed_are_refused():
+    """The packed arguments borrow arrays without their owner, so an array
+    inside a tuple (whose owner would be stored) is refused, as is a
+    buffer too small for the arguments."""
+    import numpy as np
+    from numba import njit
+
+    from fastlogits.cpu.threads import kernel_entry, pack
+
+    @njit
+    def kernel(task, ntasks, pair):
+        pair[0][task] = 1.0
+
+    with pytest.raises(TypeError, match="not UniTuple"):
+        kernel_entry(kernel, ((np.ones(3), np.ones(3)),))
+    with pytest.raises(ValueError, match="too small"):
+        pack(np.empty(8, np.uint8), (np.ones(3), 2.5))
+
+
+@pytest.mark.parametrize("nthreads", [2, 4])
+def test_fanned_out_kernels_share_one_parallel_loop(nthreads):
+    """Kernels of different argument types run through the one compiled
+    fan-out; every task writes its own results, a kernel's error reaches
+    the caller, and the arrays the tasks borrowed are intact afterwards."""
+    if numba.config.NUMBA_NUM_THREADS < nthreads:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    import numpy as np
+    from numba import njit
+
+    from fastlogits.cpu.threads import _FanOut, fan_out
+
+    @njit
+    def fill(task, ntasks, out, scale, shift, flag, nothing, pair):
+        if task == ntasks - 1 and scale < 0:
+            raise ValueError("the last task refuses a negative scale")
+        v = task * scale + shift + pair[0] * pair[1]
+        out[task] = v if flag and nothing is None else -v
+
+    n = numba.get_num_threads()
+    numba.set_num_threads(nthreads)
+    try:
+        for dtype in (np.float64, np.float32, np.int32):
+            out = np.zeros(nthreads, dtype)
+            _FanOut(fill)(out, dtype(3), 1.0, True, None, (2, 5))
+            assert out.tolist() == [3 * k + 11 for k in range(nthreads)]
+        with pytest.raises(ValueError, match="negative scale"):
+            _FanOut(fill)(np.zeros(nthreads), -1.0, 1.0, True, None, (2, 5))
+    finally:
+        numba.set_num_threads(n)
+    assert len(fan_out.signatures) == 1
+    assert out.base is None and out.flags.owndata  # not freed or resized by the tasks
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
@@ -124,13 +178,15 @@ def test_driver_for_chooses_by_work(tune):
 
 def test_every_kernel_is_serial_and_launched_by_tasks():
     """The ops' kernels take ``task, ntasks`` first and are not parallel
-    themselves: the one parallel region is the fan-out's."""
+    themselves: the one parallel region is the fan-out's, and only their
+    packing is compiled per argument types."""
     from fastlogits.cpu import ops  # noqa: F401
     from fastlogits.cpu.ops import argmax, confusion, head, losses, softmax
-    from fastlogits.cpu.threads import fan_out, is_kernel
+    from fastlogits.cpu.threads import fan_out, is_kernel, pack
 
     kernels = [obj for m in (argmax, confusion, head, losses, softmax)
                for obj in vars(m).values() if hasattr(obj, "py_func") and is_kernel(obj)]
     assert len(kernels) >= 18
     assert not any(k.targetoptions.get("parallel") for k in kernels)
     assert fan_out.targetoptions.get("parallel")
+    assert not pack.targetoptions.get("parallel")

@@ -68,10 +68,11 @@ def test_compile_fills_the_cache_later_processes_use(tmp_path):
     r = _run(["-m", "fastlogits", "compile", "--ops", "argmax", "--layouts", "hwc",
               "--jobs", "1"], cache)
     assert r.returncode == 0, r.stderr
-    # argmax's kernel (small calls run it whole) and its fan-out (large ones)
-    assert "kernel variants for this CPU (+2)" in r.stdout, r.stdout
+    # argmax's kernel (small calls run it whole), its packing and the
+    # fan-out (large ones)
+    assert "kernel variants for this CPU (+3)" in r.stdout, r.stdout
     info = _run(["-m", "fastlogits", "info"], cache)
-    assert _cached(info.stdout) == 2, info.stdout
+    assert _cached(info.stdout) == 3, info.stdout
     first = _run(["-c", FIRST_ARGMAX], cache)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout.strip().splitlines()[-1]) == []
