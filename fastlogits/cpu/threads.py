@@ -14,8 +14,7 @@ from numba._dispatcher import compute_fingerprint
 from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
-from fastlogits.cpu.llvm.indirect import (call_packed, packable, packed_entry, packed_size,
-                                          store_args)
+from fastlogits.cpu.llvm.indirect import call_packed, packable, packed_size, store_args
 
 
 def _thread_count_calls():
@@ -89,39 +88,28 @@ class launch_threads:
         return False
 
 
-_ENTRIES = {}  # (kernel, argument fingerprints) -> _Entry
-_ENTRIES_LOCK = threading.Lock()
+_KERNELS = {}  # (kernel, argument fingerprints) -> (its entry address, bytes of its packed args)
+_KERNELS_LOCK = threading.Lock()
 
 
-class _Entry:
-    """A kernel's packed entry for one tuple of argument types: its
-    address, the bytes of the packed arguments, and the library that
-    holds its code (kept alive with it)."""
-
-    __slots__ = ("address", "nbytes", "library")
-
-    def __init__(self, address, nbytes, library):
-        self.address, self.nbytes, self.library = address, nbytes, library
-
-
-def kernel_entry(kernel, args):
-    """The :class:`_Entry` that runs ``kernel(task, ntasks, *args)`` from
-    arguments :func:`pack` wrote (:func:`fastlogits.cpu.llvm.indirect.packed_entry`):
-    made at the first launch of these argument types (the kernel compiled
-    or loaded from the cache), then looked up by the types' fingerprints
-    (0.5 us for eight arguments)."""
+def kernel_address(kernel, args):
+    """``(address, nbytes)``: the address of ``kernel``'s entry (Numba's
+    calling convention) for ``(task, ntasks, *args)``, and the bytes
+    :func:`pack` needs for them; the kernel compiled (or loaded from the
+    cache) at the first launch of these argument types, then looked up by
+    the types' fingerprints (0.5 us for eight arguments)."""
     key = (kernel, tuple(map(compute_fingerprint, args)))
-    entry = _ENTRIES.get(key)
-    if entry is None:
-        with _ENTRIES_LOCK:
-            entry = _ENTRIES.get(key)
-            if entry is None:
-                entry = _ENTRIES[key] = _new_entry(kernel, args)
-    return entry
+    found = _KERNELS.get(key)
+    if found is None:
+        with _KERNELS_LOCK:
+            found = _KERNELS.get(key)
+            if found is None:
+                found = _KERNELS[key] = _compiled_address(kernel, args)
+    return found
 
 
-def _new_entry(kernel, args):
-    """:func:`kernel_entry`'s entry of ``kernel`` compiled for ``args``."""
+def _compiled_address(kernel, args):
+    """:func:`kernel_address`'s lookup of ``kernel`` compiled for ``args``."""
     argtys = tuple(typeof(a, Purpose.argument) for a in args)
     bad = [t for t in argtys if not packable(t)]
     if bad:
@@ -133,25 +121,25 @@ def _new_entry(kernel, args):
     if cres.signature.return_type != types.none:
         raise TypeError(f"{kernel.py_func.__qualname__} returns {cres.signature.return_type}:"
                         " a fanned-out kernel returns nothing (its results go to its arrays)")
-    context = cres.target_context
-    library, address = packed_entry(
-        context, cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name), argtys)
-    return _Entry(address, packed_size(context, argtys), library)
+    return (cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name),
+            packed_size(cres.target_context, argtys))
 
 
 @njit(cache=True)
-def pack(buf, args):
-    """Writes the tuple ``args`` into ``buf`` for a kernel's packed entry
-    (:func:`fastlogits.cpu.llvm.indirect.store_args`): compiled per
-    argument types, a few hundredths of a second where a parallel loop
+def pack(buf, kernel, args):
+    """Writes the kernel's address ``kernel`` (:func:`kernel_address`) and
+    the tuple ``args`` into ``buf``, and returns the address of the entry
+    that runs a task from them
+    (:func:`fastlogits.cpu.llvm.indirect.store_args`): compiled and cached
+    per argument types, a few hundredths of a second where a parallel loop
     per types took 0.25-0.35 s (docs/perf/cpu-078)."""
-    store_args(buf, args)
+    return store_args(buf, kernel, args)
 
 
 @njit(parallel=True, cache=True)
 def fan_out(entry, buf, ntasks):
     """Run tasks ``0 .. ntasks - 1`` of the kernel whose packed entry is at
-    ``entry`` (:func:`kernel_entry`) on the threading layer's threads,
+    ``entry`` (from :func:`pack`) on the threading layer's threads,
     each ``kernel(task, ntasks, *args)`` with the arguments :func:`pack`
     wrote into ``buf``; returns the number of tasks that failed. One
     compiled signature serves every kernel."""
@@ -182,10 +170,10 @@ class _FanOut:
         if ntasks <= 1:
             self.kernel(0, 1, *args)
         else:
-            entry = kernel_entry(self.kernel, args)
-            buf = np.empty(entry.nbytes, np.uint8)
-            pack(buf, args)  # borrows the arrays: args holds them until the tasks are done
-            if fan_out(entry.address, buf, ntasks):
+            addr, nbytes = kernel_address(self.kernel, args)
+            buf = np.empty(nbytes, np.uint8)
+            # The buffer borrows the arrays: args holds them until the tasks are done.
+            if fan_out(pack(buf, addr, args), buf, ntasks):
                 self._raise(args, ntasks)
 
     def _raise(self, args, ntasks):

@@ -59,7 +59,9 @@ def _assert_same(got, want):
 
 
 def test_layer_is_fork_and_thread_safe():
-    fl.argmax(np.ones((4, 5), np.float32))  # starts the threads
+    # A call above cpu_serial_below starts the threads (a small one runs
+    # on the calling thread and leaves the layer unstarted).
+    fl.argmax(np.ones((1 << 17, 5), np.float32))
     layer = _threading.active()
     if platform.machine() in ("x86_64", "AMD64"):
         assert layer == "tbb", "the tbb dependency should give Numba its TBB layer"

@@ -37,13 +37,13 @@ def test_serial_below_the_threshold_and_restored(small):
     assert numba.get_num_threads() == n
 
 
-def test_kernel_entry_one_per_types_and_threads():
-    """Threads asking for a kernel's packed entry at once get one entry per
+def test_kernel_address_one_per_types_and_threads():
+    """Threads asking for a kernel's address at once get one address per
     argument types: the kernel compiled once for ``(task, ntasks, *args)``."""
     import numpy as np
 
     from fastlogits.cpu.ops import losses
-    from fastlogits.cpu.threads import kernel_entry
+    from fastlogits.cpu.threads import kernel_address
     from tests.helpers import run_in_threads
 
     kernel = losses.target_weight_sum
@@ -51,12 +51,12 @@ def test_kernel_entry_one_per_types_and_threads():
     got = [None] * 8
 
     def ask(k):
-        got[k] = kernel_entry(kernel, args)
+        got[k] = kernel_address(kernel, args)
 
     assert run_in_threads(ask, n=8) == []
-    assert all(e is got[0] for e in got) and got[0].address > 0 and got[0].nbytes > 0
-    other = kernel_entry(kernel, (np.arange(10, dtype=np.uint8),) + args[1:])
-    assert other.address != got[0].address
+    assert all(a == got[0] for a in got) and got[0][0] > 0 and got[0][1] > 0
+    other = kernel_address(kernel, (np.arange(10, dtype=np.uint8),) + args[1:])
+    assert other[0] != got[0][0]
     assert sum(sig[2].dtype.name in ("int64", "uint8") for sig in kernel.signatures) >= 2
 
 
@@ -66,14 +66,14 @@ def test_a_kernel_that_returns_is_not_fanned_out():
     import numpy as np
     from numba import njit
 
-    from fastlogits.cpu.threads import kernel_entry
+    from fastlogits.cpu.threads import kernel_address
 
     @njit
     def returns(task, ntasks, x):
         return x.sum()
 
     with pytest.raises(TypeError, match="returns nothing"):
-        kernel_entry(returns, (np.ones(3),))
+        kernel_address(returns, (np.ones(3),))
 
 
 def test_arguments_that_cannot_be_packed_are_refused():
@@ -83,16 +83,16 @@ def test_arguments_that_cannot_be_packed_are_refused():
     import numpy as np
     from numba import njit
 
-    from fastlogits.cpu.threads import kernel_entry, pack
+    from fastlogits.cpu.threads import kernel_address, pack
 
     @njit
     def kernel(task, ntasks, pair):
         pair[0][task] = 1.0
 
     with pytest.raises(TypeError, match="not UniTuple"):
-        kernel_entry(kernel, ((np.ones(3), np.ones(3)),))
+        kernel_address(kernel, ((np.ones(3), np.ones(3)),))
     with pytest.raises(ValueError, match="too small"):
-        pack(np.empty(8, np.uint8), (np.ones(3), 2.5))
+        pack(np.empty(8, np.uint8), 0, (np.ones(3), 2.5))
 
 
 @pytest.mark.parametrize("nthreads", [2, 4])

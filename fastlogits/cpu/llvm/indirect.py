@@ -5,14 +5,15 @@ kernel's tasks from a ``prange`` loop. Numba compiles such a loop per
 argument types, 0.25-0.35 s each (a gufunc and two wrappers, optimized
 and emitted), so the loop must not see the kernel's arguments: it passes
 the address of a buffer that holds them, and every kernel's launch uses
-the loop's one compiled signature (docs/perf/cpu-078). Three parts:
+the loop's one compiled signature (docs/perf/cpu-078). Two parts:
 
-- :func:`store_args` (in a small function compiled per argument types,
-  :func:`fastlogits.cpu.threads.pack`) writes the arguments into a byte
-  buffer, in the layout of Numba's data model for their tuple;
-- :func:`packed_entry` builds, per kernel and argument types, an entry
-  ``entry(task, ntasks, argp)`` in Numba's calling convention: it loads
-  the arguments from ``argp`` and calls the kernel at its address;
+- :func:`store_args` (in a small function compiled and cached per
+  argument types, :func:`fastlogits.cpu.threads.pack`) writes the
+  kernel's address and its arguments into a byte buffer, in the layout
+  of Numba's data model, and returns the address of an entry
+  ``entry(task, ntasks, argp)`` (Numba's calling convention) compiled
+  into the same module: it loads the arguments back from ``argp`` and
+  calls the kernel at the address stored there;
 - :func:`call_packed` calls such an entry from the loop, and tells
   whether it failed (a thread cannot raise to the caller).
 
@@ -30,16 +31,17 @@ booleans, None and tuples of numbers can be packed; an array inside a
 tuple (whose owner would be stored) is refused.
 """
 
-import itertools
+import zlib
 
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array
 
 _LEAF = (types.Number, types.Boolean, types.NoneType)
+_I64 = ir.IntType(64)
+_ENTRY_ARGS = (types.int64, types.int64, types.voidptr)
 
 
 def packable(ty):
@@ -50,30 +52,67 @@ def packable(ty):
     return isinstance(ty, types.BaseTuple) and all(isinstance(t, _LEAF) for t in ty.types)
 
 
+def _packed_type(context, argtys):
+    """The IR type of the buffer: the kernel's address, then the data of
+    the arguments' tuple."""
+    return ir.LiteralStructType([_I64, context.get_data_type(types.Tuple(tuple(argtys)))])
+
+
 def packed_size(context, argtys):
     """Bytes of the buffer :func:`store_args` fills for ``argtys``."""
-    return context.get_abi_sizeof(context.get_data_type(types.Tuple(tuple(argtys))))
+    return context.get_abi_sizeof(_packed_type(context, argtys))
+
+
+def _entry(context, module, argtys):
+    """The entry for ``argtys`` in ``module`` (defined at its first use):
+    loads the kernel's address and arguments from ``argp`` and calls
+    ``kernel(task, ntasks, *args)``, passing on its status."""
+    tupty = types.Tuple(argtys)
+    name = f"fastlogits.packed_entry.{zlib.crc32(str(tupty).encode()):08x}.{len(argtys)}"
+    fnty = context.call_conv.get_function_type(types.none, _ENTRY_ARGS)
+    fn = cgutils.get_or_insert_function(module, fnty, name)
+    if not fn.is_declaration:
+        return fn
+    fn.linkage = "internal"
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    task, ntasks, argp = context.call_conv.decode_arguments(builder, _ENTRY_ARGS, fn)
+    packed = builder.load(builder.bitcast(argp, _packed_type(context, argtys).as_pointer()))
+    tup = context.data_model_manager[tupty].from_data(builder, builder.extract_value(packed, 1))
+    kernel_argtys = (types.int64, types.int64) + argtys
+    items = [task, ntasks] + [builder.extract_value(tup, i) for i in range(len(argtys))]
+    kfnty = context.call_conv.get_function_type(types.none, kernel_argtys)
+    kernel = builder.inttoptr(builder.extract_value(packed, 0), kfnty.as_pointer())
+    status, _ = context.call_conv.call_function(builder, kernel, types.none, kernel_argtys, items)
+    with cgutils.if_unlikely(builder, status.is_error):
+        context.call_conv.return_status_propagate(builder, status)
+    context.call_conv.return_value(builder, context.get_dummy_value())
+    return fn
 
 
 @intrinsic
-def store_args(typingctx, buf, args):
-    """Writes the tuple ``args`` into the byte array ``buf`` (uint8,
-    C-contiguous, of at least :func:`packed_size` bytes, else ValueError),
-    arrays without their owner (see the module docstring)."""
+def store_args(typingctx, buf, kernel, args):
+    """Writes ``kernel`` (the address of a kernel compiled for ``(int64,
+    int64, *args' types)``, returning nothing) and the tuple ``args`` into
+    the byte array ``buf`` (uint8, C-contiguous, of at least
+    :func:`packed_size` bytes, else ValueError), arrays without their owner
+    (see the module docstring); returns the address of the entry that
+    runs a task from it (:func:`call_packed`)."""
     if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and buf.ndim == 1
-            and buf.layout == "C" and isinstance(args, types.BaseTuple)):
+            and buf.layout == "C" and isinstance(kernel, types.Integer)
+            and isinstance(args, types.BaseTuple)):
         return None
     bad = [t for t in args.types if not packable(t)]
     if bad:
         raise TypeError(f"a fanned-out kernel takes arrays, numbers, booleans, None and tuples"
                         f" of numbers; cannot pack {bad[0]}")
-    tupty = types.Tuple(tuple(args.types))
+    argtys = tuple(args.types)
+    tupty = types.Tuple(argtys)
 
     def codegen(context, builder, sig, llargs):
-        bufv, tup = llargs
+        bufv, addr, tup = llargs
         null = context.get_constant_null(types.voidptr)
         items = []
-        for i, ty in enumerate(args.types):
+        for i, ty in enumerate(argtys):
             v = builder.extract_value(tup, i)
             if isinstance(ty, types.Array):
                 ary = make_array(ty)(context, builder, value=v)
@@ -83,57 +122,26 @@ def store_args(typingctx, buf, args):
             items.append(v)
         data = context.data_model_manager[tupty].as_data(
             builder, context.make_tuple(builder, tupty, items))
+        packedty = _packed_type(context, argtys)
+        packed = builder.insert_value(ir.Constant(packedty, ir.Undefined),
+                                      context.cast(builder, addr, kernel, types.int64), 0)
+        packed = builder.insert_value(packed, data, 1)
         arr = make_array(sig.args[0])(context, builder, value=bufv)
-        size = context.get_constant(types.intp, context.get_abi_sizeof(data.type))
+        size = context.get_constant(types.intp, context.get_abi_sizeof(packedty))
         with cgutils.if_unlikely(builder, builder.icmp_signed("<", arr.nitems, size)):
             context.call_conv.return_user_exc(builder, ValueError,
                                               ("buffer too small for the packed arguments",))
-        builder.store(data, builder.bitcast(arr.data, data.type.as_pointer()))
-        return context.get_dummy_value()
+        builder.store(packed, builder.bitcast(arr.data, packedty.as_pointer()))
+        return builder.ptrtoint(_entry(context, builder.module, argtys), _I64)
 
-    return types.none(buf, args), codegen
-
-
-_ENTRY_ARGS = (types.int64, types.int64, types.voidptr)
-_names = itertools.count()
-
-
-def packed_entry(context, kernel_addr, argtys):
-    """``(library, address)`` of a new entry ``entry(task, ntasks, argp)``
-    (Numba's calling convention, returning nothing) that calls the kernel
-    compiled at ``kernel_addr`` for ``(int64, int64, *argtys)`` with the
-    arguments :func:`store_args` wrote at ``argp``. The library must stay
-    alive while the address is used."""
-    argtys = tuple(argtys)
-    tupty = types.Tuple(argtys)
-    kernel_argtys = (types.int64, types.int64) + argtys
-    codegen = context.codegen()
-    name = f"fastlogits_packed_entry_{next(_names)}"
-    library = codegen.create_library(name)
-    module = library.create_ir_module(name)
-    fn = ir.Function(module, context.call_conv.get_function_type(types.none, _ENTRY_ARGS), name)
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    task, ntasks, argp = context.call_conv.decode_arguments(builder, _ENTRY_ARGS, fn)
-    data = builder.load(builder.bitcast(argp, context.get_data_type(tupty).as_pointer()))
-    tup = context.data_model_manager[tupty].from_data(builder, data)
-    items = [task, ntasks] + [builder.extract_value(tup, i) for i in range(len(argtys))]
-    kfnty = context.call_conv.get_function_type(types.none, kernel_argtys)
-    kernel = builder.inttoptr(ir.Constant(ir.IntType(64), kernel_addr), kfnty.as_pointer())
-    status, _ = context.call_conv.call_function(builder, kernel, types.none, kernel_argtys, items)
-    with cgutils.if_unlikely(builder, status.is_error):
-        context.call_conv.return_status_propagate(builder, status)
-    context.call_conv.return_value(builder, context.get_dummy_value())
-    with global_compiler_lock:  # Numba's codegen is not thread-safe
-        library.add_ir_module(module)
-        library.finalize()
-        return library, library.get_pointer_to_function(name)
+    return types.int64(buf, kernel, args), codegen
 
 
 @intrinsic
 def call_packed(typingctx, entry, task, ntasks, buf):
-    """``entry(task, ntasks, buf's data)`` for an entry from
-    :func:`packed_entry` (an integer address) and the byte array ``buf``
-    :func:`store_args` filled; 1 if the call failed (raised), else 0.
+    """``entry(task, ntasks, buf's data)`` for the entry (an integer
+    address) :func:`store_args` returned when it filled the byte array
+    ``buf``; 1 if the call failed (raised), else 0.
 
     The error is not passed on: a parallel loop's threads cannot raise
     (Numba's threads set the exception in a thread state the caller never
