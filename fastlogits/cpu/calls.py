@@ -73,7 +73,7 @@ def share_literal_calls(prefix="fastlogits.cpu."):
             if isinstance(obj, Dispatcher) and not getattr(
                     obj.__dict__.get("get_call_template"), "shares_literals", False):
                 obj.get_call_template = _plain_call_template(obj)
-                if _inlined_into_callers(obj, sites.get(obj, 0)):
+                if _inlined_into_callers(obj, sites.get(obj, {})):
                     obj.targetoptions.setdefault("inline", "always")
 
 
@@ -98,7 +98,9 @@ def _inlined_into_callers(dispatcher, sites):
     options = dispatcher.targetoptions
     if is_kernel(dispatcher) or options.get("parallel") or not _kernel_flags(options):
         return False
-    return sites <= 1 or len(dispatcher.py_func.__code__.co_code) <= SMALL_HELPER_BYTES
+    if sum(sites.values()) <= 1 or len(dispatcher.py_func.__code__.co_code) <= SMALL_HELPER_BYTES:
+        return True
+    return all(n == 1 and isinstance(c, Dispatcher) and is_kernel(c) for c, n in sites.items())
 
 
 def _kernel_flags(options):
@@ -115,14 +117,14 @@ def _kernel_flags(options):
 
 
 def _call_sites(prefix):
-    """``{dispatcher: places}``: how many times the code of the modules
+    """``{dispatcher: {caller: places}}``: where the code of the modules
     named ``prefix...`` (functions, compiled or not, and the functions
-    nested in them) names each dispatcher, as a global or a module's
-    attribute."""
+    nested in them, counted as their outer function) names each
+    dispatcher, as a global or a module's attribute."""
     sites = {}
     seen = set()
 
-    def scan(code, namespace):
+    def scan(code, namespace, caller):
         before = None
         for ins in dis.get_instructions(code):
             target = None
@@ -131,11 +133,12 @@ def _call_sites(prefix):
             elif ins.opname == "LOAD_ATTR" and isinstance(before, types.ModuleType):
                 target = getattr(before, ins.argval, None)
             if isinstance(target, Dispatcher):
-                sites[target] = sites.get(target, 0) + 1
+                where = sites.setdefault(target, {})
+                where[caller] = where.get(caller, 0) + 1
             before = target
         for const in code.co_consts:
             if isinstance(const, types.CodeType):
-                scan(const, namespace)
+                scan(const, namespace, caller)
 
     for name, mod in list(sys.modules.items()):
         if not name.startswith(prefix) or mod is None:
@@ -145,5 +148,5 @@ def _call_sites(prefix):
             if (isinstance(func, types.FunctionType) and func.__module__ == name
                     and id(func) not in seen):
                 seen.add(id(func))
-                scan(func.__code__, func.__globals__)
+                scan(func.__code__, func.__globals__, obj)
     return sites

@@ -14,6 +14,7 @@ from numba._dispatcher import compute_fingerprint
 from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
+from fastlogits.cpu.llvm.alloc import empty
 from fastlogits.cpu.llvm.indirect import call_packed, packable, packed_size, store_args
 
 
@@ -143,10 +144,15 @@ def fan_out(entry, buf, ntasks):
     each ``kernel(task, ntasks, *args)`` with the arguments :func:`pack`
     wrote into ``buf``; returns the number of tasks that failed. One
     compiled signature serves every kernel."""
-    failed = 0
+    # Each task's status in its own slot, summed after: a prange reduction
+    # would compile np.empty's overload for its partial sums.
+    failed = empty(ntasks, np.int64)
     for task in prange(ntasks):
-        failed += call_packed(entry, task, ntasks, buf)
-    return failed
+        failed[task] = call_packed(entry, task, ntasks, buf)
+    nfailed = 0
+    for task in range(ntasks):
+        nfailed += failed[task]
+    return nfailed
 
 
 def is_kernel(dispatcher):
