@@ -5,9 +5,10 @@ Numba compiles a function a kernel calls on its own (optimized and
 emitted by LLVM, with a Python wrapper and cache files of its own), then
 links it into the caller, where LLVM inlines and optimizes it again. So
 :func:`share_literal_calls` sets ``inline="always"`` on the CPU backend's
-helpers that are small or called from one place (not on the kernels the
-host launches, nor on parallel functions): they are typed, lowered and
-optimized once, inside their caller (docs/perf/cpu-077).
+helpers that are small, called from one place, or called once by each
+kernel that calls them (not on the kernels the host launches, nor on
+parallel functions): they are typed, lowered and optimized once, inside
+their caller (docs/perf/cpu-077, cpu-078).
 
 Where a function is still called (a kernel, a function that asks
 ``inline="never"``: those :func:`fastlogits.cpu.blocks.planeblock.on_c_planes`
@@ -82,8 +83,10 @@ def _inlined_into_callers(dispatcher, sites):
     backend's code) is inlined at Numba IR level: not a kernel (launched
     by the host, :func:`fastlogits.cpu.threads.is_kernel`) nor a parallel
     function, compiled with the kernels' flags (:func:`_kernel_flags`),
-    and either small (:data:`SMALL_HELPER_BYTES`) or called from
-    one place only, so that inlining never copies a large body twice.
+    and either small (:data:`SMALL_HELPER_BYTES`), called from one place
+    only, or called once by each of its callers, all of them kernels: so
+    that inlining never copies a large body twice into one kernel.
+    ``sites``: ``{caller: places}`` (:func:`_call_sites`).
 
     Numba compiles a called function on its own (LLVM optimizes and emits
     it, with a Python wrapper and cache files), then links it into each
@@ -92,8 +95,9 @@ def _inlined_into_callers(dispatcher, sites):
     helper inlined made the channels-first first calls 2.6-3.1x slower (a
     tile function called from two places, inside another called from
     two, is typed four times); this rule made a first cross_entropy 0.66x
-    channels-last and 0.79x channels-first (docs/perf/cpu-077). The
-    machine code is LLVM's inlining either way.
+    channels-last and 0.79x channels-first (docs/perf/cpu-077), and its
+    kernels-only clause a first softmax about 0.95x (docs/perf/cpu-078).
+    The machine code is LLVM's inlining either way.
     """
     options = dispatcher.targetoptions
     if is_kernel(dispatcher) or options.get("parallel") or not _kernel_flags(options):

@@ -88,6 +88,8 @@ def test_library_dispatchers_are_shared():
     # inlined: small (bounds, prefetch), or large and called from one place
     for d in (tiles.chunk_bounds, tiles.work_chunks, losses._block_losses):
         assert d.targetoptions["inline"] == "always", d
+    # inlined: large, but called once by each of the kernels that call it
+    assert softmax._vector_rows.targetoptions["inline"] == "always"
     # called: large and called from several places (inlined, each copy is
     # typed again), kernels, functions called with *args
     # and functions of other floating-point flags (inlined, a body takes its
@@ -96,3 +98,35 @@ def test_library_dispatchers_are_shared():
               softmax._plane_tile_c, fastexp.exp32, fastexp.exp64, fastlog.log1p32,
               fastlog.log64):
         assert d.targetoptions.get("inline", "never") == "never", d
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _large(a, k):
+    # More bytecode than calls.SMALL_HELPER_BYTES.
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i] * k
+        s -= a[i] / (k + 1.0)
+        s *= 1.0 + a[i] * 1e-9
+        s += (a[i] - k) * (a[i] + k) * 0.5
+        s += a[i] if a[i] > k else -a[i]
+        s += a[i] * a[i] * a[i] * 1e-3 - k * 1e-4
+        s += max(a[i], k) - min(a[i], k) + abs(a[i] - 2.0 * k)
+    return s
+
+
+@njit
+def _kernel_b(task, ntasks, a):
+    a[task] = _large(a, 2.0)
+
+
+def test_a_large_helper_is_inlined_only_into_kernels_calling_it_once():
+    """A large helper is typed once in each kernel that names it once (as
+    its own function it would cost an LLVM module of its own); named twice
+    in one function, or by a helper (itself inlined in several places),
+    it stays a function."""
+    assert len(_large.py_func.__code__.co_code) > calls.SMALL_HELPER_BYTES
+    assert calls._inlined_into_callers(_large, {_kernel: 1, _kernel_b: 1})
+    assert calls._inlined_into_callers(_large, {_kernel: 1})
+    assert not calls._inlined_into_callers(_large, {_kernel: 2})
+    assert not calls._inlined_into_callers(_large, {_kernel: 1, _twice_inlined: 1})

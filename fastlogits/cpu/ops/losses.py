@@ -725,9 +725,11 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
     nchunks = work_chunks(rows, nthreads)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        # One-pixel scratch for the per-pixel step shared with the tiles.
-        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)
         sc = _scratch(tile, w)
+        # The last rows' one-pixel scratch for the per-pixel step shared
+        # with the blocks: the first elements of the blocks' scratch, free
+        # once they are done (one _scratch call: inlined, docs/perf/cpu-078).
+        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = sc
         cols = scratch(C * ROWS if blocks else 1, x)
         # The gradient row is made in grad's row, or staged in this one
         # (then streamed, or rounded to float16 bits).
