@@ -224,10 +224,11 @@ def driver_for(kernel, work):
     (:func:`fastlogits.cpu.blocks.tiles.chunk_bounds`). Below
     ``cpu_serial_below`` elements it runs whole on the calling thread
     (waking the pool costs more than the work); above, its tasks run in
-    parallel through :func:`fan_out`. One compiled kernel serves both,
-    and the parallel region compiles in a fraction of a second where a
-    ``prange`` driver with the kernel inlined cost 1.6x the kernel
-    (docs/perf/cpu-077).
+    parallel through :func:`fan_out`, their arguments packed by
+    :func:`pack`. One compiled kernel serves both, one compiled parallel
+    loop serves every kernel, where a ``prange`` driver with the kernel
+    inlined cost 1.6x the kernel (docs/perf/cpu-077) and a loop per
+    kernel signature 0.25-0.35 s each (docs/perf/cpu-078).
 
     Decided once per plan (:mod:`fastlogits.cpu.plan`): the tuning is part
     of a plan's key, the thread count is read at each launch."""

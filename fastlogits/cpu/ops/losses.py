@@ -42,6 +42,13 @@ Each writes ``[loss_sum, weight_sum, bad_count]`` of each of its chunks
 into a row of ``table`` (float64, :func:`fastlogits.cpu.plan.chunk_table`),
 summed by the host (:func:`fastlogits.cpu.plan.table_sums`).
 
+The drivers' ``want_grad`` is True, or None for the loss alone: the
+gradient's code sits under ``if want_grad is not None:`` (in the drivers
+and in every helper they pass it to), and Numba prunes a branch on an
+argument's None-ness before typing it, so a loss-only kernel is compiled
+without the gradient blocks (docs/perf/cpu-078). Helpers that only
+select per pixel take it as a plain boolean (``want_grad is not None``).
+
 In the register blocks of both layouts, float32 losses without gradient
 skip the per-pixel scratch: one fused intrinsic per block
 (:func:`_fused_losses`: max, exp-sum, the smoothing sum with label
