@@ -185,7 +185,7 @@ def cross_entropy(head, fv, target, *, class_weight, ignore_index, label_smoothi
         with threads() as nthreads:
             table = plan.chunk_table(nthreads, 3)
             launch(f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
-                   gscale, feat[0] if return_grad else dummy, return_grad,
+                   gscale, feat[0] if return_grad else dummy, True if return_grad else None,
                    red[0] if loss is not None else dummy, loss is not None, tile, nthreads, dot,
                    table)
         sums.append(plan.table_sums(table))

@@ -480,7 +480,9 @@ def head_xent(task, ntasks, f, outer, N, inner, W, b, t, w, w64, ignore, eps, gs
               want_grad, loss, want_loss, tile, nthreads, cl_dot, table):
     """Cross-entropy of the head against flat targets ``t`` (outer, inner):
     per-pixel ``loss`` (with ``want_loss``), the gradient w.r.t. the
-    features into ``grad`` (flat, like f, with ``want_grad``);
+    features into ``grad`` (flat, like f) unless ``want_grad`` is None
+    (True or None, as :mod:`fastlogits.cpu.ops.losses`' drivers take it:
+    None compiles the gradient's code out);
     ``[loss_sum, weight_sum, bad_count]`` of each chunk into a row of
     ``table``.
 
@@ -498,7 +500,7 @@ def head_xent(task, ntasks, f, outer, N, inner, W, b, t, w, w64, ignore, eps, gs
         z = empty(C * tile, b.dtype)
         z3 = z.reshape((1, C, tile))
         ft = _transpose_scratch(N, inner, tile, cl_dot, b.dtype)
-        e = empty(C * tile, b.dtype) if want_grad else z
+        e = empty(C * tile, b.dtype) if want_grad is not None else z
         e3 = e.reshape((1, C, tile))
         m, part, a, s, sm, xt, wt, d, tt, keep = _loss_scratch(tile, w)
         acc = zeros(3, np.float64)
@@ -512,7 +514,7 @@ def head_xent(task, ntasks, f, outer, N, inner, W, b, t, w, w64, ignore, eps, gs
             pf = no_region(z3)  # z is scratch in cache
             _tile_losses(z3, 0, 0, P, t, q0, w, ignore, eps, ls, coef, e3, 0, 0,
                          want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf)
-            if want_grad:
+            if want_grad is not None:
                 # d loss / d z of the tile, in place over the exponentials.
                 _tile_grad(e3, 0, 0, P, a, bc, keep, tt, d)
                 feature_grad(W, C, N, inner, o, i0, P, e, tile, grad)

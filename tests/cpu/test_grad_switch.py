@@ -1,0 +1,55 @@
+"""The loss kernels' ``want_grad`` is True, or None for the loss alone
+(docs/perf/cpu-078): Numba prunes the gradient's branches on an
+argument's None-ness, so a loss-only call must reach every loss kernel
+with None (a False would compile, and run, the gradient's code), and a
+call with the gradient with True."""
+
+import inspect
+
+import numpy as np
+import pytest
+from numba import types
+
+import fastlogits as fl
+from fastlogits import reference as ref
+
+
+def _want_grad_types(kernel):
+    at = list(inspect.signature(kernel.py_func).parameters).index("want_grad")
+    return {sig[at] for sig in kernel.signatures}
+
+
+@pytest.mark.parametrize("shape, axis, kernel", [
+    ((7, 9, 19), -1, "ce_cl_rows"),  # register blocks, then rows
+    ((7, 9, 5), -1, "ce_cl_tiles"),  # few classes: transposed tiles
+    ((2, 19, 5, 7), 1, "ce_cf"),  # channels-first
+])
+def test_loss_kernels_get_none_without_gradient(rng, shape, axis, kernel):
+    from fastlogits.cpu.ops import losses
+
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)
+    C = shape[axis]
+    t = rng.integers(0, C, tuple(s for i, s in enumerate(shape) if i != axis % len(shape)))
+    loss = fl.cross_entropy(x, t, axis=axis)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x, t, axis=axis), rtol=1e-5)
+    k = getattr(losses, kernel)
+    assert types.none in _want_grad_types(k)
+    loss2, grad = fl.cross_entropy(x, t, axis=axis, return_grad=True)
+    want_loss, want_grad = ref.cross_entropy(x, t, axis=axis, return_grad=True)
+    assert loss2 == pytest.approx(float(want_loss), rel=1e-5)
+    np.testing.assert_allclose(grad, want_grad, atol=2e-6)
+    assert _want_grad_types(k) <= {types.none, types.boolean}
+    assert types.boolean in _want_grad_types(k)
+
+
+def test_head_loss_kernel_gets_none_without_gradient(rng):
+    from fastlogits.cpu.ops import head as head_ops
+
+    W = rng.standard_normal((5, 3))
+    head = fl.LinearHead(W, rng.standard_normal(5))
+    f = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    t = rng.integers(0, 5, (4, 6))
+    head.cross_entropy(f, t, axis=-1)
+    assert types.none in _want_grad_types(head_ops.head_xent)
+    head.cross_entropy(f, t, axis=-1, return_grad=True)
+    assert _want_grad_types(head_ops.head_xent) <= {types.none, types.boolean}
