@@ -6,7 +6,9 @@ Every case runs in its own process, ``PYTHONPATH`` at the tree and
 each op on a 512x1024x19 float32 map (channels-last; ``--layout chw`` for
 (1, 19, 512, 1024)), all five ops in one script (then again in a second
 process on the cache the first filled: the warm figure), and a read-only
-input (``np.load(mmap_mode="r")``) after the writeable one. Each case also
+input (``np.load(mmap_mode="r")``) after the writeable one, and
+cross_entropy without then with the gradient (and the reverse): two
+kernels since docs/perf/cpu-078. Each case also
 records which dispatchers Numba compiled and for how long (its
 ``numba:compile`` events, as :mod:`compile_profile` does for pytest)::
 
@@ -48,9 +50,17 @@ def _inputs(layout, tmp):
 def _call(op, x, t, axis):
     import fastlogits as fl
 
+    if op == "cross_entropy with gradient":
+        return fl.cross_entropy(x, t, axis=axis, return_grad=True)
     if op in ("cross_entropy", "confusion_matrix"):
         return getattr(fl, op)(x, t, axis=axis)
     return getattr(fl, op)(x, axis=axis)
+
+
+#: Cases of the loss called both ways in one script: without the gradient
+#: (its kernel compiled without the gradient's code) and with it.
+BOTH_WAYS = {"loss-then-gradient": ("cross_entropy", "cross_entropy with gradient"),
+             "gradient-then-loss": ("cross_entropy with gradient", "cross_entropy")}
 
 
 def _child(case, layout, tmp):
@@ -95,6 +105,9 @@ def _child(case, layout, tmp):
     elif case in ("all", "warm"):
         for op in OPS:
             timed(op, op, x)
+    elif case in BOTH_WAYS:
+        for op in BOTH_WAYS[case]:
+            timed(op, op, x)
     elif case.startswith("readonly:"):
         op = case.split(":", 1)[1]
         timed(op, op, x)
@@ -127,7 +140,7 @@ def run_case(tree, case, layout, cache_dir):
 
 
 def cases(readonly_ops):
-    return list(OPS) + ["all"] + [f"readonly:{op}" for op in readonly_ops]
+    return list(OPS) + ["all"] + [f"readonly:{op}" for op in readonly_ops] + list(BOTH_WAYS)
 
 
 def measure(trees, layout="hwc", readonly_ops=("softmax", "cross_entropy"), only=None):
@@ -167,6 +180,9 @@ def summary(results, key="seconds"):
         if "all" in res:
             s["all five"] = sum(c[key] for c in res["all"]["calls"].values())
             s["all five, warm cache"] = sum(c[key] for c in res["warm"]["calls"].values())
+        for case in BOTH_WAYS:
+            if case in res:
+                s[f"{case} (both calls)"] = sum(c[key] for c in res[case]["calls"].values())
         for case, r in res.items():
             if case.startswith("readonly:"):
                 op = case.split(":", 1)[1]

@@ -481,9 +481,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
-    # The kernels' want_grad: None compiles the gradient's code out of
-    # them (docs/perf/cpu-078).
-    grad_switch = True if want_grad else None
+    grad_switch = kl.gradient_switch(want_grad)
     if inner > 1:
         g_stand_in, lw_stand_in = _stand_in(3, dtype), _stand_in(1, dtype)
         blocks = _plane_blocks(C, True)

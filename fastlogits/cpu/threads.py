@@ -15,7 +15,7 @@ from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
 from fastlogits.cpu.llvm.alloc import empty
-from fastlogits.cpu.llvm.indirect import call_packed, packable, packed_size, store_args
+from fastlogits.cpu.llvm.indirect import call_packed, check_packable, packed_size, store_args
 
 
 def _thread_count_calls():
@@ -112,10 +112,7 @@ def kernel_address(kernel, args):
 def _compiled_address(kernel, args):
     """:func:`kernel_address`'s lookup of ``kernel`` compiled for ``args``."""
     argtys = tuple(typeof(a, Purpose.argument) for a in args)
-    bad = [t for t in argtys if not packable(t)]
-    if bad:
-        raise TypeError(f"{kernel.py_func.__qualname__}: a fanned-out kernel takes arrays,"
-                        f" numbers, booleans, None and tuples of numbers, not {bad[0]}")
+    check_packable(argtys, f"{kernel.py_func.__qualname__}, a fanned-out kernel,")
     sig = (types.int64, types.int64) + argtys
     kernel.compile(sig)
     cres = kernel.overloads[sig]

@@ -44,12 +44,20 @@ _I64 = ir.IntType(64)
 _ENTRY_ARGS = (types.int64, types.int64, types.voidptr)
 
 
-def packable(ty):
+def _packable(ty):
     """Whether an argument of Numba type ``ty`` can be packed (see the
     module docstring)."""
     if isinstance(ty, types.Array) or isinstance(ty, _LEAF):
         return True
     return isinstance(ty, types.BaseTuple) and all(isinstance(t, _LEAF) for t in ty.types)
+
+
+def check_packable(argtys, who="a fanned-out kernel"):
+    """Raises TypeError unless every Numba type of ``argtys`` can be packed."""
+    bad = [t for t in argtys if not _packable(t)]
+    if bad:
+        raise TypeError(f"{who} takes arrays, numbers, booleans, None and tuples of numbers,"
+                        f" not {bad[0]}")
 
 
 def _packed_type(context, argtys):
@@ -101,10 +109,7 @@ def store_args(typingctx, buf, kernel, args):
             and buf.layout == "C" and isinstance(kernel, types.Integer)
             and isinstance(args, types.BaseTuple)):
         return None
-    bad = [t for t in args.types if not packable(t)]
-    if bad:
-        raise TypeError(f"a fanned-out kernel takes arrays, numbers, booleans, None and tuples"
-                        f" of numbers; cannot pack {bad[0]}")
+    check_packable(args.types)
     argtys = tuple(args.types)
     tupty = types.Tuple(argtys)
 

@@ -88,6 +88,12 @@ from fastlogits.cpu.llvm.scores import compute_type, holds_half_bits, score, scr
 from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
 
 
+def gradient_switch(want_grad):
+    """The drivers' ``want_grad`` argument for a call that wants the
+    gradient or not: True, or None (see the module docstring)."""
+    return True if want_grad else None
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _targets(P, t, r0, ignore, C, w, tt, wt, keep):
     """Read P targets ``t[r0:r0 + P]``: ``tt[p]`` the class (int32), or -1
