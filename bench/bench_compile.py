@@ -16,7 +16,14 @@ records which dispatchers Numba compiled and for how long (its
     python bench/bench_compile.py --old .ab/old --json bench/results/<machine>-compile.json
 
 A tree is compared only with itself in the same run: the figures depend on
-the machine and its load.
+the machine and its load, and on what is installed (the file records it:
+with SciPy every case takes about 0.2 s more). A user's fresh environment
+has fastlogits' dependencies only; to time one, run this script with a
+virtual environment's Python that has just numba and numpy (the cases
+put the trees on ``PYTHONPATH``)::
+
+    python -m venv /tmp/rt && /tmp/rt/bin/pip install numba numpy tbb
+    /tmp/rt/bin/python bench/bench_compile.py --old .ab/old --json bench/results/<machine>-compile-runtime.json
 """
 
 import argparse
@@ -29,6 +36,22 @@ import time
 
 OPS = ("argmax", "classify", "softmax", "cross_entropy", "confusion_matrix")
 SHAPE = (512, 1024, 19)
+
+
+def _packages():
+    """Versions of the packages a first call's time depends on, None where
+    not installed: with SciPy, Numba's first compile in a process imports
+    ``scipy.linalg`` (about 0.2 s of every case; a user's fresh
+    environment has only fastlogits' own dependencies)."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("numba", "numpy", "scipy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _inputs(layout, tmp):
@@ -217,7 +240,7 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump({"shape": SHAPE, "layout": args.layout, "summary": table, "summary_cpu": cpu,
                        "results": results, "machine": os.uname().nodename,
-                       "cpus": os.cpu_count()}, fh, indent=1)
+                       "cpus": os.cpu_count(), "packages": _packages()}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -369,8 +369,11 @@ def _section(path):
         return f"{short} — {dask_title(data)}", dask_table(data)
     if suite == "compile":
         H, W, C = data["shape"]
+        packages = data.get("packages")
+        env = ("" if packages is None else ", SciPy installed" if packages.get("scipy")
+               else ", fastlogits' dependencies only")
         return (f"{short} — first calls on an empty kernel cache, {H}×{W}×{C} float32 "
-                f"{data['layout']} (bench/bench_compile.py)", compile_table(data))
+                f"{data['layout']}{env} (bench/bench_compile.py)", compile_table(data))
     raise ValueError(f"{path}: unknown kind of result file")
 
 

@@ -13,7 +13,7 @@ from fastlogits.cpu import host, plan
 from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import head as k
-from fastlogits.cpu.ops.losses import gradient_switch
+from fastlogits.cpu.ops.losses import switch
 from fastlogits.cpu.threads import driver_for
 from fastlogits.cpu.calls import share_literal_calls
 
@@ -186,7 +186,7 @@ def cross_entropy(head, fv, target, *, class_weight, ignore_index, label_smoothi
         with threads() as nthreads:
             table = plan.chunk_table(nthreads, 3)
             launch(f1, outer, fv.N, inner, W, b, rin[0], w, w64, ignore_index, label_smoothing,
-                   gscale, feat[0] if return_grad else dummy, gradient_switch(return_grad),
+                   gscale, feat[0] if return_grad else dummy, switch(return_grad),
                    red[0] if loss is not None else dummy, loss is not None, tile, nthreads, dot,
                    table)
         sums.append(plan.table_sums(table))

@@ -249,7 +249,9 @@ def _choose_expnorm(x3, out3):
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     streamable = out3 is not None and out3.nbytes >= cpu.stream_min_bytes
-    blocks = _row_blocks(C, cpu.row_block_expnorm_max_classes)
+    # (The blocks' kernel takes a chunk's last rows in a block that
+    # overlaps the one before: at least a block of rows, docs/perf/cpu-079.)
+    blocks = _row_blocks(C, cpu.row_block_expnorm_max_classes) and outer >= ROWS
     if inner == 1 and C >= (1 if blocks else cpu.row_min_classes):
         copy = C >= cpu.row_copy_min_classes
         out_rows = out3 is None or _rows(out3).flags.c_contiguous
@@ -481,7 +483,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
-    grad_switch = kl.gradient_switch(want_grad)
+    grad_switch = kl.switch(want_grad)
     if inner > 1:
         g_stand_in, lw_stand_in = _stand_in(3, dtype), _stand_in(1, dtype)
         blocks = _plane_blocks(C, True)
@@ -523,19 +525,23 @@ def cross_entropy_launch(x3, want_grad, want_loss):
                        nthreads, ahead, table)
             return table_sums(table)
         return launch
-    tile = _tile_pixels(C, cpu.loss_tile_pixels) // ROWS * ROWS if blocks else ROWS
     ahead = _row_prefetch_bytes(C, x3.itemsize)
-    kernel, threads = driver_for(kl.ce_cl_rows, x3.size)
+    # The blocks' fused pass (float32 without gradient) or not, and tile.
+    blocks_args = (kl.switch(dtype != np.float32), _tile_pixels(C, cpu.loss_tile_pixels)
+                   // ROWS * ROWS)
+    kernel, threads = driver_for(kl.ce_cl_blocks if blocks else kl.ce_cl_rows, x3.size)
 
     def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
         x2 = x3.reshape(outer, C)
         g2 = g_stand_in if g is None else g.reshape(outer, C)
-        stream = want_grad and not blocks and _streams_rows(x2, g2)
+        # Or whether the rows' gradient is streamed.
+        last = blocks_args if blocks else (bool(want_grad and _streams_rows(x2, g2)),)
         with threads() as nthreads:
             table = chunk_table(nthreads, 3)
-            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, gscale, g2, grad_switch,
+            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, kl.switch(eps > 0),
+                   gscale, g2, grad_switch,
                    lw_stand_in if lw is None else lw.reshape(outer), want_loss, nthreads, ahead,
-                   blocks, tile, stream, table)
+                   *last, table)
         return table_sums(table)
     return launch
 

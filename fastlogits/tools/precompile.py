@@ -5,8 +5,10 @@ worker's start), and the count of the variants cached there.
 A variant is compiled the way a real call compiles it: by calling the
 public ops (:data:`fastlogits.registry.ENTRIES`) on small inputs of each
 chosen dtype, layout and class count, writeable and read-only, with int64
-and uint8 targets, on the CPU backend. So exactly the kernels real calls
-use are compiled, and no list of signatures can drift from the code. The
+and uint8 targets, on the CPU backend (cross_entropy also with and
+without the gradient and label smoothing, each pair a kernel of its own).
+So exactly the kernels real calls use are compiled, and no list of
+signatures can drift from the code. The
 tasks (one op, dtype, layout and class count each) run in separate
 processes in parallel; then one process runs them all again on the cache,
 which loads what is there and compiles only what concurrent processes
@@ -83,18 +85,33 @@ def bfloat16_dtype():
 
 def _shape(layout, C, pixels):
     """A map of about ``pixels`` pixels and C classes in ``layout``."""
-    w = 8
+    w = min(8, pixels)
     h = max(1, -(-pixels // w))
     return (h, w, C) if layout == "hwc" else (1, C, h, w)
 
 
 def _pixel_counts(C):
-    """The sizes each entry is called on: a small map (on this machine's
-    threads: the confusion matrix may take the labels first there), and
-    one of at least C * C pixels (within 16 MiB of float32 scores), where
-    it bins into private histograms on one thread
+    """The sizes each entry is called on: fewer pixels than a block of
+    rows (7: softmax's register blocks need a whole one,
+    docs/perf/cpu-079), a small map (on this machine's threads: the
+    confusion matrix may take the labels first there), and one of at
+    least C * C pixels (within 16 MiB of float32 scores), where it bins
+    into private histograms on one thread
     (:func:`fastlogits.cpu.plan.private_histograms`)."""
-    return sorted({32, max(32, min(C * C, (4 << 20) // C))})
+    return sorted({7, 32, max(32, min(C * C, (4 << 20) // C))})
+
+
+def _loss_switches(v, axis):
+    """cross_entropy with and without the gradient, with and without label
+    smoothing: the loss kernels' switches (``want_grad``, ``smoothing``)
+    make each pair a kernel of its own (docs/perf/cpu-078, cpu-079)."""
+    from fastlogits import losses
+    from fastlogits.registry import Inputs
+
+    for grad in (False, True):
+        for eps in (0.0, 0.1):
+            losses.cross_entropy(v.x, v.t, axis, ignore_index=Inputs.IGNORE, return_grad=grad,
+                                 label_smoothing=eps, backend="cpu")
 
 
 def run_task(task):
@@ -145,6 +162,8 @@ def run_task(task):
                 for v in variants:
                     for e in entries:
                         e.call(v, "cpu")
+                    if task.op == "cross_entropy":
+                        _loss_switches(v, axis)
     numba.set_num_threads(threads)
     return len(compiled)
 

@@ -29,8 +29,10 @@ one last block that overlaps the one before, ``[C - 8, C)``, so every load
 is a whole vector inside its row (no masked loads), of which only the
 columns not seen yet are used.
 
-C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes and
-the last ``rows % ROWS`` pixels another way. x must be C-contiguous; nothing
+C >= 8, and rows ``r .. r + ROWS - 1`` must exist: callers take fewer classes
+another way, and the last ``rows % ROWS`` pixels a row at a time (argmax,
+confusion: :func:`blocks_end`), as the end of a block that overlaps the one
+before (softmax), or as a padded block (the loss: :func:`padded_block`). x must be C-contiguous; nothing
 is bounds-checked.
 
 x may hold float16 bits (:mod:`fastlogits.cpu.llvm.scores`, the reading intrinsics): its
@@ -46,11 +48,13 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from fastlogits._vector_width import target_has_avx512
+from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.gather import BLOCK8, _transpose_ir
 from fastlogits.cpu.llvm.fastexp import EXP_FASTMATH, exp_shifted_ir
 from fastlogits.cpu.llvm.fastlog import log1p32_ir
 from fastlogits.cpu.llvm.irutil import (I32, const, flag_block_from, i64, intrinsic_fn, loop, non_one,
                                         rest_ir, splat, type_suffix, vector_of, vptr)
+from fastlogits.cpu.llvm.rowcopy import copy_rows
 from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
 
 _NINF = float("-inf")
@@ -66,6 +70,27 @@ def blocks_end(r0, r1, on):
     (``r0`` when ``on`` is false): the drivers take ``[r0, end)`` by
     blocks, the rest a row at a time."""
     return r0 + (r1 - r0) // ROWS * ROWS if on else r0
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def padded_block(x, r, n, pad):
+    """Rows ``r .. r + n - 1`` of x (rows, C), ``0 < n <= ROWS``, as a
+    whole block: copied into the first n rows of ``pad`` (ROWS, C, x's
+    dtype), the rest copies of the last of them (scores of x: nothing a
+    block cannot take). Returns pad. With pad of x's type, a driver runs a
+    chunk's last rows % ROWS through the same block call as the others,
+    and compiles one path (docs/perf/cpu-079)."""
+    copy_rows(x, r, pad, 0, n)
+    for p in range(n, ROWS):
+        copy_rows(x, r + n - 1, pad, p, 1)
+    return pad
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def unpad_block(pad, out, r, n):
+    """The first n rows of ``pad`` into rows ``r .. r + n - 1`` of out
+    (:func:`padded_block`'s way back)."""
+    copy_rows(pad, 0, out, r, n)
 
 
 def _is_rows(a):

@@ -42,11 +42,13 @@ Each writes ``[loss_sum, weight_sum, bad_count]`` of each of its chunks
 into a row of ``table`` (float64, :func:`fastlogits.cpu.plan.chunk_table`),
 summed by the host (:func:`fastlogits.cpu.plan.table_sums`).
 
-The drivers' ``want_grad`` is True, or None for the loss alone: the
-gradient's code sits under ``if want_grad is not None:`` (in the drivers
-and in every helper they pass it to), and Numba prunes a branch on an
-argument's None-ness before typing it, so a loss-only kernel is compiled
-without the gradient blocks (docs/perf/cpu-078). Helpers that only
+The drivers' ``want_grad`` is True, or None for the loss alone
+(:func:`switch`): the gradient's code sits under ``if want_grad is not
+None:`` (in the drivers and in every helper they pass it to), and Numba
+prunes a branch on an argument's None-ness before typing it, so a
+loss-only kernel is compiled without the gradient blocks
+(docs/perf/cpu-078). The channels-last row drivers' ``smoothing``
+switches label smoothing alike (docs/perf/cpu-079). Helpers that only
 select per pixel take it as a plain boolean (``want_grad is not None``).
 
 In the register blocks of both layouts, float32 losses without gradient
@@ -72,8 +74,8 @@ from fastlogits.cpu.blocks.gather import lookup
 from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
                                               planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                               planes_xent, planes_xent_grad)
-from fastlogits.cpu.blocks.rowblock import (ROWS, blocks_end, rows_max_expsum, rows_wsum, rows_xent,
-                                            rows_xent_grad)
+from fastlogits.cpu.blocks.rowblock import (ROWS, padded_block, rows_max_expsum, rows_wsum,
+                                            rows_xent, rows_xent_grad, unpad_block)
 from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                          load_rows, load_transposed, next_tile_cl, store_transposed,
@@ -88,10 +90,11 @@ from fastlogits.cpu.llvm.scores import compute_type, holds_half_bits, score, scr
 from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
 
 
-def gradient_switch(want_grad):
-    """The drivers' ``want_grad`` argument for a call that wants the
-    gradient or not: True, or None (see the module docstring)."""
-    return True if want_grad else None
+def switch(on):
+    """A driver's switch argument (``want_grad``, ``smoothing``) for a
+    call that wants the code it guards or not: True, or None (see the
+    module docstring)."""
+    return True if on else None
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -409,6 +412,16 @@ def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, 
                 smooth: False)
     xent = planes_xent if x.ndim == 3 else rows_xent
 
+    def unsmoothed(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                   smooth):
+        for q in range(0, P, LANES):
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+            xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None, None)
+        return True
+
+    if isinstance(smooth, types.NoneType):  # (the switch: not smoothed, one instance)
+        return unsmoothed
+
     def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls, smooth):
         # Two instances, so the flag is not tested inside a block.
         if smooth:
@@ -447,6 +460,21 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
         plain, streamed = planes_xent_grad, planes_stream_xent_grad
     else:
         plain, streamed = rows_xent_grad, rows_xent_grad
+
+    def unsmoothed(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
+                   ahead, t, r0):
+        m, _, _, s, sm, xt, wt, _, tt, _ = sc
+        for q in range(0, P, LANES):
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+            if nontemporal:
+                streamed(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                         out_first + q)
+            else:
+                plain(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
+                      out_first + q)
+
+    if isinstance(smooth, types.NoneType):  # (the switch: not smoothed)
+        return unsmoothed
 
     def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead, t,
              r0):
@@ -660,8 +688,8 @@ def ce_cl_tiles(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
-                  ahead, cols, sc, acc, sums):
+def _block_losses(x, r0, P, t, w, ignore, eps, smoothing, unfused, loss, want_loss, grad, b,
+                  coef, ls, want_grad, ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.blocks.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -673,27 +701,33 @@ def _block_losses(x, r0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, l
     the per-pixel step. (A call per many blocks: the scratch arrays'
     reference counting, paid per call, cost more than the arithmetic of
     one block.) float32 losses without gradient take one fused pass
-    instead (:func:`_fused_losses`, label smoothing by ``ls``), adding
-    their sums to ``sums``."""
+    instead, the whole step (:func:`_fused_losses`, label smoothing by
+    ``ls``), adding their sums to ``sums``.
+
+    Switches, True or None as ``want_grad`` is: ``smoothing`` True for
+    ``eps > 0``; ``unfused`` None where x is computed in float32, so that
+    a float32 kernel without gradient compiles the fused pass alone
+    (docs/perf/cpu-079); a None for other x raises AssertionError."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
-    one = w.dtype.type(1.0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     if want_grad is None:
-        if _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
-                         eps > 0.0):
+        if unfused is None:
+            if not _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t,
+                                 w, ls, smoothing):
+                raise AssertionError("unfused is None for scores not computed in float32")
             return
-    if want_grad is not None:
-        _grad_blocks(x, r0, P, sc, cols, coef, b, w, eps > 0.0, grad, r0, False, ahead, t, r0)
-    else:
+        one = w.dtype.type(1.0)
         for q in range(0, P, ROWS):
             _prefetch_block(x, r0 + q, ahead, t, r0 + P + q)
             rows_max_expsum(x, r0 + q, m, q, one, cols, s)
         _target_logits_rows(x, r0, P, tt, xt)
-        if eps > 0.0:
+        if smoothing is not None:
             for q in range(0, P, ROWS):
                 rows_wsum(x, r0 + q, m, q, w, sm)
+    else:
+        _grad_blocks(x, r0, P, sc, cols, coef, b, w, smoothing, grad, r0, False, ahead, t, r0)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
 
@@ -708,26 +742,88 @@ def _grad_row(g, at, apx, b, ti, d):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss,
-               want_loss, nthreads, ahead_bytes, blocks, tile, stream, table):
+def ce_cl_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad,
+                 loss, want_loss, nthreads, ahead_bytes, unfused, tile, table):
+    """Channels-last, C-contiguous ``x``, ``grad`` (rows, C), C >= 8; ``t``,
+    ``loss`` (rows,): ``tile`` rows (a multiple of ``rowblock.ROWS``) at a
+    time by blocks of ROWS rows transposed in registers
+    (:func:`_block_losses`), prefetching ``ahead_bytes`` ahead. Without
+    ``want_grad``, ``grad`` may be any (1, k) array of x's computed type.
+    ``smoothing``, ``unfused``: switches, see :func:`_block_losses` (a
+    kernel compiles the blocks it runs: without label smoothing, float32
+    without gradient by the fused pass alone; docs/perf/cpu-079).
+
+    A chunk's last rows % ROWS go through the same call as a padded block
+    (:func:`fastlogits.cpu.blocks.rowblock.padded_block`): their targets
+    are read here (bad ones counted) and passed on as one value, ``t``'s
+    -1, ignored in place of ``ignore`` (no class of the blocks' C, and a
+    value ``t`` can hold, which ``ignore`` need not be); their losses and
+    gradient rows are made in padded blocks of their own and copied out."""
+    rows, C = x.shape
+    ahead = rows_ahead(C, x.itemsize, ahead_bytes)
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    none = t.dtype.type(-1)
+    nchunks = work_chunks(rows, nthreads)
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
+        sc = _scratch(tile, w)
+        cols = scratch(C * ROWS, x)
+        pad = empty((ROWS, C), x.dtype)
+        tpad = empty(ROWS, t.dtype)
+        lpad = empty(ROWS, loss.dtype)
+        gpad = empty((ROWS, C) if want_grad is not None else (1, 1), grad.dtype)
+        acc = zeros(3, np.float64)
+        sums = zeros(2 * ROWS, np.float64)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
+        b0 = r0
+        while b0 < r1:
+            P = min(tile, r1 - b0) // ROWS * ROWS
+            n = r1 - b0 if P == 0 else 0
+            if n == 0:
+                xb, tb, lb, gb, at, ig = x, t, loss, grad, b0, ignore
+            else:
+                for p in range(ROWS):
+                    ti = np.int64(t[b0 + p]) if p < n else ignore
+                    kept = ti != ignore and 0 <= ti < C
+                    if ti != ignore and not kept:
+                        acc[2] += 1
+                    tpad[p] = t[b0 + p] if kept else none
+                xb, tb, lb, gb, at, ig = (padded_block(x, b0, n, pad), tpad, lpad, gpad, 0,
+                                          np.int64(none))
+                P = ROWS
+            _block_losses(xb, at, P, tb, w, ig, eps, smoothing, unfused, lb, want_loss, gb, b,
+                          coef, ls, want_grad, ahead, cols, sc, acc, sums)
+            if n == 0:
+                b0 += P
+                continue
+            if want_loss:
+                for p in range(n):
+                    loss[b0 + p] = lpad[p]
+            if want_grad is not None:
+                unpad_block(gpad, grad, b0, n)
+            b0 = r1
+        _add_block_sums(acc, sums)
+        put_row(table, chunk, acc)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad,
+               loss, want_loss, nthreads, ahead_bytes, stream, table):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C); ``t``, ``loss``
-    (rows,). With ``blocks``, ``tile`` rows at a time by
-    blocks of ``rowblock.ROWS`` rows transposed in registers
-    (:func:`_block_losses`, C >= 8); else (and for a chunk's last rows %
-    ROWS) a row at a time as vectors
-    (:mod:`fastlogits.cpu.blocks.rowvec`). Prefetches ``ahead_bytes`` ahead.
-    Without ``want_grad``, ``grad`` may be any (1, k) array of x's
-    computed type. With ``stream``, or for a ``grad`` of float16 bits
-    (rounded once), the gradient rows of kept pixels are staged: made in a
-    scratch row and copied into grad, by non-temporal stores with
-    ``stream`` (not with ``blocks``)."""
+    (rows,): a row at a time as vectors (:mod:`fastlogits.cpu.blocks.rowvec`),
+    prefetching ``ahead_bytes`` ahead. Without ``want_grad``, ``grad`` may
+    be any (1, k) array of x's computed type. With ``stream``, or for a
+    ``grad`` of float16 bits (rounded once), the gradient rows of kept
+    pixels are staged: made in a scratch row and copied into grad, by
+    non-temporal stores with ``stream``. ``smoothing`` as for
+    :func:`ce_cl_blocks`."""
     rows, C = x.shape
     grads = want_grad is not None
     staged = stream or holds_half_bits(grad)
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     keep, epsc, wallx, gk, ge = ls[0], ls[1], ls[2], coef[0], coef[1]  # per row, as scalars
-    smooth = eps > 0.0
+    smooth = smoothing is not None
     one = w.dtype.type(1.0)
     zero = w.dtype.type(0.0)
     # Rows of more than one chunk: the loss's max and exp-sum in one pass
@@ -738,23 +834,13 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
     nchunks = work_chunks(rows, nthreads)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        sc = _scratch(tile, w)
-        # The last rows' one-pixel scratch for the per-pixel step shared
-        # with the blocks: the first elements of the blocks' scratch, free
-        # once they are done (one _scratch call: inlined, docs/perf/cpu-078).
-        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = sc
-        cols = scratch(C * ROWS if blocks else 1, x)
+        m1, _, a1, s1, sm1, xt1, wt1, d1, tt1, _ = _scratch(1, w)  # one pixel's
+        acc = zeros(3, np.float64)
+        r0, r1 = chunk_bounds(chunk, nchunks, rows)
         # The gradient row is made in grad's row, or staged in this one
         # (then streamed, or rounded to float16 bits).
         row = scratch((1, C) if staged else (1, 1), x)
-        acc = zeros(3, np.float64)
-        sums = zeros(2 * ROWS, np.float64)
-        r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        g1 = blocks_end(r0, r1, blocks)
-        for b0 in range(r0, g1, tile):
-            _block_losses(x, b0, min(tile, g1 - b0), t, w, ignore, eps, loss, want_loss, grad,
-                          b, coef, ls, want_grad, ahead, cols, sc, acc, sums)
-        for r in range(g1, r1):
+        for r in range(r0, r1):
             prefetch_row(x, r, ahead)
             gr = r if grads else 0
             ti = np.int64(t[r])
@@ -775,7 +861,7 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
             else:  # max and exp-sum in one pass over the row
                 mx, s1[0] = vrow_max_expsum(x, r, one)
             sm = 0.0
-            if eps > 0.0:
+            if smoothing is not None:
                 for c in range(C):
                     sm += w[c] * (mx - score(x[r, c]))
             m1[0] = mx
@@ -802,7 +888,6 @@ def ce_cl_rows(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad,
                 _grad_row(grad, gr, a1[0], b, ti, d1[0])
         if stream:
             stream_fence()
-        _add_block_sums(acc, sums)
         put_row(table, chunk, acc)
 
 

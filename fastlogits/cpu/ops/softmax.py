@@ -31,13 +31,14 @@ from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STRE
                                               on_c_planes, planes_max_expstore, planes_max_expsum,
                                               planes_store_log_softmax, planes_store_softmax,
                                               planes_stream_log_softmax, planes_stream_softmax)
-from fastlogits.cpu.blocks.rowblock import (ROWS, blocks_end, rows_max_expstore, rows_max_expsum,
+from fastlogits.cpu.blocks.rowblock import (ROWS, rows_max_expstore, rows_max_expsum,
                                             rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
                                          load_transposed, next_tile_cl, store_transposed, tile_exp_store,
                                          tile_expsum, tile_max, tile_to_out, work_chunks)
 from fastlogits.cpu.llvm.alloc import empty
+from fastlogits.cpu.llvm.rowcopy import copy_rows
 from fastlogits.cpu.llvm.fastlog import flog1p
 from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead,
                                           prefetch_planes, prefetch_row, prefetch_rows, region_from,
@@ -303,8 +304,7 @@ def rows_per_block(C, itemsize, mode):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _vector_rows(x, out, red, r0, P, inv_t, mode, m, g, s, ahead, stream, apart, e):
-    """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows` (and the last
-    rows of a chunk of :func:`expnorm_cl_blocks`): max and exp-sum row by
+    """Rows ``r0 .. r0 + P - 1`` of :func:`expnorm_cl_rows`: max and exp-sum row by
     row as vectors (prefetching ``ahead``), then the epilogue over the P
     rows at once and their rows of ``out``, by non-temporal stores with
     ``stream``. Staged (with ``stream``, or for an ``out`` of float16
@@ -400,41 +400,73 @@ def expnorm_cl_rows(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_byte
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _row_blocks(x, out, red, r0, o, P, inv_t, mode, m, g, s, cols, ahead):
+    """Rows ``r0 .. r0 + P - 1`` of x, P a multiple of ``rowblock.ROWS``, a
+    block at a time (:func:`expnorm_cl_blocks`), their results into rows
+    ``r0 - o ..`` of out (red)."""
+    for b0 in range(r0, r0 + P, ROWS):
+        prefetch_rows(x, b0, ROWS, ahead)
+        if mode == SOFTMAX:
+            rows_max_expstore(x, b0, m, 0, inv_t, cols, s)
+        else:
+            rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
+        if mode == LOGSUMEXP:
+            _lse(ROWS, m, s, inv_t, red, b0 - o)
+            continue
+        _epilogue(ROWS, m, s, mode, g)
+        if mode == SOFTMAX:
+            rows_store_softmax(cols, m, inv_t, g, 0, out, b0 - o)
+        else:
+            rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0 - o)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
-    ``tiles.SUM_BLOCK``; ``red`` (rows,). ``rowblock.ROWS`` rows at a time:
-    one pass transposes them in registers, finds the max and keeps the
-    columns (for softmax, their exponentials) in an L1 scratch; the result
-    is transposed back from it into ``out`` (which may be ``x``: a block's
-    rows are all read before any is written). A chunk's last rows % ROWS
-    go a row at a time (:mod:`fastlogits.cpu.blocks.rowvec`). For logsumexp
-    ``out`` may be any (1, C) C-contiguous array; for softmax/log_softmax
-    ``red`` is not touched. (For an out of float16 bits the last rows'
-    exponentials wait in a scratch, :func:`_vector_rows`.)"""
+    ``tiles.SUM_BLOCK``, rows >= ``rowblock.ROWS``; ``red`` (rows,). ROWS
+    rows at a time (:func:`_row_blocks`): one pass transposes them in
+    registers, finds the max and keeps the columns (for softmax, their
+    exponentials) in an L1 scratch; the result is transposed back from it
+    into ``out`` (which may be ``x``: a block's rows are all read before
+    any is written). For logsumexp ``out`` may be any (1, C) C-contiguous
+    array; for softmax/log_softmax ``red`` is not touched.
+
+    Chunks are whole blocks, the last one with the rows % ROWS left: its
+    last ROWS rows go as one more block, through the same call, into a
+    scratch block of out (red), whence the rows not done yet are copied.
+    So each kernel compiles one path, the blocks' (docs/perf/cpu-079);
+    the rows that block reads twice are its chunk's own (in place,
+    already written: their results are not kept)."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
-    nchunks = work_chunks(rows, nthreads)
+    nblocks = rows // ROWS
+    nchunks = work_chunks(nblocks, nthreads)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
         m = scratch(ROWS, x)
         g = scratch(ROWS, x)
         s = empty(ROWS, np.float64)
         cols = scratch(C * ROWS, x)
-        e = scratch((ROWS, C) if is_staged(out, False) else (1, 1), x)  # the row kernels' scratch
-        r0, r1 = chunk_bounds(chunk, nchunks, rows)
-        b1 = blocks_end(r0, r1, True)
-        for b0 in range(r0, b1, ROWS):
-            prefetch_rows(x, b0, ROWS, ahead)
-            if mode == SOFTMAX:
-                rows_max_expstore(x, b0, m, 0, inv_t, cols, s)
+        opad = empty((ROWS, C) if mode != LOGSUMEXP else (1, 1), out.dtype)
+        rpad = empty(ROWS if mode == LOGSUMEXP else 1, red.dtype)
+        k0, k1 = chunk_bounds(chunk, nchunks, nblocks)
+        b0, g1 = k0 * ROWS, k1 * ROWS
+        r1 = rows if k1 == nblocks else g1
+        while b0 < r1:
+            # x itself in both calls: a phi of x and a scratch copy made
+            # the blocks' loop 1.1x slower (docs/perf/cpu-079).
+            if b0 < g1:
+                ob, rb, at, o, P = out, red, b0, 0, g1 - b0
             else:
-                rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
-            if mode == LOGSUMEXP:
-                _lse(ROWS, m, s, inv_t, red, b0)
+                ob, rb, at, o, P = opad, rpad, r1 - ROWS, r1 - ROWS, ROWS
+            _row_blocks(x, ob, rb, at, o, P, inv_t, mode, m, g, s, cols, ahead)
+            if b0 < g1:
+                b0 = g1
                 continue
-            _epilogue(ROWS, m, s, mode, g)
-            if mode == SOFTMAX:
-                rows_store_softmax(cols, m, inv_t, g, 0, out, b0)
+            n = r1 - b0
+            if mode == LOGSUMEXP:
+                for p in range(n):
+                    red[b0 + p] = rpad[ROWS - n + p]
             else:
-                rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0)
-        _vector_rows(x, out, red, b1, r1 - b1, inv_t, mode, m, g, s, ahead, False, False, e)
+                copy_rows(opad, ROWS - n, out, b0, n)
+            b0 = r1
