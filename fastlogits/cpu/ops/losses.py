@@ -33,11 +33,12 @@ in registers, :mod:`fastlogits.cpu.blocks.planeblock`, for up to
 by non-temporal stores, :mod:`fastlogits.cpu.llvm.stream`), :func:`ce_cl_tiles`
 (channels-last, few classes: a tile of rows transposed into an L1
 scratch) and
-:func:`ce_cl_rows` (channels-last, C-contiguous: from 8 to
-``cpu_row_block_xent_max_classes`` classes blocks of rows
-transposed in registers, the gradient included; from
-``cpu_row_min_classes`` classes on, and for a chunk's last rows,
-one row at a time through the vector row kernels).
+:func:`ce_cl_blocks` (channels-last, C-contiguous, from 8 to
+``cpu_row_block_xent_max_classes`` classes: blocks of rows transposed in
+registers, the gradient included, a chunk's last rows as a padded block)
+and :func:`ce_cl_rows` (channels-last, C-contiguous, from
+``cpu_row_min_classes`` classes on: one row at a time through the vector
+row kernels).
 Each writes ``[loss_sum, weight_sum, bad_count]`` of each of its chunks
 into a row of ``table`` (float64, :func:`fastlogits.cpu.plan.chunk_table`),
 summed by the host (:func:`fastlogits.cpu.plan.table_sums`).
@@ -266,7 +267,7 @@ def _tile_losses(x, o, i0, P, t, r0, w, ignore, eps, ls, coef, et, eo, ei0,
                  want_grad, loss, want_loss, m, s, part, sm, tt, xt, wt, keep, a, d, acc, pf):
     """Everything of one tile but the gradient write: fills ``a``, ``d``,
     ``tt`` for it (and the exponentials into ``et[eo, :, ei0:ei0 + P]``
-    unless ``want_grad`` is None: see :func:`ce_cl_rows`),
+    unless ``want_grad`` is None: see the module docstring),
     writes ``loss[r0:r0 + P]`` with ``want_loss``, adds to ``acc``.
     Prefetches the region ``pf`` in 2 C shares (max and exp-sum passes)."""
     C = x.shape[1]

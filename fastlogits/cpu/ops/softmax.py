@@ -18,8 +18,10 @@ Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
   ``cpu_row_min_classes`` classes, blocks of rows read by the vector
   row kernels of :mod:`fastlogits.cpu.blocks.rowvec`;
 - :func:`expnorm_cl_blocks`: channels-last ``(rows, C)``, C-contiguous, 8
-  to ``cpu_row_block_max_classes`` classes, blocks of rows
-  transposed in registers (:mod:`fastlogits.cpu.blocks.rowblock`).
+  to ``cpu_row_block_expnorm_max_classes`` classes and at least a block
+  of rows, blocks of rows transposed in registers
+  (:mod:`fastlogits.cpu.blocks.rowblock`), the last rows in a block that
+  overlaps the one before.
 """
 
 import numpy as np
