@@ -506,8 +506,9 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             tile = _cf_tile_pixels(x3, True, cpu.loss_tile_pixels if long_tiles else None)
             with threads() as nthreads:
                 table = chunk_table(nthreads, 3)
-                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, grad_switch, lw,
-                       want_loss, tile, nthreads, direct, blocks, write, ahead, copies, table)
+                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, kl.switch(eps > 0), gscale,
+                       g, grad_switch, lw, want_loss, tile, nthreads, direct, blocks, write, ahead,
+                       copies, table)
             return table_sums(table)
         return launch
     g_stand_in, lw_stand_in = _stand_in(2, dtype), _stand_in(1, dtype)

@@ -2,8 +2,8 @@
 (docs/perf/cpu-078): Numba prunes the gradient's branches on an
 argument's None-ness, so a loss-only call must reach every loss kernel
 with None (a False would compile, and run, the gradient's code), and a
-call with the gradient with True. The channels-last row kernels'
-``smoothing`` likewise (docs/perf/cpu-079)."""
+call with the gradient with True. Their ``smoothing`` likewise
+(docs/perf/cpu-079)."""
 
 import inspect
 
@@ -57,22 +57,23 @@ def test_head_loss_kernel_gets_none_without_gradient(rng):
     assert _want_grad_types(head_ops.head_xent) <= {types.none, types.boolean}
 
 
-@pytest.mark.parametrize("shape, kernel", [((7, 9, 19), "ce_cl_blocks"),
-                                           ((7, 9, 130), "ce_cl_rows")])
-def test_row_loss_kernels_get_none_without_smoothing(rng, shape, kernel):
+@pytest.mark.parametrize("shape, axis, kernel", [((7, 9, 19), -1, "ce_cl_blocks"),
+                                                 ((7, 9, 130), -1, "ce_cl_rows"),
+                                                 ((2, 19, 5, 7), 1, "ce_cf")])
+def test_loss_kernels_get_none_without_smoothing(rng, shape, axis, kernel):
     from fastlogits.cpu.ops import losses
 
     x = (3 * rng.standard_normal(shape)).astype(np.float32)
-    t = rng.integers(0, shape[-1], shape[:-1])
+    t = rng.integers(0, shape[axis], tuple(s for i, s in enumerate(shape) if i != axis % len(shape)))
     k = getattr(losses, kernel)
     for grad in (False, True):
-        got = fl.cross_entropy(x, t, return_grad=grad)
-        want = ref.cross_entropy(x, t, return_grad=grad)
+        got = fl.cross_entropy(x, t, axis=axis, return_grad=grad)
+        want = ref.cross_entropy(x, t, axis=axis, return_grad=grad)
         np.testing.assert_allclose(got[0] if grad else got, want[0] if grad else want, rtol=1e-5)
     assert types.none in _want_grad_types(k, "smoothing")
     for grad in (False, True):
-        got = fl.cross_entropy(x, t, label_smoothing=0.2, return_grad=grad)
-        want = ref.cross_entropy(x, t, label_smoothing=0.2, return_grad=grad)
+        got = fl.cross_entropy(x, t, axis=axis, label_smoothing=0.2, return_grad=grad)
+        want = ref.cross_entropy(x, t, axis=axis, label_smoothing=0.2, return_grad=grad)
         np.testing.assert_allclose(got[0] if grad else got, want[0] if grad else want, rtol=1e-5)
         if grad:
             np.testing.assert_allclose(got[1], want[1], atol=2e-6)

@@ -48,8 +48,8 @@ The drivers' ``want_grad`` is True, or None for the loss alone
 None:`` (in the drivers and in every helper they pass it to), and Numba
 prunes a branch on an argument's None-ness before typing it, so a
 loss-only kernel is compiled without the gradient blocks
-(docs/perf/cpu-078). The channels-last row drivers' ``smoothing``
-switches label smoothing alike (docs/perf/cpu-079). Helpers that only
+(docs/perf/cpu-078). Their ``smoothing`` switches label smoothing alike
+(the register blocks' smoothed instances; docs/perf/cpu-079). Helpers that only
 select per pixel take it as a plain boolean (``want_grad is not None``).
 
 In the register blocks of both layouts, float32 losses without gradient
@@ -397,8 +397,10 @@ def _fused_losses(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead
     :func:`planes_xent`, or rows (rows, C) from row ``first`` by
     :func:`rows_xent`; ``tt``, ``wt`` from :func:`_targets` (tile pixel
     p), ``loss`` and the targets' flat index ``r0 + p``, the sums added to
-    ``sums`` (2 * LANES float64); with ``smooth``, label-smoothed by the
-    class weights ``w`` and ``ls`` (:func:`_smoothing_coefs`); the next
+    ``sums`` (2 * LANES float64); with ``smooth`` (a switch: True, or
+    None), label-smoothed by the class weights ``w`` and ``ls``
+    (:func:`_smoothing_coefs`; a False would run the smoothed instance with
+    eps = 0: the same losses, slower); the next
     tile's targets of ``t`` prefetched (:func:`_prefetch_block`). For
     float64 x it does nothing and returns False: its log has no vector IR
     form."""
@@ -413,29 +415,21 @@ def _fused_losses_impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, 
                 smooth: False)
     xent = planes_xent if x.ndim == 3 else rows_xent
 
-    def unsmoothed(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
-                   smooth):
-        for q in range(0, P, LANES):
-            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
-            xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None, None)
-        return True
-
-    if isinstance(smooth, types.NoneType):  # (the switch: not smoothed, one instance)
+    if isinstance(smooth, types.NoneType):
+        def unsmoothed(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
+                       smooth):
+            for q in range(0, P, LANES):
+                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None, None)
+            return True
         return unsmoothed
 
-    def impl(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls, smooth):
-        # Two instances, so the flag is not tested inside a block.
-        if smooth:
-            for q in range(0, P, LANES):
-                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
-                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, w, ls)
-        else:
-            for q in range(0, P, LANES):
-                _prefetch_block(x, first + q, ahead, t, r0 + P + q)
-                xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, None,
-                     None)
+    def smoothed(x, first, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls, smooth):
+        for q in range(0, P, LANES):
+            _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+            xent(x, first + q, m, q, cols, tt, wt, loss, r0 + q, want_loss, sums, w, ls)
         return True
-    return impl
+    return smoothed
 
 
 def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal,
@@ -445,7 +439,8 @@ def _grad_blocks(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, non
     :func:`fastlogits.cpu.blocks.rowblock._xent_grad_part`), into ``out`` from
     ``out_first`` (the first pixel's flat index of planes (outer, C, inner),
     by non-temporal stores with ``nontemporal``; the first row of rows),
-    leaving each pixel's m, s, xt (and sm with ``smooth``) in the
+    leaving each pixel's m, s, xt (and sm with ``smooth``, a switch as for
+    :func:`_fused_losses`) in the
     :func:`_scratch` ``sc`` for :func:`_pixel_losses`. x as for
     :func:`_fused_losses`; ``tt``, ``wt`` of ``sc`` from :func:`_targets`;
     ``cols`` C * LANES elements; ``coef`` from :func:`_grad_scales`, ``bc``
@@ -467,6 +462,7 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
         m, _, _, s, sm, xt, wt, _, tt, _ = sc
         for q in range(0, P, LANES):
             _prefetch_block(x, first + q, ahead, t, r0 + P + q)
+            # Two instances, so the flag is not tested inside a block.
             if nontemporal:
                 streamed(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
                          out_first + q)
@@ -474,34 +470,23 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
                 plain(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
                       out_first + q)
 
-    if isinstance(smooth, types.NoneType):  # (the switch: not smoothed)
-        return unsmoothed
-
-    def impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead, t,
-             r0):
+    def smoothed(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first, nontemporal, ahead,
+                 t, r0):
         m, _, _, s, sm, xt, wt, _, tt, _ = sc
         for q in range(0, P, LANES):
             _prefetch_block(x, first + q, ahead, t, r0 + P + q)
-            # Four instances, so neither flag is tested inside a block.
             if nontemporal:
-                if smooth:
-                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
-                             out_first + q)
-                else:
-                    streamed(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
-                             out_first + q)
-            elif smooth:
+                streamed(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
+                         out_first + q)
+            else:
                 plain(x, first + q, m, q, cols, tt, wt, coef, bc, w, s, xt, sm, out,
                       out_first + q)
-            else:
-                plain(x, first + q, m, q, cols, tt, wt, coef, bc, None, s, xt, sm, out,
-                      out_first + q)
-    return impl
+    return unsmoothed if isinstance(smooth, types.NoneType) else smoothed
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef, ls, want_grad,
-                  write, cols, ebuf, sc, acc, sums, ahead):
+def _plane_losses(x, o, i0, P, t, w, ignore, eps, smoothing, loss, want_loss, grad, b, coef, ls,
+                  want_grad, write, cols, ebuf, sc, acc, sums, ahead):
     """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
     flat: from ``o * inner + i0``), P a multiple of
     ``planeblock.LANES``, by the register blocks of
@@ -521,7 +506,9 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     (:func:`_fused_losses`, label smoothing by ``ls`` from
     :func:`_smoothing_coefs`), adding their sums to ``sums`` (float64, 2
     * LANES: the caller adds them to ``acc``): no scratch between the
-    blocks and the per-pixel step (docs/perf/cpu-044, cpu-054)."""
+    blocks and the per-pixel step (docs/perf/cpu-044, cpu-054).
+    ``smoothing``: True for ``eps > 0``, else None (a switch, as
+    ``want_grad`` is)."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
     i0 = max(i0, 0)  # no wraparound select (see tiles.py)
@@ -531,21 +518,21 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, loss, want_loss, grad, b, coef
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
     if want_grad is None:
         if _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
-                         eps > 0.0):
+                         smoothing):
             return
     if want_grad is not None:
         if write == WRITE_STREAM:
-            _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, grad, start, True, ahead,
+            _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, grad, start, True, ahead,
                          t, r0)
         else:  # (two calls: grad and ebuf differ in type for float16 bits)
-            _grad_blocks(x, start, P, sc, cols, coef, b, w, eps > 0.0, ebuf, 0, False, ahead, t,
+            _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, ebuf, 0, False, ahead, t,
                          r0)
     else:
         for q in range(0, P, LANES):
             _prefetch_block(x, start + q, ahead, t, r0 + P + q)
             planes_max_expsum(x, start + q, m, q, one, cols, s)
         _target_logits_tile(x, o, i0, P, tt, xt)
-        if eps > 0.0:
+        if smoothing is not None:
             for q in range(0, P, LANES):
                 planes_wsum(x, start + q, m, q, w, sm)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
@@ -581,8 +568,8 @@ def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, 
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss,
-          tile, nthreads, direct, blocks, write, ahead_bytes, copy_tiles, table):
+def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad, loss,
+          want_loss, tile, nthreads, direct, blocks, write, ahead_bytes, copy_tiles, table):
     """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
     flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
     array of that type) without ``want_grad``/``want_loss``.
@@ -594,6 +581,8 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
     prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
     tile loops (:func:`_cf_tile_losses`), which read a copy of their tile
     with ``copy_tiles`` (:func:`fastlogits.cpu.blocks.tiles.load_rows`).
+    ``smoothing``: True for ``eps > 0``, else None (a switch, as
+    ``want_grad`` is).
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
@@ -632,9 +621,8 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
                 continue
             PB = P - P % LANES if blocks else 0
             if PB > 0:
-                _plane_losses(x, o, i0, PB, t, w, ignore, eps, loss, want_loss, grad, b, coef,
-                              ls, want_grad, write, cols, ebuf, sc,
-                              acc, sums, ahead)
+                _plane_losses(x, o, i0, PB, t, w, ignore, eps, smoothing, loss, want_loss, grad, b,
+                              coef, ls, want_grad, write, cols, ebuf, sc, acc, sums, ahead)
                 i0 += PB
                 P -= PB
                 if P == 0:
