@@ -86,13 +86,6 @@ def padded_block(x, r, n, pad):
     return pad
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def unpad_block(pad, out, r, n):
-    """The first n rows of ``pad`` into rows ``r .. r + n - 1`` of out
-    (:func:`padded_block`'s way back)."""
-    copy_rows(pad, 0, out, r, n)
-
-
 def _is_rows(a):
     return is_score_array(a, 2)
 

@@ -76,13 +76,14 @@ from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STRE
                                               planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                               planes_xent, planes_xent_grad)
 from fastlogits.cpu.blocks.rowblock import (ROWS, padded_block, rows_max_expsum, rows_wsum,
-                                            rows_xent, rows_xent_grad, unpad_block)
+                                            rows_xent, rows_xent_grad)
 from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
 from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
                                          load_rows, load_transposed, next_tile_cl, store_transposed,
                                          tile_exp_store, tile_expsum, tile_max, tile_to_out,
                                          work_chunks)
 from fastlogits.cpu.llvm.alloc import empty, zeros
+from fastlogits.cpu.llvm.rowcopy import copy_rows
 from fastlogits.cpu.llvm.fastlog import flog1p
 from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_ahead, prefetch_planes,
                                           prefetch_row, prefetch_rows, prefetch_span, region_from,
@@ -789,7 +790,7 @@ def ce_cl_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
                 for p in range(n):
                     loss[b0 + p] = lpad[p]
             if want_grad is not None:
-                unpad_block(gpad, grad, b0, n)
+                copy_rows(gpad, 0, grad, b0, n)
             b0 = r1
         _add_block_sums(acc, sums)
         put_row(table, chunk, acc)
