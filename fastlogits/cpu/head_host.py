@@ -13,7 +13,7 @@ from fastlogits.cpu import host, plan
 from fastlogits.cpu.host import ChunkScratch, half_chunks, work_view
 from fastlogits.cpu.llvm import half
 from fastlogits.cpu.ops import head as k
-from fastlogits.cpu.ops.losses import switch
+from fastlogits.cpu.switches import switch
 from fastlogits.cpu.threads import driver_for
 from fastlogits.cpu.calls import share_literal_calls
 

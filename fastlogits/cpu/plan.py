@@ -47,6 +47,7 @@ from fastlogits.cpu.ops import confusion as kc
 from fastlogits.cpu.ops import losses as kl
 from fastlogits.cpu.ops import softmax as ks
 from fastlogits.cpu.threads import driver_for, thread_count
+from fastlogits.cpu.switches import mode_switches, switch
 from fastlogits.cpu.calls import share_literal_calls
 
 share_literal_calls()  # every kernel the drivers call is imported by now
@@ -303,7 +304,7 @@ def expnorm_launch(x3, out3):
                 work = out2 if out_rows else np.empty(out2.shape, out2.dtype)
             with threads() as nthreads:
                 if blocks:
-                    kernel(x2, work, red1, inv_t, mode, nthreads, ahead)
+                    kernel(x2, work, red1, inv_t, *mode_switches(mode), nthreads, ahead)
                 else:
                     apart = out3 is not None and not np.may_share_memory(x2, work)
                     stream = streamable and _streams_rows(x2, work)
@@ -312,18 +313,25 @@ def expnorm_launch(x3, out3):
                 out2[...] = work
     elif regime == "cf":
         pixels, blocks, ahead, copies, out_c, streamable = args
-        kernel, threads = driver_for(ks.expnorm_cf, x3.size)
+        # The blocks' kernel takes C-contiguous x and out only and compiles
+        # no tile loops; the tiles' kernel any strides and classes (docs/perf/cpu-080).
+        kernel, threads = driver_for(ks.expnorm_cf_blocks if blocks else ks.expnorm_cf, x3.size)
         out_stand_in = _shared_stand_in(3, x3.dtype)
 
         def launch(x3, out3, red2, inv_t, mode):
             if out3 is None:
                 out3 = out_stand_in
-            # Straight into out unless it may overlap x (in place) or is strided.
-            direct = out_c and not np.may_share_memory(x3, out3)
             write = _plane_write(x3, out3) if streamable else WRITE_EBUF
+            red2 = red_stand_in if red2 is None else red2
             with threads() as nthreads:
-                kernel(x3, out3, red_stand_in if red2 is None else red2, inv_t, mode, pixels,
-                       nthreads, direct, blocks, write, ahead, copies)
+                if blocks:
+                    kernel(x3, out3, red2, inv_t, *mode_switches(mode), pixels, nthreads, write,
+                           ahead)
+                else:
+                    # Straight into out unless it may overlap x (in place) or is strided.
+                    direct = out_c and not np.may_share_memory(x3, out3)
+                    kernel(x3, out3, red2, inv_t, mode, pixels, nthreads, direct, write, ahead,
+                           copies)
     else:
         pixels, ahead = args
         kernel, threads = driver_for(ks.expnorm_cl_tiles, x3.size)
@@ -431,12 +439,15 @@ def argmax_launch(x3, with_conf):
     stand_in = None if with_conf else _shared_stand_in(2, _computed_in(x3))
     if regime == "cf":
         pixels, blocks, ahead, copies = args
-        kernel, threads = driver_for(ka.argmax_cf, x3.size)
+        # The blocks' kernel takes C-contiguous x only and compiles no tile
+        # loops; the tiles' kernel any strides and classes (docs/perf/cpu-080).
+        kernel, threads = driver_for(ka.argmax_cf_blocks if blocks else ka.argmax_cf, x3.size)
+        last = () if blocks else (copies,)
 
         def launch(x3, labels2, conf2, inv_t):
             with threads() as nthreads:
                 kernel(x3, labels2, stand_in if stand_in is not None else conf2, inv_t,
-                       with_conf, pixels, nthreads, blocks, ahead, copies)
+                       with_conf, pixels, nthreads, ahead, *last)
     elif regime == "rows":
         copy, ahead, blocks = args
         kernel, threads = driver_for(ka.argmax_cl_rows, x3.size)
@@ -483,12 +494,18 @@ def cross_entropy_launch(x3, want_grad, want_loss):
     cpu = tuning.current().cpu
     outer, C, inner = x3.shape
     dtype = _computed_in(x3)
-    grad_switch = kl.switch(want_grad)
+    grad_switch = switch(want_grad)
     if inner > 1:
         g_stand_in, lw_stand_in = _stand_in(3, dtype), _stand_in(1, dtype)
-        blocks = _plane_blocks(C, True)
+        # The blocks' kernel takes C-contiguous x and gradient only and
+        # compiles no tile loops; the tiles' kernel any strides and classes
+        # (docs/perf/cpu-080). (cross_entropy passes C-contiguous views.)
+        blocks = _plane_blocks(C, True) and x3.flags.c_contiguous
         ahead, copies = cpu.prefetch_plane_bytes, _cf_copies_tiles(x3)
-        kernel, threads = driver_for(kl.ce_cf, x3.size)
+        # The blocks' switches: their fused pass (float32), no loss-only blocks
+        # with the gradient (as the rows').
+        unfused, loss_only = switch(dtype != np.float32), switch(not want_grad)
+        kernel, threads = driver_for(kl.ce_cf_blocks if blocks else kl.ce_cf, x3.size)
 
         def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
             g = g_stand_in if g is None else g
@@ -506,9 +523,13 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             tile = _cf_tile_pixels(x3, True, cpu.loss_tile_pixels if long_tiles else None)
             with threads() as nthreads:
                 table = chunk_table(nthreads, 3)
-                kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, kl.switch(eps > 0), gscale,
-                       g, grad_switch, lw, want_loss, tile, nthreads, direct, blocks, write, ahead,
-                       copies, table)
+                if blocks:
+                    kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, switch(eps > 0),
+                           gscale, g, grad_switch, lw, want_loss, tile, nthreads, write, ahead,
+                           unfused, loss_only, table)
+                else:
+                    kernel(x3, t2.reshape(-1), w, w64, ignore_index, eps, gscale, g, grad_switch,
+                           lw, want_loss, tile, nthreads, direct, write, ahead, copies, table)
             return table_sums(table)
         return launch
     g_stand_in, lw_stand_in = _stand_in(2, dtype), _stand_in(1, dtype)
@@ -527,9 +548,10 @@ def cross_entropy_launch(x3, want_grad, want_loss):
             return table_sums(table)
         return launch
     ahead = _row_prefetch_bytes(C, x3.itemsize)
-    # The blocks' fused pass (float32 without gradient) or not, and tile.
-    blocks_args = (kl.switch(dtype != np.float32), _tile_pixels(C, cpu.loss_tile_pixels)
-                   // ROWS * ROWS)
+    # The blocks' switches (their fused pass: float32 without gradient; no
+    # loss-only blocks with the gradient) and tile.
+    blocks_args = (switch(dtype != np.float32), switch(not want_grad),
+                   _tile_pixels(C, cpu.loss_tile_pixels) // ROWS * ROWS)
     kernel, threads = driver_for(kl.ce_cl_blocks if blocks else kl.ce_cl_rows, x3.size)
 
     def launch(x3, t2, g, lw, w, w64, ignore_index, eps, gscale):
@@ -539,7 +561,7 @@ def cross_entropy_launch(x3, want_grad, want_loss):
         last = blocks_args if blocks else (bool(want_grad and _streams_rows(x2, g2)),)
         with threads() as nthreads:
             table = chunk_table(nthreads, 3)
-            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, kl.switch(eps > 0),
+            kernel(x2, t2.reshape(outer), w, w64, ignore_index, eps, switch(eps > 0),
                    gscale, g2, grad_switch,
                    lw_stand_in if lw is None else lw.reshape(outer), want_loss, nthreads, ahead,
                    *last, table)

@@ -2,8 +2,9 @@
 (docs/perf/cpu-078): Numba prunes the gradient's branches on an
 argument's None-ness, so a loss-only call must reach every loss kernel
 with None (a False would compile, and run, the gradient's code), and a
-call with the gradient with True. Their ``smoothing`` likewise
-(docs/perf/cpu-079)."""
+call with the gradient with True; the register blocks' kernels take
+its complement too, ``loss_only`` (docs/perf/cpu-080). Their
+``smoothing`` likewise (docs/perf/cpu-079)."""
 
 import inspect
 
@@ -24,7 +25,8 @@ def _want_grad_types(kernel, name="want_grad"):
     ((7, 9, 19), -1, "ce_cl_blocks"),  # register blocks (the last rows padded)
     ((7, 9, 130), -1, "ce_cl_rows"),  # many classes: rows
     ((7, 9, 5), -1, "ce_cl_tiles"),  # few classes: transposed tiles
-    ((2, 19, 5, 7), 1, "ce_cf"),  # channels-first
+    ((2, 19, 5, 7), 1, "ce_cf_blocks"),  # channels-first: register blocks
+    ((2, 70, 5, 7), 1, "ce_cf"),  # channels-first, many classes: tiles
 ])
 def test_loss_kernels_get_none_without_gradient(rng, shape, axis, kernel):
     from fastlogits.cpu.ops import losses
@@ -42,6 +44,13 @@ def test_loss_kernels_get_none_without_gradient(rng, shape, axis, kernel):
     np.testing.assert_allclose(grad, want_grad, atol=2e-6)
     assert _want_grad_types(k) <= {types.none, types.boolean}
     assert types.boolean in _want_grad_types(k)
+    if "loss_only" in inspect.signature(k.py_func).parameters:
+        # its complement: a kernel with the gradient compiles no loss-only
+        # blocks (a True prunes nothing; fastlogits.cpu.switches)
+        names = list(inspect.signature(k.py_func).parameters)
+        pairs = {(sig[names.index("want_grad")], sig[names.index("loss_only")])
+                 for sig in k.signatures}
+        assert pairs == {(types.none, types.boolean), (types.boolean, types.none)}
 
 
 def test_head_loss_kernel_gets_none_without_gradient(rng):
@@ -59,7 +68,7 @@ def test_head_loss_kernel_gets_none_without_gradient(rng):
 
 @pytest.mark.parametrize("shape, axis, kernel", [((7, 9, 19), -1, "ce_cl_blocks"),
                                                  ((7, 9, 130), -1, "ce_cl_rows"),
-                                                 ((2, 19, 5, 7), 1, "ce_cf")])
+                                                 ((2, 19, 5, 7), 1, "ce_cf_blocks")])
 def test_loss_kernels_get_none_without_smoothing(rng, shape, axis, kernel):
     from fastlogits.cpu.ops import losses
 

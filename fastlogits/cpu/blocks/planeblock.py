@@ -33,7 +33,11 @@ blocks ahead (:func:`fastlogits.cpu.llvm.prefetch.prefetch_planes`).
 A block is addressed by the flat index ``start = (o * C) * inner + i``
 of its first score (pixel i of image o, class 0); pixels ``i .. i +
 LANES - 1`` must exist. x (and ``out``) must be C-contiguous; nothing is
-bounds-checked.
+bounds-checked. An image's pixels outside whole blocks (before its first
+line, after its last block, an image smaller than a block) are copied
+into a padded block of x's type (:func:`padded_planes`), so a driver runs
+them through the same calls and compiles no other path
+(docs/perf/cpu-080).
 
 x may hold float16 bits (:mod:`fastlogits.cpu.llvm.scores`, the reading intrinsics): its
 loads are halves widened in registers, and "x's dtype" below (of m,
@@ -44,7 +48,7 @@ float x only.
 from types import SimpleNamespace
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from fastlogits.tuning import FASTMATH
@@ -53,6 +57,7 @@ from fastlogits.cpu.blocks.rowblock import (ROWS, STORE_LOG_SOFTMAX, STORE_SOFTM
                                             _wsum_part, _xent_grad_part, _xent_part,
                                             max_expsum_args_ok, store_values, xent_args_ok,
                                             xent_grad_args_ok)
+from fastlogits.cpu.llvm.rowcopy import copy_flat
 from fastlogits.cpu.llvm.irutil import I32, I64, const, i64, loop, splat, vector_of
 from fastlogits.cpu.llvm.scores import ScoreIR, compute_type, is_score_array
 from fastlogits.cpu.llvm.stream import LINE, mark_nontemporal
@@ -108,6 +113,35 @@ def on_c_planes(fn):
         return lambda *args: None
 
     return stub
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def padded_planes(x, o, i, n, pad):
+    """Pixels ``i .. i + n - 1`` of image o of x (outer, C, inner), ``0 <
+    n <= LANES``, as a whole block: copied into ``pad[0, :, :n]`` (pad (1,
+    C, LANES) of x's dtype), the other lanes copies of pixel ``i + n - 1``
+    (scores of x: nothing a block cannot take). Returns pad. With pad of
+    x's type, a driver runs an image's pixels outside whole blocks through
+    the same block calls as the others and compiles one path, as the row
+    blocks' :func:`fastlogits.cpu.blocks.rowblock.padded_block`
+    (docs/perf/cpu-080)."""
+    C, inner = x.shape[1], x.shape[2]
+    start = o * C * inner + i
+    for c in range(C):
+        copy_flat(x, start + c * inner, pad, c * LANES, n)
+        for p in range(n, LANES):
+            copy_flat(x, start + c * inner + n - 1, pad, c * LANES + p, 1)
+    return pad
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def unpad_planes(pad, out, o, i, n):
+    """``out[o, :, i:i + n] = pad[0, :, :n]``: a padded block's results
+    (:func:`padded_planes`) back into the C-contiguous out (outer, C,
+    inner) of pad's dtype."""
+    C, inner = out.shape[1], out.shape[2]
+    for c in range(C):
+        copy_flat(pad, c * LANES, out, (o * C + c) * inner + i, n)
 
 
 class _PlaneBlock:

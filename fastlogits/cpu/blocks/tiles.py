@@ -24,11 +24,13 @@ blocks' cheaper exp2 form on AVX-512.
 """
 
 from numba import njit
+from numba.extending import overload
 
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.gather import BLOCK8, GATHER, gather16, transpose8
 from fastlogits.cpu.blocks.planeblock import on_c_planes
 from fastlogits.cpu.llvm.prefetch import LINE_BYTES, no_region, prefetch_share, tile_region
+from fastlogits.cpu.llvm.rowcopy import copy_flat
 from fastlogits.cpu.llvm.runexp import tile_exp_add
 from fastlogits.cpu.llvm.scores import score, store_score
 from fastlogits.cpu.llvm.stream import stream_copy
@@ -217,6 +219,31 @@ def _stream_rows_c(ebuf, out, o, i0, P):
 _stream_rows = on_c_planes(_stream_rows_c)
 
 
+def _class_rows_out(ebuf, out, o, i0, P):
+    raise NotImplementedError("_class_rows_out is only callable from Numba code")
+
+
+@overload(_class_rows_out, fastmath=FASTMATH)
+def _class_rows_out_overload(ebuf, out, o, i0, P):
+    """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]`` by ordinary stores: one
+    ``llvm.memcpy`` per class where out is C-contiguous in ebuf's dtype
+    (:func:`fastlogits.cpu.llvm.rowcopy.copy_flat`; as a loop, LLVM
+    vectorized it with aliasing checks in each kernel: docs/perf/cpu-080),
+    else a loop rounding float16 bits as stored."""
+    if out.layout == "C" and out.dtype == ebuf.dtype:
+        def copy(ebuf, out, o, i0, P):
+            C, inner, T = out.shape[1], out.shape[2], ebuf.shape[2]
+            for c in range(C):
+                copy_flat(ebuf, c * T, out, (o * C + c) * inner + i0, P)
+        return copy
+
+    def store(ebuf, out, o, i0, P):
+        for c in range(out.shape[1]):
+            for p in range(P):
+                out[o, c, i0 + p] = store_score(out, ebuf[0, c, p])
+    return store
+
+
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def tile_to_out(ebuf, out, o, i0, P, stream):
     """``out[o, :, i0:i0 + P] = ebuf[0, :, :P]``: a channels-first tile's
@@ -228,9 +255,7 @@ def tile_to_out(ebuf, out, o, i0, P, stream):
     if stream:
         _stream_rows(ebuf, out, o, i0, P)
         return
-    for c in range(out.shape[1]):
-        for p in range(P):
-            out[o, c, i0 + p] = store_score(out, ebuf[0, c, p])
+    _class_rows_out(ebuf, out, o, i0, P)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

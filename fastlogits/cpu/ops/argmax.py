@@ -5,9 +5,10 @@ classify never materializes probabilities: the top-1 probability is
 while the tile is still in cache. ``with_conf`` turns the exp-sum off for a
 plain argmax; the branch sits outside the inner loops.
 
-Drivers mirror :mod:`fastlogits.cpu.ops.softmax`: :func:`argmax_cf` (channels-
-first: blocks of pixels reduced in registers, :mod:`fastlogits.cpu.blocks.planeblock`,
-and tiles for the rest), :func:`argmax_cl_tiles` (channels-last, few classes
+Drivers mirror :mod:`fastlogits.cpu.ops.softmax`: :func:`argmax_cf_blocks`
+(channels-first, C-contiguous, few classes: blocks of pixels reduced in
+registers, :mod:`fastlogits.cpu.blocks.planeblock`), :func:`argmax_cf`
+(channels-first, any strides or classes: the tile loops), :func:`argmax_cl_tiles` (channels-last, few classes
 or rows that are not contiguous), :func:`argmax_cl_rows` (channels-last, C-contiguous rows: the
 register-transposed blocks of rows of :mod:`fastlogits.cpu.blocks.rowblock` or
 the vector row kernels of :mod:`fastlogits.cpu.blocks.rowvec`).
@@ -17,7 +18,7 @@ import numpy as np
 from numba import njit
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.blocks.planeblock import LANES, on_c_planes, planes_argmax, planes_argmax_expsum
+from fastlogits.cpu.blocks.planeblock import LANES, padded_planes, planes_argmax, planes_argmax_expsum
 from fastlogits.cpu.blocks.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.blocks.rowvec import vrow_argmax, vrow_expsum
 from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
@@ -45,32 +46,31 @@ def _tile(x, o, i0, P, labels, conf, r0, inv_t, with_conf, m, idx, s, part, pf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_tile_c(x, o, i0, P, labels, conf, inv_t, with_conf, m, idx, s, cols, ahead):
-    """Labels (and confidence) of pixels ``i0 .. i0 + P - 1`` of image o
-    into ``labels[i0:i0 + P]``, P a multiple of ``planeblock.LANES``: block
-    by block, each block's max, index (and exp-sum, from the scores it
-    keeps in ``cols``) in registers (:mod:`fastlogits.cpu.blocks.planeblock`),
+def _plane_blocks(x, start, P, inv_t, with_conf, m, idx, s, cols, ahead):
+    """Max, index (and exp-sum, from the scores kept in ``cols``) of the
+    P pixels from flat index ``start`` of x (P a multiple of
+    ``planeblock.LANES``) into ``m``, ``idx`` (and ``s``) ``[:P]``, block
+    by block in registers (:mod:`fastlogits.cpu.blocks.planeblock`),
     prefetching ``ahead`` pixels ahead (:func:`prefetch_planes`)."""
-    C, inner = x.shape[1], x.shape[2]
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-    start = o * C * inner + i0
     for q in range(0, P, LANES):
         prefetch_planes(x, start + q, LANES, ahead)
         if with_conf:
             planes_argmax_expsum(x, start + q, m, idx, q, inv_t, cols, s)
         else:
             planes_argmax(x, start + q, m, idx, q)
-    for p in range(P):
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _put_labels(labels, conf, i0, n, with_conf, m, idx, s):
+    """``labels[i0:i0 + n]`` (and ``conf``) from the first n pixels of
+    :func:`_plane_blocks`' scratch."""
+    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
+    for p in range(n):
         labels[i0 + p] = idx[p]
     if with_conf:
         nan = conf.dtype.type(np.nan)
-        for p in range(P):
+        for p in range(n):
             conf[i0 + p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
-
-
-#: :func:`_plane_tile_c` for C-contiguous x; nothing for strided x (whose
-#: ``blocks`` is false).
-_plane_tile = on_c_planes(_plane_tile_c)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -80,17 +80,58 @@ def _shares(C, with_conf):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, blocks, ahead_bytes,
+def argmax_cf_blocks(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_bytes):
+    """Channels-first by the register blocks only: C-contiguous ``x``
+    (outer, C, inner), C <= ``tiles.SUM_BLOCK`` for classify; ``labels``,
+    ``conf`` (outer, inner) (without ``with_conf``, ``conf`` may be any
+    array of that type: not touched). Tiles from
+    :func:`fastlogits.cpu.blocks.tiles.cf_tile`, their whole blocks of
+    ``planeblock.LANES`` pixels read in place (prefetching
+    ``ahead_bytes`` ahead in each class plane), the rest as one padded
+    block (:func:`fastlogits.cpu.blocks.planeblock.padded_planes`): no
+    tile loops compiled (docs/perf/cpu-080)."""
+    outer, C, inner = x.shape
+    ahead = planes_ahead(x, ahead_bytes)
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
+    nchunks = work_chunks(njobs, nthreads)
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
+        m = scratch(tile, x)
+        idx = empty(tile, np.int32)
+        s = empty(tile, np.float64)
+        cols = scratch(C * LANES if with_conf else 1, x)
+        pad = empty((1, C, LANES), x.dtype)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            # conf may be a one-row stand-in (argmax): row o only with_conf.
+            co = conf[o if with_conf else 0]
+            PB = P - P % LANES
+            # The whole blocks in place, then the rest as a padded block:
+            # one call site, so LLVM inlines one copy of the blocks.
+            for rest in range(2):
+                if rest == 0:
+                    if PB == 0:
+                        continue
+                    xb, start, Pb, n, ah = x, (o * C) * inner + i0, PB, PB, ahead
+                else:
+                    if PB == P:
+                        break
+                    n = P - PB
+                    xb, start, Pb, ah = padded_planes(x, o, i0 + PB, n, pad), 0, LANES, 0
+                _plane_blocks(xb, start, Pb, inv_t, with_conf, m, idx, s, cols, ah)
+                _put_labels(labels[o], co, i0 + rest * PB, n, with_conf, m, idx, s)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, ahead_bytes,
               copy_tiles):
-    """Channels-first: ``x`` (outer, C, inner); ``labels``, ``conf`` (outer, inner)
-    (without ``with_conf``, ``conf`` may be any array of that type: not
-    touched). Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With
-    ``blocks`` (C-contiguous x; C <= ``tiles.SUM_BLOCK`` for classify),
-    each tile's whole blocks of ``planeblock.LANES`` pixels go by the
-    register blocks and the rest by the tile loops; without, every pixel
-    by the tile loops. The blocks prefetch ``ahead_bytes`` ahead in each
-    class plane. With ``copy_tiles`` (and ``with_conf``) the tile loops read a
-    copy of their tile (:func:`fastlogits.cpu.blocks.tiles.load_rows`)."""
+    """Channels-first by the tile loops: ``x`` (outer, C, inner), any
+    strides or C; ``labels``, ``conf`` as for :func:`argmax_cf_blocks`.
+    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`; with
+    ``copy_tiles`` (and ``with_conf``) the tile loops read a copy of their
+    tile (:func:`fastlogits.cpu.blocks.tiles.load_rows`)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
     per_image = cf_tiles(x, tile)
@@ -102,28 +143,20 @@ def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, b
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
         idx = empty(tile, np.int32)
         s = empty(2 * tile, np.float64)
-        cols = scratch(C * LANES if blocks and with_conf else 1, x)
         buf = scratch((1, C, tile if copy_tiles and with_conf else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
             if P == 0:
                 continue
-            PB = P - P % LANES if blocks else 0
-            # conf may be a one-row stand-in (argmax): row o only with_conf.
             co = conf[o if with_conf else 0]
-            if PB > 0:
-                _plane_tile(x, o, i0, PB, labels[o], co, inv_t, with_conf, m, idx, s, cols,
-                            ahead)
-            if PB < P:
-                pf = plane_rows_region(x, o, i0 + PB, P - PB, ahead)
-                if copy_tiles and with_conf:
-                    load_rows(x, o, i0 + PB, P - PB, buf, pf)
-                    _tile(buf, 0, 0, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx, s,
-                          part, no_region(buf))
-                else:
-                    _tile(x, o, i0 + PB, P - PB, labels[o], co, i0 + PB, inv_t, with_conf, m, idx,
-                          s, part, pf)
+            pf = plane_rows_region(x, o, i0, P, ahead)
+            if copy_tiles and with_conf:
+                load_rows(x, o, i0, P, buf, pf)
+                _tile(buf, 0, 0, P, labels[o], co, i0, inv_t, with_conf, m, idx, s, part,
+                      no_region(buf))
+            else:
+                _tile(x, o, i0, P, labels[o], co, i0, inv_t, with_conf, m, idx, s, part, pf)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)

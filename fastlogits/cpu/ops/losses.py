@@ -27,10 +27,12 @@ driver reads all of a tile's (a block's, a row's) logits it needs before
 it writes that tile's gradient, and nothing else of x afterwards.
 
 Drivers, one per layout regime (as in :mod:`fastlogits.cpu.ops.softmax`):
-:func:`ce_cf` (channels-first tiles, their whole blocks of pixels reduced
-in registers, :mod:`fastlogits.cpu.blocks.planeblock`, for up to
-``cpu_plane_block_max_classes`` classes; a large gradient written
-by non-temporal stores, :mod:`fastlogits.cpu.llvm.stream`), :func:`ce_cl_tiles`
+:func:`ce_cf_blocks` (channels-first, C-contiguous, up to
+``cpu_plane_block_max_classes`` classes: tiles of blocks of pixels
+reduced in registers, :mod:`fastlogits.cpu.blocks.planeblock`, an image's
+pixels outside whole blocks as a padded block; a large gradient written
+by non-temporal stores, :mod:`fastlogits.cpu.llvm.stream`), :func:`ce_cf`
+(channels-first, more classes: the tile loops), :func:`ce_cl_tiles`
 (channels-last, few classes: a tile of rows transposed into an L1
 scratch) and
 :func:`ce_cl_blocks` (channels-last, C-contiguous, from 8 to
@@ -43,12 +45,11 @@ Each writes ``[loss_sum, weight_sum, bad_count]`` of each of its chunks
 into a row of ``table`` (float64, :func:`fastlogits.cpu.plan.chunk_table`),
 summed by the host (:func:`fastlogits.cpu.plan.table_sums`).
 
-The drivers' ``want_grad`` is True, or None for the loss alone
-(:func:`switch`): the gradient's code sits under ``if want_grad is not
-None:`` (in the drivers and in every helper they pass it to), and Numba
-prunes a branch on an argument's None-ness before typing it, so a
-loss-only kernel is compiled without the gradient blocks
-(docs/perf/cpu-078). Their ``smoothing`` switches label smoothing alike
+The drivers' ``want_grad`` is True, or None for the loss alone (a
+switch, :mod:`fastlogits.cpu.switches`): the gradient's code sits under
+``if want_grad is not None:`` (in the drivers and in every helper they
+pass it to), so a loss-only kernel is compiled without the gradient
+blocks (docs/perf/cpu-078). Their ``smoothing`` switches label smoothing alike
 (the register blocks' smoothed instances; docs/perf/cpu-079). Helpers that only
 select per pixel take it as a plain boolean (``want_grad is not None``).
 
@@ -73,6 +74,7 @@ from numba.extending import overload
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.gather import lookup
 from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
+                                              padded_planes,
                                               planes_max_expsum, planes_stream_xent_grad, planes_wsum,
                                               planes_xent, planes_xent_grad)
 from fastlogits.cpu.blocks.rowblock import (ROWS, padded_block, rows_max_expsum, rows_wsum,
@@ -90,13 +92,6 @@ from fastlogits.cpu.llvm.prefetch import (no_region, plane_rows_region, planes_a
                                           rows_ahead)
 from fastlogits.cpu.llvm.scores import compute_type, holds_half_bits, score, scratch, store_score
 from fastlogits.cpu.llvm.stream import stream_copy, stream_fence
-
-
-def switch(on):
-    """A driver's switch argument (``want_grad``, ``smoothing``) for a
-    call that wants the code it guards or not: True, or None (see the
-    module docstring)."""
-    return True if on else None
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -486,20 +481,23 @@ def _grad_blocks_impl(x, first, P, sc, cols, coef, bc, w, smooth, out, out_first
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_losses(x, o, i0, P, t, w, ignore, eps, smoothing, loss, want_loss, grad, b, coef, ls,
-                  want_grad, write, cols, ebuf, sc, acc, sums, ahead):
-    """Losses of pixels ``i0 .. i0 + P - 1`` of image o (``t``, ``loss``
-    flat: from ``o * inner + i0``), P a multiple of
-    ``planeblock.LANES``, by the register blocks of
-    :mod:`fastlogits.cpu.blocks.planeblock` (``cols``: C * LANES elements, one
-    block's columns, reused so they stay in L1; ``sc``: a :func:`_scratch`
-    of at least P pixels): the targets first, then one pass over x. With
-    ``want_grad`` the fused gradient blocks (:func:`_grad_blocks`, ``b``
-    from :func:`_grad_coef`, ``coef`` from :func:`_grad_scales`) write
-    each block's final gradient as ``write`` says (``planeblock.WRITE_*``:
-    into ``ebuf`` (1, C, >= P), then ``grad``; or straight into ``grad`` by
-    non-temporal stores); otherwise the max and exp-sum blocks, the
-    target logits and the smoothing sums. Then the per-pixel step
+def _plane_losses(x, xo, xi0, P, t, r0, w, ignore, eps, smoothing, unfused, loss, want_loss, grad,
+                  o, i0, n, b, coef, ls, want_grad, loss_only, write, cols, ebuf, sc, acc, sums,
+                  ahead):
+    """Losses of pixels ``xi0 .. xi0 + P - 1`` of image xo of x, P a
+    multiple of ``planeblock.LANES`` (targets ``t[r0:r0 + P]``, losses
+    into ``loss[r0:r0 + P]``), by the register blocks of
+    :mod:`fastlogits.cpu.blocks.planeblock` (``cols``: C * LANES elements,
+    one block's columns, reused so they stay in L1; ``sc``: a
+    :func:`_scratch` of at least P pixels): the targets first, then one
+    pass over x. With ``want_grad`` the fused gradient blocks
+    (:func:`_grad_blocks`, ``b`` from :func:`_grad_coef`, ``coef`` from
+    :func:`_grad_scales`) make each block's final gradient, the first n
+    pixels' written into ``grad[o, :, i0:i0 + n]`` as ``write`` says
+    (``planeblock.WRITE_*``: through ``ebuf`` (1, C, >= P); or straight
+    from the blocks by non-temporal stores, where x's pixels are: n = P,
+    (o, i0) = (xo, xi0)); otherwise the max and exp-sum blocks, the target
+    logits and the smoothing sums. Then the per-pixel step
     (:func:`_pixel_losses`). Prefetches ``ahead`` pixels ahead, and the
     next tile's targets (:func:`_prefetch_block`).
 
@@ -508,19 +506,27 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, smoothing, loss, want_loss, gr
     :func:`_smoothing_coefs`), adding their sums to ``sums`` (float64, 2
     * LANES: the caller adds them to ``acc``): no scratch between the
     blocks and the per-pixel step (docs/perf/cpu-044, cpu-054).
-    ``smoothing``: True for ``eps > 0``, else None (a switch, as
-    ``want_grad`` is)."""
+    Switches as for :func:`_block_losses`: ``smoothing``, ``unfused``,
+    ``loss_only``."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C, inner = x.shape[1], x.shape[2]
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-    start = o * C * inner + i0
-    r0 = o * inner + i0
-    one = w.dtype.type(1.0)
+    xi0 = max(xi0, 0)  # no wraparound select (see tiles.py)
+    start = xo * C * inner + xi0
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if want_grad is None:
-        if _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t, w, ls,
-                         smoothing):
+    if loss_only is not None:
+        if unfused is None:
+            if not _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead,
+                                 t, w, ls, smoothing):
+                raise AssertionError("unfused is None for scores not computed in float32")
             return
+        one = w.dtype.type(1.0)
+        for q in range(0, P, LANES):
+            _prefetch_block(x, start + q, ahead, t, r0 + P + q)
+            planes_max_expsum(x, start + q, m, q, one, cols, s)
+        _target_logits_tile(x, xo, xi0, P, tt, xt)
+        if smoothing is not None:
+            for q in range(0, P, LANES):
+                planes_wsum(x, start + q, m, q, w, sm)
     if want_grad is not None:
         if write == WRITE_STREAM:
             _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, grad, start, True, ahead,
@@ -528,19 +534,31 @@ def _plane_losses(x, o, i0, P, t, w, ignore, eps, smoothing, loss, want_loss, gr
         else:  # (two calls: grad and ebuf differ in type for float16 bits)
             _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, ebuf, 0, False, ahead, t,
                          r0)
-    else:
-        for q in range(0, P, LANES):
-            _prefetch_block(x, start + q, ahead, t, r0 + P + q)
-            planes_max_expsum(x, start + q, m, q, one, cols, s)
-        _target_logits_tile(x, o, i0, P, tt, xt)
-        if smoothing is not None:
-            for q in range(0, P, LANES):
-                planes_wsum(x, start + q, m, q, w, sm)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
     if want_grad is not None:
         if write != WRITE_STREAM:
-            tile_to_out(ebuf, grad, o, i0, P, write == WRITE_EBUF_STREAM)
+            tile_to_out(ebuf, grad, o, i0, n, write == WRITE_EBUF_STREAM)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _padded_targets(t, r, n, ignore, C, tpad):
+    """The targets of a padded block (:func:`ce_cl_blocks`,
+    :func:`ce_cf_blocks`): ``t[r:r + n]`` into ``tpad`` (a block's
+    length), the kept classes as they are, an ignored or bad target and
+    the padding as ``t``'s -1 (no class of a block's C, and a value ``t``
+    can hold, which ``ignore`` need not be: uint8 targets with the default
+    -100), to be ignored in place of ``ignore``. Returns the number of bad
+    targets (outside [0, C), not ``ignore``)."""
+    none = t.dtype.type(-1)
+    nbad = 0
+    for p in range(tpad.shape[0]):
+        ti = np.int64(t[r + p]) if p < n else ignore
+        kept = ti != ignore and 0 <= ti < C
+        if ti != ignore and not kept:
+            nbad += 1
+        tpad[p] = t[r + p] if kept else none
+    return nbad
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -569,21 +587,88 @@ def _cf_tile_losses(src, so, si0, P, o, i0, inner, t, w, ignore, eps, ls, coef, 
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad, loss,
-          want_loss, tile, nthreads, direct, blocks, write, ahead_bytes, copy_tiles, table):
-    """Channels-first: ``x``, ``grad`` (outer, C, inner); ``t``, ``loss``
+def ce_cf_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad,
+                 loss, want_loss, tile, nthreads, write, ahead_bytes, unfused, loss_only, table):
+    """Channels-first by the register blocks only: C-contiguous ``x``,
+    ``grad`` (outer, C, inner), C <= ``tiles.SUM_BLOCK``; ``t``, ``loss``
     flat (outer * inner,). ``grad``/``loss`` are untouched (may be any
-    array of that type) without ``want_grad``/``want_loss``.
+    array of that type) without ``want_grad``/``want_loss``. Tiles from
+    :func:`fastlogits.cpu.blocks.tiles.cf_tile`, their whole blocks of
+    ``planeblock.LANES`` pixels by :func:`_plane_losses` in place, the
+    gradient written as ``write`` says (``planeblock.WRITE_*``),
+    prefetching ``ahead_bytes`` ahead in each class plane. An image's
+    pixels outside whole blocks go through the same call as a padded block
+    (:func:`fastlogits.cpu.blocks.planeblock.padded_planes`), their targets
+    by :func:`_padded_targets`, their losses made in a padded row and
+    copied out, their gradient through the scratch tile: no tile loops
+    compiled (docs/perf/cpu-080). ``smoothing``, ``unfused``,
+    ``loss_only``: switches, as for :func:`ce_cl_blocks`.
 
-    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``blocks`` (x
-    and grad C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
-    blocks of ``planeblock.LANES`` pixels go by :func:`_plane_losses`,
-    the gradient written as ``write`` says (``planeblock.WRITE_*``), and
-    prefetching ``ahead_bytes`` ahead in each class plane; the rest by the
-    tile loops (:func:`_cf_tile_losses`), which read a copy of their tile
-    with ``copy_tiles`` (:func:`fastlogits.cpu.blocks.tiles.load_rows`).
-    ``smoothing``: True for ``eps > 0``, else None (a switch, as
-    ``want_grad`` is).
+    One read of x: the gradient is made from the block's scores in
+    registers and L1, final, as the block is read."""
+    outer, C, inner = x.shape
+    b, coef, ls = loss_coefs(w, w64, eps, gscale)
+    padded_ignore = np.int64(t.dtype.type(-1))  # see _padded_targets
+    stream = write != WRITE_EBUF
+    ahead = planes_ahead(x, ahead_bytes)
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
+    nchunks = work_chunks(njobs, nthreads)
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
+        sc = _scratch(tile, w)
+        # The gradient's scratch tile: a padded block's only when streamed
+        # straight from the blocks.
+        ebuf = scratch((1, C, 1 if want_grad is None else LANES if write == WRITE_STREAM
+                        else tile), x)
+        cols = scratch(C * LANES, x)
+        pad = empty((1, C, LANES), x.dtype)
+        tpad = empty(LANES, t.dtype)
+        lpad = empty(LANES, loss.dtype)
+        acc = zeros(3, np.float64)
+        sums = zeros(2 * LANES, np.float64)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            PB = P - P % LANES
+            r0 = o * inner + i0
+            # The whole blocks in place, then the rest as a padded block:
+            # one call site, so LLVM inlines one copy of the blocks.
+            for rest in range(2):
+                if rest == 0:
+                    if PB == 0:
+                        continue
+                    xb, xo, xi0, Pb, tb, rb, ig, lb, n, wr, ah = (x, o, i0, PB, t, r0, ignore, loss,
+                                                                  PB, write, ahead)
+                else:
+                    if PB == P:
+                        break
+                    n = P - PB
+                    acc[2] += _padded_targets(t, r0 + PB, n, ignore, C, tpad)
+                    xb, xo, xi0, Pb, tb, rb, ig, lb, wr, ah = (padded_planes(x, o, i0 + PB, n, pad),
+                                                               0, 0, LANES, tpad, 0, padded_ignore,
+                                                               lpad, WRITE_EBUF, 0)
+                _plane_losses(xb, xo, xi0, Pb, tb, rb, w, ig, eps, smoothing, unfused, lb,
+                              want_loss, grad, o, i0 + rest * PB, n, b, coef, ls, want_grad,
+                              loss_only, wr, cols, ebuf, sc, acc, sums, ah)
+            if want_loss and PB < P:
+                for p in range(P - PB):
+                    loss[r0 + PB + p] = lpad[p]
+        if stream:
+            stream_fence()
+        _add_block_sums(acc, sums)
+        put_row(table, chunk, acc)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss, want_loss,
+          tile, nthreads, direct, write, ahead_bytes, copy_tiles, table):
+    """Channels-first by the tile loops: ``x``, ``grad`` (outer, C, inner),
+    any strides or C; ``t``, ``loss`` as for :func:`ce_cf_blocks`. Tiles
+    from :func:`fastlogits.cpu.blocks.tiles.cf_tile`, read in place or,
+    with ``copy_tiles``, as a copy (:func:`fastlogits.cpu.blocks.tiles.load_rows`),
+    prefetching ``ahead_bytes`` ahead in each class plane
+    (:func:`fastlogits.cpu.llvm.prefetch.plane_rows_region`).
 
     One read of x: the exponentials go into the gradient tile and are
     rescaled there while still in cache. Without ``direct`` (``grad`` is
@@ -608,26 +693,14 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
-        m, part, a, s, sm, xt, wt, d, tt, keep = sc
-        grads = want_grad is not None
-        ebuf = scratch((1, C, tile if grads and (blocks or stream or not direct) else 1), x)
-        cols = scratch(C * LANES if blocks else 1, x)
+        ebuf = scratch((1, C, tile if want_grad is not None and (stream or not direct) else 1), x)
         buf = scratch((1, C, tile if copy_tiles else 1), x)
         acc = zeros(3, np.float64)
-        sums = zeros(2 * LANES, np.float64)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
             if P == 0:
                 continue
-            PB = P - P % LANES if blocks else 0
-            if PB > 0:
-                _plane_losses(x, o, i0, PB, t, w, ignore, eps, smoothing, loss, want_loss, grad, b,
-                              coef, ls, want_grad, write, cols, ebuf, sc, acc, sums, ahead)
-                i0 += PB
-                P -= PB
-                if P == 0:
-                    continue
             pf = plane_rows_region(x, o, i0, P, ahead)
             if copy_tiles:
                 load_rows(x, o, i0, P, buf, pf)
@@ -640,7 +713,6 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want
                                 stream, pf)
         if stream:
             stream_fence()
-        _add_block_sums(acc, sums)
         put_row(table, chunk, acc)
 
 
@@ -679,7 +751,7 @@ def ce_cl_tiles(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _block_losses(x, r0, P, t, w, ignore, eps, smoothing, unfused, loss, want_loss, grad, b,
-                  coef, ls, want_grad, ahead, cols, sc, acc, sums):
+                  coef, ls, want_grad, loss_only, ahead, cols, sc, acc, sums):
     """Losses of rows ``r0 .. r0 + P - 1`` of x (rows, C), P a multiple of
     ``rowblock.ROWS``, by blocks of rows transposed in registers
     (:mod:`fastlogits.cpu.blocks.rowblock`; ``cols`` its column scratch: C * ROWS
@@ -694,15 +766,18 @@ def _block_losses(x, r0, P, t, w, ignore, eps, smoothing, unfused, loss, want_lo
     instead, the whole step (:func:`_fused_losses`, label smoothing by
     ``ls``), adding their sums to ``sums``.
 
-    Switches, True or None as ``want_grad`` is: ``smoothing`` True for
-    ``eps > 0``; ``unfused`` None where x is computed in float32, so that
-    a float32 kernel without gradient compiles the fused pass alone
+    Switches, True or None as ``want_grad`` is
+    (:mod:`fastlogits.cpu.switches`): ``loss_only`` True without the
+    gradient (its complement: a kernel with the gradient compiles no
+    loss-only blocks, docs/perf/cpu-080); ``smoothing`` True for ``eps >
+    0``; ``unfused`` None where x is computed in float32, so that a
+    float32 kernel without gradient compiles the fused pass alone
     (docs/perf/cpu-079); a None for other x raises AssertionError."""
     m, _, a, s, sm, xt, wt, d, tt, keep = sc
     C = x.shape[1]
     r0 = max(r0, 0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if want_grad is None:
+    if loss_only is not None:
         if unfused is None:
             if not _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t,
                                  w, ls, smoothing):
@@ -716,7 +791,7 @@ def _block_losses(x, r0, P, t, w, ignore, eps, smoothing, unfused, loss, want_lo
         if smoothing is not None:
             for q in range(0, P, ROWS):
                 rows_wsum(x, r0 + q, m, q, w, sm)
-    else:
+    if want_grad is not None:
         _grad_blocks(x, r0, P, sc, cols, coef, b, w, smoothing, grad, r0, False, ahead, t, r0)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
@@ -733,26 +808,25 @@ def _grad_row(g, at, apx, b, ti, d):
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def ce_cl_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, grad, want_grad,
-                 loss, want_loss, nthreads, ahead_bytes, unfused, tile, table):
+                 loss, want_loss, nthreads, ahead_bytes, unfused, loss_only, tile, table):
     """Channels-last, C-contiguous ``x``, ``grad`` (rows, C), C >= 8; ``t``,
     ``loss`` (rows,): ``tile`` rows (a multiple of ``rowblock.ROWS``) at a
     time by blocks of ROWS rows transposed in registers
     (:func:`_block_losses`), prefetching ``ahead_bytes`` ahead. Without
     ``want_grad``, ``grad`` may be any (1, k) array of x's computed type.
-    ``smoothing``, ``unfused``: switches, see :func:`_block_losses` (a
-    kernel compiles the blocks it runs: without label smoothing, float32
-    without gradient by the fused pass alone; docs/perf/cpu-079).
+    ``smoothing``, ``unfused``, ``loss_only``: switches, see
+    :func:`_block_losses` (a kernel compiles the blocks it runs: without
+    label smoothing, float32 without gradient by the fused pass alone,
+    with the gradient no loss-only blocks; docs/perf/cpu-079, cpu-080).
 
     A chunk's last rows % ROWS go through the same call as a padded block
-    (:func:`fastlogits.cpu.blocks.rowblock.padded_block`): their targets
-    are read here (bad ones counted) and passed on as one value, ``t``'s
-    -1, ignored in place of ``ignore`` (no class of the blocks' C, and a
-    value ``t`` can hold, which ``ignore`` need not be); their losses and
-    gradient rows are made in padded blocks of their own and copied out."""
+    (:func:`fastlogits.cpu.blocks.rowblock.padded_block`), their targets by
+    :func:`_padded_targets`; their losses and gradient rows are made in
+    padded blocks of their own and copied out."""
     rows, C = x.shape
     ahead = rows_ahead(C, x.itemsize, ahead_bytes)
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
-    none = t.dtype.type(-1)
+    padded_ignore = np.int64(t.dtype.type(-1))  # see _padded_targets
     nchunks = work_chunks(rows, nthreads)
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
@@ -772,17 +846,12 @@ def ce_cl_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
             if n == 0:
                 xb, tb, lb, gb, at, ig = x, t, loss, grad, b0, ignore
             else:
-                for p in range(ROWS):
-                    ti = np.int64(t[b0 + p]) if p < n else ignore
-                    kept = ti != ignore and 0 <= ti < C
-                    if ti != ignore and not kept:
-                        acc[2] += 1
-                    tpad[p] = t[b0 + p] if kept else none
+                acc[2] += _padded_targets(t, b0, n, ignore, C, tpad)
                 xb, tb, lb, gb, at, ig = (padded_block(x, b0, n, pad), tpad, lpad, gpad, 0,
-                                          np.int64(none))
+                                          padded_ignore)
                 P = ROWS
             _block_losses(xb, at, P, tb, w, ig, eps, smoothing, unfused, lb, want_loss, gb, b,
-                          coef, ls, want_grad, ahead, cols, sc, acc, sums)
+                          coef, ls, want_grad, loss_only, ahead, cols, sc, acc, sums)
             if n == 0:
                 b0 += P
                 continue

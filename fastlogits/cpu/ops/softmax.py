@@ -7,11 +7,14 @@ the inner loops, so the three share one compiled driver per layout.
 
 Drivers (called from :mod:`fastlogits.api` with validated, canonical views):
 
-- :func:`expnorm_cf`: channels-first ``(outer, C, inner)``, tiles of inner
-  pixels (contiguous class rows), their whole blocks of pixels reduced in
-  registers (:mod:`fastlogits.cpu.blocks.planeblock`) for up to
-  ``cpu_plane_block_max_classes`` classes; a large output (not
-  over x) written by non-temporal stores (:mod:`fastlogits.cpu.llvm.stream`);
+- :func:`expnorm_cf_blocks`: channels-first ``(outer, C, inner)``,
+  C-contiguous, up to ``cpu_plane_block_max_classes`` classes: tiles of
+  inner pixels (contiguous class rows), their blocks of pixels reduced in
+  registers (:mod:`fastlogits.cpu.blocks.planeblock`), an image's pixels
+  outside whole blocks in a padded block; a large output (not over x)
+  written by non-temporal stores (:mod:`fastlogits.cpu.llvm.stream`);
+- :func:`expnorm_cf`: channels-first, any strides or classes, the tile
+  loops;
 - :func:`expnorm_cl_tiles`: channels-last ``(rows, C)``, few classes or
   rows that are not contiguous, tiles of rows seen transposed;
 - :func:`expnorm_cl_rows`: channels-last ``(rows, C)``, C-contiguous, from
@@ -30,7 +33,7 @@ from numba import njit
 from fastlogits._modes import LOG_SOFTMAX, LOGSUMEXP, SOFTMAX
 from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STREAM, WRITE_STREAM,
-                                              on_c_planes, planes_max_expstore, planes_max_expsum,
+                                              padded_planes, planes_max_expstore, planes_max_expsum,
                                               planes_store_log_softmax, planes_store_softmax,
                                               planes_stream_log_softmax, planes_stream_softmax)
 from fastlogits.cpu.blocks.rowblock import (ROWS, rows_max_expstore, rows_max_expsum,
@@ -50,18 +53,33 @@ from fastlogits.cpu.llvm.stream import stream_affine, stream_fence
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _epilogue(P, m, s, mode, g):
+def _softmax_epilogue(P, m, s, g):
     """Per pixel, from ``s``, the exp-sum less the max's term 1
-    (:func:`fastlogits.cpu.blocks.tiles.rest`): ``g = 1 / (1 + s)`` (softmax) or
-    ``log1p(s)`` (log_softmax, in x's precision: :func:`flog1p`); NaN where the max is not finite (NaN, +inf
-    or a pixel of -inf only)."""
+    (:func:`fastlogits.cpu.blocks.tiles.rest`): softmax's scale ``g = 1 /
+    (1 + s)``; NaN where the max is not finite (NaN, +inf or a pixel of
+    -inf only)."""
     nan = g.dtype.type(np.nan)
+    for p in range(P):
+        g[p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _log_epilogue(P, m, s, g):
+    """:func:`_softmax_epilogue` for log_softmax: ``g = log1p(s)`` (in x's
+    precision: :func:`flog1p`)."""
+    nan = g.dtype.type(np.nan)
+    for p in range(P):
+        g[p] = flog1p(g.dtype.type(s[p])) if is_finite(m[p]) else nan
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _epilogue(P, m, s, mode, g):
+    """The epilogue of softmax or log_softmax (``mode``):
+    :func:`_softmax_epilogue` or :func:`_log_epilogue`."""
     if mode == SOFTMAX:
-        for p in range(P):
-            g[p] = 1.0 / (1.0 + s[p]) if is_finite(m[p]) else nan
+        _softmax_epilogue(P, m, s, g)
     else:
-        for p in range(P):
-            g[p] = flog1p(g.dtype.type(s[p])) if is_finite(m[p]) else nan
+        _log_epilogue(P, m, s, g)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -109,48 +127,50 @@ def _lse(P, m, s, inv_t, red, r0):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _plane_tile_c(x, out, red, o, i0, P, inv_t, mode, m, g, s, cols, ebuf, write, ahead):
-    """Pixels ``i0 .. i0 + P - 1`` of image o, P a multiple of
-    ``planeblock.LANES``: one pass over x finds each block's max and
+def _plane_tile(x, start, P, out, red, o, i0, n, inv_t, exps, logs, lse, m, g, s, cols, ebuf,
+                write, ahead):
+    """P pixels of x from flat index ``start`` (P a multiple of
+    ``planeblock.LANES``): one pass over x finds each block's max and
     exp-sum in registers, keeping its scores (softmax: their
     exponentials) in ``cols`` (C * P); then the epilogue over the P
-    pixels at once, and the results from ``cols`` into ``out`` (which may
-    be x: the tile's scores are all read before any is written) as
-    ``write`` says (``planeblock.WRITE_*``); or the logsumexp into
-    ``red[o]``. For logsumexp ``out`` is a stand-in, for
-    softmax/log_softmax ``red``: neither is touched. Prefetches ``ahead``
-    pixels ahead (:func:`fastlogits.cpu.llvm.prefetch.prefetch_planes`)."""
-    C, inner = x.shape[1], x.shape[2]
-    i0 = max(i0, 0)  # no wraparound select (see tiles.py)
-    start = o * C * inner + i0
+    pixels at once, and the results of the first n from ``cols`` into
+    ``out[o, :, i0:i0 + n]`` (which may be x: the tile's scores are all
+    read before any is written) as ``write`` says (``planeblock.WRITE_*``;
+    ``WRITE_STREAM``: out's blocks where x's are, n = P); or the
+    logsumexp into ``red[o, i0:i0 + n]``. The op by switches, one True
+    (:func:`fastlogits.cpu.switches.mode_switches`: ``exps`` softmax,
+    ``logs`` log_softmax, ``lse`` logsumexp). For logsumexp ``out`` is a
+    stand-in, for softmax/log_softmax ``red``: neither is touched.
+    Prefetches ``ahead`` pixels ahead
+    (:func:`fastlogits.cpu.llvm.prefetch.prefetch_planes`)."""
+    C = x.shape[1]
     for q in range(0, P, LANES):
         prefetch_planes(x, start + q, LANES, ahead)
-        if mode == SOFTMAX:
+        if exps is not None:
             planes_max_expstore(x, start + q, m, q, inv_t, cols[q * C:(q + LANES) * C], s)
-        else:
+        if logs is not None or lse is not None:
             planes_max_expsum(x, start + q, m, q, inv_t, cols[q * C:(q + LANES) * C], s)
-    if mode == LOGSUMEXP:
-        _lse(P, m, s, inv_t, red[o], i0)
-        return
-    _epilogue(P, m, s, mode, g)
-    for q in range(0, P, LANES):
-        qcols = cols[q * C:(q + LANES) * C]
-        if write == WRITE_STREAM:
-            if mode == SOFTMAX:
-                planes_stream_softmax(qcols, m, inv_t, g, q, out, start + q)
+    if lse is not None:
+        _lse(n, m, s, inv_t, red[o], i0)
+    if exps is not None:
+        _softmax_epilogue(P, m, s, g)
+    if logs is not None:
+        _log_epilogue(P, m, s, g)
+    if exps is not None or logs is not None:
+        for q in range(0, P, LANES):
+            qcols = cols[q * C:(q + LANES) * C]
+            if write == WRITE_STREAM:
+                if exps is not None:
+                    planes_stream_softmax(qcols, m, inv_t, g, q, out, start + q)
+                if logs is not None:
+                    planes_stream_log_softmax(qcols, m, inv_t, g, q, out, start + q)
             else:
-                planes_stream_log_softmax(qcols, m, inv_t, g, q, out, start + q)
-        elif mode == SOFTMAX:
-            planes_store_softmax(qcols, m, inv_t, g, q, ebuf, q)
-        else:
-            planes_store_log_softmax(qcols, m, inv_t, g, q, ebuf, q)
-    if write != WRITE_STREAM:
-        tile_to_out(ebuf, out, o, i0, P, write == WRITE_EBUF_STREAM)
-
-
-#: :func:`_plane_tile_c` where x and out are C-contiguous; nothing otherwise
-#: (``blocks`` is false then).
-_plane_tile = on_c_planes(_plane_tile_c)
+                if exps is not None:
+                    planes_store_softmax(qcols, m, inv_t, g, q, ebuf, q)
+                if logs is not None:
+                    planes_store_log_softmax(qcols, m, inv_t, g, q, ebuf, q)
+        if write != WRITE_STREAM:
+            tile_to_out(ebuf, out, o, i0, n, write == WRITE_EBUF_STREAM)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -173,25 +193,79 @@ def _cf_tile(src, so, si0, P, o, i0, inv_t, mode, m, g, s, part, out, red, ebuf,
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, blocks, write, ahead_bytes,
+def expnorm_cf_blocks(task, ntasks, x, out, red, inv_t, exps, logs, lse, tile, nthreads, write,
+                      ahead_bytes):
+    """Channels-first by the register blocks only: ``x``, ``out`` (outer,
+    C, inner) C-contiguous, C <= ``tiles.SUM_BLOCK``; ``red`` (outer,
+    inner). The op by switches, one True, compiled per op
+    (:func:`fastlogits.cpu.switches.mode_switches`: ``exps`` softmax,
+    ``logs`` log_softmax, ``lse`` logsumexp). ``out`` is written for
+    softmax/log_softmax, ``red`` for logsumexp; the unused one may be any
+    array of that type (not touched). Tiles from
+    :func:`fastlogits.cpu.blocks.tiles.cf_tile`,
+    their whole blocks of ``planeblock.LANES`` pixels read in place
+    (prefetching ``ahead_bytes`` ahead in each class plane) and written
+    as ``write`` says (``planeblock.WRITE_*``), the rest as one padded
+    block (:func:`fastlogits.cpu.blocks.planeblock.padded_planes`)
+    through the scratch tile: no tile loops compiled (docs/perf/cpu-080).
+    """
+    outer, C, inner = x.shape
+    stream = write != WRITE_EBUF
+    ahead = planes_ahead(x, ahead_bytes)
+    per_image = cf_tiles(x, tile)
+    njobs = outer * per_image
+    nchunks = work_chunks(njobs, nthreads)
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    for chunk in range(c0, c1):
+        # The results' scratch tile: a padded block's only when streamed
+        # straight from the blocks; none for logsumexp.
+        ebuf = scratch((1, C, 1 if lse is not None else LANES if write == WRITE_STREAM
+                        else tile), x)
+        m = scratch(tile, x)
+        g = scratch(tile, x)
+        s = empty(tile, np.float64)
+        cols = scratch(C * tile, x)
+        pad = empty((1, C, LANES), x.dtype)
+        j0, j1 = chunk_bounds(chunk, nchunks, njobs)
+        for job in range(j0, j1):
+            o, i0, P = cf_tile(x, job, per_image, tile)
+            PB = P - P % LANES
+            # The whole blocks in place, then the rest as a padded block:
+            # one call site, so LLVM inlines one copy of the blocks.
+            for rest in range(2):
+                if rest == 0:
+                    if PB == 0:
+                        continue
+                    xb, start, Pb, n, wr, ah = x, (o * C) * inner + i0, PB, PB, write, ahead
+                else:
+                    if PB == P:
+                        break
+                    n = P - PB
+                    xb, start, Pb, wr, ah = (padded_planes(x, o, i0 + PB, n, pad), 0, LANES,
+                                             WRITE_EBUF, 0)
+                _plane_tile(xb, start, Pb, out, red, o, i0 + rest * PB, n, inv_t, exps, logs, lse,
+                            m, g, s, cols, ebuf, wr, ah)
+        if stream:
+            stream_fence()
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, write, ahead_bytes,
                copy_tiles):
-    """Channels-first: ``x``, ``out`` (outer, C, inner) C-contiguous; ``red``
-    (outer, inner). ``out`` is written for softmax/log_softmax, ``red`` for
-    logsumexp; the unused one may be any array of that type (not touched).
-    Tiles from :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``blocks`` (x
-    and out C-contiguous, C <= ``tiles.SUM_BLOCK``) each tile's whole
-    blocks of ``planeblock.LANES`` pixels go by :func:`_plane_tile`,
-    written as ``write`` says (``planeblock.WRITE_*``) and prefetching
-    ``ahead_bytes`` ahead in each class plane, the rest by the tile loops.
-    There, with ``direct`` (out C-contiguous, not overlapping x) the
-    results are written straight into ``out``, unless it holds float16
-    bits (which must not hold unscaled exponentials: rounded twice);
-    otherwise through an L1 scratch; log_softmax's tiles copied first
-    (``copy_tiles``) go straight into a C-contiguous ``out`` in place too.
-    When ``out`` is streamed (``write`` not ``WRITE_EBUF``: a C-contiguous
-    output larger than the caches) the tile loops' results go through the
-    scratch and into ``out`` by non-temporal stores
-    (:mod:`fastlogits.cpu.llvm.stream`).
+    """Channels-first by the tile loops: ``x``, ``out`` (outer, C, inner),
+    any strides or C; ``red`` (outer, inner), as for
+    :func:`expnorm_cf_blocks`. Tiles from
+    :func:`fastlogits.cpu.blocks.tiles.cf_tile`. With ``direct`` (out
+    C-contiguous, not overlapping x) the results are written straight
+    into ``out``, unless it holds float16 bits (which must not hold
+    unscaled exponentials: rounded twice); otherwise through an L1
+    scratch; log_softmax's tiles copied first (``copy_tiles``) go straight
+    into a C-contiguous ``out`` in place too. When ``out`` is streamed
+    (``write`` not ``WRITE_EBUF``: a C-contiguous output larger than the
+    caches) the results go through the scratch and into ``out`` by
+    non-temporal stores (:mod:`fastlogits.cpu.llvm.stream`). Prefetches
+    ``ahead_bytes`` ahead in each class plane
+    (:func:`fastlogits.cpu.llvm.prefetch.plane_rows_region`).
 
     One read of x: the tile's C x P scores stay in L1/L2 between the max
     pass, the exp-sum pass and the write; with ``copy_tiles``, in a copy
@@ -210,31 +284,20 @@ def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, b
     per_image = cf_tiles(x, tile)
     njobs = outer * per_image
     nchunks = work_chunks(njobs, nthreads)
-    # The results' scratch tile: for the blocks' writes but WRITE_STREAM and
-    # the tile loops' unless straight; never for logsumexp.
-    through = mode != LOGSUMEXP and (not straight or (blocks and write != WRITE_STREAM))
     c0, c1 = chunk_bounds(task, ntasks, nchunks)
     for chunk in range(c0, c1):
-        ebuf = scratch((1, C, tile if through else 1), x)
+        # The results' scratch tile, unless straight; never for logsumexp.
+        ebuf = scratch((1, C, tile if mode != LOGSUMEXP and not straight else 1), x)
         m = scratch(tile, x)
         g = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum
         s = empty(2 * tile, np.float64)
-        cols = scratch(C * tile if blocks else 1, x)
         buf = scratch((1, C, tile if copy_tiles else 1), x)
         j0, j1 = chunk_bounds(chunk, nchunks, njobs)
         for job in range(j0, j1):
             o, i0, P = cf_tile(x, job, per_image, tile)
             if P == 0:
                 continue
-            PB = P - P % LANES if blocks else 0
-            if PB > 0:
-                _plane_tile(x, out, red, o, i0, PB, inv_t, mode, m, g, s, cols, ebuf,
-                            write, ahead)
-                i0 += PB
-                P -= PB
-                if P == 0:
-                    continue
             pf = plane_rows_region(x, o, i0, P, ahead)
             if copy_tiles:
                 load_rows(x, o, i0, P, buf, pf)
@@ -402,28 +465,28 @@ def expnorm_cl_rows(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_byte
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _row_blocks(x, out, red, r0, o, P, inv_t, mode, m, g, s, cols, ahead):
+def _row_blocks(x, out, red, r0, o, P, inv_t, exps, logs, lse, m, g, s, cols, ahead):
     """Rows ``r0 .. r0 + P - 1`` of x, P a multiple of ``rowblock.ROWS``, a
     block at a time (:func:`expnorm_cl_blocks`), their results into rows
-    ``r0 - o ..`` of out (red)."""
+    ``r0 - o ..`` of out (red); the op by switches, as
+    :func:`_plane_tile`'s."""
     for b0 in range(r0, r0 + P, ROWS):
         prefetch_rows(x, b0, ROWS, ahead)
-        if mode == SOFTMAX:
+        if exps is not None:
             rows_max_expstore(x, b0, m, 0, inv_t, cols, s)
-        else:
-            rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
-        if mode == LOGSUMEXP:
-            _lse(ROWS, m, s, inv_t, red, b0 - o)
-            continue
-        _epilogue(ROWS, m, s, mode, g)
-        if mode == SOFTMAX:
+            _softmax_epilogue(ROWS, m, s, g)
             rows_store_softmax(cols, m, inv_t, g, 0, out, b0 - o)
-        else:
+        if logs is not None:
+            rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
+            _log_epilogue(ROWS, m, s, g)
             rows_store_log_softmax(cols, m, inv_t, g, 0, out, b0 - o)
+        if lse is not None:
+            rows_max_expsum(x, b0, m, 0, inv_t, cols, s)
+            _lse(ROWS, m, s, inv_t, red, b0 - o)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_bytes):
+def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, exps, logs, lse, nthreads, ahead_bytes):
     """Channels-last, C-contiguous ``x`` and ``out`` (rows, C), 8 <= C <=
     ``tiles.SUM_BLOCK``, rows >= ``rowblock.ROWS``; ``red`` (rows,). ROWS
     rows at a time (:func:`_row_blocks`): one pass transposes them in
@@ -431,7 +494,9 @@ def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_by
     exponentials) in an L1 scratch; the result is transposed back from it
     into ``out`` (which may be ``x``: a block's rows are all read before
     any is written). For logsumexp ``out`` may be any (1, C) C-contiguous
-    array; for softmax/log_softmax ``red`` is not touched.
+    array; for softmax/log_softmax ``red`` is not touched. The op by
+    switches, one True, compiled per op
+    (:func:`fastlogits.cpu.switches.mode_switches`; docs/perf/cpu-080).
 
     Chunks are whole blocks, the last one with the rows % ROWS left: its
     last ROWS rows go as one more block, through the same call, into a
@@ -449,8 +514,8 @@ def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_by
         g = scratch(ROWS, x)
         s = empty(ROWS, np.float64)
         cols = scratch(C * ROWS, x)
-        opad = empty((ROWS, C) if mode != LOGSUMEXP else (1, 1), out.dtype)
-        rpad = empty(ROWS if mode == LOGSUMEXP else 1, red.dtype)
+        opad = empty((ROWS, C) if lse is None else (1, 1), out.dtype)
+        rpad = empty(ROWS if lse is not None else 1, red.dtype)
         k0, k1 = chunk_bounds(chunk, nchunks, nblocks)
         b0, g1 = k0 * ROWS, k1 * ROWS
         r1 = rows if k1 == nblocks else g1
@@ -461,14 +526,14 @@ def expnorm_cl_blocks(task, ntasks, x, out, red, inv_t, mode, nthreads, ahead_by
                 ob, rb, at, o, P = out, red, b0, 0, g1 - b0
             else:
                 ob, rb, at, o, P = opad, rpad, r1 - ROWS, r1 - ROWS, ROWS
-            _row_blocks(x, ob, rb, at, o, P, inv_t, mode, m, g, s, cols, ahead)
+            _row_blocks(x, ob, rb, at, o, P, inv_t, exps, logs, lse, m, g, s, cols, ahead)
             if b0 < g1:
                 b0 = g1
                 continue
             n = r1 - b0
-            if mode == LOGSUMEXP:
+            if lse is not None:
                 for p in range(n):
                     red[b0 + p] = rpad[ROWS - n + p]
-            else:
+            if exps is not None or logs is not None:
                 copy_rows(opad, ROWS - n, out, b0, n)
             b0 = r1
