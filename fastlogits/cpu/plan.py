@@ -49,8 +49,10 @@ from fastlogits.cpu.ops import softmax as ks
 from fastlogits.cpu.threads import driver_for, thread_count
 from fastlogits.cpu.switches import mode_switches, switch
 from fastlogits.cpu.calls import share_literal_calls
+from fastlogits.cpu import compile_gc
 
 share_literal_calls()  # every kernel the drivers call is imported by now
+compile_gc.install()  # the collector paused while a kernel compiles (docs/perf/cpu-080)
 
 
 def _stand_in(ndim, dtype):

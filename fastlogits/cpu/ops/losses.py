@@ -513,52 +513,53 @@ def _plane_losses(x, xo, xi0, P, t, r0, w, ignore, eps, smoothing, unfused, loss
     xi0 = max(xi0, 0)  # no wraparound select (see tiles.py)
     start = xo * C * inner + xi0
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if loss_only is not None:
-        if unfused is None:
-            if not _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead,
-                                 t, w, ls, smoothing):
-                raise AssertionError("unfused is None for scores not computed in float32")
-            return
-        one = w.dtype.type(1.0)
-        for q in range(0, P, LANES):
-            _prefetch_block(x, start + q, ahead, t, r0 + P + q)
-            planes_max_expsum(x, start + q, m, q, one, cols, s)
-        _target_logits_tile(x, xo, xi0, P, tt, xt)
-        if smoothing is not None:
+    # (Pruned as in _block_losses.)
+    if want_grad is None:
+        if loss_only is not None:
+            if unfused is None:
+                if not _fused_losses(x, start, P, m, cols, tt, wt, loss, r0, want_loss, sums,
+                                     ahead, t, w, ls, smoothing):
+                    raise AssertionError("unfused is None for scores not computed in float32")
+                return
+            one = w.dtype.type(1.0)
             for q in range(0, P, LANES):
-                planes_wsum(x, start + q, m, q, w, sm)
-    if want_grad is not None:
-        if write == WRITE_STREAM:
-            _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, grad, start, True, ahead,
-                         t, r0)
-        else:  # (two calls: grad and ebuf differ in type for float16 bits)
-            _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, ebuf, 0, False, ahead, t,
-                         r0)
+                _prefetch_block(x, start + q, ahead, t, r0 + P + q)
+                planes_max_expsum(x, start + q, m, q, one, cols, s)
+            _target_logits_tile(x, xo, xi0, P, tt, xt)
+            if smoothing is not None:
+                for q in range(0, P, LANES):
+                    planes_wsum(x, start + q, m, q, w, sm)
+            _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                               want_loss)
+        return
+    if write == WRITE_STREAM:
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, grad, start, True, ahead, t, r0)
+    else:  # (two calls: grad and ebuf differ in type for float16 bits)
+        _grad_blocks(x, start, P, sc, cols, coef, b, w, smoothing, ebuf, 0, False, ahead, t, r0)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
-    if want_grad is not None:
-        if write != WRITE_STREAM:
-            tile_to_out(ebuf, grad, o, i0, n, write == WRITE_EBUF_STREAM)
+    if write != WRITE_STREAM:
+        tile_to_out(ebuf, grad, o, i0, n, write == WRITE_EBUF_STREAM)
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _padded_targets(t, r, n, ignore, C, tpad):
+def _padded_targets(t, r, n, ignore, C, tpad, acc):
     """The targets of a padded block (:func:`ce_cl_blocks`,
     :func:`ce_cf_blocks`): ``t[r:r + n]`` into ``tpad`` (a block's
     length), the kept classes as they are, an ignored or bad target and
     the padding as ``t``'s -1 (no class of a block's C, and a value ``t``
     can hold, which ``ignore`` need not be: uint8 targets with the default
-    -100), to be ignored in place of ``ignore``. Returns the number of bad
-    targets (outside [0, C), not ``ignore``)."""
+    -100), to be ignored in place of ``ignore``. Adds the number of bad
+    targets (outside [0, C), not ``ignore``) to ``acc[2]``, as the loop
+    goes: a count returned instead took 2-8 % more LLVM IR in the kernel
+    (docs/perf/cpu-080)."""
     none = t.dtype.type(-1)
-    nbad = 0
     for p in range(tpad.shape[0]):
         ti = np.int64(t[r + p]) if p < n else ignore
         kept = ti != ignore and 0 <= ti < C
         if ti != ignore and not kept:
-            nbad += 1
+            acc[2] += 1
         tpad[p] = t[r + p] if kept else none
-    return nbad
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -644,7 +645,7 @@ def ce_cf_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
                     if PB == P:
                         break
                     n = P - PB
-                    acc[2] += _padded_targets(t, r0 + PB, n, ignore, C, tpad)
+                    _padded_targets(t, r0 + PB, n, ignore, C, tpad, acc)
                     xb, xo, xi0, Pb, tb, rb, ig, lb, wr, ah = (padded_planes(x, o, i0 + PB, n, pad),
                                                                0, 0, LANES, tpad, 0, padded_ignore,
                                                                lpad, WRITE_EBUF, 0)
@@ -777,22 +778,29 @@ def _block_losses(x, r0, P, t, w, ignore, eps, smoothing, unfused, loss, want_lo
     C = x.shape[1]
     r0 = max(r0, 0)
     acc[2] += _targets(P, t, r0, ignore, C, w, tt, wt, keep)
-    if loss_only is not None:
-        if unfused is None:
-            if not _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead, t,
-                                 w, ls, smoothing):
-                raise AssertionError("unfused is None for scores not computed in float32")
-            return
-        one = w.dtype.type(1.0)
-        for q in range(0, P, ROWS):
-            _prefetch_block(x, r0 + q, ahead, t, r0 + P + q)
-            rows_max_expsum(x, r0 + q, m, q, one, cols, s)
-        _target_logits_rows(x, r0, P, tt, xt)
-        if smoothing is not None:
+    # A True switch prunes nothing (fastlogits.cpu.switches): a loss-only
+    # kernel's gradient is pruned by want_grad's None (and, for float32, its
+    # unfused blocks after the fused pass's return by unfused's), a gradient
+    # kernel's loss-only blocks by loss_only's None.
+    if want_grad is None:
+        if loss_only is not None:
+            if unfused is None:
+                if not _fused_losses(x, r0, P, m, cols, tt, wt, loss, r0, want_loss, sums, ahead,
+                                     t, w, ls, smoothing):
+                    raise AssertionError("unfused is None for scores not computed in float32")
+                return
+            one = w.dtype.type(1.0)
             for q in range(0, P, ROWS):
-                rows_wsum(x, r0 + q, m, q, w, sm)
-    if want_grad is not None:
-        _grad_blocks(x, r0, P, sc, cols, coef, b, w, smoothing, grad, r0, False, ahead, t, r0)
+                _prefetch_block(x, r0 + q, ahead, t, r0 + P + q)
+                rows_max_expsum(x, r0 + q, m, q, one, cols, s)
+            _target_logits_rows(x, r0, P, tt, xt)
+            if smoothing is not None:
+                for q in range(0, P, ROWS):
+                    rows_wsum(x, r0 + q, m, q, w, sm)
+            _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
+                               want_loss)
+        return
+    _grad_blocks(x, r0, P, sc, cols, coef, b, w, smoothing, grad, r0, False, ahead, t, r0)
     _tile_pixel_losses(P, m, s, sm, xt, wt, tt, ls, coef, eps, a, d, False, acc, loss, r0,
                        want_loss)
 
@@ -846,7 +854,7 @@ def ce_cl_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
             if n == 0:
                 xb, tb, lb, gb, at, ig = x, t, loss, grad, b0, ignore
             else:
-                acc[2] += _padded_targets(t, b0, n, ignore, C, tpad)
+                _padded_targets(t, b0, n, ignore, C, tpad, acc)
                 xb, tb, lb, gb, at, ig = (padded_block(x, b0, n, pad), tpad, lpad, gpad, 0,
                                           padded_ignore)
                 P = ROWS
