@@ -86,8 +86,7 @@ def test_library_dispatchers_are_shared():
     for d in (tiles.tile_max, softmax._tile, losses._tile_losses, losses._pixel_losses):
         assert getattr(d.__dict__.get("get_call_template"), "shares_literals", False), d
     # inlined: small (bounds, prefetch), or large and called from one place
-    for d in (tiles.chunk_bounds, tiles.work_chunks, losses._block_losses, losses._plane_losses,
-              softmax._plane_tile):
+    for d in (tiles.chunk_bounds, tiles.work_chunks, losses._block_losses, losses._plane_losses):
         assert d.targetoptions["inline"] == "always", d
     # inlined: large, but called once by each of the kernels that call it
     assert softmax._vector_rows.targetoptions["inline"] == "always"
@@ -96,8 +95,8 @@ def test_library_dispatchers_are_shared():
     # and functions of other floating-point flags (inlined, a body takes its
     # caller's: the exact exp and log are compiled without reassoc)
     for d in (softmax._tile, losses._tile_losses, softmax.expnorm_cl_rows, losses.ce_cf,
-              losses.ce_cf_blocks, tiles._stream_rows_c, fastexp.exp32, fastexp.exp64,
-              fastlog.log1p32, fastlog.log64):
+              losses.ce_cf_blocks, softmax._plane_tile, tiles._stream_rows_c, fastexp.exp32,
+              fastexp.exp64, fastlog.log1p32, fastlog.log64):
         assert d.targetoptions.get("inline", "never") == "never", d
 
 
