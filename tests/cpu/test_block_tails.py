@@ -7,7 +7,6 @@ read and checked first. Every count of last rows, launched in parallel
 (several chunks) and whole, in place, with special values, against the
 reference."""
 
-import numba
 import numpy as np
 import pytest
 from numba import njit
@@ -19,20 +18,6 @@ from fastlogits.cpu.llvm.rowcopy import copy_rows
 from tests.helpers import assert_close, specials_array
 
 LAST_ROWS = sorted({0, 1, 2, ROWS // 2, ROWS - 1})
-
-
-@pytest.fixture(params=["whole", "parallel"])
-def launch(request, tune):
-    """The kernels run whole on the calling thread, or fanned out in
-    chunks on two threads (``cpu_serial_below=0``)."""
-    if request.param == "parallel":
-        tune(cpu_serial_below=0)
-        n = numba.get_num_threads()
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        yield request.param
-        numba.set_num_threads(n)
-    else:
-        yield request.param
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])

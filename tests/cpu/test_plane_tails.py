@@ -10,14 +10,13 @@ go to the tile loops' kernels."""
 
 import inspect
 
-import numba
 import numpy as np
 import pytest
 from numba import njit, types
 
 import fastlogits as fl
 from fastlogits import reference
-from fastlogits.cpu.blocks.planeblock import LANES, padded_planes, unpad_planes
+from fastlogits.cpu.blocks.planeblock import LANES, padded_planes
 from fastlogits.cpu.llvm.rowcopy import copy_flat
 from tests.helpers import assert_close, specials_array
 
@@ -25,19 +24,10 @@ LAST = sorted({0, 1, 2, LANES // 2, LANES - 1})
 TILE = 32  # pixels per tile (cpu_tile_pixels), so an image has several
 
 
-@pytest.fixture(params=["whole", "parallel"])
-def launch(request, tune):
-    """The kernels run whole on the calling thread, or fanned out in
-    chunks on two threads (``cpu_serial_below=0``)."""
+@pytest.fixture(autouse=True)
+def small_tiles(tune):
+    """Tiles of TILE pixels (cpu_tile_pixels, cpu_loss_tile_pixels)."""
     tune(cpu_tile_pixels=TILE, cpu_loss_tile_pixels=TILE)
-    if request.param == "parallel":
-        tune(cpu_serial_below=0)
-        n = numba.get_num_threads()
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        yield request.param
-        numba.set_num_threads(n)
-    else:
-        yield request.param
 
 
 def _shifted(x, k):
@@ -236,11 +226,6 @@ def _pad(x, o, i, n, pad):
 
 
 @njit
-def _unpad(pad, out, o, i, n):
-    unpad_planes(pad, out, o, i, n)
-
-
-@njit
 def _copy(src, s, dst, d, n):
     copy_flat(src, s, dst, d, n)
 
@@ -254,11 +239,6 @@ def test_padded_planes_and_copy_flat(rng, dtype):
         np.testing.assert_array_equal(got[0, :, :n], x[o, :, i:i + n])
         np.testing.assert_array_equal(got[0, :, n:],
                                       np.repeat(x[o, :, i + n - 1][:, None], LANES - n, 1))
-        out = np.zeros_like(x)
-        _unpad(got, out, o, i, n)  # the way back
-        np.testing.assert_array_equal(out[o, :, i:i + n], x[o, :, i:i + n])
-        out[o, :, i:i + n] = 0
-        assert not out.any()
     dst = np.zeros(40, dtype)
     _copy(x, 30, dst, 2, 7)
     np.testing.assert_array_equal(dst[2:9], x.reshape(-1)[30:37])

@@ -134,16 +134,6 @@ def padded_planes(x, o, i, n, pad):
     return pad
 
 
-@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def unpad_planes(pad, out, o, i, n):
-    """``out[o, :, i:i + n] = pad[0, :, :n]``: a padded block's results
-    (:func:`padded_planes`) back into the C-contiguous out (outer, C,
-    inner) of pad's dtype."""
-    C, inner = out.shape[1], out.shape[2]
-    for c in range(C):
-        copy_flat(pad, c * LANES, out, (o * C + c) * inner + i, n)
-
-
 class _PlaneBlock:
     """IR view of ``lanes`` pixels of every class plane of x (outer, C,
     inner) from the flat index ``start``: :meth:`column` c is

@@ -78,6 +78,20 @@ def cf_tiles(x, tile):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def cf_chunks(task, ntasks, x, tile, nthreads):
+    """``(per_image, njobs, nchunks, c0, c1)``: a channels-first driver's
+    jobs over ``x`` (outer, C, inner) in tiles of ``tile`` pixels
+    (:func:`cf_tiles`, :func:`cf_tile`), their chunks
+    (:func:`work_chunks`) and task ``task``'s chunks ``[c0, c1)``
+    (:func:`chunk_bounds`)."""
+    per_image = cf_tiles(x, tile)
+    njobs = x.shape[0] * per_image
+    nchunks = work_chunks(njobs, nthreads)
+    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    return per_image, njobs, nchunks, c0, c1
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def cf_tile(x, job, per_image, tile):
     """``(o, i0, P)``: image and pixels ``[i0, i0 + P)`` of channels-first
     job ``job`` (``per_image`` from :func:`cf_tiles`; P may be 0).

@@ -21,7 +21,7 @@ from fastlogits.tuning import FASTMATH
 from fastlogits.cpu.blocks.planeblock import LANES, padded_planes, planes_argmax, planes_argmax_expsum
 from fastlogits.cpu.blocks.rowblock import ROWS, blocks_end, rows_argmax, rows_argmax_expsum
 from fastlogits.cpu.blocks.rowvec import vrow_argmax, vrow_expsum
-from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+from fastlogits.cpu.blocks.tiles import (cf_chunks, cf_tile, chunk_bounds, is_finite, load_rows,
                                          load_transposed, next_tile_cl, tile_argmax, tile_expsum,
                                          work_chunks)
 from fastlogits.cpu.llvm.alloc import empty
@@ -92,10 +92,7 @@ def argmax_cf_blocks(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthr
     tile loops compiled (docs/perf/cpu-080)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         idx = empty(tile, np.int32)
@@ -134,10 +131,7 @@ def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, a
     tile (:func:`fastlogits.cpu.blocks.tiles.load_rows`)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum

@@ -80,7 +80,7 @@ from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STRE
 from fastlogits.cpu.blocks.rowblock import (ROWS, padded_block, rows_max_expsum, rows_wsum,
                                             rows_xent, rows_xent_grad)
 from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_tile, cf_tiles, chunk_bounds, is_finite,
+from fastlogits.cpu.blocks.tiles import (SUM_BLOCK, cf_chunks, cf_tile, chunk_bounds, is_finite,
                                          load_rows, load_transposed, next_tile_cl, store_transposed,
                                          tile_exp_store, tile_expsum, tile_max, tile_to_out,
                                          work_chunks)
@@ -612,10 +612,7 @@ def ce_cf_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
     padded_ignore = np.int64(t.dtype.type(-1))  # see _padded_targets
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         # The gradient's scratch tile: a padded block's only when streamed
@@ -688,10 +685,7 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         ebuf = scratch((1, C, tile if want_grad is not None and (stream or not direct) else 1), x)

@@ -39,7 +39,7 @@ from fastlogits.cpu.blocks.planeblock import (LANES, WRITE_EBUF, WRITE_EBUF_STRE
 from fastlogits.cpu.blocks.rowblock import (ROWS, rows_max_expstore, rows_max_expsum,
                                             rows_store_log_softmax, rows_store_softmax)
 from fastlogits.cpu.blocks.rowvec import CHUNK_BYTES, vrow_argmax, vrow_expsum, vrow_max_expsum
-from fastlogits.cpu.blocks.tiles import (cf_tile, cf_tiles, chunk_bounds, is_finite, load_rows,
+from fastlogits.cpu.blocks.tiles import (cf_chunks, cf_tile, chunk_bounds, is_finite, load_rows,
                                          load_transposed, next_tile_cl, store_transposed, tile_exp_store,
                                          tile_expsum, tile_max, tile_to_out, work_chunks)
 from fastlogits.cpu.llvm.alloc import empty
@@ -212,10 +212,7 @@ def expnorm_cf_blocks(task, ntasks, x, out, red, inv_t, exps, logs, lse, tile, n
     outer, C, inner = x.shape
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         # The results' scratch tile: a padded block's only when streamed
         # straight from the blocks; none for logsumexp.
@@ -275,10 +272,7 @@ def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, w
                 and (direct or (copy_tiles and mode == LOG_SOFTMAX
                                 and out.flags.c_contiguous)))
     ahead = planes_ahead(x, ahead_bytes)
-    per_image = cf_tiles(x, tile)
-    njobs = outer * per_image
-    nchunks = work_chunks(njobs, nthreads)
-    c0, c1 = chunk_bounds(task, ntasks, nchunks)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
     for chunk in range(c0, c1):
         # The results' scratch tile, unless straight; never for logsumexp.
         ebuf = scratch((1, C, tile if mode != LOGSUMEXP and not straight else 1), x)
