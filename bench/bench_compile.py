@@ -13,7 +13,11 @@ records which dispatchers Numba compiled and for how long (its
 ``numba:compile`` events, as :mod:`compile_profile` does for pytest)::
 
     mkdir -p .ab/old && git archive ca21157 fastlogits | tar -x -C .ab/old
-    python bench/bench_compile.py --old .ab/old --json bench/results/<machine>-compile.json
+    python bench/bench_compile.py --old .ab/old --repeat 3 --json bench/results/<machine>-compile.json
+
+First calls move 10-30 % between runs on a busy machine: ``--repeat N``
+runs every case N times (old and new taking turns) and reports the
+medians.
 
 A tree is compared only with itself in the same run: the figures depend on
 the machine and its load, and on what is installed (the file records it:
@@ -23,12 +27,13 @@ virtual environment's Python that has just numba and numpy (the cases
 put the trees on ``PYTHONPATH``)::
 
     python -m venv /tmp/rt && /tmp/rt/bin/pip install numba numpy tbb
-    /tmp/rt/bin/python bench/bench_compile.py --old .ab/old --json bench/results/<machine>-compile-runtime.json
+    /tmp/rt/bin/python bench/bench_compile.py --old .ab/old --repeat 3 --json bench/results/<machine>-compile-runtime.json
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,20 +171,25 @@ def cases(readonly_ops):
     return list(OPS) + ["all"] + [f"readonly:{op}" for op in readonly_ops] + list(BOTH_WAYS)
 
 
-def measure(trees, layout="hwc", readonly_ops=("softmax", "cross_entropy"), only=None):
-    """``{tree label: {case: result}}``, every case of every tree in a
-    fresh process on an empty cache (``"warm"``: "all" again on the cache
-    "all" filled)."""
-    results = {label: {} for label in trees}
+def measure(trees, layout="hwc", readonly_ops=("softmax", "cross_entropy"), only=None,
+            repeat=1):
+    """``[{tree label: {case: result}}]``, one dict per round (``repeat``
+    of them): every case of every tree in a fresh process on an empty
+    cache, the trees taking turns case by case (``"warm"``: "all" again on
+    the cache "all" filled)."""
     todo = cases(readonly_ops) if only is None else list(only)
-    for case in todo:
-        for label, tree in trees.items():
-            with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-                results[label][case] = run_case(tree, case, layout, cache)
-                if case == "all":
-                    results[label]["warm"] = run_case(tree, "warm", layout, cache)
-            _report_line(label, case, results[label][case])
-    return results
+    runs = []
+    for _ in range(repeat):
+        results = {label: {} for label in trees}
+        for case in todo:
+            for label, tree in trees.items():
+                with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+                    results[label][case] = run_case(tree, case, layout, cache)
+                    if case == "all":
+                        results[label]["warm"] = run_case(tree, "warm", layout, cache)
+                _report_line(label, case, results[label][case])
+        runs.append(results)
+    return runs
 
 
 def _report_line(label, case, res):
@@ -189,11 +199,8 @@ def _report_line(label, case, res):
           file=sys.stderr, flush=True)
 
 
-def summary(results, key="seconds"):
-    """Per tree: each op's first call, all five in one script, warm,
-    read-only extras; wall seconds, or with ``key="cpu_s"`` the process's
-    CPU seconds (Numba compiles on one thread: on a busy machine, the
-    steadier figure)."""
+def _round_summary(results, key):
+    """One round's figures per tree (see :func:`summary`)."""
     out = {}
     for label, res in results.items():
         s = {}
@@ -214,6 +221,16 @@ def summary(results, key="seconds"):
     return out
 
 
+def summary(runs, key="seconds"):
+    """Per tree: each op's first call, all five in one script, warm,
+    read-only extras; wall seconds, or with ``key="cpu_s"`` the process's
+    CPU seconds (Numba compiles on one thread: on a busy machine, the
+    steadier figure); the median over the rounds of :func:`measure`."""
+    rounds = [_round_summary(results, key) for results in runs]
+    return {label: {k: statistics.median(r[label][k] for r in rounds) for k in s}
+            for label, s in rounds[0].items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--old", help="tree of the old version (holds fastlogits/)")
@@ -221,6 +238,9 @@ def main(argv=None):
                     help="tree of the new version (default: this checkout)")
     ap.add_argument("--layout", choices=("hwc", "chw"), default="hwc")
     ap.add_argument("--cases", nargs="+", help=f"subset of {cases(OPS)}")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of every case (the tables give the medians); first calls"
+                    " move 10-30 %% between runs on a busy machine")
     ap.add_argument("--json", metavar="OUT", help="write the results as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -229,8 +249,10 @@ def main(argv=None):
         _child(args.child, args.layout, args.tmp)
         return
     trees = {"old": args.old, "new": args.new} if args.old else {"new": args.new}
-    results = measure(trees, args.layout, only=args.cases)
-    table, cpu = summary(results), summary(results, "cpu_s")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    runs = measure(trees, args.layout, only=args.cases, repeat=args.repeat)
+    table, cpu = summary(runs), summary(runs, "cpu_s")
     print(f"{'':40s} {'wall':>24s}   {'cpu':>24s}")
     for key in next(iter(table.values())):
         row = "  ".join(f"{label} {table[label][key]:6.2f} s" for label in table)
@@ -238,8 +260,8 @@ def main(argv=None):
         print(f"{key:40s} {row}   {row_cpu}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"shape": SHAPE, "layout": args.layout, "summary": table, "summary_cpu": cpu,
-                       "results": results, "machine": os.uname().nodename,
+            json.dump({"shape": SHAPE, "layout": args.layout, "repeat": args.repeat,
+                       "summary": table, "summary_cpu": cpu, "runs": runs, "machine": os.uname().nodename,
                        "cpus": os.cpu_count(), "packages": _packages()}, fh, indent=1)
 
 

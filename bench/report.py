@@ -372,8 +372,10 @@ def _section(path):
         packages = data.get("packages")
         env = ("" if packages is None else ", SciPy installed" if packages.get("scipy")
                else ", fastlogits' dependencies only")
+        rounds = data.get("repeat", 1)
+        medians = f", medians of {rounds} rounds" if rounds > 1 else ""
         return (f"{short} — first calls on an empty kernel cache, {H}×{W}×{C} float32 "
-                f"{data['layout']}{env} (bench/bench_compile.py)", compile_table(data))
+                f"{data['layout']}{env}{medians} (bench/bench_compile.py)", compile_table(data))
     raise ValueError(f"{path}: unknown kind of result file")
 
 

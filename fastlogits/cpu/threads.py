@@ -9,13 +9,14 @@ import functools
 import threading
 
 import numpy as np
-from numba import get_num_threads, njit, prange, set_num_threads, types, typeof
+from numba import get_num_threads, njit, set_num_threads, types, typeof
 from numba._dispatcher import compute_fingerprint
 from numba.core.typing.typeof import Purpose
 
 from fastlogits import _threading, tuning
 from fastlogits.cpu.llvm.alloc import empty
-from fastlogits.cpu.llvm.indirect import call_packed, check_packable, packed_size, store_args
+from fastlogits.cpu.llvm.indirect import check_packable, packed_size, store_args
+from fastlogits.cpu.llvm.taskpool import run_tasks
 
 
 def _thread_count_calls():
@@ -134,18 +135,19 @@ def pack(buf, kernel, args):
     return store_args(buf, kernel, args)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def fan_out(entry, buf, ntasks):
     """Run tasks ``0 .. ntasks - 1`` of the kernel whose packed entry is at
     ``entry`` (from :func:`pack`) on the threading layer's threads,
     each ``kernel(task, ntasks, *args)`` with the arguments :func:`pack`
     wrote into ``buf``; returns the number of tasks that failed. One
-    compiled signature serves every kernel."""
-    # Each task's status in its own slot, summed after: a prange reduction
-    # would compile np.empty's overload for its partial sums.
+    compiled signature serves every kernel. Not a ``prange`` loop: the
+    tasks go to the threading layer by
+    :func:`fastlogits.cpu.llvm.taskpool.run_tasks`, and the function
+    compiles as serial code (docs/perf/cpu-081). Numba's threads must be
+    running (:func:`thread_count` starts them)."""
     failed = empty(ntasks, np.int64)
-    for task in prange(ntasks):
-        failed[task] = call_packed(entry, task, ntasks, buf)
+    run_tasks(entry, buf, failed)
     nfailed = 0
     for task in range(ntasks):
         nfailed += failed[task]
@@ -222,10 +224,11 @@ def driver_for(kernel, work):
     ``cpu_serial_below`` elements it runs whole on the calling thread
     (waking the pool costs more than the work); above, its tasks run in
     parallel through :func:`fan_out`, their arguments packed by
-    :func:`pack`. One compiled kernel serves both, one compiled parallel
-    loop serves every kernel, where a ``prange`` driver with the kernel
-    inlined cost 1.6x the kernel (docs/perf/cpu-077) and a loop per
-    kernel signature 0.25-0.35 s each (docs/perf/cpu-078).
+    :func:`pack`. One compiled kernel serves both, one compiled fan-out
+    serves every kernel, where a ``prange`` driver with the kernel
+    inlined cost 1.6x the kernel (docs/perf/cpu-077), a loop per kernel
+    signature 0.25-0.35 s each (docs/perf/cpu-078), and the one loop
+    0.18 s (docs/perf/cpu-081).
 
     Decided once per plan (:mod:`fastlogits.cpu.plan`): the tuning is part
     of a plan's key, the thread count is read at each launch."""

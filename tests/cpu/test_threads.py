@@ -157,6 +157,69 @@ def test_fanned_out_tasks_cover_every_chunk(nthreads):
     assert (table[:, 0] > 0).sum() == (1 if nthreads == 1 else 4 * nthreads)
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ntasks", [1, 2, 3, 5, 8])
+def test_every_task_runs_once_and_failures_are_counted(nthreads, ntasks):
+    """The threading layer splits the tasks among its threads in shares;
+    each task runs exactly once with its own index and the task count, and
+    each task that raises is counted, whatever the split (more or fewer
+    tasks than threads)."""
+    if numba.config.NUMBA_NUM_THREADS < nthreads:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    import numpy as np
+    from numba import njit
+
+    from fastlogits.cpu.threads import fan_out, kernel_address, pack
+
+    @njit
+    def count(task, ntasks, runs, seen, fail_every):
+        runs[task] += 1
+        seen[task] = ntasks
+        if fail_every and task % fail_every == fail_every - 1:
+            raise ValueError("this task fails")
+
+    n = numba.get_num_threads()
+    numba.set_num_threads(nthreads)
+    try:
+        for fail_every in (0, 2, 1):
+            runs = np.zeros(ntasks, np.int64)
+            seen = np.full(ntasks, -1, np.int64)
+            args = (runs, seen, fail_every)
+            addr, nbytes = kernel_address(count, args)
+            buf = np.empty(nbytes, np.uint8)
+            nfailed = fan_out(pack(buf, addr, args), buf, ntasks)
+            assert runs.tolist() == [1] * ntasks
+            assert seen.tolist() == [ntasks] * ntasks
+            assert nfailed == (ntasks // fail_every if fail_every else 0)
+    finally:
+        numba.set_num_threads(n)
+
+
+def test_only_launched_kernels_take_task_ntasks_first():
+    """``task, ntasks`` first marks a kernel the host launches
+    (``is_kernel``): such a function is never inlined into its callers
+    (``calls.share_literal_calls``). A helper that took them first was
+    compiled on its own in every first call of its kernels (cf_chunks,
+    docs/perf/cpu-081): every such function must be launched by the host,
+    named in ``cpu/plan.py``, ``cpu/host.py`` or ``cpu/head_host.py``."""
+    import inspect
+    import sys
+
+    from numba.core.dispatcher import Dispatcher
+
+    from fastlogits.cpu import head_host, host, plan
+    from fastlogits.cpu.threads import is_kernel
+
+    launching = "".join(inspect.getsource(m) for m in (plan, host, head_host))
+    kernels = {(name, k) for name, mod in list(sys.modules.items())
+               if name.startswith("fastlogits.cpu.") and mod is not None
+               for k, v in vars(mod).items()
+               if isinstance(v, Dispatcher) and is_kernel(v) and v.py_func.__module__ == name}
+    assert len(kernels) >= 18
+    unlaunched = sorted(f"{mod}.{k}" for mod, k in kernels if k not in launching)
+    assert not unlaunched, f"not launched by the host, yet taking task, ntasks first: {unlaunched}"
+
+
 def test_driver_for_chooses_by_work(tune):
     """Below cpu_serial_below the kernel whole on this thread, else its
     tasks fanned out with launch_threads."""
@@ -188,5 +251,7 @@ def test_every_kernel_is_serial_and_launched_by_tasks():
                for obj in vars(m).values() if hasattr(obj, "py_func") and is_kernel(obj)]
     assert len(kernels) >= 18
     assert not any(k.targetoptions.get("parallel") for k in kernels)
-    assert fan_out.targetoptions.get("parallel")
+    # No prange anywhere: the fan-out hands the tasks to the threading
+    # layer itself (taskpool.run_tasks), without the GIL.
+    assert not fan_out.targetoptions.get("parallel") and fan_out.targetoptions.get("nogil")
     assert not pack.targetoptions.get("parallel")

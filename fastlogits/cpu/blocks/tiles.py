@@ -78,12 +78,14 @@ def cf_tiles(x, tile):
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def cf_chunks(task, ntasks, x, tile, nthreads):
+def cf_chunks(x, tile, nthreads, task, ntasks):
     """``(per_image, njobs, nchunks, c0, c1)``: a channels-first driver's
     jobs over ``x`` (outer, C, inner) in tiles of ``tile`` pixels
     (:func:`cf_tiles`, :func:`cf_tile`), their chunks
     (:func:`work_chunks`) and task ``task``'s chunks ``[c0, c1)``
-    (:func:`chunk_bounds`)."""
+    (:func:`chunk_bounds`). ``task, ntasks`` come last: first, they mark a
+    kernel the host launches (:func:`fastlogits.cpu.threads.is_kernel`),
+    which is never inlined into its callers."""
     per_image = cf_tiles(x, tile)
     njobs = x.shape[0] * per_image
     nchunks = work_chunks(njobs, nthreads)

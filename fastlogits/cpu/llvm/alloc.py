@@ -80,6 +80,16 @@ def _allocate(zeroed):
     return codegen
 
 
+def empty_typed(shape, dtype):
+    """For an intrinsic that allocates as :func:`empty` an array whose
+    dtype it decides while typing: ``(array type, codegen)`` for ``shape``
+    (the Numba type of its first argument, an integer or a tuple of
+    integers) and ``dtype`` (a Numba scalar type), or None. The codegen
+    reads the shape from the intrinsic's first argument."""
+    arrty = _array_type(shape, types.NumberClass(dtype))
+    return None if arrty is None else (arrty, _allocate(False))
+
+
 @intrinsic
 def empty(typingctx, shape, dtype):
     """``np.empty(shape, dtype)``, C order, for ``shape`` an integer or a

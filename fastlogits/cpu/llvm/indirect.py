@@ -1,11 +1,12 @@
 """Calls of a compiled kernel through its address, its arguments packed.
 
 A parallel launch (:func:`fastlogits.cpu.threads.fan_out`) runs the
-kernel's tasks from a ``prange`` loop. Numba compiles such a loop per
-argument types, 0.25-0.35 s each (a gufunc and two wrappers, optimized
-and emitted), so the loop must not see the kernel's arguments: it passes
-the address of a buffer that holds them, and every kernel's launch uses
-the loop's one compiled signature (docs/perf/cpu-078). Two parts:
+kernel's tasks on the threading layer's threads. Compiled per argument
+types, such a launch cost 0.25-0.35 s each (a ``prange`` loop's gufunc
+and two wrappers, optimized and emitted), so the launch must not see
+the kernel's arguments: it passes the address of a buffer that holds
+them, and every kernel's launch uses its one compiled signature
+(docs/perf/cpu-078). Two parts:
 
 - :func:`store_args` (in a small function compiled and cached per
   argument types, :func:`fastlogits.cpu.threads.pack`) writes the
@@ -14,8 +15,9 @@ the loop's one compiled signature (docs/perf/cpu-078). Two parts:
   ``entry(task, ntasks, argp)`` (Numba's calling convention) compiled
   into the same module: it loads the arguments back from ``argp`` and
   calls the kernel at the address stored there;
-- :func:`call_packed` calls such an entry from the loop, and tells
-  whether it failed (a thread cannot raise to the caller).
+- :func:`call_entry` emits a call of such an entry (in the tasks' loop of
+  :mod:`.taskpool`), and tells whether it failed (a thread cannot raise
+  to the caller).
 
 The kernel is called through its address, never linked or inlined
 (Numba's ``prange`` lowering optimizes and emits a loop body four times:
@@ -142,29 +144,17 @@ def store_args(typingctx, buf, kernel, args):
     return types.int64(buf, kernel, args), codegen
 
 
-@intrinsic
-def call_packed(typingctx, entry, task, ntasks, buf):
-    """``entry(task, ntasks, buf's data)`` for the entry (an integer
-    address) :func:`store_args` returned when it filled the byte array
-    ``buf``; 1 if the call failed (raised), else 0.
+def call_entry(context, builder, entry, task, ntasks, argp):
+    """IR: ``entry(task, ntasks, argp)`` for the entry (an i64 address)
+    :func:`store_args` returned, ``argp`` (i8*) the data of the buffer it
+    filled, ``task`` and ``ntasks`` i64; returns an i64, 1 if the call
+    failed (raised), else 0.
 
-    The error is not passed on: a parallel loop's threads cannot raise
-    (Numba's threads set the exception in a thread state the caller never
-    reads, and the call then returns as if it had not failed), so the
-    caller counts failures and raises by running the kernel again on its
-    own thread (:class:`fastlogits.cpu.threads._FanOut`)."""
-    if not (isinstance(entry, types.Integer) and isinstance(buf, types.Array)):
-        return None
-
-    def codegen(context, builder, sig, llargs):
-        e, p, n, bufv = llargs
-        argp = builder.bitcast(make_array(sig.args[3])(context, builder, value=bufv).data,
-                               context.get_value_type(types.voidptr))
-        items = [context.cast(builder, p, task, types.int64),
-                 context.cast(builder, n, ntasks, types.int64), argp]
-        fnty = context.call_conv.get_function_type(types.none, _ENTRY_ARGS)
-        fn = builder.inttoptr(e, fnty.as_pointer())
-        status, _ = context.call_conv.call_function(builder, fn, types.none, _ENTRY_ARGS, items)
-        return builder.zext(status.is_error, ir.IntType(64))
-
-    return types.int64(entry, task, ntasks, buf), codegen
+    The error is not passed on: a parallel launch's threads cannot raise,
+    so the caller counts failures and raises by running the kernel again
+    on its own thread (:class:`fastlogits.cpu.threads._FanOut`)."""
+    fnty = context.call_conv.get_function_type(types.none, _ENTRY_ARGS)
+    fn = builder.inttoptr(entry, fnty.as_pointer())
+    status, _ = context.call_conv.call_function(builder, fn, types.none, _ENTRY_ARGS,
+                                                [task, ntasks, argp])
+    return builder.zext(status.is_error, _I64)

@@ -38,11 +38,10 @@ twice.
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core.extending import overload
-from numba.np.numpy_support import as_dtype
+from numba.core.extending import intrinsic, overload
 
 from fastlogits.tuning import FASTMATH
-from fastlogits.cpu.llvm.alloc import empty
+from fastlogits.cpu.llvm.alloc import empty_typed
 from fastlogits.cpu.llvm.half import (_bfloat16_bits, _from_bfloat16_bits, _from_half_bits,
                                       _half_bits, bfloat16_round_ir, bfloat16_widen_ir)
 from fastlogits.cpu.llvm.irutil import masked_gather, masked_load, masked_store, vptr
@@ -130,17 +129,20 @@ def _store_score_overload(a, v):
     return None
 
 
-def scratch(shape, x):
-    """A new array of ``shape`` in the type x's scores are computed in."""
-    raise NotImplementedError("scratch is only callable from Numba code")
-
-
-@overload(scratch, inline="always", fastmath=FASTMATH)
-def _scratch_overload(shape, x):
+@intrinsic
+def scratch(typingctx, shape, x):
+    """A new array of ``shape`` (an integer or a tuple of integers) in the
+    type x's scores are computed in, as :func:`fastlogits.cpu.llvm.alloc.empty`.
+    An intrinsic, not an inlined overload: Numba compiles an overload's
+    implementation on its own even where it inlines it, 0.05 s of a
+    first call (docs/perf/cpu-081)."""
     if not (isinstance(x, types.Array) and is_scores(x.dtype)):
         return None
-    kind = as_dtype(compute_type(x.dtype)).type
-    return lambda shape, x: empty(shape, kind)
+    typed = empty_typed(shape, compute_type(x.dtype))
+    if typed is None:
+        return None
+    arrty, codegen = typed
+    return arrty(shape, x), codegen
 
 
 class ScoreIR:

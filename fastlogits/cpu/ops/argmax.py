@@ -92,7 +92,7 @@ def argmax_cf_blocks(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthr
     tile loops compiled (docs/perf/cpu-080)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         idx = empty(tile, np.int32)
@@ -131,7 +131,7 @@ def argmax_cf(task, ntasks, x, labels, conf, inv_t, with_conf, tile, nthreads, a
     tile (:func:`fastlogits.cpu.blocks.tiles.load_rows`)."""
     outer, C, inner = x.shape
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         m = scratch(tile, x)
         part = scratch(2 * tile, x)  # 2 halves: tiles.tile_expsum

@@ -612,7 +612,7 @@ def ce_cf_blocks(task, ntasks, x, t, w, w64, ignore, eps, smoothing, gscale, gra
     padded_ignore = np.int64(t.dtype.type(-1))  # see _padded_targets
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         # The gradient's scratch tile: a padded block's only when streamed
@@ -685,7 +685,7 @@ def ce_cf(task, ntasks, x, t, w, w64, ignore, eps, gscale, grad, want_grad, loss
     b, coef, ls = loss_coefs(w, w64, eps, gscale)
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         sc = _scratch(tile, w)
         ebuf = scratch((1, C, tile if want_grad is not None and (stream or not direct) else 1), x)

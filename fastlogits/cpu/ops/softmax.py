@@ -212,7 +212,7 @@ def expnorm_cf_blocks(task, ntasks, x, out, red, inv_t, exps, logs, lse, tile, n
     outer, C, inner = x.shape
     stream = write != WRITE_EBUF
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         # The results' scratch tile: a padded block's only when streamed
         # straight from the blocks; none for logsumexp.
@@ -272,7 +272,7 @@ def expnorm_cf(task, ntasks, x, out, red, inv_t, mode, tile, nthreads, direct, w
                 and (direct or (copy_tiles and mode == LOG_SOFTMAX
                                 and out.flags.c_contiguous)))
     ahead = planes_ahead(x, ahead_bytes)
-    per_image, njobs, nchunks, c0, c1 = cf_chunks(task, ntasks, x, tile, nthreads)
+    per_image, njobs, nchunks, c0, c1 = cf_chunks(x, tile, nthreads, task, ntasks)
     for chunk in range(c0, c1):
         # The results' scratch tile, unless straight; never for logsumexp.
         ebuf = scratch((1, C, tile if mode != LOGSUMEXP and not straight else 1), x)
