@@ -195,6 +195,57 @@ def test_every_task_runs_once_and_failures_are_counted(nthreads, ntasks):
         numba.set_num_threads(n)
 
 
+_EVERY_LAYER = """
+import sys
+import numba
+import numpy as np
+from numba import njit
+
+try:
+    numba.get_num_threads()
+except ValueError:  # the layer cannot load here
+    print("unavailable")
+    sys.exit(0)
+from fastlogits.cpu.threads import fan_out, kernel_address, pack
+
+@njit
+def count(task, ntasks, runs):
+    runs[task] += 1
+
+assert numba.threading_layer() == sys.argv[1], numba.threading_layer()
+for ntasks in range(1, 10):
+    for nthreads in (1, 2):
+        numba.set_num_threads(nthreads)
+        runs = np.zeros(ntasks, np.int64)
+        addr, nbytes = kernel_address(count, (runs,))
+        buf = np.empty(nbytes, np.uint8)
+        assert fan_out(pack(buf, addr, (runs,)), buf, ntasks) == 0
+        assert runs.tolist() == [1] * ntasks, (ntasks, nthreads, runs)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("layer", ["tbb", "workqueue", "omp"])
+def test_tasks_run_on_every_threading_layer(layer, tmp_path):
+    """The fan-out calls the threading layer's own parallel_for: on each
+    layer, any count of tasks (more than the threads: workqueue's pool
+    has no more queues than threads) runs each task once."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer, NUMBA_NUM_THREADS="2",
+               NUMBA_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_THREADING_LAYER_PRIORITY", None)
+    out = subprocess.run([sys.executable, "-c", _EVERY_LAYER, layer], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.strip() == "unavailable":
+        pytest.skip(f"the {layer} threading layer does not load here")
+    assert out.stdout.strip() == "ok"
+
+
 def test_only_launched_kernels_take_task_ntasks_first():
     """``task, ntasks`` first marks a kernel the host launches
     (``is_kernel``): such a function is never inlined into its callers

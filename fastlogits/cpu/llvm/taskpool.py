@@ -70,8 +70,9 @@ def _tasks_loop(context, module):
 @intrinsic
 def run_tasks(typingctx, entry, buf, status):
     """Runs ``entry(task, ntasks, buf's data)`` for every task ``0 ..
-    ntasks - 1`` (``ntasks = len(status)``) on Numba's threading layer,
-    the launching thread's thread count of them at once, and stores into
+    ntasks - 1`` (``ntasks = len(status)``, any count) on Numba's
+    threading layer, split among the launching thread's thread count
+    (``numba.get_num_threads()``) of threads, and stores into
     ``status[task]`` 1 if the task raised, else 0. ``entry`` and ``buf``
     come from :func:`fastlogits.cpu.llvm.indirect.store_args`; ``status``
     is a C-contiguous int64 array. The threads cannot raise: the caller
@@ -102,15 +103,21 @@ def run_tasks(typingctx, entry, buf, status):
         b.store(ntasks, dims)
         steps = cgutils.alloca_once(b, _I64)
         b.store(_I64(8), steps)
-        pfty = ir.FunctionType(ir.VoidType(), [_I8P, _I8P.as_pointer(), _I64P, _I64P, _I8P,
-                                               _I64, _I64, _I32])
+        # Declared as Numba declares them (numba/np/ufunc/parallel.py), so
+        # that no module holds two types for one symbol.
+        pfty = ir.FunctionType(ir.VoidType(), [_I8P] * 5 + [_I64] * 3)
         parallel_for = cgutils.get_or_insert_function(b.module, pfty, "numba_parallel_for")
+        nthreads = b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(_I64, []),
+                                                         "get_num_threads"), [])
         loop = _tasks_loop(context, b.module)
         with cgutils.if_likely(b, b.icmp_signed(">", ntasks, _I64(0))):
-            # inner_ndim 0 (dims holds the count only), one array (the status).
-            b.call(parallel_for, [b.bitcast(loop, _I8P), args, dims, steps,
-                                  b.bitcast(data, _I8P), _I64(0), _I64(1),
-                                  b.trunc(ntasks, _I32)])
+            # inner_ndim 0 (dims holds the count only), one array (the
+            # status), the calling thread's thread count: the layer splits
+            # the tasks among that many threads (workqueue needs at most
+            # its pool's size, whatever the task count).
+            b.call(parallel_for, [b.bitcast(loop, _I8P), b.bitcast(args, _I8P), b.bitcast(dims, _I8P),
+                                  b.bitcast(steps, _I8P), b.bitcast(data, _I8P), _I64(0), _I64(1),
+                                  nthreads])
         return context.get_dummy_value()
 
     return types.none(entry, buf, status), codegen
