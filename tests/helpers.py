@@ -161,3 +161,24 @@ def run_in_threads(work, n=4):
     for th in threads:
         th.join()
     return errors
+
+
+def run_python(code, *args, timeout=600, **env):
+    """``code`` run by a child Python in the repository's root (so it can
+    import ``fastlogits`` and ``tests``), with ``env`` added to this
+    process's environment (a value of None removes the variable); the
+    completed process, its output as text. For what must start fresh:
+    Numba's threading layer, its allocation statistics."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env = dict(os.environ)
+    for key, value in env.items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    return subprocess.run([sys.executable, "-c", code, *args], env=child_env, cwd=root,
+                          capture_output=True, text=True, timeout=timeout)

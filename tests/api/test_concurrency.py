@@ -5,8 +5,6 @@ to the single-threaded one (fastlogits._threading)."""
 import multiprocessing
 import os
 import platform
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +14,7 @@ import pytest
 
 import fastlogits as fl
 from fastlogits import _threading, tuning
+from tests.helpers import run_python
 
 # Above the serial threshold, so every call really launches Numba's threads.
 SHAPE = (tuning.current().cpu.serial_below // 19 + 37, 19)
@@ -134,9 +133,6 @@ print("guarded ok")
 def test_workqueue_layer_is_guarded():
     """A user who picks the workqueue layer (fork-safe, not thread-safe)
     gets serialized launches instead of Numba's abort."""
-    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    res = subprocess.run([sys.executable, "-c", _GUARDED], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=600)
+    res = run_python(_GUARDED, NUMBA_THREADING_LAYER="workqueue")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "guarded ok" in res.stdout

@@ -2,16 +2,13 @@
 ``scores.scratch`` on top of it): the arrays np.empty / np.zeros would
 give, errors for bad sizes, and no leak."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from numba import njit
 
 from fastlogits.cpu.llvm.alloc import empty, zeros
 from fastlogits.cpu.llvm.scores import scratch
+from tests.helpers import run_python
 
 
 @njit
@@ -99,8 +96,5 @@ def test_no_leak():
     """The arrays are freed by reference count: as many frees as
     allocations over many calls (Numba counts them with NUMBA_NRT_STATS
     set before it starts: in a child process)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, NUMBA_NRT_STATS="1")
-    out = subprocess.run([sys.executable, "-c", _LEAK_CHECK], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    out = run_python(_LEAK_CHECK, NUMBA_NRT_STATS="1")
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -198,29 +198,18 @@ def test_every_task_runs_once_and_failures_are_counted(nthreads, ntasks):
 _EVERY_LAYER = """
 import sys
 import numba
-import numpy as np
-from numba import njit
 
 try:
     numba.get_num_threads()
 except ValueError:  # the layer cannot load here
     print("unavailable")
     sys.exit(0)
-from fastlogits.cpu.threads import fan_out, kernel_address, pack
-
-@njit
-def count(task, ntasks, runs):
-    runs[task] += 1
-
 assert numba.threading_layer() == sys.argv[1], numba.threading_layer()
+from tests.cpu.test_threads import test_every_task_runs_once_and_failures_are_counted as check
+
 for ntasks in range(1, 10):
     for nthreads in (1, 2):
-        numba.set_num_threads(nthreads)
-        runs = np.zeros(ntasks, np.int64)
-        addr, nbytes = kernel_address(count, (runs,))
-        buf = np.empty(nbytes, np.uint8)
-        assert fan_out(pack(buf, addr, (runs,)), buf, ntasks) == 0
-        assert runs.tolist() == [1] * ntasks, (ntasks, nthreads, runs)
+        check(nthreads, ntasks)
 print("ok")
 """
 
@@ -229,17 +218,14 @@ print("ok")
 def test_tasks_run_on_every_threading_layer(layer, tmp_path):
     """The fan-out calls the threading layer's own parallel_for: on each
     layer, any count of tasks (more than the threads: workqueue's pool
-    has no more queues than threads) runs each task once."""
-    import os
-    import subprocess
-    import sys
+    has no more queues than threads) runs each task once, and each failure
+    is counted (:func:`test_every_task_runs_once_and_failures_are_counted`
+    in a child process started on that layer)."""
+    from tests.helpers import run_python
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, NUMBA_THREADING_LAYER=layer, NUMBA_NUM_THREADS="2",
-               NUMBA_CACHE_DIR=str(tmp_path))
-    env.pop("NUMBA_THREADING_LAYER_PRIORITY", None)
-    out = subprocess.run([sys.executable, "-c", _EVERY_LAYER, layer], env=env, cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    out = run_python(_EVERY_LAYER, layer, timeout=300, NUMBA_THREADING_LAYER=layer,
+                     NUMBA_NUM_THREADS="2", NUMBA_CACHE_DIR=str(tmp_path),
+                     NUMBA_THREADING_LAYER_PRIORITY=None)
     assert out.returncode == 0, out.stderr[-3000:]
     if out.stdout.strip() == "unavailable":
         pytest.skip(f"the {layer} threading layer does not load here")
